@@ -1,0 +1,111 @@
+"""The response routing check: does every record in this answer belong to the
+caller? (DESIGN.md §3, issue 2 item 7.)
+
+``check_response()`` is pure. It looks at every record id the route declares,
+checks it against the relation snapshot (never against anything the upstream
+says about itself), and fails closed: one foreign record withholds the whole
+response. Field rules then shape what a tenant of that kind may see (D2, D3,
+CMH minimum site data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from gateway.core.decide import RequestFacts, Window, request_window, resource_id
+from gateway.core.fields import FIELD_RULES
+from gateway.core.model import Caller, Decision
+from gateway.core.relations import RelationIndex, parse_instant
+from gateway.core.routes import Route
+
+# Deny reasons that mean "data of another tenant was on its way out": counted
+# in gateway_isolation_violations_total and raised as security events.
+ISOLATION_REASONS = frozenset(
+    {"foreign-record", "record-not-requested", "record-outside-window", "field-rule-violation"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseVerdict:
+    decision: Decision
+    body: Any
+    changed: bool = False
+
+
+def _instant(rec: Mapping[str, Any], key: str) -> datetime | None:
+    value = rec.get(key)
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_instant(value)
+    except ValueError:
+        return None
+
+
+def _withhold(reason: str, rid: str | None = None) -> ResponseVerdict:
+    return ResponseVerdict(Decision.deny(reason, 502, (rid,) if rid else ()), None)
+
+
+def check_response(
+    caller: Caller,
+    route: Route,
+    facts: RequestFacts,
+    relations: RelationIndex,
+    body: Any,
+    now: datetime,
+) -> ResponseVerdict:
+    """Check a parsed 2xx JSON body. Takes ownership of ``body`` (field rules
+    may edit it in place); the returned body is what may be sent."""
+    names = route.grants.get(caller.tenant.kind)
+    if names is None:  # decide() would have refused; fail closed anyway
+        return _withhold("tenant-kind-not-permitted")
+    window = request_window(route, facts, now)
+    if isinstance(window, Decision):
+        return _withhold("window-invalid")
+    requested = resource_id(route, facts)
+    tenant = caller.tenant.id
+    seen: list[str] = []
+    for rc in route.records:
+        if rc.items is None:
+            records: Any = [body]
+        elif isinstance(body, Mapping):
+            records = body.get(rc.items)
+        else:
+            records = None
+        if not isinstance(records, list):
+            return _withhold("response-malformed")
+        for rec in records:
+            if not isinstance(rec, Mapping):
+                return _withhold("response-malformed")
+            rid = rec.get(rc.id_field)
+            if not isinstance(rid, str):
+                return _withhold("response-malformed")
+            if rc.same_as_request and rid != requested:
+                return _withhold("record-not-requested", rid)
+            at = now
+            if rc.at_field is not None:
+                parsed = _instant(rec, rc.at_field)
+                if parsed is None:
+                    return _withhold("response-malformed", rid)
+                at = parsed
+            if rc.window_field is not None and isinstance(window, Window):
+                stamp = _instant(rec, rc.window_field)
+                if stamp is None:
+                    return _withhold("response-malformed", rid)
+                if not window.contains(stamp):
+                    # D2/D4: nothing outside the window that was decided on.
+                    return _withhold("record-outside-window", rid)
+            if relations.find(rc.kind, rid, tenant, names, at) is None:
+                # SECURITY: D1. One foreign record withholds the whole answer.
+                return _withhold("foreign-record", rid)
+            seen.append(rid)
+    changed = False
+    for rule_name in route.field_rules:
+        outcome = FIELD_RULES[rule_name](caller, body, relations, now)
+        if outcome is None:
+            return _withhold("field-rule-violation")
+        changed = changed or outcome
+    return ResponseVerdict(Decision.allow("checked", tuple(seen)), body, changed)

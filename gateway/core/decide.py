@@ -1,0 +1,148 @@
+"""The request decision: may this tenant act on this resource now?
+
+``decide()`` is pure: frozen inputs plus an injected ``now``, no I/O. It
+enforces D1 (one operator never touches another's resource), D2 (a supplier
+only while its contract is valid, and only data inside the contract window),
+D4 (consumption history at most three years back, mandates) and D6 (role
+based rights, need to know).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gateway.core.identifiers import is_valid_resource_id
+from gateway.core.model import Caller, Decision
+from gateway.core.relations import RelationIndex, parse_instant
+from gateway.core.routes import Route
+
+# D4: consumption history reaches back at most three years.
+HISTORY_LIMIT = timedelta(days=3 * 365 + 1)
+ONE_DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What the decision may look at, already extracted from the request."""
+
+    params: Mapping[str, str]
+    query: Mapping[str, str]
+    body: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A data window ``[start, end)``."""
+
+    start: datetime
+    end: datetime
+
+    def contains(self, at: datetime) -> bool:
+        return self.start <= at < self.end
+
+
+def resource_id(route: Route, facts: RequestFacts) -> str | None:
+    ref = route.resource
+    if ref is None:
+        return None
+    if ref.source == "path":
+        return facts.params.get(ref.name)
+    if ref.source == "query":
+        return facts.query.get(ref.name)
+    if isinstance(facts.body, Mapping):
+        value = facts.body.get(ref.name)
+        return value if isinstance(value, str) else None
+    return None
+
+
+def request_window(route: Route, facts: RequestFacts, now: datetime) -> Window | Decision | None:
+    """The data window the request asks for, or a deny explaining why not."""
+    if route.window is None:
+        return None
+    try:
+        if route.window == "date":
+            day = parse_instant(facts.query.get("date"))
+            if day is None:
+                return Decision.deny("window-missing", 400)
+            start, end = day, day + ONE_DAY
+        else:
+            start_at = parse_instant(facts.query.get("from"))
+            to_at = parse_instant(facts.query.get("to"))
+            if start_at is None or to_at is None:
+                return Decision.deny("window-missing", 400)
+            start, end = start_at, to_at + ONE_DAY  # "to" is an inclusive day
+    except ValueError:
+        return Decision.deny("window-malformed", 400)
+    if end <= start:
+        return Decision.deny("window-inverted", 400)
+    if start > now:
+        return Decision.deny("window-in-future", 400)
+    if route.window == "history" and start < now - HISTORY_LIMIT:
+        return Decision.deny("history-beyond-three-years")  # D4
+    return Window(start, end)
+
+
+def decide(
+    caller: Caller,
+    route: Route,
+    facts: RequestFacts,
+    relations: RelationIndex,
+    now: datetime,
+) -> Decision:
+    names = route.grants.get(caller.tenant.kind)
+    if names is None:
+        # D6: this kind of tenant has no business on this route at all.
+        return Decision.deny("tenant-kind-not-permitted")
+    if route.required_role is not None and route.required_role not in caller.principal.roles:
+        return Decision.deny("missing-role")  # D6: role-based rights
+    window = request_window(route, facts, now)
+    if isinstance(window, Decision):
+        return window
+    if route.resource is None:
+        # A list: the upstream answers for the caller's tenant only and every
+        # record is checked again on the way back (check_response).
+        return Decision.allow("list")
+    rid = resource_id(route, facts)
+    if rid is None:
+        return Decision.deny("resource-id-missing", 400)
+    if not is_valid_resource_id(route.resource.kind, rid):
+        return Decision.deny("resource-id-malformed", 400, (rid,))
+    return _decide_resource(caller, route, rid, names, window, relations, now)
+
+
+def _decide_resource(
+    caller: Caller,
+    route: Route,
+    rid: str,
+    names: frozenset[str],
+    window: Window | None,
+    relations: RelationIndex,
+    now: datetime,
+) -> Decision:
+    kind = route.resource.kind if route.resource else ""
+    tenant = caller.tenant.id
+    if window is not None and route.window == "date":
+        # The relation must hold on the day asked for (meter ownership changes).
+        rel = relations.find(kind, rid, tenant, names, window.start)
+        if rel is None:
+            return Decision.deny("no-relation", resources=(rid,))
+        return Decision.allow(rel.relation, (rid,))
+    rel = relations.find(kind, rid, tenant, names, now)
+    if rel is None:
+        return Decision.deny("no-relation", resources=(rid,))
+    if window is not None and rel.relation in route.window_bound:
+        # D2: a supplier's view ends where its contract ends. Another grant
+        # (a mandate) may still cover the window.
+        covering = [
+            r
+            for r in relations.of(kind, rid)
+            if r.tenant == tenant and r.relation in names and r.holds_at(now)
+            and (r.relation not in route.window_bound or r.covers(window.start, window.end))
+        ]
+        if not covering:
+            return Decision.deny("window-outside-contract", resources=(rid,))
+        rel = covering[0]
+    return Decision.allow(rel.relation, (rid,))

@@ -1,0 +1,137 @@
+"""Field rules: what a tenant of a given kind may see inside a record that is
+otherwise its own. Each rule edits the freshly parsed body in place and
+returns True if it changed something, False if not, and None to withhold the
+whole response (a shape it cannot make safe).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, MutableMapping
+from datetime import datetime
+from typing import Any
+
+from gateway.core.model import Caller
+from gateway.core.relations import RelationIndex, parse_instant
+
+FieldRule = Callable[[Caller, Any, RelationIndex, datetime], "bool | None"]
+
+# An 18-digit number starting with 54: a Belgian EAN in any field.
+_EAN_LIKE = re.compile(r"(?<![0-9])54[0-9]{16}(?![0-9])")
+# Site data every operator of a portal request may see (the minimum).
+CMH_SHARED_SITE_FIELDS = frozenset({"street", "postal_code", "city", "requested_date", "household"})
+
+
+def _records(body: Any, key: str) -> list[MutableMapping[str, Any]] | None:
+    if isinstance(body, MutableMapping) and key in body:
+        items = body[key]
+        if isinstance(items, list) and all(isinstance(i, MutableMapping) for i in items):
+            return items
+        return None
+    if isinstance(body, MutableMapping):
+        return [body]
+    return None
+
+
+def clearing_restricted(caller: Caller, body: Any, relations: RelationIndex, now: datetime
+                        ) -> bool | None:
+    """D3: a new supplier must not learn that a drop or a prepayment meter
+    installation is in progress. Only the grid operator and the supplier that
+    initiated it see the ``restricted`` block."""
+    records = _records(body, "access_points")
+    if records is None:
+        return None
+    changed = False
+    for rec in records:
+        block = rec.get("restricted")
+        if block is None:
+            continue
+        ean = str(rec.get("ean"))
+        grid_ops = relations.holders("ean", ean, "grid-operator", now)
+        initiator = block.get("initiator") if isinstance(block, MutableMapping) else None
+        if caller.tenant.id in grid_ops or initiator == caller.tenant.id:
+            continue
+        del rec["restricted"]
+        changed = True
+    return changed
+
+
+def clearing_contracts(caller: Caller, body: Any, relations: RelationIndex, now: datetime
+                       ) -> bool | None:
+    """D2: a supplier never sees customers active with another supplier. The
+    grid operator sees every contract; a supplier only its own; a welfare
+    centre (mandate, D4) only the contracts running now."""
+    records = _records(body, "access_points")
+    if records is None:
+        return None
+    kind = caller.tenant.kind
+    if kind == "dso":
+        return False
+    changed = False
+    for rec in records:
+        contracts = rec.get("contracts")
+        if contracts is None:
+            continue
+        if not isinstance(contracts, list):
+            return None
+        kept = []
+        for c in contracts:
+            if not isinstance(c, MutableMapping):
+                return None
+            if kind == "supplier":
+                keep = c.get("supplier") == caller.tenant.id
+            else:
+                try:
+                    start = parse_instant(c.get("valid_from"))
+                    end = parse_instant(c.get("valid_to"))
+                except (TypeError, ValueError):
+                    return None
+                keep = (start is None or start <= now) and (end is None or now < end)
+            if keep:
+                kept.append(c)
+        if len(kept) != len(contracts):
+            rec["contracts"] = kept
+            changed = True
+    return changed
+
+
+def cmh_own_connections(caller: Caller, body: Any, relations: RelationIndex, now: datetime
+                        ) -> bool | None:
+    """Connect My Home: each operator sees its own connection plus the minimum
+    shared site data; the coordinating DSO sees the whole request. Telecom
+    operators never see an energy EAN, checked again on the final record."""
+    records = _records(body, "requests")
+    if records is None:
+        return None
+    tenant = caller.tenant.id
+    changed = False
+    for rec in records:
+        rid = str(rec.get("id"))
+        if tenant in relations.holders("cmh-request", rid, "coordinator", now):
+            continue
+        conns = rec.get("connections")
+        if not isinstance(conns, list):
+            return None
+        own = [c for c in conns if isinstance(c, MutableMapping) and c.get("operator") == tenant]
+        if len(own) != len(conns):
+            rec["connections"] = own
+            changed = True
+        site = rec.get("site")
+        if isinstance(site, MutableMapping):
+            for key in [k for k in site if k not in CMH_SHARED_SITE_FIELDS]:
+                del site[key]
+                changed = True
+        for key in [k for k in rec if k not in ("id", "coordinator", "site", "connections",
+                                                "created", "status")]:
+            del rec[key]
+            changed = True
+        if caller.tenant.kind == "telecom" and _EAN_LIKE.search(repr(rec)):
+            return None  # SECURITY: fail closed rather than show an energy EAN
+    return changed
+
+
+FIELD_RULES: dict[str, FieldRule] = {
+    "clearing.restricted": clearing_restricted,
+    "clearing.contracts": clearing_contracts,
+    "cmh.own-connections": cmh_own_connections,
+}

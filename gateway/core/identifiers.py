@@ -1,0 +1,59 @@
+"""Syntax of the identifiers the shared systems carry (DOMAIN.md, "Data").
+
+EAN-18 (GSRN) and GLN-13 use the GS1 mod-10 check digit: weights 3, 1, 3, ...
+from the rightmost data digit; check = (10 - S mod 10) mod 10.
+"""
+
+from __future__ import annotations
+
+import re
+
+_DIGITS = re.compile(r"[0-9]+")
+_METER = re.compile(r"[0-9A-Z]{6,20}")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def gs1_check_digit(data_digits: str) -> int:
+    total = 0
+    for i, ch in enumerate(reversed(data_digits)):
+        total += int(ch) * (3 if i % 2 == 0 else 1)
+    return (10 - total % 10) % 10
+
+
+def with_check_digit(data_digits: str) -> str:
+    return data_digits + str(gs1_check_digit(data_digits))
+
+
+def _valid_gs1(value: str, length: int) -> bool:
+    if len(value) != length or not _DIGITS.fullmatch(value):
+        return False
+    return gs1_check_digit(value[:-1]) == int(value[-1])
+
+
+def is_valid_ean(value: str) -> bool:
+    """An 18-digit GSRN access-point id with a correct check digit."""
+    return _valid_gs1(value, 18)
+
+
+def is_valid_gln(value: str) -> bool:
+    return _valid_gs1(value, 13)
+
+
+def is_valid_meter_serial(value: str) -> bool:
+    return bool(_METER.fullmatch(value))
+
+
+def is_plain_id(value: str) -> bool:
+    """Ids of tickets, assets, portal requests: short, no separators that
+    could mean something to a path or a query."""
+    return bool(_PLAIN_ID.fullmatch(value))
+
+
+_VALIDATORS = {
+    "ean": is_valid_ean,
+    "meter": is_valid_meter_serial,
+}
+
+
+def is_valid_resource_id(kind: str, value: str) -> bool:
+    return _VALIDATORS.get(kind, is_plain_id)(value)

@@ -1,0 +1,122 @@
+"""Frozen domain objects the pure decision core works on.
+
+Nothing here does I/O or imports aiohttp: the request decision, the response
+check and the path rules are functions of these values plus an injected
+``now`` (STYLE.md, sans-IO core).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+TENANT_KINDS = frozenset(
+    {
+        "dso",
+        "water",
+        "telecom",
+        "supplier",
+        "social-welfare",
+        "clearing-house",
+        "it-provider",
+        "shared-system",
+    }
+)
+PRINCIPAL_KINDS = frozenset({"service", "person"})
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A service or a person of a tenant, named by a certificate's URI SAN."""
+
+    tenant: str
+    kind: str  # "service" | "person"
+    name: str
+    roles: frozenset[str] = frozenset()
+    team: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.tenant, self.kind, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    name: str
+    kind: str
+    gln: str | None = None
+    principals: Mapping[tuple[str, str], Principal] = field(default_factory=dict)
+    # Free-form, validated attributes other issues use (push endpoint, quotas).
+    attributes: Mapping[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is asking: the tenant and principal the certificate maps to."""
+
+    tenant: Tenant
+    principal: Principal
+    cert_serial: str = ""
+    cert_fingerprint: str = ""
+
+    @property
+    def tenant_id(self) -> str:
+        return self.tenant.id
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Outcome of a pure check. ``reason`` is a stable machine code that goes
+    to the audit event and the ``reason`` metric label, never to the caller."""
+
+    verdict: Verdict
+    reason: str
+    status: int = 200
+    # Resource ids the decision was about (audit only; never a metric label).
+    resources: tuple[str, ...] = ()
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    @classmethod
+    def allow(cls, reason: str = "ok", resources: tuple[str, ...] = ()) -> Decision:
+        return cls(Verdict.ALLOW, reason, 200, resources)
+
+    @classmethod
+    def deny(cls, reason: str, status: int = 403, resources: tuple[str, ...] = ()) -> Decision:
+        return cls(Verdict.DENY, reason, status, resources)
+
+
+@dataclass(frozen=True, slots=True)
+class Relation:
+    """A time-bounded tuple ``(kind, resource id) -> (tenant, relation)``.
+
+    ``valid_from`` is inclusive, ``valid_to`` exclusive; ``None`` means open.
+    """
+
+    kind: str
+    resource_id: str
+    tenant: str
+    relation: str
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+    def holds_at(self, at: datetime) -> bool:
+        if self.valid_from is not None and at < self.valid_from:
+            return False
+        return not (self.valid_to is not None and at >= self.valid_to)
+
+    def covers(self, start: datetime, end: datetime) -> bool:
+        """True when the whole window ``[start, end)`` lies inside this relation."""
+        if self.valid_from is not None and start < self.valid_from:
+            return False
+        return not (self.valid_to is not None and end > self.valid_to)

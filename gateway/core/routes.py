@@ -1,0 +1,126 @@
+"""Routes: method + path template -> upstream, with the rules to apply.
+
+A route says where the resource id sits in the request, which relations a
+tenant of each kind must hold on it, where record ids sit in the response and
+which field rules shape the answer. Matching is exact on literal segments;
+path parameters accept only ``[A-Za-z0-9._-]`` (the target was already
+checked for traversal and encodings, see :mod:`gateway.core.paths`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+_PARAM_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRef:
+    """Where the resource id sits in the request."""
+
+    kind: str
+    source: str  # "path" | "query" | "body"
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordCheck:
+    """Where record ids sit in the response body.
+
+    ``items``: key of the list of records (``None``: the body is one record).
+    ``id_field``: field holding the record's resource id of kind ``kind``.
+    ``at_field``: timestamp field; the relation must hold at that instant
+    (meter ownership changes over time). Without it, the relation must hold now.
+    ``window_field``: timestamp field that must fall inside the request window.
+    ``same_as_request``: the record must be the resource that was asked for.
+    """
+
+    kind: str
+    id_field: str
+    items: str | None = None
+    at_field: str | None = None
+    window_field: str | None = None
+    same_as_request: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    upstream: str
+    method: str
+    template: str
+    # tenant kind -> relation names that grant access (D6: need to know).
+    grants: Mapping[str, frozenset[str]]
+    resource: ResourceRef | None = None
+    records: tuple[RecordCheck, ...] = ()
+    # "history": from/to query window, capped at three years (D4);
+    # "date": one day (query ``date``), relation must hold on that day.
+    window: str | None = None
+    # Relations whose own validity bounds the data window (D2: a supplier sees
+    # readings only inside its contract).
+    window_bound: frozenset[str] = frozenset()
+    required_role: str | None = None
+    field_rules: tuple[str, ...] = ()
+    max_body_bytes: int = 1 * MiB
+    segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+
+    @property
+    def name(self) -> str:
+        """The route template: the only path-like metric label (bounded)."""
+        return self.template
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    route: Route
+    params: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class PathMatch:
+    """Result of a lookup: a match, or why there is none."""
+
+    match: RouteMatch | None
+    # Methods that exist for this path (for 405 + Allow), empty if no path.
+    allowed_methods: tuple[str, ...] = ()
+
+
+class RouteTable:
+    """All routes, indexed by (first segment, number of segments)."""
+
+    def __init__(self, routes: Iterable[Route]) -> None:
+        self.routes: tuple[Route, ...] = tuple(routes)
+        index: dict[tuple[str, int], list[Route]] = {}
+        for route in self.routes:
+            index.setdefault((route.segments[0], len(route.segments)), []).append(route)
+        self._index = {key: tuple(val) for key, val in index.items()}
+
+    def lookup(self, method: str, path: str) -> PathMatch:
+        parts = path.strip("/").split("/")
+        candidates = self._index.get((parts[0], len(parts)), ())
+        methods: list[str] = []
+        for route in candidates:
+            params = _bind(route.segments, parts)
+            if params is None:
+                continue
+            if route.method == method:
+                return PathMatch(RouteMatch(route, params))
+            methods.append(route.method)
+        return PathMatch(None, tuple(sorted(set(methods))))
+
+
+def _bind(template: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
+    params: dict[str, str] = {}
+    for seg, part in zip(template, parts, strict=True):
+        if seg.startswith("{"):
+            if not _PARAM_VALUE.fullmatch(part):
+                return None
+            params[seg[1:-1]] = part
+        elif seg != part:
+            return None
+    return params
