@@ -125,8 +125,9 @@ def _decide_resource(
     kind = route.resource.kind if route.resource else ""
     tenant = caller.tenant.id
     if window is not None and route.window == "date":
-        # The relation must hold on the day asked for (meter ownership changes).
-        rel = relations.find(kind, rid, tenant, names, window.start)
+        # The relation must hold on the day asked for (meter ownership changes);
+        # each record is then checked at its own timestamp.
+        rel = relations.find_during(kind, rid, tenant, names, window.start, window.end)
         if rel is None:
             return Decision.deny("no-relation", resources=(rid,))
         return Decision.allow(rel.relation, (rid,))

@@ -77,6 +77,27 @@ class RelationIndex:
                 return rel
         return None
 
+    def find_during(
+        self,
+        kind: str,
+        resource_id: str,
+        tenant: str,
+        names: frozenset[str],
+        start: datetime,
+        end: datetime,
+    ) -> Relation | None:
+        """The first matching relation that holds at some instant of ``[start, end)``
+        (a meter that changed owner during the day belongs to both owners that
+        day, each for its own part: the records are checked one by one)."""
+        for rel in self._by_resource.get((kind, resource_id), ()):
+            if rel.tenant != tenant or rel.relation not in names:
+                continue
+            if (rel.valid_from is None or rel.valid_from < end) and (
+                rel.valid_to is None or rel.valid_to > start
+            ):
+                return rel
+        return None
+
     def holders(self, kind: str, resource_id: str, relation: str, at: datetime) -> set[str]:
         """Tenants holding ``relation`` on the resource at ``at``."""
         return {
