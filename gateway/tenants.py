@@ -93,7 +93,8 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
     principals: dict[tuple[str, str], Principal] = {}
     for i, raw in enumerate(raw_principals):
         p = _parse_principal(raw, tid, f"{where}: principals[{i}]")
-        if (p.kind, p.name) in principals:
+        if any(name == p.name for (_, name) in principals):
+            # One certificate file per name under certs/<tenant>/: names are unique.
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
     attributes: dict[str, object] = {"cmh_coordinator": coordinator}

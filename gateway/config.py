@@ -1,0 +1,160 @@
+"""Typed, frozen configuration (``gateway serve --config FILE``).
+
+Relative paths are resolved against the directory of the config file. Every
+error names the file, the key and what is wrong, at start-up.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gateway.core.catalog import UPSTREAMS
+from gateway.errors import ConfigError
+
+SECONDS = 1.0
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    ca: Path | None = None
+    timeout_s: float = 10 * SECONDS
+    connect_timeout_s: float = 2 * SECONDS
+    max_response_bytes: int = 8 * MiB
+    pool_size: int = 64
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    trust_domain: str
+    tenants_dir: Path
+    relations: Path
+    data_dir: Path
+    server_cert: Path
+    server_key: Path
+    trust_bundle: Path
+    data: Listener = Listener("127.0.0.1", 8443)
+    ops: Listener = Listener("127.0.0.1", 9102)
+    upstreams: Mapping[str, Upstream] = field(default_factory=dict)
+    assertion_lifetime_s: int = 300
+    health_interval_s: float = 5 * SECONDS
+    source: str = "<memory>"
+
+    @classmethod
+    def from_toml(cls, path: Path) -> GatewayConfig:
+        try:
+            with path.open("rb") as fh:
+                doc = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{path}: config file not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_mapping(doc, base=path.parent, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any], *, base: Path, source: str) -> GatewayConfig:
+        r = _Reader(doc, base, source)
+        upstreams: dict[str, Upstream] = {}
+        raw_up = r.table("upstreams")
+        for name in UPSTREAMS:
+            if name not in raw_up:
+                raise ConfigError(f"{source}: upstreams.{name}: is required")
+        for name in raw_up:
+            if name not in UPSTREAMS:
+                raise ConfigError(f"{source}: upstreams.{name}: unknown upstream "
+                                  f"(known: {', '.join(UPSTREAMS)})")
+            u = _Reader(raw_up[name], base, source, f"upstreams.{name}.")
+            url = u.str("url")
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"{source}: upstreams.{name}.url: must be http(s)://")
+            upstreams[name] = Upstream(
+                name, url.rstrip("/"), u.opt_path("ca"),
+                u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
+                int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 64)))
+        return cls(
+            trust_domain=r.str("gateway.trust_domain"),
+            tenants_dir=r.path("gateway.tenants_dir"),
+            relations=r.path("gateway.relations"),
+            data_dir=r.path("gateway.data_dir"),
+            server_cert=r.path("tls.cert"),
+            server_key=r.path("tls.key"),
+            trust_bundle=r.path("tls.trust_bundle"),
+            data=r.listener("listeners.data", Listener("127.0.0.1", 8443)),
+            ops=r.listener("listeners.ops", Listener("127.0.0.1", 9102)),
+            upstreams=upstreams,
+            assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),
+            health_interval_s=r.number("gateway.health_interval_s", 5.0),
+            source=source,
+        )
+
+
+class _Reader:
+    def __init__(self, doc: Any, base: Path, source: str, prefix: str = "") -> None:
+        if not isinstance(doc, Mapping):
+            raise ConfigError(f"{source}: {prefix.rstrip('.')}: must be a table")
+        self.doc, self.base, self.source, self.prefix = doc, base, source, prefix
+
+    def _get(self, dotted: str) -> Any:
+        node: Any = self.doc
+        for part in dotted.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def _err(self, key: str, what: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.prefix}{key}: {what}")
+
+    def table(self, key: str) -> Mapping[str, Any]:
+        value = self._get(key)
+        if not isinstance(value, Mapping):
+            raise self._err(key, "is required (a table)")
+        return value
+
+    def str(self, key: str) -> str:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            raise self._err(key, "is required (a non-empty string)")
+        return value
+
+    def number(self, key: str, default: float) -> float:
+        value = self._get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise self._err(key, "must be a positive number")
+        return float(value)
+
+    def opt_path(self, key: str) -> Path | None:
+        return None if self._get(key) is None else self.path(key)
+
+    def path(self, key: str) -> Path:
+        value = self._get(key)
+        if not isinstance(value, str) or not value:
+            raise self._err(key, "is required (a path)")
+        p = Path(value)
+        return p if p.is_absolute() else (self.base / p)
+
+    def listener(self, key: str, default: Listener) -> Listener:
+        value = self._get(key)
+        if value is None:
+            return default
+        sub = _Reader(value, self.base, self.source, f"{self.prefix}{key}.")
+        host = sub._get("host") or default.host
+        port = sub._get("port")
+        port = default.port if port is None else port
+        if not isinstance(host, str) or not isinstance(port, int) or not 0 <= port <= 65535:
+            raise self._err(key, "needs host (string) and port (0-65535)")
+        return Listener(host, port)
