@@ -7,7 +7,17 @@ bounded sets, never raw paths or resource ids.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The *_created series double the exposition for no use to the ops team.
+disable_created_metrics()
 
 UNKNOWN = "unknown"
 NO_ROUTE = "none"

@@ -1,0 +1,138 @@
+"""The ``gateway`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import ConfigError
+
+
+def _run_until_signal(start: object, stop: object) -> None:
+    async def main() -> None:
+        await start()  # type: ignore[operator]
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, done.set)
+        try:
+            await done.wait()
+        finally:
+            await stop()  # type: ignore[operator]
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.config import GatewayConfig
+    from gateway.server import Gateway
+
+    gw = Gateway(GatewayConfig.from_toml(Path(args.config)))
+    _run_until_signal(gw.start, gw.stop)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.stack import Stack, StackPorts
+
+    stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
+                  work_dir=Path(args.work), ports=StackPorts.demo())
+
+    async def start() -> None:
+        await stack.start()
+        print(demo_banner(stack), flush=True)
+
+    _run_until_signal(start, stack.stop)
+    return 0
+
+
+def demo_banner(stack: object) -> str:
+    from gateway.stack import Stack
+
+    assert isinstance(stack, Stack)
+    pki = stack.pki
+    ds = stack.dataset
+    gw = stack.gateway
+    own = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "ores"
+               and not m["airplane_mode"])
+    foreign = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "fluvius")
+    cert = f"--cert {pki.client_cert('ores', 'api')} --key {pki.client_key('ores', 'api')}"
+    base = f"https://localhost:{gw.data_port}"
+    return f"""
+Shared-grid gateway demo is running (Ctrl-C to stop).
+
+  data plane (mTLS)   {base}
+  ops plane           http://127.0.0.1:{gw.ops_port}  (/metrics /healthz /readyz)
+  simulators          {', '.join(f'{n}={p}' for n, p in stack.sim_ports.items())}
+  trust bundle        {pki.ca_cert}
+  client certificates {pki.root}/<tenant>/<name>.pem and .key
+  config (for serve)  {stack.work_dir / 'gateway.toml'}
+  audit log           {stack.work_dir / 'audit.jsonl'}
+
+Try (as ORES):
+  # allowed: ORES's own meter
+  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters/{own}
+  # denied (403): a Fluvius meter
+  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters/{foreign}
+  # list: only ORES's meters
+  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters
+  # metrics
+  curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_
+"""
+
+
+def cmd_certs_init_dev(args: argparse.Namespace) -> int:
+    from gateway.devpki import ensure_dev_pki
+    from gateway.stack import TRUST_DOMAIN
+    from gateway.tenants import load_tenants
+
+    pki = ensure_dev_pki(Path(args.out), load_tenants(Path(args.tenants)), TRUST_DOMAIN)
+    print(f"dev PKI in {pki.root}: trust bundle {pki.ca_cert}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gateway from a config file")
+    serve.add_argument("--config", required=True, help="path to gateway TOML config")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="dev PKI + four simulators + gateway on loopback")
+    demo.add_argument("--tenants", default="tenants", help="tenant declarations directory")
+    demo.add_argument("--certs", default="certs/dev", help="where the dev PKI is written")
+    demo.add_argument("--work", default="var/demo", help="dataset, keys, audit log")
+    demo.set_defaults(func=cmd_demo)
+
+    certs = sub.add_parser("certs", help="certificate tasks")
+    certs_sub = certs.add_subparsers(dest="certs_command", required=True)
+    init = certs_sub.add_parser("init-dev", help="create or refresh the dev PKI")
+    init.add_argument("--tenants", default="tenants")
+    init.add_argument("--out", default="certs/dev")
+    init.set_defaults(func=cmd_certs_init_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        print(f"gateway: configuration error: {exc}", file=sys.stderr)
+        return 2
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""From a verified TLS peer to a :class:`Caller` (tenant + principal).
+
+The handshake already proved the certificate chains to the trust bundle and
+is within its validity (``CERT_REQUIRED``). Here the URI SAN is mapped to a
+declared principal; anything unknown is refused before any routing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import weakref
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core.identity import parse_principal_uri, uri_sans
+from gateway.core.model import Caller
+from gateway.errors import RequestRefused
+from gateway.tenants import TenantRegistry
+
+
+class CallerResolver:
+    def __init__(self, registry: TenantRegistry, trust_domain: str) -> None:
+        self.registry = registry
+        self.trust_domain = trust_domain
+        # One TLS connection carries one certificate: resolve it once per
+        # connection (keep-alive) rather than once per request.
+        self._by_transport: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
+
+    def resolve(self, request: web.BaseRequest) -> Caller:
+        transport = request.transport
+        if transport is None:
+            raise RequestRefused(403, "no-transport")
+        cached = self._by_transport.get(transport)
+        if cached is not None:
+            return cached
+        caller = self._resolve(transport)
+        self._by_transport[transport] = caller
+        return caller
+
+    def _resolve(self, transport: Any) -> Caller:
+        ssl_object = transport.get_extra_info("ssl_object")
+        peercert = transport.get_extra_info("peercert")
+        if ssl_object is None or not peercert:
+            raise RequestRefused(403, "no-client-certificate")
+        uris = uri_sans(peercert)
+        if len(uris) != 1:
+            raise RequestRefused(403, "certificate-without-single-uri-san")
+        parsed = parse_principal_uri(uris[0], self.trust_domain)
+        if parsed is None:
+            raise RequestRefused(403, "foreign-principal-uri")
+        tenant_id, kind, name = parsed
+        found = self.registry.principal(tenant_id, kind, name)
+        if found is None:
+            raise RequestRefused(403, "unknown-principal")
+        tenant, principal = found
+        der = ssl_object.getpeercert(binary_form=True) or b""
+        return Caller(tenant, principal, cert_serial=str(peercert.get("serialNumber", "")),
+                      cert_fingerprint=hashlib.sha256(der).hexdigest())

@@ -1,0 +1,47 @@
+"""The ops plane: plain HTTP on loopback for the ops team and Prometheus.
+
+``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded
+and every upstream reachable), ``/.well-known/jwks.json`` (public keys of the
+identity assertions). Nothing sensitive is served here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gateway.assertion import AssertionSigner
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import UpstreamPool
+
+
+def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: AssertionSigner,
+                  config_loaded: Callable[[], bool]) -> web.Application:
+    async def metrics_handler(_: web.Request) -> web.Response:
+        resp = web.Response(body=metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        down = sorted(name for name, up in upstreams.up.items() if not up)
+        loaded = config_loaded()
+        ready = loaded and not down
+        body = {"status": "ready" if ready else "not-ready", "config_loaded": loaded,
+                "upstreams": {name: ("up" if up else "down")
+                              for name, up in sorted(upstreams.up.items())}}
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def jwks(_: web.Request) -> web.Response:
+        return web.json_response(signer.jwks(), headers={"Cache-Control": "max-age=60"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/.well-known/jwks.json", jwks)
+    return app

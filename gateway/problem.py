@@ -1,0 +1,67 @@
+"""RFC 9457 problem documents: every refusal the gateway gives.
+
+The caller gets a type, a title, the status, a short detail and an
+``incident`` id; the precise reason code stays in the audit event and the
+metrics (opaque to the caller, detailed in the log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+PROBLEM_TYPE_BASE = "urn:shared-grid-gateway:problem:"
+CONTENT_TYPE = "application/problem+json"
+
+# slug -> (title, detail shown to the caller)
+PROBLEMS: dict[str, tuple[str, str]] = {
+    "bad-request": ("Bad request", "The request is malformed or ambiguous and was not forwarded."),
+    "unauthenticated": ("Unknown client", "The client certificate does not name a known "
+                        "principal of a declared tenant."),
+    "forbidden": ("Forbidden", "The caller may not perform this request."),
+    "not-found": ("Not found", "No such route or resource."),
+    "method-not-allowed": ("Method not allowed", "This method is not allowed on this route."),
+    "payload-too-large": ("Payload too large", "The request body exceeds the route's limit."),
+    "uri-too-long": ("URI too long", "The request target exceeds the limit."),
+    "unsupported-media-type": ("Unsupported media type", "Request bodies must be JSON objects."),
+    "not-implemented": ("Not implemented", "The method is not supported by the gateway."),
+    "upstream-refused": ("Refused by the shared system",
+                         "The shared system refused the request."),
+    "upstream-error": ("Bad gateway", "The shared system failed to answer correctly."),
+    "upstream-timeout": ("Gateway timeout", "The shared system did not answer in time."),
+    "isolation-violation": ("Response withheld",
+                            "The shared system's answer failed the routing check and was "
+                            "withheld. The incident has been recorded."),
+    "internal-error": ("Internal error", "The gateway failed to handle the request."),
+}
+
+_STATUS_SLUG = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
+                405: "method-not-allowed", 413: "payload-too-large", 414: "uri-too-long",
+                415: "unsupported-media-type", 501: "not-implemented", 502: "upstream-error",
+                504: "upstream-timeout"}
+
+
+def new_incident_id() -> str:
+    """Time-ordered, unguessable: 12 hex digits of ms since the epoch + 64 random bits."""
+    return f"{int(time.time() * 1000):012x}-{os.urandom(8).hex()}"
+
+
+def slug_for(status: int) -> str:
+    if status in _STATUS_SLUG:
+        return _STATUS_SLUG[status]
+    return "upstream-refused" if 400 <= status < 500 else "internal-error"
+
+
+def problem_body(status: int, incident: str, slug: str | None = None,
+                 detail: str | None = None) -> bytes:
+    slug = slug or slug_for(status)
+    title, default_detail = PROBLEMS.get(slug, PROBLEMS["internal-error"])
+    doc = {
+        "type": PROBLEM_TYPE_BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail or default_detail,
+        "incident": incident,
+    }
+    return json.dumps(doc).encode()

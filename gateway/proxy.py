@@ -1,0 +1,260 @@
+"""The data plane: one pipeline, ordered in one place.
+
+::
+
+    identity -> target -> hygiene -> route -> body -> decide
+             -> forward (assertion) -> check response -> audit + metrics
+
+Every stage either returns what the next needs or raises
+:class:`RequestRefused` / :class:`UpstreamFailed`; ``handle()`` turns those
+into an RFC 9457 problem with an incident id that is also in the audit
+event. Nothing reaches an upstream before ``decide()`` allowed it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.assertion import ASSERTION_HEADER, AssertionSigner
+from gateway.audit import AuditSink, AuditWriteFailed
+from gateway.core.check import ISOLATION_REASONS, check_response
+from gateway.core.decide import RequestFacts, decide
+from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
+from gateway.core.paths import Target, TargetRejected, check_method, parse_target
+from gateway.core.relations import RelationIndex
+from gateway.core.routes import RouteMatch, RouteTable
+from gateway.errors import RequestRefused, UpstreamFailed
+from gateway.identity import CallerResolver
+from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
+from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.upstream import UpstreamPool
+
+log = logging.getLogger("gateway.proxy")
+JSON = "application/json"
+SERVER_HEADER = "gateway"  # no version banner
+
+
+class _Exchange:
+    """What one request accumulates on its way through the pipeline."""
+
+    __slots__ = ("bytes_in", "caller", "incident", "match", "reason", "resources", "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.incident = new_incident_id()
+        self.caller: Any = None
+        self.match: RouteMatch | None = None
+        self.reason = "ok"
+        self.resources: tuple[str, ...] = ()
+        self.bytes_in = 0
+
+
+class DataPlane:
+    def __init__(
+        self,
+        *,
+        resolver: CallerResolver,
+        routes: RouteTable,
+        relations: Callable[[], RelationIndex],
+        upstreams: UpstreamPool,
+        signer: AssertionSigner,
+        audit: AuditSink,
+        metrics: GatewayMetrics,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.resolver = resolver
+        self.routes = routes
+        self.relations = relations  # the live snapshot, swapped as a whole on reload
+        self.upstreams = upstreams
+        self.signer = signer
+        self.audit = audit
+        self.metrics = metrics
+        self.clock = clock
+
+    # -- the pipeline ----------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        ex = _Exchange()
+        try:
+            ex.caller = self.resolver.resolve(request)
+            target = self._target(request)
+            forward_headers = self._hygiene(request, ex)
+            ex.match = self._route(request.method, target)
+            body, parsed = await self._body(request, ex)
+            facts = RequestFacts(ex.match.params, target.query_map, parsed)
+            now = self.clock()
+            relations = self.relations()
+            self._decide(ex, facts, relations, now)
+            upstream = await self._forward(ex, target, forward_headers, body, request.method)
+            response = self._check(ex, facts, relations, upstream, now)
+        except RequestRefused as exc:
+            ex.reason = exc.reason
+            response = self._problem(exc.status, ex, headers=exc.headers)
+        except UpstreamFailed as exc:
+            ex.reason = exc.reason
+            response = self._problem(exc.status, ex)
+        self._account(ex, request, response)
+        return response
+
+    def _target(self, request: web.BaseRequest) -> Target:
+        try:
+            check_method(request.method)
+            return parse_target(request.raw_path)
+        except TargetRejected as exc:
+            headers = {"Allow": "GET, POST"} if exc.status == 405 else None
+            raise RequestRefused(exc.status, exc.reason, headers=headers) from exc
+
+    def _hygiene(self, request: web.BaseRequest, ex: _Exchange) -> dict[str, str]:
+        try:
+            clean = clean_request_headers(request.headers.items())
+        except HeaderRejected as exc:
+            raise RequestRefused(400, exc.reason) from exc
+        if clean.dropped_identity:
+            self.metrics.identity_headers_dropped.labels(ex.caller.tenant_id).inc(
+                len(clean.dropped_identity))
+        return clean.forward
+
+    def _route(self, method: str, target: Target) -> RouteMatch:
+        found = self.routes.lookup(method, target.path)
+        if found.match is not None:
+            return found.match
+        if found.allowed_methods:
+            raise RequestRefused(405, "method-not-allowed",
+                                 headers={"Allow": ", ".join(found.allowed_methods)})
+        raise RequestRefused(404, "no-route")
+
+    async def _body(self, request: web.BaseRequest, ex: _Exchange) -> tuple[bytes | None, Any]:
+        assert ex.match is not None
+        route = ex.match.route
+        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            if request.body_exists:
+                raise RequestRefused(400, "body-not-allowed")
+            return None, None
+        limit = route.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestRefused(413, "body-too-large")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := await request.content.readany():
+            size += len(chunk)
+            if size > limit:  # chunked bodies are counted as they arrive
+                raise RequestRefused(413, "body-too-large")
+            chunks.append(chunk)
+        ex.bytes_in = size
+        raw = b"".join(chunks)
+        if request.content_type != JSON:
+            raise RequestRefused(415, "body-not-json")
+        try:
+            parsed = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, "body-malformed-json") from exc
+        if not isinstance(parsed, dict):
+            raise RequestRefused(400, "body-not-object")
+        return raw, parsed
+
+    def _decide(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
+                now: datetime) -> None:
+        assert ex.match is not None
+        decision = decide(ex.caller, ex.match.route, facts, relations, now)
+        ex.resources = decision.resources
+        ex.reason = decision.reason
+        if not decision.allowed:
+            raise RequestRefused(decision.status, decision.reason)
+
+    async def _forward(self, ex: _Exchange, target: Target, headers: dict[str, str],
+                       body: bytes | None, method: str) -> Any:
+        assert ex.match is not None
+        route = ex.match.route
+        headers[ASSERTION_HEADER] = self.signer.assertion(ex.caller, route.upstream)
+        headers["X-Request-Id"] = ex.incident
+        if body is not None:
+            headers["Content-Type"] = JSON
+        upstream_target = target.upstream_target()[len(route.upstream) + 1:]
+        return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
+
+    def _check(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
+               upstream: Any, now: datetime) -> web.Response:
+        assert ex.match is not None
+        route = ex.match.route
+        status = upstream.status
+        if status >= 500:
+            raise UpstreamFailed(502, "upstream-5xx")
+        if status >= 400:
+            # The upstream's own error body is not checked, so it is not passed on.
+            raise RequestRefused(status if status in (400, 404, 409, 422) else 502,
+                                 f"upstream-{status}")
+        if not 200 <= status < 300 or upstream.content_type != JSON:
+            raise UpstreamFailed(502, "upstream-unexpected-answer")
+        try:
+            parsed = json.loads(upstream.body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamFailed(502, "upstream-malformed-json") from exc
+        verdict = check_response(ex.caller, route, facts, relations, parsed, now)
+        if not verdict.decision.allowed:
+            ex.resources = verdict.decision.resources
+            if verdict.decision.reason in ISOLATION_REASONS:
+                self.metrics.isolation_violations.labels(
+                    ex.caller.tenant_id, route.upstream, "response").inc()
+                log.warning("isolation violation withheld: incident=%s tenant=%s route=%s "
+                            "reason=%s", ex.incident, ex.caller.tenant_id, route.name,
+                            verdict.decision.reason)
+                raise UpstreamFailed(502, verdict.decision.reason)
+            raise UpstreamFailed(502, verdict.decision.reason)
+        body = json.dumps(verdict.body).encode() if verdict.changed else upstream.body
+        headers = clean_response_headers(upstream.headers)
+        headers["Server"] = SERVER_HEADER
+        headers["X-Request-Id"] = ex.incident
+        return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+    # -- answers, audit, metrics -------------------------------------------
+    def _problem(self, status: int, ex: _Exchange,
+                 headers: dict[str, str] | None = None) -> web.Response:
+        slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
+        out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
+        return web.Response(status=status, body=problem_body(status, ex.incident, slug),
+                            content_type=CONTENT_TYPE, headers=out)
+
+    def _account(self, ex: _Exchange, request: web.BaseRequest,
+                 response: web.Response) -> None:
+        tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
+        route = ex.match.route if ex.match is not None else None
+        upstream = route.upstream if route is not None else NO_ROUTE
+        status = response.status
+        event = {
+            "event": "request",
+            "incident": ex.incident,
+            "tenant": tenant,
+            "principal": ex.caller.principal.name if ex.caller is not None else None,
+            "cert_serial": ex.caller.cert_serial if ex.caller is not None else None,
+            "cert_fingerprint": ex.caller.cert_fingerprint if ex.caller is not None else None,
+            "method": request.method,
+            "route": route.name if route is not None else None,
+            "upstream": upstream,
+            "decision": "allow" if status < 400 else "deny",
+            "reason": ex.reason,
+            "status": status,
+            "resources": list(ex.resources[:20]),
+            "bytes_in": ex.bytes_in,
+            "bytes_out": len(response.body) if isinstance(response.body, bytes) else 0,
+        }
+        try:
+            self.audit.record(event)
+        except AuditWriteFailed:
+            # SECURITY: no trace, no answer (fail closed).
+            log.error("audit write failed; refusing incident=%s", ex.incident)
+            response.set_status(503)
+            response.body = problem_body(503, ex.incident, "internal-error")
+            response.content_type = CONTENT_TYPE
+            status = 503
+        if status >= 400:
+            self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
+        self.metrics.requests.labels(tenant, upstream, route.name if route else NO_ROUTE,
+                                     str(status)).inc()
+        self.metrics.duration.labels(tenant, upstream).observe(
+            time.perf_counter() - ex.started)

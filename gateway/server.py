@@ -1,0 +1,102 @@
+"""Assembles a gateway from its configuration and runs its listeners."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.assertion import AssertionSigner, load_or_create_signing_key
+from gateway.audit import JsonlAuditLog
+from gateway.config import GatewayConfig
+from gateway.core.catalog import default_route_table
+from gateway.core.relations import RelationIndex
+from gateway.errors import ConfigError
+from gateway.identity import CallerResolver
+from gateway.metrics import GatewayMetrics
+from gateway.ops import build_ops_app
+from gateway.proxy import DataPlane
+from gateway.tenants import load_tenants
+from gateway.tls import server_context
+from gateway.upstream import UpstreamPool
+
+log = logging.getLogger("gateway.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one; the caller reads it back)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig) -> None:
+        self.config = config
+        self.metrics = GatewayMetrics()
+        self.registry = load_tenants(config.tenants_dir)
+        self._relations = self._load_relations(config.relations)
+        for path in (config.server_cert, config.server_key, config.trust_bundle):
+            if not path.exists():
+                raise ConfigError(f"{config.source}: tls: file not found: {path}")
+        self.ssl_context = server_context(config.server_cert, config.server_key,
+                                          config.trust_bundle)
+        self.signer = AssertionSigner(load_or_create_signing_key(config.data_dir / "signing"),
+                                      lifetime_s=config.assertion_lifetime_s)
+        self.audit = JsonlAuditLog(config.data_dir / "audit.jsonl")
+        self.upstreams = UpstreamPool(config.upstreams, self.metrics)
+        self.data_plane = DataPlane(
+            resolver=CallerResolver(self.registry, config.trust_domain),
+            routes=default_route_table(), relations=lambda: self._relations,
+            upstreams=self.upstreams, signer=self.signer, audit=self.audit,
+            metrics=self.metrics)
+        self._runners: list[web.BaseRunner] = []
+        self.data_port = 0
+        self.ops_port = 0
+        self.metrics.config_loaded.set(1)
+
+    def _load_relations(self, path: Path) -> RelationIndex:
+        try:
+            index = RelationIndex.load(path)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"{self.config.source}: gateway.relations: not found: {path}"
+                              ) from exc
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{path}: relation feed unreadable: {exc}") from exc
+        self.metrics.relations_loaded.set(len(index))
+        return index
+
+    def reload_relations(self) -> None:
+        """Swap in a new relation snapshot atomically (one reference store)."""
+        self._relations = self._load_relations(self.config.relations)
+
+    async def start(self, data_sock: socket.socket | None = None,
+                    ops_sock: socket.socket | None = None) -> None:
+        data_sock = data_sock or bind(self.config.data.host, self.config.data.port)
+        ops_sock = ops_sock or bind(self.config.ops.host, self.config.ops.port)
+        await self.upstreams.start(self.config.health_interval_s)
+        server = web.Server(self.data_plane.handle, access_log=None)
+        data_runner = web.ServerRunner(server, handle_signals=False)
+        await data_runner.setup()
+        await web.SockSite(data_runner, data_sock, ssl_context=self.ssl_context).start()
+        ops_runner = web.AppRunner(build_ops_app(self.metrics, self.upstreams, self.signer,
+                                                 lambda: True), access_log=None)
+        await ops_runner.setup()
+        await web.SockSite(ops_runner, ops_sock).start()
+        self._runners = [data_runner, ops_runner]
+        self.data_port = data_sock.getsockname()[1]
+        self.ops_port = ops_sock.getsockname()[1]
+        log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
+                 self.data_port, self.config.ops.host, self.ops_port)
+
+    async def stop(self) -> None:
+        for runner in self._runners:
+            await runner.cleanup()
+        await self.upstreams.close()
+        self.audit.close()

@@ -1,0 +1,130 @@
+"""The whole demo on loopback: dev PKI, dataset, the four simulated shared
+systems and the gateway. Used by ``gateway demo`` (fixed ports) and by the
+tests (port 0 everywhere, so a running demo and the suite never collide)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import ssl
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.assertion import JwksKeySource
+from gateway.config import GatewayConfig
+from gateway.dataset import Dataset, generate
+from gateway.devpki import DevPki, ensure_dev_pki
+from gateway.server import Gateway, bind
+from gateway.simulators import SIMULATOR_NAMES, build_simulator
+from gateway.tenants import TenantRegistry, load_tenants
+
+TRUST_DOMAIN = "shared-grid.test"
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    data: int = 0
+    ops: int = 0
+    simulators: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIMULATOR_NAMES, 0))
+
+    @classmethod
+    def demo(cls) -> StackPorts:
+        return cls(8443, 9102, {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
+
+
+def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+    return ctx
+
+
+def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
+                 data_dir: Path, data_port: int, ops_port: int,
+                 sim_ports: dict[str, int]) -> None:
+    """A config file equivalent to the demo, for ``gateway serve --config``."""
+    lines = [
+        "# Written by `gateway demo`; paths are absolute.",
+        "[gateway]",
+        f'trust_domain = "{pki.trust_domain}"',
+        f'tenants_dir = "{tenants_dir.resolve()}"',
+        f'relations = "{relations.resolve()}"',
+        f'data_dir = "{data_dir.resolve()}"',
+        "",
+        "[tls]",
+        f'cert = "{pki.server_cert.resolve()}"',
+        f'key = "{pki.server_key.resolve()}"',
+        f'trust_bundle = "{pki.ca_cert.resolve()}"',
+        "",
+        "[listeners.data]",
+        f'host = "{LOOPBACK}"',
+        f"port = {data_port}",
+        "",
+        "[listeners.ops]",
+        f'host = "{LOOPBACK}"',
+        f"port = {ops_port}",
+    ]
+    for name, port in sim_ports.items():
+        lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
+                  f'ca = "{pki.ca_cert.resolve()}"', "timeout_s = 5"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class Stack:
+    def __init__(self, *, tenants_dir: Path, certs_dir: Path, work_dir: Path,
+                 ports: StackPorts | None = None, now: datetime | None = None,
+                 trust_domain: str = TRUST_DOMAIN) -> None:
+        self.tenants_dir = tenants_dir
+        self.certs_dir = certs_dir
+        self.work_dir = work_dir
+        self.ports = ports or StackPorts()
+        self.now = now
+        self.trust_domain = trust_domain
+        self.control_token = secrets.token_hex(16)
+        self.registry: TenantRegistry
+        self.pki: DevPki
+        self.dataset: Dataset
+        self.gateway: Gateway
+        self.sim_ports: dict[str, int] = {}
+        self._runners: list[web.BaseRunner] = []
+
+    async def start(self) -> None:
+        self.registry = load_tenants(self.tenants_dir)
+        self.pki = ensure_dev_pki(self.certs_dir, self.registry, self.trust_domain)
+        self.dataset = generate(self.registry, self.now)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        _, relations = self.dataset.write(self.work_dir)
+        data_sock = bind(LOOPBACK, self.ports.data)
+        ops_sock = bind(LOOPBACK, self.ports.ops)
+        ops_port = ops_sock.getsockname()[1]
+        keys = JwksKeySource(f"http://{LOOPBACK}:{ops_port}/.well-known/jwks.json")
+        sim_tls = _simulator_tls(self.pki)
+        sim_socks: dict[str, socket.socket] = {}
+        for name in SIMULATOR_NAMES:
+            sim_socks[name] = bind(LOOPBACK, self.ports.simulators.get(name, 0))
+            self.sim_ports[name] = sim_socks[name].getsockname()[1]
+        for name, sock in sim_socks.items():
+            runner = web.AppRunner(build_simulator(name, self.dataset, keys, self.control_token),
+                                   access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.SockSite(runner, sock, ssl_context=sim_tls).start()
+            self._runners.append(runner)
+        config_path = self.work_dir / "gateway.toml"
+        write_config(config_path, pki=self.pki, tenants_dir=self.tenants_dir,
+                     relations=relations, data_dir=self.work_dir,
+                     data_port=data_sock.getsockname()[1], ops_port=ops_port,
+                     sim_ports=self.sim_ports)
+        self.gateway = Gateway(GatewayConfig.from_toml(config_path))
+        await self.gateway.start(data_sock, ops_sock)
+
+    async def stop(self) -> None:
+        await self.gateway.stop()
+        for runner in self._runners:
+            await runner.cleanup()
+
+    def simulator_url(self, name: str) -> str:
+        return f"https://{LOOPBACK}:{self.sim_ports[name]}"
