@@ -76,7 +76,7 @@ class GatewayConfig:
                 raise ConfigError(f"{source}: upstreams.{name}: unknown upstream "
                                   f"(known: {', '.join(UPSTREAMS)})")
             u = _Reader(raw_up[name], base, source, f"upstreams.{name}.")
-            url = u.str("url")
+            url = u.text("url")
             if not url.startswith(("http://", "https://")):
                 raise ConfigError(f"{source}: upstreams.{name}.url: must be http(s)://")
             upstreams[name] = Upstream(
@@ -84,7 +84,7 @@ class GatewayConfig:
                 u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
                 int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 64)))
         return cls(
-            trust_domain=r.str("gateway.trust_domain"),
+            trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
             relations=r.path("gateway.relations"),
             data_dir=r.path("gateway.data_dir"),
@@ -123,7 +123,7 @@ class _Reader:
             raise self._err(key, "is required (a table)")
         return value
 
-    def str(self, key: str) -> str:
+    def text(self, key: str) -> str:
         value = self._get(key)
         if not isinstance(value, str) or not value:
             raise self._err(key, "is required (a non-empty string)")

@@ -161,7 +161,7 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
                 restricted = {"drop_in_progress": True, "prepayment_active": False,
                               "social_supplier": False, "initiator": first}
             for c in contracts:
-                c["supplier_gln"] = registry.tenants[c["supplier"]].gln
+                c["supplier_gln"] = registry.tenants[str(c["supplier"])].gln
             ds.access_points.append({
                 "ean": ean, "energy": energy, "grid_operator": dso.id,
                 "grid_operator_gln": dso.gln, "region": "wallonia" if dso.id in ("ores", "resa")
@@ -183,7 +183,9 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
     elec_by_dso["fluvius"].remove(moved["serial"])
 
     # ---- water meters paired with electricity meters (D5) ----
-    carriers = [s for d in dsos for s in elec_by_dso[d.id]]
+    # A meter in airplane mode sends nothing, so it carries no water data either.
+    airplane = {m["serial"] for m in ds.meters if m["airplane_mode"]}
+    carriers = [s for d in dsos for s in elec_by_dso[d.id] if s not in airplane]
     for w_i, water in enumerate(hes_water):
         for n in range(3):
             ds.meters.append({

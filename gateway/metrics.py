@@ -17,7 +17,7 @@ from prometheus_client import (
 )
 
 # The *_created series double the exposition for no use to the ops team.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UNKNOWN = "unknown"
 NO_ROUTE = "none"

@@ -43,7 +43,8 @@ class UpstreamPool:
                                              keepalive_timeout=30, enable_cleanup_closed=False)
             self._sessions[name] = aiohttp.ClientSession(
                 base_url=up.url, connector=connector, auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=up.timeout_s, sock_connect=up.connect_timeout_s),
+                timeout=aiohttp.ClientTimeout(total=up.timeout_s,
+                                              sock_connect=up.connect_timeout_s),
                 skip_auto_headers=("User-Agent", "Accept-Encoding"))
         await self.probe_all()
         self._health_task = asyncio.create_task(self._health_loop(health_interval_s))

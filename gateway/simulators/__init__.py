@@ -1,0 +1,44 @@
+"""Simulated shared systems (DESIGN.md §8): the smart-meter HES, the clearing
+system's access register, the Connect My Home portal and the IT provider's
+service platform.
+
+Each one holds several tenants' data on purpose, refuses any request without
+a valid gateway assertion for its own audience, and has a fault switch
+(misroute, slow, error, reset) so tests can prove the gateway catches what an
+upstream gets wrong. They are deliberately dumb about authorisation beyond
+what the real systems do: guarding tenants is the gateway's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.assertion import KeySource
+from gateway.dataset import Dataset
+from gateway.simulators import clearing, cmh, hes, itsm
+from gateway.simulators._common import CONTROL_HEADER, new_app
+
+SIMULATOR_NAMES: tuple[str, ...] = ("hes", "clearing", "cmh", "itsm")
+
+_SETUP: dict[str, Callable[[web.Application, Dataset], None]] = {
+    "hes": hes.setup,
+    "clearing": clearing.setup,
+    "cmh": cmh.setup,
+    "itsm": itsm.setup,
+}
+
+__all__ = ["CONTROL_HEADER", "SIMULATOR_NAMES", "build_simulator"]
+
+
+def build_simulator(name: str, dataset: Dataset, keys: KeySource,
+                    control_token: str) -> web.Application:
+    """The aiohttp app of simulator ``name``; ``name`` is also the assertion
+    audience it requires. It works on its own copy of ``dataset``."""
+    setup = _SETUP.get(name)
+    if setup is None:
+        raise ValueError(f"unknown simulator {name!r} (known: {', '.join(SIMULATOR_NAMES)})")
+    app = new_app(name, keys, control_token)
+    setup(app, dataset)
+    return app

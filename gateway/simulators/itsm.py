@@ -1,0 +1,85 @@
+"""The outsourced IT provider's service-management platform (D9).
+
+Tickets and assets of every client on one platform. A client sees its own;
+the provider sees what it is assigned or maintains, with the client's data
+in it: pseudonymising that for the provider (D9) is the gateway's job.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.dataset import Dataset
+from gateway.simulators._common import (
+    Handler,
+    Record,
+    SimError,
+    json_response,
+    misrouting,
+    other,
+    tenant_of,
+)
+
+
+@dataclass
+class Collection:
+    """One kind of record, and the field naming the provider's part in it."""
+
+    plural: str  # list key and path segment: "tickets", "assets"
+    partner: str  # "assignee" (tickets), "maintainer" (assets); "internal" = nobody
+    records: dict[str, Record]
+
+    def mine(self, rec: Record, tenant: str) -> bool:
+        return bool(rec["client"] == tenant or rec[self.partner] == tenant)
+
+
+@dataclass
+class ItsmData:
+    tickets: Collection
+    assets: Collection
+
+
+ITSM = web.AppKey("itsm_data", ItsmData)
+
+
+def _foreign(coll: Collection, tenant: str, besides: str = "") -> Record | None:
+    """Another client's record the caller has no part in (misroute)."""
+    return other(list(coll.records.values()),
+                 lambda r: r["id"] != besides and not coll.mine(r, tenant))
+
+
+def _handlers(pick: str) -> tuple[Handler, Handler]:
+    def coll_of(request: web.Request) -> Collection:
+        data = request.app[ITSM]
+        return data.tickets if pick == "tickets" else data.assets
+
+    async def list_records(request: web.Request) -> web.StreamResponse:
+        coll, tenant = coll_of(request), tenant_of(request)
+        out = [r for r in coll.records.values() if coll.mine(r, tenant)]
+        if misrouting(request) and (stray := _foreign(coll, tenant)) is not None:
+            out.append(stray)
+        return json_response({coll.plural: out})
+
+    async def get_record(request: web.Request) -> web.StreamResponse:
+        coll, rid = coll_of(request), request.match_info["id"]
+        if misrouting(request) and (stray := _foreign(coll, tenant_of(request), rid)) is not None:
+            return json_response(stray)
+        rec = coll.records.get(rid)
+        if rec is None:
+            raise SimError(404, "not-found", f"unknown {pick[:-1]}")
+        return json_response(rec)
+
+    return list_records, get_record
+
+
+def setup(app: web.Application, dataset: Dataset) -> None:
+    app[ITSM] = ItsmData(
+        Collection("tickets", "assignee", {t["id"]: t for t in copy.deepcopy(dataset.tickets)}),
+        Collection("assets", "maintainer", {a["id"]: a for a in copy.deepcopy(dataset.assets)}))
+    for pick in ("tickets", "assets"):
+        list_records, get_record = _handlers(pick)
+        app.router.add_get(f"/{pick}", list_records)
+        app.router.add_get(f"/{pick}/{{id}}", get_record)

@@ -1,0 +1,181 @@
+"""check_response(): every record is the caller's, or nothing goes out (D1)."""
+
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from typing import Any
+
+from gateway.core.catalog import default_route_table
+from gateway.core.check import check_response
+from gateway.core.decide import RequestFacts
+from gateway.core.relations import RelationIndex
+
+from .conftest import (
+    EAN_A,
+    EAN_B,
+    EAN_D3,
+    METER_MOVED,
+    METER_ORES,
+    METER_WATER,
+    NOW,
+    SWITCH,
+    tenant,
+)
+
+TABLE = default_route_table()
+
+
+def check(caller_id: str, kind: str, method: str, path: str, body: Any,
+          relations: RelationIndex, query: dict[str, str] | None = None):
+    found = TABLE.lookup(method, path)
+    assert found.match is not None
+    facts = RequestFacts(found.match.params, query or {})
+    return check_response(tenant(caller_id, kind), found.match.route, facts, relations,
+                          copy.deepcopy(body), NOW)
+
+
+def test_own_list_passes_unchanged(relations: RelationIndex) -> None:
+    body = {"meters": [{"serial": METER_ORES}]}
+    v = check("ores", "dso", "GET", "/hes/meters", body, relations)
+    assert v.decision.allowed and not v.changed and v.body == body
+
+
+def test_one_foreign_record_withholds_the_whole_list(relations: RelationIndex) -> None:
+    body = {"meters": [{"serial": METER_ORES}, {"serial": METER_WATER}]}
+    v = check("ores", "dso", "GET", "/hes/meters", body, relations)
+    assert not v.decision.allowed
+    assert v.decision.status == 502 and v.decision.reason == "foreign-record"
+    assert v.body is None
+
+
+def test_detail_must_be_the_requested_record(relations: RelationIndex) -> None:
+    v = check("ores", "dso", "GET", f"/hes/meters/{METER_ORES}", {"serial": "1SAG0000000077"},
+              relations)
+    assert v.decision.reason == "record-not-requested"
+
+
+def test_malformed_upstream_answers_fail_closed(relations: RelationIndex) -> None:
+    for body in ({"meters": "x"}, {"nope": []}, [1, 2], {"meters": [{"serial": 5}]},
+                 {"meters": [["a"]]}):
+        v = check("ores", "dso", "GET", "/hes/meters", body, relations)
+        assert not v.decision.allowed and v.decision.reason == "response-malformed"
+
+
+def test_water_reading_through_electricity_meter_is_caught(relations: RelationIndex) -> None:
+    # D5: a water reading travelling through ORES's electricity meter must not
+    # be handed to ORES.
+    day = (NOW - timedelta(days=3)).date().isoformat()
+    body = {"readings": [
+        {"meter": METER_ORES, "timestamp": f"{day}T00:00:00+00:00"},
+        {"meter": METER_WATER, "timestamp": f"{day}T00:00:00+00:00"},
+    ]}
+    v = check("ores", "dso", "GET", f"/hes/meters/{METER_ORES}/readings", body, relations,
+              {"date": day})
+    assert v.decision.reason == "foreign-record"
+
+
+def test_readings_after_owner_change_are_not_the_old_owners(relations: RelationIndex) -> None:
+    day = SWITCH.date().isoformat()
+    morning = {"meter": METER_MOVED, "timestamp": f"{day}T06:00:00+00:00"}
+    evening = {"meter": METER_MOVED, "timestamp": f"{day}T18:00:00+00:00"}
+    path = f"/hes/meters/{METER_MOVED}/readings"
+    assert check("fluvius", "dso", "GET", path, {"readings": [morning]}, relations,
+                 {"date": day}).decision.allowed
+    v = check("fluvius", "dso", "GET", path, {"readings": [morning, evening]}, relations,
+              {"date": day})
+    assert v.decision.reason == "foreign-record"
+    assert check("sibelga", "dso", "GET", path, {"readings": [evening]}, relations,
+                 {"date": day}).decision.allowed
+
+
+def test_record_outside_requested_window(relations: RelationIndex) -> None:
+    q = {"from": (NOW - timedelta(days=30)).date().isoformat(),
+         "to": (NOW - timedelta(days=1)).date().isoformat()}
+    early = (NOW - timedelta(days=200)).date().isoformat()
+    body = {"readings": [{"ean": EAN_A, "date": early}]}
+    v = check("lumen-energie", "supplier", "GET", f"/clearing/access-points/{EAN_A}/consumption",
+              body, relations, q)
+    assert v.decision.reason == "record-outside-window"
+
+
+def _access_point(ean: str, contracts: list[dict[str, Any]], restricted: Any = None
+                  ) -> dict[str, Any]:
+    return {"ean": ean, "contracts": contracts, "restricted": restricted}
+
+
+def test_d3_new_supplier_does_not_learn_of_the_drop(relations: RelationIndex) -> None:
+    contracts = [{"supplier": "lumen-energie", "valid_from": None, "valid_to": None},
+                 {"supplier": "kempen-power", "valid_from": None, "valid_to": None}]
+    record = _access_point(EAN_D3, contracts, {"drop_in_progress": True,
+                                               "initiator": "lumen-energie"})
+    path = f"/clearing/access-points/{EAN_D3}"
+    new = check("kempen-power", "supplier", "GET", path, record, relations)
+    assert new.decision.allowed and new.changed
+    assert "restricted" not in new.body
+    assert "drop" not in repr(new.body)
+    initiator = check("lumen-energie", "supplier", "GET", path, record, relations)
+    assert initiator.body["restricted"]["drop_in_progress"] is True
+    grid = check("ores", "dso", "GET", path, record, relations)
+    assert grid.body["restricted"]["drop_in_progress"] is True
+
+
+def test_d2_supplier_sees_only_its_own_contracts(relations: RelationIndex) -> None:
+    contracts = [{"supplier": "mosa-energie", "valid_from": "2024-01-01", "valid_to": "2026-03-07"},
+                 {"supplier": "lumen-energie", "valid_from": "2026-03-07", "valid_to": None}]
+    v = check("lumen-energie", "supplier", "GET", f"/clearing/access-points/{EAN_A}",
+              _access_point(EAN_A, contracts), relations)
+    assert [c["supplier"] for c in v.body["contracts"]] == ["lumen-energie"]
+    dso = check("ores", "dso", "GET", f"/clearing/access-points/{EAN_A}",
+                _access_point(EAN_A, contracts), relations)
+    assert len(dso.body["contracts"]) == 2
+    welfare = check("cpas-namur", "social-welfare", "GET", f"/clearing/access-points/{EAN_A}",
+                    _access_point(EAN_A, contracts), relations)
+    assert [c["supplier"] for c in welfare.body["contracts"]] == ["lumen-energie"]
+
+
+def test_supplier_list_with_foreign_access_point_is_withheld(relations: RelationIndex) -> None:
+    body = {"access_points": [_access_point(EAN_A, []), _access_point(EAN_B, [])]}
+    v = check("lumen-energie", "supplier", "GET", "/clearing/access-points", body, relations)
+    assert v.decision.reason == "foreign-record"
+
+
+def _cmh_request() -> dict[str, Any]:
+    return {"id": "CMH1", "coordinator": "ores", "status": "open",
+            "site": {"street": "Chemin 1", "postal_code": "5000", "city": "Namur",
+                     "requested_date": "2026-07-01", "household": {"name": "H"},
+                     "eans": [EAN_A], "cadastral_parcel": "92001A"},
+            "connections": [
+                {"id": "CMH1-1", "operator": "ores", "utility": "electricity", "ean": EAN_A},
+                {"id": "CMH1-2", "operator": "proximus", "utility": "telecom"},
+                {"id": "CMH1-3", "operator": "swde", "utility": "water"}]}
+
+
+def test_cmh_operator_sees_only_its_connection_and_minimum_site(relations: RelationIndex
+                                                                 ) -> None:
+    v = check("proximus", "telecom", "GET", "/cmh/requests/CMH1", _cmh_request(), relations)
+    assert v.decision.allowed
+    assert [c["id"] for c in v.body["connections"]] == ["CMH1-2"]
+    assert set(v.body["site"]) == {"street", "postal_code", "city", "requested_date",
+                                   "household"}
+    assert EAN_A not in repr(v.body)  # telecom never sees an energy EAN
+
+
+def test_cmh_coordinator_sees_everything(relations: RelationIndex) -> None:
+    v = check("ores", "dso", "GET", "/cmh/requests/CMH1", _cmh_request(), relations)
+    assert v.decision.allowed and not v.changed and len(v.body["connections"]) == 3
+
+
+def test_cmh_ean_smuggled_in_a_connection_is_withheld_for_telecom(relations: RelationIndex
+                                                                   ) -> None:
+    req = _cmh_request()
+    req["connections"][1]["note"] = f"same address as {EAN_A}"
+    v = check("proximus", "telecom", "GET", "/cmh/requests/CMH1", req, relations)
+    assert not v.decision.allowed and v.decision.reason == "field-rule-violation"
+
+
+def test_cmh_list_with_request_of_others_is_withheld(relations: RelationIndex) -> None:
+    other = _cmh_request() | {"id": "CMH9"}
+    v = check("proximus", "telecom", "GET", "/cmh/requests",
+              {"requests": [_cmh_request(), other]}, relations)
+    assert v.decision.reason == "foreign-record"

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
+
+
+def test_identity_and_hop_by_hop_headers_never_forwarded() -> None:
+    clean = clean_request_headers([
+        ("Accept", "application/json"),
+        ("X-Tenant", "fluvius"), ("X-Tenant-Id", "fluvius"),
+        ("X-Forwarded-For", "10.0.0.1"), ("X-Forwarded-Client-Cert", "By=spiffe://x"),
+        ("Forwarded", "for=1.2.3.4"), ("Authorization", "Bearer stolen"),
+        ("X-Gateway-Assertion", "forged.jwt.token"),
+        ("Connection", "close, X-Foo"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
+        ("Transfer-Encoding", "chunked"), ("Upgrade", "h2c"), ("X-Foo", "bar"),
+        ("Cookie", "s=1"), ("Host", "localhost"),
+    ])
+    assert clean.forward == {"accept": "application/json"}
+    assert set(clean.dropped_identity) >= {"x-tenant", "x-tenant-id", "x-forwarded-for",
+                                           "x-forwarded-client-cert", "forwarded",
+                                           "authorization", "x-gateway-assertion"}
+
+
+@pytest.mark.parametrize("name", ["X_Tenant", "x_forwarded_for", "Accept_Language"])
+def test_underscore_header_names_are_refused(name: str) -> None:
+    with pytest.raises(HeaderRejected):
+        clean_request_headers([(name, "v")])
+
+
+def test_repeated_forwarded_header_is_refused() -> None:
+    with pytest.raises(HeaderRejected):
+        clean_request_headers([("Idempotency-Key", "a"), ("idempotency-key", "b")])
+
+
+def test_response_headers_allow_list() -> None:
+    out = clean_response_headers([("ETag", '"1"'), ("Server", "sim/1.0"),
+                                  ("Set-Cookie", "x=1"), ("X-Powered-By", "aiohttp")])
+    assert out == {"ETag": '"1"'}

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.core.identifiers import (
+    gs1_check_digit,
+    is_valid_ean,
+    is_valid_gln,
+    is_valid_meter_serial,
+    with_check_digit,
+)
+
+
+def test_domain_example_ean() -> None:
+    # DOMAIN.md: 541448860012075359 -> S = 121 -> check digit 9
+    assert gs1_check_digit("54144886001207535") == 9
+    assert is_valid_ean("541448860012075359")
+
+
+def test_demo_glns_are_valid() -> None:
+    for gln in ("5410000000019", "5410000000026", "5410000000033"):
+        assert is_valid_gln(gln)
+
+
+@given(st.text(alphabet="0123456789", min_size=17, max_size=17), st.integers(0, 16),
+       st.integers(1, 9))
+def test_any_single_digit_change_fails(data: str, pos: int, delta: int) -> None:
+    ean = with_check_digit(data)
+    changed = ean[:pos] + str((int(ean[pos]) + delta) % 10) + ean[pos + 1:]
+    assert is_valid_ean(ean)
+    assert not is_valid_ean(changed)
+
+
+@given(st.text(alphabet="0123456789", min_size=17, max_size=17), st.integers(0, 15))
+def test_adjacent_swap_fails_unless_digits_equal_or_differ_by_5(data: str, pos: int) -> None:
+    ean = with_check_digit(data)
+    a, b = ean[pos], ean[pos + 1]
+    swapped = ean[:pos] + b + a + ean[pos + 2:]
+    # GS1 mod 10 misses a swap only when the digits are equal or differ by 5.
+    if a != b and abs(int(a) - int(b)) != 5:
+        assert not is_valid_ean(swapped)
+
+
+def test_malformed_ids() -> None:
+    assert not is_valid_ean("54144886001207535")  # 17 digits
+    assert not is_valid_ean("54144886001207535X")
+    assert not is_valid_ean(" 541448860012075359")
+    assert is_valid_meter_serial("1SAG1100042062")
+    assert not is_valid_meter_serial("1sag1100042062")
+    assert not is_valid_meter_serial("../1SAG")
