@@ -220,7 +220,7 @@ def _portal(ds: Dataset, registry: TenantRegistry, by_dso: dict[str, list[dict[s
         ("ores", ["ores:electricity", "ores:gas", "swde:water", "proximus:telecom"]),
         ("ores", ["ores:electricity", "orange:telecom"]),
         ("resa", ["resa:electricity", "swde:water", "telenet:telecom"]),
-        ("ores", ["swde:water", "telenet:telecom", "proximus:telecom"]),
+        ("ores", ["ores:gas", "telenet:telecom", "proximus:telecom"]),
         ("resa", ["resa:gas", "orange:telecom"]),
         ("resa", ["resa:electricity", "proximus:telecom"]),
     ]

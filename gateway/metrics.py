@@ -7,6 +7,8 @@ bounded sets, never raw paths or resource ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -60,6 +62,16 @@ class GatewayMetrics:
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)
+
+    def declare(self, tenants: Iterable[str], upstreams: Iterable[str]) -> None:
+        """Create the zero series an alert needs to see a first increase
+        (``increase(gateway_isolation_violations_total[5m]) > 0``)."""
+        ups = list(upstreams)
+        for tenant in tenants:
+            for upstream in ups:
+                self.isolation_violations.labels(tenant, upstream, "response")
+        for upstream in ups:
+            self.upstream_up.labels(upstream)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

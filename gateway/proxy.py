@@ -212,6 +212,19 @@ class DataPlane:
         headers["X-Request-Id"] = ex.incident
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
+    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+                        reason: str) -> web.Response:
+        """A problem for a request the HTTP layer could not parse or handle."""
+        ex = _Exchange()
+        ex.reason = reason
+        try:
+            ex.caller = self.resolver.resolve(request)
+        except RequestRefused:
+            ex.caller = None
+        response = self._problem(status, ex)
+        self._account(ex, request, response)
+        return response
+
     # -- answers, audit, metrics -------------------------------------------
     def _problem(self, status: int, ex: _Exchange,
                  headers: dict[str, str] | None = None) -> web.Response:

@@ -7,6 +7,8 @@ import socket
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.assertion import AssertionSigner, load_or_create_signing_key
 from gateway.audit import JsonlAuditLog
@@ -36,12 +38,48 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _ProblemRequestHandler(RequestHandler):
+    """aiohttp answers what its own HTTP parser rejects (unknown methods,
+    malformed framing) and unhandled exceptions in plain text with a version
+    banner. Here those become problem documents with an incident id, audited
+    like every other refusal, and the connection is closed."""
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        manager = self._manager
+        assert isinstance(manager, DataServer)
+        if isinstance(exc, BadHttpMethod):
+            status, reason = 501, "method-unknown"
+        elif status >= 500:
+            self.log_exception("error handling request", exc_info=exc)
+            reason = "internal-error"
+        else:
+            reason = "http-parse-error"
+        resp = manager.plane.refuse_unparsed(request, status, reason)
+        resp.force_close()
+        return resp
+
+
+class DataServer(web.Server):
+    """The low-level aiohttp server of the data plane (no router: the
+    pipeline routes itself)."""
+
+    def __init__(self, plane: DataPlane, **kwargs: object) -> None:
+        super().__init__(plane.handle, **kwargs)  # type: ignore[arg-type]
+        self.plane = plane
+
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
         self.registry = load_tenants(config.tenants_dir)
         self._relations = self._load_relations(config.relations)
+        self.metrics.declare(self.registry.tenants, config.upstreams)
         for path in (config.server_cert, config.server_key, config.trust_bundle):
             if not path.exists():
                 raise ConfigError(f"{config.source}: tls: file not found: {path}")
@@ -81,7 +119,7 @@ class Gateway:
         data_sock = data_sock or bind(self.config.data.host, self.config.data.port)
         ops_sock = ops_sock or bind(self.config.ops.host, self.config.ops.port)
         await self.upstreams.start(self.config.health_interval_s)
-        server = web.Server(self.data_plane.handle, access_log=None)
+        server = DataServer(self.data_plane, access_log=None)
         data_runner = web.ServerRunner(server, handle_signals=False)
         await data_runner.setup()
         await web.SockSite(data_runner, data_sock, ssl_context=self.ssl_context).start()

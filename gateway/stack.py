@@ -45,7 +45,8 @@ def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
 
 def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
                  data_dir: Path, data_port: int, ops_port: int,
-                 sim_ports: dict[str, int]) -> None:
+                 sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
+                 health_interval_s: float = 5.0) -> None:
     """A config file equivalent to the demo, for ``gateway serve --config``."""
     lines = [
         "# Written by `gateway demo`; paths are absolute.",
@@ -54,6 +55,7 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         f'tenants_dir = "{tenants_dir.resolve()}"',
         f'relations = "{relations.resolve()}"',
         f'data_dir = "{data_dir.resolve()}"',
+        f"health_interval_s = {health_interval_s}",
         "",
         "[tls]",
         f'cert = "{pki.server_cert.resolve()}"',
@@ -70,20 +72,23 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
     ]
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
-                  f'ca = "{pki.ca_cert.resolve()}"', "timeout_s = 5"]
+                  f'ca = "{pki.ca_cert.resolve()}"', f"timeout_s = {upstream_timeout_s}"]
     path.write_text("\n".join(lines) + "\n")
 
 
 class Stack:
     def __init__(self, *, tenants_dir: Path, certs_dir: Path, work_dir: Path,
                  ports: StackPorts | None = None, now: datetime | None = None,
-                 trust_domain: str = TRUST_DOMAIN) -> None:
+                 trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
+                 health_interval_s: float = 5.0) -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
         self.ports = ports or StackPorts()
         self.now = now
         self.trust_domain = trust_domain
+        self.upstream_timeout_s = upstream_timeout_s
+        self.health_interval_s = health_interval_s
         self.control_token = secrets.token_hex(16)
         self.registry: TenantRegistry
         self.pki: DevPki
@@ -117,7 +122,8 @@ class Stack:
         write_config(config_path, pki=self.pki, tenants_dir=self.tenants_dir,
                      relations=relations, data_dir=self.work_dir,
                      data_port=data_sock.getsockname()[1], ops_port=ops_port,
-                     sim_ports=self.sim_ports)
+                     sim_ports=self.sim_ports, upstream_timeout_s=self.upstream_timeout_s,
+                     health_interval_s=self.health_interval_s)
         self.gateway = Gateway(GatewayConfig.from_toml(config_path))
         await self.gateway.start(data_sock, ops_sock)
 

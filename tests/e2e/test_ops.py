@@ -1,0 +1,80 @@
+"""The ops plane (issue 2 item 10): metrics with bounded labels, health,
+readiness that follows the upstreams, JWKS."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import RunningStack, start_stack
+
+REQUIRED = {
+    "gateway_requests": {"tenant", "upstream", "route", "status"},
+    "gateway_request_duration_seconds": {"tenant", "upstream"},
+    "gateway_denied": {"tenant", "upstream", "reason"},
+    "gateway_isolation_violations": {"tenant", "upstream", "direction"},
+    "gateway_upstream_up": {"upstream"},
+}
+
+
+def test_metrics_names_and_labels(gw: RunningStack) -> None:
+    meter = next(m["serial"] for m in gw.stack.dataset.meters
+                 if m["owners"][-1]["tenant"] == "fluvius")
+    assert gw.client("ores").get(f"/hes/meters/{meter}").status == 403
+    assert gw.client("ores").get("/hes/meters").status == 200
+    resp = gw.ops("/metrics")
+    assert resp.status == 200
+    families = {f.name: f for f in text_string_to_metric_families(resp.body.decode())}
+    for name, labels in REQUIRED.items():
+        assert name in families, name
+        samples = families[name].samples
+        assert samples, name
+        for s in samples:
+            assert labels <= set(s.labels) | {"le"}, (name, s.labels)
+    tenants = set(gw.stack.registry.tenants) | {"unknown"}
+    routes = {r.template for r in gw.stack.gateway.data_plane.routes.routes} | {"none"}
+    for family in families.values():
+        for s in family.samples:
+            if "tenant" in s.labels:
+                assert s.labels["tenant"] in tenants
+            if "route" in s.labels:
+                # Route templates only: never a raw path or a resource id.
+                assert s.labels["route"] in routes, s.labels
+                assert meter not in s.labels["route"]
+    assert gw.metric("gateway_denied_total", tenant="ores", upstream="hes",
+                     reason="no-relation") >= 1
+    assert gw.metric("gateway_requests_total", tenant="ores", upstream="hes",
+                     route="/hes/meters", status="200") >= 1
+    for name in gw.stack.sim_ports:
+        assert gw.metric("gateway_upstream_up", upstream=name) == 1
+
+
+def test_health_and_jwks(gw: RunningStack) -> None:
+    assert gw.ops("/healthz").status == 200
+    ready = gw.ops("/readyz")
+    assert ready.status == 200 and ready.json["status"] == "ready"
+    keys = gw.ops("/.well-known/jwks.json").json["keys"]
+    assert keys and all(k["kty"] == "OKP" and k["kid"] and "d" not in k for k in keys)
+
+
+def test_readyz_follows_upstreams(tmp_path: Path) -> None:
+    gw = start_stack(tmp_path, health_interval_s=0.1)
+    try:
+        assert gw.ops("/readyz").status == 200
+        # Take the HES simulator down: readiness drops, the gauge says which.
+        hes_runner = gw.stack._runners[0]
+        gw.run(hes_runner.cleanup())
+        deadline = time.monotonic() + 10
+        while gw.ops("/readyz").status == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ready = gw.ops("/readyz")
+        assert ready.status == 503
+        assert ready.json["upstreams"]["hes"] == "down"
+        assert gw.metric("gateway_upstream_up", upstream="hes") == 0
+        assert gw.metric("gateway_upstream_up", upstream="itsm") == 1
+        resp = gw.client("ores").get("/hes/meters")
+        assert resp.status == 502 and resp.json["incident"]
+    finally:
+        gw.stop()
