@@ -16,11 +16,11 @@ from gateway.errors import ConfigError
 
 def _run_until_signal(start: object, stop: object) -> None:
     async def main() -> None:
-        await start()  # type: ignore[operator]
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
+        await start()  # type: ignore[operator]
         try:
             await done.wait()
         finally:
@@ -43,7 +43,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.stack import Stack, StackPorts
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
-                  work_dir=Path(args.work), ports=StackPorts.demo())
+                  work_dir=Path(args.work),
+                  ports=StackPorts() if args.ephemeral_ports else StackPorts.demo())
 
     async def start() -> None:
         await stack.start()
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tenants", default="tenants", help="tenant declarations directory")
     demo.add_argument("--certs", default="certs/dev", help="where the dev PKI is written")
     demo.add_argument("--work", default="var/demo", help="dataset, keys, audit log")
+    demo.add_argument("--ephemeral-ports", action="store_true",
+                      help="let the kernel pick every port (for tests beside a running demo)")
     demo.set_defaults(func=cmd_demo)
 
     certs = sub.add_parser("certs", help="certificate tasks")
