@@ -123,8 +123,8 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
     dsos = [t for t in registry if t.kind == "dso"]
     suppliers = [t for t in registry if t.kind == "supplier"]
     welfare = [t for t in registry if t.kind == "social-welfare"]
-    hes_water = [t for t in registry if t.kind == "water" and "field-ops" in
-                 {name for (_, name) in t.principals}]
+    hes_water = [t for t in registry
+                 if t.kind == "water" and t.attributes.get("hes_consortium")]
     elec_by_dso: dict[str, list[str]] = {}
 
     # ---- HES meters and clearing access points, per DSO ----

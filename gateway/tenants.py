@@ -19,7 +19,7 @@ KNOWN_ROLES = frozenset(
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",
-                          "principals"})
+                          "hes_consortium", "principals"})
 _PRINCIPAL_KEYS = frozenset({"kind", "name", "roles", "team"})
 
 
@@ -84,9 +84,12 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
     if prefix is not None and not (prefix.isdigit() and prefix.startswith("54")
                                    and 4 <= len(prefix) <= 10):
         raise _fail(where, "ean_prefix", "must be 4-10 digits starting with 54")
-    coordinator = doc.get("cmh_coordinator", False)
-    if not isinstance(coordinator, bool):
-        raise _fail(where, "cmh_coordinator", "must be true or false")
+    flags: dict[str, object] = {}
+    for flag in ("cmh_coordinator", "hes_consortium"):
+        value = doc.get(flag, False)
+        if not isinstance(value, bool):
+            raise _fail(where, flag, "must be true or false")
+        flags[flag] = value
     raw_principals = doc.get("principals")
     if not isinstance(raw_principals, list) or not raw_principals:
         raise _fail(where, "principals", "must be a non-empty array of tables")
@@ -97,7 +100,7 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
             # One certificate file per name under certs/<tenant>/: names are unique.
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
-    attributes: dict[str, object] = {"cmh_coordinator": coordinator}
+    attributes: dict[str, object] = dict(flags)
     if prefix is not None:
         attributes["ean_prefix"] = prefix
     assert name is not None and kind is not None

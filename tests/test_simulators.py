@@ -182,7 +182,7 @@ async def test_unknown_paths_and_methods_answer_json(start: Start) -> None:
 async def test_hes_lists_the_meters_a_tenant_owns_now(start: Start) -> None:
     sim = await start("hes")
     moved = moved_meter()["serial"]
-    for tenant in ("fluvius", "sibelga", "swde", "lumen-energie"):
+    for tenant in ("fluvius", "sibelga", "pidpa", "lumen-energie"):
         status, body = await sim.get("/meters", tenant)
         assert status == 200
         assert {m["serial"] for m in body["meters"]} == {m["serial"] for m in meters_of(tenant)}
@@ -191,7 +191,7 @@ async def test_hes_lists_the_meters_a_tenant_owns_now(start: Start) -> None:
                                 "communicating"}
             assert rec["communicating"] is not rec["airplane_mode"]
         assert (moved in {m["serial"] for m in body["meters"]}) is (tenant == "sibelga")
-    assert len((await sim.get("/meters", "swde"))[1]["meters"]) == 3
+    assert len((await sim.get("/meters", "pidpa"))[1]["meters"]) == 3
 
     status, rec = await sim.get(f"/meters/{moved}", "ores")  # the gateway guards, not the HES
     assert status == 200 and rec["serial"] == moved
@@ -217,8 +217,8 @@ async def test_hes_readings_per_utility(start: Start) -> None:
     assert body["readings"][5]["timestamp"] == f"{YESTERDAY}T00:15:00+00:00"
     assert body["readings"][-1]["timestamp"] == f"{YESTERDAY}T23:45:00+00:00"
 
-    water = meters_of("swde", "water")[0]["serial"]
-    status, body = await sim.get(f"/meters/{water}/readings?date={TODAY}", "swde")
+    water = meters_of("pidpa", "water")[0]["serial"]
+    status, body = await sim.get(f"/meters/{water}/readings?date={TODAY}", "pidpa")
     assert [(r["obis"], r["unit"]) for r in body["readings"]] == [("8-0:1.0.0", "m3")]
     # Not the caller's meter: the HES gives it nothing of it.
     assert (await sim.get(f"/meters/{water}/readings?date={TODAY}", "ores"))[1]["readings"] == []

@@ -17,6 +17,7 @@ def test_demo_tenants_cover_the_report() -> None:
     kinds = {t.id: t.kind for t in reg}
     hes = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]
     assert all(kinds[t] in ("dso", "water") for t in hes)
+    assert {t.id for t in reg if t.attributes["hes_consortium"]} == set(hes)  # seven companies
     assert sum(k == "supplier" for k in kinds.values()) >= 3
     assert "social-welfare" in kinds.values()
     assert "clearing-house" in kinds.values()

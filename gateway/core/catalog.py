@@ -13,6 +13,7 @@ _OWNER = frozenset({"owner"})
 
 # --- HES: the smart-meter head-end shared by the seven consortium members (D5)
 _HES = {"dso": _OWNER, "water": _OWNER}
+_CONSORTIUM = "hes_consortium"
 # --- clearing: the access register (D2, D3, D4)
 _CLEARING = {
     "dso": frozenset({"grid-operator"}),
@@ -41,15 +42,16 @@ def _path(kind: str, name: str) -> ResourceRef:
 
 
 ROUTES: tuple[Route, ...] = (
-    Route("hes", "GET", "/hes/meters", _HES,
+    Route("hes", "GET", "/hes/meters", _HES, member_of=_CONSORTIUM,
           records=(RecordCheck("meter", "serial", items="meters"),)),
-    Route("hes", "GET", "/hes/meters/{serial}", _HES, resource=_path("meter", "serial"),
+    Route("hes", "GET", "/hes/meters/{serial}", _HES, member_of=_CONSORTIUM,
+          resource=_path("meter", "serial"),
           records=(RecordCheck("meter", "serial", same_as_request=True),)),
-    Route("hes", "GET", "/hes/meters/{serial}/readings", _HES,
+    Route("hes", "GET", "/hes/meters/{serial}/readings", _HES, member_of=_CONSORTIUM,
           resource=_path("meter", "serial"), window="date",
           records=(RecordCheck("meter", "meter", items="readings", at_field="timestamp",
                                window_field="timestamp"),)),
-    Route("hes", "POST", "/hes/meters/{serial}/operations", _HES,
+    Route("hes", "POST", "/hes/meters/{serial}/operations", _HES, member_of=_CONSORTIUM,
           resource=_path("meter", "serial"), required_role="meter-operator",
           records=(RecordCheck("meter", "serial", same_as_request=True),),
           max_body_bytes=16 * 1024),

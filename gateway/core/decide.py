@@ -96,6 +96,8 @@ def decide(
     if names is None:
         # D6: this kind of tenant has no business on this route at all.
         return Decision.deny("tenant-kind-not-permitted")
+    if route.member_of is not None and not caller.tenant.attributes.get(route.member_of):
+        return Decision.deny("not-a-member")  # D6: e.g. SWDE is not in the HES consortium
     if route.required_role is not None and route.required_role not in caller.principal.roles:
         return Decision.deny("missing-role")  # D6: role-based rights
     window = request_window(route, facts, now)

@@ -62,6 +62,8 @@ class Route:
     # readings only inside its contract).
     window_bound: frozenset[str] = frozenset()
     required_role: str | None = None
+    # A tenant flag the caller must carry (the HES serves its consortium only).
+    member_of: str | None = None
     field_rules: tuple[str, ...] = ()
     max_body_bytes: int = 1 * MiB
     segments: tuple[str, ...] = field(init=False, repr=False, compare=False)

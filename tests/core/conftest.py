@@ -22,9 +22,13 @@ METER_WATER = "3WTR0000000001"  # pidpa, paired with an ORES meter
 SWITCH = NOW - DAY
 
 
+HES_MEMBERS = {"ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"}
+
+
 def tenant(tid: str, kind: str, roles: frozenset[str] = frozenset({"reader"})) -> Caller:
     p = Principal(tid, "service", "api", roles)
-    t = Tenant(tid, tid, kind, principals={("service", "api"): p})
+    t = Tenant(tid, tid, kind, principals={("service", "api"): p},
+               attributes={"hes_consortium": tid in HES_MEMBERS})
     return Caller(t, p)
 
 

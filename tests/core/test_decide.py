@@ -167,6 +167,12 @@ def test_kind_without_business_on_a_system_is_refused(relations: RelationIndex) 
     assert d.reason == "tenant-kind-not-permitted"
 
 
+def test_hes_serves_its_consortium_only(relations: RelationIndex) -> None:
+    # SWDE is a water company but not one of the seven HES companies.
+    assert ask("swde", "water", "GET", "/hes/meters", relations).reason == "not-a-member"
+    assert ask("pidpa", "water", "GET", "/hes/meters", relations).allowed
+
+
 def test_remote_operation_needs_meter_operator_role(relations: RelationIndex) -> None:
     path = f"/hes/meters/{METER_ORES}/operations"
     assert ask("ores", "dso", "POST", path, relations).reason == "missing-role"
