@@ -132,3 +132,10 @@ def test_config_errors_name_file_and_key(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert "missing.toml: config file not found" in proc.stderr
+
+
+def test_example_config_is_valid() -> None:
+    cfg = GatewayConfig.from_toml(REPO / "deploy" / "gateway.example.toml")
+    assert cfg.data.port == 8443 and cfg.ops.host == "127.0.0.1"
+    assert set(cfg.upstreams) == {"hes", "clearing", "cmh", "itsm"}
+    assert cfg.tenants_dir.resolve() == (REPO / "tenants").resolve()
