@@ -103,6 +103,9 @@ class AssertionSigner:
         self._cache[key] = (now, token)
         return token
 
+    def forget_cached(self) -> None:
+        self._cache.clear()
+
     def _sign(self, caller: Caller, upstream: str, now: int) -> str:
         p = caller.principal
         claims = {

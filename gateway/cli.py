@@ -8,18 +8,21 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError
 
 
-def _run_until_signal(start: object, stop: object) -> None:
+def _run_until_signal(start: object, stop: object,
+                      reload: Callable[[], None] | None = None) -> None:
     async def main() -> None:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
+        if reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, _safe_reload, reload)
         await start()  # type: ignore[operator]
         try:
             await done.wait()
@@ -30,12 +33,20 @@ def _run_until_signal(start: object, stop: object) -> None:
         asyncio.run(main())
 
 
+def _safe_reload(reload: Callable[[], None]) -> None:
+    try:
+        reload()
+    except ConfigError as exc:
+        logging.getLogger("gateway").error("reload refused, keeping the running config: %s",
+                                           exc)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig
     from gateway.server import Gateway
 
     gw = Gateway(GatewayConfig.from_toml(Path(args.config)))
-    _run_until_signal(gw.start, gw.stop)
+    _run_until_signal(gw.start, gw.stop, gw.reload)
     return 0
 
 
@@ -50,7 +61,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await stack.start()
         print(demo_banner(stack), flush=True)
 
-    _run_until_signal(start, stack.stop)
+    _run_until_signal(start, stack.stop, lambda: stack.gateway.reload())
     return 0
 
 

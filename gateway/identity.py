@@ -27,6 +27,11 @@ class CallerResolver:
         # connection (keep-alive) rather than once per request.
         self._by_transport: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
 
+    def replace_registry(self, registry: TenantRegistry) -> None:
+        """New tenant declarations; connections re-resolve their caller."""
+        self.registry = registry
+        self._by_transport = weakref.WeakKeyDictionary()
+
     def resolve(self, request: web.BaseRequest) -> Caller:
         transport = request.transport
         if transport is None:

@@ -110,9 +110,18 @@ class Gateway:
         self.metrics.relations_loaded.set(len(index))
         return index
 
-    def reload_relations(self) -> None:
-        """Swap in a new relation snapshot atomically (one reference store)."""
-        self._relations = self._load_relations(self.config.relations)
+    def reload(self) -> None:
+        """Re-read tenants and the relation feed (SIGHUP). Each is validated
+        completely before it replaces the live one, so a broken file leaves the
+        running snapshot in place; the swap itself is one reference store."""
+        registry = load_tenants(self.config.tenants_dir)
+        relations = self._load_relations(self.config.relations)
+        self.registry = registry
+        self.data_plane.resolver.replace_registry(registry)
+        self.signer.forget_cached()  # roles in cached assertions may have changed
+        self._relations = relations
+        self.metrics.declare(registry.tenants, self.config.upstreams)
+        log.info("reloaded %d tenants and %d relations", len(registry), len(relations))
 
     async def start(self, data_sock: socket.socket | None = None,
                     ops_sock: socket.socket | None = None) -> None:
