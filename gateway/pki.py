@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEFAULT_CLIENT_LIFETIME = timedelta(days=30)
@@ -118,7 +119,7 @@ class CertificateAuthority:
     def key_pem(self) -> bytes:
         return key_pem(self.key)
 
-    def _leaf(self, subject: x509.Name, public_key: ec.EllipticCurvePublicKey,
+    def leaf(self, subject: x509.Name, public_key: CertificatePublicKeyTypes,
               san: x509.SubjectAlternativeName, eku: x509.ObjectIdentifier,
               not_before: datetime, not_after: datetime) -> x509.Certificate:
         ca_ski = self.certificate.extensions.get_extension_for_class(
@@ -154,7 +155,7 @@ class CertificateAuthority:
         key = key or new_key()
         start = not_before or now - BACKDATE
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri.rsplit("/", 1)[-1])])
-        cert = self._leaf(subject, key.public_key(),
+        cert = self.leaf(subject, key.public_key(),
                           x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
                           ExtendedKeyUsageOID.CLIENT_AUTH, start, now + lifetime)
         return IssuedCertificate(cert, key)
@@ -167,7 +168,7 @@ class CertificateAuthority:
         names: list[x509.GeneralName] = [x509.DNSName(n) for n in dns_names]
         names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, dns_names[0])])
-        cert = self._leaf(subject, key.public_key(), x509.SubjectAlternativeName(names),
+        cert = self.leaf(subject, key.public_key(), x509.SubjectAlternativeName(names),
                           ExtendedKeyUsageOID.SERVER_AUTH, now - BACKDATE, now + lifetime)
         return IssuedCertificate(cert, key)
 
