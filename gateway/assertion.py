@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.core.model import Caller
+from gateway.keys import SigningKey
 
 ASSERTION_HEADER = "X-Gateway-Assertion"
 ISSUER = "shared-grid-gateway"
@@ -36,68 +32,54 @@ class InvalidAssertion(Exception):
     """The assertion is missing, malformed, expired, or not signed by us."""
 
 
-@dataclass(frozen=True, slots=True)
-class SigningKey:
-    kid: str
-    private_key: Ed25519PrivateKey
-    created: float
-
-    def public_jwk(self) -> dict[str, Any]:
-        jwk: dict[str, Any] = json.loads(
-            jwt.algorithms.OKPAlgorithm.to_jwk(self.private_key.public_key()))
-        jwk.update({"kid": self.kid, "use": "sig", "alg": ALGORITHM})
-        return jwk
-
-    @classmethod
-    def generate(cls, now: float | None = None) -> SigningKey:
-        created = time.time() if now is None else now
-        kid = f"gw-{int(created)}-{os.urandom(4).hex()}"
-        return cls(kid, Ed25519PrivateKey.generate(), created)
+class KeyProvider(Protocol):
+    def current(self) -> SigningKey: ...
+    def published(self) -> tuple[SigningKey, ...]: ...
 
 
-def load_or_create_signing_key(directory: Path) -> SigningKey:
-    """The current signing key from ``directory`` (created on first use, 0600)."""
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    existing = sorted(directory.glob("*.pem"))
-    if existing:
-        path = existing[-1]
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path}: not an Ed25519 key")
-        return SigningKey(path.stem.split("@", 1)[1], key, path.stat().st_mtime)
-    key_obj = SigningKey.generate()
-    pem = key_obj.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption())
-    path = directory / f"{int(key_obj.created):012d}@{key_obj.kid}.pem"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    return key_obj
+class StaticKeys:
+    """One fixed key (tests, tools); the gateway uses :class:`gateway.keys.KeyRing`."""
+
+    def __init__(self, key: SigningKey) -> None:
+        self.key = key
+
+    def current(self) -> SigningKey:
+        return self.key
+
+    def published(self) -> tuple[SigningKey, ...]:
+        return (self.key,)
+
+
+def public_jwk(key: SigningKey) -> dict[str, Any]:
+    jwk: dict[str, Any] = json.loads(
+        jwt.algorithms.OKPAlgorithm.to_jwk(key.private_key.public_key()))
+    jwk.update({"kid": key.kid, "use": "sig", "alg": ALGORITHM})
+    return jwk
 
 
 class AssertionSigner:
     """Signs assertions with the current key; publishes every key it knows."""
 
-    def __init__(self, key: SigningKey, *, lifetime_s: int = 300,
+    def __init__(self, keys: KeyProvider | SigningKey, *, lifetime_s: int = 300,
                  clock: Callable[[], float] = time.time) -> None:
-        self.current = key
-        self.published: tuple[SigningKey, ...] = (key,)
+        self.keys: KeyProvider = StaticKeys(keys) if isinstance(keys, SigningKey) else keys
         self.lifetime_s = lifetime_s
         # Re-sign once 80 % of the lifetime is gone, so a token an upstream
         # receives always has at least 20 % (a minute by default) left.
         self._reuse_s = lifetime_s * 0.8
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str], tuple[float, str]] = {}
+        self._cache: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
 
     def assertion(self, caller: Caller, upstream: str) -> str:
         now = self._clock()
         p = caller.principal
-        key = (caller.tenant.id, p.kind, p.name, upstream)
+        signing = self.keys.current()
+        # The kid is part of the key: after a rotation the next request signs anew.
+        key = (caller.tenant.id, p.kind, p.name, upstream, signing.kid)
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self._reuse_s:
             return hit[1]
-        token = self._sign(caller, upstream, int(now))
+        token = self._sign(signing, caller, upstream, int(now))
         if len(self._cache) > 10_000:  # bounded: tenants x principals x upstreams
             self._cache.clear()
         self._cache[key] = (now, token)
@@ -106,7 +88,7 @@ class AssertionSigner:
     def forget_cached(self) -> None:
         self._cache.clear()
 
-    def _sign(self, caller: Caller, upstream: str, now: int) -> str:
+    def _sign(self, signing: SigningKey, caller: Caller, upstream: str, now: int) -> str:
         p = caller.principal
         claims = {
             "iss": ISSUER,
@@ -120,11 +102,11 @@ class AssertionSigner:
             "nbf": now - 5,
             "exp": now + self.lifetime_s,
         }
-        return jwt.encode(claims, self.current.private_key, algorithm=ALGORITHM,
-                          headers={"kid": self.current.kid})
+        return jwt.encode(claims, signing.private_key, algorithm=ALGORITHM,
+                          headers={"kid": signing.kid})
 
     def jwks(self) -> dict[str, Any]:
-        return {"keys": [k.public_jwk() for k in self.published]}
+        return {"keys": [public_jwk(k) for k in self.keys.published()]}
 
 
 # --------------------------------------------------------------------------
@@ -160,8 +142,12 @@ class JwksKeySource:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            if kid not in self._keys and time.monotonic() - self._last_fetch >= \
-                    self._min_refresh_s:
+            if kid not in self._keys:
+                # Rate-limited, but a valid new kid is waited for rather than
+                # refused: right after a rotation the next fetch knows it.
+                wait = self._min_refresh_s - (time.monotonic() - self._last_fetch)
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 await self._fetch()
         return self._keys.get(kid)
 

@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--tenants", default="tenants")
     init.add_argument("--out", default="certs/dev")
     init.set_defaults(func=cmd_certs_init_dev)
+    from gateway.admincli import add_parsers
+
+    add_parsers(certs_sub, sub)
     return parser
 
 
@@ -140,11 +143,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from gateway.admincli import AdminCallFailed
+
     try:
         code: int = args.func(args)
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    except AdminCallFailed as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 3
     return code
 
 

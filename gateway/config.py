@@ -37,6 +37,17 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class CaConfig:
+    """The gateway's own CA (issue 3): it issues tenant certificates from CSRs."""
+
+    cert: Path
+    key: Path
+    client_lifetime_days: float = 30
+    max_lifetime_days: float = 90
+    crl_next_update_s: float = 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     trust_domain: str
     tenants_dir: Path
@@ -47,8 +58,12 @@ class GatewayConfig:
     trust_bundle: Path
     data: Listener = Listener("127.0.0.1", 8443)
     ops: Listener = Listener("127.0.0.1", 9102)
+    admin: Listener = Listener("127.0.0.1", 8444)
+    ca: CaConfig | None = None
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     assertion_lifetime_s: int = 300
+    signing_publish_ahead_s: float = 60 * SECONDS
+    rotation_overlap_s: float = 24 * 3600 * SECONDS
     health_interval_s: float = 5 * SECONDS
     source: str = "<memory>"
 
@@ -83,6 +98,12 @@ class GatewayConfig:
                 name, url.rstrip("/"), u.opt_path("ca"),
                 u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
                 int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 64)))
+        ca = None
+        if r._get("ca") is not None:
+            c = _Reader(r.table("ca"), base, source, "ca.")
+            ca = CaConfig(c.path("cert"), c.path("key"),
+                          c.number("client_lifetime_days", 30), c.number("max_lifetime_days", 90),
+                          c.number("crl_next_update_s", 24 * 3600))
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -93,8 +114,12 @@ class GatewayConfig:
             trust_bundle=r.path("tls.trust_bundle"),
             data=r.listener("listeners.data", Listener("127.0.0.1", 8443)),
             ops=r.listener("listeners.ops", Listener("127.0.0.1", 9102)),
+            admin=r.listener("listeners.admin", Listener("127.0.0.1", 8444)),
+            ca=ca,
             upstreams=upstreams,
             assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),
+            signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),
+            rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             source=source,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -18,11 +19,20 @@ from gateway.core.model import Caller
 from gateway.errors import RequestRefused
 from gateway.tenants import TenantRegistry
 
+# Why a certificate may not be used now (revoked, principal disabled), or None.
+RevocationCheck = Callable[[str, tuple[str, str, str]], "str | None"]
+
+
+def _never_revoked(serial: str, principal: tuple[str, str, str]) -> str | None:
+    return None
+
 
 class CallerResolver:
-    def __init__(self, registry: TenantRegistry, trust_domain: str) -> None:
+    def __init__(self, registry: TenantRegistry, trust_domain: str,
+                 revocation: RevocationCheck = _never_revoked) -> None:
         self.registry = registry
         self.trust_domain = trust_domain
+        self.revocation = revocation
         # One TLS connection carries one certificate: resolve it once per
         # connection (keep-alive) rather than once per request.
         self._by_transport: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
@@ -36,11 +46,15 @@ class CallerResolver:
         transport = request.transport
         if transport is None:
             raise RequestRefused(403, "no-transport")
-        cached = self._by_transport.get(transport)
-        if cached is not None:
-            return cached
-        caller = self._resolve(transport)
-        self._by_transport[transport] = caller
+        caller = self._by_transport.get(transport)
+        if caller is None:
+            caller = self._resolve(transport)
+            self._by_transport[transport] = caller
+        # SECURITY: checked on every request, so a revocation or a leaver's
+        # disabling also ends keep-alive connections opened before it.
+        refused = self.revocation(caller.cert_serial, caller.principal.key)
+        if refused is not None:
+            raise RequestRefused(403, refused)
         return caller
 
     def _resolve(self, transport: Any) -> Caller:
@@ -60,5 +74,6 @@ class CallerResolver:
             raise RequestRefused(403, "unknown-principal")
         tenant, principal = found
         der = ssl_object.getpeercert(binary_form=True) or b""
-        return Caller(tenant, principal, cert_serial=str(peercert.get("serialNumber", "")),
+        serial = format(int(str(peercert.get("serialNumber", "0")), 16), "X")
+        return Caller(tenant, principal, cert_serial=serial,
                       cert_fingerprint=hashlib.sha256(der).hexdigest())

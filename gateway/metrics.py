@@ -59,6 +59,24 @@ class GatewayMetrics:
             "Client-sent identity headers removed before forwarding.", ["tenant"], registry=r)
         self.relations_loaded = Gauge(
             "gateway_relations_loaded", "Relation tuples in the live snapshot.", registry=r)
+        self.certificate_expiry = Gauge(
+            "gateway_certificate_expiry_timestamp_seconds",
+            "Expiry (Unix time) of the newest active certificate of each principal; "
+            "tenant=gateway for the gateway's own server certificate.",
+            ["tenant", "principal"], registry=r)
+        self.revocations = Counter(
+            "gateway_revocations", "Certificates revoked, by reason code.", ["reason"],
+            registry=r)
+        self.tls_handshake_failures = Counter(
+            "gateway_tls_handshake_failures",
+            "Failed TLS handshakes on the mTLS listeners, by reason as far as OpenSSL says.",
+            ["reason"], registry=r)
+        self.signing_key_age = Gauge(
+            "gateway_signing_key_age_seconds",
+            "Age of the key now signing identity assertions.", registry=r)
+        self.admin_actions = Counter(
+            "gateway_admin_actions", "Admin-plane actions, by action and outcome.",
+            ["action", "outcome"], registry=r)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

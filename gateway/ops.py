@@ -2,7 +2,8 @@
 
 ``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded
 and every upstream reachable), ``/.well-known/jwks.json`` (public keys of the
-identity assertions). Nothing sensitive is served here.
+identity assertions), ``/crl.pem`` (the CA's signed CRL). Nothing sensitive is
+served here.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from collections.abc import Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from gateway.admin import hide_banner
 from gateway.assertion import AssertionSigner
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import UpstreamPool
 
 
 def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: AssertionSigner,
-                  config_loaded: Callable[[], bool]) -> web.Application:
+                  config_loaded: Callable[[], bool],
+                  crl: Callable[[], bytes] = lambda: b"") -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -39,9 +42,19 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
     async def jwks(_: web.Request) -> web.Response:
         return web.json_response(signer.jwks(), headers={"Cache-Control": "max-age=60"})
 
+    async def crl_pem(_: web.Request) -> web.Response:
+        # The CA's signed CRL (the active CA's first), refreshed on every change.
+        body = crl()
+        if not body:
+            return web.Response(status=404, text="this gateway runs no CA\n")
+        return web.Response(body=body, content_type="application/x-pem-file",
+                            headers={"Cache-Control": "no-cache"})
+
     app = web.Application()
+    app.on_response_prepare.append(hide_banner)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/jwks.json", jwks)
+    app.router.add_get("/crl.pem", crl_pem)
     return app

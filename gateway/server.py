@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
+import ssl
+from datetime import timedelta
 from pathlib import Path
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.assertion import AssertionSigner, load_or_create_signing_key
+from gateway.admin import build_admin_app
+from gateway.assertion import AssertionSigner
 from gateway.audit import JsonlAuditLog
+from gateway.ca import IssuancePolicy
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
 from gateway.core.relations import RelationIndex
+from gateway.credentials import Credentials
 from gateway.errors import ConfigError
 from gateway.identity import CallerResolver
+from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.proxy import DataPlane
+from gateway.state import SqliteStore
 from gateway.tenants import load_tenants
-from gateway.tls import server_context
+from gateway.tlsreload import ServerTls
 from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway.server")
+MAINTENANCE_INTERVAL_S = 0.5
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -83,21 +93,45 @@ class Gateway:
         for path in (config.server_cert, config.server_key, config.trust_bundle):
             if not path.exists():
                 raise ConfigError(f"{config.source}: tls: file not found: {path}")
-        self.ssl_context = server_context(config.server_cert, config.server_key,
-                                          config.trust_bundle)
-        self.signer = AssertionSigner(load_or_create_signing_key(config.data_dir / "signing"),
-                                      lifetime_s=config.assertion_lifetime_s)
+        self.store = SqliteStore(config.data_dir / "state.db")
+        self.keyring = KeyRing(self.store, token_lifetime=timedelta(
+            seconds=config.assertion_lifetime_s),
+            publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
+        self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
         self.audit = JsonlAuditLog(config.data_dir / "audit.jsonl")
+        ca = config.ca
+        self.credentials = Credentials(
+            store=self.store, trust_domain=config.trust_domain, registry=lambda: self.registry,
+            keyring=self.keyring, metrics=self.metrics, audit=self.audit,
+            server_cert=config.server_cert, server_key=config.server_key,
+            trust_bundle=config.trust_bundle,
+            policy=IssuancePolicy(
+                default_lifetime=timedelta(days=ca.client_lifetime_days if ca else 30),
+                max_lifetime=timedelta(days=ca.max_lifetime_days if ca else 90)),
+            rotation_overlap=timedelta(seconds=config.rotation_overlap_s),
+            crl_next_update=timedelta(seconds=ca.crl_next_update_s if ca else 86400))
+        self.credentials.bootstrap(ca.cert if ca else None, ca.key if ca else None)
+        material = self.credentials.material()
+        # With a CA of our own, CRLs are checked in every handshake too.
+        self.server_tls = ServerTls(material, check_crl=bool(material.crl_pems))
+        self.credentials.server_tls = self.server_tls
         self.upstreams = UpstreamPool(config.upstreams, self.metrics)
+        self.resolver = CallerResolver(self.registry, config.trust_domain,
+                                       revocation=self.credentials.check)
         self.data_plane = DataPlane(
-            resolver=CallerResolver(self.registry, config.trust_domain),
-            routes=default_route_table(), relations=lambda: self._relations,
-            upstreams=self.upstreams, signer=self.signer, audit=self.audit,
-            metrics=self.metrics)
+            resolver=self.resolver, routes=default_route_table(),
+            relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
+            audit=self.audit, metrics=self.metrics)
         self._runners: list[web.BaseRunner] = []
+        self._maintenance: asyncio.Task[None] | None = None
         self.data_port = 0
         self.ops_port = 0
+        self.admin_port = 0
         self.metrics.config_loaded.set(1)
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext:
+        return self.server_tls.context
 
     def _load_relations(self, path: Path) -> RelationIndex:
         try:
@@ -124,26 +158,49 @@ class Gateway:
         log.info("reloaded %d tenants and %d relations", len(registry), len(relations))
 
     async def start(self, data_sock: socket.socket | None = None,
-                    ops_sock: socket.socket | None = None) -> None:
+                    ops_sock: socket.socket | None = None,
+                    admin_sock: socket.socket | None = None) -> None:
         data_sock = data_sock or bind(self.config.data.host, self.config.data.port)
         ops_sock = ops_sock or bind(self.config.ops.host, self.config.ops.port)
+        admin_sock = admin_sock or bind(self.config.admin.host, self.config.admin.port)
         await self.upstreams.start(self.config.health_interval_s)
         server = DataServer(self.data_plane, access_log=None)
         data_runner = web.ServerRunner(server, handle_signals=False)
         await data_runner.setup()
         await web.SockSite(data_runner, data_sock, ssl_context=self.ssl_context).start()
         ops_runner = web.AppRunner(build_ops_app(self.metrics, self.upstreams, self.signer,
-                                                 lambda: True), access_log=None)
+                                                 lambda: True, lambda: self.credentials.crl),
+                                   access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
-        self._runners = [data_runner, ops_runner]
+        admin_runner = web.AppRunner(build_admin_app(self.credentials, self.resolver,
+                                                     self.metrics), access_log=None)
+        await admin_runner.setup()
+        await web.SockSite(admin_runner, admin_sock, ssl_context=self.ssl_context).start()
+        self._runners = [data_runner, ops_runner, admin_runner]
         self.data_port = data_sock.getsockname()[1]
         self.ops_port = ops_sock.getsockname()[1]
+        self.admin_port = admin_sock.getsockname()[1]
+        self._maintenance = asyncio.create_task(self._maintain())
         log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
                  self.data_port, self.config.ops.host, self.ops_port)
 
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            try:
+                self.credentials.maintain()
+            except Exception:  # keep serving; the next round tries again
+                log.exception("credential maintenance failed")
+
     async def stop(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        self.credentials.maintain()  # flush last-seen
         for runner in self._runners:
             await runner.cleanup()
         await self.upstreams.close()
         self.audit.close()
+        self.store.close()

@@ -29,11 +29,12 @@ LOOPBACK = "127.0.0.1"
 class StackPorts:
     data: int = 0
     ops: int = 0
+    admin: int = 0
     simulators: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIMULATOR_NAMES, 0))
 
     @classmethod
     def demo(cls) -> StackPorts:
-        return cls(8443, 9102, {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
+        return cls(8443, 9102, 8444, {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
 
 
 def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
@@ -44,7 +45,7 @@ def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
 
 
 def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
-                 data_dir: Path, data_port: int, ops_port: int,
+                 data_dir: Path, data_port: int, ops_port: int, admin_port: int,
                  sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0) -> None:
     """A config file equivalent to the demo, for ``gateway serve --config``."""
@@ -69,6 +70,14 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         "[listeners.ops]",
         f'host = "{LOOPBACK}"',
         f"port = {ops_port}",
+        "",
+        "[listeners.admin]",
+        f'host = "{LOOPBACK}"',
+        f"port = {admin_port}",
+        "",
+        "[ca]",
+        f'cert = "{pki.ca_cert.resolve()}"',
+        f'key = "{pki.ca_key.resolve()}"',
     ]
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
@@ -80,7 +89,7 @@ class Stack:
     def __init__(self, *, tenants_dir: Path, certs_dir: Path, work_dir: Path,
                  ports: StackPorts | None = None, now: datetime | None = None,
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
-                 health_interval_s: float = 5.0) -> None:
+                 health_interval_s: float = 5.0, gateway_settings: str = "") -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -89,6 +98,8 @@ class Stack:
         self.trust_domain = trust_domain
         self.upstream_timeout_s = upstream_timeout_s
         self.health_interval_s = health_interval_s
+        # Extra `key = value` lines for the [gateway] table (tests: short overlaps).
+        self.gateway_settings = gateway_settings
         self.control_token = secrets.token_hex(16)
         self.registry: TenantRegistry
         self.pki: DevPki
@@ -105,6 +116,7 @@ class Stack:
         _, relations = self.dataset.write(self.work_dir)
         data_sock = bind(LOOPBACK, self.ports.data)
         ops_sock = bind(LOOPBACK, self.ports.ops)
+        admin_sock = bind(LOOPBACK, self.ports.admin)
         ops_port = ops_sock.getsockname()[1]
         keys = JwksKeySource(f"http://{LOOPBACK}:{ops_port}/.well-known/jwks.json")
         sim_tls = _simulator_tls(self.pki)
@@ -122,10 +134,23 @@ class Stack:
         write_config(config_path, pki=self.pki, tenants_dir=self.tenants_dir,
                      relations=relations, data_dir=self.work_dir,
                      data_port=data_sock.getsockname()[1], ops_port=ops_port,
+                     admin_port=admin_sock.getsockname()[1],
                      sim_ports=self.sim_ports, upstream_timeout_s=self.upstream_timeout_s,
                      health_interval_s=self.health_interval_s)
+        if self.gateway_settings:
+            text = config_path.read_text().replace(
+                "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)
+            config_path.write_text(text)
         self.gateway = Gateway(GatewayConfig.from_toml(config_path))
-        await self.gateway.start(data_sock, ops_sock)
+        # The dev certificates were issued outside the admin API: record them so
+        # revocation by principal and the access review know them.
+        for tenant in self.registry:
+            for p in tenant.principals.values():
+                self.gateway.credentials.import_certificate(
+                    self.pki.client_cert(tenant.id, p.name).read_bytes(),
+                    (tenant.id, p.kind, p.name))
+        self.gateway.credentials.refresh()
+        await self.gateway.start(data_sock, ops_sock, admin_sock)
 
     async def stop(self) -> None:
         await self.gateway.stop()

@@ -17,10 +17,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.assertion import ASSERTION_HEADER, AssertionSigner, SigningKey, StaticKeySource
+from gateway.assertion import ASSERTION_HEADER, AssertionSigner, StaticKeySource
 from gateway.core.model import Caller
 from gateway.core.relations import parse_instant
 from gateway.dataset import Dataset, generate
+from gateway.keys import SigningKey
 from gateway.simulators import CONTROL_HEADER, SIMULATOR_NAMES, build_simulator
 from gateway.tenants import load_tenants
 

@@ -22,6 +22,7 @@ from gateway.core.routes import Route
 # D4: consumption history reaches back at most three years.
 HISTORY_LIMIT = timedelta(days=3 * 365 + 1)
 ONE_DAY = timedelta(days=1)
+DATA_ROLE = "reader"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,9 @@ def decide(
     relations: RelationIndex,
     now: datetime,
 ) -> Decision:
+    if DATA_ROLE not in caller.principal.roles:
+        # D6: admin principals (security team, auditors) have no data access.
+        return Decision.deny("missing-role")
     names = route.grants.get(caller.tenant.kind)
     if names is None:
         # D6: this kind of tenant has no business on this route at all.

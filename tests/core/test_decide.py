@@ -194,3 +194,9 @@ def test_cmh_operator_only_its_own_connection(relations: RelationIndex) -> None:
 def test_lists_are_allowed_and_checked_on_the_way_back(relations: RelationIndex) -> None:
     d = ask("ores", "dso", "GET", "/hes/meters", relations)
     assert d.allowed and d.reason == "list"
+
+
+def test_admin_principals_have_no_data_access(relations: RelationIndex) -> None:
+    d = ask("ores", "dso", "GET", f"/hes/meters/{METER_ORES}", relations,
+            roles=frozenset({"security-admin"}))
+    assert d.reason == "missing-role"

@@ -108,7 +108,7 @@ def test_serve_runs_from_the_written_config(tmp_path: Path) -> None:
         ops_port = s.getsockname()[1]
     config = tmp_path / "gateway.toml"
     write_config(config, pki=pki, tenants_dir=REPO / "tenants", relations=relations,
-                 data_dir=tmp_path / "data", data_port=0, ops_port=ops_port,
+                 data_dir=tmp_path / "data", data_port=0, ops_port=ops_port, admin_port=0,
                  sim_ports={"hes": 1, "clearing": 1, "cmh": 1, "itsm": 1})
     proc = Running([*GATEWAY, "serve", "--config", str(config)], tmp_path)
     try:

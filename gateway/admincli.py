@@ -1,0 +1,221 @@
+"""Command-line verbs of the security team; they call the admin API over mTLS.
+
+Which admin principal speaks is chosen with ``--cert/--key`` (or the
+environment variables ``GATEWAY_ADMIN_CERT``, ``GATEWAY_ADMIN_KEY``,
+``GATEWAY_ADMIN_CACERT``, ``GATEWAY_ADMIN_URL``); the defaults are the demo's
+security admin ``ores/person/alice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.tls import client_context
+
+DEFAULTS = {
+    "url": ("GATEWAY_ADMIN_URL", "https://localhost:8444"),
+    "cert": ("GATEWAY_ADMIN_CERT", "certs/dev/ores/alice.pem"),
+    "key": ("GATEWAY_ADMIN_KEY", "certs/dev/ores/alice.key"),
+    "cacert": ("GATEWAY_ADMIN_CACERT", "certs/dev/ca.pem"),
+}
+
+
+class AdminCallFailed(Exception):
+    pass
+
+
+def call(args: argparse.Namespace, method: str, path: str,
+         body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    url = urlsplit(args.admin_url)
+    ctx = client_context(Path(args.cacert), Path(args.cert), Path(args.key))
+    conn = http.client.HTTPSConnection(url.hostname or "localhost", url.port or 8444,
+                                       context=ctx, timeout=30)
+    try:
+        data = json.dumps(body).encode() if body is not None else None
+        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException) as exc:
+        raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
+                              ) from exc
+    finally:
+        conn.close()
+
+
+def _emit(status: int, payload: bytes, out: str | None = None) -> int:
+    if status >= 400:
+        print(payload.decode(errors="replace"), file=sys.stderr)
+        return 1
+    if out:
+        Path(out).write_bytes(payload)
+        return 0
+    sys.stdout.write(payload.decode())
+    if not payload.endswith(b"\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def _write_cert(status: int, payload: bytes, out: str | None) -> int:
+    if status >= 400 or not out:
+        return _emit(status, payload)
+    doc = json.loads(payload)
+    Path(out).write_text(doc["certificate"])
+    print(json.dumps({k: v for k, v in doc.items() if k != "certificate"}, indent=1))
+    return 0
+
+
+def cmd_csr(args: argparse.Namespace) -> int:
+    from gateway.ca import make_key_and_csr
+    from gateway.pki import key_pem, spiffe_uri, write_private
+
+    key, csr = make_key_and_csr(spiffe_uri(args.trust_domain, args.tenant, args.kind, args.name))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(out / f"{args.name}.key", key_pem(key))
+    (out / f"{args.name}.csr").write_bytes(csr)
+    print(f"key {out / (args.name + '.key')} (stays here), CSR {out / (args.name + '.csr')}")
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"tenant": args.tenant, "kind": args.kind, "name": args.name,
+                            "csr": Path(args.csr).read_text(), "reason": args.reason}
+    if args.lifetime_days:
+        body["lifetime_days"] = args.lifetime_days
+    return _write_cert(*call(args, "POST", "/admin/certs", body), args.out)
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"csr": Path(args.csr).read_text(), "reason": args.reason}
+    if args.overlap_s:
+        body["overlap_s"] = args.overlap_s
+    return _write_cert(*call(args, "POST", f"/admin/certs/{args.serial}/rotate", body),
+                       args.out)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/certs/{args.serial}/revoke",
+                       {"reason": args.reason, "code": args.code}))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("tenant", args.tenant), ("status", args.status))
+                     if v)
+    return _emit(*call(args, "GET", "/admin/certs" + (f"?{query}" if query else "")))
+
+
+def cmd_rotate_ca(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/ca/rotate",
+                       {"overlap_s": args.overlap_s, "reason": args.reason}))
+
+
+def cmd_rotate_server(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/tls/server/rotate", {"reason": args.reason}))
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/keys/rotate", {"reason": args.reason}))
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/keys"))
+
+
+def cmd_principal(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/principals/{args.principal}/{args.action}",
+                       {"reason": args.reason}))
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", f"/admin/review?format={args.format}"), args.out)
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    for name, (env, default) in DEFAULTS.items():
+        flag = "--admin-url" if name == "url" else f"--{name}"
+        p.add_argument(flag, default=os.environ.get(env, default),
+                       help=f"(env {env}, default {default})")
+
+
+def add_parsers(certs: Any, sub: Any) -> None:
+    """Add the admin verbs to the ``gateway`` parser (``certs`` is its sub-parser set)."""
+    p = certs.add_parser("csr", help="make a key and a CSR for a principal (the key stays here)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--kind", default="service")
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", default=".")
+    p.add_argument("--trust-domain", default="shared-grid.test")
+    p.set_defaults(func=cmd_csr)
+
+    p = certs.add_parser("issue", help="issue a client certificate from a CSR")
+    for opt in ("--tenant", "--name", "--csr", "--reason"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--kind", default="service")
+    p.add_argument("--lifetime-days", type=float)
+    p.add_argument("--out", help="write the certificate PEM here")
+    p.set_defaults(func=cmd_issue)
+
+    p = certs.add_parser("rotate", help="issue the successor; the predecessor is revoked "
+                         "when the overlap ends")
+    p.add_argument("serial")
+    p.add_argument("--csr", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--overlap-s", type=float)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_rotate)
+
+    p = certs.add_parser("revoke", help="revoke a certificate at once, on every listener")
+    p.add_argument("serial")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--code", default="unspecified",
+                   choices=["unspecified", "key-compromise", "affiliation-changed",
+                            "superseded", "cessation-of-operation"])
+    p.set_defaults(func=cmd_revoke)
+
+    p = certs.add_parser("list", help="list certificates")
+    p.add_argument("--tenant")
+    p.add_argument("--status", choices=["active", "revoked"])
+    p.set_defaults(func=cmd_list)
+
+    p = certs.add_parser("rotate-ca", help="new CA now; the old one trusted for the overlap")
+    p.add_argument("--overlap-s", type=float, default=7 * 86400)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_rotate_ca)
+
+    p = certs.add_parser("rotate-server", help="new server certificate, no restart")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_rotate_server)
+
+    keys = sub.add_parser("keys", help="signing keys of the identity assertions")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("rotate", help="publish the next key, then sign with it")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_keys_rotate)
+    p = keys_sub.add_parser("list", help="published keys")
+    p.set_defaults(func=cmd_keys_list)
+
+    principals = sub.add_parser("principals", help="disable a leaver, re-enable")
+    principals_sub = principals.add_subparsers(dest="principals_command", required=True)
+    for action in ("disable", "enable"):
+        p = principals_sub.add_parser(action, help=f"{action} TENANT/KIND/NAME")
+        p.add_argument("principal", help="e.g. fluvius/service/api")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_principal, action=action)
+
+    p = sub.add_parser("review", help="access review export (D8)")
+    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_review)
+
+    for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server"):
+        _client_options(certs.choices[name])
+    for parser in (*keys_sub.choices.values(), *principals_sub.choices.values(),
+                   sub.choices["review"]):
+        _client_options(parser)

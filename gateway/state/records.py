@@ -1,0 +1,60 @@
+"""Records kept in the state store (frozen; times are aware UTC datetimes)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+# (tenant, kind, name): a principal as named by its certificate's URI SAN.
+PrincipalKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateRecord:
+    serial: str  # upper-case hex, as ssl's getpeercert() reports it
+    tenant: str
+    kind: str  # principal kind ("service", "person"); "server" for the gateway's own
+    name: str
+    issuer_ca: str  # CaRecord.id
+    not_before: datetime
+    not_after: datetime
+    fingerprint: str  # SHA-256 of the DER, hex
+    pem: str
+    issued_at: datetime
+    status: str = "active"  # "active" | "revoked"
+    revoked_at: datetime | None = None
+    revoke_reason: str | None = None
+    replaces: str | None = None  # the predecessor's serial (rotation)
+    retire_at: datetime | None = None  # set on a predecessor: revoked at the overlap's end
+
+    @property
+    def principal(self) -> PrincipalKey:
+        return (self.tenant, self.kind, self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalState:
+    key: PrincipalKey
+    disabled: bool
+    changed_at: datetime
+    reason: str
+    changed_by: str
+
+
+@dataclass(frozen=True, slots=True)
+class CaRecord:
+    id: str  # SHA-256 of the CA's SubjectKeyIdentifier, hex, 16 chars
+    cert_pem: str
+    key_pem: str
+    created: datetime
+    status: str = "active"  # "active" (issues), "retiring" (trusted only), "retired"
+    retire_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKeyRecord:
+    kid: str
+    key_pem: str
+    created: datetime
+    activate_at: datetime  # starts signing (published before that)
+    unpublish_at: datetime | None = None  # removed from the JWKS after its last token expired
