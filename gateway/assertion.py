@@ -13,6 +13,7 @@ Signing is the expensive part (~50 µs), so a token is reused per
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -68,14 +69,15 @@ class AssertionSigner:
         # receives always has at least 20 % (a minute by default) left.
         self._reuse_s = lifetime_s * 0.8
         self._clock = clock
-        self._cache: dict[tuple[str, str, str, str, str], tuple[float, str]] = {}
+        self._cache: dict[tuple[str, ...], tuple[float, str]] = {}
 
     def assertion(self, caller: Caller, upstream: str) -> str:
         now = self._clock()
         p = caller.principal
         signing = self.keys.current()
         # The kid is part of the key: after a rotation the next request signs anew.
-        key = (caller.tenant.id, p.kind, p.name, upstream, signing.kid)
+        key = (caller.tenant.id, p.kind, p.name, upstream, signing.kid,
+               caller.cert_fingerprint)
         hit = self._cache.get(key)
         if hit is not None and now - hit[0] < self._reuse_s:
             return hit[1]
@@ -90,7 +92,7 @@ class AssertionSigner:
 
     def _sign(self, signing: SigningKey, caller: Caller, upstream: str, now: int) -> str:
         p = caller.principal
-        claims = {
+        claims: dict[str, Any] = {
             "iss": ISSUER,
             "aud": upstream,
             "sub": f"tenant/{caller.tenant.id}/{p.kind}/{p.name}",
@@ -102,6 +104,10 @@ class AssertionSigner:
             "nbf": now - 5,
             "exp": now + self.lifetime_s,
         }
+        if caller.cert_fingerprint:
+            # RFC 8705 §3.1: bound to the client certificate the caller presented.
+            thumb = base64.urlsafe_b64encode(bytes.fromhex(caller.cert_fingerprint))
+            claims["cnf"] = {"x5t#S256": thumb.rstrip(b"=").decode()}
         return jwt.encode(claims, signing.private_key, algorithm=ALGORITHM,
                           headers={"kid": signing.kid})
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod
 from aiohttp.web_protocol import RequestHandler
 
+from gateway import handshakes
 from gateway.admin import build_admin_app
 from gateway.assertion import AssertionSigner
 from gateway.audit import JsonlAuditLog
@@ -182,6 +183,8 @@ class Gateway:
         self.ops_port = ops_sock.getsockname()[1]
         self.admin_port = admin_sock.getsockname()[1]
         self._maintenance = asyncio.create_task(self._maintain())
+        handshakes.observe(self.ssl_context,
+                           lambda reason: self.metrics.tls_handshake_failures.labels(reason).inc())
         log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
                  self.data_port, self.config.ops.host, self.ops_port)
 
@@ -194,6 +197,7 @@ class Gateway:
                 log.exception("credential maintenance failed")
 
     async def stop(self) -> None:
+        handshakes.forget(self.ssl_context)
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):

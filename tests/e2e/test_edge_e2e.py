@@ -105,3 +105,27 @@ def test_airplane_mode_meter_refuses_remote_operations(gw: RunningStack) -> None
         "POST", f"/hes/meters/{meter['serial']}/operations", body={"operation": "disconnect"})
     assert resp.status == 409
     assert resp.json["type"].endswith(":upstream-refused")
+
+
+def test_assertion_is_bound_to_the_client_certificate(gw: RunningStack) -> None:
+    # RFC 8705: the identity assertion carries the SHA-256 thumbprint of the
+    # certificate the caller presented, so an upstream can tie the two.
+    import base64
+    import hashlib
+
+    import jwt
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.core.model import Caller
+
+    pki = gw.stack.pki
+    der = x509.load_pem_x509_certificate(pki.client_cert("ores", "api").read_bytes()
+                                         ).public_bytes(serialization.Encoding.DER)
+    tenant, principal = gw.stack.registry.principal("ores", "service", "api")  # type: ignore[misc]
+    caller = Caller(tenant, principal, cert_fingerprint=hashlib.sha256(der).hexdigest())
+    token = gw.stack.gateway.signer.assertion(caller, "hes")
+    claims = jwt.decode(token, options={"verify_signature": False})
+    expected = base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
+    assert claims["cnf"] == {"x5t#S256": expected}
+    assert claims["aud"] == "hes" and claims["tenant"] == "ores"

@@ -121,3 +121,26 @@ def test_simulators_refuse_requests_without_the_gateways_assertion(gw: RunningSt
         assert conn.getresponse().status == 401
     finally:
         conn.close()
+
+
+def test_handshake_failures_are_counted_by_reason(gw: RunningStack, tmp_path: Path) -> None:
+    # gateway_tls_handshake_failures_total{reason}: the handshake-level refusals
+    # above, observed where asyncio sees the OpenSSL error.
+    def count(reason: str) -> float:
+        return gw.metric("gateway_tls_handshake_failures_total", reason=reason)
+
+    before = {r: count(r) for r in ("no-certificate", "unknown-ca", "expired", "wrong-purpose")}
+    _refused_in_handshake(gw, client_context(gw.stack.pki.ca_cert))
+    rogue = CertificateAuthority.create("Rogue CA")
+    issued = rogue.issue_client(spiffe_uri(gw.stack.trust_domain, "ores", "service", "api"))
+    cert, key = _write(tmp_path, "rogue", issued.cert_pem(), issued.key_pem())
+    _refused_in_handshake(gw, client_context(gw.stack.pki.ca_cert, cert, key))
+    old = gw.stack.pki.authority().issue_client(
+        spiffe_uri(gw.stack.trust_domain, "ores", "service", "api"),
+        now=datetime.now(UTC) - timedelta(days=40), lifetime=timedelta(days=30))
+    cert, key = _write(tmp_path, "old", old.cert_pem(), old.key_pem())
+    _refused_in_handshake(gw, client_context(gw.stack.pki.ca_cert, cert, key))
+    pki = gw.stack.pki
+    _refused_in_handshake(gw, client_context(pki.ca_cert, pki.server_cert, pki.server_key))
+    for reason, value in before.items():
+        assert count(reason) == value + 1, reason
