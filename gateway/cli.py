@@ -81,7 +81,8 @@ def demo_banner(stack: object) -> str:
 Shared-grid gateway demo is running (Ctrl-C to stop).
 
   data plane (mTLS)   {base}
-  ops plane           http://127.0.0.1:{gw.ops_port}  (/metrics /healthz /readyz)
+  admin plane (mTLS)  https://localhost:{gw.admin_port}  (security team: certs/dev/ores/alice.pem)
+  ops plane           http://127.0.0.1:{gw.ops_port}  (/metrics /healthz /readyz /crl.pem)
   simulators          {', '.join(f'{n}={p}' for n, p in stack.sim_ports.items())}
   trust bundle        {pki.ca_cert}
   client certificates {pki.root}/<tenant>/<name>.pem and .key

@@ -125,10 +125,20 @@ class Credentials:
         """Adopt the configured CA on first start, then publish CRLs and the
         live view from the store."""
         now = self.clock()
-        if ca_cert is not None and ca_key is not None and not self.store.cas():
+        if ca_cert is not None and ca_key is not None:
             ca = CertificateAuthority.load(ca_cert, ca_key)
-            self.store.add_ca(CaRecord(ca_id(ca.certificate), ca.cert_pem().decode(),
-                                       ca.key_pem().decode(), now))
+            known = {c.id: c for c in self.store.cas()}
+            configured = ca_id(ca.certificate)
+            if configured not in known:
+                # The operator replaced the CA files ([ca]): that CA is the
+                # declared truth; CAs kept from before stop being trusted.
+                for other in known.values():
+                    if other.status != "retired":
+                        log.warning("CA %s replaced by the configured CA %s", other.id,
+                                    configured)
+                        self.store.set_ca_status(other.id, "retired", None)
+                self.store.add_ca(CaRecord(configured, ca.cert_pem().decode(),
+                                           ca.key_pem().decode(), now))
         self.refresh()
 
     def import_certificate(self, pem: bytes, principal: PrincipalKey) -> None:
@@ -138,6 +148,9 @@ class Credentials:
         if self.store.certificate(serial_hex(cert)) is None:
             issuer = self._issuer_id(cert)
             self.store.add_certificate(certificate_record(cert, principal, issuer, self.clock()))
+
+    def is_revoked(self, pem: bytes) -> bool:
+        return serial_hex(x509.load_pem_x509_certificate(pem)) in self.view.serials
 
     # -- the view the request path reads -------------------------------------
     def check(self, serial: str, principal: PrincipalKey) -> str | None:

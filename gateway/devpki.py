@@ -81,11 +81,17 @@ def ensure_dev_pki(root: Path, registry: TenantRegistry, trust_domain: str,
         pki.server_cert.write_bytes(issued.cert_pem())
     for tenant in registry:
         for principal in tenant.principals.values():
-            cert_path = pki.client_cert(tenant.id, principal.name)
-            if not renew_all and _fresh(cert_path, now):
+            if not renew_all and _fresh(pki.client_cert(tenant.id, principal.name), now):
                 continue
-            uri = spiffe_uri(trust_domain, tenant.id, principal.kind, principal.name)
-            issued = ca.issue_client(uri, now=now)
-            write_private(pki.client_key(tenant.id, principal.name), issued.key_pem())
-            cert_path.write_bytes(issued.cert_pem())
+            reissue(pki, ca, tenant.id, principal.kind, principal.name, now)
     return pki
+
+
+def reissue(pki: DevPki, ca: CertificateAuthority, tenant: str, kind: str, name: str,
+            now: datetime | None = None) -> None:
+    """A new key and certificate for one demo principal (e.g. after the demo's
+    own revocation of the previous one)."""
+    uri = spiffe_uri(pki.trust_domain, tenant, kind, name)
+    issued = ca.issue_client(uri, now=now)
+    write_private(pki.client_key(tenant, name), issued.key_pem())
+    pki.client_cert(tenant, name).write_bytes(issued.cert_pem())

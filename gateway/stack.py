@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.assertion import JwksKeySource
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, generate
-from gateway.devpki import DevPki, ensure_dev_pki
+from gateway.devpki import DevPki, ensure_dev_pki, reissue
 from gateway.server import Gateway, bind
 from gateway.simulators import SIMULATOR_NAMES, build_simulator
 from gateway.tenants import TenantRegistry, load_tenants
@@ -144,11 +144,15 @@ class Stack:
         self.gateway = Gateway(GatewayConfig.from_toml(config_path))
         # The dev certificates were issued outside the admin API: record them so
         # revocation by principal and the access review know them.
+        creds = self.gateway.credentials
         for tenant in self.registry:
             for p in tenant.principals.values():
-                self.gateway.credentials.import_certificate(
-                    self.pki.client_cert(tenant.id, p.name).read_bytes(),
-                    (tenant.id, p.kind, p.name))
+                key = (tenant.id, p.kind, p.name)
+                path = self.pki.client_cert(tenant.id, p.name)
+                if creds.is_revoked(path.read_bytes()) and key not in creds.view.disabled:
+                    # Revoked in an earlier demo run: the demo hands out a new one.
+                    reissue(self.pki, self.pki.authority(), tenant.id, p.kind, p.name)
+                creds.import_certificate(path.read_bytes(), key)
         self.gateway.credentials.refresh()
         await self.gateway.start(data_sock, ops_sock, admin_sock)
 

@@ -393,3 +393,33 @@ def test_credential_metrics(lone: RunningStack) -> None:
     assert expiry > time.time() + 20 * 86400
     assert lone.metric("gateway_certificate_expiry_timestamp_seconds", tenant="gateway",
                        principal="server/gateway") > time.time()
+
+
+def test_state_survives_a_restart(tmp_path: Path) -> None:
+    # Revocations, disabled principals and signing keys are durable; a demo
+    # certificate revoked in an earlier run is replaced by a fresh one.
+    gw = start_stack(tmp_path, gateway_settings=FAST)
+    try:
+        cert, key, doc = new_identity(gw, tmp_path, "sibelga")
+        admin(gw, "POST", f"/admin/certs/{doc['serial']}/revoke", {"reason": "t"})
+        admin(gw, "POST", "/admin/principals/dewatergroep/service/api/disable", {"reason": "t"})
+        revoked_dev = gw.stack.pki.client_cert("orange", "api").read_bytes()
+        rec = next(c for c in gw.stack.gateway.store.certificates(
+            principal=("orange", "service", "api")))
+        admin(gw, "POST", f"/admin/certs/{rec.serial}/revoke", {"reason": "t"})
+        kids = {k["kid"] for k in gw.ops("/.well-known/jwks.json").json["keys"]}
+    finally:
+        gw.stop()
+    again = start_stack(tmp_path, gateway_settings=FAST)
+    try:
+        path = f"/hes/meters/{meter_of(again, 'sibelga')}"
+        with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):
+            fetch(again, ctx_for(again, cert, key), path)
+        # Still disabled: its certificate stays revoked (refused in the handshake).
+        with pytest.raises((ssl.SSLError, ConnectionResetError, http.client.RemoteDisconnected)):
+            fetch(again, again.context("dewatergroep"), "/itsm/tickets")
+        assert again.stack.pki.client_cert("orange", "api").read_bytes() != revoked_dev
+        assert again.client("orange").get("/cmh/requests").status == 200
+        assert kids <= {k["kid"] for k in again.ops("/.well-known/jwks.json").json["keys"]}
+    finally:
+        again.stop()

@@ -1,0 +1,91 @@
+"""The security team's recipes from the README, run with the real CLI
+against a running gateway (issue 3: every task as a short recipe)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import RunningStack, start_stack
+
+
+@pytest.fixture()
+def stack(tmp_path: Path) -> Iterator[RunningStack]:
+    gw = start_stack(tmp_path / "stack", gateway_settings="signing_publish_ahead_s = 0.2\n")
+    yield gw
+    gw.stop()
+
+
+def gateway(gw: RunningStack, *args: str, who: str = "alice", cwd: Path) -> str:
+    pki = gw.stack.pki
+    cmd = [sys.executable, "-m", "gateway", *args]
+    if args[0] != "certs" or args[1] != "csr":
+        cmd += ["--admin-url", f"https://localhost:{gw.stack.gateway.admin_port}",
+                "--cert", str(pki.client_cert("ores", who)),
+                "--key", str(pki.client_key("ores", who)), "--cacert", str(pki.ca_cert)]
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def test_security_team_recipes(stack: RunningStack, tmp_path: Path) -> None:
+    # Issue: the tenant makes key + CSR on its side; the CA signs the CSR.
+    gateway(stack, "certs", "csr", "--tenant", "fluvius", "--name", "api", "--out", "fluvius",
+            cwd=tmp_path)
+    assert (tmp_path / "fluvius" / "api.key").exists()
+    out = gateway(stack, "certs", "issue", "--tenant", "fluvius", "--name", "api",
+                  "--csr", "fluvius/api.csr", "--reason", "onboarding",
+                  "--out", "fluvius/api.pem", cwd=tmp_path)
+    serial = json.loads(out)["serial"]
+    assert (tmp_path / "fluvius" / "api.pem").read_text().startswith("-----BEGIN CERTIFICATE")
+    # Rotate: a new CSR, the successor, an overlap.
+    gateway(stack, "certs", "csr", "--tenant", "fluvius", "--name", "api", "--out", "next",
+            cwd=tmp_path)
+    out = gateway(stack, "certs", "rotate", serial, "--csr", "next/api.csr", "--reason",
+                  "monthly", "--overlap-s", "3600", "--out", "next/api.pem", cwd=tmp_path)
+    successor = json.loads(out)["serial"]
+    listed = json.loads(gateway(stack, "certs", "list", "--tenant", "fluvius", cwd=tmp_path))
+    old = next(c for c in listed["certificates"] if c["serial"] == serial)
+    assert old["retire_at"] and old["status"] == "active"
+    # Revoke.
+    gateway(stack, "certs", "revoke", successor, "--reason", "key leaked", "--code",
+            "key-compromise", cwd=tmp_path)
+    # Rotate the signing key and the server certificate.
+    kid = json.loads(gateway(stack, "keys", "rotate", "--reason", "quarterly",
+                             cwd=tmp_path))["kid"]
+    assert kid in gateway(stack, "keys", "list", cwd=tmp_path, who="carol")
+    gateway(stack, "certs", "rotate-server", "--reason", "yearly", cwd=tmp_path)
+    # A leaver.
+    out = json.loads(gateway(stack, "principals", "disable", "orange/service/api",
+                             "--reason", "left the consortium", cwd=tmp_path))
+    assert out["disabled"] is True
+    # The access review, as the auditor.
+    gateway(stack, "review", "--format", "csv", "--out", "review.csv", cwd=tmp_path,
+            who="carol")
+    review = (tmp_path / "review.csv").read_text()
+    assert "orange,telecom,service,api" in review and ",yes," in review
+    # Rotate the CA (a long overlap here: the other tests cover its end).
+    out = json.loads(gateway(stack, "certs", "rotate-ca", "--overlap-s", "86400", "--reason",
+                             "yearly", cwd=tmp_path))
+    assert out["ca"]
+    actions = {e["action"] for e in stack.audit_events() if e.get("event") == "admin"}
+    assert {"certs-issue", "certs-rotate", "certs-revoke", "keys-rotate", "server-rotate",
+            "principal-disable", "review", "ca-rotate"} <= actions
+
+
+def test_cli_reports_refusals(stack: RunningStack, tmp_path: Path) -> None:
+    pki = stack.stack.pki
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "keys", "rotate", "--reason", "x",
+         "--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
+         "--cert", str(pki.client_cert("ores", "carol")),
+         "--key", str(pki.client_key("ores", "carol")), "--cacert", str(pki.ca_cert)],
+        capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 1
+    problem = json.loads(proc.stderr)
+    assert problem["status"] == 403 and problem["incident"]
