@@ -146,7 +146,7 @@ class Gateway:
         return index
 
     def reload(self) -> None:
-        """Re-read tenants and the relation feed (SIGHUP). Each is validated
+        """Re-read tenants, the relation feed and the TLS files (SIGHUP). Each is validated
         completely before it replaces the live one, so a broken file leaves the
         running snapshot in place; the swap itself is one reference store."""
         registry = load_tenants(self.config.tenants_dir)
@@ -155,6 +155,9 @@ class Gateway:
         self.data_plane.resolver.replace_registry(registry)
         self.signer.forget_cached()  # roles in cached assertions may have changed
         self._relations = relations
+        # Server certificate, key and trust bundle files may have been replaced
+        # by an external PKI: new handshakes use them, open connections stay.
+        self.credentials.refresh()
         self.metrics.declare(registry.tenants, self.config.upstreams)
         log.info("reloaded %d tenants and %d relations", len(registry), len(relations))
 

@@ -39,3 +39,28 @@ def test_relation_feed_reload(tmp_path: Path) -> None:
         assert client.get(f"/hes/meters/{meter}").status == 200
     finally:
         gw.stop()
+
+
+def test_server_certificate_files_reload(tmp_path: Path) -> None:
+    # An operator with an external PKI replaces the files and sends SIGHUP.
+    from cryptography import x509
+
+    gw = start_stack(tmp_path)
+    try:
+        pki = gw.stack.pki
+        issued = pki.authority().issue_server(["localhost"], ["127.0.0.1"])
+        pki.server_cert.write_bytes(issued.cert_pem())
+        pki.server_key.write_bytes(issued.key_pem())
+        open_conn = gw.client("ores")
+        assert open_conn.get("/itsm/tickets").status == 200
+        gw.stack.gateway.reload()
+        assert open_conn.get("/itsm/tickets").status == 200  # in-flight connection kept
+        import http.client
+        conn = http.client.HTTPSConnection("127.0.0.1", gw.port, context=gw.context("ores"))
+        conn.connect()
+        der = conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        conn.close()
+        assert x509.load_der_x509_certificate(der).serial_number == \
+            issued.certificate.serial_number
+    finally:
+        gw.stop()
