@@ -62,6 +62,9 @@ class Dataset:
                 rels.append(Relation("meter", m["serial"], own["tenant"], "owner",
                                      parse_instant(own["valid_from"]),
                                      parse_instant(own["valid_to"])))
+            if m["airplane_mode"]:
+                # D5: communication disabled at the customer's request (tenant "*").
+                rels.append(Relation("meter", m["serial"], "*", "airplane-mode"))
         for ap in self.access_points:
             rels.append(Relation("ean", ap["ean"], ap["grid_operator"], "grid-operator"))
             for c in ap["contracts"]:

@@ -10,7 +10,8 @@ def test_core_imports_no_aiohttp() -> None:
     code = (
         "import sys\n"
         "import gateway.core.decide, gateway.core.check, gateway.core.catalog, "
-        "gateway.core.paths, gateway.core.headers, gateway.core.identity, gateway.dataset\n"
+        "gateway.core.paths, gateway.core.headers, gateway.core.identity, gateway.core.push, "
+        "gateway.dataset\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'asyncio', 'ssl', "
         "'socket')]\n"
         "print(','.join(bad))\n"
