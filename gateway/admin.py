@@ -86,8 +86,15 @@ def _seconds(doc: dict[str, Any], key: str, unit: float = 1.0) -> timedelta | No
     return timedelta(seconds=float(value) * unit)
 
 
+Body = dict[str, Any]
+Action = Callable[[web.Request, Body], Awaitable[Any]]
+Guard = Callable[..., Handler]  # guarded(action, roles, target, fn, *, write=True)
+RouteSet = Callable[[web.UrlDispatcher, Guard], None]
+
+
 def build_admin_app(creds: Credentials, resolver: CallerResolver,
-                    metrics: GatewayMetrics) -> web.Application:
+                    metrics: GatewayMetrics, extra: RouteSet | None = None
+                    ) -> web.Application:
     def actor_of(request: web.Request) -> str:
         c = request[CALLER]
         return f"{c.tenant.id}/{c.principal.kind}/{c.principal.name}"
@@ -125,7 +132,8 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
             metrics.admin_actions.labels(action, "done").inc()
             if isinstance(result, web.StreamResponse):
                 return result
-            return web.json_response(result, status=201 if action.endswith("issue") else 200)
+            created = action.endswith("issue") or action == "breakglass-request"
+            return web.json_response(result, status=201 if created else 200)
         return handler
 
     def self_check(request: web.Request, principal: tuple[str, str, str]) -> None:
@@ -168,7 +176,9 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
     async def disable(request: web.Request, doc: dict[str, Any]) -> Any:
         key = principal_of(request)
         revoked = creds.set_disabled(key, True, actor_of(request), _text(doc, "reason"))
-        return {"principal": "/".join(key), "disabled": True, "revoked": revoked}
+        ended = [await hook(key) for hook in creds.on_disable]
+        return {"principal": "/".join(key), "disabled": True, "revoked": revoked,
+                "leases_ended": [case for cases in ended for case in cases]}
 
     async def enable(request: web.Request, doc: dict[str, Any]) -> Any:
         key = principal_of(request)
@@ -244,6 +254,8 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
                                      write=False))
     r.add_post("/admin/ca/rotate", guarded("ca-rotate", admin, path, ca_rotate))
     r.add_post("/admin/tls/server/rotate", guarded("server-rotate", admin, path, server_rotate))
+    if extra is not None:
+        extra(r, guarded)
     return app
 
 

@@ -137,6 +137,78 @@ def cmd_review(args: argparse.Namespace) -> int:
     return _emit(*call(args, "GET", f"/admin/review?format={args.format}"), args.out)
 
 
+def cmd_vault_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/vault/secrets"))
+
+
+def cmd_vault_rotate(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/vault/upstreams/{args.upstream}/rotate",
+                       {"reason": args.reason}))
+
+
+def cmd_vault_rekey(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/vault/rekey", {"reason": args.reason}))
+
+
+def cmd_bg_request(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/breakglass/requests", {
+        "account": args.account, "reason": args.reason, "ticket": args.ticket,
+        "duration_s": args.duration_s, "emergency": args.emergency}))
+
+
+def cmd_bg_step(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/breakglass/requests/{args.case}/{args.step}",
+                       {"reason": args.reason}))
+
+
+def cmd_bg_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/breakglass"))
+
+
+def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    clients = []
+    vault = sub.add_parser("vault", help="the vault: secrets metadata, rotation, rekey")
+    vs = vault.add_subparsers(dest="vault_command", required=True)
+    p = vs.add_parser("list", help="secret ids, versions and ages (never values)")
+    p.set_defaults(func=cmd_vault_list)
+    clients.append(p)
+    p = vs.add_parser("rotate-upstream", help="rotate a shared system's service credential")
+    p.add_argument("upstream")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_vault_rotate)
+    clients.append(p)
+    p = vs.add_parser("rekey", help="re-wrap every data key under a new master-key version")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_vault_rekey)
+    clients.append(p)
+
+    bg = sub.add_parser("breakglass", help="privileged accounts under dual control")
+    bs = bg.add_subparsers(dest="breakglass_command", required=True)
+    p = bs.add_parser("request", help="ask for a privileged account")
+    p.add_argument("--account", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--ticket", required=True)
+    p.add_argument("--duration-s", type=float, default=3600)
+    p.add_argument("--emergency", action="store_true",
+                   help="skip approval: alerts the SOC at once and needs a review")
+    p.set_defaults(func=cmd_bg_request)
+    clients.append(p)
+    for step, text in (("approve", "approve a request (another person)"),
+                       ("deny", "deny a request"),
+                       ("checkout", "receive the credential, once"),
+                       ("checkin", "end the lease; the password is rotated"),
+                       ("review", "record the post-incident review of an emergency case")):
+        p = bs.add_parser(step, help=text)
+        p.add_argument("case")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_bg_step, step=step)
+        clients.append(p)
+    p = bs.add_parser("list", help="cases and leases")
+    p.set_defaults(func=cmd_bg_list)
+    clients.append(p)
+    return clients
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     for name, (env, default) in DEFAULTS.items():
         flag = "--admin-url" if name == "url" else f"--{name}"
@@ -216,6 +288,8 @@ def add_parsers(certs: Any, sub: Any) -> None:
 
     for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server"):
         _client_options(certs.choices[name])
+    for parser in add_vault_parsers(sub):
+        _client_options(parser)
     for parser in (*keys_sub.choices.values(), *principals_sub.choices.values(),
                    sub.choices["review"]):
         _client_options(parser)

@@ -48,6 +48,19 @@ class CaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VaultConfig:
+    """Where the vault's master key comes from (never the database)."""
+
+    key_file: Path | None = None  # else the environment variable key_env
+    key_env: str = "GATEWAY_VAULT_KEY"
+    upstream_max_age_days: float = 90
+    rotation_grace_s: float = 10.0
+    breakglass_max_duration_s: float = 4 * 3600
+    breakglass_emergency_duration_s: float = 30 * 60
+    approver_other_team: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     trust_domain: str
     tenants_dir: Path
@@ -60,6 +73,11 @@ class GatewayConfig:
     ops: Listener = Listener("127.0.0.1", 9102)
     admin: Listener = Listener("127.0.0.1", 8444)
     ca: CaConfig | None = None
+    vault: VaultConfig = VaultConfig()
+    soc_file: Path | None = None
+    soc_webhook: str | None = None
+    # privileged account -> the upstream it belongs to
+    accounts: Mapping[str, str] = field(default_factory=dict)
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     assertion_lifetime_s: int = 300
     signing_publish_ahead_s: float = 60 * SECONDS
@@ -104,6 +122,21 @@ class GatewayConfig:
             ca = CaConfig(c.path("cert"), c.path("key"),
                           c.number("client_lifetime_days", 30), c.number("max_lifetime_days", 90),
                           c.number("crl_next_update_s", 24 * 3600))
+        vault = VaultConfig()
+        if r._get("vault") is not None:
+            v = _Reader(r.table("vault"), base, source, "vault.")
+            other_team = v._get("approver_other_team")
+            vault = VaultConfig(
+                v.opt_path("key_file"), str(v._get("key_env") or "GATEWAY_VAULT_KEY"),
+                v.number("upstream_max_age_days", 90), v.number("rotation_grace_s", 10.0),
+                v.number("breakglass_max_duration_s", 4 * 3600),
+                v.number("breakglass_emergency_duration_s", 30 * 60),
+                True if other_team is None else bool(other_team))
+        accounts_doc = r._get("accounts") or {}
+        if not isinstance(accounts_doc, Mapping) or not all(
+                isinstance(v, str) and v in UPSTREAMS for v in accounts_doc.values()):
+            raise ConfigError(f"{source}: accounts: must map account names to upstream names")
+        webhook = r._get("soc.webhook")
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -116,6 +149,10 @@ class GatewayConfig:
             ops=r.listener("listeners.ops", Listener("127.0.0.1", 9102)),
             admin=r.listener("listeners.admin", Listener("127.0.0.1", 8444)),
             ca=ca,
+            vault=vault,
+            soc_file=r.opt_path("soc.file"),
+            soc_webhook=str(webhook) if webhook else None,
+            accounts=dict(accounts_doc),
             upstreams=upstreams,
             assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),

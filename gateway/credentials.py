@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -119,6 +119,8 @@ class Credentials:
         self._crls: tuple[bytes, ...] = ()
         self._lock = threading.RLock()
         self._seen: dict[PrincipalKey, datetime] = {}
+        # Called (and awaited by the admin plane) after a principal is disabled.
+        self.on_disable: list[Callable[[PrincipalKey], Awaitable[Any]]] = []
 
     # -- start-up ------------------------------------------------------------
     def bootstrap(self, ca_cert: Path | None, ca_key: Path | None) -> None:

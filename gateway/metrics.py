@@ -77,6 +77,18 @@ class GatewayMetrics:
         self.admin_actions = Counter(
             "gateway_admin_actions", "Admin-plane actions, by action and outcome.",
             ["action", "outcome"], registry=r)
+        self.breakglass_checkouts = Counter(
+            "gateway_breakglass_checkouts", "Privileged accounts checked out, by mode.",
+            ["account", "mode"], registry=r)
+        self.breakglass_active_leases = Gauge(
+            "gateway_breakglass_active_leases", "Leases of privileged accounts running now.",
+            ["account"], registry=r)
+        self.breakglass_reviews_pending = Gauge(
+            "gateway_breakglass_reviews_pending",
+            "Emergency break-glass cases waiting for their post-incident review.", registry=r)
+        self.vault_secret_age = Gauge(
+            "gateway_vault_secret_age_seconds", "Age of the current version of a vault secret.",
+            ["secret"], registry=r)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

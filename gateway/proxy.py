@@ -67,6 +67,7 @@ class DataPlane:
         signer: AssertionSigner,
         audit: AuditSink,
         metrics: GatewayMetrics,
+        upstream_auth: Callable[[str], str | None] = lambda upstream: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.resolver = resolver
@@ -76,6 +77,7 @@ class DataPlane:
         self.signer = signer
         self.audit = audit
         self.metrics = metrics
+        self.upstream_auth = upstream_auth  # the vault's service credential per upstream
         self.clock = clock
 
     # -- the pipeline ----------------------------------------------------------
@@ -172,6 +174,10 @@ class DataPlane:
         assert ex.match is not None
         route = ex.match.route
         headers[ASSERTION_HEADER] = self.signer.assertion(ex.caller, route.upstream)
+        credential = self.upstream_auth(route.upstream)
+        if credential is not None:
+            # SECURITY: injected here, never shown to a tenant, logged or audited.
+            headers["Authorization"] = credential
         headers["X-Request-Id"] = ex.incident
         if body is not None:
             headers["Content-Type"] = JSON

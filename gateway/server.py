@@ -16,26 +16,44 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import handshakes
 from gateway.admin import build_admin_app
+from gateway.admin_vault import vault_routes
 from gateway.assertion import AssertionSigner
 from gateway.audit import JsonlAuditLog
+from gateway.breakglass import BreakGlass, BreakGlassPolicy
 from gateway.ca import IssuancePolicy
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
 from gateway.core.relations import RelationIndex
-from gateway.credentials import Credentials
+from gateway.credentials import AdminRefused, Credentials
 from gateway.errors import ConfigError
 from gateway.identity import CallerResolver
 from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
+from gateway.pki import write_private
 from gateway.proxy import DataPlane
+from gateway.soc import SecurityEvents
 from gateway.state import SqliteStore
 from gateway.tenants import load_tenants
 from gateway.tlsreload import ServerTls
 from gateway.upstream import UpstreamPool
+from gateway.upstream_auth import UpstreamCredentials
+from gateway.vault import MasterKeys, Vault, VaultLocked
 
 log = logging.getLogger("gateway.server")
 MAINTENANCE_INTERVAL_S = 0.5
+UPSTREAM_ROTATION_CHECK_S = 60.0
+
+
+def load_master_keys(config: GatewayConfig) -> MasterKeys:
+    """The vault's master key from its file (0600) or the environment."""
+    vc = config.vault
+    try:
+        if vc.key_file is not None:
+            return MasterKeys.from_file(vc.key_file)
+        return MasterKeys.from_env(vc.key_env)
+    except VaultLocked as exc:
+        raise ConfigError(f"{config.source}: vault: {exc}") from exc
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -94,6 +112,13 @@ class Gateway:
         for path in (config.server_cert, config.server_key, config.trust_bundle):
             if not path.exists():
                 raise ConfigError(f"{config.source}: tls: file not found: {path}")
+        # The vault first: a wrong master key stops start-up before anything
+        # else is opened or written.
+        self.vault_master = load_master_keys(config)
+        try:
+            self.vault = Vault(config.data_dir / "vault.db", self.vault_master)
+        except VaultLocked as exc:
+            raise ConfigError(f"{config.source}: vault: {exc}") from exc
         self.store = SqliteStore(config.data_dir / "state.db")
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
             seconds=config.assertion_lifetime_s),
@@ -117,14 +142,30 @@ class Gateway:
         self.server_tls = ServerTls(material, check_crl=bool(material.crl_pems))
         self.credentials.server_tls = self.server_tls
         self.upstreams = UpstreamPool(config.upstreams, self.metrics)
+        self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook)
+        vc = config.vault
+        self.upstream_creds = UpstreamCredentials(
+            self.vault, self.upstreams, self.metrics,
+            max_age=timedelta(days=vc.upstream_max_age_days), grace_s=vc.rotation_grace_s)
+        self.upstream_creds.load(config.upstreams)
+        self.breakglass = BreakGlass(
+            store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
+            upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,
+            audit=self.credentials.record_admin_event,
+            policy=BreakGlassPolicy(timedelta(seconds=vc.breakglass_max_duration_s),
+                                    timedelta(seconds=vc.breakglass_emergency_duration_s),
+                                    vc.approver_other_team))
+        # D8: a leaver's break-glass leases end at once, and what it held rotates.
+        self.credentials.on_disable.append(
+            lambda key: self.breakglass.end_leases_of(key, "principal disabled"))
         self.resolver = CallerResolver(self.registry, config.trust_domain,
                                        revocation=self.credentials.check)
         self.data_plane = DataPlane(
             resolver=self.resolver, routes=default_route_table(),
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
-            audit=self.audit, metrics=self.metrics)
+            audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header)
         self._runners: list[web.BaseRunner] = []
-        self._maintenance: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
@@ -177,15 +218,19 @@ class Gateway:
                                    access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
-        admin_runner = web.AppRunner(build_admin_app(self.credentials, self.resolver,
-                                                     self.metrics), access_log=None)
+        admin_app = build_admin_app(
+            self.credentials, self.resolver, self.metrics,
+            extra=vault_routes(self.vault, self.upstream_creds, self.breakglass, self.rekey))
+        admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
         await web.SockSite(admin_runner, admin_sock, ssl_context=self.ssl_context).start()
         self._runners = [data_runner, ops_runner, admin_runner]
         self.data_port = data_sock.getsockname()[1]
         self.ops_port = ops_sock.getsockname()[1]
         self.admin_port = admin_sock.getsockname()[1]
-        self._maintenance = asyncio.create_task(self._maintain())
+        await self.soc.start()
+        self._tasks = [asyncio.create_task(self._maintain()),
+                       asyncio.create_task(self._rotate_upstreams())]
         handshakes.observe(self.ssl_context,
                            lambda reason: self.metrics.tls_handshake_failures.labels(reason).inc())
         log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
@@ -196,18 +241,47 @@ class Gateway:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
                 self.credentials.maintain()
+                await self.breakglass.maintain()
             except Exception:  # keep serving; the next round tries again
                 log.exception("credential maintenance failed")
 
+    async def _rotate_upstreams(self) -> None:
+        """Scheduled rotation of the service credentials (by age, policy)."""
+        while True:
+            try:
+                await self.upstream_creds.maintain()
+            except Exception:
+                log.exception("upstream credential rotation failed")
+            await asyncio.sleep(UPSTREAM_ROTATION_CHECK_S)
+
+    def rekey(self) -> int:
+        """Re-wrap every data key under a new master-key version, online. The
+        key file first gets both versions, so a crash at any point leaves a
+        file that opens the vault; then only the new version stays."""
+        key_file = self.config.vault.key_file
+        if key_file is None:
+            raise AdminRefused(409, "master-key-from-environment",
+                               "the master key comes from the environment: rekey offline "
+                               "with a key file")
+        both = self.vault_master.with_new_version()
+        write_private(key_file, both.to_text().encode())
+        count = self.vault.rekey(both)
+        newest = MasterKeys({both.current_version: both.keys[both.current_version]})
+        write_private(key_file, newest.to_text().encode())
+        self.vault_master = newest
+        return count
+
     async def stop(self) -> None:
         handshakes.forget(self.ssl_context)
-        if self._maintenance is not None:
-            self._maintenance.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+                await task
+        await self.soc.close()
         self.credentials.maintain()  # flush last-seen
         for runner in self._runners:
             await runner.cleanup()
         await self.upstreams.close()
         self.audit.close()
         self.store.close()
+        self.vault.close()

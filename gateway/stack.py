@@ -14,12 +14,16 @@ from pathlib import Path
 from aiohttp import web
 
 from gateway.assertion import JwksKeySource
+from gateway.breakglass import account_secret_id
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, generate
 from gateway.devpki import DevPki, ensure_dev_pki, reissue
+from gateway.pki import write_private
 from gateway.server import Gateway, bind
-from gateway.simulators import SIMULATOR_NAMES, build_simulator
+from gateway.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
 from gateway.tenants import TenantRegistry, load_tenants
+from gateway.upstream_auth import new_token, token_id
+from gateway.vault import MasterKeys, SecretNotFound, Vault
 
 TRUST_DOMAIN = "shared-grid.test"
 LOOPBACK = "127.0.0.1"
@@ -78,6 +82,15 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         "[ca]",
         f'cert = "{pki.ca_cert.resolve()}"',
         f'key = "{pki.ca_key.resolve()}"',
+        "",
+        "[vault]",
+        f'key_file = "{(data_dir / "vault.key").resolve()}"',
+        "",
+        "[soc]",
+        f'file = "{(data_dir / "soc.jsonl").resolve()}"',
+        "",
+        "[accounts]",
+        *(f'{account} = "{upstream}"' for upstream, account in ACCOUNTS.items()),
     ]
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
@@ -124,9 +137,11 @@ class Stack:
         for name in SIMULATOR_NAMES:
             sim_socks[name] = bind(LOOPBACK, self.ports.simulators.get(name, 0))
             self.sim_ports[name] = sim_socks[name].getsockname()[1]
+        sim_secrets = self._provision_secrets()
         for name, sock in sim_socks.items():
-            runner = web.AppRunner(build_simulator(name, self.dataset, keys, self.control_token),
-                                   access_log=None, handle_signals=False)
+            app = build_simulator(name, self.dataset, keys, self.control_token,
+                                  sim_secrets[name])
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             await web.SockSite(runner, sock, ssl_context=sim_tls).start()
             self._runners.append(runner)
@@ -155,6 +170,36 @@ class Stack:
                 creds.import_certificate(path.read_bytes(), key)
         self.gateway.credentials.refresh()
         await self.gateway.start(data_sock, ops_sock, admin_sock)
+
+    def _provision_secrets(self) -> dict[str, SimSecrets]:
+        """The shared systems' credentials: the gateway's service token and the
+        privileged accounts' passwords, created in the vault on the first run
+        and handed to the simulators as what they accept (the provisioning a
+        real system's operator does once)."""
+        key_file = self.work_dir / "vault.key"
+        if not key_file.exists():
+            write_private(key_file, MasterKeys.generate().to_text().encode())
+        vault = Vault(self.work_dir / "vault.db", MasterKeys.from_file(key_file))
+        try:
+            out = {}
+            for name in SIMULATOR_NAMES:
+                try:
+                    token = vault.get(token_id(name)).decode()
+                except SecretNotFound:
+                    token = new_token()
+                    vault.put(token_id(name), token.encode(), kind="upstream-token",
+                              labels={"upstream": name})
+                account = ACCOUNTS[name]
+                try:
+                    password = vault.get(account_secret_id(account)).decode()
+                except SecretNotFound:
+                    password = secrets.token_urlsafe(24)
+                    vault.put(account_secret_id(account), password.encode(), kind="account",
+                              labels={"upstream": name})
+                out[name] = SimSecrets.initial(token, {account: password})
+            return out
+        finally:
+            vault.close()
 
     async def stop(self) -> None:
         await self.gateway.stop()

@@ -15,7 +15,8 @@ from gateway.core.model import PRINCIPAL_KINDS, TENANT_KINDS, Principal, Tenant
 from gateway.errors import ConfigError
 
 KNOWN_ROLES = frozenset(
-    {"reader", "meter-operator", "security-admin", "vault-approver", "auditor", "pusher"}
+    {"reader", "meter-operator", "security-admin", "vault-approver", "auditor", "pusher",
+     "privileged-user"}
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",

@@ -85,6 +85,20 @@ class UpstreamPool:
             self.metrics.upstream_errors.labels(upstream, "connection").inc()
             raise UpstreamFailed(502, "upstream-unreachable") from exc
 
+    async def admin_call(self, upstream: str, path: str, body: dict[str, object],
+                         authorization: str) -> dict[str, object]:
+        """A call to the shared system's own admin API (credential rotation)."""
+        try:
+            async with self._sessions[upstream].post(
+                    path, json=body, headers={"Authorization": authorization}) as resp:
+                doc = await resp.json(content_type=None)
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise UpstreamFailed(502, "upstream-admin-unreachable") from exc
+        if status >= 300 or not isinstance(doc, dict):
+            raise UpstreamFailed(502, f"upstream-admin-{status}")
+        return doc
+
     async def probe(self, name: str) -> bool:
         try:
             async with self._sessions[name].get(

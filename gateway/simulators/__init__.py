@@ -19,6 +19,7 @@ from gateway.assertion import KeySource
 from gateway.dataset import Dataset
 from gateway.simulators import clearing, cmh, hes, itsm
 from gateway.simulators._common import CONTROL_HEADER, new_app
+from gateway.simulators._secrets import ACCOUNTS, SimSecrets, install
 
 SIMULATOR_NAMES: tuple[str, ...] = ("hes", "clearing", "cmh", "itsm")
 
@@ -29,16 +30,20 @@ _SETUP: dict[str, Callable[[web.Application, Dataset], None]] = {
     "itsm": itsm.setup,
 }
 
-__all__ = ["CONTROL_HEADER", "SIMULATOR_NAMES", "build_simulator"]
+__all__ = ["ACCOUNTS", "CONTROL_HEADER", "SIMULATOR_NAMES", "SimSecrets", "build_simulator"]
 
 
 def build_simulator(name: str, dataset: Dataset, keys: KeySource,
-                    control_token: str) -> web.Application:
+                    control_token: str, secrets: SimSecrets | None = None) -> web.Application:
     """The aiohttp app of simulator ``name``; ``name`` is also the assertion
-    audience it requires. It works on its own copy of ``dataset``."""
+    audience it requires. It works on its own copy of ``dataset``. With
+    ``secrets`` it also requires the gateway's service credential and has
+    privileged accounts (issue 4)."""
     setup = _SETUP.get(name)
     if setup is None:
         raise ValueError(f"unknown simulator {name!r} (known: {', '.join(SIMULATOR_NAMES)})")
     app = new_app(name, keys, control_token)
+    if secrets is not None:
+        install(app, secrets)
     setup(app, dataset)
     return app

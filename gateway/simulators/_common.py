@@ -28,6 +28,7 @@ from aiohttp import web
 
 from gateway.assertion import ASSERTION_HEADER, InvalidAssertion, KeySource, verify_assertion
 from gateway.core.relations import parse_instant
+from gateway.simulators._secrets import SECRETS
 
 CONTROL_HEADER = "X-Sim-Control"
 FAULT_MODES = frozenset({"none", "misroute", "slow", "error", "reset"})
@@ -208,7 +209,9 @@ def _reset(request: web.Request) -> web.Response:
 async def _sim_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
     try:
-        if request.path == "/healthz":
+        if request.path == "/healthz" or request.path.startswith("/_admin/"):
+            # /_admin/ authenticates with the service credential or an
+            # account password itself (see _secrets.py).
             return await handler(request)
         if request.path == "/_sim" or request.path.startswith("/_sim/"):
             token = request.headers.get(CONTROL_HEADER, "")
@@ -228,6 +231,10 @@ async def _sim_middleware(request: web.Request, handler: Handler) -> web.StreamR
                                             state.keys, audience=state.name)
         except InvalidAssertion as exc:
             return json_response({"error": "invalid-assertion", "detail": str(exc)}, 401)
+        secrets = request.app.get(SECRETS)
+        if secrets is not None and not secrets.token_ok(request.headers.get("Authorization")):
+            # Through the gateway, but without the service credential it injects.
+            return json_response({"error": "invalid-credential"}, 401)
         entry["tenant"] = claims["tenant"]
         entry["accepted"] = True
         request[CLAIMS] = claims

@@ -8,6 +8,7 @@ refreshed on every change.
 """
 
 from gateway.state.records import (
+    BreakGlassCase,
     CaRecord,
     CertificateRecord,
     PrincipalKey,
@@ -18,6 +19,7 @@ from gateway.state.sqlite import SqliteStore
 from gateway.state.store import StateStore
 
 __all__ = [
+    "BreakGlassCase",
     "CaRecord",
     "CertificateRecord",
     "PrincipalKey",

@@ -58,3 +58,31 @@ class SigningKeyRecord:
     created: datetime
     activate_at: datetime  # starts signing (published before that)
     unpublish_at: datetime | None = None  # removed from the JWKS after its last token expired
+
+
+@dataclass(frozen=True, slots=True)
+class BreakGlassCase:
+    """One request for a privileged account, from request to review (issue 4)."""
+
+    id: str
+    account: str
+    requester: str  # "tenant/kind/name"
+    requester_team: str
+    reason: str
+    ticket: str
+    duration_s: float
+    emergency: bool
+    created: datetime
+    # pending -> approved | denied; approved -> checked-out -> closed;
+    # emergency: checked-out at once. A lease that runs out ends as closed too.
+    status: str = "pending"
+    approver: str | None = None
+    decided_at: datetime | None = None
+    checked_out_at: datetime | None = None
+    lease_expires_at: datetime | None = None
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    rotated: bool = False
+    review_status: str = "none"  # none | pending | done
+    reviewer: str | None = None
+    review_notes: str | None = None

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.state.records import (
+    BreakGlassCase,
     CaRecord,
     CertificateRecord,
     PrincipalKey,
@@ -41,6 +42,13 @@ CREATE TABLE IF NOT EXISTS last_seen (
 CREATE TABLE IF NOT EXISTS cas (
     id TEXT PRIMARY KEY, cert_pem TEXT NOT NULL, key_pem TEXT NOT NULL, created TEXT NOT NULL,
     status TEXT NOT NULL, retire_at TEXT);
+CREATE TABLE IF NOT EXISTS breakglass (
+    id TEXT PRIMARY KEY, account TEXT NOT NULL, requester TEXT NOT NULL,
+    requester_team TEXT NOT NULL, reason TEXT NOT NULL, ticket TEXT NOT NULL,
+    duration_s REAL NOT NULL, emergency INTEGER NOT NULL, created TEXT NOT NULL,
+    status TEXT NOT NULL, approver TEXT, decided_at TEXT, checked_out_at TEXT,
+    lease_expires_at TEXT, closed_at TEXT, close_reason TEXT, rotated INTEGER NOT NULL,
+    review_status TEXT NOT NULL, reviewer TEXT, review_notes TEXT);
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY, key_pem TEXT NOT NULL, created TEXT NOT NULL,
     activate_at TEXT NOT NULL, unpublish_at TEXT);
@@ -48,7 +56,9 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 
 R = TypeVar("R")
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
-                "created", "activate_at", "unpublish_at"}
+                "created", "activate_at", "unpublish_at", "decided_at", "checked_out_at",
+                "lease_expires_at", "closed_at"}
+_BOOL_FIELDS = {"emergency", "rotated"}
 
 
 def _to_db(value: Any) -> Any:
@@ -60,6 +70,8 @@ def _to_db(value: Any) -> Any:
 def _from_db(name: str, value: Any) -> Any:
     if name in _TIME_FIELDS and value is not None:
         return datetime.fromisoformat(value)
+    if name in _BOOL_FIELDS:
+        return bool(value)
     return value
 
 
@@ -178,6 +190,21 @@ class SqliteStore:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'crl_number'", (str(value),))
             self._db.execute("COMMIT")
         return value
+
+    # -- break-glass cases ------------------------------------------------------
+    def put_breakglass(self, case: BreakGlassCase) -> None:
+        self._insert("breakglass", case)
+
+    def breakglass(self, case_id: str) -> BreakGlassCase | None:
+        row = self._exec("SELECT * FROM breakglass WHERE id = ?", (case_id,)).fetchone()
+        return _record(BreakGlassCase, row) if row else None
+
+    def breakglass_cases(self, *, status: str | None = None) -> list[BreakGlassCase]:
+        sql, args = "SELECT * FROM breakglass", tuple[str, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [_record(BreakGlassCase, r)
+                for r in self._exec(sql + " ORDER BY created", args).fetchall()]
 
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:

@@ -106,6 +106,10 @@ def test_serve_runs_from_the_written_config(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         ops_port = s.getsockname()[1]
+    from gateway.pki import write_private
+    from gateway.vault import MasterKeys
+
+    write_private(tmp_path / "data" / "vault.key", MasterKeys.generate().to_text().encode())
     config = tmp_path / "gateway.toml"
     write_config(config, pki=pki, tenants_dir=REPO / "tenants", relations=relations,
                  data_dir=tmp_path / "data", data_port=0, ops_port=ops_port, admin_port=0,

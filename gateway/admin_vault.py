@@ -1,0 +1,111 @@
+"""Admin-plane routes of the vault and break-glass (issue 4). Roles:
+``security-admin`` manages the vault; ``privileged-user`` requests accounts;
+``vault-approver`` decides and reviews; ``auditor`` reads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from aiohttp import web
+
+from gateway.admin import CALLER, Body, Guard, RouteSet, _seconds, _text
+from gateway.breakglass import BreakGlass
+from gateway.credentials import AdminRefused
+from gateway.state import BreakGlassCase
+from gateway.upstream_auth import UpstreamCredentials
+from gateway.vault import Vault
+
+ANYONE_VAULT = frozenset({"security-admin", "vault-approver", "privileged-user", "auditor"})
+
+
+def case_json(case: BreakGlassCase) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in case.__dataclass_fields__:
+        value = getattr(case, name)
+        out[name] = value.isoformat() if hasattr(value, "isoformat") else value
+    return out
+
+
+def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: BreakGlass,
+                 rekey: Callable[[], int]) -> RouteSet:
+    def register(r: web.UrlDispatcher, guarded: Guard) -> None:
+        def principal(request: web.Request) -> Any:
+            return request[CALLER].principal
+
+        def case_target(request: web.Request) -> str:
+            return request.match_info["case"]
+
+        def path(request: web.Request) -> str:
+            return request.path
+
+        async def secrets(request: web.Request, doc: Body) -> Any:
+            # Metadata only: a value never leaves the vault through the API.
+            return {"secrets": [{"id": m.id, "version": m.version, "kind": m.kind,
+                                 "created": m.created.isoformat(), "labels": dict(m.labels)}
+                                for m in vault.list()]}
+
+        async def rotate_upstream(request: web.Request, doc: Body) -> Any:
+            name = request.match_info["upstream"]
+            if upstream_creds.header(name) is None:
+                raise AdminRefused(404, "unknown-upstream", f"no credential for {name!r}")
+            version = await upstream_creds.rotate(name)
+            return {"upstream": name, "version": version}
+
+        async def do_rekey(request: web.Request, doc: Body) -> Any:
+            return {"rewrapped": rekey()}
+
+        async def request_case(request: web.Request, doc: Body) -> Any:
+            duration = _seconds(doc, "duration_s") or timedelta(hours=1)
+            case = breakglass.request(principal(request), _text(doc, "account"),
+                                      _text(doc, "reason"), _text(doc, "ticket"), duration,
+                                      bool(doc.get("emergency", False)))
+            return case_json(case)
+
+        async def approve(request: web.Request, doc: Body) -> Any:
+            return case_json(breakglass.decide(principal(request), case_target(request), True))
+
+        async def deny(request: web.Request, doc: Body) -> Any:
+            return case_json(breakglass.decide(principal(request), case_target(request), False))
+
+        async def checkout(request: web.Request, doc: Body) -> Any:
+            case, password = breakglass.checkout(principal(request), case_target(request))
+            # SECURITY: shown this once; never audited, logged or stored in clear.
+            return {**case_json(case), "credential": {"username": case.account,
+                                                      "password": password}}
+
+        async def checkin(request: web.Request, doc: Body) -> Any:
+            return case_json(await breakglass.checkin(principal(request), case_target(request)))
+
+        async def review(request: web.Request, doc: Body) -> Any:
+            return case_json(breakglass.review(principal(request), case_target(request),
+                                               _text(doc, "reason")))
+
+        async def list_cases(request: web.Request, doc: Body) -> Any:
+            return {"cases": [case_json(c) for c in breakglass.store.breakglass_cases()]}
+
+        admin = frozenset({"security-admin"})
+        readers = frozenset({"security-admin", "auditor", "vault-approver"})
+        r.add_get("/admin/vault/secrets", guarded("vault-list", readers, path, secrets,
+                                                  write=False))
+        r.add_post("/admin/vault/upstreams/{upstream}/rotate",
+                   guarded("vault-rotate-upstream", admin,
+                           lambda q: q.match_info["upstream"], rotate_upstream))
+        r.add_post("/admin/vault/rekey", guarded("vault-rekey", admin, path, do_rekey))
+        r.add_post("/admin/breakglass/requests",
+                   guarded("breakglass-request", frozenset({"privileged-user"}), path,
+                           request_case))
+        base = "/admin/breakglass/requests/{case}"
+        r.add_post(base + "/approve", guarded("breakglass-approve", ANYONE_VAULT, case_target,
+                                              approve))
+        r.add_post(base + "/deny", guarded("breakglass-deny", ANYONE_VAULT, case_target, deny))
+        r.add_post(base + "/checkout", guarded("breakglass-checkout", ANYONE_VAULT,
+                                               case_target, checkout))
+        r.add_post(base + "/checkin", guarded("breakglass-checkin", ANYONE_VAULT, case_target,
+                                              checkin))
+        r.add_post(base + "/review", guarded("breakglass-review", ANYONE_VAULT, case_target,
+                                             review))
+        r.add_get("/admin/breakglass", guarded("breakglass-list", ANYONE_VAULT, path,
+                                               list_cases, write=False))
+    return register

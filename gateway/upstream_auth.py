@@ -1,0 +1,116 @@
+"""The gateway's own credentials at the shared systems (issue 4 item 2).
+
+Each upstream's service credential (a bearer token) lives in the vault as
+``upstream/<name>/token``; the gateway injects it per request and nobody else
+ever sees it. Rotation uses the upstream's two slots: the new token is added
+at the upstream, then requests switch to it, then, once every request in
+flight with the old one has finished, the old one is retired there and its
+vault version destroyed. Rotation is scheduled by age (policy, default 90
+days) and can be forced by the security team.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+
+from gateway.errors import UpstreamFailed
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import UpstreamPool
+from gateway.vault import SecretNotFound, Vault
+
+log = logging.getLogger("gateway.upstream_auth")
+KIND = "upstream-token"
+
+
+def token_id(upstream: str) -> str:
+    return f"upstream/{upstream}/token"
+
+
+def new_token() -> str:
+    return "gw_" + secrets.token_urlsafe(32)
+
+
+class UpstreamCredentials:
+    def __init__(self, vault: Vault, pool: UpstreamPool, metrics: GatewayMetrics, *,
+                 max_age: timedelta = timedelta(days=90), grace_s: float = 10.0,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.vault = vault
+        self.pool = pool
+        self.metrics = metrics
+        self.max_age = max_age
+        self.grace_s = grace_s  # how long a request in flight may still use the old token
+        self.clock = clock
+        self._headers: dict[str, str] = {}
+        self._rotating: set[str] = set()
+
+    def load(self, upstreams: Iterable[str]) -> None:
+        """Read every upstream's current token from the vault (at start)."""
+        for name in upstreams:
+            try:
+                self._headers[name] = "Bearer " + self.vault.get(token_id(name)).decode()
+            except SecretNotFound:
+                log.warning("no service credential for upstream %s in the vault", name)
+
+    def provision(self, upstream: str) -> str:
+        """First token of an upstream (demo set-up, or an operator's first run)."""
+        token = new_token()
+        self.vault.put(token_id(upstream), token.encode(), kind=KIND,
+                       labels={"upstream": upstream})
+        self._headers[upstream] = "Bearer " + token
+        return token
+
+    def header(self, upstream: str) -> str | None:
+        """The Authorization value to inject (hot path: a dict lookup)."""
+        return self._headers.get(upstream)
+
+    async def rotate(self, upstream: str) -> int:
+        """Rotate with two slots; returns the new vault version."""
+        if upstream in self._rotating:
+            raise UpstreamFailed(409, "rotation-in-progress")
+        current = self._headers.get(upstream)
+        if current is None:
+            raise UpstreamFailed(404, "no-credential")
+        self._rotating.add(upstream)
+        try:
+            token = new_token()
+            # 1. The upstream accepts the new token (authenticated with the old one).
+            await self.pool.admin_call(upstream, "/_admin/credentials", {"add": token}, current)
+            # 2. The vault keeps it; new requests use it from here on.
+            meta = self.vault.put(token_id(upstream), token.encode(), kind=KIND,
+                                  labels={"upstream": upstream})
+            self._headers[upstream] = "Bearer " + token
+            # 3. Requests in flight with the old token finish, then it is retired.
+            await asyncio.sleep(self.grace_s)
+            await self.pool.admin_call(upstream, "/_admin/credentials",
+                                       {"retire": current.removeprefix("Bearer ")},
+                                       "Bearer " + token)
+            self.vault.delete_versions_before(token_id(upstream), meta.version)
+            return meta.version
+        finally:
+            self._rotating.discard(upstream)
+
+    def due(self) -> list[str]:
+        now = self.clock()
+        out = []
+        for name in self._headers:
+            try:
+                age = now - self.vault.meta(token_id(name)).created
+            except SecretNotFound:
+                continue
+            self.metrics.vault_secret_age.labels(token_id(name)).set(age.total_seconds())
+            if age >= self.max_age and name not in self._rotating:
+                out.append(name)
+        return out
+
+    async def maintain(self) -> None:
+        for name in self.due():
+            try:
+                await self.rotate(name)
+                log.info("scheduled rotation of the %s service credential done", name)
+            except UpstreamFailed as exc:
+                log.error("scheduled rotation of %s failed (%s); retrying later", name,
+                          exc.reason)
