@@ -9,6 +9,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -131,12 +132,37 @@ def test_upstream_credential_rotation_under_traffic(lone: RunningStack) -> None:
     assert [v.version for v in gw.vault.versions(token_id("itsm"))] == [2]  # old shredded
 
 
+def test_scheduled_rotation_by_age(lone: RunningStack) -> None:
+    gw = lone.stack.gateway
+    gw.upstream_creds.grace_s = 0.1
+    assert gw.upstream_creds.due() == []  # fresh credentials: nothing due
+    old = gw.vault.get(token_id("cmh")).decode()
+    gw.upstream_creds.max_age = timedelta(0)  # the policy says: everything is due now
+    lone.run(gw.upstream_creds.maintain())
+    assert gw.vault.get(token_id("cmh")).decode() != old
+    assert not token_accepted(lone, "cmh", old)
+    assert lone.client("proximus").get("/cmh/requests").status == 200
+    assert lone.metric("gateway_vault_secret_age_seconds", secret="upstream/cmh/token") >= 0
+
+
 # --- break-glass --------------------------------------------------------------------
+
+class FrozenClock:
+    """The break-glass clock, moved by the test (lease expiry without waiting)."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
 
 def test_break_glass_dual_control_flow(lone: RunningStack) -> None:
     gw = lone.stack.gateway
+    clock = FrozenClock()
+    gw.breakglass.clock = clock
     req = {"account": "hes-admin", "reason": "HES head-end stuck", "ticket": "CHG-1001",
-           "duration_s": 1.5}
+           "duration_s": 600}
     # grace (soc team) asks, and may not approve herself.
     case = as_(lone, "grace", "POST", "/admin/breakglass/requests", req)
     assert case.status == 201, case.body
@@ -167,7 +193,11 @@ def test_break_glass_dual_control_flow(lone: RunningStack) -> None:
     assert as_(lone, "dave", "POST", f"/admin/breakglass/requests/{other}/checkout",
                {"reason": "me too"}).status == 409
     assert lone.metric("gateway_breakglass_active_leases", account="hes-admin") == 1
-    # The lease runs out; the gateway rotates the password at the system.
+    # The lease runs out (frozen clock moved past it); the gateway rotates the
+    # password at the system.
+    time.sleep(0.6)
+    assert case_of(lone, cid)["status"] == "checked-out"  # not before its time
+    clock.now += timedelta(seconds=601)
     wait_until(lambda: case_of(lone, cid)["rotated"] is True)
     assert case_of(lone, cid)["close_reason"] == "lease expired"
     assert whoami(lone, "hes", "hes-admin", password) == 401  # the old one is dead
