@@ -111,6 +111,27 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from gateway.auditchain import load_or_create_audit_key, public_key_document, verify
+
+    if args.keys:
+        keys = json.loads(Path(args.keys).read_text())
+    else:
+        key_dir = Path(args.key_dir)
+        if not key_dir.exists():
+            print(f"gateway: no --keys file and no key directory {key_dir}", file=sys.stderr)
+            return 2
+        keys = public_key_document(*load_or_create_audit_key(key_dir))
+    result = verify(Path(args.log), keys)
+    summary = {"ok": result.ok, "events": result.events, "checkpoints": result.checkpoints,
+               "first_bad_line": result.first_bad_line, "first_bad_seq": result.first_bad_seq,
+               "problem": result.problem}
+    print(json.dumps(summary, indent=1))
+    return 0 if result.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -134,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--tenants", default="tenants")
     init.add_argument("--out", default="certs/dev")
     init.set_defaults(func=cmd_certs_init_dev)
+    audit = sub.add_parser("audit", help="the tamper-evident audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser("verify", help="check the hash chain and every checkpoint")
+    verify.add_argument("--log", default="var/demo/audit.jsonl")
+    verify.add_argument("--keys", help="public keys (JSON, as served on the ops plane at "
+                        "/.well-known/audit-keys.json)")
+    verify.add_argument("--key-dir", default="var/demo/audit-key",
+                        help="or the gateway's audit key directory")
+    verify.set_defaults(func=cmd_audit_verify)
+
     from gateway.admincli import add_parsers
 
     add_parsers(certs_sub, sub)

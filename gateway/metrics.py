@@ -89,6 +89,10 @@ class GatewayMetrics:
         self.vault_secret_age = Gauge(
             "gateway_vault_secret_age_seconds", "Age of the current version of a vault secret.",
             ["secret"], registry=r)
+        self.audit_write_failures = Counter(
+            "gateway_audit_write_failures",
+            "Audit events that could not be written; each refused its request (fail closed).",
+            registry=r)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

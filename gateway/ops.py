@@ -9,6 +9,7 @@ served here.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,7 +22,8 @@ from gateway.upstream import UpstreamPool
 
 def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: AssertionSigner,
                   config_loaded: Callable[[], bool],
-                  crl: Callable[[], bytes] = lambda: b"") -> web.Application:
+                  crl: Callable[[], bytes] = lambda: b"",
+                  audit_keys: dict[str, Any] | None = None) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -50,6 +52,10 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
         return web.Response(body=body, content_type="application/x-pem-file",
                             headers={"Cache-Control": "no-cache"})
 
+    async def audit_keys_handler(_: web.Request) -> web.Response:
+        # Public keys of the audit checkpoints: anyone can verify the log.
+        return web.json_response(audit_keys or {"keys": []})
+
     app = web.Application()
     app.on_response_prepare.append(hide_banner)
     app.router.add_get("/metrics", metrics_handler)
@@ -57,4 +63,5 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/jwks.json", jwks)
     app.router.add_get("/crl.pem", crl_pem)
+    app.router.add_get("/.well-known/audit-keys.json", audit_keys_handler)
     return app

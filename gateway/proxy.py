@@ -84,6 +84,9 @@ class DataPlane:
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         ex = _Exchange()
         try:
+            if not getattr(self.audit, "writable", True):
+                # SECURITY: no audit trail, no request: refused before it is forwarded.
+                raise RequestRefused(503, "audit-unavailable")
             ex.caller = self.resolver.resolve(request)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)
@@ -267,6 +270,7 @@ class DataPlane:
         except AuditWriteFailed:
             # SECURITY: no trace, no answer (fail closed).
             log.error("audit write failed; refusing incident=%s", ex.incident)
+            self.metrics.audit_write_failures.inc()
             response.set_status(503)
             response.body = problem_body(503, ex.incident, "internal-error")
             response.content_type = CONTENT_TYPE

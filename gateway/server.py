@@ -18,7 +18,7 @@ from gateway import handshakes
 from gateway.admin import build_admin_app
 from gateway.admin_vault import vault_routes
 from gateway.assertion import AssertionSigner
-from gateway.audit import JsonlAuditLog
+from gateway.auditchain import ChainedAuditLog, load_or_create_audit_key, public_key_document
 from gateway.breakglass import BreakGlass, BreakGlassPolicy
 from gateway.ca import IssuancePolicy
 from gateway.config import GatewayConfig
@@ -124,7 +124,10 @@ class Gateway:
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
         self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
-        self.audit = JsonlAuditLog(config.data_dir / "audit.jsonl")
+        # D10: hash-chained, checkpoints signed with the audit key (issue 6).
+        self.audit_key, self.audit_kid = load_or_create_audit_key(config.data_dir / "audit-key")
+        self.audit = ChainedAuditLog(config.data_dir / "audit.jsonl", self.audit_key,
+                                     self.audit_kid)
         ca = config.ca
         self.credentials = Credentials(
             store=self.store, trust_domain=config.trust_domain, registry=lambda: self.registry,
@@ -213,9 +216,10 @@ class Gateway:
         data_runner = web.ServerRunner(server, handle_signals=False)
         await data_runner.setup()
         await web.SockSite(data_runner, data_sock, ssl_context=self.ssl_context).start()
-        ops_runner = web.AppRunner(build_ops_app(self.metrics, self.upstreams, self.signer,
-                                                 lambda: True, lambda: self.credentials.crl),
-                                   access_log=None)
+        ops_runner = web.AppRunner(build_ops_app(
+            self.metrics, self.upstreams, self.signer, lambda: True,
+            lambda: self.credentials.crl,
+            public_key_document(self.audit_key, self.audit_kid)), access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
         admin_app = build_admin_app(

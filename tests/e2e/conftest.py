@@ -184,7 +184,8 @@ class RunningStack:
 
     def audit_events(self) -> list[dict[str, Any]]:
         path = self.stack.work_dir / "audit.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line]
+        lines = (json.loads(line) for line in path.read_text().splitlines() if line)
+        return [e for e in lines if e.get("type") != "checkpoint"]
 
     @property
     def relations(self) -> RelationIndex:

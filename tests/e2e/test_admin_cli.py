@@ -89,3 +89,21 @@ def test_cli_reports_refusals(stack: RunningStack, tmp_path: Path) -> None:
     assert proc.returncode == 1
     problem = json.loads(proc.stderr)
     assert problem["status"] == 403 and problem["incident"]
+
+
+def test_vault_and_breakglass_recipes(stack: RunningStack, tmp_path: Path) -> None:
+    listed = json.loads(gateway(stack, "vault", "list", cwd=tmp_path))
+    assert {"upstream/hes/token", "account/hes-admin"} <= {s["id"] for s in listed["secrets"]}
+    assert "value" not in json.dumps(listed)
+    case = json.loads(gateway(stack, "breakglass", "request", "--account", "hes-admin",
+                              "--ticket", "CHG-1001", "--duration-s", "3600", "--reason",
+                              "head-end stuck", cwd=tmp_path, who="dave"))
+    cid = case["id"]
+    gateway(stack, "breakglass", "approve", cid, "--reason", "ok", cwd=tmp_path, who="bob")
+    out = json.loads(gateway(stack, "breakglass", "checkout", cid, "--reason", "fixing",
+                             cwd=tmp_path, who="dave"))
+    assert out["credential"]["username"] == "hes-admin" and out["credential"]["password"]
+    gateway(stack, "breakglass", "checkin", cid, "--reason", "done", cwd=tmp_path, who="dave")
+    cases = json.loads(gateway(stack, "breakglass", "list", cwd=tmp_path, who="carol"))
+    assert next(c for c in cases["cases"] if c["id"] == cid)["status"] == "closed"
+    gateway(stack, "vault", "rekey", "--reason", "yearly", cwd=tmp_path)

@@ -1,0 +1,56 @@
+"""The audit trail of a running gateway (D10; issue 6 item 1): every decision
+is chained and checkpointed, `gateway audit verify` checks it from the
+public keys on the ops plane, and an unwritable audit store refuses requests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import start_stack
+
+
+def test_live_log_verifies_and_tampering_is_named(tmp_path: Path) -> None:
+    gw = start_stack(tmp_path)
+    try:
+        for path in ("/hes/meters", "/itsm/tickets", "/nowhere"):
+            gw.client("ores").get(path)
+        keys = gw.ops("/.well-known/audit-keys.json").json
+        assert keys["keys"][0]["kid"].startswith("audit-")
+    finally:
+        gw.stop()  # closes the log with a final signed checkpoint
+    log = tmp_path / "work" / "audit.jsonl"
+    keys_file = tmp_path / "audit-keys.json"
+    keys_file.write_text(json.dumps(keys))
+
+    def verify(target: Path) -> tuple[int, dict[str, object]]:
+        proc = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--log",
+                               str(target), "--keys", str(keys_file)], capture_output=True,
+                              text=True, timeout=60, check=False)
+        return proc.returncode, json.loads(proc.stdout)
+
+    code, result = verify(log)
+    assert code == 0 and result["ok"] and result["checkpoints"] >= 1, result
+    lines = log.read_bytes().splitlines(keepends=True)
+    edited = tmp_path / "edited.jsonl"
+    n = next(i for i, line in enumerate(lines) if b'"status":200' in line)
+    changed = lines[n].replace(b'"status":200', b'"status":201')
+    edited.write_bytes(b"".join([*lines[:n], changed, *lines[n + 1:]]))
+    code, result = verify(edited)
+    assert code == 1 and result["first_bad_line"] == n + 1, result
+
+
+def test_unwritable_audit_store_fails_closed(tmp_path: Path) -> None:
+    gw = start_stack(tmp_path)
+    try:
+        assert gw.client("ores").get("/itsm/tickets").status == 200
+        gw.stack.gateway.audit.close()  # the audit store goes away
+        gw.clear_sim_logs()
+        resp = gw.client("ores").get("/itsm/tickets")
+        assert resp.status == 503 and resp.json["incident"]
+        assert gw.sim_log("itsm") == []  # refused before anything was forwarded
+        assert gw.metric("gateway_audit_write_failures_total") >= 1
+    finally:
+        gw.stop()
