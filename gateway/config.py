@@ -78,6 +78,13 @@ class GatewayConfig:
     soc_webhook: str | None = None
     # privileged account -> the upstream it belongs to
     accounts: Mapping[str, str] = field(default_factory=dict)
+    # Pushed data (issue 5): the gateway's client certificate for deliveries,
+    # endpoint overrides per tenant (else the tenant file's push_endpoint).
+    push_cert: Path | None = None
+    push_key: Path | None = None
+    push_endpoints: Mapping[str, str] = field(default_factory=dict)
+    push_max_pending_records: int = 5_000_000
+    push_max_body_bytes: int = 256 * MiB
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     assertion_lifetime_s: int = 300
     signing_publish_ahead_s: float = 60 * SECONDS
@@ -137,6 +144,10 @@ class GatewayConfig:
                 isinstance(v, str) and v in UPSTREAMS for v in accounts_doc.values()):
             raise ConfigError(f"{source}: accounts: must map account names to upstream names")
         webhook = r._get("soc.webhook")
+        endpoints = r._get("push.endpoints") or {}
+        if not isinstance(endpoints, Mapping) or not all(
+                isinstance(v, str) and v.startswith("https://") for v in endpoints.values()):
+            raise ConfigError(f"{source}: push.endpoints: must map tenants to https:// URLs")
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -153,6 +164,11 @@ class GatewayConfig:
             soc_file=r.opt_path("soc.file"),
             soc_webhook=str(webhook) if webhook else None,
             accounts=dict(accounts_doc),
+            push_cert=r.opt_path("push.cert"),
+            push_key=r.opt_path("push.key"),
+            push_endpoints=dict(endpoints),
+            push_max_pending_records=int(r.number("push.max_pending_records", 5_000_000)),
+            push_max_body_bytes=int(r.number("push.max_body_bytes", 256 * MiB)),
             upstreams=upstreams,
             assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),

@@ -45,6 +45,19 @@ class DevPki:
     def server_key(self) -> Path:
         return self.root / "server" / "gateway.key"
 
+    @property
+    def push_cert(self) -> Path:
+        """The gateway's own client certificate for delivering pushed data."""
+        return self.root / "gateway" / "push.pem"
+
+    @property
+    def push_key(self) -> Path:
+        return self.root / "gateway" / "push.key"
+
+    @property
+    def push_uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/gateway/push"
+
     def client_cert(self, tenant: str, name: str) -> Path:
         return self.root / tenant / f"{name}.pem"
 
@@ -79,6 +92,10 @@ def ensure_dev_pki(root: Path, registry: TenantRegistry, trust_domain: str,
         issued = ca.issue_server(["localhost"], ["127.0.0.1", "::1"], now=now)
         write_private(pki.server_key, issued.key_pem())
         pki.server_cert.write_bytes(issued.cert_pem())
+    if renew_all or not _fresh(pki.push_cert, now):
+        issued = ca.issue_client(pki.push_uri, now=now)
+        write_private(pki.push_key, issued.key_pem())
+        pki.push_cert.write_bytes(issued.cert_pem())
     for tenant in registry:
         for principal in tenant.principals.values():
             if not renew_all and _fresh(pki.client_cert(tenant.id, principal.name), now):

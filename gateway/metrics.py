@@ -89,6 +89,17 @@ class GatewayMetrics:
         self.vault_secret_age = Gauge(
             "gateway_vault_secret_age_seconds", "Age of the current version of a vault secret.",
             ["secret"], registry=r)
+        self.push_records = Counter(
+            "gateway_push_records", "Pushed records by outcome (queued, delivered, "
+            "quarantined, dead_letter).", ["source", "tenant", "outcome"], registry=r)
+        self.outbox_pending = Gauge(
+            "gateway_outbox_pending", "Parts waiting for their receiver.", ["tenant"], registry=r)
+        self.outbox_oldest_age = Gauge(
+            "gateway_outbox_oldest_age_seconds", "Age of the oldest part waiting.", ["tenant"],
+            registry=r)
+        self.delivery_attempts = Counter(
+            "gateway_delivery_attempts", "Delivery attempts to receivers, by result.",
+            ["tenant", "result"], registry=r)
         self.audit_write_failures = Counter(
             "gateway_audit_write_failures",
             "Audit events that could not be written; each refused its request (fail closed).",

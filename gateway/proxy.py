@@ -13,6 +13,7 @@ event. Nothing reaches an upstream before ``decide()`` allowed it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,16 +30,35 @@ from gateway.core.decide import RequestFacts, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.relations import RelationIndex
-from gateway.core.routes import RouteMatch, RouteTable
+from gateway.core.routes import Route, RouteMatch, RouteTable
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.push import PushService
 from gateway.upstream import UpstreamPool
 
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
 SERVER_HEADER = "gateway"  # no version banner
+
+
+# The push intake is not proxied; it has its own route label.
+PUSH_ROUTE = Route("push", "POST", "/push/hes/batches", {}, max_body_bytes=256 * 1024 * 1024)
+
+
+async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestRefused(413, "body-too-large")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.readany():
+        size += len(chunk)
+        if size > limit:  # chunked bodies are counted as they arrive
+            raise RequestRefused(413, "body-too-large")
+        chunks.append(chunk)
+    ex.bytes_in = size
+    return b"".join(chunks)
 
 
 class _Exchange:
@@ -68,6 +88,8 @@ class DataPlane:
         audit: AuditSink,
         metrics: GatewayMetrics,
         upstream_auth: Callable[[str], str | None] = lambda upstream: None,
+        push: PushService | None = None,
+        push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.resolver = resolver
@@ -78,6 +100,8 @@ class DataPlane:
         self.audit = audit
         self.metrics = metrics
         self.upstream_auth = upstream_auth  # the vault's service credential per upstream
+        self.push = push
+        self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
 
     # -- the pipeline ----------------------------------------------------------
@@ -90,6 +114,10 @@ class DataPlane:
             ex.caller = self.resolver.resolve(request)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)
+            if target.path == PUSH_ROUTE.template and self.push is not None:
+                response = await self._push(request, ex)
+                self._account(ex, request, response)
+                return response
             ex.match = self._route(request.method, target)
             body, parsed = await self._body(request, ex)
             facts = RequestFacts(ex.match.params, target.query_map, parsed)
@@ -141,18 +169,7 @@ class DataPlane:
             if request.body_exists:
                 raise RequestRefused(400, "body-not-allowed")
             return None, None
-        limit = route.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestRefused(413, "body-too-large")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := await request.content.readany():
-            size += len(chunk)
-            if size > limit:  # chunked bodies are counted as they arrive
-                raise RequestRefused(413, "body-too-large")
-            chunks.append(chunk)
-        ex.bytes_in = size
-        raw = b"".join(chunks)
+        raw = await _read_body(request, route.max_body_bytes, ex)
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         try:
@@ -162,6 +179,24 @@ class DataPlane:
         if not isinstance(parsed, dict):
             raise RequestRefused(400, "body-not-object")
         return raw, parsed
+
+    async def _push(self, request: web.BaseRequest, ex: _Exchange) -> web.Response:
+        """Pushed data in (issue 5): the HES's daily batch."""
+        assert self.push is not None
+        ex.match = RouteMatch(PUSH_ROUTE, {})
+        if request.method != "POST":
+            raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
+        if request.content_type != JSON:
+            raise RequestRefused(415, "body-not-json")
+        raw = await _read_body(request, self.push_max_body_bytes, ex)
+        status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller, raw)
+        ex.incident = incident  # the audit event of the batch has this id too
+        ex.reason = "push-accepted" if status == 202 else "push-back-pressure"
+        headers = {"Server": SERVER_HEADER, "X-Request-Id": incident}
+        if status == 429:
+            headers["Retry-After"] = "30"
+        return web.Response(status=status, body=json.dumps(doc).encode(), content_type=JSON,
+                            headers=headers)
 
     def _decide(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
                 now: datetime) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import ssl
 from datetime import timedelta
@@ -30,17 +31,21 @@ from gateway.identity import CallerResolver
 from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
+from gateway.outbox import Outbox
 from gateway.pki import write_private
 from gateway.proxy import DataPlane
+from gateway.push import PushService
 from gateway.soc import SecurityEvents
 from gateway.state import SqliteStore
 from gateway.tenants import load_tenants
+from gateway.tls import client_context
 from gateway.tlsreload import ServerTls
 from gateway.upstream import UpstreamPool
 from gateway.upstream_auth import UpstreamCredentials
-from gateway.vault import MasterKeys, Vault, VaultLocked
+from gateway.vault import MasterKeys, SecretNotFound, Vault, VaultLocked
 
 log = logging.getLogger("gateway.server")
+OUTBOX_KEY_ID = "outbox/data-key"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
 
@@ -163,16 +168,37 @@ class Gateway:
             lambda key: self.breakglass.end_leases_of(key, "principal disabled"))
         self.resolver = CallerResolver(self.registry, config.trust_domain,
                                        revocation=self.credentials.check)
+        self.push = self._push_service(config)
         self.data_plane = DataPlane(
             resolver=self.resolver, routes=default_route_table(),
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
-            audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header)
+            audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
+            push=self.push, push_max_body_bytes=config.push_max_body_bytes)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
         self.metrics.config_loaded.set(1)
+
+    def _push_service(self, config: GatewayConfig) -> PushService | None:
+        """Pushed-data delivery needs the gateway's own client certificate."""
+        if config.push_cert is None or config.push_key is None:
+            return None
+        try:
+            data_key = self.vault.get(OUTBOX_KEY_ID)
+        except SecretNotFound:
+            data_key = os.urandom(32)
+            self.vault.put(OUTBOX_KEY_ID, data_key, kind="data-key")
+        self.outbox = Outbox(config.data_dir / "outbox.db", data_key)
+        endpoints = {t.id: str(t.attributes["push_endpoint"]) for t in self.registry
+                     if "push_endpoint" in t.attributes}
+        endpoints.update(config.push_endpoints)
+        ctx = client_context(config.trust_bundle, config.push_cert, config.push_key)
+        return PushService(outbox=self.outbox, relations=lambda: self._relations,
+                           endpoints=endpoints, client_tls=ctx, metrics=self.metrics,
+                           audit=self.audit,
+                           max_pending_records=config.push_max_pending_records)
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -233,6 +259,8 @@ class Gateway:
         self.ops_port = ops_sock.getsockname()[1]
         self.admin_port = admin_sock.getsockname()[1]
         await self.soc.start()
+        if self.push is not None:
+            await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
         handshakes.observe(self.ssl_context,
@@ -282,6 +310,9 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.soc.close()
+        if self.push is not None:
+            await self.push.stop()
+            self.outbox.close()
         self.credentials.maintain()  # flush last-seen
         for runner in self._runners:
             await runner.cleanup()

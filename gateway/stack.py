@@ -21,6 +21,7 @@ from gateway.devpki import DevPki, ensure_dev_pki, reissue
 from gateway.pki import write_private
 from gateway.server import Gateway, bind
 from gateway.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
+from gateway.simulators.receivers import build_receivers
 from gateway.tenants import TenantRegistry, load_tenants
 from gateway.upstream_auth import new_token, token_id
 from gateway.vault import MasterKeys, SecretNotFound, Vault
@@ -34,11 +35,13 @@ class StackPorts:
     data: int = 0
     ops: int = 0
     admin: int = 0
+    receivers: int = 0
     simulators: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SIMULATOR_NAMES, 0))
 
     @classmethod
     def demo(cls) -> StackPorts:
-        return cls(8443, 9102, 8444, {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
+        return cls(8443, 9102, 8444, 9205,
+                   {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
 
 
 def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
@@ -48,10 +51,19 @@ def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
     return ctx
 
 
+def _receiver_tls(pki: DevPki) -> ssl.SSLContext:
+    """The operators' receivers: they demand a client certificate (the gateway's)."""
+    ctx = _simulator_tls(pki)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cafile=str(pki.ca_cert))
+    return ctx
+
+
 def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
                  data_dir: Path, data_port: int, ops_port: int, admin_port: int,
                  sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
-                 health_interval_s: float = 5.0) -> None:
+                 health_interval_s: float = 5.0, receivers_port: int = 0,
+                 push_tenants: tuple[str, ...] = ()) -> None:
     """A config file equivalent to the demo, for ``gateway serve --config``."""
     lines = [
         "# Written by `gateway demo`; paths are absolute.",
@@ -91,6 +103,14 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         "",
         "[accounts]",
         *(f'{account} = "{upstream}"' for upstream, account in ACCOUNTS.items()),
+        "",
+        "[push]",
+        f'cert = "{pki.push_cert.resolve()}"',
+        f'key = "{pki.push_key.resolve()}"',
+        "",
+        "[push.endpoints]",
+        *(f'{tenant} = "https://{LOOPBACK}:{receivers_port}/receivers/{tenant}/readings"'
+          for tenant in sorted(push_tenants)),
     ]
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
@@ -102,7 +122,8 @@ class Stack:
     def __init__(self, *, tenants_dir: Path, certs_dir: Path, work_dir: Path,
                  ports: StackPorts | None = None, now: datetime | None = None,
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
-                 health_interval_s: float = 5.0, gateway_settings: str = "") -> None:
+                 health_interval_s: float = 5.0, gateway_settings: str = "",
+                 run_gateway: bool = True) -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -113,12 +134,16 @@ class Stack:
         self.health_interval_s = health_interval_s
         # Extra `key = value` lines for the [gateway] table (tests: short overlaps).
         self.gateway_settings = gateway_settings
+        self.run_gateway = run_gateway
+        self.config_path = work_dir / "gateway.toml"
+        self.gateway_ports = (0, 0, 0)  # (data, ops, admin) when another process runs it
         self.control_token = secrets.token_hex(16)
         self.registry: TenantRegistry
         self.pki: DevPki
         self.dataset: Dataset
         self.gateway: Gateway
         self.sim_ports: dict[str, int] = {}
+        self.receivers_port = 0
         self._runners: list[web.BaseRunner] = []
 
     async def start(self) -> None:
@@ -145,17 +170,35 @@ class Stack:
             await runner.setup()
             await web.SockSite(runner, sock, ssl_context=sim_tls).start()
             self._runners.append(runner)
+        receivers_sock = bind(LOOPBACK, self.ports.receivers)
+        self.receivers_port = receivers_sock.getsockname()[1]
+        runner = web.AppRunner(build_receivers(self.pki.push_uri, self.control_token),
+                               access_log=None, handle_signals=False)
+        await runner.setup()
+        await web.SockSite(runner, receivers_sock, ssl_context=_receiver_tls(self.pki)).start()
+        self._runners.append(runner)
         config_path = self.work_dir / "gateway.toml"
         write_config(config_path, pki=self.pki, tenants_dir=self.tenants_dir,
                      relations=relations, data_dir=self.work_dir,
                      data_port=data_sock.getsockname()[1], ops_port=ops_port,
                      admin_port=admin_sock.getsockname()[1],
                      sim_ports=self.sim_ports, upstream_timeout_s=self.upstream_timeout_s,
-                     health_interval_s=self.health_interval_s)
+                     health_interval_s=self.health_interval_s,
+                     receivers_port=self.receivers_port,
+                     push_tenants=tuple(t.id for t in self.registry
+                                        if "push_endpoint" in t.attributes))
         if self.gateway_settings:
             text = config_path.read_text().replace(
                 "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)
             config_path.write_text(text)
+        self.config_path = config_path
+        if not self.run_gateway:
+            # Another process runs the gateway from this config (crash tests).
+            self.gateway_ports = (data_sock.getsockname()[1], ops_port,
+                                  admin_sock.getsockname()[1])
+            for sock in (data_sock, ops_sock, admin_sock):
+                sock.close()
+            return
         self.gateway = Gateway(GatewayConfig.from_toml(config_path))
         # The dev certificates were issued outside the admin API: record them so
         # revocation by principal and the access review know them.
@@ -202,7 +245,8 @@ class Stack:
             vault.close()
 
     async def stop(self) -> None:
-        await self.gateway.stop()
+        if self.run_gateway:
+            await self.gateway.stop()
         for runner in self._runners:
             await runner.cleanup()
 

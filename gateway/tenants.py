@@ -20,7 +20,7 @@ KNOWN_ROLES = frozenset(
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",
-                          "hes_consortium", "principals"})
+                          "hes_consortium", "push_endpoint", "principals"})
 _PRINCIPAL_KEYS = frozenset({"kind", "name", "roles", "team"})
 
 
@@ -102,6 +102,11 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
     attributes: dict[str, object] = dict(flags)
+    endpoint = _str(doc, "push_endpoint", where, required=False)
+    if endpoint is not None:
+        if not endpoint.startswith("https://"):
+            raise _fail(where, "push_endpoint", "must be an https:// URL (delivery is mTLS)")
+        attributes["push_endpoint"] = endpoint
     if prefix is not None:
         attributes["ean_prefix"] = prefix
     assert name is not None and kind is not None

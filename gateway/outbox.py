@@ -1,0 +1,220 @@
+"""The durable, encrypted outbox of pushed data (issue 5 item 4, D5, D10).
+
+A *part* is one tenant's share of one batch. It waits here, encrypted with
+AES-256-GCM under the outbox data key (kept in the vault; the part id is the
+associated data, so a part cannot be swapped for another), until its
+receiver acknowledges it. Then the payload is deleted (``secure_delete``
+zeroes the freed pages): the gateway keeps no meter data, only counts.
+Retries back off exponentially with jitter; a part the receiver refuses for
+good, or that keeps failing, becomes a dead letter, visible to ops, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches (
+    batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS parts (
+    id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+    records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
+    nonce BLOB, payload BLOB, done_at TEXT);
+CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    id: str  # also the idempotency key the receiver sees
+    batch_id: str
+    tenant: str
+    kind: str  # "hes-readings" | "cmh-request" | "cmh-status"
+    records: int
+    created: datetime
+    status: str  # pending | delivered | dead
+    attempts: int
+    next_attempt_at: datetime
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    base: timedelta = timedelta(seconds=1)
+    cap: timedelta = timedelta(minutes=10)
+    max_attempts: int = 12  # then: dead letter
+
+    def delay(self, attempts: int, rnd: Callable[[], float] = random.random) -> timedelta:
+        """Exponential backoff with jitter in [0.5, 1.5) of the step."""
+        step: timedelta = min(self.base * (2 ** max(attempts - 1, 0)), self.cap)
+        return step * (0.5 + rnd())
+
+
+def _t(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Outbox:
+    def __init__(self, path: Path, data_key: bytes, *,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not path.exists():
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        self._aead = AESGCM(data_key)
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
+            self._db.executescript(_SCHEMA)
+
+    # -- intake ----------------------------------------------------------------
+    def batch(self, batch_id: str) -> sqlite3.Row | None:
+        with self._lock:
+            row: sqlite3.Row | None = self._db.execute(
+                "SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+            return row
+
+    def part_status(self, part_id: str) -> str | None:
+        with self._lock:
+            row = self._db.execute("SELECT status FROM parts WHERE id = ?",
+                                   (part_id,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def enqueue(self, *, batch_id: str, source: str, fingerprint: str, received: int,
+                quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
+        """Store the batch and its parts ``(part_id, tenant, kind, records)`` in one
+        transaction: all of them are durable, or none."""
+        now = self.clock()
+        rows = []
+        for part_id, tenant, kind, records in parts:
+            nonce = os.urandom(12)
+            payload = self._aead.encrypt(nonce, json.dumps(list(records)).encode(),
+                                         part_id.encode())
+            rows.append((part_id, batch_id, tenant, kind, len(records), _t(now), "pending", 0,
+                         _t(now), None, nonce, payload, None))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                                 (batch_id, source, fingerprint, received, quarantined, _t(now)))
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO parts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    # -- delivery ----------------------------------------------------------------
+    def due(self, tenant: str, limit: int = 16) -> list[Part]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM parts WHERE tenant = ? AND status = 'pending' AND "
+                "next_attempt_at <= ? ORDER BY created, id LIMIT ?",
+                (tenant, _t(self.clock()), limit)).fetchall()
+        return [_part(r) for r in rows]
+
+    def payload(self, part: Part) -> list[Any]:
+        with self._lock:
+            row = self._db.execute("SELECT nonce, payload FROM parts WHERE id = ?",
+                                   (part.id,)).fetchone()
+        if row is None or row["payload"] is None:
+            raise KeyError(part.id)
+        records: list[Any] = json.loads(self._aead.decrypt(row["nonce"], row["payload"],
+                                                           part.id.encode()))
+        return records
+
+    def acknowledged(self, part_id: str) -> None:
+        """Delivered: the payload goes; the counts stay (D10)."""
+        with self._lock:
+            self._db.execute("UPDATE parts SET status = 'delivered', payload = NULL, "
+                             "nonce = NULL, done_at = ? WHERE id = ?",
+                             (_t(self.clock()), part_id))
+
+    def failed(self, part: Part, error: str, policy: RetryPolicy, *, permanent: bool) -> str:
+        """Schedule the next attempt, or make it a dead letter. Returns the status."""
+        attempts = part.attempts + 1
+        dead = permanent or attempts >= policy.max_attempts
+        when = self.clock() + policy.delay(attempts)
+        with self._lock:
+            self._db.execute(
+                "UPDATE parts SET attempts = ?, last_error = ?, next_attempt_at = ?, "
+                "status = ? WHERE id = ?",
+                (attempts, error[:200], _t(when), "dead" if dead else "pending", part.id))
+        return "dead" if dead else "pending"
+
+    def requeue_dead(self, part_id: str) -> bool:
+        """Ops decided the receiver is fixed: try a dead letter again."""
+        with self._lock:
+            cur = self._db.execute(
+                "UPDATE parts SET status = 'pending', attempts = 0, next_attempt_at = ? "
+                "WHERE id = ? AND status = 'dead' AND payload IS NOT NULL",
+                (_t(self.clock()), part_id))
+        return cur.rowcount == 1
+
+    # -- for ops ---------------------------------------------------------------
+    def stats(self) -> dict[str, tuple[int, float, int]]:
+        """tenant -> (pending parts, oldest pending age in s, dead letters)."""
+        now = self.clock()
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT tenant, status, count(*) AS n, min(created) AS oldest FROM parts "
+                "WHERE status IN ('pending', 'dead') GROUP BY tenant, status").fetchall()
+        out: dict[str, tuple[int, float, int]] = {}
+        for r in rows:
+            pending, age, dead = out.get(r["tenant"], (0, 0.0, 0))
+            if r["status"] == "pending":
+                pending = r["n"]
+                age = (now - datetime.fromisoformat(r["oldest"])).total_seconds()
+            else:
+                dead = r["n"]
+            out[r["tenant"]] = (pending, age, dead)
+        return out
+
+    def pending_records(self, tenant: str) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT coalesce(sum(records), 0) FROM parts WHERE "
+                                   "tenant = ? AND status = 'pending'", (tenant,)).fetchone()
+        return int(row[0])
+
+    def parts(self, *, status: str | None = None) -> list[Part]:
+        sql, args = "SELECT * FROM parts", tuple[str, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        with self._lock:
+            rows = self._db.execute(sql + " ORDER BY created, id", args).fetchall()
+        return [_part(r) for r in rows]
+
+    def tenants_pending(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT tenant FROM parts WHERE status = "
+                                    "'pending'").fetchall()
+        return [str(r[0]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+
+def _part(r: sqlite3.Row) -> Part:
+    return Part(r["id"], r["batch_id"], r["tenant"], r["kind"], r["records"],
+                datetime.fromisoformat(r["created"]), r["status"], r["attempts"],
+                datetime.fromisoformat(r["next_attempt_at"]), r["last_error"])
