@@ -1,11 +1,11 @@
-"""Admin-plane routes of the vault and break-glass (issue 4). Roles:
+"""Admin-plane routes of the vault and break-glass (issue 4) and usage (issue 6). Roles:
 ``security-admin`` manages the vault; ``privileged-user`` requests accounts;
 ``vault-approver`` decides and reviews; ``auditor`` reads."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +15,7 @@ from gateway.breakglass import BreakGlass
 from gateway.credentials import AdminRefused
 from gateway.state import BreakGlassCase
 from gateway.upstream_auth import UpstreamCredentials
+from gateway.usage import UsageLedger
 from gateway.vault import Vault
 
 ANYONE_VAULT = frozenset({"security-admin", "vault-approver", "privileged-user", "auditor"})
@@ -108,4 +109,37 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
                                              review))
         r.add_get("/admin/breakglass", guarded("breakglass-list", ANYONE_VAULT, path,
                                                list_cases, write=False))
+    return register
+
+
+def usage_routes(ledger: UsageLedger) -> RouteSet:
+    """D10: aggregated usage per tenant x shared system x route template."""
+    def register(r: web.UrlDispatcher, guarded: Guard) -> None:
+        async def usage(request: web.Request, doc: Body) -> Any:
+            q = request.query
+            period = q.get("period", "day")
+            if period not in ("day", "week", "month"):
+                raise AdminRefused(400, "field-invalid", "period: day, week or month")
+            try:
+                since = date.fromisoformat(q["since"]) if "since" in q else None
+                until = date.fromisoformat(q["until"]) if "until" in q else None
+            except ValueError as exc:
+                raise AdminRefused(400, "field-invalid", "since/until: YYYY-MM-DD") from exc
+            rows = ledger.query(period=period, tenant=q.get("tenant"),
+                                upstream=q.get("upstream"), since=since, until=until)
+            return {"period": period, "rows": [
+                {"start": row.start.isoformat(), "tenant": row.tenant,
+                 "upstream": row.upstream, "route": row.route, "requests": row.requests,
+                 "denied": row.denied, "bytes_in": row.bytes_in, "bytes_out": row.bytes_out}
+                for row in rows]}
+
+        r.add_get("/admin/usage", guarded("usage", frozenset({"security-admin", "auditor"}),
+                                          lambda q: q.path, usage, write=False))
+    return register
+
+
+def combine(*sets: RouteSet) -> RouteSet:
+    def register(r: web.UrlDispatcher, guarded: Guard) -> None:
+        for route_set in sets:
+            route_set(r, guarded)
     return register

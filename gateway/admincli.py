@@ -165,8 +165,22 @@ def cmd_bg_list(args: argparse.Namespace) -> int:
     return _emit(*call(args, "GET", "/admin/breakglass"))
 
 
+def cmd_usage(args: argparse.Namespace) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("period", args.period), ("tenant", args.tenant),
+                                             ("upstream", args.upstream), ("since", args.since))
+                     if v)
+    return _emit(*call(args, "GET", f"/admin/usage?{query}"))
+
+
 def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     clients = []
+    p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
+    p.add_argument("--period", choices=["day", "week", "month"], default="day")
+    p.add_argument("--tenant")
+    p.add_argument("--upstream")
+    p.add_argument("--since", help="YYYY-MM-DD")
+    p.set_defaults(func=cmd_usage)
+    clients.append(p)
     vault = sub.add_parser("vault", help="the vault: secrets metadata, rotation, rekey")
     vs = vault.add_subparsers(dest="vault_command", required=True)
     p = vs.add_parser("list", help="secret ids, versions and ages (never values)")

@@ -76,6 +76,7 @@ class GatewayConfig:
     vault: VaultConfig = VaultConfig()
     soc_file: Path | None = None
     soc_webhook: str | None = None
+    soc_syslog: str | None = None  # "udp://127.0.0.1:5514" or "tcp://..."
     # privileged account -> the upstream it belongs to
     accounts: Mapping[str, str] = field(default_factory=dict)
     # Pushed data (issue 5): the gateway's client certificate for deliveries,
@@ -163,6 +164,7 @@ class GatewayConfig:
             vault=vault,
             soc_file=r.opt_path("soc.file"),
             soc_webhook=str(webhook) if webhook else None,
+            soc_syslog=_syslog_url(r._get("soc.syslog"), source),
             accounts=dict(accounts_doc),
             push_cert=r.opt_path("push.cert"),
             push_key=r.opt_path("push.key"),
@@ -176,6 +178,15 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             source=source,
         )
+
+
+def _syslog_url(value: Any, source: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.startswith(("udp://", "tcp://")) \
+            or value.rsplit(":", 1)[-1].isdigit() is False:
+        raise ConfigError(f"{source}: soc.syslog: must be udp://HOST:PORT or tcp://HOST:PORT")
+    return value
 
 
 class _Reader:

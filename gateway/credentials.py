@@ -36,6 +36,7 @@ from gateway.keys import KeyRing
 from gateway.metrics import GatewayMetrics
 from gateway.pki import CertificateAuthority, key_pem, spiffe_uri, write_private
 from gateway.problem import new_incident_id
+from gateway.soc import SecurityEvents
 from gateway.state import (
     CaRecord,
     CertificateRecord,
@@ -103,6 +104,7 @@ class Credentials:
         self.trust_domain = trust_domain
         self.registry = registry
         self.keyring = keyring
+        self.soc: SecurityEvents | None = None  # set by the server
         # Set once the listeners' TLS exists; refresh() then swaps material in.
         self.server_tls: ServerTls | None = None
         self.metrics = metrics
@@ -216,6 +218,11 @@ class Credentials:
         self.audit.record({"event": "admin", "incident": incident, "actor": actor,
                            "action": action, "target": target, "reason": reason,
                            "outcome": outcome, "detail": detail})
+        if self.soc is not None and reason != "read":
+            # D12: every admin change, and every refused admin attempt.
+            self.soc.emit("admin-change" if outcome == "done" else "admin-refused",
+                          "notice" if outcome == "done" else "warning", incident, actor=actor,
+                          action=action, target=target, outcome=outcome, detail=detail)
         return incident
 
     # -- certificates ----------------------------------------------------------

@@ -27,6 +27,7 @@ from gateway.assertion import ASSERTION_HEADER, AssertionSigner
 from gateway.audit import AuditSink, AuditWriteFailed
 from gateway.core.check import ISOLATION_REASONS, check_response
 from gateway.core.decide import RequestFacts, decide
+from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.relations import RelationIndex
@@ -36,12 +37,19 @@ from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 from gateway.push import PushService
+from gateway.soc import SecurityEvents
 from gateway.upstream import UpstreamPool
+from gateway.usage import UsageLedger
 
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
 SERVER_HEADER = "gateway"  # no version banner
 
+
+# Refusals that say something about a certificate (D12).
+CERTIFICATE_REFUSALS = frozenset({"certificate-revoked", "principal-disabled",
+                                  "unknown-principal", "foreign-principal-uri",
+                                  "certificate-without-single-uri-san"})
 
 # The push intake is not proxied; it has its own route label.
 PUSH_ROUTE = Route("push", "POST", "/push/hes/batches", {}, max_body_bytes=256 * 1024 * 1024)
@@ -89,6 +97,8 @@ class DataPlane:
         metrics: GatewayMetrics,
         upstream_auth: Callable[[str], str | None] = lambda upstream: None,
         push: PushService | None = None,
+        soc: SecurityEvents | None = None,
+        usage: UsageLedger | None = None,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -101,6 +111,9 @@ class DataPlane:
         self.metrics = metrics
         self.upstream_auth = upstream_auth  # the vault's service credential per upstream
         self.push = push
+        self.soc = soc
+        self.usage = usage  # D10: aggregated usage, no payload
+        self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
 
@@ -277,12 +290,27 @@ class DataPlane:
         return web.Response(status=status, body=problem_body(status, ex.incident, slug),
                             content_type=CONTENT_TYPE, headers=out)
 
+    def _security_event(self, ex: _Exchange, event: dict[str, Any]) -> None:
+        """D12: what the SOC must see, with the incident id of the audit event."""
+        assert self.soc is not None
+        who = {k: event[k] for k in ("tenant", "principal", "cert_serial", "route", "upstream",
+                                     "reason", "status")}
+        if ex.reason in ISOLATION_REASONS:
+            self.soc.emit("isolation-violation", "critical", ex.incident, **who)
+        elif ex.reason in CERTIFICATE_REFUSALS:
+            self.soc.emit("certificate-refused", "warning", ex.incident, **who)
+        if ex.caller is not None:
+            p = ex.caller.principal
+            if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
+                self.soc.emit("repeated-denials", "warning", ex.incident, **who)
+
     def _account(self, ex: _Exchange, request: web.BaseRequest,
                  response: web.Response) -> None:
         tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
         route = ex.match.route if ex.match is not None else None
         upstream = route.upstream if route is not None else NO_ROUTE
         status = response.status
+        bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
         event = {
             "event": "request",
             "incident": ex.incident,
@@ -298,7 +326,7 @@ class DataPlane:
             "status": status,
             "resources": list(ex.resources[:20]),
             "bytes_in": ex.bytes_in,
-            "bytes_out": len(response.body) if isinstance(response.body, bytes) else 0,
+            "bytes_out": bytes_out,
         }
         try:
             self.audit.record(event)
@@ -312,7 +340,11 @@ class DataPlane:
             status = 503
         if status >= 400:
             self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
-        self.metrics.requests.labels(tenant, upstream, route.name if route else NO_ROUTE,
-                                     str(status)).inc()
+            if self.soc is not None:
+                self._security_event(ex, event)
+        route_name = route.name if route else NO_ROUTE
+        self.metrics.requests.labels(tenant, upstream, route_name, str(status)).inc()
+        if self.usage is not None:
+            self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, bytes_out)
         self.metrics.duration.labels(tenant, upstream).observe(
             time.perf_counter() - ex.started)

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway import handshakes
 from gateway.admin import build_admin_app
-from gateway.admin_vault import vault_routes
+from gateway.admin_vault import combine, usage_routes, vault_routes
 from gateway.assertion import AssertionSigner
 from gateway.auditchain import ChainedAuditLog, load_or_create_audit_key, public_key_document
 from gateway.breakglass import BreakGlass, BreakGlassPolicy
@@ -33,21 +34,33 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.outbox import Outbox
 from gateway.pki import write_private
+from gateway.problem import new_incident_id
 from gateway.proxy import DataPlane
 from gateway.push import PushService
 from gateway.soc import SecurityEvents
 from gateway.state import SqliteStore
+from gateway.syslog import SyslogSink
 from gateway.tenants import load_tenants
 from gateway.tls import client_context
 from gateway.tlsreload import ServerTls
 from gateway.upstream import UpstreamPool
 from gateway.upstream_auth import UpstreamCredentials
+from gateway.usage import UsageLedger
 from gateway.vault import MasterKeys, SecretNotFound, Vault, VaultLocked
 
 log = logging.getLogger("gateway.server")
 OUTBOX_KEY_ID = "outbox/data-key"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
+USAGE_FLUSH_S = 5.0
+
+
+def _syslog_sink(url: str | None) -> SyslogSink | None:
+    if url is None:
+        return None
+    scheme, _, rest = url.partition("://")
+    host, _, port = rest.rpartition(":")
+    return SyslogSink(host.strip("[]"), int(port), transport=scheme)
 
 
 def load_master_keys(config: GatewayConfig) -> MasterKeys:
@@ -150,7 +163,9 @@ class Gateway:
         self.server_tls = ServerTls(material, check_crl=bool(material.crl_pems))
         self.credentials.server_tls = self.server_tls
         self.upstreams = UpstreamPool(config.upstreams, self.metrics)
-        self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook)
+        self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
+                                  syslog=_syslog_sink(config.soc_syslog))
+        self.credentials.soc = self.soc
         vc = config.vault
         self.upstream_creds = UpstreamCredentials(
             self.vault, self.upstreams, self.metrics,
@@ -169,13 +184,16 @@ class Gateway:
         self.resolver = CallerResolver(self.registry, config.trust_domain,
                                        revocation=self.credentials.check)
         self.push = self._push_service(config)
+        self.usage = UsageLedger(config.data_dir / "usage.db")
         self.data_plane = DataPlane(
             resolver=self.resolver, routes=default_route_table(),
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
-            push=self.push, push_max_body_bytes=config.push_max_body_bytes)
+            push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
+            usage=self.usage)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._last_usage_flush = 0.0
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
@@ -250,7 +268,8 @@ class Gateway:
         await web.SockSite(ops_runner, ops_sock).start()
         admin_app = build_admin_app(
             self.credentials, self.resolver, self.metrics,
-            extra=vault_routes(self.vault, self.upstream_creds, self.breakglass, self.rekey))
+            extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
+                                       self.rekey), usage_routes(self.usage)))
         admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
         await web.SockSite(admin_runner, admin_sock, ssl_context=self.ssl_context).start()
@@ -263,10 +282,15 @@ class Gateway:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
-        handshakes.observe(self.ssl_context,
-                           lambda reason: self.metrics.tls_handshake_failures.labels(reason).inc())
+        handshakes.observe(self.ssl_context, self._handshake_failed)
         log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
                  self.data_port, self.config.ops.host, self.ops_port)
+
+    def _handshake_failed(self, reason: str) -> None:
+        self.metrics.tls_handshake_failures.labels(reason).inc()
+        if reason in ("revoked", "unknown-ca"):
+            # D12: a revoked certificate or a foreign CA knocking.
+            self.soc.emit("tls-handshake-refused", "warning", new_incident_id(), reason=reason)
 
     async def _maintain(self) -> None:
         while True:
@@ -274,6 +298,11 @@ class Gateway:
             try:
                 self.credentials.maintain()
                 await self.breakglass.maintain()
+                now = time.monotonic()
+                if now - self._last_usage_flush >= USAGE_FLUSH_S:
+                    await asyncio.to_thread(self.usage.flush)
+                    await asyncio.to_thread(self.usage.prune)
+                    self._last_usage_flush = now
             except Exception:  # keep serving; the next round tries again
                 log.exception("credential maintenance failed")
 
@@ -320,3 +349,4 @@ class Gateway:
         self.audit.close()
         self.store.close()
         self.vault.close()
+        self.usage.close()

@@ -1,5 +1,7 @@
-"""Security events for the SOC (D12): break-glass use, admin changes,
-isolation violations. Sinks: a JSON-lines file and/or an HTTP webhook.
+"""Security events for the SOC (D12): isolation violations, revoked or
+unknown certificates, break-glass use, admin changes, repeated denials from
+one principal. Sinks: a JSON-lines file, an HTTP webhook, RFC 5424 syslog
+over UDP or TCP (:mod:`gateway.syslog`); every event carries its incident id.
 
 An event never carries a secret or a payload: kind, severity, incident id,
 who, what.
@@ -12,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import threading
 import time
 from pathlib import Path
@@ -19,14 +22,25 @@ from typing import Any
 
 import aiohttp
 
+from gateway.syslog import SyslogSink
+
 log = logging.getLogger("gateway.soc")
 SEVERITIES = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 
 
 class SecurityEvents:
-    def __init__(self, *, file: Path | None = None, webhook: str | None = None) -> None:
+    def __init__(self, *, file: Path | None = None, webhook: str | None = None,
+                 syslog: SyslogSink | None = None) -> None:
         self.file = file
         self.webhook = webhook
+        self.syslog = syslog
+        # Syslog sends may block up to their timeout: a thread of their own.
+        self._syslog_queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=10_000)
+        self._syslog_thread: threading.Thread | None = None
+        if syslog is not None:
+            self._syslog_thread = threading.Thread(target=self._syslog_loop, daemon=True,
+                                                   name="soc-syslog")
+            self._syslog_thread.start()
         self._lock = threading.Lock()
         self._queue: asyncio.Queue[dict[str, Any]] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -39,7 +53,16 @@ class SecurityEvents:
             self._queue = asyncio.Queue(maxsize=10_000)
             self._task = asyncio.create_task(self._deliver())
 
+    def _syslog_loop(self) -> None:
+        assert self.syslog is not None
+        while (event := self._syslog_queue.get()) is not None:
+            self.syslog.send(event)
+
     async def close(self) -> None:
+        if self._syslog_thread is not None and self.syslog is not None:
+            self._syslog_queue.put(None)
+            await asyncio.to_thread(self._syslog_thread.join, 5)
+            self.syslog.close()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -54,6 +77,11 @@ class SecurityEvents:
         if self.file is not None:
             with self._lock, self.file.open("a", encoding="utf-8") as fh:
                 fh.write(line + "\n")
+        if self._syslog_thread is not None:
+            try:
+                self._syslog_queue.put_nowait(event)
+            except queue.Full:
+                log.error("syslog queue full; event %s kept in the file sink only", incident)
         if self._queue is not None:
             try:
                 self._queue.put_nowait(event)

@@ -63,7 +63,7 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
                  data_dir: Path, data_port: int, ops_port: int, admin_port: int,
                  sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, receivers_port: int = 0,
-                 push_tenants: tuple[str, ...] = ()) -> None:
+                 push_tenants: tuple[str, ...] = (), soc_syslog: str | None = None) -> None:
     """A config file equivalent to the demo, for ``gateway serve --config``."""
     lines = [
         "# Written by `gateway demo`; paths are absolute.",
@@ -100,6 +100,7 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         "",
         "[soc]",
         f'file = "{(data_dir / "soc.jsonl").resolve()}"',
+        *([f'syslog = "{soc_syslog}"'] if soc_syslog else []),
         "",
         "[accounts]",
         *(f'{account} = "{upstream}"' for upstream, account in ACCOUNTS.items()),
@@ -123,7 +124,7 @@ class Stack:
                  ports: StackPorts | None = None, now: datetime | None = None,
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, gateway_settings: str = "",
-                 run_gateway: bool = True) -> None:
+                 run_gateway: bool = True, soc_syslog: str | None = None) -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -135,6 +136,7 @@ class Stack:
         # Extra `key = value` lines for the [gateway] table (tests: short overlaps).
         self.gateway_settings = gateway_settings
         self.run_gateway = run_gateway
+        self.soc_syslog = soc_syslog
         self.config_path = work_dir / "gateway.toml"
         self.gateway_ports = (0, 0, 0)  # (data, ops, admin) when another process runs it
         self.control_token = secrets.token_hex(16)
@@ -186,7 +188,8 @@ class Stack:
                      health_interval_s=self.health_interval_s,
                      receivers_port=self.receivers_port,
                      push_tenants=tuple(t.id for t in self.registry
-                                        if "push_endpoint" in t.attributes))
+                                        if "push_endpoint" in t.attributes),
+                     soc_syslog=self.soc_syslog)
         if self.gateway_settings:
             text = config_path.read_text().replace(
                 "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)

@@ -107,3 +107,18 @@ def test_vault_and_breakglass_recipes(stack: RunningStack, tmp_path: Path) -> No
     cases = json.loads(gateway(stack, "breakglass", "list", cwd=tmp_path, who="carol"))
     assert next(c for c in cases["cases"] if c["id"] == cid)["status"] == "closed"
     gateway(stack, "vault", "rekey", "--reason", "yearly", cwd=tmp_path)
+
+
+def test_usage_rollups_through_the_cli(stack: RunningStack, tmp_path: Path) -> None:
+    for _ in range(3):
+        assert stack.client("farys").get("/itsm/tickets").status == 200
+    assert stack.client("farys").get("/itsm/tickets/INC000001").status == 403
+    rows = json.loads(gateway(stack, "usage", "--period", "day", "--tenant", "farys",
+                              cwd=tmp_path, who="carol"))["rows"]
+    tickets = next(r for r in rows if r["route"] == "/itsm/tickets")
+    assert tickets["requests"] == 3 and tickets["denied"] == 0 and tickets["bytes_out"] > 0
+    detail = next(r for r in rows if r["route"] == "/itsm/tickets/{ticket_id}")
+    assert detail["denied"] == 1
+    for period in ("week", "month"):
+        assert json.loads(gateway(stack, "usage", "--period", period, "--tenant", "farys",
+                                  cwd=tmp_path, who="carol"))["rows"]
