@@ -51,8 +51,10 @@ CERTIFICATE_REFUSALS = frozenset({"certificate-revoked", "principal-disabled",
                                   "unknown-principal", "foreign-principal-uri",
                                   "certificate-without-single-uri-san"})
 
-# The push intake is not proxied; it has its own route label.
-PUSH_ROUTE = Route("push", "POST", "/push/hes/batches", {}, max_body_bytes=256 * 1024 * 1024)
+# The push intakes are not proxied; they have their own route labels.
+PUSH_HES = Route("push", "POST", "/push/hes/batches", {})
+PUSH_CMH = Route("push", "POST", "/push/cmh/requests", {})
+PUSH_ROUTES = {r.template: r for r in (PUSH_HES, PUSH_CMH)}
 
 
 async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange) -> bytes:
@@ -127,8 +129,8 @@ class DataPlane:
             ex.caller = self.resolver.resolve(request)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)
-            if target.path == PUSH_ROUTE.template and self.push is not None:
-                response = await self._push(request, ex)
+            if target.path in PUSH_ROUTES and self.push is not None:
+                response = await self._push(request, ex, PUSH_ROUTES[target.path])
                 self._account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)
@@ -193,16 +195,24 @@ class DataPlane:
             raise RequestRefused(400, "body-not-object")
         return raw, parsed
 
-    async def _push(self, request: web.BaseRequest, ex: _Exchange) -> web.Response:
-        """Pushed data in (issue 5): the HES's daily batch."""
+    async def _push(self, request: web.BaseRequest, ex: _Exchange,
+                    route: Route) -> web.Response:
+        """Pushed data in (issue 5): the HES's daily batch, portal bookings."""
         assert self.push is not None
-        ex.match = RouteMatch(PUSH_ROUTE, {})
+        ex.match = RouteMatch(route, {})
         if request.method != "POST":
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         raw = await _read_body(request, self.push_max_body_bytes, ex)
-        status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller, raw)
+        if route is PUSH_CMH:
+            registry = self.resolver.registry
+            kinds = {t.id: t.kind for t in registry}
+            coordinators = frozenset(t.id for t in registry
+                                     if t.attributes.get("cmh_coordinator"))
+            status, doc, incident = self.push.intake_cmh(ex.caller, raw, kinds, coordinators)
+        else:
+            status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller, raw)
         ex.incident = incident  # the audit event of the batch has this id too
         ex.reason = "push-accepted" if status == 202 else "push-back-pressure"
         headers = {"Server": SERVER_HEADER, "X-Request-Id": incident}
@@ -263,6 +273,12 @@ class DataPlane:
                             verdict.decision.reason)
                 raise UpstreamFailed(502, verdict.decision.reason)
             raise UpstreamFailed(502, verdict.decision.reason)
+        if route.notify == "cmh-status" and self.push is not None:
+            # Status updates flow back to the coordinating DSO only.
+            rid = facts.params.get("request_id", "")
+            self.push.notify_status(rid, verdict.body,
+                                    relations.holders("cmh-request", rid, "coordinator", now),
+                                    ex.caller.tenant_id)
         body = json.dumps(verdict.body).encode() if verdict.changed else upstream.body
         headers = clean_response_headers(upstream.headers)
         headers["Server"] = SERVER_HEADER

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import ssl
@@ -24,6 +25,7 @@ from typing import Any
 import aiohttp
 
 from gateway.audit import AuditSink
+from gateway.core.fanout import FanoutRejected, split_request
 from gateway.core.model import Caller
 from gateway.core.push import ISOLATION_REASONS_PUSH, BatchRejected, batch_fingerprint, route_batch
 from gateway.core.relations import RelationIndex
@@ -126,6 +128,56 @@ class PushService:
         # Every record accounted for: queued + quarantined + refused == received.
         assert queued + len(routed.quarantined) + refused == routed.received
         return (429 if refused else 202), doc, incident
+
+    def intake_cmh(self, caller: Caller, raw: bytes, tenant_kinds: Mapping[str, str],
+                   coordinators: frozenset[str]) -> tuple[int, dict[str, Any], str]:
+        """A household request booked on the portal, fanned out (issue 5 item 5)."""
+        if PUSH_ROLE not in caller.principal.roles or caller.tenant.kind != "shared-system":
+            raise RequestRefused(403, "not-a-pusher")
+        try:
+            fanout = split_request(json.loads(raw), tenant_kinds, coordinators)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, "body-malformed-json") from exc
+        except FanoutRejected as exc:
+            raise RequestRefused(422 if exc.reason == "ean-for-telecom" else 400,
+                                 exc.reason) from exc
+        missing = sorted(t for t in fanout.parts if t not in self.endpoints)
+        if missing:
+            raise RequestRefused(409, "operator-without-endpoint")
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        known = self.outbox.batch(f"cmh/{fanout.request_id}")
+        if known is not None and known["fingerprint"] != fingerprint:
+            raise RequestRefused(409, "request-id-reused-with-other-content")
+        incident = new_incident_id()
+        store = [(f"cmh/{fanout.request_id}/{t}", t, "cmh-request", [part])
+                 for t, part in sorted(fanout.parts.items())]
+        if known is None:
+            self.outbox.enqueue(batch_id=f"cmh/{fanout.request_id}", source=caller.tenant.id,
+                                fingerprint=fingerprint, received=1, quarantined=0,
+                                parts=store)
+            for _, tenant, _, _ in store:
+                self._wake_up(tenant)
+        self.audit.record({"event": "cmh-fanout", "incident": incident,
+                           "tenant": caller.tenant.id, "request": fanout.request_id,
+                           "operators": sorted(fanout.parts),
+                           "outcome": "queued" if known is None else "already-queued"})
+        return 202, {"request": fanout.request_id, "coordinator": fanout.coordinator,
+                     "operators": sorted(fanout.parts), "incident": incident}, incident
+
+    def notify_status(self, request_id: str, connection: Mapping[str, Any],
+                      coordinators: set[str], by: str) -> None:
+        """An operator's status update flows to the coordinating DSO only (the
+        portal has it already: the update went through the gateway to it)."""
+        for coordinator in sorted(coordinators):
+            if coordinator == by or coordinator not in self.endpoints:
+                continue
+            key = f"cmh/{request_id}/status/{connection.get('id')}/{new_incident_id()}"
+            self.outbox.enqueue(batch_id=key, source=by, fingerprint=key, received=1,
+                                quarantined=0,
+                                parts=[(key, coordinator, "cmh-status",
+                                        [{"request": request_id, "by": by,
+                                          "connection": dict(connection)}])])
+            self._wake_up(coordinator)
 
     # -- delivery ----------------------------------------------------------------
     def _wake_up(self, tenant: str) -> None:

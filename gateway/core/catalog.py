@@ -75,7 +75,7 @@ ROUTES: tuple[Route, ...] = (
     Route("cmh", "POST", "/cmh/requests/{request_id}/connections/{connection_id}/status",
           _CMH_CONN, resource=_path("cmh-connection", "connection_id"),
           records=(RecordCheck("cmh-connection", "id", same_as_request=True),),
-          max_body_bytes=16 * 1024),
+          notify="cmh-status", max_body_bytes=16 * 1024),
     Route("itsm", "GET", "/itsm/tickets", _TICKETS,
           records=(RecordCheck("ticket", "id", items="tickets"),)),
     Route("itsm", "GET", "/itsm/tickets/{ticket_id}", _TICKETS,

@@ -65,6 +65,8 @@ class Route:
     # A tenant flag the caller must carry (the HES serves its consortium only).
     member_of: str | None = None
     field_rules: tuple[str, ...] = ()
+    # After a successful answer, tell others (e.g. "cmh-status": the coordinator).
+    notify: str | None = None
     max_body_bytes: int = 1 * MiB
     segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
 

@@ -287,3 +287,45 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
         vault.close()
     raw = b"".join(p.read_bytes() for p in work.glob("outbox.db*"))
     assert b"1SAG" not in raw and b"3WTR" not in raw
+
+
+def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:
+    gw = lone
+    ean = gw.stack.dataset.access_points[6]["ean"]
+    booking = {"id": "CMH20269999", "coordinator": "ores", "status": "open",
+               "site": {"street": "Rue Neuve 3", "postal_code": "5000", "city": "Namur",
+                        "requested_date": "2026-12-20", "household": {"name": "H. Dupont"},
+                        "eans": [ean], "cadastral_parcel": "92999A"},
+               "connections": [
+                   {"id": "CMH20269999-1", "operator": "ores", "utility": "electricity",
+                    "ean": ean, "status": "requested"},
+                   {"id": "CMH20269999-2", "operator": "swde", "utility": "water",
+                    "status": "requested"},
+                   {"id": "CMH20269999-3", "operator": "proximus", "utility": "telecom",
+                    "status": "requested"}]}
+    resp = gw.client("cmh-portal", "pusher").request("POST", "/push/cmh/requests",
+                                                      body=booking)
+    assert resp.status == 202, resp.body
+    assert resp.json["operators"] == ["ores", "proximus", "swde"]
+    for op in ("ores", "proximus", "swde"):
+        wait_for(lambda o=op: len(received(gw, o)) == 1)
+    proximus = received(gw, "proximus")[0]
+    assert [c["id"] for c in proximus["connections"]] == ["CMH20269999-3"]
+    assert ean not in json.dumps(proximus)  # telecom never sees an energy EAN
+    assert "cadastral_parcel" not in proximus["site"]
+    assert received(gw, "ores")[0] == booking  # the coordinator: the whole request
+    # An operator's status update goes to the portal (proxied) and the
+    # coordinating DSO only.
+    req = next(r for r in gw.stack.dataset.cmh_requests
+               if r["coordinator"] == "ores" and any(c["operator"] == "proximus"
+                                                     for c in r["connections"]))
+    conn = next(c for c in req["connections"] if c["operator"] == "proximus")
+    others = {c["operator"] for c in req["connections"]} - {"ores", "proximus"}
+    before = {o: len(received(gw, o)) for o in others}
+    path = f"/cmh/requests/{req['id']}/connections/{conn['id']}/status"
+    assert gw.client("proximus").request("POST", path, body={"status": "planned"}).status == 200
+    wait_for(lambda: len(received(gw, "ores")) == 2)
+    status_part = received(gw, "ores")[1]
+    assert status_part["by"] == "proximus" and status_part["connection"]["status"] == "planned"
+    time.sleep(0.3)
+    assert {o: len(received(gw, o)) for o in others} == before
