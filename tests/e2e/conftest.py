@@ -109,18 +109,28 @@ class RunningStack:
     def port(self) -> int:
         return self.stack.gateway.data_port
 
-    def context(self, tenant: str, name: str = "api") -> ssl.SSLContext:
+    def _name(self, tenant: str, name: str | None) -> str:
+        """``api`` where the tenant declares it, else its first principal."""
+        if name is not None:
+            return name
+        principals = self.stack.registry.tenants[tenant].principals
+        names = [n for (_, n) in principals]
+        return "api" if "api" in names else names[0]
+
+    def context(self, tenant: str, name: str | None = None) -> ssl.SSLContext:
+        name = self._name(tenant, name)
         pki = self.stack.pki
         return client_context(pki.ca_cert, pki.client_cert(tenant, name),
                               pki.client_key(tenant, name))
 
-    def client(self, tenant: str, name: str = "api") -> Client:
+    def client(self, tenant: str, name: str | None = None) -> Client:
+        name = self._name(tenant, name)
         key = (tenant, name)
         if key not in self._clients:
             self._clients[key] = Client(self.port, self.context(tenant, name))
         return self._clients[key]
 
-    def raw(self, tenant: str, payload: bytes, name: str = "api") -> bytes:
+    def raw(self, tenant: str, payload: bytes, name: str | None = None) -> bytes:
         """Send raw bytes over an mTLS connection; return all bytes answered."""
         ctx = self.context(tenant, name)
         with socket.create_connection((HOST, self.port), timeout=10) as sock, \
