@@ -228,7 +228,8 @@ class PushService:
         if 200 <= status < 300:
             self.outbox.acknowledged(part.id)
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
-            self.metrics.push_records.labels("hes", part.tenant, "delivered").inc(part.records)
+            self.metrics.push_records.labels(self._source(part), part.tenant,
+                                             "delivered").inc(part.records)
             self.audit.record({"event": "push-delivered", "incident": new_incident_id(),
                                "tenant": part.tenant, "batch_id": part.batch_id,
                                "records": part.records, "attempts": part.attempts + 1})
@@ -238,11 +239,16 @@ class PushService:
         self.metrics.delivery_attempts.labels(
             part.tenant, "rejected" if permanent else "error").inc()
         if outcome == "dead":
-            self.metrics.push_records.labels("hes", part.tenant, "dead_letter").inc(part.records)
+            self.metrics.push_records.labels(self._source(part), part.tenant,
+                                             "dead_letter").inc(part.records)
             self.audit.record({"event": "push-dead-letter", "incident": new_incident_id(),
                                "tenant": part.tenant, "batch_id": part.batch_id,
                                "records": part.records, "error": error})
             log.error("part %s is a dead letter after %s", part.id, error)
+
+    def _source(self, part: Part) -> str:
+        batch = self.outbox.batch(part.batch_id)
+        return str(batch["source"]) if batch is not None else "unknown"
 
     async def _stats_loop(self) -> None:
         while True:

@@ -128,7 +128,7 @@ def test_mixed_batch_reaches_exactly_its_owners(lone: RunningStack) -> None:
         assert meter.encode() not in raw
     events = [e for e in gw.audit_events() if e.get("event") == "push-batch"]
     assert events[-1]["received"] == doc["received"] and "records" not in events[-1]
-    assert gw.metric("gateway_push_records_total", source="hes", tenant="ores",
+    assert gw.metric("gateway_push_records_total", source="hes-operator", tenant="ores",
                      outcome="delivered") > 0
 
 
@@ -181,7 +181,7 @@ def test_poison_part_becomes_a_dead_letter(lone: RunningStack) -> None:
     wait_for(lambda: any(p.status == "dead" for p in gw.stack.gateway.outbox.parts()))
     dead = [p for p in gw.stack.gateway.outbox.parts(status="dead")]
     assert [p.tenant for p in dead] == ["sibelga"]
-    assert gw.metric("gateway_push_records_total", source="hes", tenant="sibelga",
+    assert gw.metric("gateway_push_records_total", source="hes-operator", tenant="sibelga",
                      outcome="dead_letter") == dead[0].records
     assert any(e.get("event") == "push-dead-letter" for e in gw.audit_events())
 
