@@ -268,8 +268,21 @@ def _itsm(ds: Dataset, registry: TenantRegistry, anchor: datetime) -> None:
                 "id": f"INC{n_ticket:06d}", "client": client.id, "assignee": assigned,
                 "title": ["Meter data export fails", "Access review request"][k],
                 "status": "open", "opened": _iso(anchor - (c_i + k) * DAY),
+                "classification": "C2",
                 "requester": {"name": f"Employee {client.id} {k}",
                               "email": f"employee{k}@{client.id}.example"}})
+        if client.id == "ores":
+            # D11: a restricted ticket (the IT desk team) and a confidential one
+            # (named principals only); never in lists.
+            for label, title in (("C3", "Firewall change for the HES link"),
+                                 ("C4", "Suspected credential theft")):
+                n_ticket += 1
+                ds.tickets.append({
+                    "id": f"INC{n_ticket:06d}", "client": client.id, "assignee": "internal",
+                    "title": title, "status": "open", "opened": _iso(anchor),
+                    "classification": label,
+                    "requester": {"name": "Employee ores security",
+                                  "email": "security@ores.example"}})
         ds.assets.append({
             "id": f"AST{c_i + 1:05d}", "client": client.id, "kind": "application-server",
             "hostname": f"app01.{client.id}.example",

@@ -100,6 +100,9 @@ class GatewayMetrics:
         self.delivery_attempts = Counter(
             "gateway_delivery_attempts", "Delivery attempts to receivers, by result.",
             ["tenant", "result"], registry=r)
+        self.classified_responses = Counter(
+            "gateway_classified_responses", "Answers delivered, by classification label (D11).",
+            ["label"], registry=r)
         self.audit_write_failures = Counter(
             "gateway_audit_write_failures",
             "Audit events that could not be written; each refused its request (fail closed).",

@@ -26,10 +26,12 @@ from aiohttp import web
 from gateway.assertion import ASSERTION_HEADER, AssertionSigner
 from gateway.audit import AuditSink, AuditWriteFailed
 from gateway.core.check import ISOLATION_REASONS, check_response
+from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts, decide
 from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
+from gateway.core.pseudonym import Pseudonymiser, find_leaks
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
 from gateway.errors import RequestRefused, UpstreamFailed
@@ -43,6 +45,7 @@ from gateway.usage import UsageLedger
 
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
+CLASSIFICATION_HEADER = "X-Classification"
 SERVER_HEADER = "gateway"  # no version banner
 
 
@@ -74,7 +77,8 @@ async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange) -> byt
 class _Exchange:
     """What one request accumulates on its way through the pipeline."""
 
-    __slots__ = ("bytes_in", "caller", "incident", "match", "reason", "resources", "started")
+    __slots__ = ("bytes_in", "caller", "incident", "label", "match", "reason", "resources",
+                 "started")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -84,6 +88,7 @@ class _Exchange:
         self.reason = "ok"
         self.resources: tuple[str, ...] = ()
         self.bytes_in = 0
+        self.label: str | None = None
 
 
 class DataPlane:
@@ -101,6 +106,7 @@ class DataPlane:
         push: PushService | None = None,
         soc: SecurityEvents | None = None,
         usage: UsageLedger | None = None,
+        pseudonyms: Callable[[str], Pseudonymiser] | None = None,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -115,6 +121,7 @@ class DataPlane:
         self.push = push
         self.soc = soc
         self.usage = usage  # D10: aggregated usage, no payload
+        self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
@@ -279,11 +286,46 @@ class DataPlane:
             self.push.notify_status(rid, verdict.body,
                                     relations.holders("cmh-request", rid, "coordinator", now),
                                     ex.caller.tenant_id)
-        body = json.dumps(verdict.body).encode() if verdict.changed else upstream.body
+        label = self._classification(ex, upstream)
+        changed = verdict.changed
+        if ex.caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
+            changed = self._pseudonymise(ex, verdict.body) or changed
+        body = json.dumps(verdict.body).encode() if changed else upstream.body
         headers = clean_response_headers(upstream.headers)
         headers["Server"] = SERVER_HEADER
         headers["X-Request-Id"] = ex.incident
+        headers[CLASSIFICATION_HEADER] = label
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+    def _classification(self, ex: _Exchange, upstream: Any) -> str:
+        """D11: the answer's label, and whether this caller may receive it."""
+        assert ex.match is not None
+        policy = ex.match.route.classification
+        sent = dict(upstream.headers).get(CLASSIFICATION_HEADER)
+        label = classify(sent, policy)
+        if label is None:
+            raise UpstreamFailed(502, "classification-invalid")  # fail closed, never guess
+        ex.label = label
+        # The records passed the response check as the caller's own; an IT
+        # provider is never their owner, only a contracted external (D9).
+        owners = frozenset() if ex.caller.tenant.kind == "it-provider" \
+            else frozenset({ex.caller.tenant_id})
+        decision = may_receive(label, ex.caller, owners, policy)
+        if not decision.allowed:
+            raise RequestRefused(403, decision.reason)
+        self.metrics.classified_responses.labels(label).inc()
+        return label
+
+    def _pseudonymise(self, ex: _Exchange, body: Any) -> bool:
+        """D9: an IT provider gets keyed pseudonyms, never a raw identifier."""
+        assert self.pseudonyms is not None
+        try:
+            replaced = self.pseudonyms(ex.caller.tenant_id).apply(body)
+        except (ValueError, TypeError) as exc:
+            raise UpstreamFailed(502, "pseudonymisation-impossible") from exc
+        if find_leaks(body):
+            raise UpstreamFailed(502, "pseudonymisation-leak")  # fail closed
+        return replaced > 0
 
     def refuse_unparsed(self, request: web.BaseRequest, status: int,
                         reason: str) -> web.Response:
@@ -343,6 +385,7 @@ class DataPlane:
             "resources": list(ex.resources[:20]),
             "bytes_in": ex.bytes_in,
             "bytes_out": bytes_out,
+            "classification": ex.label,
         }
         try:
             self.audit.record(event)

@@ -25,6 +25,7 @@ from gateway.breakglass import BreakGlass, BreakGlassPolicy
 from gateway.ca import IssuancePolicy
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
+from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations import RelationIndex
 from gateway.credentials import AdminRefused, Credentials
 from gateway.errors import ConfigError
@@ -50,6 +51,7 @@ from gateway.vault import MasterKeys, SecretNotFound, Vault, VaultLocked
 
 log = logging.getLogger("gateway.server")
 OUTBOX_KEY_ID = "outbox/data-key"
+PSEUDONYM_KEY_ID = "pseudonyms/master"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
 USAGE_FLUSH_S = 5.0
@@ -190,14 +192,28 @@ class Gateway:
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
-            usage=self.usage)
+            usage=self.usage, pseudonyms=self._pseudonymiser)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
+        self._pseudonymisers: dict[str, Pseudonymiser] = {}
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
         self.metrics.config_loaded.set(1)
+
+    def _pseudonymiser(self, tenant: str) -> Pseudonymiser:
+        """D9: each IT provider's own pseudonym key, derived from a master
+        secret that lives in the vault."""
+        cached = self._pseudonymisers.get(tenant)
+        if cached is None:
+            try:
+                master = self.vault.get(PSEUDONYM_KEY_ID)
+            except SecretNotFound:
+                master = os.urandom(32)
+                self.vault.put(PSEUDONYM_KEY_ID, master, kind="data-key")
+            cached = self._pseudonymisers[tenant] = Pseudonymiser.for_tenant(master, tenant)
+        return cached
 
     def _push_service(self, config: GatewayConfig) -> PushService | None:
         """Pushed-data delivery needs the gateway's own client certificate."""

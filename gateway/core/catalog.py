@@ -7,6 +7,7 @@ without the system prefix (``/hes/meters`` -> ``/meters`` on the HES).
 
 from __future__ import annotations
 
+from gateway.core.classification import ClassificationPolicy
 from gateway.core.routes import RecordCheck, ResourceRef, Route, RouteTable
 
 _OWNER = frozenset({"owner"})
@@ -35,6 +36,11 @@ _TICKETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"ass
 _ASSETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"maintainer"})}
 
 _CLEARING_FIELDS = ("clearing.restricted", "clearing.contracts")
+# D11 on the IT platform: restricted tickets for ORES's IT desk team, the
+# confidential ones for its CISO desk only; the provider is a contracted external.
+_ITSM_LABELS = ClassificationPolicy(default="C2", c3_teams=frozenset({"it-ops"}),
+                                    c4_principals=frozenset({"ores/service/ciso-desk"}),
+                                    contracted=frozenset({"engie-it"}))
 
 
 def _path(kind: str, name: str) -> ResourceRef:
@@ -77,15 +83,19 @@ ROUTES: tuple[Route, ...] = (
           records=(RecordCheck("cmh-connection", "id", same_as_request=True),),
           notify="cmh-status", max_body_bytes=16 * 1024),
     Route("itsm", "GET", "/itsm/tickets", _TICKETS,
-          records=(RecordCheck("ticket", "id", items="tickets"),)),
+          records=(RecordCheck("ticket", "id", items="tickets"),),
+          classification=_ITSM_LABELS),
     Route("itsm", "GET", "/itsm/tickets/{ticket_id}", _TICKETS,
           resource=_path("ticket", "ticket_id"),
-          records=(RecordCheck("ticket", "id", same_as_request=True),)),
+          records=(RecordCheck("ticket", "id", same_as_request=True),),
+          classification=_ITSM_LABELS),
     Route("itsm", "GET", "/itsm/assets", _ASSETS,
-          records=(RecordCheck("asset", "id", items="assets"),)),
+          records=(RecordCheck("asset", "id", items="assets"),),
+          classification=_ITSM_LABELS),
     Route("itsm", "GET", "/itsm/assets/{asset_id}", _ASSETS,
           resource=_path("asset", "asset_id"),
-          records=(RecordCheck("asset", "id", same_as_request=True),)),
+          records=(RecordCheck("asset", "id", same_as_request=True),),
+          classification=_ITSM_LABELS),
 )
 
 UPSTREAMS: tuple[str, ...] = ("hes", "clearing", "cmh", "itsm")

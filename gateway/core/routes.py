@@ -13,7 +13,10 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from gateway.core.classification import ClassificationPolicy
+
 MiB = 1024 * 1024
+DEFAULT_LABELS = ClassificationPolicy()  # C2 unless the upstream says otherwise
 _PARAM_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
@@ -65,6 +68,8 @@ class Route:
     # A tenant flag the caller must carry (the HES serves its consortium only).
     member_of: str | None = None
     field_rules: tuple[str, ...] = ()
+    # D11: the label to assume and who may receive C3/C4 answers.
+    classification: ClassificationPolicy = DEFAULT_LABELS
     # After a successful answer, tell others (e.g. "cmh-status": the coordinator).
     notify: str | None = None
     max_body_bytes: int = 1 * MiB

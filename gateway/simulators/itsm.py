@@ -51,6 +51,15 @@ def _foreign(coll: Collection, tenant: str, besides: str = "") -> Record | None:
                  lambda r: r["id"] != besides and not coll.mine(r, tenant))
 
 
+LISTED = frozenset({"C1", "C2"})
+
+
+def _labelled(response: web.Response, label: str) -> web.Response:
+    """The platform labels every answer (D11); the gateway enforces it."""
+    response.headers["X-Classification"] = label
+    return response
+
+
 def _handlers(pick: str) -> tuple[Handler, Handler]:
     def coll_of(request: web.Request) -> Collection:
         data = request.app[ITSM]
@@ -58,10 +67,12 @@ def _handlers(pick: str) -> tuple[Handler, Handler]:
 
     async def list_records(request: web.Request) -> web.StreamResponse:
         coll, tenant = coll_of(request), tenant_of(request)
-        out = [r for r in coll.records.values() if coll.mine(r, tenant)]
+        # D11: restricted (C3) and confidential (C4) tickets are never listed.
+        out = [r for r in coll.records.values() if coll.mine(r, tenant)
+               and r.get("classification", "C2") in LISTED]
         if misrouting(request) and (stray := _foreign(coll, tenant)) is not None:
             out.append(stray)
-        return json_response({coll.plural: out})
+        return _labelled(json_response({coll.plural: out}), "C2")
 
     async def get_record(request: web.Request) -> web.StreamResponse:
         coll, rid = coll_of(request), request.match_info["id"]
@@ -70,7 +81,7 @@ def _handlers(pick: str) -> tuple[Handler, Handler]:
         rec = coll.records.get(rid)
         if rec is None:
             raise SimError(404, "not-found", f"unknown {pick[:-1]}")
-        return json_response(rec)
+        return _labelled(json_response(rec), str(rec.get("classification", "C2")))
 
     return list_records, get_record
 
