@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Callable
 from datetime import date, timedelta
 from typing import Any
@@ -13,7 +15,7 @@ from aiohttp import web
 from gateway.admin import CALLER, Body, Guard, RouteSet, _seconds, _text
 from gateway.breakglass import BreakGlass
 from gateway.credentials import AdminRefused
-from gateway.state import BreakGlassCase
+from gateway.state import BreakGlassCase, StateStore
 from gateway.upstream_auth import UpstreamCredentials
 from gateway.usage import UsageLedger
 from gateway.vault import Vault
@@ -112,8 +114,9 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
     return register
 
 
-def usage_routes(ledger: UsageLedger) -> RouteSet:
-    """D10: aggregated usage per tenant x shared system x route template."""
+def usage_routes(ledger: UsageLedger, store: StateStore) -> RouteSet:
+    """D10: aggregated usage per tenant x shared system x route template; D8:
+    the register of purpose-bound consultations, for the managers' review."""
     def register(r: web.UrlDispatcher, guarded: Guard) -> None:
         async def usage(request: web.Request, doc: Body) -> Any:
             q = request.query
@@ -133,6 +136,24 @@ def usage_routes(ledger: UsageLedger) -> RouteSet:
                  "denied": row.denied, "bytes_in": row.bytes_in, "bytes_out": row.bytes_out}
                 for row in rows]}
 
+        async def consultations(request: web.Request, doc: Body) -> Any:
+            rows = [{"incident": c.incident, "at": c.at.isoformat(), "tenant": c.tenant,
+                     "principal": c.principal, "route": c.route, "resource": c.resource,
+                     "purpose": c.purpose, "justification": c.justification}
+                    for c in store.consultations(tenant=request.query.get("tenant"))]
+            if request.query.get("format") != "csv":
+                return {"consultations": rows}
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=["incident", "at", "tenant", "principal",
+                                                     "route", "resource", "purpose",
+                                                     "justification"])
+            writer.writeheader()
+            writer.writerows(rows)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+
+        r.add_get("/admin/consultations",
+                  guarded("consultations", frozenset({"security-admin", "auditor"}),
+                          lambda q: q.path, consultations, write=False))
         r.add_get("/admin/usage", guarded("usage", frozenset({"security-admin", "auditor"}),
                                           lambda q: q.path, usage, write=False))
     return register

@@ -172,8 +172,19 @@ def cmd_usage(args: argparse.Namespace) -> int:
     return _emit(*call(args, "GET", f"/admin/usage?{query}"))
 
 
+def cmd_consultations(args: argparse.Namespace) -> int:
+    query = f"format={args.format}" + (f"&tenant={args.tenant}" if args.tenant else "")
+    return _emit(*call(args, "GET", f"/admin/consultations?{query}"), args.out)
+
+
 def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     clients = []
+    p = sub.add_parser("consultations", help="the register of purpose-bound consultations (D8)")
+    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--tenant")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_consultations)
+    clients.append(p)
     p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
     p.add_argument("--period", choices=["day", "week", "month"], default="day")
     p.add_argument("--tenant")

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.core.identifiers import with_check_digit
+from gateway.core.identifiers import with_check_digit, with_nrn_check
 from gateway.core.model import Relation
 from gateway.core.relations import parse_instant, relation_record
 from gateway.tenants import TenantRegistry
@@ -53,6 +53,7 @@ class Dataset:
     cmh_requests: list[dict[str, Any]] = field(default_factory=list)
     tickets: list[dict[str, Any]] = field(default_factory=list)
     assets: list[dict[str, Any]] = field(default_factory=list)
+    persons: list[dict[str, Any]] = field(default_factory=list)
 
     # -- the relation feed -------------------------------------------------
     def relations(self) -> list[Relation]:
@@ -84,6 +85,8 @@ class Dataset:
             rels.append(Relation("ticket", t["id"], t["client"], "owner"))
             if t["assignee"] != "internal":
                 rels.append(Relation("ticket", t["id"], t["assignee"], "assignee"))
+        for person in self.persons:
+            rels.append(Relation("person", person["nrn"], person["employer"], "owner"))
         for a in self.assets:
             rels.append(Relation("asset", a["id"], a["client"], "owner"))
             if a["maintainer"] != "internal":
@@ -283,6 +286,12 @@ def _itsm(ds: Dataset, registry: TenantRegistry, anchor: datetime) -> None:
                     "classification": label,
                     "requester": {"name": "Employee ores security",
                                   "email": "security@ores.example"}})
+        for k in range(2):
+            # Fictional national register numbers (valid check digits, D8).
+            nine = f"{80 + c_i % 20:02d}{1 + k:02d}{10 + c_i % 18:02d}{100 + c_i * 2 + k:03d}"
+            ds.persons.append({"nrn": with_nrn_check(nine), "employer": client.id,
+                               "name": f"Employee {client.id} {k}",
+                               "email": f"employee{k}@{client.id}.example"})
         ds.assets.append({
             "id": f"AST{c_i + 1:05d}", "client": client.id, "kind": "application-server",
             "hostname": f"app01.{client.id}.example",

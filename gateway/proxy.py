@@ -27,7 +27,7 @@ from gateway.assertion import ASSERTION_HEADER, AssertionSigner
 from gateway.audit import AuditSink, AuditWriteFailed
 from gateway.core.check import ISOLATION_REASONS, check_response
 from gateway.core.classification import classify, may_receive
-from gateway.core.decide import RequestFacts, decide
+from gateway.core.decide import RequestFacts, check_purpose, decide
 from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
@@ -40,6 +40,7 @@ from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 from gateway.push import PushService
 from gateway.soc import SecurityEvents
+from gateway.state import Consultation
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageLedger
 
@@ -107,6 +108,7 @@ class DataPlane:
         soc: SecurityEvents | None = None,
         usage: UsageLedger | None = None,
         pseudonyms: Callable[[str], Pseudonymiser] | None = None,
+        consultations: Callable[[Consultation], None] | None = None,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -122,6 +124,7 @@ class DataPlane:
         self.soc = soc
         self.usage = usage  # D10: aggregated usage, no payload
         self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
+        self.consultations = consultations  # D8: the consultation register
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
@@ -146,6 +149,8 @@ class DataPlane:
             now = self.clock()
             relations = self.relations()
             self._decide(ex, facts, relations, now)
+            if ex.match.route.sensitive:
+                self._register_consultation(request, ex, now)
             upstream = await self._forward(ex, target, forward_headers, body, request.method)
             response = self._check(ex, facts, relations, upstream, now)
         except RequestRefused as exc:
@@ -227,6 +232,23 @@ class DataPlane:
             headers["Retry-After"] = "30"
         return web.Response(status=status, body=json.dumps(doc).encode(), content_type=JSON,
                             headers=headers)
+
+    def _register_consultation(self, request: web.BaseRequest, ex: _Exchange,
+                               now: datetime) -> None:
+        """D8: a sensitive consultation states its purpose and is registered
+        before anything is consulted; no register, no consultation."""
+        assert ex.match is not None
+        purpose = request.headers.get("X-Purpose")
+        justification = request.headers.get("X-Justification")
+        refused = check_purpose(purpose, justification)
+        if refused is not None:
+            raise RequestRefused(refused.status, refused.reason)
+        if self.consultations is None:
+            raise RequestRefused(503, "consultation-register-unavailable")
+        p = ex.caller.principal
+        self.consultations(Consultation(
+            ex.incident, now, ex.caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
+            ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
 
     def _decide(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
                 now: datetime) -> None:

@@ -192,7 +192,8 @@ class Gateway:
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
-            usage=self.usage, pseudonyms=self._pseudonymiser)
+            usage=self.usage, pseudonyms=self._pseudonymiser,
+            consultations=self.store.add_consultation)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
@@ -285,7 +286,7 @@ class Gateway:
         admin_app = build_admin_app(
             self.credentials, self.resolver, self.metrics,
             extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
-                                       self.rekey), usage_routes(self.usage)))
+                                       self.rekey), usage_routes(self.usage, self.store)))
         admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
         await web.SockSite(admin_runner, admin_sock, ssl_context=self.ssl_context).start()

@@ -98,6 +98,14 @@ ROUTES: tuple[Route, ...] = (
           classification=_ITSM_LABELS),
 )
 
+# D8: national-register lookups (employees of a client company, on the IT
+# platform's directory) are purpose-bound.
+_PERSONS = {k: _OWNER for k in _ITSM_CLIENTS}
+ROUTES = (*ROUTES,
+          Route("itsm", "GET", "/itsm/persons/{nrn}", _PERSONS, resource=_path("person", "nrn"),
+                records=(RecordCheck("person", "nrn", same_as_request=True),),
+                classification=_ITSM_LABELS, sensitive=True))
+
 UPSTREAMS: tuple[str, ...] = ("hes", "clearing", "cmh", "itsm")
 
 

@@ -9,6 +9,7 @@ based rights, need to know).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,23 @@ from gateway.core.routes import Route
 HISTORY_LIMIT = timedelta(days=3 * 365 + 1)
 ONE_DAY = timedelta(days=1)
 DATA_ROLE = "reader"
+
+
+# D8: why a sensitive consultation happens; the reference ties it to a case.
+PURPOSES = frozenset({"customer-request", "billing-dispute", "fraud-investigation",
+                      "social-assistance", "legal-obligation", "hr-administration"})
+_JUSTIFICATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{2,63}")
+
+
+def check_purpose(purpose: str | None, justification: str | None) -> Decision | None:
+    """None when a declared purpose and justification reference are valid."""
+    if purpose is None or justification is None:
+        return Decision.deny("purpose-required", 400)
+    if purpose not in PURPOSES:
+        return Decision.deny("purpose-unknown", 400)
+    if not _JUSTIFICATION.fullmatch(justification):
+        return Decision.deny("justification-malformed", 400)
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,9 +49,24 @@ def is_plain_id(value: str) -> bool:
     return bool(_PLAIN_ID.fullmatch(value))
 
 
+def is_valid_nrn(value: str) -> bool:
+    """A Belgian national register number: YYMMDD + 3-digit serial + 2 check
+    digits = 97 - (first nine digits mod 97); for births from 2000 the nine
+    digits are prefixed with 2."""
+    if len(value) != 11 or not _DIGITS.fullmatch(value):
+        return False
+    body, check = int(value[:9]), int(value[9:])
+    return check in (97 - body % 97, 97 - int("2" + value[:9]) % 97)
+
+
+def with_nrn_check(first_nine: str) -> str:
+    return first_nine + f"{97 - int(first_nine) % 97:02d}"
+
+
 _VALIDATORS = {
     "ean": is_valid_ean,
     "meter": is_valid_meter_serial,
+    "person": is_valid_nrn,
 }
 
 

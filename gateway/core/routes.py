@@ -70,6 +70,9 @@ class Route:
     field_rules: tuple[str, ...] = ()
     # D11: the label to assume and who may receive C3/C4 answers.
     classification: ClassificationPolicy = DEFAULT_LABELS
+    # D8: a sensitive consultation needs a declared purpose and a reference,
+    # and is written to the consultation register.
+    sensitive: bool = False
     # After a successful answer, tell others (e.g. "cmh-status": the coordinator).
     notify: str | None = None
     max_body_bytes: int = 1 * MiB

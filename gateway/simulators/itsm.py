@@ -86,10 +86,24 @@ def _handlers(pick: str) -> tuple[Handler, Handler]:
     return list_records, get_record
 
 
+async def person(request: web.Request) -> web.StreamResponse:
+    """The platform's employee directory, by national register number."""
+    nrn = request.match_info["nrn"]
+    rec = next((p for p in request.app[PERSONS] if p["nrn"] == nrn), None)
+    if rec is None:
+        raise SimError(404, "not-found", "unknown person")
+    return _labelled(json_response(rec), "C2")
+
+
+PERSONS = web.AppKey("itsm_persons", list)
+
+
 def setup(app: web.Application, dataset: Dataset) -> None:
     app[ITSM] = ItsmData(
         Collection("tickets", "assignee", {t["id"]: t for t in copy.deepcopy(dataset.tickets)}),
         Collection("assets", "maintainer", {a["id"]: a for a in copy.deepcopy(dataset.assets)}))
+    app[PERSONS] = copy.deepcopy(dataset.persons)
+    app.router.add_get("/persons/{nrn}", person)
     for pick in ("tickets", "assets"):
         list_records, get_record = _handlers(pick)
         app.router.add_get(f"/{pick}", list_records)

@@ -86,3 +86,17 @@ class BreakGlassCase:
     review_status: str = "none"  # none | pending | done
     reviewer: str | None = None
     review_notes: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Consultation:
+    """One purpose-bound consultation (D8: a register managers review)."""
+
+    incident: str
+    at: datetime
+    tenant: str
+    principal: str
+    route: str
+    resource: str
+    purpose: str
+    justification: str

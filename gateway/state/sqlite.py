@@ -18,6 +18,7 @@ from gateway.state.records import (
     BreakGlassCase,
     CaRecord,
     CertificateRecord,
+    Consultation,
     PrincipalKey,
     PrincipalState,
     SigningKeyRecord,
@@ -49,6 +50,10 @@ CREATE TABLE IF NOT EXISTS breakglass (
     status TEXT NOT NULL, approver TEXT, decided_at TEXT, checked_out_at TEXT,
     lease_expires_at TEXT, closed_at TEXT, close_reason TEXT, rotated INTEGER NOT NULL,
     review_status TEXT NOT NULL, reviewer TEXT, review_notes TEXT);
+CREATE TABLE IF NOT EXISTS consultations (
+    incident TEXT PRIMARY KEY, at TEXT NOT NULL, tenant TEXT NOT NULL, principal TEXT NOT NULL,
+    route TEXT NOT NULL, resource TEXT NOT NULL, purpose TEXT NOT NULL,
+    justification TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY, key_pem TEXT NOT NULL, created TEXT NOT NULL,
     activate_at TEXT NOT NULL, unpublish_at TEXT);
@@ -57,7 +62,7 @@ CREATE TABLE IF NOT EXISTS signing_keys (
 R = TypeVar("R")
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
                 "created", "activate_at", "unpublish_at", "decided_at", "checked_out_at",
-                "lease_expires_at", "closed_at"}
+                "lease_expires_at", "closed_at", "at"}
 _BOOL_FIELDS = {"emergency", "rotated"}
 
 
@@ -205,6 +210,17 @@ class SqliteStore:
             sql, args = sql + " WHERE status = ?", (status,)
         return [_record(BreakGlassCase, r)
                 for r in self._exec(sql + " ORDER BY created", args).fetchall()]
+
+    # -- the consultation register (D8) ------------------------------------------
+    def add_consultation(self, rec: Consultation) -> None:
+        self._insert("consultations", rec)
+
+    def consultations(self, *, tenant: str | None = None) -> list[Consultation]:
+        sql, args = "SELECT * FROM consultations", tuple[str, ...]()
+        if tenant is not None:
+            sql, args = sql + " WHERE tenant = ?", (tenant,)
+        return [_record(Consultation, r)
+                for r in self._exec(sql + " ORDER BY at", args).fetchall()]
 
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:

@@ -122,3 +122,15 @@ def test_usage_rollups_through_the_cli(stack: RunningStack, tmp_path: Path) -> N
     for period in ("week", "month"):
         assert json.loads(gateway(stack, "usage", "--period", period, "--tenant", "farys",
                                   cwd=tmp_path, who="carol"))["rows"]
+
+
+def test_consultation_register_export(stack: RunningStack, tmp_path: Path) -> None:
+    person = next(p for p in stack.stack.dataset.persons if p["employer"] == "resa")
+    resp = stack.client("resa").get(f"/itsm/persons/{person['nrn']}", headers={
+        "X-Purpose": "legal-obligation", "X-Justification": "LEGAL-42"})
+    assert resp.status == 200
+    gateway(stack, "consultations", "--format", "csv", "--out", "reg.csv", cwd=tmp_path,
+            who="carol")
+    rows = (tmp_path / "reg.csv").read_text().splitlines()
+    assert rows[0].startswith("incident,at,tenant,principal,route,resource,purpose")
+    assert any(person["nrn"] in row and "LEGAL-42" in row for row in rows[1:])
