@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.core.catalog import UPSTREAMS
+from gateway.edge import EdgeLimits
 from gateway.errors import ConfigError
 
 SECONDS = 1.0
+DEFAULT_LIMITS = EdgeLimits()
 MiB = 1024 * 1024
 
 
@@ -86,6 +88,7 @@ class GatewayConfig:
     push_endpoints: Mapping[str, str] = field(default_factory=dict)
     push_max_pending_records: int = 5_000_000
     push_max_body_bytes: int = 256 * MiB
+    limits: EdgeLimits = DEFAULT_LIMITS
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     assertion_lifetime_s: int = 300
     signing_publish_ahead_s: float = 60 * SECONDS
@@ -149,6 +152,17 @@ class GatewayConfig:
         if not isinstance(endpoints, Mapping) or not all(
                 isinstance(v, str) and v.startswith("https://") for v in endpoints.values()):
             raise ConfigError(f"{source}: push.endpoints: must map tenants to https:// URLs")
+        limits = EdgeLimits()
+        if r._get("limits") is not None:
+            lr = _Reader(r.table("limits"), base, source, "limits.")
+            unknown = set(r.table("limits")) - set(EdgeLimits.__dataclass_fields__)
+            if unknown:
+                raise ConfigError(f"{source}: limits.{sorted(unknown)[0]}: unknown limit")
+            values = {name: lr.number(name, float(getattr(limits, name)))
+                      for name in EdgeLimits.__dataclass_fields__}
+            limits = EdgeLimits(**{  # type: ignore[arg-type]
+                k: (int(v) if isinstance(getattr(limits, k), int) else v)
+                for k, v in values.items()})
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -171,6 +185,7 @@ class GatewayConfig:
             push_endpoints=dict(endpoints),
             push_max_pending_records=int(r.number("push.max_pending_records", 5_000_000)),
             push_max_body_bytes=int(r.number("push.max_body_bytes", 256 * MiB)),
+            limits=limits,
             upstreams=upstreams,
             assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),

@@ -24,6 +24,13 @@ PROBLEMS: dict[str, tuple[str, str]] = {
     "method-not-allowed": ("Method not allowed", "This method is not allowed on this route."),
     "payload-too-large": ("Payload too large", "The request body exceeds the route's limit."),
     "uri-too-long": ("URI too long", "The request target exceeds the limit."),
+    "headers-too-large": ("Request header fields too large",
+                          "A header, the header block or the number of headers exceeds the "
+                          "limit."),
+    "request-timeout": ("Request timeout", "The request body did not arrive in time."),
+    "too-many-requests": ("Too many requests", "The tenant's rate or concurrency limit is "
+                          "reached; retry later."),
+    "unavailable": ("Service unavailable", "The gateway cannot serve this request now."),
     "unsupported-media-type": ("Unsupported media type", "Request bodies must be JSON objects."),
     "not-implemented": ("Not implemented", "The method is not supported by the gateway."),
     "upstream-refused": ("Refused by the shared system",
@@ -37,7 +44,9 @@ PROBLEMS: dict[str, tuple[str, str]] = {
 }
 
 _STATUS_SLUG = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
-                405: "method-not-allowed", 413: "payload-too-large", 414: "uri-too-long",
+                405: "method-not-allowed", 408: "request-timeout", 413: "payload-too-large",
+                414: "uri-too-long", 429: "too-many-requests", 431: "headers-too-large",
+                503: "unavailable",
                 415: "unsupported-media-type", 501: "not-implemented", 502: "upstream-error",
                 504: "upstream-timeout"}
 

@@ -34,6 +34,7 @@ from gateway.core.paths import Target, TargetRejected, check_method, parse_targe
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
+from gateway.edge import EdgeLimits
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
@@ -47,6 +48,7 @@ from gateway.usage import UsageLedger
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
 CLASSIFICATION_HEADER = "X-Classification"
+DEFAULT_LIMITS = EdgeLimits()
 SERVER_HEADER = "gateway"  # no version banner
 
 
@@ -61,15 +63,23 @@ PUSH_CMH = Route("push", "POST", "/push/cmh/requests", {})
 PUSH_ROUTES = {r.template: r for r in (PUSH_HES, PUSH_CMH)}
 
 
-async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange) -> bytes:
+async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange,
+                     timeout_s: float = DEFAULT_LIMITS.body_timeout_s) -> bytes:
     if request.content_length is not None and request.content_length > limit:
-        raise RequestRefused(413, "body-too-large")
+        raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.readany():
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), timeout_s)
+        except TimeoutError as exc:
+            # A body that trickles in: refused, the connection closed.
+            raise RequestRefused(408, "body-timeout", headers={"Connection": "close"}) from exc
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:  # chunked bodies are counted as they arrive
-            raise RequestRefused(413, "body-too-large")
+            raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
         chunks.append(chunk)
     ex.bytes_in = size
     return b"".join(chunks)
@@ -109,6 +119,7 @@ class DataPlane:
         usage: UsageLedger | None = None,
         pseudonyms: Callable[[str], Pseudonymiser] | None = None,
         consultations: Callable[[Consultation], None] | None = None,
+        limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -125,6 +136,7 @@ class DataPlane:
         self.usage = usage  # D10: aggregated usage, no payload
         self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
         self.consultations = consultations  # D8: the consultation register
+        self.limits = limits
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
@@ -132,7 +144,21 @@ class DataPlane:
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         ex = _Exchange()
+        protocol = request.protocol
+        started = getattr(protocol, "gw_request_started", None)
+        if started is not None:
+            started()  # the header deadline is met
         try:
+            response = await self._pipeline(request, ex)
+        finally:
+            done = getattr(protocol, "gw_request_done", None)
+            if done is not None:
+                done()
+        return response
+
+    async def _pipeline(self, request: web.BaseRequest, ex: _Exchange) -> web.StreamResponse:
+        try:
+            self._edge(request)
             if not getattr(self.audit, "writable", True):
                 # SECURITY: no audit trail, no request: refused before it is forwarded.
                 raise RequestRefused(503, "audit-unavailable")
@@ -161,6 +187,17 @@ class DataPlane:
             response = self._problem(exc.status, ex)
         self._account(ex, request, response)
         return response
+
+    def _edge(self, request: web.BaseRequest) -> None:
+        """Header limits aiohttp does not apply itself, and framing it lets by."""
+        raw = request.raw_headers
+        if len(raw) > self.limits.max_headers:
+            raise RequestRefused(431, "too-many-headers")
+        if sum(len(k) + len(v) + 4 for k, v in raw) > self.limits.max_header_block_bytes:
+            raise RequestRefused(431, "header-block-too-large")
+        if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+            # RFC 9112 §6.1: HTTP/1.0 has no chunked framing: a smuggling attempt.
+            raise RequestRefused(400, "http10-transfer-encoding", headers={"Connection": "close"})
 
     def _target(self, request: web.BaseRequest) -> Target:
         try:
@@ -196,7 +233,7 @@ class DataPlane:
             if request.body_exists:
                 raise RequestRefused(400, "body-not-allowed")
             return None, None
-        raw = await _read_body(request, route.max_body_bytes, ex)
+        raw = await _read_body(request, route.max_body_bytes, ex, self.limits.body_timeout_s)
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         try:
@@ -216,7 +253,7 @@ class DataPlane:
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
-        raw = await _read_body(request, self.push_max_body_bytes, ex)
+        raw = await _read_body(request, self.push_max_body_bytes, ex, self.limits.body_timeout_s)
         if route is PUSH_CMH:
             registry = self.resolver.registry
             kinds = {t.id: t.kind for t in registry}
@@ -367,8 +404,12 @@ class DataPlane:
                  headers: dict[str, str] | None = None) -> web.Response:
         slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
         out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
-        return web.Response(status=status, body=problem_body(status, ex.incident, slug),
-                            content_type=CONTENT_TYPE, headers=out)
+        close = out.pop("Connection", None) == "close"
+        response = web.Response(status=status, body=problem_body(status, ex.incident, slug),
+                                content_type=CONTENT_TYPE, headers=out)
+        if close:
+            response.force_close()  # framing we do not trust: no next request on it
+        return response
 
     def _security_event(self, ex: _Exchange, event: dict[str, Any]) -> None:
         """D12: what the SOC must see, with the incident id of the audit event."""

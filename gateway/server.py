@@ -11,9 +11,10 @@ import ssl
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod
+from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway import handshakes
@@ -28,6 +29,8 @@ from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations import RelationIndex
 from gateway.credentials import AdminRefused, Credentials
+from gateway.edge import ConnectionBook, EdgeLimits
+from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
 from gateway.identity import CallerResolver
 from gateway.keys import KeyRing
@@ -88,24 +91,90 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 class _ProblemRequestHandler(RequestHandler):
-    """aiohttp answers what its own HTTP parser rejects (unknown methods,
-    malformed framing) and unhandled exceptions in plain text with a version
-    banner. Here those become problem documents with an incident id, audited
-    like every other refusal, and the connection is closed."""
+    """The data plane's connection handler, around aiohttp's.
+
+    - What aiohttp's HTTP parser rejects (unknown methods, malformed framing,
+      over-long lines) and unhandled exceptions become problem documents with
+      an incident id, audited like every other refusal; the connection closes.
+    - Edge limits aiohttp lacks: a header-read deadline (slowloris) armed at
+      connect and at the first byte of every next request, and caps on open
+      connections per listener and per tenant.
+    """
+
+    _gw_timer: asyncio.TimerHandle | None = None
+    _gw_busy = False
+    _gw_tenant = ""
+    _gw_admitted = False
+
+    @property
+    def _gw(self) -> DataServer:
+        manager = self._manager
+        assert isinstance(manager, DataServer)
+        return manager
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        book = self._gw.book
+        self._gw_tenant = book.tenant_of(transport)
+        self._gw_admitted = book.admit(self._gw_tenant)
+        super().connection_made(transport)
+        if not self._gw_admitted:
+            # SECURITY: over the connection cap: closed before any HTTP byte.
+            transport.close()
+            return
+        self._gw_arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._gw_disarm()
+        if self._gw_admitted:
+            self._gw.book.release(self._gw_tenant)
+            self._gw_admitted = False
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._gw_busy and self._gw_timer is None:
+            self._gw_arm()  # the first byte of a next request: headers must follow in time
+        super().data_received(data)
+
+    def _gw_arm(self) -> None:
+        self._gw_disarm()
+        self._gw_timer = asyncio.get_running_loop().call_later(
+            self._gw.edge.header_timeout_s, self._gw_header_timeout)
+
+    def _gw_disarm(self) -> None:
+        if self._gw_timer is not None:
+            self._gw_timer.cancel()
+            self._gw_timer = None
+
+    def _gw_header_timeout(self) -> None:
+        self._gw_timer = None
+        if not self._gw_busy and self.transport is not None:
+            self._gw.plane.metrics.denied.labels("unknown", "none", "header-timeout").inc()
+            self.transport.abort()
+
+    def gw_request_started(self) -> None:
+        self._gw_busy = True
+        self._gw_disarm()
+
+    def gw_request_done(self) -> None:
+        self._gw_busy = False
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        manager = self._manager
-        assert isinstance(manager, DataServer)
         if isinstance(exc, BadHttpMethod):
             status, reason = 501, "method-unknown"
+        elif isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            if limit == self._gw.edge.max_url_bytes:
+                status, reason = 414, "request-line-too-long"
+            else:
+                status, reason = 431, "header-too-long"
         elif status >= 500:
             self.log_exception("error handling request", exc_info=exc)
             reason = "internal-error"
         else:
             reason = "http-parse-error"
-        resp = manager.plane.refuse_unparsed(request, status, reason)
+        resp = self._gw.plane.refuse_unparsed(request, status, reason)
         resp.force_close()
         return resp
 
@@ -114,12 +183,33 @@ class DataServer(web.Server):
     """The low-level aiohttp server of the data plane (no router: the
     pipeline routes itself)."""
 
-    def __init__(self, plane: DataPlane, **kwargs: object) -> None:
-        super().__init__(plane.handle, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, plane: DataPlane, edge: EdgeLimits, book: ConnectionBook,
+                 **kwargs: Any) -> None:
+        super().__init__(plane.handle, **edge.server_kwargs(), **kwargs)
         self.plane = plane
+        self.edge = edge
+        self.book = book
 
     def __call__(self) -> RequestHandler:
         return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class TlsSite(web.SockSite):
+    """A listening socket with a TLS handshake deadline (aiohttp's SockSite
+    leaves asyncio's 60 s default)."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
+                 ssl_context: ssl.SSLContext, handshake_timeout_s: float) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout_s)
 
 
 class Gateway:
@@ -193,7 +283,7 @@ class Gateway:
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
-            consultations=self.store.add_consultation)
+            consultations=self.store.add_consultation, limits=config.limits)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
@@ -273,10 +363,14 @@ class Gateway:
         ops_sock = ops_sock or bind(self.config.ops.host, self.config.ops.port)
         admin_sock = admin_sock or bind(self.config.admin.host, self.config.admin.port)
         await self.upstreams.start(self.config.health_interval_s)
-        server = DataServer(self.data_plane, access_log=None)
+        limits = self.config.limits
+        edge_self_check(self.ssl_context, limits)
+        self.connections = ConnectionBook(limits, self.config.trust_domain)
+        server = DataServer(self.data_plane, limits, self.connections, access_log=None)
         data_runner = web.ServerRunner(server, handle_signals=False)
         await data_runner.setup()
-        await web.SockSite(data_runner, data_sock, ssl_context=self.ssl_context).start()
+        await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
+                      handshake_timeout_s=limits.handshake_timeout_s).start()
         ops_runner = web.AppRunner(build_ops_app(
             self.metrics, self.upstreams, self.signer, lambda: True,
             lambda: self.credentials.crl,
@@ -289,7 +383,8 @@ class Gateway:
                                        self.rekey), usage_routes(self.usage, self.store)))
         admin_runner = web.AppRunner(admin_app, access_log=None)
         await admin_runner.setup()
-        await web.SockSite(admin_runner, admin_sock, ssl_context=self.ssl_context).start()
+        await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
+                      handshake_timeout_s=limits.handshake_timeout_s).start()
         self._runners = [data_runner, ops_runner, admin_runner]
         self.data_port = data_sock.getsockname()[1]
         self.ops_port = ops_sock.getsockname()[1]

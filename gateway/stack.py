@@ -124,7 +124,8 @@ class Stack:
                  ports: StackPorts | None = None, now: datetime | None = None,
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, gateway_settings: str = "",
-                 run_gateway: bool = True, soc_syslog: str | None = None) -> None:
+                 run_gateway: bool = True, soc_syslog: str | None = None,
+                 limits: str = "") -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -137,6 +138,7 @@ class Stack:
         self.gateway_settings = gateway_settings
         self.run_gateway = run_gateway
         self.soc_syslog = soc_syslog
+        self.limits = limits  # `key = value` lines for a [limits] table (tests)
         self.config_path = work_dir / "gateway.toml"
         self.gateway_ports = (0, 0, 0)  # (data, ops, admin) when another process runs it
         self.control_token = secrets.token_hex(16)
@@ -190,6 +192,9 @@ class Stack:
                      push_tenants=tuple(t.id for t in self.registry
                                         if "push_endpoint" in t.attributes),
                      soc_syslog=self.soc_syslog)
+        if self.limits:
+            with config_path.open("a") as fh:
+                fh.write("\n[limits]\n" + self.limits.strip() + "\n")
         if self.gateway_settings:
             text = config_path.read_text().replace(
                 "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)

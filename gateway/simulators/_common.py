@@ -31,7 +31,7 @@ from gateway.core.relations import parse_instant
 from gateway.simulators._secrets import SECRETS
 
 CONTROL_HEADER = "X-Sim-Control"
-FAULT_MODES = frozenset({"none", "misroute", "slow", "error", "reset"})
+FAULT_MODES = frozenset({"none", "misroute", "slow", "error", "reset", "bigheader"})
 DEFAULT_DELAY_S = 5.0
 # Bounded so a benchmark run cannot grow a simulator without limit; far more
 # than any test sends between two reads of the log.
@@ -244,6 +244,11 @@ async def _sim_middleware(request: web.Request, handler: Handler) -> web.StreamR
             await asyncio.sleep(fault.delay_s)
         elif fault.mode == "error":
             return json_response({"error": "simulated failure"}, 500)
+        elif fault.mode == "bigheader":
+            # An upstream answering with a header over any sane limit.
+            response = await handler(request)
+            response.headers["X-Padding"] = "x" * 20_000
+            return response
         elif fault.mode == "reset":
             return _reset(request)
         return await handler(request)

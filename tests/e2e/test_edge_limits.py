@@ -1,0 +1,237 @@
+"""Edge limits and HTTP framing over real sockets (issue 8 items 1 and 2).
+Each test would fail if its protection were removed."""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.edge import EdgeLimits, self_check
+from gateway.errors import ConfigError
+
+from .conftest import HOST, RunningStack, start_stack
+
+SHORT = """header_timeout_s = 1
+body_timeout_s = 1
+handshake_timeout_s = 1
+keepalive_timeout_s = 1.5
+max_connections_per_tenant = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    gw = start_stack(tmp_path_factory.mktemp("edge"), limits=SHORT)
+    yield gw
+    gw.stop()
+
+
+def _tls(gw: RunningStack, tenant: str = "ores", name: str = "api") -> ssl.SSLSocket:
+    sock = socket.create_connection((HOST, gw.port), timeout=10)
+    return gw.context(tenant, name).wrap_socket(sock, server_hostname="localhost")
+
+
+def _exchange(gw: RunningStack, payload: bytes, tenant: str = "ores",
+              name: str = "api") -> bytes:
+    with _tls(gw, tenant, name) as tls:
+        tls.sendall(payload)
+        return _read_all(tls)
+
+
+def _read_all(tls: ssl.SSLSocket, timeout: float = 10) -> bytes:
+    tls.settimeout(timeout)
+    out = b""
+    try:
+        while chunk := tls.recv(65536):
+            out += chunk
+    except (TimeoutError, ConnectionResetError, ssl.SSLError):
+        pass
+    return out
+
+
+def _status(raw: bytes) -> int:
+    return int(raw.split(b" ", 2)[1]) if raw.startswith(b"HTTP/") else 0
+
+
+def _meter(gw: RunningStack, tenant: str = "ores") -> str:
+    return next(m["serial"] for m in gw.stack.dataset.meters
+                if m["owners"][-1]["tenant"] == tenant and not m["airplane_mode"])
+
+
+def _get(path: str, extra: bytes = b"") -> bytes:
+    return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: localhost\r\n" + extra +
+            b"Connection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("case,status", [
+    ("request-line", 414), ("one-header", 431), ("header-count", 431), ("header-block", 431),
+])
+def test_header_limits(edge: RunningStack, case: str, status: int) -> None:
+    meter = _meter(edge)
+    payload = {
+        "request-line": _get("/hes/meters/" + "a" * 9000),
+        "one-header": _get(f"/hes/meters/{meter}", b"X-Big: " + b"a" * 9000 + b"\r\n"),
+        "header-count": _get(f"/hes/meters/{meter}",
+                             b"".join(b"X-H%d: a\r\n" % i for i in range(101))),
+        "header-block": _get(f"/hes/meters/{meter}",
+                             b"".join(b"X-B%d: %s\r\n" % (i, b"a" * 8000) for i in range(9))),
+    }[case]
+    edge.clear_sim_logs()
+    raw = _exchange(edge, payload)
+    assert _status(raw) == status, raw[:200]
+    assert b"application/problem+json" in raw
+    assert edge.sim_log("hes") == []
+
+
+def test_chunked_body_over_the_route_cap_is_413(edge: RunningStack) -> None:
+    path = f"/hes/meters/{_meter(edge)}/operations"
+    chunk = b"a" * 4096
+    body = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(8)) + b"0\r\n\r\n"
+    edge.clear_sim_logs()
+    raw = _exchange(edge, b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n" + body,
+                    name="field-ops")
+    assert _status(raw) == 413
+    assert edge.sim_log("hes") == []
+
+
+def test_slowloris_is_cut_off_at_the_header_deadline(edge: RunningStack) -> None:
+    with _tls(edge) as tls:
+        started = time.monotonic()
+        tls.sendall(b"GET /hes/meters HTTP/1.1\r\nHost: x\r\n")  # ...and never the end
+        try:
+            for _ in range(20):
+                time.sleep(0.2)
+                tls.sendall(b"X-Slow: 1\r\n")
+        except OSError:
+            pass
+        assert _read_all(tls, timeout=5) == b""  # closed, no answer
+        assert time.monotonic() - started < 4
+
+
+def test_silent_connection_is_closed(edge: RunningStack) -> None:
+    with _tls(edge) as tls:
+        started = time.monotonic()
+        assert _read_all(tls, timeout=5) == b""
+        assert time.monotonic() - started < 4
+
+
+def test_body_that_trickles_is_408(edge: RunningStack) -> None:
+    path = f"/hes/meters/{_meter(edge)}/operations"
+    with _tls(edge, name="field-ops") as tls:
+        tls.sendall(b"POST " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"op")
+        raw = _read_all(tls, timeout=6)
+    assert _status(raw) == 408
+
+
+def test_tls_handshake_deadline(edge: RunningStack) -> None:
+    with socket.create_connection((HOST, edge.port), timeout=10) as sock:
+        started = time.monotonic()
+        sock.settimeout(6)
+        assert sock.recv(1024) == b""  # no ClientHello: closed by the server
+        assert time.monotonic() - started < 4
+
+
+def test_idle_keep_alive_is_closed(edge: RunningStack) -> None:
+    with _tls(edge) as tls:
+        tls.sendall(b"GET /itsm/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+        tls.settimeout(5)
+        first = tls.recv(65536)
+        assert _status(first) == 200
+        started = time.monotonic()
+        rest = _read_all(tls, timeout=6)
+        assert rest == b"" or _status(rest) == 0
+        assert time.monotonic() - started < 5
+
+
+def test_connections_per_tenant_are_capped(edge: RunningStack) -> None:
+    held = [_tls(edge, "sibelga") for _ in range(3)]
+    try:
+        for tls in held:  # a request each, so the server has admitted them
+            tls.sendall(b"GET /itsm/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+            tls.settimeout(5)
+            assert _status(tls.recv(65536)) == 200
+        fourth = _exchange(edge, _get("/itsm/tickets"), "sibelga")
+        assert fourth == b""  # closed before any HTTP byte
+        assert _status(_exchange(edge, _get("/itsm/tickets"), "resa")) == 200  # others fine
+    finally:
+        for tls in held:
+            tls.close()
+
+
+SMUGGLING = {
+    "cl-te": b"POST {op} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te-cl": b"POST {op} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+    "te-te": b"POST {op} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+             b"Transfer-Encoding: identity\r\n\r\n0\r\n\r\n",
+    "dup-cl": b"POST {op} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+              b"Content-Length: 3\r\n\r\n{{}}",
+    "signed-cl": b"POST {op} HTTP/1.1\r\nHost: x\r\nContent-Length: +2\r\n\r\n{{}}",
+    "te-obfuscated": b"POST {op} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: xchunked\r\n\r\n",
+    "te-space-colon": b"POST {op} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n",
+    "http10-te": b"POST {op} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n",
+    "obs-fold": b"GET {m} HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "bare-lf": b"GET {m} HTTP/1.1\nHost: x\n\n",
+    "bare-cr": b"GET {m} HTTP/1.1\r\nHost: x\rX-Y: z\r\n\r\n",
+    "nul": b"GET {m} HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n",
+    "space-before-colon": b"GET {m} HTTP/1.1\r\nHost : x\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(SMUGGLING))
+def test_ambiguous_framing_is_400_and_closed(edge: RunningStack, case: str) -> None:
+    meter = _meter(edge)
+    payload = SMUGGLING[case].replace(b"{op}", f"/hes/meters/{meter}/operations".encode()) \
+        .replace(b"{m}", f"/hes/meters/{meter}".encode()).replace(b"{{}}", b"{}")
+    edge.clear_sim_logs()
+    with _tls(edge, name="field-ops") as tls:
+        tls.sendall(payload + b"GET /itsm/tickets HTTP/1.1\r\nHost: x\r\n\r\n")
+        raw = _read_all(tls, timeout=5)
+    assert _status(raw) == 400, raw[:300]
+    assert raw.count(b"HTTP/1.") == 1  # closed: the smuggled second request is never read
+    for name in edge.stack.sim_ports:
+        assert edge.sim_log(name) == [], name
+
+
+def test_pipelined_requests_are_judged_one_by_one(edge: RunningStack) -> None:
+    own, foreign = _meter(edge, "ores"), _meter(edge, "fluvius")
+    raw = _exchange(edge, b"GET /hes/meters/" + own.encode() + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+                    + _get(f"/hes/meters/{foreign}"))
+    statuses = [int(code) for code in re.findall(rb"HTTP/1\.1 (\d{3}) ", raw)]
+    assert statuses == [200, 403]
+
+
+def test_upgrade_is_not_passed_through(edge: RunningStack) -> None:
+    edge.clear_sim_logs()
+    raw = _exchange(edge, _get("/itsm/tickets", b"Upgrade: h2c\r\nHTTP2-Settings: AAAA\r\n"))
+    assert _status(raw) == 200 and b"101" not in raw.split(b"\r\n")[0]
+    (entry,) = edge.sim_log("itsm")
+    assert "upgrade" not in entry["headers"] and "http2-settings" not in entry["headers"]
+
+
+def test_oversized_upstream_header_is_502(edge: RunningStack) -> None:
+    edge.fault("itsm", "bigheader")
+    try:
+        raw = _exchange(edge, _get("/itsm/tickets"))
+    finally:
+        edge.fault("itsm", "none")
+    assert _status(raw) == 502 and b"xxxxxxxx" not in raw
+
+
+def test_self_check_refuses_a_listener_without_client_auth(tmp_path: Path) -> None:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with pytest.raises(ConfigError, match="client certificates"):
+        self_check(ctx, EdgeLimits())
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    with pytest.raises(ConfigError, match="trust bundle is empty"):
+        self_check(ctx, EdgeLimits())
