@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,6 +33,7 @@ from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
+from gateway.core.quota import Quota, Quotas
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
 from gateway.edge import EdgeLimits
@@ -137,6 +139,8 @@ class DataPlane:
         self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
+        self.quotas = Quotas()
+        self.load_quotas()
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.clock = clock
@@ -177,7 +181,8 @@ class DataPlane:
             self._decide(ex, facts, relations, now)
             if ex.match.route.sensitive:
                 self._register_consultation(request, ex, now)
-            upstream = await self._forward(ex, target, forward_headers, body, request.method)
+            upstream = await self._forward_within_quota(ex, target, forward_headers, body,
+                                                        request.method)
             response = self._check(ex, facts, relations, upstream, now)
         except RequestRefused as exc:
             ex.reason = exc.reason
@@ -296,6 +301,24 @@ class DataPlane:
         if not decision.allowed:
             raise RequestRefused(decision.status, decision.reason)
 
+    async def _forward_within_quota(self, ex: _Exchange, target: Target,
+                                    headers: dict[str, str], body: bytes | None,
+                                    method: str) -> Any:
+        """Issue 8: a tenant's rate, concurrency and share of the upstream's
+        pool; one noisy tenant cannot starve the others."""
+        assert ex.match is not None
+        upstream = ex.match.route.upstream
+        tenant = ex.caller.tenant_id
+        pool = self.upstreams.upstreams[upstream].pool_size
+        wait = self.quotas.admit(tenant, upstream, pool, time.monotonic())
+        if wait is not None:
+            raise RequestRefused(429, "rate-limited",
+                                 headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        try:
+            return await self._forward(ex, target, headers, body, method)
+        finally:
+            self.quotas.release(tenant, upstream)
+
     async def _forward(self, ex: _Exchange, target: Target, headers: dict[str, str],
                        body: bytes | None, method: str) -> Any:
         assert ex.match is not None
@@ -385,6 +408,15 @@ class DataPlane:
         if find_leaks(body):
             raise UpstreamFailed(502, "pseudonymisation-leak")  # fail closed
         return replaced > 0
+
+    def load_quotas(self) -> None:
+        """Per-tenant quotas from ``tenants/`` (``[quota]``), default otherwise."""
+        quotas: dict[str, Quota] = {}
+        for tenant in self.resolver.registry:
+            quota = tenant.attributes.get("quota")
+            if isinstance(quota, Quota):
+                quotas[tenant.id] = quota
+        self.quotas.replace(quotas)
 
     def refuse_unparsed(self, request: web.BaseRequest, status: int,
                         reason: str) -> web.Response:

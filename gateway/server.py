@@ -348,6 +348,7 @@ class Gateway:
         relations = self._load_relations(self.config.relations)
         self.registry = registry
         self.data_plane.resolver.replace_registry(registry)
+        self.data_plane.load_quotas()
         self.signer.forget_cached()  # roles in cached assertions may have changed
         self._relations = relations
         # Server certificate, key and trust bundle files may have been replaced

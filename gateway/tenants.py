@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.core.identifiers import is_valid_gln
 from gateway.core.model import PRINCIPAL_KINDS, TENANT_KINDS, Principal, Tenant
+from gateway.core.quota import Quota
 from gateway.errors import ConfigError
 
 KNOWN_ROLES = frozenset(
@@ -20,7 +21,7 @@ KNOWN_ROLES = frozenset(
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",
-                          "hes_consortium", "push_endpoint", "principals"})
+                          "hes_consortium", "push_endpoint", "quota", "principals"})
 _PRINCIPAL_KEYS = frozenset({"kind", "name", "roles", "team"})
 
 
@@ -102,6 +103,9 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
     attributes: dict[str, object] = dict(flags)
+    quota = doc.get("quota")
+    if quota is not None:
+        attributes["quota"] = _parse_quota(quota, f"{where}: quota")
     endpoint = _str(doc, "push_endpoint", where, required=False)
     if endpoint is not None:
         if not endpoint.startswith("https://"):
@@ -111,6 +115,25 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
         attributes["ean_prefix"] = prefix
     assert name is not None and kind is not None
     return Tenant(tid, name, kind, gln, principals, attributes)
+
+
+def _parse_quota(raw: Any, where: str) -> Quota:
+    """Issue 8: a tenant's rate, burst and concurrency (noisy neighbours)."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = set(raw) - set(Quota.__dataclass_fields__)
+    if unknown:
+        raise _fail(where, sorted(unknown)[0], "unknown key")
+    base = Quota()
+    values: dict[str, Any] = {}
+    for name in Quota.__dataclass_fields__:
+        value = raw.get(name, getattr(base, name))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise _fail(where, name, "must be a positive number")
+        values[name] = int(value) if isinstance(getattr(base, name), int) else float(value)
+    if values["upstream_share"] > 1:
+        raise _fail(where, "upstream_share", "must be at most 1")
+    return Quota(**values)
 
 
 def _parse_principal(raw: Any, tenant: str, where: str) -> Principal:

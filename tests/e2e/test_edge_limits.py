@@ -235,3 +235,29 @@ def test_self_check_refuses_a_listener_without_client_auth(tmp_path: Path) -> No
     ctx.verify_mode = ssl.CERT_REQUIRED
     with pytest.raises(ConfigError, match="trust bundle is empty"):
         self_check(ctx, EdgeLimits())
+
+
+def test_noisy_neighbour_is_rate_limited_others_are_not(edge: RunningStack) -> None:
+    from gateway.core.quota import Quota
+
+    plane = edge.stack.gateway.data_plane
+    plane.quotas.set("proximus", Quota(rate_per_s=2, burst=3))
+    try:
+        noisy = [edge.client("proximus").get("/cmh/requests") for _ in range(8)]
+        quiet = [edge.client("orange").get("/cmh/requests") for _ in range(8)]
+    finally:
+        plane.load_quotas()
+    limited = [r for r in noisy if r.status == 429]
+    assert limited and all(r.headers["retry-after"].isdigit() for r in limited)
+    assert limited[0].json["incident"]
+    assert {r.status for r in quiet} == {200}  # the neighbour sees no error
+
+
+def test_tenant_quota_is_declared_in_its_file(tmp_path: Path) -> None:
+    from gateway.tenants import load_tenants
+
+    (tmp_path / "acme.toml").write_text(
+        'id = "acme"\nname = "A"\nkind = "dso"\n[quota]\nrate_per_s = 5\nburst = 10\n'
+        'concurrency = 2\n[[principals]]\nkind = "service"\nname = "api"\n')
+    quota = load_tenants(tmp_path).tenants["acme"].attributes["quota"]
+    assert (quota.rate_per_s, quota.burst, quota.concurrency) == (5.0, 10, 2)  # type: ignore[attr-defined]
