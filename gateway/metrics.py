@@ -51,6 +51,9 @@ class GatewayMetrics:
         self.upstream_up = Gauge(
             "gateway_upstream_up", "1 when the last health probe of the upstream succeeded.",
             ["upstream"], registry=r)
+        self.upstream_circuit_open = Gauge(
+            "gateway_upstream_circuit_open", "1 while the circuit breaker to an upstream is open.",
+            ["upstream"], registry=r)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream calls, by kind.",
             ["upstream", "kind"], registry=r)

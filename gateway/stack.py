@@ -125,7 +125,7 @@ class Stack:
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, gateway_settings: str = "",
                  run_gateway: bool = True, soc_syslog: str | None = None,
-                 limits: str = "") -> None:
+                 limits: str = "", upstream_ports: dict[str, int] | None = None) -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -139,6 +139,9 @@ class Stack:
         self.run_gateway = run_gateway
         self.soc_syslog = soc_syslog
         self.limits = limits  # `key = value` lines for a [limits] table (tests)
+        # Where the gateway reaches an upstream, if not the simulator itself
+        # (tests put a fault proxy in between).
+        self.upstream_ports = upstream_ports or {}
         self.config_path = work_dir / "gateway.toml"
         self.gateway_ports = (0, 0, 0)  # (data, ops, admin) when another process runs it
         self.control_token = secrets.token_hex(16)
@@ -186,7 +189,8 @@ class Stack:
                      relations=relations, data_dir=self.work_dir,
                      data_port=data_sock.getsockname()[1], ops_port=ops_port,
                      admin_port=admin_sock.getsockname()[1],
-                     sim_ports=self.sim_ports, upstream_timeout_s=self.upstream_timeout_s,
+                     sim_ports={**self.sim_ports, **self.upstream_ports},
+                     upstream_timeout_s=self.upstream_timeout_s,
                      health_interval_s=self.health_interval_s,
                      receivers_port=self.receivers_port,
                      push_tenants=tuple(t.id for t in self.registry

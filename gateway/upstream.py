@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,6 +19,45 @@ from gateway.metrics import GatewayMetrics
 from gateway.tls import upstream_context
 
 log = logging.getLogger("gateway.upstream")
+
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+class _Retryable(Exception):
+    """The connection failed before any answer (internal to the pool)."""
+
+
+class Breaker:
+    """Closed -> (``failures`` consecutive failures) -> open for ``open_s``:
+    calls fail fast -> half-open: one probe; success closes, failure reopens."""
+
+    def __init__(self, failures: int = 5, open_s: float = 5.0) -> None:
+        self.threshold = failures
+        self.open_s = open_s
+        self.state = "closed"
+        self.failures = 0
+        self.opened_at = 0.0
+
+    def allow(self, now: float) -> bool:
+        if self.state == "closed":
+            return True
+        if self.state == "open" and now - self.opened_at >= self.open_s:
+            self.state = "half-open"  # let exactly one probe through
+            return True
+        return False
+
+    def success(self) -> None:
+        self.state, self.failures = "closed", 0
+
+    def failure(self, now: float) -> bool:
+        """Count a failure; True when this one opened the circuit."""
+        self.failures += 1
+        if self.state == "half-open" or self.failures >= self.threshold:
+            opened = self.state != "open"
+            self.state, self.opened_at = "open", now
+            return opened
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +74,8 @@ class UpstreamPool:
         self.metrics = metrics
         self._sessions: dict[str, aiohttp.ClientSession] = {}
         self.up: dict[str, bool] = {name: False for name in upstreams}
+        self.breakers = {name: Breaker(up.breaker_failures, up.breaker_open_s)
+                         for name, up in upstreams.items()}
         self._health_task: asyncio.Task[None] | None = None
 
     async def start(self, health_interval_s: float) -> None:
@@ -59,11 +101,48 @@ class UpstreamPool:
 
     async def call(self, upstream: str, method: str, target: str, headers: Mapping[str, str],
                    body: bytes | None) -> UpstreamResponse:
+        """One call, through the upstream's circuit breaker. A connection that
+        fails before any answer is retried once, for idempotent methods only."""
+        breaker = self.breakers[upstream]
+        if not breaker.allow(time.monotonic()):
+            self.metrics.upstream_errors.labels(upstream, "circuit-open").inc()
+            raise UpstreamFailed(503, "upstream-circuit-open")  # fail fast, no pile-up
+        attempts = 2 if method in IDEMPOTENT else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                response = await self._call_once(upstream, method, target, headers, body)
+            except _Retryable as exc:
+                if attempt < attempts:
+                    self.metrics.upstream_errors.labels(upstream, "retried").inc()
+                    continue
+                self._failed(upstream, breaker)
+                raise UpstreamFailed(502, "upstream-unreachable") from exc.__cause__
+            except UpstreamFailed as exc:
+                if exc.status >= 502:
+                    self._failed(upstream, breaker)
+                raise
+            if response.status >= 500:
+                self._failed(upstream, breaker)
+            else:
+                breaker.success()
+                self.metrics.upstream_circuit_open.labels(upstream).set(0)
+            return response
+        raise AssertionError("unreachable")
+
+    def _failed(self, upstream: str, breaker: Breaker) -> None:
+        if breaker.failure(time.monotonic()):
+            log.warning("circuit to upstream %s opened", upstream)
+            self.metrics.upstream_circuit_open.labels(upstream).set(1)
+
+    async def _call_once(self, upstream: str, method: str, target: str,
+                         headers: Mapping[str, str], body: bytes | None) -> UpstreamResponse:
         session = self._sessions[upstream]
         limit = self.upstreams[upstream].max_response_bytes
+        got_answer = False
         try:
             async with session.request(method, target, headers=headers, data=body,
                                        allow_redirects=False) as resp:
+                got_answer = True
                 if resp.content_length is not None and resp.content_length > limit:
                     raise UpstreamFailed(502, "upstream-response-too-large")
                 chunks: list[bytes] = []
@@ -83,7 +162,11 @@ class UpstreamPool:
             raise UpstreamFailed(504, "upstream-timeout") from exc
         except aiohttp.ClientError as exc:
             self.metrics.upstream_errors.labels(upstream, "connection").inc()
-            raise UpstreamFailed(502, "upstream-unreachable") from exc
+            if not got_answer:
+                # Nothing came back: safe to retry an idempotent request.
+                raise _Retryable() from exc
+            # A body cut off mid-way: never a clean answer.
+            raise UpstreamFailed(502, "upstream-reset") from exc
 
     async def admin_call(self, upstream: str, path: str, body: dict[str, object],
                          authorization: str) -> dict[str, object]:
