@@ -35,7 +35,7 @@ class Upstream:
     timeout_s: float = 10 * SECONDS
     connect_timeout_s: float = 2 * SECONDS
     max_response_bytes: int = 8 * MiB
-    pool_size: int = 64
+    pool_size: int = 128
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_open_s: float = 5.0  # then one probe after this long
 
@@ -128,7 +128,7 @@ class GatewayConfig:
             upstreams[name] = Upstream(
                 name, url.rstrip("/"), u.opt_path("ca"),
                 u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
-                int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 64)),
+                int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 128)),
                 int(u.number("breaker_failures", 5)), u.number("breaker_open_s", 5.0))
         ca = None
         if r._get("ca") is not None:

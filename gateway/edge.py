@@ -16,6 +16,8 @@ TLS handshake                   10 s       connection closed
 idle keep-alive                 15 s       connection closed
 connections per listener        10,000     new connection closed at once
 connections per tenant          1,000      new connection closed at once
+requests in flight              512        503 + Retry-After (load shedding)
+memory (RSS)                    1 GiB      503 + Retry-After until back under
 ==============================  =========  ==========================================
 
 aiohttp has no header-read timeout and no header-block cap; both are added
@@ -49,6 +51,8 @@ class EdgeLimits:
     keepalive_timeout_s: float = 15.0
     max_connections: int = 10_000
     max_connections_per_tenant: int = 1_000
+    max_in_flight: int = 512  # requests being handled at once; beyond: 503 (shed load)
+    memory_budget_mb: int = 1024  # RSS above it: new requests get 503 until it drops
 
     @property
     def max_url_bytes(self) -> int:
@@ -72,7 +76,8 @@ def self_check(context: ssl.SSLContext, limits: EdgeLimits) -> None:
         raise ConfigError("self-check: TLS older than 1.2 is allowed")
     for name in ("max_request_line_bytes", "max_header_bytes", "max_header_block_bytes",
                  "max_headers", "header_timeout_s", "body_timeout_s", "handshake_timeout_s",
-                 "keepalive_timeout_s", "max_connections", "max_connections_per_tenant"):
+                 "keepalive_timeout_s", "max_connections", "max_connections_per_tenant",
+                 "max_in_flight", "memory_budget_mb"):
         if not getattr(limits, name) > 0:
             raise ConfigError(f"self-check: limit {name} is not applied")
 
@@ -110,3 +115,15 @@ class ConnectionBook:
             self.per_tenant[tenant] -= 1
             if self.per_tenant[tenant] <= 0:
                 del self.per_tenant[tenant]
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE")

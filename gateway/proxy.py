@@ -140,6 +140,8 @@ class DataPlane:
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
         self.quotas = Quotas()
+        self.in_flight = 0
+        self.over_memory_budget = False  # set by the server's memory watch
         self.load_quotas()
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
@@ -161,6 +163,20 @@ class DataPlane:
         return response
 
     async def _pipeline(self, request: web.BaseRequest, ex: _Exchange) -> web.StreamResponse:
+        if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
+            # Shed load fast and cheaply: no identity, no upstream, no parsing.
+            ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
+            response = self._problem(503, ex, headers={"Retry-After": "1"})
+            self._account(ex, request, response)
+            return response
+        self.in_flight += 1
+        try:
+            return await self._pipeline_admitted(request, ex)
+        finally:
+            self.in_flight -= 1
+
+    async def _pipeline_admitted(self, request: web.BaseRequest,
+                                 ex: _Exchange) -> web.StreamResponse:
         try:
             self._edge(request)
             if not getattr(self.audit, "writable", True):

@@ -29,7 +29,7 @@ from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations import RelationIndex
 from gateway.credentials import AdminRefused, Credentials
-from gateway.edge import ConnectionBook, EdgeLimits
+from gateway.edge import ConnectionBook, EdgeLimits, rss_bytes
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
 from gateway.identity import CallerResolver
@@ -409,6 +409,8 @@ class Gateway:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
+                budget = self.config.limits.memory_budget_mb * 1024 * 1024
+                self.data_plane.over_memory_budget = rss_bytes() > budget
                 self.credentials.maintain()
                 await self.breakglass.maintain()
                 now = time.monotonic()

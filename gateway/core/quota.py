@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Quota:
-    rate_per_s: float = 500.0  # sustained requests per second
-    burst: int = 1000  # bucket size
-    concurrency: int = 64  # requests in flight at once
+    # Defaults are generous: a tenant file sets its own (``[quota]``).
+    rate_per_s: float = 2000.0  # sustained requests per second
+    burst: int = 4000  # bucket size
+    concurrency: int = 128  # requests in flight at once
     upstream_share: float = 0.5  # at most this part of one upstream's pool
 
 
