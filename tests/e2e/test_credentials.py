@@ -38,10 +38,11 @@ def lone(tmp_path: Path) -> Iterator[RunningStack]:
 
 
 def admin(gw: RunningStack, method: str, path: str, body: Any = None,
-          who: str = "alice") -> Response:
-    ctx = gw.context("ores", who)
+          who: str = "alice", tenant: str = "ores") -> Response:
+    """A call to the admin plane as ``tenant/who`` (the security team by default)."""
+    ctx = gw.context(tenant, who)
     conn = http.client.HTTPSConnection(HOST, gw.stack.gateway.admin_port, context=ctx,
-                                       timeout=15)
+                                       timeout=30)
     try:
         data = json.dumps(body).encode() if body is not None else None
         conn.request(method, path, body=data, headers={"Content-Type": "application/json"})

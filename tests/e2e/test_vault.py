@@ -38,16 +38,7 @@ def lone(tmp_path: Path) -> Iterator[RunningStack]:
 
 def as_(gw: RunningStack, who: str, method: str, path: str, body: Any = None,
         tenant: str = "ores") -> Response:
-    ctx = gw.context(tenant, who)
-    conn = http.client.HTTPSConnection(HOST, gw.stack.gateway.admin_port, context=ctx,
-                                       timeout=30)
-    try:
-        data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
-    finally:
-        conn.close()
+    return admin(gw, method, path, body, who=who, tenant=tenant)
 
 
 def whoami(gw: RunningStack, upstream: str, account: str, password: str) -> int:
