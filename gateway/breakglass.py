@@ -184,7 +184,7 @@ class BreakGlass:
         password = secrets.token_urlsafe(24)
         self.vault.put(account_secret_id(case.account), password.encode(), kind="account",
                        labels={"upstream": upstream})
-        auth = self.upstream_creds.header(upstream) or ""
+        auth = self.upstream_creds.admin_authorization(upstream)
         try:
             await self.pool.admin_call(upstream, f"/_admin/accounts/{case.account}/password",
                                        {"password": password}, auth)

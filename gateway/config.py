@@ -38,6 +38,7 @@ class Upstream:
     pool_size: int = 128
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_open_s: float = 5.0  # then one probe after this long
+    credential: str = "bearer"  # how the shared system takes the gateway's credential
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +130,8 @@ class GatewayConfig:
                 name, url.rstrip("/"), u.opt_path("ca"),
                 u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
                 int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 128)),
-                int(u.number("breaker_failures", 5)), u.number("breaker_open_s", 5.0))
+                int(u.number("breaker_failures", 5)), u.number("breaker_open_s", 5.0),
+                _credential_scheme(u._get("credential"), f"{source}: upstreams.{name}"))
         ca = None
         if r._get("ca") is not None:
             c = _Reader(r.table("ca"), base, source, "ca.")
@@ -196,6 +198,14 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             source=source,
         )
+
+
+def _credential_scheme(value: Any, where: str) -> str:
+    if value is None:
+        return "bearer"
+    if value not in ("bearer", "api-key", "basic"):
+        raise ConfigError(f"{where}.credential: must be bearer, api-key or basic")
+    return str(value)
 
 
 def _syslog_url(value: Any, source: str) -> str | None:

@@ -115,7 +115,7 @@ class DataPlane:
         signer: AssertionSigner,
         audit: AuditSink,
         metrics: GatewayMetrics,
-        upstream_auth: Callable[[str], str | None] = lambda upstream: None,
+        upstream_auth: Callable[[str], tuple[str, str] | None] = lambda upstream: None,
         push: PushService | None = None,
         soc: SecurityEvents | None = None,
         usage: UsageLedger | None = None,
@@ -343,7 +343,7 @@ class DataPlane:
         credential = self.upstream_auth(route.upstream)
         if credential is not None:
             # SECURITY: injected here, never shown to a tenant, logged or audited.
-            headers["Authorization"] = credential
+            headers[credential[0]] = credential[1]
         headers["X-Request-Id"] = ex.incident
         if body is not None:
             headers["Content-Type"] = JSON

@@ -27,6 +27,8 @@ from gateway.upstream_auth import new_token, token_id
 from gateway.vault import MasterKeys, SecretNotFound, Vault
 
 TRUST_DOMAIN = "shared-grid.test"
+# Each demo system takes the gateway's credential in another form.
+DEMO_CREDENTIALS = {"hes": "bearer", "clearing": "api-key", "cmh": "basic", "itsm": "bearer"}
 LOOPBACK = "127.0.0.1"
 
 
@@ -115,6 +117,7 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
     ]
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
+                  f'credential = "{DEMO_CREDENTIALS[name]}"',
                   f'ca = "{pki.ca_cert.resolve()}"', f"timeout_s = {upstream_timeout_s}"]
     path.write_text("\n".join(lines) + "\n")
 

@@ -12,6 +12,7 @@ days) and can be forced by the security team.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -34,6 +35,18 @@ def new_token() -> str:
     return "gw_" + secrets.token_urlsafe(32)
 
 
+SCHEMES = ("bearer", "api-key", "basic")
+
+
+def credential_header(scheme: str, token: str) -> tuple[str, str]:
+    """How a shared system takes the gateway's credential."""
+    if scheme == "api-key":
+        return "X-Api-Key", token
+    if scheme == "basic":
+        return "Authorization", "Basic " + base64.b64encode(f"gateway:{token}".encode()).decode()
+    return "Authorization", "Bearer " + token
+
+
 class UpstreamCredentials:
     def __init__(self, vault: Vault, pool: UpstreamPool, metrics: GatewayMetrics, *,
                  max_age: timedelta = timedelta(days=90), grace_s: float = 10.0,
@@ -44,14 +57,16 @@ class UpstreamCredentials:
         self.max_age = max_age
         self.grace_s = grace_s  # how long a request in flight may still use the old token
         self.clock = clock
-        self._headers: dict[str, str] = {}
+        self._tokens: dict[str, str] = {}
+        self._headers: dict[str, tuple[str, str]] = {}
+        self.schemes = {name: up.credential for name, up in pool.upstreams.items()}
         self._rotating: set[str] = set()
 
     def load(self, upstreams: Iterable[str]) -> None:
         """Read every upstream's current token from the vault (at start)."""
         for name in upstreams:
             try:
-                self._headers[name] = "Bearer " + self.vault.get(token_id(name)).decode()
+                self._use(name, self.vault.get(token_id(name)).decode())
             except SecretNotFound:
                 log.warning("no service credential for upstream %s in the vault", name)
 
@@ -60,34 +75,43 @@ class UpstreamCredentials:
         token = new_token()
         self.vault.put(token_id(upstream), token.encode(), kind=KIND,
                        labels={"upstream": upstream})
-        self._headers[upstream] = "Bearer " + token
+        self._use(upstream, token)
         return token
 
-    def header(self, upstream: str) -> str | None:
-        """The Authorization value to inject (hot path: a dict lookup)."""
+    def _use(self, upstream: str, token: str) -> None:
+        self._tokens[upstream] = token
+        self._headers[upstream] = credential_header(self.schemes.get(upstream, "bearer"), token)
+
+    def header(self, upstream: str) -> tuple[str, str] | None:
+        """The header to inject (hot path: a dict lookup)."""
         return self._headers.get(upstream)
+
+    def admin_authorization(self, upstream: str) -> str:
+        """The shared system's own admin API takes the token as a bearer."""
+        token = self._tokens.get(upstream)
+        return "" if token is None else "Bearer " + token
 
     async def rotate(self, upstream: str) -> int:
         """Rotate with two slots; returns the new vault version."""
         if upstream in self._rotating:
             raise UpstreamFailed(409, "rotation-in-progress")
-        current = self._headers.get(upstream)
+        current = self._tokens.get(upstream)
         if current is None:
             raise UpstreamFailed(404, "no-credential")
         self._rotating.add(upstream)
         try:
             token = new_token()
             # 1. The upstream accepts the new token (authenticated with the old one).
-            await self.pool.admin_call(upstream, "/_admin/credentials", {"add": token}, current)
+            await self.pool.admin_call(upstream, "/_admin/credentials", {"add": token},
+                                       "Bearer " + current)
             # 2. The vault keeps it; new requests use it from here on.
             meta = self.vault.put(token_id(upstream), token.encode(), kind=KIND,
                                   labels={"upstream": upstream})
-            self._headers[upstream] = "Bearer " + token
+            self._use(upstream, token)
             # 3. Requests in flight with the old token finish, then it is retired.
             await asyncio.sleep(self.grace_s)
             await self.pool.admin_call(upstream, "/_admin/credentials",
-                                       {"retire": current.removeprefix("Bearer ")},
-                                       "Bearer " + token)
+                                       {"retire": current}, "Bearer " + token)
             self.vault.delete_versions_before(token_id(upstream), meta.version)
             return meta.version
         finally:
@@ -96,7 +120,7 @@ class UpstreamCredentials:
     def due(self) -> list[str]:
         now = self.clock()
         out = []
-        for name in self._headers:
+        for name in self._tokens:
             try:
                 age = now - self.vault.meta(token_id(name)).created
             except SecretNotFound:

@@ -19,6 +19,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,9 +43,29 @@ class SimSecrets:
         return cls([_digest(service_token)], {n: _digest(p) for n, p in accounts.items()})
 
     def token_ok(self, header: str | None) -> bool:
+        """``Bearer <token>`` (also how the admin API authenticates)."""
         if not header or not header.startswith("Bearer "):
             return False
-        digest = _digest(header[7:])
+        return self._known(header[7:])
+
+    def request_ok(self, headers: Mapping[str, str]) -> bool:
+        """The service credential in whichever form the gateway injects it:
+        a bearer token, an API key header, or basic auth as user ``gateway``."""
+        auth = headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            return self._known(auth[7:])
+        if auth.startswith("Basic "):
+            try:
+                user, _, password = base64.b64decode(auth[6:], validate=True).decode() \
+                    .partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return user == "gateway" and self._known(password)
+        key = headers.get("X-Api-Key")
+        return key is not None and self._known(key)
+
+    def _known(self, token: str) -> bool:
+        digest = _digest(token)
         return any(hmac.compare_digest(digest, t) for t in self.service_tokens)
 
     def account_ok(self, header: str | None) -> str | None:

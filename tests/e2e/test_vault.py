@@ -297,3 +297,14 @@ def test_online_rekey(lone: RunningStack) -> None:
     keys = MasterKeys.from_file(key_file)
     assert list(keys.keys) == [before + 1]  # only the new version is needed now
     assert lone.stack.gateway.vault.get(token_id("hes"))
+
+
+def test_each_system_gets_the_credential_in_its_own_form(gw: RunningStack) -> None:
+    # bearer (HES, IT platform), API key header (clearing), basic auth (portal)
+    gw.clear_sim_logs()
+    for tenant, path in (("ores", "/hes/meters"), ("ores", "/clearing/access-points"),
+                         ("ores", "/cmh/requests"), ("ores", "/itsm/tickets")):
+        assert gw.client(tenant).get(path).status == 200, path
+    assert "x-api-key" in gw.sim_log("clearing")[0]["headers"]
+    assert "authorization" not in gw.sim_log("clearing")[0]["headers"]
+    assert "authorization" in gw.sim_log("cmh")[0]["headers"]
