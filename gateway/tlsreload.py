@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
 from gateway.pki import write_private
-from gateway.tls import TLS12_CIPHERS
+from gateway.tls import server_policy_context
 
 _PEM = serialization.Encoding.PEM
 _CRL_BEGIN = b"-----BEGIN X509 CRL-----"
@@ -171,20 +171,10 @@ def check_material(material: TlsMaterial, *, check_crl: bool,
 
 
 def _policy_context(check_crl: bool) -> ssl.SSLContext:
-    """gateway.tls.server_context's policy, without the material."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # issue 2: TLS 1.2+
-    ctx.set_ciphers(TLS12_CIPHERS)  # no CBC, no RSA key exchange, no SHA-1 MACs
-    ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME
-    ctx.options |= ssl.OP_NO_RENEGOTIATION  # client-initiated renegotiation DoS
-    ctx.options |= ssl.OP_SINGLE_ECDH_USE
-    # SECURITY: resumption skips client-certificate checks (see module doc).
-    ctx.options |= ssl.OP_NO_TICKET  # no TLS 1.2 tickets (also Mozilla: forward secrecy)
-    ctx.num_tickets = 0  # no TLS 1.3 tickets: TLS 1.3 never resumes
-    ctx.verify_mode = ssl.CERT_REQUIRED  # SECURITY: no certificate, no connection
-    if check_crl:
-        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF  # a leaf needs its CA's CRL
-    return ctx
+    """The listeners' TLS policy, without the material: one function for all
+    (gateway.tls.server_policy_context: versions, ciphers, the key-exchange
+    group, no tickets, client certificate required, CRL checks)."""
+    return server_policy_context(check_crl)
 
 
 def _build_context(checked: _Checked, check_crl: bool) -> ssl.SSLContext:
