@@ -6,6 +6,7 @@ error names the file, the key and what is wrong, at start-up.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -168,6 +169,11 @@ class GatewayConfig:
             limits = EdgeLimits(**{  # type: ignore[arg-type]
                 k: (int(v) if isinstance(getattr(limits, k), int) else v)
                 for k, v in values.items()})
+        ops = r.listener("listeners.ops", Listener("127.0.0.1", 9102))
+        if not _loopback(ops.host) and r._get("listeners.ops.allow_non_loopback") is not True:
+            # The ops plane is plain HTTP: keep it off the network unless told.
+            raise ConfigError(f"{source}: listeners.ops.host: {ops.host!r} is not a loopback "
+                              "address (set allow_non_loopback = true to mean it)")
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -177,7 +183,7 @@ class GatewayConfig:
             server_key=r.path("tls.key"),
             trust_bundle=r.path("tls.trust_bundle"),
             data=r.listener("listeners.data", Listener("127.0.0.1", 8443)),
-            ops=r.listener("listeners.ops", Listener("127.0.0.1", 9102)),
+            ops=ops,
             admin=r.listener("listeners.admin", Listener("127.0.0.1", 8444)),
             ca=ca,
             vault=vault,
@@ -198,6 +204,13 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             source=source,
         )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _credential_scheme(value: Any, where: str) -> str:

@@ -119,6 +119,7 @@ class Credentials:
         self.view = RevocationView()
         self.crl = b""
         self._crls: tuple[bytes, ...] = ()
+        self._crl_signed_at: datetime | None = None
         self._lock = threading.RLock()
         self._seen: dict[PrincipalKey, datetime] = {}
         # Called (and awaited by the admin plane) after a principal is disabled.
@@ -184,6 +185,7 @@ class Credentials:
                 crls.append(crl_pem(crl))
             self.crl = b"".join(crls)
             self._crls = tuple(crls)
+            self._crl_signed_at = self.clock()
             if cas:
                 bundle = "".join(c.cert_pem for c in cas).encode()
                 if self.trust_bundle.read_bytes() != bundle:
@@ -351,6 +353,11 @@ class Credentials:
                     self.record_admin_event("gateway", "ca-retire", ca_rec.id,
                                             "CA overlap ended", "done")
                     changed = True
+            # The CRLs are re-signed well before they expire: an expired CRL
+            # would refuse every handshake (the listeners check it).
+            if self._crl_signed_at is not None and \
+                    now - self._crl_signed_at >= self.crl_next_update / 2:
+                changed = True
             if changed:
                 self.refresh()
             self.keyring.maintain(now)

@@ -382,7 +382,8 @@ class Gateway:
             self.credentials, self.resolver, self.metrics,
             extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                        self.rekey), usage_routes(self.usage, self.store)))
-        admin_runner = web.AppRunner(admin_app, access_log=None)
+        # The admin plane gets the same line, header and keep-alive limits.
+        admin_runner = web.AppRunner(admin_app, access_log=None, **limits.server_kwargs())
         await admin_runner.setup()
         await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
                       handshake_timeout_s=limits.handshake_timeout_s).start()

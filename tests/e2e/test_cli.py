@@ -143,3 +143,14 @@ def test_example_config_is_valid() -> None:
     assert cfg.data.port == 8443 and cfg.ops.host == "127.0.0.1"
     assert set(cfg.upstreams) == {"hes", "clearing", "cmh", "itsm"}
     assert cfg.tenants_dir.resolve() == (REPO / "tenants").resolve()
+
+
+def test_ops_plane_stays_on_loopback(tmp_path: Path) -> None:
+    text = (REPO / "deploy" / "gateway.example.toml").read_text()
+    cfg = tmp_path / "deploy" / "gateway.toml"
+    cfg.parent.mkdir()
+    cfg.write_text(text.replace('[listeners.ops]                          # plain HTTP: keep it '
+                                'on loopback\nhost = "127.0.0.1"',
+                                '[listeners.ops]\nhost = "0.0.0.0"'))
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        GatewayConfig.from_toml(cfg)

@@ -13,6 +13,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -424,3 +425,20 @@ def test_state_survives_a_restart(tmp_path: Path) -> None:
         assert kids <= {k["kid"] for k in again.ops("/.well-known/jwks.json").json["keys"]}
     finally:
         again.stop()
+
+
+def test_crl_is_resigned_before_it_expires(tmp_path: Path) -> None:
+    # An expired CRL would refuse every handshake: maintenance re-signs it at
+    # half its validity.
+    gw = start_stack(tmp_path, gateway_settings=FAST)
+    try:
+        creds = gw.stack.gateway.credentials
+        creds.crl_next_update = timedelta(seconds=2)
+        creds.refresh()
+        first = x509.load_pem_x509_crl(gw.ops("/crl.pem").body).next_update_utc
+        time.sleep(2.5)  # past the first CRL's nextUpdate
+        crl = x509.load_pem_x509_crl(gw.ops("/crl.pem").body)
+        assert crl.next_update_utc > first
+        assert gw.client("ores").get("/itsm/tickets").status == 200  # new handshake works
+    finally:
+        gw.stop()
