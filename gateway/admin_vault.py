@@ -51,7 +51,7 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
 
         async def rotate_upstream(request: web.Request, doc: Body) -> Any:
             name = request.match_info["upstream"]
-            if upstream_creds.header(name) is None:
+            if name not in upstream_creds.schemes:
                 raise AdminRefused(404, "unknown-upstream", f"no credential for {name!r}")
             version = await upstream_creds.rotate(name)
             return {"upstream": name, "version": version}

@@ -216,8 +216,8 @@ def _loopback(host: str) -> bool:
 def _credential_scheme(value: Any, where: str) -> str:
     if value is None:
         return "bearer"
-    if value not in ("bearer", "api-key", "basic"):
-        raise ConfigError(f"{where}.credential: must be bearer, api-key or basic")
+    if value not in ("bearer", "api-key", "basic", "mtls"):
+        raise ConfigError(f"{where}.credential: must be bearer, api-key, basic or mtls")
     return str(value)
 
 

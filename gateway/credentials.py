@@ -328,6 +328,12 @@ class Credentials:
         self.refresh()
         return new
 
+    def issue_upstream_identity(self, uri: str) -> tuple[bytes, bytes]:
+        """A client certificate for the gateway itself at an mTLS upstream."""
+        _, ca = self.active_ca()
+        issued = ca.issue_client(uri, now=self.clock())
+        return issued.cert_pem(), issued.key_pem()
+
     def rotate_signing_key(self) -> str:
         return self.keyring.rotate().kid
 

@@ -48,7 +48,7 @@ from gateway.tenants import load_tenants
 from gateway.tls import client_context
 from gateway.tlsreload import ServerTls
 from gateway.upstream import UpstreamPool
-from gateway.upstream_auth import UpstreamCredentials
+from gateway.upstream_auth import UpstreamCredentials, identity_uri
 from gateway.usage import UsageLedger
 from gateway.vault import MasterKeys, SecretNotFound, Vault, VaultLocked
 
@@ -263,6 +263,10 @@ class Gateway:
             self.vault, self.upstreams, self.metrics,
             max_age=timedelta(days=vc.upstream_max_age_days), grace_s=vc.rotation_grace_s)
         self.upstream_creds.load(config.upstreams)
+        # mTLS upstreams: the client certificate (from the vault) is the credential.
+        self.upstreams.client_identity = self.upstream_creds.client_identity
+        self.upstream_creds.issue_identity = lambda name: \
+            self.credentials.issue_upstream_identity(identity_uri(config.trust_domain, name))
         self.breakglass = BreakGlass(
             store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
             upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,

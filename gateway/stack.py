@@ -4,6 +4,7 @@ tests (port 0 everywhere, so a running demo and the suite never collide)."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import socket
 import ssl
@@ -23,12 +24,12 @@ from gateway.server import Gateway, bind
 from gateway.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
 from gateway.simulators.receivers import build_receivers
 from gateway.tenants import TenantRegistry, load_tenants
-from gateway.upstream_auth import new_token, token_id
+from gateway.upstream_auth import identity_id, identity_uri, new_token, token_id
 from gateway.vault import MasterKeys, SecretNotFound, Vault
 
 TRUST_DOMAIN = "shared-grid.test"
 # Each demo system takes the gateway's credential in another form.
-DEMO_CREDENTIALS = {"hes": "bearer", "clearing": "api-key", "cmh": "basic", "itsm": "bearer"}
+DEMO_CREDENTIALS = {"hes": "bearer", "clearing": "api-key", "cmh": "basic", "itsm": "mtls"}
 LOOPBACK = "127.0.0.1"
 
 
@@ -173,12 +174,16 @@ class Stack:
             sim_socks[name] = bind(LOOPBACK, self.ports.simulators.get(name, 0))
             self.sim_ports[name] = sim_socks[name].getsockname()[1]
         sim_secrets = self._provision_secrets()
+        mtls_tls = _simulator_tls(self.pki)
+        mtls_tls.verify_mode = ssl.CERT_OPTIONAL  # the gateway's certificate is checked
+        mtls_tls.load_verify_locations(cafile=str(self.pki.ca_cert))  # per request
         for name, sock in sim_socks.items():
             app = build_simulator(name, self.dataset, keys, self.control_token,
                                   sim_secrets[name])
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            await web.SockSite(runner, sock, ssl_context=sim_tls).start()
+            tls = mtls_tls if DEMO_CREDENTIALS[name] == "mtls" else sim_tls
+            await web.SockSite(runner, sock, ssl_context=tls).start()
             self._runners.append(runner)
         receivers_sock = bind(LOOPBACK, self.ports.receivers)
         self.receivers_port = receivers_sock.getsockname()[1]
@@ -254,7 +259,18 @@ class Stack:
                     password = secrets.token_urlsafe(24)
                     vault.put(account_secret_id(account), password.encode(), kind="account",
                               labels={"upstream": name})
-                out[name] = SimSecrets.initial(token, {account: password})
+                client_uri = None
+                if DEMO_CREDENTIALS[name] == "mtls":
+                    client_uri = identity_uri(self.trust_domain, name)
+                    try:
+                        vault.get(identity_id(name))
+                    except SecretNotFound:
+                        issued = self.pki.authority().issue_client(client_uri)
+                        vault.put(identity_id(name), json.dumps(
+                            {"cert": issued.cert_pem().decode(),
+                             "key": issued.key_pem().decode()}).encode(),
+                            kind="client-cert", labels={"upstream": name})
+                out[name] = SimSecrets.initial(token, {account: password}, client_uri)
             return out
         finally:
             vault.close()

@@ -6,6 +6,7 @@ import _ssl
 import ctypes
 import functools
 import logging
+import os
 import ssl
 import sys
 from pathlib import Path
@@ -120,14 +121,29 @@ def server_context(cert: Path, key: Path, trust_bundle: Path) -> ssl.SSLContext:
     return ctx
 
 
-def upstream_context(ca: Path | None, cert: Path | None = None, key: Path | None = None
+def upstream_context(ca: Path | None, identity: tuple[bytes, bytes] | None = None
                      ) -> ssl.SSLContext:
-    """Client context for the gateway's calls to a shared system."""
+    """Client context for the gateway's calls to a shared system; with
+    ``identity`` (certificate and key PEM, from the vault) it presents a
+    client certificate: upstream mTLS as the gateway's credential (issue 4)."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if cert is not None and key is not None:
-        ctx.load_cert_chain(str(cert), str(key))  # upstream mTLS (issue 4)
+    if identity is not None:
+        load_chain_from_pem(ctx, *identity)
     return ctx
+
+
+def load_chain_from_pem(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
+    """``load_cert_chain`` wants files: a private directory, gone at once."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="gw-tls-") as tmp:  # mode 0700
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert.write_bytes(cert_pem)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(key_pem)
+        ctx.load_cert_chain(str(cert), str(key))
 
 
 def client_context(ca: Path, cert: Path | None = None, key: Path | None = None

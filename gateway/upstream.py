@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
@@ -76,18 +77,34 @@ class UpstreamPool:
         self.up: dict[str, bool] = {name: False for name in upstreams}
         self.breakers = {name: Breaker(up.breaker_failures, up.breaker_open_s)
                          for name, up in upstreams.items()}
+        # The client certificate an upstream takes as the gateway's credential
+        # (set by the vault side before start).
+        self.client_identity: Callable[[str], tuple[bytes, bytes] | None] = lambda name: None
         self._health_task: asyncio.Task[None] | None = None
 
+    def _session(self, name: str) -> aiohttp.ClientSession:
+        up = self.upstreams[name]
+        ssl_ctx: ssl.SSLContext | bool = False
+        if up.url.startswith("https://"):
+            ssl_ctx = upstream_context(up.ca, self.client_identity(name))
+        connector = aiohttp.TCPConnector(limit=up.pool_size, ssl=ssl_ctx,
+                                         keepalive_timeout=30, enable_cleanup_closed=False)
+        return aiohttp.ClientSession(
+            base_url=up.url, connector=connector, auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=up.timeout_s, sock_connect=up.connect_timeout_s),
+            skip_auto_headers=("User-Agent", "Accept-Encoding"))
+
+    async def renew_session(self, name: str, grace_s: float) -> None:
+        """New connections with a new client identity; requests in flight on
+        the old ones finish within ``grace_s``."""
+        old = self._sessions[name]
+        self._sessions[name] = self._session(name)
+        await asyncio.sleep(grace_s)
+        await old.close()
+
     async def start(self, health_interval_s: float) -> None:
-        for name, up in self.upstreams.items():
-            ssl_ctx = upstream_context(up.ca) if up.url.startswith("https://") else False
-            connector = aiohttp.TCPConnector(limit=up.pool_size, ssl=ssl_ctx,
-                                             keepalive_timeout=30, enable_cleanup_closed=False)
-            self._sessions[name] = aiohttp.ClientSession(
-                base_url=up.url, connector=connector, auto_decompress=False,
-                timeout=aiohttp.ClientTimeout(total=up.timeout_s,
-                                              sock_connect=up.connect_timeout_s),
-                skip_auto_headers=("User-Agent", "Accept-Encoding"))
+        for name in self.upstreams:
+            self._sessions[name] = self._session(name)
         await self.probe_all()
         self._health_task = asyncio.create_task(self._health_loop(health_interval_s))
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable
@@ -35,13 +36,23 @@ def new_token() -> str:
     return "gw_" + secrets.token_urlsafe(32)
 
 
-SCHEMES = ("bearer", "api-key", "basic")
+SCHEMES = ("bearer", "api-key", "basic", "mtls")
+
+
+def identity_id(upstream: str) -> str:
+    return f"upstream/{upstream}/client-cert"
+
+
+def identity_uri(trust_domain: str, upstream: str) -> str:
+    return f"spiffe://{trust_domain}/gateway/upstream/{upstream}"
 
 
 def credential_header(scheme: str, token: str) -> tuple[str, str]:
     """How a shared system takes the gateway's credential."""
     if scheme == "api-key":
         return "X-Api-Key", token
+    if scheme == "mtls":
+        return "", ""  # the credential is the TLS client certificate, no header
     if scheme == "basic":
         return "Authorization", "Basic " + base64.b64encode(f"gateway:{token}".encode()).decode()
     return "Authorization", "Bearer " + token
@@ -61,6 +72,8 @@ class UpstreamCredentials:
         self._headers: dict[str, tuple[str, str]] = {}
         self.schemes = {name: up.credential for name, up in pool.upstreams.items()}
         self._rotating: set[str] = set()
+        # Issues a client certificate for an mTLS upstream (the gateway's CA).
+        self.issue_identity: Callable[[str], tuple[bytes, bytes]] | None = None
 
     def load(self, upstreams: Iterable[str]) -> None:
         """Read every upstream's current token from the vault (at start)."""
@@ -80,7 +93,37 @@ class UpstreamCredentials:
 
     def _use(self, upstream: str, token: str) -> None:
         self._tokens[upstream] = token
-        self._headers[upstream] = credential_header(self.schemes.get(upstream, "bearer"), token)
+        scheme = self.schemes.get(upstream, "bearer")
+        if scheme == "mtls":
+            self._headers.pop(upstream, None)
+        else:
+            self._headers[upstream] = credential_header(scheme, token)
+
+    def client_identity(self, upstream: str) -> tuple[bytes, bytes] | None:
+        """Certificate and key PEM for an upstream that takes mTLS (vault)."""
+        if self.schemes.get(upstream) != "mtls":
+            return None
+        try:
+            doc = json.loads(self.vault.get(identity_id(upstream)))
+        except SecretNotFound:
+            log.warning("no client certificate for upstream %s in the vault", upstream)
+            return None
+        return doc["cert"].encode(), doc["key"].encode()
+
+    async def rotate_identity(self, upstream: str) -> int:
+        """A new client certificate from the CA; new connections present it,
+        connections in flight finish with the old one, whose version is then
+        destroyed. The shared system trusts the CA and the identity, so both
+        are valid during the overlap."""
+        if self.issue_identity is None:
+            raise UpstreamFailed(501, "no-ca")
+        cert_pem, key_pem = self.issue_identity(upstream)
+        meta = self.vault.put(identity_id(upstream), json.dumps(
+            {"cert": cert_pem.decode(), "key": key_pem.decode()}).encode(), kind="client-cert",
+            labels={"upstream": upstream})
+        await self.pool.renew_session(upstream, self.grace_s)
+        self.vault.delete_versions_before(identity_id(upstream), meta.version)
+        return meta.version
 
     def header(self, upstream: str) -> tuple[str, str] | None:
         """The header to inject (hot path: a dict lookup)."""
@@ -100,6 +143,8 @@ class UpstreamCredentials:
             raise UpstreamFailed(404, "no-credential")
         self._rotating.add(upstream)
         try:
+            if self.schemes.get(upstream) == "mtls":
+                return await self.rotate_identity(upstream)
             token = new_token()
             # 1. The upstream accepts the new token (authenticated with the old one).
             await self.pool.admin_call(upstream, "/_admin/credentials", {"add": token},
@@ -121,11 +166,12 @@ class UpstreamCredentials:
         now = self.clock()
         out = []
         for name in self._tokens:
+            secret = identity_id(name) if self.schemes.get(name) == "mtls" else token_id(name)
             try:
-                age = now - self.vault.meta(token_id(name)).created
+                age = now - self.vault.meta(secret).created
             except SecretNotFound:
                 continue
-            self.metrics.vault_secret_age.labels(token_id(name)).set(age.total_seconds())
+            self.metrics.vault_secret_age.labels(secret).set(age.total_seconds())
             if age >= self.max_age and name not in self._rotating:
                 out.append(name)
         return out

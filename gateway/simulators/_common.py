@@ -232,7 +232,8 @@ async def _sim_middleware(request: web.Request, handler: Handler) -> web.StreamR
         except InvalidAssertion as exc:
             return json_response({"error": "invalid-assertion", "detail": str(exc)}, 401)
         secrets = request.app.get(SECRETS)
-        if secrets is not None and not secrets.request_ok(request.headers):
+        peercert = request.transport.get_extra_info("peercert") if request.transport else None
+        if secrets is not None and not secrets.request_ok(request.headers, peercert):
             # Through the gateway, but without the service credential it injects.
             return json_response({"error": "invalid-credential"}, 401)
         entry["tenant"] = claims["tenant"]

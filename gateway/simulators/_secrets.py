@@ -37,10 +37,14 @@ def _digest(secret: str) -> bytes:
 class SimSecrets:
     service_tokens: list[bytes] = field(default_factory=list)  # digests, at most two
     accounts: dict[str, bytes] = field(default_factory=dict)  # account -> password digest
+    # When set, the gateway's credential is its TLS client certificate (mTLS).
+    client_uri: str | None = None
 
     @classmethod
-    def initial(cls, service_token: str, accounts: dict[str, str]) -> SimSecrets:
-        return cls([_digest(service_token)], {n: _digest(p) for n, p in accounts.items()})
+    def initial(cls, service_token: str, accounts: dict[str, str],
+                client_uri: str | None = None) -> SimSecrets:
+        return cls([_digest(service_token)], {n: _digest(p) for n, p in accounts.items()},
+                   client_uri)
 
     def token_ok(self, header: str | None) -> bool:
         """``Bearer <token>`` (also how the admin API authenticates)."""
@@ -48,9 +52,14 @@ class SimSecrets:
             return False
         return self._known(header[7:])
 
-    def request_ok(self, headers: Mapping[str, str]) -> bool:
-        """The service credential in whichever form the gateway injects it:
-        a bearer token, an API key header, or basic auth as user ``gateway``."""
+    def request_ok(self, headers: Mapping[str, str],
+                   peercert: Mapping[str, Any] | None = None) -> bool:
+        """The service credential in whichever form the gateway presents it:
+        a bearer token, an API key header, basic auth as user ``gateway``, or
+        (mTLS) its client certificate with the gateway's upstream identity."""
+        if self.client_uri is not None:
+            sans = peercert.get("subjectAltName", ()) if peercert else ()
+            return [v for (k, v) in sans if k == "URI"] == [self.client_uri]
         auth = headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             return self._known(auth[7:])

@@ -20,7 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.server import Gateway
 from gateway.tls import client_context
-from gateway.upstream_auth import token_id
+from gateway.upstream_auth import identity_id, token_id
 from gateway.vault import MasterKeys
 
 from .conftest import HOST, Response, RunningStack, start_stack
@@ -109,7 +109,25 @@ def test_service_credential_never_leaves_the_gateway(lone: RunningStack,
 def test_upstream_credential_rotation_under_traffic(lone: RunningStack) -> None:
     gw = lone.stack.gateway
     gw.upstream_creds.grace_s = 0.5
-    old = gw.vault.get(token_id("itsm")).decode()
+    old = gw.vault.get(token_id("hes")).decode()
+    client = lone.client("fluvius")
+    with Traffic(lambda: client.get("/hes/meters").status) as traffic:
+        traffic.wait_for(10)
+        resp = admin(lone, "POST", "/admin/vault/upstreams/hes/rotate", {"reason": "test"})
+        assert resp.status == 200, resp.body
+        traffic.wait_for(10)
+    assert traffic.errors == [] and set(traffic.statuses) == {200}
+    new = gw.vault.get(token_id("hes")).decode()
+    assert new != old
+    assert not token_accepted(lone, "hes", old)  # retired at the shared system
+    assert [v.version for v in gw.vault.versions(token_id("hes"))] == [2]  # old shredded
+
+
+def test_upstream_client_certificate_rotation_under_traffic(lone: RunningStack) -> None:
+    # The IT platform takes the gateway's TLS client certificate as its credential.
+    gw = lone.stack.gateway
+    gw.upstream_creds.grace_s = 0.5
+    before = json.loads(gw.vault.get(identity_id("itsm")))["cert"]
     client = lone.client("fluvius")
     with Traffic(lambda: client.get("/itsm/tickets").status) as traffic:
         traffic.wait_for(10)
@@ -117,10 +135,9 @@ def test_upstream_credential_rotation_under_traffic(lone: RunningStack) -> None:
         assert resp.status == 200, resp.body
         traffic.wait_for(10)
     assert traffic.errors == [] and set(traffic.statuses) == {200}
-    new = gw.vault.get(token_id("itsm")).decode()
-    assert new != old
-    assert not token_accepted(lone, "itsm", old)  # retired at the shared system
-    assert [v.version for v in gw.vault.versions(token_id("itsm"))] == [2]  # old shredded
+    after = json.loads(gw.vault.get(identity_id("itsm")))["cert"]
+    assert after != before
+    assert len(gw.vault.versions(identity_id("itsm"))) == 1  # the old key is destroyed
 
 
 def test_scheduled_rotation_by_age(lone: RunningStack) -> None:
@@ -300,7 +317,7 @@ def test_online_rekey(lone: RunningStack) -> None:
 
 
 def test_each_system_gets_the_credential_in_its_own_form(gw: RunningStack) -> None:
-    # bearer (HES, IT platform), API key header (clearing), basic auth (portal)
+    # bearer (HES), API key header (clearing), basic auth (portal), mTLS (IT platform)
     gw.clear_sim_logs()
     for tenant, path in (("ores", "/hes/meters"), ("ores", "/clearing/access-points"),
                          ("ores", "/cmh/requests"), ("ores", "/itsm/tickets")):
@@ -308,3 +325,5 @@ def test_each_system_gets_the_credential_in_its_own_form(gw: RunningStack) -> No
     assert "x-api-key" in gw.sim_log("clearing")[0]["headers"]
     assert "authorization" not in gw.sim_log("clearing")[0]["headers"]
     assert "authorization" in gw.sim_log("cmh")[0]["headers"]
+    # mTLS: no header at all, the client certificate is the credential.
+    assert "authorization" not in gw.sim_log("itsm")[0]["headers"]
