@@ -211,7 +211,8 @@ class PushService:
             if not parts:
                 wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(wake.wait(), timeout=0.25)
+                    # New parts wake the loop at once; the poll only catches retries.
+                    await asyncio.wait_for(wake.wait(), timeout=1.0)
 
     async def _deliver(self, part: Part) -> None:
         assert self._session is not None
