@@ -38,9 +38,17 @@ from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
 from gateway.edge import EdgeLimits
 from gateway.errors import RequestRefused, UpstreamFailed
+from gateway.exchange import (
+    CERTIFICATE_REFUSALS,
+    DEFAULT_LIMITS,
+    PUSH_CMH,
+    PUSH_ROUTES,
+    Exchange,
+    read_body,
+)
 from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
-from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.problem import CONTENT_TYPE, problem_body
 from gateway.push import PushService
 from gateway.soc import SecurityEvents
 from gateway.state import Consultation
@@ -50,58 +58,7 @@ from gateway.usage import UsageLedger
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
 CLASSIFICATION_HEADER = "X-Classification"
-DEFAULT_LIMITS = EdgeLimits()
 SERVER_HEADER = "gateway"  # no version banner
-
-
-# Refusals that say something about a certificate (D12).
-CERTIFICATE_REFUSALS = frozenset({"certificate-revoked", "principal-disabled",
-                                  "unknown-principal", "foreign-principal-uri",
-                                  "certificate-without-single-uri-san"})
-
-# The push intakes are not proxied; they have their own route labels.
-PUSH_HES = Route("push", "POST", "/push/hes/batches", {})
-PUSH_CMH = Route("push", "POST", "/push/cmh/requests", {})
-PUSH_ROUTES = {r.template: r for r in (PUSH_HES, PUSH_CMH)}
-
-
-async def _read_body(request: web.BaseRequest, limit: int, ex: _Exchange,
-                     timeout_s: float = DEFAULT_LIMITS.body_timeout_s) -> bytes:
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        try:
-            chunk = await asyncio.wait_for(request.content.readany(), timeout_s)
-        except TimeoutError as exc:
-            # A body that trickles in: refused, the connection closed.
-            raise RequestRefused(408, "body-timeout", headers={"Connection": "close"}) from exc
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:  # chunked bodies are counted as they arrive
-            raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
-        chunks.append(chunk)
-    ex.bytes_in = size
-    return b"".join(chunks)
-
-
-class _Exchange:
-    """What one request accumulates on its way through the pipeline."""
-
-    __slots__ = ("bytes_in", "caller", "incident", "label", "match", "reason", "resources",
-                 "started")
-
-    def __init__(self) -> None:
-        self.started = time.perf_counter()
-        self.incident = new_incident_id()
-        self.caller: Any = None
-        self.match: RouteMatch | None = None
-        self.reason = "ok"
-        self.resources: tuple[str, ...] = ()
-        self.bytes_in = 0
-        self.label: str | None = None
 
 
 class DataPlane:
@@ -149,7 +106,7 @@ class DataPlane:
 
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        ex = _Exchange()
+        ex = Exchange()
         protocol = request.protocol
         started = getattr(protocol, "gw_request_started", None)
         if started is not None:
@@ -162,7 +119,7 @@ class DataPlane:
                 done()
         return response
 
-    async def _pipeline(self, request: web.BaseRequest, ex: _Exchange) -> web.StreamResponse:
+    async def _pipeline(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
         if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
             # Shed load fast and cheaply: no identity, no upstream, no parsing.
             ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
@@ -176,7 +133,7 @@ class DataPlane:
             self.in_flight -= 1
 
     async def _pipeline_admitted(self, request: web.BaseRequest,
-                                 ex: _Exchange) -> web.StreamResponse:
+                                 ex: Exchange) -> web.StreamResponse:
         try:
             self._edge(request)
             if not getattr(self.audit, "writable", True):
@@ -228,7 +185,7 @@ class DataPlane:
             headers = {"Allow": "GET, POST"} if exc.status == 405 else None
             raise RequestRefused(exc.status, exc.reason, headers=headers) from exc
 
-    def _hygiene(self, request: web.BaseRequest, ex: _Exchange) -> dict[str, str]:
+    def _hygiene(self, request: web.BaseRequest, ex: Exchange) -> dict[str, str]:
         try:
             clean = clean_request_headers(request.headers.items())
         except HeaderRejected as exc:
@@ -247,14 +204,14 @@ class DataPlane:
                                  headers={"Allow": ", ".join(found.allowed_methods)})
         raise RequestRefused(404, "no-route")
 
-    async def _body(self, request: web.BaseRequest, ex: _Exchange) -> tuple[bytes | None, Any]:
+    async def _body(self, request: web.BaseRequest, ex: Exchange) -> tuple[bytes | None, Any]:
         assert ex.match is not None
         route = ex.match.route
         if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
             if request.body_exists:
                 raise RequestRefused(400, "body-not-allowed")
             return None, None
-        raw = await _read_body(request, route.max_body_bytes, ex, self.limits.body_timeout_s)
+        raw = await read_body(request, route.max_body_bytes, ex, self.limits.body_timeout_s)
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         try:
@@ -265,7 +222,7 @@ class DataPlane:
             raise RequestRefused(400, "body-not-object")
         return raw, parsed
 
-    async def _push(self, request: web.BaseRequest, ex: _Exchange,
+    async def _push(self, request: web.BaseRequest, ex: Exchange,
                     route: Route) -> web.Response:
         """Pushed data in (issue 5): the HES's daily batch, portal bookings."""
         assert self.push is not None
@@ -274,7 +231,7 @@ class DataPlane:
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
-        raw = await _read_body(request, self.push_max_body_bytes, ex, self.limits.body_timeout_s)
+        raw = await read_body(request, self.push_max_body_bytes, ex, self.limits.body_timeout_s)
         if route is PUSH_CMH:
             registry = self.resolver.registry
             kinds = {t.id: t.kind for t in registry}
@@ -291,7 +248,7 @@ class DataPlane:
         return web.Response(status=status, body=json.dumps(doc).encode(), content_type=JSON,
                             headers=headers)
 
-    def _register_consultation(self, request: web.BaseRequest, ex: _Exchange,
+    def _register_consultation(self, request: web.BaseRequest, ex: Exchange,
                                now: datetime) -> None:
         """D8: a sensitive consultation states its purpose and is registered
         before anything is consulted; no register, no consultation."""
@@ -308,7 +265,7 @@ class DataPlane:
             ex.incident, now, ex.caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
             ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
 
-    def _decide(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
+    def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
                 now: datetime) -> None:
         assert ex.match is not None
         decision = decide(ex.caller, ex.match.route, facts, relations, now)
@@ -317,7 +274,7 @@ class DataPlane:
         if not decision.allowed:
             raise RequestRefused(decision.status, decision.reason)
 
-    async def _forward_within_quota(self, ex: _Exchange, target: Target,
+    async def _forward_within_quota(self, ex: Exchange, target: Target,
                                     headers: dict[str, str], body: bytes | None,
                                     method: str) -> Any:
         """Issue 8: a tenant's rate, concurrency and share of the upstream's
@@ -335,7 +292,7 @@ class DataPlane:
         finally:
             self.quotas.release(tenant, upstream)
 
-    async def _forward(self, ex: _Exchange, target: Target, headers: dict[str, str],
+    async def _forward(self, ex: Exchange, target: Target, headers: dict[str, str],
                        body: bytes | None, method: str) -> Any:
         assert ex.match is not None
         route = ex.match.route
@@ -350,7 +307,7 @@ class DataPlane:
         upstream_target = target.upstream_target()[len(route.upstream) + 1:]
         return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
 
-    def _check(self, ex: _Exchange, facts: RequestFacts, relations: RelationIndex,
+    def _check(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
                upstream: Any, now: datetime) -> web.Response:
         assert ex.match is not None
         route = ex.match.route
@@ -395,7 +352,7 @@ class DataPlane:
         headers[CLASSIFICATION_HEADER] = label
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
-    def _classification(self, ex: _Exchange, upstream: Any) -> str:
+    def _classification(self, ex: Exchange, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""
         assert ex.match is not None
         policy = ex.match.route.classification
@@ -414,7 +371,7 @@ class DataPlane:
         self.metrics.classified_responses.labels(label).inc()
         return label
 
-    def _pseudonymise(self, ex: _Exchange, body: Any) -> bool:
+    def _pseudonymise(self, ex: Exchange, body: Any) -> bool:
         """D9: an IT provider gets keyed pseudonyms, never a raw identifier."""
         assert self.pseudonyms is not None
         try:
@@ -437,7 +394,7 @@ class DataPlane:
     def refuse_unparsed(self, request: web.BaseRequest, status: int,
                         reason: str) -> web.Response:
         """A problem for a request the HTTP layer could not parse or handle."""
-        ex = _Exchange()
+        ex = Exchange()
         ex.reason = reason
         try:
             ex.caller = self.resolver.resolve(request)
@@ -448,7 +405,7 @@ class DataPlane:
         return response
 
     # -- answers, audit, metrics -------------------------------------------
-    def _problem(self, status: int, ex: _Exchange,
+    def _problem(self, status: int, ex: Exchange,
                  headers: dict[str, str] | None = None) -> web.Response:
         slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
         out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
@@ -459,7 +416,7 @@ class DataPlane:
             response.force_close()  # framing we do not trust: no next request on it
         return response
 
-    def _security_event(self, ex: _Exchange, event: dict[str, Any]) -> None:
+    def _security_event(self, ex: Exchange, event: dict[str, Any]) -> None:
         """D12: what the SOC must see, with the incident id of the audit event."""
         assert self.soc is not None
         who = {k: event[k] for k in ("tenant", "principal", "cert_serial", "route", "upstream",
@@ -473,7 +430,7 @@ class DataPlane:
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
 
-    def _account(self, ex: _Exchange, request: web.BaseRequest,
+    def _account(self, ex: Exchange, request: web.BaseRequest,
                  response: web.Response) -> None:
         tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
         route = ex.match.route if ex.match is not None else None
