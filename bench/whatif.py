@@ -1,0 +1,267 @@
+"""What-if launcher: ``gateway serve`` with optional *runtime* patches, to put
+numbers on the speed-ups suggested in bench/README.md without editing
+``gateway/``. Experimental evidence only: the patches reach into private
+internals (asyncio's SSLProtocol, the gateway's UpstreamPool) and may stop
+applying when those change; each prints whether it applied.
+
+Usage::
+
+    python bench/whatif.py --patches sslbuf,lean-upstream,gc serve --config FILE
+
+Patches:
+
+* ``sslbuf``        asyncio's SSLProtocol allocates (and zeroes) a 256 KiB
+                    read buffer per TLS connection; use 32 KiB (two TLS
+                    records) instead.
+* ``gc``            ``gc.freeze()`` once started and a first-generation
+                    threshold of 50,000 instead of 700 (fewer collections of
+                    the long-lived start-up objects).
+* ``lean-upstream`` plain-HTTP upstreams through a minimal keep-alive
+                    HTTP/1.1 client (an ``asyncio.Protocol`` per connection,
+                    one prebuilt write per request, Content-Length framing,
+                    per-call timeout) instead of ``aiohttp.ClientSession``.
+                    Same pool size, same size cap, same error mapping.
+* ``uvloop``        run the event loop on uvloop. The gateway's failed-
+                    handshake counter (gateway/handshakes.py) hooks asyncio's
+                    own SSLProtocol and stays silent under uvloop, and
+                    uvloop's transports cannot be weakly referenced, so the
+                    per-connection caller cache is replaced by one keyed by
+                    ``id(transport)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def patch_sslbuf() -> None:
+    from asyncio import sslproto
+
+    sslproto.SSLProtocol.max_size = 32 * 1024
+    print("whatif: sslbuf applied (SSLProtocol.max_size = 32 KiB)", flush=True)
+
+
+def patch_gc() -> None:
+    from gateway.server import Gateway
+
+    original = Gateway.start
+
+    async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        await original(self, *args, **kwargs)
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 20)
+
+    Gateway.start = start  # type: ignore[method-assign]
+    print("whatif: gc applied (freeze after start, threshold 50,000)", flush=True)
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection to a plain-HTTP upstream."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]] | None = None
+        self.buf = bytearray()
+        self.head: tuple[int, list[tuple[str, str]], int] | None = None
+        self.closed = False
+        self.reusable = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        if self.head is None:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
+            status = int(lines[0].split(" ", 2)[1])
+            headers = []
+            length = -1
+            for line in lines[1:]:
+                name, _, value = line.partition(":")
+                name, value = name.strip(), value.strip()
+                headers.append((name, value))
+                low = name.lower()
+                if low == "content-length":
+                    length = int(value)
+                elif low == "connection" and value.lower() == "close":
+                    self.reusable = False
+                elif low == "transfer-encoding":
+                    length = -2  # not for this experiment: fail the call
+            del self.buf[:end + 4]
+            self.head = (status, headers, length)
+        status, headers, length = self.head
+        if length < 0:
+            self._fail(ConnectionError("upstream answer without Content-Length"))
+            return
+        if len(self.buf) >= length:
+            body = bytes(self.buf[:length])
+            del self.buf[:length]
+            self.head = None
+            if self.waiter is not None and not self.waiter.done():
+                self.waiter.set_result((status, headers, body))
+
+    def _fail(self, exc: Exception) -> None:
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("upstream closed the connection"))
+
+
+class LeanPool:
+    def __init__(self, url: str, size: int, timeout_s: float, connect_timeout_s: float) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.host_header = parts.netloc
+        self.size = size
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.idle: list[_Conn] = []
+        self.busy = 0
+        self.slots = asyncio.Semaphore(size)
+
+    async def request(self, method: str, target: str, headers: Mapping[str, str],
+                      body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes, bool]:
+        """(status, headers, body, got_answer)."""
+        loop = asyncio.get_running_loop()
+        async with self.slots:
+            conn = None
+            while self.idle:
+                c = self.idle.pop()
+                if not c.closed:
+                    conn = c
+                    break
+            if conn is None:
+                _, conn = await asyncio.wait_for(loop.create_connection(
+                    _Conn, self.host, self.port), self.connect_timeout_s)
+            lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
+            lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
+            if body is not None:
+                lines.append(f"Content-Length: {len(body)}\r\n")
+            lines.append("\r\n")
+            data = "".join(lines).encode("latin-1") + (body or b"")
+            conn.waiter = loop.create_future()
+            conn.reusable = True
+            assert conn.transport is not None
+            conn.transport.write(data)
+            timer = loop.call_later(self.timeout_s, conn._fail, TimeoutError())
+            try:
+                status, hdrs, payload = await conn.waiter
+            finally:
+                timer.cancel()
+                conn.waiter = None
+            if conn.reusable and not conn.closed:
+                self.idle.append(conn)
+            elif conn.transport is not None:
+                conn.transport.close()
+            return status, hdrs, payload, True
+
+
+def patch_lean_upstream() -> None:
+    from gateway import upstream as up_mod
+    from gateway.errors import UpstreamFailed
+
+    pools: dict[str, LeanPool] = {}
+    original = up_mod.UpstreamPool._call_once
+
+    async def _call_once(self, upstream, method, target, headers, body):  # type: ignore[no-untyped-def]
+        cfg = self.upstreams[upstream]
+        if not cfg.url.startswith("http://"):
+            return await original(self, upstream, method, target, headers, body)
+        pool = pools.get(upstream)
+        if pool is None:
+            pool = pools[upstream] = LeanPool(cfg.url, cfg.pool_size, cfg.timeout_s,
+                                              cfg.connect_timeout_s)
+        try:
+            status, hdrs, payload, _ = await pool.request(method, target, headers, body)
+        except TimeoutError as exc:
+            self.metrics.upstream_errors.labels(upstream, "timeout").inc()
+            raise UpstreamFailed(504, "upstream-timeout") from exc
+        except OSError as exc:
+            self.metrics.upstream_errors.labels(upstream, "connection").inc()
+            raise up_mod._Retryable() from exc
+        if len(payload) > cfg.max_response_bytes:
+            self.metrics.upstream_errors.labels(upstream, "too-large").inc()
+            raise UpstreamFailed(502, "upstream-response-too-large")
+        ctype = next((v for k, v in hdrs if k.lower() == "content-type"), "")
+        return up_mod.UpstreamResponse(status, ctype.split(";")[0].strip().lower(), tuple(hdrs),
+                                       payload)
+
+    up_mod.UpstreamPool._call_once = _call_once  # type: ignore[method-assign]
+    print("whatif: lean-upstream applied (plain-HTTP upstreams)", flush=True)
+
+
+def patch_uvloop() -> None:
+    import uvloop
+
+    from gateway import identity
+
+    # uvloop's transports cannot be weakly referenced, so CallerResolver's
+    # WeakKeyDictionary fails on them: cache by id() with an identity check
+    # (bounded; enough for a measurement, not for production).
+    cache: dict[int, tuple[object, object]] = {}
+
+    def resolve(self, request):  # type: ignore[no-untyped-def]
+        transport = request.transport
+        if transport is None:
+            raise identity.RequestRefused(403, "no-transport")
+        hit = cache.get(id(transport))
+        if hit is not None and hit[0] is transport:
+            caller = hit[1]
+        else:
+            caller = self._resolve(transport)
+            if len(cache) > 20_000:
+                cache.clear()
+            cache[id(transport)] = (transport, caller)
+        refused = self.revocation(caller.cert_serial, caller.principal.key)
+        if refused is not None:
+            raise identity.RequestRefused(403, refused)
+        return caller
+
+    identity.CallerResolver.resolve = resolve  # type: ignore[method-assign]
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    print("whatif: uvloop applied (caller cache keyed by id(transport))", flush=True)
+
+
+PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
+           "uvloop": patch_uvloop}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--patches", default="", help=f"comma-separated: {', '.join(PATCHES)}")
+    args, rest = p.parse_known_args()
+    for name in filter(None, args.patches.split(",")):
+        if name not in PATCHES:
+            p.error(f"unknown patch {name!r}")
+        PATCHES[name]()
+    from gateway.cli import main as gateway_main
+
+    return int(gateway_main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
