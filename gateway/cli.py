@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -12,6 +13,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError
+
+
+def _tune_gc() -> None:
+    """Long-lived state (tenants, the relation index, TLS contexts) is built at
+    start-up: move it out of the collector's sight and collect the young
+    generation less often. The default thresholds cost ~11 % of CPU and most
+    of the p99 tail under load (bench/README.md)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def _run_until_signal(start: object, stop: object,
@@ -24,6 +35,7 @@ def _run_until_signal(start: object, stop: object,
         if reload is not None:
             loop.add_signal_handler(signal.SIGHUP, _safe_reload, reload)
         await start()  # type: ignore[operator]
+        _tune_gc()
         try:
             await done.wait()
         finally:
@@ -36,6 +48,7 @@ def _run_until_signal(start: object, stop: object,
 def _safe_reload(reload: Callable[[], None]) -> None:
     try:
         reload()
+        _tune_gc()  # the new snapshot is long-lived too
     except ConfigError as exc:
         logging.getLogger("gateway").error("reload refused, keeping the running config: %s",
                                            exc)

@@ -154,3 +154,18 @@ def test_ops_plane_stays_on_loopback(tmp_path: Path) -> None:
                                 '[listeners.ops]\nhost = "0.0.0.0"'))
     with pytest.raises(ConfigError, match="not a loopback address"):
         GatewayConfig.from_toml(cfg)
+
+
+def test_serve_moves_start_up_state_out_of_the_collector() -> None:
+    import gc
+
+    from gateway.cli import _tune_gc
+
+    before = gc.get_threshold()
+    try:
+        _tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] == 50_000
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
