@@ -22,8 +22,10 @@ from gateway.devpki import DevPki, ensure_dev_pki, reissue
 from gateway.pki import write_private
 from gateway.server import Gateway, bind
 from gateway.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
+from gateway.simulators.hes import configure_push
 from gateway.simulators.receivers import build_receivers
 from gateway.tenants import TenantRegistry, load_tenants
+from gateway.tls import client_context
 from gateway.upstream_auth import identity_id, identity_uri, new_token, token_id
 from gateway.vault import MasterKeys, SecretNotFound, Vault
 
@@ -155,6 +157,7 @@ class Stack:
         self.gateway: Gateway
         self.sim_ports: dict[str, int] = {}
         self.receivers_port = 0
+        self.apps: dict[str, web.Application] = {}
         self._runners: list[web.BaseRunner] = []
 
     async def start(self) -> None:
@@ -180,6 +183,7 @@ class Stack:
         for name, sock in sim_socks.items():
             app = build_simulator(name, self.dataset, keys, self.control_token,
                                   sim_secrets[name])
+            self.apps[name] = app
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
             tls = mtls_tls if DEMO_CREDENTIALS[name] == "mtls" else sim_tls
@@ -233,6 +237,11 @@ class Stack:
                 creds.import_certificate(path.read_bytes(), key)
         self.gateway.credentials.refresh()
         await self.gateway.start(data_sock, ops_sock, admin_sock)
+        # The HES pushes its daily batch to the gateway as hes-operator/pusher.
+        configure_push(self.apps["hes"], f"https://{LOOPBACK}:{self.gateway.data_port}"
+                       "/push/hes/batches", client_context(
+                           self.pki.ca_cert, self.pki.client_cert("hes-operator", "pusher"),
+                           self.pki.client_key("hes-operator", "pusher")))
 
     def _provision_secrets(self) -> dict[str, SimSecrets]:
         """The shared systems' credentials: the gateway's service token and the

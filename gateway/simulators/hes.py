@@ -12,10 +12,12 @@ never stored: the HES must not keep the data (D5).
 from __future__ import annotations
 
 import copy
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from gateway.dataset import Dataset
@@ -47,6 +49,52 @@ _PUBLIC = ("serial", "utility", "model", "ean", "airplane_mode")
 @dataclass
 class HesData:
     meters: dict[str, Record]  # serial -> this simulator's own copy, with device state
+    # Where the daily push goes (the gateway's intake) and how the HES connects.
+    push_url: str | None = None
+    push_tls: ssl.SSLContext | None = None
+
+
+def configure_push(app: web.Application, url: str, tls: ssl.SSLContext) -> None:
+    """The HES pushes its daily batch to ``url`` with the client identity in ``tls``."""
+    app[HES].push_url = url
+    app[HES].push_tls = tls
+
+
+async def daily_push(request: web.Request) -> web.Response:
+    """``POST /_sim/push`` (control): build yesterday's (or ``date``'s) batch of
+    every communicating meter, labelled with the HES's idea of each owner, and
+    push it; answers what the gateway answered. With the misroute fault the HES
+    labels each water reading for the DSO whose electricity meter carried it."""
+    data = request.app[HES]
+    if data.push_url is None or data.push_tls is None:
+        raise SimError(409, "push-not-configured")
+    doc = await json_body(request)
+    day = date.fromisoformat(str(doc.get("date") or
+                                 (now_of(request) - timedelta(days=1)).date().isoformat()))
+    at = datetime(day.year, day.month, day.day, 6, tzinfo=UTC)
+    records = []
+    for meter in data.meters.values():
+        owner = owner_at(meter, at)
+        if meter["airplane_mode"] or owner is None:
+            continue  # D5: a meter in airplane mode sends nothing
+        obis, unit = {"water": (WATER, "m3"), "gas": (GAS, "m3")}.get(
+            meter["utility"], ("1-0:1.8.1", "kWh"))
+        label = owner
+        via = meter.get("paired_with")
+        if misrouting(request) and via and via in data.meters:
+            label = owner_at(data.meters[via], at) or owner
+        rec: Record = {"meter": meter["serial"], "timestamp": at.isoformat(), "obis": obis,
+                       "value": round(unit_hash(meter["serial"], day.isoformat()) * 100, 3),
+                       "unit": unit, "quality": "01", "operator": label}
+        if via:
+            rec["via"] = via
+        records.append(rec)
+    batch = {"batch_id": str(doc.get("batch_id") or f"HES-{day.isoformat()}"),
+             "source": "hes", "records": records}
+    async with aiohttp.ClientSession() as session, session.post(
+            data.push_url, json=batch, ssl=data.push_tls) as resp:
+        answer = await resp.json(content_type=None)
+        return json_response({"status": resp.status, "answer": answer})
 
 
 HES = web.AppKey("hes_data", HesData)
@@ -197,3 +245,4 @@ def setup(app: web.Application, dataset: Dataset) -> None:
     app.router.add_get("/meters/{serial}", get_meter)
     app.router.add_get("/meters/{serial}/readings", readings)
     app.router.add_post("/meters/{serial}/operations", operate)
+    app.router.add_post("/_sim/push", daily_push)

@@ -329,3 +329,30 @@ def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:
     assert status_part["by"] == "proximus" and status_part["connection"]["status"] == "planned"
     time.sleep(0.3)
     assert {o: len(received(gw, o)) for o in others} == before
+
+
+def test_hes_simulator_daily_push_and_its_misroute_fault(lone: RunningStack) -> None:
+    """The HES simulator pushes a day of its own meters; its misroute fault
+    (water readings labelled for the DSO whose electricity meter carried them)
+    is caught by the routing check and counted (issue 5, D5)."""
+    gw = lone
+    out = gw.sim("hes", "POST", "/_sim/push", {"batch_id": "HES-SIM-1"}).json
+    assert out["status"] == 202, out
+    assert out["answer"]["quarantined"] == 0 and out["answer"]["refused"] == 0
+    water = {m["serial"] for m in gw.stack.dataset.meters if m["utility"] == "water"}
+    before = gw.metric("gateway_isolation_violations_total", tenant="hes-operator",
+                       upstream="push", direction="push")
+    gw.fault("hes", "misroute")
+    try:
+        out = gw.sim("hes", "POST", "/_sim/push", {"batch_id": "HES-SIM-2"}).json
+    finally:
+        gw.fault("hes", "none")
+    assert out["status"] == 202
+    caught = [q for q in out["answer"]["quarantine"] if q["reason"] == "owner-mismatch"]
+    assert {q["meter"] for q in caught} == water  # every water reading, and only those
+    assert gw.metric("gateway_isolation_violations_total", tenant="hes-operator",
+                     upstream="push", direction="push") == before + len(water)
+    # The DSOs never received the water companies' readings.
+    for dso in ("ores", "fluvius", "sibelga", "resa"):
+        wait_for(lambda d=dso: len(receiver(gw, "GET", f"/_sim/received/{d}")["parts"]) >= 2)
+        assert not any(r["meter"] in water for r in received(gw, dso))
