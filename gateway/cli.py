@@ -113,8 +113,8 @@ Try (as ORES):
   curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_
 
 Simulator control (faults, the HES's daily push): header X-Sim-Control: {stack.control_token}
-  curl --cacert {pki.ca_cert} -H 'X-Sim-Control: {stack.control_token}' \
-       -d '{{"mode": "misroute"}}' https://localhost:{stack.sim_ports["hes"]}/_sim/fault
+  curl -X POST -H 'X-Sim-Control: {stack.control_token}' -d '{{"mode": "misroute"}}' \\
+       --cacert {pki.ca_cert} https://localhost:{stack.sim_ports["hes"]}/_sim/fault
 """
 
 
