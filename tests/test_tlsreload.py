@@ -417,7 +417,7 @@ def _bad_materials() -> dict[str, tuple[TlsMaterial, str]]:
                          "trust bundle"),
         "garbage certificate": (TlsMaterial(garbage, server.key_pem(), good.trust_bundle_pem,
                                             good.crl_pems), "server certificate chain"),
-        "garbage key": (TlsMaterial(server.cert_pem(), b"-----BEGIN PRIVATE KEY-----\nx\n",
+        "garbage key": (TlsMaterial(server.cert_pem(), b"-----BEGIN " + b"PRIVATE KEY-----\nx\n",
                                     good.trust_bundle_pem, good.crl_pems), "server key"),
         "garbage CRL": (_material(server, ca, crls=(garbage.replace(
             b"CERTIFICATE", b"X509 CRL"),)), "CRL #0"),
