@@ -40,6 +40,21 @@ async def hide_banner(_: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "gateway"  # no version banner
 
 
+@web.middleware
+async def headers_arrived(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The header-read deadline of the connection is met (gateway.edge)."""
+    protocol = request.protocol
+    started = getattr(protocol, "gw_request_started", None)
+    if started is not None:
+        started()
+    try:
+        return await handler(request)
+    finally:
+        done = getattr(protocol, "gw_request_done", None)
+        if done is not None:
+            done()
+
+
 def _problem(status: int, detail: str) -> web.Response:
     slug = {400: "bad-request", 403: "forbidden", 404: "not-found", 409: "bad-request",
             422: "bad-request", 501: "not-implemented"}.get(status, "internal-error")
@@ -236,7 +251,7 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
     def principal_target(request: web.Request) -> str:
         return "/".join(principal_of(request))
 
-    app = web.Application(client_max_size=64 * 1024)
+    app = web.Application(client_max_size=64 * 1024, middlewares=[headers_arrived])
     app.on_response_prepare.append(hide_banner)
     r = app.router
     r.add_get("/admin/certs", guarded("certs-list", admin_or_auditor, path, list_certs,

@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.outbox import Outbox
 from gateway.pki import write_private
-from gateway.problem import new_incident_id
+from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 from gateway.proxy import DataPlane
 from gateway.push import PushService
 from gateway.soc import SecurityEvents
@@ -58,6 +59,12 @@ PSEUDONYM_KEY_ID = "pseudonyms/master"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
 USAGE_FLUSH_S = 5.0
+
+
+def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
+    """What the admin plane's HTTP layer refuses: a problem document too."""
+    return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
+                        body=problem_body(status, new_incident_id(), None, None))
 
 
 def _syslog_sink(url: str | None) -> SyslogSink | None:
@@ -107,9 +114,9 @@ class _ProblemRequestHandler(RequestHandler):
     _gw_admitted = False
 
     @property
-    def _gw(self) -> DataServer:
+    def _gw(self) -> GuardedServer:
         manager = self._manager
-        assert isinstance(manager, DataServer)
+        assert isinstance(manager, GuardedServer)
         return manager
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,7 +155,7 @@ class _ProblemRequestHandler(RequestHandler):
     def _gw_header_timeout(self) -> None:
         self._gw_timer = None
         if not self._gw_busy and self.transport is not None:
-            self._gw.plane.metrics.denied.labels("unknown", "none", "header-timeout").inc()
+            self._gw.on_header_timeout()
             self.transport.abort()
 
     def gw_request_started(self) -> None:
@@ -174,12 +181,31 @@ class _ProblemRequestHandler(RequestHandler):
             reason = "internal-error"
         else:
             reason = "http-parse-error"
-        resp = self._gw.plane.refuse_unparsed(request, status, reason)
+        resp = self._gw.refuse(request, status, reason)
         resp.force_close()
         return resp
 
 
-class DataServer(web.Server):
+class GuardedServer(web.Server):
+    """An aiohttp server whose connections get the edge limits above; its
+    refusals come from ``refuse`` (a problem document, audited)."""
+
+    edge: EdgeLimits
+    book: ConnectionBook
+    refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse]
+    on_header_timeout: Callable[[], None]
+
+    def guard(self, edge: EdgeLimits, book: ConnectionBook,
+              refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+              on_header_timeout: Callable[[], None]) -> None:
+        self.edge, self.book = edge, book
+        self.refuse, self.on_header_timeout = refuse, on_header_timeout
+
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class DataServer(GuardedServer):
     """The low-level aiohttp server of the data plane (no router: the
     pipeline routes itself)."""
 
@@ -187,11 +213,25 @@ class DataServer(web.Server):
                  **kwargs: Any) -> None:
         super().__init__(plane.handle, **edge.server_kwargs(), **kwargs)
         self.plane = plane
-        self.edge = edge
-        self.book = book
+        self.guard(edge, book, plane.refuse_unparsed, lambda: plane.metrics.denied.labels(
+            "unknown", "none", "header-timeout").inc())
 
-    def __call__(self) -> RequestHandler:
-        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner (the admin plane) whose server gets the same edge limits."""
+
+    def __init__(self, app: web.Application, *, edge: EdgeLimits, book: ConnectionBook,
+                 refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+                 **kwargs: Any) -> None:
+        super().__init__(app, **edge.server_kwargs(), **kwargs)
+        self._guard = (edge, book, refuse)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = GuardedServer  # same server, guarded connections
+        assert isinstance(server, GuardedServer)
+        server.guard(*self._guard, lambda: None)
+        return server
 
 
 class TlsSite(web.SockSite):
@@ -386,8 +426,10 @@ class Gateway:
             self.credentials, self.resolver, self.metrics,
             extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                        self.rekey), usage_routes(self.usage, self.store)))
-        # The admin plane gets the same line, header and keep-alive limits.
-        admin_runner = web.AppRunner(admin_app, access_log=None, **limits.server_kwargs())
+        # The admin plane gets the same edge limits (own connection book).
+        admin_runner = GuardedAppRunner(
+            admin_app, access_log=None, edge=limits,
+            book=ConnectionBook(limits, self.config.trust_domain), refuse=admin_refusal)
         await admin_runner.setup()
         await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
                       handshake_timeout_s=limits.handshake_timeout_s).start()

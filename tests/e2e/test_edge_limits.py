@@ -261,3 +261,20 @@ def test_tenant_quota_is_declared_in_its_file(tmp_path: Path) -> None:
         'concurrency = 2\n[[principals]]\nkind = "service"\nname = "api"\n')
     quota = load_tenants(tmp_path).tenants["acme"].attributes["quota"]
     assert (quota.rate_per_s, quota.burst, quota.concurrency) == (5.0, 10, 2)  # type: ignore[attr-defined]
+
+
+def test_admin_plane_has_the_same_edge_limits(edge: RunningStack) -> None:
+    port = edge.stack.gateway.admin_port
+    ctx = edge.context("ores", "alice")
+    with socket.create_connection((HOST, port), timeout=10) as sock, \
+            ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        started = time.monotonic()
+        tls.sendall(b"GET /admin/certs HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert _read_all(tls, timeout=5) == b""
+        assert time.monotonic() - started < 4  # cut at the header deadline (1 s here)
+    with socket.create_connection((HOST, port), timeout=10) as sock, \
+            ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(b"GET /admin/certs HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n")
+        raw = _read_all(tls)
+    assert _status(raw) == 400 and b"application/problem+json" in raw
+    assert b"aiohttp" not in raw
