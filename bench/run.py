@@ -742,6 +742,9 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
         "delivered_meter_days_per_s": sent / drain if drain else None,
         "end_to_end_meter_days_per_cpu_s": sent / (cpu + drain_cpu) if cpu + drain_cpu else None,
         "redeliveries": got.get("duplicates", 0) - sink_before.get("duplicates", 0),
+        "batch_s": [round(x, 4) for x in latencies],  # in order: does intake slow down?
+        "first_tenth_batch_s": statistics.mean(latencies[:max(1, len(latencies) // 10)]),
+        "last_tenth_batch_s": statistics.mean(latencies[-max(1, len(latencies) // 10):]),
         "gateway_rss_mb": gw.rss() / 2**20,
     }
     b.results["push"] = out
@@ -749,6 +752,8 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
         f"{totals['quarantined']} quarantined) in {wall:.1f} s = {out['meter_days_per_s']:.0f} "
         f"meter-days/s; gateway CPU {cpu:.1f} s = {out['meter_days_per_cpu_s'] or 0:.0f} "
         f"meter-days per CPU-second")
+    log(f"push: a batch took {out['first_tenth_batch_s']:.2f} s on average in the first tenth "
+        f"of the batches, {out['last_tenth_batch_s']:.2f} s in the last tenth")
     log(f"push delivery: {delivered} records in {out['delivered_parts']} parts in {drain:.1f} s "
         f"(gateway CPU {drain_cpu:.1f} s)")
     if "profile" in b.args.only.split(","):
@@ -1104,13 +1109,18 @@ def main() -> int:
     ap.add_argument("--memory-budget-mb", type=int, default=0,
                     help="gateway limits.memory_budget_mb (default: the gateway's own, raised "
                          "to 16384 with --full-day or more than 2,000 held connections)")
-    ap.add_argument("--push-timeout", type=float, default=900.0)
+    ap.add_argument("--push-timeout", type=float, default=0.0,
+                    help="bound on push intake and again on delivery, seconds (default 900; "
+                         "3600 with --full-day)")
     ap.add_argument("--profile-duration", type=float, default=8.0)
     ap.add_argument("--only", default="memory,keepalive,half,handshake,profile,push",
                     help="comma-separated phases")
     ap.add_argument("--quick", action="store_true", help="1 round, 4 s runs, 2,000 meters")
     ap.add_argument("--no-uvloop", action="store_true", help="load generator on plain asyncio")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--gateway-patches", default="",
+                    help="run the gateway of every phase under bench/whatif.py with these "
+                         "runtime patches (comma-separated; an experiment, not the baseline)")
     ap.add_argument("--whatif-rounds", type=int, default=2)
     ap.add_argument("--whatif", nargs="?", const=DEFAULT_WHATIF, default="",
                     help="after the phases, restart the gateway under bench/whatif.py with "
@@ -1123,6 +1133,8 @@ def main() -> int:
     if args.quick:
         args.rounds, args.duration, args.handshake_rounds, args.half_rounds = 1, 4.0, 1, 1
         args.handshake_duration, args.meters, args.profile_duration = 4.0, 2000, 4.0
+    if not args.push_timeout:
+        args.push_timeout = 3600.0 if args.meters >= 1_000_000 else 900.0
     phases = set(args.only.split(","))
     # SIGTERM (and Ctrl-C) unwind through the finally below, which stops every
     # process this run started.
@@ -1203,8 +1215,11 @@ def main() -> int:
         cfg = run_dir / "gateway.toml"
         cfg.write_text(toml_dump(doc))
         data_port, ops_port, _ = stack.gateway_ports
-        p = spawn("gateway", [str(Path(PY).parent / "gateway"), "serve", "--config", str(cfg)],
-                  srv_cpu, run_dir / "gateway.log")
+        serve = [str(Path(PY).parent / "gateway"), "serve", "--config", str(cfg)]
+        if args.gateway_patches:  # an experiment: every phase on a patched gateway
+            serve = [PY, str(BENCH / "whatif.py"), "--patches", args.gateway_patches, *serve[1:]]
+            log(f"the gateway runs with bench/whatif.py patches: {args.gateway_patches}")
+        p = spawn("gateway", serve, srv_cpu, run_dir / "gateway.log")
         b.servers["gateway"] = Server("gateway", p, data_port)
         wait_ready(ops_port, p)
         crl = run_dir / "crl.pem"
