@@ -9,14 +9,10 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
-from aiohttp.web_protocol import RequestHandler
 
 from gateway import handshakes
 from gateway.admin import build_admin_app
@@ -30,16 +26,17 @@ from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations import RelationIndex
 from gateway.credentials import AdminRefused, Credentials
-from gateway.edge import ConnectionBook, EdgeLimits, rss_bytes
+from gateway.edge import ConnectionBook, rss_bytes
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
 from gateway.identity import CallerResolver
 from gateway.keys import KeyRing
+from gateway.listeners import DataServer, GuardedAppRunner, TlsSite, admin_refusal, bind
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.outbox import Outbox
 from gateway.pki import write_private
-from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.problem import new_incident_id
 from gateway.proxy import DataPlane
 from gateway.push import PushService
 from gateway.soc import SecurityEvents
@@ -61,12 +58,6 @@ UPSTREAM_ROTATION_CHECK_S = 60.0
 USAGE_FLUSH_S = 5.0
 
 
-def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
-    """What the admin plane's HTTP layer refuses: a problem document too."""
-    return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
-                        body=problem_body(status, new_incident_id(), None, None))
-
-
 def _syslog_sink(url: str | None) -> SyslogSink | None:
     if url is None:
         return None
@@ -84,172 +75,6 @@ def load_master_keys(config: GatewayConfig) -> MasterKeys:
         return MasterKeys.from_env(vc.key_env)
     except VaultLocked as exc:
         raise ConfigError(f"{config.source}: vault: {exc}") from exc
-
-
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0 picks a free one; the caller reads it back)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
-class _ProblemRequestHandler(RequestHandler):
-    """The data plane's connection handler, around aiohttp's.
-
-    - What aiohttp's HTTP parser rejects (unknown methods, malformed framing,
-      over-long lines) and unhandled exceptions become problem documents with
-      an incident id, audited like every other refusal; the connection closes.
-    - Edge limits aiohttp lacks: a header-read deadline (slowloris) armed at
-      connect and at the first byte of every next request, and caps on open
-      connections per listener and per tenant.
-    """
-
-    _gw_timer: asyncio.TimerHandle | None = None
-    _gw_busy = False
-    _gw_tenant = ""
-    _gw_admitted = False
-
-    @property
-    def _gw(self) -> GuardedServer:
-        manager = self._manager
-        assert isinstance(manager, GuardedServer)
-        return manager
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        book = self._gw.book
-        self._gw_tenant = book.tenant_of(transport)
-        self._gw_admitted = book.admit(self._gw_tenant)
-        super().connection_made(transport)
-        if not self._gw_admitted:
-            # SECURITY: over the connection cap: closed before any HTTP byte.
-            transport.close()
-            return
-        self._gw_arm()
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._gw_disarm()
-        if self._gw_admitted:
-            self._gw.book.release(self._gw_tenant)
-            self._gw_admitted = False
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._gw_busy and self._gw_timer is None:
-            self._gw_arm()  # the first byte of a next request: headers must follow in time
-        super().data_received(data)
-
-    def _gw_arm(self) -> None:
-        self._gw_disarm()
-        self._gw_timer = asyncio.get_running_loop().call_later(
-            self._gw.edge.header_timeout_s, self._gw_header_timeout)
-
-    def _gw_disarm(self) -> None:
-        if self._gw_timer is not None:
-            self._gw_timer.cancel()
-            self._gw_timer = None
-
-    def _gw_header_timeout(self) -> None:
-        self._gw_timer = None
-        if not self._gw_busy and self.transport is not None:
-            self._gw.on_header_timeout()
-            self.transport.abort()
-
-    def gw_request_started(self) -> None:
-        self._gw_busy = True
-        self._gw_disarm()
-
-    def gw_request_done(self) -> None:
-        self._gw_busy = False
-
-    def handle_error(self, request: web.BaseRequest, status: int = 500,
-                     exc: BaseException | None = None,
-                     message: str | None = None) -> web.StreamResponse:
-        if isinstance(exc, BadHttpMethod):
-            status, reason = 501, "method-unknown"
-        elif isinstance(exc, LineTooLong):
-            limit = exc.args[1] if len(exc.args) > 1 else None
-            if limit == self._gw.edge.max_url_bytes:
-                status, reason = 414, "request-line-too-long"
-            else:
-                status, reason = 431, "header-too-long"
-        elif status >= 500:
-            self.log_exception("error handling request", exc_info=exc)
-            reason = "internal-error"
-        else:
-            reason = "http-parse-error"
-        resp = self._gw.refuse(request, status, reason)
-        resp.force_close()
-        return resp
-
-
-class GuardedServer(web.Server):
-    """An aiohttp server whose connections get the edge limits above; its
-    refusals come from ``refuse`` (a problem document, audited)."""
-
-    edge: EdgeLimits
-    book: ConnectionBook
-    refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse]
-    on_header_timeout: Callable[[], None]
-
-    def guard(self, edge: EdgeLimits, book: ConnectionBook,
-              refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
-              on_header_timeout: Callable[[], None]) -> None:
-        self.edge, self.book = edge, book
-        self.refuse, self.on_header_timeout = refuse, on_header_timeout
-
-    def __call__(self) -> RequestHandler:
-        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
-
-
-class DataServer(GuardedServer):
-    """The low-level aiohttp server of the data plane (no router: the
-    pipeline routes itself)."""
-
-    def __init__(self, plane: DataPlane, edge: EdgeLimits, book: ConnectionBook,
-                 **kwargs: Any) -> None:
-        super().__init__(plane.handle, **edge.server_kwargs(), **kwargs)
-        self.plane = plane
-        self.guard(edge, book, plane.refuse_unparsed, lambda: plane.metrics.denied.labels(
-            "unknown", "none", "header-timeout").inc())
-
-
-class GuardedAppRunner(web.AppRunner):
-    """An AppRunner (the admin plane) whose server gets the same edge limits."""
-
-    def __init__(self, app: web.Application, *, edge: EdgeLimits, book: ConnectionBook,
-                 refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
-                 **kwargs: Any) -> None:
-        super().__init__(app, **edge.server_kwargs(), **kwargs)
-        self._guard = (edge, book, refuse)
-
-    async def _make_server(self) -> web.Server:
-        server = await super()._make_server()
-        server.__class__ = GuardedServer  # same server, guarded connections
-        assert isinstance(server, GuardedServer)
-        server.guard(*self._guard, lambda: None)
-        return server
-
-
-class TlsSite(web.SockSite):
-    """A listening socket with a TLS handshake deadline (aiohttp's SockSite
-    leaves asyncio's 60 s default)."""
-
-    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
-                 ssl_context: ssl.SSLContext, handshake_timeout_s: float) -> None:
-        super().__init__(runner, sock, ssl_context=ssl_context)
-        self._handshake_timeout_s = handshake_timeout_s
-
-    async def start(self) -> None:
-        await web.BaseSite.start(self)
-        server = self._runner.server
-        assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout_s)
 
 
 class Gateway:

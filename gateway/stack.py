@@ -19,8 +19,9 @@ from gateway.breakglass import account_secret_id
 from gateway.config import GatewayConfig
 from gateway.dataset import Dataset, generate
 from gateway.devpki import DevPki, ensure_dev_pki, reissue
+from gateway.listeners import bind
 from gateway.pki import write_private
-from gateway.server import Gateway, bind
+from gateway.server import Gateway
 from gateway.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
 from gateway.simulators.hes import configure_push
 from gateway.simulators.receivers import build_receivers
