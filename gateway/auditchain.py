@@ -10,129 +10,47 @@ raises ``AuditWriteFailed`` (fail closed). Nothing here logs event contents.
 
 from __future__ import annotations
 
-import base64
 import errno
-import hashlib
-import json
 import logging
 import os
-import re
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import AuditWriteFailed
+from gateway.auditformat import (
+    ALG,
+    CHECKPOINT,
+    GENESIS,
+    KEY_FILE,
+    KID_RE,
+    RESERVED,
+    audit_kid,
+    b64url,
+    canonical,
+    checkpoint_message,
+    line_hash,
+    load_or_create_audit_key,
+    parse_line,
+    public_key_document,
+    seal,
+    segment_files,
+    segment_name,
+    segments_dir,
+)
+from gateway.auditverify import VerifyResult, verify, verify_log
 
-__all__ = ["GENESIS", "AuditWriteFailed", "ChainedAuditLog", "VerifyResult",
-           "load_or_create_audit_key", "public_key_document", "verify"]
+__all__ = ["GENESIS", "KEY_FILE", "AuditWriteFailed", "ChainedAuditLog", "VerifyResult",
+           "audit_kid", "canonical", "checkpoint_message", "line_hash",
+           "load_or_create_audit_key", "public_key_document", "seal", "verify", "verify_log"]
 
 log = logging.getLogger(__name__)
-
-GENESIS = "0" * 64
-ALG = "EdDSA"
-CHECKPOINT = "checkpoint"
-KEY_FILE = "audit-signing-key.pem"
-SIGNING_CONTEXT = b"gateway-audit-checkpoint/v1"
-RESERVED = frozenset({"seq", "prev", "hash", "type"})  # set by the log; refused in events
-_KID = re.compile(r"[A-Za-z0-9._-]{1,64}")
-_SEALED = re.compile(rb'(\{.*),"hash":"([0-9a-f]{64})"\}', re.S)
-_HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-# -- the format (pure) ---------------------------------------------------------
-def canonical(fields: Mapping[str, Any]) -> bytes:
-    """Sorted keys, no whitespace, raw UTF-8; NaN/Infinity refused (not JSON)."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
-def line_hash(prev: str, body: bytes) -> str:
-    return hashlib.sha256(prev.encode("ascii") + b"\n" + body).hexdigest()
-
-
-def seal(body: bytes, digest: str) -> bytes:
-    """The stored line: the body with ``"hash"`` appended as its last member."""
-    return body[:-1] + b',"hash":"' + digest.encode("ascii") + b'"}\n'
-
-
-def checkpoint_message(seq: int, prev: str, kid: str) -> bytes:
-    """What a checkpoint signs: its own seq, the seq and hash of the line it
-    closes over, and the kid (binding the signature to the key it names)."""
-    return "\n".join([SIGNING_CONTEXT.decode(), str(seq), str(seq - 1), prev, kid]).encode()
-
-
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-
-
-# -- keys ------------------------------------------------------------------------
-def audit_kid(public: Ed25519PublicKey) -> str:
-    return "audit-" + hashlib.sha256(public.public_bytes_raw()).hexdigest()[:16]
-
-
-def load_or_create_audit_key(directory: Path) -> tuple[Ed25519PrivateKey, str]:
-    """The checkpoint key in ``directory/audit-signing-key.pem`` (PKCS#8, 0600)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = directory / KEY_FILE
-    if not path.exists():
-        pem = Ed25519PrivateKey.generate().private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        tmp = directory / f".{KEY_FILE}.{os.urandom(6).hex()}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # SECURITY: never 0644
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # fails if a concurrent start won: then use its key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ValueError(f"{path}: audit signing key has mode {mode:04o}; "
-                         "it must not be readable by group or others (chmod 600)")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"{path}: audit signing key is not Ed25519")
-    return key, audit_kid(key.public_key())
-
-
-def public_key_document(key: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
-    x = _b64url(key.public_key().public_bytes_raw())
-    return {"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": ALG,
-                      "use": "sig"}]}
-
-
-def _public_keys(given: Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:
-    entries = given.get("keys")
-    if not isinstance(entries, list):
-        if not all(isinstance(k, Ed25519PublicKey) for k in given.values()):
-            raise TypeError("public_keys: expected {kid: Ed25519PublicKey} or a JWKS document")
-        return dict(given)
-    return {str(jwk.get("kid")): Ed25519PublicKey.from_public_bytes(_unb64url(jwk["x"]))
-            for jwk in entries
-            if isinstance(jwk, dict) and (jwk.get("kty"), jwk.get("crv")) == ("OKP", "Ed25519")}
-
 
 # -- writer --------------------------------------------------------------------
 class ChainedAuditLog:
@@ -140,12 +58,23 @@ class ChainedAuditLog:
 
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey, kid: str, *,
                  checkpoint_every: int = 1000, checkpoint_interval_s: float = 60.0,
+                 segment_max_bytes: int | None = None, segment_max_age_s: float | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        if not _KID.fullmatch(kid):
-            raise ValueError(f"audit kid {kid!r} must match {_KID.pattern}")
+        """With ``segment_max_bytes`` or ``segment_max_age_s``, the file is
+        rotated at the first checkpoint past either bound: it moves to
+        ``<stem>.segments/`` (sealed) and a new file starts with a copy of
+        that checkpoint as its anchor (docs/audit-format.md §10)."""
+        if not KID_RE.fullmatch(kid):
+            raise ValueError(f"audit kid {kid!r} must match {KID_RE.pattern}")
         if checkpoint_every < 1 or checkpoint_interval_s <= 0:
             raise ValueError("checkpoint_every must be >= 1 and checkpoint_interval_s > 0")
+        if (segment_max_bytes is not None and segment_max_bytes < 1) or (
+                segment_max_age_s is not None and segment_max_age_s <= 0):
+            raise ValueError("segment_max_bytes and segment_max_age_s must be positive")
         self.path, self._key, self._kid = path, signing_key, kid
+        self.segments = segments_dir(path)
+        self._max_bytes, self._max_age_s = segment_max_bytes, segment_max_age_s
+        self._rotates = segment_max_bytes is not None or segment_max_age_s is not None
         self._every, self._interval_s, self._clock = checkpoint_every, checkpoint_interval_s, clock
         self._lock = threading.Lock()
         self._failures = self._since_checkpoint = 0
@@ -153,6 +82,7 @@ class ChainedAuditLog:
         self._last_checkpoint_at = clock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            _finish_rotation(path, self.segments)
             created = not path.exists()
             self._fd: int | None = os.open(
                 path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
@@ -160,6 +90,7 @@ class ChainedAuditLog:
             raise AuditWriteFailed(f"cannot open audit log {path}: {exc.strerror}") from exc
         try:
             self._size, self._seq, self._head, last_type = _continue_chain(self._fd, path)
+            self._first_seq, started = _first_line(self._fd, self._seq)
             if created:  # make the new directory entry durable too
                 dfd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -172,6 +103,7 @@ class ChainedAuditLog:
         except AuditWriteFailed:
             os.close(self._fd)
             raise
+        self._segment_started = clock() if started is None else started
         self._uncovered = self._seq > 0 and last_type != CHECKPOINT
         if self._uncovered:
             log.warning("audit log %s did not end with a checkpoint (unclean stop?); "
@@ -228,8 +160,8 @@ class ChainedAuditLog:
     def _checkpoint(self) -> None:
         now = self._clock()
         sig = self._key.sign(checkpoint_message(self._seq + 1, self._head, self._kid))
-        self._append({"type": CHECKPOINT, "ts": now, "kid": self._kid, "alg": ALG,
-                      "sig": _b64url(sig)})
+        line = self._append({"type": CHECKPOINT, "ts": now, "kid": self._kid, "alg": ALG,
+                             "sig": b64url(sig)})
         assert self._fd is not None  # _append checked it
         try:
             os.fsync(self._fd)
@@ -237,8 +169,48 @@ class ChainedAuditLog:
             self._broken = True  # after a failed fsync the page cache cannot be trusted
             raise AuditWriteFailed(f"cannot fsync audit log {self.path}: {exc.strerror}") from exc
         self._since_checkpoint, self._last_checkpoint_at, self._uncovered = 0, now, False
+        if self._rotates and (
+                (self._max_bytes is not None and self._size >= self._max_bytes)
+                or (self._max_age_s is not None
+                    and now - self._segment_started >= self._max_age_s)):
+            self._rotate(line, now)
 
-    def _append(self, fields: dict[str, Any]) -> None:
+    def _rotate(self, anchor: bytes, now: float) -> None:
+        """Seal this file as a segment; go on in a new one that starts with a
+        copy of the checkpoint just written. Crash-safe in this order: the new
+        file is written aside first, then two renames; an open after a crash
+        in between finishes the job (``_finish_rotation``)."""
+        assert self._fd is not None
+        sealed = self.segments / segment_name(self._first_seq, self._seq)
+        nxt = _next_path(self.path)
+        try:
+            self.segments.mkdir(mode=0o700, exist_ok=True)
+            _write_new(nxt, anchor)
+            if sealed.exists():
+                raise FileExistsError(errno.EEXIST, "segment exists", str(sealed))
+            os.rename(self.path, sealed)
+        except OSError as exc:  # nothing moved: keep writing this file
+            log.warning("audit log %s: cannot rotate (%s); continuing in the same file",
+                        self.path, exc.strerror or exc)
+            with suppress(OSError):
+                nxt.unlink()
+            self._segment_started = now  # try again at the next bound, not every checkpoint
+            return
+        try:
+            os.rename(nxt, self.path)
+            _fsync_dir(self.segments)
+            _fsync_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            self._broken = True  # the fd is the sealed segment's now: never append to it
+            raise AuditWriteFailed(f"audit log {self.path}: rotation failed half-way "
+                                   f"({exc.strerror}); reopen the log") from exc
+        os.close(self._fd)
+        self._fd, self._size = fd, len(anchor)
+        self._first_seq, self._segment_started = self._seq, now
+        log.info("audit log: sealed %s", sealed.name)
+
+    def _append(self, fields: dict[str, Any]) -> bytes:
         if self._fd is None or self._broken:
             raise AuditWriteFailed(f"audit log {self.path} is "
                                    + ("closed" if self._fd is None else "unusable; reopen it"))
@@ -267,6 +239,69 @@ class ChainedAuditLog:
                                    f"{exc.strerror or exc}") from exc
         self._size += written
         self._seq, self._head, self._uncovered = self._seq + 1, digest, True
+        return line
+
+
+def _next_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.next")
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.EIO, "short write")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _finish_rotation(path: Path, segments: Path) -> None:
+    """After a crash during ``_rotate``: if the active file is gone (or empty)
+    while sealed segments exist, start it again with the last segment's last
+    line, a checkpoint, as the anchor. A leftover ``.next`` file is dropped."""
+    with suppress(FileNotFoundError):
+        _next_path(path).unlink()
+    if path.exists() and path.stat().st_size > 0:
+        return
+    sealed = segment_files(segments)
+    if not sealed:
+        return
+    data = sealed[-1].read_bytes()
+    anchor = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
+    parsed = parse_line(anchor.rstrip(b"\n"))
+    if isinstance(parsed, str) or parsed.fields.get("type") != CHECKPOINT:
+        raise AuditWriteFailed(f"{sealed[-1]}: the last sealed segment does not end with a "
+                               "checkpoint; cannot continue the log from it")
+    _write_new(path, anchor)
+    _fsync_dir(path.parent)
+    log.warning("audit log %s: finished an interrupted rotation (anchor seq %d)",
+                path, parsed.seq)
+
+
+def _first_line(fd: int, last_seq: int) -> tuple[int, float | None]:
+    """(seq, ts) of the file's first line; (last_seq + 1, None) when empty."""
+    st = os.fstat(fd)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # e.g. /dev/full
+    buf, pos = b"", 0
+    while b"\n" not in buf:
+        chunk = os.pread(fd, min(65536, size - pos), pos) if pos < size else b""
+        if not chunk:
+            return last_seq + 1, None
+        buf, pos = buf + chunk, pos + len(chunk)
+    first = parse_line(buf[:buf.index(b"\n")])
+    if isinstance(first, str):
+        return last_seq + 1, None
+    ts = first.fields.get("ts")
+    return first.seq, float(ts) if isinstance(ts, int | float) else None
 
 
 def _continue_chain(fd: int, path: Path) -> tuple[int, int, str, str | None]:
@@ -285,133 +320,8 @@ def _continue_chain(fd: int, path: Path) -> tuple[int, int, str, str | None]:
                     "interrupted write", path, size - good)
     if end < 0:
         return 0, 0, GENESIS, None
-    last = _parse(buf[buf.rfind(b"\n", 0, end) + 1:end])
+    last = parse_line(buf[buf.rfind(b"\n", 0, end) + 1:end])
     if isinstance(last, str):
         raise AuditWriteFailed(f"{path}: last line is not an audit chain line ({last}); "
                                "move the file aside to start a new chain")
     return good, last.seq, last.hash, last.fields.get("type")
-
-
-# -- verifier ------------------------------------------------------------------
-@dataclass(frozen=True)
-class VerifyResult:
-    ok: bool
-    events: int  # lines verified before the first problem, by kind
-    checkpoints: int
-    first_bad_line: int | None
-    first_bad_seq: int | None  # the seq expected there (= line number in this format)
-    problem: str
-    uncovered: int = 0  # lines after the last checkpoint: chained but not signed
-    warning: str = ""
-
-
-@dataclass(frozen=True)
-class _Line:
-    seq: int
-    prev: str
-    hash: str
-    computed: str
-    fields: dict[str, Any]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    if len(out := dict(pairs)) != len(pairs):
-        raise ValueError("duplicate key")
-    return out
-
-
-def _parse(raw: bytes) -> _Line | str:
-    """A line without its newline, or why it is malformed."""
-    if (m := _SEALED.fullmatch(raw)) is None:
-        return 'not a JSON object ending in "hash"'
-    body = m.group(1) + b"}"
-    try:
-        fields = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except ValueError:
-        return "not valid UTF-8 JSON"
-    if not isinstance(fields, dict) or "hash" in fields:
-        return "not a JSON object with one hash"
-    seq, prev = fields.get("seq"), fields.get("prev")
-    if type(seq) is not int or not isinstance(prev, str) or not _HEX64.fullmatch(prev):
-        return "seq or prev missing or malformed"
-    return _Line(seq, prev, m.group(2).decode(), line_hash(prev, body), fields)
-
-
-def _explain_break(n: int, cur: _Line, nxt: _Line | str | None, prev1: str,
-                   prev2: str) -> tuple[int, str]:
-    """Line ``n`` is intact but does not continue the chain; ``prev1``/``prev2``
-    are the hashes of lines n-1 and n-2. Returns (bad line, what happened)."""
-    if cur.hash == prev1:
-        return n, f"duplicate of line {n - 1}"
-    if n > 1 and cur.seq == n - 1 and cur.prev == prev2:
-        return n - 1, f"inserted line: line {n} continues the chain from line {n - 2}"
-    if isinstance(nxt, _Line) and nxt.seq == n and nxt.prev == prev1:
-        if nxt.hash == cur.prev:
-            return n, f"lines {n} and {n + 1} swapped (reordered)"
-        return n, f"inserted line: line {n + 1} continues the chain from line {n - 1}"
-    if cur.seq > n:
-        return n, f"seq {cur.seq} where {n} expected: {cur.seq - n} line(s) deleted or moved"
-    if cur.seq < n:
-        return n, f"seq {cur.seq} where {n} expected: line replayed or moved"
-    return n, f"prev does not match the hash of line {n - 1}: chain broken"
-
-
-def _check_checkpoint(n: int, cur: _Line, keys: Mapping[str, Ed25519PublicKey],
-                      last_cp: int) -> str | None:
-    kid, sig = cur.fields.get("kid"), cur.fields.get("sig")
-    if cur.fields.get("alg") != ALG or not isinstance(kid, str) or not isinstance(sig, str):
-        return "malformed checkpoint (alg, kid or sig)"
-    if kid not in keys:
-        return f"checkpoint signed with unknown kid {kid!r}"
-    try:
-        keys[kid].verify(_unb64url(sig), checkpoint_message(n, cur.prev, kid))
-    except (InvalidSignature, ValueError):
-        return (f"checkpoint signature does not verify with key {kid!r}: forged or "
-                f"rewritten; lines {last_cp + 1}-{n - 1} are not authenticated")
-    return None
-
-
-def verify(path: Path, public_keys: Mapping[str, Ed25519PublicKey] | dict[str, Any]
-           ) -> VerifyResult:
-    """Check every line and checkpoint of ``path``; stop at the first problem."""
-    keys = _public_keys(public_keys)
-    counts = {"event": 0, CHECKPOINT: 0}
-    prev1, prev2 = GENESIS, GENESIS  # hashes of lines n-1 and n-2
-    last_kind, last_cp, n = "event", 0, 0
-
-    def bad(line: int, what: str) -> VerifyResult:
-        if line < n:  # a finding about the line before: it is not verified after all
-            counts[last_kind] -= 1
-        return VerifyResult(False, counts["event"], counts[CHECKPOINT], line, line,
-                            f"line {line} (seq {line}): {what}")
-
-    with path.open("rb") as fh:
-        stream = enumerate(fh, start=1)
-        pending = next(stream, None)
-        while pending is not None:
-            (n, raw), pending = pending, next(stream, None)
-            if not raw.endswith(b"\n"):
-                return bad(n, "truncated line (no newline at end): cut file or interrupted write")
-            cur = _parse(raw[:-1])
-            if isinstance(cur, str):
-                return bad(n, f"malformed line: {cur}")
-            if cur.computed != cur.hash:
-                return bad(n, "hash mismatch: content edited")
-            if cur.seq != n or cur.prev != prev1:
-                nxt = _parse(pending[1].rstrip(b"\n")) if pending is not None else None
-                return bad(*_explain_break(n, cur, nxt, prev1, prev2))
-            kind = cur.fields.get("type", "event")
-            if kind == CHECKPOINT:
-                if (why := _check_checkpoint(n, cur, keys, last_cp)) is not None:
-                    return bad(n, why)
-                last_cp = n
-            elif kind != "event":
-                return bad(n, "unknown line type")
-            counts[kind] += 1
-            last_kind, prev2, prev1 = kind, prev1, cur.hash
-    uncovered = n - last_cp
-    warning = "empty log: nothing to verify" if n == 0 else "" if uncovered == 0 else (
-        f"{uncovered} line(s) after the last checkpoint (line {last_cp}) are chained "
-        "but not signed: their deletion or rewriting cannot be detected")
-    return VerifyResult(True, counts["event"], counts[CHECKPOINT], None, None, "", uncovered,
-                        warning)

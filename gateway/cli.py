@@ -131,7 +131,8 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.auditchain import load_or_create_audit_key, public_key_document, verify
+    from gateway.auditchain import load_or_create_audit_key, public_key_document, verify_log
+    from gateway.auditformat import segment_files, segments_dir
 
     if args.keys:
         keys = json.loads(Path(args.keys).read_text())
@@ -141,10 +142,16 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             print(f"gateway: no --keys file and no key directory {key_dir}", file=sys.stderr)
             return 2
         keys = public_key_document(*load_or_create_audit_key(key_dir))
-    result = verify(Path(args.log), keys)
+    log_path = Path(args.log)
+    if not log_path.exists() and not segment_files(segments_dir(log_path)):
+        print(f"gateway: no audit log at {log_path}", file=sys.stderr)
+        return 2
+    result = verify_log(log_path, keys)
     summary = {"ok": result.ok, "events": result.events, "checkpoints": result.checkpoints,
+               "files": result.files, "first_seq": result.first_seq,
+               "last_seq": result.last_seq, "first_bad_file": None if result.ok else result.file,
                "first_bad_line": result.first_bad_line, "first_bad_seq": result.first_bad_seq,
-               "problem": result.problem}
+               "problem": result.problem, "warning": result.warning}
     print(json.dumps(summary, indent=1))
     return 0 if result.ok else 1
 
@@ -174,7 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     init.set_defaults(func=cmd_certs_init_dev)
     audit = sub.add_parser("audit", help="the tamper-evident audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True)
-    verify = audit_sub.add_parser("verify", help="check the hash chain and every checkpoint")
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain and every checkpoint, across the sealed "
+        "segments (<log>.segments/) and the active file")
     verify.add_argument("--log", default="var/demo/audit.jsonl")
     verify.add_argument("--keys", help="public keys (JSON, as served on the ops plane at "
                         "/.well-known/audit-keys.json)")

@@ -20,6 +20,7 @@ from gateway.errors import ConfigError
 SECONDS = 1.0
 DEFAULT_LIMITS = EdgeLimits()
 MiB = 1024 * 1024
+DEFAULT_RAW_RETENTION_DAYS = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,18 @@ class VaultConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """The audit log's checkpoints, segments and raw-event retention (issue 6)."""
+
+    checkpoint_every: int = 1000  # events between signed checkpoints
+    checkpoint_interval_s: float = 60.0  # or this long, whichever comes first
+    segment_max_bytes: int = 64 * MiB  # seal the file at the first checkpoint past this
+    segment_max_age_s: float = 24 * 3600.0  # ... or past this age
+    raw_retention_days: float = DEFAULT_RAW_RETENTION_DAYS  # then sealed, rolled-up
+    # segments are deleted; 0 = keep everything
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     trust_domain: str
     tenants_dir: Path
@@ -80,6 +93,7 @@ class GatewayConfig:
     admin: Listener = Listener("127.0.0.1", 8444)
     ca: CaConfig | None = None
     vault: VaultConfig = VaultConfig()
+    audit: AuditConfig = AuditConfig()
     soc_file: Path | None = None
     soc_webhook: str | None = None
     soc_syslog: str | None = None  # "udp://127.0.0.1:5514" or "tcp://..."
@@ -149,6 +163,18 @@ class GatewayConfig:
                 v.number("breakglass_max_duration_s", 4 * 3600),
                 v.number("breakglass_emergency_duration_s", 30 * 60),
                 True if other_team is None else bool(other_team))
+        audit = AuditConfig()
+        if r._get("audit") is not None:
+            a = _Reader(r.table("audit"), base, source, "audit.")
+            unknown = set(r.table("audit")) - {
+                "checkpoint_every", "checkpoint_interval_s", "segment_max_mb",
+                "segment_max_age_h", "raw_retention_days"}
+            if unknown:
+                raise ConfigError(f"{source}: audit.{sorted(unknown)[0]}: unknown setting")
+            audit = AuditConfig(
+                int(a.number("checkpoint_every", 1000)), a.number("checkpoint_interval_s", 60),
+                int(a.number("segment_max_mb", 64) * MiB),
+                a.number("segment_max_age_h", 24) * 3600, _retention_days(a))
         accounts_doc = r._get("accounts") or {}
         if not isinstance(accounts_doc, Mapping) or not all(
                 isinstance(v, str) and v in UPSTREAMS for v in accounts_doc.values()):
@@ -187,6 +213,7 @@ class GatewayConfig:
             admin=r.listener("listeners.admin", Listener("127.0.0.1", 8444)),
             ca=ca,
             vault=vault,
+            audit=audit,
             soc_file=r.opt_path("soc.file"),
             soc_webhook=str(webhook) if webhook else None,
             soc_syslog=_syslog_url(r._get("soc.syslog"), source),
@@ -204,6 +231,15 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             source=source,
         )
+
+
+def _retention_days(a: _Reader) -> float:
+    value = a._get("raw_retention_days")
+    if value is None:
+        return DEFAULT_RAW_RETENTION_DAYS
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise a._err("raw_retention_days", "must be a number of days >= 0 (0: keep all)")
+    return float(value)
 
 
 def _loopback(host: str) -> bool:

@@ -110,6 +110,10 @@ class GatewayMetrics:
             "gateway_audit_write_failures",
             "Audit events that could not be written; each refused its request (fail closed).",
             registry=r)
+        self.audit_pruned_segments = Counter(
+            "gateway_audit_pruned_segments",
+            "Sealed audit segments deleted by the raw-event retention policy (D10).",
+            registry=r)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

@@ -19,6 +19,7 @@ from gateway.admin import build_admin_app
 from gateway.admin_vault import combine, usage_routes, vault_routes
 from gateway.assertion import AssertionSigner
 from gateway.auditchain import ChainedAuditLog, load_or_create_audit_key, public_key_document
+from gateway.auditprune import AuditPruner
 from gateway.breakglass import BreakGlass, BreakGlassPolicy
 from gateway.ca import IssuancePolicy
 from gateway.config import GatewayConfig
@@ -101,8 +102,12 @@ class Gateway:
         self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
         # D10: hash-chained, checkpoints signed with the audit key (issue 6).
         self.audit_key, self.audit_kid = load_or_create_audit_key(config.data_dir / "audit-key")
-        self.audit = ChainedAuditLog(config.data_dir / "audit.jsonl", self.audit_key,
-                                     self.audit_kid)
+        self.audit = ChainedAuditLog(
+            config.data_dir / "audit.jsonl", self.audit_key, self.audit_kid,
+            checkpoint_every=config.audit.checkpoint_every,
+            checkpoint_interval_s=config.audit.checkpoint_interval_s,
+            segment_max_bytes=config.audit.segment_max_bytes,
+            segment_max_age_s=config.audit.segment_max_age_s)
         ca = config.ca
         self.credentials = Credentials(
             store=self.store, trust_domain=config.trust_domain, registry=lambda: self.registry,
@@ -156,11 +161,20 @@ class Gateway:
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
+        self.audit_pruner = None if config.audit.raw_retention_days == 0 else AuditPruner(
+            self.audit, raw_retention_days=config.audit.raw_retention_days,
+            rolled_up_through=self._rolled_up_through,
+            public_keys=public_key_document(self.audit_key, self.audit_kid),
+            on_pruned=self.metrics.audit_pruned_segments.inc)
         self._pseudonymisers: dict[str, Pseudonymiser] = {}
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
         self.metrics.config_loaded.set(1)
+
+    def _rolled_up_through(self) -> float | None:
+        flushed = self.usage.flushed_through
+        return None if flushed is None else flushed.timestamp()
 
     def _pseudonymiser(self, tenant: str) -> Pseudonymiser:
         """D9: each IT provider's own pseudonym key, derived from a master
@@ -290,6 +304,8 @@ class Gateway:
                     await asyncio.to_thread(self.usage.flush)
                     await asyncio.to_thread(self.usage.prune)
                     self._last_usage_flush = now
+                    if self.audit_pruner is not None:  # D10: raw events once rolled up
+                        await asyncio.to_thread(self.audit_pruner.prune)
             except Exception:  # keep serving; the next round tries again
                 log.exception("credential maintenance failed")
 

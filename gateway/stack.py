@@ -132,7 +132,8 @@ class Stack:
                  trust_domain: str = TRUST_DOMAIN, upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, gateway_settings: str = "",
                  run_gateway: bool = True, soc_syslog: str | None = None,
-                 limits: str = "", upstream_ports: dict[str, int] | None = None) -> None:
+                 limits: str = "", upstream_ports: dict[str, int] | None = None,
+                 extra_config: str = "") -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -146,6 +147,7 @@ class Stack:
         self.run_gateway = run_gateway
         self.soc_syslog = soc_syslog
         self.limits = limits  # `key = value` lines for a [limits] table (tests)
+        self.extra_config = extra_config  # whole TOML tables appended (e.g. [audit])
         # Where the gateway reaches an upstream, if not the simulator itself
         # (tests put a fault proxy in between).
         self.upstream_ports = upstream_ports or {}
@@ -212,6 +214,9 @@ class Stack:
         if self.limits:
             with config_path.open("a") as fh:
                 fh.write("\n[limits]\n" + self.limits.strip() + "\n")
+        if self.extra_config:
+            with config_path.open("a") as fh:
+                fh.write("\n" + self.extra_config.strip() + "\n")
         if self.gateway_settings:
             text = config_path.read_text().replace(
                 "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)

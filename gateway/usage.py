@@ -134,6 +134,9 @@ class UsageLedger:
         self._pending_lock = threading.Lock()  # held by record(): never across I/O
         self._db_lock = threading.Lock()
         self._closed = False
+        # Every count recorded before this instant is in the database (the
+        # audit pruner deletes raw events only once they are rolled up).
+        self.flushed_through: datetime | None = None
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         with self._db_lock:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -163,8 +166,11 @@ class UsageLedger:
     def _flush_locked(self) -> int:
         with self._pending_lock:
             pending, self._pending = self._pending, {}
+            taken_at = self._clock()
         if not pending or self._closed:
             self._restore(pending)
+            if not self._closed:
+                self.flushed_through = taken_at
             return 0
         rows: dict[_RowKey, list[int]] = {}
         for (day, tenant, upstream, route), counts in pending.items():
@@ -183,6 +189,7 @@ class UsageLedger:
                 self._db.execute("ROLLBACK")
             self._restore(pending)  # keep the counts for the next flush
             raise
+        self.flushed_through = taken_at
         return len(rows)
 
     def _restore(self, pending: dict[_DayKey, list[int]]) -> None:

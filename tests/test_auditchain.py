@@ -132,7 +132,11 @@ def test_intact_log_verifies(tmp_path: Path, lines: list[bytes], key: Ed25519Pri
     path = write(tmp_path, lines)
     for trusted in (keys, {kid: key.public_key()}):
         result = ac.verify(path, trusted)
-        assert result == ac.VerifyResult(True, 47, 5, None, None, "", 0, "")
+        assert (result.ok, result.events, result.checkpoints, result.first_bad_line,
+                result.problem, result.uncovered, result.warning) == (
+                    True, 47, 5, None, "", 0, "")
+        assert (result.first_seq, result.last_seq, result.last_checkpoint_seq) == (1, 52, 52)
+        assert result.last_hash == fields_of(lines[-1])["hash"]
 
 
 def test_lines_hold_no_unexpected_members(lines: list[bytes]) -> None:
