@@ -53,6 +53,15 @@ class Part:
 
 
 @dataclass(frozen=True, slots=True)
+class EncodedPart:
+    id: str
+    tenant: str
+    kind: str
+    records: int  # what the queue bound and the metrics count (readings)
+    body: bytes  # the records as one JSON array
+
+
+@dataclass(frozen=True, slots=True)
 class RetryPolicy:
     base: timedelta = timedelta(seconds=1)
     cap: timedelta = timedelta(minutes=10)
@@ -102,14 +111,24 @@ class Outbox:
                 quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
         """Store the batch and its parts ``(part_id, tenant, kind, records)`` in one
         transaction: all of them are durable, or none."""
+        self.enqueue_encoded(
+            batch_id=batch_id, source=source, fingerprint=fingerprint, received=received,
+            quarantined=quarantined,
+            parts=[EncodedPart(part_id, tenant, kind, len(records),
+                               json.dumps(list(records)).encode())
+                   for part_id, tenant, kind, records in parts])
+
+    def enqueue_encoded(self, *, batch_id: str, source: str, fingerprint: str, received: int,
+                        quarantined: int, parts: Sequence[EncodedPart]) -> None:
+        """Like :meth:`enqueue`, with each part's records already encoded as one
+        JSON array: they are encrypted and stored as they are, and delivered so."""
         now = self.clock()
         rows = []
-        for part_id, tenant, kind, records in parts:
+        for part in parts:
             nonce = os.urandom(12)
-            payload = self._aead.encrypt(nonce, json.dumps(list(records)).encode(),
-                                         part_id.encode())
-            rows.append((part_id, batch_id, tenant, kind, len(records), _t(now), "pending", 0,
-                         _t(now), None, nonce, payload, None))
+            payload = self._aead.encrypt(nonce, part.body, part.id.encode())
+            rows.append((part.id, batch_id, part.tenant, part.kind, part.records, _t(now),
+                         "pending", 0, _t(now), None, nonce, payload, None))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -132,14 +151,17 @@ class Outbox:
         return [_part(r) for r in rows]
 
     def payload(self, part: Part) -> list[Any]:
+        records: list[Any] = json.loads(self.payload_bytes(part))
+        return records
+
+    def payload_bytes(self, part: Part) -> bytes:
+        """The part's records as stored: one JSON array, decrypted, not parsed."""
         with self._lock:
             row = self._db.execute("SELECT nonce, payload FROM parts WHERE id = ?",
                                    (part.id,)).fetchone()
         if row is None or row["payload"] is None:
             raise KeyError(part.id)
-        records: list[Any] = json.loads(self._aead.decrypt(row["nonce"], row["payload"],
-                                                           part.id.encode()))
-        return records
+        return self._aead.decrypt(row["nonce"], row["payload"], part.id.encode())
 
     def acknowledged(self, part_id: str) -> None:
         """Delivered: the payload goes; the counts stay (D10)."""

@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 import ssl
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,11 +27,21 @@ import aiohttp
 from gateway.audit import AuditSink
 from gateway.core.fanout import FanoutRejected, split_request
 from gateway.core.model import Caller
-from gateway.core.push import ISOLATION_REASONS_PUSH, BatchRejected, batch_fingerprint, route_batch
+from gateway.core.push import (
+    ISOLATION_REASONS_PUSH,
+    BatchRejected,
+    Quarantined,
+    batch_fingerprint,
+    route_batch,
+)
+from gateway.core.push_days import FORMAT as DAYS_FORMAT
+from gateway.core.push_days import KIND as DAYS_KIND
+from gateway.core.push_days import route_meter_days
+from gateway.core.pushscan import Spans, scan_batch
 from gateway.core.relations import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
-from gateway.outbox import Outbox, Part, RetryPolicy
+from gateway.outbox import EncodedPart, Outbox, Part, RetryPolicy
 from gateway.problem import new_incident_id
 
 log = logging.getLogger("gateway.push")
@@ -39,6 +49,29 @@ PUSH_ROLE = "pusher"
 # Receiver answers that will not get better by retrying (a poison part).
 DEFAULT_RETRY = RetryPolicy()
 _PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
+    """A part of per-record readings: encoded once, when it is stored."""
+    return lambda: _COMPACT(list(records)).encode()
+
+
+def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
+    """A part of meter-days: their texts are JSON already (ASCII)."""
+    return lambda: ("[" + ",".join(meter_days) + "]").encode()
+
+
+def delivery_body(part: Part, records: bytes) -> bytes:
+    """What the receiver gets: the stored array inside its envelope, not re-encoded.
+    ``{"batch_id", "tenant", "kind", "records": [...]}``, or for meter-days
+    ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``."""
+    head = _COMPACT({"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind})
+    if part.kind == DAYS_KIND:
+        member = f',"format":"{DAYS_FORMAT}","readings":{part.records},"meter_days":'
+    else:
+        member = ',"records":'
+    return b"".join((head[:-1].encode(), member.encode(), records, b"}"))
 
 
 class PushService:
@@ -62,71 +95,112 @@ class PushService:
 
     # -- intake ----------------------------------------------------------------
     def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
-        """Route and enqueue one batch; returns (status, accounting, incident)."""
+        """Route and enqueue one batch; returns (status, accounting, incident).
+        The batch's ``format`` chooses the router: absent, one record per reading
+        (issue 5); ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
         if PUSH_ROLE not in caller.principal.roles or caller.tenant.kind != "shared-system":
             raise RequestRefused(403, "not-a-pusher")
+        text: str | None = None
+        spans = None
         try:
-            batch = json.loads(raw)
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
+                batch = json.loads(raw)
+            else:
+                batch, spans = scan_batch(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
+        if isinstance(batch, Mapping) and batch.get("format") is not None:
+            return self._intake_days(caller, raw, batch, text, spans)
         try:
             routed = route_batch(batch, self.relations(), self.clock())
         except BatchRejected as exc:
             raise RequestRefused(exc.status, exc.reason) from exc
-        source = caller.tenant.id
+        # Issue 5's contract: the fingerprint is of the content, not of its spelling.
         fingerprint = batch_fingerprint(routed.batch_id, batch["records"])
-        known = self.outbox.batch(routed.batch_id)
+        parts = [(tenant, len(records), _encoder(records))
+                 for tenant, records in sorted(routed.parts.items())]
+        return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
+                             routed.quarantined, parts, "hes-readings", {})
+
+    def _intake_days(self, caller: Caller, raw: bytes, batch: Mapping[str, Any],
+                     text: str | None, spans: Spans | None) -> tuple[int, dict[str, Any], str]:
+        try:
+            routed = route_meter_days(batch, self.relations(), self.clock(), text=text,
+                                      spans=spans)
+        except BatchRejected as exc:
+            raise RequestRefused(exc.status, exc.reason) from exc
+        # The bytes as posted: a re-post must be byte for byte the same batch.
+        fingerprint = "sha256-body:" + hashlib.sha256(raw).hexdigest()
+        parts = [(tenant, part.readings, _joiner(part.meter_days))
+                 for tenant, part in sorted(routed.parts.items())]
+        return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
+                             routed.quarantined, parts, DAYS_KIND,
+                             {"format": DAYS_FORMAT, "meter_days": routed.meter_days})
+
+    def _enqueue(self, caller: Caller, batch_id: str, fingerprint: str, received: int,
+                 quarantine: tuple[Quarantined, ...],
+                 parts: list[tuple[str, int, Callable[[], bytes]]], kind: str,
+                 extra: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+        """Store what is routed (one transaction), answer for every reading."""
+        source = caller.tenant.id
+        known = self.outbox.batch(batch_id)
         if known is not None and known["fingerprint"] != fingerprint:
             raise RequestRefused(409, "batch-id-reused-with-other-content")
         incident = new_incident_id()
         parts_out, to_store = [], []
         queued = refused = 0
-        for tenant, records in sorted(routed.parts.items()):
-            part_id = f"{routed.batch_id}/{tenant}"
+        for tenant, count, encode in parts:
+            part_id = f"{batch_id}/{tenant}"
             if self.outbox.part_status(part_id) is not None:
                 status = "already-queued"  # an idempotent re-post
-                queued += len(records)
+                queued += count
             elif tenant not in self.endpoints:
                 status = "refused-no-endpoint"
-                refused += len(records)
-            elif self.outbox.pending_records(tenant) + len(records) > self.max_pending_records:
+                refused += count
+            elif self.outbox.pending_records(tenant) + count > self.max_pending_records:
                 status = "refused-queue-full"  # back-pressure: this tenant only
-                refused += len(records)
+                refused += count
             else:
                 status = "queued"
-                queued += len(records)
-                to_store.append((part_id, tenant, "hes-readings", records))
-            parts_out.append({"tenant": tenant, "records": len(records), "status": status,
+                queued += count
+                to_store.append(EncodedPart(part_id, tenant, kind, count, encode()))
+            parts_out.append({"tenant": tenant, "records": count, "status": status,
                               "idempotency_key": part_id})
+        quarantined = sum(q.count for q in quarantine)
         if to_store or known is None:
-            self.outbox.enqueue(batch_id=routed.batch_id, source=source,
-                                fingerprint=fingerprint, received=routed.received,
-                                quarantined=len(routed.quarantined), parts=to_store)
-        for _, tenant, _, records in to_store:
-            self.metrics.push_records.labels(source, tenant, "queued").inc(len(records))
-            self._wake_up(tenant)
-        violations = [q for q in routed.quarantined if q.reason in ISOLATION_REASONS_PUSH]
+            self.outbox.enqueue_encoded(batch_id=batch_id, source=source,
+                                        fingerprint=fingerprint, received=received,
+                                        quarantined=quarantined, parts=to_store)
+        for part in to_store:
+            self.metrics.push_records.labels(source, part.tenant, "queued").inc(part.records)
+            self._wake_up(part.tenant)
+        violations = sum(q.count for q in quarantine if q.reason in ISOLATION_REASONS_PUSH)
         if violations:
-            self.metrics.isolation_violations.labels(source, "push", "push").inc(len(violations))
-        if routed.quarantined and known is None:
-            self.metrics.push_records.labels(source, "none", "quarantined").inc(
-                len(routed.quarantined))
+            self.metrics.isolation_violations.labels(source, "push", "push").inc(violations)
+        if quarantined and known is None:
+            self.metrics.push_records.labels(source, "none", "quarantined").inc(quarantined)
         reasons: dict[str, int] = {}
-        for q in routed.quarantined:
-            reasons[q.reason] = reasons.get(q.reason, 0) + 1
+        for q in quarantine:
+            reasons[q.reason] = reasons.get(q.reason, 0) + q.count
         self.audit.record({"event": "push-batch", "incident": incident, "tenant": source,
-                           "batch_id": routed.batch_id, "received": routed.received,
-                           "queued": queued, "quarantined": len(routed.quarantined),
-                           "refused": refused, "quarantine_reasons": reasons,
+                           "batch_id": batch_id, "received": received,
+                           "queued": queued, "quarantined": quarantined,
+                           "refused": refused, "quarantine_reasons": reasons, **extra,
                            "parts": [{k: p[k] for k in ("tenant", "records", "status")}
                                      for p in parts_out]})
-        doc = {"batch_id": routed.batch_id, "received": routed.received, "queued": queued,
-               "quarantined": len(routed.quarantined), "refused": refused,
-               "parts": parts_out, "incident": incident,
-               "quarantine": [{"index": q.index, "reason": q.reason, "meter": q.meter}
-                              for q in routed.quarantined]}
-        # Every record accounted for: queued + quarantined + refused == received.
-        assert queued + len(routed.quarantined) + refused == routed.received
+        if kind == DAYS_KIND:
+            listed = [{"index": q.index, "first": q.first, "count": q.count,
+                       "reason": q.reason, "meter": q.meter} for q in quarantine]
+        else:
+            listed = [{"index": q.index, "reason": q.reason, "meter": q.meter}
+                      for q in quarantine]
+        doc = {"batch_id": batch_id, "received": received, "queued": queued,
+               "quarantined": quarantined, "refused": refused, **extra,
+               "parts": parts_out, "incident": incident, "quarantine": listed}
+        # Every reading accounted for: queued + quarantined + refused == received.
+        assert queued + quarantined + refused == received
         return (429 if refused else 202), doc, incident
 
     def intake_cmh(self, caller: Caller, raw: bytes, tenant_kinds: Mapping[str, str],
@@ -216,18 +290,20 @@ class PushService:
 
     async def _deliver(self, part: Part) -> None:
         assert self._session is not None
-        body = {"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind,
-                "records": self.outbox.payload(part)}
+        # Decrypt off the event loop; the stored bytes go out as they are.
+        body = delivery_body(part, await asyncio.to_thread(self.outbox.payload_bytes, part))
         try:
-            async with self._session.post(self.endpoints[part.tenant], json=body,
-                                          headers={"Idempotency-Key": part.id}) as resp:
+            async with self._session.post(
+                    self.endpoints[part.tenant],
+                    data=aiohttp.BytesPayload(body, content_type="application/json"),
+                    headers={"Idempotency-Key": part.id}) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             status, error = 0, type(exc).__name__
         else:
             error = f"http-{status}"
         if 200 <= status < 300:
-            self.outbox.acknowledged(part.id)
+            await asyncio.to_thread(self.outbox.acknowledged, part.id)
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
             self.metrics.push_records.labels(self._source(part), part.tenant,
                                              "delivered").inc(part.records)
@@ -236,7 +312,8 @@ class PushService:
                                "records": part.records, "attempts": part.attempts + 1})
             return
         permanent = status in _PERMANENT
-        outcome = self.outbox.failed(part, error, self.retry, permanent=permanent)
+        outcome = await asyncio.to_thread(self.outbox.failed, part, error, self.retry,
+                                          permanent=permanent)
         self.metrics.delivery_attempts.labels(
             part.tenant, "rejected" if permanent else "error").inc()
         if outcome == "dead":

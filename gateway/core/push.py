@@ -60,6 +60,7 @@ QUARANTINE_REASONS = frozenset({
 ISOLATION_REASONS_PUSH = frozenset({"owner-mismatch"})
 BATCH_REJECT_REASONS = frozenset({
     "batch-not-object", "bad-batch-id", "records-not-list", "batch-too-large",
+    "meter-days-not-list", "unsupported-format",  # the columnar format (push_days)
 })
 
 UNITS = frozenset({"kWh", "kW", "m3"})
@@ -78,9 +79,11 @@ _FP_CHUNK = 4096
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    index: int  # position in the batch's records
+    index: int  # position in the batch's records (meter-days: in its meter_days)
     reason: str
     meter: str | None  # the serial if well formed (for the report back), never the value
+    first: int = 0  # meter-days only: the first quarantined value of that meter-day
+    count: int = 1  # how many readings: always 1 for a record, a run for a meter-day
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +96,7 @@ class RoutedBatch:
     def counts(self) -> dict[str, int]:
         queued = sum(len(records) for records in self.parts.values())
         return {"received": self.received, "queued": queued,
-                "quarantined": len(self.quarantined)}
+                "quarantined": sum(q.count for q in self.quarantined)}
 
 
 class BatchRejected(RequestRefused):
@@ -140,28 +143,37 @@ class _Resolver:
     def span(self, serial: str, at: int) -> _Span:
         """Owner and airplane mode of ``serial`` at ``at``, and the widest
         interval around ``at`` over which both stay the same."""
-        lo, hi = _MIN, _MAX
-        owners: set[str] = set()
-        airplane = False
-        for rel in self._relations.of("meter", serial):
-            if rel.relation != "owner" and rel.relation != AIRPLANE_MODE:
-                continue
-            start = _MIN if rel.valid_from is None else _micros(rel.valid_from)
-            end = _MAX if rel.valid_to is None else _micros(rel.valid_to)
-            for bound in (start, end):
-                if bound <= at:
-                    lo = max(lo, bound)
-                else:
-                    hi = min(hi, bound)
-            if start <= at < end:
-                if rel.relation == "owner":
-                    owners.add(rel.tenant)
-                else:  # D5: any airplane-mode tuple silences the meter, whoever set it
-                    airplane = True
-        # SECURITY: fail closed when the feed names no owner, several, or the wildcard.
-        owner = next(iter(owners)) if len(owners) == 1 and "*" not in owners else None
+        lo, hi, owner, airplane = owner_span(self._relations, serial, at)
         part = self._parts.setdefault(owner, []) if owner is not None else []
         return (lo, hi, owner, airplane, part)
+
+
+def owner_span(relations: RelationIndex, serial: str, at: int
+               ) -> tuple[int, int, str | None, bool]:
+    """``(lo, hi, owner, airplane)``: the meter's single owner (None: no owner,
+    several, or the wildcard) and whether it is in airplane mode at ``at``
+    (microseconds since the epoch), constant over ``[lo, hi)`` around ``at``."""
+    lo, hi = _MIN, _MAX
+    owners: set[str] = set()
+    airplane = False
+    for rel in relations.of("meter", serial):
+        if rel.relation != "owner" and rel.relation != AIRPLANE_MODE:
+            continue
+        start = _MIN if rel.valid_from is None else _micros(rel.valid_from)
+        end = _MAX if rel.valid_to is None else _micros(rel.valid_to)
+        for bound in (start, end):
+            if bound <= at:
+                lo = max(lo, bound)
+            else:
+                hi = min(hi, bound)
+        if start <= at < end:
+            if rel.relation == "owner":
+                owners.add(rel.tenant)
+            else:  # D5: any airplane-mode tuple silences the meter, whoever set it
+                airplane = True
+    # SECURITY: fail closed when the feed names no owner, several, or the wildcard.
+    owner = next(iter(owners)) if len(owners) == 1 and "*" not in owners else None
+    return (lo, hi, owner, airplane)
 
 
 def _batch_records(batch: Any, max_records: int) -> tuple[str, list[Any]]:

@@ -1,0 +1,359 @@
+"""Routing of pushed meter-days, the HES's columnar format (issue 7 item 4; D1, D5).
+
+One object per meter, register and day instead of one per reading, on the same
+endpoint (``POST /push/hes/batches``), chosen by the batch's ``format``::
+
+    {"format": "meter-days/v1", "batch_id": "HES-2026-06-14", "source": "hes",
+     "meter_days": [{"meter": "1SAG1100042062", "start": "2026-06-14T00:00:00+02:00",
+                     "interval": 900, "obis": "1-0:1.8.1", "unit": "kWh",
+                     "values": [0.112, 0.098, ...], "quality": "0101...01",
+                     "operator": "ores", "via": "...", "ean": "..."}]}
+
+Value ``i`` is the reading at ``start + i * interval`` (seconds, 1..86400;
+900 for quarter-hours), so a meter-day means exactly the readings
+``{"meter", "timestamp": start + i * interval, "obis", "value": values[i],
+"unit", "quality": code i, "operator", "via", "ean"}`` of the per-record
+format, and ``route_meter_days`` gives each of them the outcome
+:func:`gateway.core.push.route_batch` would give it: the owner at the
+reading's instant (a meter that changed owner at 12:00 is cut exactly there),
+water via electricity, airplane mode, duplicates (the same meter, OBIS code
+and instant again), owner mismatch, no owner, invalid. ``quality`` is a string
+of two-character codes (``01`` read, ``02`` estimated, ``99`` missing), one
+per value, or a list of them. ``operator`` (the HES's label), ``via`` and
+``ean`` are optional; no other member is allowed (an unknown member makes the
+meter-day invalid: the format is versioned, not open).
+
+What a tenant receives: its runs of each meter-day, ``{"meter", "start",
+"interval", "obis", "unit", "quality", "values", "ean"?}`` with ``quality``
+always a string and without ``operator`` and ``via`` (the HES's routing
+hints never reach a tenant). A meter-day that goes whole to one tenant keeps
+its ``values`` text exactly as posted (sliced from the body, no re-encoding);
+a cut one is re-encoded. Quarantine is reported per run: meter-day index,
+first value, count, reason. Accounting is in readings (a meter-day whose
+``values`` is not a non-empty list counts as one).
+
+Cost: per meter-day, not per reading, in the common case (the whole day valid,
+one owner all day, a meter and register not seen before in the batch); a
+meter-day that is cut, has invalid values or overlaps another is resolved
+reading by reading.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import Any
+
+from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
+from gateway.core.push import (
+    _OBIS,
+    FUTURE_SKEW,
+    QUALITY_CODES,
+    UNITS,
+    BatchRejected,
+    Quarantined,
+    _micros,
+    owner_span,
+)
+from gateway.core.relations import RelationIndex
+
+FORMAT = "meter-days/v1"
+KIND = "hes-meter-days"  # the outbox part kind the receivers see
+MAX_VALUES = 1440  # one a minute for a day
+MAX_INTERVAL_S = 86_400
+_MEMBERS = frozenset({"meter", "start", "interval", "obis", "unit", "values", "quality",
+                      "operator", "via", "ean"})
+_NUMBERS = frozenset({int, float})
+_QUALITIES = re.compile(r"(?:0[12]|99)*")  # QUALITY_CODES, two characters each
+# After a key "values" only; a string without a backslash cannot contain '"'.
+_VALUES_KEY = re.compile(r'"values"[ \t\n\r]*:[ \t\n\r]*')
+_INVALID, _BAD_EAN, _DUPLICATE = "invalid-record", "bad-ean", "duplicate"
+_NO_OWNER, _MISMATCH, _AIRPLANE = "no-owner", "owner-mismatch", "airplane-mode"
+
+
+@dataclass(frozen=True, slots=True)
+class DaysPart:
+    meter_days: tuple[str, ...]  # each one meter-day's JSON text, batch order
+    readings: int
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedDays:
+    batch_id: str
+    parts: Mapping[str, DaysPart]  # tenant -> its meter-days
+    quarantined: tuple[Quarantined, ...]  # runs: index, first, count, reason
+    received: int  # readings
+    meter_days: int
+
+    def counts(self) -> dict[str, int]:
+        return {"received": self.received,
+                "queued": sum(p.readings for p in self.parts.values()),
+                "quarantined": sum(q.count for q in self.quarantined),
+                "meter_days": self.meter_days}
+
+
+def batch_days(batch: Any, max_meter_days: int) -> tuple[str, list[Any]]:
+    if not isinstance(batch, Mapping):
+        raise BatchRejected("batch-not-object", "the batch must be a JSON object")
+    if batch.get("format") != FORMAT:
+        raise BatchRejected("unsupported-format", f"format must be {FORMAT!r} or absent")
+    batch_id = batch.get("batch_id")
+    if not isinstance(batch_id, str) or not is_plain_id(batch_id):
+        raise BatchRejected("bad-batch-id",
+                            "batch_id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    days = batch.get("meter_days")
+    if not isinstance(days, list):
+        raise BatchRejected("meter-days-not-list", "meter_days must be a JSON array")
+    if len(days) > max_meter_days:
+        raise BatchRejected("batch-too-large",
+                            f"{len(days)} meter-days, at most {max_meter_days} per batch",
+                            status=413)
+    return batch_id, days
+
+
+def _bad_values(values: list[Any]) -> frozenset[int] | tuple[()]:
+    """Positions that are not finite numbers (bool is not a number here)."""
+    kinds = set(map(type, values))
+    if kinds <= _NUMBERS:
+        if float not in kinds:
+            return ()
+        try:
+            if math.isfinite(sum(values)):
+                return ()
+        except OverflowError:  # a huge int beside a float: look one by one
+            pass
+    return frozenset(i for i, v in enumerate(values)
+                     if not (type(v) is int or (type(v) is float and v - v == 0.0)))
+
+
+def _quality(quality: Any, n: int) -> tuple[str, frozenset[int] | tuple[()]] | None:
+    """``(codes as one string, positions with a bad code)``, None: unusable."""
+    if type(quality) is str:
+        if len(quality) != 2 * n:
+            return None
+        if _QUALITIES.fullmatch(quality):
+            return quality, ()
+        return quality, frozenset(i for i in range(n)
+                                  if quality[2 * i:2 * i + 2] not in QUALITY_CODES)
+    if type(quality) is not list or len(quality) != n:
+        return None
+    ok = [type(q) is str and q in QUALITY_CODES for q in quality]
+    codes = "".join(q if good else "??" for q, good in zip(quality, ok, strict=True))
+    return codes, frozenset(i for i, good in enumerate(ok) if not good)
+
+
+class _Days:
+    """Per-call state: caches (one entry per distinct value in the batch) and
+    the output. Kept in one object so the per-reading slow path can share it."""
+
+    def __init__(self, relations: RelationIndex, now: datetime, text: str | None,
+                 spans: Sequence[tuple[int, int]] | None) -> None:
+        self.relations = relations
+        self.latest = _micros(now + FUTURE_SKEW)
+        self.text, self.spans = text, spans
+        self.parts: dict[str, list[str]] = {}
+        self.readings: dict[str, int] = {}
+        self.quarantined: list[Quarantined] = []
+        self.serials: dict[str, bool] = {}
+        self.obis: dict[str, bool] = {}
+        self.eans: dict[str, bool] = {}
+        self.starts: dict[str, tuple[int, datetime, str] | None] = {}
+        self.owners: dict[str, tuple[int, int, str | None, bool]] = {}
+        # meter + " " + OBIS -> (first instant, step, n) of the one meter-day seen,
+        # or the set of instants seen once a second one overlaps the key.
+        self.seen: dict[str, tuple[int, int, int] | set[int]] = {}
+
+    def serial(self, value: str) -> bool:
+        ok = self.serials.get(value)
+        if ok is None:
+            ok = self.serials[value] = is_valid_meter_serial(value)
+        return ok
+
+    def start(self, stamp: str) -> tuple[int, datetime, str] | None:
+        if stamp in self.starts:
+            return self.starts[stamp]
+        parsed: tuple[int, datetime, str] | None = None
+        try:
+            at = datetime.fromisoformat(stamp)
+            if at.utcoffset() is not None:  # an instant needs its offset
+                parsed = (_micros(at), at, json.dumps(stamp))
+        except (ValueError, OverflowError):
+            pass
+        self.starts[stamp] = parsed
+        return parsed
+
+    def span(self, serial: str, at: int) -> tuple[int, int, str | None, bool]:
+        span = self.owners.get(serial)
+        if span is None or not span[0] <= at < span[1]:
+            span = self.owners[serial] = owner_span(self.relations, serial, at)
+        return span
+
+    def seen_set(self, key: str) -> set[int]:
+        known = self.seen.get(key)
+        if known is None:
+            out: set[int] = set()
+        elif type(known) is tuple:
+            first, step, n = known
+            out = set(range(first, first + n * step, step))
+        else:
+            assert isinstance(known, set)
+            out = known
+        self.seen[key] = out
+        return out
+
+    def raw_values(self, index: int) -> str | None:
+        """The meter-day's ``values`` array as posted, when it can be cut out
+        unambiguously: no escape in the object (so every '"values"' followed by
+        ':' is a key, spelled plainly) and that key exactly once."""
+        if self.spans is None or self.text is None:
+            return None
+        text = self.text
+        start, end = self.spans[index]
+        if text.find("\\", start, end) >= 0:
+            return None
+        found = _VALUES_KEY.search(text, start, end)
+        if found is None or _VALUES_KEY.search(text, found.end(), end) is not None:
+            return None
+        open_at = found.end()
+        close_at = text.find("]", open_at, end)  # flat numbers: the first ']' closes
+        if text[open_at:open_at + 1] != "[" or close_at < 0:
+            return None
+        return text[open_at:close_at + 1]
+
+
+def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
+                     text: str | None = None, spans: Sequence[tuple[int, int]] | None = None,
+                     max_meter_days: int = 200_000) -> RoutedDays:
+    """Split a parsed meter-day batch per owning tenant; quarantine what cannot go.
+    ``text`` and ``spans`` (from :func:`gateway.core.pushscan.scan_batch`) let a
+    whole meter-day keep its posted ``values`` text; without them it is re-encoded."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    batch_id, days = batch_days(batch, max_meter_days)
+    if spans is not None and len(spans) != len(days):
+        spans = None
+    st = _Days(relations, now, text, spans)
+    drop = st.quarantined.append
+    received = 0
+    for index, day in enumerate(days):
+        values = day.get("values") if type(day) is dict else None
+        n = len(values) if type(values) is list and values else 1
+        received += n
+        if type(day) is not dict:
+            drop(Quarantined(index, _INVALID, None, 0, n))
+            continue
+        meter = day.get("meter")
+        if type(meter) is not str:
+            drop(Quarantined(index, _INVALID, None, 0, n))
+            continue
+        if not st.serial(meter):  # never echo a malformed id back
+            drop(Quarantined(index, "malformed-meter-id", None, 0, n))
+            continue
+        stamp, interval, obis = day.get("start"), day.get("interval"), day.get("obis")
+        unit, label, via = day.get("unit"), day.get("operator"), day.get("via")
+        start = st.start(stamp) if type(stamp) is str else None
+        obis_ok: bool | None = False
+        if type(obis) is str:
+            obis_ok = st.obis.get(obis)
+            if obis_ok is None:
+                obis_ok = st.obis[obis] = bool(_OBIS.fullmatch(obis))
+        quality = _quality(day.get("quality"), n)
+        if (start is None or quality is None or not obis_ok
+                or type(values) is not list or not 0 < len(values) <= MAX_VALUES
+                or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
+                or type(unit) is not str or unit not in UNITS
+                or not (label is None or type(label) is str)
+                or not (via is None or (type(via) is str and st.serial(via)))
+                or not _MEMBERS.issuperset(day)):
+            drop(Quarantined(index, _INVALID, meter, 0, n))
+            continue
+        codes, bad_codes = quality
+        bad_values = _bad_values(values)
+        ean = day.get("ean")
+        ean_ok: bool | None = True
+        if ean is not None:
+            ean_ok = st.eans.get(ean) if type(ean) is str else False
+            if ean_ok is None:
+                ean_ok = st.eans[ean] = is_valid_ean(ean)
+        first, step = start[0], interval * 1_000_000
+        last = first + (n - 1) * step
+        key = f"{meter} {obis}"
+        if (not bad_values and not bad_codes and last <= st.latest and ean_ok
+                and key not in st.seen):
+            span = st.span(meter, first)
+            if span[1] > last and (via is None or st.span(via, first)[1] > last):
+                # The common case: one outcome for the whole day.
+                st.seen[key] = (first, step, n)
+                _emit(st, index, day, start, codes, 0, n, _outcome(st, span, label, via, first))
+                continue
+        # Reading by reading, in route_batch's order of checks.
+        seen = None if not ean_ok else st.seen_set(key)
+        outcomes: list[tuple[bool, str]] = []
+        for i in range(n):
+            at = first + i * step
+            if i in bad_values or i in bad_codes or at > st.latest:
+                outcomes.append((False, _INVALID))
+            elif seen is None:
+                outcomes.append((False, _BAD_EAN))
+            else:
+                size = len(seen)
+                seen.add(at)
+                if len(seen) == size:
+                    outcomes.append((False, _DUPLICATE))
+                else:
+                    outcomes.append(_outcome(st, st.span(meter, at), label, via, at))
+        run = 0
+        for i in range(1, n + 1):
+            if i == n or outcomes[i] != outcomes[run]:
+                _emit(st, index, day, start, codes, run, i, outcomes[run])
+                run = i
+    parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
+             for tenant, texts in st.parts.items()}
+    return RoutedDays(batch_id, MappingProxyType(parts), tuple(st.quarantined), received,
+                      len(days))
+
+
+def _outcome(st: _Days, span: tuple[int, int, str | None, bool], label: Any, via: Any,
+             at: int) -> tuple[bool, str]:
+    """(deliver?, tenant or quarantine reason) of a valid, new reading."""
+    owner = span[2]
+    if owner is None:
+        return (False, _NO_OWNER)
+    if label is not None and label != owner:
+        return (False, _MISMATCH)  # SECURITY: D1, the HES meant it for someone else
+    if span[3] or (via is not None and st.span(via, at)[3]):
+        return (False, _AIRPLANE)  # D5: communication disabled
+    return (True, owner)
+
+
+def _emit(st: _Days, index: int, day: dict[str, Any], start: tuple[int, datetime, str],
+          codes: str, a: int, b: int, outcome: tuple[bool, str]) -> None:
+    """Values ``[a, b)`` of meter-day ``index`` go to a tenant or to quarantine."""
+    deliver, name = outcome
+    meter = day["meter"]
+    if not deliver:
+        st.quarantined.append(Quarantined(index, name, meter, a, b - a))
+        return
+    values = st.raw_values(index) if a == 0 and b == len(day["values"]) else None
+    if values is None:
+        values = json.dumps(day["values"][a:b])
+    stamp = start[2]
+    if a:  # cut where the owner changed: the run's own first instant, same offset
+        interval = day["interval"]
+        stamp = json.dumps((start[1] + timedelta(seconds=a * interval)).isoformat())
+    ean = day.get("ean")
+    # Meter, OBIS, unit and codes are validated (no character needs escaping).
+    text = (f'{{"meter":"{meter}","start":{stamp},"interval":{day["interval"]},'
+            f'"obis":"{day["obis"]}","unit":"{day["unit"]}","quality":"{codes[2 * a:2 * b]}",'
+            f'"values":{values}' + (f',"ean":"{ean}"}}' if ean is not None else "}"))
+    part = st.parts.get(name)
+    if part is None:
+        part = st.parts[name] = []
+        st.readings[name] = 0
+    part.append(text)
+    st.readings[name] += b - a
