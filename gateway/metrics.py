@@ -110,6 +110,10 @@ class GatewayMetrics:
             "gateway_audit_write_failures",
             "Audit events that could not be written; each refused its request (fail closed).",
             registry=r)
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "New connections closed before any HTTP byte: connection-cap, "
+            "tenant-connection-cap or memory-budget.", ["listener", "reason"], registry=r)
         self.audit_pruned_segments = Counter(
             "gateway_audit_pruned_segments",
             "Sealed audit segments deleted by the raw-event retention policy (D10).",

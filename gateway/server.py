@@ -14,7 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import handshakes
+from gateway import handshakes, tlsbuffers
 from gateway.admin import build_admin_app
 from gateway.admin_vault import combine, usage_routes, vault_routes
 from gateway.assertion import AssertionSigner
@@ -249,7 +249,11 @@ class Gateway:
         await self.upstreams.start(self.config.health_interval_s)
         limits = self.config.limits
         edge_self_check(self.ssl_context, limits)
-        self.connections = ConnectionBook(limits, self.config.trust_domain)
+        tlsbuffers.install()  # 32 KiB per TLS connection, not asyncio's 256 KiB
+        self.connections = ConnectionBook(
+            limits, self.config.trust_domain,
+            on_refused=lambda reason: self.metrics.connections_refused.labels(
+                "data", reason).inc())
         server = DataServer(self.data_plane, limits, self.connections, access_log=None)
         data_runner = web.ServerRunner(server, handle_signals=False)
         await data_runner.setup()
@@ -268,7 +272,10 @@ class Gateway:
         # The admin plane gets the same edge limits (own connection book).
         admin_runner = GuardedAppRunner(
             admin_app, access_log=None, edge=limits,
-            book=ConnectionBook(limits, self.config.trust_domain), refuse=admin_refusal)
+            book=ConnectionBook(limits, self.config.trust_domain,
+                                on_refused=lambda reason: self.metrics.connections_refused
+                                .labels("admin", reason).inc()),
+            refuse=admin_refusal)
         await admin_runner.setup()
         await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
                       handshake_timeout_s=limits.handshake_timeout_s).start()
