@@ -2,19 +2,40 @@
 
 The index is built once from the authoritative feed (access register, HES
 inventory; in the demo a generated dataset) and swapped as a whole on reload,
-so a request always sees one consistent snapshot. Lookups are dict hits.
+so a request always sees one consistent snapshot. The tuples sit in a
+compact snapshot (gateway.core.relstore): a hash probe and a few array reads
+per lookup, ~35 bytes per tuple, a compiled file is mapped rather than parsed.
 """
 
 from __future__ import annotations
 
 import json
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zlib import crc32
 
 from gateway.core.model import Relation
+from gateway.core.relstore import (
+    LONG_COUNT,
+    OPEN_FROM,
+    OPEN_TO,
+    REC,
+    U32,
+    Record,
+    Snapshot,
+    SnapshotBuilder,
+    encode_id,
+    instant,
+    is_snapshot,
+    micros,
+    write_atomically,
+)
+
+_NONE = range(0)
+_unpack = REC.unpack_from
+_SIZE = REC.size
 
 # Pseudo resource kind: ("tenant", id) has relation "self" for tenant == id.
 TENANT_KIND = "tenant"
@@ -33,30 +54,86 @@ def parse_instant(value: str | None) -> datetime | None:
 
 
 class RelationIndex:
-    """An immutable snapshot of relation tuples keyed by ``(kind, resource id)``."""
+    """An immutable snapshot of relation tuples keyed by ``(kind, resource id)``.
 
-    __slots__ = ("_by_resource", "_count")
+    The tuples live in a compact :class:`~gateway.core.relstore.Snapshot`
+    (flat columns, in memory or a mapped file), not as objects: ``find``,
+    ``find_during`` and ``holders`` read the columns directly and build one
+    :class:`Relation` only for the answer; ``of`` and iteration build them on
+    demand. Within a resource, records keep the feed's order.
+    """
 
-    def __init__(self, relations: Iterable[Relation]) -> None:
-        grouped: dict[tuple[str, str], list[Relation]] = defaultdict(list)
-        count = 0
+    __slots__ = ("_base", "_buf", "_names", "_snapshot", "_tables", "_tenant_of", "_tenants")
+
+    def __init__(self, relations: Iterable[Relation] = ()) -> None:
+        grouped: dict[tuple[str, str], list[Record]] = {}
         for rel in relations:
-            grouped[(rel.kind, rel.resource_id)].append(rel)
-            count += 1
-        self._by_resource: Mapping[tuple[str, str], tuple[Relation, ...]] = {
-            key: tuple(rels) for key, rels in grouped.items()
-        }
-        self._count = count
+            grouped.setdefault((rel.kind, rel.resource_id), []).append(
+                (rel.tenant, rel.relation, _bound(rel.valid_from, OPEN_FROM),
+                 _bound(rel.valid_to, OPEN_TO)))
+        builder = SnapshotBuilder()
+        for (kind, rid), records in grouped.items():
+            builder.add(kind, rid, records)
+        self._bind(Snapshot(builder.to_bytes(), "<memory>"))
+
+    def _bind(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._buf = snapshot.buffer
+        self._base = snapshot.rows_start
+        self._tables = snapshot.tables
+        self._tenants = snapshot.tenants
+        self._names = snapshot.names
+        self._tenant_of = {t: i for i, t in enumerate(snapshot.tenants)}
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot) -> RelationIndex:
+        index = cls.__new__(cls)
+        index._bind(snapshot)
+        return index
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
 
     def __len__(self) -> int:
-        return self._count
+        return self._snapshot.records
 
     def __iter__(self) -> Iterator[Relation]:
-        for rels in self._by_resource.values():
-            yield from rels
+        for kind, rid, records in self._snapshot:
+            for tenant, name, start, end in records:
+                yield _relation(kind, rid, tenant, name, start, end)
+
+    def _records(self, kind: str, resource_id: str) -> range:
+        """Positions of the resource's records in the buffer (empty if unknown).
+        Snapshot.row and records_at, inlined: this is the hot path."""
+        table = self._tables.get(kind)
+        if table is None:
+            return _NONE
+        try:
+            key = resource_id.encode()
+        except UnicodeEncodeError:
+            key = encode_id(resource_id)
+        slots, mask = table
+        buf, base, n = self._buf, self._base, len(key)
+        h = crc32(key) & mask
+        while (s := slots[h]) != 0:
+            off = base + ((s - 1) << 3)
+            # SECURITY: the full id decides, never the hash alone.
+            if buf[off + 1] == n and buf[off + 2:off + 2 + n] == key:
+                pos = off + 2 + n
+                count = buf[pos]
+                if count == LONG_COUNT:
+                    count = U32.unpack_from(buf, pos + 1)[0]
+                    pos += 4
+                return range(pos + 1, pos + 1 + REC.size * count, REC.size)
+            h = (h + 1) & mask
+        return _NONE
 
     def of(self, kind: str, resource_id: str) -> tuple[Relation, ...]:
-        return self._by_resource.get((kind, resource_id), ())
+        buf, tenants, names = self._buf, self._tenants, self._names
+        return tuple(_relation(kind, resource_id, tenants[t], names[r], start, end)
+                     for t, r, start, end in (_unpack(buf, p)
+                                              for p in self._records(kind, resource_id)))
 
     def find(
         self,
@@ -72,9 +149,46 @@ class RelationIndex:
             if resource_id == tenant and "self" in names:
                 return Relation(TENANT_KIND, resource_id, tenant, "self")
             return None
-        for rel in self._by_resource.get((kind, resource_id), ()):
-            if rel.tenant == tenant and rel.relation in names and rel.holds_at(at):
-                return rel
+        t = self._tenant_of.get(tenant)
+        if t is None:
+            return None
+        # Inlined _records (the hot path: ~30 % faster than the call).
+        table = self._tables.get(kind)
+        if table is None:
+            return None
+        try:
+            key = resource_id.encode()
+        except UnicodeEncodeError:
+            key = encode_id(resource_id)
+        slots, mask = table
+        buf, n = self._buf, len(key)
+        h = crc32(key) & mask
+        while True:
+            s = slots[h]
+            if s == 0:
+                return None
+            off = self._base + ((s - 1) << 3)
+            # SECURITY: the full id decides, never the hash alone.
+            if buf[off + 1] == n and buf[off + 2:off + 2 + n] == key:
+                break
+            h = (h + 1) & mask
+        pos = off + 2 + n
+        count = buf[pos]
+        if count == LONG_COUNT:
+            count = U32.unpack_from(buf, pos + 1)[0]
+            pos += 4
+        rel_names = self._names
+        us: int | None = None
+        for p in range(pos + 1, pos + 1 + _SIZE * count, _SIZE):
+            rt, rn, start, end = _unpack(buf, p)
+            if rt != t or (name := rel_names[rn]) not in names:
+                continue
+            if start == OPEN_FROM and end == OPEN_TO:
+                return _open_relation(kind, resource_id, tenant, name)
+            if us is None:
+                us = micros(at)  # only when a bound needs it: most tuples are open
+            if start <= us < end:
+                return _relation(kind, resource_id, tenant, name, start, end)
         return None
 
     def find_during(
@@ -89,22 +203,39 @@ class RelationIndex:
         """The first matching relation that holds at some instant of ``[start, end)``
         (a meter that changed owner during the day belongs to both owners that
         day, each for its own part: the records are checked one by one)."""
-        for rel in self._by_resource.get((kind, resource_id), ()):
-            if rel.tenant != tenant or rel.relation not in names:
+        t = self._tenant_of.get(tenant)
+        if t is None:
+            return None
+        buf, rel_names = self._buf, self._names
+        window: tuple[int, int] | None = None
+        for p in self._records(kind, resource_id):
+            rt, rn, valid_from, valid_to = _unpack(buf, p)
+            if rt != t or (name := rel_names[rn]) not in names:
                 continue
-            if (rel.valid_from is None or rel.valid_from < end) and (
-                rel.valid_to is None or rel.valid_to > start
-            ):
-                return rel
+            if valid_from != OPEN_FROM or valid_to != OPEN_TO:
+                if window is None:
+                    window = (micros(start), micros(end))
+                if not (valid_from < window[1] and valid_to > window[0]):
+                    continue
+            return _relation(kind, resource_id, tenant, name, valid_from, valid_to)
         return None
 
     def holders(self, kind: str, resource_id: str, relation: str, at: datetime) -> set[str]:
         """Tenants holding ``relation`` on the resource at ``at``."""
-        return {
-            rel.tenant
-            for rel in self._by_resource.get((kind, resource_id), ())
-            if rel.relation == relation and rel.holds_at(at)
-        }
+        found: set[str] = set()
+        buf, rel_names, tenants = self._buf, self._names, self._tenants
+        us: int | None = None
+        for p in self._records(kind, resource_id):
+            rt, rn, start, end = _unpack(buf, p)
+            if rel_names[rn] != relation:
+                continue
+            if start != OPEN_FROM or end != OPEN_TO:
+                if us is None:
+                    us = micros(at)
+                if not start <= us < end:
+                    continue
+            found.add(tenants[rt])
+        return found
 
     @classmethod
     def from_records(cls, records: Iterable[Mapping[str, Any]]) -> RelationIndex:
@@ -122,10 +253,69 @@ class RelationIndex:
 
     @classmethod
     def load(cls, path: Path) -> RelationIndex:
-        """Load ``{"relations": [...]}`` written by the feed (or the demo dataset)."""
+        """Load a compiled snapshot (see :func:`compile_feed`) or the JSON feed
+        ``{"relations": [...]}`` written by the feed or the demo dataset; the
+        first bytes tell which. A damaged snapshot raises SnapshotError."""
+        if is_snapshot(path):
+            return cls.from_snapshot(Snapshot.open(path))
         with path.open("rb") as fh:
             doc = json.load(fh)
         return cls.from_records(doc["relations"])
+
+
+def compile_feed(feed: Path, out: Path) -> int:
+    """Compile a JSON feed (or re-write a snapshot) into a snapshot file at
+    ``out``, atomically; returns the number of relations."""
+    index = RelationIndex.load(feed)
+    buffer = index.snapshot.buffer
+
+    def emit(write: Callable[[bytes | bytearray | memoryview], object]) -> int:
+        write(memoryview(buffer))
+        return len(buffer)
+
+    write_atomically(out, emit)
+    return len(index)
+
+
+def _bound(value: datetime | None, open_value: int) -> int:
+    if value is None:
+        return open_value
+    if value.tzinfo is None:
+        raise ValueError(f"relation bound without a time zone: {value.isoformat()}")
+    return micros(value)
+
+
+# The answer of find() is built by setting Relation's slots directly: the
+# frozen dataclass's __init__ pays an object.__setattr__ call per field, half
+# the cost of a lookup. Relation has no __post_init__ to skip (test_relstore
+# checks that the result equals the one __init__ builds).
+_new = object.__new__
+_set_kind, _set_id, _set_tenant, _set_name, _set_from, _set_to = (
+    vars(Relation)[f].__set__
+    for f in ("kind", "resource_id", "tenant", "relation", "valid_from", "valid_to"))
+
+
+def _relation(kind: str, resource_id: str, tenant: str, name: str, start: int,
+              end: int) -> Relation:
+    rel: Relation = _new(Relation)
+    _set_kind(rel, kind)
+    _set_id(rel, resource_id)
+    _set_tenant(rel, tenant)
+    _set_name(rel, name)
+    _set_from(rel, None if start == OPEN_FROM else instant(start))
+    _set_to(rel, None if end == OPEN_TO else instant(end))
+    return rel
+
+
+def _open_relation(kind: str, resource_id: str, tenant: str, name: str) -> Relation:
+    rel: Relation = _new(Relation)
+    _set_kind(rel, kind)
+    _set_id(rel, resource_id)
+    _set_tenant(rel, tenant)
+    _set_name(rel, name)
+    _set_from(rel, None)
+    _set_to(rel, None)
+    return rel
 
 
 def relation_record(rel: Relation) -> dict[str, Any]:

@@ -1,0 +1,249 @@
+"""The compact relation snapshot answers exactly like the plain tuple scan it
+replaced, and refuses a damaged file (fail closed)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core.model import Relation
+from gateway.core.relations import RelationIndex, compile_feed, relation_record
+from gateway.core.relstore import (
+    HEADER,
+    OPEN_FROM,
+    OPEN_TO,
+    Snapshot,
+    SnapshotBuilder,
+    SnapshotError,
+    instant,
+    micros,
+    write_atomically,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+KINDS = ("meter", "ean", "ticket")
+IDS = ("1SAG01", "1SAG02", "541448000000000017", "INC1", "é-1", "a" * 255)
+TENANTS = ("ores", "fluvius", "lumen-energie", "*")
+NAMES = ("owner", "supplier", "grid-operator", "mandate")
+
+
+class Reference:
+    """The semantics of the former dict index: a scan of the tuples in feed order."""
+
+    def __init__(self, relations: list[Relation]) -> None:
+        self.relations = relations
+
+    def of(self, kind: str, rid: str) -> tuple[Relation, ...]:
+        return tuple(r for r in self.relations if (r.kind, r.resource_id) == (kind, rid))
+
+    def find(self, kind: str, rid: str, tenant: str, names: frozenset[str],
+             at: datetime) -> Relation | None:
+        return next((r for r in self.of(kind, rid)
+                     if r.tenant == tenant and r.relation in names and r.holds_at(at)), None)
+
+    def find_during(self, kind: str, rid: str, tenant: str, names: frozenset[str],
+                    start: datetime, end: datetime) -> Relation | None:
+        return next((r for r in self.of(kind, rid)
+                     if r.tenant == tenant and r.relation in names
+                     and (r.valid_from is None or r.valid_from < end)
+                     and (r.valid_to is None or r.valid_to > start)), None)
+
+    def holders(self, kind: str, rid: str, name: str, at: datetime) -> set[str]:
+        return {r.tenant for r in self.of(kind, rid) if r.relation == name and r.holds_at(at)}
+
+
+# Bounds on a coarse grid (hours around T0) so that probes hit them exactly.
+instants = st.integers(-6, 6).map(lambda h: T0 + timedelta(hours=h))
+bounds = st.none() | instants
+relations = st.builds(Relation, st.sampled_from(KINDS), st.sampled_from(IDS),
+                      st.sampled_from(TENANTS), st.sampled_from(NAMES), bounds, bounds)
+name_sets = st.frozensets(st.sampled_from(NAMES))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rels=st.lists(relations, max_size=30), kind=st.sampled_from(KINDS),
+       rid=st.sampled_from((*IDS, "unknown")), tenant=st.sampled_from((*TENANTS, "nobody")),
+       names=name_sets, at=instants, span=st.integers(1, 4))
+def test_answers_equal_the_tuple_scan(rels: list[Relation], kind: str, rid: str, tenant: str,
+                                      names: frozenset[str], at: datetime, span: int) -> None:
+    index, ref = RelationIndex(rels), Reference(rels)
+    assert len(index) == len(rels)
+    assert list(index) == sorted(rels, key=lambda r: _first_seen(rels, r))
+    assert index.of(kind, rid) == ref.of(kind, rid)
+    assert index.find(kind, rid, tenant, names, at) == ref.find(kind, rid, tenant, names, at)
+    end = at + timedelta(hours=span)
+    assert (index.find_during(kind, rid, tenant, names, at, end)
+            == ref.find_during(kind, rid, tenant, names, at, end))
+    for name in NAMES:
+        assert index.holders(kind, rid, name, at) == ref.holders(kind, rid, name, at)
+
+
+def _first_seen(rels: list[Relation], rel: Relation) -> int:
+    """Iteration order: resources by first appearance, then feed order."""
+    key = (rel.kind, rel.resource_id)
+    return next(i for i, r in enumerate(rels) if (r.kind, r.resource_id) == key)
+
+
+def test_validity_window_edges() -> None:
+    """valid_from is inclusive, valid_to exclusive, to the microsecond."""
+    start, end = T0, T0 + timedelta(days=30)
+    index = RelationIndex([Relation("ean", "E1", "lumen", "supplier", start, end)])
+    us = timedelta(microseconds=1)
+    names = frozenset({"supplier"})
+    assert index.find("ean", "E1", "lumen", names, start - us) is None
+    assert index.find("ean", "E1", "lumen", names, start) is not None
+    assert index.find("ean", "E1", "lumen", names, end - us) is not None
+    assert index.find("ean", "E1", "lumen", names, end) is None
+    assert index.holders("ean", "E1", "supplier", end) == set()
+    # A window [s, e) overlaps when s < valid_to and e > valid_from.
+    assert index.find_during("ean", "E1", "lumen", names, end - us, end + us) is not None
+    assert index.find_during("ean", "E1", "lumen", names, end, end + us) is None
+    assert index.find_during("ean", "E1", "lumen", names, start - us, start) is None
+    # Another time zone is the same instant.
+    brussels = start.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Brussels"))
+    assert index.find("ean", "E1", "lumen", names, brussels) is not None
+
+
+def test_found_relation_is_a_plain_relation() -> None:
+    """find() builds its answer without __init__: it must still equal, hash and
+    compare like one built the ordinary way."""
+    rel = Relation("ean", "E1", "lumen", "supplier", T0, T0 + timedelta(days=1))
+    found = RelationIndex([rel]).find("ean", "E1", "lumen", frozenset({"supplier"}), T0)
+    assert found == rel and hash(found) == hash(rel) and type(found) is Relation
+    assert found is not None and found.valid_from == T0 and found.valid_from.tzinfo == UTC
+    assert repr(found) == repr(rel)
+
+
+def test_tenant_pseudo_kind_and_unknown_names() -> None:
+    index = RelationIndex([])
+    assert index.find("tenant", "ores", "ores", frozenset({"self"}), T0) == Relation(
+        "tenant", "ores", "ores", "self")
+    assert index.find("tenant", "ores", "fluvius", frozenset({"self"}), T0) is None
+    assert index.of("meter", "X") == () and index.holders("meter", "X", "owner", T0) == set()
+    assert index.find("meter", "\ud800", "ores", frozenset({"owner"}), T0) is None
+
+
+def test_lone_surrogate_ids_round_trip() -> None:
+    rel = Relation("ticket", "a\ud800b", "ores", "owner")
+    index = RelationIndex([rel])
+    assert index.of("ticket", "a\ud800b") == (rel,)
+    assert index.of("ticket", "ab") == ()
+
+
+def test_micros_round_trip_is_exact() -> None:
+    for at in (T0, T0 + timedelta(microseconds=1), datetime(1, 1, 1, tzinfo=UTC),
+               datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)):
+        assert instant(micros(at)) == at
+    assert micros(datetime(1, 1, 1, tzinfo=UTC)) > OPEN_FROM
+    assert micros(datetime(9999, 12, 31, tzinfo=UTC)) < OPEN_TO
+
+
+def test_many_records_on_one_resource_and_collisions() -> None:
+    """Over 255 records on a resource (the long count form) and many ids."""
+    rels = [Relation("ean", "E", f"t{i}", "supplier") for i in range(300)]
+    rels += [Relation("meter", f"M{i}", "ores", "owner") for i in range(5000)]
+    index = RelationIndex(rels)
+    assert len(index.of("ean", "E")) == 300
+    assert index.holders("ean", "E", "supplier", T0) == {f"t{i}" for i in range(300)}
+    assert all(index.find("meter", f"M{i}", "ores", frozenset({"owner"}), T0) is not None
+               for i in range(5000))
+    assert index.find("meter", "M5000", "ores", frozenset({"owner"}), T0) is None
+
+
+def test_builder_refuses_a_resource_added_twice_and_oversized_ids() -> None:
+    builder = SnapshotBuilder()
+    builder.add("meter", "M1", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+    builder.add("meter", "M1", [("fluvius", "owner", OPEN_FROM, OPEN_TO)])
+    with pytest.raises(SnapshotError, match="added twice"):
+        builder.to_bytes()
+    with pytest.raises(SnapshotError, match="resource id"):
+        SnapshotBuilder().add("meter", "x" * 256, [])
+
+
+def _feed(tmp_path: Path) -> tuple[Path, list[Relation]]:
+    rels = [
+        Relation("meter", "1SAG01", "fluvius", "owner", None, T0),
+        Relation("meter", "1SAG01", "sibelga", "owner", T0, None),
+        Relation("ean", "541448000000000017", "ores", "grid-operator"),
+        Relation("ean", "541448000000000017", "lumen", "supplier", T0,
+                 T0 + timedelta(days=90, microseconds=5)),
+    ]
+    feed = tmp_path / "relations.json"
+    feed.write_text(json.dumps({"relations": [relation_record(r) for r in rels]}))
+    return feed, rels
+
+
+def test_json_feed_and_compiled_snapshot_answer_alike(tmp_path: Path) -> None:
+    feed, rels = _feed(tmp_path)
+    snap = tmp_path / "relations.snap"
+    assert compile_feed(feed, snap) == len(rels)
+    from_json, from_snap = RelationIndex.load(feed), RelationIndex.load(snap)
+    assert list(from_json) == list(from_snap) == rels
+    for at in (T0 - timedelta(seconds=1), T0, T0 + timedelta(days=90, microseconds=5)):
+        for tenant in ("fluvius", "sibelga", "lumen", "ores"):
+            for kind, rid in (("meter", "1SAG01"), ("ean", "541448000000000017")):
+                names = frozenset({"owner", "supplier", "grid-operator"})
+                assert (from_json.find(kind, rid, tenant, names, at)
+                        == from_snap.find(kind, rid, tenant, names, at))
+    # A snapshot compiled from a snapshot is the same file.
+    again = tmp_path / "again.snap"
+    compile_feed(snap, again)
+    assert again.read_bytes() == snap.read_bytes()
+
+
+def test_damaged_snapshots_are_refused(tmp_path: Path) -> None:
+    feed, _ = _feed(tmp_path)
+    snap = tmp_path / "relations.snap"
+    compile_feed(feed, snap)
+    good = snap.read_bytes()
+    damaged = {
+        "truncated": good[:-8],
+        "header only": good[:HEADER.size],
+        "too short for a header": good[:20],
+        "appended": good + b"\0" * 8,
+        "body bit flip": good[:-30] + bytes([good[-30] ^ 1]) + good[-29:],
+        "header bit flip": good[:12] + bytes([good[12] ^ 1]) + good[13:],
+    }
+    for what, data in damaged.items():
+        snap.write_bytes(data)
+        with pytest.raises(SnapshotError):
+            RelationIndex.load(snap)
+        assert isinstance(SnapshotError(what), ValueError)  # server.py: a ConfigError
+    snap.write_bytes(b"")
+    with pytest.raises((SnapshotError, json.JSONDecodeError)):
+        RelationIndex.load(snap)
+    with pytest.raises(SnapshotError, match="version"):
+        head = bytearray(good[:HEADER.size])
+        fields = list(HEADER.unpack(bytes(head)))
+        fields[1] = 99
+        import zlib
+        packed = HEADER.pack(*fields[:-1], 0)
+        Snapshot(HEADER.pack(*fields[:-1], zlib.crc32(packed[:-4])) + good[HEADER.size:],
+                 "v99")
+
+
+def test_write_is_atomic(tmp_path: Path) -> None:
+    """A failure while writing leaves the previous file and no temporary."""
+    target = tmp_path / "relations.snap"
+    target.write_bytes(b"previous")
+
+    def failing(write: object) -> int:
+        assert callable(write)
+        write(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_atomically(target, failing)
+    assert target.read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["relations.snap"]
+    builder = SnapshotBuilder()
+    builder.add("meter", "M1", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+    size = builder.write(target)
+    assert target.stat().st_size == size
+    assert list(RelationIndex.load(target)) == [Relation("meter", "M1", "ores", "owner")]
+    assert [p.name for p in tmp_path.iterdir()] == ["relations.snap"]
