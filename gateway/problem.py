@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 PROBLEM_TYPE_BASE = "urn:shared-grid-gateway:problem:"
@@ -51,9 +52,39 @@ _STATUS_SLUG = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 40
                 504: "upstream-timeout"}
 
 
+class _RandomPool:
+    """Bytes from ``os.urandom`` fetched 4 KiB at a time: the same randomness
+    with one ``getrandom(2)`` per 512 incident ids instead of one per id (it
+    showed in the request profile). Thread-safe; emptied in a forked child so
+    two processes never hand out the same bytes."""
+
+    SIZE = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._buf, self._pos = b"", self.SIZE
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._buf, self._pos = b"", self.SIZE
+
+    def take(self, n: int) -> bytes:
+        with self._lock:
+            if self._pos + n > len(self._buf):
+                self._buf, self._pos = os.urandom(self.SIZE), 0
+            out = self._buf[self._pos:self._pos + n]
+            self._pos += n
+            return out
+
+
+_random = _RandomPool()
+
+
 def new_incident_id() -> str:
-    """Time-ordered, unguessable: 12 hex digits of ms since the epoch + 64 random bits."""
-    return f"{int(time.time() * 1000):012x}-{os.urandom(8).hex()}"
+    """Time-ordered, unguessable: 12 hex digits of ms since the epoch + 64 random
+    bits (never a counter: ids are shown to every tenant, and a sequence would
+    tell one tenant how much traffic the others send)."""
+    return f"{int(time.time() * 1000):012x}-{_random.take(8).hex()}"
 
 
 def slug_for(status: int) -> str:
