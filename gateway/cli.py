@@ -156,6 +156,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_relations_compile(args: argparse.Namespace) -> int:
+    from gateway.core.relations import compile_feed
+
+    try:
+        count = compile_feed(Path(args.feed), Path(args.out))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ConfigError(f"{args.feed}: cannot compile the relation feed: {exc}") from exc
+    print(f"{count} relations -> {args.out} ({Path(args.out).stat().st_size} bytes)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -190,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key-dir", default="var/demo/audit-key",
                         help="or the gateway's audit key directory")
     verify.set_defaults(func=cmd_audit_verify)
+    relations = sub.add_parser("relations", help="the relation feed")
+    relations_sub = relations.add_subparsers(dest="relations_command", required=True)
+    compile_ = relations_sub.add_parser(
+        "compile", help="compile a JSON feed into a snapshot (gateway.relations accepts "
+        "either; a snapshot loads in a fraction of a second), written atomically")
+    compile_.add_argument("--feed", required=True, help="JSON feed {\"relations\": [...]}")
+    compile_.add_argument("--out", required=True, help="snapshot file to write")
+    compile_.set_defaults(func=cmd_relations_compile)
 
     from gateway.admincli import add_parsers
 

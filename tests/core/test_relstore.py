@@ -247,3 +247,16 @@ def test_write_is_atomic(tmp_path: Path) -> None:
     assert target.stat().st_size == size
     assert list(RelationIndex.load(target)) == [Relation("meter", "M1", "ores", "owner")]
     assert [p.name for p in tmp_path.iterdir()] == ["relations.snap"]
+
+
+def test_cli_compiles_a_feed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+
+    feed, rels = _feed(tmp_path)
+    snap = tmp_path / "out.snap"
+    assert main(["relations", "compile", "--feed", str(feed), "--out", str(snap)]) == 0
+    assert f"{len(rels)} relations" in capsys.readouterr().out
+    assert list(RelationIndex.load(snap)) == rels
+    feed.write_text("{not json")
+    assert main(["relations", "compile", "--feed", str(feed), "--out", str(snap)]) == 2
+    assert list(RelationIndex.load(snap)) == rels  # the previous snapshot is intact
