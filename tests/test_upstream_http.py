@@ -1,0 +1,576 @@
+"""The upstream HTTP/1.1 client (gateway/upstream_http.py, the connection pool
+in gateway/upstream.py): strict parsing of what a shared system answers, and
+the pool's behaviour over real sockets on 127.0.0.1 against small servers
+that send crafted bytes. No mocks, no clocks: every wait is for an event."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import socket
+import ssl
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.config import Upstream
+from gateway.errors import UpstreamFailed
+from gateway.metrics import GatewayMetrics
+from gateway.pki import CertificateAuthority, IssuedCertificate
+from gateway.tls import load_chain_from_pem, upstream_context
+from gateway.upstream import ConnectionPool, UpstreamPool, media_type
+from gateway.upstream_http import (
+    MAX_FIELDS,
+    MAX_HEAD,
+    MAX_LINE,
+    ClientError,
+    MalformedResponse,
+    NoResponse,
+    ResponseBroken,
+    ResponseReader,
+    ResponseTooLarge,
+    serialize_request,
+)
+
+CAP = 1024
+
+
+def parse(raw: bytes, *, head: bool = False, eof: bool = False, cap: int = CAP) -> ResponseReader:
+    reader = ResponseReader(head_request=head, max_body=cap)
+    done = reader.feed(raw)
+    if eof:
+        done = reader.feed_eof()
+    assert done
+    return reader
+
+
+def split(raw: bytes, cuts: list[int]) -> Iterator[bytes]:
+    points = sorted({c % (len(raw) + 1) for c in cuts} | {0, len(raw)})
+    for a, b in itertools.pairwise(points):
+        yield raw[a:b]
+
+
+def chunked(body: bytes, sizes: list[int]) -> bytes:
+    out, pos = [], 0
+    for size in sizes:
+        if pos >= len(body):
+            break
+        part = body[pos:pos + max(size, 1)]
+        out.append(b"%x;ext=1\r\n%s\r\n" % (len(part), part))
+        pos += len(part)
+    if pos < len(body):
+        out.append(b"%X\r\n%s\r\n" % (len(body) - pos, body[pos:]))
+    return b"".join(out) + b"0\r\nX-Trailer: t\r\n\r\n"
+
+
+# --- the parser, sans-IO ------------------------------------------------------
+
+def test_content_length_answer() -> None:
+    r = parse(b"HTTP/1.1 200 OK\r\nContent-Type: Application/JSON; charset=utf-8\r\n"
+              b"X-Classification:  internal \r\nContent-Length: 2\r\n\r\n{}")
+    assert (r.status, r.body, r.keep_alive) == (200, b"{}", True)
+    assert r.headers[1] == ("X-Classification", "internal")
+    assert media_type(r.content_type) == "application/json"
+    assert media_type(None) == media_type("nonsense") == "application/octet-stream"
+
+
+@settings(max_examples=150, deadline=None)
+@given(body=st.binary(max_size=300), sizes=st.lists(st.integers(1, 70), max_size=8),
+       cuts=st.lists(st.integers(0, 2000), max_size=12), use_chunked=st.booleans())
+def test_any_fragmentation_gives_the_same_answer(body: bytes, sizes: list[int],
+                                                  cuts: list[int], use_chunked: bool) -> None:
+    if use_chunked:
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunked(body, sizes)
+    else:
+        raw = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    reader = ResponseReader(head_request=False, max_body=CAP)
+    results = [reader.feed(part) for part in split(raw, cuts)]
+    assert results[-1] and not any(results[:-1])
+    assert reader.body == body and reader.keep_alive
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_garbage_only_ever_raises_the_clients_own_errors(raw: bytes) -> None:
+    reader = ResponseReader(head_request=False, max_body=CAP)
+    with contextlib.suppress(ClientError):
+        reader.feed(b"HTTP/1.1 200 OK\r\n" + raw)
+        reader.feed_eof()
+
+
+def test_close_delimited_body_ends_at_eof_and_is_not_reused() -> None:
+    r = parse(b"HTTP/1.1 200 OK\r\n\r\nabc", eof=True)
+    assert r.body == b"abc" and not r.keep_alive
+
+
+@pytest.mark.parametrize("raw,head", [
+    (b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n", False),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", True),
+])
+def test_no_body_for_head_204_304(raw: bytes, head: bool) -> None:
+    r = parse(raw, head=head)
+    assert r.body == b"" and r.keep_alive
+
+
+def test_interim_answers_are_skipped() -> None:
+    r = parse(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+              b"HTTP/1.1 201 Created\r\nContent-Length: 1\r\n\r\nx")
+    assert (r.status, r.body, r.headers) == (201, b"x", [("Content-Length", "1")])
+
+
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nConnection: keep-alive, Close\r\n\r\nx",
+    b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\n",  # a second answer
+])
+def test_connection_not_reused(raw: bytes) -> None:
+    assert not parse(raw).keep_alive
+
+
+HEAD_OK = b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize("raw", [
+    HEAD_OK + b"Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",  # CL.TE
+    HEAD_OK + b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+    HEAD_OK + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",  # duplicate
+    HEAD_OK + b"Content-Length: 3, 3\r\n\r\nabc",
+    HEAD_OK + b"Content-Length: +3\r\n\r\nabc",
+    HEAD_OK + b"Content-Length: -1\r\n\r\n",
+    HEAD_OK + b"Content-Length: 0x3\r\n\r\nabc",
+    HEAD_OK + b"Content-Length: 1 2\r\n\r\n",
+    HEAD_OK + b"Transfer-Encoding: gzip, chunked\r\n\r\n",
+    HEAD_OK + b"Transfer-Encoding: chunked, chunked\r\n\r\n",
+    HEAD_OK + b"Transfer-Encoding: xchunked\r\n\r\n",
+    HEAD_OK + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+    b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    HEAD_OK + b"X-A: 1\r\n folded\r\n\r\n",  # obs-fold
+    HEAD_OK + b"X-A : 1\r\n\r\n",  # white space before the colon
+    HEAD_OK + b" X-A: 1\r\n\r\n",
+    HEAD_OK + b"X-A: a\x00b\r\n\r\n",  # NUL
+    HEAD_OK + b"X-A: a\rb\r\n\r\n",  # bare CR
+    HEAD_OK + b"X-A: a\nb\r\n\r\n",  # bare LF
+    HEAD_OK + b"X-A: a\x1bb\r\n\r\n",  # other control character
+    HEAD_OK + b"X[A]: 1\r\n\r\n",  # not a token
+    HEAD_OK + b"NoColon\r\n\r\n",
+    HEAD_OK + b": empty-name\r\n\r\n",
+    b"HTTP/1.1 200 OK\nContent-Length: 0\n\n",  # LF-only line endings
+    b"HTTP/2 200 OK\r\n\r\n",
+    b"HTTP/1.1 20 OK\r\n\r\n",
+    b"HTTP/1.1 600 Nope\r\n\r\n",
+    b"HTTP/1.1 2000 OK\r\n\r\n",
+    b"http/1.1 200 OK\r\n\r\n",
+    b"HTTP/1.1 200 O\x00K\r\n\r\n",
+    b"HTTP/1.1  200 OK\r\n\r\n",
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n",
+    b"HTTP/1.1 100 Continue\r\n\r\n" * 9,
+    HEAD_OK + b"X-A: " + b"x" * MAX_LINE + b"\r\n\r\n",  # one field over the limit
+    HEAD_OK + b"X-A: 1\r\n" * (MAX_FIELDS + 1) + b"\r\n",  # too many fields
+    HEAD_OK + (b"X-A: " + b"x" * 4000 + b"\r\n") * 17 + b"\r\n",  # block over the limit
+    HEAD_OK + b"X-A: " + b"x" * (MAX_HEAD + 10),  # no end of the head in sight
+])
+def test_malformed_heads_are_refused(raw: bytes) -> None:
+    reader = ResponseReader(head_request=False, max_body=CAP)
+    with pytest.raises(MalformedResponse):
+        reader.feed(raw)
+
+
+CHUNKED = HEAD_OK + b"Transfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("body", [
+    b"0x3\r\nabc\r\n0\r\n\r\n", b"+3\r\nabc\r\n0\r\n\r\n", b" 3\r\nabc\r\n0\r\n\r\n",
+    b"3_0\r\nabc\r\n0\r\n\r\n", b"-3\r\nabc\r\n0\r\n\r\n", b"\r\nabc\r\n0\r\n\r\n",
+    b"3\nabc\r\n0\r\n\r\n", b"3;a\x00b\r\nabc\r\n0\r\n\r\n",
+    b"1" * 17 + b"\r\n",  # a chunk size beyond 64 bits
+    b"3\r\nabcX\r\n0\r\n\r\n",  # no CRLF after the chunk data
+    b"3\r\nabc\rX",
+    b"0\r\nX-T: a\x00\r\n\r\n",  # a NUL in a trailer
+    b"0\r\nX-T : a\r\n\r\n",
+    b"0\r\n" + b"X-T: 1\r\n" * (MAX_FIELDS + 1) + b"\r\n",
+    b"3;" + b"e" * MAX_LINE,  # chunk extensions without end
+])
+def test_malformed_chunked_bodies_are_refused(body: bytes) -> None:
+    reader = ResponseReader(head_request=False, max_body=CAP)
+    with pytest.raises(MalformedResponse):
+        reader.feed(CHUNKED + body)
+
+
+@pytest.mark.parametrize("raw", [
+    HEAD_OK + b"Content-Length: 1025\r\n\r\n",
+    CHUNKED + b"400\r\n" + b"x" * 1024 + b"\r\n1\r\n",
+    HEAD_OK + b"\r\n" + b"x" * 1025,
+])
+def test_bodies_over_the_cap_are_refused_while_reading(raw: bytes) -> None:
+    reader = ResponseReader(head_request=False, max_body=CAP)
+    with pytest.raises(ResponseTooLarge):
+        reader.feed(raw)
+
+
+def test_eof_before_and_in_the_middle_of_an_answer() -> None:
+    with pytest.raises(NoResponse):
+        ResponseReader(head_request=False, max_body=CAP).feed_eof()
+    for partial in (b"HTTP/1.1 200 OK\r\nContent-", HEAD_OK + b"Content-Length: 5\r\n\r\nab",
+                    CHUNKED + b"5\r\nab", CHUNKED + b"0\r\n"):
+        reader = ResponseReader(head_request=False, max_body=CAP)
+        assert not reader.feed(partial)
+        with pytest.raises(ResponseBroken):
+            reader.feed_eof()
+
+
+def test_request_bytes() -> None:
+    raw = serialize_request("POST", "/t?a=1", "up.example:8443",
+                            {"content-type": "text/plain", "Content-Type": "application/json",
+                             "X-Request-Id": "r1"}, b"{}")
+    assert raw == (b"POST /t?a=1 HTTP/1.1\r\nHost: up.example:8443\r\n"
+                   b"Content-Type: application/json\r\nX-Request-Id: r1\r\n"
+                   b"Content-Length: 2\r\n\r\n{}")
+    assert serialize_request("GET", "/", "h", {}, None) == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    assert b"Content-Length: 0\r\n" in serialize_request("POST", "/", "h", {}, None)
+
+
+@pytest.mark.parametrize("method,target,headers", [
+    ("GET", "/a b", {}), ("GET", "/a\r\nX: 1", {}), ("GET", "a", {}), ("G T", "/", {}),
+    ("GET", "/", {"X-A": "1\r\nX-Evil: 1"}), ("GET", "/", {"X-A": "1\nX"}),
+    ("GET", "/", {"X-A": "a\x00"}), ("GET", "/", {"X A": "1"}), ("GET", "/", {"X-A:": "1"}),
+    ("GET", "/", {"Content-Length": "5"}), ("GET", "/", {"transfer-encoding": "chunked"}),
+    ("GET", "/", {"Host": "other"}), ("GET", "/", {"Connection": "close"}),
+])
+def test_request_splitting_is_refused(method: str, target: str,
+                                      headers: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="refused"):
+        serialize_request(method, target, "h", headers, None)
+
+
+# --- the pool over real sockets -------------------------------------------------
+
+RESET, CLOSE, HANG = "reset", "close", "hang"
+Step = bytes | str | asyncio.Event
+
+
+def ok(body: bytes = b"{}", extra: bytes = b"") -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+class Scripted:
+    """A server on 127.0.0.1 that answers the n-th request it receives (over
+    any connection) with the n-th script: bytes to send ("{conn}" becomes the
+    connection's number), an event to wait for, RESET, CLOSE or HANG."""
+
+    def __init__(self, *scripts: tuple[Step, ...], tls: ssl.SSLContext | None = None) -> None:
+        self.scripts = list(scripts)
+        self.tls = tls
+        self.requests: list[bytes] = []
+        self.connections = 0
+        self.peers: list[str] = []  # the client certificate's common name, per connection
+        self.disconnected = 0
+        self.changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> Scripted:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.server.wait_closed()
+
+    async def until(self, condition: Callable[[], bool]) -> None:
+        while not condition():
+            self.changed.clear()
+            await self.changed.wait()
+
+    def _event(self) -> None:
+        self.changed.set()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self.connections += 1
+        number = self.connections
+        cert = writer.get_extra_info("peercert") or {}
+        self.peers.append(next((v for rdn in cert.get("subject", ()) for k, v in rdn
+                                if k == "commonName"), ""))
+        self._event()
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                self.requests.append(head + await reader.readexactly(length))
+                self._event()
+                for step in self.scripts.pop(0):
+                    if isinstance(step, asyncio.Event):
+                        await step.wait()
+                    elif step == RESET:
+                        sock = writer.get_extra_info("socket")
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                        struct.pack("ii", 1, 0))
+                        writer.transport.abort()
+                        return
+                    elif step == CLOSE:
+                        return
+                    elif step == HANG:
+                        await asyncio.Event().wait()
+                    else:
+                        assert isinstance(step, bytes)
+                        writer.write(step.replace(b"{conn}", str(number).encode()))
+                        await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+            self.disconnected += 1
+            self._event()
+            self._tasks.discard(task)
+
+
+def http_pool(server: Scripted, size: int = 4, **kw: float) -> ConnectionPool:
+    return ConnectionPool(f"http://127.0.0.1:{server.port}", size=size, connect_timeout_s=5,
+                          ssl_context=None, **kw)
+
+
+async def get(pool: ConnectionPool, method: str = "GET", body: bytes | None = None,
+              timeout_s: float = 30) -> tuple[int, bytes]:
+    resp = await pool.request(method, "/t", {"Accept": "application/json"}, body,
+                              timeout_s=timeout_s, max_body=CAP)
+    return resp.status, resp.body
+
+
+async def test_keep_alive_reuse_and_exact_request_bytes() -> None:
+    async with Scripted((ok(b"1"),), (ok(b"2"),), (ok(b"3"),)) as server:
+        pool = http_pool(server)
+        assert [await get(pool) for _ in range(2)] == [(200, b"1"), (200, b"2")]
+        assert await get(pool, "POST", b"{}") == (200, b"3")
+        assert server.connections == 1
+        host = f"Host: 127.0.0.1:{server.port}\r\n".encode()
+        assert server.requests[0] == b"GET /t HTTP/1.1\r\n" + host + \
+            b"Accept: application/json\r\n\r\n"  # no User-Agent, no Accept-Encoding
+        assert server.requests[2].endswith(b"Content-Length: 2\r\n\r\n{}")
+        await pool.close()
+
+
+async def test_idle_connections_are_reused_newest_first() -> None:
+    first, second = asyncio.Event(), asyncio.Event()
+    conn = b"X-Conn: {conn}\r\n"
+    async with Scripted((first, ok(extra=conn)), (second, ok(extra=conn)),
+                        (ok(extra=conn),)) as server:
+        pool = http_pool(server)
+        a = asyncio.create_task(pool.request("GET", "/a", {}, None, timeout_s=30, max_body=CAP))
+        b = asyncio.create_task(pool.request("GET", "/b", {}, None, timeout_s=30, max_body=CAP))
+        await server.until(lambda: len(server.requests) == 2)
+        first.set()
+        await a
+        second.set()
+        answered_last = dict((await b).headers)["X-Conn"]
+        third = await pool.request("GET", "/c", {}, None, timeout_s=30, max_body=CAP)
+        assert dict(third.headers)["X-Conn"] == answered_last
+        await pool.close()
+
+
+async def test_callers_beyond_the_pool_size_wait_in_line() -> None:
+    async with Scripted(*[(ok(b"%d" % i),) for i in range(5)]) as server:
+        pool = http_pool(server, size=1)
+        results = await asyncio.gather(*(get(pool) for _ in range(5)))
+        assert sorted(body for _, body in results) == [b"0", b"1", b"2", b"3", b"4"]
+        assert server.connections == 1
+        await pool.close()
+
+
+async def test_waiting_in_line_is_bounded_by_the_total_timeout() -> None:
+    async with Scripted((HANG,)) as server:
+        pool = http_pool(server, size=1)
+        hung = asyncio.create_task(get(pool, timeout_s=30))
+        await server.until(lambda: len(server.requests) == 1)
+        with pytest.raises(TimeoutError):
+            await get(pool, timeout_s=0.2)
+        hung.cancel()
+        await asyncio.gather(hung, return_exceptions=True)
+        await pool.close()
+
+
+async def test_idle_connections_are_closed_after_the_idle_timeout() -> None:
+    async with Scripted((ok(),), (ok(),)) as server:
+        pool = http_pool(server, idle_timeout_s=0.05)
+        await get(pool)
+        await server.until(lambda: server.disconnected == 1)
+        assert pool.open_connections == 0
+        await get(pool)
+        assert server.connections == 2
+        await pool.close()
+
+
+@pytest.mark.parametrize("answer", [
+    ok(extra=b"Connection: close\r\n"),
+    b"HTTP/1.1 200 OK\r\n\r\n{}",  # delimited by the close
+])
+async def test_connection_close_is_honoured(answer: bytes) -> None:
+    async with Scripted((answer, CLOSE), (ok(),)) as server:
+        pool = http_pool(server)
+        assert await get(pool) == (200, b"{}")
+        assert await get(pool) == (200, b"{}")
+        assert server.connections == 2
+        await pool.close()
+
+
+@pytest.mark.parametrize("method,retried", [("GET", True), ("POST", False)])
+async def test_stale_keep_alive_connection(method: str, retried: bool) -> None:
+    # The server drops a kept-alive connection just as the next request arrives.
+    async with Scripted((ok(),), (CLOSE,), (ok(b"fresh"),)) as server:
+        pool = http_pool(server)
+        await get(pool)
+        if retried:
+            assert await get(pool, method) == (200, b"fresh")
+            assert server.connections == 2
+        else:
+            with pytest.raises(NoResponse):
+                await get(pool, method, b"{}")  # may have been processed: not repeated
+            assert server.connections == 1
+        await pool.close()
+
+
+@pytest.mark.parametrize("script,error", [
+    ((RESET,), NoResponse),
+    ((CLOSE,), NoResponse),
+    ((b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", RESET), ResponseBroken),
+    ((b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", CLOSE), ResponseBroken),
+    ((b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab", CLOSE),
+     ResponseBroken),
+    ((b"HTTP/1.1 200 OK\r\nX-Pad: " + b"x" * 20_000 + b"\r\n\r\n",), MalformedResponse),
+    ((b"HTTP/1.1 200 OK\r\nContent-Length: 2000\r\n\r\n",), ResponseTooLarge),
+])
+async def test_failures_are_classified(script: tuple[Step, ...], error: type[Exception]) -> None:
+    async with Scripted(script, (ok(b"next"),)) as server:
+        pool = http_pool(server)
+        with pytest.raises(error):
+            await get(pool, "POST", b"{}")
+        assert await get(pool) == (200, b"next")  # never on the broken connection
+        assert server.connections == 2
+        await pool.close()
+
+
+async def test_bytes_on_an_idle_connection_close_it() -> None:
+    # SECURITY: a forged answer sent ahead of time is never taken for the next one.
+    async with Scripted((ok() + ok(b"forged"),), (ok(b"real"),)) as server:
+        pool = http_pool(server)
+        await get(pool)
+        assert await get(pool) == (200, b"real")
+        assert server.connections == 2
+        await pool.close()
+
+
+async def test_refused_connection_is_no_response() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        pool = ConnectionPool(f"http://127.0.0.1:{port}", size=1, connect_timeout_s=5,
+                              ssl_context=None)
+        with pytest.raises(NoResponse):
+            await get(pool)
+        await pool.close()
+
+
+# --- TLS, the upstream-mTLS credential, renewal ------------------------------------
+
+@pytest.fixture(scope="module")
+def ca() -> CertificateAuthority:
+    return CertificateAuthority.create("upstream test CA")
+
+
+def tls_server(ca: CertificateAuthority) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    leaf = ca.issue_server(["localhost"], ["127.0.0.1"])
+    load_chain_from_pem(ctx, leaf.cert_pem(), leaf.key_pem())
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # the gateway's certificate, when it has one
+    ctx.load_verify_locations(cadata=ca.cert_pem().decode())
+    return ctx
+
+
+def identity(cert: IssuedCertificate) -> tuple[bytes, bytes]:
+    return cert.cert_pem(), cert.key_pem()
+
+
+async def test_tls_with_client_certificate(ca: CertificateAuthority, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    me = ca.issue_client("spiffe://grid.test/gateway/service/itsm")
+    async with Scripted((ok(b"a"),), (ok(b"b"),), tls=tls_server(ca)) as server:
+        pool = ConnectionPool(f"https://127.0.0.1:{server.port}", size=2, connect_timeout_s=5,
+                              ssl_context=upstream_context(tmp_path / "ca.pem", identity(me)))
+        assert [await get(pool), await get(pool)] == [(200, b"a"), (200, b"b")]
+        assert server.peers == ["itsm"] and server.connections == 1
+        await pool.close()
+
+
+async def test_tls_server_not_trusted_is_no_response(ca: CertificateAuthority,
+                                                     tmp_path: Path) -> None:
+    other = CertificateAuthority.create("someone else")
+    (tmp_path / "other.pem").write_bytes(other.cert_pem())
+    async with Scripted(tls=tls_server(ca)) as server:
+        pool = ConnectionPool(f"https://127.0.0.1:{server.port}", size=1, connect_timeout_s=5,
+                              ssl_context=upstream_context(tmp_path / "other.pem"))
+        with pytest.raises(NoResponse) as info:
+            await get(pool)
+        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
+        await pool.close()
+
+
+async def test_renewal_new_identity_for_new_connections_in_flight_finishes(
+        ca: CertificateAuthority, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_bytes(ca.cert_pem())
+    old, new = (ca.issue_client(f"spiffe://grid.test/gateway/service/{n}")
+                for n in ("old", "new"))
+    release = asyncio.Event()
+    async with Scripted((ok(),), (release, ok(b"slow")), (ok(b"quick"),),
+                        tls=tls_server(ca)) as server:
+        pool = UpstreamPool({"itsm": Upstream("itsm", f"https://127.0.0.1:{server.port}",
+                                              tmp_path / "ca.pem")}, GatewayMetrics())
+        current = [old]
+        pool.client_identity = lambda name: identity(current[0])
+        await pool.start(health_interval_s=3600)  # the first probe: /healthz
+        slow = asyncio.create_task(pool.call("itsm", "GET", "/slow", {}, None))
+        await server.until(lambda: len(server.requests) == 2)
+        current[0] = new
+        renewal = asyncio.create_task(pool.renew_session("itsm", grace_s=0.3))
+        await asyncio.sleep(0)  # the renewal has begun: new pool, old one draining
+        quick = await pool.call("itsm", "GET", "/quick", {}, None)
+        release.set()
+        assert ((await slow).body, quick.body) == (b"slow", b"quick")
+        await renewal
+        await server.until(lambda: server.disconnected == 1)  # the old connection, after the grace
+        assert server.peers == ["old", "new"]
+        await pool.close()
+
+
+async def test_pool_maps_failures_and_counts_them() -> None:
+    metrics = GatewayMetrics()
+    async with Scripted((b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",),
+                        (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nab", RESET),
+                        (b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",),
+                        (RESET,), (RESET,)) as server:
+        pool = UpstreamPool({"hes": Upstream("hes", f"http://127.0.0.1:{server.port}")},
+                            metrics)
+        pool._pools["hes"] = pool._pool("hes")  # started without the health probe
+        reasons = []
+        for _ in range(4):
+            with pytest.raises(UpstreamFailed) as info:
+                await pool.call("hes", "GET", "/x", {}, None)
+            reasons.append((info.value.status, info.value.reason))
+        assert reasons == [(502, "upstream-response-too-large"), (502, "upstream-reset"),
+                           (502, "upstream-malformed-response"), (502, "upstream-unreachable")]
+
+        def count(kind: str) -> float | None:
+            return metrics.registry.get_sample_value(
+                "gateway_upstream_errors_total", {"upstream": "hes", "kind": kind})
+        assert (count("too-large"), count("connection"), count("retried")) == (1, 4, 1)
+        await pool.close()
