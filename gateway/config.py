@@ -41,6 +41,7 @@ class Upstream:
     breaker_failures: int = 5  # consecutive failures that open the circuit
     breaker_open_s: float = 5.0  # then one probe after this long
     credential: str = "bearer"  # how the shared system takes the gateway's credential
+    queue_timeout_s: float = 2.0  # waiting for a pool slot (fair queuing) before 503
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +147,8 @@ class GatewayConfig:
                 u.number("timeout_s", 10.0), u.number("connect_timeout_s", 2.0),
                 int(u.number("max_response_bytes", 8 * MiB)), int(u.number("pool_size", 128)),
                 int(u.number("breaker_failures", 5)), u.number("breaker_open_s", 5.0),
-                _credential_scheme(u._get("credential"), f"{source}: upstreams.{name}"))
+                _credential_scheme(u._get("credential"), f"{source}: upstreams.{name}"),
+                u.number("queue_timeout_s", 2.0))
         ca = None
         if r._get("ca") is not None:
             c = _Reader(r.table("ca"), base, source, "ca.")

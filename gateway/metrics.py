@@ -54,6 +54,10 @@ class GatewayMetrics:
         self.upstream_circuit_open = Gauge(
             "gateway_upstream_circuit_open", "1 while the circuit breaker to an upstream is open.",
             ["upstream"], registry=r)
+        self.upstream_queue_depth = Gauge(
+            "gateway_upstream_queue_depth",
+            "Requests waiting for a slot of the upstream's pool (fair queuing by tenant).",
+            ["upstream"], registry=r)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream calls, by kind.",
             ["upstream", "kind"], registry=r)

@@ -46,6 +46,7 @@ from gateway.exchange import (
     Exchange,
     read_body,
 )
+from gateway.fairslots import UpstreamSlots
 from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body
@@ -97,6 +98,11 @@ class DataPlane:
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
         self.quotas = Quotas()
+        # Issue 8: one upstream's pool shared fairly among the tenants waiting for it.
+        self.slots = UpstreamSlots(
+            {name: up.pool_size for name, up in upstreams.upstreams.items()},
+            on_depth=lambda upstream, depth: metrics.upstream_queue_depth.labels(
+                upstream).set(depth))
         self.in_flight = 0
         self.over_memory_budget = False  # set by the server's memory watch
         self.load_quotas()
@@ -278,17 +284,19 @@ class DataPlane:
                                     headers: dict[str, str], body: bytes | None,
                                     method: str) -> Any:
         """Issue 8: a tenant's rate, concurrency and share of the upstream's
-        pool; one noisy tenant cannot starve the others."""
+        pool, then a slot of that pool, queued fairly among tenants; one noisy
+        tenant cannot starve the others."""
         assert ex.match is not None
         upstream = ex.match.route.upstream
         tenant = ex.caller.tenant_id
-        pool = self.upstreams.upstreams[upstream].pool_size
-        wait = self.quotas.admit(tenant, upstream, pool, time.monotonic())
+        config = self.upstreams.upstreams[upstream]
+        wait = self.quotas.admit(tenant, upstream, config.pool_size, time.monotonic())
         if wait is not None:
             raise RequestRefused(429, "rate-limited",
                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            return await self._forward(ex, target, headers, body, method)
+            async with self.slots.slot(upstream, tenant, config.queue_timeout_s):
+                return await self._forward(ex, target, headers, body, method)
         finally:
             self.quotas.release(tenant, upstream)
 

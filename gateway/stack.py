@@ -69,8 +69,10 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
                  data_dir: Path, data_port: int, ops_port: int, admin_port: int,
                  sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, receivers_port: int = 0,
-                 push_tenants: tuple[str, ...] = (), soc_syslog: str | None = None) -> None:
-    """A config file equivalent to the demo, for ``gateway serve --config``."""
+                 push_tenants: tuple[str, ...] = (), soc_syslog: str | None = None,
+                 upstream_settings: str = "") -> None:
+    """A config file equivalent to the demo, for ``gateway serve --config``.
+    ``upstream_settings``: extra ``key = value`` lines for every upstream (tests)."""
     lines = [
         "# Written by `gateway demo`; paths are absolute.",
         "[gateway]",
@@ -122,7 +124,8 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
     for name, port in sim_ports.items():
         lines += ["", f"[upstreams.{name}]", f'url = "https://{LOOPBACK}:{port}"',
                   f'credential = "{DEMO_CREDENTIALS[name]}"',
-                  f'ca = "{pki.ca_cert.resolve()}"', f"timeout_s = {upstream_timeout_s}"]
+                  f'ca = "{pki.ca_cert.resolve()}"', f"timeout_s = {upstream_timeout_s}",
+                  *upstream_settings.strip().splitlines()]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -133,7 +136,7 @@ class Stack:
                  health_interval_s: float = 5.0, gateway_settings: str = "",
                  run_gateway: bool = True, soc_syslog: str | None = None,
                  limits: str = "", upstream_ports: dict[str, int] | None = None,
-                 extra_config: str = "") -> None:
+                 extra_config: str = "", upstream_settings: str = "") -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -148,6 +151,7 @@ class Stack:
         self.soc_syslog = soc_syslog
         self.limits = limits  # `key = value` lines for a [limits] table (tests)
         self.extra_config = extra_config  # whole TOML tables appended (e.g. [audit])
+        self.upstream_settings = upstream_settings  # lines for every [upstreams.*] (tests)
         # Where the gateway reaches an upstream, if not the simulator itself
         # (tests put a fault proxy in between).
         self.upstream_ports = upstream_ports or {}
@@ -210,7 +214,7 @@ class Stack:
                      receivers_port=self.receivers_port,
                      push_tenants=tuple(t.id for t in self.registry
                                         if "push_endpoint" in t.attributes),
-                     soc_syslog=self.soc_syslog)
+                     soc_syslog=self.soc_syslog, upstream_settings=self.upstream_settings)
         if self.limits:
             with config_path.open("a") as fh:
                 fh.write("\n[limits]\n" + self.limits.strip() + "\n")

@@ -1,0 +1,67 @@
+"""The asyncio side of per-upstream fair queuing (gateway.core.fairqueue):
+a request holds one of its upstream's slots while it is forwarded; when the
+pool is busy it waits, fairly among tenants, at most ``queue_timeout_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+
+from gateway.core.fairqueue import FairSlots
+from gateway.errors import RequestRefused
+
+__all__ = ["UpstreamSlots"]
+
+
+class UpstreamSlots:
+    def __init__(self, capacities: Mapping[str, int], *,
+                 on_depth: Callable[[str, int], None] = lambda upstream, depth: None) -> None:
+        self._slots: dict[str, FairSlots[asyncio.Future[None]]] = {
+            name: FairSlots(capacity) for name, capacity in capacities.items()}
+        self._on_depth = on_depth
+
+    def in_use(self, upstream: str) -> int:
+        return self._slots[upstream].total
+
+    def waiting(self, upstream: str) -> int:
+        return self._slots[upstream].waiting
+
+    @contextlib.asynccontextmanager
+    async def slot(self, upstream: str, tenant: str, queue_timeout_s: float
+                   ) -> AsyncIterator[None]:
+        """Hold a slot for the body of the ``async with``. Waiting longer than
+        ``queue_timeout_s`` is refused with 503 ``upstream-busy``."""
+        await self._acquire(upstream, tenant, queue_timeout_s)
+        try:
+            yield
+        finally:
+            self._release(upstream, tenant)
+
+    async def _acquire(self, upstream: str, tenant: str, timeout_s: float) -> None:
+        fair = self._slots[upstream]
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if fair.acquire(tenant, waiter):
+            return
+        self._on_depth(upstream, fair.waiting)
+        try:
+            await asyncio.wait_for(asyncio.shield(waiter), timeout_s)
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            if not fair.cancel(tenant, waiter):
+                # Handed the slot in the same instant: give it on.
+                self._release(upstream, tenant)
+            self._on_depth(upstream, fair.waiting)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise RequestRefused(503, "upstream-busy", headers={"Retry-After": "1"}) from None
+        self._on_depth(upstream, fair.waiting)
+
+    def _release(self, upstream: str, tenant: str) -> None:
+        fair = self._slots[upstream]
+        handed = fair.release(tenant)
+        while handed is not None:
+            next_tenant, waiter = handed
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+            handed = fair.release(next_tenant)  # a waiter that is gone: next one
