@@ -243,8 +243,8 @@ class ResponseReader:
                 raise MalformedResponse("duplicate or invalid Content-Length")
             length = int(lengths[0])
         if self._no_body or status in _NO_BODY_STATUS:
-            if codings:
-                self.keep_alive = False  # a body that must not be there may follow
+            if codings and not self._no_body:
+                self.keep_alive = False  # a 204/304 that claims a body: it may follow
             self._state = _DONE
         elif codings:
             self._state = _CHUNK_LINE

@@ -94,12 +94,16 @@ def test_any_fragmentation_gives_the_same_answer(body: bytes, sizes: list[int],
     assert reader.body == body and reader.keep_alive
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=400))
-def test_garbage_only_ever_raises_the_clients_own_errors(raw: bytes) -> None:
+@settings(max_examples=500, deadline=None)
+@given(prefix=st.sampled_from([b"", b"HTTP/1.1 200 OK\r\n",
+                               b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"]),
+       raw=st.binary(max_size=400), cuts=st.lists(st.integers(0, 500), max_size=4))
+def test_garbage_only_ever_raises_the_clients_own_errors(prefix: bytes, raw: bytes,
+                                                         cuts: list[int]) -> None:
     reader = ResponseReader(head_request=False, max_body=CAP)
     with contextlib.suppress(ClientError):
-        reader.feed(b"HTTP/1.1 200 OK\r\n" + raw)
+        for part in split(prefix + raw, cuts):
+            reader.feed(part)
         reader.feed_eof()
 
 
@@ -397,6 +401,21 @@ async def test_waiting_in_line_is_bounded_by_the_total_timeout() -> None:
             await get(pool, timeout_s=0.2)
         hung.cancel()
         await asyncio.gather(hung, return_exceptions=True)
+        await pool.close()
+
+
+async def test_a_cancelled_caller_frees_its_slot_and_its_connection_is_dropped() -> None:
+    async with Scripted((HANG,), (ok(b"after"),)) as server:
+        pool = http_pool(server, size=1)
+        hung = asyncio.create_task(get(pool))
+        await server.until(lambda: len(server.requests) == 1)
+        queued = asyncio.create_task(get(pool))  # waits in line for the only slot
+        await asyncio.sleep(0)
+        queued.cancel()
+        hung.cancel()
+        await asyncio.gather(hung, queued, return_exceptions=True)
+        assert await get(pool) == (200, b"after")  # the slot came back, on a new connection
+        assert server.connections == 2
         await pool.close()
 
 
