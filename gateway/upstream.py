@@ -35,7 +35,8 @@ from gateway.upstream_http import (
 
 log = logging.getLogger("gateway.upstream")
 
-__all__ = ["IDEMPOTENT", "Breaker", "ConnectionPool", "UpstreamPool", "UpstreamResponse"]
+__all__ = ["IDEMPOTENT", "Breaker", "ConnectionPool", "UpstreamPool", "UpstreamResponse",
+           "media_type"]
 
 IDLE_TIMEOUT_S = 30.0  # an idle keep-alive connection is closed after this long
 PROBE_TIMEOUT_S = 2.0
@@ -288,9 +289,6 @@ class UpstreamPool:
             ssl_ctx = upstream_context(up.ca, self.client_identity(name))
         return ConnectionPool(up.url, size=up.pool_size, connect_timeout_s=up.connect_timeout_s,
                               ssl_context=ssl_ctx)
-
-    def connections(self, name: str) -> ConnectionPool:
-        return self._pools[name]
 
     async def renew_session(self, name: str, grace_s: float) -> None:
         """New connections with a new client identity; requests in flight on
