@@ -9,7 +9,7 @@ import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError
@@ -26,14 +26,20 @@ def _tune_gc() -> None:
 
 
 def _run_until_signal(start: object, stop: object,
-                      reload: Callable[[], None] | None = None) -> None:
+                      reload: Callable[[], Awaitable[None]] | None = None) -> None:
     async def main() -> None:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, done.set)
+        reloading: set[asyncio.Task[None]] = set()  # a reference until each one is done
         if reload is not None:
-            loop.add_signal_handler(signal.SIGHUP, _safe_reload, reload)
+            def on_hup() -> None:
+                task = loop.create_task(_safe_reload(reload))
+                reloading.add(task)
+                task.add_done_callback(reloading.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
         await start()  # type: ignore[operator]
         _tune_gc()
         try:
@@ -45,9 +51,9 @@ def _run_until_signal(start: object, stop: object,
         asyncio.run(main())
 
 
-def _safe_reload(reload: Callable[[], None]) -> None:
+async def _safe_reload(reload: Callable[[], Awaitable[None]]) -> None:
     try:
-        reload()
+        await reload()
         _tune_gc()  # the new snapshot is long-lived too
     except ConfigError as exc:
         logging.getLogger("gateway").error("reload refused, keeping the running config: %s",
@@ -59,7 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import Gateway
 
     gw = Gateway(GatewayConfig.from_toml(Path(args.config)))
-    _run_until_signal(gw.start, gw.stop, gw.reload)
+    _run_until_signal(gw.start, gw.stop, gw.reload_async)
     return 0
 
 
@@ -74,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await stack.start()
         print(demo_banner(stack), flush=True)
 
-    _run_until_signal(start, stack.stop, lambda: stack.gateway.reload())
+    _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
     return 0
 
 

@@ -1,9 +1,13 @@
-"""The compact relation snapshot: one immutable binary file, mapped read-only.
+"""The compact relation snapshot: one immutable binary file, read whole.
 
 A national feed holds ~10 million tuples; as Python objects that is ~9 GB. A
-snapshot keeps them in flat columns instead, so loading is a header check, a
-checksum and an ``mmap`` (the page cache holds the data, shared by every
-process that maps it), and a lookup is a hash probe plus a few array reads.
+snapshot keeps them in flat columns instead, so loading is one read, a header
+check and a checksum, and a lookup is a hash probe plus a few array reads.
+
+The file is read into the process's own memory, not ``mmap``-ed: a mapping
+would see an operator's in-place rewrite (``cp new old``) of the live file,
+half old and half new, or die of SIGBUS on a truncation. A private copy
+cannot change under a running decision.
 
 Layout, little-endian::
 
@@ -26,14 +30,13 @@ The file is trusted like the JSON feed it is compiled from (the operator's
 own disk); the checksums catch truncation and corruption, not forgery. A
 probe always compares the full id bytes, so a hash collision can never
 stand in for another resource. Replace a snapshot by rename (what
-:func:`write_atomically` does), never by rewriting it in place: a process
-that maps it keeps reading the old inode.
+:func:`write_atomically` does): a reload that read a file while it was being
+rewritten in place fails its checksum and keeps the running snapshot.
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import struct
 import sys
@@ -276,14 +279,14 @@ def _require_little_endian() -> None:
 class Snapshot:
     """A validated, read-only snapshot: string tables, hash tables and rows.
 
-    ``buffer`` is the whole file (``bytes`` or a read-only ``mmap``); row
+    ``buffer`` is the whole file; row
     offsets are absolute positions in it.
     """
 
     __slots__ = ("buffer", "kinds", "names", "records", "resources", "rows_end",
                  "rows_start", "source", "tables", "tenants")
 
-    def __init__(self, buffer: bytes | mmap.mmap, source: str) -> None:
+    def __init__(self, buffer: bytes, source: str) -> None:
         _require_little_endian()
         self.source = source
         self.buffer = buffer
@@ -339,8 +342,8 @@ class Snapshot:
         with path.open("rb") as fh:
             if os.fstat(fh.fileno()).st_size < HEADER.size:
                 raise SnapshotError(f"{path}: truncated relation snapshot")
-            mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        return cls(mapped, str(path))
+            data = fh.read()  # a private copy: see the module docstring
+        return cls(data, str(path))
 
     def row(self, kind: str, key: bytes) -> int:
         """Position of the record count in the row of ``(kind, key)``, or -1."""
