@@ -664,6 +664,22 @@ def batch_bytes(start: int, count: int, tenants: list[str], kinds: dict[str, str
             + ",".join(recs) + "]}").encode()
 
 
+def days_bytes(start: int, count: int, tenants: list[str], kinds: dict[str, str],
+               day: datetime, tag: str = "BENCH") -> bytes:
+    """The same readings as :func:`batch_bytes`, in the columnar format
+    (``meter-days/v1``: one object per meter and day, 96 values)."""
+    first = (day + timedelta(minutes=15)).isoformat()
+    days = []
+    for i in range(start, start + count):
+        obis, unit = HES_KINDS_OBIS.get(kinds[tenants[i % len(tenants)]], DEFAULT_OBIS)
+        values = ",".join(str((i * 31 + q * 7) % 997 / 10) for q in range(96))
+        days.append(f'{{"meter":"{synthetic_serial(i)}","start":"{first}","interval":900,'
+                    f'"obis":"{obis}","unit":"{unit}","quality":"{"01" * 96}",'
+                    f'"values":[{values}]}}')
+    return (f'{{"format":"meter-days/v1","batch_id":"{tag}-D-{day:%Y%m%d}-{start:09d}",'
+            f'"source":"hes","meter_days":[' + ",".join(days) + "]}").encode()
+
+
 def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]) -> None:
     """Route and enqueue a synthetic day, then let the gateway deliver it.
 
@@ -671,7 +687,9 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
     so the intake figures are intake alone; then the sink lets go and the
     delivery of everything queued is timed on its own."""
     meters = b.args.meters
-    per = min(b.args.batch_meters, meters)
+    columnar = b.args.push_format == "meter-days"
+    make = days_bytes if columnar else batch_bytes
+    per = min(b.args.batch_meters or (10_000 if columnar else 1000), meters)
     gw = b.servers["gateway"]
     pki = stack.pki
     ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -683,7 +701,7 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
     totals: Counter[str] = Counter()
     latencies = []
     pool = ThreadPoolExecutor(1)
-    nxt = pool.submit(batch_bytes, starts[0], min(per, meters - starts[0]), tenants, kinds, day)
+    nxt = pool.submit(make, starts[0], min(per, meters - starts[0]), tenants, kinds, day)
     sink_before = sink_call(b, "GET", "/_count")
     sink_call(b, "POST", "/_hold", {"hold": True})
     deadline = time.monotonic() + b.args.push_timeout
@@ -695,7 +713,7 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
             body = nxt.result()
             if k + 1 < len(starts):  # generate the next batch while this one is routed
                 s2 = starts[k + 1]
-                nxt = pool.submit(batch_bytes, s2, min(per, meters - s2), tenants, kinds, day)
+                nxt = pool.submit(make, s2, min(per, meters - s2), tenants, kinds, day)
             t = time.perf_counter()
             conn.request("POST", "/push/hes/batches", body=body,
                          headers={"Content-Type": "application/json"})
@@ -730,6 +748,7 @@ def phase_push(b: Bench, stack: Stack, tenants: list[str], kinds: dict[str, str]
     drain_cpu = gw.cpu() - c1
     delivered = got["records"] - sink_before["records"]
     out = {
+        "format": b.args.push_format,
         "meters": sent, "records": totals["received"], "batches": len(latencies),
         "meters_per_batch": per, "totals": dict(totals),
         "intake_wall_s": wall, "intake_gateway_cpu_s": cpu,
@@ -769,8 +788,8 @@ def profile_push(b: Bench, ctx: ssl.SSLContext, tenants: list[str], kinds: dict[
         return
     gw = b.servers["gateway"]
     n = max(1, min(3, b.args.meters // per))
-    bodies = [batch_bytes(i * per, per, tenants, kinds, day, tag="BENCH-PROFILE")
-              for i in range(n)]
+    make = days_bytes if b.args.push_format == "meter-days" else batch_bytes
+    bodies = [make(i * per, per, tenants, kinds, day, tag="BENCH-PROFILE") for i in range(n)]
     before = sink_call(b, "GET", "/_count")
     sink_call(b, "POST", "/_hold", {"hold": True})
     out = {}
@@ -967,7 +986,8 @@ def report(b: Bench) -> str:
     if push:
         dcpu = push["delivery_gateway_cpu_s"]
         lines += [
-            "Push (`POST /push/hes/batches` as hes-operator/service/pusher; deliveries held "
+            "Push (`POST /push/hes/batches` as hes-operator/service/pusher, format "
+            f"`{push.get('format', 'records')}`; deliveries held "
             "at the sink during intake, then timed on their own)", "",
             "| phase | meter-days | records | wall s | gateway CPU s | meter-days/s | "
             "meter-days per CPU-s | records/s |",
@@ -1105,7 +1125,11 @@ def main() -> int:
     ap.add_argument("--meters", type=int, default=20_000, help="synthetic meters for push")
     ap.add_argument("--full-day", dest="meters", action="store_const", const=1_000_000,
                     help="push the full 1,000,000 meters x 96 quarter-hours")
-    ap.add_argument("--batch-meters", type=int, default=1000, help="meters per pushed batch")
+    ap.add_argument("--batch-meters", type=int, default=0,
+                    help="meters per pushed batch (default 1,000; 10,000 with meter-days)")
+    ap.add_argument("--push-format", choices=("records", "meter-days"), default="records",
+                    help="push one JSON object per reading (issue 5) or per meter-day "
+                         "(meter-days/v1)")
     ap.add_argument("--memory-budget-mb", type=int, default=0,
                     help="gateway limits.memory_budget_mb (default: the gateway's own, raised "
                          "to 16384 with --full-day or more than 2,000 held connections)")
