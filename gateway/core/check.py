@@ -98,7 +98,7 @@ def check_response(
                 if not window.contains(stamp):
                     # D2/D4: nothing outside the window that was decided on.
                     return _withhold("record-outside-window", rid)
-            if relations.find(rc.kind, rid, tenant, names, at) is None:
+            if relations.holds(rc.kind, rid, tenant, names, at) is None:
                 # SECURITY: D1. One foreign record withholds the whole answer.
                 return _withhold("foreign-record", rid)
             seen.append(rid)

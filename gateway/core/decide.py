@@ -155,10 +155,10 @@ def _decide_resource(
         if rel is None:
             return Decision.deny("no-relation", resources=(rid,))
         return Decision.allow(rel.relation, (rid,))
-    rel = relations.find(kind, rid, tenant, names, now)
-    if rel is None:
+    relation = relations.holds(kind, rid, tenant, names, now)
+    if relation is None:
         return Decision.deny("no-relation", resources=(rid,))
-    if window is not None and rel.relation in route.window_bound:
+    if window is not None and relation in route.window_bound:
         # D2: a supplier's view ends where its contract ends. Another grant
         # (a mandate) may still cover the window.
         covering = [
@@ -169,5 +169,5 @@ def _decide_resource(
         ]
         if not covering:
             return Decision.deny("window-outside-contract", resources=(rid,))
-        rel = covering[0]
-    return Decision.allow(rel.relation, (rid,))
+        relation = covering[0].relation
+    return Decision.allow(relation, (rid,))

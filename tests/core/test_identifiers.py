@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -49,3 +50,23 @@ def test_malformed_ids() -> None:
     assert is_valid_meter_serial("1SAG1100042062")
     assert not is_valid_meter_serial("1sag1100042062")
     assert not is_valid_meter_serial("../1SAG")
+
+
+def _reference_check_digit(data: str) -> int:
+    """DOMAIN.md's rule, digit by digit: weights 3, 1, 3, ... from the right."""
+    total = sum(int(ch) * (3 if i % 2 == 0 else 1) for i, ch in enumerate(reversed(data)))
+    return (10 - total % 10) % 10
+
+
+@given(st.text(alphabet="0123456789", min_size=1, max_size=40))
+def test_check_digit_matches_the_digit_by_digit_rule(data: str) -> None:
+    assert gs1_check_digit(data) == _reference_check_digit(data)
+
+
+def test_digits_of_other_scripts_are_not_digits() -> None:
+    arabic_indic = "".join(chr(0x660 + int(d)) for d in "541448860012075359")  # U+0660-9
+    assert arabic_indic.isdigit() and len(arabic_indic) == 18
+    assert not is_valid_ean(arabic_indic)
+    assert not is_valid_ean("54144886001207535" + chr(0x669))
+    with pytest.raises(ValueError):
+        gs1_check_digit("5414488600120753" + chr(0x665))

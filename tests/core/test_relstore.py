@@ -75,7 +75,12 @@ def test_answers_equal_the_tuple_scan(rels: list[Relation], kind: str, rid: str,
     assert len(index) == len(rels)
     assert list(index) == sorted(rels, key=lambda r: _first_seen(rels, r))
     assert index.of(kind, rid) == ref.of(kind, rid)
-    assert index.find(kind, rid, tenant, names, at) == ref.find(kind, rid, tenant, names, at)
+    found = ref.find(kind, rid, tenant, names, at)
+    assert index.find(kind, rid, tenant, names, at) == found
+    # holds() is find() without building the answer (decide() and the checks).
+    assert index.holds(kind, rid, tenant, names, at) == (found.relation if found else None)
+    # ...also when asked again with the very same instant (its cached micros).
+    assert index.holds(kind, rid, tenant, names, at) == (found.relation if found else None)
     end = at + timedelta(hours=span)
     assert (index.find_during(kind, rid, tenant, names, at, end)
             == ref.find_during(kind, rid, tenant, names, at, end))
