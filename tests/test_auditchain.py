@@ -50,21 +50,6 @@ def sample_event(i: int) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture(scope="module")
-def kid(key: Ed25519PrivateKey) -> str:
-    return ac.audit_kid(key.public_key())
-
-
-@pytest.fixture(scope="module")
-def keys(key: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
-    return ac.public_key_document(key, kid)
-
-
-@pytest.fixture(scope="module")
 def lines(tmp_path_factory: pytest.TempPathFactory, key: Ed25519PrivateKey,
           kid: str) -> list[bytes]:
     """47 events, a checkpoint after every 10 and one on close: 52 lines.

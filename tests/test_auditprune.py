@@ -21,38 +21,16 @@ from gateway.auditformat import segment_files
 from gateway.auditprune import AuditPruner
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
+from tests.test_auditchain import Clock
 
 DAY = 86400.0
-T0 = 1767225600.0  # 2026-01-01T00:00:00Z
+T0 = 1767225600.0  # 2026-01-01T00:00:00Z, as in test_auditchain
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Clock:
-    def __init__(self, now: float = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def event(i: int) -> dict[str, Any]:
     return {"event": "request", "incident": f"inc-{i:05d}", "tenant": "ores",
             "route": "hes-meter", "decision": "allow", "status": 200, "bytes_out": i}
-
-
-@pytest.fixture(scope="module")
-def key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
-@pytest.fixture(scope="module")
-def kid(key: Ed25519PrivateKey) -> str:
-    return ac.audit_kid(key.public_key())
-
-
-@pytest.fixture(scope="module")
-def keys(key: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
-    return ac.public_key_document(key, kid)
 
 
 def daily_log(path: Path, key: Ed25519PrivateKey, kid: str, clock: Clock, days: int,
