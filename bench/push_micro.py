@@ -2,13 +2,14 @@
 
 Runs what ``PushService.intake`` runs for a batch, stage by stage, on synthetic
 batches of both formats (the same readings as ``bench/run.py``'s push phase):
-parse (``scan_batch``), route (``route_batch`` / ``route_meter_days``), the
-fingerprint (canonical JSON for per-record batches, SHA-256 of the body for
-meter-days), encoding of the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and
-one SQLite transaction, ``synchronous=FULL``) into a scratch outbox. Reports
-process CPU time per stage and meter-days per CPU-second. Bounded: ``--meters``
-meter-days per format (default 50,000), ``--repeat`` passes (default 3, the
-fastest counts).
+parse (``scan_days``, which takes the records format to ``scan_batch``),
+route (``route_batch`` / ``route_meter_days``), the fingerprint (canonical
+JSON for per-record batches, SHA-256 of the body for meter-days), encoding of
+the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and one SQLite
+transaction, ``synchronous=FULL``) into a scratch outbox. Reports process CPU
+time per stage and meter-days per CPU-second. Bounded: ``--meters`` meter-days
+per format (default 50,000), ``--repeat`` passes (default 3, the fastest
+counts).
 
 Usage: .venv/bin/python bench/push_micro.py [--meters N] [--feed N] [--repeat N]
 """
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from gateway.core.model import Relation
 from gateway.core.push import batch_fingerprint, route_batch
 from gateway.core.push_days import KIND, route_meter_days
-from gateway.core.pushscan import scan_batch
+from gateway.core.pushscan import scan_days
 from gateway.core.relations import RelationIndex
 from gateway.outbox import EncodedPart, Outbox
 
@@ -101,7 +102,7 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
     for n, raw in enumerate(bodies):
         with st("decode+parse"):
             text = raw.decode()
-            doc, spans = scan_batch(text)
+            doc, spans = scan_days(text)  # as PushService.intake
         parts: list[EncodedPart]
         if fmt == "records":
             with st("route"):

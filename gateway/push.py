@@ -37,7 +37,7 @@ from gateway.core.push import (
 from gateway.core.push_days import FORMAT as DAYS_FORMAT
 from gateway.core.push_days import KIND as DAYS_KIND
 from gateway.core.push_days import route_meter_days
-from gateway.core.pushscan import Spans, scan_batch
+from gateway.core.pushscan import Spans, scan_days
 from gateway.core.relations import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
@@ -108,7 +108,7 @@ class PushService:
             except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
                 batch = json.loads(raw)
             else:
-                batch, spans = scan_batch(text)
+                batch, spans = scan_days(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         if isinstance(batch, Mapping) and batch.get("format") is not None:

@@ -35,7 +35,9 @@ first value, count, reason. Accounting is in readings (a meter-day whose
 Cost: per meter-day, not per reading, in the common case (the whole day valid,
 one owner all day, a meter and register not seen before in the batch); a
 meter-day that is cut, has invalid values or overlaps another is resolved
-reading by reading.
+reading by reading. From :func:`gateway.core.pushscan.scan_days` a meter-day's
+``values`` usually arrive as their posted text and count, checked to be finite
+numbers but not converted: only a day that is cut parses them.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ class _Days:
         self.obis: dict[str, bool] = {}
         self.eans: dict[str, bool] = {}
         self.starts: dict[str, tuple[int, datetime, str] | None] = {}
+        self.qualities: dict[str, tuple[str, frozenset[int] | tuple[()]] | None] = {}
         self.owners: dict[str, tuple[int, int, str | None, bool]] = {}
         # meter + " " + OBIS -> (first instant, step, n) of the one meter-day seen,
         # or the set of instants seen once a second one overlaps the key.
@@ -230,8 +233,11 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                      text: str | None = None, spans: Sequence[tuple[int, int]] | None = None,
                      max_meter_days: int = 200_000) -> RoutedDays:
     """Split a parsed meter-day batch per owning tenant; quarantine what cannot go.
-    ``text`` and ``spans`` (from :func:`gateway.core.pushscan.scan_batch`) let a
-    whole meter-day keep its posted ``values`` text; without them it is re-encoded."""
+    ``batch`` is what ``json.loads`` or :func:`gateway.core.pushscan.scan_days`
+    returns (a meter-day's ``values`` may then be a ``Posted`` pair: its text as
+    posted and its count of finite numbers, or its text and its list). ``text``
+    and ``spans`` (from :func:`gateway.core.pushscan.scan_batch`) let a whole
+    meter-day keep its posted ``values`` text; without any, it is re-encoded."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     batch_id, days = batch_days(batch, max_meter_days)
@@ -239,41 +245,67 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
         spans = None
     st = _Days(relations, now, text, spans)
     drop = st.quarantined.append
+    serials, obis_codes, starts, qualities = st.serials, st.obis, st.starts, st.qualities
+    seen, owners, latest = st.seen, st.owners, st.latest
     received = 0
     for index, day in enumerate(days):
-        values = day.get("values") if type(day) is dict else None
-        n = len(values) if type(values) is list and values else 1
-        received += n
         if type(day) is not dict:
-            drop(Quarantined(index, _INVALID, None, 0, n))
+            received += 1
+            drop(Quarantined(index, _INVALID, None, 0, 1))
             continue
+        values = day.get("values")
+        raw: str | None = None
+        parsed: list[Any] | None = None
+        n = 0
+        if type(values) is tuple:  # only from scan_days: JSON has no tuples
+            raw, values = values
+            if type(values) is int:  # that many finite numbers, not parsed
+                n = values
+        # SECURITY: a number is a count only inside scan_days' pair ("values": 5 is
+        # no list, and invalid).
+        if type(values) is list and values:
+            n, parsed = len(values), values
+        received += n or 1
         meter = day.get("meter")
         if type(meter) is not str:
-            drop(Quarantined(index, _INVALID, None, 0, n))
+            drop(Quarantined(index, _INVALID, None, 0, n or 1))
             continue
-        if not st.serial(meter):  # never echo a malformed id back
-            drop(Quarantined(index, "malformed-meter-id", None, 0, n))
+        meter_ok = serials.get(meter)
+        if meter_ok is None:
+            meter_ok = serials[meter] = is_valid_meter_serial(meter)
+        if not meter_ok:  # never echo a malformed id back
+            drop(Quarantined(index, "malformed-meter-id", None, 0, n or 1))
             continue
         stamp, interval, obis = day.get("start"), day.get("interval"), day.get("obis")
         unit, label, via = day.get("unit"), day.get("operator"), day.get("via")
-        start = st.start(stamp) if type(stamp) is str else None
+        start = None
+        if type(stamp) is str:
+            start = starts.get(stamp)
+            if start is None and stamp not in starts:
+                start = st.start(stamp)
         obis_ok: bool | None = False
         if type(obis) is str:
-            obis_ok = st.obis.get(obis)
+            obis_ok = obis_codes.get(obis)
             if obis_ok is None:
-                obis_ok = st.obis[obis] = bool(_OBIS.fullmatch(obis))
-        quality = _quality(day.get("quality"), n)
-        if (start is None or quality is None or not obis_ok
-                or type(values) is not list or not 0 < len(values) <= MAX_VALUES
+                obis_ok = obis_codes[obis] = bool(_OBIS.fullmatch(obis))
+        quality = day.get("quality")
+        if type(quality) is str and len(quality) == 2 * n:  # one check per distinct string
+            coded = qualities.get(quality)
+            if coded is None:
+                coded = qualities[quality] = _quality(quality, n)
+        else:
+            coded = _quality(quality, n or 1)
+        if (start is None or coded is None or not obis_ok
+                or not 0 < n <= MAX_VALUES
                 or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
                 or type(unit) is not str or unit not in UNITS
                 or not (label is None or type(label) is str)
                 or not (via is None or (type(via) is str and st.serial(via)))
                 or not _MEMBERS.issuperset(day)):
-            drop(Quarantined(index, _INVALID, meter, 0, n))
+            drop(Quarantined(index, _INVALID, meter, 0, n or 1))
             continue
-        codes, bad_codes = quality
-        bad_values = _bad_values(values)
+        codes, bad_codes = coded
+        bad_values = () if parsed is None else _bad_values(parsed)
         ean = day.get("ean")
         ean_ok: bool | None = True
         if ean is not None:
@@ -283,34 +315,39 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
         first, step = start[0], interval * 1_000_000
         last = first + (n - 1) * step
         key = f"{meter} {obis}"
-        if (not bad_values and not bad_codes and last <= st.latest and ean_ok
-                and key not in st.seen):
-            span = st.span(meter, first)
+        if not bad_values and not bad_codes and last <= latest and ean_ok and key not in seen:
+            span = owners.get(meter)
+            if span is None or not span[0] <= first < span[1]:
+                span = owners[meter] = owner_span(relations, meter, first)
             if span[1] > last and (via is None or st.span(via, first)[1] > last):
                 # The common case: one outcome for the whole day.
-                st.seen[key] = (first, step, n)
-                _emit(st, index, day, start, codes, 0, n, _outcome(st, span, label, via, first))
+                seen[key] = (first, step, n)
+                _emit(st, index, day, start, codes, 0, n, _outcome(st, span, label, via, first),
+                      raw, parsed)
                 continue
         # Reading by reading, in route_batch's order of checks.
-        seen = None if not ean_ok else st.seen_set(key)
+        if parsed is None:
+            assert raw is not None
+            parsed = json.loads(raw)  # a cut day: its values are needed one by one
+        known = None if not ean_ok else st.seen_set(key)
         outcomes: list[tuple[bool, str]] = []
         for i in range(n):
             at = first + i * step
-            if i in bad_values or i in bad_codes or at > st.latest:
+            if i in bad_values or i in bad_codes or at > latest:
                 outcomes.append((False, _INVALID))
-            elif seen is None:
+            elif known is None:
                 outcomes.append((False, _BAD_EAN))
             else:
-                size = len(seen)
-                seen.add(at)
-                if len(seen) == size:
+                size = len(known)
+                known.add(at)
+                if len(known) == size:
                     outcomes.append((False, _DUPLICATE))
                 else:
                     outcomes.append(_outcome(st, st.span(meter, at), label, via, at))
         run = 0
         for i in range(1, n + 1):
             if i == n or outcomes[i] != outcomes[run]:
-                _emit(st, index, day, start, codes, run, i, outcomes[run])
+                _emit(st, index, day, start, codes, run, i, outcomes[run], raw, parsed)
                 run = i
     parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
              for tenant, texts in st.parts.items()}
@@ -332,23 +369,31 @@ def _outcome(st: _Days, span: tuple[int, int, str | None, bool], label: Any, via
 
 
 def _emit(st: _Days, index: int, day: dict[str, Any], start: tuple[int, datetime, str],
-          codes: str, a: int, b: int, outcome: tuple[bool, str]) -> None:
-    """Values ``[a, b)`` of meter-day ``index`` go to a tenant or to quarantine."""
+          codes: str, a: int, b: int, outcome: tuple[bool, str], raw: str | None,
+          parsed: list[Any] | None) -> None:
+    """Values ``[a, b)`` of meter-day ``index`` go to a tenant or to quarantine.
+    ``raw``: the ``values`` text as posted, if known; ``parsed``: the values
+    (None only when the whole day goes and ``raw`` is known)."""
     deliver, name = outcome
     meter = day["meter"]
     if not deliver:
         st.quarantined.append(Quarantined(index, name, meter, a, b - a))
         return
-    values = st.raw_values(index) if a == 0 and b == len(day["values"]) else None
-    if values is None:
-        values = json.dumps(day["values"][a:b])
+    interval = day["interval"]
     stamp = start[2]
-    if a:  # cut where the owner changed: the run's own first instant, same offset
-        interval = day["interval"]
-        stamp = json.dumps((start[1] + timedelta(seconds=a * interval)).isoformat())
+    if a == 0 and (parsed is None or b == len(parsed)):  # the whole day
+        values = raw if raw is not None else st.raw_values(index)
+        if values is None:
+            assert parsed is not None
+            values = json.dumps(parsed)
+    else:
+        assert parsed is not None
+        values = json.dumps(parsed[a:b])
+        if a:  # cut where the owner changed: the run's own first instant, same offset
+            stamp = json.dumps((start[1] + timedelta(seconds=a * interval)).isoformat())
     ean = day.get("ean")
     # Meter, OBIS, unit and codes are validated (no character needs escaping).
-    text = (f'{{"meter":"{meter}","start":{stamp},"interval":{day["interval"]},'
+    text = (f'{{"meter":"{meter}","start":{stamp},"interval":{interval},'
             f'"obis":"{day["obis"]}","unit":"{day["unit"]}","quality":"{codes[2 * a:2 * b]}",'
             f'"values":{values}' + (f',"ean":"{ean}"}}' if ean is not None else "}"))
     part = st.parts.get(name)

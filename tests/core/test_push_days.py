@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.core.push import QUARANTINE_REASONS, BatchRejected, route_batch
 from gateway.core.push_days import FORMAT, RoutedDays, route_meter_days
-from gateway.core.pushscan import scan_batch
+from gateway.core.pushscan import scan_batch, scan_days
 
 from .conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from .test_push import (
@@ -255,8 +255,11 @@ def test_the_same_readings_get_the_same_outcome_in_both_formats(
             d["quality"] = _codes(d)
     expected = per_record(days)
     assert outcomes(route(days)) == expected
-    # The outcome also does not depend on whether the values text could be sliced.
+    # The outcome also does not depend on whether the values text could be sliced,
+    # nor on whether the values were checked rather than parsed (scan_days).
     assert outcomes(route_meter_days(batch(days), RELATIONS, NOW)) == expected
+    assert outcomes(route_meter_days(scan_days(json.dumps(batch(days)))[0], RELATIONS,
+                                     NOW)) == expected
 
 
 # -- the scanner is json.loads -------------------------------------------------
