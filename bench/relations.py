@@ -194,7 +194,8 @@ def load_queries(path: Path, tenants_dir: Path, limit: int, seed: int) -> list[Q
 
 
 def time_decide(index: RelationIndex, queries: list[Query]) -> tuple[list[float], int, float]:
-    """Per-call latencies in µs (timer included), allowed count, timer cost µs."""
+    """Per-call latencies in µs (timer included, in the order of ``queries``),
+    allowed count, timer cost µs."""
     clock = time.perf_counter_ns
     for caller, route, facts in queries:  # warm: the pages and the code paths
         decide(caller, route, facts, index, NOW)
@@ -323,6 +324,9 @@ def measure(args: argparse.Namespace, gen: dict[str, float]) -> int:
     gc.set_threshold(50_000, 20, 20)
     latencies, allowed, timer_us = time_decide(index, queries)
     after_decide = rss_bytes()
+    by_route: dict[str, list[float]] = {}
+    for (_, route, _), latency in zip(queries, latencies, strict=True):
+        by_route.setdefault(route.template, []).append(latency)
     latencies.sort()
     median = latencies[len(latencies) // 2]
     p99 = latencies[int(len(latencies) * 0.99)]
@@ -358,6 +362,9 @@ def measure(args: argparse.Namespace, gen: dict[str, float]) -> int:
           f"{reload['threaded_total_s']:.2f} s, idle ticker max lateness "
           f"{reload['idle_ms']:.1f} ms, the same load on the loop pauses it "
           f"{reload['inline_ms']:.0f} ms; {reload['served']:,} decisions served meanwhile")
+    print("decide() median per route: " + ", ".join(
+        f"{template} {statistics.median(values):.2f} µs ({len(values):,})"
+        for template, values in sorted(by_route.items())))
     if allowed != len(latencies):
         print("ERROR: a generated holder was refused", file=sys.stderr)
         return 1

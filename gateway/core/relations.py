@@ -10,6 +10,7 @@ per lookup, ~35 bytes per tuple, a compiled file is mapped rather than parsed.
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from zlib import crc32
 
 from gateway.core.model import Relation
 from gateway.core.relstore import (
+    ID_MAX,
     LONG_COUNT,
     OPEN_FROM,
     OPEN_TO,
@@ -36,6 +38,13 @@ from gateway.core.relstore import (
 _NONE = range(0)
 _unpack = REC.unpack_from
 _SIZE = REC.size
+# For holds(): a row read from its id length on, with its count and first
+# record, per id length; a record as (tenant, relation, bounds bytes); the
+# bounds as integers.
+_HEADS = tuple(struct.Struct(f"<B{n}sBHH16s").unpack_from for n in range(ID_MAX + 1))
+_RECORD = struct.Struct("<HH16s").unpack_from
+_BOUNDS = struct.Struct("<qq").unpack
+_OPEN = struct.pack("<qq", OPEN_FROM, OPEN_TO)  # a record's bounds when both are open
 
 # Pseudo resource kind: ("tenant", id) has relation "self" for tenant == id.
 TENANT_KIND = "tenant"
@@ -53,6 +62,9 @@ def parse_instant(value: str | None) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+Holds = Callable[[str, str, str, frozenset[str], datetime], str | None]
+
+
 class RelationIndex:
     """An immutable snapshot of relation tuples keyed by ``(kind, resource id)``.
 
@@ -64,7 +76,13 @@ class RelationIndex:
     """
 
     __slots__ = ("_base", "_buf", "_last_at", "_names", "_snapshot", "_tables", "_tenant_of",
-                 "_tenants")
+                 "_tenants", "holds")
+
+    # holds(kind, resource_id, tenant, names, at): the name of the relation
+    # :meth:`find` would return, without building it (``decide()`` and the
+    # response check need only the name: issue 7's budget). A closure over the
+    # snapshot's buffers (see :func:`_holds_function`), bound per snapshot.
+    holds: Holds
 
     def __init__(self, relations: Iterable[Relation] = ()) -> None:
         grouped: dict[tuple[str, str], list[Record]] = {}
@@ -86,6 +104,7 @@ class RelationIndex:
         self._names = snapshot.names
         self._tenant_of = {t: i for i, t in enumerate(snapshot.tenants)}
         self._last_at: tuple[datetime, int] | None = None
+        self.holds = _holds_function(snapshot, self._tenant_of)
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RelationIndex:
@@ -121,7 +140,7 @@ class RelationIndex:
         while (s := slots[h]) != 0:
             off = base + ((s - 1) << 3)
             # SECURITY: the full id decides, never the hash alone.
-            if buf[off + 1] == n and buf[off + 2:off + 2 + n] == key:
+            if buf[off + 1] == n and buf.startswith(key, off + 2):
                 pos = off + 2 + n
                 count = buf[pos]
                 if count == LONG_COUNT:
@@ -159,21 +178,6 @@ class RelationIndex:
             return _open_relation(kind, resource_id, tenant, name)
         return _relation(kind, resource_id, tenant, name, start, end)
 
-    def holds(
-        self,
-        kind: str,
-        resource_id: str,
-        tenant: str,
-        names: frozenset[str],
-        at: datetime,
-    ) -> str | None:
-        """The name of the relation :meth:`find` would return, without
-        building it (``decide()`` needs only the name: issue 7's budget)."""
-        if kind == TENANT_KIND:
-            return "self" if resource_id == tenant and "self" in names else None
-        found = self._match(kind, resource_id, tenant, names, at)
-        return None if found is None else found[0]
-
     def _match(self, kind: str, resource_id: str, tenant: str, names: frozenset[str],
                at: datetime) -> tuple[str, int, int] | None:
         """(name, start, end) of the first matching record. The hot path:
@@ -197,7 +201,7 @@ class RelationIndex:
                 return None
             off = self._base + ((s - 1) << 3)
             # SECURITY: the full id decides, never the hash alone.
-            if buf[off + 1] == n and buf[off + 2:off + 2 + n] == key:
+            if buf[off + 1] == n and buf.startswith(key, off + 2):
                 break
             h = (h + 1) & mask
         pos = off + 2 + n
@@ -299,6 +303,96 @@ class RelationIndex:
         with path.open("rb") as fh:
             doc = json.load(fh)
         return cls.from_records(doc["relations"])
+
+
+def _holds_function(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds:
+    """``RelationIndex.holds`` for one snapshot, as a closure over its buffers
+    and tables: no attribute load on the hot path, and one ``struct`` call
+    reads a row's id, count and first record together (most resources have
+    one record); a record's bounds become integers only when they are not
+    both open. Same answers as ``find`` (test_relstore checks)."""
+    buf = snapshot.buffer
+    base = snapshot.rows_start - 8  # slot s addresses the row at rows_start + 8 (s - 1)
+    get_table = {k: v for k, v in snapshot.tables.items() if k != TENANT_KIND}.get
+    get_tenant = tenant_of.get
+    names_of = tuple(snapshot.names)
+    heads, record, bounds_of, u32, open_, size = _HEADS, _RECORD, _BOUNDS, U32, _OPEN, _SIZE
+    last: tuple[datetime | None, int] = (None, 0)  # micros of the last instant asked about
+
+    def holds(kind: str, resource_id: str, tenant: str, names: frozenset[str],
+              at: datetime) -> str | None:
+        nonlocal last
+        rn: int  # the records' fields, read by struct
+        table = get_table(kind)
+        if table is None:
+            if kind == TENANT_KIND:
+                return "self" if resource_id == tenant and "self" in names else None
+            return None
+        t = get_tenant(tenant)
+        if t is None:
+            return None
+        try:
+            key = resource_id.encode()
+        except UnicodeEncodeError:
+            key = encode_id(resource_id)
+        n = len(key)
+        if n > ID_MAX:
+            return None
+        head = heads[n]
+        slots, mask = table
+        h = crc32(key) & mask
+        while True:
+            s = slots[h]
+            if not s:
+                return None
+            off = base + (s << 3)
+            try:
+                length, row_id, count, rt, rn, bounds = head(buf, off + 1)
+            except struct.error:
+                # A row without records, last in the buffer: whether it is this
+                # id or another, no record of it can hold; probe on (to None).
+                length, row_id, count, rt, rn, bounds = buf[off + 1], b"", 0, -1, 0, b""
+            # SECURITY: the full id decides, never the hash alone.
+            if length == n and row_id == key:
+                break
+            h = (h + 1) & mask
+        if count == 1:  # the common case: the only record came with the id
+            if rt == t and (name := names_of[rn]) in names:
+                if bounds == open_:
+                    return name
+                start, stop = bounds_of(bounds)
+                seen, us = last
+                if seen is not at:
+                    us = micros(at)
+                    last = (at, us)
+                if start <= us < stop:
+                    return name
+            return None
+        if count == 0:
+            return None
+        p = off + 3 + n
+        if count == LONG_COUNT:  # the first record follows a u32 count
+            count = u32.unpack_from(buf, p)[0]
+            p += 4
+            rt, rn, bounds = record(buf, p)
+        end = p + size * count
+        while True:  # rt, rn, bounds: the record at p (the first one came with the id)
+            if rt == t and (name := names_of[rn]) in names:
+                if bounds == open_:
+                    return name  # most tuples are open: no bounds, no instant
+                start, stop = bounds_of(bounds)
+                seen, us = last
+                if seen is not at:  # every check of one request asks with the same now
+                    us = micros(at)
+                    last = (at, us)
+                if start <= us < stop:
+                    return name
+            p += size
+            if p >= end:
+                return None
+            rt, rn, bounds = record(buf, p)
+
+    return holds
 
 
 def compile_feed(feed: Path, out: Path) -> int:

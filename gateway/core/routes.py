@@ -10,10 +10,11 @@ checked for traversal and encodings, see :mod:`gateway.core.paths`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gateway.core.classification import ClassificationPolicy
+from gateway.core.identifiers import id_syntax
 
 MiB = 1024 * 1024
 DEFAULT_LABELS = ClassificationPolicy()  # C2 unless the upstream says otherwise
@@ -77,9 +78,19 @@ class Route:
     notify: str | None = None
     max_body_bytes: int = 1 * MiB
     segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # decide()'s fast path, worked out once: for a route whose resource id is a
+    # path parameter and that reads no data window, (resource kind, parameter
+    # name, the kind's id syntax check); None for any other route.
+    path_resource: tuple[str, str, Callable[[str], object]] | None = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+        ref = self.resource
+        fast = None
+        if ref is not None and ref.source == "path" and self.window is None:
+            fast = (ref.kind, ref.name, id_syntax(ref.kind))
+        object.__setattr__(self, "path_resource", fast)
 
     @property
     def name(self) -> str:

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.catalog import default_route_table
-from gateway.core.decide import RequestFacts, decide
+from gateway.core.decide import (
+    RequestFacts,
+    _decide_resource,
+    decide,
+    request_window,
+    resource_id,
+)
+from gateway.core.identifiers import is_valid_resource_id
+from gateway.core.model import Caller, Decision
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route
 
 from .conftest import (
+    DAY,
     EAN_A,
     EAN_B,
     METER_MOVED,
@@ -19,6 +30,7 @@ from .conftest import (
     METER_WATER,
     NOW,
     SWITCH,
+    build_relations,
     tenant,
 )
 
@@ -200,3 +212,87 @@ def test_admin_principals_have_no_data_access(relations: RelationIndex) -> None:
     d = ask("ores", "dso", "GET", f"/hes/meters/{METER_ORES}", relations,
             roles=frozenset({"security-admin"}))
     assert d.reason == "missing-role"
+
+
+# --- decide()'s fast path (issue 7: the budget) decides like the former code --
+
+def _former_decide(caller: Caller, route: Route, facts: RequestFacts,
+                   relations: RelationIndex, now: datetime) -> Decision:
+    """decide() before its fast path: one sequence of checks for every route,
+    the relation looked up with find()."""
+    if "reader" not in caller.principal.roles:
+        return Decision.deny("missing-role")
+    names = route.grants.get(caller.tenant.kind)
+    if names is None:
+        return Decision.deny("tenant-kind-not-permitted")
+    if route.member_of is not None and not caller.tenant.attributes.get(route.member_of):
+        return Decision.deny("not-a-member")
+    if route.required_role is not None and route.required_role not in caller.principal.roles:
+        return Decision.deny("missing-role")
+    window = request_window(route, facts, now)
+    if isinstance(window, Decision):
+        return window
+    if route.resource is None:
+        return Decision.allow("list")
+    rid = resource_id(route, facts)
+    if rid is None:
+        return Decision.deny("resource-id-missing", 400)
+    if not is_valid_resource_id(route.resource.kind, rid):
+        return Decision.deny("resource-id-malformed", 400, (rid,))
+    if window is not None:
+        return _decide_resource(caller, route, rid, names, window, relations, now)
+    found = relations.find(route.resource.kind, rid, caller.tenant.id, names, now)
+    if found is None:
+        return Decision.deny("no-relation", resources=(rid,))
+    return Decision.allow(found.relation, (rid,))
+
+
+_TENANTS = (("ores", "dso"), ("fluvius", "dso"), ("sibelga", "dso"), ("swde", "water"),
+            ("pidpa", "water"), ("lumen-energie", "supplier"), ("kempen-power", "supplier"),
+            ("mosa-energie", "supplier"), ("cpas-namur", "social-welfare"),
+            ("proximus", "telecom"), ("engie-it", "it-provider"), ("atrias", "clearing-house"))
+_IDS = (METER_ORES, METER_MOVED, METER_WATER, EAN_A, EAN_B, EAN_A[:-1] + "0", "1sag0000000001",
+        "CMH1", "CMH1-1", "CMH1-2", "INC1", "INC2", "1SAG9999999999", "-x", "é")
+_DAYS = st.sampled_from(((NOW - 30 * DAY).date().isoformat(), NOW.date().isoformat(),
+                         (NOW + 2 * DAY).date().isoformat(), "2026-13-01", "x"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(who=st.sampled_from(_TENANTS),
+       roles=st.sampled_from((frozenset({"reader"}), frozenset({"reader", "meter-operator"}),
+                              frozenset({"admin"}))),
+       route_at=st.integers(0, len(TABLE.routes) - 1), rid=st.sampled_from(_IDS),
+       drop_param=st.booleans(),
+       query=st.dictionaries(st.sampled_from(("date", "from", "to", "id")), _DAYS, max_size=3),
+       body=st.one_of(st.none(), st.dictionaries(st.sampled_from(("id", "serial", "ean")),
+                                                 st.sampled_from(_IDS), max_size=2)))
+def test_decide_equals_the_former_decide(who: tuple[str, str], roles: frozenset[str],
+                                         route_at: int, rid: str, drop_param: bool,
+                                         query: dict[str, str], body: object) -> None:
+    relations = build_relations()
+    r = TABLE.routes[route_at]
+    params = {seg[1:-1]: rid for seg in r.segments if seg.startswith("{")}
+    if drop_param and params:
+        params.pop(next(iter(params)))
+    caller = tenant(*who, roles)
+    facts = RequestFacts(params, query, body)
+    for now in (NOW, SWITCH - timedelta(hours=1), NOW - 200 * DAY):
+        assert decide(caller, r, facts, relations, now) == _former_decide(
+            caller, r, facts, relations, now)
+
+
+def test_decide_equals_the_former_decide_on_every_route_tenant_and_id() -> None:
+    relations = build_relations()
+    windows = ({}, {"date": (SWITCH - DAY).date().isoformat()},
+               {"from": (NOW - 150 * DAY).date().isoformat(), "to": NOW.date().isoformat()})
+    for r in TABLE.routes:
+        for who in _TENANTS:
+            for rid in _IDS:
+                params = {seg[1:-1]: rid for seg in r.segments if seg.startswith("{")}
+                for query in windows if r.window else ({},):
+                    facts = RequestFacts(params, query, {"id": rid})
+                    for roles in (frozenset({"reader"}), frozenset({"reader", "meter-operator"})):
+                        caller = tenant(*who, roles)
+                        for now in (NOW, SWITCH - timedelta(hours=1), NOW - 200 * DAY):
+                            assert decide(caller, r, facts, relations, now) == _former_decide(
+                                caller, r, facts, relations, now), (r.template, who, rid, now)

@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.identifiers import (
     gs1_check_digit,
+    id_syntax,
     is_valid_ean,
     is_valid_gln,
     is_valid_meter_serial,
+    is_valid_resource_id,
     with_check_digit,
 )
 
@@ -70,3 +74,37 @@ def test_digits_of_other_scripts_are_not_digits() -> None:
     assert not is_valid_ean("54144886001207535" + chr(0x669))
     with pytest.raises(ValueError):
         gs1_check_digit("5414488600120753" + chr(0x665))
+
+
+def _former_is_valid_ean(value: str) -> bool:
+    """is_valid_ean before the base-11/base-19 form: the check digit of the
+    17 data digits, computed by gs1_check_digit."""
+    if len(value) != 18 or not (value.isascii() and value.isdigit()):
+        return False
+    return gs1_check_digit(value[:-1]) == ord(value[-1]) - 48
+
+
+# Near misses: the characters int() accepts besides digits (signs, spaces,
+# underscores, letters of bases 11 and 19), other scripts' digits, a newline.
+_EAN_LIKE = st.text(alphabet="0123456789+-_ aAbBiI\n\u0660\u0669\uff10", min_size=16,
+                    max_size=20)
+_EANS = st.builds(with_check_digit, st.text(alphabet="0123456789", min_size=17, max_size=17))
+
+
+@given(st.one_of(_EAN_LIKE, _EANS, st.text(alphabet="0123456789", min_size=18, max_size=18),
+                 st.text(max_size=20)))
+def test_ean_check_equals_the_former_digit_by_digit_form(value: str) -> None:
+    assert is_valid_ean(value) is _former_is_valid_ean(value)
+
+
+@given(st.sampled_from(("ean", "meter", "person", "ticket", "cmh-request")),
+       st.one_of(st.text(alphabet="0123456789ABCSGWRTaz._-/\n\u0660", max_size=24), _EANS,
+                 st.text(max_size=70)))
+def test_id_syntax_agrees_with_is_valid_resource_id(kind: str, value: str) -> None:
+    """decide()'s hot path calls id_syntax(kind) (a regex's match for meters)."""
+    assert bool(id_syntax(kind)(value)) is is_valid_resource_id(kind, value)
+
+
+@given(st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZaz-\n\u0660\u00c9", max_size=24))
+def test_meter_serial_is_the_regex(value: str) -> None:
+    assert is_valid_meter_serial(value) is (re.fullmatch(r"[0-9A-Z]{6,20}", value) is not None)

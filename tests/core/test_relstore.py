@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zlib import crc32
 
 import pytest
 from hypothesis import given, settings
@@ -105,6 +106,14 @@ def test_validity_window_edges() -> None:
     assert index.find("ean", "E1", "lumen", names, end - us) is not None
     assert index.find("ean", "E1", "lumen", names, end) is None
     assert index.holders("ean", "E1", "supplier", end) == set()
+    # holds(), on a row of one record and on a row of several.
+    several = RelationIndex([Relation("ean", "E2", "ores", "grid-operator"),
+                             Relation("ean", "E2", "lumen", "supplier", start, end)])
+    for idx, rid in ((index, "E1"), (several, "E2")):
+        assert idx.holds("ean", rid, "lumen", names, start - us) is None
+        assert idx.holds("ean", rid, "lumen", names, start) == "supplier"
+        assert idx.holds("ean", rid, "lumen", names, end - us) == "supplier"
+        assert idx.holds("ean", rid, "lumen", names, end) is None
     # A window [s, e) overlaps when s < valid_to and e > valid_from.
     assert index.find_during("ean", "E1", "lumen", names, end - us, end + us) is not None
     assert index.find_during("ean", "E1", "lumen", names, end, end + us) is None
@@ -265,3 +274,71 @@ def test_cli_compiles_a_feed(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     feed.write_text("{not json")
     assert main(["relations", "compile", "--feed", str(feed), "--out", str(snap)]) == 2
     assert list(RelationIndex.load(snap)) == rels  # the previous snapshot is intact
+
+
+# holds() reads rows its own way (one struct call for the id, count and first
+# record; a short row at the end of the buffer; the long count form): compare
+# it with a plain scan of the rows given to the builder, ids of every length.
+_ROW_IDS = st.sampled_from(("M1", "M2", "M10", "1SAG0000000001", "1SAG0000000002", "é",
+                            "a" * 254, "a" * 255, "b" * 255, "\ud800"))
+_STAMPS = st.sampled_from((OPEN_FROM, OPEN_TO, -5, 0, 5, 10))
+_records = st.lists(st.tuples(st.sampled_from(TENANTS), st.sampled_from(NAMES), _STAMPS, _STAMPS),
+                    max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rows=st.dictionaries(st.tuples(st.sampled_from((*KINDS, "tenant")), _ROW_IDS), _records,
+                            max_size=12),
+       long_row=st.booleans(), kind=st.sampled_from((*KINDS, "tenant", "other")),
+       rid=st.one_of(_ROW_IDS, st.sampled_from(("", "M", "a" * 256, "1SAG000000000"))),
+       tenant=st.sampled_from((*TENANTS, "nobody")), names=name_sets,
+       at_us=st.sampled_from((-6, -5, 0, 4, 5, 9, 10, 11)))
+def test_holds_equals_a_scan_of_the_rows(
+        rows: dict[tuple[str, str], list[tuple[str, str, int, int]]], long_row: bool, kind: str,
+        rid: str, tenant: str, names: frozenset[str], at_us: int) -> None:
+    if long_row:  # over 255 records: the count is a u32 after a 255 byte
+        rows[("ean", "E-long")] = [(f"t{i}", "supplier", OPEN_FROM, OPEN_TO) for i in range(300)]
+        rows[("ean", "E-long")].append((TENANTS[0], "owner", 0, 10))
+    builder = SnapshotBuilder()
+    for (k, i), records in rows.items():
+        builder.add(k, i, records)
+    index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+    at = instant(at_us)
+    for k, i in (*rows, (kind, rid), ("ean", "E-long")):
+        expected = next((name for t, name, start, end in rows.get((k, i), ())
+                         if t == tenant and name in names and start <= at_us < end), None)
+        if k == "tenant":
+            expected = "self" if i == tenant and "self" in names else None
+        assert index.holds(k, i, tenant, names, at) == expected, (k, i)
+        found = index.find(k, i, tenant, names, at)
+        assert (found.relation if found else None) == expected
+
+
+def test_holds_on_a_row_without_records_last_in_the_buffer() -> None:
+    """The one struct call that reads a row would run past the buffer's end."""
+    for ids in (["M1"], ["M1", "M2"], ["a" * 255], ["M10", "M2"]):
+        builder = SnapshotBuilder()
+        builder.add("meter", "M0", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+        for rid in ids:
+            builder.add("meter", rid, [])
+        index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+        for rid in (*ids, "M0", "M3", "b" * 255):
+            expected = "owner" if rid == "M0" else None
+            assert index.holds("meter", rid, "ores", frozenset({"owner"}), T0) == expected
+
+
+def test_holds_never_takes_a_longer_id_for_its_prefix() -> None:
+    """An id whose bytes start another id's, in the same probe chain: the
+    length decides too (the row is read n bytes at a time)."""
+    for i in range(1000):  # a pair that collides in a table of 8 slots
+        short, long = f"L{i}", f"L{i}0"
+        if crc32(short.encode()) & 7 == crc32(long.encode()) & 7:
+            break
+    index = RelationIndex([Relation("meter", long, "ores", "owner")])
+    assert index.holds("meter", short, "ores", frozenset({"owner"}), T0) is None
+    assert index.find("meter", short, "ores", frozenset({"owner"}), T0) is None
+    both = RelationIndex([Relation("meter", long, "ores", "owner"),
+                          Relation("meter", short, "fluvius", "owner")])
+    assert both.holds("meter", short, "ores", frozenset({"owner"}), T0) is None
+    assert both.holds("meter", short, "fluvius", frozenset({"owner"}), T0) == "owner"
+    assert both.holds("meter", long, "ores", frozenset({"owner"}), T0) == "owner"
