@@ -258,7 +258,11 @@ async def measure_reload(path: Path, live: list[RelationIndex], queries: list[Qu
 
     async def off_loop() -> None:
         fresh = await asyncio.to_thread(RelationIndex.load, path)
-        live[0] = fresh  # the swap; the old snapshot is unmapped when its last user ends
+        old = [live[0]]
+        live[0] = fresh  # the swap
+        # As Gateway.reload_async does: the last reference to the old snapshot
+        # goes in a worker thread (freeing 351 MiB takes ~30 ms).
+        await asyncio.to_thread(old.clear)
 
     started = time.perf_counter()
     threaded = await max_pause(off_loop)
