@@ -40,9 +40,10 @@ class UpstreamSlots:
 
     async def _acquire(self, upstream: str, tenant: str, timeout_s: float) -> None:
         fair = self._slots[upstream]
+        if fair.try_acquire(tenant):
+            return  # the common case: no future, no loop look-up
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if fair.acquire(tenant, waiter):
-            return
+        fair.enqueue(tenant, waiter)
         self._on_depth(upstream, fair.waiting)
         try:
             await asyncio.wait_for(asyncio.shield(waiter), timeout_s)

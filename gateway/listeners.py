@@ -146,7 +146,7 @@ class GuardedServer(web.Server):
         self._sweeper: asyncio.TimerHandle | None = None
 
     def wait_for_headers(self, handler: _ProblemRequestHandler) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop  # not get_running_loop(): on 3.11 it costs a getpid()
         self._waiting[handler] = loop.time() + self.edge.header_timeout_s
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_s, self._sweep)
@@ -155,7 +155,7 @@ class GuardedServer(web.Server):
         self._waiting.pop(handler, None)
 
     def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         now = loop.time()
         expired = [h for h, deadline in self._waiting.items() if deadline <= now]
         for handler in expired:

@@ -44,11 +44,22 @@ class FairSlots(Generic[T]):
     def acquire(self, tenant: str, token: T) -> bool:
         """True: the slot is the caller's. False: ``token`` is queued and will
         be returned by a later ``release`` (or removed by ``cancel``)."""
+        if self.try_acquire(tenant):
+            return True
+        self.enqueue(tenant, token)
+        return False
+
+    def try_acquire(self, tenant: str) -> bool:
+        """Take a free slot if nobody waits; else take nothing (the caller
+        then makes its token and ``enqueue``s it: the common case, a free
+        slot, costs no token)."""
         if self.total < self.capacity and not self._queues:
             self._grant(tenant)
             return True
-        self._queues.setdefault(tenant, deque()).append((next(self._arrival), token))
         return False
+
+    def enqueue(self, tenant: str, token: T) -> None:
+        self._queues.setdefault(tenant, deque()).append((next(self._arrival), token))
 
     def release(self, tenant: str) -> tuple[str, T] | None:
         """Give ``tenant``'s slot back; returns the (tenant, token) it now
