@@ -376,7 +376,7 @@ class DataPlane:
         decision = may_receive(label, ex.caller, owners, policy)
         if not decision.allowed:
             raise RequestRefused(403, decision.reason)
-        self.metrics.classified_responses.labels(label).inc()
+        self.metrics.child(self.metrics.classified_responses, label).inc()
         return label
 
     def _pseudonymise(self, ex: Exchange, body: Any) -> bool:
@@ -478,8 +478,9 @@ class DataPlane:
             if self.soc is not None:
                 self._security_event(ex, event)
         route_name = route.name if route else NO_ROUTE
-        self.metrics.requests.labels(tenant, upstream, route_name, str(status)).inc()
+        metrics = self.metrics
+        metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
         if self.usage is not None:
             self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, bytes_out)
-        self.metrics.duration.labels(tenant, upstream).observe(
+        metrics.child(metrics.duration, tenant, upstream).observe(
             time.perf_counter() - ex.started)

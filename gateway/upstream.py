@@ -339,14 +339,14 @@ class UpstreamPool:
                 self._failed(upstream, breaker)
             else:
                 breaker.success()
-                self.metrics.upstream_circuit_open.labels(upstream).set(0)
+                self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(0)
             return response
         raise AssertionError("unreachable")
 
     def _failed(self, upstream: str, breaker: Breaker) -> None:
         if breaker.failure(time.monotonic()):
             log.warning("circuit to upstream %s opened", upstream)
-            self.metrics.upstream_circuit_open.labels(upstream).set(1)
+            self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(1)
 
     async def _call_once(self, upstream: str, method: str, target: str,
                          headers: Mapping[str, str], body: bytes | None) -> UpstreamResponse:
