@@ -43,10 +43,15 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 # -- the format (pure) ---------------------------------------------------------
+# json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+# allow_nan=False), with the encoder built once (it is stateless between calls).
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                              allow_nan=False)
+
+
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Sorted keys, no whitespace, raw UTF-8; NaN/Infinity refused (not JSON)."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return _CANONICAL.encode(fields).encode("utf-8")
 
 
 def line_hash(prev: str, body: bytes) -> str:
