@@ -107,6 +107,18 @@ class ResponseReader:
     def body(self) -> bytes:
         return bytes(self._body)
 
+    def _take_body(self, buf: bytearray, then: int) -> bool:
+        """Move up to ``_remaining`` body bytes out of ``buf``; True (and on to
+        state ``then``) once all of them are there."""
+        take = min(self._remaining, len(buf))
+        self._body += buf[:take]
+        del buf[:take]
+        self._remaining -= take
+        if self._remaining:
+            return False
+        self._state = then
+        return True
+
     def feed(self, data: bytes) -> bool:
         """Take more bytes; True once the response is complete."""
         self.started = True
@@ -118,24 +130,14 @@ class ResponseReader:
                 if not self._parse_head():
                     return False
             elif state == _LENGTH:
-                take = min(self._remaining, len(buf))
-                self._body += buf[:take]
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining:
+                if not self._take_body(buf, _DONE):
                     return False
-                self._state = _DONE
             elif state == _CHUNK_LINE:
                 if not self._chunk_line():
                     return False
             elif state == _CHUNK_DATA:
-                take = min(self._remaining, len(buf))
-                self._body += buf[:take]
-                del buf[:take]
-                self._remaining -= take
-                if self._remaining:
+                if not self._take_body(buf, _CHUNK_END):
                     return False
-                self._state = _CHUNK_END
             elif state == _CHUNK_END:
                 if len(buf) < 2:
                     if buf and buf[0] != 0x0D:
