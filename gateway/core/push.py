@@ -195,21 +195,28 @@ def owner_span(relations: RelationIndex, serial: str, at: int
     return (lo, hi, owner, airplane)
 
 
-def _batch_records(batch: Any, max_records: int) -> tuple[str, list[Any]]:
+def batch_items(batch: Any, member: str, limit: int, *, unit: str,
+                not_list: str) -> tuple[str, list[Any]]:
+    """The batch id and the list under ``member`` of a pushed batch, checked
+    (the per-record form's ``records``, the columnar form's ``meter_days``)."""
     if not isinstance(batch, Mapping):
         raise BatchRejected("batch-not-object", "the batch must be a JSON object")
     batch_id = batch.get("batch_id")
     if not isinstance(batch_id, str) or not is_plain_id(batch_id):
         raise BatchRejected("bad-batch-id",
                             "batch_id must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    records = batch.get("records")
-    if not isinstance(records, list):
-        raise BatchRejected("records-not-list", "records must be a JSON array")
-    if len(records) > max_records:
-        raise BatchRejected("batch-too-large",
-                            f"{len(records)} records, at most {max_records} per batch",
+    items = batch.get(member)
+    if not isinstance(items, list):
+        raise BatchRejected(not_list, f"{member} must be a JSON array")
+    if len(items) > limit:
+        raise BatchRejected("batch-too-large", f"{len(items)} {unit}, at most {limit} per batch",
                             status=413)
-    return batch_id, records
+    return batch_id, items
+
+
+def _batch_records(batch: Any, max_records: int) -> tuple[str, list[Any]]:
+    return batch_items(batch, "records", max_records, unit="records",
+                       not_list="records-not-list")
 
 
 def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,

@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
+from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
 from gateway.core.push import (
     _OBIS,
     FUTURE_SKEW,
@@ -60,6 +60,7 @@ from gateway.core.push import (
     BatchRejected,
     Quarantined,
     _micros,
+    batch_items,
     owner_span,
 )
 from gateway.core.relations import RelationIndex
@@ -100,22 +101,10 @@ class RoutedDays:
 
 
 def batch_days(batch: Any, max_meter_days: int) -> tuple[str, list[Any]]:
-    if not isinstance(batch, Mapping):
-        raise BatchRejected("batch-not-object", "the batch must be a JSON object")
-    if batch.get("format") != FORMAT:
+    if isinstance(batch, Mapping) and batch.get("format") != FORMAT:
         raise BatchRejected("unsupported-format", f"format must be {FORMAT!r} or absent")
-    batch_id = batch.get("batch_id")
-    if not isinstance(batch_id, str) or not is_plain_id(batch_id):
-        raise BatchRejected("bad-batch-id",
-                            "batch_id must be 1-64 characters of A-Z a-z 0-9 . _ -")
-    days = batch.get("meter_days")
-    if not isinstance(days, list):
-        raise BatchRejected("meter-days-not-list", "meter_days must be a JSON array")
-    if len(days) > max_meter_days:
-        raise BatchRejected("batch-too-large",
-                            f"{len(days)} meter-days, at most {max_meter_days} per batch",
-                            status=413)
-    return batch_id, days
+    return batch_items(batch, "meter_days", max_meter_days, unit="meter-days",
+                       not_list="meter-days-not-list")
 
 
 def _bad_values(values: list[Any]) -> frozenset[int] | tuple[()]:
