@@ -27,13 +27,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.core.fanout import CMH_REQUEST_CONNECTION, request_connection_id
 from gateway.core.identifiers import with_check_digit, with_nrn_check
 from gateway.core.model import Relation
+from gateway.core.push import ACCESS_POINT, METER_EAN, meter_ean_id
 from gateway.core.relations import parse_instant, relation_record
 from gateway.tenants import TenantRegistry
 
@@ -68,10 +71,21 @@ class Dataset:
                 rels.append(Relation("meter", m["serial"], "*", "airplane-mode"))
         for ap in self.access_points:
             rels.append(Relation("ean", ap["ean"], ap["grid_operator"], "grid-operator"))
+            # The meter at this access point (D1: a pushed reading's EAN is checked).
+            rels.append(Relation(METER_EAN, meter_ean_id(ap["meter"]["serial"], ap["ean"]),
+                                 ap["grid_operator"], ACCESS_POINT))
             for c in ap["contracts"]:
                 rels.append(Relation("ean", ap["ean"], c["supplier"], "supplier",
                                      parse_instant(c["valid_from"]),
                                      parse_instant(c["valid_to"])))
+            if ap["restricted"]:
+                # D3: who started the drop, as the register records it, from the
+                # drop's start until it takes effect; the gateway reads this, never
+                # the clearing answer's own "initiator".
+                drop = ap["restricted"]
+                rels.append(Relation("ean", ap["ean"], drop["initiator"], "drop-initiator",
+                                     parse_instant(drop["started"]),
+                                     parse_instant(drop["effective"])))
         for md in self.mandates:
             rels.append(Relation("ean", md["ean"], md["holder"], "mandate",
                                  parse_instant(md["valid_from"]), parse_instant(md["valid_to"])))
@@ -81,6 +95,10 @@ class Dataset:
                 rels.append(Relation("cmh-request", req["id"], op, "participant"))
             for c in req["connections"]:
                 rels.append(Relation("cmh-connection", c["id"], c["operator"], "operator"))
+                # The connections of this request (a pushed booking is checked, D1).
+                rels.append(Relation(CMH_REQUEST_CONNECTION,
+                                     request_connection_id(req["id"], c["id"]),
+                                     c["operator"], "operator"))
         for t in self.tickets:
             rels.append(Relation("ticket", t["id"], t["client"], "owner"))
             if t["assignee"] != "internal":
@@ -99,8 +117,9 @@ class Dataset:
         directory.mkdir(parents=True, exist_ok=True)
         data_path = directory / "dataset.json"
         rel_path = directory / "relations.json"
-        data_path.write_text(json.dumps(asdict(self), indent=1))
-        rel_path.write_text(json.dumps(
+        # SECURITY: both hold tenant data (customers, mandates): owner-only (0600).
+        write_private(data_path, json.dumps(asdict(self), indent=1))
+        write_private(rel_path, json.dumps(
             {"anchor": self.anchor, "relations": [relation_record(r) for r in self.relations()]},
             indent=1))
         return data_path, rel_path
@@ -108,6 +127,15 @@ class Dataset:
     @classmethod
     def load(cls, path: Path) -> Dataset:
         return cls(**json.loads(path.read_text()))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), also when the
+    file existed with wider permissions; never a moment world-readable."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def _digits(seed: str, n: int) -> str:
@@ -165,7 +193,9 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
                 contracts.append({"supplier": second, "valid_from": _iso(anchor - 1 * DAY),
                                   "valid_to": _iso(anchor + 700 * DAY)})
                 restricted = {"drop_in_progress": True, "prepayment_active": False,
-                              "social_supplier": False, "initiator": first}
+                              "social_supplier": False, "initiator": first,
+                              "started": _iso(anchor - 20 * DAY),
+                              "effective": contracts[1]["valid_to"]}
             for c in contracts:
                 c["supplier_gln"] = registry.tenants[str(c["supplier"])].gln
             ds.access_points.append({

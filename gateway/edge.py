@@ -18,8 +18,18 @@ connections per listener        10,000     new connection closed at once
 connections per tenant          1,000      new connection closed at once
 requests in flight              512        503 + Retry-After (load shedding)
 memory (RSS)                    1 GiB      503 + Retry-After until back under;
-                                           new connections closed at once
+                                           new connections closed at once;
+                                           /readyz 503 "shedding load: memory"
+push body, per-record batch     16 MiB     413 ``payload-too-large`` naming the
+  (no ``format``) or booking               limits; measured peak +186 MiB
+push body, ``meter-days/v1``    16 MiB     413 likewise; measured peak +159 MiB
+                                           (+261 for a many-day backlog)
+large pushes in progress        1          503 + Retry-After (a push without
+                                           Content-Length or over 1 MiB is large)
 TLS read buffer per connection  32 KiB     (asyncio's default: 256 KiB, zero-filled)
+JSON nesting (request bodies,   64         400 ``bad-request`` (a push, a request);
+  pushes, upstream answers)                an upstream answer: 502
+                                           (gateway.core.jsonlimits.MAX_DEPTH)
 ==============================  =========  ==========================================
 
 aiohttp has no header-read timeout and no header-block cap; both are added
@@ -60,6 +70,12 @@ class EdgeLimits:
     max_connections_per_tenant: int = 1_000
     max_in_flight: int = 512  # requests being handled at once; beyond: 503 (shed load)
     memory_budget_mb: int = 1024  # RSS above it: new requests get 503 until it drops
+    # D1 availability: a push is parsed whole, so its body is capped where its
+    # peak stays within a quarter of the budget (bench/README.md, "Push
+    # memory"), and one large push is handled at a time.
+    max_push_records_mb: int = 16  # per-record batch (no `format`), portal booking
+    max_push_meter_days_mb: int = 16  # `meter-days/v1` batch
+    max_push_in_progress: int = 1  # large push bodies read or routed at once
 
     @property
     def max_url_bytes(self) -> int:
@@ -69,7 +85,12 @@ class EdgeLimits:
         return self.max_request_line_bytes - 16
 
     def server_kwargs(self) -> dict[str, Any]:
+        # max_headers: aiohttp's parser counts too (128 by default, refused as
+        # a bare 400). Set just above ours (its pure-Python parser counts the
+        # request line and the blank line), so the exact count is the
+        # pipeline's and every count over it is the same 431 (gateway.listeners).
         return {"max_line_size": self.max_url_bytes, "max_field_size": self.max_header_bytes,
+                "max_headers": self.max_headers + 2,
                 "keepalive_timeout": self.keepalive_timeout_s}
 
 
@@ -84,7 +105,8 @@ def self_check(context: ssl.SSLContext, limits: EdgeLimits) -> None:
     for name in ("max_request_line_bytes", "max_header_bytes", "max_header_block_bytes",
                  "max_headers", "header_timeout_s", "body_timeout_s", "handshake_timeout_s",
                  "keepalive_timeout_s", "max_connections", "max_connections_per_tenant",
-                 "max_in_flight", "memory_budget_mb"):
+                 "max_in_flight", "memory_budget_mb", "max_push_records_mb",
+                 "max_push_meter_days_mb", "max_push_in_progress"):
         if not getattr(limits, name) > 0:
             raise ConfigError(f"self-check: limit {name} is not applied")
 

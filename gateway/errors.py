@@ -23,12 +23,13 @@ class ConfigError(GatewayError):
 
 
 class RequestRefused(GatewayError):
-    def __init__(self, status: int, reason: str, *, headers: dict[str, str] | None = None
-                 ) -> None:
+    def __init__(self, status: int, reason: str, *, headers: dict[str, str] | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = headers or {}
+        self.detail = detail  # shown to the caller instead of the default (a limit's value)
 
 
 class UpstreamFailed(GatewayError):

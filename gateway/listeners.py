@@ -10,12 +10,16 @@ from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.edge import ConnectionBook, EdgeLimits
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 from gateway.proxy import DataPlane
+
+# What aiohttp's parsers (C and Python) say when a request has more header
+# lines than max_headers; no exception class of its own to tell it apart.
+_TOO_MANY_HEADERS = "Too many headers"
 
 
 def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
@@ -114,6 +118,11 @@ class _ProblemRequestHandler(RequestHandler):
                 status, reason = 414, "request-line-too-long"
             else:
                 status, reason = 431, "header-too-long"
+        elif isinstance(exc, BadHttpMessage) and _TOO_MANY_HEADERS in str(exc.message):
+            # RFC 6585 §5: over the parser's own count (EdgeLimits.server_kwargs:
+            # just above max_headers, which the pipeline checks exactly), so any
+            # count over the limit is the documented 431, never a 400.
+            status, reason = 431, "too-many-headers"
         elif status >= 500:
             self.log_exception("error handling request", exc_info=exc)
             reason = "internal-error"

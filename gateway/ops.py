@@ -1,9 +1,9 @@
 """The ops plane: plain HTTP on loopback for the ops team and Prometheus.
 
-``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded
-and every upstream reachable), ``/.well-known/jwks.json`` (public keys of the
-identity assertions), ``/crl.pem`` (the CA's signed CRL). Nothing sensitive is
-served here.
+``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded,
+every upstream reachable and no load shed for memory),
+``/.well-known/jwks.json`` (public keys of the identity assertions),
+``/crl.pem`` (the CA's signed CRL). Nothing sensitive is served here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from gateway.upstream import UpstreamPool
 def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: AssertionSigner,
                   config_loaded: Callable[[], bool],
                   crl: Callable[[], bytes] = lambda: b"",
-                  audit_keys: dict[str, Any] | None = None) -> web.Application:
+                  audit_keys: dict[str, Any] | None = None,
+                  shedding: Callable[[], str | None] = lambda: None) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -35,10 +36,17 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
     async def readyz(_: web.Request) -> web.Response:
         down = sorted(name for name, up in upstreams.up.items() if not up)
         loaded = config_loaded()
-        ready = loaded and not down
-        body = {"status": "ready" if ready else "not-ready", "config_loaded": loaded,
-                "upstreams": {name: ("up" if up else "down")
-                              for name, up in sorted(upstreams.up.items())}}
+        # D1 availability: while the data plane sheds load for memory, a load
+        # balancer should send the traffic elsewhere.
+        shed = shedding()
+        ready = loaded and not down and shed is None
+        body: dict[str, Any] = {
+            "status": "ready" if ready else "not-ready", "config_loaded": loaded,
+            "upstreams": {name: ("up" if up else "down")
+                          for name, up in sorted(upstreams.up.items())}}
+        if shed is not None:
+            body["shedding"] = shed
+            body["reason"] = f"shedding load: {shed}"
         return web.json_response(body, status=200 if ready else 503)
 
     async def jwks(_: web.Request) -> web.Response:

@@ -8,6 +8,13 @@ zeroes the freed pages): the gateway keeps no meter data, only counts.
 Retries back off exponentially with jitter; a part the receiver refuses for
 good, or that keeps failing, becomes a dead letter, visible to ops, never
 silently dropped.
+
+Batch ids are a namespace per source system (D1): a batch is keyed by
+``(source, batch_id)`` and a part id (the receiver's idempotency key) is
+``<source>/<batch id>/<tenant>``, so one system can never occupy or block
+another's ids. An outbox written before (schema version 0, batches keyed by
+their id alone) is migrated in place on open, in one transaction; its parts
+keep their ids.
 """
 
 from __future__ import annotations
@@ -25,17 +32,34 @@ from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS batches (
-    batch_id TEXT PRIMARY KEY, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS parts (
+SCHEMA_VERSION = 1  # PRAGMA user_version
+_BATCHES = """CREATE TABLE batches (
+    batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (source, batch_id))"""
+_PARTS = """CREATE TABLE parts (
     id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
     records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
-    nonce BLOB, payload BLOB, done_at TEXT);
-CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created);
-"""
+    nonce BLOB, payload BLOB, done_at TEXT, source TEXT)"""
+_INDEXES = ("CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created)",
+            "CREATE INDEX IF NOT EXISTS parts_batch ON parts (source, batch_id, tenant)")
+# Version 0 -> 1: batches keyed by (source, batch_id); parts name their source.
+_MIGRATE_V0 = (
+    "ALTER TABLE batches RENAME TO batches_v0",
+    _BATCHES,
+    "INSERT INTO batches SELECT batch_id, source, fingerprint, received, quarantined, "
+    "created FROM batches_v0",
+    "DROP TABLE batches_v0",
+    "ALTER TABLE parts ADD COLUMN source TEXT",
+    "UPDATE parts SET source = (SELECT b.source FROM batches AS b "
+    "WHERE b.batch_id = parts.batch_id)",
+)
+
+
+def part_key(source: str, batch_id: str, tenant: str) -> str:
+    """A part's id and idempotency key: unique across source systems (D1)."""
+    return f"{source}/{batch_id}/{tenant}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +74,7 @@ class Part:
     attempts: int
     next_attempt_at: datetime
     last_error: str | None
+    source: str = ""  # the pushing system (tenant id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +106,13 @@ class Outbox:
     def __init__(self, path: Path, data_key: bytes, *,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
+        # also for a file an older version left wider; SQLite gives its WAL and
+        # shared-memory files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            if (path.parent / name).exists():
+                os.chmod(path.parent / name, 0o600)
         self._aead = AESGCM(data_key)
         self.clock = clock
         self._lock = threading.Lock()
@@ -92,20 +122,52 @@ class Outbox:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
-            self._db.executescript(_SCHEMA)
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older outbox to :data:`SCHEMA_VERSION`."""
+        db = self._db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+                db.execute("COMMIT")  # another process (a worker) migrated it meanwhile
+                return
+            old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'batches'").fetchone() is not None
+            for statement in (_MIGRATE_V0 if old else (_BATCHES, _PARTS)):
+                db.execute(statement)
+            for statement in _INDEXES:
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # -- intake ----------------------------------------------------------------
-    def batch(self, batch_id: str) -> sqlite3.Row | None:
+    def batch(self, batch_id: str, source: str | None = None) -> sqlite3.Row | None:
+        """The batch ``batch_id`` of ``source``: another source's is another batch.
+        Without ``source`` (ops, tests), any source's batch of that id."""
         with self._lock:
-            row: sqlite3.Row | None = self._db.execute(
-                "SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+            if source is None:
+                row: sqlite3.Row | None = self._db.execute(
+                    "SELECT * FROM batches WHERE batch_id = ? ORDER BY created LIMIT 1",
+                    (batch_id,)).fetchone()
+            else:
+                row = self._db.execute(
+                    "SELECT * FROM batches WHERE source = ? AND batch_id = ?",
+                    (source, batch_id)).fetchone()
             return row
 
-    def part_status(self, part_id: str) -> str | None:
+    def part_of(self, source: str, batch_id: str, tenant: str) -> tuple[str, str] | None:
+        """``(part id, status)`` of a tenant's part of a batch, whatever the id's form."""
         with self._lock:
-            row = self._db.execute("SELECT status FROM parts WHERE id = ?",
-                                   (part_id,)).fetchone()
-        return None if row is None else str(row[0])
+            row = self._db.execute(
+                "SELECT id, status FROM parts WHERE source = ? AND batch_id = ? AND tenant = ?",
+                (source, batch_id, tenant)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
 
     def enqueue(self, *, batch_id: str, source: str, fingerprint: str, received: int,
                 quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
@@ -128,14 +190,18 @@ class Outbox:
             nonce = os.urandom(12)
             payload = self._aead.encrypt(nonce, part.body, part.id.encode())
             rows.append((part.id, batch_id, part.tenant, part.kind, part.records, _t(now),
-                         "pending", 0, _t(now), None, nonce, payload, None))
+                         "pending", 0, _t(now), None, nonce, payload, None, source))
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                self._db.execute("INSERT OR IGNORE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
-                                 (batch_id, source, fingerprint, received, quarantined, _t(now)))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO batches (batch_id, source, fingerprint, received, "
+                    "quarantined, created) VALUES (?, ?, ?, ?, ?, ?)",
+                    (batch_id, source, fingerprint, received, quarantined, _t(now)))
                 self._db.executemany(
-                    "INSERT OR IGNORE INTO parts VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                    "INSERT OR IGNORE INTO parts (id, batch_id, tenant, kind, records, created, "
+                    "status, attempts, next_attempt_at, last_error, nonce, payload, done_at, "
+                    "source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -239,4 +305,5 @@ class Outbox:
 def _part(r: sqlite3.Row) -> Part:
     return Part(r["id"], r["batch_id"], r["tenant"], r["kind"], r["records"],
                 datetime.fromisoformat(r["created"]), r["status"], r["attempts"],
-                datetime.fromisoformat(r["next_attempt_at"]), r["last_error"])
+                datetime.fromisoformat(r["next_attempt_at"]), r["last_error"],
+                r["source"] or "")

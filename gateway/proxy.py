@@ -2,8 +2,13 @@
 
 ::
 
-    identity -> target -> hygiene -> route -> body -> decide
+    identity -> target -> hygiene -> route -> decide -> body
              -> forward (assertion) -> check response -> audit + metrics
+
+The body is read and parsed after the decision (a caller that may not act
+gets its 403 whatever it sent), except on a route that names its resource in
+the body, where it comes just before; either way JSON is parsed with a
+nesting limit and one value per key (gateway.core.jsonlimits).
 
 Every stage either returns what the next needs or raises
 :class:`RequestRefused` / :class:`UpstreamFailed`; ``handle()`` turns those
@@ -26,13 +31,15 @@ from aiohttp import web
 
 from gateway.assertion import ASSERTION_HEADER, AssertionSigner
 from gateway.audit import AuditSink, AuditWriteFailed
-from gateway.core.check import ISOLATION_REASONS, check_response
+from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, check_response
 from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts, check_purpose, decide
 from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
+from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
+from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
 from gateway.core.quota import Quota, Quotas
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
@@ -51,6 +58,7 @@ from gateway.identity import CallerResolver
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body
 from gateway.push import PushService
+from gateway.pushgate import PushGate
 from gateway.soc import SecurityEvents
 from gateway.state import Consultation
 from gateway.upstream import UpstreamPool
@@ -108,6 +116,7 @@ class DataPlane:
         self.load_quotas()
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
+        self.push_gate = PushGate(limits)
         self.clock = clock
 
     # -- the pipeline ----------------------------------------------------------
@@ -153,11 +162,18 @@ class DataPlane:
                 self._account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)
-            body, parsed = await self._body(request, ex)
+            ref = ex.match.route.resource
+            body_decides = ref is not None and ref.source == "body"
+            body, parsed = await self._body(request, ex) if body_decides else (None, None)
             facts = RequestFacts(ex.match.params, target.query_map, parsed)
             now = self.clock()
             relations = self.relations()
             self._decide(ex, facts, relations, now)
+            if not body_decides:
+                # Decided before any body byte is parsed: a tenant that may not
+                # act here gets its 403 whatever it sent (D1, D6).
+                body, parsed = await self._body(request, ex)
+                facts = RequestFacts(facts.params, facts.query, parsed)
             if ex.match.route.sensitive:
                 self._register_consultation(request, ex, now)
             upstream = await self._forward_within_quota(ex, target, forward_headers, body,
@@ -165,7 +181,7 @@ class DataPlane:
             response = self._check(ex, facts, relations, upstream, now)
         except RequestRefused as exc:
             ex.reason = exc.reason
-            response = self._problem(exc.status, ex, headers=exc.headers)
+            response = self._problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
         except UpstreamFailed as exc:
             ex.reason = exc.reason
             response = self._problem(exc.status, ex)
@@ -221,7 +237,13 @@ class DataPlane:
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         try:
-            parsed = json.loads(raw)
+            # Forwarded as sent: one value per key, so what the gateway checks
+            # is what the upstream reads; nesting capped (no RecursionError).
+            parsed = loads_limited(raw, max_depth=MAX_DEPTH)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            raise RequestRefused(400, "body-duplicate-key") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         if not isinstance(parsed, dict):
@@ -235,17 +257,27 @@ class DataPlane:
         ex.match = RouteMatch(route, {})
         if request.method != "POST":
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
+        # SECURITY: D1. Only the intake's own shared system, decided before any body is read.
+        self.push.authorize(ex.caller, "cmh" if route is PUSH_CMH else "hes")
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
-        raw = await read_body(request, self.push_max_body_bytes, ex, self.limits.body_timeout_s)
-        if route is PUSH_CMH:
-            registry = self.resolver.registry
-            kinds = {t.id: t.kind for t in registry}
-            coordinators = frozenset(t.id for t in registry
-                                     if t.attributes.get("cmh_coordinator"))
-            status, doc, incident = self.push.intake_cmh(ex.caller, raw, kinds, coordinators)
-        else:
-            status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller, raw)
+        # D1 availability: a bounded number of large pushes, each body capped
+        # by its form, so a push cannot take the memory other tenants need.
+        async with self.push_gate.slot(request.content_length):
+            raw = await self.push_gate.read(request, ex, self.push_max_body_bytes,
+                                            self.limits.body_timeout_s,
+                                            columnar_allowed=route is not PUSH_CMH)
+            if route is PUSH_CMH:
+                registry = self.resolver.registry
+                kinds = {t.id: t.kind for t in registry}
+                coordinators = frozenset(t.id for t in registry
+                                         if t.attributes.get("cmh_coordinator"))
+                status, doc, incident = self.push.intake_cmh(ex.caller, raw, kinds,
+                                                             coordinators)
+            else:
+                status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller,
+                                                                raw)
+            del raw  # freed before the heap is trimmed
         ex.incident = incident  # the audit event of the batch has this id too
         ex.reason = "push-accepted" if status == 202 else "push-back-pressure"
         headers = {"Server": SERVER_HEADER, "X-Request-Id": incident}
@@ -329,19 +361,22 @@ class DataPlane:
         if not 200 <= status < 300 or upstream.content_type != JSON:
             raise UpstreamFailed(502, "upstream-unexpected-answer")
         try:
-            parsed = json.loads(upstream.body)
+            parsed = loads_limited(upstream.body, max_depth=MAX_DEPTH)
+        except DuplicateKey as exc:
+            # SECURITY: D1. The checked copy holds one value per key, the bytes
+            # forwarded unchanged may hold two (a client keeping the first
+            # would read a record the check never saw): withheld like a misroute.
+            self._isolation_violation(ex, DUPLICATE_KEY)
+            raise UpstreamFailed(502, DUPLICATE_KEY) from exc
+        except TooDeep as exc:
+            raise UpstreamFailed(502, "upstream-json-too-deep") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamFailed(502, "upstream-malformed-json") from exc
         verdict = check_response(ex.caller, route, facts, relations, parsed, now)
         if not verdict.decision.allowed:
             ex.resources = verdict.decision.resources
             if verdict.decision.reason in ISOLATION_REASONS:
-                self.metrics.isolation_violations.labels(
-                    ex.caller.tenant_id, route.upstream, "response").inc()
-                log.warning("isolation violation withheld: incident=%s tenant=%s route=%s "
-                            "reason=%s", ex.incident, ex.caller.tenant_id, route.name,
-                            verdict.decision.reason)
-                raise UpstreamFailed(502, verdict.decision.reason)
+                self._isolation_violation(ex, verdict.decision.reason)
             raise UpstreamFailed(502, verdict.decision.reason)
         if route.notify == "cmh-status" and self.push is not None:
             # Status updates flow back to the coordinating DSO only.
@@ -359,6 +394,16 @@ class DataPlane:
         headers["X-Request-Id"] = ex.incident
         headers[CLASSIFICATION_HEADER] = label
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+    def _isolation_violation(self, ex: Exchange, reason: str) -> None:
+        """Counted in gateway_isolation_violations_total and logged; the audit
+        and SOC events follow from the reason (ISOLATION_REASONS)."""
+        assert ex.match is not None
+        route = ex.match.route
+        self.metrics.isolation_violations.labels(
+            ex.caller.tenant_id, route.upstream, "response").inc()
+        log.warning("isolation violation withheld: incident=%s tenant=%s route=%s reason=%s",
+                    ex.incident, ex.caller.tenant_id, route.name, reason)
 
     def _classification(self, ex: Exchange, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""
@@ -413,12 +458,13 @@ class DataPlane:
         return response
 
     # -- answers, audit, metrics -------------------------------------------
-    def _problem(self, status: int, ex: Exchange,
-                 headers: dict[str, str] | None = None) -> web.Response:
+    def _problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
+                 detail: str | None = None) -> web.Response:
         slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
         out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
         close = out.pop("Connection", None) == "close"
-        response = web.Response(status=status, body=problem_body(status, ex.incident, slug),
+        response = web.Response(status=status, body=problem_body(status, ex.incident, slug,
+                                                                 detail),
                                 content_type=CONTENT_TYPE, headers=out)
         if close:
             response.force_close()  # framing we do not trust: no next request on it
@@ -433,6 +479,9 @@ class DataPlane:
             self.soc.emit("isolation-violation", "critical", ex.incident, **who)
         elif ex.reason in CERTIFICATE_REFUSALS:
             self.soc.emit("certificate-refused", "warning", ex.incident, **who)
+        elif ex.reason in PUSH_INTAKE_REFUSALS:
+            # D1: a partner pushing into an intake that is not its own system's.
+            self.soc.emit("push-intake-refused", "error", ex.incident, **who)
         if ex.caller is not None:
             p = ex.caller.principal
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import ssl
@@ -25,7 +26,8 @@ from typing import Any
 import aiohttp
 
 from gateway.audit import AuditSink
-from gateway.core.fanout import FanoutRejected, split_request
+from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
+from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, check_depth, loads_limited
 from gateway.core.model import Caller
 from gateway.core.push import (
     ISOLATION_REASONS_PUSH,
@@ -38,14 +40,16 @@ from gateway.core.push_days import FORMAT as DAYS_FORMAT
 from gateway.core.push_days import KIND as DAYS_KIND
 from gateway.core.push_days import route_meter_days
 from gateway.core.pushscan import Spans, scan_days
+from gateway.core.pushtrust import intake_refusal
 from gateway.core.relations import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
-from gateway.outbox import EncodedPart, Outbox, Part, RetryPolicy
+from gateway.outbox import EncodedPart, Outbox, Part, RetryPolicy, part_key
 from gateway.problem import new_incident_id
 
 log = logging.getLogger("gateway.push")
-PUSH_ROLE = "pusher"
+# A booking naming another coordinator or operator than the feed: misrouting (D1).
+ISOLATION_REASONS_CMH = frozenset({"coordinator-mismatch", "operator-mismatch"})
 # Receiver answers that will not get better by retrying (a poison part).
 DEFAULT_RETRY = RetryPolicy()
 _PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
@@ -94,21 +98,33 @@ class PushService:
         self._session: aiohttp.ClientSession | None = None
 
     # -- intake ----------------------------------------------------------------
+    @staticmethod
+    def authorize(caller: Caller, intake: str) -> None:
+        """D1: only the pushers of the shared system that declares ``intake``
+        (``push_intake`` in its tenant file). Needs no body: called before it is read."""
+        reason = intake_refusal(caller.principal.roles,
+                                caller.tenant.attributes.get("push_intake"), intake)
+        if reason is not None:
+            raise RequestRefused(403, reason)
+
     def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
         """Route and enqueue one batch; returns (status, accounting, incident).
         The batch's ``format`` chooses the router: absent, one record per reading
         (issue 5); ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
-        if PUSH_ROLE not in caller.principal.roles or caller.tenant.kind != "shared-system":
-            raise RequestRefused(403, "not-a-pusher")
+        self.authorize(caller, "hes")
         text: str | None = None
         spans = None
         try:
+            # Nesting capped before a parser recurses (meter-days too): 400, not 500.
+            check_depth(raw, MAX_DEPTH)
             try:
                 text = raw.decode()
             except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
                 batch = json.loads(raw)
             else:
                 batch, spans = scan_days(text)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         if isinstance(batch, Mapping) and batch.get("format") is not None:
@@ -145,15 +161,18 @@ class PushService:
                  extra: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
         """Store what is routed (one transaction), answer for every reading."""
         source = caller.tenant.id
-        known = self.outbox.batch(batch_id)
+        # D1: batch ids are the source system's own namespace.
+        known = self.outbox.batch(batch_id, source)
         if known is not None and known["fingerprint"] != fingerprint:
             raise RequestRefused(409, "batch-id-reused-with-other-content")
         incident = new_incident_id()
         parts_out, to_store = [], []
         queued = refused = 0
         for tenant, count, encode in parts:
-            part_id = f"{batch_id}/{tenant}"
-            if self.outbox.part_status(part_id) is not None:
+            stored = (self.outbox.part_of(source, batch_id, tenant) if known is not None
+                      else None)
+            part_id = stored[0] if stored else part_key(source, batch_id, tenant)
+            if stored is not None:
                 status = "already-queued"  # an idempotent re-post
                 queued += count
             elif tenant not in self.endpoints:
@@ -205,28 +224,38 @@ class PushService:
 
     def intake_cmh(self, caller: Caller, raw: bytes, tenant_kinds: Mapping[str, str],
                    coordinators: frozenset[str]) -> tuple[int, dict[str, Any], str]:
-        """A household request booked on the portal, fanned out (issue 5 item 5)."""
-        if PUSH_ROLE not in caller.principal.roles or caller.tenant.kind != "shared-system":
-            raise RequestRefused(403, "not-a-pusher")
+        """A household request booked on the portal, fanned out (issue 5 item 5),
+        once the trusted feed confirms its coordinator and operators (D1)."""
+        self.authorize(caller, "cmh")
         try:
-            fanout = split_request(json.loads(raw), tenant_kinds, coordinators)
+            request = loads_limited(raw, max_depth=MAX_DEPTH)
+            fanout = split_request(request, tenant_kinds, coordinators)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            raise RequestRefused(400, "body-duplicate-key") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         except FanoutRejected as exc:
             raise RequestRefused(422 if exc.reason == "ean-for-telecom" else 400,
                                  exc.reason) from exc
+        mismatch = booking_quarantine(request, self.relations(), self.clock())
+        if mismatch is not None:
+            return self._quarantine_booking(caller, fanout.request_id, fanout.coordinator,
+                                            *mismatch)
         missing = sorted(t for t in fanout.parts if t not in self.endpoints)
         if missing:
             raise RequestRefused(409, "operator-without-endpoint")
         fingerprint = hashlib.sha256(raw).hexdigest()
-        known = self.outbox.batch(f"cmh/{fanout.request_id}")
+        source, batch_id = caller.tenant.id, f"cmh/{fanout.request_id}"
+        known = self.outbox.batch(batch_id, source)
         if known is not None and known["fingerprint"] != fingerprint:
             raise RequestRefused(409, "request-id-reused-with-other-content")
         incident = new_incident_id()
-        store = [(f"cmh/{fanout.request_id}/{t}", t, "cmh-request", [part])
+        store = [(part_key(source, batch_id, t), t, "cmh-request", [part])
                  for t, part in sorted(fanout.parts.items())]
         if known is None:
-            self.outbox.enqueue(batch_id=f"cmh/{fanout.request_id}", source=caller.tenant.id,
+            self.outbox.enqueue(batch_id=batch_id, source=source,
                                 fingerprint=fingerprint, received=1, quarantined=0,
                                 parts=store)
             for _, tenant, _, _ in store:
@@ -236,7 +265,26 @@ class PushService:
                            "operators": sorted(fanout.parts),
                            "outcome": "queued" if known is None else "already-queued"})
         return 202, {"request": fanout.request_id, "coordinator": fanout.coordinator,
-                     "operators": sorted(fanout.parts), "incident": incident}, incident
+                     "operators": sorted(fanout.parts), "queued": 1, "quarantined": 0,
+                     "quarantine": [], "incident": incident}, incident
+
+    def _quarantine_booking(self, caller: Caller, request_id: str, coordinator: str,
+                            reason: str, connection: str | None
+                            ) -> tuple[int, dict[str, Any], str]:
+        """A booking the feed contradicts goes to nobody; it is not stored, so the
+        portal may post the corrected booking under the same id."""
+        source = caller.tenant.id
+        incident = new_incident_id()
+        self.metrics.push_records.labels(source, "none", "quarantined").inc()
+        if reason in ISOLATION_REASONS_CMH:
+            self.metrics.isolation_violations.labels(source, "push", "push").inc()
+        self.audit.record({"event": "cmh-fanout", "incident": incident, "tenant": source,
+                           "request": request_id, "operators": [], "outcome": "quarantined",
+                           "quarantine_reasons": {reason: 1}, "connection": connection})
+        return 202, {"request": request_id, "coordinator": coordinator, "operators": [],
+                     "queued": 0, "quarantined": 1,
+                     "quarantine": [{"reason": reason, "connection": connection}],
+                     "incident": incident}, incident
 
     def notify_status(self, request_id: str, connection: Mapping[str, Any],
                       coordinators: set[str], by: str) -> None:
@@ -295,7 +343,10 @@ class PushService:
         try:
             async with self._session.post(
                     self.endpoints[part.tenant],
-                    data=aiohttp.BytesPayload(body, content_type="application/json"),
+                    # A BytesIO, not the bytes: aiohttp writes a large body in
+                    # chunks (and warns of raw bytes over 1 MiB, which a part may be).
+                    data=aiohttp.BytesIOPayload(io.BytesIO(body),
+                                                content_type="application/json"),
                     headers={"Idempotency-Key": part.id}) as resp:
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -325,8 +376,7 @@ class PushService:
             log.error("part %s is a dead letter after %s", part.id, error)
 
     def _source(self, part: Part) -> str:
-        batch = self.outbox.batch(part.batch_id)
-        return str(batch["source"]) if batch is not None else "unknown"
+        return part.source or "unknown"
 
     async def _stats_loop(self) -> None:
         while True:

@@ -278,11 +278,13 @@ class Gateway:
         ops_runner = web.AppRunner(build_ops_app(
             self.metrics, self.upstreams, self.signer, lambda: True,
             lambda: self.credentials.crl,
-            public_key_document(self.audit_key, self.audit_kid)), access_log=None)
+            public_key_document(self.audit_key, self.audit_kid),
+            shedding=lambda: "memory" if self.data_plane.over_memory_budget else None),
+            access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
         admin_app = build_admin_app(
-            self.credentials, self.resolver, self.metrics,
+            self.credentials, self.resolver, self.metrics, rekey=self.rekey,
             extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                        self.rekey), usage_routes(self.usage, self.store)))
         # The admin plane gets the same edge limits (own connection book).

@@ -12,6 +12,7 @@ from typing import Any
 
 from gateway.core.identifiers import is_valid_gln
 from gateway.core.model import PRINCIPAL_KINDS, TENANT_KINDS, Principal, Tenant
+from gateway.core.pushtrust import PUSH_INTAKES
 from gateway.core.quota import Quota
 from gateway.errors import ConfigError
 
@@ -21,7 +22,8 @@ KNOWN_ROLES = frozenset(
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 _TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",
-                          "hes_consortium", "push_endpoint", "quota", "principals"})
+                          "hes_consortium", "push_endpoint", "push_intake", "quota",
+                          "principals"})
 _PRINCIPAL_KEYS = frozenset({"kind", "name", "roles", "team"})
 
 
@@ -113,6 +115,15 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
         attributes["push_endpoint"] = endpoint
     if prefix is not None:
         attributes["ean_prefix"] = prefix
+    intake = _str(doc, "push_intake", where, required=False)
+    if intake is not None:
+        # D1: the push intake this shared system owns; its pushers may post there only.
+        if intake not in PUSH_INTAKES:
+            raise _fail(where, "push_intake",
+                        f"unknown intake {intake!r} (known: {', '.join(sorted(PUSH_INTAKES))})")
+        if kind != "shared-system":
+            raise _fail(where, "push_intake", "only a shared-system tenant owns a push intake")
+        attributes["push_intake"] = intake
     assert name is not None and kind is not None
     return Tenant(tid, name, kind, gln, principals, attributes)
 
@@ -164,6 +175,7 @@ def load_tenants(directory: Path) -> TenantRegistry:
     if not directory.is_dir():
         raise ConfigError(f"{directory}: tenants directory not found")
     tenants: dict[str, Tenant] = {}
+    intakes: dict[object, Path] = {}
     for path in sorted(directory.glob("*.toml")):
         try:
             with path.open("rb") as fh:
@@ -171,6 +183,13 @@ def load_tenants(directory: Path) -> TenantRegistry:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         tenant = parse_tenant(doc, str(path), expected_id=path.stem)
+        intake = tenant.attributes.get("push_intake")
+        if intake is not None:
+            if intake in intakes:
+                # One shared system per intake: its batch ids are its own.
+                raise _fail(str(path), "push_intake",
+                            f"intake {intake!r} is already owned by {intakes[intake]}")
+            intakes[intake] = path
         tenants[tenant.id] = tenant
     if not tenants:
         raise ConfigError(f"{directory}: no tenant files (*.toml)")

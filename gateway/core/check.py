@@ -21,10 +21,16 @@ from gateway.core.model import Caller, Decision
 from gateway.core.relations import RelationIndex, parse_instant
 from gateway.core.routes import Route
 
+# An upstream JSON answer with a key twice in one object: the check sees one
+# value, a client that keeps the first would read the other (RFC 8259 §4
+# leaves it to the parser; I-JSON, RFC 7493 §2.3, forbids it). Never forwarded.
+DUPLICATE_KEY = "response-duplicate-key"
+
 # Deny reasons that mean "data of another tenant was on its way out": counted
 # in gateway_isolation_violations_total and raised as security events.
 ISOLATION_REASONS = frozenset(
-    {"foreign-record", "record-not-requested", "record-outside-window", "field-rule-violation"}
+    {"foreign-record", "record-not-requested", "record-outside-window", "field-rule-violation",
+     DUPLICATE_KEY}
 )
 
 

@@ -4,6 +4,17 @@ A household request booked on the portal names several operators' works.
 Each operator receives only its own connection plus the minimum shared site
 data; the coordinating DSO receives the whole request; a telecom operator
 never sees an energy EAN (checked again on the final part: fail closed).
+
+Before any part is made, :func:`booking_quarantine` checks the booking against
+the trusted relation feed, as every pushed HES reading is (an upstream never
+vouches for itself, D1): the request's coordinator and each connection's
+operator must be the ones the feed holds for that request now. Otherwise the
+whole booking is quarantined, delivered to nobody, with one reason:
+
+- ``unknown-request``       the feed holds no coordinator for the request id;
+- ``coordinator-mismatch``  the booking names another coordinator than the feed;
+- ``operator-mismatch``     a connection the feed does not hold for this request,
+                            or addressed to another operator than the feed's.
 """
 
 from __future__ import annotations
@@ -12,13 +23,45 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from gateway.core.fields import CMH_SHARED_SITE_FIELDS
 from gateway.core.identifiers import is_plain_id
+from gateway.core.relations import RelationIndex
 
 _EAN_LIKE = re.compile(r"(?<![0-9])54[0-9]{16}(?![0-9])")
 OPERATOR_KINDS = frozenset({"dso", "water", "telecom"})
+CMH_QUARANTINE_REASONS = frozenset({"unknown-request", "coordinator-mismatch",
+                                    "operator-mismatch"})
+# Feed relations: ("cmh-request", id) -> coordinator; a connection of a request:
+# (CMH_REQUEST_CONNECTION, request_connection_id(request, connection)) -> operator.
+CMH_REQUEST = "cmh-request"
+CMH_REQUEST_CONNECTION = "cmh-request-connection"
+
+
+def request_connection_id(request_id: str, connection_id: str) -> str:
+    return f"{request_id}/{connection_id}"
+
+
+def booking_quarantine(request: Mapping[str, Any], relations: RelationIndex,
+                       now: datetime) -> tuple[str, str | None] | None:
+    """``(reason, connection id or None)`` when the booking (already shaped by
+    :func:`split_request`) does not match the feed; None when it does."""
+    rid = str(request["id"])
+    coordinators = relations.holders(CMH_REQUEST, rid, "coordinator", now)
+    if not coordinators:
+        return ("unknown-request", None)
+    # SECURITY: D1. The feed names the coordinator; the booking only repeats it.
+    if coordinators != {request["coordinator"]}:
+        return ("coordinator-mismatch", None)
+    for conn in request["connections"]:
+        cid = str(conn["id"])
+        operators = relations.holders(CMH_REQUEST_CONNECTION, request_connection_id(rid, cid),
+                                      "operator", now)
+        if operators != {conn["operator"]}:
+            return ("operator-mismatch", cid)
+    return None
 
 
 class FanoutRejected(Exception):

@@ -33,24 +33,34 @@ def _records(body: Any, key: str) -> list[MutableMapping[str, Any]] | None:
     return None
 
 
+# D3: the supplier that started a drop or a prepayment meter installation on
+# an EAN, a relation of the access register's feed, valid while it is under way.
+DROP_INITIATOR = "drop-initiator"
+
+
 def clearing_restricted(caller: Caller, body: Any, relations: RelationIndex, now: datetime
                         ) -> bool | None:
     """D3: a new supplier must not learn that a drop or a prepayment meter
     installation is in progress. Only the grid operator and the supplier that
-    initiated it see the ``restricted`` block."""
+    initiated it see the ``restricted`` block. Both come from the trusted
+    relation feed (``grid-operator``, ``drop-initiator`` with its validity
+    window), never from the block itself: the clearing answer's ``initiator``
+    does not vouch for itself (DESIGN.md §4)."""
     records = _records(body, "access_points")
     if records is None:
         return None
+    tenant = caller.tenant.id
     changed = False
     for rec in records:
-        block = rec.get("restricted")
-        if block is None:
+        if rec.get("restricted") is None:
             continue
-        ean = str(rec.get("ean"))
-        grid_ops = relations.holders("ean", ean, "grid-operator", now)
-        initiator = block.get("initiator") if isinstance(block, MutableMapping) else None
-        if caller.tenant.id in grid_ops or initiator == caller.tenant.id:
-            continue
+        ean = rec.get("ean")
+        if isinstance(ean, str):
+            entitled = relations.holders("ean", ean, "grid-operator", now) \
+                | relations.holders("ean", ean, DROP_INITIATOR, now)
+            if tenant in entitled:
+                continue
+        # SECURITY: D3, fail closed: anyone else, or an answer without a usable EAN.
         del rec["restricted"]
         changed = True
     return changed

@@ -13,6 +13,10 @@ with one reason per record:
                           finite number, an unknown unit or quality code, a
                           malformed OBIS code, a malformed ``via`` serial;
 - ``malformed-meter-id``  the meter serial is not a serial;
+- ``unexpected-field``    a member the format does not define (a record carries
+                          ``meter``, ``timestamp``, ``obis``, ``value``,
+                          ``unit``, ``quality`` and optionally ``operator``,
+                          ``via``, ``ean``; nothing else reaches a tenant, D1);
 - ``bad-ean``             an ``ean`` is present but malformed or its GS1 check
                           digit fails;
 - ``duplicate``           a second record with the same meter, instant and OBIS;
@@ -20,12 +24,16 @@ with one reason per record:
 - ``owner-mismatch``      the HES labelled the record for another tenant than
                           the true owner (misrouting: an isolation violation);
 - ``airplane-mode``       the meter, or the electricity meter that carried it,
-                          has communication disabled at that instant (D5).
+                          has communication disabled at that instant (D5);
+- ``ean-mismatch``        the record's ``ean`` is not the access point the feed
+                          pairs with that meter at that instant (a foreign EAN
+                          would reach the meter's owner: an isolation violation).
 
 A water meter read through an electricity meter (``via``) belongs to the
 water company owning the water meter, never to the DSO owning the carrier.
 Delivered records are passed through unchanged (the same objects, not
-copies) except that ``operator`` and ``via`` are removed.
+copies) except that ``operator`` and ``via`` are removed. A record missing a
+required member is ``invalid-record`` whatever else it carries.
 
 Complexity: O(n) in the number of records, one pass, no per-record datetime
 parsing, regex or relation scan in the common case. Timestamps, serials, EANs
@@ -54,11 +62,12 @@ from gateway.core.relstore import OPEN_FROM, OPEN_TO, REC, encode_id
 from gateway.errors import RequestRefused
 
 QUARANTINE_REASONS = frozenset({
-    "invalid-record", "malformed-meter-id", "bad-ean", "duplicate", "no-owner",
-    "owner-mismatch", "airplane-mode",
+    "invalid-record", "malformed-meter-id", "unexpected-field", "bad-ean", "duplicate",
+    "no-owner", "owner-mismatch", "airplane-mode", "ean-mismatch",
 })
 # Counted in gateway_isolation_violations_total and raised as security events.
-ISOLATION_REASONS_PUSH = frozenset({"owner-mismatch"})
+ISOLATION_REASONS_PUSH = frozenset({"owner-mismatch", "ean-mismatch"})
+
 BATCH_REJECT_REASONS = frozenset({
     "batch-not-object", "bad-batch-id", "records-not-list", "batch-too-large",
     "meter-days-not-list", "unsupported-format",  # the columnar format (push_days)
@@ -68,7 +77,15 @@ UNITS = frozenset({"kWh", "kW", "m3"})
 QUALITY_CODES = frozenset({"01", "02", "99"})  # read, estimated, missing (DOMAIN, Readings)
 FUTURE_SKEW = timedelta(minutes=5)
 AIRPLANE_MODE = "airplane-mode"  # Relation("meter", serial, "*", AIRPLANE_MODE, from, to)
+# The feed pairs a meter with its access point: Relation(METER_EAN,
+# meter_ean_id(serial, ean), <grid operator>, ACCESS_POINT, from, to).
+METER_EAN = "meter-ean"
+ACCESS_POINT = "access-point"
 _DROPPED = ("operator", "via")  # the HES's routing hints never reach a tenant
+# The members a per-record reading may carry; the first six are required.
+RECORD_MEMBERS = frozenset({"meter", "timestamp", "obis", "value", "unit", "quality",
+                            "operator", "via", "ean"})
+_REQUIRED_MEMBERS = 6
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
@@ -195,6 +212,39 @@ def owner_span(relations: RelationIndex, serial: str, at: int
     return (lo, hi, owner, airplane)
 
 
+def meter_ean_id(serial: str, ean: str) -> str:
+    """The resource id of a meter's pairing with an access point in the feed."""
+    return f"{serial}/{ean}"
+
+
+def ean_span(relations: RelationIndex, serial: str, ean: str, at: int
+             ) -> tuple[int, int, bool]:
+    """``(lo, hi, paired)``: whether the feed pairs meter ``serial`` with the
+    access point ``ean`` at ``at`` (microseconds since the epoch), constant
+    over ``[lo, hi)``. Reads the snapshot in place, as :func:`owner_span`."""
+    lo, hi = _MIN, _MAX
+    paired = False
+    snapshot = relations.snapshot
+    row = snapshot.row(METER_EAN, encode_id(meter_ean_id(serial, ean)))
+    if row >= 0:
+        buf, names = snapshot.buffer, snapshot.names
+        first, end = snapshot.records_at(row)
+        for p in range(first, end, _REC_SIZE):
+            _, r, start, stop = _record(buf, p)
+            if names[r] != ACCESS_POINT:
+                continue
+            start = _MIN if start == OPEN_FROM else start
+            stop = _MAX if stop == OPEN_TO else stop
+            for bound in (start, stop):
+                if bound <= at:
+                    lo = max(lo, bound)
+                else:
+                    hi = min(hi, bound)
+            if start <= at < stop:
+                paired = True
+    return (lo, hi, paired)
+
+
 def batch_items(batch: Any, member: str, limit: int, *, unit: str,
                 not_list: str) -> tuple[str, list[Any]]:
     """The batch id and the list under ``member`` of a pushed batch, checked
@@ -247,6 +297,15 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
             span = spans[serial] = resolver.span(serial, at)
         return span
 
+    pairings: dict[str, tuple[int, int, bool]] = {}  # "serial/ean" -> ean_span
+
+    def pairing(serial: str, ean: str, at: int) -> bool:
+        key = meter_ean_id(serial, ean)
+        known = pairings.get(key)
+        if known is None or not known[0] <= at < known[1]:
+            known = pairings[key] = ean_span(relations, serial, ean, at)
+        return known[2]
+
     for index, rec in enumerate(records):
         if type(rec) is not dict and not isinstance(rec, Mapping):
             drop(Quarantined(index, "invalid-record", None))
@@ -260,6 +319,12 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
             meter_id = serials[meter] = len(serials) if is_valid_meter_serial(meter) else -1
         if meter_id < 0:  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None))
+            continue
+        # SECURITY: D1, only the members the format defines reach a tenant (a name,
+        # another serial...). Six are required: a record of six or fewer members
+        # with an unknown one lacks a required one and is invalid below.
+        if len(rec) > _REQUIRED_MEMBERS and not RECORD_MEMBERS.issuperset(rec):
+            drop(Quarantined(index, "unexpected-field", meter))
             continue
         stamp: Any = rec.get("timestamp")
         obis: Any = rec.get("obis")
@@ -317,6 +382,9 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
         elif airplane or (via is not None and span_of(via, at)[3]):
             # D5: communication disabled; data claiming to come from it is not delivered.
             drop(Quarantined(index, "airplane-mode", meter))
+        elif ean is not None and not pairing(meter, ean, at):
+            # SECURITY: D1. Another access point's EAN would reach this meter's owner.
+            drop(Quarantined(index, "ean-mismatch", meter))
         elif "via" in rec or "operator" in rec:
             part.append({k: v for k, v in rec.items() if k not in _DROPPED})
         else:

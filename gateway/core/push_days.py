@@ -17,11 +17,15 @@ format, and ``route_meter_days`` gives each of them the outcome
 :func:`gateway.core.push.route_batch` would give it: the owner at the
 reading's instant (a meter that changed owner at 12:00 is cut exactly there),
 water via electricity, airplane mode, duplicates (the same meter, OBIS code
-and instant again), owner mismatch, no owner, invalid. ``quality`` is a string
+and instant again), owner mismatch, EAN mismatch, no owner, unexpected
+member, invalid. ``quality`` is a string
 of two-character codes (``01`` read, ``02`` estimated, ``99`` missing), one
 per value, or a list of them. ``operator`` (the HES's label), ``via`` and
-``ean`` are optional; no other member is allowed (an unknown member makes the
-meter-day invalid: the format is versioned, not open).
+``ean`` are optional; no other member is allowed (an unknown member puts the
+whole meter-day in quarantine as ``unexpected-field``: the format is versioned,
+not open). An ``ean`` the feed does not pair with the meter at a reading's
+instant puts that reading in quarantine as ``ean-mismatch``, as in the
+per-record format.
 
 What a tenant receives: its runs of each meter-day, ``{"meter", "start",
 "interval", "obis", "unit", "quality", "values", "ean"?}`` with ``quality``
@@ -61,6 +65,8 @@ from gateway.core.push import (
     Quarantined,
     _micros,
     batch_items,
+    ean_span,
+    meter_ean_id,
     owner_span,
 )
 from gateway.core.relations import RelationIndex
@@ -77,6 +83,7 @@ _QUALITIES = re.compile(r"(?:0[12]|99)*")  # QUALITY_CODES, two characters each
 _VALUES_KEY = re.compile(r'"values"[ \t\n\r]*:[ \t\n\r]*')
 _INVALID, _BAD_EAN, _DUPLICATE = "invalid-record", "bad-ean", "duplicate"
 _NO_OWNER, _MISMATCH, _AIRPLANE = "no-owner", "owner-mismatch", "airplane-mode"
+_UNEXPECTED, _EAN_MISMATCH = "unexpected-field", "ean-mismatch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +163,7 @@ class _Days:
         self.starts: dict[str, tuple[int, datetime, str] | None] = {}
         self.qualities: dict[str, tuple[str, frozenset[int] | tuple[()]] | None] = {}
         self.owners: dict[str, tuple[int, int, str | None, bool]] = {}
+        self.pairings: dict[str, tuple[int, int, bool]] = {}  # "serial/ean" -> ean_span
         # meter + " " + OBIS -> (first instant, step, n) of the one meter-day seen,
         # or the set of instants seen once a second one overlaps the key.
         self.seen: dict[str, tuple[int, int, int] | set[int]] = {}
@@ -184,6 +192,13 @@ class _Days:
         if span is None or not span[0] <= at < span[1]:
             span = self.owners[serial] = owner_span(self.relations, serial, at)
         return span
+
+    def pairing(self, serial: str, ean: str, at: int) -> tuple[int, int, bool]:
+        key = meter_ean_id(serial, ean)
+        known = self.pairings.get(key)
+        if known is None or not known[0] <= at < known[1]:
+            known = self.pairings[key] = ean_span(self.relations, serial, ean, at)
+        return known
 
     def seen_set(self, key: str) -> set[int]:
         known = self.seen.get(key)
@@ -265,6 +280,10 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
         if not meter_ok:  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None, 0, n or 1))
             continue
+        if not _MEMBERS.issuperset(day):
+            # SECURITY: D1, only the members the format defines reach a tenant.
+            drop(Quarantined(index, _UNEXPECTED, meter, 0, n or 1))
+            continue
         stamp, interval, obis = day.get("start"), day.get("interval"), day.get("obis")
         unit, label, via = day.get("unit"), day.get("operator"), day.get("via")
         start = None
@@ -289,8 +308,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
                 or type(unit) is not str or unit not in UNITS
                 or not (label is None or type(label) is str)
-                or not (via is None or (type(via) is str and st.serial(via)))
-                or not _MEMBERS.issuperset(day)):
+                or not (via is None or (type(via) is str and st.serial(via)))):
             drop(Quarantined(index, _INVALID, meter, 0, n or 1))
             continue
         codes, bad_codes = coded
@@ -308,11 +326,12 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
             span = owners.get(meter)
             if span is None or not span[0] <= first < span[1]:
                 span = owners[meter] = owner_span(relations, meter, first)
-            if span[1] > last and (via is None or st.span(via, first)[1] > last):
+            if (span[1] > last and (via is None or st.span(via, first)[1] > last)
+                    and (ean is None or st.pairing(meter, ean, first)[1] > last)):
                 # The common case: one outcome for the whole day.
                 seen[key] = (first, step, n)
-                _emit(st, index, day, start, codes, 0, n, _outcome(st, span, label, via, first),
-                      raw, parsed)
+                _emit(st, index, day, start, codes, 0, n,
+                      _outcome(st, span, label, via, first, meter, ean), raw, parsed)
                 continue
         # Reading by reading, in route_batch's order of checks.
         if parsed is None:
@@ -332,7 +351,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 if len(known) == size:
                     outcomes.append((False, _DUPLICATE))
                 else:
-                    outcomes.append(_outcome(st, st.span(meter, at), label, via, at))
+                    outcomes.append(_outcome(st, st.span(meter, at), label, via, at, meter, ean))
         run = 0
         for i in range(1, n + 1):
             if i == n or outcomes[i] != outcomes[run]:
@@ -345,7 +364,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
 
 
 def _outcome(st: _Days, span: tuple[int, int, str | None, bool], label: Any, via: Any,
-             at: int) -> tuple[bool, str]:
+             at: int, meter: str, ean: Any) -> tuple[bool, str]:
     """(deliver?, tenant or quarantine reason) of a valid, new reading."""
     owner = span[2]
     if owner is None:
@@ -354,6 +373,8 @@ def _outcome(st: _Days, span: tuple[int, int, str | None, bool], label: Any, via
         return (False, _MISMATCH)  # SECURITY: D1, the HES meant it for someone else
     if span[3] or (via is not None and st.span(via, at)[3]):
         return (False, _AIRPLANE)  # D5: communication disabled
+    if ean is not None and not st.pairing(meter, ean, at)[2]:
+        return (False, _EAN_MISMATCH)  # SECURITY: D1, another access point's EAN
     return (True, owner)
 
 

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+import pytest
 
 from gateway.core.catalog import default_route_table
 from gateway.core.check import check_response
 from gateway.core.decide import RequestFacts
+from gateway.core.fields import DROP_INITIATOR
+from gateway.core.model import Relation
 from gateway.core.relations import RelationIndex
 
 from .conftest import (
+    DAY,
     EAN_A,
     EAN_B,
     EAN_D3,
@@ -104,11 +109,28 @@ def _access_point(ean: str, contracts: list[dict[str, Any]], restricted: Any = N
     return {"ean": ean, "contracts": contracts, "restricted": restricted}
 
 
-def test_d3_new_supplier_does_not_learn_of_the_drop(relations: RelationIndex) -> None:
+# D3: the access register's feed says lumen-energie started the drop on EAN_D3,
+# from 20 days ago until 3 days from now (its contract runs 7 days more).
+DROP_FROM, DROP_TO = NOW - 20 * DAY, NOW + 3 * DAY
+
+
+def _with_drop(relations: RelationIndex) -> RelationIndex:
+    return RelationIndex([*relations, Relation("ean", EAN_D3, "lumen-energie", DROP_INITIATOR,
+                                               DROP_FROM, DROP_TO)])
+
+
+def _d3_record(named_initiator: str | None) -> dict[str, Any]:
     contracts = [{"supplier": "lumen-energie", "valid_from": None, "valid_to": None},
                  {"supplier": "kempen-power", "valid_from": None, "valid_to": None}]
-    record = _access_point(EAN_D3, contracts, {"drop_in_progress": True,
-                                               "initiator": "lumen-energie"})
+    block: dict[str, Any] = {"drop_in_progress": True}
+    if named_initiator is not None:
+        block["initiator"] = named_initiator
+    return _access_point(EAN_D3, contracts, block)
+
+
+def test_d3_new_supplier_does_not_learn_of_the_drop(relations: RelationIndex) -> None:
+    relations = _with_drop(relations)
+    record = _d3_record("lumen-energie")
     path = f"/clearing/access-points/{EAN_D3}"
     new = check("kempen-power", "supplier", "GET", path, record, relations)
     assert new.decision.allowed and new.changed
@@ -118,6 +140,58 @@ def test_d3_new_supplier_does_not_learn_of_the_drop(relations: RelationIndex) ->
     assert initiator.body["restricted"]["drop_in_progress"] is True
     grid = check("ores", "dso", "GET", path, record, relations)
     assert grid.body["restricted"]["drop_in_progress"] is True
+
+
+def test_d3_the_answer_never_names_its_own_initiator(relations: RelationIndex) -> None:
+    """The clearing answer claims kempen-power started the drop; the feed says
+    lumen-energie. The feed decides (DESIGN.md §4: an upstream's answer does
+    not vouch for itself)."""
+    relations = _with_drop(relations)
+    path = f"/clearing/access-points/{EAN_D3}"
+    for named in ("kempen-power", None, ["kempen-power"], {"tenant": "kempen-power"}):
+        lying = _d3_record(None) | {"restricted": {"drop_in_progress": True,
+                                                   "initiator": named}}
+        new = check("kempen-power", "supplier", "GET", path, lying, relations)
+        assert new.decision.allowed and "restricted" not in new.body, named
+        feed = check("lumen-energie", "supplier", "GET", path, lying, relations)
+        assert feed.body["restricted"]["drop_in_progress"] is True, named
+
+
+def test_d3_without_the_feed_relation_only_the_grid_operator_sees(relations: RelationIndex
+                                                                  ) -> None:
+    path = f"/clearing/access-points/{EAN_D3}"
+    for caller in ("lumen-energie", "kempen-power"):
+        v = check(caller, "supplier", "GET", path, _d3_record(caller), relations)
+        assert v.decision.allowed and "restricted" not in v.body, caller
+    assert "restricted" in check("ores", "dso", "GET", path, _d3_record("lumen-energie"),
+                                 relations).body
+
+
+@pytest.mark.parametrize("at,sees", [
+    (DROP_FROM - timedelta(microseconds=1), False),
+    (DROP_FROM, True),
+    (DROP_TO - timedelta(microseconds=1), True),
+    (DROP_TO, False),  # lumen-energie still supplies (4 more days), the drop is over
+])
+def test_d3_initiator_only_within_the_relation_window(relations: RelationIndex,
+                                                      at: datetime, sees: bool) -> None:
+    found = TABLE.lookup("GET", f"/clearing/access-points/{EAN_D3}")
+    assert found.match is not None
+    v = check_response(tenant("lumen-energie", "supplier"), found.match.route,
+                       RequestFacts(found.match.params, {}), _with_drop(relations),
+                       _d3_record("lumen-energie"), at)
+    assert v.decision.allowed
+    assert ("restricted" in v.body) is sees
+
+
+def test_d3_list_route_strips_the_block_for_the_new_supplier(relations: RelationIndex) -> None:
+    relations = _with_drop(relations)
+    body = {"access_points": [_d3_record("kempen-power")]}
+    new = check("kempen-power", "supplier", "GET", "/clearing/access-points", body, relations)
+    assert new.decision.allowed and new.changed
+    assert "restricted" not in new.body["access_points"][0]
+    own = check("lumen-energie", "supplier", "GET", "/clearing/access-points", body, relations)
+    assert own.body["access_points"][0]["restricted"]["drop_in_progress"] is True
 
 
 def test_d2_supplier_sees_only_its_own_contracts(relations: RelationIndex) -> None:

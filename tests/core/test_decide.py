@@ -296,3 +296,20 @@ def test_decide_equals_the_former_decide_on_every_route_tenant_and_id() -> None:
                         for now in (NOW, SWITCH - timedelta(hours=1), NOW - 200 * DAY):
                             assert decide(caller, r, facts, relations, now) == _former_decide(
                                 caller, r, facts, relations, now), (r.template, who, rid, now)
+
+
+def test_d3_drop_initiator_grants_no_access_of_its_own(relations: RelationIndex) -> None:
+    """D3's ``drop-initiator`` relation only says who may see the restricted
+    block; it is not a grant: without a running contract (D2) or a mandate, the
+    initiating supplier reaches nothing on the access point."""
+    from gateway.core.fields import DROP_INITIATOR
+    from gateway.core.model import Relation
+
+    index = RelationIndex([*relations, Relation("ean", EAN_B, "lumen-energie", DROP_INITIATOR,
+                                                NOW - 10 * DAY, NOW + 10 * DAY)])
+    for path in (f"/clearing/access-points/{EAN_B}",
+                 f"/clearing/access-points/{EAN_B}/consumption"):
+        query = {"from": (NOW - 5 * DAY).date().isoformat(),
+                 "to": (NOW - DAY).date().isoformat()} if path.endswith("consumption") else {}
+        d = ask("lumen-energie", "supplier", "GET", path, index, query)
+        assert not d.allowed and d.reason == "no-relation", path

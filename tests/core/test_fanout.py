@@ -3,11 +3,22 @@ an energy EAN, the coordinator the whole request."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from gateway.core.fanout import FanoutRejected, split_request
+from gateway.core.fanout import (
+    CMH_QUARANTINE_REASONS,
+    CMH_REQUEST,
+    CMH_REQUEST_CONNECTION,
+    FanoutRejected,
+    booking_quarantine,
+    request_connection_id,
+    split_request,
+)
+from gateway.core.model import Relation
+from gateway.core.relations import RelationIndex
 
 KINDS = {"ores": "dso", "resa": "dso", "swde": "water", "proximus": "telecom",
          "orange": "telecom", "lumen-energie": "supplier"}
@@ -52,3 +63,50 @@ def test_bad_bookings_are_refused(change: Any, reason: str) -> None:
     with pytest.raises(FanoutRejected) as exc:
         split_request(b, KINDS, COORDINATORS)
     assert exc.value.reason == reason
+
+
+# -- the booking against the trusted feed (D1) ------------------------------------
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+FEED = RelationIndex([
+    Relation(CMH_REQUEST, "CMH20260099", "ores", "coordinator"),
+    *(Relation(CMH_REQUEST_CONNECTION, request_connection_id("CMH20260099", cid), op,
+               "operator") for cid, op in (("C1", "ores"), ("C2", "swde"), ("C3", "proximus"))),
+    Relation(CMH_REQUEST, "CMH20260098", "resa", "coordinator"),
+    Relation(CMH_REQUEST_CONNECTION, request_connection_id("CMH20260098", "C9"), "orange",
+             "operator"),
+    # A request whose coordination ended yesterday.
+    Relation(CMH_REQUEST, "CMH20260097", "ores", "coordinator", None, NOW - timedelta(days=1)),
+])
+
+
+def test_a_booking_matching_the_feed_passes() -> None:
+    assert booking_quarantine(booking(), FEED, NOW) is None
+    fewer = booking()
+    del fewer["connections"][1]
+    assert booking_quarantine(fewer, FEED, NOW) is None  # fewer connections leak nothing
+
+
+def _changed(change: Any) -> dict[str, Any]:
+    b = booking()
+    change(b)
+    return b
+
+
+@pytest.mark.parametrize("b,expected", [
+    # Reproduced: the portal named RESA as coordinator of an ORES-coordinated request.
+    (_changed(lambda b: b.update(coordinator="resa")), ("coordinator-mismatch", None)),
+    (_changed(lambda b: b.update(id="CMH20260001")), ("unknown-request", None)),
+    (_changed(lambda b: b.update(id="CMH20260097")), ("unknown-request", None)),
+    (_changed(lambda b: b["connections"][2].update(operator="orange")),
+     ("operator-mismatch", "C3")),
+    (_changed(lambda b: b["connections"].append(
+        {"id": "C9", "operator": "orange", "utility": "telecom"})),  # another request's
+     ("operator-mismatch", "C9")),
+    (_changed(lambda b: b["connections"][1].update(id="C7")), ("operator-mismatch", "C7")),
+], ids=["coordinator", "unknown", "expired", "operator", "foreign-connection",
+        "unknown-connection"])
+def test_a_booking_the_feed_contradicts_is_quarantined(
+        b: dict[str, Any], expected: tuple[str, str | None]) -> None:
+    assert booking_quarantine(b, FEED, NOW) == expected
+    assert expected[0] in CMH_QUARANTINE_REASONS

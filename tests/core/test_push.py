@@ -18,12 +18,15 @@ from hypothesis import strategies as st
 from gateway.core.identifiers import with_check_digit
 from gateway.core.model import Relation
 from gateway.core.push import (
+    ACCESS_POINT,
     BATCH_REJECT_REASONS,
     ISOLATION_REASONS_PUSH,
+    METER_EAN,
     QUARANTINE_REASONS,
     BatchRejected,
     RoutedBatch,
     batch_fingerprint,
+    meter_ean_id,
     route_batch,
 )
 from gateway.core.relations import RelationIndex
@@ -36,6 +39,10 @@ METER_TWO_OWNERS = "1SAG0000000010"  # a broken feed: two owners at once
 METER_UNKNOWN = "1SAG0000000099"
 EAN_OK = with_check_digit("54144800000000001")
 EAN_BAD = EAN_OK[:-1] + str((int(EAN_OK[-1]) + 1) % 10)
+EAN_FLUVIUS = with_check_digit("54144900000000002")  # a valid EAN of another operator
+# METER_MOVED's access point until the switch (yesterday noon), then another one.
+EAN_MOVED_BEFORE = with_check_digit("54144900000000003")
+EAN_MOVED_AFTER = with_check_digit("54144900000000004")
 
 DSOS = ("ores", "fluvius", "sibelga", "resa")
 WATER = ("pidpa", "dewatergroep", "farys")
@@ -83,6 +90,13 @@ def world(*extra: Relation) -> RelationIndex:
         Relation("meter", METER_TWO_OWNERS, "ores", "owner"),
         Relation("meter", METER_TWO_OWNERS, "resa", "owner"),
         Relation("ean", EAN_OK, "ores", "grid-operator"),
+        Relation("ean", EAN_FLUVIUS, "fluvius", "grid-operator"),
+        Relation(METER_EAN, meter_ean_id(METER_ORES, EAN_OK), "ores", ACCESS_POINT),
+        Relation(METER_EAN, meter_ean_id(METER_AIRPLANE, EAN_OK), "ores", ACCESS_POINT),
+        Relation(METER_EAN, meter_ean_id(METER_MOVED, EAN_MOVED_BEFORE), "fluvius",
+                 ACCESS_POINT, None, SWITCH),
+        Relation(METER_EAN, meter_ean_id(METER_MOVED, EAN_MOVED_AFTER), "sibelga",
+                 ACCESS_POINT, SWITCH, None),
         *extra,
     ])
 
@@ -236,9 +250,75 @@ def test_duplicates_are_the_same_instant_however_spelled() -> None:
 
 def test_reasons_are_the_documented_codes() -> None:
     assert ISOLATION_REASONS_PUSH <= QUARANTINE_REASONS
+    assert sorted(ISOLATION_REASONS_PUSH) == ["ean-mismatch", "owner-mismatch"]
     assert sorted(QUARANTINE_REASONS) == ["airplane-mode", "bad-ean", "duplicate",
-                                          "invalid-record", "malformed-meter-id", "no-owner",
-                                          "owner-mismatch"]
+                                          "ean-mismatch", "invalid-record",
+                                          "malformed-meter-id", "no-owner", "owner-mismatch",
+                                          "unexpected-field"]
+
+
+# -- only the members the format defines; only the meter's own EAN (D1) ---------
+
+UNEXPECTED = {
+    "a-name": reading(METER_ORES, name="J. Dupont"),
+    "another-serial": reading(METER_ORES, serial="1SAG0000000002"),
+    "a-foreign-ean": reading(METER_ORES, ean=EAN_OK, ean2=EAN_FLUVIUS),
+    "nested": reading(METER_ORES, note={"nested": [1, 2]}),
+    "with-hints": reading(METER_WATER, at(0), "8-0:1.0.0", unit="m3", via=METER_ORES,
+                          extra="kept"),
+    "otherwise-invalid": reading(METER_ORES, value=float("nan"), customer="x"),
+}
+
+
+@pytest.mark.parametrize("rec", UNEXPECTED.values(), ids=UNEXPECTED.keys())
+def test_a_member_the_format_does_not_define_is_quarantined(rec: dict[str, Any]) -> None:
+    routed = route([rec, reading(METER_ORES, at(5))])
+    assert [(q.index, q.reason, q.meter) for q in routed.quarantined] == [
+        (0, "unexpected-field", rec["meter"])]
+    assert list(routed.parts) == ["ores"] and len(routed.parts["ores"]) == 1
+
+
+def test_every_defined_member_is_taken() -> None:
+    rec = reading(METER_WATER, at(0), "8-0:1.0.0", unit="m3", via=METER_ORES,
+                  operator="pidpa")
+    assert route([rec]).parts["pidpa"][0] == {k: v for k, v in rec.items()
+                                              if k not in ("via", "operator")}
+    rec = reading(METER_ORES, ean=EAN_OK, operator="ores")
+    assert route([rec]).parts["ores"][0]["ean"] == EAN_OK
+
+
+def test_a_missing_required_member_is_invalid_whatever_else_it_carries() -> None:
+    rec = _without("quality")
+    rec["name"] = "J. Dupont"
+    assert only_reason([rec]) == "invalid-record"
+
+
+@pytest.mark.parametrize("ean", [EAN_FLUVIUS, EAN_MOVED_BEFORE],
+                         ids=["another-operators-ean", "another-meters-ean"])
+def test_an_ean_not_paired_with_the_meter_is_an_isolation_violation(ean: str) -> None:
+    # Reproduced: an ORES meter's reading carrying a Fluvius EAN was delivered to ORES.
+    assert only_reason([reading(METER_ORES, ean=ean)]) == "ean-mismatch"
+    assert "ean-mismatch" in ISOLATION_REASONS_PUSH
+
+
+def test_an_ean_on_a_meter_without_an_access_point_is_a_mismatch() -> None:
+    rec = reading(METER_WATER, at(0), "8-0:1.0.0", unit="m3", via=METER_ORES, ean=EAN_OK)
+    assert only_reason([rec]) == "ean-mismatch"  # the carrier's EAN is not the water meter's
+
+
+def test_the_ean_pairing_is_read_at_the_readings_instant() -> None:
+    recs = [reading(METER_MOVED, at(h), ean=ean) for h, ean in (
+        (11.75, EAN_MOVED_BEFORE), (12, EAN_MOVED_BEFORE), (11.75, EAN_MOVED_AFTER),
+        (12.25, EAN_MOVED_AFTER))]
+    recs[2]["obis"] = "1-0:1.8.2"  # not a duplicate of the first
+    routed = route(recs)
+    assert [(q.index, q.reason) for q in routed.quarantined] == [(1, "ean-mismatch"),
+                                                                 (2, "ean-mismatch")]
+    assert routed.parts["fluvius"] == (recs[0],) and routed.parts["sibelga"] == (recs[3],)
+
+
+def test_airplane_mode_comes_before_the_ean_check() -> None:
+    assert only_reason([reading(METER_AIRPLANE, at(13), ean=EAN_FLUVIUS)]) == "airplane-mode"
 
 
 # -- routing -----------------------------------------------------------------
@@ -282,7 +362,7 @@ def test_owner_change_with_records_out_of_order() -> None:
 
 
 def test_water_via_a_dso_meter_goes_to_the_water_company() -> None:
-    rec = reading(METER_WATER, at(0), "8-0:1.0.0", unit="m3", via=METER_ORES, extra="kept")
+    rec = reading(METER_WATER, at(0), "8-0:1.0.0", unit="m3", via=METER_ORES)
     routed = route([rec])
     assert set(routed.parts) == {"pidpa"}
     assert routed.parts["pidpa"] == ({k: v for k, v in rec.items() if k != "via"},)
@@ -290,7 +370,7 @@ def test_water_via_a_dso_meter_goes_to_the_water_company() -> None:
 
 
 def test_records_without_hints_pass_through_as_is() -> None:
-    rec = reading(METER_ORES, ean=EAN_OK, note={"nested": [1, 2]})
+    rec = reading(METER_ORES, ean=EAN_OK)
     assert route([rec]).parts["ores"][0] is rec
 
 
@@ -317,7 +397,7 @@ _record = st.fixed_dictionaries(
                         st.integers(-5, 5), st.just("1")),
      "unit": st.sampled_from(["kWh", "kW", "m3", "J"]),
      "quality": st.sampled_from(["01", "02", "99", "00"])},
-    optional={"ean": st.sampled_from([EAN_OK, EAN_BAD]),
+    optional={"ean": st.sampled_from([EAN_OK, EAN_BAD, EAN_FLUVIUS, EAN_MOVED_BEFORE]),
               "via": st.sampled_from([METER_ORES, METER_AIRPLANE, "x"]),
               "operator": st.sampled_from(sorted(_OWNERS))})
 _garbage = st.one_of(st.none(), st.integers(), st.text(max_size=3),
@@ -327,16 +407,21 @@ _garbage = st.one_of(st.none(), st.integers(), st.text(max_size=3),
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.one_of(_record, _record, _record, _garbage), max_size=40))
 def test_every_record_is_queued_or_quarantined_exactly_once(records: list[Any]) -> None:
-    for n, rec in enumerate(records):
-        if isinstance(rec, dict):
-            rec["n"] = n
     snapshot = copy.deepcopy(records)
     routed = route(records)
     counts = routed.counts()
     assert counts["queued"] + counts["quarantined"] == counts["received"] == len(records)
-    delivered = [rec["n"] for part in routed.parts.values() for rec in part]
     quarantined = [q.index for q in routed.quarantined]
-    assert sorted(delivered + quarantined) == list(range(len(records)))
+    assert len(set(quarantined)) == len(quarantined)
+    # Every other record, in batch order, in the part of the tenant owning its meter.
+    expected: dict[str, list[Any]] = {}
+    for i, rec in enumerate(records):
+        if i not in quarantined:
+            instant = datetime.fromisoformat(rec["timestamp"])
+            (owner,) = RELATIONS.holders("meter", rec["meter"], "owner", instant)
+            expected.setdefault(owner, []).append(
+                {k: v for k, v in rec.items() if k not in ("via", "operator")})
+    assert {t: list(part) for t, part in routed.parts.items()} == expected
     assert {q.reason for q in routed.quarantined} <= QUARANTINE_REASONS
     for tenant, part in routed.parts.items():
         assert part, tenant

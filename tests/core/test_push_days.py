@@ -19,6 +19,9 @@ from gateway.core.pushscan import scan_batch, scan_days
 from .conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from .test_push import (
     EAN_BAD,
+    EAN_FLUVIUS,
+    EAN_MOVED_AFTER,
+    EAN_MOVED_BEFORE,
     EAN_OK,
     METER_AIRPLANE,
     METER_TWO_OWNERS,
@@ -183,6 +186,8 @@ def test_every_quarantine_reason() -> None:
         day(METER_ORES, n=4, obis="1-0:1.8.2", start=NOW - timedelta(minutes=30)),  # 10
         day(METER_ORES, n=4, obis="1-0:3.8.1", extra="member"),  # 11
         "not an object",  # 12
+        day(METER_ORES, n=4, obis="1-0:3.8.2", ean=EAN_FLUVIUS),  # 13: a foreign EAN
+        day(METER_ORES, n=4, obis="1-0:3.8.3", name="J. Dupont", values=[1, 2]),  # 14
     ]
     got = _reasons(days)
     assert got[0] == {("invalid-record", 1, 1), ("invalid-record", 3, 1)}
@@ -195,12 +200,14 @@ def test_every_quarantine_reason() -> None:
     assert got[8] == {("airplane-mode", 1, 3)}
     assert got[9] == {("invalid-record", 3, 1)}  # the code "77"
     assert got[10] == {("invalid-record", 3, 1)}  # more than 5 minutes ahead of now
-    assert got[11] == {("invalid-record", 0, 4)}  # the format is versioned, not open
+    assert got[11] == {("unexpected-field", 0, 4)}  # the format is versioned, not open
     assert got[12] == {("invalid-record", 0, 1)}
+    assert got[13] == {("ean-mismatch", 0, 4)}  # D1: never delivered to ORES
+    assert got[14] == {("unexpected-field", 0, 2)}  # whatever else is wrong with it
     routed = route(days)
     assert {q.reason for q in routed.quarantined} == QUARANTINE_REASONS
     counts = routed.counts()
-    assert counts["queued"] + counts["quarantined"] == counts["received"] == 12 * 4 + 1
+    assert counts["queued"] + counts["quarantined"] == counts["received"] == 13 * 4 + 1 + 2
     assert {m["meter"] for m in delivered(routed)["pidpa"]} == {METER_WATER}
 
 
@@ -213,6 +220,18 @@ def test_unusable_batch_is_rejected(doc: dict[str, Any], reason: str) -> None:
     with pytest.raises(BatchRejected) as info:
         route_meter_days(doc, RELATIONS, NOW)
     assert info.value.reason == reason
+
+
+def test_an_ean_pairing_that_ends_at_noon_cuts_the_day() -> None:
+    days = [day(METER_MOVED, n=24, interval=3600, ean=EAN_MOVED_BEFORE),
+            day(METER_MOVED, n=24, interval=3600, obis="1-0:1.8.2", ean=EAN_MOVED_AFTER)]
+    routed = route(days)
+    assert {(q.index, q.first, q.count, q.reason) for q in routed.quarantined} == {
+        (0, 12, 12, "ean-mismatch"), (1, 0, 12, "ean-mismatch")}
+    got = delivered(routed)
+    assert [(m["obis"], len(m["values"])) for m in got["fluvius"]] == [("1-0:1.8.1", 12)]
+    assert [(m["obis"], len(m["values"])) for m in got["sibelga"]] == [("1-0:1.8.2", 12)]
+    assert outcomes(routed) == per_record(days)
 
 
 def test_oversized_batch_is_rejected_whole() -> None:
@@ -241,7 +260,7 @@ _day = st.builds(
                               st.integers(-5, 5)), max_size=10),
     codes=st.sampled_from(["01", "0102", "990201", "0100", "02"]),
     extra=st.fixed_dictionaries({}, optional={
-        "ean": st.sampled_from([EAN_OK, EAN_BAD]),
+        "ean": st.sampled_from([EAN_OK, EAN_BAD, EAN_FLUVIUS, EAN_MOVED_BEFORE]),
         "via": st.sampled_from([METER_ORES, METER_AIRPLANE]),
         "operator": st.sampled_from(["ores", "fluvius", "sibelga", "pidpa"])}))
 

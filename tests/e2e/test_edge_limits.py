@@ -3,6 +3,7 @@ Each test would fail if its protection were removed."""
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import ssl
@@ -86,6 +87,32 @@ def test_header_limits(edge: RunningStack, case: str, status: int) -> None:
     raw = _exchange(edge, payload)
     assert _status(raw) == status, raw[:200]
     assert b"application/problem+json" in raw
+    assert edge.sim_log("hes") == []
+
+
+def _problem(raw: bytes) -> dict[str, object]:
+    doc = json.loads(raw.partition(b"\r\n\r\n")[2])
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.mark.parametrize("count", [100, 101, 110, 150, 500, 5000])
+def test_every_header_count_over_the_limit_is_431(edge: RunningStack, count: int) -> None:
+    """RFC 6585 §5: the limit is 100 header lines (the Host line included);
+    whatever the count over it, the answer is the documented 431 (aiohttp's
+    own parser would say 400 from 129 on), audited under its incident id."""
+    meter = _meter(edge)
+    extra = b"".join(b"X-H%d: a\r\n" % i for i in range(count - 2))  # + Host, Connection
+    edge.clear_sim_logs()
+    raw = _exchange(edge, _get(f"/hes/meters/{meter}", extra))
+    if count <= 100:
+        assert _status(raw) == 200, raw[:200]
+        return
+    assert _status(raw) == 431, raw[:200]
+    problem = _problem(raw)
+    assert problem["status"] == 431 and str(problem["type"]).endswith(":headers-too-large")
+    events = [e for e in edge.audit_events() if e.get("incident") == problem["incident"]]
+    assert [(e["status"], e["reason"]) for e in events] == [(431, "too-many-headers")]
     assert edge.sim_log("hes") == []
 
 

@@ -291,18 +291,12 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
 
 def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:
     gw = lone
-    ean = gw.stack.dataset.access_points[6]["ean"]
-    booking = {"id": "CMH20269999", "coordinator": "ores", "status": "open",
-               "site": {"street": "Rue Neuve 3", "postal_code": "5000", "city": "Namur",
-                        "requested_date": "2026-12-20", "household": {"name": "H. Dupont"},
-                        "eans": [ean], "cadastral_parcel": "92999A"},
-               "connections": [
-                   {"id": "CMH20269999-1", "operator": "ores", "utility": "electricity",
-                    "ean": ean, "status": "requested"},
-                   {"id": "CMH20269999-2", "operator": "swde", "utility": "water",
-                    "status": "requested"},
-                   {"id": "CMH20269999-3", "operator": "proximus", "utility": "telecom",
-                    "status": "requested"}]}
+    # A request of the trusted feed (D1: a booking the feed contradicts goes nowhere).
+    booking = next(r for r in gw.stack.dataset.cmh_requests
+                   if r["coordinator"] == "ores" and [c["operator"] for c in r["connections"]]
+                   == ["ores", "ores", "swde", "proximus"])
+    ean = booking["connections"][0]["ean"]
+    assert ean
     resp = gw.client("cmh-portal", "pusher").request("POST", "/push/cmh/requests",
                                                       body=booking)
     assert resp.status == 202, resp.body
@@ -310,7 +304,7 @@ def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:
     for op in ("ores", "proximus", "swde"):
         wait_for(lambda o=op: len(received(gw, o)) == 1)
     proximus = received(gw, "proximus")[0]
-    assert [c["id"] for c in proximus["connections"]] == ["CMH20269999-3"]
+    assert [c["id"] for c in proximus["connections"]] == [booking["connections"][3]["id"]]
     assert ean not in json.dumps(proximus)  # telecom never sees an energy EAN
     assert "cadastral_parcel" not in proximus["site"]
     assert received(gw, "ores")[0] == booking  # the coordinator: the whole request

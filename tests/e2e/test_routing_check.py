@@ -97,6 +97,38 @@ def test_d3_restricted_block_only_for_initiator_and_grid_operator(gw: RunningSta
     assert gw.client(ap["grid_operator"]).get(path).json["restricted"]["drop_in_progress"]
 
 
+def test_d3_initiator_comes_from_the_feed_not_the_answer(gw: RunningStack) -> None:
+    """The clearing system's answer names the new supplier as the drop's
+    initiator; the relation feed names the old one. The new supplier still
+    learns nothing of the drop; the feed's initiator still sees it (D3,
+    DESIGN.md §4: an upstream's answer never vouches for itself)."""
+    from gateway.simulators.clearing import CLEARING
+
+    ap = next(a for a in gw.stack.dataset.access_points if a["restricted"])
+    feed = gw.relations.holders("ean", ap["ean"], "drop-initiator", datetime.now(UTC))
+    assert feed == {ap["restricted"]["initiator"]}
+    now = datetime.now(UTC).isoformat()
+    new_supplier = next(c["supplier"] for c in ap["contracts"]
+                        if c["supplier"] not in feed and c["valid_from"] <= now < c["valid_to"])
+    served = gw.stack.apps["clearing"][CLEARING].access_points[ap["ean"]]["restricted"]
+    original = dict(served)
+    served["initiator"] = new_supplier  # the upstream's answer now lies
+    try:
+        path = f"/clearing/access-points/{ap['ean']}"
+        seen_by_new = gw.client(new_supplier).get(path)
+        assert seen_by_new.status == 200
+        assert "restricted" not in seen_by_new.json and b"drop" not in seen_by_new.body
+        listed = gw.client(new_supplier).get("/clearing/access-points")
+        assert listed.status == 200
+        (item,) = [a for a in listed.json["access_points"] if a["ean"] == ap["ean"]]
+        assert "restricted" not in item
+        (initiator,) = feed
+        assert gw.client(initiator).get(path).json["restricted"]["drop_in_progress"] is True
+    finally:
+        served.clear()
+        served.update(original)
+
+
 @pytest.mark.parametrize("mode,status,reason", [
     ("error", 502, "upstream-5xx"),
     ("reset", 502, "upstream-unreachable"),
