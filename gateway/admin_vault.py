@@ -32,7 +32,9 @@ def case_json(case: BreakGlassCase) -> dict[str, Any]:
 
 
 def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: BreakGlass,
-                 rekey: Callable[[], int]) -> RouteSet:
+                 rekey: Callable[[], int] | None = None) -> RouteSet:
+    """``rekey`` is unused here (kept for callers): the rekey route is
+    dual-controlled and registered by :func:`gateway.admin.build_admin_app`."""
     def register(r: web.UrlDispatcher, guarded: Guard) -> None:
         def principal(request: web.Request) -> Any:
             return request[CALLER].principal
@@ -55,9 +57,6 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
                 raise AdminRefused(404, "unknown-upstream", f"no credential for {name!r}")
             version = await upstream_creds.rotate(name)
             return {"upstream": name, "version": version}
-
-        async def do_rekey(request: web.Request, doc: Body) -> Any:
-            return {"rewrapped": rekey()}
 
         async def request_case(request: web.Request, doc: Body) -> Any:
             duration = _seconds(doc, "duration_s") or timedelta(hours=1)
@@ -95,7 +94,7 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
         r.add_post("/admin/vault/upstreams/{upstream}/rotate",
                    guarded("vault-rotate-upstream", admin,
                            lambda q: q.match_info["upstream"], rotate_upstream))
-        r.add_post("/admin/vault/rekey", guarded("vault-rekey", admin, path, do_rekey))
+        # POST /admin/vault/rekey is dual-controlled: gateway.admin registers it (D6).
         r.add_post("/admin/breakglass/requests",
                    guarded("breakglass-request", frozenset({"privileged-user"}), path,
                            request_case))

@@ -12,6 +12,7 @@ import argparse
 import http.client
 import json
 import os
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,17 @@ DEFAULTS = {
 
 
 class AdminCallFailed(Exception):
-    pass
+    """The admin plane cannot be reached (exit 3)."""
+
+    exit_code = 3
+
+
+class AdminCallRefused(AdminCallFailed):
+    """The admin plane is reachable but refused the TLS handshake: the client
+    certificate is revoked, expired, of another CA or not a client
+    certificate, or the server is not trusted (exit 4)."""
+
+    exit_code = 4
 
 
 def call(args: argparse.Namespace, method: str, path: str,
@@ -38,13 +49,32 @@ def call(args: argparse.Namespace, method: str, path: str,
     conn = http.client.HTTPSConnection(url.hostname or "localhost", url.port or 8444,
                                        context=ctx, timeout=30)
     try:
+        try:
+            conn.connect()
+        except ssl.SSLError as exc:
+            raise AdminCallRefused(f"the admin plane at {args.admin_url} refused the TLS "
+                                   f"handshake ({exc.reason or exc}): check --cert/--cacert"
+                                   ) from exc
+        except OSError as exc:
+            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
+                                  ) from exc
         data = json.dumps(body).encode() if body is not None else None
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    except (OSError, http.client.HTTPException) as exc:
-        raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
-                              ) from exc
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError,
+                http.client.RemoteDisconnected) as exc:
+            # TLS 1.3: the server checks the client certificate after the
+            # client's side of the handshake; its alert (certificate revoked,
+            # unknown CA, ...) or its close arrives with the first read.
+            detail = getattr(exc, "reason", None) or exc
+            raise AdminCallRefused(
+                f"the admin plane at {args.admin_url} refused the client certificate "
+                f"{args.cert} ({detail}): it may be revoked, expired or disabled") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
+                                  ) from exc
     finally:
         conn.close()
 
@@ -63,12 +93,54 @@ def _emit(status: int, payload: bytes, out: str | None = None) -> int:
 
 
 def _write_cert(status: int, payload: bytes, out: str | None) -> int:
+    if status == 202:
+        # D6: the request waits for a second security admin.
+        doc = json.loads(payload)
+        print(json.dumps(doc, indent=1))
+        print(f"gateway: pending approval by a security admin of another team: "
+              f"gateway certs approve {doc['id']} --reason ...", file=sys.stderr)
+        return 0
     if status >= 400 or not out:
         return _emit(status, payload)
     doc = json.loads(payload)
     Path(out).write_text(doc["certificate"])
     print(json.dumps({k: v for k, v in doc.items() if k != "certificate"}, indent=1))
     return 0
+
+
+def _write_result(status: int, payload: bytes, out: str | None) -> int:
+    """A pending action's answer; with ``--out``, its certificate is written."""
+    if status >= 400:
+        return _emit(status, payload)
+    doc = json.loads(payload)
+    result = doc.get("result") or {}
+    if out and isinstance(result, dict) and result.get("certificate"):
+        Path(out).write_text(result["certificate"])
+        result = {k: v for k, v in result.items() if k != "certificate"}
+        doc["result"] = result
+    elif out:
+        print("gateway: no certificate (yet) in this pending action", file=sys.stderr)
+        print(json.dumps(doc, indent=1))
+        return 1
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    if args.id:
+        return _write_result(*call(args, "GET", f"/admin/pending/{args.id}"), args.out)
+    query = f"?status={args.status}" if args.status else ""
+    return _emit(*call(args, "GET", f"/admin/pending{query}"))
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    status, payload = call(args, "POST", f"/admin/pending/{args.id}/{args.decision}",
+                           {"reason": args.reason})
+    if args.decision == "approve" and status < 400:
+        doc = json.loads(payload)
+        flat = {**doc["pending"], "result": doc["result"]}
+        return _write_result(status, json.dumps(flat).encode(), args.out)
+    return _emit(status, payload)
 
 
 def cmd_csr(args: argparse.Namespace) -> int:
@@ -112,8 +184,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate_ca(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "POST", "/admin/ca/rotate",
-                       {"overlap_s": args.overlap_s, "reason": args.reason}))
+    return _write_cert(*call(args, "POST", "/admin/ca/rotate",
+                             {"overlap_s": args.overlap_s, "reason": args.reason}), None)
 
 
 def cmd_rotate_server(args: argparse.Namespace) -> int:
@@ -129,8 +201,8 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def cmd_principal(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "POST", f"/admin/principals/{args.principal}/{args.action}",
-                       {"reason": args.reason}))
+    return _write_cert(*call(args, "POST", f"/admin/principals/{args.principal}/{args.action}",
+                             {"reason": args.reason}), None)
 
 
 def cmd_review(args: argparse.Namespace) -> int:
@@ -147,7 +219,7 @@ def cmd_vault_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_vault_rekey(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "POST", "/admin/vault/rekey", {"reason": args.reason}))
+    return _write_cert(*call(args, "POST", "/admin/vault/rekey", {"reason": args.reason}), None)
 
 
 def cmd_bg_request(args: argparse.Namespace) -> int:
@@ -276,6 +348,24 @@ def add_parsers(certs: Any, sub: Any) -> None:
                             "superseded", "cessation-of-operation"])
     p.set_defaults(func=cmd_revoke)
 
+    p = certs.add_parser("pending", help="actions waiting for a second security admin (D6); "
+                         "with an ID and --out, write its certificate once issued")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--status", choices=["pending", "done", "denied", "expired", "failed"])
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_pending)
+    for decision, text in (("approve", "approve another admin's pending action (D6): "
+                                       "never one's own, never one's own team's"),
+                           ("deny", "deny (or, as its requester, withdraw) a pending action")):
+        p = certs.add_parser(decision, help=text)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        if decision == "approve":
+            p.add_argument("--out", help="write the issued certificate PEM here")
+        else:
+            p.set_defaults(out=None)
+        p.set_defaults(func=cmd_decide, decision=decision)
+
     p = certs.add_parser("list", help="list certificates")
     p.add_argument("--tenant")
     p.add_argument("--status", choices=["active", "revoked"])
@@ -311,7 +401,8 @@ def add_parsers(certs: Any, sub: Any) -> None:
     p.add_argument("--out")
     p.set_defaults(func=cmd_review)
 
-    for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server"):
+    for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server", "pending",
+                 "approve", "deny"):
         _client_options(certs.choices[name])
     for parser in add_vault_parsers(sub):
         _client_options(parser)

@@ -54,16 +54,12 @@ class IssuancePolicy:
 DEFAULT_POLICY = IssuancePolicy()
 
 
-def issue_from_csr(ca: CertificateAuthority, csr_pem: bytes, *, expected_uri: str,
-                   policy: IssuancePolicy = DEFAULT_POLICY, lifetime: timedelta | None = None,
-                   now: datetime | None = None) -> x509.Certificate:
-    """Sign a client certificate for ``expected_uri`` over the CSR's public key.
-
-    ``expected_uri`` comes from the authenticated request, never from the CSR:
-    the CSR may only repeat it. Raises :class:`CsrRefused` for any CSR the
-    policy does not accept, ``ValueError`` for a caller bug (a bad URI or a
-    non-positive lifetime).
-    """
+def check_csr(csr_pem: bytes, *, expected_uri: str, policy: IssuancePolicy = DEFAULT_POLICY,
+              lifetime: timedelta | None = None) -> tuple[CertificatePublicKeyTypes, timedelta]:
+    """Everything :func:`issue_from_csr` checks, without signing: the public key
+    and the lifetime to certify. A request that waits for a second admin (D6)
+    is checked when it is made, so nobody approves a CSR that cannot be issued.
+    Raises :class:`CsrRefused` or ``ValueError`` as :func:`issue_from_csr`."""
     if not expected_uri.startswith("spiffe://") or not expected_uri.rsplit("/", 1)[-1]:
         raise ValueError(f"not a principal URI: {expected_uri!r}")
     lifetime = policy.default_lifetime if lifetime is None else lifetime
@@ -89,7 +85,7 @@ def issue_from_csr(ca: CertificateAuthority, csr_pem: bytes, *, expected_uri: st
     try:
         san = requested.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        pass  # the CA names the principal itself below
+        pass  # the CA names the principal itself
     else:
         # SECURITY: a CSR naming any other identity (another tenant's URI, a
         # DNS name, a second URI) is refused rather than trimmed, so a
@@ -99,6 +95,21 @@ def issue_from_csr(ca: CertificateAuthority, csr_pem: bytes, *, expected_uri: st
             shown = ", ".join(f"{type(n).__name__}={n.value!r}" for n in names) or "nothing"
             raise CsrRefused("san-mismatch",
                              f"CSR SAN must name exactly {expected_uri!r}, it names {shown}")
+    return public_key, lifetime
+
+
+def issue_from_csr(ca: CertificateAuthority, csr_pem: bytes, *, expected_uri: str,
+                   policy: IssuancePolicy = DEFAULT_POLICY, lifetime: timedelta | None = None,
+                   now: datetime | None = None) -> x509.Certificate:
+    """Sign a client certificate for ``expected_uri`` over the CSR's public key.
+
+    ``expected_uri`` comes from the authenticated request, never from the CSR:
+    the CSR may only repeat it. Raises :class:`CsrRefused` for any CSR the
+    policy does not accept, ``ValueError`` for a caller bug (a bad URI or a
+    non-positive lifetime).
+    """
+    public_key, lifetime = check_csr(csr_pem, expected_uri=expected_uri, policy=policy,
+                                     lifetime=lifetime)
     now = now or datetime.now(UTC)
     # SECURITY: the CSR subject and every other requested extension are
     # ignored; the CA alone decides the profile (basic constraints, usages).

@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except AdminCallFailed as exc:
         print(f"gateway: {exc}", file=sys.stderr)
-        return 3
+        return exc.exit_code  # 3 unreachable, 4 TLS handshake refused
     return code
 
 

@@ -11,6 +11,7 @@ material (trust bundle + CRLs for new handshakes).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ from gateway.ca import (
     IssuancePolicy,
     RevokedEntry,
     build_crl,
+    check_csr,
     crl_pem,
     issue_from_csr,
 )
@@ -215,12 +217,19 @@ class Credentials:
 
     # -- audited actions -------------------------------------------------------
     def record_admin_event(self, actor: str, action: str, target: str, reason: str, outcome: str,
-               detail: str = "", incident: str | None = None) -> str:
+                           detail: str = "", incident: str | None = None,
+                           extra: dict[str, str] | None = None) -> str:
+        """One admin-plane audit event. ``extra`` adds named fields (D6: a
+        dual-controlled action carries ``requested_by`` and ``approved_by``).
+        Raises if the audit log cannot be written: the caller then must not act."""
         incident = incident or new_incident_id()
-        self.audit.record({"event": "admin", "incident": incident, "actor": actor,
-                           "action": action, "target": target, "reason": reason,
-                           "outcome": outcome, "detail": detail})
-        if self.soc is not None and reason != "read":
+        event = {"event": "admin", "incident": incident, "actor": actor, "action": action,
+                 "target": target, "reason": reason, "outcome": outcome, "detail": detail}
+        for key, value in (extra or {}).items():
+            event.setdefault(key, value)
+        self.audit.record(event)
+        # An attempt is not yet a change: the SOC hears of its outcome.
+        if self.soc is not None and reason != "read" and outcome != "attempt":
             # D12: every admin change, and every refused admin attempt.
             self.soc.emit("admin-change" if outcome == "done" else "admin-refused",
                           "notice" if outcome == "done" else "warning", incident, actor=actor,
@@ -249,6 +258,20 @@ class Credentials:
             raise AdminRefused(404, "unknown-principal",
                                f"{tenant}/{kind}/{name} is not declared in tenants/")
         return (tenant, kind, name)
+
+    def check_issuable(self, principal: PrincipalKey, csr: bytes,
+                       lifetime: timedelta | None = None) -> None:
+        """Refuse now what :meth:`issue` would refuse later: a request that
+        waits for a second admin (D6) must be issuable when approved."""
+        key = self._principal(*principal)
+        if key in self.view.disabled:
+            raise AdminRefused(409, "principal-disabled", "the principal is disabled")
+        self.active_ca()
+        try:
+            check_csr(csr, expected_uri=spiffe_uri(self.trust_domain, *key), policy=self.policy,
+                      lifetime=lifetime)
+        except CsrRefused as exc:
+            raise AdminRefused(422, exc.reason, str(exc)) from exc
 
     def issue(self, principal: PrincipalKey, csr: bytes, lifetime: timedelta | None = None,
               replaces: str | None = None) -> CertificateRecord:
@@ -374,6 +397,15 @@ class Credentials:
 
     # -- access review (D8) ------------------------------------------------
     def review(self) -> list[dict[str, Any]]:
+        """One row per declared principal; ``two_person`` lists the
+        certificates issued under the two-person rule and by whom (D6)."""
+        dual: dict[str, list[dict[str, str]]] = {}
+        for item in self.store.pending_actions(status="done"):
+            if item.action in ("certs-issue", "certs-rotate") and item.result:
+                serial = json.loads(item.result).get("serial", "")
+                dual.setdefault(item.principal, []).append({
+                    "serial": serial, "pending": item.id, "requested_by": item.requester,
+                    "approved_by": item.approver or ""})
         last = self.store.last_seen()
         last.update(self._seen)
         states = {s.key: s for s in self.store.principal_states()}
@@ -393,6 +425,7 @@ class Credentials:
                     "certificates": [{"serial": c.serial, "status": c.status,
                                       "not_after": c.not_after.isoformat()} for c in certs],
                     "last_used": seen.isoformat() if seen else None,
+                    "two_person": dual.get("/".join(key), []),
                 })
         return rows
 

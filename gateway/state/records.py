@@ -100,3 +100,26 @@ class Consultation:
     resource: str
     purpose: str
     justification: str
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAction:
+    """An admin action waiting for a second security admin (D6): the request,
+    and once decided, the decision and what it produced."""
+
+    id: str
+    action: str  # "certs-issue", "certs-rotate", "principal-enable", ..., "vault-rekey"
+    target: str  # what the action is about, as its audit event names it
+    principal: str  # "tenant/kind/name" the action gives or takes a credential of, or ""
+    params: str  # JSON: what the action needs (CSR, lifetime, overlap, ...)
+    reason: str
+    requester: str  # "tenant/kind/name"
+    requester_team: str
+    rule: str  # the duties rule that asked for a second person
+    created: datetime
+    expires_at: datetime
+    status: str = "pending"  # gateway.core.duties.TRANSITIONS
+    approver: str | None = None
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    result: str | None = None  # JSON: the outcome (the certificate, the new CA, ...)

@@ -19,12 +19,13 @@ from gateway.state.records import (
     CaRecord,
     CertificateRecord,
     Consultation,
+    PendingAction,
     PrincipalKey,
     PrincipalState,
     SigningKeyRecord,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -58,11 +59,25 @@ CREATE TABLE IF NOT EXISTS signing_keys (
     kid TEXT PRIMARY KEY, key_pem TEXT NOT NULL, created TEXT NOT NULL,
     activate_at TEXT NOT NULL, unpublish_at TEXT);
 """
+# Schema changes after version 1, applied in order to an older file (the
+# version is kept in ``meta``); each step is idempotent.
+_MIGRATIONS: dict[int, str] = {
+    # 2: admin actions pending a second security admin (D6).
+    2: """
+CREATE TABLE IF NOT EXISTS pending_actions (
+    id TEXT PRIMARY KEY, action TEXT NOT NULL, target TEXT NOT NULL, principal TEXT NOT NULL,
+    params TEXT NOT NULL, reason TEXT NOT NULL, requester TEXT NOT NULL,
+    requester_team TEXT NOT NULL, rule TEXT NOT NULL, created TEXT NOT NULL,
+    expires_at TEXT NOT NULL, status TEXT NOT NULL, approver TEXT, decided_at TEXT,
+    decision_reason TEXT, result TEXT);
+CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
+""",
+}
 
 R = TypeVar("R")
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
                 "created", "activate_at", "unpublish_at", "decided_at", "checked_out_at",
-                "lease_expires_at", "closed_at", "at"}
+                "lease_expires_at", "closed_at", "at", "expires_at"}
 _BOOL_FIELDS = {"emergency", "rotated"}
 
 
@@ -99,9 +114,23 @@ class SqliteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
-                             (str(SCHEMA_VERSION),))
+            # A new file starts at version 1 and is migrated like an old one.
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
+            self._migrate()
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('crl_number', '0')")
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute(
+            "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
+        for step in sorted(v for v in _MIGRATIONS if v > version):
+            self._db.executescript(_MIGRATIONS[step])
+            self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                             (str(step),))
+        assert max(_MIGRATIONS) == SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        row = self._exec("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0])
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
@@ -235,6 +264,30 @@ class SqliteStore:
 
     def delete_signing_key(self, kid: str) -> None:
         self._exec("DELETE FROM signing_keys WHERE kid = ?", (kid,))
+
+    # -- actions pending a second admin (D6) ------------------------------------
+    def put_pending(self, rec: PendingAction) -> None:
+        self._insert("pending_actions", rec)
+
+    def pending(self, pending_id: str) -> PendingAction | None:
+        row = self._exec("SELECT * FROM pending_actions WHERE id = ?", (pending_id,)).fetchone()
+        return _record(PendingAction, row) if row else None
+
+    def pending_actions(self, *, status: str | None = None) -> list[PendingAction]:
+        sql, args = "SELECT * FROM pending_actions", tuple[str, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return [_record(PendingAction, r)
+                for r in self._exec(sql + " ORDER BY created", args).fetchall()]
+
+    def move_pending(self, pending_id: str, from_status: str, rec: PendingAction) -> bool:
+        """Store ``rec`` only if the item is still ``from_status`` (one winner
+        when two admins decide at once)."""
+        names = [f.name for f in fields(rec) if f.name != "id"]
+        cur = self._exec(f"UPDATE pending_actions SET {', '.join(n + ' = ?' for n in names)} "  # noqa: S608
+                         "WHERE id = ? AND status = ?",
+                         (*(getattr(rec, n) for n in names), pending_id, from_status))
+        return cur.rowcount == 1
 
     def close(self) -> None:
         with self._lock:

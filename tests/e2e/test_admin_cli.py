@@ -4,6 +4,7 @@ against a running gateway (issue 3: every task as a short recipe)."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,21 +35,44 @@ def gateway(gw: RunningStack, *args: str, who: str = "alice", cwd: Path) -> str:
 
 
 def test_security_team_recipes(stack: RunningStack, tmp_path: Path) -> None:
-    # Issue: the tenant makes key + CSR on its side; the CA signs the CSR.
+    # Issue for a service of the admins' own tenant: one admin (D6 table).
+    gateway(stack, "certs", "csr", "--tenant", "ores", "--name", "api", "--out", "ores",
+            cwd=tmp_path)
+    out = gateway(stack, "certs", "issue", "--tenant", "ores", "--name", "api",
+                  "--csr", "ores/api.csr", "--reason", "new key", "--out", "ores/api.pem",
+                  cwd=tmp_path)
+    assert json.loads(out)["status"] == "active"
+    assert (tmp_path / "ores" / "api.pem").read_text().startswith("-----BEGIN CERTIFICATE")
+    # Issue for another tenant: the tenant makes key + CSR on its side; alice
+    # asks, ivan (another team) approves and gets the certificate (D6).
     gateway(stack, "certs", "csr", "--tenant", "fluvius", "--name", "api", "--out", "fluvius",
             cwd=tmp_path)
     assert (tmp_path / "fluvius" / "api.key").exists()
     out = gateway(stack, "certs", "issue", "--tenant", "fluvius", "--name", "api",
                   "--csr", "fluvius/api.csr", "--reason", "onboarding",
                   "--out", "fluvius/api.pem", cwd=tmp_path)
-    serial = json.loads(out)["serial"]
+    pending = json.loads(out)
+    assert pending["status"] == "pending" and not (tmp_path / "fluvius" / "api.pem").exists()
+    listed = json.loads(gateway(stack, "certs", "pending", "--status", "pending",
+                                cwd=tmp_path, who="ivan"))
+    assert pending["id"] in {p["id"] for p in listed["pending"]}
+    out = gateway(stack, "certs", "approve", pending["id"], "--reason", "ticket ONB-7 checked",
+                  "--out", "fluvius/api.pem", cwd=tmp_path, who="ivan")
+    serial = json.loads(out)["result"]["serial"]
     assert (tmp_path / "fluvius" / "api.pem").read_text().startswith("-----BEGIN CERTIFICATE")
-    # Rotate: a new CSR, the successor, an overlap.
+    # The requester fetches the same certificate through the pending id.
+    gateway(stack, "certs", "pending", pending["id"], "--out", "fluvius/again.pem",
+            cwd=tmp_path)
+    assert (tmp_path / "fluvius" / "again.pem").read_text() == \
+        (tmp_path / "fluvius" / "api.pem").read_text()
+    # Rotate: a new CSR, the successor, an overlap (approved likewise).
     gateway(stack, "certs", "csr", "--tenant", "fluvius", "--name", "api", "--out", "next",
             cwd=tmp_path)
     out = gateway(stack, "certs", "rotate", serial, "--csr", "next/api.csr", "--reason",
                   "monthly", "--overlap-s", "3600", "--out", "next/api.pem", cwd=tmp_path)
-    successor = json.loads(out)["serial"]
+    out = gateway(stack, "certs", "approve", json.loads(out)["id"], "--reason", "ok",
+                  "--out", "next/api.pem", cwd=tmp_path, who="ivan")
+    successor = json.loads(out)["result"]["serial"]
     listed = json.loads(gateway(stack, "certs", "list", "--tenant", "fluvius", cwd=tmp_path))
     old = next(c for c in listed["certificates"] if c["serial"] == serial)
     assert old["retire_at"] and old["status"] == "active"
@@ -64,18 +88,21 @@ def test_security_team_recipes(stack: RunningStack, tmp_path: Path) -> None:
     out = json.loads(gateway(stack, "principals", "disable", "orange/service/api",
                              "--reason", "left the consortium", cwd=tmp_path))
     assert out["disabled"] is True
-    # The access review, as the auditor.
+    # The access review, as the auditor: who asked and who approved (D6).
     gateway(stack, "review", "--format", "csv", "--out", "review.csv", cwd=tmp_path,
             who="carol")
     review = (tmp_path / "review.csv").read_text()
     assert "orange,telecom,service,api" in review and ",yes," in review
+    assert f"{serial}:ores/person/alice:ores/person/ivan" in review
     # Rotate the CA (a long overlap here: the other tests cover its end).
     out = json.loads(gateway(stack, "certs", "rotate-ca", "--overlap-s", "86400", "--reason",
                              "yearly", cwd=tmp_path))
-    assert out["ca"]
+    out = json.loads(gateway(stack, "certs", "approve", out["id"], "--reason", "ok",
+                             cwd=tmp_path, who="ivan"))
+    assert out["result"]["ca"]
     actions = {e["action"] for e in stack.audit_events() if e.get("event") == "admin"}
     assert {"certs-issue", "certs-rotate", "certs-revoke", "keys-rotate", "server-rotate",
-            "principal-disable", "review", "ca-rotate"} <= actions
+            "principal-disable", "review", "ca-rotate", "pending-approve"} <= actions
 
 
 def test_cli_reports_refusals(stack: RunningStack, tmp_path: Path) -> None:
@@ -106,7 +133,37 @@ def test_vault_and_breakglass_recipes(stack: RunningStack, tmp_path: Path) -> No
     gateway(stack, "breakglass", "checkin", cid, "--reason", "done", cwd=tmp_path, who="dave")
     cases = json.loads(gateway(stack, "breakglass", "list", cwd=tmp_path, who="carol"))
     assert next(c for c in cases["cases"] if c["id"] == cid)["status"] == "closed"
-    gateway(stack, "vault", "rekey", "--reason", "yearly", cwd=tmp_path)
+    pending = json.loads(gateway(stack, "vault", "rekey", "--reason", "yearly", cwd=tmp_path))
+    done = json.loads(gateway(stack, "certs", "approve", pending["id"], "--reason", "ok",
+                              cwd=tmp_path, who="ivan"))
+    assert done["result"]["rewrapped"] >= 1
+
+
+def run_cli(gw: RunningStack, *args: str, who: str = "alice",
+            port: int | None = None) -> subprocess.CompletedProcess[str]:
+    pki = gw.stack.pki
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args,
+         "--admin-url", f"https://localhost:{port or gw.stack.gateway.admin_port}",
+         "--cert", str(pki.client_cert("ores", who)),
+         "--key", str(pki.client_key("ores", who)), "--cacert", str(pki.ca_cert)],
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_cli_tells_a_refused_certificate_from_an_unreachable_plane(stack: RunningStack) -> None:
+    # A closed port: unreachable, exit 3.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    proc = run_cli(stack, "keys", "list", port=closed)
+    assert proc.returncode == 3 and "cannot reach" in proc.stderr
+    # bob's certificate revoked: the plane is reachable and refuses it, exit 4.
+    serial = next(c.serial for c in stack.stack.gateway.store.certificates(
+        principal=("ores", "person", "bob"), status="active"))
+    assert run_cli(stack, "certs", "revoke", serial, "--reason", "laptop stolen").returncode == 0
+    proc = run_cli(stack, "keys", "list", who="bob")
+    assert proc.returncode == 4, proc.stderr
+    assert "refused" in proc.stderr and "cannot reach" not in proc.stderr
 
 
 def test_usage_rollups_through_the_cli(stack: RunningStack, tmp_path: Path) -> None:

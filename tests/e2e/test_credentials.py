@@ -53,13 +53,27 @@ def admin(gw: RunningStack, method: str, path: str, body: Any = None,
         conn.close()
 
 
+def approved(gw: RunningStack, method: str, path: str, body: Any = None, who: str = "alice",
+             approver: str = "ivan") -> Response:
+    """An admin call; if it waits for a second admin (202, D6), ``approver``
+    (a security admin of another team) approves it and the outcome is returned."""
+    resp = admin(gw, method, path, body, who=who)
+    if resp.status != 202:
+        return resp
+    done = admin(gw, "POST", f"/admin/pending/{resp.json['id']}/approve",
+                 {"reason": "second pair of eyes"}, who=approver)
+    assert done.status == 200, done.body
+    return Response(200, done.headers, json.dumps(done.json["result"]).encode())
+
+
 def new_identity(gw: RunningStack, tmp: Path, tenant: str, name: str = "api",
                  kind: str = "service") -> tuple[Path, Path, dict[str, Any]]:
-    """A key made here and a certificate issued from its CSR by the admin API."""
+    """A key made here and a certificate issued from its CSR by the admin API
+    (approved by a second admin where D6 asks for one)."""
     key, csr = make_key_and_csr(spiffe_uri(gw.stack.trust_domain, tenant, kind, name))
-    resp = admin(gw, "POST", "/admin/certs", {"tenant": tenant, "kind": kind, "name": name,
-                                              "csr": csr.decode(), "reason": "test"})
-    assert resp.status == 201, resp.body
+    resp = approved(gw, "POST", "/admin/certs", {"tenant": tenant, "kind": kind, "name": name,
+                                                 "csr": csr.decode(), "reason": "test"})
+    assert resp.status in (200, 201), resp.body
     doc = resp.json
     stem = f"{tenant}-{doc['serial']}"
     cert_path, key_path = tmp / f"{stem}.pem", tmp / f"{stem}.key"
@@ -140,6 +154,9 @@ def test_issue_from_csr_and_use_it(lone: RunningStack, tmp_path: Path) -> None:
     client.close()
     event = admin_events(lone, "certs-issue")[-1]
     assert event["actor"] == "ores/person/alice" and event["outcome"] == "done"
+    # Another tenant's principal: issued only after a second admin approved (D6).
+    assert event["requested_by"] == "ores/person/alice"
+    assert event["approved_by"] == "ores/person/ivan"
 
 
 @pytest.mark.parametrize("case,reason", [("other-tenant", "san-mismatch"),
@@ -250,8 +267,8 @@ def test_rotation_overlap_under_traffic(lone: RunningStack, tmp_path: Path) -> N
         traffic.wait_for(20)
         key, csr = make_key_and_csr(spiffe_uri(lone.stack.trust_domain, "pidpa", "service",
                                                "api"))
-        resp = admin(lone, "POST", f"/admin/certs/{old['serial']}/rotate",
-                     {"csr": csr.decode(), "reason": "scheduled", "overlap_s": 2})
+        resp = approved(lone, "POST", f"/admin/certs/{old['serial']}/rotate",
+                        {"csr": csr.decode(), "reason": "scheduled", "overlap_s": 2})
         assert resp.status == 200, resp.body
         new_cert, new_key = tmp_path / "new.pem", tmp_path / "new.key"
         new_cert.write_text(resp.json["certificate"])
@@ -307,7 +324,7 @@ def test_ca_rotation_end_to_end(lone: RunningStack, tmp_path: Path) -> None:
     old_ca = tmp_path / "old-ca.pem"
     old_ca.write_bytes(old_ca_pem)
     path = f"/hes/meters/{meter_of(lone, 'farys')}"
-    resp = admin(lone, "POST", "/admin/ca/rotate", {"reason": "yearly", "overlap_s": 3})
+    resp = approved(lone, "POST", "/admin/ca/rotate", {"reason": "yearly", "overlap_s": 3})
     assert resp.status == 200, resp.body
     new_ca = tmp_path / "new-ca.pem"
     new_ca.write_text(resp.json["certificate"])
@@ -367,8 +384,8 @@ def test_leaver_is_blocked_at_once(lone: RunningStack, tmp_path: Path) -> None:
     assert row["disabled"] is True
     assert all(c["status"] == "revoked" for c in row["certificates"])
     # Re-enabling is explicit and audited; a new certificate is then needed.
-    assert admin(lone, "POST", "/admin/principals/telenet/service/api/enable",
-                 {"reason": "rehired"}, who="bob").status == 200
+    assert approved(lone, "POST", "/admin/principals/telenet/service/api/enable",
+                    {"reason": "rehired"}, who="bob").status == 200
     _, _, doc = new_identity(lone, tmp_path, "telenet")
     assert doc["status"] == "active"
     actions = [e["action"] for e in lone.audit_events() if e.get("event") == "admin"]

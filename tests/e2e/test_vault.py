@@ -24,7 +24,7 @@ from gateway.upstream_auth import identity_id, token_id
 from gateway.vault import MasterKeys
 
 from .conftest import HOST, Response, RunningStack, start_stack
-from .test_credentials import Traffic, admin
+from .test_credentials import Traffic, admin, approved
 
 FAST = "signing_publish_ahead_s = 0.2\n"
 
@@ -307,7 +307,8 @@ def test_online_rekey(lone: RunningStack) -> None:
     client = lone.client("sibelga")
     with Traffic(lambda: client.get("/itsm/tickets").status) as traffic:
         traffic.wait_for(5)
-        resp = admin(lone, "POST", "/admin/vault/rekey", {"reason": "yearly"})
+        # D6: a rekey waits for a second security admin (ivan approves).
+        resp = approved(lone, "POST", "/admin/vault/rekey", {"reason": "yearly"})
         assert resp.status == 200 and resp.json["rewrapped"] >= 8
         traffic.wait_for(5)
     assert traffic.errors == [] and set(traffic.statuses) == {200}

@@ -1,0 +1,144 @@
+"""The admin plane's separation of duties (D6, D7) as a table: who needs whom."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.duties import (
+    DONE,
+    FINAL,
+    ONE_ADMIN,
+    REFUSED,
+    TRANSITIONS,
+    TWO_PERSON,
+    InvalidTransition,
+    Person,
+    approval_refusal,
+    next_state,
+    ruling,
+)
+
+ALICE = Person("ores", "person", "alice", frozenset({"security-admin"}), "iam")
+BOB = Person("ores", "person", "bob", frozenset({"security-admin", "vault-approver"}), "iam")
+IVAN = Person("ores", "person", "ivan", frozenset({"security-admin"}), "cyber-defence")
+CAROL = Person("ores", "person", "carol", frozenset({"auditor"}), "internal-audit")
+DAVE = Person("ores", "person", "dave", frozenset({"privileged-user"}), "grid-ops")
+HEIDI = Person("ores", "person", "heidi", frozenset({"vault-approver"}), "grid-ops")
+ORES_API = Person("ores", "service", "api", frozenset({"reader"}))
+ORES_FIELD = Person("ores", "service", "field-ops", frozenset({"reader", "meter-operator"}))
+ORES_PERSON_PLAIN = Person("ores", "person", "pat", frozenset({"reader"}), "grid-ops")
+ORES_PRIV_SERVICE = Person("ores", "service", "robot", frozenset({"privileged-user"}))
+FLUVIUS_API = Person("fluvius", "service", "api", frozenset({"reader"}))
+HES_PUSHER = Person("hes-operator", "service", "pusher", frozenset({"pusher"}))
+ERIN = Person("engie-it", "person", "erin", frozenset({"privileged-user"}), "support")
+
+
+# (action, actor, target, other enabled admins, need, reason)
+TABLE = [
+    # D6: nobody issues, rotates or re-enables their own credentials.
+    ("certs-issue", ALICE, ALICE, 2, REFUSED, "self-service-refused"),
+    ("certs-rotate", ALICE, ALICE, 2, REFUSED, "self-service-refused"),
+    ("principal-enable", ALICE, ALICE, 2, REFUSED, "self-service-refused"),
+    # Privileged roles, persons, other tenants: two persons.
+    ("certs-issue", ALICE, BOB, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-issue", ALICE, CAROL, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-issue", ALICE, DAVE, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-issue", ALICE, HEIDI, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-issue", ALICE, ORES_PRIV_SERVICE, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-rotate", ALICE, BOB, 2, TWO_PERSON, "privileged-principal"),
+    ("principal-enable", ALICE, DAVE, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-issue", ALICE, ORES_PERSON_PLAIN, 2, TWO_PERSON, "person-principal"),
+    ("certs-rotate", ALICE, ORES_PERSON_PLAIN, 2, TWO_PERSON, "person-principal"),
+    ("certs-issue", ALICE, FLUVIUS_API, 2, TWO_PERSON, "other-tenant"),
+    ("certs-rotate", ALICE, FLUVIUS_API, 2, TWO_PERSON, "other-tenant"),
+    ("principal-enable", ALICE, FLUVIUS_API, 2, TWO_PERSON, "other-tenant"),
+    ("certs-issue", ALICE, HES_PUSHER, 2, TWO_PERSON, "other-tenant"),
+    ("certs-issue", ALICE, ERIN, 2, TWO_PERSON, "privileged-principal"),
+    # Services of the admin's own tenant: one admin, as before.
+    ("certs-issue", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
+    ("certs-issue", ALICE, ORES_FIELD, 2, ONE_ADMIN, "own-service"),
+    ("certs-rotate", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
+    ("principal-enable", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
+    # Disabling.
+    ("principal-disable", ALICE, ALICE, 2, REFUSED, "self-disable-refused"),
+    ("principal-disable", BOB, BOB, 0, REFUSED, "self-disable-refused"),
+    ("principal-disable", ALICE, BOB, 0, REFUSED, "last-security-admin"),
+    ("principal-disable", ALICE, BOB, 1, TWO_PERSON, "disable-security-admin"),
+    ("principal-disable", ALICE, DAVE, 0, ONE_ADMIN, "disable"),
+    ("principal-disable", ALICE, FLUVIUS_API, 2, ONE_ADMIN, "disable"),
+    # What every identity and secret rests on.
+    ("ca-rotate", ALICE, None, 2, TWO_PERSON, "critical-action"),
+    ("vault-rekey", ALICE, None, 2, TWO_PERSON, "critical-action"),
+    # Not dual-controlled.
+    ("certs-revoke", ALICE, None, 2, ONE_ADMIN, "not-dual-controlled"),
+    ("keys-rotate", ALICE, None, 2, ONE_ADMIN, "not-dual-controlled"),
+]
+
+
+@pytest.mark.parametrize("action,actor,target,others,need,reason", TABLE)
+def test_who_needs_whom(action: str, actor: Person, target: Person | None, others: int,
+                        need: str, reason: str) -> None:
+    got = ruling(action, actor, target, other_enabled_admins=others)
+    assert (got.need, got.reason) == (need, reason)
+
+
+def test_default_other_admins_allows_disabling_an_admin_with_approval() -> None:
+    assert ruling("principal-disable", ALICE, BOB).need == TWO_PERSON
+
+
+# (requester, approver, target, refusal)
+APPROVALS = [
+    (ALICE, ALICE, BOB.key, "own-request"),  # Vault #19214: never one's own request
+    (ALICE, BOB, FLUVIUS_API.key, "same-team"),  # both IAM
+    (ALICE, CAROL, FLUVIUS_API.key, "missing-role"),  # an auditor approves nothing
+    (ALICE, HEIDI, FLUVIUS_API.key, "missing-role"),  # a vault approver is no admin
+    (ALICE, IVAN, IVAN.key, "self-service-refused"),  # never approve one's own certificate
+    (ALICE, IVAN, BOB.key, None),
+    (ALICE, IVAN, None, None),
+    (IVAN, BOB, FLUVIUS_API.key, None),
+    (IVAN, ALICE, ORES_PERSON_PLAIN.key, None),
+]
+
+
+@pytest.mark.parametrize("requester,approver,target,refusal", APPROVALS)
+def test_who_may_approve(requester: Person, approver: Person,
+                         target: tuple[str, str, str] | None, refusal: str | None) -> None:
+    assert approval_refusal(requester, approver, target) == refusal
+
+
+def test_admins_without_a_team_cannot_approve_each_other() -> None:
+    a = Person("ores", "person", "a", frozenset({"security-admin"}))
+    b = Person("ores", "person", "b", frozenset({"security-admin"}))
+    assert approval_refusal(a, b, None) == "same-team"
+    assert approval_refusal(a, IVAN, None) is None
+
+
+@pytest.mark.parametrize("state,event,after", [
+    ("pending", "approve", "approved"), ("pending", "deny", "denied"),
+    ("pending", "expire", "expired"), ("approved", "succeed", "done"),
+    ("approved", "fail", "failed"),
+])
+def test_lifecycle_transitions(state: str, event: str, after: str) -> None:
+    assert next_state(state, event) == after
+
+
+STATES = ["pending", "approved", "done", "failed", "denied", "expired"]
+EVENTS = ["approve", "deny", "expire", "succeed", "fail"]
+
+
+@pytest.mark.parametrize("state", STATES)
+@pytest.mark.parametrize("event", EVENTS)
+def test_everything_else_is_refused(state: str, event: str) -> None:
+    if (state, event) in TRANSITIONS:
+        return
+    with pytest.raises(InvalidTransition):
+        next_state(state, event)
+
+
+def test_final_states_have_no_way_out() -> None:
+    assert DONE in FINAL
+    for state in FINAL:
+        assert not [k for k in TRANSITIONS if k[0] == state]
+    # An approved item cannot be approved (hence executed) twice.
+    with pytest.raises(InvalidTransition):
+        next_state("approved", "approve")
