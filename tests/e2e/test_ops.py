@@ -8,6 +8,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.exchange import PUSH_ROUTES
+
 from .conftest import RunningStack, start_stack
 
 REQUIRED = {
@@ -33,9 +35,11 @@ def test_metrics_names_and_labels(gw: RunningStack) -> None:
         assert samples, name
         for s in samples:
             assert labels <= set(s.labels) | {"le"}, (name, s.labels)
-    # "gateway" labels the gateway's own server certificate's expiry.
-    tenants = set(gw.stack.registry.tenants) | {"unknown", "gateway"}
-    routes = {r.template for r in gw.stack.gateway.data_plane.routes.routes} | {"none"}
+    # "gateway" labels the gateway's own server certificate's expiry; "none"
+    # the pushed records that went to no tenant (quarantine).
+    tenants = set(gw.stack.registry.tenants) | {"unknown", "gateway", "none"}
+    routes = ({r.template for r in gw.stack.gateway.data_plane.routes.routes}
+              | set(PUSH_ROUTES) | {"none"})
     for family in families.values():
         for s in family.samples:
             if "tenant" in s.labels:
