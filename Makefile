@@ -35,3 +35,25 @@ clean:
 .PHONY: bench
 bench: $(STAMP)
 	bash bench/run.sh $(BENCH_ARGS)
+
+# Mutation testing (docs/mutation.md), not part of `make test`: mutmut, from
+# PyPI in a virtualenv of its own, mutates the pure decision modules and the
+# break-glass policy ([tool.mutmut] in pyproject.toml) and runs the fast tests
+# that cover them. Narrow it with MUTANTS, e.g.
+#   make mutate MUTANTS='gateway.core.denials*' MUTATE_JOBS=1
+MUTMUT_VERSION ?= 3.8.1
+MUTATE_JOBS    ?= 2
+MUTANTS        ?=
+MVENV          := .venv-mutate
+MSTAMP         := $(MVENV)/.installed-$(MUTMUT_VERSION)
+
+$(MSTAMP): pyproject.toml
+	$(PYTHON) -m venv $(MVENV)
+	$(MVENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MVENV)/bin/python -m pip install --quiet -e '.[test]' 'mutmut==$(MUTMUT_VERSION)'
+	touch $(MSTAMP)
+
+.PHONY: mutate
+mutate: $(MSTAMP)
+	$(MVENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS); \
+	$(MVENV)/bin/mutmut results

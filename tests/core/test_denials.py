@@ -123,3 +123,20 @@ def test_detector_imports_no_io_modules() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=False)
     assert proc.returncode == 0, f"denials imported I/O modules: {proc.stdout}{proc.stderr}"
+
+
+def test_the_smallest_settings_are_valid_and_work() -> None:
+    """threshold 1 alerts on the first denial; one tracked principal is enough."""
+    now = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+    d = DenialDetector(threshold=1, cooldown=timedelta(0), max_principals=1)
+    assert d.observe("a", True, now) and d.observe("b", True, now)
+    assert len(d) == 1  # "a" was evicted for "b"
+
+
+@pytest.mark.parametrize("kwargs,names", [
+    ({"threshold": 0}, "threshold"), ({"window": timedelta(0)}, "window"),
+    ({"cooldown": timedelta(seconds=-1)}, "cooldown"), ({"max_principals": 0}, "max_principals"),
+])
+def test_a_bad_setting_is_named_in_the_error(kwargs: dict[str, object], names: str) -> None:
+    with pytest.raises(ValueError, match=f"^{names} must"):
+        DenialDetector(**kwargs)  # type: ignore[arg-type]

@@ -261,3 +261,113 @@ def test_no_identifier_survives_apply(body: Any, planted: list[str], data: st.Da
     out = dumps(body)
     for ident in planted:
         assert f" {ident} " not in out
+
+
+# -- one test per identifier class the README lists (D9) ---------------------------------
+# Every field name the pseudonymiser knows, written out: dropping one from the
+# table (an IBAN or a family name passed in clear) fails its own case here.
+# The values are ones no leak pattern catches, so the field name is what must
+# act; the token's kind says the identifier was recognised for what it is.
+
+CLASS_FIELDS: list[tuple[str, str, Any]] = [
+    # EANs and meter serials (their value is the identifier; the object keeps its type)
+    ("ean", "ean", "EAN-A-17"), ("eans", "ean", ["EAN-A-17"]),
+    ("serial", "meter", "m-17"), ("serials", "meter", ["m-17"]), ("meter", "meter", "m-17"),
+    ("meters", "meter", ["m-17"]), ("meter_serial", "meter", "m-17"),
+    ("meter_number", "meter", "m-17"),
+    # names, given and family
+    ("first_name", "name", "Jan"), ("given_name", "name", "Jan"), ("firstname", "name", "Jan"),
+    ("last_name", "name", "Peeters"), ("family_name", "name", "Peeters"),
+    ("lastname", "name", "Peeters"), ("surname", "name", "Peeters"),
+    ("full_name", "name", "Jan Peeters"), ("birth_name", "name", "Janssens"),
+    ("maiden_name", "name", "Janssens"),
+    # national register numbers (an integer too)
+    ("national_register", "nrn", "8507300336"), ("national_register_number", "nrn", "850730"),
+    ("rrn", "nrn", "850730"), ("nn", "nrn", 8507300), ("nrn", "nrn", "850730"),
+    ("niss", "nrn", "850730"), ("insz", "nrn", "850730"), ("ssin", "nrn", "850730"),
+    # addresses: the street part (an address object keeps only its area, below)
+    ("street", "street", "Rue de Fer"), ("street_name", "street", "Rue de Fer"),
+    ("house_number", "street", "12"), ("housenumber", "street", "12b"),
+    # phone numbers in national form (the pattern takes only +32 / 0032)
+    ("phone", "phone", "081 22 33 44"), ("phone_number", "phone", "081 22 33 44"),
+    ("telephone", "phone", "081/22.33.44"), ("mobile", "phone", "0470 12 34 56"),
+    ("gsm", "phone", "0470 12 34 56"),
+    # e-mail addresses (a local address the pattern does not take)
+    ("email", "email", "jan@localhost"), ("e_mail", "email", "jan@localhost"),
+    ("email_address", "email", "jan@localhost"), ("mail", "email", "jan@localhost"),
+    # IBANs and bank accounts, also in the pre-IBAN Belgian form
+    ("iban", "iban", "be68 5390 0754 7034"), ("bank_account", "iban", "539-0075470-34"),
+    # dates of birth and cadastral parcels
+    ("date_of_birth", "birth", "1985-07-30"), ("birth_date", "birth", "1985-07-30"),
+    ("birthdate", "birth", "1985-07-30"), ("cadastral_parcel", "parcel", "92001A0123/00"),
+    ("parcel", "parcel", "92001A0123/00"),
+]
+
+
+@pytest.mark.parametrize("field,kind,value", CLASS_FIELDS, ids=[f[0] for f in CLASS_FIELDS])
+def test_each_identifier_field_becomes_a_token_of_its_kind(field: str, kind: str,
+                                                           value: Any) -> None:
+    body: dict[str, Any] = {"record": {field: copy.deepcopy(value), "status": "open"}}
+    assert PS.apply(body) >= 1
+    got = body["record"][field]
+    items = value if isinstance(value, list) else [value]
+    expected = [PS.token(kind, json.dumps(v) if isinstance(v, int) else v) for v in items]
+    assert (got if isinstance(value, list) else [got]) == expected
+    assert body["record"]["status"] == "open"
+    for v in items:
+        assert str(v) not in dumps(body)
+
+
+@pytest.mark.parametrize("field", ["address", "addresses", "postal_address", "supply_address",
+                                   "billing_address", "home_address", "delivery_address"])
+def test_each_address_keeps_only_its_area(field: str) -> None:
+    body: dict[str, Any] = {field: {"street": "Rue de Fer", "number": "12", "box": "b",
+                                    "postal_code": "5000", "city": "Namur"}}
+    PS.apply(body)
+    addr = body[field]
+    assert (addr["postal_code"], addr["city"]) == ("5000", "Namur")
+    for part, raw in (("street", "Rue de Fer"), ("number", "12"), ("box", "b")):
+        assert addr[part] == PS.token("street", raw), part
+    one_line: dict[str, Any] = {field: "Rue de Fer 12, 5000 Namur"}
+    PS.apply(one_line)
+    assert one_line[field] == PS.token("address", "Rue de Fer 12, 5000 Namur")
+
+
+@pytest.mark.parametrize("holder", ["customer", "requester", "household", "contact", "person",
+                                    "people", "occupant", "resident", "reporter", "employee",
+                                    "customers", "employees"])
+def test_a_persons_name_under_each_person_like_member(holder: str) -> None:
+    body: dict[str, Any] = {holder: {"name": "Jan Peeters", "role": "tenant"},
+                            "name": "Export job"}
+    PS.apply(body)
+    assert body[holder]["name"] == PS.token("name", "Jan Peeters")
+    assert body[holder]["role"] == "tenant" and body["name"] == "Export job"
+
+
+@pytest.mark.parametrize("text,kind,ident", [
+    (f"EAN {EAN} switched", "ean", EAN),
+    ("meter 1SAG1100042062 replaced", "meter", "1SAG1100042062"),
+    ("NN 85.07.30-033.61 on file", "nrn", "85.07.30-033.61"),
+    ("call +32 81 22 33 44 first", "phone", "+32 81 22 33 44"),
+    ("mail jan.peeters@example.be now", "email", "jan.peeters@example.be"),
+    ("refund to BE68 5390 0754 7034 today", "iban", "BE68 5390 0754 7034"),
+    ("refund to BE68539007547034 today", "iban", "BE68539007547034"),
+    ("virement NL91ABNA0417164300 ok", "iban", "NL91ABNA0417164300"),
+])
+def test_each_identifier_class_in_free_text(text: str, kind: str, ident: str) -> None:
+    body = {"summary": text}
+    PS.apply(body)
+    assert ident not in body["summary"]
+    assert body["summary"] == text.replace(ident, PS.token(kind, ident))
+    assert find_leaks({"summary": text}) != []  # the final scan would catch it too
+
+
+def test_one_iban_in_two_spellings_gives_one_token() -> None:
+    assert PS.token("iban", "BE68 5390 0754 7034") == PS.token("iban", "be68539007547034")
+
+
+def test_iban_pattern_leaves_ordinary_codes_alone() -> None:
+    body = {"summary": "INC000123 CHG-1001 AB12 host app01 OBIS 1-0:1.8.1 1SAG1100042062x"}
+    before = copy.deepcopy(body)
+    PS.apply(body)
+    assert body == before

@@ -1,0 +1,110 @@
+"""What the SOC must be told (D12), each signal on its own: a tenant probing
+other tenants' resources (repeated ``no-relation`` denials), a certificate
+from a foreign CA and a revoked certificate refused in the TLS handshake.
+
+A stack of its own: the repeated-denial detector keeps a cooldown per
+principal, and a revoked certificate must not leak into the shared stack.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+
+from gateway.credentials import serial_hex
+from gateway.pki import CertificateAuthority, spiffe_uri
+from gateway.tls import client_context
+
+from .conftest import Client, RunningStack, start_stack
+from .test_credentials import admin
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
+    gw = start_stack(tmp_path_factory.mktemp("soc"))
+    yield gw
+    gw.stop()
+
+
+def soc_events(gw: RunningStack) -> list[dict[str, Any]]:
+    path = gw.stack.work_dir / "soc.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def wait_for_event(gw: RunningStack, match: Any, timeout: float = 5) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [e for e in soc_events(gw) if match(e)]
+        if found:
+            return found[-1]
+        assert time.monotonic() < deadline, "no such SOC event"
+        time.sleep(0.05)
+
+
+def handshake_refused(gw: RunningStack, cert: Path, key: Path) -> None:
+    client = Client(gw.port, client_context(gw.stack.pki.ca_cert, cert, key))
+    try:
+        with pytest.raises(OSError):  # ssl.SSLError, a reset or a closed socket
+            client.get("/hes/meters")
+    finally:
+        client.close()
+
+
+def test_probing_other_tenants_resources_reaches_the_soc(stack: RunningStack) -> None:
+    """fluvius may use the HES (its kind, its consortium, its role): every
+    refusal below is ``no-relation``, one ORES meter after another."""
+    ores_meters = [m["serial"] for m in stack.stack.dataset.meters
+                   if all(o["tenant"] == "ores" for o in m["owners"])]
+    assert len(ores_meters) >= 2
+    client = stack.client("fluvius")
+    incidents = []
+    for i in range(20):  # the detector's default: 20 denials in a minute
+        resp = client.get(f"/hes/meters/{ores_meters[i % len(ores_meters)]}")
+        assert resp.status == 403
+        incidents.append(resp.json["incident"])
+    audit = {e["incident"]: e for e in stack.audit_events() if e.get("incident") in incidents}
+    assert {audit[i]["reason"] for i in incidents} == {"no-relation"}
+    event = wait_for_event(stack, lambda e: e["kind"] == "repeated-denials"
+                           and e["tenant"] == "fluvius")
+    assert event["severity"] == "warning"
+    assert event["incident"] == incidents[-1]  # the denial that crossed the threshold
+    assert event["reason"] == "no-relation"
+
+
+def test_a_foreign_ca_knocking_reaches_the_soc(stack: RunningStack, tmp_path: Path) -> None:
+    rogue = CertificateAuthority.create("Rogue CA")
+    issued = rogue.issue_client(spiffe_uri(stack.stack.trust_domain, "ores", "service", "api"))
+    cert, key = tmp_path / "rogue.pem", tmp_path / "rogue.key"
+    cert.write_bytes(issued.cert_pem())
+    key.write_bytes(issued.key_pem())
+    before = sum(1 for e in soc_events(stack) if e["kind"] == "tls-handshake-refused"
+                 and e.get("reason") == "unknown-ca")
+    handshake_refused(stack, cert, key)
+    deadline = time.monotonic() + 5
+    while sum(1 for e in soc_events(stack) if e["kind"] == "tls-handshake-refused"
+              and e.get("reason") == "unknown-ca") <= before:
+        assert time.monotonic() < deadline, "the refused handshake never reached the SOC"
+        time.sleep(0.05)
+    event = wait_for_event(stack, lambda e: e["kind"] == "tls-handshake-refused")
+    assert event["severity"] == "warning" and event["incident"]
+
+
+def test_a_revoked_certificate_in_the_handshake_reaches_the_soc(stack: RunningStack) -> None:
+    pki = stack.stack.pki
+    cert, key = pki.client_cert("orange", "api"), pki.client_key("orange", "api")
+    assert stack.client("orange").get("/cmh/requests").status == 200
+    stack.client("orange").close()
+    serial = serial_hex(x509.load_pem_x509_certificate(cert.read_bytes()))
+    resp = admin(stack, "POST", f"/admin/certs/{serial}/revoke",
+                 {"reason": "laptop stolen", "code": "key-compromise"})
+    assert resp.status == 200, resp.body
+    handshake_refused(stack, cert, key)
+    event = wait_for_event(stack, lambda e: e["kind"] == "tls-handshake-refused"
+                           and e.get("reason") == "revoked")
+    assert event["severity"] == "warning" and event["incident"]
