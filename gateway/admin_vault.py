@@ -158,6 +158,20 @@ def usage_routes(ledger: UsageLedger, store: StateStore) -> RouteSet:
     return register
 
 
+def audit_routes(rotate_key: Callable[[], dict[str, str]]) -> RouteSet:
+    """D10: the audit checkpoint key changes online (docs/audit-format.md §6):
+    the lines so far are closed under the old key, which stays published at
+    ``/.well-known/audit-keys.json`` as retired."""
+    def register(r: web.UrlDispatcher, guarded: Guard) -> None:
+        async def rotate(request: web.Request, doc: Body) -> Any:
+            return rotate_key()
+
+        r.add_post("/admin/audit/rotate-key",
+                   guarded("audit-rotate-key", frozenset({"security-admin"}),
+                           lambda q: q.path, rotate))
+    return register
+
+
 def combine(*sets: RouteSet) -> RouteSet:
     def register(r: web.UrlDispatcher, guarded: Guard) -> None:
         for route_set in sets:

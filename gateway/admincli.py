@@ -196,6 +196,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return _emit(*call(args, "POST", "/admin/keys/rotate", {"reason": args.reason}))
 
 
+def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/audit/rotate-key", {"reason": args.reason}))
+
+
+def add_audit_parsers(audit_sub: Any) -> None:
+    """``gateway audit rotate-key``: an admin verb beside ``audit verify``."""
+    p = audit_sub.add_parser("rotate-key", help="sign audit checkpoints with a new key; the "
+                             "old one stays published as retired")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_audit_rotate_key)
+    _client_options(p)
+
+
 def cmd_keys_list(args: argparse.Namespace) -> int:
     return _emit(*call(args, "GET", "/admin/keys"))
 

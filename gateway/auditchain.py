@@ -136,6 +136,21 @@ class ChainedAuditLog:
         with self._counted():
             self._checkpoint()
 
+    def rotate_key(self, signing_key: Ed25519PrivateKey, kid: str) -> None:
+        """Sign with a new key from now on (docs/audit-format.md §6): the
+        lines so far are first closed by a checkpoint under the old key, so
+        every checkpoint is verified by the key it names."""
+        if not KID_RE.fullmatch(kid):
+            raise ValueError(f"audit kid {kid!r} must match {KID_RE.pattern}")
+        with self._counted():
+            if self._uncovered:
+                self._checkpoint()
+            self._key, self._kid = signing_key, kid
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
     def close(self) -> None:
         with self._counted():
             if self._fd is None:

@@ -40,6 +40,7 @@ RESERVED = frozenset({"seq", "prev", "hash", "type"})  # set by the log; refused
 KID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SEALED = re.compile(rb'(\{.*),"hash":"([0-9a-f]{64})"\}', re.S)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 # -- the format (pure) ---------------------------------------------------------
@@ -74,7 +75,16 @@ def b64url(raw: bytes) -> str:
 
 
 def unb64url(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """Strict base64url without padding (RFC 4648 §5, §3.2): the URL-safe
+    alphabet only, no ``=``, no non-zero bits past the last byte. Anything
+    else is a ``ValueError``: a second spelling of the same bytes is not
+    accepted, so every verifier reads one signature one way (§2)."""
+    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
+        raise ValueError("not unpadded base64url")
+    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if b64url(raw) != text:
+        raise ValueError("not the canonical base64url spelling (stray trailing bits)")
+    return raw
 
 
 # -- keys ------------------------------------------------------------------------
@@ -120,14 +130,25 @@ def public_key_document(key: Ed25519PrivateKey, kid: str) -> dict[str, Any]:
 
 
 def public_keys(given: Mapping[str, Any]) -> dict[str, Ed25519PublicKey]:
+    """The trusted keys by kid, from a JWKS-like document (§6) or a mapping.
+
+    SECURITY: each kid must be the one its key derives (§6): a document that
+    files a key under another key's kid is refused (``ValueError``) rather than
+    trusted, so a kid in a checkpoint names exactly one key."""
     entries = given.get("keys")
     if not isinstance(entries, list):
         if not all(isinstance(k, Ed25519PublicKey) for k in given.values()):
             raise TypeError("public_keys: expected {kid: Ed25519PublicKey} or a JWKS document")
-        return dict(given)
-    return {str(jwk.get("kid")): Ed25519PublicKey.from_public_bytes(unb64url(jwk["x"]))
-            for jwk in entries
-            if isinstance(jwk, dict) and (jwk.get("kty"), jwk.get("crv")) == ("OKP", "Ed25519")}
+        out = dict(given)
+    else:
+        out = {str(jwk.get("kid")): Ed25519PublicKey.from_public_bytes(unb64url(jwk["x"]))
+               for jwk in entries if isinstance(jwk, dict)
+               and (jwk.get("kty"), jwk.get("crv")) == ("OKP", "Ed25519")}
+    for kid, key in out.items():
+        if audit_kid(key) != kid:
+            raise ValueError(f"audit key document: kid {kid!r} does not match its key "
+                             f"(its kid is {audit_kid(key)!r})")
+    return out
 
 
 @dataclass(frozen=True)
@@ -137,6 +158,10 @@ class ChainLine:
     hash: str
     computed: str
     fields: dict[str, Any]
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259 §6)")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -151,9 +176,10 @@ def parse_line(raw: bytes) -> ChainLine | str:
         return 'not a JSON object ending in "hash"'
     body = m.group(1) + b"}"
     try:
-        fields = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        fields = json.loads(body.decode("utf-8"), object_pairs_hook=_no_duplicates,
+                            parse_constant=_no_constants)
     except ValueError:
-        return "not valid UTF-8 JSON"
+        return "not valid UTF-8 JSON (or NaN, Infinity, a duplicate key)"
     if not isinstance(fields, dict) or "hash" in fields:
         return "not a JSON object with one hash"
     seq, prev = fields.get("seq"), fields.get("prev")

@@ -55,7 +55,7 @@ class AuditPruner:
 
     def __init__(self, audit: ChainedAuditLog, *, raw_retention_days: float,
                  rolled_up_through: Callable[[], float | None],
-                 public_keys: dict[str, Any],
+                 public_keys: dict[str, Any] | Callable[[], dict[str, Any]],
                  rollup_margin_s: float = ROLLUP_MARGIN_S,
                  clock: Callable[[], float] = time.time,
                  on_pruned: Callable[[int], None] = lambda n: None) -> None:
@@ -65,7 +65,9 @@ class AuditPruner:
         self.keep_s = raw_retention_days * DAY_S
         self.retention_days = raw_retention_days
         self._rolled_up_through = rolled_up_through
-        self._keys = public_keys
+        # A callable: the keys published now, retired ones included (§6), so
+        # segments signed before an audit key rotation can still be pruned.
+        self._keys = public_keys if callable(public_keys) else lambda: public_keys
         self._margin_s = rollup_margin_s
         self._clock = clock
         self._on_pruned = on_pruned
@@ -90,7 +92,7 @@ class AuditPruner:
             if ts > cutoff:
                 why = f"{segment.name}: newer than the retention or not rolled up"
                 break
-            result = verify(segment, self._keys, allow_anchor=True)
+            result = verify(segment, self._keys(), allow_anchor=True)
             if not result.ok or result.uncovered:
                 why = f"{segment.name}: does not verify ({result.problem or 'unsigned tail'})"
                 log.error("audit segment %s does not verify (%s); keeping it as evidence",

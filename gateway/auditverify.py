@@ -62,12 +62,15 @@ def _explain_break(n: int, exp: int, cur: ChainLine, nxt: ChainLine | str | None
     Returns (bad line, what happened)."""
     if cur.hash == prev1:
         return n, f"duplicate of line {n - 1}"
-    if n > 1 and cur.seq == exp - 1 and cur.prev == prev2:
-        return n - 1, f"inserted line: line {n} continues the chain from line {n - 2}"
+    # The next line decides which of two claimants is the odd one out: if it
+    # continues from line n-1, line n was inserted (or moved) there, even when
+    # line n claims the seq of line n-1 from line n-2 (§8 step 4).
     if isinstance(nxt, ChainLine) and nxt.seq == exp and nxt.prev == prev1:
         if nxt.hash == cur.prev:
             return n, f"lines {n} and {n + 1} swapped (reordered)"
         return n, f"inserted line: line {n + 1} continues the chain from line {n - 1}"
+    if n > 1 and cur.seq == exp - 1 and cur.prev == prev2:
+        return n - 1, f"inserted line: line {n} continues the chain from line {n - 2}"
     if cur.seq > exp:
         return n, (f"seq {cur.seq} where {exp} expected: {cur.seq - exp} line(s) deleted "
                    "or moved")
@@ -84,8 +87,12 @@ def _check_checkpoint(cur: ChainLine, keys: Mapping[str, Ed25519PublicKey],
     if kid not in keys:
         return f"checkpoint signed with unknown kid {kid!r}"
     try:
-        keys[kid].verify(unb64url(sig), checkpoint_message(cur.seq, cur.prev, kid))
-    except (InvalidSignature, ValueError):
+        signature = unb64url(sig)
+    except ValueError:
+        return "malformed checkpoint: sig is not unpadded base64url (§2)"
+    try:
+        keys[kid].verify(signature, checkpoint_message(cur.seq, cur.prev, kid))
+    except InvalidSignature:
         return (f"checkpoint signature does not verify with key {kid!r}: forged or "
                 f"rewritten; {unsigned} not authenticated")
     return None
@@ -133,7 +140,12 @@ def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, 
                 return bad(n, f"malformed line: {cur}")
             if cur.computed != cur.hash:
                 return bad(n, "hash mismatch: content edited")
+            # §2: an event line has no `type`; "checkpoint" is the only other
+            # kind. Any other value (even "event") is refused, never skipped:
+            # a verifier cannot know what an unknown kind would vouch for.
             kind = cur.fields.get("type", "event")
+            if kind != CHECKPOINT and "type" in cur.fields:
+                return bad(n, f"unknown line type {str(kind)[:40]!r}")
             if n == 1 and allow_anchor and cur.seq != 1:
                 if kind != CHECKPOINT:
                     base = cur.seq - 1
@@ -149,8 +161,6 @@ def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, 
                 if (why := _check_checkpoint(cur, keys, unsigned)) is not None:
                     return bad(n, why)
                 last_cp = n
-            elif kind != "event":
-                return bad(n, "unknown line type")
             elif (record := _prune_record(cur)) is not None:
                 prunes.append(record)
             first = first or cur
@@ -217,7 +227,8 @@ def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[s
             return _fail(out, Path(head.file), 1, head.first_seq,
                          f"the log starts at seq {head.first_seq} and no signed audit-prune "
                          f"event accounts for seq 1-{head.first_seq - 1}: lines deleted from "
-                         "the start")
+                         "the start, or the newest files deleted with the prune record "
+                         "they held (§10)")
     return out
 
 

@@ -137,18 +137,32 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.auditchain import load_or_create_audit_key, public_key_document, verify_log
-    from gateway.auditformat import segment_files, segments_dir
+    from gateway.auditchain import verify_log
+    from gateway.auditformat import public_keys, segment_files, segments_dir
+    from gateway.auditkeys import published_keys
 
-    if args.keys:
-        keys = json.loads(Path(args.keys).read_text())
-    else:
-        key_dir = Path(args.key_dir)
-        if not key_dir.exists():
-            print(f"gateway: no --keys file and no key directory {key_dir}", file=sys.stderr)
-            return 2
-        keys = public_key_document(*load_or_create_audit_key(key_dir))
+    # A verifier only reads: it never creates or changes a key (audit format §6).
+    try:
+        if args.keys:
+            keys = json.loads(Path(args.keys).read_text(encoding="utf-8"))
+            if not isinstance(keys, dict):
+                raise ValueError("expected a JSON object {\"keys\": [...]}")
+            public_keys(keys)  # every kid must match its key
+        else:
+            key_dir = Path(args.key_dir).resolve()
+            if any(part.endswith(".segments") for part in key_dir.parts):
+                raise ValueError(f"{key_dir} is inside an audit segments directory, "
+                                 "not a key directory")
+            keys = published_keys(key_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        source = args.keys or args.key_dir
+        print(f"gateway: cannot read the audit keys from {source}: {exc}", file=sys.stderr)
+        return 2
     log_path = Path(args.log)
+    if log_path.is_dir():
+        print(f"gateway: --log {log_path} is a directory; name the active log file "
+              "(e.g. audit.jsonl beside audit.segments/)", file=sys.stderr)
+        return 2
     if not log_path.exists() and not segment_files(segments_dir(log_path)):
         print(f"gateway: no audit log at {log_path}", file=sys.stderr)
         return 2
@@ -207,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key-dir", default="var/demo/audit-key",
                         help="or the gateway's audit key directory")
     verify.set_defaults(func=cmd_audit_verify)
+    from gateway.admincli import add_audit_parsers
+    add_audit_parsers(audit_sub)
     relations = sub.add_parser("relations", help="the relation feed")
     relations_sub = relations.add_subparsers(dest="relations_command", required=True)
     compile_ = relations_sub.add_parser(

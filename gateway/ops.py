@@ -23,7 +23,7 @@ from gateway.upstream import UpstreamPool
 def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: AssertionSigner,
                   config_loaded: Callable[[], bool],
                   crl: Callable[[], bytes] = lambda: b"",
-                  audit_keys: dict[str, Any] | None = None,
+                  audit_keys: Callable[[], dict[str, Any]] = lambda: {"keys": []},
                   shedding: Callable[[], str | None] = lambda: None) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
@@ -61,8 +61,9 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
                             headers={"Cache-Control": "no-cache"})
 
     async def audit_keys_handler(_: web.Request) -> web.Response:
-        # Public keys of the audit checkpoints: anyone can verify the log.
-        return web.json_response(audit_keys or {"keys": []})
+        # Public keys of the audit checkpoints, retired ones included (audit
+        # format §6): anyone can verify the log, also across a key rotation.
+        return web.json_response(audit_keys(), headers={"Cache-Control": "no-cache"})
 
     app = web.Application()
     app.on_response_prepare.append(hide_banner)

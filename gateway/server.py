@@ -16,9 +16,10 @@ from aiohttp import web
 
 from gateway import handshakes, tlsbuffers
 from gateway.admin import build_admin_app
-from gateway.admin_vault import combine, usage_routes, vault_routes
+from gateway.admin_vault import audit_routes, combine, usage_routes, vault_routes
 from gateway.assertion import AssertionSigner
-from gateway.auditchain import ChainedAuditLog, load_or_create_audit_key, public_key_document
+from gateway.auditchain import ChainedAuditLog
+from gateway.auditkeys import AuditKeys
 from gateway.auditprune import AuditPruner
 from gateway.breakglass import BreakGlass, BreakGlassPolicy
 from gateway.ca import IssuancePolicy
@@ -101,9 +102,9 @@ class Gateway:
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
         self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
         # D10: hash-chained, checkpoints signed with the audit key (issue 6).
-        self.audit_key, self.audit_kid = load_or_create_audit_key(config.data_dir / "audit-key")
+        self.audit_keys = AuditKeys(config.data_dir / "audit-key")
         self.audit = ChainedAuditLog(
-            config.data_dir / "audit.jsonl", self.audit_key, self.audit_kid,
+            config.data_dir / "audit.jsonl", self.audit_keys.key, self.audit_keys.kid,
             checkpoint_every=config.audit.checkpoint_every,
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             segment_max_bytes=config.audit.segment_max_bytes,
@@ -164,7 +165,7 @@ class Gateway:
         self.audit_pruner = None if config.audit.raw_retention_days == 0 else AuditPruner(
             self.audit, raw_retention_days=config.audit.raw_retention_days,
             rolled_up_through=self._rolled_up_through,
-            public_keys=public_key_document(self.audit_key, self.audit_kid),
+            public_keys=self.audit_keys.document,
             on_pruned=self.metrics.audit_pruned_segments.inc)
         self._pseudonymisers: dict[str, Pseudonymiser] = {}
         self.data_port = 0
@@ -278,7 +279,7 @@ class Gateway:
         ops_runner = web.AppRunner(build_ops_app(
             self.metrics, self.upstreams, self.signer, lambda: True,
             lambda: self.credentials.crl,
-            public_key_document(self.audit_key, self.audit_kid),
+            self.audit_keys.document,
             shedding=lambda: "memory" if self.data_plane.over_memory_budget else None),
             access_log=None)
         await ops_runner.setup()
@@ -286,7 +287,8 @@ class Gateway:
         admin_app = build_admin_app(
             self.credentials, self.resolver, self.metrics, rekey=self.rekey,
             extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
-                                       self.rekey), usage_routes(self.usage, self.store)))
+                                       self.rekey), usage_routes(self.usage, self.store),
+                  audit_routes(self.rotate_audit_key)))
         # The admin plane gets the same edge limits (own connection book).
         admin_runner = GuardedAppRunner(
             admin_app, access_log=None, edge=limits,
@@ -359,6 +361,16 @@ class Gateway:
         write_private(key_file, newest.to_text().encode())
         self.vault_master = newest
         return count
+
+    def rotate_audit_key(self) -> dict[str, str]:
+        """A new audit checkpoint key (docs/audit-format.md §6): the key files
+        change first (the old public key is listed as retired before the new
+        private key replaces it), then the log closes its lines under the old
+        key and signs with the new one."""
+        retired = self.audit_keys.kid
+        key, kid = self.audit_keys.rotate()
+        self.audit.rotate_key(key, kid)
+        return {"kid": kid, "retired": retired}
 
     async def stop(self) -> None:
         handshakes.forget(self.ssl_context)

@@ -87,3 +87,48 @@ def test_live_log_seals_segments_and_prunes_by_policy(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert proc.returncode == 0 and result["ok"], result
     assert result["first_seq"] > 1 and result["files"] >= 2, result
+
+
+def test_audit_key_rotation_online_verifies_with_the_published_keys(tmp_path: Path) -> None:
+    """D10, audit format §6: a security admin rotates the audit key on the
+    running gateway; the old key stays published as retired, so the whole log
+    verifies with what the ops plane serves, and nothing else."""
+    from .test_credentials import admin, admin_events
+
+    gw = start_stack(tmp_path)
+    try:
+        gw.client("ores").get("/hes/meters")
+        before = gw.ops("/.well-known/audit-keys.json").json["keys"]
+        assert len(before) == 1
+        refused = admin(gw, "POST", "/admin/audit/rotate-key", {"reason": "yearly"},
+                        who="carol")  # an auditor may not
+        assert refused.status == 403
+        resp = admin(gw, "POST", "/admin/audit/rotate-key", {"reason": "yearly"})
+        assert resp.status == 200, resp.body
+        assert resp.json["retired"] == before[0]["kid"] != resp.json["kid"]
+        gw.client("ores").get("/hes/meters")
+        keys = gw.ops("/.well-known/audit-keys.json").json
+        assert [k["kid"] for k in keys["keys"]] == [resp.json["kid"], before[0]["kid"]]
+        assert admin_events(gw, "audit-rotate-key")[-1]["outcome"] == "done"
+    finally:
+        gw.stop()
+    log = tmp_path / "work" / "audit.jsonl"
+    kids = {json.loads(line).get("kid") for line in log.read_bytes().splitlines()}
+    assert {k["kid"] for k in keys["keys"]} <= kids  # both keys signed checkpoints
+    published = tmp_path / "audit-keys.json"
+    published.write_text(json.dumps(keys))
+    proc = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--log",
+                           str(log), "--keys", str(published)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    only_new = tmp_path / "only-new.json"
+    only_new.write_text(json.dumps({"keys": keys["keys"][:1]}))
+    proc = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--log",
+                           str(log), "--keys", str(only_new)], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert proc.returncode == 1 and "unknown kid" in json.loads(proc.stdout)["problem"]
+    # The key directory verifies alike, read-only.
+    proc = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--log",
+                           str(log), "--key-dir", str(tmp_path / "work" / "audit-key")],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
