@@ -25,10 +25,12 @@ disable anyone else                   one security admin
 CA rotation, vault rekey              two persons
 ====================================  =============================================
 
-Privileged roles are the admin-plane roles and ``privileged-user``.
-``meter-operator`` and ``pusher`` are not: they act only on the tenant's own
-meters or its own system's intake, every request decided by D1/D5 against
-the relation feed; they give no power over other identities or tenants.
+Privileged roles are the admin-plane roles, ``privileged-user``, and every
+role a shared system's route requires (``required_role`` in
+:mod:`gateway.core.catalog`; today ``meter-operator``, which can disconnect a
+household or change its power limit, D5). ``pusher`` is not: a pusher
+belongs to a shared system, another tenant than any admin's, so issuing for
+it needs two persons anyway.
 
 A pending action moves through one transition table (h11 ``_state.py``
 style); anything not in the table is refused. Pure: no I/O, no aiohttp.
@@ -39,8 +41,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gateway.core.catalog import ROUTES
+
 SECURITY_ADMIN = "security-admin"
-PRIVILEGED_ROLES = frozenset({SECURITY_ADMIN, "auditor", "vault-approver", "privileged-user"})
+# The roles a shared system treats as privileged: each role one of its routes
+# requires (remote meter operations, D5).
+ROUTE_ROLES = frozenset(r.required_role for r in ROUTES if r.required_role)
+PRIVILEGED_ROLES = frozenset({SECURITY_ADMIN, "auditor", "vault-approver",
+                              "privileged-user"}) | ROUTE_ROLES
 
 ONE_ADMIN = "one-admin"
 TWO_PERSON = "two-person"

@@ -9,6 +9,7 @@ from gateway.core.duties import (
     FINAL,
     ONE_ADMIN,
     REFUSED,
+    ROUTE_ROLES,
     TRANSITIONS,
     TWO_PERSON,
     InvalidTransition,
@@ -54,9 +55,12 @@ TABLE = [
     ("principal-enable", ALICE, FLUVIUS_API, 2, TWO_PERSON, "other-tenant"),
     ("certs-issue", ALICE, HES_PUSHER, 2, TWO_PERSON, "other-tenant"),
     ("certs-issue", ALICE, ERIN, 2, TWO_PERSON, "privileged-principal"),
+    # A role a shared system's route requires is privileged too (D5: remote
+    # disconnects), even on a service of the admin's own tenant.
+    ("certs-issue", ALICE, ORES_FIELD, 2, TWO_PERSON, "privileged-principal"),
+    ("certs-rotate", ALICE, ORES_FIELD, 2, TWO_PERSON, "privileged-principal"),
     # Services of the admin's own tenant: one admin, as before.
     ("certs-issue", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
-    ("certs-issue", ALICE, ORES_FIELD, 2, ONE_ADMIN, "own-service"),
     ("certs-rotate", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
     ("principal-enable", ALICE, ORES_API, 2, ONE_ADMIN, "own-service"),
     # Disabling.
@@ -142,3 +146,8 @@ def test_final_states_have_no_way_out() -> None:
     # An approved item cannot be approved (hence executed) twice.
     with pytest.raises(InvalidTransition):
         next_state("approved", "approve")
+
+
+def test_the_roles_routes_require_are_privileged() -> None:
+    """D5/D6: read from the route catalogue, not a list kept by hand."""
+    assert "meter-operator" in ROUTE_ROLES
