@@ -27,7 +27,14 @@ import aiohttp
 
 from gateway.audit import AuditSink
 from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
-from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, check_depth, loads_limited
+from gateway.core.jsonlimits import (
+    MAX_DEPTH,
+    DuplicateKey,
+    TooDeep,
+    check_depth,
+    loads_limited,
+    unique_object,
+)
 from gateway.core.model import Caller
 from gateway.core.push import (
     ISOLATION_REASONS_PUSH,
@@ -120,11 +127,14 @@ class PushService:
             try:
                 text = raw.decode()
             except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
-                batch = json.loads(raw)
+                batch = json.loads(raw, object_pairs_hook=unique_object)
             else:
                 batch, spans = scan_days(text)
         except TooDeep as exc:
             raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            # D1: meter-days go out as posted; one reading per key, or none.
+            raise RequestRefused(400, "body-duplicate-key") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         if isinstance(batch, Mapping) and batch.get("format") is not None:

@@ -84,7 +84,8 @@ def check_depth(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> Non
         raise TooDeep(f"JSON nested deeper than {max_depth}")
 
 
-def _unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An ``object_pairs_hook``: the object, or :class:`DuplicateKey`."""
     out = dict(pairs)
     if len(out) != len(pairs):
         seen: set[str] = set()
@@ -98,4 +99,4 @@ def loads_limited(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> A
     and every key once per object (:class:`DuplicateKey`). Other errors are
     json.loads's own (``json.JSONDecodeError``, ``UnicodeDecodeError``)."""
     check_depth(raw, max_depth)
-    return json.loads(raw, object_pairs_hook=_unique)
+    return json.loads(raw, object_pairs_hook=unique_object)

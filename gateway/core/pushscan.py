@@ -8,8 +8,15 @@ array exactly as the HES wrote it, instead of re-encoding 96 floats per
 meter-day (``repr`` of a float costs more than parsing it).
 
 It uses the standard library's own C scanner for every value and its string
-scanner for keys, so numbers, strings, ``NaN``, duplicate keys (the last one
-wins) and errors behave as with ``json.loads``. Whatever it does not handle
+scanner for keys, so numbers, strings, ``NaN`` and errors behave as with
+``json.loads``, with one exception for a ``meter-days/v1`` batch: a key
+twice in one object raises :class:`~gateway.core.jsonlimits.DuplicateKey`
+(D1: a meter-day is forwarded as the HES wrote it, so the router must never
+read one ``"meter"`` while a receiver whose parser keeps the first occurrence
+reads another; I-JSON, RFC 7493 §2.3). A per-record batch keeps json.loads's
+rule (the last one wins): its records are re-encoded from the parsed values,
+so a receiver reads exactly what was routed, and the check would cost half
+again of its parse. Whatever it does not handle
 (a top level that is not an object, a syntax error) is left to ``json.loads``
 itself, so the result and the error are always the standard library's.
 
@@ -26,6 +33,7 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
+from gateway.core.jsonlimits import DuplicateKey, unique_object
 from gateway.core.push_days import FORMAT
 
 Spans = list[tuple[int, int]]
@@ -36,9 +44,11 @@ Posted = tuple[str, int | list[Any]]
 
 # JSON's whitespace, as json.decoder's; the pattern matches everywhere (never None).
 _WS = cast(Callable[[str, int], re.Match[str]], re.compile(r"[ \t\n\r]*").match)
-_DECODER = json.JSONDecoder()
-# The C scanner json.loads itself uses: (text, index) -> (value, end).
-_VALUE = cast(Callable[[str, int], tuple[Any, int]], _DECODER.scan_once)  # type: ignore[attr-defined]
+# The C scanner json.loads itself uses: (text, index) -> (value, end); one
+# that refuses a repeated key (meter-days), one that keeps the last (records).
+Scanner = Callable[[str, int], tuple[Any, int]]
+_UNIQUE = cast(Scanner, json.JSONDecoder(object_pairs_hook=unique_object).scan_once)  # type: ignore[attr-defined]
+_LAST = cast(Scanner, json.JSONDecoder().scan_once)  # type: ignore[attr-defined]
 _KEY = cast(Callable[[str, int], tuple[str, int]], json.decoder.scanstring)  # type: ignore[attr-defined]
 _DAYS = "meter_days"
 _FORMAT = json.dumps(FORMAT)  # as it is spelled in a body (without escapes)
@@ -74,16 +84,22 @@ class _Syntax(Exception):
     """Not something this scanner takes on: json.loads decides."""
 
 
-def scan_batch(text: str) -> tuple[Any, Spans | None]:
+def scan_batch(text: str, *, unique: bool = True) -> tuple[Any, Spans | None]:
     """``(json.loads(text), spans of the meter_days elements or None)``.
-    Raises ``ValueError`` (``json.JSONDecodeError``) exactly when json.loads does."""
+    Raises ``ValueError`` (``json.JSONDecodeError``) exactly when json.loads does,
+    and, with ``unique``, :class:`DuplicateKey` for a key twice in one object."""
     try:
-        return _object(text)
+        return _object(text, _UNIQUE if unique else _LAST, unique)
+    except DuplicateKey:
+        raise
     except (_Syntax, StopIteration, ValueError):
-        return json.loads(text), None  # the standard library's answer or error
+        # the standard library's answer or error (duplicates refused alike)
+        if unique:
+            return json.loads(text, object_pairs_hook=unique_object), None
+        return json.loads(text), None
 
 
-def _object(text: str) -> tuple[dict[str, Any], Spans | None]:
+def _object(text: str, scan: Scanner, unique: bool) -> tuple[dict[str, Any], Spans | None]:
     i = _WS(text, 0).end()
     if text[i:i + 1] != "{":
         raise _Syntax
@@ -97,16 +113,18 @@ def _object(text: str) -> tuple[dict[str, Any], Spans | None]:
             if text[i:i + 1] != '"':
                 raise _Syntax
             key, i = _KEY(text, i + 1)
+            if key in doc and unique:
+                raise DuplicateKey(f"duplicate key {key!r}")
             i = _WS(text, i).end()
             if text[i:i + 1] != ":":
                 raise _Syntax
             i = _WS(text, i + 1).end()
             if key == _DAYS and text[i:i + 1] == "[":
-                value, spans, i = _array(text, i)
+                value, spans, i = _array(text, i, scan)
             else:
-                value, i = _VALUE(text, i)
+                value, i = scan(text, i)
                 if key == _DAYS:
-                    spans = None  # a later duplicate key wins, as in json.loads
+                    spans = None  # a later repeated key wins, as in json.loads
             doc[key] = value
             i = _WS(text, i).end()
             c = text[i:i + 1]
@@ -122,7 +140,7 @@ def _object(text: str) -> tuple[dict[str, Any], Spans | None]:
     return doc, spans
 
 
-def _array(text: str, i: int) -> tuple[list[Any], Spans, int]:
+def _array(text: str, i: int, scan: Scanner) -> tuple[list[Any], Spans, int]:
     values: list[Any] = []
     spans: Spans = []
     i = _WS(text, i + 1).end()
@@ -130,7 +148,7 @@ def _array(text: str, i: int) -> tuple[list[Any], Spans, int]:
         return values, spans, i + 1
     append, mark = values.append, spans.append
     while True:
-        value, end = _VALUE(text, i)
+        value, end = scan(text, i)
         append(value)
         mark((i, end))
         c = text[end:end + 1]
@@ -165,7 +183,13 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
     and the body is valid JSON exactly when the rest and each array are. Every
     cut array must turn up as a meter-day's values (a repeated key, a "values"
     elsewhere: not so); otherwise, or for another format, :func:`scan_batch`."""
-    if "\\" in text or _FORMAT not in text:
+    if _FORMAT not in text:
+        # Records are re-encoded, never forwarded as posted: the last key wins.
+        doc, spans = scan_batch(text, unique=False)
+        if type(doc) is dict and "format" in doc:
+            return scan_batch(text)  # a format spelt with escapes: the strict parse
+        return doc, spans
+    if "\\" in text:
         return scan_batch(text)
     pieces = _CUT.split(text)
     arrays = pieces[1::2]
@@ -173,7 +197,7 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
     if not arrays or rest.count(f'"{_MARK}"') != len(arrays):
         return scan_batch(text)
     try:
-        doc = json.loads(rest)
+        doc = json.loads(rest, object_pairs_hook=unique_object)
     except ValueError:
         return scan_batch(text)  # the standard library's error on the body as posted
     days = doc.get(_DAYS) if type(doc) is dict and doc.get("format") == FORMAT else None

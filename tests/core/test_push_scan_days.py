@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.jsonlimits import DuplicateKey
 from gateway.core.push_days import FORMAT, RoutedDays, route_meter_days
 from gateway.core.pushscan import scan_batch, scan_days
 
@@ -91,13 +92,10 @@ def test_a_plain_batch_is_handed_over_unconverted() -> None:
 
 
 @pytest.mark.parametrize("text", [
-    body(["[1,2]"], extra=',"values":[3]'),  # a repeated key: the last one wins
-    body(["[1,2]"], extra=',"values":"~V~"'),
     body(["[1,2]"], extra=',"via":{"values":[3]}'),
     body(["[1,2]"], top='"values":[4],'),
     body(["[1,2]"], top='"note":"~V~",'),
     body(["[1,2]"], top='"note":"\\u007eV~",'),
-    body(["[1,2]"], extra=',"values":"\\u007eV~"'),  # "~V~", not spelled so
     body(["[1,2]"], extra=',"operator":"a\\"values\\":[5]"'),
     body(["[1,2]"]).replace('"values"', '"valu\\u0065s"'),
     body(["[1,2]"]).replace(f'"{FORMAT}"', '"meter-days/v2"'),
@@ -206,3 +204,47 @@ def test_generated_batches_route_as_before(values: list[str]) -> None:
     for other in others:
         assert outcomes(first) == outcomes(other)
         assert first.quarantined == other.quarantined
+
+
+# -- D1: one value per key, or no batch ------------------------------------------------
+_FLUVIUS_METER = "1SAG0000000001"
+
+
+@pytest.mark.parametrize("twice", [
+    f'"meter":"{_FLUVIUS_METER}",',  # the receiver may read the first "meter"
+    '"values":[9.9],',  # a second values array in one meter-day
+    '"obis":"1-0:2.8.1",',
+])
+def test_a_key_twice_in_a_meter_day_is_refused(twice: str) -> None:
+    """A meter-day goes to its owner as the HES wrote it: if a key were there
+    twice, the router would read the last and a receiver's parser might read
+    the first (another tenant's meter, D1)."""
+    text = body(["[0.1,0.2]"]).replace('{"meter"', "{" + twice + '"meter"', 1)
+    with pytest.raises(DuplicateKey):
+        scan_days(text)
+    with pytest.raises(DuplicateKey):
+        scan_batch(text)
+
+
+@pytest.mark.parametrize("text", [
+    body(["[0.1,0.2]"], top='"batch_id":"b-2",'),  # the envelope
+    body(["[0.1,0.2]"]).replace('"meter_days":[', '"meter_days":[],"meter_days":[', 1),
+    # the format spelt with an escape still gets the strict parse
+    body(["[0.1,0.2]"]).replace(f'"{FORMAT}"', '"meter-days\\/v1"', 1)
+    .replace('"meter"', '"meter":"X","meter"', 1),
+    # a repeated "values", however spelt (once as the fast path's own marker)
+    body(["[1,2]"], extra=',"values":[3]'),
+    body(["[1,2]"], extra=',"values":"~V~"'),
+    body(["[1,2]"], extra=',"values":"\\u007eV~"'),
+    body(["[1,2]"], extra=',"valu\\u0065s":[3]'),
+])
+def test_a_key_twice_anywhere_in_a_batch_is_refused(text: str) -> None:
+    with pytest.raises(DuplicateKey):
+        scan_days(text)
+
+
+def test_a_per_record_batch_keeps_the_last_key() -> None:
+    """Records are re-encoded from what was parsed (never forwarded as posted),
+    so json.loads's rule holds there: what is routed is what is delivered."""
+    doc, _ = scan_days('{"batch_id":"b","records":[{"meter":"A","meter":"B"}]}')
+    assert doc == {"batch_id": "b", "records": [{"meter": "B"}]}

@@ -151,3 +151,26 @@ def test_hes_simulator_pushes_meter_days_and_its_misroute_is_caught(lone: Runnin
     for dso in ("ores", "fluvius", "sibelga", "resa"):
         wait_for(lambda d=dso: len(parts(gw, d)) >= 2)
         assert not any(m["meter"] in water for m in meter_days(gw, dso))
+
+
+def test_a_meter_day_with_a_key_twice_reaches_nobody(lone: RunningStack) -> None:
+    """D1: the router must not read one "meter" while a receiver reads another
+    (meter-days are forwarded as posted): the batch is refused whole, 400."""
+    gw = lone
+    ds = gw.stack.dataset
+    yesterday = datetime.fromisoformat(ds.anchor).replace(hour=0, minute=0, second=0,
+                                                          microsecond=0) - timedelta(days=1)
+    single = [m for m in ds.meters if len(m["owners"]) == 1 and not m["airplane_mode"]]
+    ores = next(m for m in single if m["owners"][0]["tenant"] == "ores")
+    fluvius = next(m for m in single if m["owners"][0]["tenant"] == "fluvius")
+    day = json.dumps(a_day(ores["serial"], yesterday))
+    forged = day.replace('{"meter"', '{"meter": "' + fluvius["serial"] + '", "meter"', 1)
+    body = ('{"format": "' + FORMAT + '", "batch_id": "HES-DUP-1", "source": "hes", '
+            '"meter_days": [' + forged + "]}").encode()
+    status, problem = post_raw(gw, body)
+    assert status == 400 and problem["incident"], problem
+    event = next(e for e in gw.audit_events() if e.get("incident") == problem["incident"])
+    assert event["reason"] == "body-duplicate-key"
+    time.sleep(0.3)
+    assert parts(gw, "ores") == [] and parts(gw, "fluvius") == []
+    assert gw.stack.gateway.outbox.parts() == []
