@@ -40,6 +40,10 @@ async def read_body(request: web.BaseRequest, limit: int, ex: Exchange,
         except TimeoutError as exc:
             # A body that trickles in: refused, the connection closed.
             raise RequestRefused(408, "body-timeout", headers={"Connection": "close"}) from exc
+        except ConnectionError as exc:
+            # The caller hung up mid-body: nothing is forwarded; the refusal is
+            # audited like any other (its answer reaches nobody).
+            raise RequestRefused(400, "client-gone", headers={"Connection": "close"}) from exc
         if not chunk:
             break
         size += len(chunk)

@@ -55,11 +55,11 @@ class _ProblemRequestHandler(RequestHandler):
     _gw_tenant = ""
     _gw_admitted = False
 
-    @property
-    def _gw(self) -> GuardedServer:
-        manager = self._manager
-        assert isinstance(manager, GuardedServer)
-        return manager
+    def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        # Kept here: aiohttp drops its own reference at connection_lost, and
+        # the error path may still run after that (a caller gone mid-body).
+        self._gw = manager
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         book = self._gw.book

@@ -305,3 +305,28 @@ def test_admin_plane_has_the_same_edge_limits(edge: RunningStack) -> None:
         raw = _read_all(tls)
     assert _status(raw) == 400 and b"application/problem+json" in raw
     assert b"aiohttp" not in raw
+
+
+def test_a_client_gone_mid_body_is_closed_quietly(edge: RunningStack,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A caller that sends part of a declared body and hangs up: the
+    connection is closed and accounted without an error in the log (the
+    handler's error path used to assert on its already-released server)."""
+    meter = _meter(edge)
+    for route in (f"/hes/meters/{meter}/operations", "/push/hes/batches"):
+        who = ("ores", "field-ops") if "operations" in route else ("hes-operator", "pusher")
+        with caplog.at_level("WARNING"):
+            tls = _tls(edge, *who)
+            tls.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                        "\r\nContent-Length: 10000\r\n\r\n".encode() + b'{"action": ')
+            time.sleep(0.2)
+            tls.close()
+            time.sleep(0.8)
+        errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+        assert errors == [], [r.getMessage() for r in errors]
+        caplog.clear()
+    # Audited as a refusal, nothing forwarded; the listener still serves.
+    gone = [e for e in edge.audit_events() if e.get("reason") == "client-gone"]
+    assert {e["route"] for e in gone} >= {"/hes/meters/{serial}/operations",
+                                          "/push/hes/batches"}, gone
+    assert edge.client("ores").get("/hes/meters").status == 200
