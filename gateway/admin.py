@@ -38,7 +38,7 @@ from gateway.core.duties import Person
 from gateway.core.jsonlimits import DuplicateKey, TooDeep, loads_limited
 from gateway.credentials import ADMIN_ROLES, AdminRefused, Credentials
 from gateway.errors import RequestRefused
-from gateway.identity import CallerResolver
+from gateway.identity import CallerResolver, CredentialRefused
 from gateway.metrics import GatewayMetrics
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 from gateway.state import CertificateRecord, PrincipalKey
@@ -194,6 +194,8 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
                 try:
                     caller = resolver.resolve(request)
                 except RequestRefused as exc:
+                    if isinstance(exc, CredentialRefused):  # a known principal, refused
+                        actor = "/".join(exc.caller.principal.key)
                     raise AdminRefused(403, exc.reason,
                                        "the client certificate is not an admin principal"
                                        ) from exc

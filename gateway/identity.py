@@ -23,6 +23,16 @@ from gateway.tenants import TenantRegistry
 RevocationCheck = Callable[[str, tuple[str, str, str]], "str | None"]
 
 
+class CredentialRefused(RequestRefused):
+    """A certificate that names a declared principal but may not be used now
+    (revoked, principal disabled). Unlike an unknown certificate, who it is
+    is known, and the audit and the SOC must say so (D8, D12)."""
+
+    def __init__(self, reason: str, caller: Caller) -> None:
+        super().__init__(403, reason)
+        self.caller = caller
+
+
 def _never_revoked(serial: str, principal: tuple[str, str, str]) -> str | None:
     return None
 
@@ -54,7 +64,7 @@ class CallerResolver:
         # disabling also ends keep-alive connections opened before it.
         refused = self.revocation(caller.cert_serial, caller.principal.key)
         if refused is not None:
-            raise RequestRefused(403, refused)
+            raise CredentialRefused(refused, caller)
         return caller
 
     def _resolve(self, transport: Any) -> Caller:

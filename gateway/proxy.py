@@ -54,7 +54,7 @@ from gateway.exchange import (
     read_body,
 )
 from gateway.fairslots import UpstreamSlots
-from gateway.identity import CallerResolver
+from gateway.identity import CallerResolver, CredentialRefused
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body
 from gateway.push import PushService
@@ -181,6 +181,8 @@ class DataPlane:
             response = self._check(ex, facts, relations, upstream, now)
         except RequestRefused as exc:
             ex.reason = exc.reason
+            if isinstance(exc, CredentialRefused):
+                ex.caller = exc.caller  # refused, but who it is goes to the audit and SOC
             response = self._problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
         except UpstreamFailed as exc:
             ex.reason = exc.reason
@@ -451,6 +453,8 @@ class DataPlane:
         ex.reason = reason
         try:
             ex.caller = self.resolver.resolve(request)
+        except CredentialRefused as exc:
+            ex.caller = exc.caller
         except RequestRefused:
             ex.caller = None
         response = self._problem(status, ex)

@@ -108,3 +108,26 @@ def test_a_revoked_certificate_in_the_handshake_reaches_the_soc(stack: RunningSt
     event = wait_for_event(stack, lambda e: e["kind"] == "tls-handshake-refused"
                            and e.get("reason") == "revoked")
     assert event["severity"] == "warning" and event["incident"]
+
+
+def test_a_revoked_certificate_on_an_open_connection_is_named(stack: RunningStack) -> None:
+    """D8, D12: a certificate revoked while its keep-alive connection stays
+    open is refused on the next request, and the audit event and the SOC say
+    whose it was (tenant, principal, serial), not "unknown"."""
+    pki = stack.stack.pki
+    cert = pki.client_cert("telenet", "api")
+    serial = serial_hex(x509.load_pem_x509_certificate(cert.read_bytes()))
+    client = stack.client("telenet")
+    assert client.get("/cmh/requests").status == 200
+    resp = admin(stack, "POST", f"/admin/certs/{serial}/revoke",
+                 {"reason": "left", "code": "cessation-of-operation"})
+    assert resp.status == 200, resp.body
+    refused = client.get("/cmh/requests")  # the same connection
+    assert refused.status == 403
+    incident = refused.json["incident"]
+    (event,) = [e for e in stack.audit_events() if e.get("incident") == incident]
+    assert (event["tenant"], event["principal"], event["cert_serial"], event["reason"]) == (
+        "telenet", "api", serial, "certificate-revoked")
+    soc = wait_for_event(stack, lambda e: e.get("incident") == incident)
+    assert soc["kind"] == "certificate-refused"
+    assert (soc["tenant"], soc["principal"], soc["cert_serial"]) == ("telenet", "api", serial)
