@@ -30,23 +30,20 @@ from typing import Any
 from aiohttp import web
 
 from gateway.assertion import ASSERTION_HEADER, AssertionSigner
-from gateway.audit import AuditSink, AuditWriteFailed
+from gateway.audit import AuditSink
 from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, check_response
 from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts, check_purpose, decide
-from gateway.core.denials import DenialDetector
 from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
 from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
-from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
 from gateway.core.quota import Quota, Quotas
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import Route, RouteMatch, RouteTable
 from gateway.edge import EdgeLimits
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.exchange import (
-    CERTIFICATE_REFUSALS,
     DEFAULT_LIMITS,
     PUSH_CMH,
     PUSH_ROUTES,
@@ -55,10 +52,10 @@ from gateway.exchange import (
 )
 from gateway.fairslots import UpstreamSlots
 from gateway.identity import CallerResolver, CredentialRefused
-from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
-from gateway.problem import CONTENT_TYPE, problem_body
+from gateway.metrics import GatewayMetrics
 from gateway.push import PushService
 from gateway.pushgate import PushGate
+from gateway.requesttrace import SERVER_HEADER, RequestTrace
 from gateway.soc import SecurityEvents
 from gateway.state import Consultation
 from gateway.upstream import UpstreamPool
@@ -67,7 +64,6 @@ from gateway.usage import UsageLedger
 log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
 CLASSIFICATION_HEADER = "X-Classification"
-SERVER_HEADER = "gateway"  # no version banner
 
 
 class DataPlane:
@@ -100,8 +96,6 @@ class DataPlane:
         self.metrics = metrics
         self.upstream_auth = upstream_auth  # the vault's service credential per upstream
         self.push = push
-        self.soc = soc
-        self.usage = usage  # D10: aggregated usage, no payload
         self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
@@ -114,10 +108,12 @@ class DataPlane:
         self.in_flight = 0
         self.over_memory_budget = False  # set by the server's memory watch
         self.load_quotas()
-        self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.push_max_body_bytes = push_max_body_bytes
         self.push_gate = PushGate(limits)
         self.clock = clock
+        # The last stage of every request, refused or served: answer, audit, metrics.
+        self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
+                                  clock=clock)
 
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -138,8 +134,8 @@ class DataPlane:
         if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
             # Shed load fast and cheaply: no identity, no upstream, no parsing.
             ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
-            response = self._problem(503, ex, headers={"Retry-After": "1"})
-            self._account(ex, request, response)
+            response = self.trace.problem(503, ex, headers={"Retry-After": "1"})
+            self.trace.account(ex, request, response)
             return response
         self.in_flight += 1
         try:
@@ -159,7 +155,7 @@ class DataPlane:
             forward_headers = self._hygiene(request, ex)
             if target.path in PUSH_ROUTES and self.push is not None:
                 response = await self._push(request, ex, PUSH_ROUTES[target.path])
-                self._account(ex, request, response)
+                self.trace.account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)
             ref = ex.match.route.resource
@@ -183,11 +179,11 @@ class DataPlane:
             ex.reason = exc.reason
             if isinstance(exc, CredentialRefused):
                 ex.caller = exc.caller  # refused, but who it is goes to the audit and SOC
-            response = self._problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
+            response = self.trace.problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
         except UpstreamFailed as exc:
             ex.reason = exc.reason
-            response = self._problem(exc.status, ex)
-        self._account(ex, request, response)
+            response = self.trace.problem(exc.status, ex)
+        self.trace.account(ex, request, response)
         return response
 
     def _edge(self, request: web.BaseRequest) -> None:
@@ -457,83 +453,6 @@ class DataPlane:
             ex.caller = exc.caller
         except RequestRefused:
             ex.caller = None
-        response = self._problem(status, ex)
-        self._account(ex, request, response)
+        response = self.trace.problem(status, ex)
+        self.trace.account(ex, request, response)
         return response
-
-    # -- answers, audit, metrics -------------------------------------------
-    def _problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
-                 detail: str | None = None) -> web.Response:
-        slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
-        out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
-        close = out.pop("Connection", None) == "close"
-        response = web.Response(status=status, body=problem_body(status, ex.incident, slug,
-                                                                 detail),
-                                content_type=CONTENT_TYPE, headers=out)
-        if close:
-            response.force_close()  # framing we do not trust: no next request on it
-        return response
-
-    def _security_event(self, ex: Exchange, event: dict[str, Any]) -> None:
-        """D12: what the SOC must see, with the incident id of the audit event."""
-        assert self.soc is not None
-        who = {k: event[k] for k in ("tenant", "principal", "cert_serial", "route", "upstream",
-                                     "reason", "status")}
-        if ex.reason in ISOLATION_REASONS:
-            self.soc.emit("isolation-violation", "critical", ex.incident, **who)
-        elif ex.reason in CERTIFICATE_REFUSALS:
-            self.soc.emit("certificate-refused", "warning", ex.incident, **who)
-        elif ex.reason in PUSH_INTAKE_REFUSALS:
-            # D1: a partner pushing into an intake that is not its own system's.
-            self.soc.emit("push-intake-refused", "error", ex.incident, **who)
-        if ex.caller is not None:
-            p = ex.caller.principal
-            if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
-                self.soc.emit("repeated-denials", "warning", ex.incident, **who)
-
-    def _account(self, ex: Exchange, request: web.BaseRequest,
-                 response: web.Response) -> None:
-        tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
-        route = ex.match.route if ex.match is not None else None
-        upstream = route.upstream if route is not None else NO_ROUTE
-        status = response.status
-        bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
-        event = {
-            "event": "request",
-            "incident": ex.incident,
-            "tenant": tenant,
-            "principal": ex.caller.principal.name if ex.caller is not None else None,
-            "cert_serial": ex.caller.cert_serial if ex.caller is not None else None,
-            "cert_fingerprint": ex.caller.cert_fingerprint if ex.caller is not None else None,
-            "method": request.method,
-            "route": route.name if route is not None else None,
-            "upstream": upstream,
-            "decision": "allow" if status < 400 else "deny",
-            "reason": ex.reason,
-            "status": status,
-            "resources": list(ex.resources[:20]),
-            "bytes_in": ex.bytes_in,
-            "bytes_out": bytes_out,
-            "classification": ex.label,
-        }
-        try:
-            self.audit.record(event)
-        except AuditWriteFailed:
-            # SECURITY: no trace, no answer (fail closed).
-            log.error("audit write failed; refusing incident=%s", ex.incident)
-            self.metrics.audit_write_failures.inc()
-            response.set_status(503)
-            response.body = problem_body(503, ex.incident, "internal-error")
-            response.content_type = CONTENT_TYPE
-            status = 503
-        if status >= 400:
-            self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
-            if self.soc is not None:
-                self._security_event(ex, event)
-        route_name = route.name if route else NO_ROUTE
-        metrics = self.metrics
-        metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
-        if self.usage is not None:
-            self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, bytes_out)
-        metrics.child(metrics.duration, tenant, upstream).observe(
-            time.perf_counter() - ex.started)
