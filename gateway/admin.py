@@ -34,8 +34,8 @@ from typing import Any
 from aiohttp import web
 
 from gateway.admin_duties import DualControl, Pending, pending_json, pending_routes
-from gateway.core.duties import Person
 from gateway.core.jsonlimits import DuplicateKey, TooDeep, loads_limited
+from gateway.core.model import Principal
 from gateway.credentials import ADMIN_ROLES, AdminRefused, Credentials
 from gateway.errors import RequestRefused
 from gateway.identity import CallerResolver, CredentialRefused
@@ -158,9 +158,9 @@ Guard = Callable[..., Handler]  # guarded(action, roles, target, fn, *, write=Tr
 RouteSet = Callable[[web.UrlDispatcher, Guard], None]
 
 
-def person_of(caller: Any) -> Person:
+def person_of(caller: Any) -> Principal:
     p = caller.principal
-    return Person(caller.tenant.id, p.kind, p.name, p.roles, p.team)
+    return Principal(caller.tenant.id, p.kind, p.name, p.roles, p.team)
 
 
 def build_admin_app(creds: Credentials, resolver: CallerResolver,

@@ -32,12 +32,12 @@ from gateway.core.duties import (
     SECURITY_ADMIN,
     TWO_PERSON,
     InvalidTransition,
-    Person,
     Ruling,
     approval_refusal,
     next_state,
     ruling,
 )
+from gateway.core.model import Principal
 from gateway.credentials import AdminRefused, Credentials
 from gateway.state import PendingAction, PrincipalKey
 
@@ -81,12 +81,12 @@ class DualControl:
         self.ttl = ttl
 
     # -- who is who --------------------------------------------------------
-    def person(self, key: PrincipalKey) -> Person | None:
+    def person(self, key: PrincipalKey) -> Principal | None:
         found = self.creds.registry().principal(*key)
         if found is None:
             return None
         _, p = found
-        return Person(key[0], key[1], key[2], p.roles, p.team)
+        return Principal(key[0], key[1], key[2], p.roles, p.team)
 
     def other_enabled_admins(self, target: PrincipalKey | None) -> int:
         disabled = self.creds.view.disabled
@@ -94,7 +94,7 @@ class DualControl:
                    if SECURITY_ADMIN in p.roles and (tenant.id, p.kind, p.name) != target
                    and (tenant.id, p.kind, p.name) not in disabled)
 
-    def rule(self, action: str, actor: Person, target: PrincipalKey | None) -> Ruling:
+    def rule(self, action: str, actor: Principal, target: PrincipalKey | None) -> Ruling:
         """The ruling for ``action``; a refusal raises (403, audited by the caller)."""
         person = self.person(target) if target is not None else None
         if target is not None and person is None:
@@ -107,7 +107,7 @@ class DualControl:
         return got
 
     # -- the gate every dual-controlled handler goes through -----------------
-    async def gate(self, action: str, actor: Person, target: str,
+    async def gate(self, action: str, actor: Principal, target: str,
                    principal: PrincipalKey | None, params: dict[str, Any],
                    reason: str) -> Any:
         got = self.rule(action, actor, principal)
@@ -156,16 +156,16 @@ class DualControl:
             raise AdminRefused(409, "pending-not-open", f"{item.id} was decided meanwhile")
         return moved
 
-    def _check_approver(self, item: PendingAction, approver: Person) -> None:
+    def _check_approver(self, item: PendingAction, approver: Principal) -> None:
         tenant, kind, name = text_key(item.requester)
         # Judged by the team the requester had when asking (stored with the item).
-        requester = Person(tenant, kind, name, team=item.requester_team or None)
+        requester = Principal(tenant, kind, name, team=item.requester_team or None)
         target = text_key(item.principal) if item.principal else None
         why = approval_refusal(requester, approver, target)
         if why is not None:
             raise AdminRefused(403, why, _REFUSAL_TEXT.get(why, why))
 
-    async def approve(self, pending_id: str, approver: Person, reason: str,
+    async def approve(self, pending_id: str, approver: Principal, reason: str,
                       extra: dict[str, str]) -> dict[str, Any]:
         item = self.get(pending_id)
         extra.update({"requested_by": item.requester, "approved_by": key_text(approver.key),
@@ -199,7 +199,7 @@ class DualControl:
                                       "done", f"approved in {item.id}", extra=dict(extra))
         return {"pending": pending_json(done), "result": body}
 
-    def deny(self, pending_id: str, decider: Person, reason: str,
+    def deny(self, pending_id: str, decider: Principal, reason: str,
              extra: dict[str, str]) -> dict[str, Any]:
         item = self.get(pending_id)
         extra.update({"requested_by": item.requester, "denied_by": key_text(decider.key)})

@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.core.catalog import ROUTES
+from gateway.core.model import Principal
 
 SECURITY_ADMIN = "security-admin"
 # The roles a shared system treats as privileged: each role one of its routes
@@ -63,21 +64,6 @@ TWO_PERSON_ACTIONS = CREDENTIAL_ACTIONS | CRITICAL_ACTIONS | {DISABLE}
 
 
 @dataclass(frozen=True, slots=True)
-class Person:
-    """An admin-plane actor, or the principal an action is about."""
-
-    tenant: str
-    kind: str
-    name: str
-    roles: frozenset[str] = frozenset()
-    team: str | None = None
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.tenant, self.kind, self.name)
-
-
-@dataclass(frozen=True, slots=True)
 class Ruling:
     need: str  # ONE_ADMIN | TWO_PERSON | REFUSED
     reason: str  # a stable code for the audit event and the README table
@@ -86,8 +72,8 @@ class Ruling:
 @dataclass(frozen=True, slots=True)
 class Situation:
     action: str
-    actor: Person
-    target: Person | None
+    actor: Principal
+    target: Principal | None
     other_enabled_admins: int  # enabled security admins other than the target
 
 
@@ -127,7 +113,7 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def ruling(action: str, actor: Person, target: Person | None = None, *,
+def ruling(action: str, actor: Principal, target: Principal | None = None, *,
            other_enabled_admins: int = 1) -> Ruling:
     """What ``actor`` needs to do ``action`` on ``target`` (D6)."""
     situation = Situation(action, actor, target, other_enabled_admins)
@@ -137,7 +123,7 @@ def ruling(action: str, actor: Person, target: Person | None = None, *,
     return Ruling(ONE_ADMIN, "not-dual-controlled")
 
 
-def approval_refusal(requester: Person, approver: Person,
+def approval_refusal(requester: Principal, approver: Principal,
                      target: tuple[str, str, str] | None) -> str | None:
     """Why ``approver`` may not approve ``requester``'s pending action, or None.
 

@@ -13,25 +13,25 @@ from gateway.core.duties import (
     TRANSITIONS,
     TWO_PERSON,
     InvalidTransition,
-    Person,
     approval_refusal,
     next_state,
     ruling,
 )
+from gateway.core.model import Principal
 
-ALICE = Person("ores", "person", "alice", frozenset({"security-admin"}), "iam")
-BOB = Person("ores", "person", "bob", frozenset({"security-admin", "vault-approver"}), "iam")
-IVAN = Person("ores", "person", "ivan", frozenset({"security-admin"}), "cyber-defence")
-CAROL = Person("ores", "person", "carol", frozenset({"auditor"}), "internal-audit")
-DAVE = Person("ores", "person", "dave", frozenset({"privileged-user"}), "grid-ops")
-HEIDI = Person("ores", "person", "heidi", frozenset({"vault-approver"}), "grid-ops")
-ORES_API = Person("ores", "service", "api", frozenset({"reader"}))
-ORES_FIELD = Person("ores", "service", "field-ops", frozenset({"reader", "meter-operator"}))
-ORES_PERSON_PLAIN = Person("ores", "person", "pat", frozenset({"reader"}), "grid-ops")
-ORES_PRIV_SERVICE = Person("ores", "service", "robot", frozenset({"privileged-user"}))
-FLUVIUS_API = Person("fluvius", "service", "api", frozenset({"reader"}))
-HES_PUSHER = Person("hes-operator", "service", "pusher", frozenset({"pusher"}))
-ERIN = Person("engie-it", "person", "erin", frozenset({"privileged-user"}), "support")
+ALICE = Principal("ores", "person", "alice", frozenset({"security-admin"}), "iam")
+BOB = Principal("ores", "person", "bob", frozenset({"security-admin", "vault-approver"}), "iam")
+IVAN = Principal("ores", "person", "ivan", frozenset({"security-admin"}), "cyber-defence")
+CAROL = Principal("ores", "person", "carol", frozenset({"auditor"}), "internal-audit")
+DAVE = Principal("ores", "person", "dave", frozenset({"privileged-user"}), "grid-ops")
+HEIDI = Principal("ores", "person", "heidi", frozenset({"vault-approver"}), "grid-ops")
+ORES_API = Principal("ores", "service", "api", frozenset({"reader"}))
+ORES_FIELD = Principal("ores", "service", "field-ops", frozenset({"reader", "meter-operator"}))
+ORES_PERSON_PLAIN = Principal("ores", "person", "pat", frozenset({"reader"}), "grid-ops")
+ORES_PRIV_SERVICE = Principal("ores", "service", "robot", frozenset({"privileged-user"}))
+FLUVIUS_API = Principal("fluvius", "service", "api", frozenset({"reader"}))
+HES_PUSHER = Principal("hes-operator", "service", "pusher", frozenset({"pusher"}))
+ERIN = Principal("engie-it", "person", "erin", frozenset({"privileged-user"}), "support")
 
 
 # (action, actor, target, other enabled admins, need, reason)
@@ -80,7 +80,7 @@ TABLE = [
 
 
 @pytest.mark.parametrize("action,actor,target,others,need,reason", TABLE)
-def test_who_needs_whom(action: str, actor: Person, target: Person | None, others: int,
+def test_who_needs_whom(action: str, actor: Principal, target: Principal | None, others: int,
                         need: str, reason: str) -> None:
     got = ruling(action, actor, target, other_enabled_admins=others)
     assert (got.need, got.reason) == (need, reason)
@@ -105,14 +105,14 @@ APPROVALS = [
 
 
 @pytest.mark.parametrize("requester,approver,target,refusal", APPROVALS)
-def test_who_may_approve(requester: Person, approver: Person,
+def test_who_may_approve(requester: Principal, approver: Principal,
                          target: tuple[str, str, str] | None, refusal: str | None) -> None:
     assert approval_refusal(requester, approver, target) == refusal
 
 
 def test_admins_without_a_team_cannot_approve_each_other() -> None:
-    a = Person("ores", "person", "a", frozenset({"security-admin"}))
-    b = Person("ores", "person", "b", frozenset({"security-admin"}))
+    a = Principal("ores", "person", "a", frozenset({"security-admin"}))
+    b = Principal("ores", "person", "b", frozenset({"security-admin"}))
     assert approval_refusal(a, b, None) == "same-team"
     assert approval_refusal(a, IVAN, None) is None
 
