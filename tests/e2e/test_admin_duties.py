@@ -278,3 +278,26 @@ def test_a_done_action_has_its_attempt_recorded_first(gw: RunningStack) -> None:
     events = [e for e in admin_events(gw, "keys-rotate") if e["reason"] == "quarterly"]
     assert [e["outcome"] for e in events][-2:] == ["attempt", "done"]
     assert json.dumps(events)  # plain JSON, both actors' fields absent here
+
+
+def test_an_admin_action_that_fails_is_a_500_problem_and_audited(lone: RunningStack) -> None:
+    """D10: an action that breaks half-way (here the server key's path is a
+    directory, so the rotated key cannot be written) answers a 500 problem
+    document whose incident id is in an audit event, after its attempt event."""
+    gw = lone
+    key_path = gw.stack.gateway.config.server_key
+    saved = key_path.read_bytes()
+    key_path.unlink()
+    key_path.mkdir()
+    try:
+        resp = admin(gw, "POST", "/admin/tls/server/rotate", {"reason": "yearly"})
+        doc = problem(resp, 500)
+        assert doc["type"].endswith(":internal-error")
+        events = admin_events(gw, "server-rotate")
+        assert [e["outcome"] for e in events[-2:]] == ["attempt", "error"]
+        assert events[-1]["incident"] == doc["incident"]
+        assert events[-1]["actor"] == "ores/person/alice"
+    finally:
+        key_path.rmdir()
+        key_path.write_bytes(saved)
+        key_path.chmod(0o600)
