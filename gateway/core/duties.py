@@ -114,7 +114,7 @@ RULES: tuple[Rule, ...] = (
 
 
 def ruling(action: str, actor: Principal, target: Principal | None = None, *,
-           other_enabled_admins: int = 1) -> Ruling:
+           other_enabled_admins: int) -> Ruling:
     """What ``actor`` needs to do ``action`` on ``target`` (D6)."""
     situation = Situation(action, actor, target, other_enabled_admins)
     for condition, need, reason in RULES:
@@ -158,7 +158,7 @@ FINAL = frozenset({DONE, FAILED, DENIED, EXPIRED})
 
 class InvalidTransition(ValueError):
     def __init__(self, state: str, event: str) -> None:
-        super().__init__(f"a {state} item cannot {event}")
+        super().__init__(f"{event!r} is not allowed for an item that is {state!r}")
         self.state = state
         self.event = event
 

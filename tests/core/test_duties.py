@@ -75,6 +75,10 @@ TABLE = [
     ("vault-rekey", ALICE, None, 2, TWO_PERSON, "critical-action"),
     # Not dual-controlled.
     ("certs-revoke", ALICE, None, 2, ONE_ADMIN, "not-dual-controlled"),
+    # Revoking is one admin's, whoever the certificate belongs to: a compromise
+    # is stopped at once, never held for a second person.
+    ("certs-revoke", ALICE, BOB, 2, ONE_ADMIN, "not-dual-controlled"),
+    ("certs-revoke", ALICE, FLUVIUS_API, 2, ONE_ADMIN, "not-dual-controlled"),
     ("keys-rotate", ALICE, None, 2, ONE_ADMIN, "not-dual-controlled"),
 ]
 
@@ -86,8 +90,8 @@ def test_who_needs_whom(action: str, actor: Principal, target: Principal | None,
     assert (got.need, got.reason) == (need, reason)
 
 
-def test_default_other_admins_allows_disabling_an_admin_with_approval() -> None:
-    assert ruling("principal-disable", ALICE, BOB).need == TWO_PERSON
+def test_disabling_an_admin_while_another_remains_needs_approval() -> None:
+    assert ruling("principal-disable", ALICE, BOB, other_enabled_admins=1).need == TWO_PERSON
 
 
 # (requester, approver, target, refusal)
@@ -143,9 +147,12 @@ def test_final_states_have_no_way_out() -> None:
     assert DONE in FINAL
     for state in FINAL:
         assert not [k for k in TRANSITIONS if k[0] == state]
-    # An approved item cannot be approved (hence executed) twice.
-    with pytest.raises(InvalidTransition):
+    # An approved item cannot be approved (hence executed) twice; the refusal
+    # names the state and the event.
+    with pytest.raises(InvalidTransition,
+                       match="'approve' is not allowed for an item that is 'approved'") as info:
         next_state("approved", "approve")
+    assert (info.value.state, info.value.event) == ("approved", "approve")
 
 
 def test_the_roles_routes_require_are_privileged() -> None:
