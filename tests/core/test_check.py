@@ -253,3 +253,55 @@ def test_cmh_list_with_request_of_others_is_withheld(relations: RelationIndex) -
     v = check("proximus", "telecom", "GET", "/cmh/requests",
               {"requests": [_cmh_request(), other]}, relations)
     assert v.decision.reason == "foreign-record"
+
+
+# D10: why an answer was withheld, and which record, go to the audit event
+# (``resources``) and the ``reason`` metric label: each case names both.
+def _day(days_ago: int) -> str:
+    return (NOW - timedelta(days=days_ago)).date().isoformat()
+
+
+def _withheld_cases() -> list[tuple[str, str, str, str, Any, dict[str, str], str, tuple[str, ...]]]:
+    readings = f"/hes/meters/{METER_ORES}/readings"
+    consumption = f"/clearing/access-points/{EAN_A}/consumption"
+    window = {"from": _day(30), "to": _day(1)}
+    return [
+        # (caller, kind, method, path, body, query, reason, resources)
+        ("ores", "dso", "GET", "/hes/meters", {"meters": [{"serial": METER_ORES},
+                                                          {"serial": METER_WATER}]},
+         {}, "foreign-record", (METER_WATER,)),
+        ("ores", "dso", "GET", f"/hes/meters/{METER_ORES}", {"serial": "1SAG0000000077"},
+         {}, "record-not-requested", ("1SAG0000000077",)),
+        ("ores", "dso", "GET", "/hes/meters", {"meters": [{"serial": 5}]},
+         {}, "response-malformed", ()),
+        ("ores", "dso", "GET", readings, {"readings": [{"meter": METER_ORES}]},
+         {"date": _day(3)}, "response-malformed", (METER_ORES,)),  # no timestamp
+        ("ores", "dso", "GET", readings, {"readings": [{"meter": METER_ORES,
+                                                        "timestamp": "yesterday"}]},
+         {"date": _day(3)}, "response-malformed", (METER_ORES,)),
+        ("lumen-energie", "supplier", "GET", consumption,
+         {"readings": [{"ean": EAN_A}]}, window, "response-malformed", (EAN_A,)),  # no date
+        ("lumen-energie", "supplier", "GET", consumption,
+         {"readings": [{"ean": EAN_A, "date": _day(200)}]}, window,
+         "record-outside-window", (EAN_A,)),
+        ("lumen-energie", "supplier", "GET", consumption, {"readings": []},
+         {"from": _day(1), "to": _day(30)}, "window-invalid", ()),  # from after to
+        ("engie-it", "it-provider", "GET", "/hes/meters", {"meters": []},
+         {}, "tenant-kind-not-permitted", ()),  # decide() refuses it first
+    ]
+
+
+@pytest.mark.parametrize("case", _withheld_cases(), ids=lambda c: f"{c[6]}-{c[3]}")
+def test_every_withheld_answer_names_its_reason_and_record(
+        relations: RelationIndex, case: tuple[Any, ...]) -> None:
+    caller, kind, method, path, body, query, reason, resources = case
+    v = check(caller, kind, method, path, body, relations, query)
+    assert not v.decision.allowed and v.body is None
+    assert (v.decision.status, v.decision.reason, v.decision.resources) == (
+        502, reason, resources)
+
+
+def test_an_allowed_answer_names_every_record_it_checked(relations: RelationIndex) -> None:
+    v = check("ores", "dso", "GET", "/hes/meters", {"meters": [{"serial": METER_ORES}]},
+              relations)
+    assert (v.decision.reason, v.decision.resources) == ("checked", (METER_ORES,))
