@@ -233,6 +233,13 @@ def test_cmh_operator_sees_only_its_connection_and_minimum_site(relations: Relat
     assert set(v.body["site"]) == {"street", "postal_code", "city", "requested_date",
                                    "household"}
     assert EAN_A not in repr(v.body)  # telecom never sees an energy EAN
+    assert v.changed
+    # The request's own shared members stay; anything else top-level goes.
+    request = {**_cmh_request(), "created": "2026-06-01", "note": "internal"}
+    v = check("proximus", "telecom", "GET", "/cmh/requests/CMH1", request, relations)
+    assert set(v.body) == {"id", "coordinator", "status", "created", "site", "connections"}
+    assert (v.body["id"], v.body["coordinator"], v.body["status"], v.body["created"]) == (
+        "CMH1", "ores", "open", "2026-06-01")
 
 
 def test_cmh_coordinator_sees_everything(relations: RelationIndex) -> None:
@@ -305,3 +312,39 @@ def test_an_allowed_answer_names_every_record_it_checked(relations: RelationInde
     v = check("ores", "dso", "GET", "/hes/meters", {"meters": [{"serial": METER_ORES}]},
               relations)
     assert (v.decision.reason, v.decision.resources) == ("checked", (METER_ORES,))
+
+
+def test_d2_a_supplier_never_sees_another_suppliers_running_contract(
+        relations: RelationIndex) -> None:
+    """D2: 'it never sees customers active with another supplier': the other
+    supplier's contract that runs now is removed, not only an ended one."""
+    contracts = [{"supplier": "mosa-energie", "valid_from": None, "valid_to": None},
+                 {"supplier": "lumen-energie", "valid_from": None, "valid_to": None}]
+    v = check("lumen-energie", "supplier", "GET", f"/clearing/access-points/{EAN_A}",
+              _access_point(EAN_A, contracts), relations)
+    assert v.decision.allowed and v.changed
+    assert [c["supplier"] for c in v.body["contracts"]] == ["lumen-energie"]
+
+
+def test_d4_a_mandate_holder_sees_exactly_the_contracts_running_now(
+        relations: RelationIndex) -> None:
+    """A welfare centre's view of the contracts is 'now': one that starts at
+    this instant is shown, one that ends at this instant or starts later is
+    not (the validity windows are [from, to))."""
+    now, later, before = NOW.isoformat(), (NOW + DAY).isoformat(), (NOW - DAY).isoformat()
+    contracts = [
+        {"supplier": "starts-now", "valid_from": now, "valid_to": None},
+        {"supplier": "ends-now", "valid_from": None, "valid_to": now},
+        {"supplier": "starts-later", "valid_from": later, "valid_to": None},
+        {"supplier": "ended", "valid_from": None, "valid_to": before},
+        {"supplier": "running", "valid_from": before, "valid_to": later},
+    ]
+    v = check("cpas-namur", "social-welfare", "GET", f"/clearing/access-points/{EAN_A}",
+              _access_point(EAN_A, contracts), relations)
+    assert v.decision.allowed and v.changed
+    assert [c["supplier"] for c in v.body["contracts"]] == ["starts-now", "running"]
+    # Nothing to remove: the answer is passed on as it came.
+    running = [contracts[-1]]
+    v = check("cpas-namur", "social-welfare", "GET", f"/clearing/access-points/{EAN_A}",
+              _access_point(EAN_A, running), relations)
+    assert v.decision.allowed and not v.changed and v.body["contracts"] == running

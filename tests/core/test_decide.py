@@ -313,3 +313,65 @@ def test_d3_drop_initiator_grants_no_access_of_its_own(relations: RelationIndex)
                  "to": (NOW - DAY).date().isoformat()} if path.endswith("consumption") else {}
         d = ask("lumen-energie", "supplier", "GET", path, index, query)
         assert not d.allowed and d.reason == "no-relation", path
+
+
+# --- the window's edges (D2, D4) and what a decision names (D10) ------------
+
+@pytest.mark.parametrize("query,reason", [
+    ({}, "window-missing"),
+    ({"date": "someday"}, "window-malformed"),
+    ({"date": "2027-03-01"}, "window-in-future"),
+])
+def test_a_readings_day_is_required(relations: RelationIndex, query: dict[str, str],
+                                    reason: str) -> None:
+    d = ask("ores", "dso", "GET", f"/hes/meters/{METER_ORES}/readings", relations, query)
+    assert (d.status, d.reason) == (400, reason)
+
+
+def test_to_is_an_inclusive_day_and_from_after_to_is_inverted() -> None:
+    r, params = route("GET", f"/clearing/access-points/{EAN_A}/consumption")
+    day = (NOW - timedelta(days=10)).date().isoformat()
+    one_day = request_window(r, RequestFacts(params, {"from": day, "to": day}), NOW)
+    assert one_day is not None and not isinstance(one_day, Decision)
+    assert one_day.end - one_day.start == timedelta(days=1)  # "to" counts whole
+    after = (NOW - timedelta(days=9)).date().isoformat()
+    inverted = request_window(r, RequestFacts(params, {"from": after, "to": day}), NOW)
+    assert isinstance(inverted, Decision) and inverted.reason == "window-inverted"
+
+
+def test_a_window_holds_its_start_not_its_end() -> None:
+    r, params = route("GET", f"/clearing/access-points/{EAN_A}/consumption")
+    day = (NOW - timedelta(days=10)).date().isoformat()
+    w = request_window(r, RequestFacts(params, {"from": day, "to": day}), NOW)
+    assert w is not None and not isinstance(w, Decision)
+    assert w.contains(w.start) and not w.contains(w.end)
+    assert w.contains(w.end - timedelta(microseconds=1))
+
+
+def test_a_decision_names_its_relation_and_resource(relations: RelationIndex) -> None:
+    allowed = ask("ores", "dso", "GET", f"/hes/meters/{METER_ORES}", relations)
+    assert (allowed.reason, allowed.resources) == ("owner", (METER_ORES,))
+    denied = ask("ores", "dso", "GET", f"/hes/meters/{METER_WATER}", relations)
+    assert (denied.status, denied.reason, denied.resources) == (
+        403, "no-relation", (METER_WATER,))
+    path = f"/clearing/access-points/{EAN_A}/consumption"
+    inside = {"from": (NOW - timedelta(days=90)).date().isoformat(),
+              "to": (NOW - timedelta(days=1)).date().isoformat()}
+    before = {"from": (NOW - timedelta(days=150)).date().isoformat(),
+              "to": (NOW - timedelta(days=1)).date().isoformat()}
+    within = ask("lumen-energie", "supplier", "GET", path, relations, inside)
+    assert (within.reason, within.resources) == ("supplier", (EAN_A,))
+    outside = ask("lumen-energie", "supplier", "GET", path, relations, before)
+    assert (outside.reason, outside.resources) == ("window-outside-contract", (EAN_A,))
+    # A windowed route takes the full path: the same names there.
+    grid = ask("ores", "dso", "GET", path, relations, inside)
+    assert (grid.reason, grid.resources) == ("grid-operator", (EAN_A,))
+    other = f"/clearing/access-points/{EAN_B}/consumption"
+    stranger = ask("lumen-energie", "supplier", "GET", other, relations, inside)
+    assert (stranger.status, stranger.reason, stranger.resources) == (
+        403, "no-relation", (EAN_B,))
+    day = {"date": (NOW - timedelta(days=3)).date().isoformat()}
+    own = ask("ores", "dso", "GET", f"/hes/meters/{METER_ORES}/readings", relations, day)
+    assert (own.reason, own.resources) == ("owner", (METER_ORES,))
+    water = ask("ores", "dso", "GET", f"/hes/meters/{METER_WATER}/readings", relations, day)
+    assert (water.status, water.reason, water.resources) == (403, "no-relation", (METER_WATER,))

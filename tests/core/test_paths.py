@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gateway.core.catalog import default_route_table
 from gateway.core.decide import RequestFacts, decide
-from gateway.core.paths import TargetRejected, check_method, parse_target
+from gateway.core.paths import MAX_TARGET_BYTES, TargetRejected, check_method, parse_target
 
 from .conftest import EAN_A, EAN_B, METER_ORES, METER_WATER, NOW, build_relations, tenant
 
@@ -45,7 +45,34 @@ def test_ambiguous_targets_are_400(raw: str, reason: str) -> None:
 def test_long_target_is_414() -> None:
     with pytest.raises(TargetRejected) as exc:
         parse_target("/hes/" + "a" * 5000)
-    assert exc.value.status == 414
+    assert (exc.value.status, exc.value.reason) == (414, "target-too-long")
+    assert str(exc.value) == "target-too-long"
+
+
+def test_the_target_limit_is_exact() -> None:
+    at_limit = "/hes/" + "a" * (MAX_TARGET_BYTES - 5)
+    assert len(at_limit) == MAX_TARGET_BYTES
+    assert parse_target(at_limit).path == at_limit
+    with pytest.raises(TargetRejected):
+        parse_target(at_limit + "a")
+
+
+@pytest.mark.parametrize("raw,reason", [
+    # A blank value is a value: "date=&date=X" must not pass as "date=X".
+    ("/hes/meters?date=&date=2026-01-01", "query-duplicate-parameter"),
+    ("/hes/meters?date&date=2026-01-01", "query-malformed"),  # a name without "="
+    ("/hes/meters?date=2026-01-01&", "query-malformed"),
+    ("/hes/meters?date=%ff", "query-malformed"),  # not UTF-8
+])
+def test_queries_are_parsed_strictly(raw: str, reason: str) -> None:
+    with pytest.raises(TargetRejected) as exc:
+        parse_target(raw)
+    assert (exc.value.status, exc.value.reason) == (400, reason)
+
+
+def test_a_blank_query_value_is_kept() -> None:
+    assert parse_target("/hes/meters?date=").query_map == {"date": ""}
+    assert parse_target("/?a=1").path == "/"
 
 
 def test_canonical_target_is_what_is_forwarded() -> None:
@@ -61,7 +88,8 @@ def test_canonical_target_is_what_is_forwarded() -> None:
 def test_methods(method: str, status: int) -> None:
     with pytest.raises(TargetRejected) as exc:
         check_method(method)
-    assert exc.value.status == status
+    reason = "method-forbidden" if status == 405 else "method-unknown"
+    assert (exc.value.status, exc.value.reason) == (status, reason)
 
 
 # --- property: no target lets A reach B's resource ---------------------------
