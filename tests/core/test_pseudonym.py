@@ -47,6 +47,15 @@ def test_token_canonicalises_spellings_of_one_identifier() -> None:
         PS.token("email", "jan.peeters@example.be")
     assert PS.token("phone", "+32 81 00 00 00") == PS.token("phone", "0032 (0)81/00.00.00")
     assert PS.token("nrn", NRN) == PS.token("nrn", "85073003361")
+    # D9: one meter, one access point, one account, one person: one token,
+    # however the source system spelt it (case, spaces).
+    assert PS.token("meter", "1sag8286366805") == PS.token("meter", " 1SAG8286366805 ")
+    assert PS.token("ean", "541448860012075359 ") == PS.token("ean", "541448860012075359")
+    assert PS.token("iban", "be68 5390 0754 7034") == PS.token("iban", "BE68539007547034")
+    assert PS.token("name", "Jan   Peeters") == PS.token("name", " Jan Peeters")
+    # A trunk "(0)" is not a digit of the number; only a leading "00" is "+".
+    assert PS.token("phone", "+32 (0)81 00 00 00") == PS.token("phone", "+32 81 00 00 00")
+    assert PS.token("phone", "081 00 00 00") != PS.token("phone", "+81 00 00 00")
 
 
 def test_key_and_kind_are_checked_and_the_key_never_printed() -> None:
