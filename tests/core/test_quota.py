@@ -34,3 +34,55 @@ def test_per_tenant_override() -> None:
     assert q.admit("noisy", "hes", 64, 0.0) is None
     assert q.admit("noisy", "hes", 64, 0.0) is not None
     assert q.admit("quiet", "hes", 64, 0.0) is None
+
+
+def test_the_wait_is_the_time_to_the_next_token() -> None:
+    """429's Retry-After: exactly until the bucket holds one token again."""
+    q = Quotas(default=Quota(rate_per_s=4, burst=1, concurrency=100))
+    assert q.admit("a", "hes", 64, 100.0) is None
+    q.release("a", "hes")
+    assert q.admit("a", "hes", 64, 100.0) == 0.25
+    assert q.admit("a", "hes", 64, 100.125) == 0.125  # half a token refilled
+    assert q.admit("a", "hes", 64, 100.25) is None
+    q.release("a", "hes")
+    # Refill is by elapsed time, never past the burst: a long pause gives one.
+    assert q.admit("a", "hes", 64, 1000.0) is None
+    q.release("a", "hes")
+    assert q.admit("a", "hes", 64, 1000.0) == 0.25
+
+
+def test_a_release_frees_exactly_one_place_of_each_cap() -> None:
+    q = Quotas(default=Quota(rate_per_s=1000, burst=1000, concurrency=2, upstream_share=0.5))
+    assert q.admit("a", "hes", 2, 0.0) is None  # a 2-connection pool: a share of 1
+    assert q.admit("a", "hes", 2, 0.0) == 1.0
+    q.release("a", "hes")
+    assert q.admit("a", "hes", 2, 0.0) is None  # the share is free again
+    assert q.admit("a", "hes", 2, 0.0) == 1.0  # ... once
+    assert q.admit("a", "itsm", 2, 0.0) is None
+    assert q.admit("a", "cmh", 2, 0.0) == 1.0  # two in flight: the cap
+    q.release("a", "itsm")
+    assert q.admit("a", "cmh", 2, 0.0) is None  # one place back, not two
+    assert q.admit("a", "clearing", 2, 0.0) == 1.0
+    q.release("a", "hes")
+    q.release("a", "cmh")
+    assert q.admit("a", "hes", 2, 0.0) is None and q.admit("a", "cmh", 2, 0.0) is None
+
+
+def test_a_first_request_and_a_tiny_pool_are_admitted() -> None:
+    """Nothing in flight yet is zero, not one; a pool smaller than the share
+    still gives every tenant one connection."""
+    q = Quotas(default=Quota(rate_per_s=1000, burst=1000, concurrency=1, upstream_share=0.5))
+    assert q.admit("a", "hes", 1, 0.0) is None  # nothing in flight: the cap of 1 admits
+    wide = Quotas(default=Quota(rate_per_s=1000, burst=1000, concurrency=100,
+                                upstream_share=0.5))
+    assert wide.admit("b", "hes", 1, 0.0) is None  # floor(0.5) of one: still one
+    assert wide.admit("b", "hes", 1, 0.0) == 1.0  # ... and only one
+
+
+def test_setting_a_quota_starts_a_fresh_bucket() -> None:
+    q = Quotas(default=Quota(rate_per_s=1, burst=1))
+    assert q.admit("t", "hes", 64, 0.0) is None
+    q.release("t", "hes")
+    assert q.admit("t", "hes", 64, 0.0) is not None  # its bucket is empty
+    q.set("t", Quota(rate_per_s=1, burst=3))
+    assert q.admit("t", "hes", 64, 0.0) is None  # the new burst, at once
