@@ -12,8 +12,10 @@ from gateway.core.identifiers import (
     is_valid_ean,
     is_valid_gln,
     is_valid_meter_serial,
+    is_valid_nrn,
     is_valid_resource_id,
     with_check_digit,
+    with_nrn_check,
 )
 
 
@@ -108,3 +110,35 @@ def test_id_syntax_agrees_with_is_valid_resource_id(kind: str, value: str) -> No
 @given(st.text(alphabet="0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZaz-\n\u0660\u00c9", max_size=24))
 def test_meter_serial_is_the_regex(value: str) -> None:
     assert is_valid_meter_serial(value) is (re.fullmatch(r"[0-9A-Z]{6,20}", value) is not None)
+
+
+# -- national register numbers (D8) and GLNs ------------------------------------
+
+def test_nrn_check_digits_for_both_centuries() -> None:
+    """97 - (first nine mod 97); from 2000 on the nine digits get a leading 2."""
+    assert with_nrn_check("850730033") == "85073003328"
+    assert is_valid_nrn("85073003328")
+    assert is_valid_nrn("01020312345")  # born 2001-02-03: 97 - 2010203123 mod 97
+    assert is_valid_nrn("01020312316")  # the same digits read as 1901
+    for nine in ("000101001", "991231998", "450615123", "123456789"):
+        nrn = with_nrn_check(nine)
+        assert len(nrn) == 11 and is_valid_nrn(nrn)
+        assert int(nrn[9:]) == 97 - int(nine) % 97
+
+
+@pytest.mark.parametrize("value", [
+    "85073003327", "85073003329", "01020312344", "01020312346",  # one off
+    "8507300332", "850730033280", "", "8507300332A", " 85073003328",
+    "".join(chr(0x660 + int(d)) for d in "85073003328"),  # other scripts' digits
+])
+def test_malformed_nrns(value: str) -> None:
+    assert not is_valid_nrn(value)
+
+
+@pytest.mark.parametrize("value,valid", [
+    ("5410000000019", True), ("5410000000026", True),
+    ("5410000000018", False), ("541000000001", False), ("54100000000190", False),
+    ("541000000001X", False), ("".join(chr(0x660 + int(d)) for d in "5410000000019"), False),
+])
+def test_glns(value: str, valid: bool) -> None:
+    assert is_valid_gln(value) is valid
