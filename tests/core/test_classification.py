@@ -91,7 +91,7 @@ def test_c2_owners_come_from_the_response_check() -> None:
 def test_an_unknown_label_from_untyped_code_is_denied() -> None:
     bogus: Any = "C5"
     d = may_receive(bogus, CALLERS["named-c4"], OWNERS, POLICY)
-    assert not d.allowed and d.reason == "classification-unknown-label"
+    assert (d.allowed, d.status, d.reason) == (False, 403, "classification-unknown-label")
 
 
 def test_principal_id_uses_the_authenticated_tenant() -> None:
@@ -130,3 +130,27 @@ def test_classify_absent_uses_the_default() -> None:
 def test_policy_rejects_bad_configuration(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         ClassificationPolicy(**kwargs)
+
+
+def test_a_route_policy_is_checked_when_it_is_built() -> None:
+    """D11: a mistyped audience stops start-up, naming the key; a valid one builds."""
+    policy = ClassificationPolicy(default="C3", c3_teams=frozenset({"it-ops"}),
+                                  c4_principals=frozenset({"ores/service/ciso-desk"}),
+                                  contracted=frozenset({"engie-it"}))
+    assert policy.c3_teams == {"it-ops"}
+    for kwargs, key in [
+        ({"default": "C5"}, "default: 'C5' is not one of C1, C2, C3, C4"),
+        ({"c3_teams": frozenset({""})}, "c3_teams: ''"),
+        ({"c3_teams": frozenset({3})}, "c3_teams: 3"),
+        ({"contracted": frozenset({""})}, "contracted: ''"),
+        ({"contracted": frozenset({7})}, "contracted: 7"),
+        ({"c4_principals": frozenset({"ores/ciso-desk"})}, "c4_principals: 'ores/ciso-desk'"),
+        ({"c4_principals": frozenset({"ores//ciso-desk"})}, "c4_principals"),
+        ({"c4_principals": frozenset({"ores/robot/ciso-desk"})},
+         "c4_principals: 'ores/robot/ciso-desk' must read tenant/kind/name with kind one "
+         "of person, service"),
+        ({"c4_principals": frozenset({5})}, "c4_principals: 5"),
+    ]:
+        with pytest.raises(ValueError) as exc:
+            ClassificationPolicy(**kwargs)  # type: ignore[arg-type]
+        assert str(exc.value).startswith(key), str(exc.value)
