@@ -380,3 +380,71 @@ def test_iban_pattern_leaves_ordinary_codes_alone() -> None:
     before = copy.deepcopy(body)
     PS.apply(body)
     assert body == before
+
+
+def test_tokens_are_the_same_across_releases() -> None:
+    """D9: the IT provider joins on tokens over months; a change of the
+    derivation (message layout, tenant key info, encoding) would silently
+    break every join. Known answers, computed once and pinned."""
+    assert PS.token("ean", "541448860012075359") == "ps_ean_ahnbalhphhlafliobiphhjlfojgggfkd"
+    assert PS.token("name", "Jan Peeters") == "ps_name_kepfbaaakdgnghlgeahpfpddiglbfgpm"
+    # A lone surrogate (bad UTF-16 from an upstream) still gets its own token.
+    assert PS.token("text", "a\udc80b") == "ps_text_jhgnkdeffoeoeokaliaemmccncpmdmpd"
+    tenant = Pseudonymiser.for_tenant(KEY, "engie-it")
+    assert tenant.token("ean", "541448860012075359") == \
+        "ps_ean_nfabnhmllgonciohlglbfiioiocomgmn"
+
+
+def test_keys_that_are_too_short_are_refused_and_never_shown() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        Pseudonymiser(bytes(31))
+    with pytest.raises(ValueError, match="master key needs at least 32 bytes"):
+        Pseudonymiser.for_tenant(bytes(31), "engie-it")
+    with pytest.raises(ValueError, match="master key needs at least 32 bytes"):
+        Pseudonymiser.for_tenant("x" * 64, "engie-it")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must be 1-16 lowercase letters"):
+        PS.token("EAN", EAN)
+    assert repr(PS) == "Pseudonymiser(key=<hidden>)"
+
+
+def test_what_each_place_in_a_nested_body_becomes() -> None:
+    """D9, structure by structure: a person's fields, a person given as a bare
+    value or in a list, an address (only the area stays, everything else under
+    it is street data, however deep), lists of identifiers (nested too), and
+    what is not personal (a site's name, a reference) left as it is."""
+    body: dict[str, Any] = {
+        "customer": {"name": "Jan Peeters", "phone": "0470 12 34 56",
+                     "address": {"street": "Rue Haute 1", "city": "Namur",
+                                 "postal_code": "5000",
+                                 "extra": {"box": "B2", "floor": ["3", "4"]}}},
+        "customers": [{"name": "Piet Jansen"}, "Marie Claes", ["Ann Smet"]],
+        "household": "J. Peeters",
+        "eans": [EAN, [EAN]],
+        "contact": {"nested": {"name": "Yves Leroy"}},
+        "site": {"name": "Substation North",
+                 "addresses": [{"street": "Rue 2", "city": "Liege"}]},
+        "iban": "BE68 5390 0754 7034",
+        "reference": "REF-1",
+    }
+    out = copy.deepcopy(body)
+    assert PS.apply(out) == 15
+    expected: list[tuple[tuple[Any, ...], str | None]] = [
+        (("customer", "name"), "name"), (("customer", "phone"), "phone"),
+        (("customer", "address", "street"), "street"),
+        (("customer", "address", "city"), None), (("customer", "address", "postal_code"), None),
+        (("customer", "address", "extra", "box"), "street"),
+        (("customer", "address", "extra", "floor", 0), "street"),
+        (("customer", "address", "extra", "floor", 1), "street"),
+        (("customers", 0, "name"), "name"), (("customers", 1), "name"),
+        (("customers", 2, 0), "name"), (("household",), "name"),
+        (("eans", 0), "ean"), (("eans", 1, 0), "ean"),
+        (("contact", "nested", "name"), "name"),
+        (("site", "name"), None), (("site", "addresses", 0, "street"), "street"),
+        (("site", "addresses", 0, "city"), None),
+        (("iban",), "iban"), (("reference",), None),
+    ]
+    for path, kind in expected:
+        before, after = body, out
+        for step in path:
+            before, after = before[step], after[step]
+        assert after == (before if kind is None else PS.token(kind, before)), (path, after)
