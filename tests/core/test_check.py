@@ -348,3 +348,20 @@ def test_d4_a_mandate_holder_sees_exactly_the_contracts_running_now(
     v = check("cpas-namur", "social-welfare", "GET", f"/clearing/access-points/{EAN_A}",
               _access_point(EAN_A, running), relations)
     assert v.decision.allowed and not v.changed and v.body["contracts"] == running
+
+
+def test_d2_d3_field_rules_apply_to_every_record_of_a_list(relations: RelationIndex) -> None:
+    """A record without contracts or without a restricted block does not end
+    the field rules: the next record of the list is filtered too."""
+    bare = {"ean": EAN_A}
+    full = _access_point(EAN_A, [
+        {"supplier": "mosa-energie", "valid_from": None, "valid_to": None},
+        {"supplier": "lumen-energie", "valid_from": None, "valid_to": None}],
+        {"drop_in_progress": True})
+    v = check("lumen-energie", "supplier", "GET", "/clearing/access-points",
+              {"access_points": [bare, full]}, relations)
+    assert v.decision.allowed and v.changed
+    first, second = v.body["access_points"]
+    assert first == bare
+    assert [c["supplier"] for c in second["contracts"]] == ["lumen-energie"]  # D2
+    assert "restricted" not in second  # D3: lumen did not start a drop on EAN_A
