@@ -234,7 +234,7 @@ class PushService:
 
     def intake_cmh(self, caller: Caller, raw: bytes, tenant_kinds: Mapping[str, str],
                    coordinators: frozenset[str]) -> tuple[int, dict[str, Any], str]:
-        """A household request booked on the portal, fanned out (issue 5 item 5),
+        """A household request booked on the portal, fanned out per operator,
         once the trusted feed confirms its coordinator and operators (D1)."""
         self.authorize(caller, "cmh")
         try:

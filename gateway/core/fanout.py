@@ -1,4 +1,4 @@
-"""Connect My Home fan-out (issue 5 item 5), pure.
+"""Connect My Home fan-out (D1: each operator its own connection), pure.
 
 A household request booked on the portal names several operators' works.
 Each operator receives only its own connection plus the minimum shared site
