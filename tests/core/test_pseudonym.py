@@ -448,3 +448,29 @@ def test_what_each_place_in_a_nested_body_becomes() -> None:
         for step in path:
             before, after = before[step], after[step]
         assert after == (before if kind is None else PS.token(kind, before)), (path, after)
+
+
+def test_structured_names_address_lists_and_whole_kinds() -> None:
+    """D9: a person's name given as an object is a name in every part; an
+    address list holds addresses as text or as objects (whose non-area lines
+    are street data, never clear); everything under a whole-value field such
+    as ``email`` is of that kind, in lists of lists too."""
+    body: dict[str, Any] = {
+        "customer": {"name": {"first": "Jan", "last": "Peeters"}},
+        "addresses": ["Rue Haute 1, 5000 Namur", {"line1": "Rue Basse 2", "city": "Namur"}],
+        "email": {"work": "jan@example.be",
+                  "others": ["a@example.be", ["b@example.be"]]},
+        "contacts": [{"name": "Ann"}],
+    }
+    out = copy.deepcopy(body)
+    assert PS.apply(out) == 8
+    assert out == {
+        "customer": {"name": {"first": PS.token("name", "Jan"),
+                              "last": PS.token("name", "Peeters")}},
+        "addresses": [PS.token("address", "Rue Haute 1, 5000 Namur"),
+                      {"line1": PS.token("street", "Rue Basse 2"), "city": "Namur"}],
+        "email": {"work": PS.token("email", "jan@example.be"),
+                  "others": [PS.token("email", "a@example.be"),
+                             [PS.token("email", "b@example.be")]]},
+        "contacts": [{"name": PS.token("name", "Ann")}],
+    }
