@@ -388,6 +388,10 @@ def test_tokens_are_the_same_across_releases() -> None:
     break every join. Known answers, computed once and pinned."""
     assert PS.token("ean", "541448860012075359") == "ps_ean_ahnbalhphhlafliobiphhjlfojgggfkd"
     assert PS.token("name", "Jan Peeters") == "ps_name_kepfbaaakdgnghlgeahpfpddiglbfgpm"
+    assert PS.token("meter", "1sag8286366805") == "ps_meter_kdpjjledbehcjfnfdmkaemganodibicb"
+    assert PS.token("iban", "be68 5390 0754 7034") == "ps_iban_fogpkjnhhkbldcimmhkfbfbkeedcneld"
+    # Born in 2000: the number starts with "00", which is no international prefix.
+    assert PS.token("nrn", "00.01.01-123.45") == "ps_nrn_lkibeeolgafjmhipaiknffahdmfpohah"
     # A lone surrogate (bad UTF-16 from an upstream) still gets its own token.
     assert PS.token("text", "a\udc80b") == "ps_text_jhgnkdeffoeoeokaliaemmccncpmdmpd"
     tenant = Pseudonymiser.for_tenant(KEY, "engie-it")
@@ -461,9 +465,12 @@ def test_structured_names_address_lists_and_whole_kinds() -> None:
         "email": {"work": "jan@example.be",
                   "others": ["a@example.be", ["b@example.be"]]},
         "contacts": [{"name": "Ann"}],
+        # No leak pattern knows these: only the field's kind hides them.
+        "street": {"line": "Rue Haute", "number": ["1", {"box": "B"}]},
+        "parcel": [{"section": "A", "number": "92001"}],
     }
     out = copy.deepcopy(body)
-    assert PS.apply(out) == 8
+    assert PS.apply(out) == 13
     assert out == {
         "customer": {"name": {"first": PS.token("name", "Jan"),
                               "last": PS.token("name", "Peeters")}},
@@ -473,4 +480,7 @@ def test_structured_names_address_lists_and_whole_kinds() -> None:
                   "others": [PS.token("email", "a@example.be"),
                              [PS.token("email", "b@example.be")]]},
         "contacts": [{"name": PS.token("name", "Ann")}],
+        "street": {"line": PS.token("street", "Rue Haute"),
+                   "number": [PS.token("street", "1"), {"box": PS.token("street", "B")}]},
+        "parcel": [{"section": PS.token("parcel", "A"), "number": PS.token("parcel", "92001")}],
     }
