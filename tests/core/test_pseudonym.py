@@ -484,3 +484,17 @@ def test_structured_names_address_lists_and_whole_kinds() -> None:
                    "number": [PS.token("street", "1"), {"box": PS.token("street", "B")}]},
         "parcel": [{"section": PS.token("parcel", "A"), "number": PS.token("parcel", "92001")}],
     }
+
+
+def test_a_token_that_completes_a_new_match_is_replaced_again() -> None:
+    """A phone number glued to a domain reads, once replaced, as an e-mail
+    address: the second pass replaces that too, and both count."""
+    text, count = PS.scrub_text("+32 81 00 00 00@example.be")
+    assert TOKEN.fullmatch(text) and text.startswith("ps_email_")
+    assert count == 2
+
+
+def test_the_leak_scan_reads_non_ascii_text_as_it_is() -> None:
+    """The final scan must see "jé@example.be" as an address, not as an
+    escape sequence followed by "@example.be"."""
+    assert find_leaks({"note": "écrire à jé@example.be"}) == ["email"]
