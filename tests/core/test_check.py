@@ -365,3 +365,35 @@ def test_d2_d3_field_rules_apply_to_every_record_of_a_list(relations: RelationIn
     assert first == bare
     assert [c["supplier"] for c in second["contracts"]] == ["lumen-energie"]  # D2
     assert "restricted" not in second  # D3: lumen did not start a drop on EAN_A
+
+
+def test_a_coordination_that_ended_shows_only_the_own_connection() -> None:
+    """D1 in time: ORES coordinated CMH9 until yesterday; now it is only one
+    of the operators and sees its own connection, not the others'."""
+    rels = RelationIndex([
+        Relation("cmh-request", "CMH9", "ores", "coordinator", NOW - 30 * DAY, NOW - DAY),
+        Relation("cmh-request", "CMH9", "ores", "participant"),
+        Relation("cmh-request", "CMH9", "proximus", "participant"),
+    ])
+    request = {**_cmh_request(), "id": "CMH9"}
+    for c in request["connections"]:
+        c["id"] = c["id"].replace("CMH1", "CMH9")
+    v = check("ores", "dso", "GET", "/cmh/requests/CMH9", request, rels)
+    assert v.decision.allowed and v.changed
+    assert [c["operator"] for c in v.body["connections"]] == ["ores"]
+
+
+def test_d3_read_at_this_instant_for_everyone_entitled() -> None:
+    """D3 in time: entitlement is read now, for the grid operator (whose
+    relation here is bounded) as for the initiator (whose drop ended)."""
+    rels = RelationIndex([
+        Relation("ean", EAN_D3, "ores", "grid-operator", NOW - 300 * DAY, NOW + 300 * DAY),
+        Relation("ean", EAN_D3, "lumen-energie", "supplier"),
+        Relation("ean", EAN_D3, "lumen-energie", DROP_INITIATOR, NOW - 30 * DAY, NOW - DAY),
+    ])
+    lumen = check("lumen-energie", "supplier", "GET", f"/clearing/access-points/{EAN_D3}",
+                  _d3_record("lumen-energie"), rels)
+    assert lumen.decision.allowed and "restricted" not in lumen.body
+    ores = check("ores", "dso", "GET", f"/clearing/access-points/{EAN_D3}",
+                 _d3_record(None), rels)
+    assert ores.decision.allowed and ores.body["restricted"] == {"drop_in_progress": True}
