@@ -397,3 +397,44 @@ def test_d3_read_at_this_instant_for_everyone_entitled() -> None:
     ores = check("ores", "dso", "GET", f"/clearing/access-points/{EAN_D3}",
                  _d3_record(None), rels)
     assert ores.decision.allowed and ores.body["restricted"] == {"drop_in_progress": True}
+
+
+def test_cmh_removing_only_connections_still_marks_the_answer_changed(
+        relations: RelationIndex) -> None:
+    """The gateway forwards the upstream's own bytes only when nothing was
+    removed: an answer whose only change is the other operators' connections
+    must be marked changed, or they would reach the operator after all."""
+    request = {"id": "CMH1", "coordinator": "ores", "status": "open",
+               "site": {"city": "Namur"},
+               "connections": [{"id": "CMH1-2", "operator": "proximus"},
+                               {"id": "CMH1-3", "operator": "swde"}]}
+    v = check("proximus", "telecom", "GET", "/cmh/requests/CMH1", request, relations)
+    assert v.decision.allowed and v.changed
+    assert [c["operator"] for c in v.body["connections"]] == ["proximus"]
+
+
+def test_field_rules_judge_each_record_of_a_list_on_its_own() -> None:
+    """Being entitled on one record (coordinator, drop initiator) says nothing
+    of the next one in the same list."""
+    rels = RelationIndex([
+        Relation("cmh-request", "CMH1", "ores", "coordinator"),
+        Relation("cmh-request", "CMH1", "ores", "participant"),
+        Relation("cmh-request", "CMH9", "ores", "participant"),
+        Relation("ean", EAN_D3, "lumen-energie", "supplier"),
+        Relation("ean", EAN_D3, "lumen-energie", DROP_INITIATOR),
+        Relation("ean", EAN_A, "lumen-energie", "supplier"),
+    ])
+    nine = {"id": "CMH9", "coordinator": "resa", "status": "open", "site": {"city": "Liege"},
+            "connections": [{"id": "CMH9-1", "operator": "resa"},
+                            {"id": "CMH9-2", "operator": "ores"}]}
+    v = check("ores", "dso", "GET", "/cmh/requests", {"requests": [_cmh_request(), nine]}, rels)
+    assert v.decision.allowed
+    assert len(v.body["requests"][0]["connections"]) == 3  # coordinator of CMH1
+    assert [c["operator"] for c in v.body["requests"][1]["connections"]] == ["ores"]
+    block = {"drop_in_progress": True}
+    aps = [_access_point(EAN_D3, [], dict(block)), _access_point(EAN_A, [], dict(block))]
+    v = check("lumen-energie", "supplier", "GET", "/clearing/access-points",
+              {"access_points": aps}, rels)
+    assert v.decision.allowed
+    assert v.body["access_points"][0]["restricted"] == block  # its own drop
+    assert "restricted" not in v.body["access_points"][1]  # D3: none on EAN_A
