@@ -375,3 +375,16 @@ def test_a_decision_names_its_relation_and_resource(relations: RelationIndex) ->
     assert (own.reason, own.resources) == ("owner", (METER_ORES,))
     water = ask("ores", "dso", "GET", f"/hes/meters/{METER_WATER}/readings", relations, day)
     assert (water.status, water.reason, water.resources) == (403, "no-relation", (METER_WATER,))
+
+
+def test_a_window_may_start_at_this_very_instant() -> None:
+    """At midnight, "from today" starts now: allowed (only a start after now
+    is in the future)."""
+    r, params = route("GET", f"/clearing/access-points/{EAN_A}/consumption")
+    midnight = NOW.replace(hour=0, minute=0, second=0, microsecond=0)
+    today = midnight.date().isoformat()
+    w = request_window(r, RequestFacts(params, {"from": today, "to": today}), midnight)
+    assert w is not None and not isinstance(w, Decision) and w.start == midnight
+    later = request_window(r, RequestFacts(params, {"from": today, "to": today}),
+                           midnight - timedelta(microseconds=1))
+    assert isinstance(later, Decision) and later.reason == "window-in-future"
