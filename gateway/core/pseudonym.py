@@ -33,8 +33,10 @@ from typing import Any
 
 MIN_KEY_BYTES = 32
 
-# Identifiers that must never leave in clear. The phone pattern takes the
-# international forms (+32 ..., 0032 ...); national forms are caught by field name.
+# Identifiers that must never leave in clear. Phone numbers in the
+# international forms (+32 ..., 0032 ...) and in the Belgian national ones as
+# they are written (0470 12 34 56, 081/22.33.44, 02 123 45 67); national forms
+# written otherwise are caught by field name.
 LEAK_PATTERNS: Mapping[str, re.Pattern[str]] = MappingProxyType({
     # Starts only where a run of local-part characters starts: one scan per run,
     # not one per character (no quadratic time on a long blob).
@@ -42,6 +44,12 @@ LEAK_PATTERNS: Mapping[str, re.Pattern[str]] = MappingProxyType({
     "ean": re.compile(r"(?<!\d)54\d{16}(?!\d)"),
     "national_register": re.compile(r"(?<!\d)\d{2}\.?\d{2}\.?\d{2}-?\d{3}\.?\d{2}(?!\d)"),
     "phone": re.compile(r"(?<![\w+])(?:\+|00)[1-9](?:[ ./()-]{0,2}\d){6,14}(?!\d)"),
+    # D9: mobile 04xx xx xx xx, two-digit zones 0xx xx xx xx, one-digit zones
+    # 0x xxx xx xx; one separator at most between groups, so a date such as
+    # 01.01.2026 10:00 or a national register number is not taken for one.
+    "phone_national": re.compile(
+        r"(?<![\w+./-])(?:04\d{2}(?:[ ./-]?\d{2}){3}|0[1-9]\d(?:[ ./-]?\d{2}){3}"
+        r"|0[2349][ ./-]?\d{3}(?:[ ./-]?\d{2}){2})(?![\w./-]?\d)"),
     "meter_serial": re.compile(r"\b[0-9][A-Z]{3}\d{10}\b"),
     # ISO 13616: country, two check digits, 11 to 30 letters and digits, written
     # whole or in groups of four ("BE68 5390 0754 7034"). A bank account in
@@ -50,6 +58,7 @@ LEAK_PATTERNS: Mapping[str, re.Pattern[str]] = MappingProxyType({
                        r"(?![A-Za-z0-9])"),
 })
 _PATTERN_KIND = {"email": "email", "ean": "ean", "national_register": "nrn", "phone": "phone",
+                 "phone_national": "phone",
                  "meter_serial": "meter", "iban": "iban"}
 # One pass finds the leftmost identifier of any kind; e-mail first, so an
 # address whose local part is a number is one e-mail, not a number.

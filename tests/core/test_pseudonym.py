@@ -297,7 +297,7 @@ CLASS_FIELDS: list[tuple[str, str, Any]] = [
     # addresses: the street part (an address object keeps only its area, below)
     ("street", "street", "Rue de Fer"), ("street_name", "street", "Rue de Fer"),
     ("house_number", "street", "12"), ("housenumber", "street", "12b"),
-    # phone numbers in national form (the pattern takes only +32 / 0032)
+    # phone numbers in national form, under their field names
     ("phone", "phone", "081 22 33 44"), ("phone_number", "phone", "081 22 33 44"),
     ("telephone", "phone", "081/22.33.44"), ("mobile", "phone", "0470 12 34 56"),
     ("gsm", "phone", "0470 12 34 56"),
@@ -358,6 +358,10 @@ def test_a_persons_name_under_each_person_like_member(holder: str) -> None:
     ("meter 1SAG1100042062 replaced", "meter", "1SAG1100042062"),
     ("NN 85.07.30-033.61 on file", "nrn", "85.07.30-033.61"),
     ("call +32 81 22 33 44 first", "phone", "+32 81 22 33 44"),
+    # D9: the national forms as Belgians write them, in free text too.
+    ("call 0470 12 34 56 first", "phone", "0470 12 34 56"),
+    ("tel. 081/22.33.44.", "phone", "081/22.33.44"),
+    ("office 02 123 45 67 or", "phone", "02 123 45 67"),
     ("mail jan.peeters@example.be now", "email", "jan.peeters@example.be"),
     ("refund to BE68 5390 0754 7034 today", "iban", "BE68 5390 0754 7034"),
     ("refund to BE68539007547034 today", "iban", "BE68539007547034"),
@@ -498,3 +502,14 @@ def test_the_leak_scan_reads_non_ascii_text_as_it_is() -> None:
     """The final scan must see "jé@example.be" as an address, not as an
     escape sequence followed by "@example.be"."""
     assert find_leaks({"note": "écrire à jé@example.be"}) == ["email"]
+
+
+@pytest.mark.parametrize("text", [
+    "opened 01.01.2026 10:00, closed 02/03/2026", "NN 05.03.12-123.45", "0.25 kWh",
+    "INC000123 CHG-1001", "version 04.12.3", "order 0123456789012",
+])
+def test_national_phone_pattern_leaves_dates_and_codes_alone(text: str) -> None:
+    """Dates, amounts, ticket codes and a national register number are not
+    phone numbers (the NRN gets its own kind)."""
+    scrubbed, _ = PS.scrub_text(text)
+    assert "ps_phone_" not in scrubbed
