@@ -1,4 +1,4 @@
-"""Tamper-evident audit log (issue 6 item 1, D10): a SHA-256 hash chain of
+"""Tamper-evident audit log (D10): a SHA-256 hash chain of
 JSON lines, closed by Ed25519-signed checkpoints. ``docs/audit-format.md`` is
 the specification; a verifier can be written from it alone.
 
@@ -28,6 +28,7 @@ from gateway.auditformat import (
     ALG,
     CHECKPOINT,
     GENESIS,
+    KEY_CHANGE_EVENT,
     KEY_FILE,
     KID_RE,
     RESERVED,
@@ -137,15 +138,25 @@ class ChainedAuditLog:
             self._checkpoint()
 
     def rotate_key(self, signing_key: Ed25519PrivateKey, kid: str) -> None:
-        """Sign with a new key from now on (docs/audit-format.md §6): the
-        lines so far are first closed by a checkpoint under the old key, so
-        every checkpoint is verified by the key it names."""
+        """Sign with a new key from now on (docs/audit-format.md §6): a
+        key-change record naming both kids, then a checkpoint under the **old**
+        key that covers it (the old key vouches for the handover), then every
+        later checkpoint under the new key. The caller has made the new key
+        durable and the old public key published before (``AuditKeys``)."""
         if not KID_RE.fullmatch(kid):
             raise ValueError(f"audit kid {kid!r} must match {KID_RE.pattern}")
+        if kid == self._kid:
+            raise ValueError(f"audit kid {kid!r} is already the current one")
         with self._counted():
-            if self._uncovered:
+            self._append({"ts": self._clock(), "event": KEY_CHANGE_EVENT, "actor": "gateway",
+                          "action": "rotate-key", "old_kid": self._kid, "new_kid": kid})
+            try:
                 self._checkpoint()
-            self._key, self._kid = signing_key, kid
+            finally:
+                # Once the record is written, the old key signs at most the one
+                # checkpoint that covers it (§8): if that failed, the next
+                # checkpoint, under the new key, covers the record instead.
+                self._key, self._kid = signing_key, kid
 
     @property
     def kid(self) -> str:

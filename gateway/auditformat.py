@@ -23,7 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-__all__ = ["ALG", "CHECKPOINT", "GENESIS", "KEY_FILE", "KID_RE", "PRUNE_EVENT", "RESERVED",
+__all__ = ["ALG", "CHECKPOINT", "GENESIS", "KEY_CHANGE_EVENT", "KEY_FILE", "KID_RE",
+           "PRUNE_EVENT", "RESERVED",
            "SIGNING_CONTEXT", "ChainLine", "audit_kid", "b64url", "canonical",
            "checkpoint_message", "line_hash", "load_or_create_audit_key", "parse_line",
            "public_key_document", "public_keys", "seal", "segment_files", "segment_name",
@@ -35,12 +36,12 @@ CHECKPOINT = "checkpoint"
 KEY_FILE = "audit-signing-key.pem"
 SIGNING_CONTEXT = b"gateway-audit-checkpoint/v1"
 PRUNE_EVENT = "audit-prune"  # written before sealed segments are deleted (§10)
+KEY_CHANGE_EVENT = "audit-key-change"  # the old key signs the handover to the new (§6)
 SEGMENT_NAME = re.compile(r"([0-9]{12})-([0-9]{12})\.jsonl")
 RESERVED = frozenset({"seq", "prev", "hash", "type"})  # set by the log; refused in events
 KID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _SEALED = re.compile(rb'(\{.*),"hash":"([0-9a-f]{64})"\}', re.S)
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 # -- the format (pure) ---------------------------------------------------------
@@ -79,11 +80,15 @@ def unb64url(text: str) -> bytes:
     alphabet only, no ``=``, no non-zero bits past the last byte. Anything
     else is a ``ValueError``: a second spelling of the same bytes is not
     accepted, so every verifier reads one signature one way (§2)."""
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise ValueError("not unpadded base64url")
-    raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # One guard covers every other spelling: whatever a lenient decoder reads
+    # (padding, "+" or "/", stray characters, bits past the last byte), only
+    # the text that re-encodes to itself is accepted.
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except ValueError as exc:  # binascii.Error: an impossible length
+        raise ValueError("not unpadded base64url") from exc
     if b64url(raw) != text:
-        raise ValueError("not the canonical base64url spelling (stray trailing bits)")
+        raise ValueError("not the one unpadded base64url spelling of its bytes")
     return raw
 
 

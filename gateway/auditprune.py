@@ -1,4 +1,4 @@
-"""Pruning raw audit events by policy (issue 6 item 2, D10).
+"""Pruning raw audit events by policy (D10).
 
 The usage rollups keep what D10 asks for (per day, week, month); the raw
 audit events are kept for ``raw_retention_days`` and then deleted, a whole
@@ -10,7 +10,10 @@ these hold for the segment and every older one:
   that does not verify is evidence and is never deleted (logged as an error);
 - it is **rolled up**: its last line is older than the usage ledger's last
   successful flush, less a margin (``rolled_up_through``);
-- it is **old**: its last line is older than the retention.
+- it is **old**: its last line is older than the retention;
+- its end is **signed**: the next segment is sealed too, verifies, and starts
+  with a byte copy of its last line. A checkpoint's own ``ts`` is covered only
+  by a later checkpoint (format §9), so the newest sealed segment waits.
 
 Before any file is deleted, an ``audit-prune`` event naming the new first
 anchor (seq and hash) is recorded and signed by a checkpoint, so the
@@ -30,7 +33,7 @@ from typing import Any
 
 from gateway.auditchain import ChainedAuditLog
 from gateway.auditformat import CHECKPOINT, PRUNE_EVENT, parse_line, segment_files
-from gateway.auditverify import verify
+from gateway.auditverify import VerifyResult, verify
 
 __all__ = ["AuditPruner", "PruneOutcome"]
 
@@ -82,21 +85,44 @@ class AuditPruner:
         chosen: list[Path] = []
         first_seq = anchor_seq = 0
         anchor_hash, why = "", ""
-        for segment in segment_files(self.audit.segments):
+        sealed = segment_files(self.audit.segments)
+        checked: dict[Path, VerifyResult] = {}
+
+        def verified(segment: Path) -> VerifyResult:
+            if segment not in checked:
+                checked[segment] = verify(segment, self._keys(), allow_anchor=True)
+            return checked[segment]
+
+        for segment, after in zip(sealed, [*sealed[1:], None], strict=True):
             last = _last_line(segment)
             if last is None:
                 why = f"{segment.name}: does not end with a checkpoint"
                 log.error("audit segment %s is not sealed; not pruning it", segment)
                 break
             seq, digest, ts = last
+            if after is None:
+                # SECURITY: a checkpoint's own ts is not signed (format §9);
+                # only a later checkpoint covers it. The newest segment's last
+                # ts could be backdated to get a prune signed, so it waits
+                # until the next segment, which covers it, is sealed too.
+                why = f"{segment.name}: the newest sealed segment (its end is not signed yet)"
+                break
             if ts > cutoff:
                 why = f"{segment.name}: newer than the retention or not rolled up"
                 break
-            result = verify(segment, self._keys(), allow_anchor=True)
-            if not result.ok or result.uncovered:
-                why = f"{segment.name}: does not verify ({result.problem or 'unsigned tail'})"
+            # Both this segment and the next, which signs this one's end (its
+            # anchor is a byte copy of our last line), must verify.
+            result, following = verified(segment), verified(after)
+            problem = (
+                f"{segment.name}: {result.problem or 'unsigned tail'}"
+                if not result.ok or result.uncovered else
+                f"{after.name}: {following.problem}" if not following.ok else
+                f"{after.name} does not continue it"
+                if (following.first_seq, following.first_hash) != (seq, digest) else "")
+            if problem:
+                why = f"{segment.name}: does not verify ({problem})"
                 log.error("audit segment %s does not verify (%s); keeping it as evidence",
-                          segment, result.problem)
+                          segment, problem)
                 break
             first_seq = first_seq or result.first_seq
             chosen.append(segment)

@@ -9,7 +9,7 @@ Both stop at the first problem and name the file, line and seq.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ from gateway.auditformat import (
     ALG,
     CHECKPOINT,
     GENESIS,
+    KEY_CHANGE_EVENT,
+    KID_RE,
     PRUNE_EVENT,
     ChainLine,
     checkpoint_message,
@@ -31,7 +33,16 @@ from gateway.auditformat import (
     unb64url,
 )
 
-__all__ = ["VerifyResult", "verify", "verify_log"]
+__all__ = ["KeyChange", "VerifyResult", "verify", "verify_log"]
+
+
+@dataclass(frozen=True)
+class KeyChange:
+    """The last ``audit-key-change`` record read (§6, §8 step 6)."""
+    seq: int
+    old_kid: str
+    new_kid: str
+    covered: bool = False  # a checkpoint after the record has been read
 
 
 @dataclass(frozen=True)
@@ -53,24 +64,31 @@ class VerifyResult:
     # (seq of the audit-prune event, anchor_seq, anchor_hash) it records
     prunes: tuple[tuple[int, int, str], ...] = ()
     files: int = 1
+    key_change: KeyChange | None = None  # to carry into the next file of the log
 
 
 def _explain_break(n: int, exp: int, cur: ChainLine, nxt: ChainLine | str | None,
-                   prev1: str, prev2: str) -> tuple[int, str]:
+                   prev1: str, prev2: str, signed: Callable[[ChainLine], bool]
+                   ) -> tuple[int, str]:
     """Line ``n`` (where seq ``exp`` belongs) is intact but does not continue
-    the chain; ``prev1``/``prev2`` are the hashes of lines n-1 and n-2.
-    Returns (bad line, what happened)."""
+    the chain; ``prev1``/``prev2`` are the hashes of lines n-1 and n-2 and
+    ``signed`` says whether a line is a checkpoint whose signature verifies.
+    Returns (bad line, what happened), by the rules of §8 step 4."""
     if cur.hash == prev1:
         return n, f"duplicate of line {n - 1}"
-    # The next line decides which of two claimants is the odd one out: if it
-    # continues from line n-1, line n was inserted (or moved) there, even when
-    # line n claims the seq of line n-1 from line n-2 (§8 step 4).
+    if n > 1 and cur.seq == exp - 1 and cur.prev == prev2:
+        # Lines n-1 and n both claim seq exp-1 after line n-2. Line n-1 is the
+        # inserted one only if line n proves itself: a valid signature (only
+        # the key holder writes one) or the next line continuing from it.
+        # Otherwise line n is the intruder, also at the end of the file.
+        if signed(cur) or (isinstance(nxt, ChainLine) and nxt.seq == cur.seq + 1
+                           and nxt.prev == cur.hash):
+            return n - 1, f"inserted line: line {n} continues the chain from line {n - 2}"
+        return n, f"inserted line: it claims the place of line {n - 1} (seq {exp - 1})"
     if isinstance(nxt, ChainLine) and nxt.seq == exp and nxt.prev == prev1:
         if nxt.hash == cur.prev:
             return n, f"lines {n} and {n + 1} swapped (reordered)"
         return n, f"inserted line: line {n + 1} continues the chain from line {n - 1}"
-    if n > 1 and cur.seq == exp - 1 and cur.prev == prev2:
-        return n - 1, f"inserted line: line {n} continues the chain from line {n - 2}"
     if cur.seq > exp:
         return n, (f"seq {cur.seq} where {exp} expected: {cur.seq - exp} line(s) deleted "
                    "or moved")
@@ -98,6 +116,27 @@ def _check_checkpoint(cur: ChainLine, keys: Mapping[str, Ed25519PublicKey],
     return None
 
 
+def _key_change(cur: ChainLine) -> KeyChange | str:
+    """An ``audit-key-change`` record, or why it is malformed (§6)."""
+    old, new = cur.fields.get("old_kid"), cur.fields.get("new_kid")
+    if not (isinstance(old, str) and isinstance(new, str) and KID_RE.fullmatch(old)
+            and KID_RE.fullmatch(new) and old != new):
+        return "malformed key-change record (old_kid, new_kid: two different kids)"
+    return KeyChange(cur.seq, old, new)
+
+
+def _check_handover(change: KeyChange, kid: str) -> str | None:
+    """§8 step 6: after a key change the old key signs at most the checkpoint
+    that first covers the record; every later one is the new key's."""
+    if not change.covered and kid not in (change.old_kid, change.new_kid):
+        return (f"checkpoint signed with kid {kid!r} right after the key change at seq "
+                f"{change.seq} from {change.old_kid!r} to {change.new_kid!r}")
+    if change.covered and kid != change.new_kid:
+        return (f"checkpoint signed with kid {kid!r} after the key change at seq "
+                f"{change.seq} to {change.new_kid!r}: a retired key signs no more")
+    return None
+
+
 def _prune_record(cur: ChainLine) -> tuple[int, int, str] | None:
     f = cur.fields
     if f.get("event") != PRUNE_EVENT:
@@ -109,13 +148,20 @@ def _prune_record(cur: ChainLine) -> tuple[int, int, str] | None:
 
 
 def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, Any], *,
-           allow_anchor: bool = False) -> VerifyResult:
+           allow_anchor: bool = False, key_change: KeyChange | None = None) -> VerifyResult:
     """Check every line and checkpoint of one file; stop at the first problem.
 
     The file must start at seq 1 from the genesis hash, or, with
     ``allow_anchor``, at a checkpoint whose signature verifies (a segment of a
-    rotated log: its first line repeats the last line of the one before)."""
+    rotated log: its first line repeats the last line of the one before).
+    ``key_change`` is the last key-change record of the files before."""
     keys = public_keys(public_keys_)
+    change = key_change
+
+    def signed(line: ChainLine) -> bool:
+        return (line.fields.get("type") == CHECKPOINT
+                and _check_checkpoint(line, keys, "") is None)
+
     counts = {"event": 0, CHECKPOINT: 0}
     prev1, prev2 = GENESIS, GENESIS  # hashes of lines n-1 and n-2
     last_kind, last_cp, n, base = "event", 0, 0, 0
@@ -154,13 +200,23 @@ def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, 
                 base, prev1 = cur.seq - 1, cur.prev  # the anchor: chained from seq - 1
             if cur.seq != base + n or cur.prev != prev1:
                 nxt = parse_line(pending[1].rstrip(b"\n")) if pending is not None else None
-                return bad(*_explain_break(n, base + n, cur, nxt, prev1, prev2))
+                return bad(*_explain_break(n, base + n, cur, nxt, prev1, prev2, signed))
             if kind == CHECKPOINT:
                 unsigned = (f"lines {last_cp + 1}-{n - 1} are" if n > 1 else
                             f"the anchor (seq {cur.seq}) is")
                 if (why := _check_checkpoint(cur, keys, unsigned)) is not None:
                     return bad(n, why)
+                # An anchor repeats the last line of the file before, where the
+                # handover rule was applied already.
+                if change is not None and not (n == 1 and base):
+                    if (why := _check_handover(change, cur.fields["kid"])) is not None:
+                        return bad(n, why)
+                    change = replace(change, covered=True)
                 last_cp = n
+            elif cur.fields.get("event") == KEY_CHANGE_EVENT:
+                if isinstance(parsed := _key_change(cur), str):
+                    return bad(n, parsed)
+                change = parsed
             elif (record := _prune_record(cur)) is not None:
                 prunes.append(record)
             first = first or cur
@@ -173,7 +229,8 @@ def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, 
     return VerifyResult(True, counts["event"], counts[CHECKPOINT], None, None, "", uncovered,
                         warning, str(path), first.seq if first else 0,
                         first.hash if first else GENESIS, base + n, prev1,
-                        base + last_cp if last_cp else 0, tuple(prunes))
+                        base + last_cp if last_cp else 0, tuple(prunes),
+                        key_change=change)
 
 
 def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, Any]
@@ -193,8 +250,9 @@ def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[s
     prunes: list[tuple[int, int, str]] = []
     head: VerifyResult | None = None
     last: VerifyResult | None = None
+    change: KeyChange | None = None
     for index, file in enumerate(files):
-        result = verify(file, keys, allow_anchor=True)
+        result = verify(file, keys, allow_anchor=True, key_change=change)
         total = replace(result, events=events + result.events, files=index + 1,
                         checkpoints=checkpoints + result.checkpoints - (last is not None))
         if not result.ok:
@@ -213,6 +271,7 @@ def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[s
                          f"{last.last_seq}): a segment is missing, replaced or out of order")
         events, checkpoints = total.events, total.checkpoints
         prunes.extend(result.prunes)
+        change = result.key_change
         head = head or result
         if result.first_seq != 0:
             last = result

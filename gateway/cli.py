@@ -163,10 +163,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         print(f"gateway: --log {log_path} is a directory; name the active log file "
               "(e.g. audit.jsonl beside audit.segments/)", file=sys.stderr)
         return 2
-    if not log_path.exists() and not segment_files(segments_dir(log_path)):
-        print(f"gateway: no audit log at {log_path}", file=sys.stderr)
+    if log_path.parent.name.endswith(".segments"):
+        print(f"gateway: --log {log_path} is a sealed segment; name the active log "
+              f"(e.g. {log_path.parent.parent / 'audit.jsonl'}): the whole log, every "
+              "segment included, is verified from it", file=sys.stderr)
         return 2
-    result = verify_log(log_path, keys)
+    try:
+        if not log_path.exists() and not segment_files(segments_dir(log_path)):
+            print(f"gateway: no audit log at {log_path}", file=sys.stderr)
+            return 2
+        result = verify_log(log_path, keys)
+    except OSError as exc:  # unreadable file or directory: not a verdict on the log
+        print(f"gateway: cannot read the audit log {log_path}: {exc}", file=sys.stderr)
+        return 2
     summary = {"ok": result.ok, "events": result.events, "checkpoints": result.checkpoints,
                "files": result.files, "first_seq": result.first_seq,
                "last_seq": result.last_seq, "first_bad_file": None if result.ok else result.file,

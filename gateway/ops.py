@@ -3,7 +3,9 @@
 ``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded,
 every upstream reachable and no load shed for memory),
 ``/.well-known/jwks.json`` (public keys of the identity assertions),
-``/crl.pem`` (the CA's signed CRL). Nothing sensitive is served here.
+``/.well-known/audit-keys.json`` (the audit checkpoint keys, current first,
+then every retired one), ``/crl.pem`` (the CA's signed CRL). Nothing
+sensitive is served here.
 """
 
 from __future__ import annotations

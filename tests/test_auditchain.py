@@ -1,4 +1,4 @@
-"""The chained audit log (issue 6 item 1): verify passes on an intact log and
+"""The chained audit log (D10): verify passes on an intact log and
 names the first bad line for each kind of tampering; the writer continues a
 chain across restarts and fails closed; the documented example stays true."""
 

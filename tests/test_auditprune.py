@@ -1,4 +1,4 @@
-"""Sealed segments and raw-event pruning of the audit log (issue 6 item 2, D10;
+"""Sealed segments and raw-event pruning of the audit log (D10;
 docs/audit-format.md §10): the log rotates at checkpoints, `verify_log`
 checks every segment and the joins between them, pruning deletes only
 sealed, rolled-up, old segments after a signed `audit-prune` event, and a
@@ -187,6 +187,74 @@ def test_a_segment_that_does_not_start_at_an_anchor(rotated: Path,
     assert not result.ok and "without a signed anchor" in result.problem
 
 
+def test_an_emptied_oldest_segment(rotated: Path, keys: dict[str, Any]) -> None:
+    """An empty file in the place of the oldest segment is no evidence of
+    anything: it must not let the next file pass as the start of the log."""
+    sealed = segment_files(rotated.parent / "audit.segments")
+    sealed[0].write_bytes(b"")
+    result = ac.verify_log(rotated, keys)
+    assert not result.ok and result.file == str(sealed[0]), result.problem
+    assert "empty segment" in result.problem
+
+
+def prune_record(anchor: Path, anchor_hash: str | None = None) -> dict[str, Any]:
+    first = json.loads(lines_of(anchor)[0])
+    return {"event": "audit-prune", "actor": "gateway", "action": "prune",
+            "segments": [], "pruned_from_seq": 1, "pruned_through_seq": first["seq"] - 1,
+            "anchor_seq": first["seq"], "anchor_hash": anchor_hash or first["hash"],
+            "policy": "raw_retention_days=1", "rolled_up_through": T0}
+
+
+def test_an_unsigned_prune_record_accounts_for_nothing(
+        rotated: Path, keys: dict[str, Any]) -> None:
+    """§10: the record must be followed by a checkpoint. Anyone can append a
+    well-chained line after the last one; only the key holder can sign it."""
+    sealed = segment_files(rotated.parent / "audit.segments")
+    record = prune_record(sealed[1])
+    lines = lines_of(rotated)
+    last = json.loads(lines[-1])
+    fields = {**record, "seq": last["seq"] + 1, "prev": last["hash"], "ts": T0}
+    body = ac.canonical(fields)
+    rotated.write_bytes(b"".join([*lines, ac.seal(body, ac.line_hash(last["hash"], body))]))
+    assert ac.verify_log(rotated, keys).ok  # an uncovered tail, so far legitimate
+    sealed[0].unlink()
+    result = ac.verify_log(rotated, keys)
+    assert not result.ok and "no signed audit-prune event" in result.problem, result.problem
+
+
+@pytest.mark.parametrize("names_the_anchor", [True, False])
+def test_a_prune_record_must_name_the_anchor_by_its_hash(
+        rotated: Path, key: Ed25519PrivateKey, kid: str, keys: dict[str, Any],
+        names_the_anchor: bool) -> None:
+    sealed = segment_files(rotated.parent / "audit.segments")
+    log = ac.ChainedAuditLog(rotated, key, kid, clock=Clock())
+    log.record(prune_record(sealed[1], None if names_the_anchor else "ab" * 32))
+    log.close()  # signs it
+    sealed[0].unlink()
+    result = ac.verify_log(rotated, keys)
+    assert result.ok is names_the_anchor, result.problem
+
+
+def test_deleting_the_newest_files_with_the_prune_record_is_detected(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str, keys: dict[str, Any]) -> None:
+    """§10: only the files present count. Cut the active file, which holds
+    the only prune record, and the remaining segments no longer account for
+    their start: a failure at line 1 of the oldest file."""
+    path, clock = tmp_path / "audit.jsonl", Clock()
+    log = daily_log(path, key, kid, clock, days=6)
+    outcome = pruner(log, keys, clock, 2.5, [clock.now]).prune()
+    assert outcome.segments
+    log.close()
+    assert ac.verify_log(path, keys).ok
+    assert b'"audit-prune"' in path.read_bytes()  # the record is in the active file
+    remaining = segment_files(log.segments)
+    assert remaining and all(b'"audit-prune"' not in f.read_bytes() for f in remaining)
+    path.unlink()
+    result = ac.verify_log(path, keys)
+    assert not result.ok and result.file == str(remaining[0]), result.problem
+    assert result.first_bad_line == 1 and "no signed audit-prune event" in result.problem
+
+
 # -- pruning ------------------------------------------------------------------------
 def pruner(log: ac.ChainedAuditLog, keys: dict[str, Any], clock: Clock, days: float,
            rolled: list[float | None]) -> AuditPruner:
@@ -294,10 +362,81 @@ def test_a_tampered_segment_is_kept_as_evidence(tmp_path: Path, key: Ed25519Priv
     sealed[1].write_bytes(b"".join(seg_lines))
     clock.now += 30 * DAY
     outcome = pruner(log, keys, clock, 1, [clock.now]).prune()
-    assert outcome.segments == (sealed[0].name,)  # stops before the bad one
+    # Not even the first: its end is signed only in the tampered second one.
+    assert outcome.segments == ()
     assert "does not verify" in outcome.kept_because
-    assert sealed[1].exists()
+    assert sealed[1].name + ": line 2" in outcome.kept_because
+    assert sealed[0].exists() and sealed[1].exists()
     log.close()
+
+
+def backdated(line: bytes, ts: float) -> bytes:
+    """The line with another ``ts`` and its hash recomputed: what anyone who
+    can write the file can do to a checkpoint no later checkpoint covers."""
+    fields = json.loads(line)
+    del fields["hash"]
+    fields["ts"] = ts
+    body = ac.canonical(fields)
+    return ac.seal(body, ac.line_hash(fields["prev"], body))
+
+
+def two_segments(path: Path, key: Ed25519PrivateKey, kid: str, clock: Clock) -> list[Path]:
+    """Segment A ends at T0, segment B ten days later; the active file is B's
+    last checkpoint alone (its anchor)."""
+    log = ac.ChainedAuditLog(path, key, kid, segment_max_bytes=1, clock=clock,
+                             checkpoint_interval_s=100 * DAY)
+    for when in (T0, T0 + 10 * DAY):
+        clock.now = when
+        for i in range(3):
+            log.record(event(i))
+        log.checkpoint()
+    log.close()
+    sealed = segment_files(log.segments)
+    assert len(sealed) == 2 and len(lines_of(path)) == 1
+    return sealed
+
+
+def test_a_backdated_newest_segment_is_not_pruned(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str, keys: dict[str, Any]) -> None:
+    """Format §9: the last checkpoint's own ts is not signed. Backdating it
+    (and its copy, the active file's anchor) must not get the gateway to sign
+    the deletion of a segment that is not past the retention."""
+    path, clock = tmp_path / "audit.jsonl", Clock()
+    a, b = two_segments(path, key, kid, clock)
+    forged = backdated(lines_of(b)[-1], T0 + 1)
+    b.write_bytes(b"".join([*lines_of(b)[:-1], forged]))
+    path.write_bytes(forged)
+    assert ac.verify_log(path, keys).ok  # undetectable so far
+    clock.now = T0 + 11 * DAY
+    log = ac.ChainedAuditLog(path, key, kid, segment_max_bytes=1, clock=clock,
+                             checkpoint_interval_s=100 * DAY)
+    outcome = pruner(log, keys, clock, 5, [clock.now]).prune()
+    log.close()
+    assert outcome.segments == (a.name,) and b.exists()
+    assert "newest sealed segment" in outcome.kept_because
+
+
+def test_a_segment_whose_end_the_next_does_not_continue_is_kept(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str, keys: dict[str, Any]) -> None:
+    path, clock = tmp_path / "audit.jsonl", Clock(T0 + 10 * DAY)
+    log = ac.ChainedAuditLog(path, key, kid, segment_max_bytes=1, clock=clock,
+                             checkpoint_interval_s=100 * DAY)
+    for day in range(3):
+        clock.now = T0 + (10 + day) * DAY
+        log.record(event(day))
+        log.checkpoint()
+    log.close()
+    a, b, _ = segment_files(log.segments)
+    # A's end backdated in A only: A verifies on its own, B on its own.
+    a.write_bytes(b"".join([*lines_of(a)[:-1], backdated(lines_of(a)[-1], T0)]))
+    assert ac.verify(a, keys, allow_anchor=True).ok and ac.verify(b, keys, allow_anchor=True).ok
+    clock.now = T0 + 12 * DAY
+    log = ac.ChainedAuditLog(path, key, kid, segment_max_bytes=1, clock=clock,
+                             checkpoint_interval_s=100 * DAY)
+    outcome = pruner(log, keys, clock, 5, [clock.now]).prune()
+    log.close()
+    assert outcome.segments == () and a.exists()
+    assert "does not continue" in outcome.kept_because
 
 
 # -- configuration and command line ----------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway import auditchain as ac
+from gateway.audit import AuditWriteFailed
 from gateway.auditformat import KEY_FILE, segment_files
 from gateway.auditkeys import RETIRED_FILE, AuditKeys, published_keys
 from gateway.auditprune import AuditPruner
@@ -56,6 +58,16 @@ def test_nan_and_infinity_are_not_json(tmp_path: Path, lines: list[bytes],
                                        keys: dict[str, Any], constant: bytes) -> None:
     forged = [*lines[:-1], with_member(lines[-2], b'"zz":' + constant)]
     forged = [*lines[:-2], forged[-1]]
+    refused(tmp_path, forged, keys, len(lines) - 1, "malformed line")
+
+
+def test_a_duplicate_key_is_refused(tmp_path: Path, lines: list[bytes],
+                                    keys: dict[str, Any]) -> None:
+    """§3: one object, no duplicate keys (a lenient parser would keep one of
+    the two values, and two verifiers could read two different events)."""
+    event = fields_of(lines[-2])["event"]
+    other = b'"event":"' + (b"admin" if event == "request" else b"request") + b'"'
+    forged = [*lines[:-2], with_member(lines[-2], other)]
     refused(tmp_path, forged, keys, len(lines) - 1, "malformed line")
 
 
@@ -112,6 +124,33 @@ def test_a_key_document_must_file_each_key_under_its_own_kid(
         ac.verify(write(tmp_path, lines), doc)
     with pytest.raises(ValueError, match="does not match its key"):
         ac.verify(write(tmp_path, lines), {kid: other.public_key()})
+
+
+def forged_line(fields: dict[str, Any]) -> bytes:
+    body = ac.canonical(fields)
+    return ac.seal(body, ac.line_hash(fields["prev"], body))
+
+
+def test_a_line_inserted_before_the_last_checkpoint_is_blamed(
+        tmp_path: Path, lines: list[bytes], keys: dict[str, Any]) -> None:
+    """§8 step 4: the fake takes the place of seq 24 from line 23, the signed
+    checkpoint that really is seq 24 follows: the signature proves the
+    checkpoint, so the fake (line 24) is blamed, not the checkpoint."""
+    n = len(lines)
+    assert fields_of(lines[-1])["type"] == "checkpoint"
+    fake = forged_line({**sample_event(2), "seq": n, "ts": 1.0,
+                        "prev": fields_of(lines[-2])["hash"]})
+    refused(tmp_path, [*lines[:-1], fake, lines[-1]], keys, n, "inserted line")
+
+
+def test_a_line_appended_in_the_place_of_the_last_is_blamed(
+        tmp_path: Path, lines: list[bytes], keys: dict[str, Any]) -> None:
+    """§8 step 4: nothing after the two claimants decides, so the later one
+    (the appended fake) is blamed, not the genuine last line."""
+    tail = lines[:-1]  # ends with an event (seq 23), as a running log does
+    fake = forged_line({**sample_event(2), "seq": len(tail), "ts": 1.0,
+                        "prev": fields_of(tail[-2])["hash"]})
+    refused(tmp_path, [*tail, fake], keys, len(tail) + 1, "inserted line")
 
 
 def test_an_inserted_line_claiming_its_neighbours_seq_is_blamed(
@@ -181,6 +220,132 @@ def test_segments_signed_by_a_retired_key_are_still_pruned(tmp_path: Path) -> No
     assert result.ok and result.first_seq > 1, result.problem
 
 
+# -- §6, §8 step 6: the key handover ----------------------------------------------------
+class Handover:
+    """A log of 15 lines: checkpoints at seq 4 (old key), the key-change
+    record at seq 6, checkpoints at 7 (old key, covers the record), 11 and 15
+    (new key). ``segment_max_bytes=1`` seals a segment at every checkpoint."""
+
+    def __init__(self, tmp_path: Path, segment_max_bytes: int | None = None) -> None:
+        self.old, self.new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        self.old_kid = ac.audit_kid(self.old.public_key())
+        self.new_kid = ac.audit_kid(self.new.public_key())
+        self.path = tmp_path / "audit.jsonl"
+        log = ac.ChainedAuditLog(self.path, self.old, self.old_kid, checkpoint_every=3,
+                                 segment_max_bytes=segment_max_bytes, clock=Clock())
+        for i in range(4):
+            log.record(event(i))
+        log.rotate_key(self.new, self.new_kid)
+        for i in range(4, 10):
+            log.record(event(i))
+        log.close()
+        self.keys = {"keys": [*ac.public_key_document(self.new, self.new_kid)["keys"],
+                              *ac.public_key_document(self.old, self.old_kid)["keys"]]}
+
+
+def signed_again(line: bytes, signer: Ed25519PrivateKey) -> bytes:
+    """A checkpoint line signed by ``signer`` instead (a leaked key), rehashed."""
+    fields = fields_of(line)
+    del fields["hash"]
+    kid = ac.audit_kid(signer.public_key())
+    sig = signer.sign(ac.checkpoint_message(fields["seq"], fields["prev"], kid))
+    fields.update(kid=kid, sig=ac.b64url(sig))
+    return forged_line(fields)
+
+
+def test_the_writer_records_the_handover_under_the_old_key(tmp_path: Path) -> None:
+    log = Handover(tmp_path)
+    rows = [fields_of(x) for x in log.path.read_bytes().splitlines()]
+    assert [(r["seq"], r.get("kid")) for r in rows if r.get("type") == "checkpoint"] == [
+        (4, log.old_kid), (7, log.old_kid), (11, log.new_kid), (15, log.new_kid)]
+    record = rows[5]
+    assert (record["event"], record["old_kid"], record["new_kid"]) == (
+        "audit-key-change", log.old_kid, log.new_kid)
+    assert ac.verify(log.path, log.keys).ok
+
+
+def test_a_retired_key_cannot_sign_after_the_handover(tmp_path: Path) -> None:
+    """§8 step 6: the old key, even leaked, signs no checkpoint after the one
+    that covers the key-change record, though its signature is valid."""
+    log = Handover(tmp_path)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    forged = reseal([*lines[:10], signed_again(lines[10], log.old), *lines[11:]], 11)
+    refused(tmp_path, forged, log.keys, 11, "a retired key signs no more")
+
+
+def test_the_covering_checkpoint_is_the_old_or_the_new_key(tmp_path: Path) -> None:
+    log = Handover(tmp_path)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    third = Ed25519PrivateKey.generate()
+    keys = {"keys": [*log.keys["keys"],
+                     *ac.public_key_document(third, ac.audit_kid(third.public_key()))["keys"]]}
+    forged = reseal([*lines[:6], signed_again(lines[6], third), *lines[7:]], 7)
+    refused(tmp_path, forged, keys, 7, "right after the key change")
+    # After a crash between the record and its checkpoint, the restarted
+    # gateway signs the covering checkpoint with the new key: that is valid.
+    crashed = write(tmp_path, lines[:6])
+    reopened = ac.ChainedAuditLog(crashed, log.new, log.new_kid, clock=Clock())
+    reopened.record(event(99))
+    reopened.close()
+    assert ac.verify(crashed, log.keys).ok
+
+
+def test_a_failed_handover_checkpoint_still_switches_keys(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once the record is written the old key is done (§6): if its checkpoint
+    cannot be written, the next checkpoint, under the new key, covers the
+    record, and the log still verifies."""
+    old, new = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    old_kid, new_kid = ac.audit_kid(old.public_key()), ac.audit_kid(new.public_key())
+    path = tmp_path / "audit.jsonl"
+    log = ac.ChainedAuditLog(path, old, old_kid, clock=Clock())
+    log.record(event(0))
+    real_write = os.write
+
+    def no_checkpoint(fd: int, data: bytes) -> int:
+        if b'"type":"checkpoint"' in data:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", no_checkpoint)
+    with pytest.raises(AuditWriteFailed):
+        log.rotate_key(new, new_kid)
+    monkeypatch.undo()
+    assert log.kid == new_kid
+    for i in range(1, 3):
+        log.record(event(i))
+        log.checkpoint()
+    log.close()
+    keys = {"keys": [*ac.public_key_document(new, new_kid)["keys"],
+                     *ac.public_key_document(old, old_kid)["keys"]]}
+    result = ac.verify(path, keys)
+    assert result.ok and result.checkpoints == 2, result.problem
+
+
+def test_a_malformed_key_change_record_is_refused(tmp_path: Path) -> None:
+    log = Handover(tmp_path)
+    lines = log.path.read_bytes().splitlines(keepends=True)
+    fields = fields_of(lines[5])
+    del fields["hash"]
+    fields["new_kid"] = fields["old_kid"]
+    forged = reseal([*lines[:5], forged_line(fields), *lines[6:]], 6)
+    refused(tmp_path, forged, log.keys, 6, "malformed key-change record")
+
+
+def test_the_handover_binds_across_segments(tmp_path: Path) -> None:
+    """The record sits in one segment, the checkpoint a leaked old key signed
+    in the next: ``verify_log`` carries the record over (§8 step 6, §10)."""
+    log = Handover(tmp_path, segment_max_bytes=1)
+    segment = log.path.with_name("audit.segments") / "000000000007-000000000011.jsonl"
+    assert ac.verify_log(log.path, log.keys).ok
+    lines = segment.read_bytes().splitlines(keepends=True)
+    assert fields_of(lines[-1])["seq"] == 11
+    segment.write_bytes(b"".join([*lines[:-1], signed_again(lines[-1], log.old)]))
+    result = ac.verify_log(log.path, log.keys)
+    assert not result.ok and result.file == str(segment), result.problem
+    assert "a retired key signs no more" in result.problem
+
+
 # -- the CLI verifier only reads -----------------------------------------------------
 def run_verify(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", *args],
@@ -219,3 +384,25 @@ def test_verify_refuses_a_segments_directory_as_keys_and_a_directory_as_log(
     assert proc.returncode == 2 and "is a directory" in proc.stderr
     proc = run_verify("--log", str(path), "--keys", str(keyfile))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_verify_names_an_unreadable_log_without_a_traceback(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = ac.ChainedAuditLog(path, key, kid, checkpoint_every=2, segment_max_bytes=500,
+                             clock=Clock())
+    for i in range(20):
+        log.record(event(i))
+    log.close()
+    keyfile = tmp_path / "keys.json"
+    keyfile.write_text(json.dumps(ac.public_key_document(key, kid)))
+    sealed = segment_files(path.with_name("audit.segments"))
+    # A sealed segment is not the log: the whole log is verified from audit.jsonl.
+    proc = run_verify("--log", str(sealed[1]), "--keys", str(keyfile))
+    assert proc.returncode == 2 and "is a sealed segment" in proc.stderr, proc.stderr
+    # A segment that cannot be read (here: a directory under a segment's name).
+    sealed[1].unlink()
+    sealed[1].mkdir()
+    proc = run_verify("--log", str(path), "--keys", str(keyfile))
+    assert proc.returncode == 2 and "cannot read the audit log" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,4 +1,4 @@
-"""The audit trail of a running gateway (D10; issue 6 item 1): every decision
+"""The audit trail of a running gateway (D10): every decision
 is chained and checkpointed, `gateway audit verify` checks it from the
 public keys on the ops plane, and an unwritable audit store refuses requests."""
 
@@ -58,16 +58,31 @@ def test_unwritable_audit_store_fails_closed(tmp_path: Path) -> None:
 
 
 def test_live_log_seals_segments_and_prunes_by_policy(tmp_path: Path) -> None:
-    """Issue 6 item 2: raw events go once sealed, rolled up and past the
-    retention; the maintenance loop does it, and what is left verifies."""
+    """D10: raw events go once sealed, rolled up and past the retention; the
+    maintenance loop does it, also for segments signed by an audit key that
+    was rotated since (the pruner verifies them with the retired key), and
+    what is left verifies with the keys the ops plane publishes."""
+    from .test_credentials import admin
+
     gw = start_stack(tmp_path, extra_config="""
         [audit]
         checkpoint_every = 5
         segment_max_mb = 0.002
         raw_retention_days = 0.00002
         """)
+    segments = tmp_path / "work" / "audit.segments"
     try:
+        for _ in range(50):  # bounded: a few segments sealed under the first key
+            gw.client("ores").get("/hes/meters")
+            if len(list(segments.glob("*.jsonl"))) >= 2:
+                break
+        old_kid = gw.ops("/.well-known/audit-keys.json").json["keys"][0]["kid"]
+        old_segments = sorted(p.name for p in segments.glob("*.jsonl"))
+        assert old_segments
+        resp = admin(gw, "POST", "/admin/audit/rotate-key", {"reason": "yearly"})
+        assert resp.status == 200, resp.body
         keys = gw.ops("/.well-known/audit-keys.json").json
+        assert [k["kid"] for k in keys["keys"]] == [resp.json["kid"], old_kid]
         pruned = 0.0
         for _ in range(200):  # bounded: ~40 s at most; usage flushes every 5 s
             for path in ("/hes/meters", "/itsm/tickets"):
@@ -87,6 +102,12 @@ def test_live_log_seals_segments_and_prunes_by_policy(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     assert proc.returncode == 0 and result["ok"], result
     assert result["first_seq"] > 1 and result["files"] >= 2, result
+    # The oldest segments, sealed under the retired key, were among the pruned.
+    lines = [json.loads(x) for f in [*sorted(segments.glob("*.jsonl")),
+                                     tmp_path / "work" / "audit.jsonl"]
+             for x in f.read_bytes().splitlines()]
+    pruned_names = {n for e in lines if e.get("event") == "audit-prune" for n in e["segments"]}
+    assert old_segments[0] in pruned_names, (old_segments, pruned_names)
 
 
 def test_audit_key_rotation_online_verifies_with_the_published_keys(tmp_path: Path) -> None:
@@ -103,18 +124,36 @@ def test_audit_key_rotation_online_verifies_with_the_published_keys(tmp_path: Pa
         refused = admin(gw, "POST", "/admin/audit/rotate-key", {"reason": "yearly"},
                         who="carol")  # an auditor may not
         assert refused.status == 403
-        resp = admin(gw, "POST", "/admin/audit/rotate-key", {"reason": "yearly"})
-        assert resp.status == 200, resp.body
-        assert resp.json["retired"] == before[0]["kid"] != resp.json["kid"]
+        # The operator's verb, `gateway audit rotate-key`, over the admin plane.
+        pki = gw.stack.pki
+        proc = subprocess.run(
+            [sys.executable, "-m", "gateway", "audit", "rotate-key", "--reason", "yearly",
+             "--admin-url", f"https://localhost:{gw.stack.gateway.admin_port}",
+             "--cert", str(pki.client_cert("ores", "alice")),
+             "--key", str(pki.client_key("ores", "alice")), "--cacert", str(pki.ca_cert)],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        answer = json.loads(proc.stdout)
+        assert answer["retired"] == before[0]["kid"] != answer["kid"]
         gw.client("ores").get("/hes/meters")
         keys = gw.ops("/.well-known/audit-keys.json").json
-        assert [k["kid"] for k in keys["keys"]] == [resp.json["kid"], before[0]["kid"]]
+        assert [k["kid"] for k in keys["keys"]] == [answer["kid"], before[0]["kid"]]
         assert admin_events(gw, "audit-rotate-key")[-1]["outcome"] == "done"
     finally:
         gw.stop()
     log = tmp_path / "work" / "audit.jsonl"
-    kids = {json.loads(line).get("kid") for line in log.read_bytes().splitlines()}
+    rows = [json.loads(line) for line in log.read_bytes().splitlines()]
+    kids = {row.get("kid") for row in rows}
     assert {k["kid"] for k in keys["keys"]} <= kids  # both keys signed checkpoints
+    # In chain order (§6): the admin's attempt, the key-change record, the
+    # old key's checkpoint over both, the admin's "done", the new key's.
+    change = next(i for i, r in enumerate(rows) if r.get("event") == "audit-key-change")
+    assert (rows[change]["old_kid"], rows[change]["new_kid"]) == (before[0]["kid"],
+                                                                  answer["kid"])
+    attempt = max(i for i, r in enumerate(rows[:change]) if r.get("action") == "audit-rotate-key")
+    assert rows[attempt]["outcome"] == "attempt"
+    assert rows[change + 1].get("kid") == before[0]["kid"]  # the old key covers the record
+    assert all(r["kid"] == answer["kid"] for r in rows[change + 2:] if "kid" in r)
     published = tmp_path / "audit-keys.json"
     published.write_text(json.dumps(keys))
     proc = subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", "--log",
