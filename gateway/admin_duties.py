@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.admin_request import AUDIT_EXTRA, CALLER, Guard, person_of
 from gateway.core.duties import (
     APPROVED,
     PENDING,
@@ -220,8 +221,7 @@ _REFUSAL_TEXT = {
 
 
 def pending_routes(duties: DualControl) -> Callable[..., None]:
-    """Register the pending-action routes (a ``gateway.admin.RouteSet``)."""
-    from gateway.admin import AUDIT_EXTRA, CALLER, Guard, person_of
+    """Register the pending-action routes (a ``gateway.admin_request.RouteSet``)."""
 
     def register(r: web.UrlDispatcher, guarded: Guard) -> None:
         def pid(request: web.Request) -> str:

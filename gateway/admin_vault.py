@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import CALLER, Body, Guard, RouteSet, _seconds, _text
+from gateway.admin_request import CALLER, Body, Guard, RouteSet, _seconds, _text
 from gateway.breakglass import BreakGlass
 from gateway.credentials import AdminRefused
 from gateway.state import BreakGlassCase, StateStore

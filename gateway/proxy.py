@@ -5,6 +5,10 @@
     identity -> target -> hygiene -> route -> decide -> body
              -> forward (assertion) -> check response -> audit + metrics
 
+The push intakes are not proxied: after *hygiene* they branch off to their
+own stage (:mod:`gateway.pushintake`). *check response* is
+:mod:`gateway.responsecheck`; *audit + metrics*, :mod:`gateway.requesttrace`.
+
 The body is read and parsed after the decision (a caller that may not act
 gets its 403 whatever it sent), except on a route that names its resource in
 the body, where it comes just before; either way JSON is parsed with a
@@ -18,9 +22,6 @@ event. Nothing reaches an upstream before ``decide()`` allowed it.
 
 from __future__ import annotations
 
-import asyncio
-import json
-import logging
 import math
 import time
 from collections.abc import Callable
@@ -31,39 +32,31 @@ from aiohttp import web
 
 from gateway.assertion import ASSERTION_HEADER, AssertionSigner
 from gateway.audit import AuditSink
-from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, check_response
-from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts, check_purpose, decide
-from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
+from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
-from gateway.core.pseudonym import Pseudonymiser, find_leaks
+from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quota, Quotas
 from gateway.core.relations import RelationIndex
-from gateway.core.routes import Route, RouteMatch, RouteTable
+from gateway.core.routes import RouteMatch, RouteTable
 from gateway.edge import EdgeLimits
 from gateway.errors import RequestRefused, UpstreamFailed
-from gateway.exchange import (
-    DEFAULT_LIMITS,
-    PUSH_CMH,
-    PUSH_ROUTES,
-    Exchange,
-    read_body,
-)
+from gateway.exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
 from gateway.fairslots import UpstreamSlots
 from gateway.identity import CallerResolver, CredentialRefused
 from gateway.metrics import GatewayMetrics
 from gateway.push import PushService
 from gateway.pushgate import PushGate
-from gateway.requesttrace import SERVER_HEADER, RequestTrace
+from gateway.pushintake import PushIntake
+from gateway.requesttrace import RequestTrace
+from gateway.responsecheck import ResponseCheck
 from gateway.soc import SecurityEvents
 from gateway.state import Consultation
 from gateway.upstream import UpstreamPool
 from gateway.usage import UsageLedger
 
-log = logging.getLogger("gateway.proxy")
 JSON = "application/json"
-CLASSIFICATION_HEADER = "X-Classification"
 
 
 class DataPlane:
@@ -95,8 +88,6 @@ class DataPlane:
         self.audit = audit
         self.metrics = metrics
         self.upstream_auth = upstream_auth  # the vault's service credential per upstream
-        self.push = push
-        self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
         self.quotas = Quotas()
@@ -108,8 +99,11 @@ class DataPlane:
         self.in_flight = 0
         self.over_memory_budget = False  # set by the server's memory watch
         self.load_quotas()
-        self.push_max_body_bytes = push_max_body_bytes
-        self.push_gate = PushGate(limits)
+        self.push_gate = PushGate(limits)  # D1 availability: the push intakes' memory guard
+        self.push_intake = None if push is None else PushIntake(
+            push=push, gate=self.push_gate, registry=lambda: resolver.registry,
+            limits=limits, max_body_bytes=push_max_body_bytes)
+        self.response_check = ResponseCheck(metrics=metrics, push=push, pseudonyms=pseudonyms)
         self.clock = clock
         # The last stage of every request, refused or served: answer, audit, metrics.
         self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
@@ -153,8 +147,8 @@ class DataPlane:
             ex.caller = self.resolver.resolve(request)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)
-            if target.path in PUSH_ROUTES and self.push is not None:
-                response = await self._push(request, ex, PUSH_ROUTES[target.path])
+            if target.path in PUSH_ROUTES and self.push_intake is not None:
+                response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
                 self.trace.account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)
@@ -174,7 +168,7 @@ class DataPlane:
                 self._register_consultation(request, ex, now)
             upstream = await self._forward_within_quota(ex, target, forward_headers, body,
                                                         request.method)
-            response = self._check(ex, facts, relations, upstream, now)
+            response = self.response_check.check(ex, facts, relations, upstream, now)
         except RequestRefused as exc:
             ex.reason = exc.reason
             if isinstance(exc, CredentialRefused):
@@ -248,42 +242,6 @@ class DataPlane:
             raise RequestRefused(400, "body-not-object")
         return raw, parsed
 
-    async def _push(self, request: web.BaseRequest, ex: Exchange,
-                    route: Route) -> web.Response:
-        """Pushed data in (issue 5): the HES's daily batch, portal bookings."""
-        assert self.push is not None
-        ex.match = RouteMatch(route, {})
-        if request.method != "POST":
-            raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
-        # SECURITY: D1. Only the intake's own shared system, decided before any body is read.
-        self.push.authorize(ex.caller, "cmh" if route is PUSH_CMH else "hes")
-        if request.content_type != JSON:
-            raise RequestRefused(415, "body-not-json")
-        # D1 availability: a bounded number of large pushes, each body capped
-        # by its form, so a push cannot take the memory other tenants need.
-        async with self.push_gate.slot(request.content_length):
-            raw = await self.push_gate.read(request, ex, self.push_max_body_bytes,
-                                            self.limits.body_timeout_s,
-                                            columnar_allowed=route is not PUSH_CMH)
-            if route is PUSH_CMH:
-                registry = self.resolver.registry
-                kinds = {t.id: t.kind for t in registry}
-                coordinators = frozenset(t.id for t in registry
-                                         if t.attributes.get("cmh_coordinator"))
-                status, doc, incident = self.push.intake_cmh(ex.caller, raw, kinds,
-                                                             coordinators)
-            else:
-                status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller,
-                                                                raw)
-            del raw  # freed before the heap is trimmed
-        ex.incident = incident  # the audit event of the batch has this id too
-        ex.reason = "push-accepted" if status == 202 else "push-back-pressure"
-        headers = {"Server": SERVER_HEADER, "X-Request-Id": incident}
-        if status == 429:
-            headers["Retry-After"] = "30"
-        return web.Response(status=status, body=json.dumps(doc).encode(), content_type=JSON,
-                            headers=headers)
-
     def _register_consultation(self, request: web.BaseRequest, ex: Exchange,
                                now: datetime) -> None:
         """D8: a sensitive consultation states its purpose and is registered
@@ -344,94 +302,6 @@ class DataPlane:
             headers["Content-Type"] = JSON
         upstream_target = target.upstream_target()[len(route.upstream) + 1:]
         return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
-
-    def _check(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
-               upstream: Any, now: datetime) -> web.Response:
-        assert ex.match is not None
-        route = ex.match.route
-        status = upstream.status
-        if status >= 500:
-            raise UpstreamFailed(502, "upstream-5xx")
-        if status >= 400:
-            # The upstream's own error body is not checked, so it is not passed on.
-            raise RequestRefused(status if status in (400, 404, 409, 422) else 502,
-                                 f"upstream-{status}")
-        if not 200 <= status < 300 or upstream.content_type != JSON:
-            raise UpstreamFailed(502, "upstream-unexpected-answer")
-        try:
-            parsed = loads_limited(upstream.body, max_depth=MAX_DEPTH)
-        except DuplicateKey as exc:
-            # SECURITY: D1. The checked copy holds one value per key, the bytes
-            # forwarded unchanged may hold two (a client keeping the first
-            # would read a record the check never saw): withheld like a misroute.
-            self._isolation_violation(ex, DUPLICATE_KEY)
-            raise UpstreamFailed(502, DUPLICATE_KEY) from exc
-        except TooDeep as exc:
-            raise UpstreamFailed(502, "upstream-json-too-deep") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UpstreamFailed(502, "upstream-malformed-json") from exc
-        verdict = check_response(ex.caller, route, facts, relations, parsed, now)
-        if not verdict.decision.allowed:
-            ex.resources = verdict.decision.resources
-            if verdict.decision.reason in ISOLATION_REASONS:
-                self._isolation_violation(ex, verdict.decision.reason)
-            raise UpstreamFailed(502, verdict.decision.reason)
-        if route.notify == "cmh-status" and self.push is not None:
-            # Status updates flow back to the coordinating DSO only.
-            rid = facts.params.get("request_id", "")
-            self.push.notify_status(rid, verdict.body,
-                                    relations.holders("cmh-request", rid, "coordinator", now),
-                                    ex.caller.tenant_id)
-        label = self._classification(ex, upstream)
-        changed = verdict.changed
-        if ex.caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
-            changed = self._pseudonymise(ex, verdict.body) or changed
-        body = json.dumps(verdict.body).encode() if changed else upstream.body
-        headers = clean_response_headers(upstream.headers)
-        headers["Server"] = SERVER_HEADER
-        headers["X-Request-Id"] = ex.incident
-        headers[CLASSIFICATION_HEADER] = label
-        return web.Response(status=status, body=body, content_type=JSON, headers=headers)
-
-    def _isolation_violation(self, ex: Exchange, reason: str) -> None:
-        """Counted in gateway_isolation_violations_total and logged; the audit
-        and SOC events follow from the reason (ISOLATION_REASONS)."""
-        assert ex.match is not None
-        route = ex.match.route
-        self.metrics.isolation_violations.labels(
-            ex.caller.tenant_id, route.upstream, "response").inc()
-        log.warning("isolation violation withheld: incident=%s tenant=%s route=%s reason=%s",
-                    ex.incident, ex.caller.tenant_id, route.name, reason)
-
-    def _classification(self, ex: Exchange, upstream: Any) -> str:
-        """D11: the answer's label, and whether this caller may receive it."""
-        assert ex.match is not None
-        policy = ex.match.route.classification
-        sent = dict(upstream.headers).get(CLASSIFICATION_HEADER)
-        label = classify(sent, policy)
-        if label is None:
-            raise UpstreamFailed(502, "classification-invalid")  # fail closed, never guess
-        ex.label = label
-        # The records passed the response check as the caller's own; an IT
-        # provider is never their owner, only a contracted external (D9).
-        owners = frozenset() if ex.caller.tenant.kind == "it-provider" \
-            else frozenset({ex.caller.tenant_id})
-        decision = may_receive(label, ex.caller, owners, policy)
-        if not decision.allowed:
-            raise RequestRefused(403, decision.reason)
-        self.metrics.child(self.metrics.classified_responses, label).inc()
-        return label
-
-    def _pseudonymise(self, ex: Exchange, body: Any) -> bool:
-        """D9: an IT provider gets keyed pseudonyms, never a raw identifier."""
-        assert self.pseudonyms is not None
-        try:
-            replaced = self.pseudonyms(ex.caller.tenant_id).apply(body)
-        except (ValueError, TypeError) as exc:
-            raise UpstreamFailed(502, "pseudonymisation-impossible") from exc
-        if find_leaks(body):
-            raise UpstreamFailed(502, "pseudonymisation-leak")  # fail closed
-        return replaced > 0
 
     def load_quotas(self) -> None:
         """Per-tenant quotas from ``tenants/`` (``[quota]``), default otherwise."""
