@@ -123,6 +123,11 @@ class _ProblemRequestHandler(RequestHandler):
             # just above max_headers, which the pipeline checks exactly), so any
             # count over the limit is the documented 431, never a 400.
             status, reason = 431, "too-many-headers"
+        elif isinstance(exc, ConnectionError):
+            # The caller hung up (mid-body, say) and the handler failed on it:
+            # nothing is wrong with the gateway and nobody reads the answer, so
+            # no error is logged; the refusal is still accounted and audited.
+            status, reason = 400, "client-gone"
         elif status >= 500:
             self.log_exception("error handling request", exc_info=exc)
             reason = "internal-error"

@@ -243,6 +243,18 @@ def test_a_key_twice_anywhere_in_a_batch_is_refused(text: str) -> None:
         scan_days(text)
 
 
+@pytest.mark.parametrize("text", [
+    # what the scanner leaves to json.loads (a top level that is not an object)
+    # is parsed as strictly: D1 holds whichever parser reads the batch
+    "[" + body(["[0.1,0.2]"], top='"batch_id":"b-2",') + "]",
+    f'[{{"format":"{FORMAT}","meter_days":[{{"meter":"A","meter":"B"}}]}}]',
+])
+def test_a_key_twice_is_refused_whatever_parses_the_batch(text: str) -> None:
+    for parse in (scan_days, scan_batch):
+        with pytest.raises(DuplicateKey):
+            parse(text)
+
+
 def test_a_per_record_batch_keeps_the_last_key() -> None:
     """Records are re-encoded from what was parsed (never forwarded as posted),
     so json.loads's rule holds there: what is routed is what is delivered."""

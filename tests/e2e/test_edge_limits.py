@@ -3,18 +3,24 @@ Each test would fail if its protection were removed."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
 import socket
 import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 
-from gateway.edge import EdgeLimits, self_check
+from gateway.edge import ConnectionBook, EdgeLimits, self_check
 from gateway.errors import ConfigError
+from gateway.listeners import GuardedServer, TlsSite, bind
+from gateway.tls import server_context
 
 from .conftest import HOST, RunningStack, start_stack
 
@@ -307,6 +313,28 @@ def test_admin_plane_has_the_same_edge_limits(edge: RunningStack) -> None:
     assert b"aiohttp" not in raw
 
 
+# Where a failing request is logged: aiohttp's server, asyncio's loop and the
+# planes' own loggers (background maintenance logs elsewhere, on its own).
+_REQUEST_LOGGERS = ("aiohttp", "asyncio", "gateway.proxy", "gateway.admin", "gateway.push")
+
+
+def _request_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [f"{r.name}: {r.getMessage()}" for r in caplog.records
+            if r.levelno >= logging.ERROR
+            and any(r.name == n or r.name.startswith(n + ".") for n in _REQUEST_LOGGERS)]
+
+
+def _hang_up_mid_body(port: int, ctx: ssl.SSLContext, target: str,
+                      declared: int = 100_000) -> None:
+    """Headers declaring a body (within the route's limit), 10 bytes of it,
+    then the socket closed."""
+    with socket.create_connection((HOST, port), timeout=10) as sock, \
+            ctx.wrap_socket(sock, server_hostname="localhost") as tls:
+        tls.sendall(f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                    f"\r\nContent-Length: {declared}\r\n\r\n".encode() + b'{"reason":')
+        time.sleep(0.2)
+
+
 def test_a_client_gone_mid_body_is_closed_quietly(edge: RunningStack,
                                                   caplog: pytest.LogCaptureFixture) -> None:
     """A caller that sends part of a declared body and hangs up: the
@@ -316,17 +344,80 @@ def test_a_client_gone_mid_body_is_closed_quietly(edge: RunningStack,
     for route in (f"/hes/meters/{meter}/operations", "/push/hes/batches"):
         who = ("ores", "field-ops") if "operations" in route else ("hes-operator", "pusher")
         with caplog.at_level("WARNING"):
-            tls = _tls(edge, *who)
-            tls.sendall(f"POST {route} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                        "\r\nContent-Length: 10000\r\n\r\n".encode() + b'{"action": ')
-            time.sleep(0.2)
-            tls.close()
+            _hang_up_mid_body(edge.port, edge.context(*who), route,
+                              100_000 if "push" in route else 10_000)
             time.sleep(0.8)
-        errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
-        assert errors == [], [r.getMessage() for r in errors]
+        assert _request_errors(caplog) == []
         caplog.clear()
     # Audited as a refusal, nothing forwarded; the listener still serves.
     gone = [e for e in edge.audit_events() if e.get("reason") == "client-gone"]
     assert {e["route"] for e in gone} >= {"/hes/meters/{serial}/operations",
                                           "/push/hes/batches"}, gone
     assert edge.client("ores").get("/hes/meters").status == 200
+
+
+def test_an_admin_gone_mid_body_is_a_refusal_not_a_failure(
+        edge: RunningStack, caplog: pytest.LogCaptureFixture) -> None:
+    """D10 on the admin plane: an admin whose connection drops mid-body is
+    audited as a refused attempt (``client-gone``), not as a 500 with an
+    error and a traceback in the log; nothing is done."""
+    before = len(edge.stack.gateway.credentials.store.certificates())
+    with caplog.at_level("WARNING"):
+        _hang_up_mid_body(edge.stack.gateway.admin_port, edge.context("ores", "alice"),
+                          "/admin/certs", 10_000)
+        deadline = time.monotonic() + 5
+        while not [e for e in edge.audit_events() if e.get("detail") == "client-gone"]:
+            assert time.monotonic() < deadline, "no audit event for the hang-up"
+            time.sleep(0.05)
+    (event,) = [e for e in edge.audit_events() if e.get("detail") == "client-gone"]
+    assert (event["event"], event["actor"], event["action"], event["outcome"]) == (
+        "admin", "ores/person/alice", "certs-issue", "refused")
+    assert _request_errors(caplog) == []
+    assert len(edge.stack.gateway.credentials.store.certificates()) == before
+
+
+def test_the_listener_survives_a_handler_failing_after_the_caller_left(
+        edge: RunningStack, caplog: pytest.LogCaptureFixture) -> None:
+    """The listener's own error path, under any handler: one that fails because
+    its caller hung up mid-body is answered through the listener's refusal
+    (so it is audited), its connection is released from the connection book,
+    and nothing is logged as an error. aiohttp drops the connection handler's
+    reference to its server at connection_lost, before that error path runs."""
+    pki = edge.stack.pki
+    limits = EdgeLimits()
+    book = ConnectionBook(limits, edge.stack.trust_domain)
+    refused: list[tuple[int, str]] = []
+    crashes: list[dict[str, Any]] = []
+
+    def refuse(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
+        refused.append((status, reason))
+        return web.Response(status=status)
+
+    async def reads_the_body(request: web.BaseRequest) -> web.StreamResponse:
+        return web.Response(body=await request.read())  # the caller leaves meanwhile
+
+    async def scenario() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: crashes.append(ctx))
+        server = GuardedServer(reads_the_body, **limits.server_kwargs(), access_log=None)
+        server.guard(limits, book, refuse, lambda: None)
+        runner = web.ServerRunner(server, handle_signals=False)
+        await runner.setup()
+        sock = bind(HOST, 0)
+        try:
+            await TlsSite(runner, sock, handshake_timeout_s=5, ssl_context=server_context(
+                pki.server_cert, pki.server_key, pki.ca_cert)).start()
+            port = sock.getsockname()[1]
+            ctx = edge.context("ores", "api")
+            await asyncio.to_thread(_hang_up_mid_body, port, ctx, "/anything")
+            for _ in range(100):
+                if refused and book.total == 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(scenario())
+    assert refused == [(400, "client-gone")]
+    assert (book.total, dict(book.per_tenant)) == (0, {})
+    assert _request_errors(caplog) == [] and crashes == []

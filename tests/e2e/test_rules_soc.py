@@ -1,6 +1,7 @@
 """What the SOC must be told (D12), each signal on its own: a tenant probing
 other tenants' resources (repeated ``no-relation`` denials), a certificate
-from a foreign CA and a revoked certificate refused in the TLS handshake.
+from a foreign CA and a revoked certificate refused in the TLS handshake, and
+who a refused but verified certificate belongs to.
 
 A stack of its own: the repeated-denial detector keeps a cooldown per
 principal, and a revoked certificate must not leak into the shared stack.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from cryptography import x509
 
 from gateway.credentials import serial_hex
 from gateway.pki import CertificateAuthority, spiffe_uri
+from gateway.state import PrincipalState
 from gateway.tls import client_context
 
 from .conftest import Client, RunningStack, start_stack
@@ -131,3 +134,63 @@ def test_a_revoked_certificate_on_an_open_connection_is_named(stack: RunningStac
     soc = wait_for_event(stack, lambda e: e.get("incident") == incident)
     assert soc["kind"] == "certificate-refused"
     assert (soc["tenant"], soc["principal"], soc["cert_serial"]) == ("telenet", "api", serial)
+
+
+def disabled(gw: RunningStack, key: tuple[str, str, str], yes: bool) -> None:
+    """The state says "disabled" while the certificate stays valid (disabling
+    through the admin plane would also revoke it, refusing the handshake)."""
+    creds = gw.stack.gateway.credentials
+    creds.store.set_principal_state(PrincipalState(key, yes, datetime.now(UTC),
+                                                   "leaver (test)", "ores/person/alice"))
+    creds.refresh()
+
+
+def test_a_disabled_principal_is_named_in_every_refusal(stack: RunningStack) -> None:
+    """D8, D12: a disabled principal's certificate still verifies, so who it is
+    is known: the audit event and the SOC's ``certificate-refused`` name its
+    tenant, principal and serial, for a request the pipeline refuses and for
+    one the HTTP layer cannot parse."""
+    key = ("proximus", "service", "api")
+    serial = serial_hex(x509.load_pem_x509_certificate(
+        stack.stack.pki.client_cert(key[0], key[2]).read_bytes()))
+    disabled(stack, key, True)
+    try:
+        client = stack.client("proximus")
+        refused = client.get("/cmh/requests")
+        assert refused.status == 403
+        incident = refused.json["incident"]
+        (event,) = [e for e in stack.audit_events() if e.get("incident") == incident]
+        assert (event["tenant"], event["principal"], event["cert_serial"], event["reason"]) == (
+            "proximus", "api", serial, "principal-disabled")
+        soc = wait_for_event(stack, lambda e: e.get("incident") == incident)
+        assert soc["kind"] == "certificate-refused"
+        assert (soc["tenant"], soc["principal"], soc["cert_serial"]) == ("proximus", "api",
+                                                                         serial)
+        raw = stack.raw("proximus", b"BREW /cmh/requests HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw.split(b" ", 2)[1] == b"501", raw[:40]  # method-unknown
+        unparsed = json.loads(raw.partition(b"\r\n\r\n")[2])["incident"]
+        (event,) = [e for e in stack.audit_events() if e.get("incident") == unparsed]
+        assert (event["tenant"], event["principal"], event["cert_serial"]) == (
+            "proximus", "api", serial)
+    finally:
+        disabled(stack, key, False)
+    assert stack.client("proximus").get("/cmh/requests").status == 200
+
+
+def test_a_disabled_admin_is_named_on_the_admin_plane(stack: RunningStack) -> None:
+    """D8, D12: the admin plane's refusal of a disabled person says who it was,
+    in the audit event and in the SOC's ``admin-refused``."""
+    key = ("ores", "person", "carol")  # an auditor: may list certificates
+    assert admin(stack, "GET", "/admin/certs", who="carol").status == 200
+    disabled(stack, key, True)
+    try:
+        refused = admin(stack, "GET", "/admin/certs", who="carol")
+        assert refused.status == 403
+        incident = refused.json["incident"]
+        (event,) = [e for e in stack.audit_events() if e.get("incident") == incident]
+        assert (event["actor"], event["outcome"], event["detail"]) == (
+            "ores/person/carol", "refused", "principal-disabled")
+        soc = wait_for_event(stack, lambda e: e.get("incident") == incident)
+        assert (soc["kind"], soc["actor"]) == ("admin-refused", "ores/person/carol")
+    finally:
+        disabled(stack, key, False)
