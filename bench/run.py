@@ -581,6 +581,10 @@ def _is_python(frame: str) -> bool:
     return frame.endswith(".py)")
 
 
+# The pipeline's steps live in DataPlane and in the stages it owns.
+_STAGE_CLASSES = ("DataPlane.", "ResponseCheck.", "PushIntake.", "RequestTrace.")
+
+
 def stage_of(frames: list[str]) -> str:
     """Where a sample is, in the gateway's terms: the outermost ``DataPlane``
     step below ``DataPlane.handle`` (the pipeline, ordered in proxy.py), else
@@ -588,7 +592,8 @@ def stage_of(frames: list[str]) -> str:
     for i, f in enumerate(frames):
         if f.startswith("DataPlane.handle ("):
             for g in frames[i + 1:]:  # the step, not the wrappers that run the steps
-                if g.startswith("DataPlane.") and not g.startswith("DataPlane._pipeline"):
+                if (g.startswith(_STAGE_CLASSES)
+                        and not g.startswith("DataPlane._pipeline")):
                     return "pipeline: " + g.split(" ")[0]
             return "pipeline: DataPlane.handle/_pipeline (own code)"
     joined = ";".join(frames)
