@@ -37,9 +37,9 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.simulators import CONTROL_HEADER  # noqa: E402
-from gateway.stack import Stack  # noqa: E402
-from gateway.tls import client_context  # noqa: E402
+from gateway.demo._stack import Stack
+from gateway.demo.simulators import CONTROL_HEADER
+from gateway.tls._policy import client_context
 
 FLOODER = "kempen-power"
 UNITS = {"1SAG": {"obis": "1-0:1.8.1", "unit": "kWh"},

@@ -36,9 +36,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.edge import EdgeLimits  # noqa: E402
-from gateway.stack import Stack  # noqa: E402
-from gateway.tls import client_context  # noqa: E402
+from gateway.demo._stack import Stack
+from gateway.config import EdgeLimits
+from gateway.tls._policy import client_context
 
 HOST = "127.0.0.1"
 MiB = 1024 * 1024
@@ -214,7 +214,7 @@ def main() -> int:
                 HOST, stack.receivers_port, context=client_context(
                     pki.ca_cert, pki.client_cert("ores", "api"), pki.client_key("ores", "api")),
                 timeout=10)
-            from gateway.simulators import CONTROL_HEADER
+            from gateway.demo.simulators import CONTROL_HEADER
             mode = "up" if args.receiver_up else "down"
             conn.request("POST", "/_sim/receivers/ores/mode", body=json.dumps({"mode": mode}),
                          headers={CONTROL_HEADER: stack.control_token,

@@ -33,7 +33,7 @@ from gateway.core.push import batch_fingerprint, route_batch
 from gateway.core.push_days import KIND, route_meter_days
 from gateway.core.pushscan import scan_days
 from gateway.core.relations import RelationIndex
-from gateway.outbox import EncodedPart, Outbox
+from gateway.push._outbox import EncodedPart, Outbox
 
 TENANTS = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]
 WATER = {"pidpa", "dewatergroep", "farys"}

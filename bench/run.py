@@ -54,8 +54,8 @@ BENCH = REPO / "bench"
 PY = sys.executable
 sys.path.insert(0, str(REPO))
 
-from gateway.simulators.hes import meter_rec  # noqa: E402
-from gateway.stack import Stack  # noqa: E402
+from gateway.demo._stack import Stack
+from gateway.demo.simulators.hes import meter_rec
 
 HOST = "127.0.0.1"
 TARGETS = {  # issue 7's bar, as ratios measured in the same run

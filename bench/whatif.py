@@ -22,7 +22,7 @@ Patches:
                     per-call timeout) instead of ``aiohttp.ClientSession``.
                     Same pool size, same size cap, same error mapping.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
-                    handshake counter (gateway/handshakes.py) hooks asyncio's
+                    handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop, and
                     uvloop's transports cannot be weakly referenced, so the
                     per-connection caller cache is replaced by one keyed by
@@ -181,8 +181,8 @@ class LeanPool:
 
 
 def patch_lean_upstream() -> None:
-    from gateway import upstream as up_mod
     from gateway.errors import UpstreamFailed
+    from gateway.upstream import _pool as up_mod
 
     pools: dict[str, LeanPool] = {}
     original = up_mod.UpstreamPool._call_once
@@ -217,7 +217,7 @@ def patch_lean_upstream() -> None:
 def patch_uvloop() -> None:
     import uvloop
 
-    from gateway import identity
+    from gateway.edge import _identity as identity
 
     # uvloop's transports cannot be weakly referenced, so CallerResolver's
     # WeakKeyDictionary fails on them: cache by id() with an identity check

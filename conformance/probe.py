@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.tls import client_context
+from gateway.tls._policy import client_context
 
 ANSWER_WITHIN_S = 5.0  # a request slower than this counts as the service being down
 GRACE_S = 3.0  # scheduling slack on top of the configured header deadline

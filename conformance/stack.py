@@ -15,7 +15,7 @@ import json
 import signal
 from pathlib import Path
 
-from gateway.stack import LOOPBACK, Stack
+from gateway.demo._stack import LOOPBACK, Stack
 
 REPO = Path(__file__).resolve().parents[1]
 

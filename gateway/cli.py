@@ -70,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.stack import Stack, StackPorts
+    from gateway.demo import Stack, StackPorts
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
                   work_dir=Path(args.work),
@@ -85,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def demo_banner(stack: object) -> str:
-    from gateway.stack import Stack
+    from gateway.demo import Stack
 
     assert isinstance(stack, Stack)
     pki = stack.pki
@@ -125,8 +125,7 @@ Simulator control (faults, the HES's daily push): header X-Sim-Control: {stack.c
 
 
 def cmd_certs_init_dev(args: argparse.Namespace) -> int:
-    from gateway.devpki import ensure_dev_pki
-    from gateway.stack import TRUST_DOMAIN
+    from gateway.demo import TRUST_DOMAIN, ensure_dev_pki
     from gateway.tenants import load_tenants
 
     pki = ensure_dev_pki(Path(args.out), load_tenants(Path(args.tenants)), TRUST_DOMAIN)
@@ -137,9 +136,7 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
-    from gateway.auditchain import verify_log
-    from gateway.auditformat import public_keys, segment_files, segments_dir
-    from gateway.auditkeys import published_keys
+    from gateway.audit import public_keys, published_keys, segment_files, segments_dir, verify_log
 
     # A verifier only reads: it never creates or changes a key (audit format §6).
     try:
@@ -230,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--key-dir", default="var/demo/audit-key",
                         help="or the gateway's audit key directory")
     verify.set_defaults(func=cmd_audit_verify)
-    from gateway.admincli import add_audit_parsers
+    from gateway.admin import add_audit_parsers
     add_audit_parsers(audit_sub)
     relations = sub.add_parser("relations", help="the relation feed")
     relations_sub = relations.add_subparsers(dest="relations_command", required=True)
@@ -241,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--out", required=True, help="snapshot file to write")
     compile_.set_defaults(func=cmd_relations_compile)
 
-    from gateway.admincli import add_parsers
+    from gateway.admin import add_parsers
 
     add_parsers(certs_sub, sub)
     return parser
@@ -251,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from gateway.admincli import AdminCallFailed
+    from gateway.admin import AdminCallFailed
 
     try:
         code: int = args.func(args)

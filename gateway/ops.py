@@ -17,8 +17,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.admin import hide_banner
-from gateway.assertion import AssertionSigner
 from gateway.metrics import GatewayMetrics
+from gateway.pki import AssertionSigner
 from gateway.upstream import UpstreamPool
 
 

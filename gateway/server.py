@@ -14,43 +14,54 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway import handshakes, tlsbuffers
-from gateway.admin import build_admin_app
-from gateway.admin_vault import audit_routes, combine, usage_routes, vault_routes
-from gateway.assertion import AssertionSigner
-from gateway.auditchain import ChainedAuditLog
-from gateway.auditkeys import AuditKeys
-from gateway.auditprune import AuditPruner
-from gateway.breakglass import BreakGlass, BreakGlassPolicy
-from gateway.ca import IssuancePolicy
+from gateway.admin import audit_routes, build_admin_app, combine, usage_routes, vault_routes
+from gateway.audit import (
+    AuditKeys,
+    AuditPruner,
+    ChainedAuditLog,
+    SecurityEvents,
+    SyslogSink,
+    UsageLedger,
+)
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations import RelationIndex
-from gateway.credentials import AdminRefused, Credentials
-from gateway.edge import ConnectionBook, rss_bytes
+from gateway.dataplane import DataPlane
+from gateway.edge import (
+    CallerResolver,
+    ConnectionBook,
+    DataServer,
+    GuardedAppRunner,
+    TlsSite,
+    admin_refusal,
+    bind,
+    forget_handshakes,
+    observe_handshakes,
+    rss_bytes,
+)
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
-from gateway.identity import CallerResolver
-from gateway.keys import KeyRing
-from gateway.listeners import DataServer, GuardedAppRunner, TlsSite, admin_refusal, bind
+from gateway.files import write_private
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
-from gateway.outbox import Outbox
-from gateway.pki import write_private
+from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
-from gateway.proxy import DataPlane
-from gateway.push import PushService
-from gateway.soc import SecurityEvents
+from gateway.push import Outbox, PushService
 from gateway.state import SqliteStore
-from gateway.syslog import SyslogSink
 from gateway.tenants import TenantRegistry, load_tenants
-from gateway.tls import client_context
-from gateway.tlsreload import ServerTls
+from gateway.tls import ServerTls, client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
-from gateway.upstream_auth import UpstreamCredentials, identity_uri
-from gateway.usage import UsageLedger
-from gateway.vault import MasterKeys, SecretNotFound, Vault, VaultLocked
+from gateway.vault import (
+    BreakGlass,
+    BreakGlassPolicy,
+    MasterKeys,
+    SecretNotFound,
+    UpstreamCredentials,
+    Vault,
+    VaultLocked,
+    identity_uri,
+)
 
 log = logging.getLogger("gateway.server")
 OUTBOX_KEY_ID = "outbox/data-key"
@@ -266,7 +277,7 @@ class Gateway:
         await self.upstreams.start(self.config.health_interval_s)
         limits = self.config.limits
         edge_self_check(self.ssl_context, limits)
-        tlsbuffers.install()  # 32 KiB per TLS connection, not asyncio's 256 KiB
+        install_read_buffer()  # 32 KiB per TLS connection, not asyncio's 256 KiB
         self.connections = ConnectionBook(
             limits, self.config.trust_domain,
             on_refused=lambda reason: self.metrics.connections_refused.labels(
@@ -308,7 +319,7 @@ class Gateway:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
-        handshakes.observe(self.ssl_context, self._handshake_failed)
+        observe_handshakes(self.ssl_context, self._handshake_failed)
         log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
                  self.data_port, self.config.ops.host, self.ops_port)
 
@@ -373,7 +384,7 @@ class Gateway:
         return {"kid": kid, "retired": retired}
 
     async def stop(self) -> None:
-        handshakes.forget(self.ssl_context)
+        forget_handshakes(self.ssl_context)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""Fixtures shared by the audit log tests (test_auditchain, test_auditprune)."""
+"""Fixtures shared by the audit log tests (tests/audit)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway import auditchain as ac
+from gateway.audit import _chain as ac
 
 
 @pytest.fixture(scope="module")

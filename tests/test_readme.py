@@ -7,7 +7,7 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.dataset import generate
+from gateway.demo._dataset import generate
 from gateway.tenants import load_tenants
 
 REPO = Path(__file__).resolve().parents[1]

@@ -28,7 +28,7 @@ from itertools import accumulate
 from typing import Any
 
 # Arrays and objects inside each other in any JSON the data plane parses (a
-# client's body, a push, an upstream's answer); documented in gateway.edge.
+# client's body, a push, an upstream's answer); documented in gateway.edge._limits.
 MAX_DEPTH = 64
 
 # The depth is measured on the bytes that matter: brackets and quotes (every

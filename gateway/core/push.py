@@ -59,7 +59,6 @@ from typing import Any
 from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
 from gateway.core.relations import RelationIndex
 from gateway.core.relstore import OPEN_FROM, OPEN_TO, REC, encode_id
-from gateway.errors import RequestRefused
 
 QUARANTINE_REASONS = frozenset({
     "invalid-record", "malformed-meter-id", "unexpected-field", "bad-ean", "duplicate",
@@ -119,11 +118,16 @@ class RoutedBatch:
                 "quarantined": sum(q.count for q in self.quarantined)}
 
 
-class BatchRejected(RequestRefused):
-    """The batch as a whole is unusable; the HES (the caller) is at fault."""
+class BatchRejected(Exception):
+    """The batch as a whole is unusable; the HES (the caller) is at fault.
+
+    The push service turns it into a refusal with ``status`` and ``reason``
+    (the core knows no HTTP errors, only what it decided)."""
 
     def __init__(self, reason: str, message: str, *, status: int = 400) -> None:
-        super().__init__(status, reason)
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
         self.message = message
 
     def __str__(self) -> str:

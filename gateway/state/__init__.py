@@ -5,9 +5,12 @@ fleet can later share PostgreSQL by implementing :class:`StateStore`. Nothing
 here holds proxied payloads. The request path never touches the store: what
 a request needs (revoked serials, disabled principals) is kept in memory and
 refreshed on every change.
+
+May import: the standard library only; every package above the foundation
+may import it.
 """
 
-from gateway.state.records import (
+from gateway.state._records import (
     BreakGlassCase,
     CaRecord,
     CertificateRecord,
@@ -17,8 +20,8 @@ from gateway.state.records import (
     PrincipalState,
     SigningKeyRecord,
 )
-from gateway.state.sqlite import SqliteStore
-from gateway.state.store import StateStore
+from gateway.state._sqlite import SqliteStore
+from gateway.state._store import StateStore
 
 __all__ = [
     "BreakGlassCase",

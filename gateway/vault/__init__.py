@@ -13,18 +13,43 @@ unwraps; ``vault.rekey(master.with_new_version())`` moves every data key to
 the new version, after which the old one can leave the key file. Key handling
 lives in the private ``_keys`` module, which nothing outside this package
 imports.
+
+Also here: the gateway's own service credentials at the shared systems
+(:class:`UpstreamCredentials`: bearer tokens and per-tenant client
+identities, rotated from the vault) and break-glass (:class:`BreakGlass`):
+privileged accounts checked out by people under dual control, rotated after
+use (D6, D7).
+
+May import: :mod:`gateway.upstream` (to rotate at the shared system),
+:mod:`gateway.audit`, :mod:`gateway.state` and the foundation modules.
 """
 
+from gateway.vault._breakglass import BreakGlass, BreakGlassPolicy, account_secret_id
+from gateway.vault._errors import SecretNotFound, VaultError, VaultLocked, VaultTampered
 from gateway.vault._keys import MasterKeys
-from gateway.vault.errors import SecretNotFound, VaultError, VaultLocked, VaultTampered
-from gateway.vault.store import SecretMeta, Vault
+from gateway.vault._service import (
+    UpstreamCredentials,
+    identity_id,
+    identity_uri,
+    new_token,
+    token_id,
+)
+from gateway.vault._store import SecretMeta, Vault
 
 __all__ = [
+    "BreakGlass",
+    "BreakGlassPolicy",
     "MasterKeys",
     "SecretMeta",
     "SecretNotFound",
+    "UpstreamCredentials",
     "Vault",
     "VaultError",
     "VaultLocked",
     "VaultTampered",
+    "account_secret_id",
+    "identity_id",
+    "identity_uri",
+    "new_token",
+    "token_id",
 ]

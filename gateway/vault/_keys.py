@@ -1,6 +1,6 @@
 """Key handling for the vault: master keys, key wrapping, AES-GCM details.
 
-Private: only :mod:`gateway.vault.store` imports this module (STYLE.md,
+Private: only :mod:`gateway.vault._store` imports this module (STYLE.md,
 "Safe layer over a hazardous one"); the rest of the gateway uses the verbs of
 :class:`gateway.vault.Vault`.
 
@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from gateway.vault.errors import VaultLocked, VaultTampered
+from gateway.vault._errors import VaultLocked, VaultTampered
 
 KEY_BYTES = 32  # AES-256
 NONCE_BYTES = 12  # the GCM nonce size NIST SP 800-38D recommends

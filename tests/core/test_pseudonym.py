@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from gateway.core.identifiers import with_check_digit
 from gateway.core.pseudonym import LEAK_PATTERNS, Pseudonymiser, find_leaks
-from gateway.dataset import generate
+from gateway.demo._dataset import generate
 from gateway.tenants import load_tenants
 
 REPO = Path(__file__).resolve().parents[2]

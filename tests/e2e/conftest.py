@@ -20,9 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.core.relations import RelationIndex
-from gateway.simulators import CONTROL_HEADER
-from gateway.stack import Stack
-from gateway.tls import client_context
+from gateway.demo._stack import Stack
+from gateway.demo.simulators import CONTROL_HEADER
+from gateway.tls._policy import client_context
 
 REPO = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"

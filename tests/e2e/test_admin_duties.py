@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from gateway.ca import make_key_and_csr
-from gateway.pki import spiffe_uri
+from gateway.pki._authority import spiffe_uri
+from gateway.pki._issuance import make_key_and_csr
 from gateway.state import PendingAction
 
 from .conftest import RunningStack, start_stack

@@ -94,8 +94,8 @@ def test_demo_prints_commands_that_work(tmp_path: Path) -> None:
 
 
 def test_serve_runs_from_the_written_config(tmp_path: Path) -> None:
-    from gateway.devpki import ensure_dev_pki
-    from gateway.stack import write_config  # the same writer the demo uses
+    from gateway.demo._devpki import ensure_dev_pki
+    from gateway.demo._stack import write_config
     from gateway.tenants import load_tenants
 
     reg = load_tenants(REPO / "tenants")
@@ -106,7 +106,7 @@ def test_serve_runs_from_the_written_config(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         ops_port = s.getsockname()[1]
-    from gateway.pki import write_private
+    from gateway.files import write_private
     from gateway.vault import MasterKeys
 
     write_private(tmp_path / "data" / "vault.key", MasterKeys.generate().to_text().encode())

@@ -21,9 +21,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.ca import make_key_and_csr
-from gateway.pki import key_pem, spiffe_uri
-from gateway.tls import client_context
+from gateway.pki._authority import key_pem, spiffe_uri
+from gateway.pki._issuance import make_key_and_csr
+from gateway.tls._policy import client_context
 
 from .conftest import HOST, Client, Response, RunningStack, start_stack
 

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.edge import ConnectionBook, EdgeLimits, self_check
+from gateway.edge._limits import ConnectionBook, EdgeLimits, self_check
+from gateway.edge._listeners import GuardedServer, TlsSite, bind
 from gateway.errors import ConfigError
-from gateway.listeners import GuardedServer, TlsSite, bind
-from gateway.tls import server_context
+from gateway.tls._policy import server_context
 
 from .conftest import HOST, RunningStack, start_stack
 
@@ -315,7 +315,7 @@ def test_admin_plane_has_the_same_edge_limits(edge: RunningStack) -> None:
 
 # Where a failing request is logged: aiohttp's server, asyncio's loop and the
 # planes' own loggers (background maintenance logs elsewhere, on its own).
-_REQUEST_LOGGERS = ("aiohttp", "asyncio", "gateway.proxy", "gateway.admin", "gateway.push")
+_REQUEST_LOGGERS = ("aiohttp", "asyncio", "gateway.dataplane", "gateway.admin", "gateway.push")
 
 
 def _request_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

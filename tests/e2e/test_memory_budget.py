@@ -2,7 +2,7 @@
 its configured budget. Two mechanisms, each tested over real mTLS sockets:
 
 - a TLS connection costs ~70 KiB, not asyncio's 256 KiB read buffer plus
-  state (gateway/tlsbuffers.py), measured on a `gateway serve` process of its
+  state (gateway/tls/_buffers.py), measured on a `gateway serve` process of its
   own holding 1,000 keep-alive connections;
 - over the budget, a new connection is closed before any HTTP byte
   (counted in gateway_connections_refused_total{reason="memory-budget"}).
@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.stack import Stack
+from gateway.demo._stack import Stack
 
 from .conftest import REPO, Client, RunningStack, start_stack
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.exchange import PUSH_ROUTES
+from gateway.dataplane._exchange import PUSH_ROUTES
 
 from .conftest import RunningStack, start_stack
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
-from gateway.edge import rss_bytes
+from gateway.edge._limits import rss_bytes
 
 from .conftest import start_stack
 

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway.core.identifiers import with_check_digit
-from gateway.simulators import CONTROL_HEADER
+from gateway.demo.simulators import CONTROL_HEADER
 
 from .conftest import HOST, RunningStack, start_stack
 
@@ -217,13 +217,13 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from gateway.outbox import Outbox
+    from gateway.push._outbox import Outbox
     from gateway.server import OUTBOX_KEY_ID
 
     from .conftest import REPO as repo
     from .conftest import Client, RunningStack
 
-    stack = RunningStack(__import__("gateway.stack", fromlist=["Stack"]).Stack(
+    stack = RunningStack(__import__("gateway.demo._stack", fromlist=["Stack"]).Stack(
         tenants_dir=repo / "tenants", certs_dir=tmp_path / "certs", work_dir=tmp_path / "work",
         run_gateway=False)).start()
     procs: list[subprocess.Popen[bytes]] = []

@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.demo._stack import Stack
+from gateway.demo.simulators import CONTROL_HEADER
 from gateway.problem import CONTENT_TYPE
-from gateway.simulators import CONTROL_HEADER
-from gateway.stack import Stack
-from gateway.tls import client_context
+from gateway.tls._policy import client_context
 
 from .conftest import HOST, REPO, Client, RunningStack, start_stack
 

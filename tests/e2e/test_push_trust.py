@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.core.model import Caller, Principal, Tenant
 from gateway.errors import RequestRefused
-from gateway.outbox import Outbox
+from gateway.push._outbox import Outbox
 
 from .conftest import RunningStack, start_stack
 from .test_push import receiver, wait_for

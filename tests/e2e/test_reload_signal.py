@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.stack import Stack
+from gateway.demo._stack import Stack
 
 from .conftest import REPO, Client, RunningStack
 

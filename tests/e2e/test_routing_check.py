@@ -102,7 +102,7 @@ def test_d3_initiator_comes_from_the_feed_not_the_answer(gw: RunningStack) -> No
     initiator; the relation feed names the old one. The new supplier still
     learns nothing of the drop; the feed's initiator still sees it (D3,
     DESIGN.md §4: an upstream's answer never vouches for itself)."""
-    from gateway.simulators.clearing import CLEARING
+    from gateway.demo.simulators.clearing import CLEARING
 
     ap = next(a for a in gw.stack.dataset.access_points if a["restricted"])
     feed = gw.relations.holders("ean", ap["ean"], "drop-initiator", datetime.now(UTC))

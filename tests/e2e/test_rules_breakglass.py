@@ -1,6 +1,6 @@
 """Break-glass refusals on the admin plane (D6, D7): each one a problem
 document and an audit event, and the case left as it was. The policy's
-guards one by one are in ``tests/test_breakglass_rules.py``; here the same
+guards one by one are in ``tests/vault/test_breakglass_rules.py``; here the same
 refusals are seen the way a person sees them, over mTLS.
 
 One stack for the module; each test opens cases of its own and never checks
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gateway.breakglass import BreakGlassPolicy
+from gateway.vault._breakglass import BreakGlassPolicy
 
 from .conftest import Response, RunningStack, start_stack
 from .test_credentials import admin

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from gateway.simulators.clearing import CLEARING
-from gateway.simulators.itsm import ITSM
+from gateway.demo.simulators.clearing import CLEARING
+from gateway.demo.simulators.itsm import ITSM
 
 from .conftest import RunningStack, start_stack
 

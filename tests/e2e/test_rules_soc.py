@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from cryptography import x509
 
-from gateway.credentials import serial_hex
-from gateway.pki import CertificateAuthority, spiffe_uri
+from gateway.pki._authority import CertificateAuthority, spiffe_uri
+from gateway.pki._lifecycle import serial_hex
 from gateway.state import PrincipalState
-from gateway.tls import client_context
+from gateway.tls._policy import client_context
 
 from .conftest import Client, RunningStack, start_stack
 from .test_credentials import admin

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pki import CertificateAuthority, key_pem, spiffe_uri
-from gateway.tls import client_context
+from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
+from gateway.tls._policy import client_context
 
 from .conftest import HOST, RunningStack
 

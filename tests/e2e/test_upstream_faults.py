@@ -105,6 +105,6 @@ def test_slow_but_complete_answers_pass(faulty: tuple[RunningStack, FaultProxy],
 
 
 def test_post_is_not_retried(tmp_path: Path) -> None:
-    from gateway.upstream import IDEMPOTENT
+    from gateway.upstream._pool import IDEMPOTENT
 
     assert "POST" not in IDEMPOTENT and "GET" in IDEMPOTENT

@@ -15,13 +15,13 @@ from typing import Any
 
 import pytest
 
-from gateway.breakglass import account_secret_id
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.server import Gateway
-from gateway.tls import client_context
-from gateway.upstream_auth import identity_id, token_id
+from gateway.tls._policy import client_context
 from gateway.vault import MasterKeys
+from gateway.vault._breakglass import account_secret_id
+from gateway.vault._service import identity_id, token_id
 
 from .conftest import HOST, Response, RunningStack, start_stack
 from .test_credentials import Traffic, admin, approved

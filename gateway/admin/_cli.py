@@ -1,0 +1,424 @@
+"""Command-line verbs of the security team; they call the admin API over mTLS.
+
+Which admin principal speaks is chosen with ``--cert/--key`` (or the
+environment variables ``GATEWAY_ADMIN_CERT``, ``GATEWAY_ADMIN_KEY``,
+``GATEWAY_ADMIN_CACERT``, ``GATEWAY_ADMIN_URL``); the defaults are the demo's
+security admin ``ores/person/alice``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import ssl
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from gateway.tls import client_context
+
+DEFAULTS = {
+    "url": ("GATEWAY_ADMIN_URL", "https://localhost:8444"),
+    "cert": ("GATEWAY_ADMIN_CERT", "certs/dev/ores/alice.pem"),
+    "key": ("GATEWAY_ADMIN_KEY", "certs/dev/ores/alice.key"),
+    "cacert": ("GATEWAY_ADMIN_CACERT", "certs/dev/ca.pem"),
+}
+
+
+class AdminCallFailed(Exception):
+    """The admin plane cannot be reached (exit 3)."""
+
+    exit_code = 3
+
+
+class AdminCallRefused(AdminCallFailed):
+    """The admin plane is reachable but refused the TLS handshake: the client
+    certificate is revoked, expired, of another CA or not a client
+    certificate, or the server is not trusted (exit 4)."""
+
+    exit_code = 4
+
+
+def call(args: argparse.Namespace, method: str, path: str,
+         body: dict[str, Any] | None = None) -> tuple[int, bytes]:
+    url = urlsplit(args.admin_url)
+    ctx = client_context(Path(args.cacert), Path(args.cert), Path(args.key))
+    conn = http.client.HTTPSConnection(url.hostname or "localhost", url.port or 8444,
+                                       context=ctx, timeout=30)
+    try:
+        try:
+            conn.connect()
+        except ssl.SSLError as exc:
+            raise AdminCallRefused(f"the admin plane at {args.admin_url} refused the TLS "
+                                   f"handshake ({exc.reason or exc}): check --cert/--cacert"
+                                   ) from exc
+        except OSError as exc:
+            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
+                                  ) from exc
+        data = json.dumps(body).encode() if body is not None else None
+        try:
+            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (ssl.SSLError, ConnectionResetError, BrokenPipeError,
+                http.client.RemoteDisconnected) as exc:
+            # TLS 1.3: the server checks the client certificate after the
+            # client's side of the handshake; its alert (certificate revoked,
+            # unknown CA, ...) or its close arrives with the first read.
+            detail = getattr(exc, "reason", None) or exc
+            raise AdminCallRefused(
+                f"the admin plane at {args.admin_url} refused the client certificate "
+                f"{args.cert} ({detail}): it may be revoked, expired or disabled") from exc
+        except (OSError, http.client.HTTPException) as exc:
+            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
+                                  ) from exc
+    finally:
+        conn.close()
+
+
+def _emit(status: int, payload: bytes, out: str | None = None) -> int:
+    if status >= 400:
+        print(payload.decode(errors="replace"), file=sys.stderr)
+        return 1
+    if out:
+        Path(out).write_bytes(payload)
+        return 0
+    sys.stdout.write(payload.decode())
+    if not payload.endswith(b"\n"):
+        sys.stdout.write("\n")
+    return 0
+
+
+def _write_cert(status: int, payload: bytes, out: str | None) -> int:
+    if status == 202:
+        # D6: the request waits for a second security admin.
+        doc = json.loads(payload)
+        print(json.dumps(doc, indent=1))
+        print(f"gateway: pending approval by a security admin of another team: "
+              f"gateway certs approve {doc['id']} --reason ...", file=sys.stderr)
+        return 0
+    if status >= 400 or not out:
+        return _emit(status, payload)
+    doc = json.loads(payload)
+    Path(out).write_text(doc["certificate"])
+    print(json.dumps({k: v for k, v in doc.items() if k != "certificate"}, indent=1))
+    return 0
+
+
+def _write_result(status: int, payload: bytes, out: str | None) -> int:
+    """A pending action's answer; with ``--out``, its certificate is written."""
+    if status >= 400:
+        return _emit(status, payload)
+    doc = json.loads(payload)
+    result = doc.get("result") or {}
+    if out and isinstance(result, dict) and result.get("certificate"):
+        Path(out).write_text(result["certificate"])
+        result = {k: v for k, v in result.items() if k != "certificate"}
+        doc["result"] = result
+    elif out:
+        print("gateway: no certificate (yet) in this pending action", file=sys.stderr)
+        print(json.dumps(doc, indent=1))
+        return 1
+    print(json.dumps(doc, indent=1))
+    return 0
+
+
+def cmd_pending(args: argparse.Namespace) -> int:
+    if args.id:
+        return _write_result(*call(args, "GET", f"/admin/pending/{args.id}"), args.out)
+    query = f"?status={args.status}" if args.status else ""
+    return _emit(*call(args, "GET", f"/admin/pending{query}"))
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    status, payload = call(args, "POST", f"/admin/pending/{args.id}/{args.decision}",
+                           {"reason": args.reason})
+    if args.decision == "approve" and status < 400:
+        doc = json.loads(payload)
+        flat = {**doc["pending"], "result": doc["result"]}
+        return _write_result(status, json.dumps(flat).encode(), args.out)
+    return _emit(status, payload)
+
+
+def cmd_csr(args: argparse.Namespace) -> int:
+    from gateway.files import write_private
+    from gateway.pki import key_pem, make_key_and_csr, spiffe_uri
+
+    key, csr = make_key_and_csr(spiffe_uri(args.trust_domain, args.tenant, args.kind, args.name))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_private(out / f"{args.name}.key", key_pem(key))
+    (out / f"{args.name}.csr").write_bytes(csr)
+    print(f"key {out / (args.name + '.key')} (stays here), CSR {out / (args.name + '.csr')}")
+    return 0
+
+
+def cmd_issue(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"tenant": args.tenant, "kind": args.kind, "name": args.name,
+                            "csr": Path(args.csr).read_text(), "reason": args.reason}
+    if args.lifetime_days:
+        body["lifetime_days"] = args.lifetime_days
+    return _write_cert(*call(args, "POST", "/admin/certs", body), args.out)
+
+
+def cmd_rotate(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {"csr": Path(args.csr).read_text(), "reason": args.reason}
+    if args.overlap_s:
+        body["overlap_s"] = args.overlap_s
+    return _write_cert(*call(args, "POST", f"/admin/certs/{args.serial}/rotate", body),
+                       args.out)
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/certs/{args.serial}/revoke",
+                       {"reason": args.reason, "code": args.code}))
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("tenant", args.tenant), ("status", args.status))
+                     if v)
+    return _emit(*call(args, "GET", "/admin/certs" + (f"?{query}" if query else "")))
+
+
+def cmd_rotate_ca(args: argparse.Namespace) -> int:
+    return _write_cert(*call(args, "POST", "/admin/ca/rotate",
+                             {"overlap_s": args.overlap_s, "reason": args.reason}), None)
+
+
+def cmd_rotate_server(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/tls/server/rotate", {"reason": args.reason}))
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/keys/rotate", {"reason": args.reason}))
+
+
+def cmd_audit_rotate_key(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/audit/rotate-key", {"reason": args.reason}))
+
+
+def add_audit_parsers(audit_sub: Any) -> None:
+    """``gateway audit rotate-key``: an admin verb beside ``audit verify``."""
+    p = audit_sub.add_parser("rotate-key", help="sign audit checkpoints with a new key; the "
+                             "old one stays published as retired")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_audit_rotate_key)
+    _client_options(p)
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/keys"))
+
+
+def cmd_principal(args: argparse.Namespace) -> int:
+    return _write_cert(*call(args, "POST", f"/admin/principals/{args.principal}/{args.action}",
+                             {"reason": args.reason}), None)
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", f"/admin/review?format={args.format}"), args.out)
+
+
+def cmd_vault_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/vault/secrets"))
+
+
+def cmd_vault_rotate(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/vault/upstreams/{args.upstream}/rotate",
+                       {"reason": args.reason}))
+
+
+def cmd_vault_rekey(args: argparse.Namespace) -> int:
+    return _write_cert(*call(args, "POST", "/admin/vault/rekey", {"reason": args.reason}), None)
+
+
+def cmd_bg_request(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/breakglass/requests", {
+        "account": args.account, "reason": args.reason, "ticket": args.ticket,
+        "duration_s": args.duration_s, "emergency": args.emergency}))
+
+
+def cmd_bg_step(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/breakglass/requests/{args.case}/{args.step}",
+                       {"reason": args.reason}))
+
+
+def cmd_bg_list(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "GET", "/admin/breakglass"))
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    query = "&".join(f"{k}={v}" for k, v in (("period", args.period), ("tenant", args.tenant),
+                                             ("upstream", args.upstream), ("since", args.since))
+                     if v)
+    return _emit(*call(args, "GET", f"/admin/usage?{query}"))
+
+
+def cmd_consultations(args: argparse.Namespace) -> int:
+    query = f"format={args.format}" + (f"&tenant={args.tenant}" if args.tenant else "")
+    return _emit(*call(args, "GET", f"/admin/consultations?{query}"), args.out)
+
+
+def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
+    clients = []
+    p = sub.add_parser("consultations", help="the register of purpose-bound consultations (D8)")
+    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--tenant")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_consultations)
+    clients.append(p)
+    p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
+    p.add_argument("--period", choices=["day", "week", "month"], default="day")
+    p.add_argument("--tenant")
+    p.add_argument("--upstream")
+    p.add_argument("--since", help="YYYY-MM-DD")
+    p.set_defaults(func=cmd_usage)
+    clients.append(p)
+    vault = sub.add_parser("vault", help="the vault: secrets metadata, rotation, rekey")
+    vs = vault.add_subparsers(dest="vault_command", required=True)
+    p = vs.add_parser("list", help="secret ids, versions and ages (never values)")
+    p.set_defaults(func=cmd_vault_list)
+    clients.append(p)
+    p = vs.add_parser("rotate-upstream", help="rotate a shared system's service credential")
+    p.add_argument("upstream")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_vault_rotate)
+    clients.append(p)
+    p = vs.add_parser("rekey", help="re-wrap every data key under a new master-key version")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_vault_rekey)
+    clients.append(p)
+
+    bg = sub.add_parser("breakglass", help="privileged accounts under dual control")
+    bs = bg.add_subparsers(dest="breakglass_command", required=True)
+    p = bs.add_parser("request", help="ask for a privileged account")
+    p.add_argument("--account", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--ticket", required=True)
+    p.add_argument("--duration-s", type=float, default=3600)
+    p.add_argument("--emergency", action="store_true",
+                   help="skip approval: alerts the SOC at once and needs a review")
+    p.set_defaults(func=cmd_bg_request)
+    clients.append(p)
+    for step, text in (("approve", "approve a request (another person)"),
+                       ("deny", "deny a request"),
+                       ("checkout", "receive the credential, once"),
+                       ("checkin", "end the lease; the password is rotated"),
+                       ("review", "record the post-incident review of an emergency case")):
+        p = bs.add_parser(step, help=text)
+        p.add_argument("case")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_bg_step, step=step)
+        clients.append(p)
+    p = bs.add_parser("list", help="cases and leases")
+    p.set_defaults(func=cmd_bg_list)
+    clients.append(p)
+    return clients
+
+
+def _client_options(p: argparse.ArgumentParser) -> None:
+    for name, (env, default) in DEFAULTS.items():
+        flag = "--admin-url" if name == "url" else f"--{name}"
+        p.add_argument(flag, default=os.environ.get(env, default),
+                       help=f"(env {env}, default {default})")
+
+
+def add_parsers(certs: Any, sub: Any) -> None:
+    """Add the admin verbs to the ``gateway`` parser (``certs`` is its sub-parser set)."""
+    p = certs.add_parser("csr", help="make a key and a CSR for a principal (the key stays here)")
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--kind", default="service")
+    p.add_argument("--name", required=True)
+    p.add_argument("--out", default=".")
+    p.add_argument("--trust-domain", default="shared-grid.test")
+    p.set_defaults(func=cmd_csr)
+
+    p = certs.add_parser("issue", help="issue a client certificate from a CSR")
+    for opt in ("--tenant", "--name", "--csr", "--reason"):
+        p.add_argument(opt, required=True)
+    p.add_argument("--kind", default="service")
+    p.add_argument("--lifetime-days", type=float)
+    p.add_argument("--out", help="write the certificate PEM here")
+    p.set_defaults(func=cmd_issue)
+
+    p = certs.add_parser("rotate", help="issue the successor; the predecessor is revoked "
+                         "when the overlap ends")
+    p.add_argument("serial")
+    p.add_argument("--csr", required=True)
+    p.add_argument("--reason", required=True)
+    p.add_argument("--overlap-s", type=float)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_rotate)
+
+    p = certs.add_parser("revoke", help="revoke a certificate at once, on every listener")
+    p.add_argument("serial")
+    p.add_argument("--reason", required=True)
+    p.add_argument("--code", default="unspecified",
+                   choices=["unspecified", "key-compromise", "affiliation-changed",
+                            "superseded", "cessation-of-operation"])
+    p.set_defaults(func=cmd_revoke)
+
+    p = certs.add_parser("pending", help="actions waiting for a second security admin (D6); "
+                         "with an ID and --out, write its certificate once issued")
+    p.add_argument("id", nargs="?")
+    p.add_argument("--status", choices=["pending", "done", "denied", "expired", "failed"])
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_pending)
+    for decision, text in (("approve", "approve another admin's pending action (D6): "
+                                       "never one's own, never one's own team's"),
+                           ("deny", "deny (or, as its requester, withdraw) a pending action")):
+        p = certs.add_parser(decision, help=text)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        if decision == "approve":
+            p.add_argument("--out", help="write the issued certificate PEM here")
+        else:
+            p.set_defaults(out=None)
+        p.set_defaults(func=cmd_decide, decision=decision)
+
+    p = certs.add_parser("list", help="list certificates")
+    p.add_argument("--tenant")
+    p.add_argument("--status", choices=["active", "revoked"])
+    p.set_defaults(func=cmd_list)
+
+    p = certs.add_parser("rotate-ca", help="new CA now; the old one trusted for the overlap")
+    p.add_argument("--overlap-s", type=float, default=7 * 86400)
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_rotate_ca)
+
+    p = certs.add_parser("rotate-server", help="new server certificate, no restart")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_rotate_server)
+
+    keys = sub.add_parser("keys", help="signing keys of the identity assertions")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("rotate", help="publish the next key, then sign with it")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_keys_rotate)
+    p = keys_sub.add_parser("list", help="published keys")
+    p.set_defaults(func=cmd_keys_list)
+
+    principals = sub.add_parser("principals", help="disable a leaver, re-enable")
+    principals_sub = principals.add_subparsers(dest="principals_command", required=True)
+    for action in ("disable", "enable"):
+        p = principals_sub.add_parser(action, help=f"{action} TENANT/KIND/NAME")
+        p.add_argument("principal", help="e.g. fluvius/service/api")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_principal, action=action)
+
+    p = sub.add_parser("review", help="access review export (D8)")
+    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_review)
+
+    for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server", "pending",
+                 "approve", "deny"):
+        _client_options(certs.choices[name])
+    for parser in add_vault_parsers(sub):
+        _client_options(parser)
+    for parser in (*keys_sub.choices.values(), *principals_sub.choices.values(),
+                   sub.choices["review"]):
+        _client_options(parser)

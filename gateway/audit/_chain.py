@@ -1,0 +1,353 @@
+"""Tamper-evident audit log (D10): a SHA-256 hash chain of
+JSON lines, closed by Ed25519-signed checkpoints. ``docs/audit-format.md`` is
+the specification; a verifier can be written from it alone.
+
+Each line is the canonical JSON of its members followed by a last member
+``"hash"`` = SHA-256(prev + "\\n" + canonical). Verifiers hash the stored bytes,
+never a re-serialisation. Writing is part of the request: every failure
+raises ``AuditWriteFailed`` (fail closed). Nothing here logs event contents.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from gateway.audit._format import (
+    ALG,
+    CHECKPOINT,
+    GENESIS,
+    KEY_CHANGE_EVENT,
+    KEY_FILE,
+    KID_RE,
+    RESERVED,
+    audit_kid,
+    b64url,
+    canonical,
+    checkpoint_message,
+    line_hash,
+    load_or_create_audit_key,
+    parse_line,
+    public_key_document,
+    seal,
+    segment_files,
+    segment_name,
+    segments_dir,
+)
+from gateway.audit._sink import AuditWriteFailed
+from gateway.audit._verify import VerifyResult, verify, verify_log
+
+__all__ = ["GENESIS", "KEY_FILE", "AuditWriteFailed", "ChainedAuditLog", "VerifyResult",
+           "audit_kid", "canonical", "checkpoint_message", "line_hash",
+           "load_or_create_audit_key", "public_key_document", "seal", "verify", "verify_log"]
+
+log = logging.getLogger("gateway.audit")
+
+# -- writer --------------------------------------------------------------------
+class ChainedAuditLog:
+    """Append-only hash-chained JSON lines; an ``AuditSink``. Thread-safe."""
+
+    def __init__(self, path: Path, signing_key: Ed25519PrivateKey, kid: str, *,
+                 checkpoint_every: int = 1000, checkpoint_interval_s: float = 60.0,
+                 segment_max_bytes: int | None = None, segment_max_age_s: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """With ``segment_max_bytes`` or ``segment_max_age_s``, the file is
+        rotated at the first checkpoint past either bound: it moves to
+        ``<stem>.segments/`` (sealed) and a new file starts with a copy of
+        that checkpoint as its anchor (docs/audit-format.md §10)."""
+        if not KID_RE.fullmatch(kid):
+            raise ValueError(f"audit kid {kid!r} must match {KID_RE.pattern}")
+        if checkpoint_every < 1 or checkpoint_interval_s <= 0:
+            raise ValueError("checkpoint_every must be >= 1 and checkpoint_interval_s > 0")
+        if (segment_max_bytes is not None and segment_max_bytes < 1) or (
+                segment_max_age_s is not None and segment_max_age_s <= 0):
+            raise ValueError("segment_max_bytes and segment_max_age_s must be positive")
+        self.path, self._key, self._kid = path, signing_key, kid
+        self.segments = segments_dir(path)
+        self._max_bytes, self._max_age_s = segment_max_bytes, segment_max_age_s
+        self._rotates = segment_max_bytes is not None or segment_max_age_s is not None
+        self._every, self._interval_s, self._clock = checkpoint_every, checkpoint_interval_s, clock
+        self._lock = threading.Lock()
+        self._failures = self._since_checkpoint = 0
+        self._broken = False  # a fragment could not be removed, or fsync failed
+        self._last_checkpoint_at = clock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _finish_rotation(path, self.segments)
+            created = not path.exists()
+            self._fd: int | None = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise AuditWriteFailed(f"cannot open audit log {path}: {exc.strerror}") from exc
+        try:
+            self._size, self._seq, self._head, last_type = _continue_chain(self._fd, path)
+            self._first_seq, started = _first_line(self._fd, self._seq)
+            if created:  # make the new directory entry durable too
+                dfd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        except OSError as exc:
+            os.close(self._fd)
+            raise AuditWriteFailed(f"cannot open audit log {path}: {exc.strerror}") from exc
+        except AuditWriteFailed:
+            os.close(self._fd)
+            raise
+        self._segment_started = clock() if started is None else started
+        self._uncovered = self._seq > 0 and last_type != CHECKPOINT
+        if self._uncovered:
+            log.warning("audit log %s did not end with a checkpoint (unclean stop?); "
+                        "continuing its chain at seq %d", path, self._seq + 1)
+
+    @property
+    def head(self) -> str:
+        return self._head
+
+    @property
+    def writable(self) -> bool:
+        """False once the log is closed or broken: callers refuse up front."""
+        return self._fd is not None and not self._broken
+
+    @property
+    def failures(self) -> int:
+        return self._failures
+
+    def record(self, event: dict[str, Any]) -> None:
+        with self._counted():
+            if clash := RESERVED.intersection(event):
+                raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
+            self._append({"ts": self._clock(), **event})
+            self._since_checkpoint += 1
+            if (self._since_checkpoint >= self._every
+                    or self._clock() - self._last_checkpoint_at >= self._interval_s):
+                self._checkpoint()
+
+    def checkpoint(self) -> None:
+        with self._counted():
+            self._checkpoint()
+
+    def rotate_key(self, signing_key: Ed25519PrivateKey, kid: str) -> None:
+        """Sign with a new key from now on (docs/audit-format.md §6): a
+        key-change record naming both kids, then a checkpoint under the **old**
+        key that covers it (the old key vouches for the handover), then every
+        later checkpoint under the new key. The caller has made the new key
+        durable and the old public key published before (``AuditKeys``)."""
+        if not KID_RE.fullmatch(kid):
+            raise ValueError(f"audit kid {kid!r} must match {KID_RE.pattern}")
+        if kid == self._kid:
+            raise ValueError(f"audit kid {kid!r} is already the current one")
+        with self._counted():
+            self._append({"ts": self._clock(), "event": KEY_CHANGE_EVENT, "actor": "gateway",
+                          "action": "rotate-key", "old_kid": self._kid, "new_kid": kid})
+            try:
+                self._checkpoint()
+            finally:
+                # Once the record is written, the old key signs at most the one
+                # checkpoint that covers it (§8): if that failed, the next
+                # checkpoint, under the new key, covers the record instead.
+                self._key, self._kid = signing_key, kid
+
+    @property
+    def kid(self) -> str:
+        return self._kid
+
+    def close(self) -> None:
+        with self._counted():
+            if self._fd is None:
+                return
+            try:
+                if self._uncovered and not self._broken:
+                    self._checkpoint()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._lock:
+            try:
+                yield
+            except AuditWriteFailed:
+                self._failures += 1  # SECURITY: the caller refuses the request
+                raise
+
+    # -- internals (the caller holds the lock) ----------------------------------
+    def _checkpoint(self) -> None:
+        now = self._clock()
+        sig = self._key.sign(checkpoint_message(self._seq + 1, self._head, self._kid))
+        line = self._append({"type": CHECKPOINT, "ts": now, "kid": self._kid, "alg": ALG,
+                             "sig": b64url(sig)})
+        assert self._fd is not None  # _append checked it
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._broken = True  # after a failed fsync the page cache cannot be trusted
+            raise AuditWriteFailed(f"cannot fsync audit log {self.path}: {exc.strerror}") from exc
+        self._since_checkpoint, self._last_checkpoint_at, self._uncovered = 0, now, False
+        if self._rotates and (
+                (self._max_bytes is not None and self._size >= self._max_bytes)
+                or (self._max_age_s is not None
+                    and now - self._segment_started >= self._max_age_s)):
+            self._rotate(line, now)
+
+    def _rotate(self, anchor: bytes, now: float) -> None:
+        """Seal this file as a segment; go on in a new one that starts with a
+        copy of the checkpoint just written. Crash-safe in this order: the new
+        file is written aside first, then two renames; an open after a crash
+        in between finishes the job (``_finish_rotation``)."""
+        assert self._fd is not None
+        sealed = self.segments / segment_name(self._first_seq, self._seq)
+        nxt = _next_path(self.path)
+        try:
+            self.segments.mkdir(mode=0o700, exist_ok=True)
+            _write_new(nxt, anchor)
+            if sealed.exists():
+                raise FileExistsError(errno.EEXIST, "segment exists", str(sealed))
+            os.rename(self.path, sealed)
+        except OSError as exc:  # nothing moved: keep writing this file
+            log.warning("audit log %s: cannot rotate (%s); continuing in the same file",
+                        self.path, exc.strerror or exc)
+            with suppress(OSError):
+                nxt.unlink()
+            self._segment_started = now  # try again at the next bound, not every checkpoint
+            return
+        try:
+            os.rename(nxt, self.path)
+            _fsync_dir(self.segments)
+            _fsync_dir(self.path.parent)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
+        except OSError as exc:
+            self._broken = True  # the fd is the sealed segment's now: never append to it
+            raise AuditWriteFailed(f"audit log {self.path}: rotation failed half-way "
+                                   f"({exc.strerror}); reopen the log") from exc
+        os.close(self._fd)
+        self._fd, self._size = fd, len(anchor)
+        self._first_seq, self._segment_started = self._seq, now
+        log.info("audit log: sealed %s", sealed.name)
+
+    def _append(self, fields: dict[str, Any]) -> bytes:
+        if self._fd is None or self._broken:
+            raise AuditWriteFailed(f"audit log {self.path} is "
+                                   + ("closed" if self._fd is None else "unusable; reopen it"))
+        fields["seq"], fields["prev"] = self._seq + 1, self._head
+        try:
+            body = canonical(fields)
+        except (TypeError, ValueError) as exc:  # no str(exc): it may quote content
+            raise AuditWriteFailed(f"audit event not encodable ({type(exc).__name__})") from exc
+        digest = line_hash(self._head, body)
+        line, written = seal(body, digest), 0
+        try:
+            while written < len(line):  # write(2) per line: no user-space buffer to flush
+                n = os.write(self._fd, line[written:])
+                if n <= 0:
+                    raise OSError(errno.EIO, "short write")
+                written += n
+        except OSError as exc:
+            try:  # remove any fragment: the next line would be glued to it
+                if os.fstat(self._fd).st_size > self._size:
+                    os.ftruncate(self._fd, self._size)
+            except OSError:
+                self._broken = True
+                log.error("audit log %s: cannot remove a partial line; refusing writes",
+                          self.path)
+            raise AuditWriteFailed(f"cannot write audit log {self.path}: "
+                                   f"{exc.strerror or exc}") from exc
+        self._size += written
+        self._seq, self._head, self._uncovered = self._seq + 1, digest, True
+        return line
+
+
+def _next_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.next")
+
+
+def _fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.EIO, "short write")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _finish_rotation(path: Path, segments: Path) -> None:
+    """After a crash during ``_rotate``: if the active file is gone (or empty)
+    while sealed segments exist, start it again with the last segment's last
+    line, a checkpoint, as the anchor. A leftover ``.next`` file is dropped."""
+    with suppress(FileNotFoundError):
+        _next_path(path).unlink()
+    if path.exists() and path.stat().st_size > 0:
+        return
+    sealed = segment_files(segments)
+    if not sealed:
+        return
+    data = sealed[-1].read_bytes()
+    anchor = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
+    parsed = parse_line(anchor.rstrip(b"\n"))
+    if isinstance(parsed, str) or parsed.fields.get("type") != CHECKPOINT:
+        raise AuditWriteFailed(f"{sealed[-1]}: the last sealed segment does not end with a "
+                               "checkpoint; cannot continue the log from it")
+    _write_new(path, anchor)
+    _fsync_dir(path.parent)
+    log.warning("audit log %s: finished an interrupted rotation (anchor seq %d)",
+                path, parsed.seq)
+
+
+def _first_line(fd: int, last_seq: int) -> tuple[int, float | None]:
+    """(seq, ts) of the file's first line; (last_seq + 1, None) when empty."""
+    st = os.fstat(fd)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # e.g. /dev/full
+    buf, pos = b"", 0
+    while b"\n" not in buf:
+        chunk = os.pread(fd, min(65536, size - pos), pos) if pos < size else b""
+        if not chunk:
+            return last_seq + 1, None
+        buf, pos = buf + chunk, pos + len(chunk)
+    first = parse_line(buf[:buf.index(b"\n")])
+    if isinstance(first, str):
+        return last_seq + 1, None
+    ts = first.fields.get("ts")
+    return first.seq, float(ts) if isinstance(ts, int | float) else None
+
+
+def _continue_chain(fd: int, path: Path) -> tuple[int, int, str, str | None]:
+    """(size, seq, hash, type) of the last complete line; cuts a partial tail."""
+    st = os.fstat(fd)
+    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # e.g. /dev/full
+    buf, pos = b"", size
+    while pos > 0 and buf.count(b"\n") < 2:
+        start = max(0, pos - 65536)
+        buf, pos = os.pread(fd, pos - start, start) + buf, start
+    end = buf.rfind(b"\n")
+    if (good := pos + end + 1) < size:
+        # A crash mid-write (or a cut file): the fragment would corrupt the next line.
+        os.ftruncate(fd, good)
+        log.warning("audit log %s: removed a partial last line (%d bytes) left by an "
+                    "interrupted write", path, size - good)
+    if end < 0:
+        return 0, 0, GENESIS, None
+    last = parse_line(buf[buf.rfind(b"\n", 0, end) + 1:end])
+    if isinstance(last, str):
+        raise AuditWriteFailed(f"{path}: last line is not an audit chain line ({last}); "
+                               "move the file aside to start a new chain")
+    return good, last.seq, last.hash, last.fields.get("type")

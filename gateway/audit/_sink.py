@@ -1,0 +1,19 @@
+"""Audit trail of every decision (D10): who, what, decision, ids; never a
+payload, never a secret.
+
+The sink is :class:`gateway.audit._chain.ChainedAuditLog` (hash-chained, signed
+checkpoints). Writing the event is part of the request: if it fails, the
+request fails (fail closed).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class AuditSink(Protocol):
+    def record(self, event: dict[str, Any]) -> None: ...
+
+
+class AuditWriteFailed(Exception):
+    """The audit store could not be written; the request must not proceed."""

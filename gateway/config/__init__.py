@@ -1,0 +1,32 @@
+"""Typed, frozen configuration: the gateway's config file (``gateway serve
+--config FILE``, :class:`GatewayConfig`) and the edge limits of its
+``[limits]`` table (:class:`EdgeLimits`). Loading validates everything and
+names the file and key of what is wrong, at start-up.
+
+May import: :mod:`gateway.core` (the catalogue of shared systems) and
+:mod:`gateway.errors`.
+"""
+
+from __future__ import annotations
+
+from gateway.config._gateway import (
+    DEFAULT_LIMITS,
+    AuditConfig,
+    CaConfig,
+    GatewayConfig,
+    Listener,
+    Upstream,
+    VaultConfig,
+)
+from gateway.config._limits import EdgeLimits
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "AuditConfig",
+    "CaConfig",
+    "EdgeLimits",
+    "GatewayConfig",
+    "Listener",
+    "Upstream",
+    "VaultConfig",
+]

@@ -1,0 +1,71 @@
+"""What one data-plane request carries through the pipeline, and the pieces
+of the pipeline that need no state of their own (body reading, the push
+intake's route labels)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway.config import EdgeLimits
+from gateway.core.routes import Route, RouteMatch
+from gateway.errors import RequestRefused
+from gateway.problem import new_incident_id
+
+DEFAULT_LIMITS = EdgeLimits()
+
+# Refusals that say something about a certificate (D12).
+CERTIFICATE_REFUSALS = frozenset({"certificate-revoked", "principal-disabled",
+                                  "unknown-principal", "foreign-principal-uri",
+                                  "certificate-without-single-uri-san"})
+
+# The push intakes are not proxied; they have their own route labels.
+PUSH_HES = Route("push", "POST", "/push/hes/batches", {})
+PUSH_CMH = Route("push", "POST", "/push/cmh/requests", {})
+PUSH_ROUTES = {r.template: r for r in (PUSH_HES, PUSH_CMH)}
+
+
+async def read_body(request: web.BaseRequest, limit: int, ex: Exchange,
+                     timeout_s: float = DEFAULT_LIMITS.body_timeout_s) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:
+            chunk = await asyncio.wait_for(request.content.readany(), timeout_s)
+        except TimeoutError as exc:
+            # A body that trickles in: refused, the connection closed.
+            raise RequestRefused(408, "body-timeout", headers={"Connection": "close"}) from exc
+        except ConnectionError as exc:
+            # The caller hung up mid-body: nothing is forwarded; the refusal is
+            # audited like any other (its answer reaches nobody).
+            raise RequestRefused(400, "client-gone", headers={"Connection": "close"}) from exc
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:  # chunked bodies are counted as they arrive
+            raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})
+        chunks.append(chunk)
+    ex.bytes_in = size
+    return b"".join(chunks)
+
+
+class Exchange:
+    """What one request accumulates on its way through the pipeline."""
+
+    __slots__ = ("bytes_in", "caller", "incident", "label", "match", "reason", "resources",
+                 "started")
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.incident = new_incident_id()
+        self.caller: Any = None
+        self.match: RouteMatch | None = None
+        self.reason = "ok"
+        self.resources: tuple[str, ...] = ()
+        self.bytes_in = 0
+        self.label: str | None = None

@@ -1,0 +1,330 @@
+"""The data plane: one pipeline, ordered in one place.
+
+::
+
+    identity -> target -> hygiene -> route -> decide -> body
+             -> forward (assertion) -> check response -> audit + metrics
+
+The push intakes are not proxied: after *hygiene* they branch off to their
+own stage (:mod:`gateway.dataplane._pushintake`). *check response* is
+:mod:`gateway.dataplane._responsecheck`; *audit + metrics*, :mod:`gateway.dataplane._trace`.
+
+The body is read and parsed after the decision (a caller that may not act
+gets its 403 whatever it sent), except on a route that names its resource in
+the body, where it comes just before; either way JSON is parsed with a
+nesting limit and one value per key (gateway.core.jsonlimits).
+
+Every stage either returns what the next needs or raises
+:class:`RequestRefused` / :class:`UpstreamFailed`; ``handle()`` turns those
+into an RFC 9457 problem with an incident id that is also in the audit
+event. Nothing reaches an upstream before ``decide()`` allowed it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.audit import AuditSink, SecurityEvents, UsageLedger
+from gateway.config import EdgeLimits
+from gateway.core.decide import RequestFacts, check_purpose, decide
+from gateway.core.headers import HeaderRejected, clean_request_headers
+from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
+from gateway.core.paths import Target, TargetRejected, check_method, parse_target
+from gateway.core.pseudonym import Pseudonymiser
+from gateway.core.quota import Quota, Quotas
+from gateway.core.relations import RelationIndex
+from gateway.core.routes import RouteMatch, RouteTable
+from gateway.dataplane._exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
+from gateway.dataplane._fairslots import UpstreamSlots
+from gateway.dataplane._pushgate import PushGate
+from gateway.dataplane._pushintake import PushIntake
+from gateway.dataplane._responsecheck import ResponseCheck
+from gateway.dataplane._trace import RequestTrace
+from gateway.edge import CallerResolver, CredentialRefused
+from gateway.errors import RequestRefused, UpstreamFailed
+from gateway.metrics import GatewayMetrics
+from gateway.pki import ASSERTION_HEADER, AssertionSigner
+from gateway.push import PushService
+from gateway.state import Consultation
+from gateway.upstream import UpstreamPool
+
+JSON = "application/json"
+
+
+class DataPlane:
+    def __init__(
+        self,
+        *,
+        resolver: CallerResolver,
+        routes: RouteTable,
+        relations: Callable[[], RelationIndex],
+        upstreams: UpstreamPool,
+        signer: AssertionSigner,
+        audit: AuditSink,
+        metrics: GatewayMetrics,
+        upstream_auth: Callable[[str], tuple[str, str] | None] = lambda upstream: None,
+        push: PushService | None = None,
+        soc: SecurityEvents | None = None,
+        usage: UsageLedger | None = None,
+        pseudonyms: Callable[[str], Pseudonymiser] | None = None,
+        consultations: Callable[[Consultation], None] | None = None,
+        limits: EdgeLimits = DEFAULT_LIMITS,
+        push_max_body_bytes: int = 256 * 1024 * 1024,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.resolver = resolver
+        self.routes = routes
+        self.relations = relations  # the live snapshot, swapped as a whole on reload
+        self.upstreams = upstreams
+        self.signer = signer
+        self.audit = audit
+        self.metrics = metrics
+        self.upstream_auth = upstream_auth  # the vault's service credential per upstream
+        self.consultations = consultations  # D8: the consultation register
+        self.limits = limits
+        self.quotas = Quotas()
+        # Issue 8: one upstream's pool shared fairly among the tenants waiting for it.
+        self.slots = UpstreamSlots(
+            {name: up.pool_size for name, up in upstreams.upstreams.items()},
+            on_depth=lambda upstream, depth: metrics.upstream_queue_depth.labels(
+                upstream).set(depth))
+        self.in_flight = 0
+        self.over_memory_budget = False  # set by the server's memory watch
+        self.load_quotas()
+        self.push_gate = PushGate(limits)  # D1 availability: the push intakes' memory guard
+        self.push_intake = None if push is None else PushIntake(
+            push=push, gate=self.push_gate, registry=lambda: resolver.registry,
+            limits=limits, max_body_bytes=push_max_body_bytes)
+        self.response_check = ResponseCheck(metrics=metrics, push=push, pseudonyms=pseudonyms)
+        self.clock = clock
+        # The last stage of every request, refused or served: answer, audit, metrics.
+        self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
+                                  clock=clock)
+
+    # -- the pipeline ----------------------------------------------------------
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        ex = Exchange()
+        protocol = request.protocol
+        started = getattr(protocol, "gw_request_started", None)
+        if started is not None:
+            started()  # the header deadline is met
+        try:
+            response = await self._pipeline(request, ex)
+        finally:
+            done = getattr(protocol, "gw_request_done", None)
+            if done is not None:
+                done()
+        return response
+
+    async def _pipeline(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
+        if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
+            # Shed load fast and cheaply: no identity, no upstream, no parsing.
+            ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
+            response = self.trace.problem(503, ex, headers={"Retry-After": "1"})
+            self.trace.account(ex, request, response)
+            return response
+        self.in_flight += 1
+        try:
+            return await self._pipeline_admitted(request, ex)
+        finally:
+            self.in_flight -= 1
+
+    async def _pipeline_admitted(self, request: web.BaseRequest,
+                                 ex: Exchange) -> web.StreamResponse:
+        try:
+            self._edge(request)
+            if not getattr(self.audit, "writable", True):
+                # SECURITY: no audit trail, no request: refused before it is forwarded.
+                raise RequestRefused(503, "audit-unavailable")
+            ex.caller = self.resolver.resolve(request)
+            target = self._target(request)
+            forward_headers = self._hygiene(request, ex)
+            if target.path in PUSH_ROUTES and self.push_intake is not None:
+                response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
+                self.trace.account(ex, request, response)
+                return response
+            ex.match = self._route(request.method, target)
+            ref = ex.match.route.resource
+            body_decides = ref is not None and ref.source == "body"
+            body, parsed = await self._body(request, ex) if body_decides else (None, None)
+            facts = RequestFacts(ex.match.params, target.query_map, parsed)
+            now = self.clock()
+            relations = self.relations()
+            self._decide(ex, facts, relations, now)
+            if not body_decides:
+                # Decided before any body byte is parsed: a tenant that may not
+                # act here gets its 403 whatever it sent (D1, D6).
+                body, parsed = await self._body(request, ex)
+                facts = RequestFacts(facts.params, facts.query, parsed)
+            if ex.match.route.sensitive:
+                self._register_consultation(request, ex, now)
+            upstream = await self._forward_within_quota(ex, target, forward_headers, body,
+                                                        request.method)
+            response = self.response_check.check(ex, facts, relations, upstream, now)
+        except RequestRefused as exc:
+            ex.reason = exc.reason
+            if isinstance(exc, CredentialRefused):
+                ex.caller = exc.caller  # refused, but who it is goes to the audit and SOC
+            response = self.trace.problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
+        except UpstreamFailed as exc:
+            ex.reason = exc.reason
+            response = self.trace.problem(exc.status, ex)
+        self.trace.account(ex, request, response)
+        return response
+
+    def _edge(self, request: web.BaseRequest) -> None:
+        """Header limits aiohttp does not apply itself, and framing it lets by."""
+        raw = request.raw_headers
+        if len(raw) > self.limits.max_headers:
+            raise RequestRefused(431, "too-many-headers")
+        if sum(len(k) + len(v) + 4 for k, v in raw) > self.limits.max_header_block_bytes:
+            raise RequestRefused(431, "header-block-too-large")
+        if request.version < (1, 1) and "Transfer-Encoding" in request.headers:
+            # RFC 9112 §6.1: HTTP/1.0 has no chunked framing: a smuggling attempt.
+            raise RequestRefused(400, "http10-transfer-encoding", headers={"Connection": "close"})
+
+    def _target(self, request: web.BaseRequest) -> Target:
+        try:
+            check_method(request.method)
+            return parse_target(request.raw_path)
+        except TargetRejected as exc:
+            headers = {"Allow": "GET, POST"} if exc.status == 405 else None
+            raise RequestRefused(exc.status, exc.reason, headers=headers) from exc
+
+    def _hygiene(self, request: web.BaseRequest, ex: Exchange) -> dict[str, str]:
+        try:
+            clean = clean_request_headers(request.headers.items())
+        except HeaderRejected as exc:
+            raise RequestRefused(400, exc.reason) from exc
+        if clean.dropped_identity:
+            self.metrics.identity_headers_dropped.labels(ex.caller.tenant_id).inc(
+                len(clean.dropped_identity))
+        return clean.forward
+
+    def _route(self, method: str, target: Target) -> RouteMatch:
+        found = self.routes.lookup(method, target.path)
+        if found.match is not None:
+            return found.match
+        if found.allowed_methods:
+            raise RequestRefused(405, "method-not-allowed",
+                                 headers={"Allow": ", ".join(found.allowed_methods)})
+        raise RequestRefused(404, "no-route")
+
+    async def _body(self, request: web.BaseRequest, ex: Exchange) -> tuple[bytes | None, Any]:
+        assert ex.match is not None
+        route = ex.match.route
+        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            if request.body_exists:
+                raise RequestRefused(400, "body-not-allowed")
+            return None, None
+        raw = await read_body(request, route.max_body_bytes, ex, self.limits.body_timeout_s)
+        if request.content_type != JSON:
+            raise RequestRefused(415, "body-not-json")
+        try:
+            # Forwarded as sent: one value per key, so what the gateway checks
+            # is what the upstream reads; nesting capped (no RecursionError).
+            parsed = loads_limited(raw, max_depth=MAX_DEPTH)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            raise RequestRefused(400, "body-duplicate-key") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, "body-malformed-json") from exc
+        if not isinstance(parsed, dict):
+            raise RequestRefused(400, "body-not-object")
+        return raw, parsed
+
+    def _register_consultation(self, request: web.BaseRequest, ex: Exchange,
+                               now: datetime) -> None:
+        """D8: a sensitive consultation states its purpose and is registered
+        before anything is consulted; no register, no consultation."""
+        assert ex.match is not None
+        purpose = request.headers.get("X-Purpose")
+        justification = request.headers.get("X-Justification")
+        refused = check_purpose(purpose, justification)
+        if refused is not None:
+            raise RequestRefused(refused.status, refused.reason)
+        if self.consultations is None:
+            raise RequestRefused(503, "consultation-register-unavailable")
+        p = ex.caller.principal
+        self.consultations(Consultation(
+            ex.incident, now, ex.caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
+            ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
+
+    def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
+                now: datetime) -> None:
+        assert ex.match is not None
+        decision = decide(ex.caller, ex.match.route, facts, relations, now)
+        ex.resources = decision.resources
+        ex.reason = decision.reason
+        if not decision.allowed:
+            raise RequestRefused(decision.status, decision.reason)
+
+    async def _forward_within_quota(self, ex: Exchange, target: Target,
+                                    headers: dict[str, str], body: bytes | None,
+                                    method: str) -> Any:
+        """Issue 8: a tenant's rate, concurrency and share of the upstream's
+        pool, then a slot of that pool, queued fairly among tenants; one noisy
+        tenant cannot starve the others."""
+        assert ex.match is not None
+        upstream = ex.match.route.upstream
+        tenant = ex.caller.tenant_id
+        config = self.upstreams.upstreams[upstream]
+        wait = self.quotas.admit(tenant, upstream, config.pool_size, time.monotonic())
+        if wait is not None:
+            raise RequestRefused(429, "rate-limited",
+                                 headers={"Retry-After": str(max(1, math.ceil(wait)))})
+        try:
+            async with self.slots.slot(upstream, tenant, config.queue_timeout_s):
+                return await self._forward(ex, target, headers, body, method)
+        finally:
+            self.quotas.release(tenant, upstream)
+
+    async def _forward(self, ex: Exchange, target: Target, headers: dict[str, str],
+                       body: bytes | None, method: str) -> Any:
+        assert ex.match is not None
+        route = ex.match.route
+        headers[ASSERTION_HEADER] = self.signer.assertion(ex.caller, route.upstream)
+        credential = self.upstream_auth(route.upstream)
+        if credential is not None:
+            # SECURITY: injected here, never shown to a tenant, logged or audited.
+            headers[credential[0]] = credential[1]
+        headers["X-Request-Id"] = ex.incident
+        if body is not None:
+            headers["Content-Type"] = JSON
+        upstream_target = target.upstream_target()[len(route.upstream) + 1:]
+        return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
+
+    def load_quotas(self) -> None:
+        """Per-tenant quotas from ``tenants/`` (``[quota]``), default otherwise."""
+        quotas: dict[str, Quota] = {}
+        for tenant in self.resolver.registry:
+            quota = tenant.attributes.get("quota")
+            if isinstance(quota, Quota):
+                quotas[tenant.id] = quota
+        self.quotas.replace(quotas)
+
+    def header_timed_out(self) -> None:
+        """A connection cut at the header deadline: no caller is known yet."""
+        self.metrics.denied.labels("unknown", "none", "header-timeout").inc()
+
+    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+                        reason: str) -> web.Response:
+        """A problem for a request the HTTP layer could not parse or handle."""
+        ex = Exchange()
+        ex.reason = reason
+        try:
+            ex.caller = self.resolver.resolve(request)
+        except CredentialRefused as exc:
+            ex.caller = exc.caller
+        except RequestRefused:
+            ex.caller = None
+        response = self.trace.problem(status, ex)
+        self.trace.account(ex, request, response)
+        return response

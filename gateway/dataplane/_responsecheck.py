@@ -1,0 +1,153 @@
+"""The data plane's *check response* stage: an upstream's answer reaches the
+caller only once it is known to be the caller's own (D1, D3, D9, D11).
+
+In order (the stage runs after *forward*, see :mod:`gateway.dataplane._pipeline`):
+
+1. the upstream's status: a 5xx is 502, its own error body never passed on;
+2. the body parsed with the nesting limit and one value per key
+   (:mod:`gateway.core.jsonlimits`): duplicate keys are withheld like a
+   misroute (``response-duplicate-key``);
+3. :func:`gateway.core.check.check_response`, record by record; a record
+   that is not the caller's is withheld, and an isolation violation
+   (``ISOLATION_REASONS``) is counted in
+   ``gateway_isolation_violations_total`` and logged (its audit and SOC
+   events follow from the reason, in :mod:`gateway.dataplane._trace`);
+4. a Connect My Home status update flows back to the coordinating DSO;
+5. the classification label and whether this caller may receive it (D11);
+6. an IT provider's keyed pseudonyms (D9), fail closed;
+7. the answer: the upstream's bytes unchanged, or the checked copy
+   re-serialised when anything was removed or replaced.
+
+Every refusal raises :class:`RequestRefused` / :class:`UpstreamFailed`; the
+pipeline turns it into the problem document and the audit event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, check_response
+from gateway.core.classification import classify, may_receive
+from gateway.core.decide import RequestFacts
+from gateway.core.headers import clean_response_headers
+from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
+from gateway.core.pseudonym import Pseudonymiser, find_leaks
+from gateway.core.relations import RelationIndex
+from gateway.dataplane._exchange import Exchange
+from gateway.dataplane._trace import SERVER_HEADER
+from gateway.errors import RequestRefused, UpstreamFailed
+from gateway.metrics import GatewayMetrics
+from gateway.push import PushService
+
+# The data plane's logger: operators filter isolation warnings by it.
+log = logging.getLogger("gateway.dataplane")
+JSON = "application/json"
+CLASSIFICATION_HEADER = "X-Classification"
+
+
+class ResponseCheck:
+    def __init__(
+        self,
+        *,
+        metrics: GatewayMetrics,
+        push: PushService | None = None,
+        pseudonyms: Callable[[str], Pseudonymiser] | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.push = push  # where a Connect My Home status update is passed on
+        self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
+
+    def check(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
+              upstream: Any, now: datetime) -> web.Response:
+        """The caller's answer built from the upstream's, or a refusal raised."""
+        assert ex.match is not None
+        route = ex.match.route
+        status = upstream.status
+        if status >= 500:
+            raise UpstreamFailed(502, "upstream-5xx")
+        if status >= 400:
+            # The upstream's own error body is not checked, so it is not passed on.
+            raise RequestRefused(status if status in (400, 404, 409, 422) else 502,
+                                 f"upstream-{status}")
+        if not 200 <= status < 300 or upstream.content_type != JSON:
+            raise UpstreamFailed(502, "upstream-unexpected-answer")
+        try:
+            parsed = loads_limited(upstream.body, max_depth=MAX_DEPTH)
+        except DuplicateKey as exc:
+            # SECURITY: D1. The checked copy holds one value per key, the bytes
+            # forwarded unchanged may hold two (a client keeping the first
+            # would read a record the check never saw): withheld like a misroute.
+            self._isolation_violation(ex, DUPLICATE_KEY)
+            raise UpstreamFailed(502, DUPLICATE_KEY) from exc
+        except TooDeep as exc:
+            raise UpstreamFailed(502, "upstream-json-too-deep") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UpstreamFailed(502, "upstream-malformed-json") from exc
+        verdict = check_response(ex.caller, route, facts, relations, parsed, now)
+        if not verdict.decision.allowed:
+            ex.resources = verdict.decision.resources
+            if verdict.decision.reason in ISOLATION_REASONS:
+                self._isolation_violation(ex, verdict.decision.reason)
+            raise UpstreamFailed(502, verdict.decision.reason)
+        if route.notify == "cmh-status" and self.push is not None:
+            # Status updates flow back to the coordinating DSO only.
+            rid = facts.params.get("request_id", "")
+            self.push.notify_status(rid, verdict.body,
+                                    relations.holders("cmh-request", rid, "coordinator", now),
+                                    ex.caller.tenant_id)
+        label = self._classification(ex, upstream)
+        changed = verdict.changed
+        if ex.caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
+            changed = self._pseudonymise(ex, verdict.body) or changed
+        body = json.dumps(verdict.body).encode() if changed else upstream.body
+        headers = clean_response_headers(upstream.headers)
+        headers["Server"] = SERVER_HEADER
+        headers["X-Request-Id"] = ex.incident
+        headers[CLASSIFICATION_HEADER] = label
+        return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+    def _isolation_violation(self, ex: Exchange, reason: str) -> None:
+        """Counted in gateway_isolation_violations_total and logged; the audit
+        and SOC events follow from the reason (ISOLATION_REASONS)."""
+        assert ex.match is not None
+        route = ex.match.route
+        self.metrics.isolation_violations.labels(
+            ex.caller.tenant_id, route.upstream, "response").inc()
+        log.warning("isolation violation withheld: incident=%s tenant=%s route=%s reason=%s",
+                    ex.incident, ex.caller.tenant_id, route.name, reason)
+
+    def _classification(self, ex: Exchange, upstream: Any) -> str:
+        """D11: the answer's label, and whether this caller may receive it."""
+        assert ex.match is not None
+        policy = ex.match.route.classification
+        sent = dict(upstream.headers).get(CLASSIFICATION_HEADER)
+        label = classify(sent, policy)
+        if label is None:
+            raise UpstreamFailed(502, "classification-invalid")  # fail closed, never guess
+        ex.label = label
+        # The records passed the response check as the caller's own; an IT
+        # provider is never their owner, only a contracted external (D9).
+        owners = frozenset() if ex.caller.tenant.kind == "it-provider" \
+            else frozenset({ex.caller.tenant_id})
+        decision = may_receive(label, ex.caller, owners, policy)
+        if not decision.allowed:
+            raise RequestRefused(403, decision.reason)
+        self.metrics.child(self.metrics.classified_responses, label).inc()
+        return label
+
+    def _pseudonymise(self, ex: Exchange, body: Any) -> bool:
+        """D9: an IT provider gets keyed pseudonyms, never a raw identifier."""
+        assert self.pseudonyms is not None
+        try:
+            replaced = self.pseudonyms(ex.caller.tenant_id).apply(body)
+        except (ValueError, TypeError) as exc:
+            raise UpstreamFailed(502, "pseudonymisation-impossible") from exc
+        if find_leaks(body):
+            raise UpstreamFailed(502, "pseudonymisation-leak")  # fail closed
+        return replaced > 0

@@ -1,0 +1,114 @@
+"""The last stage of every data-plane request, refused or served: the
+answer's problem document, the audit event (D10), the SOC signal (D12), usage
+and metrics. "No trace, no answer": an audit event that cannot be written
+turns the answer into a 503 before it is sent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from gateway.audit import AuditSink, AuditWriteFailed, SecurityEvents, UsageLedger
+from gateway.core.check import ISOLATION_REASONS
+from gateway.core.denials import DenialDetector
+from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
+from gateway.dataplane._exchange import CERTIFICATE_REFUSALS, Exchange
+from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
+from gateway.problem import CONTENT_TYPE, problem_body
+
+log = logging.getLogger("gateway.dataplane")
+SERVER_HEADER = "gateway"  # no version banner
+
+
+class RequestTrace:
+    def __init__(self, *, audit: AuditSink, metrics: GatewayMetrics,
+                 soc: SecurityEvents | None, usage: UsageLedger | None,
+                 clock: Callable[[], datetime]) -> None:
+        self.audit = audit
+        self.metrics = metrics
+        self.soc = soc
+        self.usage = usage  # D10: aggregated usage, no payload
+        self.denials = DenialDetector()  # D12: repeated denials from one principal
+        self.clock = clock
+
+    def problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
+                 detail: str | None = None) -> web.Response:
+        slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
+        out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
+        close = out.pop("Connection", None) == "close"
+        response = web.Response(status=status, body=problem_body(status, ex.incident, slug,
+                                                                 detail),
+                                content_type=CONTENT_TYPE, headers=out)
+        if close:
+            response.force_close()  # framing we do not trust: no next request on it
+        return response
+
+    def _security_event(self, ex: Exchange, event: dict[str, Any]) -> None:
+        """D12: what the SOC must see, with the incident id of the audit event."""
+        assert self.soc is not None
+        who = {k: event[k] for k in ("tenant", "principal", "cert_serial", "route", "upstream",
+                                     "reason", "status")}
+        if ex.reason in ISOLATION_REASONS:
+            self.soc.emit("isolation-violation", "critical", ex.incident, **who)
+        elif ex.reason in CERTIFICATE_REFUSALS:
+            self.soc.emit("certificate-refused", "warning", ex.incident, **who)
+        elif ex.reason in PUSH_INTAKE_REFUSALS:
+            # D1: a partner pushing into an intake that is not its own system's.
+            self.soc.emit("push-intake-refused", "error", ex.incident, **who)
+        if ex.caller is not None:
+            p = ex.caller.principal
+            if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
+                self.soc.emit("repeated-denials", "warning", ex.incident, **who)
+
+    def account(self, ex: Exchange, request: web.BaseRequest,
+                 response: web.Response) -> None:
+        tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
+        route = ex.match.route if ex.match is not None else None
+        upstream = route.upstream if route is not None else NO_ROUTE
+        status = response.status
+        bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
+        event = {
+            "event": "request",
+            "incident": ex.incident,
+            "tenant": tenant,
+            "principal": ex.caller.principal.name if ex.caller is not None else None,
+            "cert_serial": ex.caller.cert_serial if ex.caller is not None else None,
+            "cert_fingerprint": ex.caller.cert_fingerprint if ex.caller is not None else None,
+            "method": request.method,
+            "route": route.name if route is not None else None,
+            "upstream": upstream,
+            "decision": "allow" if status < 400 else "deny",
+            "reason": ex.reason,
+            "status": status,
+            "resources": list(ex.resources[:20]),
+            "bytes_in": ex.bytes_in,
+            "bytes_out": bytes_out,
+            "classification": ex.label,
+        }
+        try:
+            self.audit.record(event)
+        except AuditWriteFailed:
+            # SECURITY: no trace, no answer (fail closed).
+            log.error("audit write failed; refusing incident=%s", ex.incident)
+            self.metrics.audit_write_failures.inc()
+            response.set_status(503)
+            response.body = problem_body(503, ex.incident, "internal-error")
+            response.content_type = CONTENT_TYPE
+            status = 503
+        if status >= 400:
+            self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
+            if self.soc is not None:
+                self._security_event(ex, event)
+        route_name = route.name if route else NO_ROUTE
+        metrics = self.metrics
+        metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
+        if self.usage is not None:
+            self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, bytes_out)
+        metrics.child(metrics.duration, tenant, upstream).observe(
+            time.perf_counter() - ex.started)

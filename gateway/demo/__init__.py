@@ -1,0 +1,19 @@
+"""The demo stack: the development PKI under ``certs/dev/``, the demo
+dataset, the four simulated shared systems (:mod:`gateway.demo.simulators`)
+and the whole gateway on loopback. Only the ``gateway demo`` and ``gateway
+certs init-dev`` verbs of :mod:`gateway.cli` (and the tests) import it.
+
+May import everything else.
+"""
+
+from __future__ import annotations
+
+from gateway.demo._devpki import ensure_dev_pki
+from gateway.demo._stack import TRUST_DOMAIN, Stack, StackPorts
+
+__all__ = [
+    "TRUST_DOMAIN",
+    "Stack",
+    "StackPorts",
+    "ensure_dev_pki",
+]

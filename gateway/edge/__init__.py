@@ -1,0 +1,44 @@
+"""The edge: everything between a caller's TCP connection and a request the
+data plane may look at.
+
+Owns the TLS policy (one function per context, a reason per line), the
+reloadable server TLS material, the TLS read buffer size, the handshake
+accounting, the edge limits and the connection book, the listeners and the
+aiohttp servers they run, and the mapping from a verified certificate to a
+:class:`~gateway.core.model.Caller`.
+
+May import: :mod:`gateway.core`, :mod:`gateway.errors`, :mod:`gateway.problem`,
+:mod:`gateway.tenants`, :mod:`gateway.files`. It does not know the data plane:
+a listener serves any :class:`DataHandler`.
+"""
+
+from __future__ import annotations
+
+from gateway.edge._handshakes import forget as forget_handshakes
+from gateway.edge._handshakes import observe as observe_handshakes
+from gateway.edge._identity import CallerResolver, CredentialRefused
+from gateway.edge._limits import ConnectionBook, rss_bytes, self_check
+from gateway.edge._listeners import (
+    DataHandler,
+    DataServer,
+    GuardedAppRunner,
+    TlsSite,
+    admin_refusal,
+    bind,
+)
+
+__all__ = [
+    "CallerResolver",
+    "ConnectionBook",
+    "CredentialRefused",
+    "DataHandler",
+    "DataServer",
+    "GuardedAppRunner",
+    "TlsSite",
+    "admin_refusal",
+    "bind",
+    "forget_handshakes",
+    "observe_handshakes",
+    "rss_bytes",
+    "self_check",
+]

@@ -1,0 +1,240 @@
+"""The listeners: sockets, TLS sites with a handshake deadline, and the
+aiohttp servers whose connections get the edge limits (gateway.edge._limits)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.config import EdgeLimits
+from gateway.edge._limits import ConnectionBook
+from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+
+# What aiohttp's parsers (C and Python) say when a request has more header
+# lines than max_headers; no exception class of its own to tell it apart.
+_TOO_MANY_HEADERS = "Too many headers"
+
+
+def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
+    """What the admin plane's HTTP layer refuses: a problem document too."""
+    return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
+                        body=problem_body(status, new_incident_id(), None, None))
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0 picks a free one; the caller reads it back)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class _ProblemRequestHandler(RequestHandler):
+    """The data plane's connection handler, around aiohttp's.
+
+    - What aiohttp's HTTP parser rejects (unknown methods, malformed framing,
+      over-long lines) and unhandled exceptions become problem documents with
+      an incident id, audited like every other refusal; the connection closes.
+    - Edge limits aiohttp lacks: a header-read deadline (slowloris) armed at
+      connect and at the first byte of every next request, and caps on open
+      connections per listener and per tenant.
+    """
+
+    _gw_waiting = False  # for request headers, under the header deadline
+    _gw_busy = False
+    _gw_tenant = ""
+    _gw_admitted = False
+
+    def __init__(self, manager: GuardedServer, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        # Kept here: aiohttp drops its own reference at connection_lost, and
+        # the error path may still run after that (a caller gone mid-body).
+        self._gw = manager
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        book = self._gw.book
+        self._gw_tenant = book.tenant_of(transport)
+        self._gw_admitted = book.admit(self._gw_tenant)
+        super().connection_made(transport)
+        if not self._gw_admitted:
+            # SECURITY: over the connection cap: closed before any HTTP byte.
+            transport.close()
+            return
+        self._gw_arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._gw_disarm()
+        if self._gw_admitted:
+            self._gw.book.release(self._gw_tenant)
+            self._gw_admitted = False
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._gw_busy and not self._gw_waiting:
+            self._gw_arm()  # the first byte of a next request: headers must follow in time
+        super().data_received(data)
+
+    def _gw_arm(self) -> None:
+        self._gw_waiting = True
+        self._gw.wait_for_headers(self)
+
+    def _gw_disarm(self) -> None:
+        if self._gw_waiting:
+            self._gw_waiting = False
+            self._gw.got_headers(self)
+
+    def gw_header_timeout(self) -> None:
+        """Called by the server's sweep once the deadline has passed."""
+        self._gw_waiting = False
+        if not self._gw_busy and self.transport is not None:
+            self._gw.on_header_timeout()
+            self.transport.abort()
+
+    def gw_request_started(self) -> None:
+        self._gw_busy = True
+        self._gw_disarm()
+
+    def gw_request_done(self) -> None:
+        self._gw_busy = False
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if isinstance(exc, BadHttpMethod):
+            status, reason = 501, "method-unknown"
+        elif isinstance(exc, LineTooLong):
+            limit = exc.args[1] if len(exc.args) > 1 else None
+            if limit == self._gw.edge.max_url_bytes:
+                status, reason = 414, "request-line-too-long"
+            else:
+                status, reason = 431, "header-too-long"
+        elif isinstance(exc, BadHttpMessage) and _TOO_MANY_HEADERS in str(exc.message):
+            # RFC 6585 §5: over the parser's own count (EdgeLimits.server_kwargs:
+            # just above max_headers, which the pipeline checks exactly), so any
+            # count over the limit is the documented 431, never a 400.
+            status, reason = 431, "too-many-headers"
+        elif isinstance(exc, ConnectionError):
+            # The caller hung up (mid-body, say) and the handler failed on it:
+            # nothing is wrong with the gateway and nobody reads the answer, so
+            # no error is logged; the refusal is still accounted and audited.
+            status, reason = 400, "client-gone"
+        elif status >= 500:
+            self.log_exception("error handling request", exc_info=exc)
+            reason = "internal-error"
+        else:
+            reason = "http-parse-error"
+        resp = self._gw.refuse(request, status, reason)
+        resp.force_close()
+        return resp
+
+
+class GuardedServer(web.Server):
+    """An aiohttp server whose connections get the edge limits above; its
+    refusals come from ``refuse`` (a problem document, audited)."""
+
+    edge: EdgeLimits
+    book: ConnectionBook
+    refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse]
+    on_header_timeout: Callable[[], None]
+
+    def guard(self, edge: EdgeLimits, book: ConnectionBook,
+              refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+              on_header_timeout: Callable[[], None]) -> None:
+        self.edge, self.book = edge, book
+        self.refuse, self.on_header_timeout = refuse, on_header_timeout
+        # The header deadline: one sweep for all connections instead of a
+        # timer armed and cancelled per request (it showed in the profile).
+        # A connection is cut between the deadline and one sweep period later.
+        self._waiting: dict[_ProblemRequestHandler, float] = {}
+        self._sweep_s = min(0.25, edge.header_timeout_s / 4)
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    def wait_for_headers(self, handler: _ProblemRequestHandler) -> None:
+        loop = self._loop  # not get_running_loop(): on 3.11 it costs a getpid()
+        self._waiting[handler] = loop.time() + self.edge.header_timeout_s
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(self._sweep_s, self._sweep)
+
+    def got_headers(self, handler: _ProblemRequestHandler) -> None:
+        self._waiting.pop(handler, None)
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        now = loop.time()
+        expired = [h for h, deadline in self._waiting.items() if deadline <= now]
+        for handler in expired:
+            del self._waiting[handler]
+            handler.gw_header_timeout()
+        self._sweeper = loop.call_later(self._sweep_s, self._sweep) if self._waiting else None
+
+    def __call__(self) -> RequestHandler:
+        return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
+
+
+class DataHandler(Protocol):
+    """What a data listener serves: the data plane, as the edge sees it."""
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Answer one request that passed the edge limits."""
+
+    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+                        reason: str) -> web.StreamResponse:
+        """A problem document for what the HTTP layer could not parse or handle."""
+
+    def header_timed_out(self) -> None:
+        """Account a connection cut at the header deadline (slowloris)."""
+
+
+class DataServer(GuardedServer):
+    """The low-level aiohttp server of the data plane (no router: the
+    pipeline routes itself)."""
+
+    def __init__(self, plane: DataHandler, edge: EdgeLimits, book: ConnectionBook,
+                 **kwargs: Any) -> None:
+        super().__init__(plane.handle, **edge.server_kwargs(), **kwargs)
+        self.guard(edge, book, plane.refuse_unparsed, plane.header_timed_out)
+
+
+class GuardedAppRunner(web.AppRunner):
+    """An AppRunner (the admin plane) whose server gets the same edge limits."""
+
+    def __init__(self, app: web.Application, *, edge: EdgeLimits, book: ConnectionBook,
+                 refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+                 **kwargs: Any) -> None:
+        super().__init__(app, **edge.server_kwargs(), **kwargs)
+        self._guard = (edge, book, refuse)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = GuardedServer  # same server, guarded connections
+        assert isinstance(server, GuardedServer)
+        server.guard(*self._guard, lambda: None)
+        return server
+
+
+class TlsSite(web.SockSite):
+    """A listening socket with a TLS handshake deadline (aiohttp's SockSite
+    leaves asyncio's 60 s default)."""
+
+    def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
+                 ssl_context: ssl.SSLContext, handshake_timeout_s: float) -> None:
+        super().__init__(runner, sock, ssl_context=ssl_context)
+        self._handshake_timeout_s = handshake_timeout_s
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
+            ssl_handshake_timeout=self._handshake_timeout_s)

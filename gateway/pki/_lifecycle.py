@@ -1,0 +1,440 @@
+"""The security team's credential lifecycle (issue 3): issue from CSRs,
+rotate with overlap, revoke at once, disable leavers, rotate the CA, the
+server certificate and the signing keys, without restart.
+
+All changes go through :class:`Credentials`, which persists them in the state
+store, audits them (actor, action, target, reason), and then refreshes what
+the request path reads: the in-memory revocation view and the live TLS
+material (trust bundle + CRLs for new handshakes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from gateway.audit import AuditSink, SecurityEvents
+from gateway.files import write_private
+from gateway.metrics import GatewayMetrics
+from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
+from gateway.pki._issuance import (
+    DEFAULT_POLICY,
+    CsrRefused,
+    IssuancePolicy,
+    RevokedEntry,
+    build_crl,
+    check_csr,
+    crl_pem,
+    issue_from_csr,
+)
+from gateway.pki._signing_keys import KeyRing
+from gateway.problem import new_incident_id
+from gateway.state import (
+    CaRecord,
+    CertificateRecord,
+    PrincipalKey,
+    PrincipalState,
+    StateStore,
+)
+from gateway.tenants import TenantRegistry
+from gateway.tls import ServerTls, TlsMaterial
+
+log = logging.getLogger("gateway.pki")
+
+SERVER_PRINCIPAL: PrincipalKey = ("gateway", "server", "gateway")
+
+
+class AdminRefused(Exception):
+    """An admin request that is refused; ``reason`` is a stable code."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationView:
+    """What the request path checks on every request (one reference swap)."""
+
+    serials: frozenset[str] = frozenset()
+    disabled: frozenset[PrincipalKey] = frozenset()
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    # The same spelling as ssl.getpeercert()["serialNumber"].
+    return f"{cert.serial_number:X}"
+
+
+def ca_id(cert: x509.Certificate) -> str:
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    return hashlib.sha256(ski).hexdigest()[:16]
+
+
+def certificate_record(cert: x509.Certificate, principal: PrincipalKey, issuer: str,
+                       now: datetime, replaces: str | None = None) -> CertificateRecord:
+    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return CertificateRecord(
+        serial=serial_hex(cert), tenant=principal[0], kind=principal[1], name=principal[2],
+        issuer_ca=issuer, not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc, fingerprint=hashlib.sha256(der).hexdigest(),
+        pem=pem, issued_at=now, replaces=replaces)
+
+
+class Credentials:
+    def __init__(self, *, store: StateStore, trust_domain: str,
+                 registry: Callable[[], TenantRegistry], keyring: KeyRing,
+                 metrics: GatewayMetrics, audit: AuditSink,
+                 server_cert: Path, server_key: Path, trust_bundle: Path,
+                 policy: IssuancePolicy = DEFAULT_POLICY,
+                 rotation_overlap: timedelta = timedelta(days=1),
+                 crl_next_update: timedelta = timedelta(hours=24),
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.store = store
+        self.trust_domain = trust_domain
+        self.registry = registry
+        self.keyring = keyring
+        self.soc: SecurityEvents | None = None  # set by the server
+        # Set once the listeners' TLS exists; refresh() then swaps material in.
+        self.server_tls: ServerTls | None = None
+        self.metrics = metrics
+        self.audit = audit
+        self.server_cert = server_cert
+        self.server_key = server_key
+        self.trust_bundle = trust_bundle
+        self.policy = policy
+        self.rotation_overlap = rotation_overlap
+        self.crl_next_update = crl_next_update
+        self.clock = clock
+        self.view = RevocationView()
+        self.crl = b""
+        self._crls: tuple[bytes, ...] = ()
+        self._crl_signed_at: datetime | None = None
+        self._lock = threading.RLock()
+        self._seen: dict[PrincipalKey, datetime] = {}
+        # Called (and awaited by the admin plane) after a principal is disabled.
+        self.on_disable: list[Callable[[PrincipalKey], Awaitable[Any]]] = []
+
+    # -- start-up ------------------------------------------------------------
+    def bootstrap(self, ca_cert: Path | None, ca_key: Path | None) -> None:
+        """Adopt the configured CA on first start, then publish CRLs and the
+        live view from the store."""
+        now = self.clock()
+        if ca_cert is not None and ca_key is not None:
+            ca = CertificateAuthority.load(ca_cert, ca_key)
+            known = {c.id: c for c in self.store.cas()}
+            configured = ca_id(ca.certificate)
+            if configured not in known:
+                # The operator replaced the CA files ([ca]): that CA is the
+                # declared truth; CAs kept from before stop being trusted.
+                for other in known.values():
+                    if other.status != "retired":
+                        log.warning("CA %s replaced by the configured CA %s", other.id,
+                                    configured)
+                        self.store.set_ca_status(other.id, "retired", None)
+                self.store.add_ca(CaRecord(configured, ca.cert_pem().decode(),
+                                           ca.key_pem().decode(), now))
+        self.refresh()
+
+    def import_certificate(self, pem: bytes, principal: PrincipalKey) -> None:
+        """Record a certificate issued outside the admin API (the dev PKI), so
+        revocation by principal and the access review know it."""
+        cert = x509.load_pem_x509_certificate(pem)
+        if self.store.certificate(serial_hex(cert)) is None:
+            issuer = self._issuer_id(cert)
+            self.store.add_certificate(certificate_record(cert, principal, issuer, self.clock()))
+
+    def is_revoked(self, pem: bytes) -> bool:
+        return serial_hex(x509.load_pem_x509_certificate(pem)) in self.view.serials
+
+    # -- the view the request path reads -------------------------------------
+    def check(self, serial: str, principal: PrincipalKey) -> str | None:
+        """Why this certificate may not be used now, or None. Also notes use."""
+        view = self.view
+        if serial in view.serials:
+            return "certificate-revoked"
+        if principal in view.disabled:
+            return "principal-disabled"
+        self._seen[principal] = self.clock()
+        return None
+
+    def refresh(self) -> None:
+        """Rebuild the revocation view, the CRLs and the TLS material."""
+        with self._lock:
+            revoked = self.store.certificates(status="revoked")
+            disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
+            self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
+            cas = [c for c in self.store.cas() if c.status != "retired"]
+            crls = []
+            for rec in sorted(cas, key=lambda c: c.status != "active"):
+                ca = self._authority(rec)
+                entries = [RevokedEntry(int(r.serial, 16), r.revoked_at or r.issued_at)
+                           for r in revoked if r.issuer_ca == rec.id]
+                crl = build_crl(ca, entries, crl_number=self.store.next_crl_number(),
+                                now=self.clock(), next_update=self.crl_next_update)
+                crls.append(crl_pem(crl))
+            self.crl = b"".join(crls)
+            self._crls = tuple(crls)
+            self._crl_signed_at = self.clock()
+            if cas:
+                bundle = "".join(c.cert_pem for c in cas).encode()
+                if self.trust_bundle.read_bytes() != bundle:
+                    # Keep the file true: clients and a restart read it.
+                    self.trust_bundle.write_bytes(bundle)
+            if self.server_tls is not None:
+                self.server_tls.update(self.material())
+            self._update_metrics()
+
+    def material(self) -> TlsMaterial:
+        """The listeners' TLS material: server certificate, the trust bundle
+        (every CA not retired) and, with a CA of our own, one CRL per CA."""
+        return TlsMaterial(self.server_cert.read_bytes(), self.server_key.read_bytes(),
+                           self.trust_bundle.read_bytes(), self._crls)
+
+    def _update_metrics(self) -> None:
+        newest: dict[PrincipalKey, datetime] = {}
+        for rec in self.store.certificates(status="active"):
+            if rec.not_after > newest.get(rec.principal, datetime.min.replace(tzinfo=UTC)):
+                newest[rec.principal] = rec.not_after
+        server = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+        newest[SERVER_PRINCIPAL] = server.not_valid_after_utc
+        self.metrics.certificate_expiry.clear()
+        for (tenant, kind, name), not_after in newest.items():
+            self.metrics.certificate_expiry.labels(tenant, f"{kind}/{name}").set(
+                not_after.timestamp())
+
+    # -- audited actions -------------------------------------------------------
+    def record_admin_event(self, actor: str, action: str, target: str, reason: str, outcome: str,
+                           detail: str = "", incident: str | None = None,
+                           extra: dict[str, str] | None = None) -> str:
+        """One admin-plane audit event. ``extra`` adds named fields (D6: a
+        dual-controlled action carries ``requested_by`` and ``approved_by``).
+        Raises if the audit log cannot be written: the caller then must not act."""
+        incident = incident or new_incident_id()
+        event = {"event": "admin", "incident": incident, "actor": actor, "action": action,
+                 "target": target, "reason": reason, "outcome": outcome, "detail": detail}
+        for key, value in (extra or {}).items():
+            event.setdefault(key, value)
+        self.audit.record(event)
+        # An attempt is not yet a change: the SOC hears of its outcome.
+        if self.soc is not None and reason != "read" and outcome != "attempt":
+            # D12: every admin change, and every refused admin attempt.
+            self.soc.emit("admin-change" if outcome == "done" else "admin-refused",
+                          "notice" if outcome == "done" else "warning", incident, actor=actor,
+                          action=action, target=target, outcome=outcome, detail=detail)
+        return incident
+
+    # -- certificates ----------------------------------------------------------
+    def _authority(self, rec: CaRecord) -> CertificateAuthority:
+        cert = x509.load_pem_x509_certificate(rec.cert_pem.encode())
+        key = serialization.load_pem_private_key(rec.key_pem.encode(), password=None)
+        return CertificateAuthority(cert, key)  # type: ignore[arg-type]
+
+    def active_ca(self) -> tuple[CaRecord, CertificateAuthority]:
+        active = [c for c in self.store.cas() if c.status == "active"]
+        if not active:
+            raise AdminRefused(501, "no-ca", "this gateway has no CA configured ([ca])")
+        return active[-1], self._authority(active[-1])
+
+    def _issuer_id(self, cert: x509.Certificate) -> str:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ident = aki.key_identifier or b""
+        return hashlib.sha256(ident).hexdigest()[:16]
+
+    def _principal(self, tenant: str, kind: str, name: str) -> PrincipalKey:
+        if self.registry().principal(tenant, kind, name) is None:
+            raise AdminRefused(404, "unknown-principal",
+                               f"{tenant}/{kind}/{name} is not declared in tenants/")
+        return (tenant, kind, name)
+
+    def check_issuable(self, principal: PrincipalKey, csr: bytes,
+                       lifetime: timedelta | None = None) -> None:
+        """Refuse now what :meth:`issue` would refuse later: a request that
+        waits for a second admin (D6) must be issuable when approved."""
+        key = self._principal(*principal)
+        if key in self.view.disabled:
+            raise AdminRefused(409, "principal-disabled", "the principal is disabled")
+        self.active_ca()
+        try:
+            check_csr(csr, expected_uri=spiffe_uri(self.trust_domain, *key), policy=self.policy,
+                      lifetime=lifetime)
+        except CsrRefused as exc:
+            raise AdminRefused(422, exc.reason, str(exc)) from exc
+
+    def issue(self, principal: PrincipalKey, csr: bytes, lifetime: timedelta | None = None,
+              replaces: str | None = None) -> CertificateRecord:
+        key = self._principal(*principal)
+        if key in self.view.disabled:
+            raise AdminRefused(409, "principal-disabled", "the principal is disabled")
+        rec, ca = self.active_ca()
+        try:
+            cert = issue_from_csr(ca, csr, expected_uri=spiffe_uri(self.trust_domain, *key),
+                                  policy=self.policy, lifetime=lifetime, now=self.clock())
+        except CsrRefused as exc:
+            raise AdminRefused(422, exc.reason, str(exc)) from exc
+        out = certificate_record(cert, key, rec.id, self.clock(), replaces)
+        self.store.add_certificate(out)
+        self.refresh()
+        return out
+
+    def rotate(self, serial: str, csr: bytes, overlap: timedelta | None = None,
+               lifetime: timedelta | None = None) -> CertificateRecord:
+        old = self.store.certificate(serial)
+        if old is None or old.status != "active":
+            raise AdminRefused(404, "unknown-certificate", f"no active certificate {serial}")
+        new = self.issue(old.principal, csr, lifetime, replaces=serial)
+        self.store.schedule_retirement(serial, self.clock() + (overlap or self.rotation_overlap))
+        return new
+
+    def revoke(self, serial: str, reason: str) -> CertificateRecord:
+        if not self.store.revoke_certificate(serial, reason, self.clock()):
+            raise AdminRefused(404, "unknown-certificate", f"no active certificate {serial}")
+        self.metrics.revocations.labels(_reason_label(reason)).inc()
+        self.refresh()
+        rec = self.store.certificate(serial)
+        assert rec is not None
+        return rec
+
+    def set_disabled(self, principal: PrincipalKey, disabled: bool, actor: str,
+                     reason: str) -> list[str]:
+        """D8: a leaver is blocked at once: every certificate revoked, every
+        request refused. Re-enabling revokes nothing back: new certificates
+        must be issued."""
+        key = self._principal(*principal)
+        self.store.set_principal_state(PrincipalState(key, disabled, self.clock(), reason, actor))
+        revoked = []
+        if disabled:
+            for rec in self.store.certificates(principal=key, status="active"):
+                self.store.revoke_certificate(rec.serial, "cessation-of-operation",
+                                              self.clock())
+                self.metrics.revocations.labels("cessation-of-operation").inc()
+                revoked.append(rec.serial)
+        self.refresh()
+        return revoked
+
+    # -- the gateway's own material --------------------------------------------
+    def rotate_server_certificate(self) -> CertificateRecord:
+        rec, ca = self.active_ca()
+        issued = ca.issue_server(["localhost"], ["127.0.0.1", "::1"], now=self.clock())
+        write_private(self.server_key, issued.key_pem())
+        self.server_cert.write_bytes(issued.cert_pem())
+        out = certificate_record(issued.certificate, SERVER_PRINCIPAL, rec.id, self.clock())
+        self.store.add_certificate(out)
+        self.refresh()
+        return out
+
+    def rotate_ca(self, overlap: timedelta) -> CaRecord:
+        """A new CA issues from now on; the old one stays trusted for the
+        overlap, then is removed (and the server certificate moves over)."""
+        old, _ = self.active_ca()
+        subject = x509.load_pem_x509_certificate(old.cert_pem.encode()).subject
+        cn = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        base = str(cn).split(" #", 1)[0]
+        new_ca = CertificateAuthority.create(f"{base} #{self.clock():%Y%m%d%H%M%S}",
+                                             now=self.clock())
+        new = CaRecord(ca_id(new_ca.certificate), new_ca.cert_pem().decode(),
+                       key_pem(new_ca.key).decode(), self.clock())
+        self.store.add_ca(new)
+        self.store.set_ca_status(old.id, "retiring", self.clock() + overlap)
+        self.refresh()
+        return new
+
+    def issue_upstream_identity(self, uri: str) -> tuple[bytes, bytes]:
+        """A client certificate for the gateway itself at an mTLS upstream."""
+        _, ca = self.active_ca()
+        issued = ca.issue_client(uri, now=self.clock())
+        return issued.cert_pem(), issued.key_pem()
+
+    def rotate_signing_key(self) -> str:
+        return self.keyring.rotate().kid
+
+    # -- time-driven work --------------------------------------------------
+    def maintain(self) -> None:
+        """Retire what is due: rotated predecessors at the end of their
+        overlap, CAs at the end of theirs, unneeded signing keys."""
+        now = self.clock()
+        changed = False
+        with self._lock:
+            for rec in self.store.due_retirements(now):
+                self.store.revoke_certificate(rec.serial, "superseded", now)
+                self.metrics.revocations.labels("superseded").inc()
+                self.record_admin_event("gateway", "certificate-retire", rec.serial,
+                                        "rotation overlap ended", "done")
+                changed = True
+            for ca_rec in self.store.cas():
+                if ca_rec.status == "retiring" and ca_rec.retire_at and ca_rec.retire_at <= now:
+                    server = x509.load_pem_x509_certificate(self.server_cert.read_bytes())
+                    if self._issuer_id(server) == ca_rec.id:
+                        self.rotate_server_certificate()
+                    self.store.set_ca_status(ca_rec.id, "retired", None)
+                    self.record_admin_event("gateway", "ca-retire", ca_rec.id,
+                                            "CA overlap ended", "done")
+                    changed = True
+            # The CRLs are re-signed well before they expire: an expired CRL
+            # would refuse every handshake (the listeners check it).
+            if self._crl_signed_at is not None and \
+                    now - self._crl_signed_at >= self.crl_next_update / 2:
+                changed = True
+            if changed:
+                self.refresh()
+            self.keyring.maintain(now)
+            seen, self._seen = self._seen, {}
+            if seen:
+                self.store.record_last_seen(seen)
+        self.metrics.signing_key_age.set(self.keyring.age_seconds(now))
+
+    # -- access review (D8) ------------------------------------------------
+    def review(self) -> list[dict[str, Any]]:
+        """One row per declared principal; ``two_person`` lists the
+        certificates issued under the two-person rule and by whom (D6)."""
+        dual: dict[str, list[dict[str, str]]] = {}
+        for item in self.store.pending_actions(status="done"):
+            if item.action in ("certs-issue", "certs-rotate") and item.result:
+                serial = json.loads(item.result).get("serial", "")
+                dual.setdefault(item.principal, []).append({
+                    "serial": serial, "pending": item.id, "requested_by": item.requester,
+                    "approved_by": item.approver or ""})
+        last = self.store.last_seen()
+        last.update(self._seen)
+        states = {s.key: s for s in self.store.principal_states()}
+        rows = []
+        for tenant in self.registry():
+            for p in tenant.principals.values():
+                key = (tenant.id, p.kind, p.name)
+                certs = self.store.certificates(principal=key)
+                seen = last.get(key)
+                state = states.get(key)
+                rows.append({
+                    "tenant": tenant.id, "tenant_kind": tenant.kind, "principal_kind": p.kind,
+                    "principal": p.name, "team": p.team or "",
+                    "roles": sorted(p.roles),
+                    "admin_grants": sorted(p.roles & ADMIN_ROLES),
+                    "disabled": bool(state and state.disabled),
+                    "certificates": [{"serial": c.serial, "status": c.status,
+                                      "not_after": c.not_after.isoformat()} for c in certs],
+                    "last_used": seen.isoformat() if seen else None,
+                    "two_person": dual.get("/".join(key), []),
+                })
+        return rows
+
+
+ADMIN_ROLES = frozenset({"security-admin", "vault-approver", "auditor"})
+_REASON_LABELS = frozenset({"key-compromise", "superseded", "cessation-of-operation",
+                            "affiliation-changed", "unspecified"})
+
+
+def _reason_label(reason: str) -> str:
+    # Free-text reasons go to the audit event; the metric label stays bounded.
+    return reason if reason in _REASON_LABELS else "unspecified"

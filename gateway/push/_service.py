@@ -1,0 +1,398 @@
+"""Pushed data: intake, per-tenant delivery over mTLS, back-pressure (issue 5).
+
+The HES posts a daily batch to ``POST /push/hes/batches``. The pure router
+(:mod:`gateway.core.push`) gives every record to the tenant owning the meter
+at the reading's time, or to quarantine with a reason. Each tenant's part is
+stored, encrypted, in the outbox in one transaction; the answer accounts for
+every record. One delivery loop per tenant drains its own queue, so a
+receiver that is down or slow fills only its own queue; a tenant whose queue
+is full gets its records refused (429, the HES re-posts them) rather than
+dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import ssl
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+
+from gateway.audit import AuditSink
+from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
+from gateway.core.jsonlimits import (
+    MAX_DEPTH,
+    DuplicateKey,
+    TooDeep,
+    check_depth,
+    loads_limited,
+    unique_object,
+)
+from gateway.core.model import Caller
+from gateway.core.push import (
+    ISOLATION_REASONS_PUSH,
+    BatchRejected,
+    Quarantined,
+    batch_fingerprint,
+    route_batch,
+)
+from gateway.core.push_days import FORMAT as DAYS_FORMAT
+from gateway.core.push_days import KIND as DAYS_KIND
+from gateway.core.push_days import route_meter_days
+from gateway.core.pushscan import Spans, scan_days
+from gateway.core.pushtrust import intake_refusal
+from gateway.core.relations import RelationIndex
+from gateway.errors import RequestRefused
+from gateway.metrics import GatewayMetrics
+from gateway.problem import new_incident_id
+from gateway.push._outbox import EncodedPart, Outbox, Part, RetryPolicy, part_key
+
+log = logging.getLogger("gateway.push")
+# A booking naming another coordinator or operator than the feed: misrouting (D1).
+ISOLATION_REASONS_CMH = frozenset({"coordinator-mismatch", "operator-mismatch"})
+# Receiver answers that will not get better by retrying (a poison part).
+DEFAULT_RETRY = RetryPolicy()
+_PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
+_COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
+    """A part of per-record readings: encoded once, when it is stored."""
+    return lambda: _COMPACT(list(records)).encode()
+
+
+def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
+    """A part of meter-days: their texts are JSON already (ASCII)."""
+    return lambda: ("[" + ",".join(meter_days) + "]").encode()
+
+
+def delivery_body(part: Part, records: bytes) -> bytes:
+    """What the receiver gets: the stored array inside its envelope, not re-encoded.
+    ``{"batch_id", "tenant", "kind", "records": [...]}``, or for meter-days
+    ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``."""
+    head = _COMPACT({"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind})
+    if part.kind == DAYS_KIND:
+        member = f',"format":"{DAYS_FORMAT}","readings":{part.records},"meter_days":'
+    else:
+        member = ',"records":'
+    return b"".join((head[:-1].encode(), member.encode(), records, b"}"))
+
+
+class PushService:
+    def __init__(self, *, outbox: Outbox, relations: Callable[[], RelationIndex],
+                 endpoints: Mapping[str, str], client_tls: ssl.SSLContext,
+                 metrics: GatewayMetrics, audit: AuditSink,
+                 max_pending_records: int = 5_000_000, retry: RetryPolicy = DEFAULT_RETRY,
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        self.outbox = outbox
+        self.relations = relations
+        self.endpoints = dict(endpoints)
+        self.client_tls = client_tls
+        self.metrics = metrics
+        self.audit = audit
+        self.max_pending_records = max_pending_records
+        self.retry = retry
+        self.clock = clock
+        self._wake: dict[str, asyncio.Event] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- intake ----------------------------------------------------------------
+    @staticmethod
+    def authorize(caller: Caller, intake: str) -> None:
+        """D1: only the pushers of the shared system that declares ``intake``
+        (``push_intake`` in its tenant file). Needs no body: called before it is read."""
+        reason = intake_refusal(caller.principal.roles,
+                                caller.tenant.attributes.get("push_intake"), intake)
+        if reason is not None:
+            raise RequestRefused(403, reason)
+
+    def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
+        """Route and enqueue one batch; returns (status, accounting, incident).
+        The batch's ``format`` chooses the router: absent, one record per reading
+        (issue 5); ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
+        self.authorize(caller, "hes")
+        text: str | None = None
+        spans = None
+        try:
+            # Nesting capped before a parser recurses (meter-days too): 400, not 500.
+            check_depth(raw, MAX_DEPTH)
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
+                batch = json.loads(raw, object_pairs_hook=unique_object)
+            else:
+                batch, spans = scan_days(text)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            # D1: meter-days go out as posted; one reading per key, or none.
+            raise RequestRefused(400, "body-duplicate-key") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, "body-malformed-json") from exc
+        if isinstance(batch, Mapping) and batch.get("format") is not None:
+            return self._intake_days(caller, raw, batch, text, spans)
+        try:
+            routed = route_batch(batch, self.relations(), self.clock())
+        except BatchRejected as exc:
+            raise RequestRefused(exc.status, exc.reason) from exc
+        # Issue 5's contract: the fingerprint is of the content, not of its spelling.
+        fingerprint = batch_fingerprint(routed.batch_id, batch["records"])
+        parts = [(tenant, len(records), _encoder(records))
+                 for tenant, records in sorted(routed.parts.items())]
+        return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
+                             routed.quarantined, parts, "hes-readings", {})
+
+    def _intake_days(self, caller: Caller, raw: bytes, batch: Mapping[str, Any],
+                     text: str | None, spans: Spans | None) -> tuple[int, dict[str, Any], str]:
+        try:
+            routed = route_meter_days(batch, self.relations(), self.clock(), text=text,
+                                      spans=spans)
+        except BatchRejected as exc:
+            raise RequestRefused(exc.status, exc.reason) from exc
+        # The bytes as posted: a re-post must be byte for byte the same batch.
+        fingerprint = "sha256-body:" + hashlib.sha256(raw).hexdigest()
+        parts = [(tenant, part.readings, _joiner(part.meter_days))
+                 for tenant, part in sorted(routed.parts.items())]
+        return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
+                             routed.quarantined, parts, DAYS_KIND,
+                             {"format": DAYS_FORMAT, "meter_days": routed.meter_days})
+
+    def _enqueue(self, caller: Caller, batch_id: str, fingerprint: str, received: int,
+                 quarantine: tuple[Quarantined, ...],
+                 parts: list[tuple[str, int, Callable[[], bytes]]], kind: str,
+                 extra: dict[str, Any]) -> tuple[int, dict[str, Any], str]:
+        """Store what is routed (one transaction), answer for every reading."""
+        source = caller.tenant.id
+        # D1: batch ids are the source system's own namespace.
+        known = self.outbox.batch(batch_id, source)
+        if known is not None and known["fingerprint"] != fingerprint:
+            raise RequestRefused(409, "batch-id-reused-with-other-content")
+        incident = new_incident_id()
+        parts_out, to_store = [], []
+        queued = refused = 0
+        for tenant, count, encode in parts:
+            stored = (self.outbox.part_of(source, batch_id, tenant) if known is not None
+                      else None)
+            part_id = stored[0] if stored else part_key(source, batch_id, tenant)
+            if stored is not None:
+                status = "already-queued"  # an idempotent re-post
+                queued += count
+            elif tenant not in self.endpoints:
+                status = "refused-no-endpoint"
+                refused += count
+            elif self.outbox.pending_records(tenant) + count > self.max_pending_records:
+                status = "refused-queue-full"  # back-pressure: this tenant only
+                refused += count
+            else:
+                status = "queued"
+                queued += count
+                to_store.append(EncodedPart(part_id, tenant, kind, count, encode()))
+            parts_out.append({"tenant": tenant, "records": count, "status": status,
+                              "idempotency_key": part_id})
+        quarantined = sum(q.count for q in quarantine)
+        if to_store or known is None:
+            self.outbox.enqueue_encoded(batch_id=batch_id, source=source,
+                                        fingerprint=fingerprint, received=received,
+                                        quarantined=quarantined, parts=to_store)
+        for part in to_store:
+            self.metrics.push_records.labels(source, part.tenant, "queued").inc(part.records)
+            self._wake_up(part.tenant)
+        violations = sum(q.count for q in quarantine if q.reason in ISOLATION_REASONS_PUSH)
+        if violations:
+            self.metrics.isolation_violations.labels(source, "push", "push").inc(violations)
+        if quarantined and known is None:
+            self.metrics.push_records.labels(source, "none", "quarantined").inc(quarantined)
+        reasons: dict[str, int] = {}
+        for q in quarantine:
+            reasons[q.reason] = reasons.get(q.reason, 0) + q.count
+        self.audit.record({"event": "push-batch", "incident": incident, "tenant": source,
+                           "batch_id": batch_id, "received": received,
+                           "queued": queued, "quarantined": quarantined,
+                           "refused": refused, "quarantine_reasons": reasons, **extra,
+                           "parts": [{k: p[k] for k in ("tenant", "records", "status")}
+                                     for p in parts_out]})
+        if kind == DAYS_KIND:
+            listed = [{"index": q.index, "first": q.first, "count": q.count,
+                       "reason": q.reason, "meter": q.meter} for q in quarantine]
+        else:
+            listed = [{"index": q.index, "reason": q.reason, "meter": q.meter}
+                      for q in quarantine]
+        doc = {"batch_id": batch_id, "received": received, "queued": queued,
+               "quarantined": quarantined, "refused": refused, **extra,
+               "parts": parts_out, "incident": incident, "quarantine": listed}
+        # Every reading accounted for: queued + quarantined + refused == received.
+        assert queued + quarantined + refused == received
+        return (429 if refused else 202), doc, incident
+
+    def intake_cmh(self, caller: Caller, raw: bytes, tenant_kinds: Mapping[str, str],
+                   coordinators: frozenset[str]) -> tuple[int, dict[str, Any], str]:
+        """A household request booked on the portal, fanned out per operator,
+        once the trusted feed confirms its coordinator and operators (D1)."""
+        self.authorize(caller, "cmh")
+        try:
+            request = loads_limited(raw, max_depth=MAX_DEPTH)
+            fanout = split_request(request, tenant_kinds, coordinators)
+        except TooDeep as exc:
+            raise RequestRefused(400, "body-too-deep") from exc
+        except DuplicateKey as exc:
+            raise RequestRefused(400, "body-duplicate-key") from exc
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise RequestRefused(400, "body-malformed-json") from exc
+        except FanoutRejected as exc:
+            raise RequestRefused(422 if exc.reason == "ean-for-telecom" else 400,
+                                 exc.reason) from exc
+        mismatch = booking_quarantine(request, self.relations(), self.clock())
+        if mismatch is not None:
+            return self._quarantine_booking(caller, fanout.request_id, fanout.coordinator,
+                                            *mismatch)
+        missing = sorted(t for t in fanout.parts if t not in self.endpoints)
+        if missing:
+            raise RequestRefused(409, "operator-without-endpoint")
+        fingerprint = hashlib.sha256(raw).hexdigest()
+        source, batch_id = caller.tenant.id, f"cmh/{fanout.request_id}"
+        known = self.outbox.batch(batch_id, source)
+        if known is not None and known["fingerprint"] != fingerprint:
+            raise RequestRefused(409, "request-id-reused-with-other-content")
+        incident = new_incident_id()
+        store = [(part_key(source, batch_id, t), t, "cmh-request", [part])
+                 for t, part in sorted(fanout.parts.items())]
+        if known is None:
+            self.outbox.enqueue(batch_id=batch_id, source=source,
+                                fingerprint=fingerprint, received=1, quarantined=0,
+                                parts=store)
+            for _, tenant, _, _ in store:
+                self._wake_up(tenant)
+        self.audit.record({"event": "cmh-fanout", "incident": incident,
+                           "tenant": caller.tenant.id, "request": fanout.request_id,
+                           "operators": sorted(fanout.parts),
+                           "outcome": "queued" if known is None else "already-queued"})
+        return 202, {"request": fanout.request_id, "coordinator": fanout.coordinator,
+                     "operators": sorted(fanout.parts), "queued": 1, "quarantined": 0,
+                     "quarantine": [], "incident": incident}, incident
+
+    def _quarantine_booking(self, caller: Caller, request_id: str, coordinator: str,
+                            reason: str, connection: str | None
+                            ) -> tuple[int, dict[str, Any], str]:
+        """A booking the feed contradicts goes to nobody; it is not stored, so the
+        portal may post the corrected booking under the same id."""
+        source = caller.tenant.id
+        incident = new_incident_id()
+        self.metrics.push_records.labels(source, "none", "quarantined").inc()
+        if reason in ISOLATION_REASONS_CMH:
+            self.metrics.isolation_violations.labels(source, "push", "push").inc()
+        self.audit.record({"event": "cmh-fanout", "incident": incident, "tenant": source,
+                           "request": request_id, "operators": [], "outcome": "quarantined",
+                           "quarantine_reasons": {reason: 1}, "connection": connection})
+        return 202, {"request": request_id, "coordinator": coordinator, "operators": [],
+                     "queued": 0, "quarantined": 1,
+                     "quarantine": [{"reason": reason, "connection": connection}],
+                     "incident": incident}, incident
+
+    def notify_status(self, request_id: str, connection: Mapping[str, Any],
+                      coordinators: set[str], by: str) -> None:
+        """An operator's status update flows to the coordinating DSO only (the
+        portal has it already: the update went through the gateway to it)."""
+        for coordinator in sorted(coordinators):
+            if coordinator == by or coordinator not in self.endpoints:
+                continue
+            key = f"cmh/{request_id}/status/{connection.get('id')}/{new_incident_id()}"
+            self.outbox.enqueue(batch_id=key, source=by, fingerprint=key, received=1,
+                                quarantined=0,
+                                parts=[(key, coordinator, "cmh-status",
+                                        [{"request": request_id, "by": by,
+                                          "connection": dict(connection)}])])
+            self._wake_up(coordinator)
+
+    # -- delivery ----------------------------------------------------------------
+    def _wake_up(self, tenant: str) -> None:
+        event = self._wake.get(tenant)
+        if event is not None:
+            event.set()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(ssl=self.client_tls, limit_per_host=4),
+            timeout=aiohttp.ClientTimeout(total=30, sock_connect=3))
+        for tenant in self.endpoints:
+            self._wake[tenant] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._deliver_loop(tenant)))
+        self._tasks.append(asyncio.create_task(self._stats_loop()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _deliver_loop(self, tenant: str) -> None:
+        wake = self._wake[tenant]
+        while True:
+            parts = await asyncio.to_thread(self.outbox.due, tenant)
+            for part in parts:
+                await self._deliver(part)
+            if not parts:
+                wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    # New parts wake the loop at once; the poll only catches retries.
+                    await asyncio.wait_for(wake.wait(), timeout=1.0)
+
+    async def _deliver(self, part: Part) -> None:
+        assert self._session is not None
+        # Decrypt off the event loop; the stored bytes go out as they are.
+        body = delivery_body(part, await asyncio.to_thread(self.outbox.payload_bytes, part))
+        try:
+            async with self._session.post(
+                    self.endpoints[part.tenant],
+                    # A BytesIO, not the bytes: aiohttp writes a large body in
+                    # chunks (and warns of raw bytes over 1 MiB, which a part may be).
+                    data=aiohttp.BytesIOPayload(io.BytesIO(body),
+                                                content_type="application/json"),
+                    headers={"Idempotency-Key": part.id}) as resp:
+                status = resp.status
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            status, error = 0, type(exc).__name__
+        else:
+            error = f"http-{status}"
+        if 200 <= status < 300:
+            await asyncio.to_thread(self.outbox.acknowledged, part.id)
+            self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
+            self.metrics.push_records.labels(self._source(part), part.tenant,
+                                             "delivered").inc(part.records)
+            self.audit.record({"event": "push-delivered", "incident": new_incident_id(),
+                               "tenant": part.tenant, "batch_id": part.batch_id,
+                               "records": part.records, "attempts": part.attempts + 1})
+            return
+        permanent = status in _PERMANENT
+        outcome = await asyncio.to_thread(self.outbox.failed, part, error, self.retry,
+                                          permanent=permanent)
+        self.metrics.delivery_attempts.labels(
+            part.tenant, "rejected" if permanent else "error").inc()
+        if outcome == "dead":
+            self.metrics.push_records.labels(self._source(part), part.tenant,
+                                             "dead_letter").inc(part.records)
+            self.audit.record({"event": "push-dead-letter", "incident": new_incident_id(),
+                               "tenant": part.tenant, "batch_id": part.batch_id,
+                               "records": part.records, "error": error})
+            log.error("part %s is a dead letter after %s", part.id, error)
+
+    def _source(self, part: Part) -> str:
+        return part.source or "unknown"
+
+    async def _stats_loop(self) -> None:
+        while True:
+            stats = await asyncio.to_thread(self.outbox.stats)
+            for tenant in self.endpoints:
+                pending, age, _dead = stats.get(tenant, (0, 0.0, 0))
+                self.metrics.outbox_pending.labels(tenant).set(pending)
+                self.metrics.outbox_oldest_age.labels(tenant).set(age)
+            await asyncio.sleep(1.0)
