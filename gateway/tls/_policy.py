@@ -33,7 +33,7 @@ GROUPS = "X25519:P-256:P-384"
 FALLBACK_GROUP = "prime256v1"
 _SSL_CTRL_SET_GROUPS_LIST = 92  # openssl/ssl.h: SSL_CTX_set1_groups_list() is this ctrl
 
-log = logging.getLogger("gateway.edge")
+log = logging.getLogger("gateway.tls")
 
 
 @functools.cache
