@@ -29,7 +29,7 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
 # Issue 7's benchmark (bench/README.md): gateway vs nginx vs a naive aiohttp
 # proxy vs the bare upstream, on loopback; installs nginx, uvloop and py-spy.
