@@ -31,7 +31,7 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
-# Issue 7's benchmark (bench/README.md): gateway vs nginx vs a naive aiohttp
+# The benchmark (bench/README.md): gateway vs nginx vs a naive aiohttp
 # proxy vs the bare upstream, on loopback; installs nginx, uvloop and py-spy.
 .PHONY: bench
 bench: $(STAMP)

@@ -1,4 +1,4 @@
-"""The reference *naive* aiohttp reverse proxy of issue 7.
+"""The reference *naive* aiohttp reverse proxy the benchmark compares against.
 
 What anyone would write in an afternoon: ``aiohttp.web`` with mutual TLS on
 its listener (client certificate required, same CA and server certificate as

@@ -1,4 +1,4 @@
-"""Noisy neighbours and a receiver that is down (issues 8 item 3 and 5 item 6).
+"""Noisy neighbours and a receiver that is down (D1 availability).
 
 Not part of the test suite: a bounded benchmark that prints figures.
 

@@ -1,4 +1,4 @@
-"""Relations at national scale (issue 7, item 3): generate, load, decide, reload.
+"""Relations at national scale: generate, load, decide, reload.
 
     .venv/bin/python bench/relations.py                        # 10,000,000 relations
     .venv/bin/python bench/relations.py --relations 200000     # a quick run

@@ -1,4 +1,4 @@
-"""Issue 7's benchmark: the gateway side by side with nginx, a naive aiohttp
+"""The benchmark: the gateway side by side with nginx, a naive aiohttp
 proxy and the bare upstream, in one run, on loopback only.
 
 Run it through ``bench/run.sh`` (or ``make bench``), which installs nginx and
@@ -58,7 +58,7 @@ from gateway.demo._stack import Stack
 from gateway.demo.simulators.hes import meter_rec
 
 HOST = "127.0.0.1"
-TARGETS = {  # issue 7's bar, as ratios measured in the same run
+TARGETS = {  # the performance bar, as ratios measured in the same run
     "rps_vs_naive": 1.2, "rps_vs_nginx": 0.20, "handshake_vs_nginx": 0.5,
     "p99_added_ms": 5.0, "push_meter_days_per_core_s": 50_000,
 }
@@ -1115,7 +1115,7 @@ def profile_report(r: dict[str, Any]) -> str:
 
 # -- main ------------------------------------------------------------------------
 def main() -> int:
-    ap = argparse.ArgumentParser(description="issue 7's benchmark (see bench/README.md)")
+    ap = argparse.ArgumentParser(description="the benchmark (see bench/README.md)")
     ap.add_argument("--work", default=str(REPO / "var" / "bench"))
     ap.add_argument("--rounds", type=int, default=3, help="interleaved keep-alive rounds")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per keep-alive run")
@@ -1133,7 +1133,7 @@ def main() -> int:
     ap.add_argument("--batch-meters", type=int, default=0,
                     help="meters per pushed batch (default 1,000; 10,000 with meter-days)")
     ap.add_argument("--push-format", choices=("records", "meter-days"), default="records",
-                    help="push one JSON object per reading (issue 5) or per meter-day "
+                    help="push one JSON object per reading (the per-record format) or per meter-day "
                          "(meter-days/v1)")
     ap.add_argument("--memory-budget-mb", type=int, default=0,
                     help="gateway limits.memory_budget_mb (default: the gateway's own, raised "
@@ -1199,7 +1199,7 @@ def main() -> int:
     (run_dir / "bodies.json").write_text(json.dumps(bodies))
     b.results["body_bytes"] = len(json.dumps(bodies[b.serial]))
     registry = stack.registry
-    hes_tenants = sorted(t.id for t in registry if t.attributes.get("hes_consortium"))
+    hes_tenants = sorted(t.id for t in registry if "hes_consortium" in t.memberships)
     kinds = {t.id: t.kind for t in registry}
     rel_path = run_dir / "relations-bench.json"
     write_relations(run_dir / "stack" / "relations.json", rel_path,

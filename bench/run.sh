@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7's benchmark in one command (see bench/README.md):
+# The benchmark in one command (see bench/README.md):
 #
 #   bash bench/run.sh            # or: make bench
 #   bash bench/run.sh --quick    # a smoke run: 1 round, 4 s runs, 2,000 meters

@@ -68,7 +68,7 @@ def available(ep: dict[str, Any], seconds: float) -> int:
 def slow_headers(ep: dict[str, Any]) -> int:
     limit = ep.get("header_timeout_s")
     if limit is None:
-        print("slow headers: the gateway has no header-read deadline (issue 8 item 1)")
+        print("slow headers: the gateway has no header-read deadline (the edge limits)")
         return 1
     ctx = _context(ep)
     raw = socket.create_connection((ep["host"], ep["data_port"]), timeout=GIVE_UP_S)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Conformance checks of the gateway's edge (issue 8 items 6 and 7), against the
+# Conformance checks of the gateway's edge, against the
 # real demo stack on kernel-chosen loopback ports:
 #
 #   1. sslyze, with a client certificate, on the data and the admin plane:

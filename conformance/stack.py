@@ -35,7 +35,7 @@ def endpoints(stack: Stack) -> dict[str, object]:
         "data_key": str(pki.client_key("ores", "api").resolve()),
         "admin_cert": str(pki.client_cert("ores", "alice").resolve()),
         "admin_key": str(pki.client_key("ores", "alice").resolve()),
-        # The header-read deadline (issue 8 edge limits); None where this
+        # The header-read deadline (the edge limits); None where this
         # build has none, which the slow-headers probe reports as a failure.
         "header_timeout_s": getattr(getattr(gw.config, "limits", None), "header_timeout_s",
                                     None),

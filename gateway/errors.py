@@ -2,16 +2,34 @@
 
 ::
 
-    GatewayError
-    ├── ConfigError      bad configuration or tenant file, at start-up
-    ├── RequestRefused   the caller is at fault or not allowed (4xx)
-    └── UpstreamFailed   the shared system failed or misbehaved (502/504)
+    GatewayError                  every error the gateway raises on purpose
+    ├── ConfigError               configuration, tenant file or key file unusable, at start-up
+    │   └── TlsMaterialError        (tls) server TLS material that cannot be served
+    ├── RequestRefused            the caller is at fault or not allowed (4xx): status + reason
+    │   ├── CredentialRefused       (edge) a known principal, revoked or disabled
+    │   ├── AdminRefused            (pki) an admin-plane action refused (with a detail)
+    │   ├── CsrRefused              (pki) a CSR the CA will not sign
+    │   └── InvalidAssertion        (pki) a gateway assertion a shared system must refuse
+    ├── UpstreamFailed            the shared system failed or misbehaved (502/504)
+    ├── ClientError               (upstream) the HTTP client's wire errors; they never leave
+    │                             gateway.upstream, which translates them into UpstreamFailed
+    ├── GatewayFailed             the gateway cannot keep a promise: fail closed (503)
+    │   ├── AuditWriteFailed        (audit) no trace, no request
+    │   └── VaultError              (vault) locked, tampered, or no such secret
+    └── AdminCallFailed           (admin CLI) the admin plane unreachable (exit 3)
+        └── AdminCallRefused        ... or it refused the client certificate (exit 4)
+
+The pure core raises :class:`gateway.core.rejected.Rejected` (a reason and the
+status the caller should see); :meth:`RequestRefused.from_core` turns it into a
+refusal, at the boundary, in one place.
 
 Callers see a problem document with a status, a short title and an incident
 id; the precise ``reason`` goes to the audit event and a metric label only.
 """
 
 from __future__ import annotations
+
+from gateway.core.rejected import Rejected
 
 
 class GatewayError(Exception):
@@ -31,9 +49,21 @@ class RequestRefused(GatewayError):
         self.headers = headers or {}
         self.detail = detail  # shown to the caller instead of the default (a limit's value)
 
+    @classmethod
+    def from_core(cls, rejected: Rejected, *,
+                  headers: dict[str, str] | None = None) -> RequestRefused:
+        """The refusal the caller gets for what the core rejected: its status
+        and reason, nothing of its detail (that stays in the log)."""
+        return cls(rejected.status, rejected.reason, headers=headers)
+
 
 class UpstreamFailed(GatewayError):
     def __init__(self, status: int, reason: str) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+class GatewayFailed(GatewayError):
+    """The gateway cannot do what it promised (write its audit trail, open its
+    vault): it refuses rather than act without it."""

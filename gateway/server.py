@@ -50,7 +50,7 @@ from gateway.problem import new_incident_id
 from gateway.push import Outbox, PushService
 from gateway.state import SqliteStore
 from gateway.tenants import TenantRegistry, load_tenants
-from gateway.tls import ServerTls, client_context, install_read_buffer
+from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
 from gateway.vault import (
     BreakGlass,
@@ -91,6 +91,11 @@ def load_master_keys(config: GatewayConfig) -> MasterKeys:
 
 
 class Gateway:
+    # Built in __init__; named here because callables handed to earlier
+    # collaborators refer to them (the pool and the vault side need each other).
+    breakglass: BreakGlass
+    upstream_creds: UpstreamCredentials
+
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.metrics = GatewayMetrics()
@@ -112,7 +117,7 @@ class Gateway:
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
         self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
-        # D10: hash-chained, checkpoints signed with the audit key (issue 6).
+        # D10: hash-chained, checkpoints signed with the audit key.
         self.audit_keys = AuditKeys(config.data_dir / "audit-key")
         self.audit = ChainedAuditLog(
             config.data_dir / "audit.jsonl", self.audit_keys.key, self.audit_keys.kid,
@@ -121,34 +126,35 @@ class Gateway:
             segment_max_bytes=config.audit.segment_max_bytes,
             segment_max_age_s=config.audit.segment_max_age_s)
         ca = config.ca
+        self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
+                                  syslog=_syslog_sink(config.soc_syslog))
         self.credentials = Credentials(
             store=self.store, trust_domain=config.trust_domain, registry=lambda: self.registry,
-            keyring=self.keyring, metrics=self.metrics, audit=self.audit,
+            keyring=self.keyring, metrics=self.metrics, audit=self.audit, soc=self.soc,
             server_cert=config.server_cert, server_key=config.server_key,
             trust_bundle=config.trust_bundle,
             policy=IssuancePolicy(
                 default_lifetime=timedelta(days=ca.client_lifetime_days if ca else 30),
                 max_lifetime=timedelta(days=ca.max_lifetime_days if ca else 90)),
             rotation_overlap=timedelta(seconds=config.rotation_overlap_s),
-            crl_next_update=timedelta(seconds=ca.crl_next_update_s if ca else 86400))
+            crl_next_update=timedelta(seconds=ca.crl_next_update_s if ca else 86400),
+            # D8: a leaver's break-glass leases end at once, and what it held rotates.
+            on_disable=[lambda key: self.breakglass.end_leases_of(key, "principal disabled")])
         self.credentials.bootstrap(ca.cert if ca else None, ca.key if ca else None)
-        material = self.credentials.material()
-        # With a CA of our own, CRLs are checked in every handshake too.
-        self.server_tls = ServerTls(material, check_crl=bool(material.crl_pems))
-        self.credentials.server_tls = self.server_tls
-        self.upstreams = UpstreamPool(config.upstreams, self.metrics)
-        self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
-                                  syslog=_syslog_sink(config.soc_syslog))
-        self.credentials.soc = self.soc
+        self.server_tls = self.credentials.serve_tls()
+        # mTLS upstreams: the client certificate (from the vault) is the
+        # credential. The pool and the vault side need each other: the pool
+        # asks through this callable, bound once both exist.
+        self.upstreams = UpstreamPool(
+            config.upstreams, self.metrics,
+            client_identity=lambda name: self.upstream_creds.client_identity(name))
         vc = config.vault
         self.upstream_creds = UpstreamCredentials(
             self.vault, self.upstreams, self.metrics,
-            max_age=timedelta(days=vc.upstream_max_age_days), grace_s=vc.rotation_grace_s)
+            max_age=timedelta(days=vc.upstream_max_age_days), grace_s=vc.rotation_grace_s,
+            issue_identity=lambda name: self.credentials.issue_upstream_identity(
+                identity_uri(config.trust_domain, name)))
         self.upstream_creds.load(config.upstreams)
-        # mTLS upstreams: the client certificate (from the vault) is the credential.
-        self.upstreams.client_identity = self.upstream_creds.client_identity
-        self.upstream_creds.issue_identity = lambda name: \
-            self.credentials.issue_upstream_identity(identity_uri(config.trust_domain, name))
         self.breakglass = BreakGlass(
             store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
             upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,
@@ -156,9 +162,6 @@ class Gateway:
             policy=BreakGlassPolicy(timedelta(seconds=vc.breakglass_max_duration_s),
                                     timedelta(seconds=vc.breakglass_emergency_duration_s),
                                     vc.approver_other_team))
-        # D8: a leaver's break-glass leases end at once, and what it held rotates.
-        self.credentials.on_disable.append(
-            lambda key: self.breakglass.end_leases_of(key, "principal disabled"))
         self.resolver = CallerResolver(self.registry, config.trust_domain,
                                        revocation=self.credentials.check)
         self.push = self._push_service(config)
@@ -211,8 +214,8 @@ class Gateway:
             data_key = os.urandom(32)
             self.vault.put(OUTBOX_KEY_ID, data_key, kind="data-key")
         self.outbox = Outbox(config.data_dir / "outbox.db", data_key)
-        endpoints = {t.id: str(t.attributes["push_endpoint"]) for t in self.registry
-                     if "push_endpoint" in t.attributes}
+        endpoints = {t.id: t.push_endpoint for t in self.registry
+                     if t.push_endpoint is not None}
         endpoints.update(config.push_endpoints)
         ctx = client_context(config.trust_bundle, config.push_cert, config.push_key)
         return PushService(outbox=self.outbox, relations=lambda: self._relations,

@@ -88,12 +88,13 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
     if prefix is not None and not (prefix.isdigit() and prefix.startswith("54")
                                    and 4 <= len(prefix) <= 10):
         raise _fail(where, "ean_prefix", "must be 4-10 digits starting with 54")
-    flags: dict[str, object] = {}
+    memberships: set[str] = set()
     for flag in ("cmh_coordinator", "hes_consortium"):
         value = doc.get(flag, False)
         if not isinstance(value, bool):
             raise _fail(where, flag, "must be true or false")
-        flags[flag] = value
+        if value:
+            memberships.add(flag)
     raw_principals = doc.get("principals")
     if not isinstance(raw_principals, list) or not raw_principals:
         raise _fail(where, "principals", "must be a non-empty array of tables")
@@ -104,17 +105,11 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
             # One certificate file per name under certs/<tenant>/: names are unique.
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
-    attributes: dict[str, object] = dict(flags)
-    quota = doc.get("quota")
-    if quota is not None:
-        attributes["quota"] = _parse_quota(quota, f"{where}: quota")
+    raw_quota = doc.get("quota")
+    quota = None if raw_quota is None else _parse_quota(raw_quota, f"{where}: quota")
     endpoint = _str(doc, "push_endpoint", where, required=False)
-    if endpoint is not None:
-        if not endpoint.startswith("https://"):
-            raise _fail(where, "push_endpoint", "must be an https:// URL (delivery is mTLS)")
-        attributes["push_endpoint"] = endpoint
-    if prefix is not None:
-        attributes["ean_prefix"] = prefix
+    if endpoint is not None and not endpoint.startswith("https://"):
+        raise _fail(where, "push_endpoint", "must be an https:// URL (delivery is mTLS)")
     intake = _str(doc, "push_intake", where, required=False)
     if intake is not None:
         # D1: the push intake this shared system owns; its pushers may post there only.
@@ -123,13 +118,13 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
                         f"unknown intake {intake!r} (known: {', '.join(sorted(PUSH_INTAKES))})")
         if kind != "shared-system":
             raise _fail(where, "push_intake", "only a shared-system tenant owns a push intake")
-        attributes["push_intake"] = intake
     assert name is not None and kind is not None
-    return Tenant(tid, name, kind, gln, principals, attributes)
+    return Tenant(tid, name, kind, gln, principals, frozenset(memberships), quota=quota,
+                  push_endpoint=endpoint, ean_prefix=prefix, push_intake=intake)
 
 
 def _parse_quota(raw: Any, where: str) -> Quota:
-    """Issue 8: a tenant's rate, burst and concurrency (noisy neighbours)."""
+    """D1 availability: a tenant's rate, burst and concurrency (noisy neighbours)."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: must be a table")
     unknown = set(raw) - set(Quota.__dataclass_fields__)
@@ -183,7 +178,7 @@ def load_tenants(directory: Path) -> TenantRegistry:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
         tenant = parse_tenant(doc, str(path), expected_id=path.stem)
-        intake = tenant.attributes.get("push_intake")
+        intake = tenant.push_intake
         if intake is not None:
             if intake in intakes:
                 # One shared system per intake: its batch ids are its own.

@@ -1,4 +1,4 @@
-"""The edge conformance suite (issue 8 items 6 and 7) as one test.
+"""The edge conformance suite (conformance/run.sh) as one test.
 
 ``conformance/run.sh`` installs sslyze (own venv), slowhttptest and openssl
 when missing, starts the demo stack on kernel-chosen ports and checks it:

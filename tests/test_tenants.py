@@ -17,7 +17,7 @@ def test_demo_tenants_cover_the_report() -> None:
     kinds = {t.id: t.kind for t in reg}
     hes = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]
     assert all(kinds[t] in ("dso", "water") for t in hes)
-    assert {t.id for t in reg if t.attributes["hes_consortium"]} == set(hes)  # seven companies
+    assert {t.id for t in reg if "hes_consortium" in t.memberships} == set(hes)  # seven companies
     assert sum(k == "supplier" for k in kinds.values()) >= 3
     assert "social-welfare" in kinds.values()
     assert "clearing-house" in kinds.values()
@@ -25,7 +25,7 @@ def test_demo_tenants_cover_the_report() -> None:
         ["water", "telecom", "telecom", "telecom"]
     assert kinds["engie-it"] == "it-provider"
     assert "shared-system" in kinds.values()
-    assert reg.tenants["ores"].attributes["cmh_coordinator"] is True
+    assert reg.tenants["ores"].cmh_coordinator is True
 
 
 def _load(tmp_path: Path, text: str, name: str = "acme") -> None:

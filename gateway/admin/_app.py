@@ -1,4 +1,4 @@
-"""The admin plane (issue 3): a JSON API on its own mTLS listener, for the
+"""The admin plane: a JSON API on its own mTLS listener, for the
 security team's principals only. Every call, refused or done, is audited with
 actor, action, target and reason.
 
@@ -41,7 +41,7 @@ from aiohttp import web
 from gateway.admin._certs import credential_executors, credential_routes
 from gateway.admin._duties import DualControl, Pending, pending_json, pending_routes
 from gateway.admin._request import AUDIT_EXTRA, CALLER, MAX_BODY_BYTES, Handler, RouteSet, read_body
-from gateway.edge import CallerResolver, CredentialRefused
+from gateway.edge import CallerResolver, CredentialRefused, headers_arrived
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.pki import AdminRefused, Credentials
@@ -52,21 +52,6 @@ log = logging.getLogger("gateway.admin")
 
 async def hide_banner(_: web.Request, response: web.StreamResponse) -> None:
     response.headers["Server"] = "gateway"  # no version banner
-
-
-@web.middleware
-async def headers_arrived(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The header-read deadline of the connection is met (gateway.edge._limits)."""
-    protocol = request.protocol
-    started = getattr(protocol, "gw_request_started", None)
-    if started is not None:
-        started()
-    try:
-        return await handler(request)
-    finally:
-        done = getattr(protocol, "gw_request_done", None)
-        if done is not None:
-            done()
 
 
 def _problem(status: int, detail: str, incident: str | None = None) -> web.Response:

@@ -1,4 +1,4 @@
-"""The credential actions of the admin plane (issue 3; D6, D7): certificates,
+"""The credential actions of the admin plane (D6, D7): certificates,
 principals, signing keys, the CA, the server certificate and the vault's
 rekey.
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.errors import GatewayError
 from gateway.tls import client_context
 
 DEFAULTS = {
@@ -28,7 +29,7 @@ DEFAULTS = {
 }
 
 
-class AdminCallFailed(Exception):
+class AdminCallFailed(GatewayError):
     """The admin plane cannot be reached (exit 3)."""
 
     exit_code = 3

@@ -1,4 +1,4 @@
-"""Admin-plane routes of the vault and break-glass (issue 4) and usage (issue 6). Roles:
+"""Admin-plane routes of the vault and break-glass and usage. Roles:
 ``security-admin`` manages the vault; ``privileged-user`` requests accounts;
 ``vault-approver`` decides and reviews; ``auditor`` reads."""
 

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from gateway.errors import GatewayFailed
+
 
 class AuditSink(Protocol):
-    def record(self, event: dict[str, Any]) -> None: ...
+    """Where audit events go: written before the answer is sent (fail closed)."""
+
+    @property
+    def writable(self) -> bool:
+        """False once the sink is closed or broken: callers refuse up front."""
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Write one event durably, or raise :class:`AuditWriteFailed`."""
 
 
-class AuditWriteFailed(Exception):
+class AuditWriteFailed(GatewayFailed):
     """The audit store could not be written; the request must not proceed."""

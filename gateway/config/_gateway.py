@@ -46,7 +46,7 @@ class Upstream:
 
 @dataclass(frozen=True, slots=True)
 class CaConfig:
-    """The gateway's own CA (issue 3): it issues tenant certificates from CSRs."""
+    """The gateway's own CA: it issues tenant certificates from CSRs."""
 
     cert: Path
     key: Path
@@ -70,7 +70,7 @@ class VaultConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
-    """The audit log's checkpoints, segments and raw-event retention (issue 6)."""
+    """The audit log's checkpoints, segments and raw-event retention."""
 
     checkpoint_every: int = 1000  # events between signed checkpoints
     checkpoint_interval_s: float = 60.0  # or this long, whichever comes first
@@ -100,7 +100,7 @@ class GatewayConfig:
     soc_syslog: str | None = None  # "udp://127.0.0.1:5514" or "tcp://..."
     # privileged account -> the upstream it belongs to
     accounts: Mapping[str, str] = field(default_factory=dict)
-    # Pushed data (issue 5): the gateway's client certificate for deliveries,
+    # Pushed data: the gateway's client certificate for deliveries,
     # endpoint overrides per tenant (else the tenant file's push_endpoint).
     push_cert: Path | None = None
     push_key: Path | None = None

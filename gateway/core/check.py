@@ -1,5 +1,5 @@
 """The response routing check: does every record in this answer belong to the
-caller? (DESIGN.md §3, issue 2 item 7.)
+caller? (DESIGN.md §3; D1.)
 
 ``check_response()`` is pure. It looks at every record id the route declares,
 checks it against the relation snapshot (never against anything the upstream

@@ -131,7 +131,7 @@ def decide(
         # D6: this kind of tenant has no business on this route at all.
         return _DENY_KIND
     member_of = route.member_of
-    if member_of is not None and not tenant.attributes.get(member_of):
+    if member_of is not None and member_of not in tenant.memberships:
         return _DENY_MEMBER  # D6: e.g. SWDE is not in the HES consortium
     required = route.required_role
     if required is not None and required not in principal.roles:
@@ -139,7 +139,7 @@ def decide(
     fast = route.path_resource
     if fast is None:
         return _decide_general(caller, route, facts, names, relations, now)
-    # A resource named in the path, no data window: most requests (issue 7's
+    # A resource named in the path, no data window: most requests (the per-request
     # decide() budget). The same checks as _decide_general, in the same order.
     kind, param, id_syntax = fast
     rid = facts.params.get(param)

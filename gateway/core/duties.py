@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from gateway.core.catalog import ROUTES
 from gateway.core.model import Principal
+from gateway.core.rejected import Rejected
 
 SECURITY_ADMIN = "security-admin"
 # The roles a shared system treats as privileged: each role one of its routes
@@ -156,9 +157,12 @@ TRANSITIONS: dict[tuple[str, str], str] = {
 FINAL = frozenset({DONE, FAILED, DENIED, EXPIRED})
 
 
-class InvalidTransition(ValueError):
+class InvalidTransition(Rejected, ValueError):
+    """An event the transition table does not allow in this state (409)."""
+
     def __init__(self, state: str, event: str) -> None:
-        super().__init__(f"{event!r} is not allowed for an item that is {state!r}")
+        super().__init__("invalid-transition",
+                         f"{event!r} is not allowed for an item that is {state!r}", status=409)
         self.state = state
         self.event = event
 

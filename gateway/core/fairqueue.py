@@ -1,5 +1,5 @@
-"""Fair queuing of an upstream's connection slots among tenants (issue 8
-item 3), pure: no I/O, no asyncio; the waiters are opaque tokens.
+"""Fair queuing of an upstream's connection slots among tenants (D1
+availability), pure: no I/O, no asyncio; the waiters are opaque tokens.
 
 An upstream has ``capacity`` slots (its keep-alive pool). While one is free
 and nobody waits, a request takes it at once. When all are busy, requests

@@ -28,6 +28,7 @@ from typing import Any
 
 from gateway.core.fields import CMH_SHARED_SITE_FIELDS
 from gateway.core.identifiers import is_plain_id
+from gateway.core.rejected import Rejected
 from gateway.core.relations import RelationIndex
 
 _EAN_LIKE = re.compile(r"(?<![0-9])54[0-9]{16}(?![0-9])")
@@ -64,10 +65,12 @@ def booking_quarantine(request: Mapping[str, Any], relations: RelationIndex,
     return None
 
 
-class FanoutRejected(Exception):
+class FanoutRejected(Rejected):
+    """A portal booking that cannot be split per tenant: 400, or 422 for an
+    EAN on a telecom operator's part (well-formed, but not what it may carry)."""
+
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
+        super().__init__(reason, detail, status=422 if reason == "ean-for-telecom" else 400)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Header hygiene between the caller and the upstream (issue 2, item 8).
+"""Header hygiene between the caller and the upstream.
 
 The gateway forwards an *allow-list* of end-to-end request headers and
 nothing else, so hop-by-hop headers (RFC 9110 §7.6.1), headers named in
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from gateway.core.rejected import Rejected
 
 # End-to-end headers an upstream may need. Everything else is dropped.
 FORWARDED = frozenset(
@@ -65,10 +67,8 @@ RESPONSE_FORWARDED = frozenset(
 )
 
 
-class HeaderRejected(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+class HeaderRejected(Rejected):
+    """A request header the gateway will not forward or interpret (400)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ def is_valid_ean(value: str) -> bool:
     """An 18-digit GSRN access-point id with a correct check digit.
 
     Equal to ``_valid_gs1(value, 18)`` (test_identifiers checks), computed
-    without a loop or a slice: on the path of every EAN decision (issue 7's
+    without a loop or a slice: on the path of every EAN decision (the per-request
     budget). The rule is sum(w * d) % 10 == 0 over all 18 digits, weight 1
     for the check digit and every other digit from it, 3 for the rest. Read
     in base 11, the digits weigh 11^k, which is 1 modulo 10: ``int(value, 11)``

@@ -27,6 +27,8 @@ import re
 from itertools import accumulate
 from typing import Any
 
+from gateway.core.rejected import Rejected
+
 # Arrays and objects inside each other in any JSON the data plane parses (a
 # client's body, a push, an upstream's answer); documented in gateway.edge._limits.
 MAX_DEPTH = 64
@@ -48,12 +50,19 @@ for _b in b"]}":
     _STEP[_b] = -1
 
 
-class TooDeep(ValueError):
-    """Arrays and objects nested deeper than the limit."""
+class TooDeep(Rejected, ValueError):
+    """Arrays and objects nested deeper than the limit. Where it is refused
+    names the reason (a request body, a push, an upstream's answer)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("too-deep", detail)
 
 
-class DuplicateKey(ValueError):
+class DuplicateKey(Rejected, ValueError):
     """A key twice in one object."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("duplicate-key", detail)
 
 
 def _text(raw: bytes | bytearray | str) -> str:

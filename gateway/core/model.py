@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple
 
+from gateway.core.quota import Quota
+
 TENANT_KINDS = frozenset(
     {
         "dso",
@@ -50,8 +52,18 @@ class Tenant:
     kind: str
     gln: str | None = None
     principals: Mapping[tuple[str, str], Principal] = field(default_factory=dict)
-    # Free-form, validated attributes other issues use (push endpoint, quotas).
-    attributes: Mapping[str, object] = field(default_factory=dict)
+    # Groups a route may require (``Route.member_of``): "hes_consortium" (D6:
+    # the HES is shared by the consortium's members only), "cmh_coordinator"
+    # (D1: a Connect My Home coordinator may book for other operators).
+    memberships: frozenset[str] = frozenset()
+    quota: Quota | None = None  # D1 availability: its own rate; None: the default
+    push_endpoint: str | None = None  # where its pushed data is delivered (D5), https://
+    ean_prefix: str | None = None  # its EAN-18 prefix (the demo dataset draws from it)
+    push_intake: str | None = None  # D1: the push intake this shared system owns
+
+    @property
+    def cmh_coordinator(self) -> bool:
+        return "cmh_coordinator" in self.memberships
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +89,7 @@ class Decision(NamedTuple):
     """Outcome of a pure check. ``reason`` is a stable machine code that goes
     to the audit event and the ``reason`` metric label, never to the caller.
     A named tuple, not a frozen dataclass: built on every request, it costs
-    0.3 µs instead of 0.55 (issue 7: decide() budget)."""
+    0.3 µs instead of 0.55 (decide()'s per-request budget, bench/README.md)."""
 
     verdict: Verdict
     reason: str

@@ -1,4 +1,4 @@
-"""Request-target strictness, applied before any routing (issue 2, item 9).
+"""Request-target strictness, applied before any routing.
 
 The gateway judges one canonical target and forwards exactly that target, so
 the upstream cannot see a different resource than the one that was decided
@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode
 
+from gateway.core.rejected import Rejected
+
 MAX_TARGET_BYTES = 4096
 
 _PATH_CHARS = re.compile(r"/[A-Za-z0-9._~!$&'()*+,;=:@/-]*")
@@ -32,13 +34,11 @@ KNOWN_METHODS = frozenset(
 FORBIDDEN_METHODS = frozenset({"TRACE", "CONNECT"})
 
 
-class TargetRejected(Exception):
+class TargetRejected(Rejected):
     """The request target or method is refused before routing."""
 
     def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        super().__init__(reason, status=status)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Per-record routing of pushed HES meter readings (D1, D5; issue 5 item 2).
+"""Per-record routing of pushed HES meter readings (D1, D5).
 
 The HES posts a daily batch ``{"batch_id", "source", "records": [...]}``.
 ``route_batch()`` is pure: it splits the records per tenant that owns each
@@ -57,6 +57,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
+from gateway.core.rejected import Rejected
 from gateway.core.relations import RelationIndex
 from gateway.core.relstore import OPEN_FROM, OPEN_TO, REC, encode_id
 
@@ -118,16 +119,11 @@ class RoutedBatch:
                 "quarantined": sum(q.count for q in self.quarantined)}
 
 
-class BatchRejected(Exception):
-    """The batch as a whole is unusable; the HES (the caller) is at fault.
-
-    The push service turns it into a refusal with ``status`` and ``reason``
-    (the core knows no HTTP errors, only what it decided)."""
+class BatchRejected(Rejected):
+    """The batch as a whole is unusable; the HES (the caller) is at fault."""
 
     def __init__(self, reason: str, message: str, *, status: int = 400) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+        super().__init__(reason, message, status=status)
         self.message = message
 
     def __str__(self) -> str:

@@ -1,4 +1,4 @@
-"""Routing of pushed meter-days, the HES's columnar format (issue 7 item 4; D1, D5).
+"""Routing of pushed meter-days, the HES's columnar format (D1, D5).
 
 One object per meter, register and day instead of one per reading, on the same
 endpoint (``POST /push/hes/batches``), chosen by the batch's ``format``::

@@ -20,7 +20,7 @@ again of its parse. Whatever it does not handle
 (a top level that is not an object, a syntax error) is left to ``json.loads``
 itself, so the result and the error are always the standard library's.
 
-``scan_days(text)`` is the meter-day batch's fast path (issue 7 item 4): it
+``scan_days(text)`` is the meter-day batch's fast path: it
 does not convert the 96 numbers of each ``values`` array to floats (about
 half the cost of the parse), it checks them. See its docstring.
 """

@@ -1,4 +1,4 @@
-"""Noisy-neighbour isolation (issue 8 item 3), pure: per-tenant token
+"""Noisy-neighbour isolation, pure: per-tenant token
 buckets and concurrency caps, per (tenant, upstream) shares of an upstream's
 connection pool. Clock injected; no I/O.
 """

@@ -80,8 +80,9 @@ class RelationIndex:
 
     # holds(kind, resource_id, tenant, names, at): the name of the relation
     # :meth:`find` would return, without building it (``decide()`` and the
-    # response check need only the name: issue 7's budget). A closure over the
-    # snapshot's buffers (see :func:`_holds_function`), bound per snapshot.
+    # response check need only the name: the per-request budget, bench/README.md).
+    # A closure over the snapshot's buffers (see :func:`_holds_function`), bound
+    # per snapshot.
     holds: Holds
 
     def __init__(self, relations: Iterable[Relation] = ()) -> None:

@@ -48,6 +48,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.core.rejected import Rejected
+
 MAGIC = b"\x89GWRELS\n"  # not JSON, not text: a feed is never mistaken for a snapshot
 VERSION = 1
 HEADER = struct.Struct("<8sIIQQQII")  # magic version flags size records meta_len body hdr
@@ -67,8 +69,11 @@ for _code, _size in (("B", 1), ("I", 4), ("q", 8)):
     assert array(_code).itemsize == _size, f"array {_code!r} is not {_size} bytes here"
 
 
-class SnapshotError(ValueError):
+class SnapshotError(Rejected, ValueError):
     """A snapshot file is truncated, corrupt, of another version, or not one."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("snapshot-invalid", detail)
 
 
 Record = tuple[str, str, int, int]  # tenant, relation, valid_from us, valid_to us

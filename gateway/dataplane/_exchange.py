@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from aiohttp import web
 
 from gateway.config import EdgeLimits
+from gateway.core.model import Caller
 from gateway.core.routes import Route, RouteMatch
 from gateway.errors import RequestRefused
 from gateway.problem import new_incident_id
@@ -63,9 +63,18 @@ class Exchange:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.incident = new_incident_id()
-        self.caller: Any = None
+        # Who is asking, once the resolver knows (None: refused before that).
+        self.caller: Caller | None = None
         self.match: RouteMatch | None = None
         self.reason = "ok"
         self.resources: tuple[str, ...] = ()
         self.bytes_in = 0
         self.label: str | None = None
+
+    def resolved(self) -> Caller:
+        """The caller, for the stages after *identity* (the pipeline resolves
+        it first; a stage that runs earlier is a bug in the pipeline's order)."""
+        caller = self.caller
+        if caller is None:
+            raise RuntimeError("a pipeline stage ran before identity")
+        return caller

@@ -37,7 +37,7 @@ from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
-from gateway.core.quota import Quota, Quotas
+from gateway.core.quota import Quotas
 from gateway.core.relations import RelationIndex
 from gateway.core.routes import RouteMatch, RouteTable
 from gateway.dataplane._exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
@@ -89,7 +89,7 @@ class DataPlane:
         self.consultations = consultations  # D8: the consultation register
         self.limits = limits
         self.quotas = Quotas()
-        # Issue 8: one upstream's pool shared fairly among the tenants waiting for it.
+        # D1 availability: one upstream's pool shared fairly among the tenants waiting for it.
         self.slots = UpstreamSlots(
             {name: up.pool_size for name, up in upstreams.upstreams.items()},
             on_depth=lambda upstream, depth: metrics.upstream_queue_depth.labels(
@@ -109,20 +109,8 @@ class DataPlane:
 
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        """One request, start to end (the edge's :class:`DataHandler`)."""
         ex = Exchange()
-        protocol = request.protocol
-        started = getattr(protocol, "gw_request_started", None)
-        if started is not None:
-            started()  # the header deadline is met
-        try:
-            response = await self._pipeline(request, ex)
-        finally:
-            done = getattr(protocol, "gw_request_done", None)
-            if done is not None:
-                done()
-        return response
-
-    async def _pipeline(self, request: web.BaseRequest, ex: Exchange) -> web.StreamResponse:
         if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
             # Shed load fast and cheaply: no identity, no upstream, no parsing.
             ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
@@ -139,7 +127,7 @@ class DataPlane:
                                  ex: Exchange) -> web.StreamResponse:
         try:
             self._edge(request)
-            if not getattr(self.audit, "writable", True):
+            if not self.audit.writable:
                 # SECURITY: no audit trail, no request: refused before it is forwarded.
                 raise RequestRefused(503, "audit-unavailable")
             ex.caller = self.resolver.resolve(request)
@@ -195,15 +183,15 @@ class DataPlane:
             return parse_target(request.raw_path)
         except TargetRejected as exc:
             headers = {"Allow": "GET, POST"} if exc.status == 405 else None
-            raise RequestRefused(exc.status, exc.reason, headers=headers) from exc
+            raise RequestRefused.from_core(exc, headers=headers) from exc
 
     def _hygiene(self, request: web.BaseRequest, ex: Exchange) -> dict[str, str]:
         try:
             clean = clean_request_headers(request.headers.items())
         except HeaderRejected as exc:
-            raise RequestRefused(400, exc.reason) from exc
+            raise RequestRefused.from_core(exc) from exc
         if clean.dropped_identity:
-            self.metrics.identity_headers_dropped.labels(ex.caller.tenant_id).inc(
+            self.metrics.identity_headers_dropped.labels(ex.resolved().tenant_id).inc(
                 len(clean.dropped_identity))
         return clean.forward
 
@@ -252,15 +240,16 @@ class DataPlane:
             raise RequestRefused(refused.status, refused.reason)
         if self.consultations is None:
             raise RequestRefused(503, "consultation-register-unavailable")
-        p = ex.caller.principal
+        caller = ex.resolved()
+        p = caller.principal
         self.consultations(Consultation(
-            ex.incident, now, ex.caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
+            ex.incident, now, caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
             ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
 
     def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
                 now: datetime) -> None:
         assert ex.match is not None
-        decision = decide(ex.caller, ex.match.route, facts, relations, now)
+        decision = decide(ex.resolved(), ex.match.route, facts, relations, now)
         ex.resources = decision.resources
         ex.reason = decision.reason
         if not decision.allowed:
@@ -269,12 +258,12 @@ class DataPlane:
     async def _forward_within_quota(self, ex: Exchange, target: Target,
                                     headers: dict[str, str], body: bytes | None,
                                     method: str) -> Any:
-        """Issue 8: a tenant's rate, concurrency and share of the upstream's
-        pool, then a slot of that pool, queued fairly among tenants; one noisy
-        tenant cannot starve the others."""
+        """D1 availability (noisy neighbours): a tenant's rate, concurrency and
+        share of the upstream's pool, then a slot of that pool, queued fairly
+        among tenants; one noisy tenant cannot starve the others."""
         assert ex.match is not None
         upstream = ex.match.route.upstream
-        tenant = ex.caller.tenant_id
+        tenant = ex.resolved().tenant_id
         config = self.upstreams.upstreams[upstream]
         wait = self.quotas.admit(tenant, upstream, config.pool_size, time.monotonic())
         if wait is not None:
@@ -290,7 +279,7 @@ class DataPlane:
                        body: bytes | None, method: str) -> Any:
         assert ex.match is not None
         route = ex.match.route
-        headers[ASSERTION_HEADER] = self.signer.assertion(ex.caller, route.upstream)
+        headers[ASSERTION_HEADER] = self.signer.assertion(ex.resolved(), route.upstream)
         credential = self.upstream_auth(route.upstream)
         if credential is not None:
             # SECURITY: injected here, never shown to a tenant, logged or audited.
@@ -303,12 +292,8 @@ class DataPlane:
 
     def load_quotas(self) -> None:
         """Per-tenant quotas from ``tenants/`` (``[quota]``), default otherwise."""
-        quotas: dict[str, Quota] = {}
-        for tenant in self.resolver.registry:
-            quota = tenant.attributes.get("quota")
-            if isinstance(quota, Quota):
-                quotas[tenant.id] = quota
-        self.quotas.replace(quotas)
+        self.quotas.replace({tenant.id: tenant.quota for tenant in self.resolver.registry
+                             if tenant.quota is not None})
 
     def header_timed_out(self) -> None:
         """A connection cut at the header deadline: no caller is known yet."""

@@ -64,7 +64,7 @@ class PushIntake:
         if request.method != "POST":
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "POST"})
         # SECURITY: D1. Only the intake's own shared system, decided before any body is read.
-        self.push.authorize(ex.caller, "cmh" if route is PUSH_CMH else "hes")
+        self.push.authorize(ex.resolved(), "cmh" if route is PUSH_CMH else "hes")
         if request.content_type != JSON:
             raise RequestRefused(415, "body-not-json")
         # D1 availability: a bounded number of large pushes, each body capped
@@ -77,11 +77,11 @@ class PushIntake:
                 registry = self.registry()
                 kinds = {t.id: t.kind for t in registry}
                 coordinators = frozenset(t.id for t in registry
-                                         if t.attributes.get("cmh_coordinator"))
-                status, doc, incident = self.push.intake_cmh(ex.caller, raw, kinds,
+                                         if t.cmh_coordinator)
+                status, doc, incident = self.push.intake_cmh(ex.resolved(), raw, kinds,
                                                              coordinators)
             else:
-                status, doc, incident = await asyncio.to_thread(self.push.intake, ex.caller,
+                status, doc, incident = await asyncio.to_thread(self.push.intake, ex.resolved(),
                                                                 raw)
             del raw  # freed before the heap is trimmed
         ex.incident = incident  # the audit event of the batch has this id too

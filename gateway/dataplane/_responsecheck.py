@@ -89,7 +89,8 @@ class ResponseCheck:
             raise UpstreamFailed(502, "upstream-json-too-deep") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamFailed(502, "upstream-malformed-json") from exc
-        verdict = check_response(ex.caller, route, facts, relations, parsed, now)
+        caller = ex.resolved()
+        verdict = check_response(caller, route, facts, relations, parsed, now)
         if not verdict.decision.allowed:
             ex.resources = verdict.decision.resources
             if verdict.decision.reason in ISOLATION_REASONS:
@@ -100,10 +101,10 @@ class ResponseCheck:
             rid = facts.params.get("request_id", "")
             self.push.notify_status(rid, verdict.body,
                                     relations.holders("cmh-request", rid, "coordinator", now),
-                                    ex.caller.tenant_id)
+                                    caller.tenant_id)
         label = self._classification(ex, upstream)
         changed = verdict.changed
-        if ex.caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
+        if caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
             changed = self._pseudonymise(ex, verdict.body) or changed
         body = json.dumps(verdict.body).encode() if changed else upstream.body
         headers = clean_response_headers(upstream.headers)
@@ -118,9 +119,9 @@ class ResponseCheck:
         assert ex.match is not None
         route = ex.match.route
         self.metrics.isolation_violations.labels(
-            ex.caller.tenant_id, route.upstream, "response").inc()
+            ex.resolved().tenant_id, route.upstream, "response").inc()
         log.warning("isolation violation withheld: incident=%s tenant=%s route=%s reason=%s",
-                    ex.incident, ex.caller.tenant_id, route.name, reason)
+                    ex.incident, ex.resolved().tenant_id, route.name, reason)
 
     def _classification(self, ex: Exchange, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""
@@ -133,9 +134,10 @@ class ResponseCheck:
         ex.label = label
         # The records passed the response check as the caller's own; an IT
         # provider is never their owner, only a contracted external (D9).
-        owners = frozenset() if ex.caller.tenant.kind == "it-provider" \
-            else frozenset({ex.caller.tenant_id})
-        decision = may_receive(label, ex.caller, owners, policy)
+        caller = ex.resolved()
+        owners = frozenset() if caller.tenant.kind == "it-provider" \
+            else frozenset({caller.tenant_id})
+        decision = may_receive(label, caller, owners, policy)
         if not decision.allowed:
             raise RequestRefused(403, decision.reason)
         self.metrics.child(self.metrics.classified_responses, label).inc()
@@ -145,7 +147,7 @@ class ResponseCheck:
         """D9: an IT provider gets keyed pseudonyms, never a raw identifier."""
         assert self.pseudonyms is not None
         try:
-            replaced = self.pseudonyms(ex.caller.tenant_id).apply(body)
+            replaced = self.pseudonyms(ex.resolved().tenant_id).apply(body)
         except (ValueError, TypeError) as exc:
             raise UpstreamFailed(502, "pseudonymisation-impossible") from exc
         if find_leaks(body):

@@ -151,12 +151,12 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
     suppliers = [t for t in registry if t.kind == "supplier"]
     welfare = [t for t in registry if t.kind == "social-welfare"]
     hes_water = [t for t in registry
-                 if t.kind == "water" and t.attributes.get("hes_consortium")]
+                 if t.kind == "water" and "hes_consortium" in t.memberships]
     elec_by_dso: dict[str, list[str]] = {}
 
     # ---- HES meters and clearing access points, per DSO ----
     for d_i, dso in enumerate(dsos):
-        prefix = str(dso.attributes.get("ean_prefix", f"5414{60 + d_i}"))
+        prefix = dso.ean_prefix or f"5414{60 + d_i}"
         elec_by_dso[dso.id] = []
         for n in range(6):
             energy = "electricity" if n < 4 else "gas"

@@ -1,4 +1,4 @@
-"""The development PKI under ``certs/dev/`` (issue 2, item 2).
+"""The development PKI under ``certs/dev/``.
 
 Layout a person can find without reading code::
 

@@ -220,7 +220,7 @@ class Stack:
                      health_interval_s=self.health_interval_s,
                      receivers_port=self.receivers_port,
                      push_tenants=tuple(t.id for t in self.registry
-                                        if "push_endpoint" in t.attributes),
+                                        if t.push_endpoint is not None),
                      soc_syslog=self.soc_syslog, upstream_settings=self.upstream_settings)
         if self.limits:
             with config_path.open("a") as fh:

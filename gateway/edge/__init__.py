@@ -25,6 +25,7 @@ from gateway.edge._listeners import (
     TlsSite,
     admin_refusal,
     bind,
+    headers_arrived,
 )
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "admin_refusal",
     "bind",
     "forget_handshakes",
+    "headers_arrived",
     "observe_handshakes",
     "rss_bytes",
     "self_check",

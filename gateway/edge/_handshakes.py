@@ -1,4 +1,4 @@
-"""Counting failed TLS handshakes by reason (issue 3 item 9).
+"""Counting failed TLS handshakes by reason.
 
 asyncio completes server-side TLS handshakes itself and, outside debug mode,
 drops the error of a failed one without a trace: the application protocol is

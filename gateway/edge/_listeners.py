@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -181,6 +181,22 @@ class GuardedServer(web.Server):
         return _ProblemRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
+@web.middleware
+async def headers_arrived(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          ) -> web.StreamResponse:
+    """For an application served by :class:`GuardedAppRunner` (the admin
+    plane): its connections' header deadline is met while a request runs."""
+    connection = request.protocol
+    if not isinstance(connection, _ProblemRequestHandler):
+        return await handler(request)  # not behind a guarded server (a test app)
+    connection.gw_request_started()
+    try:
+        return await handler(request)
+    finally:
+        connection.gw_request_done()
+
+
 class DataHandler(Protocol):
     """What a data listener serves: the data plane, as the edge sees it."""
 
@@ -201,8 +217,19 @@ class DataServer(GuardedServer):
 
     def __init__(self, plane: DataHandler, edge: EdgeLimits, book: ConnectionBook,
                  **kwargs: Any) -> None:
-        super().__init__(plane.handle, **edge.server_kwargs(), **kwargs)
+        super().__init__(self._serve, **edge.server_kwargs(), **kwargs)
+        self._plane = plane
         self.guard(edge, book, plane.refuse_unparsed, plane.header_timed_out)
+
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        # Every request of this server comes through a connection of ours.
+        connection = request.protocol
+        assert isinstance(connection, _ProblemRequestHandler)
+        connection.gw_request_started()  # the header deadline is met
+        try:
+            return await self._plane.handle(request)
+        finally:
+            connection.gw_request_done()
 
 
 class GuardedAppRunner(web.AppRunner):

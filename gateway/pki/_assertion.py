@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import jwt
 
 from gateway.core.model import Caller
+from gateway.errors import RequestRefused
 from gateway.pki._signing_keys import SigningKey
 
 ASSERTION_HEADER = "X-Gateway-Assertion"
@@ -29,8 +30,16 @@ ISSUER = "shared-grid-gateway"
 ALGORITHM = "EdDSA"
 
 
-class InvalidAssertion(Exception):
-    """The assertion is missing, malformed, expired, or not signed by us."""
+class InvalidAssertion(RequestRefused):
+    """The assertion is missing, malformed, expired, or not signed by us: the
+    shared system refuses the call (401); the message names what is wrong."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(401, "invalid-assertion", detail=problem)
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.problem
 
 
 class KeyProvider(Protocol):

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
 
+from gateway.errors import RequestRefused
 from gateway.pki._authority import BACKDATE, CertificateAuthority
 
 _E = TypeVar("_E", bound=x509.ExtensionType)
@@ -33,12 +34,17 @@ RefusalReason = Literal["csr-malformed", "csr-bad-signature", "san-mismatch", "w
                         "lifetime-exceeds-policy"]
 
 
-class CsrRefused(Exception):
+class CsrRefused(RequestRefused):
     """A CSR the CA will not sign. ``reason`` is a stable code for audit/metrics."""
 
+    reason: RefusalReason
+
     def __init__(self, reason: RefusalReason, message: str) -> None:
-        super().__init__(message)
-        self.reason: RefusalReason = reason
+        super().__init__(422, reason, detail=message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
 
 
 @dataclass(frozen=True)

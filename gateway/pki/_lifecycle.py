@@ -1,4 +1,4 @@
-"""The security team's credential lifecycle (issue 3): issue from CSRs,
+"""The security team's credential lifecycle: issue from CSRs,
 rotate with overlap, revoke at once, disable leavers, rotate the CA, the
 server certificate and the signing keys, without restart.
 
@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,6 +24,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AuditSink, SecurityEvents
+from gateway.errors import RequestRefused
 from gateway.files import write_private
 from gateway.metrics import GatewayMetrics
 from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
@@ -54,14 +55,17 @@ log = logging.getLogger("gateway.pki")
 SERVER_PRINCIPAL: PrincipalKey = ("gateway", "server", "gateway")
 
 
-class AdminRefused(Exception):
-    """An admin request that is refused; ``reason`` is a stable code."""
+class AdminRefused(RequestRefused):
+    """An admin request that is refused; ``reason`` is a stable code and
+    ``detail`` says why, to the admin (it is their own request)."""
+
+    detail: str
 
     def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.reason = reason
-        self.detail = detail
+        super().__init__(status, reason, detail=detail)
+
+    def __str__(self) -> str:
+        return self.detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,18 +100,19 @@ def certificate_record(cert: x509.Certificate, principal: PrincipalKey, issuer: 
 class Credentials:
     def __init__(self, *, store: StateStore, trust_domain: str,
                  registry: Callable[[], TenantRegistry], keyring: KeyRing,
-                 metrics: GatewayMetrics, audit: AuditSink,
+                 metrics: GatewayMetrics, audit: AuditSink, soc: SecurityEvents | None = None,
                  server_cert: Path, server_key: Path, trust_bundle: Path,
                  policy: IssuancePolicy = DEFAULT_POLICY,
                  rotation_overlap: timedelta = timedelta(days=1),
                  crl_next_update: timedelta = timedelta(hours=24),
+                 on_disable: Iterable[Callable[[PrincipalKey], Awaitable[Any]]] = (),
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.trust_domain = trust_domain
         self.registry = registry
         self.keyring = keyring
-        self.soc: SecurityEvents | None = None  # set by the server
-        # Set once the listeners' TLS exists; refresh() then swaps material in.
+        self.soc = soc
+        # Built by serve_tls() for the listeners; refresh() then swaps material in.
         self.server_tls: ServerTls | None = None
         self.metrics = metrics
         self.audit = audit
@@ -125,7 +130,7 @@ class Credentials:
         self._lock = threading.RLock()
         self._seen: dict[PrincipalKey, datetime] = {}
         # Called (and awaited by the admin plane) after a principal is disabled.
-        self.on_disable: list[Callable[[PrincipalKey], Awaitable[Any]]] = []
+        self.on_disable = list(on_disable)
 
     # -- start-up ------------------------------------------------------------
     def bootstrap(self, ca_cert: Path | None, ca_key: Path | None) -> None:
@@ -196,6 +201,16 @@ class Credentials:
             if self.server_tls is not None:
                 self.server_tls.update(self.material())
             self._update_metrics()
+
+    def serve_tls(self) -> ServerTls:
+        """The listeners' TLS, built from this lifecycle's material (after
+        :meth:`bootstrap`) and kept current by it: every change of server
+        certificate, CA or CRL swaps new material in without a restart."""
+        if self.server_tls is None:
+            material = self.material()
+            # With a CA of our own, CRLs are checked in every handshake too.
+            self.server_tls = ServerTls(material, check_crl=bool(material.crl_pems))
+        return self.server_tls
 
     def material(self) -> TlsMaterial:
         """The listeners' TLS material: server certificate, the trust bundle

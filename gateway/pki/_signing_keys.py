@@ -1,4 +1,4 @@
-"""The signing keys of the identity assertions, with rotation (issue 3 item 6).
+"""The signing keys of the identity assertions, with rotation.
 
 Every key has a ``kid``. ``rotate()`` publishes the next key in the JWKS
 ``publish_ahead`` before it starts signing, so upstreams that cache the JWKS

@@ -1,4 +1,4 @@
-"""The durable, encrypted outbox of pushed data (issue 5 item 4, D5, D10).
+"""The durable, encrypted outbox of pushed data (D5, D10).
 
 A *part* is one tenant's share of one batch. It waits here, encrypted with
 AES-256-GCM under the outbox data key (kept in the vault; the part id is the

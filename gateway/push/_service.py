@@ -1,4 +1,4 @@
-"""Pushed data: intake, per-tenant delivery over mTLS, back-pressure (issue 5).
+"""Pushed data: intake, per-tenant delivery over mTLS, back-pressure.
 
 The HES posts a daily batch to ``POST /push/hes/batches``. The pure router
 (:mod:`gateway.core.push`) gives every record to the tenant owning the meter
@@ -110,14 +110,14 @@ class PushService:
         """D1: only the pushers of the shared system that declares ``intake``
         (``push_intake`` in its tenant file). Needs no body: called before it is read."""
         reason = intake_refusal(caller.principal.roles,
-                                caller.tenant.attributes.get("push_intake"), intake)
+                                caller.tenant.push_intake, intake)
         if reason is not None:
             raise RequestRefused(403, reason)
 
     def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
         """Route and enqueue one batch; returns (status, accounting, incident).
         The batch's ``format`` chooses the router: absent, one record per reading
-        (issue 5); ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
+       ; ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
         self.authorize(caller, "hes")
         text: str | None = None
         spans = None
@@ -142,8 +142,8 @@ class PushService:
         try:
             routed = route_batch(batch, self.relations(), self.clock())
         except BatchRejected as exc:
-            raise RequestRefused(exc.status, exc.reason) from exc
-        # Issue 5's contract: the fingerprint is of the content, not of its spelling.
+            raise RequestRefused.from_core(exc) from exc
+        # The per-record format's contract: the fingerprint is of the content, not of its spelling.
         fingerprint = batch_fingerprint(routed.batch_id, batch["records"])
         parts = [(tenant, len(records), _encoder(records))
                  for tenant, records in sorted(routed.parts.items())]
@@ -156,7 +156,7 @@ class PushService:
             routed = route_meter_days(batch, self.relations(), self.clock(), text=text,
                                       spans=spans)
         except BatchRejected as exc:
-            raise RequestRefused(exc.status, exc.reason) from exc
+            raise RequestRefused.from_core(exc) from exc
         # The bytes as posted: a re-post must be byte for byte the same batch.
         fingerprint = "sha256-body:" + hashlib.sha256(raw).hexdigest()
         parts = [(tenant, part.readings, _joiner(part.meter_days))
@@ -247,8 +247,7 @@ class PushService:
         except (ValueError, UnicodeDecodeError) as exc:
             raise RequestRefused(400, "body-malformed-json") from exc
         except FanoutRejected as exc:
-            raise RequestRefused(422 if exc.reason == "ean-for-telecom" else 400,
-                                 exc.reason) from exc
+            raise RequestRefused.from_core(exc) from exc
         mismatch = booking_quarantine(request, self.relations(), self.clock())
         if mismatch is not None:
             return self._quarantine_booking(caller, fanout.request_id, fanout.coordinator,

@@ -62,7 +62,7 @@ class SigningKeyRecord:
 
 @dataclass(frozen=True, slots=True)
 class BreakGlassCase:
-    """One request for a privileged account, from request to review (issue 4)."""
+    """One request for a privileged account, from request to review."""
 
     id: str
     account: str

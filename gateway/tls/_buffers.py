@@ -1,4 +1,4 @@
-"""The TLS read buffer of every asyncio TLS connection (issue 8 item 5).
+"""The TLS read buffer of every asyncio TLS connection.
 
 CPython's ``asyncio.sslproto.SSLProtocol`` allocates a zero-filled
 ``bytearray(max_size)`` per connection, with ``max_size = 256 * 1024`` as a

@@ -96,7 +96,7 @@ def server_policy_context(check_crl: bool = False) -> ssl.SSLContext:
     Built in this one place; tlsreload builds every generation's context with it.
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # issue 2: TLS 1.2+ (no SSLv3, TLS 1.0/1.1)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # DESIGN.md §2: TLS 1.2+ (no SSLv3, TLS 1.0/1.1)
     ctx.set_ciphers(TLS12_CIPHERS)  # no CBC, no RSA key exchange, no SHA-1 MACs, no DHE
     ctx.options |= ssl.OP_NO_COMPRESSION  # CRIME
     ctx.options |= ssl.OP_NO_RENEGOTIATION  # client-initiated renegotiation DoS
@@ -125,7 +125,7 @@ def upstream_context(ca: Path | None, identity: tuple[bytes, bytes] | None = Non
                      ) -> ssl.SSLContext:
     """Client context for the gateway's calls to a shared system; with
     ``identity`` (certificate and key PEM, from the vault) it presents a
-    client certificate: upstream mTLS as the gateway's credential (issue 4)."""
+    client certificate: upstream mTLS as the gateway's credential."""
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if identity is not None:

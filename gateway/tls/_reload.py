@@ -40,6 +40,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPublicKeyTypes
 
+from gateway.errors import ConfigError
 from gateway.files import write_private
 from gateway.tls._policy import server_policy_context
 
@@ -55,7 +56,7 @@ class TlsMaterial:
     crl_pems: tuple[bytes, ...] = ()  # CRLs; with check_crl, one per CA in the bundle
 
 
-class TlsMaterialError(Exception):
+class TlsMaterialError(ConfigError):
     """The material cannot be served; the message says what is wrong."""
 
 

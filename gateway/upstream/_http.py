@@ -1,7 +1,7 @@
 """The HTTP/1.1 wire format of the gateway's calls to the shared systems:
 one write per request, a strict response parser and the keep-alive
-connection (plain TCP or TLS) that carries them. Issue 7: aiohttp's
-``ClientSession`` was a third of the gateway's CPU; issue 8 item 2: an
+connection (plain TCP or TLS) that carries them. In the benchmark aiohttp's
+``ClientSession`` was a third of the gateway's CPU; per the edge limits, an
 upstream's answer is untrusted input too.
 
 :class:`ResponseReader` is sans-IO (bytes in, one response out, no sockets,
@@ -26,9 +26,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from gateway.errors import GatewayError
+
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
 
-# Limits on an upstream's response head: the edge's own request limits (issue 8).
+# Limits on an upstream's response head: the edge's own request limits.
 MAX_LINE = 8 * 1024  # status line, one header or trailer field, one chunk-size line
 MAX_HEAD = 64 * 1024  # the whole header block; the trailer section as well
 MAX_FIELDS = 100  # header fields; trailer fields as well
@@ -56,8 +58,9 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _HEAD_STATE, _LENGTH, _CHUNK_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_EOF, _DONE = range(8)
 
 
-class ClientError(Exception):
-    """Base of the client's own errors."""
+class ClientError(GatewayError):
+    """Base of the client's own errors; they never leave gateway.upstream, whose
+    pool translates them into :class:`~gateway.errors.UpstreamFailed`."""
 
 
 class NoResponse(ClientError):

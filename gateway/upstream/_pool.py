@@ -270,16 +270,18 @@ class ConnectionPool:
 
 
 class UpstreamPool:
-    def __init__(self, upstreams: Mapping[str, Upstream], metrics: GatewayMetrics) -> None:
+    def __init__(self, upstreams: Mapping[str, Upstream], metrics: GatewayMetrics, *,
+                 client_identity: Callable[[str], tuple[bytes, bytes] | None] = lambda n: None,
+                 ) -> None:
         self.upstreams = dict(upstreams)
         self.metrics = metrics
         self._pools: dict[str, ConnectionPool] = {}
         self.up: dict[str, bool] = {name: False for name in upstreams}
         self.breakers = {name: Breaker(up.breaker_failures, up.breaker_open_s)
                          for name, up in upstreams.items()}
-        # The client certificate an upstream takes as the gateway's credential
-        # (set by the vault side before start).
-        self.client_identity: Callable[[str], tuple[bytes, bytes] | None] = lambda name: None
+        # The client certificate (PEM chain, key) an mTLS upstream takes as the
+        # gateway's credential, read when a connection pool is (re)built.
+        self.client_identity = client_identity
         self._health_task: asyncio.Task[None] | None = None
 
     def _pool(self, name: str) -> ConnectionPool:

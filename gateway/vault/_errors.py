@@ -12,8 +12,10 @@ Messages name versions, secret ids and files, never key material or values.
 
 from __future__ import annotations
 
+from gateway.errors import GatewayFailed
 
-class VaultError(Exception):
+
+class VaultError(GatewayFailed):
     """Base class of every error the vault raises on purpose."""
 
 

@@ -1,4 +1,4 @@
-"""The gateway's own credentials at the shared systems (issue 4 item 2).
+"""The gateway's own credentials at the shared systems.
 
 Each upstream's service credential (a bearer token) lives in the vault as
 ``upstream/<name>/token``; the gateway injects it per request and nobody else
@@ -62,6 +62,7 @@ def credential_header(scheme: str, token: str) -> tuple[str, str]:
 class UpstreamCredentials:
     def __init__(self, vault: Vault, pool: UpstreamPool, metrics: GatewayMetrics, *,
                  max_age: timedelta = timedelta(days=90), grace_s: float = 10.0,
+                 issue_identity: Callable[[str], tuple[bytes, bytes]] | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.vault = vault
         self.pool = pool
@@ -73,8 +74,9 @@ class UpstreamCredentials:
         self._headers: dict[str, tuple[str, str]] = {}
         self.schemes = {name: up.credential for name, up in pool.upstreams.items()}
         self._rotating: set[str] = set()
-        # Issues a client certificate for an mTLS upstream (the gateway's CA).
-        self.issue_identity: Callable[[str], tuple[bytes, bytes]] | None = None
+        # Issues a client certificate for an mTLS upstream (the gateway's CA);
+        # None: no CA of our own, so no mTLS upstream credential.
+        self.issue_identity = issue_identity
 
     def load(self, upstreams: Iterable[str]) -> None:
         """Read every upstream's current token from the vault (at start)."""

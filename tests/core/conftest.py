@@ -28,7 +28,7 @@ HES_MEMBERS = {"ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "f
 def tenant(tid: str, kind: str, roles: frozenset[str] = frozenset({"reader"})) -> Caller:
     p = Principal(tid, "service", "api", roles)
     t = Tenant(tid, tid, kind, principals={("service", "api"): p},
-               attributes={"hes_consortium": tid in HES_MEMBERS})
+               memberships=frozenset({"hes_consortium"} if tid in HES_MEMBERS else ()))
     return Caller(t, p)
 
 

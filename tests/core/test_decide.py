@@ -214,7 +214,7 @@ def test_admin_principals_have_no_data_access(relations: RelationIndex) -> None:
     assert d.reason == "missing-role"
 
 
-# --- decide()'s fast path (issue 7: the budget) decides like the former code --
+# --- decide()'s fast path (the per-request budget) decides like the general one --
 
 def _former_decide(caller: Caller, route: Route, facts: RequestFacts,
                    relations: RelationIndex, now: datetime) -> Decision:
@@ -225,7 +225,7 @@ def _former_decide(caller: Caller, route: Route, facts: RequestFacts,
     names = route.grants.get(caller.tenant.kind)
     if names is None:
         return Decision.deny("tenant-kind-not-permitted")
-    if route.member_of is not None and not caller.tenant.attributes.get(route.member_of):
+    if route.member_of is not None and route.member_of not in caller.tenant.memberships:
         return Decision.deny("not-a-member")
     if route.required_role is not None and route.required_role not in caller.principal.roles:
         return Decision.deny("missing-role")

@@ -1,4 +1,4 @@
-"""Fair queuing of an upstream's slots among tenants (issue 8 item 3; pure):
+"""Fair queuing of an upstream's slots among tenants (pure):
 a free slot goes at once; under contention each freed slot goes to the
 waiting tenant holding the fewest, so a backlog cannot starve a newcomer."""
 

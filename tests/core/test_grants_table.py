@@ -103,7 +103,7 @@ def caller(kind: str) -> Caller:
     # tenant kind and the relation differ between the rows.
     p = Principal("t1", "service", "api", frozenset({"reader", "meter-operator"}))
     t = Tenant("t1", "T1", kind, principals={("service", "api"): p},
-               attributes={"hes_consortium": True})
+               memberships=frozenset({"hes_consortium"}))
     return Caller(t, p)
 
 

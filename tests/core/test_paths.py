@@ -1,4 +1,4 @@
-"""Path strictness (issue 2 item 9) and the property that no request target
+"""Path strictness and the property that no request target
 lets tenant A reach tenant B's resource."""
 
 from __future__ import annotations

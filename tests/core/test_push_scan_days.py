@@ -1,7 +1,7 @@
 """scan_days(): the meter-day batch's fast parse checks the numbers of each
 ``values`` array instead of converting them, and is still json.loads: the same
 document (each array handed over as its posted text), the same errors, and
-the same routing outcome for every reading (issue 7 item 4)."""
+the same routing outcome for every reading."""
 
 from __future__ import annotations
 

@@ -43,8 +43,8 @@ def _doc(**extra: Any) -> dict[str, Any]:
 
 
 def test_the_intake_is_read_from_the_tenant_file() -> None:
-    assert parse_tenant(_doc(push_intake="hes"), "t.toml").attributes["push_intake"] == "hes"
-    assert "push_intake" not in parse_tenant(_doc(), "t.toml").attributes
+    assert parse_tenant(_doc(push_intake="hes"), "t.toml").push_intake == "hes"
+    assert parse_tenant(_doc(), "t.toml").push_intake is None
     assert {"hes", "cmh"} == PUSH_INTAKES
 
 
@@ -62,8 +62,7 @@ def test_a_wrong_intake_is_a_config_error_naming_file_and_key(extra: dict[str, A
 
 def test_the_demo_tenants_declare_one_system_per_intake() -> None:
     registry = load_tenants(REPO / "tenants")
-    owners = {t.attributes["push_intake"]: t.id for t in registry
-              if "push_intake" in t.attributes}
+    owners = {t.push_intake: t.id for t in registry if t.push_intake is not None}
     assert owners == {"hes": "hes-operator", "cmh": "cmh-portal"}
 
 

@@ -1,4 +1,4 @@
-"""Per-tenant token buckets and concurrency caps (issue 8 item 3), frozen clock."""
+"""Per-tenant token buckets and concurrency caps, frozen clock."""
 
 from __future__ import annotations
 

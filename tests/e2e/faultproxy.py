@@ -1,5 +1,5 @@
 """A TCP fault proxy between the gateway and a shared system (test tooling for
-issue 8 item 4). TLS passes through untouched; the proxy only delays, drops,
+the upstream fault tests). TLS passes through untouched; the proxy only delays, drops,
 cuts or refuses bytes.
 
 Modes: ``pass``, ``refuse`` (nothing listens), ``blackhole`` (accepts, never

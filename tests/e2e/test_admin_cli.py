@@ -1,5 +1,5 @@
 """The security team's recipes from the README, run with the real CLI
-against a running gateway (issue 3: every task as a short recipe)."""
+against a running gateway (every task of the README's security-team recipes)."""
 
 from __future__ import annotations
 

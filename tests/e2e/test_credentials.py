@@ -1,4 +1,4 @@
-"""The security team's credential lifecycle over real TLS (issue 3).
+"""The security team's credential lifecycle over real TLS.
 
 Each test that changes credentials runs on a stack of its own, so the shared
 stack of the other end-to-end tests never sees a revoked certificate.

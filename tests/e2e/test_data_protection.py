@@ -1,4 +1,4 @@
-"""Data protection over real sockets (issue 6 items 4 and 5): the
+"""Data protection over real sockets: the
 classification matrix (D11) and the IT provider's pseudonymised view (D9)."""
 
 from __future__ import annotations

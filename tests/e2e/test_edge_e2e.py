@@ -1,6 +1,6 @@
 """Path strictness, methods and header hygiene over real sockets: refused
 requests get a problem document and never reach an upstream; accepted ones
-reach it with the gateway's identity only (issue 2 items 8 and 9)."""
+reach it with the gateway's identity only."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Edge limits and HTTP framing over real sockets (issue 8 items 1 and 2).
+"""Edge limits and HTTP framing over real sockets.
 Each test would fail if its protection were removed."""
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def test_tenant_quota_is_declared_in_its_file(tmp_path: Path) -> None:
     (tmp_path / "acme.toml").write_text(
         'id = "acme"\nname = "A"\nkind = "dso"\n[quota]\nrate_per_s = 5\nburst = 10\n'
         'concurrency = 2\n[[principals]]\nkind = "service"\nname = "api"\n')
-    quota = load_tenants(tmp_path).tenants["acme"].attributes["quota"]
+    quota = load_tenants(tmp_path).tenants["acme"].quota
     assert (quota.rate_per_s, quota.burst, quota.concurrency) == (5.0, 10, 2)  # type: ignore[attr-defined]
 
 

@@ -1,4 +1,4 @@
-"""Per-upstream fair queuing over real sockets (issue 8 item 3): with the IT
+"""Per-upstream fair queuing over real sockets: with the IT
 platform's pool of 2 busy and one tenant's backlog queued, another tenant's
 request takes the next free slot instead of waiting behind the backlog, and
 a request that waits past the queue timeout gets 503 `upstream-busy`."""

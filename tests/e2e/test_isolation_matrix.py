@@ -1,4 +1,4 @@
-"""The isolation matrix (issue 2, "Done when"; D1).
+"""The isolation matrix (D1).
 
 For every shared system and every ordered pair of demo tenants (X, Y): X
 asking for one of Y's resources gets 403 and the simulator logs no such

@@ -1,4 +1,4 @@
-"""Memory under connections (issue 8 item 5): the gateway's RSS is bounded by
+"""Memory under connections: the gateway's RSS is bounded by
 its configured budget. Two mechanisms, each tested over real mTLS sockets:
 
 - a TLS connection costs ~70 KiB, not asyncio's 256 KiB read buffer plus

@@ -1,4 +1,4 @@
-"""The ops plane (issue 2 item 10): metrics with bounded labels, health,
+"""The ops plane: metrics with bounded labels, health,
 readiness that follows the upstreams, JWKS."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Overload (issue 8 item 5): 1,000 idle TLS connections plus a flood. The
+"""Overload: 1,000 idle TLS connections plus a flood. The
 gateway sheds load fast (503/429, never a hang or a crash), stays within its
 memory budget, and serves normally again right after the flood."""
 

@@ -1,4 +1,4 @@
-"""Pushed HES readings end to end (issue 5, D5): each operator's receiver
+"""Pushed HES readings end to end (D5): each operator's receiver
 gets exactly its records, quarantine holds exactly the bad ones, nothing is
 lost, nothing is kept."""
 
@@ -328,7 +328,7 @@ def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:
 def test_hes_simulator_daily_push_and_its_misroute_fault(lone: RunningStack) -> None:
     """The HES simulator pushes a day of its own meters; its misroute fault
     (water readings labelled for the DSO whose electricity meter carried them)
-    is caught by the routing check and counted (issue 5, D5)."""
+    is caught by the routing check and counted (D5)."""
     gw = lone
     out = gw.sim("hes", "POST", "/_sim/push", {"batch_id": "HES-SIM-1"}).json
     assert out["status"] == 202, out

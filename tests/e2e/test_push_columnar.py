@@ -1,5 +1,5 @@
 """The columnar push format (meter-days/v1) end to end over mTLS: intake ->
-encrypted outbox -> each operator's receiver (issue 7 item 4, D1, D5)."""
+encrypted outbox -> each operator's receiver (D1, D5)."""
 
 from __future__ import annotations
 

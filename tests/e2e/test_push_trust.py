@@ -178,8 +178,7 @@ def test_one_systems_batch_id_never_blocks_anothers(stack: RunningStack) -> None
     assert push is not None
     meter = ores_meter(gw)
     # A second system that owns a HES intake (another HES provider), and the HES itself.
-    other_tenant = Tenant("hes-two", "HES two", "shared-system", attributes={
-        "push_intake": "hes"})
+    other_tenant = Tenant("hes-two", "HES two", "shared-system", push_intake="hes")
     other = Caller(other_tenant, Principal("hes-two", "service", "pusher",
                                            frozenset({"pusher"})))
     before = parts(gw, "ores")

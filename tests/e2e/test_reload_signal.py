@@ -1,4 +1,4 @@
-"""SIGHUP to `gateway serve` (DESIGN.md §4; issue 7 item 3): a relation
+"""SIGHUP to `gateway serve` (DESIGN.md §4): a relation
 snapshot compiled with `gateway relations compile` is swapped while traffic
 flows. The new snapshot decides the next request, on a connection that was
 already open, and no request fails while it is read (the reading happens in a

@@ -1,6 +1,6 @@
 """The response routing check over real sockets: for every shared system the
 misroute fault makes the gateway withhold the answer (502), count it, and
-write an audit event with the same incident id (issue 2 item 7, D1)."""
+write an audit event with the same incident id (D1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Security events reach the SOC (D12; issue 6 item 3): JSON lines and RFC
+"""Security events reach the SOC (D12): JSON lines and RFC
 5424 syslog over UDP on loopback, each carrying the incident id of the audit
 event."""
 

@@ -1,4 +1,4 @@
-"""Negative TLS (issue 2, "Done when"): no client certificate, a certificate
+"""Negative TLS (DESIGN.md §9): no client certificate, a certificate
 from another CA with a valid-looking SAN, an expired certificate, a
 certificate without clientAuth, and a certificate naming no declared
 principal: all refused, and nothing reaches any upstream."""

@@ -1,4 +1,4 @@
-"""Upstream faults through a fault proxy (issue 8 item 4): refused, blackhole,
+"""Upstream faults through a fault proxy: refused, blackhole,
 latency, slow drip, reset and close mid-body; the circuit breaker opens and
 recovers; no error body carries a stack trace or an internal address."""
 

@@ -1,4 +1,4 @@
-"""The vault and break-glass over real sockets (issue 4, D6, D7, D8)."""
+"""The vault and break-glass over real sockets (D6, D7, D8)."""
 
 from __future__ import annotations
 

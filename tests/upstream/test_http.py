@@ -324,10 +324,10 @@ async def test_renewal_new_identity_for_new_connections_in_flight_finishes(
     release = asyncio.Event()
     async with Scripted((ok(),), (release, ok(b"slow")), (ok(b"quick"),),
                         tls=tls_server(ca)) as server:
-        pool = UpstreamPool({"itsm": Upstream("itsm", f"https://127.0.0.1:{server.port}",
-                                              tmp_path / "ca.pem")}, GatewayMetrics())
         current = [old]
-        pool.client_identity = lambda name: identity(current[0])
+        pool = UpstreamPool({"itsm": Upstream("itsm", f"https://127.0.0.1:{server.port}",
+                                              tmp_path / "ca.pem")}, GatewayMetrics(),
+                            client_identity=lambda name: identity(current[0]))
         await pool.start(health_interval_s=3600)  # the first probe: /healthz
         slow = asyncio.create_task(pool.call("itsm", "GET", "/slow", {}, None))
         await server.until(lambda: len(server.requests) == 2)

@@ -38,7 +38,7 @@ def build_simulator(name: str, dataset: Dataset, keys: KeySource,
     """The aiohttp app of simulator ``name``; ``name`` is also the assertion
     audience it requires. It works on its own copy of ``dataset``. With
     ``secrets`` it also requires the gateway's service credential and has
-    privileged accounts (issue 4)."""
+    privileged accounts."""
     setup = _SETUP.get(name)
     if setup is None:
         raise ValueError(f"unknown simulator {name!r} (known: {', '.join(SIMULATOR_NAMES)})")

@@ -1,4 +1,4 @@
-"""Credentials the simulated shared systems require (issue 4).
+"""Credentials the simulated shared systems require.
 
 - The gateway's *service credential* (a bearer token): every proxied request
   must carry one of the currently accepted tokens (two slots, so a rotation

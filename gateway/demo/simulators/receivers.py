@@ -1,4 +1,4 @@
-"""One small receiving endpoint per operator for pushed data (issue 5 item 3).
+"""One small receiving endpoint per operator for pushed data.
 
 ``POST /receivers/{tenant}/readings`` accepts a part only from the gateway:
 the TLS client certificate must chain to the dev CA and carry the gateway's
