@@ -174,6 +174,7 @@ def decide_refusal(actor: Principal, case: CaseView, policy: BreakGlassPolicy
     pending case, a second person, of another team when the policy says so."""
     if APPROVER_ROLE not in actor.roles:
         return Refusal(403, "missing-role", f"deciding needs {APPROVER_ROLE}")
+    # Approving and denying are allowed from the same state (pending) alone.
     refused = _state_refusal(case, APPROVE)
     if refused is not None:
         return refused

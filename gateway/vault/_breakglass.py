@@ -10,6 +10,11 @@ Emergency: the requester may skip approval. The lease is shorter, a critical
 security event goes to the SOC at once, and the case stays open until a
 second person records the post-incident review. Every step is audited; the
 password never is.
+
+The policy (the case lifecycle's transition table and each dual-control
+rule) is pure and lives in :mod:`gateway.core.breakglass`; this service
+asks it and does the I/O: the state store, the vault, the rotation at the
+shared system, audit and SOC events.
 """
 
 from __future__ import annotations
