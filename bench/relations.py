@@ -39,6 +39,7 @@ from gateway.core.model import Caller  # noqa: E402
 from gateway.core.relations import RelationIndex  # noqa: E402
 from gateway.core.relstore import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros  # noqa: E402
 from gateway.core.routes import Route  # noqa: E402
+from gateway.files import load_relations, write_atomically  # noqa: E402
 from gateway.tenants import load_tenants  # noqa: E402
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
@@ -154,7 +155,7 @@ def generate(args: argparse.Namespace) -> None:
         if len(builder) >= args.relations:
             break
     built = time.perf_counter() - started
-    size = builder.write(args.out)
+    size = write_atomically(args.out, builder.emit)
     args.out.with_suffix(".queries").write_text("\n".join(sample) + "\n")
     print(json.dumps({"generate_s": built, "write_s": time.perf_counter() - started - built,
                       "bytes": size, "relations": len(builder)}))
@@ -257,7 +258,7 @@ async def measure_reload(path: Path, live: list[RelationIndex], queries: list[Qu
     idle = await max_pause(lambda: None)
 
     async def off_loop() -> None:
-        fresh = await asyncio.to_thread(RelationIndex.load, path)
+        fresh = await asyncio.to_thread(load_relations, path)
         old = [live[0]]
         live[0] = fresh  # the swap
         # As Gateway.reload_async does: the last reference to the old snapshot
@@ -269,7 +270,7 @@ async def measure_reload(path: Path, live: list[RelationIndex], queries: list[Qu
     threaded_total = time.perf_counter() - started
 
     def on_loop() -> None:
-        live[0] = RelationIndex.load(path)
+        live[0] = load_relations(path)
 
     inline = await max_pause(on_loop)
     stop.set()
@@ -318,7 +319,7 @@ def measure(args: argparse.Namespace, gen: dict[str, float]) -> int:
     gc.collect()
     before = rss_bytes()
     started = time.perf_counter()
-    index = RelationIndex.load(args.out)
+    index = load_relations(args.out)
     load_s = time.perf_counter() - started
     after_load = rss_bytes()
     n = len(index)

@@ -1225,7 +1225,7 @@ def main() -> int:
         doc["upstreams"]["hes"]["url"] = f"http://{HOST}:{b.servers['upstream'].port}"
         doc["push"]["endpoints"] = {
             t.id: f"https://{HOST}:{b.servers['sink'].port}/receivers/{t.id}/readings"
-            for t in registry if "push_endpoint" in t.attributes}
+            for t in registry if t.push_endpoint is not None}
         doc["push"]["max_pending_records"] = 2_000_000_000
         # Edge limits: room for the idle-connection test (defaults: 1,000 per
         # tenant, 15 s idle); every other limit stays at its default.

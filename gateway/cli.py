@@ -183,7 +183,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_relations_compile(args: argparse.Namespace) -> int:
-    from gateway.core.relations import compile_feed
+    from gateway.files import compile_feed
 
     try:
         count = compile_feed(Path(args.feed), Path(args.out))

@@ -1,14 +1,26 @@
-"""Files that hold secrets or tenant data: owner-only from the first byte.
+"""The gateway's file I/O below the subsystems.
 
-Used by the PKI (private keys), the edge (the server's TLS material), the
-vault's key file, the audit keys and the demo's dataset. Nothing here knows
-what the bytes mean.
+- Files that hold secrets or tenant data, owner-only from the first byte
+  (:func:`write_private`): the PKI's private keys, the server's TLS material,
+  the vault's key file, the demo's dataset.
+- Whole-or-nothing replacement of a large file (:func:`write_atomically`).
+- The relation feed and its compiled snapshot, read and written here so the
+  decision core does no file I/O (:mod:`gateway.core.relations` and
+  :mod:`gateway.core.relstore` decode and encode the bytes).
+
+May import: :mod:`gateway.core` only.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+from gateway.core.relations import RelationIndex
+
+Emit = Callable[[Callable[[bytes | bytearray | memoryview], object]], int]
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -27,3 +39,47 @@ def write_private(path: Path, data: bytes) -> None:
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     os.replace(tmp, path)
+
+
+def write_atomically(path: Path, emit: Emit) -> int:
+    """Write what ``emit`` writes (through the function it is given) to ``path``:
+    a temporary file next to it, flushed to disk, then renamed over it, so a
+    reader sees the old file or the whole new one, never a part. Returns what
+    ``emit`` returns (the size)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            size = emit(fh.write)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+    return size
+
+
+def load_relations(path: Path) -> RelationIndex:
+    """The relation index in ``path``: a compiled snapshot or the JSON feed.
+    Read whole into a private copy: an in-place rewrite of the live file
+    cannot change a running decision (gateway.core.relstore)."""
+    return RelationIndex.from_bytes(path.read_bytes(), str(path))
+
+
+def compile_feed(feed: Path, out: Path) -> int:
+    """Compile a JSON feed (or re-write a snapshot) into a snapshot file at
+    ``out``, atomically; returns the number of relations."""
+    index = load_relations(feed)
+    buffer = index.snapshot.buffer
+
+    def emit(write: Callable[[bytes | bytearray | memoryview], object]) -> int:
+        write(memoryview(buffer))
+        return len(buffer)
+
+    write_atomically(out, emit)
+    return len(index)

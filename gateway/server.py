@@ -42,7 +42,7 @@ from gateway.edge import (
 )
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
-from gateway.files import write_private
+from gateway.files import load_relations, write_private
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
@@ -229,7 +229,7 @@ class Gateway:
 
     def _load_relations(self, path: Path) -> RelationIndex:
         try:
-            index = RelationIndex.load(path)
+            index = load_relations(path)
         except FileNotFoundError as exc:
             raise ConfigError(f"{self.config.source}: gateway.relations: not found: {path}"
                               ) from exc

@@ -34,8 +34,11 @@ from gateway.core.duties import (
     TWO_PERSON,
     InvalidTransition,
     Ruling,
+    allows,
     approval_refusal,
+    expiry_due,
     next_state,
+    other_enabled_admins,
     ruling,
 )
 from gateway.core.model import Principal
@@ -90,10 +93,8 @@ class DualControl:
         return Principal(key[0], key[1], key[2], p.roles, p.team)
 
     def other_enabled_admins(self, target: PrincipalKey | None) -> int:
-        disabled = self.creds.view.disabled
-        return sum(1 for tenant in self.creds.registry() for p in tenant.principals.values()
-                   if SECURITY_ADMIN in p.roles and (tenant.id, p.kind, p.name) != target
-                   and (tenant.id, p.kind, p.name) not in disabled)
+        principals = (p for tenant in self.creds.registry() for p in tenant.principals.values())
+        return other_enabled_admins(principals, self.creds.view.disabled, target)
 
     def rule(self, action: str, actor: Principal, target: PrincipalKey | None) -> Ruling:
         """The ruling for ``action``; a refusal raises (403, audited by the caller)."""
@@ -133,7 +134,7 @@ class DualControl:
 
     def _expire_if_due(self, item: PendingAction) -> PendingAction:
         now = self.creds.clock()
-        if item.status != PENDING or item.expires_at > now:
+        if not expiry_due(item.status, item.expires_at, now):
             return item
         expired = replace(item, status=next_state(item.status, "expire"), decided_at=now,
                           decision_reason="expired")
@@ -171,7 +172,7 @@ class DualControl:
         item = self.get(pending_id)
         extra.update({"requested_by": item.requester, "approved_by": key_text(approver.key),
                       "pending_action": item.action})
-        if item.status != PENDING:
+        if not allows(item.status, "approve"):
             raise AdminRefused(409, "pending-not-open", f"{item.id} is {item.status}")
         self._check_approver(item, approver)
         approved = self._move(item, "approve", approver=key_text(approver.key),

@@ -38,8 +38,9 @@ style); anything not in the table is refused. Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from gateway.core.catalog import ROUTES
 from gateway.core.model import Principal
@@ -124,6 +125,15 @@ def ruling(action: str, actor: Principal, target: Principal | None = None, *,
     return Ruling(ONE_ADMIN, "not-dual-controlled")
 
 
+def other_enabled_admins(principals: Iterable[Principal],
+                         disabled: Collection[tuple[str, str, str]],
+                         target: tuple[str, str, str] | None) -> int:
+    """How many enabled security admins there are besides ``target`` (the
+    last one is never disabled, D6)."""
+    return sum(1 for p in principals
+               if SECURITY_ADMIN in p.roles and p.key != target and p.key not in disabled)
+
+
 def approval_refusal(requester: Principal, approver: Principal,
                      target: tuple[str, str, str] | None) -> str | None:
     """Why ``approver`` may not approve ``requester``'s pending action, or None.
@@ -172,3 +182,12 @@ def next_state(state: str, event: str) -> str:
         return TRANSITIONS[(state, event)]
     except KeyError:
         raise InvalidTransition(state, event) from None
+
+
+def allows(state: str, event: str) -> bool:
+    return (state, event) in TRANSITIONS
+
+
+def expiry_due(state: str, expires_at: datetime, now: datetime) -> bool:
+    """A pending item whose time is up (``expires_at`` itself included) expires."""
+    return allows(state, "expire") and expires_at <= now

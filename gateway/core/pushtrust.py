@@ -6,9 +6,14 @@ Each push intake belongs to one shared system: ``hes`` (``POST
 in its tenant file (``push_intake = "hes"``); the tenant kind alone never
 qualifies, so a portal's pusher cannot post meter readings, nor the HES's a
 booking. A refusal is 403 with an audit event and a SOC event.
+
+:func:`may_push` is the decision the push service asks, before any body
+byte is read; :func:`intake_refusal` is its rule over plain values.
 """
 
 from __future__ import annotations
+
+from gateway.core.model import Caller, Decision
 
 PUSH_ROLE = "pusher"
 PUSH_INTAKES = frozenset({"hes", "cmh"})
@@ -25,3 +30,9 @@ def intake_refusal(roles: frozenset[str], declared_intake: object, intake: str) 
     if intake not in PUSH_INTAKES or declared_intake != intake:
         return "push-intake-foreign"
     return None
+
+
+def may_push(caller: Caller, intake: str) -> Decision:
+    """May ``caller`` push to ``intake``: allow, or deny (403) with the reason."""
+    reason = intake_refusal(caller.principal.roles, caller.tenant.push_intake, intake)
+    return Decision.allow("push-intake") if reason is None else Decision.deny(reason, 403)

@@ -13,7 +13,6 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 from zlib import crc32
 
@@ -32,7 +31,6 @@ from gateway.core.relstore import (
     instant,
     is_snapshot,
     micros,
-    write_atomically,
 )
 
 _NONE = range(0)
@@ -260,14 +258,14 @@ class RelationIndex:
         )
 
     @classmethod
-    def load(cls, path: Path) -> RelationIndex:
-        """Load a compiled snapshot (see :func:`compile_feed`) or the JSON feed
-        ``{"relations": [...]}`` written by the feed or the demo dataset; the
-        first bytes tell which. A damaged snapshot raises SnapshotError."""
-        if is_snapshot(path):
-            return cls.from_snapshot(Snapshot.open(path))
-        with path.open("rb") as fh:
-            doc = json.load(fh)
+    def from_bytes(cls, data: bytes, source: str) -> RelationIndex:
+        """The index in a compiled snapshot or in the JSON feed ``{"relations":
+        [...]}`` written by the feed or the demo dataset; the first bytes tell
+        which. A damaged snapshot raises SnapshotError (``source`` names the
+        file; ``gateway.files.load_relations`` reads it)."""
+        if is_snapshot(data):
+            return cls.from_snapshot(Snapshot.read(data, source))
+        doc = json.loads(data)
         return cls.from_records(doc["relations"])
 
 
@@ -359,20 +357,6 @@ def _holds_function(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds:
             rt, rn, bounds = record(buf, p)
 
     return holds
-
-
-def compile_feed(feed: Path, out: Path) -> int:
-    """Compile a JSON feed (or re-write a snapshot) into a snapshot file at
-    ``out``, atomically; returns the number of relations."""
-    index = RelationIndex.load(feed)
-    buffer = index.snapshot.buffer
-
-    def emit(write: Callable[[bytes | bytearray | memoryview], object]) -> int:
-        write(memoryview(buffer))
-        return len(buffer)
-
-    write_atomically(out, emit)
-    return len(index)
 
 
 def _bound(value: datetime | None, open_value: int) -> int:

@@ -4,7 +4,8 @@ A national feed holds ~10 million tuples; as Python objects that is ~9 GB. A
 snapshot keeps them in flat columns instead, so loading is one read, a header
 check and a checksum, and a lookup is a hash probe plus a few array reads.
 
-The file is read into the process's own memory, not ``mmap``-ed: a mapping
+The file is read into the process's own memory (``gateway.files`` reads
+it; this module only decodes and encodes bytes), not ``mmap``-ed: a mapping
 would see an operator's in-place rewrite (``cp new old``) of the live file,
 half old and half new, or die of SIGBUS on a truncation. A private copy
 cannot change under a running decision.
@@ -30,22 +31,19 @@ The file is trusted like the JSON feed it is compiled from (the operator's
 own disk); the checksums catch truncation and corruption, not forgery. A
 probe always compares the full id bytes, so a hash collision can never
 stand in for another resource. Replace a snapshot by rename (what
-:func:`write_atomically` does): a reload that read a file while it was being
+``gateway.files.write_atomically`` does): a reload that read a file while it was being
 rewritten in place fails its checksum and keeps the running snapshot.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import struct
 import sys
-import tempfile
 import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from gateway.core.rejected import Rejected
@@ -100,9 +98,9 @@ def decode_id(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
 
-def is_snapshot(path: Path) -> bool:
-    with path.open("rb") as fh:
-        return fh.read(len(MAGIC)) == MAGIC
+def is_snapshot(data: bytes) -> bool:
+    """The first bytes tell a snapshot from a JSON feed."""
+    return data[:len(MAGIC)] == MAGIC
 
 
 def _table_size(count: int) -> int:
@@ -244,36 +242,9 @@ class SnapshotBuilder:
         self.emit(out.extend)
         return bytes(out)
 
-    def write(self, path: Path) -> int:
-        """Write the snapshot to ``path`` atomically; returns its size in bytes."""
-        return write_atomically(path, self.emit)
-
 
 def _align(offset: int) -> int:
     return (offset + 7) & ~7
-
-
-def write_atomically(path: Path,
-                     emit: Callable[[Callable[[bytes | bytearray | memoryview], object]], int],
-                     ) -> int:
-    """A temporary file next to ``path``, flushed to disk, then renamed over it:
-    a reader sees the old file or the whole new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            size = emit(fh.write)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-    return size
 
 
 def _require_little_endian() -> None:
@@ -343,12 +314,11 @@ class Snapshot:
             self.tables[kind] = (slots, len(slots) - 1)
 
     @classmethod
-    def open(cls, path: Path) -> Snapshot:
-        with path.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size < HEADER.size:
-                raise SnapshotError(f"{path}: truncated relation snapshot")
-            data = fh.read()  # a private copy: see the module docstring
-        return cls(data, str(path))
+    def read(cls, data: bytes, source: str) -> Snapshot:
+        """The snapshot in the bytes of a file (``source`` names it in errors)."""
+        if len(data) < HEADER.size:
+            raise SnapshotError(f"{source}: truncated relation snapshot")
+        return cls(data, source)
 
     def row(self, kind: str, key: bytes) -> int:
         """Position of the record count in the row of ``(kind, key)``, or -1."""

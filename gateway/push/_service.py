@@ -47,7 +47,7 @@ from gateway.core.push_days import FORMAT as DAYS_FORMAT
 from gateway.core.push_days import KIND as DAYS_KIND
 from gateway.core.push_days import route_meter_days
 from gateway.core.pushscan import Spans, scan_days
-from gateway.core.pushtrust import intake_refusal
+from gateway.core.pushtrust import may_push
 from gateway.core.relations import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
@@ -109,15 +109,14 @@ class PushService:
     def authorize(caller: Caller, intake: str) -> None:
         """D1: only the pushers of the shared system that declares ``intake``
         (``push_intake`` in its tenant file). Needs no body: called before it is read."""
-        reason = intake_refusal(caller.principal.roles,
-                                caller.tenant.push_intake, intake)
-        if reason is not None:
-            raise RequestRefused(403, reason)
+        decision = may_push(caller, intake)
+        if not decision.allowed:
+            raise RequestRefused(decision.status, decision.reason)
 
     def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
         """Route and enqueue one batch; returns (status, accounting, incident).
-        The batch's ``format`` chooses the router: absent, one record per reading
-       ; ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
+        The batch's ``format`` chooses the router: absent, one record per reading;
+        ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
         self.authorize(caller, "hes")
         text: str | None = None
         spans = None

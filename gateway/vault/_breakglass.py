@@ -10,6 +10,11 @@ Emergency: the requester may skip approval. The lease is shorter, a critical
 security event goes to the SOC at once, and the case stays open until a
 second person records the post-incident review. Every step is audited; the
 password never is.
+
+The policy (the case lifecycle's transition table and each dual-control
+rule) is pure and lives in :mod:`gateway.core.breakglass`; this service
+asks it and does the I/O: the state store, the vault, the rotation at the
+shared system, audit and SOC events.
 """
 
 from __future__ import annotations
@@ -17,10 +22,40 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from gateway.audit import SecurityEvents
+from gateway.core.breakglass import (
+    APPROVE,
+    CHECK_IN,
+    CHECK_OUT,
+    CHECKED_OUT,
+    CLOSED,
+    DENY,
+    EMERGENCY_APPROVER,
+    LEAVE,
+    LEAVER_APPROVER,
+    REVIEW,
+    REVIEW_NONE,
+    REVIEW_OPEN,
+    REVIEW_PENDING,
+    BreakGlassPolicy,
+    Refusal,
+    allows,
+    checkin_refusal,
+    checkout_refusal,
+    decide_refusal,
+    initial_state,
+    lease_duration,
+    lease_expired,
+    needs_rotation,
+    next_review,
+    next_state,
+    request_refusal,
+    review_refusal,
+    who,
+)
 from gateway.core.model import Principal
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
@@ -33,31 +68,26 @@ from gateway.vault._service import UpstreamCredentials
 from gateway.vault._store import Vault
 
 log = logging.getLogger("gateway.vault")
-REQUESTER_ROLE = "privileged-user"
-APPROVER_ROLE = "vault-approver"
-REVIEWER_ROLES = frozenset({"vault-approver", "security-admin"})
-
-
-@dataclass(frozen=True, slots=True)
-class BreakGlassPolicy:
-    max_duration: timedelta = timedelta(hours=4)
-    emergency_duration: timedelta = timedelta(minutes=30)
-    approver_other_team: bool = True
+# The policy's home is the core; named here too, where the service is.
+__all__ = ["DEFAULT_POLICY", "BreakGlass", "BreakGlassPolicy", "account_secret_id", "who"]
+DEFAULT_POLICY = BreakGlassPolicy()
 
 
 def account_secret_id(account: str) -> str:
     return f"account/{account}"
 
 
-def who(p: Principal) -> str:
-    return f"{p.tenant}/{p.kind}/{p.name}"
+def _refuse(refusal: Refusal | None) -> None:
+    """The core's refusal as the admin plane's error (status, reason, detail)."""
+    if refusal is not None:
+        raise AdminRefused(refusal.status, refusal.reason, refusal.detail)
 
 
 class BreakGlass:
     def __init__(self, *, store: StateStore, vault: Vault, pool: UpstreamPool,
                  accounts: Mapping[str, str], upstream_creds: UpstreamCredentials,
                  soc: SecurityEvents, metrics: GatewayMetrics,
-                 audit: Callable[..., str], policy: BreakGlassPolicy = BreakGlassPolicy(),
+                 audit: Callable[..., str], policy: BreakGlassPolicy = DEFAULT_POLICY,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.vault = vault
@@ -85,25 +115,18 @@ class BreakGlass:
 
     def request(self, actor: Principal, account: str, reason: str, ticket: str,
                 duration: timedelta, emergency: bool) -> BreakGlassCase:
-        if REQUESTER_ROLE not in actor.roles:
-            raise AdminRefused(403, "missing-role", f"requesting needs {REQUESTER_ROLE}")
-        if account not in self.accounts:
-            raise AdminRefused(404, "unknown-account", f"no privileged account {account!r}")
-        if not ticket.strip():
-            raise AdminRefused(400, "ticket-required", "a ticket reference is required")
-        cap = self.policy.emergency_duration if emergency else self.policy.max_duration
-        if duration <= timedelta(0):
-            raise AdminRefused(400, "field-invalid", "duration must be positive")
+        _refuse(request_refusal(actor, account, self.accounts, ticket, duration))
         now = self.clock()
         case = BreakGlassCase(
             id=f"bg-{now:%Y%m%d%H%M%S}-{secrets.token_hex(3)}", account=account,
             requester=who(actor), requester_team=actor.team or "", reason=reason,
-            ticket=ticket, duration_s=min(duration, cap).total_seconds(), emergency=emergency,
-            created=now)
+            ticket=ticket, duration_s=lease_duration(duration, emergency,
+                                                     self.policy).total_seconds(),
+            emergency=emergency, created=now, status=initial_state(emergency))
         if emergency:
             # No approval; an alert at once and a review that stays open.
-            case = replace(case, status="approved", approver="emergency", decided_at=now,
-                           review_status="pending")
+            case = replace(case, approver=EMERGENCY_APPROVER, decided_at=now,
+                           review_status=next_review(REVIEW_NONE, REVIEW_OPEN))
             self.soc.emit("breakglass-emergency", "critical", new_incident_id(),
                           case=case.id, account=account, requester=case.requester,
                           ticket=ticket, reason=reason)
@@ -113,38 +136,22 @@ class BreakGlass:
 
     def decide(self, actor: Principal, case_id: str, approve: bool) -> BreakGlassCase:
         case = self._case(case_id)
-        if APPROVER_ROLE not in actor.roles:
-            raise AdminRefused(403, "missing-role", f"deciding needs {APPROVER_ROLE}")
-        if case.status != "pending":
-            raise AdminRefused(409, "not-pending", f"the case is {case.status}")
-        if who(actor) == case.requester:
-            raise AdminRefused(403, "self-approval", "nobody approves their own request (D6)")
-        if self.policy.approver_other_team and case.requester_team and \
-                actor.team == case.requester_team:
-            raise AdminRefused(403, "same-team", "the approver must be of another team")
-        case = replace(case, status="approved" if approve else "denied", approver=who(actor),
-                       decided_at=self.clock())
+        _refuse(decide_refusal(actor, case, self.policy))
+        case = replace(case, status=next_state(case.status, APPROVE if approve else DENY),
+                       approver=who(actor), decided_at=self.clock())
         self.store.put_breakglass(case)
         return case
 
     def checkout(self, actor: Principal, case_id: str) -> tuple[BreakGlassCase, str]:
         case = self._case(case_id)
-        if who(actor) != case.requester:
-            raise AdminRefused(403, "not-requester", "only the requester checks out")
-        if case.status != "approved":
-            raise AdminRefused(409, "not-approved", f"the case is {case.status}")
-        busy = [c for c in self.store.breakglass_cases()
-                if c.account == case.account and c.id != case.id
-                and (c.status == "checked-out" or (c.status == "closed" and not c.rotated))]
-        if busy:
-            raise AdminRefused(409, "account-leased", "the account is leased or being rotated")
+        _refuse(checkout_refusal(actor, case, self.store.breakglass_cases()))
         try:
             password = self.vault.get(account_secret_id(case.account)).decode()
         except SecretNotFound as exc:
             raise AdminRefused(409, "account-not-provisioned", "no password in the vault") \
                 from exc
         now = self.clock()
-        case = replace(case, status="checked-out", checked_out_at=now,
+        case = replace(case, status=next_state(case.status, CHECK_OUT), checked_out_at=now,
                        lease_expires_at=now + timedelta(seconds=case.duration_s))
         self.store.put_breakglass(case)
         self.metrics.breakglass_checkouts.labels(
@@ -155,24 +162,17 @@ class BreakGlass:
     async def checkin(self, actor: Principal | None, case_id: str,
                       why: str = "checked in") -> BreakGlassCase:
         case = self._case(case_id)
-        if actor is not None and who(actor) != case.requester and \
-                "security-admin" not in actor.roles:
-            raise AdminRefused(403, "not-requester", "only the requester (or an admin) checks in")
-        if case.status != "checked-out":
-            raise AdminRefused(409, "not-checked-out", f"the case is {case.status}")
-        case = replace(case, status="closed", closed_at=self.clock(), close_reason=why)
+        _refuse(checkin_refusal(actor, case))
+        case = replace(case, status=next_state(case.status, CHECK_IN), closed_at=self.clock(),
+                       close_reason=why)
         self.store.put_breakglass(case)
         return await self._rotate(case)
 
     def review(self, actor: Principal, case_id: str, notes: str) -> BreakGlassCase:
         case = self._case(case_id)
-        if not REVIEWER_ROLES & actor.roles:
-            raise AdminRefused(403, "missing-role", "reviews need vault-approver or security-admin")
-        if case.review_status != "pending":
-            raise AdminRefused(409, "no-review-pending", "this case needs no review")
-        if who(actor) == case.requester:
-            raise AdminRefused(403, "self-review", "a second person records the review")
-        case = replace(case, review_status="done", reviewer=who(actor), review_notes=notes)
+        _refuse(review_refusal(actor, case))
+        case = replace(case, review_status=next_review(case.review_status, REVIEW),
+                       reviewer=who(actor), review_notes=notes)
         self.store.put_breakglass(case)
         self.refresh_metrics()
         return case
@@ -206,13 +206,14 @@ class BreakGlass:
     async def end_leases_of(self, principal: tuple[str, str, str], why: str) -> list[str]:
         """D8: a leaver's leases end at once and what it held is rotated."""
         ended = []
-        for case in self.store.breakglass_cases(status="checked-out"):
+        for case in self.store.breakglass_cases(status=CHECKED_OUT):
             if case.requester == "/".join(principal):
                 await self.checkin(None, case.id, why)
                 ended.append(case.id)
         for case in self.store.breakglass_cases():
-            if case.requester == "/".join(principal) and case.status in ("pending", "approved"):
-                self.store.put_breakglass(replace(case, status="denied", approver="leaver",
+            if case.requester == "/".join(principal) and allows(case.status, LEAVE):
+                self.store.put_breakglass(replace(case, status=next_state(case.status, LEAVE),
+                                                  approver=LEAVER_APPROVER,
                                                   decided_at=self.clock()))
         return ended
 
@@ -220,13 +221,13 @@ class BreakGlass:
         """Expired leases are closed and rotated; failed rotations retried
         (also after a restart: the state is durable)."""
         now = self.clock()
-        for case in self.store.breakglass_cases(status="checked-out"):
-            if case.lease_expires_at is not None and case.lease_expires_at <= now:
+        for case in self.store.breakglass_cases(status=CHECKED_OUT):
+            if lease_expired(case, now):
                 await self.checkin(None, case.id, "lease expired")
                 self.audit("gateway", "breakglass-expire", case.id, "lease expired", "done",
                            f"account={case.account}")
-        for case in self.store.breakglass_cases(status="closed"):
-            if not case.rotated:
+        for case in self.store.breakglass_cases(status=CLOSED):
+            if needs_rotation(case):
                 await self._rotate(case)
         self.refresh_metrics()
 
@@ -234,9 +235,9 @@ class BreakGlass:
         cases = self.store.breakglass_cases()
         for account in self.accounts:
             self.metrics.breakglass_active_leases.labels(account).set(
-                sum(1 for c in cases if c.account == account and c.status == "checked-out"))
+                sum(1 for c in cases if c.account == account and c.status == CHECKED_OUT))
         self.metrics.breakglass_reviews_pending.set(
-            sum(1 for c in cases if c.review_status == "pending"))
+            sum(1 for c in cases if c.review_status == REVIEW_PENDING))
         now = self.clock()
         for account in self.accounts:
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from gateway.core.duties import (
@@ -13,8 +15,11 @@ from gateway.core.duties import (
     TRANSITIONS,
     TWO_PERSON,
     InvalidTransition,
+    allows,
     approval_refusal,
+    expiry_due,
     next_state,
+    other_enabled_admins,
     ruling,
 )
 from gateway.core.model import Principal
@@ -158,3 +163,42 @@ def test_final_states_have_no_way_out() -> None:
 def test_the_roles_routes_require_are_privileged() -> None:
     """D5/D6: read from the route catalogue, not a list kept by hand."""
     assert "meter-operator" in ROUTE_ROLES
+
+
+# -- the last admin, expiry, what may be approved ------------------------------------
+
+ADMINS = [ALICE, BOB, IVAN, CAROL, DAVE]  # three security admins
+
+
+@pytest.mark.parametrize("disabled,target,others", [
+    (set(), None, 3),
+    (set(), ALICE.key, 2),  # the target is not one of the others
+    (set(), DAVE.key, 3),  # not an admin: all three are others
+    ({BOB.key}, ALICE.key, 1),  # a disabled admin does not count
+    ({BOB.key, IVAN.key}, ALICE.key, 0),  # ALICE is the last one
+    ({CAROL.key}, None, 3),  # a disabled non-admin changes nothing
+])
+def test_other_enabled_admins(disabled: set[tuple[str, str, str]],
+                              target: tuple[str, str, str] | None, others: int) -> None:
+    assert other_enabled_admins(ADMINS, disabled, target) == others
+
+
+@pytest.mark.parametrize("state,offset_s,due", [
+    ("pending", -1, True),
+    ("pending", 0, True),  # the expiry instant itself is past
+    ("pending", 1, False),
+    ("approved", -3600, False),  # running: never expired under the approver
+    ("done", -3600, False),
+    ("denied", -3600, False),
+    ("expired", -3600, False),
+])
+def test_expiry_is_due_for_a_pending_item_whose_time_is_up(state: str, offset_s: int,
+                                                           due: bool) -> None:
+    now = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
+    assert expiry_due(state, now + timedelta(seconds=offset_s), now) is due
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_only_a_pending_item_is_approved(state: str) -> None:
+    assert allows(state, "approve") is (state == "pending")
+    assert allows(state, "deny") is (state == "pending")

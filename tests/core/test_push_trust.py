@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS, PUSH_INTAKES, intake_refusal
+from gateway.core.model import Caller, Principal, Tenant
+from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS, PUSH_INTAKES, intake_refusal, may_push
 from gateway.errors import ConfigError
 from gateway.tenants import load_tenants, parse_tenant
 
@@ -34,6 +35,36 @@ def test_only_the_declaring_systems_pushers(roles: frozenset[str], declared: obj
                                             intake: str, expected: str | None) -> None:
     assert intake_refusal(roles, declared, intake) == expected
     assert expected is None or expected in PUSH_INTAKE_REFUSALS
+
+
+def _caller(tenant: str, kind: str, roles: frozenset[str],
+            push_intake: str | None = None) -> Caller:
+    return Caller(Tenant(tenant, tenant, kind, push_intake=push_intake),
+                  Principal(tenant, "service", "pusher", roles))
+
+
+HES = _caller("hes-operator", "shared-system", PUSHER, push_intake="hes")
+PORTAL = _caller("cmh-portal", "shared-system", PUSHER, push_intake="cmh")
+
+
+@pytest.mark.parametrize("caller,intake,allowed,reason", [
+    (HES, "hes", True, "push-intake"),
+    (PORTAL, "cmh", True, "push-intake"),
+    (PORTAL, "hes", False, "push-intake-foreign"),
+    (HES, "cmh", False, "push-intake-foreign"),
+    # A shared system that declares no intake; its kind alone never qualifies.
+    (_caller("it-platform", "shared-system", PUSHER), "hes", False, "push-intake-foreign"),
+    # The declaration belongs to the tenant: another principal needs the role too.
+    (_caller("hes-operator", "shared-system", frozenset({"reader"}), push_intake="hes"),
+     "hes", False, "not-a-pusher"),
+    # A tenant of another kind holding the role: the role alone never qualifies.
+    (_caller("ores", "dso", PUSHER), "hes", False, "push-intake-foreign"),
+])
+def test_may_push_decides_from_the_callers_tenant_and_role(caller: Caller, intake: str,
+                                                           allowed: bool, reason: str) -> None:
+    decision = may_push(caller, intake)
+    assert (decision.allowed, decision.reason) == (allowed, reason)
+    assert decision.status == (200 if allowed else 403)
 
 
 def _doc(**extra: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex, compile_feed, relation_record
+from gateway.core.relations import RelationIndex, relation_record
 from gateway.core.relstore import (
     HEADER,
     OPEN_FROM,
@@ -23,8 +23,8 @@ from gateway.core.relstore import (
     SnapshotError,
     instant,
     micros,
-    write_atomically,
 )
+from gateway.files import compile_feed, load_relations, write_atomically
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 KINDS = ("meter", "ean", "ticket")
@@ -196,7 +196,7 @@ def test_json_feed_and_compiled_snapshot_answer_alike(tmp_path: Path) -> None:
     feed, rels = _feed(tmp_path)
     snap = tmp_path / "relations.snap"
     assert compile_feed(feed, snap) == len(rels)
-    from_json, from_snap = RelationIndex.load(feed), RelationIndex.load(snap)
+    from_json, from_snap = load_relations(feed), load_relations(snap)
     assert list(from_json) == list(from_snap) == rels
     for at in (T0 - timedelta(seconds=1), T0, T0 + timedelta(days=90, microseconds=5)):
         for tenant in ("fluvius", "sibelga", "lumen", "ores"):
@@ -226,11 +226,11 @@ def test_damaged_snapshots_are_refused(tmp_path: Path) -> None:
     for what, data in damaged.items():
         snap.write_bytes(data)
         with pytest.raises(SnapshotError):
-            RelationIndex.load(snap)
+            load_relations(snap)
         assert isinstance(SnapshotError(what), ValueError)  # server.py: a ConfigError
     snap.write_bytes(b"")
     with pytest.raises((SnapshotError, json.JSONDecodeError)):
-        RelationIndex.load(snap)
+        load_relations(snap)
     with pytest.raises(SnapshotError, match="version"):
         head = bytearray(good[:HEADER.size])
         fields = list(HEADER.unpack(bytes(head)))
@@ -257,9 +257,9 @@ def test_write_is_atomic(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["relations.snap"]
     builder = SnapshotBuilder()
     builder.add("meter", "M1", [("ores", "owner", OPEN_FROM, OPEN_TO)])
-    size = builder.write(target)
+    size = write_atomically(target, builder.emit)
     assert target.stat().st_size == size
-    assert list(RelationIndex.load(target)) == [Relation("meter", "M1", "ores", "owner")]
+    assert list(load_relations(target)) == [Relation("meter", "M1", "ores", "owner")]
     assert [p.name for p in tmp_path.iterdir()] == ["relations.snap"]
 
 
@@ -270,10 +270,10 @@ def test_cli_compiles_a_feed(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     snap = tmp_path / "out.snap"
     assert main(["relations", "compile", "--feed", str(feed), "--out", str(snap)]) == 0
     assert f"{len(rels)} relations" in capsys.readouterr().out
-    assert list(RelationIndex.load(snap)) == rels
+    assert list(load_relations(snap)) == rels
     feed.write_text("{not json")
     assert main(["relations", "compile", "--feed", str(feed), "--out", str(snap)]) == 2
-    assert list(RelationIndex.load(snap)) == rels  # the previous snapshot is intact
+    assert list(load_relations(snap)) == rels  # the previous snapshot is intact
 
 
 # holds() reads rows its own way (one struct call for the id, count and first
