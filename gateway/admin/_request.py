@@ -22,13 +22,14 @@ from typing import Any
 from aiohttp import web
 
 from gateway.core.jsonlimits import DuplicateKey, TooDeep, loads_limited
-from gateway.core.model import Principal
+from gateway.core.model import Caller, Principal
 from gateway.pki import AdminRefused
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_JSON_DEPTH = 64  # nesting of admin bodies (gateway.core.jsonlimits)
 MAX_SECONDS = 100 * 365 * 86400.0  # any duration beyond is a typo (and overflows timedelta)
-CALLER: web.RequestKey[Any] = web.RequestKey("caller", object)
+# The resolved caller of an admin request (set by the guarded wrapper).
+CALLER: web.RequestKey[Caller] = web.RequestKey("caller", Caller)
 # Named fields a handler adds to its audit event (D6: both actors of a decision).
 AUDIT_EXTRA: web.RequestKey[dict[str, str]] = web.RequestKey("audit_extra", dict)
 
