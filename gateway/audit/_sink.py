@@ -2,17 +2,20 @@
 payload, never a secret.
 
 The sink is :class:`gateway.audit._chain.ChainedAuditLog` (hash-chained, signed
-checkpoints). Writing the event is part of the request: if it fails, the
-request fails (fail closed).
+checkpoints). It records the typed kinds of :mod:`gateway.audit._events`
+only. Writing the event is part of the request: if it fails, the request
+fails (fail closed).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from gateway.audit._events import AuditEvent
 
 
 class AuditSink(Protocol):
-    def record(self, event: dict[str, Any]) -> None: ...
+    def record(self, event: AuditEvent) -> None: ...
 
 
 class AuditWriteFailed(Exception):
