@@ -78,8 +78,10 @@ class RequestEvent:
 
 
 # The named fields an admin event may add (D6: who asked, who approved or
-# denied, the pending item). Each is written only when given.
-ADMIN_EXTRA_FIELDS = ("requested_by", "approved_by", "denied_by", "pending_action", "pending")
+# denied, the pending item; the method of a request no admin route took).
+# Each is written only when given.
+ADMIN_EXTRA_FIELDS = ("requested_by", "approved_by", "denied_by", "pending_action", "pending",
+                      "method")
 _ADMIN_BASE = frozenset({"event", "incident", "actor", "action", "target", "reason",
                          "outcome", "detail"})
 
@@ -101,6 +103,7 @@ class AdminEvent:
     denied_by: str | None = None
     pending_action: str | None = None
     pending: str | None = None
+    method: str | None = None
 
     @classmethod
     def build(cls, *, incident: str, actor: str, action: str, target: str, reason: str,
@@ -133,6 +136,8 @@ class AdminEvent:
             record["pending_action"] = self.pending_action
         if self.pending is not None:
             record["pending"] = self.pending
+        if self.method is not None:
+            record["method"] = self.method
         return record
 
 
