@@ -225,6 +225,16 @@ def test_the_lines_are_byte_identical_to_the_plain_dicts(
                 if k not in ("ts", "seq", "prev", "hash")} == expected
 
 
+def test_a_request_event_names_at_most_twenty_resources() -> None:
+    """D10: ids only, and a bounded number of them per line."""
+    many = tuple(f"54144886001207{i:04d}" for i in range(25))
+    event = RequestEvent(incident="inc-1", tenant="ores", principal="app-1", cert_serial="1",
+                         cert_fingerprint="f", method="GET", route="r", upstream="u",
+                         decision="allow", reason="ok", status=200, resources=many,
+                         bytes_in=0, bytes_out=0, classification=None)
+    assert event.as_record()["resources"] == list(many[:20])
+
+
 def test_an_admin_extra_never_replaces_a_base_member() -> None:
     """As before: named extras only add (D6 fields); the actor stays the actor."""
     event = AdminEvent.build(incident="inc-1", actor="ores/person/alice", action="revoke",
@@ -244,8 +254,10 @@ def test_an_admin_extra_outside_the_named_fields_is_refused() -> None:
                          outcome="done", extra={"body": "secret"})
 
 
-def test_the_kinds_are_frozen() -> None:
-    event = PushDeliveredEvent(incident="inc-1", tenant="ores", batch_id="b", records=1,
-                               attempts=1)
+@pytest.mark.parametrize(("name", "event", "expected"), CASES, ids=IDS)
+def test_the_kinds_are_frozen(name: str, event: AuditEvent,
+                              expected: dict[str, Any]) -> None:
+    """What was decided is what gets written: no stage edits an event after it."""
     with pytest.raises(AttributeError):
-        event.tenant = "fluvius"  # type: ignore[misc]
+        setattr(event, "policy" if isinstance(event, PruneEvent) else "incident", "x")
+    assert event.as_record() == expected
