@@ -13,13 +13,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from gateway.audit import (
-    AuditSink,
-    AuditWriteFailed,
-    RequestEvent,
-    SecurityEvents,
-    UsageLedger,
-)
+from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
 from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
