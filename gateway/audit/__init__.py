@@ -1,7 +1,8 @@
-"""The trace of everything (D10, D12): the audit sink and the tamper-evident
-hash-chained log (``docs/audit-format.md``), its reference verifier, its
-checkpoint keys and their rotation, pruning by policy, usage rollups, and the
-security events for the SOC (file, webhook, RFC 5424 syslog).
+"""The trace of everything (D10, D12): the typed audit event kinds, the audit
+sink and the tamper-evident hash-chained log (``docs/audit-format.md``), its
+reference verifier, its checkpoint keys and their rotation, pruning by policy,
+usage rollups, and the security events for the SOC (file, webhook, RFC 5424
+syslog).
 
 May import: :mod:`gateway.errors` and the standard library only; every other
 package may import it.
@@ -10,6 +11,17 @@ package may import it.
 from __future__ import annotations
 
 from gateway.audit._chain import ChainedAuditLog, verify_log
+from gateway.audit._events import (
+    AdminEvent,
+    AuditEvent,
+    CmhFanoutEvent,
+    PruneEvent,
+    PushBatchEvent,
+    PushDeadLetterEvent,
+    PushDeliveredEvent,
+    PushPartOutcome,
+    RequestEvent,
+)
 from gateway.audit._format import public_keys, segment_files, segments_dir
 from gateway.audit._keys import AuditKeys, published_keys
 from gateway.audit._prune import AuditPruner
@@ -19,11 +31,20 @@ from gateway.audit._syslog import SyslogSink
 from gateway.audit._usage import UsageLedger
 
 __all__ = [
+    "AdminEvent",
+    "AuditEvent",
     "AuditKeys",
     "AuditPruner",
     "AuditSink",
     "AuditWriteFailed",
     "ChainedAuditLog",
+    "CmhFanoutEvent",
+    "PruneEvent",
+    "PushBatchEvent",
+    "PushDeadLetterEvent",
+    "PushDeliveredEvent",
+    "PushPartOutcome",
+    "RequestEvent",
     "SecurityEvents",
     "SyslogSink",
     "UsageLedger",

@@ -6,6 +6,11 @@ Each line is the canonical JSON of its members followed by a last member
 ``"hash"`` = SHA-256(prev + "\\n" + canonical). Verifiers hash the stored bytes,
 never a re-serialisation. Writing is part of the request: every failure
 raises ``AuditWriteFailed`` (fail closed). Nothing here logs event contents.
+
+``record`` takes the typed kinds of :mod:`gateway.audit._events` and turns
+each into its members once. The lines this writer makes on its own, the
+checkpoints and the ``audit-key-change`` handover (§6), are format records,
+not decision events: they are built here, as the spec draws them.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.audit._events import AuditEvent
 from gateway.audit._format import (
     ALG,
     CHECKPOINT,
@@ -123,11 +129,15 @@ class ChainedAuditLog:
     def failures(self) -> int:
         return self._failures
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: AuditEvent | dict[str, Any]) -> None:
+        """Append one event line. The gateway records the typed kinds
+        (``AuditSink``); a plain dict is the format level, any members
+        (the spec's worked examples and test vectors), ``ts`` kept if given."""
         with self._counted():
-            if clash := RESERVED.intersection(event):
+            fields = event if isinstance(event, dict) else event.as_record()
+            if clash := RESERVED.intersection(fields):
                 raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
-            self._append({"ts": self._clock(), **event})
+            self._append({"ts": self._clock(), **fields})
             self._since_checkpoint += 1
             if (self._since_checkpoint >= self._every
                     or self._clock() - self._last_checkpoint_at >= self._interval_s):

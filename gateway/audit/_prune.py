@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.audit._chain import ChainedAuditLog
-from gateway.audit._format import CHECKPOINT, PRUNE_EVENT, parse_line, segment_files
+from gateway.audit._events import PruneEvent
+from gateway.audit._format import CHECKPOINT, parse_line, segment_files
 from gateway.audit._verify import VerifyResult, verify
 
 __all__ = ["AuditPruner", "PruneOutcome"]
@@ -131,12 +132,10 @@ class AuditPruner:
             return PruneOutcome(kept_because=why)
         names = tuple(p.name for p in chosen)
         # Record first (signed), delete after: a crash in between keeps more.
-        self.audit.record({
-            "event": PRUNE_EVENT, "actor": "gateway", "action": "prune",
-            "segments": list(names), "pruned_from_seq": first_seq,
-            "pruned_through_seq": anchor_seq - 1, "anchor_seq": anchor_seq,
-            "anchor_hash": anchor_hash, "policy": f"raw_retention_days={self.retention_days:g}",
-            "rolled_up_through": rolled})
+        self.audit.record(PruneEvent.of(
+            segments=names, first_seq=first_seq, anchor_seq=anchor_seq,
+            anchor_hash=anchor_hash, retention_days=self.retention_days,
+            rolled_up_through=rolled))
         self.audit.checkpoint()
         for segment in chosen:
             segment.unlink()

@@ -2,14 +2,16 @@
 payload, never a secret.
 
 The sink is :class:`gateway.audit._chain.ChainedAuditLog` (hash-chained, signed
-checkpoints). Writing the event is part of the request: if it fails, the
-request fails (fail closed).
+checkpoints). It records the typed kinds of :mod:`gateway.audit._events`
+only. Writing the event is part of the request: if it fails, the request
+fails (fail closed).
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
 
+from gateway.audit._events import AuditEvent
 from gateway.errors import GatewayFailed
 
 
@@ -20,7 +22,7 @@ class AuditSink(Protocol):
     def writable(self) -> bool:
         """False once the sink is closed or broken: callers refuse up front."""
 
-    def record(self, event: dict[str, Any]) -> None:
+    def record(self, event: AuditEvent) -> None:
         """Write one event durably, or raise :class:`AuditWriteFailed`."""
 
 

@@ -10,11 +10,10 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from aiohttp import web
 
-from gateway.audit import AuditSink, AuditWriteFailed, SecurityEvents, UsageLedger
+from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
 from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
@@ -49,11 +48,12 @@ class RequestTrace:
             response.force_close()  # framing we do not trust: no next request on it
         return response
 
-    def _security_event(self, ex: Exchange, event: dict[str, Any]) -> None:
+    def _security_event(self, ex: Exchange, event: RequestEvent) -> None:
         """D12: what the SOC must see, with the incident id of the audit event."""
         assert self.soc is not None
-        who = {k: event[k] for k in ("tenant", "principal", "cert_serial", "route", "upstream",
-                                     "reason", "status")}
+        who = {"tenant": event.tenant, "principal": event.principal,
+               "cert_serial": event.cert_serial, "route": event.route,
+               "upstream": event.upstream, "reason": event.reason, "status": event.status}
         if ex.reason in ISOLATION_REASONS:
             self.soc.emit("isolation-violation", "critical", ex.incident, **who)
         elif ex.reason in CERTIFICATE_REFUSALS:
@@ -73,24 +73,24 @@ class RequestTrace:
         upstream = route.upstream if route is not None else NO_ROUTE
         status = response.status
         bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
-        event = {
-            "event": "request",
-            "incident": ex.incident,
-            "tenant": tenant,
-            "principal": ex.caller.principal.name if ex.caller is not None else None,
-            "cert_serial": ex.caller.cert_serial if ex.caller is not None else None,
-            "cert_fingerprint": ex.caller.cert_fingerprint if ex.caller is not None else None,
-            "method": request.method,
-            "route": route.name if route is not None else None,
-            "upstream": upstream,
-            "decision": "allow" if status < 400 else "deny",
-            "reason": ex.reason,
-            "status": status,
-            "resources": list(ex.resources[:20]),
-            "bytes_in": ex.bytes_in,
-            "bytes_out": bytes_out,
-            "classification": ex.label,
-        }
+        caller = ex.caller
+        event = RequestEvent(
+            incident=ex.incident,
+            tenant=tenant,
+            principal=caller.principal.name if caller is not None else None,
+            cert_serial=caller.cert_serial if caller is not None else None,
+            cert_fingerprint=caller.cert_fingerprint if caller is not None else None,
+            method=request.method,
+            route=route.name if route is not None else None,
+            upstream=upstream,
+            decision="allow" if status < 400 else "deny",
+            reason=ex.reason,
+            status=status,
+            resources=ex.resources,
+            bytes_in=ex.bytes_in,
+            bytes_out=bytes_out,
+            classification=ex.label,
+        )
         try:
             self.audit.record(event)
         except AuditWriteFailed:

@@ -23,7 +23,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from gateway.audit import AuditSink, SecurityEvents
+from gateway.audit import AdminEvent, AuditSink, SecurityEvents
 from gateway.errors import RequestRefused
 from gateway.files import write_private
 from gateway.metrics import GatewayMetrics
@@ -234,15 +234,13 @@ class Credentials:
     def record_admin_event(self, actor: str, action: str, target: str, reason: str, outcome: str,
                            detail: str = "", incident: str | None = None,
                            extra: dict[str, str] | None = None) -> str:
-        """One admin-plane audit event. ``extra`` adds named fields (D6: a
+        """One admin-plane audit event (``AdminEvent``). ``extra`` adds named fields (D6: a
         dual-controlled action carries ``requested_by`` and ``approved_by``).
         Raises if the audit log cannot be written: the caller then must not act."""
         incident = incident or new_incident_id()
-        event = {"event": "admin", "incident": incident, "actor": actor, "action": action,
-                 "target": target, "reason": reason, "outcome": outcome, "detail": detail}
-        for key, value in (extra or {}).items():
-            event.setdefault(key, value)
-        self.audit.record(event)
+        self.audit.record(AdminEvent.build(
+            incident=incident, actor=actor, action=action, target=target, reason=reason,
+            outcome=outcome, detail=detail, extra=extra))
         # An attempt is not yet a change: the SOC hears of its outcome.
         if self.soc is not None and reason != "read" and outcome != "attempt":
             # D12: every admin change, and every refused admin attempt.

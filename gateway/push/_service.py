@@ -25,7 +25,14 @@ from typing import Any
 
 import aiohttp
 
-from gateway.audit import AuditSink
+from gateway.audit import (
+    AuditSink,
+    CmhFanoutEvent,
+    PushBatchEvent,
+    PushDeadLetterEvent,
+    PushDeliveredEvent,
+    PushPartOutcome,
+)
 from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
 from gateway.core.jsonlimits import (
     MAX_DEPTH,
@@ -175,7 +182,7 @@ class PushService:
         if known is not None and known["fingerprint"] != fingerprint:
             raise RequestRefused(409, "batch-id-reused-with-other-content")
         incident = new_incident_id()
-        parts_out, to_store = [], []
+        parts_out, outcomes, to_store = [], [], []
         queued = refused = 0
         for tenant, count, encode in parts:
             stored = (self.outbox.part_of(source, batch_id, tenant) if known is not None
@@ -196,6 +203,7 @@ class PushService:
                 to_store.append(EncodedPart(part_id, tenant, kind, count, encode()))
             parts_out.append({"tenant": tenant, "records": count, "status": status,
                               "idempotency_key": part_id})
+            outcomes.append(PushPartOutcome(tenant, count, status))
         quarantined = sum(q.count for q in quarantine)
         if to_store or known is None:
             self.outbox.enqueue_encoded(batch_id=batch_id, source=source,
@@ -212,12 +220,11 @@ class PushService:
         reasons: dict[str, int] = {}
         for q in quarantine:
             reasons[q.reason] = reasons.get(q.reason, 0) + q.count
-        self.audit.record({"event": "push-batch", "incident": incident, "tenant": source,
-                           "batch_id": batch_id, "received": received,
-                           "queued": queued, "quarantined": quarantined,
-                           "refused": refused, "quarantine_reasons": reasons, **extra,
-                           "parts": [{k: p[k] for k in ("tenant", "records", "status")}
-                                     for p in parts_out]})
+        self.audit.record(PushBatchEvent(
+            incident=incident, tenant=source, batch_id=batch_id, received=received,
+            queued=queued, quarantined=quarantined, refused=refused,
+            quarantine_reasons=reasons, parts=tuple(outcomes),
+            batch_format=extra.get("format"), meter_days=extra.get("meter_days")))
         if kind == DAYS_KIND:
             listed = [{"index": q.index, "first": q.first, "count": q.count,
                        "reason": q.reason, "meter": q.meter} for q in quarantine]
@@ -268,10 +275,9 @@ class PushService:
                                 parts=store)
             for _, tenant, _, _ in store:
                 self._wake_up(tenant)
-        self.audit.record({"event": "cmh-fanout", "incident": incident,
-                           "tenant": caller.tenant.id, "request": fanout.request_id,
-                           "operators": sorted(fanout.parts),
-                           "outcome": "queued" if known is None else "already-queued"})
+        self.audit.record(CmhFanoutEvent.queued(
+            incident=incident, tenant=caller.tenant.id, request=fanout.request_id,
+            operators=tuple(sorted(fanout.parts)), already_queued=known is not None))
         return 202, {"request": fanout.request_id, "coordinator": fanout.coordinator,
                      "operators": sorted(fanout.parts), "queued": 1, "quarantined": 0,
                      "quarantine": [], "incident": incident}, incident
@@ -286,9 +292,9 @@ class PushService:
         self.metrics.push_records.labels(source, "none", "quarantined").inc()
         if reason in ISOLATION_REASONS_CMH:
             self.metrics.isolation_violations.labels(source, "push", "push").inc()
-        self.audit.record({"event": "cmh-fanout", "incident": incident, "tenant": source,
-                           "request": request_id, "operators": [], "outcome": "quarantined",
-                           "quarantine_reasons": {reason: 1}, "connection": connection})
+        self.audit.record(CmhFanoutEvent.quarantined(
+            incident=incident, tenant=source, request=request_id, reason=reason,
+            connection=connection))
         return 202, {"request": request_id, "coordinator": coordinator, "operators": [],
                      "queued": 0, "quarantined": 1,
                      "quarantine": [{"reason": reason, "connection": connection}],
@@ -366,9 +372,9 @@ class PushService:
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
             self.metrics.push_records.labels(self._source(part), part.tenant,
                                              "delivered").inc(part.records)
-            self.audit.record({"event": "push-delivered", "incident": new_incident_id(),
-                               "tenant": part.tenant, "batch_id": part.batch_id,
-                               "records": part.records, "attempts": part.attempts + 1})
+            self.audit.record(PushDeliveredEvent(
+                incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
+                records=part.records, attempts=part.attempts + 1))
             return
         permanent = status in _PERMANENT
         outcome = await asyncio.to_thread(self.outbox.failed, part, error, self.retry,
@@ -378,9 +384,9 @@ class PushService:
         if outcome == "dead":
             self.metrics.push_records.labels(self._source(part), part.tenant,
                                              "dead_letter").inc(part.records)
-            self.audit.record({"event": "push-dead-letter", "incident": new_incident_id(),
-                               "tenant": part.tenant, "batch_id": part.batch_id,
-                               "records": part.records, "error": error})
+            self.audit.record(PushDeadLetterEvent(
+                incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
+                records=part.records, error=error))
             log.error("part %s is a dead letter after %s", part.id, error)
 
     def _source(self, part: Part) -> str:
