@@ -42,6 +42,32 @@ IDLE_TIMEOUT_S = 30.0  # an idle keep-alive connection is closed after this long
 PROBE_TIMEOUT_S = 2.0
 
 
+# What a failed call becomes, in one table (the client's errors and the
+# event loop's timeout, translated once, here): the status and reason the
+# caller sees, and the label of gateway_upstream_errors_total. Most specific
+# first. RETRY: nothing came back, so an idempotent request may go again.
+RETRY = 0
+TRANSLATION: tuple[tuple[type[BaseException], int, str, str], ...] = (
+    (ResponseTooLarge, 502, "upstream-response-too-large", "too-large"),
+    (TimeoutError, 504, "upstream-timeout", "timeout"),
+    (NoResponse, RETRY, "upstream-unreachable", "connection"),
+    # A body cut off mid-way: never a clean answer.
+    (ResponseBroken, 502, "upstream-reset", "connection"),
+    # SECURITY: an answer that could be read two ways is no answer.
+    (MalformedResponse, 502, "upstream-malformed-response", "connection"),
+    (ClientError, 502, "upstream-unreachable", "connection"),
+)
+
+
+def translate(exc: BaseException) -> tuple[int, str, str]:
+    """(status, reason, metric label) of a failed call; RETRY as the status
+    when nothing came back. Anything the table does not know is a bug."""
+    for kind, status, reason, label in TRANSLATION:
+        if isinstance(exc, kind):
+            return status, reason, label
+    raise TypeError(f"no translation for {type(exc).__name__}") from exc
+
+
 class _Retryable(Exception):
     """The connection failed before any answer (internal to the pool)."""
 
@@ -357,24 +383,12 @@ class UpstreamPool:
             resp = await self._pools[upstream].request(
                 method, target, headers, body, timeout_s=up.timeout_s,
                 max_body=up.max_response_bytes)
-        except ResponseTooLarge as exc:
-            self.metrics.upstream_errors.labels(upstream, "too-large").inc()
-            raise UpstreamFailed(502, "upstream-response-too-large") from exc
-        except TimeoutError as exc:
-            self.metrics.upstream_errors.labels(upstream, "timeout").inc()
-            raise UpstreamFailed(504, "upstream-timeout") from exc
-        except NoResponse as exc:
-            # Nothing came back: safe to retry an idempotent request.
-            self.metrics.upstream_errors.labels(upstream, "connection").inc()
-            raise _Retryable() from exc
-        except ResponseBroken as exc:
-            # A body cut off mid-way: never a clean answer.
-            self.metrics.upstream_errors.labels(upstream, "connection").inc()
-            raise UpstreamFailed(502, "upstream-reset") from exc
-        except MalformedResponse as exc:
-            # SECURITY: an answer that could be read two ways is no answer.
-            self.metrics.upstream_errors.labels(upstream, "connection").inc()
-            raise UpstreamFailed(502, "upstream-malformed-response") from exc
+        except (ClientError, TimeoutError) as exc:
+            status, reason, label = translate(exc)
+            self.metrics.upstream_errors.labels(upstream, label).inc()
+            if status == RETRY:
+                raise _Retryable() from exc
+            raise UpstreamFailed(status, reason) from exc
         return UpstreamResponse(resp.status, media_type(resp.content_type),
                                 tuple(resp.headers), resp.body)
 
