@@ -52,7 +52,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pki import ASSERTION_HEADER, AssertionSigner
 from gateway.push import PushService
 from gateway.state import Consultation
-from gateway.upstream import UpstreamPool
+from gateway.upstream import UpstreamTransport
 
 JSON = "application/json"
 
@@ -64,7 +64,7 @@ class DataPlane:
         resolver: CallerResolver,
         routes: RouteTable,
         relations: Callable[[], RelationIndex],
-        upstreams: UpstreamPool,
+        upstreams: UpstreamTransport,
         signer: AssertionSigner,
         audit: AuditSink,
         metrics: GatewayMetrics,

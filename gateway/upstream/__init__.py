@@ -10,8 +10,10 @@ May import: :mod:`gateway.edge` (the client TLS context), :mod:`gateway.config`,
 
 from __future__ import annotations
 
-from gateway.upstream._pool import UpstreamPool
+from gateway.upstream._pool import UpstreamPool, UpstreamResponse, UpstreamTransport
 
 __all__ = [
     "UpstreamPool",
+    "UpstreamResponse",
+    "UpstreamTransport",
 ]

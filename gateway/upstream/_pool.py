@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from gateway.config import Upstream
@@ -110,6 +111,21 @@ class UpstreamResponse:
     content_type: str
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+class UpstreamTransport(Protocol):
+    """What the data plane needs of the upstream layer: the configured shared
+    systems and one call to one of them. :class:`UpstreamPool` is the real
+    one; a test double answers from a function (httpx's ``MockTransport``
+    idea), so the pipeline can be tested without a shared system."""
+
+    @property
+    def upstreams(self) -> Mapping[str, Upstream]:
+        """The configured shared systems by name (pool sizes, timeouts)."""
+
+    async def call(self, upstream: str, method: str, target: str, headers: Mapping[str, str],
+                   body: bytes | None) -> UpstreamResponse:
+        """One call; a failure raises :class:`UpstreamFailed` (status, reason)."""
 
 
 def media_type(content_type: str | None) -> str:

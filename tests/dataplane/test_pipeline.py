@@ -1,0 +1,164 @@
+"""The data-plane pipeline's fast tests: a real DataPlane behind a real mTLS
+DataServer on 127.0.0.1 (certificates from the project's own PKI), real
+tenants, a real hash-chained audit log, and a fake upstream transport in place
+of the shared systems (tests/dataplane/fakes.py). The end-to-end tests with
+the simulators are in tests/e2e."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.audit import ChainedAuditLog
+from gateway.audit._format import load_or_create_audit_key
+from gateway.config import EdgeLimits
+from gateway.core.catalog import default_route_table
+from gateway.core.model import Relation
+from gateway.core.relations import RelationIndex
+from gateway.dataplane import DataPlane
+from gateway.edge import CallerResolver, ConnectionBook, DataServer
+from gateway.errors import UpstreamFailed
+from gateway.metrics import GatewayMetrics
+from gateway.pki import AssertionSigner, CertificateAuthority, spiffe_uri
+from gateway.pki._signing_keys import SigningKey
+from gateway.tenants import load_tenants
+from gateway.tls import client_context, server_context
+from gateway.upstream import UpstreamResponse
+from tests.dataplane.fakes import Answer, FakeUpstream, Sent, json_answer
+
+REPO = Path(__file__).resolve().parents[2]
+TRUST_DOMAIN = "shared-grid.test"
+ORES_METER = "1SAG0000000001"
+FLUVIUS_METER = "1SAG0000000002"
+
+
+@dataclass
+class Plane:
+    url: str
+    session: aiohttp.ClientSession
+    upstream: FakeUpstream
+    audit_path: Path
+    audit: ChainedAuditLog
+
+    def audit_events(self) -> list[dict[str, object]]:
+        self.audit.close()
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+
+def _answer_own_meter(sent: Sent) -> UpstreamResponse:
+    serial = sent.target.rsplit("/", 1)[-1]
+    return json_answer({"serial": serial, "utility": "electricity", "communicating": True})
+
+
+@pytest.fixture()
+async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
+    ca = CertificateAuthority.create("dataplane test CA")
+    server = ca.issue_server(["localhost"], ["127.0.0.1"])
+    client = ca.issue_client(spiffe_uri(TRUST_DOMAIN, "ores", "service", "api"))
+    files = {"ca.pem": ca.cert_pem(), "server.pem": server.cert_pem(),
+             "server.key": server.key_pem(), "client.pem": client.cert_pem(),
+             "client.key": client.key_pem()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    started: list[tuple[asyncio.AbstractServer, aiohttp.ClientSession, ChainedAuditLog]] = []
+
+    async def start(answer: Answer = _answer_own_meter) -> Plane:
+        key, kid = load_or_create_audit_key(tmp_path / "audit-key")
+        audit_path = tmp_path / "audit.log"
+        audit = ChainedAuditLog(audit_path, key, kid)
+        upstream = FakeUpstream(answer)
+        relations = RelationIndex([Relation("meter", ORES_METER, "ores", "owner"),
+                                   Relation("meter", FLUVIUS_METER, "fluvius", "owner")])
+        limits = EdgeLimits()
+        data_plane = DataPlane(
+            resolver=CallerResolver(load_tenants(REPO / "tenants"), TRUST_DOMAIN),
+            routes=default_route_table(), relations=lambda: relations, upstreams=upstream,
+            signer=AssertionSigner(SigningKey.generate()), audit=audit,
+            metrics=GatewayMetrics(), limits=limits)
+        ctx = server_context(tmp_path / "server.pem", tmp_path / "server.key",
+                             tmp_path / "ca.pem")
+        srv = await asyncio.get_running_loop().create_server(
+            DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN),
+                       access_log=None),
+            "127.0.0.1", 0, ssl=ctx)
+        port = srv.sockets[0].getsockname()[1]
+        cctx: ssl.SSLContext = client_context(tmp_path / "ca.pem", tmp_path / "client.pem",
+                                              tmp_path / "client.key")
+        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cctx))
+        started.append((srv, session, audit))
+        return Plane(f"https://127.0.0.1:{port}", session, upstream, audit_path, audit)
+
+    yield start
+    for srv, session, audit in started:
+        await session.close()
+        srv.close()
+        await srv.wait_closed()
+        audit.close()
+
+
+async def test_an_allowed_request_reaches_the_upstream_with_the_gateways_identity_only(
+        plane: Callable[..., Plane]) -> None:
+    p = await plane()
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}", headers={
+            "X-Gateway-Assertion": "forged", "X-Tenant": "fluvius",
+            "Authorization": "Bearer the-callers-own"}) as resp:
+        assert resp.status == 200
+        assert (await resp.json())["serial"] == ORES_METER
+    [sent] = p.upstream.sent
+    assert (sent.upstream, sent.method, sent.target) == ("hes", "GET", f"/meters/{ORES_METER}")
+    # SECURITY (D1, D6): the upstream sees the gateway's signed assertion, not
+    # what the caller claimed about itself, nor the caller's own credentials.
+    assertion = sent.headers["X-Gateway-Assertion"]
+    assert assertion != "forged" and assertion.count(".") == 2
+    assert "X-Tenant" not in sent.headers
+    assert sent.headers.get("Authorization") != "Bearer the-callers-own"
+
+
+async def test_another_tenants_resource_never_reaches_the_upstream(
+        plane: Callable[..., Plane]) -> None:
+    p = await plane()
+    async with p.session.get(f"{p.url}/hes/meters/{FLUVIUS_METER}") as resp:
+        assert resp.status == 403
+        assert resp.content_type == "application/problem+json"
+        problem = await resp.json()
+    assert p.upstream.sent == []  # D1: decided before anything is forwarded
+    [event] = [e for e in p.audit_events() if e.get("incident") == problem["incident"]]
+    assert event["tenant"] == "ores" and event["decision"] == "deny"
+
+
+async def test_an_answer_holding_another_tenants_record_is_withheld(
+        plane: Callable[..., Plane]) -> None:
+    def misroute(sent: Sent) -> UpstreamResponse:
+        return json_answer({"serial": FLUVIUS_METER, "utility": "electricity"})
+
+    p = await plane(misroute)
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == 502  # D1, D3: the routing check, failing closed
+        body = await resp.text()
+    assert FLUVIUS_METER not in body
+    assert len(p.upstream.sent) == 1
+
+
+@pytest.mark.parametrize(("failure", "status"), [
+    (UpstreamFailed(504, "upstream-timeout"), 504),
+    (UpstreamFailed(502, "upstream-reset"), 502),
+    (UpstreamFailed(503, "upstream-circuit-open"), 503),
+])
+async def test_an_upstream_failure_is_a_problem_with_its_status(
+        plane: Callable[..., Plane], failure: UpstreamFailed, status: int) -> None:
+    def fail(sent: Sent) -> UpstreamResponse:
+        raise failure
+
+    p = await plane(fail)
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == status
+        problem = await resp.json()
+    [event] = [e for e in p.audit_events() if e.get("incident") == problem["incident"]]
+    assert event["reason"] == failure.reason
