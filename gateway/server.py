@@ -33,6 +33,7 @@ from gateway.edge import (
     ConnectionBook,
     DataServer,
     GuardedAppRunner,
+    Peers,
     TlsSite,
     admin_refusal,
     bind,
@@ -162,7 +163,10 @@ class Gateway:
             policy=BreakGlassPolicy(timedelta(seconds=vc.breakglass_max_duration_s),
                                     timedelta(seconds=vc.breakglass_emergency_duration_s),
                                     vc.approver_other_team))
-        self.resolver = CallerResolver(self.registry, config.trust_domain,
+        # Each connection's certificate is read once, at connect, for the
+        # connection book and the resolver alike.
+        self.peers = Peers(config.trust_domain)
+        self.resolver = CallerResolver(self.registry, config.trust_domain, peers=self.peers,
                                        revocation=self.credentials.check)
         self.push = self._push_service(config)
         self.usage = UsageLedger(config.data_dir / "usage.db")
@@ -282,7 +286,7 @@ class Gateway:
         edge_self_check(self.ssl_context, limits)
         install_read_buffer()  # 32 KiB per TLS connection, not asyncio's 256 KiB
         self.connections = ConnectionBook(
-            limits, self.config.trust_domain,
+            limits, self.config.trust_domain, peers=self.peers,
             on_refused=lambda reason: self.metrics.connections_refused.labels(
                 "data", reason).inc())
         server = DataServer(self.data_plane, limits, self.connections, access_log=None)
@@ -306,7 +310,7 @@ class Gateway:
         # The admin plane gets the same edge limits (own connection book).
         admin_runner = GuardedAppRunner(
             admin_app, access_log=None, edge=limits,
-            book=ConnectionBook(limits, self.config.trust_domain,
+            book=ConnectionBook(limits, self.config.trust_domain, peers=self.peers,
                                 on_refused=lambda reason: self.metrics.connections_refused
                                 .labels("admin", reason).inc()),
             refuse=admin_refusal)

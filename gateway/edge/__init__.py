@@ -27,6 +27,7 @@ from gateway.edge._listeners import (
     bind,
     headers_arrived,
 )
+from gateway.edge._peer import Peer, Peers
 
 __all__ = [
     "CallerResolver",
@@ -35,6 +36,8 @@ __all__ = [
     "DataHandler",
     "DataServer",
     "GuardedAppRunner",
+    "Peer",
+    "Peers",
     "TlsSite",
     "admin_refusal",
     "bind",

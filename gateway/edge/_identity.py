@@ -7,15 +7,14 @@ declared principal; anything unknown is refused before any routing.
 
 from __future__ import annotations
 
-import hashlib
 import weakref
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
-from gateway.core.identity import parse_principal_uri, uri_sans
 from gateway.core.model import Caller
+from gateway.edge._peer import Peers
 from gateway.errors import RequestRefused
 from gateway.tenants import TenantRegistry
 
@@ -39,10 +38,14 @@ def _never_revoked(serial: str, principal: tuple[str, str, str]) -> str | None:
 
 class CallerResolver:
     def __init__(self, registry: TenantRegistry, trust_domain: str,
-                 revocation: RevocationCheck = _never_revoked) -> None:
+                 revocation: RevocationCheck = _never_revoked, *,
+                 peers: Peers | None = None) -> None:
         self.registry = registry
         self.trust_domain = trust_domain
         self.revocation = revocation
+        # The certificates, read once per connection (shared with the
+        # connection book when the server passes the same Peers to both).
+        self.peers = peers or Peers(trust_domain)
         # One TLS connection carries one certificate: resolve it once per
         # connection (keep-alive) rather than once per request.
         self._by_transport: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
@@ -68,22 +71,12 @@ class CallerResolver:
         return caller
 
     def _resolve(self, transport: Any) -> Caller:
-        ssl_object = transport.get_extra_info("ssl_object")
-        peercert = transport.get_extra_info("peercert")
-        if ssl_object is None or not peercert:
-            raise RequestRefused(403, "no-client-certificate")
-        uris = uri_sans(peercert)
-        if len(uris) != 1:
-            raise RequestRefused(403, "certificate-without-single-uri-san")
-        parsed = parse_principal_uri(uris[0], self.trust_domain)
-        if parsed is None:
-            raise RequestRefused(403, "foreign-principal-uri")
-        tenant_id, kind, name = parsed
-        found = self.registry.principal(tenant_id, kind, name)
+        peer = self.peers.of(transport)
+        if peer.principal is None:
+            raise RequestRefused(403, peer.refusal or "no-client-certificate")
+        found = self.registry.principal(*peer.principal)
         if found is None:
             raise RequestRefused(403, "unknown-principal")
         tenant, principal = found
-        der = ssl_object.getpeercert(binary_form=True) or b""
-        serial = format(int(str(peercert.get("serialNumber", "0")), 16), "X")
-        return Caller(tenant, principal, cert_serial=serial,
-                      cert_fingerprint=hashlib.sha256(der).hexdigest())
+        return Caller(tenant, principal, cert_serial=peer.serial,
+                      cert_fingerprint=peer.fingerprint)

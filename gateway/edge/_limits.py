@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from gateway.config import EdgeLimits
-from gateway.core.identity import parse_principal_uri, uri_sans
+from gateway.edge._peer import Peers
 from gateway.errors import ConfigError
 
 # How stale the admission's RSS reading may be: at ~800 handshakes/s that
@@ -42,10 +42,14 @@ class ConnectionBook:
     take every socket)."""
 
     def __init__(self, limits: EdgeLimits, trust_domain: str, *,
+                 peers: Peers | None = None,
                  rss: Callable[[], int] | None = None,
                  on_refused: Callable[[str], None] = lambda reason: None) -> None:
         self.limits = limits
         self.trust_domain = trust_domain
+        # The certificates, read once per connection (shared with the resolver
+        # when the server passes the same Peers to both).
+        self.peers = peers or Peers(trust_domain)
         self.total = 0
         self.per_tenant: Counter[str] = Counter()
         self.refused = 0
@@ -56,10 +60,7 @@ class ConnectionBook:
         self._rss_read_at = -RSS_READ_EVERY_S
 
     def tenant_of(self, transport: asyncio.BaseTransport) -> str:
-        peercert = transport.get_extra_info("peercert") or {}
-        uris = uri_sans(peercert)
-        parsed = parse_principal_uri(uris[0], self.trust_domain) if len(uris) == 1 else None
-        return parsed[0] if parsed else ""
+        return self.peers.of(transport).tenant
 
     def admit(self, tenant: str) -> bool:
         """Count a new connection in, or say no: over the listener's or the

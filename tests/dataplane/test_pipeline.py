@@ -23,7 +23,7 @@ from gateway.core.catalog import default_route_table
 from gateway.core.model import Relation
 from gateway.core.relations import RelationIndex
 from gateway.dataplane import DataPlane
-from gateway.edge import CallerResolver, ConnectionBook, DataServer
+from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.pki import AssertionSigner, CertificateAuthority, spiffe_uri
@@ -46,6 +46,9 @@ class Plane:
     upstream: FakeUpstream
     audit_path: Path
     audit: ChainedAuditLog
+    peers: Peers
+    revoked: set[str]
+    client_serial: str
 
     def audit_events(self) -> list[dict[str, object]]:
         self.audit.close()
@@ -77,15 +80,20 @@ async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
         relations = RelationIndex([Relation("meter", ORES_METER, "ores", "owner"),
                                    Relation("meter", FLUVIUS_METER, "fluvius", "owner")])
         limits = EdgeLimits()
+        peers = Peers(TRUST_DOMAIN)
+        revoked: set[str] = set()
+        resolver = CallerResolver(
+            load_tenants(REPO / "tenants"), TRUST_DOMAIN, peers=peers,
+            revocation=lambda serial, key: "certificate-revoked" if serial in revoked else None)
         data_plane = DataPlane(
-            resolver=CallerResolver(load_tenants(REPO / "tenants"), TRUST_DOMAIN),
+            resolver=resolver,
             routes=default_route_table(), relations=lambda: relations, upstreams=upstream,
             signer=AssertionSigner(SigningKey.generate()), audit=audit,
             metrics=GatewayMetrics(), limits=limits)
         ctx = server_context(tmp_path / "server.pem", tmp_path / "server.key",
                              tmp_path / "ca.pem")
         srv = await asyncio.get_running_loop().create_server(
-            DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN),
+            DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN, peers=peers),
                        access_log=None),
             "127.0.0.1", 0, ssl=ctx)
         port = srv.sockets[0].getsockname()[1]
@@ -93,7 +101,8 @@ async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
                                               tmp_path / "client.key")
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cctx))
         started.append((srv, session, audit))
-        return Plane(f"https://127.0.0.1:{port}", session, upstream, audit_path, audit)
+        return Plane(f"https://127.0.0.1:{port}", session, upstream, audit_path, audit, peers,
+                     revoked, format(client.certificate.serial_number, "X"))
 
     yield start
     for srv, session, audit in started:
@@ -162,3 +171,21 @@ async def test_an_upstream_failure_is_a_problem_with_its_status(
         problem = await resp.json()
     [event] = [e for e in p.audit_events() if e.get("incident") == problem["incident"]]
     assert event["reason"] == failure.reason
+
+
+async def test_the_certificate_is_read_once_per_connection_and_checked_per_request(
+        plane: Callable[..., Plane]) -> None:
+    p = await plane()
+    for _ in range(3):  # one keep-alive connection
+        async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+            assert resp.status == 200
+    # The connection book (at connect) and the resolver share one reading.
+    assert p.peers.reads == 1
+    # SECURITY (D8): revoked after connect, refused on the connection already open.
+    p.revoked.add(p.client_serial)
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == 403
+    assert len(p.upstream.sent) == 3
+    assert p.peers.reads == 1
+    last = [e for e in p.audit_events() if "reason" in e][-1]  # not the closing checkpoint
+    assert (last["reason"], last["cert_serial"]) == ("certificate-revoked", p.client_serial)

@@ -104,6 +104,7 @@ def test_the_portal_may_not_push_hes_readings(stack: RunningStack) -> None:
     meter = next(m for m in gw.stack.dataset.meters
                  if [o["tenant"] for o in m["owners"]] == ["fluvius"]
                  and m["utility"] == "electricity" and not m["airplane_mode"])
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = parts(gw, "fluvius")
     # Reproduced: a fake 999.9 kWh reading reached Fluvius's receiver.
     fake = {"batch_id": "HES-TRUST-1", "records": [reading(meter["serial"], yesterday(gw, 3))]}
@@ -127,6 +128,7 @@ def test_the_hes_may_not_push_a_booking(stack: RunningStack) -> None:
     gw = stack
     booking = feed_request(gw)
     operators = {c["operator"] for c in booking["connections"]}
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = {op: parts(gw, op) for op in operators}
     resp = gw.client(*HES).request("POST", "/push/cmh/requests", body=booking)
     assert_refused_and_reported(gw, resp.status, resp.json, "push-intake-foreign",
@@ -181,6 +183,7 @@ def test_one_systems_batch_id_never_blocks_anothers(stack: RunningStack) -> None
     other_tenant = Tenant("hes-two", "HES two", "shared-system", push_intake="hes")
     other = Caller(other_tenant, Principal("hes-two", "service", "pusher",
                                            frozenset({"pusher"})))
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = parts(gw, "ores")
     taken = {"batch_id": "HES-TRUST-NS", "records": [
         reading(meter["serial"], yesterday(gw, 5), value=7.0)]}
@@ -270,6 +273,7 @@ def test_a_booking_with_the_wrong_coordinator_reaches_nobody(stack: RunningStack
     gw = stack
     booking = feed_request(gw, "ores")
     tenants = {"resa", "ores"} | {c["operator"] for c in booking["connections"]}
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = {t: parts(gw, t) for t in tenants}
     violations = gw.metric("gateway_isolation_violations_total", tenant="cmh-portal",
                            upstream="push", direction="push")
@@ -300,6 +304,7 @@ def test_a_connection_for_another_operator_reaches_nobody(stack: RunningStack) -
     booking["connections"].append({"id": "CMH-FOREIGN-1", "operator": "orange",
                                    "utility": "telecom", "status": "requested"})
     tenants = {"resa", "swde", "farys", "orange", "telenet"}
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = {t: parts(gw, t) for t in tenants}
     doc = post_booking(gw, booking)
     assert doc["quarantine"] == [{"reason": "operator-mismatch", "connection": water["id"]}]
@@ -321,6 +326,7 @@ def test_a_booking_the_feed_does_not_know_reaches_nobody(stack: RunningStack) ->
 def test_a_reading_with_extra_members_is_never_delivered(stack: RunningStack) -> None:
     gw = stack
     meter = ores_meter(gw)
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = parts(gw, "ores")
     batch = {"batch_id": "HES-TRUST-FIELDS", "records": [
         reading(meter["serial"], yesterday(gw, 7), name="J. Dupont"),
@@ -340,6 +346,7 @@ def test_an_ores_reading_with_a_fluvius_ean_is_never_delivered(stack: RunningSta
     gw = stack
     meter = ores_meter(gw)
     foreign = fluvius_ean(gw)
+    settle(gw)  # what earlier tests pushed has arrived: it is not this test's
     before = parts(gw, "ores")
     violations = gw.metric("gateway_isolation_violations_total", tenant="hes-operator",
                            upstream="push", direction="push")
