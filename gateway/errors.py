@@ -50,11 +50,22 @@ class RequestRefused(GatewayError):
         self.detail = detail  # shown to the caller instead of the default (a limit's value)
 
     @classmethod
+    def for_body(cls, exc: ValueError) -> RequestRefused:
+        """A request or push body that is not the JSON the gateway reads: too
+        deep, a key twice (one value per key: what is checked is what is
+        forwarded), or not JSON at all. 400 with the reason saying which."""
+        reason = exc.reason if isinstance(exc, Rejected) else ""
+        return cls(400, _BODY_REASONS.get(reason, "body-malformed-json"))
+
+    @classmethod
     def from_core(cls, rejected: Rejected, *,
                   headers: dict[str, str] | None = None) -> RequestRefused:
         """The refusal the caller gets for what the core rejected: its status
         and reason, nothing of its detail (that stays in the log)."""
         return cls(rejected.status, rejected.reason, headers=headers)
+
+
+_BODY_REASONS = {"too-deep": "body-too-deep", "duplicate-key": "body-duplicate-key"}
 
 
 class UpstreamFailed(GatewayError):

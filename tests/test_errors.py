@@ -75,3 +75,16 @@ def test_json_refusals_are_still_value_errors_with_a_stable_reason() -> None:
     assert isinstance(deep.value, ValueError) and deep.value.reason == "too-deep"
     assert isinstance(dup.value, ValueError) and dup.value.reason == "duplicate-key"
     assert "'a'" in str(dup.value)
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (b"[" * 100 + b"]" * 100, "body-too-deep"),
+    (b'{"serial": "1", "serial": "2"}', "body-duplicate-key"),
+    (b'{"serial": ', "body-malformed-json"),
+    (b"\xff\xfe\xfa", "body-malformed-json"),
+])
+def test_a_body_the_gateway_cannot_read_is_one_400_saying_why(raw: bytes, reason: str) -> None:
+    with pytest.raises(ValueError) as info:
+        loads_limited(raw, max_depth=64)
+    refused = RequestRefused.for_body(info.value)
+    assert (refused.status, refused.reason) == (400, reason)

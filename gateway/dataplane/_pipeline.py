@@ -34,7 +34,7 @@ from gateway.audit import AuditSink, SecurityEvents, UsageLedger
 from gateway.config import EdgeLimits
 from gateway.core.decide import RequestFacts, check_purpose, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers
-from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
+from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
@@ -218,12 +218,8 @@ class DataPlane:
             # Forwarded as sent: one value per key, so what the gateway checks
             # is what the upstream reads; nesting capped (no RecursionError).
             parsed = loads_limited(raw, max_depth=MAX_DEPTH)
-        except TooDeep as exc:
-            raise RequestRefused(400, "body-too-deep") from exc
-        except DuplicateKey as exc:
-            raise RequestRefused(400, "body-duplicate-key") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestRefused(400, "body-malformed-json") from exc
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise RequestRefused.for_body(exc) from exc
         if not isinstance(parsed, dict):
             raise RequestRefused(400, "body-not-object")
         return raw, parsed

@@ -36,8 +36,6 @@ from gateway.audit import (
 from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
 from gateway.core.jsonlimits import (
     MAX_DEPTH,
-    DuplicateKey,
-    TooDeep,
     check_depth,
     loads_limited,
     unique_object,
@@ -136,13 +134,9 @@ class PushService:
                 batch = json.loads(raw, object_pairs_hook=unique_object)
             else:
                 batch, spans = scan_days(text)
-        except TooDeep as exc:
-            raise RequestRefused(400, "body-too-deep") from exc
-        except DuplicateKey as exc:
+        except ValueError as exc:  # UnicodeDecodeError too
             # D1: meter-days go out as posted; one reading per key, or none.
-            raise RequestRefused(400, "body-duplicate-key") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestRefused(400, "body-malformed-json") from exc
+            raise RequestRefused.for_body(exc) from exc
         if isinstance(batch, Mapping) and batch.get("format") is not None:
             return self._intake_days(caller, raw, batch, text, spans)
         try:
@@ -246,12 +240,8 @@ class PushService:
         try:
             request = loads_limited(raw, max_depth=MAX_DEPTH)
             fanout = split_request(request, tenant_kinds, coordinators)
-        except TooDeep as exc:
-            raise RequestRefused(400, "body-too-deep") from exc
-        except DuplicateKey as exc:
-            raise RequestRefused(400, "body-duplicate-key") from exc
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise RequestRefused(400, "body-malformed-json") from exc
+        except ValueError as exc:  # UnicodeDecodeError too
+            raise RequestRefused.for_body(exc) from exc
         except FanoutRejected as exc:
             raise RequestRefused.from_core(exc) from exc
         mismatch = booking_quarantine(request, self.relations(), self.clock())
