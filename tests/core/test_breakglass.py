@@ -83,8 +83,30 @@ def case_of(actor: Principal, **kw: object) -> Case:
     return Case(requester=who(actor), requester_team=actor.team or "", **kw)  # type: ignore[arg-type]
 
 
+# What a refusal tells the person refused (the admin plane shows it): each
+# reason with the details it may carry. Checked on every refusal the tables
+# below produce, so a message cannot go missing or change unnoticed.
+DETAILS = {
+    "missing-role": {"requesting needs privileged-user", "deciding needs vault-approver",
+                     "reviews need vault-approver or security-admin"},
+    "ticket-required": {"a ticket reference is required"},
+    "field-invalid": {"duration must be positive"},
+    "self-approval": {"nobody approves their own request (D6)"},
+    "same-team": {"the approver must be of another team"},
+    "not-requester": {"only the requester checks out",
+                      "only the requester (or an admin) checks in"},
+    "account-leased": {"the account is leased or being rotated"},
+    "no-review-pending": {"this case needs no review"},
+    "self-review": {"a second person records the review"},
+}
+
+
 def reason(refusal: Refusal | None) -> tuple[int, str] | None:
-    return None if refusal is None else (refusal.status, refusal.reason)
+    if refusal is None:
+        return None
+    if refusal.reason in DETAILS:
+        assert refusal.detail in DETAILS[refusal.reason], refusal
+    return (refusal.status, refusal.reason)
 
 
 # --- the lifecycle ------------------------------------------------------------------
@@ -150,8 +172,9 @@ def test_the_review_lifecycle(state: str, event: str, after: str) -> None:
     (REVIEW_DONE, "open")])
 def test_the_review_lifecycle_refuses_the_rest(state: str, event: str) -> None:
     assert (state, event) not in REVIEW_TRANSITIONS
-    with pytest.raises(InvalidTransition):
+    with pytest.raises(InvalidTransition) as info:
         next_review(state, event)
+    assert (info.value.state, info.value.event) == (state, event)
 
 
 # --- requesting (D7) ----------------------------------------------------------------
