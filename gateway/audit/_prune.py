@@ -94,7 +94,8 @@ class AuditPruner:
                 checked[segment] = verify(segment, self._keys(), allow_anchor=True)
             return checked[segment]
 
-        for segment, after in zip(sealed, [*sealed[1:], None], strict=True):
+        for index, segment in enumerate(sealed):
+            after = sealed[index + 1] if index + 1 < len(sealed) else None
             last = _last_line(segment)
             if last is None:
                 why = f"{segment.name}: does not end with a checkpoint"

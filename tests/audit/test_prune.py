@@ -310,6 +310,20 @@ def test_the_boundary_is_exact_to_the_second(tmp_path: Path, key: Ed25519Private
     log.close()
 
 
+def test_a_log_with_no_sealed_segment_yet_prunes_nothing_and_says_so(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str, keys: dict[str, Any]) -> None:
+    # A fresh gateway (the demo's first minutes): segments are configured but
+    # none is sealed yet. The nightly pruner keeps everything without failing.
+    path, clock = tmp_path / "audit.jsonl", Clock()
+    log = ac.ChainedAuditLog(path, key, kid, segment_max_age_s=DAY, clock=clock)
+    log.record(event(1))
+    assert segment_files(log.segments) == []
+    outcome = pruner(log, keys, clock, 1, [clock.now]).prune()
+    assert outcome.segments == ()
+    log.close()
+    assert ac.verify_log(path, keys).ok
+
+
 def test_nothing_is_pruned_before_it_is_rolled_up(tmp_path: Path, key: Ed25519PrivateKey,
                                                   kid: str, keys: dict[str, Any]) -> None:
     path, clock = tmp_path / "audit.jsonl", Clock()
