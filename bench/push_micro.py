@@ -29,10 +29,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
-from gateway.core.push import batch_fingerprint, route_batch
-from gateway.core.push_days import KIND, route_meter_days
-from gateway.core.pushscan import scan_days
-from gateway.core.relations import RelationIndex
+from gateway.core.push.records import batch_fingerprint, route_batch
+from gateway.core.push.days import KIND, route_meter_days
+from gateway.core.push.scan import scan_days
+from gateway.core.relations.index import RelationIndex
 from gateway.push._outbox import EncodedPart, Outbox
 
 TENANTS = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]

@@ -4,7 +4,7 @@
     .venv/bin/python bench/relations.py --relations 200000     # a quick run
 
 Generates a realistic feed straight into the compact snapshot form (no
-object per relation: gateway.core.relstore.SnapshotBuilder takes one
+object per relation: gateway.core.relations.snapshot.SnapshotBuilder takes one
 resource at a time), in a child process, so the measuring process never
 held the builder. Then, in this process: load time and memory per relation,
 ``decide()`` latency on a warm index with the proxy's own inputs, and the
@@ -36,8 +36,8 @@ from gateway.core.catalog import default_route_table  # noqa: E402
 from gateway.core.decide import RequestFacts, decide  # noqa: E402
 from gateway.core.identifiers import with_check_digit  # noqa: E402
 from gateway.core.model import Caller  # noqa: E402
-from gateway.core.relations import RelationIndex  # noqa: E402
-from gateway.core.relstore import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros  # noqa: E402
+from gateway.core.relations.index import RelationIndex  # noqa: E402
+from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros  # noqa: E402
 from gateway.core.routes import Route  # noqa: E402
 from gateway.files import load_relations, write_atomically  # noqa: E402
 from gateway.tenants import load_tenants  # noqa: E402

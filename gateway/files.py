@@ -5,8 +5,8 @@
   the vault's key file, the demo's dataset.
 - Whole-or-nothing replacement of a large file (:func:`write_atomically`).
 - The relation feed and its compiled snapshot, read and written here so the
-  decision core does no file I/O (:mod:`gateway.core.relations` and
-  :mod:`gateway.core.relstore` decode and encode the bytes).
+  decision core does no file I/O (:mod:`gateway.core.relations.index` and
+  :mod:`gateway.core.relations.snapshot` decode and encode the bytes).
 
 May import: :mod:`gateway.core` only.
 """
@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 Emit = Callable[[Callable[[bytes | bytearray | memoryview], object]], int]
 
@@ -67,7 +67,7 @@ def write_atomically(path: Path, emit: Emit) -> int:
 def load_relations(path: Path) -> RelationIndex:
     """The relation index in ``path``: a compiled snapshot or the JSON feed.
     Read whole into a private copy: an in-place rewrite of the live file
-    cannot change a running decision (gateway.core.relstore)."""
+    cannot change a running decision (gateway.core.relations.snapshot)."""
     return RelationIndex.from_bytes(path.read_bytes(), str(path))
 
 

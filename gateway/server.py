@@ -26,7 +26,7 @@ from gateway.audit import (
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
 from gateway.edge import (
     CallerResolver,

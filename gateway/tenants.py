@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.core.identifiers import is_valid_gln
 from gateway.core.model import PRINCIPAL_KINDS, TENANT_KINDS, Principal, Tenant
-from gateway.core.pushtrust import PUSH_INTAKES
+from gateway.core.push.trust import PUSH_INTAKES
 from gateway.core.quota import Quota
 from gateway.errors import ConfigError
 

@@ -13,11 +13,11 @@ import pytest
 
 import gateway
 from gateway.core.duties import InvalidTransition
-from gateway.core.fanout import FanoutRejected
 from gateway.core.headers import HeaderRejected
 from gateway.core.jsonlimits import DuplicateKey, TooDeep, loads_limited
 from gateway.core.paths import TargetRejected
-from gateway.core.push import BatchRejected
+from gateway.core.push.fanout import FanoutRejected
+from gateway.core.push.records import BatchRejected
 from gateway.core.rejected import Rejected
 from gateway.errors import GatewayError, RequestRefused
 

@@ -18,7 +18,7 @@ from typing import Any
 from gateway.core.decide import RequestFacts, Window, request_window, resource_id
 from gateway.core.fields import FIELD_RULES
 from gateway.core.model import Caller, Decision
-from gateway.core.relations import RelationIndex, parse_instant
+from gateway.core.relations.index import RelationIndex, parse_instant
 from gateway.core.routes import Route
 
 # An upstream JSON answer with a key twice in one object: the check sees one

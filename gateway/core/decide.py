@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.core.identifiers import is_valid_resource_id
 from gateway.core.model import Caller, Decision, Verdict
-from gateway.core.relations import RelationIndex, parse_instant
+from gateway.core.relations.index import RelationIndex, parse_instant
 from gateway.core.routes import Route
 
 # D4: consumption history reaches back at most three years.

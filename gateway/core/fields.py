@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core.model import Caller
-from gateway.core.relations import RelationIndex, parse_instant
+from gateway.core.relations.index import RelationIndex, parse_instant
 
 FieldRule = Callable[[Caller, Any, RelationIndex, datetime], "bool | None"]
 

@@ -38,7 +38,7 @@ from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.core.routes import RouteMatch, RouteTable
 from gateway.dataplane._exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
 from gateway.dataplane._fairslots import UpstreamSlots

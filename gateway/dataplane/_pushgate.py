@@ -8,7 +8,7 @@ never make the gateway refuse another tenant's connections.
   more than any other route's body.
 - ``PushGate.read``: the body, refused (413, the limits named in the detail)
   past the larger cap as it arrives, and past its form's cap before it is
-  parsed (:mod:`gateway.core.pushsize`).
+  parsed (:mod:`gateway.core.push.size`).
 - ``release_memory()``: after a large intake, the heap pages the parse freed
   go back to the kernel (glibc keeps them otherwise, and the RSS the memory
   admission reads would stay high after the push; bench/README.md).
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 
 from gateway.config import EdgeLimits
-from gateway.core.pushsize import MiB, PushSizes, oversized
+from gateway.core.push.size import MiB, PushSizes, oversized
 from gateway.dataplane._exchange import Exchange, read_body
 from gateway.errors import RequestRefused
 

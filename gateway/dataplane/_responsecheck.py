@@ -38,7 +38,7 @@ from gateway.core.decide import RequestFacts
 from gateway.core.headers import clean_response_headers
 from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.dataplane._exchange import Exchange
 from gateway.dataplane._trace import SERVER_HEADER
 from gateway.errors import RequestRefused, UpstreamFailed

@@ -16,7 +16,7 @@ from aiohttp import web
 from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
-from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS
+from gateway.core.push.trust import PUSH_INTAKE_REFUSALS
 from gateway.dataplane._exchange import CERTIFICATE_REFUSALS, Exchange
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body

@@ -32,11 +32,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gateway.core.fanout import CMH_REQUEST_CONNECTION, request_connection_id
 from gateway.core.identifiers import with_check_digit, with_nrn_check
 from gateway.core.model import Relation
-from gateway.core.push import ACCESS_POINT, METER_EAN, meter_ean_id
-from gateway.core.relations import parse_instant, relation_record
+from gateway.core.push.fanout import CMH_REQUEST_CONNECTION, request_connection_id
+from gateway.core.push.records import ACCESS_POINT, METER_EAN, meter_ean_id
+from gateway.core.relations.index import parse_instant, relation_record
 from gateway.files import write_private
 from gateway.tenants import TenantRegistry
 

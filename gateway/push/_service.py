@@ -1,7 +1,7 @@
 """Pushed data: intake, per-tenant delivery over mTLS, back-pressure.
 
 The HES posts a daily batch to ``POST /push/hes/batches``. The pure router
-(:mod:`gateway.core.push`) gives every record to the tenant owning the meter
+(:mod:`gateway.core.push.records`) gives every record to the tenant owning the meter
 at the reading's time, or to quarantine with a reason. Each tenant's part is
 stored, encrypted, in the outbox in one transaction; the answer accounts for
 every record. One delivery loop per tenant drains its own queue, so a
@@ -33,7 +33,6 @@ from gateway.audit import (
     PushDeliveredEvent,
     PushPartOutcome,
 )
-from gateway.core.fanout import FanoutRejected, booking_quarantine, split_request
 from gateway.core.jsonlimits import (
     MAX_DEPTH,
     check_depth,
@@ -41,19 +40,20 @@ from gateway.core.jsonlimits import (
     unique_object,
 )
 from gateway.core.model import Caller
-from gateway.core.push import (
+from gateway.core.push.days import FORMAT as DAYS_FORMAT
+from gateway.core.push.days import KIND as DAYS_KIND
+from gateway.core.push.days import route_meter_days
+from gateway.core.push.fanout import FanoutRejected, booking_quarantine, split_request
+from gateway.core.push.records import (
     ISOLATION_REASONS_PUSH,
     BatchRejected,
     Quarantined,
     batch_fingerprint,
     route_batch,
 )
-from gateway.core.push_days import FORMAT as DAYS_FORMAT
-from gateway.core.push_days import KIND as DAYS_KIND
-from gateway.core.push_days import route_meter_days
-from gateway.core.pushscan import Spans, scan_days
-from gateway.core.pushtrust import may_push
-from gateway.core.relations import RelationIndex
+from gateway.core.push.scan import Spans, scan_days
+from gateway.core.push.trust import may_push
+from gateway.core.relations.index import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
@@ -121,7 +121,7 @@ class PushService:
     def intake(self, caller: Caller, raw: bytes) -> tuple[int, dict[str, Any], str]:
         """Route and enqueue one batch; returns (status, accounting, incident).
         The batch's ``format`` chooses the router: absent, one record per reading;
-        ``meter-days/v1``, one object per meter-day (gateway.core.push_days)."""
+        ``meter-days/v1``, one object per meter-day (gateway.core.push.days)."""
         self.authorize(caller, "hes")
         text: str | None = None
         spans = None

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.core.identifiers import with_check_digit
 from gateway.core.model import Caller, Principal, Relation, Tenant
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

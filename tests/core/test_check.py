@@ -13,7 +13,7 @@ from gateway.core.check import check_response
 from gateway.core.decide import RequestFacts
 from gateway.core.fields import DROP_INITIATOR
 from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 from .conftest import (
     DAY,

@@ -18,7 +18,7 @@ from gateway.core.decide import (
 )
 from gateway.core.identifiers import is_valid_resource_id
 from gateway.core.model import Caller, Decision
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.core.routes import Route
 
 from .conftest import (

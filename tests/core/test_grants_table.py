@@ -22,7 +22,7 @@ from gateway.core.check import check_response
 from gateway.core.decide import RequestFacts, decide
 from gateway.core.identifiers import with_check_digit, with_nrn_check
 from gateway.core.model import Caller, Principal, Relation, Tenant
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.core.routes import Route
 
 from .conftest import NOW

@@ -16,7 +16,7 @@ import pytest
 
 from gateway.core.catalog import default_route_table
 from gateway.core.decide import RequestFacts, decide
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 from .conftest import EAN_A, build_relations, tenant
 

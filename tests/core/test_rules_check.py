@@ -14,7 +14,7 @@ from gateway.core.catalog import default_route_table
 from gateway.core.check import check_response
 from gateway.core.decide import RequestFacts
 from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 from .conftest import DAY, EAN_A, EAN_D3, NOW, build_relations, tenant
 

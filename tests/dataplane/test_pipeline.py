@@ -21,7 +21,7 @@ from gateway.audit._format import load_or_create_audit_key
 from gateway.config import EdgeLimits
 from gateway.core.catalog import default_route_table
 from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
 from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers
 from gateway.errors import UpstreamFailed

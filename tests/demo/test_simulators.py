@@ -18,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from gateway.core.model import Caller
-from gateway.core.relations import parse_instant
+from gateway.core.relations.index import parse_instant
 from gateway.demo._dataset import Dataset, generate
 from gateway.demo.simulators import CONTROL_HEADER, SIMULATOR_NAMES, build_simulator
 from gateway.pki._assertion import ASSERTION_HEADER, AssertionSigner, StaticKeySource

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 from gateway.demo._stack import Stack
 from gateway.demo.simulators import CONTROL_HEADER
 from gateway.tls._policy import client_context

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from gateway.core.push_days import FORMAT
+from gateway.core.push.days import FORMAT
 
 from .conftest import HOST, RunningStack, start_stack
 
@@ -162,7 +162,7 @@ def test_a_non_pusher_gets_403_whatever_its_body(gw: RunningStack, path: str) ->
 
 @pytest.mark.parametrize("depth", [DEPTH_LIMIT, 3000])
 def test_deep_nesting_inside_a_meter_days_batch_is_400(gw: RunningStack, depth: int) -> None:
-    """The columnar format goes through its own scanner (gateway.core.pushscan):
+    """The columnar format goes through its own scanner (gateway.core.push.scan):
     the same limit holds inside a meter-day."""
     start = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) \
         - timedelta(days=1)

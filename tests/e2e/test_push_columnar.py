@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gateway.core.push_days import FORMAT, KIND
+from gateway.core.push.days import FORMAT, KIND
 
 from .conftest import HOST, RunningStack, start_stack
 from .test_push import receiver, wait_for

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.core.relations import parse_instant
+from gateway.core.relations.index import parse_instant
 from gateway.demo.simulators._secrets import SECRETS
 from gateway.pki import ASSERTION_HEADER, InvalidAssertion, KeySource, verify_assertion
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.core.push_days import FORMAT
+from gateway.core.push.days import FORMAT
 
 MiB = 1024 * 1024
 _FORMAT = f'"{FORMAT}"'.encode()

@@ -3,7 +3,7 @@ within its own cap, a body past one cap only if it cannot be that form."""
 
 from __future__ import annotations
 
-from gateway.core.pushsize import MiB, PushSizes, oversized
+from gateway.core.push.size import MiB, PushSizes, oversized
 
 DAYS = b'{"format":"meter-days/v1","batch_id":"B","meter_days":['
 RECORDS = b'{"batch_id":"B","records":['

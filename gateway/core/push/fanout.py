@@ -29,7 +29,7 @@ from typing import Any
 from gateway.core.fields import CMH_SHARED_SITE_FIELDS
 from gateway.core.identifiers import is_plain_id
 from gateway.core.rejected import Rejected
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 _EAN_LIKE = re.compile(r"(?<![0-9])54[0-9]{16}(?![0-9])")
 OPERATOR_KINDS = frozenset({"dso", "water", "telecom"})

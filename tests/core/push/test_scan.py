@@ -14,12 +14,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.jsonlimits import DuplicateKey
-from gateway.core.push_days import FORMAT, RoutedDays, route_meter_days
-from gateway.core.pushscan import scan_batch, scan_days
-
-from .conftest import METER_MOVED, METER_ORES, NOW
-from .test_push import RELATIONS, YESTERDAY
-from .test_push_days import delivered, outcomes
+from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days
+from gateway.core.push.scan import scan_batch, scan_days
+from tests.core.conftest import METER_MOVED, METER_ORES, NOW
+from tests.core.push.test_days import delivered, outcomes
+from tests.core.push.test_records import RELATIONS, YESTERDAY
 
 # Spellings of a "values" array: valid ones the fast check takes, valid ones it
 # leaves to json.loads, and broken ones (json.loads refuses the whole body).

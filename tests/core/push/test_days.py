@@ -13,12 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core.jsonlimits import DuplicateKey
-from gateway.core.push import QUARANTINE_REASONS, BatchRejected, route_batch
-from gateway.core.push_days import FORMAT, RoutedDays, route_meter_days
-from gateway.core.pushscan import scan_batch, scan_days
-
-from .conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
-from .test_push import (
+from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days
+from gateway.core.push.records import QUARANTINE_REASONS, BatchRejected, route_batch
+from gateway.core.push.scan import scan_batch, scan_days
+from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
+from tests.core.push.test_records import (
     EAN_BAD,
     EAN_FLUVIUS,
     EAN_MOVED_AFTER,

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.core.identifiers import with_check_digit
 from gateway.core.model import Relation
-from gateway.core.push import (
+from gateway.core.push.records import (
     ACCESS_POINT,
     BATCH_REJECT_REASONS,
     ISOLATION_REASONS_PUSH,
@@ -29,9 +29,8 @@ from gateway.core.push import (
     meter_ean_id,
     route_batch,
 )
-from gateway.core.relations import RelationIndex
-
-from .conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
+from gateway.core.relations.index import RelationIndex
+from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 
 YESTERDAY = SWITCH.replace(hour=0)  # the day the batch reports; METER_MOVED moved at its noon
 METER_AIRPLANE = "1SAG0000000009"  # ores; communication disabled during yesterday's afternoon
@@ -536,7 +535,7 @@ def test_a_naive_clock_is_a_programming_error() -> None:
 
 
 def test_push_core_imports_no_io() -> None:
-    code = ("import sys, gateway.core.push\n"
+    code = ("import sys, gateway.core.push.records\n"
             "bad = [m for m in sys.modules if m.split('.')[0] in "
             "('aiohttp', 'asyncio', 'ssl', 'socket')]\n"
             "print(','.join(bad)); sys.exit(1 if bad else 0)\n")

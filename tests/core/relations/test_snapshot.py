@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex, relation_record
-from gateway.core.relstore import (
+from gateway.core.relations.index import RelationIndex, relation_record
+from gateway.core.relations.snapshot import (
     HEADER,
     OPEN_FROM,
     OPEN_TO,

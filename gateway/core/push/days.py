@@ -39,7 +39,7 @@ first value, count, reason. Accounting is in readings (a meter-day whose
 Cost: per meter-day, not per reading, in the common case (the whole day valid,
 one owner all day, a meter and register not seen before in the batch); a
 meter-day that is cut, has invalid values or overlaps another is resolved
-reading by reading. From :func:`gateway.core.pushscan.scan_days` a meter-day's
+reading by reading. From :func:`gateway.core.push.scan.scan_days` a meter-day's
 ``values`` usually arrive as their posted text and count, checked to be finite
 numbers but not converted: only a day that is cut parses them.
 """
@@ -56,7 +56,7 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
-from gateway.core.push import (
+from gateway.core.push.records import (
     _OBIS,
     FUTURE_SKEW,
     QUALITY_CODES,
@@ -69,7 +69,7 @@ from gateway.core.push import (
     meter_ean_id,
     owner_span,
 )
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 FORMAT = "meter-days/v1"
 KIND = "hes-meter-days"  # the outbox part kind the receivers see
@@ -237,10 +237,10 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                      text: str | None = None, spans: Sequence[tuple[int, int]] | None = None,
                      max_meter_days: int = 200_000) -> RoutedDays:
     """Split a parsed meter-day batch per owning tenant; quarantine what cannot go.
-    ``batch`` is what ``json.loads`` or :func:`gateway.core.pushscan.scan_days`
+    ``batch`` is what ``json.loads`` or :func:`gateway.core.push.scan.scan_days`
     returns (a meter-day's ``values`` may then be a ``Posted`` pair: its text as
     posted and its count of finite numbers, or its text and its list). ``text``
-    and ``spans`` (from :func:`gateway.core.pushscan.scan_batch`) let a whole
+    and ``spans`` (from :func:`gateway.core.push.scan.scan_batch`) let a whole
     meter-day keep its posted ``values`` text; without any, it is re-encoded."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")

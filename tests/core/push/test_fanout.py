@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from gateway.core.fanout import (
+from gateway.core.model import Relation
+from gateway.core.push.fanout import (
     CMH_QUARANTINE_REASONS,
     CMH_REQUEST,
     CMH_REQUEST_CONNECTION,
@@ -17,8 +18,7 @@ from gateway.core.fanout import (
     request_connection_id,
     split_request,
 )
-from gateway.core.model import Relation
-from gateway.core.relations import RelationIndex
+from gateway.core.relations.index import RelationIndex
 
 KINDS = {"ores": "dso", "resa": "dso", "swde": "water", "proximus": "telecom",
          "orange": "telecom", "lumen-energie": "supplier"}

@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 
 from gateway.core.model import Caller, Principal, Tenant
-from gateway.core.pushtrust import PUSH_INTAKE_REFUSALS, PUSH_INTAKES, intake_refusal, may_push
+from gateway.core.push.trust import PUSH_INTAKE_REFUSALS, PUSH_INTAKES, intake_refusal, may_push
 from gateway.errors import ConfigError
 from gateway.tenants import load_tenants, parse_tenant
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PUSHER = frozenset({"pusher"})
 
 

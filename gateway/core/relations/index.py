@@ -3,7 +3,7 @@
 The index is built once from the authoritative feed (access register, HES
 inventory; in the demo a generated dataset) and swapped as a whole on reload,
 so a request always sees one consistent snapshot. The tuples sit in a
-compact snapshot (gateway.core.relstore): a hash probe and a few array reads
+compact snapshot (gateway.core.relations.snapshot): a hash probe and a few array reads
 per lookup, ~35 bytes per tuple, a compiled file is mapped rather than parsed.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 from zlib import crc32
 
 from gateway.core.model import Relation
-from gateway.core.relstore import (
+from gateway.core.relations.snapshot import (
     ID_MAX,
     LONG_COUNT,
     OPEN_FROM,
@@ -66,7 +66,7 @@ Holds = Callable[[str, str, str, frozenset[str], datetime], str | None]
 class RelationIndex:
     """An immutable snapshot of relation tuples keyed by ``(kind, resource id)``.
 
-    The tuples live in a compact :class:`~gateway.core.relstore.Snapshot`
+    The tuples live in a compact :class:`~gateway.core.relations.snapshot.Snapshot`
     (flat columns, in memory or a mapped file), not as objects: ``find``,
     ``find_during`` and ``holders`` read the columns directly and build one
     :class:`Relation` only for the answer; ``of`` and iteration build them on
@@ -274,7 +274,7 @@ def _holds_function(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds:
     and tables: no attribute load on the hot path, and one ``struct`` call
     reads a row's id, count and first record together (most resources have
     one record); a record's bounds become integers only when they are not
-    both open. Same answers as ``find`` (test_relstore checks)."""
+    both open. Same answers as ``find`` (tests/core/relations/test_snapshot.py checks)."""
     buf = snapshot.buffer
     base = snapshot.rows_start - 8  # slot s addresses the row at rows_start + 8 (s - 1)
     get_table = {k: v for k, v in snapshot.tables.items() if k != TENANT_KIND}.get
@@ -369,8 +369,9 @@ def _bound(value: datetime | None, open_value: int) -> int:
 
 # The answer of find() is built by setting Relation's slots directly: the
 # frozen dataclass's __init__ pays an object.__setattr__ call per field, half
-# the cost of a lookup. Relation has no __post_init__ to skip (test_relstore
-# checks that the result equals the one __init__ builds).
+# the cost of a lookup. Relation has no __post_init__ to skip
+# (tests/core/relations/test_snapshot.py checks that the result equals the one
+# __init__ builds).
 _new = object.__new__
 _set_kind, _set_id, _set_tenant, _set_name, _set_from, _set_to = (
     vars(Relation)[f].__set__

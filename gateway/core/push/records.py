@@ -58,8 +58,8 @@ from typing import Any
 
 from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
 from gateway.core.rejected import Rejected
-from gateway.core.relations import RelationIndex
-from gateway.core.relstore import OPEN_FROM, OPEN_TO, REC, encode_id
+from gateway.core.relations.index import RelationIndex
+from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, REC, encode_id
 
 QUARANTINE_REASONS = frozenset({
     "invalid-record", "malformed-meter-id", "unexpected-field", "bad-ean", "duplicate",
@@ -70,7 +70,7 @@ ISOLATION_REASONS_PUSH = frozenset({"owner-mismatch", "ean-mismatch"})
 
 BATCH_REJECT_REASONS = frozenset({
     "batch-not-object", "bad-batch-id", "records-not-list", "batch-too-large",
-    "meter-days-not-list", "unsupported-format",  # the columnar format (push_days)
+    "meter-days-not-list", "unsupported-format",  # the columnar format (push.days)
 })
 
 UNITS = frozenset({"kWh", "kW", "m3"})

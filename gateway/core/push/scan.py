@@ -3,7 +3,7 @@
 ``scan_batch(text)`` returns what ``json.loads(text)`` returns, plus, when the
 top-level object has a ``"meter_days"`` array, the ``[start, end)`` offsets of
 each of its elements in ``text``. The router of the columnar format
-(:mod:`gateway.core.push_days`) uses them to hand a tenant the ``values``
+(:mod:`gateway.core.push.days`) uses them to hand a tenant the ``values``
 array exactly as the HES wrote it, instead of re-encoding 96 floats per
 meter-day (``repr`` of a float costs more than parsing it).
 
@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from gateway.core.jsonlimits import DuplicateKey, unique_object
-from gateway.core.push_days import FORMAT
+from gateway.core.push.days import FORMAT
 
 Spans = list[tuple[int, int]]
 # A meter-day's "values" as scan_days hands it over: (the array's text as posted,
