@@ -19,7 +19,16 @@ demo: $(STAMP)
 
 # pytest exits 5 when it collected no test: that is a failure here too, but
 # reported by name rather than as a bare make error.
-test: $(STAMP)
+# The tests start a throwaway PostgreSQL server (tests/postgres.py) from the
+# machine's own binaries: Debian's package, installed here when it is missing.
+.PHONY: postgres-server
+postgres-server:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else echo "the tests need PostgreSQL's server: sudo apt-get install postgresql" >&2; exit 1; fi; }
+
+test: $(STAMP) postgres-server
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; fi; exit $$rc
 

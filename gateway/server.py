@@ -49,7 +49,7 @@ from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
 from gateway.push import Outbox, PushService
-from gateway.state import SqliteStore
+from gateway.state import SqliteStore, open_store
 from gateway.tenants import TenantRegistry, load_tenants
 from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
@@ -113,7 +113,8 @@ class Gateway:
             self.vault = Vault(config.data_dir / "vault.db", self.vault_master)
         except VaultLocked as exc:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
-        self.store = SqliteStore(config.data_dir / "state.db")
+        self.store = (open_store(config.state_url) if config.state_url is not None
+                      else SqliteStore(config.data_dir / "state.db"))
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))

@@ -1,13 +1,27 @@
-"""Fixtures shared by the audit log tests (tests/audit)."""
+"""Fixtures shared across the suite: the audit log's keys (tests/audit) and
+one throwaway PostgreSQL server per session (tests/postgres.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import _chain as ac
+from tests.postgres import Cluster
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Cluster]:
+    """A PostgreSQL server of the machine's own binaries, started once, in a
+    temporary directory; a test takes a fresh database with new_database()."""
+    cluster = Cluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture(scope="module")

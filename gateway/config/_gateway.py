@@ -113,6 +113,9 @@ class GatewayConfig:
     signing_publish_ahead_s: float = 60 * SECONDS
     rotation_overlap_s: float = 24 * 3600 * SECONDS
     health_interval_s: float = 5 * SECONDS
+    # The state backend: None is the embedded SQLite file under data_dir;
+    # "sqlite:///ABSOLUTE-PATH" or "postgresql://..." ([state] url).
+    state_url: str | None = None
     source: str = "<memory>"
 
     @classmethod
@@ -231,8 +234,28 @@ class GatewayConfig:
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),
             rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
+            state_url=_state_url(r, base, source),
             source=source,
         )
+
+
+def _state_url(r: _Reader, base: Path, source: str) -> str | None:
+    if r._get("state") is None:
+        return None
+    unknown = set(r.table("state")) - {"url"}
+    if unknown:
+        raise ConfigError(f"{source}: state.{sorted(unknown)[0]}: unknown setting")
+    url = r._get("state.url")
+    if url is None:
+        return None
+    if not isinstance(url, str):
+        raise ConfigError(f"{source}: state.url: must be a string")
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        return "sqlite:///" + str(path if path.is_absolute() else (base / path).resolve())
+    if url.startswith(("postgresql://", "postgres://")):
+        return url
+    raise ConfigError(f"{source}: state.url: must be sqlite:///PATH or postgresql://...")
 
 
 def _retention_days(a: _Reader) -> float:

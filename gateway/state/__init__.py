@@ -1,15 +1,19 @@
 """Durable state behind a narrow interface (DESIGN.md §6).
 
-The embedded default is one SQLite file (WAL) under the data directory; a
-fleet can later share PostgreSQL by implementing :class:`StateStore`. Nothing
-here holds proxied payloads. The request path never touches the store: what
+The embedded default is one SQLite file (WAL) under the data directory
+(:class:`SqliteStore`); replicas of a fleet share PostgreSQL
+(:class:`PostgresStore`); ``open_store(url)`` picks one from ``[state] url``.
+Both pass one conformance suite (tests/state). Nothing here holds proxied
+payloads. The request path never touches the store: what
 a request needs (revoked serials, disabled principals) is kept in memory and
 refreshed on every change.
 
-May import: the standard library only; every package above the foundation
-may import it.
+May import: the standard library and psycopg only; every package above the
+foundation may import it.
 """
 
+from gateway.state._open import open_store
+from gateway.state._postgres import PostgresStore
 from gateway.state._records import (
     BreakGlassCase,
     CaRecord,
@@ -29,9 +33,11 @@ __all__ = [
     "CertificateRecord",
     "Consultation",
     "PendingAction",
+    "PostgresStore",
     "PrincipalKey",
     "PrincipalState",
     "SigningKeyRecord",
     "SqliteStore",
     "StateStore",
+    "open_store",
 ]
