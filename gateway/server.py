@@ -343,6 +343,8 @@ class Gateway:
             try:
                 budget = self.config.limits.memory_budget_mb * 1024 * 1024
                 self.data_plane.over_memory_budget = rss_bytes() > budget
+                # D8: what another replica revoked or disabled, within a cycle.
+                await asyncio.to_thread(self.credentials.follow)
                 self.credentials.maintain()
                 await self.breakglass.maintain()
                 now = time.monotonic()

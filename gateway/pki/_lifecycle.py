@@ -124,6 +124,7 @@ class Credentials:
         self.crl_next_update = crl_next_update
         self.clock = clock
         self.view = RevocationView()
+        self._state_seq = -1  # the store's change_seq the view was read at
         self.crl = b""
         self._crls: tuple[bytes, ...] = ()
         self._crl_signed_at: datetime | None = None
@@ -175,9 +176,26 @@ class Credentials:
         self._seen[principal] = self.clock()
         return None
 
+    def follow(self) -> bool:
+        """Re-read the revocation view when the shared state moved (another
+        replica or the control plane revoked a certificate or disabled a
+        principal): every request checks the view, so open connections are
+        refused from then on too (D8). True when it changed."""
+        seq = self.store.change_seq()
+        if seq == self._state_seq:
+            return False
+        with self._lock:
+            revoked = self.store.certificates(status="revoked")
+            disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
+            self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
+            self._state_seq = seq
+        return True
+
     def refresh(self) -> None:
         """Rebuild the revocation view, the CRLs and the TLS material."""
         with self._lock:
+            # Read first: a change landing during the rebuild is seen next time.
+            self._state_seq = self.store.change_seq()
             revoked = self.store.certificates(status="revoked")
             disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
             self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)

@@ -75,6 +75,7 @@ CREATE TABLE IF NOT EXISTS pending_actions (
 CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
 INSERT INTO meta VALUES ('schema_version', '2') ON CONFLICT DO NOTHING;
 INSERT INTO counters VALUES ('crl_number', 0) ON CONFLICT DO NOTHING;
+INSERT INTO counters VALUES ('change_seq', 0) ON CONFLICT DO NOTHING;
 """
 # The primary key of each table an upsert writes.
 _KEYS = {"certificates": ("serial",), "principal_states": ("tenant", "kind", "name"),
@@ -115,6 +116,16 @@ class PostgresStore:
         assert row is not None
         return int(row["value"])
 
+    def change_seq(self) -> int:
+        row = self._exec("SELECT value FROM counters WHERE name = 'change_seq'").fetchone()
+        assert row is not None
+        return int(row["value"])
+
+    def _changed(self) -> None:
+        # After the write it announces: a replica that sees the new number
+        # also sees the write.
+        self._exec("UPDATE counters SET value = value + 1 WHERE name = 'change_seq'")
+
     def _insert(self, table: str, rec: Any) -> None:
         names = [f.name for f in fields(rec)]
         if table == "principal_states":
@@ -152,6 +163,8 @@ class PostgresStore:
         cur = self._exec("UPDATE certificates SET status = 'revoked', revoked_at = %s, "
                          "revoke_reason = %s, retire_at = NULL "
                          "WHERE serial = %s AND status = 'active'", (at, reason, serial))
+        if cur.rowcount == 1:
+            self._changed()
         return cur.rowcount == 1
 
     def schedule_retirement(self, serial: str, at: datetime) -> None:
@@ -165,6 +178,7 @@ class PostgresStore:
     # -- principals ------------------------------------------------------------
     def set_principal_state(self, state: PrincipalState) -> None:
         self._insert("principal_states", state)
+        self._changed()
 
     def principal_states(self) -> list[PrincipalState]:
         rows = self._exec("SELECT * FROM principal_states").fetchall()
@@ -185,6 +199,7 @@ class PostgresStore:
     # -- certificate authorities -------------------------------------------
     def add_ca(self, rec: CaRecord) -> None:
         self._insert("cas", rec)
+        self._changed()
 
     def cas(self) -> list[CaRecord]:
         return [_record(CaRecord, r)
@@ -193,6 +208,7 @@ class PostgresStore:
     def set_ca_status(self, ca_id: str, status: str, retire_at: datetime | None) -> None:
         self._exec("UPDATE cas SET status = %s, retire_at = %s WHERE id = %s",
                    (status, retire_at, ca_id))
+        self._changed()
 
     def next_crl_number(self) -> int:
         """RFC 5280 §5.2.3: monotonically increasing, also across replicas."""
@@ -230,6 +246,7 @@ class PostgresStore:
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:
         self._insert("signing_keys", rec)
+        self._changed()
 
     def signing_keys(self) -> list[SigningKeyRecord]:
         return [_record(SigningKeyRecord, r) for r in
@@ -237,9 +254,11 @@ class PostgresStore:
 
     def set_unpublish(self, kid: str, at: datetime) -> None:
         self._exec("UPDATE signing_keys SET unpublish_at = %s WHERE kid = %s", (at, kid))
+        self._changed()
 
     def delete_signing_key(self, kid: str) -> None:
         self._exec("DELETE FROM signing_keys WHERE kid = %s", (kid,))
+        self._changed()
 
     # -- actions pending a second admin (D6) ------------------------------------
     def put_pending(self, rec: PendingAction) -> None:

@@ -118,6 +118,7 @@ class SqliteStore:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', '1')")
             self._migrate()
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('crl_number', '0')")
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('change_seq', '0')")
 
     def _migrate(self) -> None:
         version = int(self._db.execute(
@@ -135,6 +136,15 @@ class SqliteStore:
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, tuple(_to_db(a) for a in args))
+
+    def change_seq(self) -> int:
+        row = self._exec("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()
+        return int(row[0])
+
+    def _changed(self) -> None:
+        # After the write it announces: a reader that sees the new number
+        # also sees the write.
+        self._exec("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'change_seq'")
 
     def _insert(self, table: str, rec: Any) -> None:
         names = [f.name for f in fields(rec)]
@@ -170,6 +180,8 @@ class SqliteStore:
         cur = self._exec("UPDATE certificates SET status = 'revoked', revoked_at = ?, "
                          "revoke_reason = ?, retire_at = NULL "
                          "WHERE serial = ? AND status = 'active'", (at, reason, serial))
+        if cur.rowcount == 1:
+            self._changed()
         return cur.rowcount == 1
 
     def schedule_retirement(self, serial: str, at: datetime) -> None:
@@ -183,6 +195,7 @@ class SqliteStore:
     # -- principals ------------------------------------------------------------
     def set_principal_state(self, state: PrincipalState) -> None:
         self._insert("principal_states", state)
+        self._changed()
 
     def principal_states(self) -> list[PrincipalState]:
         rows = self._exec("SELECT * FROM principal_states").fetchall()
@@ -207,6 +220,7 @@ class SqliteStore:
     # -- certificate authorities -------------------------------------------
     def add_ca(self, rec: CaRecord) -> None:
         self._insert("cas", rec)
+        self._changed()
 
     def cas(self) -> list[CaRecord]:
         return [_record(CaRecord, r)
@@ -215,6 +229,7 @@ class SqliteStore:
     def set_ca_status(self, ca_id: str, status: str, retire_at: datetime | None) -> None:
         self._exec("UPDATE cas SET status = ?, retire_at = ? WHERE id = ?",
                    (status, retire_at, ca_id))
+        self._changed()
 
     def next_crl_number(self) -> int:
         with self._lock:
@@ -254,6 +269,7 @@ class SqliteStore:
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:
         self._insert("signing_keys", rec)
+        self._changed()
 
     def signing_keys(self) -> list[SigningKeyRecord]:
         return [_record(SigningKeyRecord, r) for r in
@@ -261,9 +277,11 @@ class SqliteStore:
 
     def set_unpublish(self, kid: str, at: datetime) -> None:
         self._exec("UPDATE signing_keys SET unpublish_at = ? WHERE kid = ?", (at, kid))
+        self._changed()
 
     def delete_signing_key(self, kid: str) -> None:
         self._exec("DELETE FROM signing_keys WHERE kid = ?", (kid,))
+        self._changed()
 
     # -- actions pending a second admin (D6) ------------------------------------
     def put_pending(self, rec: PendingAction) -> None:

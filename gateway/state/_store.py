@@ -19,6 +19,13 @@ from gateway.state._records import (
 
 
 class StateStore(Protocol):
+    # -- what the request path checks has changed ---------------------------------
+    def change_seq(self) -> int:
+        """A number that grows with every write of what the request path
+        checks (revocations, principal states, CAs, signing keys): a replica
+        that sees it move re-reads them."""
+        ...
+
     # -- certificates ----------------------------------------------------------
     def add_certificate(self, rec: CertificateRecord) -> None: ...
     def certificate(self, serial: str) -> CertificateRecord | None: ...

@@ -195,3 +195,41 @@ def test_a_second_open_of_the_same_state_sees_the_same_records(store_url: str) -
 def test_an_unknown_state_url_is_refused(url: str) -> None:
     with pytest.raises(ValueError, match="not a state URL"):
         open_store(url)
+
+
+def test_the_change_number_moves_with_what_the_request_path_checks(store: StateStore) -> None:
+    seq = store.change_seq()
+    store.add_certificate(cert("0A"))
+    store.add_consultation(Consultation("i1", T0, "ores", "p", "r", "x", "purpose", "j"))
+    store.certificates()
+    assert store.change_seq() == seq  # issuing, registering and reading change nothing checked
+    steps = [
+        lambda: store.revoke_certificate("0A", "keyCompromise", T0),
+        lambda: store.set_principal_state(PrincipalState(("ores", "person", "bob"), True, T0,
+                                                         "left", "alice")),
+        lambda: store.add_ca(CaRecord("ca1", "c", "k", T0)),
+        lambda: store.set_ca_status("ca1", "retiring", T0),
+        lambda: store.add_signing_key(SigningKeyRecord("k1", "pem", T0, T0)),
+        lambda: store.set_unpublish("k1", T0),
+        lambda: store.delete_signing_key("k1"),
+    ]
+    for step in steps:
+        before = store.change_seq()
+        step()
+        assert store.change_seq() > before
+    before = store.change_seq()
+    assert store.revoke_certificate("0A", "again", T0) is False
+    assert store.change_seq() == before  # nothing changed, nothing announced
+
+
+def test_another_writer_s_change_is_seen_through_the_number(store_url: str) -> None:
+    # Two replicas on one state: what one revokes, the other sees move.
+    mine, theirs = open_store(store_url), open_store(store_url)
+    mine.add_certificate(cert("0A"))
+    seen = mine.change_seq()
+    theirs.revoke_certificate("0A", "keyCompromise", T0)
+    assert mine.change_seq() > seen
+    got = mine.certificate("0A")
+    assert got is not None and got.status == "revoked"
+    mine.close()
+    theirs.close()
