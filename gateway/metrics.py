@@ -56,6 +56,11 @@ class GatewayMetrics:
         self.upstream_circuit_open = Gauge(
             "gateway_upstream_circuit_open", "1 while the circuit breaker to an upstream is open.",
             ["upstream"], registry=r)
+        self.state_staleness_seconds = Gauge(
+            "gateway_state_staleness_seconds",
+            "Seconds since this process last read the shared state's change number "
+            "(revocations, disabled principals); past the bound it refuses requests.",
+            registry=r)
         self.upstream_queue_depth = Gauge(
             "gateway_upstream_queue_depth",
             "Requests waiting for a slot of the upstream's pool (fair queuing by tenant).",

@@ -299,7 +299,8 @@ class Gateway:
             self.metrics, self.upstreams, self.signer, lambda: True,
             lambda: self.credentials.crl,
             self.audit_keys.document,
-            shedding=lambda: "memory" if self.data_plane.over_memory_budget else None),
+            shedding=lambda: "memory" if self.data_plane.over_memory_budget
+            else "state-stale" if self.data_plane.state_stale else None),
             access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
@@ -337,14 +338,27 @@ class Gateway:
             # D12: a revoked certificate or a foreign CA knocking.
             self.soc.emit("tls-handshake-refused", "warning", new_incident_id(), reason=reason)
 
+    async def _follow_state(self) -> None:
+        """D8: what another replica revoked or disabled, within a cycle. Shared
+        state that cannot be read for longer than its bound fails closed: the
+        data plane refuses with 503 and /readyz says why, until it is read."""
+        try:
+            await asyncio.to_thread(self.credentials.follow)
+        except Exception:  # the database is away: keep the last view, within the bound
+            log.warning("shared state not readable", exc_info=True)
+        stale_s = time.monotonic() - self.credentials.followed_at
+        self.metrics.state_staleness_seconds.set(stale_s)
+        shared = self.config.state_url is not None and self.config.state_url.startswith(
+            ("postgresql://", "postgres://"))
+        self.data_plane.state_stale = shared and stale_s > self.config.state_max_staleness_s
+
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
                 budget = self.config.limits.memory_budget_mb * 1024 * 1024
                 self.data_plane.over_memory_budget = rss_bytes() > budget
-                # D8: what another replica revoked or disabled, within a cycle.
-                await asyncio.to_thread(self.credentials.follow)
+                await self._follow_state()
                 self.credentials.maintain()
                 await self.breakglass.maintain()
                 now = time.monotonic()

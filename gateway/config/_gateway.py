@@ -116,6 +116,8 @@ class GatewayConfig:
     # The state backend: None is the embedded SQLite file under data_dir;
     # "sqlite:///ABSOLUTE-PATH" or "postgresql://..." ([state] url).
     state_url: str | None = None
+    # Shared state unread for longer than this: requests are refused (503).
+    state_max_staleness_s: float = 5.0
     source: str = "<memory>"
 
     @classmethod
@@ -235,6 +237,7 @@ class GatewayConfig:
             rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             state_url=_state_url(r, base, source),
+            state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
             source=source,
         )
 
@@ -242,7 +245,7 @@ class GatewayConfig:
 def _state_url(r: _Reader, base: Path, source: str) -> str | None:
     if r._get("state") is None:
         return None
-    unknown = set(r.table("state")) - {"url"}
+    unknown = set(r.table("state")) - {"url", "max_staleness_s"}
     if unknown:
         raise ConfigError(f"{source}: state.{sorted(unknown)[0]}: unknown setting")
     url = r._get("state.url")

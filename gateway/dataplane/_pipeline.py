@@ -96,6 +96,9 @@ class DataPlane:
                 upstream).set(depth))
         self.in_flight = 0
         self.over_memory_budget = False  # set by the server's memory watch
+        # Set by the server when the shared state could not be read for longer
+        # than its bound: revocations might be missed, so nothing is served.
+        self.state_stale = False
         self.load_quotas()
         self.push_gate = PushGate(limits)  # D1 availability: the push intakes' memory guard
         self.push_intake = None if push is None else PushIntake(
@@ -130,6 +133,10 @@ class DataPlane:
             if not self.audit.writable:
                 # SECURITY: no audit trail, no request: refused before it is forwarded.
                 raise RequestRefused(503, "audit-unavailable")
+            if self.state_stale:
+                # SECURITY (D8): a view of revocations older than the bound
+                # could let a revoked certificate through: fail closed.
+                raise RequestRefused(503, "state-stale", headers={"Retry-After": "1"})
             ex.caller = self.resolver.resolve(request)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,7 @@ class Credentials:
         self.clock = clock
         self.view = RevocationView()
         self._state_seq = -1  # the store's change_seq the view was read at
+        self.followed_at = time.monotonic()  # last successful read of it
         self.crl = b""
         self._crls: tuple[bytes, ...] = ()
         self._crl_signed_at: datetime | None = None
@@ -183,12 +185,14 @@ class Credentials:
         refused from then on too (D8). True when it changed."""
         seq = self.store.change_seq()
         if seq == self._state_seq:
+            self.followed_at = time.monotonic()
             return False
         with self._lock:
             revoked = self.store.certificates(status="revoked")
             disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
             self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
             self._state_seq = seq
+        self.followed_at = time.monotonic()
         return True
 
     def refresh(self) -> None:

@@ -94,22 +94,37 @@ def _record(cls: type[R], row: dict[str, Any]) -> R:
 class PostgresStore:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
-        self._db = psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+        self._db = self._connect()
+        self._closing = False
         self._lock = threading.Lock()
         with self._transaction() as cur:
             cur.execute("SET LOCAL lock_timeout = '30s'")
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             cur.execute(_SCHEMA)
-        self._db.execute("SET TIME ZONE 'UTC'")
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        db = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
+        db.execute("SET TIME ZONE 'UTC'")
+        return db
+
+    def _live(self) -> psycopg.Connection[dict[str, Any]]:
+        """The connection, opened again after the server dropped it (a
+        restart, a failover): the call that found it broken failed, the next
+        one reconnects."""
+        if (self._db.broken or self._db.closed) and not self._closing:
+            self._db = self._connect()
+        return self._db
 
     @contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        with self._lock, self._db.transaction(), self._db.cursor() as cur:
-            yield cur
+        with self._lock:
+            db = self._live()
+            with db.transaction(), db.cursor() as cur:
+                yield cur
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> psycopg.Cursor[dict[str, Any]]:
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._live().execute(sql, args)
 
     def schema_version(self) -> int:
         row = self._exec("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -288,4 +303,5 @@ class PostgresStore:
 
     def close(self) -> None:
         with self._lock:
+            self._closing = True
             self._db.close()

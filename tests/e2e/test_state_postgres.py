@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 
@@ -69,4 +70,52 @@ def test_a_revocation_written_by_another_replica_reaches_this_one(
         client.close()
         assert statuses[0] == 200 and statuses[-1] == 403, statuses
     finally:
+        gw.stop()
+
+
+def test_shared_state_out_of_reach_fails_closed_and_recovers(
+        tmp_path: Path, postgres: Cluster) -> None:
+    """D8: a replica that cannot read the shared state for longer than its bound
+    might miss a revocation, so it refuses (503, `state-stale`) and says so on
+    /readyz and in gateway_state_staleness_seconds; it serves again once the
+    state is back."""
+    url = postgres.new_database()
+    name = urlsplit(url).path.lstrip("/")
+    gw = start_stack(tmp_path, extra_config=f"""
+        [state]
+        url = "{url}"
+        max_staleness_s = 1
+        """)
+
+    def cut(allowed: bool) -> None:
+        with psycopg.connect(postgres.url(), autocommit=True) as db:
+            db.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS {str(allowed).lower()}")
+            if not allowed:
+                db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                           "WHERE datname = %s", (name,))
+
+    def until(status: int) -> list[int]:
+        statuses: list[int] = []
+        deadline = time.monotonic() + 10  # bounded
+        while time.monotonic() < deadline:
+            statuses.append(gw.client("ores").get("/hes/meters").status)
+            if statuses[-1] == status:
+                break
+            time.sleep(0.2)
+        return statuses
+
+    try:
+        assert gw.client("ores").get("/hes/meters").status == 200
+        cut(allowed=False)
+        assert until(503)[-1] == 503
+        ready = gw.ops("/readyz")
+        assert ready.status == 503 and ready.json["shedding"] == "state-stale"
+        assert gw.metric("gateway_state_staleness_seconds") > 1
+        stale = [e for e in gw.audit_events() if e.get("reason") == "state-stale"]
+        assert stale and stale[-1]["status"] == 503
+        cut(allowed=True)
+        assert until(200)[-1] == 200
+        assert gw.ops("/readyz").status == 200
+    finally:
+        cut(allowed=True)
         gw.stop()

@@ -34,13 +34,16 @@ def test_a_relative_sqlite_path_is_read_against_the_config_directory(tmp_path: P
 
 def test_a_postgresql_url_is_kept_as_written(tmp_path: Path) -> None:
     url = "postgresql://gateway@db.internal:5432/gateway?sslmode=verify-full"
-    assert load(tmp_path, {"url": url}).state_url == url
+    cfg = load(tmp_path, {"url": url})
+    assert (cfg.state_url, cfg.state_max_staleness_s) == (url, 5.0)
+    assert load(tmp_path, {"url": url, "max_staleness_s": 2}).state_max_staleness_s == 2.0
 
 
 @pytest.mark.parametrize(("state", "message"), [
     ({"url": "mysql://db/gateway"}, r"g.toml: state.url: must be sqlite:///PATH or postgresql"),
     ({"url": 5}, r"g.toml: state.url: must be a string"),
     ({"dsn": "postgresql://x"}, r"g.toml: state.dsn: unknown setting"),
+    ({"max_staleness_s": "soon"}, r"g.toml: state.max_staleness_s: must be a positive number"),
 ])
 def test_a_wrong_state_table_is_refused_at_start_up(tmp_path: Path, state: dict[str, Any],
                                                      message: str) -> None:
