@@ -9,21 +9,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from gateway.state._records import (
-    BreakGlassCase,
-    CaRecord,
-    CertificateRecord,
-    Consultation,
-    PendingAction,
-    PrincipalKey,
-    PrincipalState,
-    SigningKeyRecord,
-)
+from gateway.state._records import PrincipalKey
+from gateway.state._sql import R, SqlStore
 
 SCHEMA_VERSION = 2
 _SCHEMA = """
@@ -74,7 +67,6 @@ CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
 """,
 }
 
-R = TypeVar("R")
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
                 "created", "activate_at", "unpublish_at", "decided_at", "checked_out_at",
                 "lease_expires_at", "closed_at", "at", "expires_at"}
@@ -95,12 +87,7 @@ def _from_db(name: str, value: Any) -> Any:
     return value
 
 
-def _record(cls: type[R], row: sqlite3.Row) -> R:
-    return cls(**{f.name: _from_db(f.name, row[f.name])
-                  for f in fields(cls)})  # type: ignore[arg-type]
-
-
-class SqliteStore:
+class SqliteStore(SqlStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
@@ -133,9 +120,17 @@ class SqliteStore:
         row = self._exec("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0])
 
+    # -- the hooks of SqlStore -------------------------------------------------------
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, tuple(_to_db(a) for a in args))
+
+    def _record(self, cls: type[R], row: Mapping[str, Any]) -> R:
+        return cls(**{f.name: _from_db(f.name, row[f.name])
+                      for f in fields(cls)})  # type: ignore[arg-type]
+
+    def _time(self, value: Any) -> datetime:
+        return datetime.fromisoformat(value)
 
     def change_seq(self) -> int:
         row = self._exec("SELECT value FROM meta WHERE key = 'change_seq'").fetchone()
@@ -146,63 +141,7 @@ class SqliteStore:
         # also sees the write.
         self._exec("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'change_seq'")
 
-    def _insert(self, table: str, rec: Any) -> None:
-        names = [f.name for f in fields(rec)]
-        if table == "principal_states":
-            names = ["tenant", "kind", "name", *names[1:]]
-            values = [*rec.key, *(getattr(rec, n) for n in names[3:])]
-        else:
-            values = [getattr(rec, n) for n in names]
-        self._exec(f"INSERT OR REPLACE INTO {table} ({', '.join(names)}) "  # noqa: S608
-                   f"VALUES ({', '.join('?' for _ in names)})", tuple(values))
-
-    # -- certificates ----------------------------------------------------------
-    def add_certificate(self, rec: CertificateRecord) -> None:
-        self._insert("certificates", rec)
-
-    def certificate(self, serial: str) -> CertificateRecord | None:
-        row = self._exec("SELECT * FROM certificates WHERE serial = ?", (serial,)).fetchone()
-        return _record(CertificateRecord, row) if row else None
-
-    def certificates(self, *, principal: PrincipalKey | None = None,
-                     status: str | None = None) -> list[CertificateRecord]:
-        sql, args = "SELECT * FROM certificates WHERE 1=1", []
-        if principal is not None:
-            sql += " AND tenant = ? AND kind = ? AND name = ?"
-            args += list(principal)
-        if status is not None:
-            sql += " AND status = ?"
-            args.append(status)
-        rows = self._exec(sql + " ORDER BY issued_at", tuple(args)).fetchall()
-        return [_record(CertificateRecord, r) for r in rows]
-
-    def revoke_certificate(self, serial: str, reason: str, at: datetime) -> bool:
-        cur = self._exec("UPDATE certificates SET status = 'revoked', revoked_at = ?, "
-                         "revoke_reason = ?, retire_at = NULL "
-                         "WHERE serial = ? AND status = 'active'", (at, reason, serial))
-        if cur.rowcount == 1:
-            self._changed()
-        return cur.rowcount == 1
-
-    def schedule_retirement(self, serial: str, at: datetime) -> None:
-        self._exec("UPDATE certificates SET retire_at = ? WHERE serial = ?", (at, serial))
-
-    def due_retirements(self, now: datetime) -> list[CertificateRecord]:
-        rows = self._exec("SELECT * FROM certificates WHERE status = 'active' AND "
-                          "retire_at IS NOT NULL AND retire_at <= ?", (now,)).fetchall()
-        return [_record(CertificateRecord, r) for r in rows]
-
-    # -- principals ------------------------------------------------------------
-    def set_principal_state(self, state: PrincipalState) -> None:
-        self._insert("principal_states", state)
-        self._changed()
-
-    def principal_states(self) -> list[PrincipalState]:
-        rows = self._exec("SELECT * FROM principal_states").fetchall()
-        return [PrincipalState((r["tenant"], r["kind"], r["name"]), bool(r["disabled"]),
-                               datetime.fromisoformat(r["changed_at"]), r["reason"],
-                               r["changed_by"]) for r in rows]
-
+    # -- what differs in SQL -------------------------------------------------------
     def record_last_seen(self, seen: dict[PrincipalKey, datetime]) -> None:
         with self._lock:
             self._db.execute("BEGIN")
@@ -212,25 +151,6 @@ class SqliteStore:
                 [(*key, _to_db(at)) for key, at in seen.items()])
             self._db.execute("COMMIT")
 
-    def last_seen(self) -> dict[PrincipalKey, datetime]:
-        rows = self._exec("SELECT * FROM last_seen").fetchall()
-        return {(r["tenant"], r["kind"], r["name"]): datetime.fromisoformat(r["at"])
-                for r in rows}
-
-    # -- certificate authorities -------------------------------------------
-    def add_ca(self, rec: CaRecord) -> None:
-        self._insert("cas", rec)
-        self._changed()
-
-    def cas(self) -> list[CaRecord]:
-        return [_record(CaRecord, r)
-                for r in self._exec("SELECT * FROM cas ORDER BY created").fetchall()]
-
-    def set_ca_status(self, ca_id: str, status: str, retire_at: datetime | None) -> None:
-        self._exec("UPDATE cas SET status = ?, retire_at = ? WHERE id = ?",
-                   (status, retire_at, ca_id))
-        self._changed()
-
     def next_crl_number(self) -> int:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -239,73 +159,6 @@ class SqliteStore:
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'crl_number'", (str(value),))
             self._db.execute("COMMIT")
         return value
-
-    # -- break-glass cases ------------------------------------------------------
-    def put_breakglass(self, case: BreakGlassCase) -> None:
-        self._insert("breakglass", case)
-
-    def breakglass(self, case_id: str) -> BreakGlassCase | None:
-        row = self._exec("SELECT * FROM breakglass WHERE id = ?", (case_id,)).fetchone()
-        return _record(BreakGlassCase, row) if row else None
-
-    def breakglass_cases(self, *, status: str | None = None) -> list[BreakGlassCase]:
-        sql, args = "SELECT * FROM breakglass", tuple[str, ...]()
-        if status is not None:
-            sql, args = sql + " WHERE status = ?", (status,)
-        return [_record(BreakGlassCase, r)
-                for r in self._exec(sql + " ORDER BY created", args).fetchall()]
-
-    # -- the consultation register (D8) ------------------------------------------
-    def add_consultation(self, rec: Consultation) -> None:
-        self._insert("consultations", rec)
-
-    def consultations(self, *, tenant: str | None = None) -> list[Consultation]:
-        sql, args = "SELECT * FROM consultations", tuple[str, ...]()
-        if tenant is not None:
-            sql, args = sql + " WHERE tenant = ?", (tenant,)
-        return [_record(Consultation, r)
-                for r in self._exec(sql + " ORDER BY at", args).fetchall()]
-
-    # -- signing keys --------------------------------------------------------
-    def add_signing_key(self, rec: SigningKeyRecord) -> None:
-        self._insert("signing_keys", rec)
-        self._changed()
-
-    def signing_keys(self) -> list[SigningKeyRecord]:
-        return [_record(SigningKeyRecord, r) for r in
-                self._exec("SELECT * FROM signing_keys ORDER BY activate_at").fetchall()]
-
-    def set_unpublish(self, kid: str, at: datetime) -> None:
-        self._exec("UPDATE signing_keys SET unpublish_at = ? WHERE kid = ?", (at, kid))
-        self._changed()
-
-    def delete_signing_key(self, kid: str) -> None:
-        self._exec("DELETE FROM signing_keys WHERE kid = ?", (kid,))
-        self._changed()
-
-    # -- actions pending a second admin (D6) ------------------------------------
-    def put_pending(self, rec: PendingAction) -> None:
-        self._insert("pending_actions", rec)
-
-    def pending(self, pending_id: str) -> PendingAction | None:
-        row = self._exec("SELECT * FROM pending_actions WHERE id = ?", (pending_id,)).fetchone()
-        return _record(PendingAction, row) if row else None
-
-    def pending_actions(self, *, status: str | None = None) -> list[PendingAction]:
-        sql, args = "SELECT * FROM pending_actions", tuple[str, ...]()
-        if status is not None:
-            sql, args = sql + " WHERE status = ?", (status,)
-        return [_record(PendingAction, r)
-                for r in self._exec(sql + " ORDER BY created", args).fetchall()]
-
-    def move_pending(self, pending_id: str, from_status: str, rec: PendingAction) -> bool:
-        """Store ``rec`` only if the item is still ``from_status`` (one winner
-        when two admins decide at once)."""
-        names = [f.name for f in fields(rec) if f.name != "id"]
-        cur = self._exec(f"UPDATE pending_actions SET {', '.join(n + ' = ?' for n in names)} "  # noqa: S608
-                         "WHERE id = ? AND status = ?",
-                         (*(getattr(rec, n) for n in names), pending_id, from_status))
-        return cur.rowcount == 1
 
     def close(self) -> None:
         with self._lock:

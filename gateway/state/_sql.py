@@ -1,0 +1,195 @@
+"""What both SQL backends share: the queries of :class:`StateStore`, written
+once with ``?`` placeholders. A backend says how to run a statement, how a
+row becomes a record, how a counter moves and how a batch is written."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import fields
+from datetime import datetime
+from typing import Any, TypeVar
+
+from gateway.state._records import (
+    BreakGlassCase,
+    CaRecord,
+    CertificateRecord,
+    Consultation,
+    PendingAction,
+    PrincipalKey,
+    PrincipalState,
+    SigningKeyRecord,
+)
+
+R = TypeVar("R")
+# The primary key of each table an upsert writes.
+KEYS = {"certificates": ("serial",), "principal_states": ("tenant", "kind", "name"),
+        "cas": ("id",), "breakglass": ("id",), "consultations": ("incident",),
+        "signing_keys": ("kid",), "pending_actions": ("id",)}
+
+
+class SqlStore:
+    """The shared queries; subclasses implement the hooks below."""
+
+    # -- the backend's hooks -----------------------------------------------------
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+        """Run one statement (``?`` placeholders); a cursor with rowcount and
+        fetchone/fetchall of rows addressable by column name."""
+        raise NotImplementedError
+
+    def _record(self, cls: type[R], row: Mapping[str, Any]) -> R:
+        raise NotImplementedError
+
+    def _time(self, value: Any) -> datetime:
+        raise NotImplementedError
+
+    def _changed(self) -> None:
+        """Announce a write of what the request path checks (change_seq)."""
+        raise NotImplementedError
+
+    # -- shared --------------------------------------------------------------------
+    def _insert(self, table: str, rec: Any) -> None:
+        names = [f.name for f in fields(rec)]
+        if table == "principal_states":
+            names = ["tenant", "kind", "name", *names[1:]]
+            values = [*rec.key, *(getattr(rec, n) for n in names[3:])]
+        else:
+            values = [getattr(rec, n) for n in names]
+        keys = KEYS[table]
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in keys)
+        self._exec(f"INSERT INTO {table} ({', '.join(names)}) "  # noqa: S608
+                   f"VALUES ({', '.join('?' for _ in names)}) "
+                   f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}", tuple(values))
+
+    def _records(self, cls: type[R], sql: str, args: tuple[Any, ...] = ()) -> list[R]:
+        return [self._record(cls, r) for r in self._exec(sql, args).fetchall()]
+
+    def _one(self, cls: type[R], sql: str, args: tuple[Any, ...]) -> R | None:
+        row = self._exec(sql, args).fetchone()
+        return self._record(cls, row) if row else None
+
+    # -- certificates ----------------------------------------------------------
+    def add_certificate(self, rec: CertificateRecord) -> None:
+        self._insert("certificates", rec)
+
+    def certificate(self, serial: str) -> CertificateRecord | None:
+        return self._one(CertificateRecord, "SELECT * FROM certificates WHERE serial = ?",
+                         (serial,))
+
+    def certificates(self, *, principal: PrincipalKey | None = None,
+                     status: str | None = None) -> list[CertificateRecord]:
+        sql, args = "SELECT * FROM certificates WHERE 1 = 1", list[Any]()
+        if principal is not None:
+            sql += " AND tenant = ? AND kind = ? AND name = ?"
+            args += list(principal)
+        if status is not None:
+            sql += " AND status = ?"
+            args.append(status)
+        return self._records(CertificateRecord, sql + " ORDER BY issued_at, serial", tuple(args))
+
+    def revoke_certificate(self, serial: str, reason: str, at: datetime) -> bool:
+        cur = self._exec("UPDATE certificates SET status = 'revoked', revoked_at = ?, "
+                         "revoke_reason = ?, retire_at = NULL "
+                         "WHERE serial = ? AND status = 'active'", (at, reason, serial))
+        if cur.rowcount == 1:
+            self._changed()
+        return bool(cur.rowcount == 1)
+
+    def schedule_retirement(self, serial: str, at: datetime) -> None:
+        self._exec("UPDATE certificates SET retire_at = ? WHERE serial = ?", (at, serial))
+
+    def due_retirements(self, now: datetime) -> list[CertificateRecord]:
+        return self._records(CertificateRecord,
+                             "SELECT * FROM certificates WHERE status = 'active' AND "
+                             "retire_at IS NOT NULL AND retire_at <= ?", (now,))
+
+    # -- principals ------------------------------------------------------------
+    def set_principal_state(self, state: PrincipalState) -> None:
+        self._insert("principal_states", state)
+        self._changed()
+
+    def principal_states(self) -> list[PrincipalState]:
+        rows = self._exec("SELECT * FROM principal_states").fetchall()
+        return [PrincipalState((r["tenant"], r["kind"], r["name"]), bool(r["disabled"]),
+                               self._time(r["changed_at"]), r["reason"], r["changed_by"])
+                for r in rows]
+
+    def last_seen(self) -> dict[PrincipalKey, datetime]:
+        rows = self._exec("SELECT * FROM last_seen").fetchall()
+        return {(r["tenant"], r["kind"], r["name"]): self._time(r["at"]) for r in rows}
+
+    # -- certificate authorities -------------------------------------------
+    def add_ca(self, rec: CaRecord) -> None:
+        self._insert("cas", rec)
+        self._changed()
+
+    def cas(self) -> list[CaRecord]:
+        return self._records(CaRecord, "SELECT * FROM cas ORDER BY created, id")
+
+    def set_ca_status(self, ca_id: str, status: str, retire_at: datetime | None) -> None:
+        self._exec("UPDATE cas SET status = ?, retire_at = ? WHERE id = ?",
+                   (status, retire_at, ca_id))
+        self._changed()
+
+    # -- break-glass cases ------------------------------------------------------
+    def put_breakglass(self, case: BreakGlassCase) -> None:
+        self._insert("breakglass", case)
+
+    def breakglass(self, case_id: str) -> BreakGlassCase | None:
+        return self._one(BreakGlassCase, "SELECT * FROM breakglass WHERE id = ?", (case_id,))
+
+    def breakglass_cases(self, *, status: str | None = None) -> list[BreakGlassCase]:
+        sql, args = "SELECT * FROM breakglass", tuple[str, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return self._records(BreakGlassCase, sql + " ORDER BY created, id", args)
+
+    # -- the consultation register (D8) ------------------------------------------
+    def add_consultation(self, rec: Consultation) -> None:
+        self._insert("consultations", rec)
+
+    def consultations(self, *, tenant: str | None = None) -> list[Consultation]:
+        sql, args = "SELECT * FROM consultations", tuple[str, ...]()
+        if tenant is not None:
+            sql, args = sql + " WHERE tenant = ?", (tenant,)
+        return self._records(Consultation, sql + " ORDER BY at, incident", args)
+
+    # -- signing keys --------------------------------------------------------
+    def add_signing_key(self, rec: SigningKeyRecord) -> None:
+        self._insert("signing_keys", rec)
+        self._changed()
+
+    def signing_keys(self) -> list[SigningKeyRecord]:
+        return self._records(SigningKeyRecord,
+                             "SELECT * FROM signing_keys ORDER BY activate_at, kid")
+
+    def set_unpublish(self, kid: str, at: datetime) -> None:
+        self._exec("UPDATE signing_keys SET unpublish_at = ? WHERE kid = ?", (at, kid))
+        self._changed()
+
+    def delete_signing_key(self, kid: str) -> None:
+        self._exec("DELETE FROM signing_keys WHERE kid = ?", (kid,))
+        self._changed()
+
+    # -- actions pending a second admin (D6) ------------------------------------
+    def put_pending(self, rec: PendingAction) -> None:
+        self._insert("pending_actions", rec)
+
+    def pending(self, pending_id: str) -> PendingAction | None:
+        return self._one(PendingAction, "SELECT * FROM pending_actions WHERE id = ?",
+                         (pending_id,))
+
+    def pending_actions(self, *, status: str | None = None) -> list[PendingAction]:
+        sql, args = "SELECT * FROM pending_actions", tuple[str, ...]()
+        if status is not None:
+            sql, args = sql + " WHERE status = ?", (status,)
+        return self._records(PendingAction, sql + " ORDER BY created, id", args)
+
+    def move_pending(self, pending_id: str, from_status: str, rec: PendingAction) -> bool:
+        """Store ``rec`` only if the item is still ``from_status`` (one winner
+        when two admins decide at once, on any replica)."""
+        names = [f.name for f in fields(rec) if f.name != "id"]
+        cur = self._exec(
+            f"UPDATE pending_actions SET {', '.join(n + ' = ?' for n in names)} "  # noqa: S608
+            "WHERE id = ? AND status = ?",
+            (*(getattr(rec, n) for n in names), pending_id, from_status))
+        return bool(cur.rowcount == 1)
