@@ -4,6 +4,7 @@ row becomes a record, how a counter moves and how a batch is written."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import fields
 from datetime import datetime
@@ -27,24 +28,26 @@ KEYS = {"certificates": ("serial",), "principal_states": ("tenant", "kind", "nam
         "signing_keys": ("kid",), "pending_actions": ("id",)}
 
 
-class SqlStore:
-    """The shared queries; subclasses implement the hooks below."""
+class SqlStore(ABC):
+    """The shared queries; a backend implements the hooks below."""
 
     # -- the backend's hooks -----------------------------------------------------
+    @abstractmethod
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         """Run one statement (``?`` placeholders); a cursor with rowcount and
         fetchone/fetchall of rows addressable by column name."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _record(self, cls: type[R], row: Mapping[str, Any]) -> R:
-        raise NotImplementedError
+        """A row as the record ``cls``."""
 
+    @abstractmethod
     def _time(self, value: Any) -> datetime:
-        raise NotImplementedError
+        """A stored time as an aware datetime."""
 
+    @abstractmethod
     def _changed(self) -> None:
         """Announce a write of what the request path checks (change_seq)."""
-        raise NotImplementedError
 
     # -- shared --------------------------------------------------------------------
     def _insert(self, table: str, rec: Any) -> None:
