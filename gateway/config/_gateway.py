@@ -7,6 +7,8 @@ error names the file, the key and what is wrong, at start-up.
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,7 +120,15 @@ class GatewayConfig:
     state_url: str | None = None
     # Shared state unread for longer than this: requests are refused (503).
     state_max_staleness_s: float = 5.0
+    # The fleet ([fleet]): what this process is, and its name among replicas.
+    fleet: FleetConfig = field(default_factory=lambda: FleetConfig())
     source: str = "<memory>"
+
+    @property
+    def shared_state(self) -> bool:
+        """State in PostgreSQL, shared by the replicas of a fleet."""
+        return self.state_url is not None and self.state_url.startswith(
+            ("postgresql://", "postgres://"))
 
     @classmethod
     def from_toml(cls, path: Path) -> GatewayConfig:
@@ -207,6 +217,7 @@ class GatewayConfig:
             # The ops plane is plain HTTP: keep it off the network unless told.
             raise ConfigError(f"{source}: listeners.ops.host: {ops.host!r} is not a loopback "
                               "address (set allow_non_loopback = true to mean it)")
+        state_url = _state_url(r, base, source)
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -236,10 +247,64 @@ class GatewayConfig:
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),
             rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
-            state_url=_state_url(r, base, source),
+            state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
+            fleet=_fleet(r, source, state_url),
             source=source,
         )
+
+
+ROLES = ("all", "control", "data")
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """``[fleet]``: ``role`` is what this process runs: ``all`` (one process,
+    the default: data plane, admin plane and the control duties), ``control``
+    (the admin plane and the control duties: CRLs, key rotation, retirements,
+    break-glass expiry, pruning; one of two instances is active, by a
+    PostgreSQL advisory lock) or ``data`` (the data and ops planes only).
+    ``replica_id`` names the replica in the heartbeat table, metrics and its
+    audit chain (default: the host name and the role)."""
+
+    role: str = "all"
+    replica_id: str = ""
+    heartbeat_interval_s: float = 1.0
+
+    def with_worker(self, index: int) -> FleetConfig:
+        """Worker ``index`` of ``serve --workers N``: worker 0 keeps the role,
+        the others serve the data plane only; each its own replica id."""
+        return FleetConfig(role=self.role if index == 0 else "data",
+                           replica_id=f"{self.replica_id}-w{index}",
+                           heartbeat_interval_s=self.heartbeat_interval_s)
+
+
+def _fleet(r: _Reader, source: str, state_url: str | None) -> FleetConfig:
+    if r._get("fleet") is None:
+        return FleetConfig(replica_id=_default_replica_id("all"))
+    unknown = set(r.table("fleet")) - {"role", "replica_id", "heartbeat_interval_s"}
+    if unknown:
+        raise ConfigError(f"{source}: fleet.{sorted(unknown)[0]}: unknown setting")
+    role = r._get("fleet.role") or "all"
+    if role not in ROLES:
+        raise ConfigError(f"{source}: fleet.role: must be one of {', '.join(ROLES)}")
+    replica_id = r._get("fleet.replica_id") or _default_replica_id(role)
+    if not isinstance(replica_id, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}",
+                                                           replica_id):
+        raise ConfigError(f"{source}: fleet.replica_id: letters, digits, '.', '_' and '-', "
+                          "at most 63")
+    if role != "all" and not (state_url or "").startswith(("postgresql://", "postgres://")):
+        raise ConfigError(f"{source}: fleet.role: {role} is one part of a fleet, which shares "
+                          "its state: set [state] url = \"postgresql://...\"")
+    interval = r.number("fleet.heartbeat_interval_s", 1.0)
+    if not 0.05 <= interval <= 60:
+        raise ConfigError(f"{source}: fleet.heartbeat_interval_s: between 0.05 and 60")
+    return FleetConfig(role=role, replica_id=replica_id, heartbeat_interval_s=interval)
+
+
+def _default_replica_id(role: str) -> str:
+    host = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{role}"
 
 
 def _state_url(r: _Reader, base: Path, source: str) -> str | None:

@@ -49,3 +49,56 @@ def test_a_wrong_state_table_is_refused_at_start_up(tmp_path: Path, state: dict[
                                                      message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tmp_path, state)
+
+
+# -- [fleet]: what this process is among the replicas ---------------------------
+
+PG = {"url": "postgresql://gateway@db.internal/gateway"}
+
+
+def load_fleet(tmp_path: Path, fleet: dict[str, Any] | None,
+               state: dict[str, Any] | None = None) -> GatewayConfig:
+    doc = config_doc(None)
+    if state is not None:
+        doc["state"] = state
+    if fleet is not None:
+        doc["fleet"] = fleet
+    return GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml")
+
+
+def test_one_process_runs_every_role_by_default(tmp_path: Path) -> None:
+    fleet = load_fleet(tmp_path, None).fleet
+    assert fleet.role == "all"
+    assert fleet.replica_id.endswith("-all")
+    assert fleet.heartbeat_interval_s == 1.0
+
+
+def test_a_data_replica_names_itself_and_shares_postgresql_state(tmp_path: Path) -> None:
+    cfg = load_fleet(tmp_path, {"role": "data", "replica_id": "dp-1",
+                                "heartbeat_interval_s": 0.5}, PG)
+    assert (cfg.fleet.role, cfg.fleet.replica_id, cfg.fleet.heartbeat_interval_s) == (
+        "data", "dp-1", 0.5)
+    assert cfg.shared_state
+
+
+def test_workers_after_the_first_serve_the_data_plane_only(tmp_path: Path) -> None:
+    fleet = load_fleet(tmp_path, {"role": "all", "replica_id": "h1"}, PG).fleet
+    assert (fleet.with_worker(0).role, fleet.with_worker(0).replica_id) == ("all", "h1-w0")
+    assert (fleet.with_worker(2).role, fleet.with_worker(2).replica_id) == ("data", "h1-w2")
+
+
+@pytest.mark.parametrize(("fleet", "state", "message"), [
+    ({"role": "edge"}, PG, r"g.toml: fleet.role: must be one of all, control, data"),
+    ({"role": "data"}, None, r"g.toml: fleet.role: data is one part of a fleet.*postgresql"),
+    ({"role": "control"}, {"url": "sqlite:///s.db"}, r"fleet.role: control is one part"),
+    ({"replica_id": "a b"}, PG, r"g.toml: fleet.replica_id: letters, digits"),
+    ({"replica_id": "x" * 64}, PG, r"g.toml: fleet.replica_id: .*at most 63"),
+    ({"heartbeat_interval_s": 0}, PG, r"g.toml: fleet.heartbeat_interval_s"),
+    ({"heartbeat_interval_s": 61}, PG, r"g.toml: fleet.heartbeat_interval_s: between"),
+    ({"leader": True}, PG, r"g.toml: fleet.leader: unknown setting"),
+])
+def test_a_wrong_fleet_table_is_refused_at_start_up(
+        tmp_path: Path, fleet: dict[str, Any], state: dict[str, Any] | None,
+        message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_fleet(tmp_path, fleet, state)
