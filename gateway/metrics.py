@@ -61,6 +61,17 @@ class GatewayMetrics:
             "Seconds since this process last read the shared state's change number "
             "(revocations, disabled principals); past the bound it refuses requests.",
             registry=r)
+        self.replicas_live = Gauge(
+            "gateway_replicas_live",
+            "Data-plane replicas of the fleet with a fresh heartbeat, not draining; each "
+            "tenant's rate is divided among them (1 for a process on its own).",
+            registry=r)
+        self.replicas_live.set(1)
+        self.control_plane_leader = Gauge(
+            "gateway_control_plane_leader",
+            "1 while this process runs the control duties (CRL signing, retirements, key "
+            "rotation, break-glass expiry): the fleet's active control plane, or a process "
+            "on its own.", registry=r)
         self.upstream_queue_depth = Gauge(
             "gateway_upstream_queue_depth",
             "Requests waiting for a slot of the upstream's pool (fair queuing by tenant).",

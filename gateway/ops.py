@@ -1,7 +1,9 @@
 """The ops plane: plain HTTP on loopback for the ops team and Prometheus.
 
-``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (config loaded,
-every upstream reachable and no load shed for memory),
+``/metrics``, ``/healthz`` (the process is alive), ``/readyz`` (this replica
+can serve: config loaded, shared state fresh, not draining, no load shed for
+memory; the upstreams' health is in the body and the metrics, but one shared
+system down does not take every replica out of the load balancer),
 ``/.well-known/jwks.json`` (public keys of the identity assertions),
 ``/.well-known/audit-keys.json`` (the audit checkpoint keys, current first,
 then every retired one), ``/crl.pem`` (the CA's signed CRL). Nothing
@@ -26,7 +28,8 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
                   config_loaded: Callable[[], bool],
                   crl: Callable[[], bytes] = lambda: b"",
                   audit_keys: Callable[[], dict[str, Any]] = lambda: {"keys": []},
-                  shedding: Callable[[], str | None] = lambda: None) -> web.Application:
+                  shedding: Callable[[], str | None] = lambda: None,
+                  replica: Callable[[], dict[str, Any]] = lambda: {}) -> web.Application:
     async def metrics_handler(_: web.Request) -> web.Response:
         resp = web.Response(body=metrics.render())
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -36,16 +39,18 @@ def build_ops_app(metrics: GatewayMetrics, upstreams: UpstreamPool, signer: Asse
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        down = sorted(name for name, up in upstreams.up.items() if not up)
         loaded = config_loaded()
-        # D1 availability: while the data plane sheds load for memory, a load
-        # balancer should send the traffic elsewhere.
+        # D1 availability: while this replica sheds load (memory, stale
+        # shared state, draining), a load balancer sends the traffic to
+        # another. An upstream down is down for every replica alike: it is
+        # reported, and each request to it fails on its own (502/503).
         shed = shedding()
-        ready = loaded and not down and shed is None
+        ready = loaded and shed is None
         body: dict[str, Any] = {
             "status": "ready" if ready else "not-ready", "config_loaded": loaded,
             "upstreams": {name: ("up" if up else "down")
-                          for name, up in sorted(upstreams.up.items())}}
+                          for name, up in sorted(upstreams.up.items())},
+            **replica()}
         if shed is not None:
             body["shedding"] = shed
             body["reason"] = f"shedding load: {shed}"

@@ -11,6 +11,7 @@ import ssl
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -49,7 +50,7 @@ from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
 from gateway.push import Outbox, PushService
-from gateway.state import SqliteStore, open_store
+from gateway.state import ChangeListener, Heartbeats, LeaderLock, SqliteStore, open_store
 from gateway.tenants import TenantRegistry, load_tenants
 from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
@@ -115,6 +116,18 @@ class Gateway:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
         self.store = (open_store(config.state_url) if config.state_url is not None
                       else SqliteStore(config.data_dir / "state.db"))
+        # The fleet ([fleet]): a process on its own leads; in a fleet, the
+        # control duties run where the advisory lock is held.
+        self.role = config.fleet.role
+        self.replica_id = config.fleet.replica_id
+        shared = config.state_url if config.shared_state else None
+        self.leader_lock = LeaderLock(shared) if shared and self.role != "data" else None
+        self.leading = self.role != "data" and (
+            self.leader_lock is None or self.leader_lock.poll())
+        self.heartbeats = Heartbeats(shared) if shared else None
+        self.draining = False
+        self._state_changed: asyncio.Event | None = None
+        self._listener: ChangeListener | None = None
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
@@ -141,7 +154,8 @@ class Gateway:
             rotation_overlap=timedelta(seconds=config.rotation_overlap_s),
             crl_next_update=timedelta(seconds=ca.crl_next_update_s if ca else 86400),
             # D8: a leaver's break-glass leases end at once, and what it held rotates.
-            on_disable=[lambda key: self.breakglass.end_leases_of(key, "principal disabled")])
+            on_disable=[lambda key: self.breakglass.end_leases_of(key, "principal disabled")],
+            leads=lambda: self.leading)
         self.credentials.bootstrap(ca.cert if ca else None, ca.key if ca else None)
         self.server_tls = self.credentials.serve_tls()
         # mTLS upstreams: the client certificate (from the vault) is the
@@ -191,6 +205,7 @@ class Gateway:
         self.ops_port = 0
         self.admin_port = 0
         self.metrics.config_loaded.set(1)
+        self.metrics.control_plane_leader.set(1 if self.leading else 0)
 
     def _rolled_up_through(self) -> float | None:
         flushed = self.usage.flushed_through
@@ -276,61 +291,104 @@ class Gateway:
         self.metrics.declare(registry.tenants, self.config.upstreams)
         log.info("reloaded %d tenants and %d relations", len(registry), len(relations))
 
+    @property
+    def serves_data(self) -> bool:
+        return self.role != "control"
+
+    @property
+    def serves_admin(self) -> bool:
+        return self.role != "data"
+
     async def start(self, data_sock: socket.socket | None = None,
                     ops_sock: socket.socket | None = None,
                     admin_sock: socket.socket | None = None) -> None:
-        data_sock = data_sock or bind(self.config.data.host, self.config.data.port)
-        ops_sock = ops_sock or bind(self.config.ops.host, self.config.ops.port)
-        admin_sock = admin_sock or bind(self.config.admin.host, self.config.admin.port)
-        await self.upstreams.start(self.config.health_interval_s)
-        limits = self.config.limits
+        """Open the listeners of this process's role: the data plane (roles
+        all and data), the admin plane (all and control) and the ops plane."""
+        cfg = self.config
+        if self.serves_data:
+            data_sock = data_sock or bind(cfg.data.host, cfg.data.port)
+        ops_sock = ops_sock or bind(cfg.ops.host, cfg.ops.port)
+        if self.serves_admin:
+            admin_sock = admin_sock or bind(cfg.admin.host, cfg.admin.port)
+        await self.upstreams.start(cfg.health_interval_s)
+        limits = cfg.limits
         edge_self_check(self.ssl_context, limits)
         install_read_buffer()  # 32 KiB per TLS connection, not asyncio's 256 KiB
         self.connections = ConnectionBook(
-            limits, self.config.trust_domain, peers=self.peers,
+            limits, cfg.trust_domain, peers=self.peers,
             on_refused=lambda reason: self.metrics.connections_refused.labels(
                 "data", reason).inc())
-        server = DataServer(self.data_plane, limits, self.connections, access_log=None)
-        data_runner = web.ServerRunner(server, handle_signals=False)
-        await data_runner.setup()
-        await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
-                      handshake_timeout_s=limits.handshake_timeout_s).start()
+        if data_sock is not None:
+            server = DataServer(self.data_plane, limits, self.connections, access_log=None)
+            data_runner = web.ServerRunner(server, handle_signals=False)
+            await data_runner.setup()
+            await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
+                          handshake_timeout_s=limits.handshake_timeout_s).start()
+            self._runners.append(data_runner)
+            self.data_port = data_sock.getsockname()[1]
         ops_runner = web.AppRunner(build_ops_app(
             self.metrics, self.upstreams, self.signer, lambda: True,
             lambda: self.credentials.crl,
-            self.audit_keys.document,
-            shedding=lambda: "memory" if self.data_plane.over_memory_budget
-            else "state-stale" if self.data_plane.state_stale else None),
+            self.audit_keys.document, shedding=self._shedding, replica=self._replica_status),
             access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
-        admin_app = build_admin_app(
-            self.credentials, self.resolver, self.metrics, rekey=self.rekey,
-            extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
-                                       self.rekey), usage_routes(self.usage, self.store),
-                  audit_routes(self.rotate_audit_key)))
-        # The admin plane gets the same edge limits (own connection book).
-        admin_runner = GuardedAppRunner(
-            admin_app, access_log=None, edge=limits,
-            book=ConnectionBook(limits, self.config.trust_domain, peers=self.peers,
-                                on_refused=lambda reason: self.metrics.connections_refused
-                                .labels("admin", reason).inc()),
-            refuse=admin_refusal)
-        await admin_runner.setup()
-        await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
-                      handshake_timeout_s=limits.handshake_timeout_s).start()
-        self._runners = [data_runner, ops_runner, admin_runner]
-        self.data_port = data_sock.getsockname()[1]
+        self._runners.append(ops_runner)
         self.ops_port = ops_sock.getsockname()[1]
-        self.admin_port = admin_sock.getsockname()[1]
+        if admin_sock is not None:
+            admin_app = build_admin_app(
+                self.credentials, self.resolver, self.metrics, rekey=self.rekey,
+                extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
+                                           self.rekey), usage_routes(self.usage, self.store),
+                              audit_routes(self.rotate_audit_key)))
+            # The admin plane gets the same edge limits (own connection book).
+            admin_runner = GuardedAppRunner(
+                admin_app, access_log=None, edge=limits,
+                book=ConnectionBook(limits, cfg.trust_domain, peers=self.peers,
+                                    on_refused=lambda reason: self.metrics.connections_refused
+                                    .labels("admin", reason).inc()),
+                refuse=admin_refusal)
+            await admin_runner.setup()
+            await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
+                          handshake_timeout_s=limits.handshake_timeout_s).start()
+            self._runners.append(admin_runner)
+            self.admin_port = admin_sock.getsockname()[1]
         await self.soc.start()
-        if self.push is not None:
+        if self.push is not None and self.serves_data:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
+        if self.heartbeats is not None:
+            self._state_changed = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            changed = self._state_changed
+            assert self.config.state_url is not None
+
+            def wake() -> None:  # from the listener's thread
+                with contextlib.suppress(RuntimeError):  # the loop closed: stopping
+                    loop.call_soon_threadsafe(changed.set)
+
+            self._listener = ChangeListener(self.config.state_url, wake)
+            self._listener.start()
+            self._tasks += [asyncio.create_task(self._follow()),
+                            asyncio.create_task(self._beat())]
         observe_handshakes(self.ssl_context, self._handshake_failed)
-        log.info("data plane on %s:%d (mTLS), ops plane on %s:%d", self.config.data.host,
-                 self.data_port, self.config.ops.host, self.ops_port)
+        log.info("%s %s: data plane on %s:%d (mTLS), admin plane on %s:%d, ops plane on "
+                 "%s:%d", self.role, self.replica_id, cfg.data.host, self.data_port,
+                 cfg.admin.host, self.admin_port, cfg.ops.host, self.ops_port)
+
+    def _shedding(self) -> str | None:
+        """Why this replica should get no traffic now, or None."""
+        if self.draining:
+            return "draining"
+        if self.data_plane.over_memory_budget:
+            return "memory"
+        if self.data_plane.state_stale:
+            return "state-stale"
+        return None
+
+    def _replica_status(self) -> dict[str, Any]:
+        return {"replica": self.replica_id, "role": self.role, "leader": self.leading}
 
     def _handshake_failed(self, reason: str) -> None:
         self.metrics.tls_handshake_failures.labels(reason).inc()
@@ -339,18 +397,68 @@ class Gateway:
             self.soc.emit("tls-handshake-refused", "warning", new_incident_id(), reason=reason)
 
     async def _follow_state(self) -> None:
-        """D8: what another replica revoked or disabled, within a cycle. Shared
-        state that cannot be read for longer than its bound fails closed: the
-        data plane refuses with 503 and /readyz says why, until it is read."""
+        """D8: what another replica or the control plane revoked, disabled,
+        published or rotated. Shared state that cannot be read for longer
+        than its bound fails closed: the data plane refuses with 503 and
+        /readyz says why, until it is read."""
         try:
             await asyncio.to_thread(self.credentials.follow)
         except Exception:  # the database is away: keep the last view, within the bound
             log.warning("shared state not readable", exc_info=True)
         stale_s = time.monotonic() - self.credentials.followed_at
         self.metrics.state_staleness_seconds.set(stale_s)
-        shared = self.config.state_url is not None and self.config.state_url.startswith(
-            ("postgresql://", "postgres://"))
-        self.data_plane.state_stale = shared and stale_s > self.config.state_max_staleness_s
+        self.data_plane.state_stale = (self.config.shared_state
+                                       and stale_s > self.config.state_max_staleness_s)
+
+    async def _follow(self) -> None:
+        """Follow the shared state: at once on a notification (the writer's
+        NOTIFY, or the listener's reconnect), and every cycle anyway, since
+        NOTIFY is not durable."""
+        assert self._state_changed is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._state_changed.wait(), MAINTENANCE_INTERVAL_S)
+            self._state_changed.clear()
+            await self._follow_state()
+
+    async def _beat(self) -> None:
+        """The fleet's heartbeat: hold or take the control lock, write this
+        replica's row, count the live data-plane replicas and divide each
+        tenant's rate among them."""
+        assert self.heartbeats is not None
+        heartbeats = self.heartbeats
+        interval = self.config.fleet.heartbeat_interval_s
+        cfg = self.config
+        while True:
+            try:
+                was = self.leading
+                if self.leader_lock is not None:
+                    self.leading = await asyncio.to_thread(self.leader_lock.poll)
+                self.metrics.control_plane_leader.set(1 if self.leading else 0)
+                if self.leading and not was:
+                    log.warning("%s now runs the control duties", self.replica_id)
+                    await asyncio.to_thread(self.credentials.refresh)  # sign the CRLs now
+                elif was and not self.leading:
+                    log.warning("%s lost the control lock: control duties stop here",
+                                self.replica_id)
+
+                def beat() -> int:
+                    heartbeats.beat(
+                        replica_id=self.replica_id, role=self.role, host=socket.gethostname(),
+                        pid=os.getpid(),
+                        data=f"{cfg.data.host}:{self.data_port}" if self.serves_data else None,
+                        ops=f"{cfg.ops.host}:{self.ops_port}",
+                        admin=f"{cfg.admin.host}:{self.admin_port}" if self.serves_admin
+                        else None, draining=self.draining, leader=self.leading)
+                    # Live: a heartbeat within three intervals.
+                    return heartbeats.live_data_replicas(3 * interval)
+
+                live = await asyncio.to_thread(beat)
+                self.metrics.replicas_live.set(live)
+                self.data_plane.quotas.share(live)
+            except Exception:  # the database is away: keep the last share
+                log.warning("fleet heartbeat failed", exc_info=True)
+            await asyncio.sleep(interval)
 
     async def _maintain(self) -> None:
         while True:
@@ -358,9 +466,11 @@ class Gateway:
             try:
                 budget = self.config.limits.memory_budget_mb * 1024 * 1024
                 self.data_plane.over_memory_budget = rss_bytes() > budget
-                await self._follow_state()
-                self.credentials.maintain()
-                await self.breakglass.maintain()
+                if self.heartbeats is None:  # else the follower task does it, woken by NOTIFY
+                    await self._follow_state()
+                self.credentials.maintain()  # the control duties only where they run
+                if self.leading:
+                    await self.breakglass.maintain()
                 now = time.monotonic()
                 if now - self._last_usage_flush >= USAGE_FLUSH_S:
                     await asyncio.to_thread(self.usage.flush)
@@ -372,10 +482,12 @@ class Gateway:
                 log.exception("credential maintenance failed")
 
     async def _rotate_upstreams(self) -> None:
-        """Scheduled rotation of the service credentials (by age, policy)."""
+        """Scheduled rotation of the service credentials (by age, policy), by
+        the process that runs the control duties."""
         while True:
             try:
-                await self.upstream_creds.maintain()
+                if self.leading:
+                    await self.upstream_creds.maintain()
             except Exception:
                 log.exception("upstream credential rotation failed")
             await asyncio.sleep(UPSTREAM_ROTATION_CHECK_S)
@@ -413,6 +525,14 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+        if self.heartbeats is not None:
+            with contextlib.suppress(Exception):  # the row ages out anyway
+                await asyncio.to_thread(self.heartbeats.forget, self.replica_id)
+            self.heartbeats.close()
+        if self.leader_lock is not None:
+            self.leader_lock.release()
         await self.soc.close()
         if self.push is not None:
             await self.push.stop()

@@ -218,6 +218,12 @@ class GatewayConfig:
             raise ConfigError(f"{source}: listeners.ops.host: {ops.host!r} is not a loopback "
                               "address (set allow_non_loopback = true to mean it)")
         state_url = _state_url(r, base, source)
+        fleet = _fleet(r, source, state_url)
+        if fleet.role == "data" and ca is not None:
+            # SECURITY: the CA key signs certificates and CRLs; it belongs to
+            # the control plane, not to the replicas facing partners.
+            raise ConfigError(f"{source}: ca: a data-plane replica holds no CA key "
+                              "(the control plane signs; remove [ca] here)")
         return cls(
             trust_domain=r.text("gateway.trust_domain"),
             tenants_dir=r.path("gateway.tenants_dir"),
@@ -249,7 +255,7 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
-            fleet=_fleet(r, source, state_url),
+            fleet=fleet,
             source=source,
         )
 

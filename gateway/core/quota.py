@@ -34,9 +34,18 @@ class Quotas:
     _buckets: dict[str, _Bucket] = field(default_factory=dict)
     _in_flight: dict[str, int] = field(default_factory=dict)
     _upstream: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Live replicas of the fleet sharing each tenant's rate: like Kong's
+    # "local" policy, each admits rate/N with a bucket of burst/N, so the
+    # fleet admits at most the rate, plus the buckets' slack while N moves.
+    replicas: int = 1
 
     def quota(self, tenant: str) -> Quota:
         return self.per_tenant.get(tenant, self.default)
+
+    def share(self, replicas: int) -> None:
+        """Divide each tenant's rate and burst among ``replicas`` live
+        replicas (at least 1: a replica alone takes the whole)."""
+        self.replicas = max(1, replicas)
 
     def set(self, tenant: str, quota: Quota) -> None:
         self.per_tenant[tenant] = quota
@@ -48,13 +57,15 @@ class Quotas:
 
     def admit(self, tenant: str, upstream: str, pool_size: int, now: float) -> float | None:
         q = self.quota(tenant)
+        rate = q.rate_per_s / self.replicas
+        burst = max(1.0, q.burst / self.replicas)
         bucket = self._buckets.get(tenant)
         if bucket is None:
-            bucket = self._buckets[tenant] = _Bucket(float(q.burst), now)
-        bucket.tokens = min(float(q.burst), bucket.tokens + (now - bucket.stamp) * q.rate_per_s)
+            bucket = self._buckets[tenant] = _Bucket(burst, now)
+        bucket.tokens = min(burst, bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         if bucket.tokens < 1.0:
-            return max((1.0 - bucket.tokens) / q.rate_per_s, 0.001)
+            return max((1.0 - bucket.tokens) / rate, 0.001)
         if self._in_flight.get(tenant, 0) >= q.concurrency:
             return 1.0
         share = max(1, math.floor(pool_size * q.upstream_share))

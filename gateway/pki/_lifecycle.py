@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AdminEvent, AuditSink, SecurityEvents
 from gateway.errors import RequestRefused
-from gateway.files import write_private
+from gateway.files import write_atomically, write_private
 from gateway.metrics import GatewayMetrics
 from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
 from gateway.pki._issuance import (
@@ -107,6 +107,7 @@ class Credentials:
                  rotation_overlap: timedelta = timedelta(days=1),
                  crl_next_update: timedelta = timedelta(hours=24),
                  on_disable: Iterable[Callable[[PrincipalKey], Awaitable[Any]]] = (),
+                 leads: Callable[[], bool] = lambda: True,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.trust_domain = trust_domain
@@ -124,6 +125,9 @@ class Credentials:
         self.rotation_overlap = rotation_overlap
         self.crl_next_update = crl_next_update
         self.clock = clock
+        # Whether this process runs the control duties (signs CRLs, retires,
+        # rotates): the only process, or the fleet's active control plane.
+        self.leads = leads
         self.view = RevocationView()
         self._state_seq = -1  # the store's change_seq the view was read at
         self.followed_at = time.monotonic()  # last successful read of it
@@ -179,50 +183,72 @@ class Credentials:
         return None
 
     def follow(self) -> bool:
-        """Re-read the revocation view when the shared state moved (another
-        replica or the control plane revoked a certificate or disabled a
-        principal): every request checks the view, so open connections are
-        refused from then on too (D8). True when it changed."""
+        """Re-read what the request path checks when the shared state moved
+        (another replica or the control plane revoked a certificate, disabled
+        a principal, published CRLs, rotated a key): every request checks the
+        view, so open connections are refused from then on too, and new
+        handshakes meet the new CRLs (D8). True when it changed."""
         seq = self.store.change_seq()
         if seq == self._state_seq:
             self.followed_at = time.monotonic()
             return False
-        with self._lock:
-            revoked = self.store.certificates(status="revoked")
-            disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
-            self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
-            self._state_seq = seq
+        self.refresh()
         self.followed_at = time.monotonic()
         return True
 
     def refresh(self) -> None:
-        """Rebuild the revocation view, the CRLs and the TLS material."""
+        """Rebuild the revocation view, the CRLs and the TLS material from the
+        store. The process that leads (``leads``: the active control plane,
+        or the only process) signs the CRLs and publishes them in the store;
+        the others serve what it published."""
         with self._lock:
             # Read first: a change landing during the rebuild is seen next time.
-            self._state_seq = self.store.change_seq()
+            seq = self.store.change_seq()
             revoked = self.store.certificates(status="revoked")
             disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
             self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
+            self.keyring.reload()
             cas = [c for c in self.store.cas() if c.status != "retired"]
-            crls = []
-            for rec in sorted(cas, key=lambda c: c.status != "active"):
-                ca = self._authority(rec)
-                entries = [RevokedEntry(int(r.serial, 16), r.revoked_at or r.issued_at)
-                           for r in revoked if r.issuer_ca == rec.id]
-                crl = build_crl(ca, entries, crl_number=self.store.next_crl_number(),
-                                now=self.clock(), next_update=self.crl_next_update)
-                crls.append(crl_pem(crl))
+            if self.leads():
+                published = self._sign_crls(cas, revoked)
+                after = self.store.publish_crls(published)
+                # Our own publication is no news; anything else that moved is.
+                seq = after if after == seq + 1 else seq
+                crls = tuple(pem for _, pem in published)
+                self._crl_signed_at = self.clock()
+            else:
+                live = {c.id for c in cas}
+                crls = tuple(pem for ca, pem in self.store.crls() if ca in live)
+            self._state_seq = seq
             self.crl = b"".join(crls)
-            self._crls = tuple(crls)
-            self._crl_signed_at = self.clock()
+            self._crls = crls
             if cas:
                 bundle = "".join(c.cert_pem for c in cas).encode()
                 if self.trust_bundle.read_bytes() != bundle:
                     # Keep the file true: clients and a restart read it.
-                    self.trust_bundle.write_bytes(bundle)
+                    # Whole or not at all: other processes of the host read it too.
+                    def emit(write: Callable[[bytes], object]) -> int:
+                        write(bundle)
+                        return len(bundle)
+
+                    write_atomically(self.trust_bundle, emit)
+                    self.trust_bundle.chmod(0o644)  # public: CA certificates only
             if self.server_tls is not None:
                 self.server_tls.update(self.material())
             self._update_metrics()
+
+    def _sign_crls(self, cas: list[CaRecord], revoked: list[CertificateRecord]
+                   ) -> list[tuple[str, bytes]]:
+        """One CRL per CA not retired, the active CA's first."""
+        crls = []
+        for rec in sorted(cas, key=lambda c: c.status != "active"):
+            ca = self._authority(rec)
+            entries = [RevokedEntry(int(r.serial, 16), r.revoked_at or r.issued_at)
+                       for r in revoked if r.issuer_ca == rec.id]
+            crl = build_crl(ca, entries, crl_number=self.store.next_crl_number(),
+                            now=self.clock(), next_update=self.crl_next_update)
+            crls.append((rec.id, crl_pem(crl)))
+        return crls
 
     def serve_tls(self) -> ServerTls:
         """The listeners' TLS, built from this lifecycle's material (after
@@ -402,6 +428,12 @@ class Credentials:
         now = self.clock()
         changed = False
         with self._lock:
+            seen, self._seen = self._seen, {}
+            if seen:
+                self.store.record_last_seen(seen)
+            if not self.leads():  # a data replica or the standby: the leader does it
+                self.metrics.signing_key_age.set(self.keyring.age_seconds(now))
+                return
             for rec in self.store.due_retirements(now):
                 self.store.revoke_certificate(rec.serial, "superseded", now)
                 self.metrics.revocations.labels("superseded").inc()
@@ -425,9 +457,6 @@ class Credentials:
             if changed:
                 self.refresh()
             self.keyring.maintain(now)
-            seen, self._seen = self._seen, {}
-            if seen:
-                self.store.record_last_seen(seen)
         self.metrics.signing_key_age.set(self.keyring.age_seconds(now))
 
     # -- access review (D8) ------------------------------------------------

@@ -72,6 +72,11 @@ class KeyRing:
     def _load(self) -> None:
         self._keys = tuple(SigningKey.from_record(r) for r in self.store.signing_keys())
 
+    def reload(self) -> None:
+        """Read the keys again: another process of the fleet rotated them."""
+        with self._lock:
+            self._load()
+
     def current(self, now: datetime | None = None) -> SigningKey:
         """The newest key whose activation time has come."""
         now = now or self.clock()

@@ -3,6 +3,9 @@
 The embedded default is one SQLite file (WAL) under the data directory
 (:class:`SqliteStore`); replicas of a fleet share PostgreSQL
 (:class:`PostgresStore`); ``open_store(url)`` picks one from ``[state] url``.
+Replicas also share, in PostgreSQL, a heartbeat table (:class:`Heartbeats`),
+the control plane's advisory lock (:class:`LeaderLock`) and change
+notifications (:class:`ChangeListener`).
 Both pass one conformance suite (tests/state). Nothing here holds proxied
 payloads. The request path never touches the store: what
 a request needs (revoked serials, disabled principals) is kept in memory and
@@ -12,6 +15,7 @@ May import: the standard library and psycopg only; every package above the
 foundation may import it.
 """
 
+from gateway.state._fleet import CONTROL_LOCK, ChangeListener, Heartbeats, LeaderLock, Replica
 from gateway.state._open import open_store
 from gateway.state._postgres import PostgresStore
 from gateway.state._records import (
@@ -28,14 +32,19 @@ from gateway.state._sqlite import SqliteStore
 from gateway.state._store import StateStore
 
 __all__ = [
+    "CONTROL_LOCK",
     "BreakGlassCase",
     "CaRecord",
     "CertificateRecord",
+    "ChangeListener",
     "Consultation",
+    "Heartbeats",
+    "LeaderLock",
     "PendingAction",
     "PostgresStore",
     "PrincipalKey",
     "PrincipalState",
+    "Replica",
     "SigningKeyRecord",
     "SqliteStore",
     "StateStore",

@@ -11,7 +11,7 @@ repeats. The request path reads nothing from here.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime
@@ -23,7 +23,10 @@ from psycopg.rows import dict_row
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# Every write of what the request path checks is announced on this channel
+# (the new change_seq as payload); replicas LISTEN (gateway.state.ChangeListener).
+CHANNEL = "gateway_state"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
 CREATE TABLE IF NOT EXISTS counters (name text PRIMARY KEY, value bigint NOT NULL);
@@ -65,7 +68,9 @@ CREATE TABLE IF NOT EXISTS pending_actions (
     expires_at timestamptz NOT NULL, status text NOT NULL, approver text, decided_at timestamptz,
     decision_reason text, result text);
 CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
-INSERT INTO meta VALUES ('schema_version', '2') ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS crls (
+    ca_id text PRIMARY KEY, position integer NOT NULL, pem bytea NOT NULL);
+INSERT INTO meta VALUES ('schema_version', '3') ON CONFLICT (key) DO UPDATE SET value = '3';
 INSERT INTO counters VALUES ('crl_number', 0) ON CONFLICT DO NOTHING;
 INSERT INTO counters VALUES ('change_seq', 0) ON CONFLICT DO NOTHING;
 """
@@ -126,10 +131,26 @@ class PostgresStore(SqlStore):
         assert row is not None
         return int(row["value"])
 
+    _BUMP = ("WITH bumped AS (UPDATE counters SET value = value + 1 WHERE name = 'change_seq' "
+             "RETURNING value) SELECT value, pg_notify(%s, value::text) FROM bumped")
+
     def _changed(self) -> None:
         # After the write it announces: a replica that sees the new number
-        # also sees the write.
-        self._exec("UPDATE counters SET value = value + 1 WHERE name = 'change_seq'")
+        # also sees the write. NOTIFY wakes the followers at once; it is not
+        # durable, so they also poll the number (a missed notification is
+        # seen within a cycle).
+        with self._lock:
+            self._live().execute(self._BUMP, (CHANNEL,))
+
+    def publish_crls(self, crls: Sequence[tuple[str, bytes]]) -> int:
+        with self._transaction() as cur:
+            cur.execute("DELETE FROM crls")
+            cur.executemany("INSERT INTO crls VALUES (%s, %s, %s)",
+                            [(ca, i, pem) for i, (ca, pem) in enumerate(crls)])
+            cur.execute(self._BUMP, (CHANNEL,))
+            row = cur.fetchone()
+        assert row is not None
+        return int(row["value"])
 
     # -- what differs in SQL -------------------------------------------------------
     def record_last_seen(self, seen: dict[PrincipalKey, datetime]) -> None:

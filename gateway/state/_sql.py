@@ -133,6 +133,10 @@ class SqlStore(ABC):
                    (status, retire_at, ca_id))
         self._changed()
 
+    def crls(self) -> list[tuple[str, bytes]]:
+        rows = self._exec("SELECT ca_id, pem FROM crls ORDER BY position").fetchall()
+        return [(r["ca_id"], bytes(r["pem"])) for r in rows]
+
     # -- break-glass cases ------------------------------------------------------
     def put_breakglass(self, case: BreakGlassCase) -> None:
         self._insert("breakglass", case)

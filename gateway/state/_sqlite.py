@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -64,6 +64,11 @@ CREATE TABLE IF NOT EXISTS pending_actions (
     expires_at TEXT NOT NULL, status TEXT NOT NULL, approver TEXT, decided_at TEXT,
     decision_reason TEXT, result TEXT);
 CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
+""",
+    # 3: the CRLs the signing process published, for the others to serve.
+    3: """
+CREATE TABLE IF NOT EXISTS crls (
+    ca_id TEXT PRIMARY KEY, position INTEGER NOT NULL, pem BLOB NOT NULL);
 """,
 }
 
@@ -159,6 +164,23 @@ class SqliteStore(SqlStore):
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'crl_number'", (str(value),))
             self._db.execute("COMMIT")
         return value
+
+    def publish_crls(self, crls: Sequence[tuple[str, bytes]]) -> int:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM crls")
+                self._db.executemany("INSERT INTO crls VALUES (?, ?, ?)",
+                                     [(ca, i, pem) for i, (ca, pem) in enumerate(crls)])
+                self._db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 "
+                                 "WHERE key = 'change_seq'")
+                seq = int(self._db.execute(
+                    "SELECT value FROM meta WHERE key = 'change_seq'").fetchone()[0])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return seq
 
     def close(self) -> None:
         with self._lock:

@@ -86,3 +86,36 @@ def test_setting_a_quota_starts_a_fresh_bucket() -> None:
     assert q.admit("t", "hes", 64, 0.0) is not None  # its bucket is empty
     q.set("t", Quota(rate_per_s=1, burst=3))
     assert q.admit("t", "hes", 64, 0.0) is None  # the new burst, at once
+
+
+def admitted(q: Quotas, tenant: str, start: float, seconds: float, step: float) -> int:
+    count, now = 0, start
+    while now < start + seconds:
+        if q.admit(tenant, "hes", 10_000, now) is None:
+            q.release(tenant, "hes")
+            count += 1
+        now += step
+    return count
+
+
+def test_live_replicas_share_a_tenant_s_rate_and_burst() -> None:
+    # Three replicas, each admitting its share: together at most the quota.
+    quota = Quota(rate_per_s=90.0, burst=30, concurrency=10_000, upstream_share=1.0)
+    fleet = [Quotas(per_tenant={"ores": quota}) for _ in range(3)]
+    for q in fleet:
+        q.share(3)
+    total = sum(admitted(q, "ores", 0.0, 10.0, 0.001) for q in fleet)
+    assert total <= 90 * 10 + 30  # the fleet's rate over 10 s, plus one burst
+    assert total >= 90 * 10 * 0.99  # and not starved either
+    alone = Quotas(per_tenant={"ores": quota})
+    assert admitted(alone, "ores", 0.0, 10.0, 0.001) > 90 * 10  # one replica: the whole
+
+
+def test_a_share_of_a_small_burst_still_admits_one_and_never_less_than_one_replica() -> None:
+    q = Quotas(per_tenant={"ores": Quota(rate_per_s=1.0, burst=2)})
+    q.share(5)  # burst 2 / 5 replicas: still one request at a time
+    assert q.admit("ores", "hes", 8, 0.0) is None
+    wait = q.admit("ores", "hes", 8, 0.0)
+    assert wait is not None and 4.9 <= wait <= 5.0  # the rate is 1/5 per second here
+    q.share(0)  # no heartbeat seen (the table unreadable): alone, not divided by zero
+    assert q.replicas == 1

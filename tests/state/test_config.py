@@ -102,3 +102,12 @@ def test_a_wrong_fleet_table_is_refused_at_start_up(
         message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_fleet(tmp_path, fleet, state)
+
+
+def test_a_data_plane_replica_holds_no_ca_key(tmp_path: Path) -> None:
+    doc = config_doc(None)
+    doc.update(state=PG, fleet={"role": "data"}, ca={"cert": "ca.pem", "key": "ca.key"})
+    with pytest.raises(ConfigError, match=r"g.toml: ca: a data-plane replica holds no CA key"):
+        GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml")
+    doc["fleet"] = {"role": "control"}  # the control plane does
+    assert GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml").ca is not None

@@ -21,6 +21,7 @@ from gateway.state import (
     StateStore,
     open_store,
 )
+from tests.postgres import Cluster
 
 T0 = datetime(2026, 6, 15, 9, 30, 15, 123456, tzinfo=UTC)
 S = timedelta(seconds=1)
@@ -233,3 +234,40 @@ def test_another_writer_s_change_is_seen_through_the_number(store_url: str) -> N
     assert got is not None and got.status == "revoked"
     mine.close()
     theirs.close()
+
+
+def test_published_crls_replace_the_last_and_move_the_change_number(store: StateStore) -> None:
+    assert store.crls() == []
+    before = store.change_seq()
+    seq = store.publish_crls([("ca2", b"-----CRL two"), ("ca1", b"-----CRL one")])
+    assert seq == store.change_seq() > before
+    assert store.crls() == [("ca2", b"-----CRL two"), ("ca1", b"-----CRL one")]
+    store.publish_crls([("ca1", b"-----CRL one, again")])
+    assert store.crls() == [("ca1", b"-----CRL one, again")]  # ca2 retired: its CRL gone
+    assert store.change_seq() == seq + 1
+
+
+def test_another_replica_reads_the_crls_one_published(store_url: str) -> None:
+    signer, follower = open_store(store_url), open_store(store_url)
+    signer.publish_crls([("ca1", b"pem")])
+    assert follower.crls() == [("ca1", b"pem")]
+    signer.close()
+    follower.close()
+
+
+def test_postgresql_announces_every_change_on_the_state_channel(postgres: Cluster) -> None:
+    # D8: replicas LISTEN and re-read at once; the payload is the new number.
+    import psycopg
+
+    url = postgres.new_database()
+    store = open_store(url)
+    listener = psycopg.connect(url, autocommit=True)
+    listener.execute("LISTEN gateway_state")
+    store.add_certificate(cert("0A"))  # not checked on the request path: no announcement
+    store.revoke_certificate("0A", "keyCompromise", T0)
+    seq_after_revoke = store.change_seq()
+    store.publish_crls([("ca1", b"pem")])
+    got = [n.payload for n in listener.notifies(timeout=2, stop_after=2)]
+    assert got == [str(seq_after_revoke), str(store.change_seq())]
+    listener.close()
+    store.close()
