@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import json
 import logging
 import signal
 import sys
@@ -64,13 +65,90 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig
     from gateway.server import Gateway
 
-    gw = Gateway(GatewayConfig.from_toml(Path(args.config)))
+    config = GatewayConfig.from_toml(Path(args.config))
+    if args.worker_index is not None:
+        config = config.for_worker(args.worker_index)
+    elif args.workers != 1:
+        return _supervise_workers(config, Path(args.config), args.workers)
+    gw = Gateway(config, reuse_port=args.worker_index is not None)
     _run_until_signal(gw.start, gw.stop, gw.reload_async)
     return 0
 
 
+RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+
+
+def _supervise_workers(config: object, path: Path, workers: int) -> int:
+    """``serve --workers N``: N processes on the same data port (SO_REUSEPORT),
+    each a replica of the fleet with its own id, ops port and files. A worker
+    that dies is started again (with a growing pause if it keeps dying);
+    SIGTERM, SIGINT and SIGHUP are passed on to every worker; the supervisor
+    exits when they have all stopped, 0 if each did so cleanly."""
+    import subprocess
+    import time
+
+    from gateway.config import GatewayConfig
+
+    assert isinstance(config, GatewayConfig)
+    if not config.shared_state:
+        raise ConfigError(f"{config.source}: --workers {workers}: workers are replicas of a "
+                          "fleet and share their state: set [state] url = \"postgresql://...\"")
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: at least 1")
+    if config.fleet.role == "control":
+        raise ConfigError(f"{config.source}: --workers {workers}: the control plane runs as "
+                          "one process per instance (run a second instance as its standby)")
+    log = logging.getLogger("gateway.server")
+
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        # Our own interpreter and module, the operator's config path.
+        return subprocess.Popen([sys.executable, "-m", "gateway", "serve",  # noqa: S603
+                                 "--config", str(path), "--worker-index", str(index)])
+
+    procs = {i: spawn(i) for i in range(workers)}
+    deaths = dict.fromkeys(procs, 0)
+    stopping = False
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if signum != signal.SIGHUP:
+            stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    log.info("supervising %d workers: pids %s", workers, [p.pid for p in procs.values()])
+    codes: dict[int, int] = {}
+    while len(codes) < workers:
+        time.sleep(0.2)
+        for index, proc in procs.items():
+            if index in codes or proc.poll() is None:
+                continue
+            if stopping:
+                codes[index] = proc.returncode
+                continue
+            if proc.returncode == 2:  # a configuration error: starting again cannot help
+                log.error("worker %d refused its configuration; stopping the others", index)
+                forward(signal.SIGTERM, None)
+                codes[index] = 2
+                continue
+            pause = RESTART_BACKOFF_S[min(deaths[index], len(RESTART_BACKOFF_S) - 1)]
+            deaths[index] += 1
+            log.error("worker %d (pid %d) exited with %s; starting it again in %.1f s",
+                      index, proc.pid, proc.returncode, pause)
+            time.sleep(pause)
+            if not stopping:
+                procs[index] = spawn(index)
+    return 0 if all(code == 0 for code in codes.values()) else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import Stack, StackPorts
+
+    if args.replicas is not None:
+        return _demo_fleet(args)
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
                   work_dir=Path(args.work),
@@ -81,6 +159,29 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(demo_banner(stack), flush=True)
 
     _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
+    return 0
+
+
+def _demo_fleet(args: argparse.Namespace) -> int:
+    """``gateway demo --replicas N``: the fleet on a local PostgreSQL."""
+    from gateway.demo import Fleet, StackPorts, fleet_banner
+
+    if args.replicas < 1:
+        raise ConfigError(f"--replicas {args.replicas}: at least 1")
+    fleet = Fleet(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
+                  work_dir=Path(args.work), replicas=args.replicas,
+                  ports=StackPorts() if args.ephemeral_ports else StackPorts.demo())
+
+    async def start() -> None:
+        try:
+            await fleet.start()
+        except BaseException:
+            await fleet.stop()
+            raise
+        print(json.dumps(fleet.description(), indent=1), flush=True)
+        print(fleet_banner(fleet), flush=True)
+
+    _run_until_signal(start, fleet.stop)
     return 0
 
 
@@ -200,12 +301,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the gateway from a config file")
     serve.add_argument("--config", required=True, help="path to gateway TOML config")
+    serve.add_argument("--workers", type=int, default=1, metavar="N",
+                       help="N data-plane worker processes on the same sockets (SO_REUSEPORT), "
+                       "each a replica of the fleet; needs [state] url = postgresql://...")
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="dev PKI + four simulators + gateway on loopback")
     demo.add_argument("--tenants", default="tenants", help="tenant declarations directory")
     demo.add_argument("--certs", default="certs/dev", help="where the dev PKI is written")
     demo.add_argument("--work", default="var/demo", help="dataset, keys, audit log")
+    demo.add_argument("--replicas", type=int, metavar="N",
+                      help="run the gateway as a fleet: a local PostgreSQL under --work, one "
+                      "control plane and N data-plane replicas, each its own process "
+                      "(described in <work>/fleet.json)")
     demo.add_argument("--ephemeral-ports", action="store_true",
                       help="let the kernel pick every port (for tests beside a running demo)")
     demo.set_defaults(func=cmd_demo)

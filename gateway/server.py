@@ -98,8 +98,10 @@ class Gateway:
     breakglass: BreakGlass
     upstream_creds: UpstreamCredentials
 
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, reuse_port: bool = False) -> None:
         self.config = config
+        self.reuse_port = reuse_port  # a worker of `serve --workers N`
+        config.local_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.metrics = GatewayMetrics()
         self.registry = load_tenants(config.tenants_dir)
         self._relations = self._load_relations(config.relations)
@@ -133,9 +135,9 @@ class Gateway:
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
         self.signer = AssertionSigner(self.keyring, lifetime_s=config.assertion_lifetime_s)
         # D10: hash-chained, checkpoints signed with the audit key.
-        self.audit_keys = AuditKeys(config.data_dir / "audit-key")
+        self.audit_keys = AuditKeys(config.local_dir / "audit-key")
         self.audit = ChainedAuditLog(
-            config.data_dir / "audit.jsonl", self.audit_keys.key, self.audit_keys.kid,
+            config.local_dir / "audit.jsonl", self.audit_keys.key, self.audit_keys.kid,
             checkpoint_every=config.audit.checkpoint_every,
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             segment_max_bytes=config.audit.segment_max_bytes,
@@ -184,7 +186,7 @@ class Gateway:
         self.resolver = CallerResolver(self.registry, config.trust_domain, peers=self.peers,
                                        revocation=self.credentials.check)
         self.push = self._push_service(config)
-        self.usage = UsageLedger(config.data_dir / "usage.db")
+        self.usage = UsageLedger(config.local_dir / "usage.db")
         self.data_plane = DataPlane(
             resolver=self.resolver, routes=default_route_table(),
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
@@ -233,7 +235,7 @@ class Gateway:
         except SecretNotFound:
             data_key = os.urandom(32)
             self.vault.put(OUTBOX_KEY_ID, data_key, kind="data-key")
-        self.outbox = Outbox(config.data_dir / "outbox.db", data_key)
+        self.outbox = Outbox(config.local_dir / "outbox.db", data_key)
         endpoints = {t.id: t.push_endpoint for t in self.registry
                      if t.push_endpoint is not None}
         endpoints.update(config.push_endpoints)
@@ -306,7 +308,9 @@ class Gateway:
         all and data), the admin plane (all and control) and the ops plane."""
         cfg = self.config
         if self.serves_data:
-            data_sock = data_sock or bind(cfg.data.host, cfg.data.port)
+            # Workers of one host share the data port (SO_REUSEPORT).
+            data_sock = data_sock or bind(cfg.data.host, cfg.data.port,
+                                          reuse_port=self.reuse_port)
         ops_sock = ops_sock or bind(cfg.ops.host, cfg.ops.port)
         if self.serves_admin:
             admin_sock = admin_sock or bind(cfg.admin.host, cfg.admin.port)
@@ -373,9 +377,12 @@ class Gateway:
             self._tasks += [asyncio.create_task(self._follow()),
                             asyncio.create_task(self._beat())]
         observe_handshakes(self.ssl_context, self._handshake_failed)
-        log.info("%s %s: data plane on %s:%d (mTLS), admin plane on %s:%d, ops plane on "
-                 "%s:%d", self.role, self.replica_id, cfg.data.host, self.data_port,
-                 cfg.admin.host, self.admin_port, cfg.ops.host, self.ops_port)
+        planes = [f"data plane on {cfg.data.host}:{self.data_port} (mTLS)"] * self.serves_data
+        planes += [f"admin plane on {cfg.admin.host}:{self.admin_port} (mTLS)"] * \
+            self.serves_admin
+        log.info("%s (%s%s): %s, ops plane on %s:%d", self.replica_id, self.role,
+                 ", leading" if self.leading else "", ", ".join(planes), cfg.ops.host,
+                 self.ops_port)
 
     def _shedding(self) -> str | None:
         """Why this replica should get no traffic now, or None."""

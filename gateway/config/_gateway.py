@@ -11,7 +11,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +123,25 @@ class GatewayConfig:
     # The fleet ([fleet]): what this process is, and its name among replicas.
     fleet: FleetConfig = field(default_factory=lambda: FleetConfig())
     source: str = "<memory>"
+
+    @property
+    def local_dir(self) -> Path:
+        """Where this replica's own files go (its audit chain and key, usage
+        ledger, outbox file): data_dir for a process on its own; in a fleet
+        (shared state), data_dir/replicas/<replica_id>, so replicas sharing
+        a data_dir (the workers of one host) never share a file."""
+        if self.shared_state:
+            return self.data_dir / "replicas" / self.fleet.replica_id
+        return self.data_dir
+
+    def for_worker(self, index: int) -> GatewayConfig:
+        """Worker ``index`` of ``serve --workers N``: its replica id and role
+        (FleetConfig.with_worker), the data port shared with the other
+        workers (SO_REUSEPORT), its own ops port (the configured one plus
+        ``index``, so each worker's metrics can be scraped) and its own files."""
+        fleet = self.fleet.with_worker(index)
+        ops = Listener(self.ops.host, self.ops.port + index if self.ops.port else 0)
+        return replace(self, fleet=fleet, ops=ops)
 
     @property
     def shared_state(self) -> bool:

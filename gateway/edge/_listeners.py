@@ -28,11 +28,15 @@ def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.Str
                         body=problem_body(status, new_incident_id(), None, None))
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening socket (port 0 picks a free one; the caller reads it back)."""
+def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket (port 0 picks a free one; the caller reads it back).
+    ``reuse_port``: several processes listen on the same port and the kernel
+    spreads the connections among them (``serve --workers N``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(1024)
     sock.setblocking(False)

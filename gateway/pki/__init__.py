@@ -20,7 +20,7 @@ from gateway.pki._assertion import (
 )
 from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
 from gateway.pki._issuance import IssuancePolicy, make_key_and_csr
-from gateway.pki._lifecycle import ADMIN_ROLES, AdminRefused, Credentials
+from gateway.pki._lifecycle import ADMIN_ROLES, AdminRefused, Credentials, import_certificate
 from gateway.pki._signing_keys import KeyRing
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "JwksKeySource",
     "KeyRing",
     "KeySource",
+    "import_certificate",
     "key_pem",
     "make_key_and_csr",
     "spiffe_uri",

@@ -98,6 +98,22 @@ def certificate_record(cert: x509.Certificate, principal: PrincipalKey, issuer: 
         pem=pem, issued_at=now, replaces=replaces)
 
 
+def issuer_id(cert: x509.Certificate) -> str:
+    """The id of the CA that issued ``cert`` (from its authority key id)."""
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ident = aki.key_identifier or b""
+    return hashlib.sha256(ident).hexdigest()[:16]
+
+
+def import_certificate(store: StateStore, pem: bytes, principal: PrincipalKey,
+                       now: datetime) -> None:
+    """Record a certificate issued outside the admin API (the dev PKI) in
+    ``store``, once."""
+    cert = x509.load_pem_x509_certificate(pem)
+    if store.certificate(serial_hex(cert)) is None:
+        store.add_certificate(certificate_record(cert, principal, issuer_id(cert), now))
+
+
 class Credentials:
     def __init__(self, *, store: StateStore, trust_domain: str,
                  registry: Callable[[], TenantRegistry], keyring: KeyRing,
@@ -163,10 +179,7 @@ class Credentials:
     def import_certificate(self, pem: bytes, principal: PrincipalKey) -> None:
         """Record a certificate issued outside the admin API (the dev PKI), so
         revocation by principal and the access review know it."""
-        cert = x509.load_pem_x509_certificate(pem)
-        if self.store.certificate(serial_hex(cert)) is None:
-            issuer = self._issuer_id(cert)
-            self.store.add_certificate(certificate_record(cert, principal, issuer, self.clock()))
+        import_certificate(self.store, pem, principal, self.clock())
 
     def is_revoked(self, pem: bytes) -> bool:
         return serial_hex(x509.load_pem_x509_certificate(pem)) in self.view.serials
@@ -310,9 +323,7 @@ class Credentials:
         return active[-1], self._authority(active[-1])
 
     def _issuer_id(self, cert: x509.Certificate) -> str:
-        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-        ident = aki.key_identifier or b""
-        return hashlib.sha256(ident).hexdigest()[:16]
+        return issuer_id(cert)
 
     def _principal(self, tenant: str, kind: str, name: str) -> PrincipalKey:
         if self.registry().principal(tenant, kind, name) is None:

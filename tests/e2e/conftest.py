@@ -193,7 +193,7 @@ class RunningStack:
         return 0.0
 
     def audit_events(self) -> list[dict[str, Any]]:
-        path = self.stack.work_dir / "audit.jsonl"
+        path = self.stack.gateway.config.local_dir / "audit.jsonl"
         lines = (json.loads(line) for line in path.read_text().splitlines() if line)
         return [e for e in lines if e.get("type") != "checkpoint"]
 
