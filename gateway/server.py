@@ -128,6 +128,7 @@ class Gateway:
             self.leader_lock is None or self.leader_lock.poll())
         self.heartbeats = Heartbeats(shared) if shared else None
         self.draining = False
+        self._stopped = False
         self._state_changed: asyncio.Event | None = None
         self._listener: ChangeListener | None = None
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
@@ -324,7 +325,8 @@ class Gateway:
                 "data", reason).inc())
         if data_sock is not None:
             server = DataServer(self.data_plane, limits, self.connections, access_log=None)
-            data_runner = web.ServerRunner(server, handle_signals=False)
+            data_runner = web.ServerRunner(server, handle_signals=False,
+                                           shutdown_timeout=cfg.drain_timeout_s)
             await data_runner.setup()
             await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
                           handshake_timeout_s=limits.handshake_timeout_s).start()
@@ -337,7 +339,7 @@ class Gateway:
             access_log=None)
         await ops_runner.setup()
         await web.SockSite(ops_runner, ops_sock).start()
-        self._runners.append(ops_runner)
+        self._ops_runner: web.BaseRunner = ops_runner
         self.ops_port = ops_sock.getsockname()[1]
         if admin_sock is not None:
             admin_app = build_admin_app(
@@ -347,7 +349,7 @@ class Gateway:
                               audit_routes(self.rotate_audit_key)))
             # The admin plane gets the same edge limits (own connection book).
             admin_runner = GuardedAppRunner(
-                admin_app, access_log=None, edge=limits,
+                admin_app, access_log=None, edge=limits, shutdown_timeout=cfg.drain_timeout_s,
                 book=ConnectionBook(limits, cfg.trust_domain, peers=self.peers,
                                     on_refused=lambda reason: self.metrics.connections_refused
                                     .labels("admin", reason).inc()),
@@ -395,7 +397,8 @@ class Gateway:
         return None
 
     def _replica_status(self) -> dict[str, Any]:
-        return {"replica": self.replica_id, "role": self.role, "leader": self.leading}
+        return {"replica": self.replica_id, "role": self.role, "leader": self.leading,
+                "pid": os.getpid()}
 
     def _handshake_failed(self, reason: str) -> None:
         self.metrics.tls_handshake_failures.labels(reason).inc()
@@ -432,10 +435,7 @@ class Gateway:
         """The fleet's heartbeat: hold or take the control lock, write this
         replica's row, count the live data-plane replicas and divide each
         tenant's rate among them."""
-        assert self.heartbeats is not None
-        heartbeats = self.heartbeats
         interval = self.config.fleet.heartbeat_interval_s
-        cfg = self.config
         while True:
             try:
                 was = self.leading
@@ -449,23 +449,26 @@ class Gateway:
                     log.warning("%s lost the control lock: control duties stop here",
                                 self.replica_id)
 
-                def beat() -> int:
-                    heartbeats.beat(
-                        replica_id=self.replica_id, role=self.role, host=socket.gethostname(),
-                        pid=os.getpid(),
-                        data=f"{cfg.data.host}:{self.data_port}" if self.serves_data else None,
-                        ops=f"{cfg.ops.host}:{self.ops_port}",
-                        admin=f"{cfg.admin.host}:{self.admin_port}" if self.serves_admin
-                        else None, draining=self.draining, leader=self.leading)
-                    # Live: a heartbeat within three intervals.
-                    return heartbeats.live_data_replicas(3 * interval)
-
-                live = await asyncio.to_thread(beat)
+                live = await asyncio.to_thread(self._beat_once)
                 self.metrics.replicas_live.set(live)
                 self.data_plane.quotas.share(live)
             except Exception:  # the database is away: keep the last share
                 log.warning("fleet heartbeat failed", exc_info=True)
             await asyncio.sleep(interval)
+
+    def _beat_once(self) -> int:
+        """Write this replica's heartbeat; the live data-plane replicas (a
+        heartbeat within three intervals)."""
+        assert self.heartbeats is not None
+        cfg = self.config
+        self.heartbeats.beat(
+            replica_id=self.replica_id, role=self.role, host=socket.gethostname(),
+            pid=os.getpid(),
+            data=f"{cfg.data.host}:{self.data_port}" if self.serves_data else None,
+            ops=f"{cfg.ops.host}:{self.ops_port}",
+            admin=f"{cfg.admin.host}:{self.admin_port}" if self.serves_admin else None,
+            draining=self.draining, leader=self.leading)
+        return self.heartbeats.live_data_replicas(3 * cfg.fleet.heartbeat_interval_s)
 
     async def _maintain(self) -> None:
         while True:
@@ -527,7 +530,21 @@ class Gateway:
         return {"kid": kid, "retired": retired}
 
     async def stop(self) -> None:
+        """Drain, then close (SIGTERM, SIGINT): this replica turns not-ready
+        (/readyz 503 "draining", and the fleet stops counting it), its
+        listeners stop accepting, requests in flight get drain_timeout_s to
+        finish, idle keep-alive connections close; then everything they
+        needed (the audit log, the outbox, the state) is closed."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.draining = True
+        if self.heartbeats is not None:
+            with contextlib.suppress(Exception):  # the row ages out anyway
+                await asyncio.to_thread(self._beat_once)
         forget_handshakes(self.ssl_context)
+        # Side by side: the drain timeout bounds the whole, not each listener.
+        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -535,7 +552,7 @@ class Gateway:
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         if self.heartbeats is not None:
-            with contextlib.suppress(Exception):  # the row ages out anyway
+            with contextlib.suppress(Exception):
                 await asyncio.to_thread(self.heartbeats.forget, self.replica_id)
             self.heartbeats.close()
         if self.leader_lock is not None:
@@ -545,8 +562,7 @@ class Gateway:
             await self.push.stop()
             self.outbox.close()
         self.credentials.maintain()  # flush last-seen
-        for runner in self._runners:
-            await runner.cleanup()
+        await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()
         self.audit.close()
         self.store.close()

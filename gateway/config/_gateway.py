@@ -115,6 +115,8 @@ class GatewayConfig:
     signing_publish_ahead_s: float = 60 * SECONDS
     rotation_overlap_s: float = 24 * 3600 * SECONDS
     health_interval_s: float = 5 * SECONDS
+    # On SIGTERM: requests in flight get this long to finish (drain).
+    drain_timeout_s: float = 20 * SECONDS
     # The state backend: None is the embedded SQLite file under data_dir;
     # "sqlite:///ABSOLUTE-PATH" or "postgresql://..." ([state] url).
     state_url: str | None = None
@@ -272,6 +274,7 @@ class GatewayConfig:
             signing_publish_ahead_s=r.number("gateway.signing_publish_ahead_s", 60),
             rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
+            drain_timeout_s=r.number("gateway.drain_timeout_s", 20.0),
             state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
             fleet=fleet,

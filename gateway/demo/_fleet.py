@@ -165,7 +165,7 @@ class Fleet:
     def __post_init__(self) -> None:
         self.cluster: LocalCluster | None = None
         self.dsn = ""
-        self.stack: Stack
+        self.stack: Stack | None = None
         self.control: list[ReplicaProcess] = []
         self.data: list[ReplicaProcess] = []
         self.dir = self.work_dir / "fleet"
@@ -179,13 +179,14 @@ class Fleet:
             self.dsn = await asyncio.to_thread(self.cluster.database, "gateway")
         else:
             self.dsn = self.postgres_url
-        self.stack = Stack(tenants_dir=self.tenants_dir, certs_dir=self.certs_dir,
-                           work_dir=self.work_dir, ports=self.ports, run_gateway=False,
-                           extra_config=self.extra_config, **self.stack_options)
-        await self.stack.start()
+        stack = self.stack = Stack(
+            tenants_dir=self.tenants_dir, certs_dir=self.certs_dir, work_dir=self.work_dir,
+            ports=self.ports, run_gateway=False, extra_config=self.extra_config,
+            **self.stack_options)
+        await stack.start()
         await asyncio.to_thread(self._import_dev_certificates)
-        base = self.stack.config_path.read_text()
-        data_port, ops_port, admin_port = self.stack.gateway_ports
+        base = stack.config_path.read_text()
+        data_port, ops_port, admin_port = stack.gateway_ports
         for i in range(self.control_planes):
             self.control.append(self._process(
                 base, f"control-{i}", "control", data=None, ops=free_port(),
@@ -204,9 +205,9 @@ class Fleet:
             proc.start()
         for proc in [*self.control[1:], *self.data]:
             await asyncio.to_thread(proc.wait_ready)
-        pki = self.stack.pki
+        pki = stack.pki
         # The HES pushes its daily batch to the first replica.
-        configure_push(self.stack.apps["hes"], f"https://{LOOPBACK}:{self.data[0].data_port}"
+        configure_push(stack.apps["hes"], f"https://{LOOPBACK}:{self.data[0].data_port}"
                        "/push/hes/batches", client_context(
                            pki.ca_cert, pki.client_cert("hes-operator", "pusher"),
                            pki.client_key("hes-operator", "pusher")))
@@ -230,6 +231,7 @@ class Fleet:
         """The dev certificates were issued outside the admin API: record them
         in the shared state (revocation by principal and the access review
         know them); one revoked in an earlier demo run is issued anew."""
+        assert self.stack is not None
         store = PostgresStore(self.dsn)
         try:
             pki = self.stack.pki
@@ -265,14 +267,19 @@ class Fleet:
 
     # -- stop ----------------------------------------------------------------------
     async def stop(self) -> None:
-        for proc in [*self.data, *self.control]:
-            await asyncio.to_thread(proc.stop)
-        await self.stack.stop()
-        if self.cluster is not None:
-            await asyncio.to_thread(self.cluster.stop)
+        """Stop whatever started (also after a start that failed half-way)."""
+        try:
+            for proc in [*self.data, *self.control]:
+                await asyncio.to_thread(proc.stop)
+            if self.stack is not None:
+                await self.stack.stop()
+        finally:
+            if self.cluster is not None:
+                await asyncio.to_thread(self.cluster.stop)
 
 
 def fleet_banner(fleet: Fleet) -> str:
+    assert fleet.stack is not None
     pki = fleet.stack.pki
     ds = fleet.stack.dataset
     own = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "ores"

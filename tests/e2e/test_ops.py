@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.dataplane._exchange import PUSH_ROUTES
@@ -84,5 +85,36 @@ def test_readyz_reports_an_upstream_down_without_leaving_the_balancer(tmp_path: 
         assert gw.metric("gateway_upstream_up", upstream="itsm") == 1
         resp = gw.client("ores").get("/hes/meters")
         assert resp.status == 502 and resp.json["incident"]
+    finally:
+        gw.stop()
+
+
+def test_a_stop_drains_requests_in_flight_and_refuses_new_ones(tmp_path: Path) -> None:
+    """SIGTERM (Gateway.stop): the replica turns not-ready ("draining"), stops
+    accepting connections, and a request already in flight still gets its
+    answer within the drain timeout; the ops plane answers to the end."""
+    import asyncio
+    import socket
+    import threading
+
+    gw = start_stack(tmp_path, health_interval_s=60)
+    try:
+        gw.fault("hes", "slow", delay_s=1.5)
+        client = gw.client("ores")
+        answers: list[int] = []
+        slow = threading.Thread(target=lambda: answers.append(client.get("/hes/meters").status))
+        slow.start()
+        time.sleep(0.4)  # the request is with the upstream now
+        stopping = asyncio.run_coroutine_threadsafe(gw.stack.gateway.stop(), gw.loop)
+        deadline = time.monotonic() + 5
+        while gw.ops("/readyz").status == 200 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        ready = gw.ops("/readyz")
+        assert ready.status == 503 and ready.json["shedding"] == "draining"
+        with pytest.raises(ConnectionRefusedError):  # no longer accepting
+            socket.create_connection(("127.0.0.1", gw.port), timeout=2).close()
+        slow.join(10)
+        assert answers == [200]  # the request in flight was finished, not cut
+        stopping.result(30)
     finally:
         gw.stop()

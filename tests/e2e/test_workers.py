@@ -1,0 +1,174 @@
+"""One host, many cores, as the outside sees it: ``gateway serve --workers N``
+(N processes on one data port, SO_REUSEPORT, each a replica of the fleet
+with its own ops port) and ``gateway demo --replicas N`` (the fleet on a
+local PostgreSQL, described in fleet.json)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from gateway.demo import Stack, StackPorts
+from gateway.tls import client_context
+from tests.postgres import Cluster
+
+from .conftest import REPO, Client, RunningStack
+from .test_cli import GATEWAY, Running
+
+
+def _port_pair() -> int:
+    """A free port whose successor is free too (the second worker's ops port)."""
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = int(a.getsockname()[1])
+            try:
+                with socket.socket() as b:
+                    b.bind(("127.0.0.1", port + 1))
+                    return port
+            except OSError:
+                continue
+    raise AssertionError("no two adjacent free ports")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def _ready(ops_port: int) -> dict[str, Any] | None:
+    status, body = _get(f"http://127.0.0.1:{ops_port}/readyz")
+    return json.loads(body) if status == 200 else None
+
+
+def _wait(check: Any, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s")
+
+
+def _requests_answered(ops_port: int) -> float:
+    _, text = _get(f"http://127.0.0.1:{ops_port}/metrics")
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith("gateway_requests_total{"))
+
+
+def test_serve_with_workers_shares_the_data_port_and_restarts_a_dead_worker(
+        tmp_path: Path, postgres: Cluster) -> None:
+    # The simulators fetch the assertion keys from the first worker's ops port.
+    ops = _port_pair()
+    running = RunningStack(Stack(tenants_dir=REPO / "tenants", certs_dir=tmp_path / "certs",
+                                 work_dir=tmp_path / "work", run_gateway=False,
+                                 ports=StackPorts(ops=ops)))
+    running.start()
+    try:
+        config = running.stack.config_path.read_text()
+        config += (f'\n[state]\nurl = "{postgres.new_database()}"\n\n[fleet]\n'
+                   'replica_id = "host1"\nheartbeat_interval_s = 0.2\n')
+        path = tmp_path / "gateway.toml"
+        path.write_text(config)
+        data_port = running.stack.gateway_ports[0]
+        proc = Running([*GATEWAY, "serve", "--config", str(path), "--workers", "2"], tmp_path)
+        try:
+            first = _wait(lambda: _ready(ops), 60)
+            second = _wait(lambda: _ready(ops + 1), 60)
+            assert (first["replica"], first["role"]) == ("host1-w0", "all")
+            assert (second["replica"], second["role"]) == ("host1-w1", "data")
+            pki = running.stack.pki
+            ctx = client_context(pki.ca_cert, pki.client_cert("ores", "api"),
+                                 pki.client_key("ores", "api"))
+            for _ in range(40):  # new connections: the kernel spreads them
+                client = Client(data_port, ctx)
+                assert client.get("/hes/meters").status == 200
+                client.close()
+            assert _requests_answered(ops) > 0 and _requests_answered(ops + 1) > 0
+            _, metrics = _get(f"http://127.0.0.1:{ops}/metrics")
+            assert "gateway_replicas_live 2.0" in metrics
+            # A worker killed is started again by the supervisor.
+            pid = int(_wait(lambda: _worker_pid(ops + 1), 10))
+            subprocess.run(["kill", "-9", str(pid)], check=True)
+            _wait(lambda: _worker_pid(ops + 1) not in (None, pid), 30)
+            assert (tmp_path / "work" / "replicas" / "host1-w1" / "audit.jsonl").exists()
+        finally:
+            code = proc.stop()
+        assert code == 0, "".join(proc.lines)
+        assert _get(f"http://127.0.0.1:{ops}/healthz")[0] == 0  # every worker is gone
+    finally:
+        running.stop()
+
+
+def _worker_pid(ops_port: int) -> int | None:
+    ready = _ready(ops_port)
+    return None if ready is None else int(ready["pid"])
+
+
+def test_serve_refuses_workers_without_shared_state(tmp_path: Path) -> None:
+    from gateway.demo._stack import write_config
+
+    config = tmp_path / "gateway.toml"
+    write_config(config, pki=_dev_pki(tmp_path), tenants_dir=REPO / "tenants",
+                 relations=tmp_path / "r.json", data_dir=tmp_path / "data", data_port=0,
+                 ops_port=0, admin_port=0, sim_ports={"hes": 1, "clearing": 1, "cmh": 1,
+                                                       "itsm": 1})
+    out = subprocess.run([*GATEWAY, "serve", "--config", str(config), "--workers", "2"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2
+    assert "--workers 2: workers are replicas of a fleet" in out.stderr
+    assert 'set [state] url = "postgresql://..."' in out.stderr
+
+
+def _dev_pki(tmp_path: Path) -> Any:
+    from gateway.demo import ensure_dev_pki
+    from gateway.tenants import load_tenants
+
+    return ensure_dev_pki(tmp_path / "certs", load_tenants(REPO / "tenants"),
+                          "shared-grid.test")
+
+
+def test_demo_replicas_runs_a_fleet_on_its_own_postgresql(tmp_path: Path) -> None:
+    # The cluster runs as the postgres user when we are root: its directory's
+    # parents must be searchable (pytest's tmp_path is not; var/demo is).
+    top = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+    top.chmod(0o711)
+    try:
+        work = top / "work"
+        proc = Running([*GATEWAY, "demo", "--replicas", "2", "--ephemeral-ports", "--work",
+                        str(work), "--certs", str(tmp_path / "certs")], REPO)
+        try:
+            proc.wait_for(r"fleet is running", timeout=120)
+            doc = json.loads((work / "fleet.json").read_text())
+            assert doc["postgres"] == f"postgresql://gateway@/gateway?host={work / 'postgres'}"
+            assert set(doc) >= {"postgres", "admin", "replicas"}
+            assert [r["id"] for r in doc["replicas"]] == ["data-0", "data-1"]
+            assert all(set(r) >= {"id", "pid", "data", "ops"} for r in doc["replicas"])
+            assert json.dumps(doc, indent=1) in "".join(proc.lines)  # printed as well
+            ctx = client_context(tmp_path / "certs" / "ca.pem",
+                                 tmp_path / "certs" / "ores" / "api.pem",
+                                 tmp_path / "certs" / "ores" / "api.key")
+            for replica in doc["replicas"]:
+                client = Client(int(replica["data"].rsplit(":", 1)[1]), ctx)
+                assert client.get("/hes/meters").status == 200
+                client.close()
+        finally:
+            code = proc.stop()
+        assert code == 0, "".join(proc.lines[-30:])
+        assert not (work / "postgres" / "data" / "postmaster.pid").exists()  # stopped with it
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
