@@ -1,6 +1,7 @@
 # Two commands on a fresh machine (Python 3.11, pip, make):
 #   make demo   installs into .venv and runs the demo on loopback
 #   make test   installs into .venv and runs the whole test suite
+#   make demo-fleet   the demo as a fleet on a local PostgreSQL
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -16,6 +17,12 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/gateway demo
+
+# The demo as a fleet: a local PostgreSQL under var/demo/postgres, a control
+# plane and two data-plane replicas, each its own process (README: The fleet).
+.PHONY: demo-fleet
+demo-fleet: $(STAMP) postgres-server
+	$(BIN)/gateway demo --replicas 2
 
 # pytest exits 5 when it collected no test: that is a failure here too, but
 # reported by name rather than as a bare make error.
