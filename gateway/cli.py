@@ -239,6 +239,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     from gateway.audit import public_keys, published_keys, segment_files, segments_dir, verify_log
 
+    if args.fleet:
+        return _verify_fleet(args)
     # A verifier only reads: it never creates or changes a key (audit format §6).
     try:
         if args.keys:
@@ -279,6 +281,49 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
                "last_seq": result.last_seq, "first_bad_file": None if result.ok else result.file,
                "first_bad_line": result.first_bad_line, "first_bad_seq": result.first_bad_seq,
                "problem": result.problem, "warning": result.warning}
+    print(json.dumps(summary, indent=1))
+    return 0 if result.ok else 1
+
+
+def _verify_fleet(args: argparse.Namespace) -> int:
+    """``gateway audit verify --fleet URL``: every replica's shipped chain and
+    the fleet checkpoints (audit format §13)."""
+    import json
+
+    import psycopg
+
+    from gateway.audit import public_keys, published_fleet_keys, verify_fleet
+    from gateway.state import AuditTables
+
+    try:
+        tables = AuditTables(args.fleet)
+    except psycopg.Error as exc:
+        print(f"gateway: cannot read the fleet's audit tables: {exc}", file=sys.stderr)
+        return 2
+    try:
+        if args.keys:
+            keys = json.loads(Path(args.keys).read_text(encoding="utf-8"))
+            source = args.keys
+        else:
+            # Keys from the same database are no independent check: say so.
+            keys, source = published_fleet_keys(tables), "database"
+        public_keys(keys)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"gateway: cannot read the audit keys: {exc}", file=sys.stderr)
+        tables.close()
+        return 2
+    try:
+        result = verify_fleet(tables, keys)
+    except psycopg.Error as exc:
+        print(f"gateway: cannot read the fleet's audit tables: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        tables.close()
+    summary = result.summary()
+    summary["keys"] = source
+    if source == "database":
+        summary["warning"] = ("the public keys were read from the database being verified; "
+                              "pass --keys with a copy kept elsewhere for an independent check")
     print(json.dumps(summary, indent=1))
     return 0 if result.ok else 1
 
@@ -335,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "/.well-known/audit-keys.json)")
     verify.add_argument("--key-dir", default="var/demo/audit-key",
                         help="or the gateway's audit key directory")
+    verify.add_argument("--fleet", metavar="POSTGRESQL_URL",
+                        help="verify a fleet: every replica's chain shipped to this database "
+                        "and the fleet checkpoints (names a truncated or missing replica)")
     verify.set_defaults(func=cmd_audit_verify)
     from gateway.admin import add_audit_parsers
     add_audit_parsers(audit_sub)

@@ -19,10 +19,13 @@ from gateway.admin import audit_routes, build_admin_app, combine, usage_routes, 
 from gateway.audit import (
     AuditKeys,
     AuditPruner,
+    AuditShipper,
     ChainedAuditLog,
     SecurityEvents,
     SyslogSink,
     UsageLedger,
+    fleet_event,
+    sign_fleet_checkpoint,
 )
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
@@ -50,7 +53,14 @@ from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
 from gateway.push import Outbox, PushService
-from gateway.state import ChangeListener, Heartbeats, LeaderLock, SqliteStore, open_store
+from gateway.state import (
+    AuditTables,
+    ChangeListener,
+    Heartbeats,
+    LeaderLock,
+    SqliteStore,
+    open_store,
+)
 from gateway.tenants import TenantRegistry, load_tenants
 from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
@@ -70,6 +80,7 @@ OUTBOX_KEY_ID = "outbox/data-key"
 PSEUDONYM_KEY_ID = "pseudonyms/master"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
+AUDIT_SHIP_S = 1.0  # a fleet replica ships its new audit lines this often
 USAGE_FLUSH_S = 5.0
 
 
@@ -143,6 +154,10 @@ class Gateway:
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             segment_max_bytes=config.audit.segment_max_bytes,
             segment_max_age_s=config.audit.segment_max_age_s)
+        # A fleet: the chain is shipped to PostgreSQL after the local write.
+        self.audit_shipper = None if shared is None else AuditShipper(
+            self.audit.path, self.replica_id, AuditTables(shared))
+        self._last_fleet_checkpoint = time.monotonic()
         ca = config.ca
         self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
                                   syslog=_syslog_sink(config.soc_syslog))
@@ -378,6 +393,9 @@ class Gateway:
             self._listener.start()
             self._tasks += [asyncio.create_task(self._follow()),
                             asyncio.create_task(self._beat())]
+        if self.audit_shipper is not None:
+            await asyncio.to_thread(self.audit_shipper.publish_keys, self.audit_keys.document())
+            self._tasks.append(asyncio.create_task(self._ship_audit()))
         observe_handshakes(self.ssl_context, self._handshake_failed)
         planes = [f"data plane on {cfg.data.host}:{self.data_port} (mTLS)"] * self.serves_data
         planes += [f"admin plane on {cfg.admin.host}:{self.admin_port} (mTLS)"] * \
@@ -456,6 +474,29 @@ class Gateway:
                 log.warning("fleet heartbeat failed", exc_info=True)
             await asyncio.sleep(interval)
 
+    async def _ship_audit(self) -> None:
+        """A fleet replica: ship the new lines of its chain; record the newest
+        fleet checkpoint in it; and where the control duties run, sign the
+        next fleet checkpoint over every replica's head (format §13)."""
+        assert self.audit_shipper is not None
+        shipper = self.audit_shipper
+        while True:
+            await asyncio.sleep(AUDIT_SHIP_S)
+            try:
+                await asyncio.to_thread(shipper.ship)
+                latest = await asyncio.to_thread(shipper.tables.latest_fleet_checkpoint)
+                if latest is not None and latest[0] > shipper.seen_fleet:
+                    self.audit.record(fleet_event(*latest))
+                    shipper.seen_fleet = latest[0]
+                interval = self.config.audit.fleet_checkpoint_interval_s
+                if self.leading and time.monotonic() - self._last_fleet_checkpoint >= interval:
+                    self._last_fleet_checkpoint = time.monotonic()
+                    await asyncio.to_thread(
+                        sign_fleet_checkpoint, shipper.tables, self.audit_keys.key,
+                        self.audit_keys.kid, time.time())
+            except Exception:  # the database is away: the local file keeps everything
+                log.warning("audit shipping failed", exc_info=True)
+
     def _beat_once(self) -> int:
         """Write this replica's heartbeat; the live data-plane replicas (a
         heartbeat within three intervals)."""
@@ -527,6 +568,8 @@ class Gateway:
         retired = self.audit_keys.kid
         key, kid = self.audit_keys.rotate()
         self.audit.rotate_key(key, kid)
+        if self.audit_shipper is not None:  # verifiers of the fleet find it there
+            self.audit_shipper.publish_keys(self.audit_keys.document())
         return {"kid": kid, "retired": retired}
 
     async def stop(self) -> None:
@@ -565,6 +608,13 @@ class Gateway:
         await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()
         self.audit.close()
+        if self.audit_shipper is not None:
+            try:  # the last lines, the closing checkpoint included
+                await asyncio.to_thread(self.audit_shipper.ship)
+            except Exception:
+                log.warning("audit shipping at stop failed; shipped at the next start",
+                            exc_info=True)
+            self.audit_shipper.tables.close()
         self.store.close()
         self.vault.close()
         self.usage.close()

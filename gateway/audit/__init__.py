@@ -4,8 +4,11 @@ reference verifier, its checkpoint keys and their rotation, pruning by policy,
 usage rollups, and the security events for the SOC (file, webhook, RFC 5424
 syslog).
 
-May import: :mod:`gateway.errors` and the standard library only; every other
-package may import it.
+A fleet's replicas ship their chains to PostgreSQL and the control plane
+signs fleet checkpoints over them (``_fleet``, format §13).
+
+May import: :mod:`gateway.errors`, :mod:`gateway.state` (the fleet's audit
+tables) and the standard library; every other package may import it.
 """
 
 from __future__ import annotations
@@ -15,12 +18,21 @@ from gateway.audit._events import (
     AdminEvent,
     AuditEvent,
     CmhFanoutEvent,
+    FleetCheckpointEvent,
     PruneEvent,
     PushBatchEvent,
     PushDeadLetterEvent,
     PushDeliveredEvent,
     PushPartOutcome,
     RequestEvent,
+)
+from gateway.audit._fleet import (
+    AuditShipper,
+    FleetResult,
+    fleet_event,
+    published_fleet_keys,
+    sign_fleet_checkpoint,
+    verify_fleet,
 )
 from gateway.audit._format import public_keys, segment_files, segments_dir
 from gateway.audit._keys import AuditKeys, published_keys
@@ -35,10 +47,13 @@ __all__ = [
     "AuditEvent",
     "AuditKeys",
     "AuditPruner",
+    "AuditShipper",
     "AuditSink",
     "AuditWriteFailed",
     "ChainedAuditLog",
     "CmhFanoutEvent",
+    "FleetCheckpointEvent",
+    "FleetResult",
     "PruneEvent",
     "PushBatchEvent",
     "PushDeadLetterEvent",
@@ -48,9 +63,13 @@ __all__ = [
     "SecurityEvents",
     "SyslogSink",
     "UsageLedger",
+    "fleet_event",
     "public_keys",
+    "published_fleet_keys",
     "published_keys",
     "segment_files",
     "segments_dir",
+    "sign_fleet_checkpoint",
+    "verify_fleet",
     "verify_log",
 ]

@@ -282,6 +282,19 @@ class PruneEvent:
                 "rolled_up_through": self.rolled_up_through}
 
 
+@dataclass(frozen=True, slots=True)
+class FleetCheckpointEvent:
+    """The newest fleet checkpoint this replica saw (format §13): recorded in
+    its own chain, so its next checkpoint vouches for it."""
+
+    n: int
+    fleet_hash: str  # SHA-256 of the fleet checkpoint's record ("hash" is the line's own)
+
+    def as_record(self) -> dict[str, Any]:
+        return {"event": "fleet-checkpoint", "actor": "gateway", "n": self.n,
+                "fleet_hash": self.fleet_hash}
+
+
 AuditEvent = (RequestEvent | AdminEvent | PushBatchEvent | CmhFanoutEvent
-              | PushDeliveredEvent | PushDeadLetterEvent | PruneEvent)
+              | PushDeliveredEvent | PushDeadLetterEvent | PruneEvent | FleetCheckpointEvent)
 """What :class:`gateway.audit.AuditSink` records: one of the kinds above."""

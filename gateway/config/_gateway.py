@@ -80,6 +80,8 @@ class AuditConfig:
     segment_max_age_s: float = 24 * 3600.0  # ... or past this age
     raw_retention_days: float = DEFAULT_RAW_RETENTION_DAYS  # then sealed, rolled-up
     # segments are deleted; 0 = keep everything
+    # A fleet: the control plane signs every replica's shipped head this often.
+    fleet_checkpoint_interval_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,13 +208,14 @@ class GatewayConfig:
             a = _Reader(r.table("audit"), base, source, "audit.")
             unknown = set(r.table("audit")) - {
                 "checkpoint_every", "checkpoint_interval_s", "segment_max_mb",
-                "segment_max_age_h", "raw_retention_days"}
+                "segment_max_age_h", "raw_retention_days", "fleet_checkpoint_interval_s"}
             if unknown:
                 raise ConfigError(f"{source}: audit.{sorted(unknown)[0]}: unknown setting")
             audit = AuditConfig(
                 int(a.number("checkpoint_every", 1000)), a.number("checkpoint_interval_s", 60),
                 int(a.number("segment_max_mb", 64) * MiB),
-                a.number("segment_max_age_h", 24) * 3600, _retention_days(a))
+                a.number("segment_max_age_h", 24) * 3600, _retention_days(a),
+                a.number("fleet_checkpoint_interval_s", 60))
         accounts_doc = r._get("accounts") or {}
         if not isinstance(accounts_doc, Mapping) or not all(
                 isinstance(v, str) and v in UPSTREAMS for v in accounts_doc.values()):

@@ -15,7 +15,14 @@ May import: the standard library and psycopg only; every package above the
 foundation may import it.
 """
 
-from gateway.state._fleet import CONTROL_LOCK, ChangeListener, Heartbeats, LeaderLock, Replica
+from gateway.state._fleet import (
+    CONTROL_LOCK,
+    AuditTables,
+    ChangeListener,
+    Heartbeats,
+    LeaderLock,
+    Replica,
+)
 from gateway.state._open import open_store
 from gateway.state._postgres import PostgresStore
 from gateway.state._records import (
@@ -33,6 +40,7 @@ from gateway.state._store import StateStore
 
 __all__ = [
     "CONTROL_LOCK",
+    "AuditTables",
     "BreakGlassCase",
     "CaRecord",
     "CertificateRecord",

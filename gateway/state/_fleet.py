@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -205,3 +205,114 @@ class ChangeListener:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+_AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_lines (
+    replica text NOT NULL, seq bigint NOT NULL, line bytea NOT NULL,
+    PRIMARY KEY (replica, seq));
+CREATE TABLE IF NOT EXISTS audit_keys (
+    replica text NOT NULL, kid text NOT NULL, jwk text NOT NULL, PRIMARY KEY (replica, kid));
+CREATE TABLE IF NOT EXISTS fleet_checkpoints (n bigint PRIMARY KEY, record bytea NOT NULL);
+"""
+
+
+class AuditTables:
+    """The fleet's audit trail in PostgreSQL: every replica's chain, line for
+    line as its local file holds it (shipped after the write, so the local
+    file keeps "no trace, no answer" at its latency), the public keys of
+    their checkpoints, and the fleet checkpoints the control plane signs
+    over all replicas' heads (docs/audit-format.md §13). Bytes in, bytes
+    out: what a line means is the audit package's business."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._db: psycopg.Connection[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        with self._lock:
+            db = self._conn()
+            with db.transaction():
+                db.execute("SET LOCAL lock_timeout = '30s'")
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                db.execute(_AUDIT_SCHEMA)
+
+    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._db is None or self._db.closed or self._db.broken:
+            self._db = _connect(self.dsn)
+        return self._db
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._conn().execute(sql, args).fetchall()
+
+    # -- replica chains ------------------------------------------------------------
+    def shipped_seq(self, replica: str) -> int:
+        """The highest seq of ``replica`` already here (0: none)."""
+        rows = self._rows("SELECT coalesce(max(seq), 0) AS seq FROM audit_lines "
+                          "WHERE replica = %s", (replica,))
+        return int(rows[0]["seq"])
+
+    def ship(self, replica: str, lines: list[tuple[int, bytes]]) -> None:
+        """Store lines (seq, bytes); a line already shipped is kept as it was."""
+        if not lines:
+            return
+        with self._lock:
+            db = self._conn()
+            with db.transaction(), db.cursor() as cur:
+                cur.executemany("INSERT INTO audit_lines VALUES (%s, %s, %s) "
+                                "ON CONFLICT (replica, seq) DO NOTHING",
+                                [(replica, seq, line) for seq, line in lines])
+
+    def replicas(self) -> list[str]:
+        """Every replica with a chain or a published key."""
+        rows = self._rows("SELECT replica FROM audit_lines GROUP BY replica UNION "
+                          "SELECT replica FROM audit_keys ORDER BY replica")
+        return [r["replica"] for r in rows]
+
+    def lines(self, replica: str, *, after: int = 0,
+              batch: int = 10_000) -> Iterator[tuple[int, bytes]]:
+        """``replica``'s lines in seq order, read in batches."""
+        while True:
+            rows = self._rows("SELECT seq, line FROM audit_lines WHERE replica = %s AND "
+                              "seq > %s ORDER BY seq LIMIT %s", (replica, after, batch))
+            for r in rows:
+                yield int(r["seq"]), bytes(r["line"])
+            if len(rows) < batch:
+                return
+            after = int(rows[-1]["seq"])
+
+    def heads(self) -> dict[str, tuple[int, bytes]]:
+        """Each replica's last shipped line: (seq, bytes)."""
+        rows = self._rows("SELECT DISTINCT ON (replica) replica, seq, line FROM audit_lines "
+                          "ORDER BY replica, seq DESC")
+        return {r["replica"]: (int(r["seq"]), bytes(r["line"])) for r in rows}
+
+    # -- keys ------------------------------------------------------------------------
+    def publish_key(self, replica: str, kid: str, jwk: str) -> None:
+        self._rows("INSERT INTO audit_keys VALUES (%s, %s, %s) ON CONFLICT (replica, kid) "
+                   "DO UPDATE SET jwk = excluded.jwk RETURNING kid", (replica, kid, jwk))
+
+    def published_keys(self) -> list[tuple[str, str, str]]:
+        """(replica, kid, JWK as JSON text) of every published key."""
+        rows = self._rows("SELECT replica, kid, jwk FROM audit_keys ORDER BY replica, kid")
+        return [(r["replica"], r["kid"], r["jwk"]) for r in rows]
+
+    # -- fleet checkpoints ---------------------------------------------------------
+    def add_fleet_checkpoint(self, n: int, record: bytes) -> bool:
+        """Store fleet checkpoint ``n``; False when another signer stored it first."""
+        rows = self._rows("INSERT INTO fleet_checkpoints VALUES (%s, %s) "
+                          "ON CONFLICT (n) DO NOTHING RETURNING n", (n, record))
+        return bool(rows)
+
+    def fleet_checkpoints(self) -> list[tuple[int, bytes]]:
+        rows = self._rows("SELECT n, record FROM fleet_checkpoints ORDER BY n")
+        return [(int(r["n"]), bytes(r["record"])) for r in rows]
+
+    def latest_fleet_checkpoint(self) -> tuple[int, bytes] | None:
+        rows = self._rows("SELECT n, record FROM fleet_checkpoints ORDER BY n DESC LIMIT 1")
+        return (int(rows[0]["n"]), bytes(rows[0]["record"])) if rows else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()

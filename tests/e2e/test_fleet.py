@@ -20,6 +20,8 @@ import json
 import shutil
 import signal
 import ssl
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -27,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from cryptography import x509
 
@@ -126,7 +129,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Cluster) -> Iterat
     running = RunningFleet(Fleet(
         tenants_dir=tenants, certs_dir=root / "certs", work_dir=root / "work", replicas=2,
         control_planes=2, postgres_url=postgres.new_database(),
-        fleet_settings="heartbeat_interval_s = 0.2"))
+        fleet_settings="heartbeat_interval_s = 0.2",
+        extra_config="[audit]\nfleet_checkpoint_interval_s = 0.5\n"))
     try:
         running.run(running.fleet.start())
     except BaseException:
@@ -206,6 +210,37 @@ def test_the_fleet_admits_a_tenant_within_its_quota(fleet: RunningFleet) -> None
     assert refused > 0  # the loop offered more than the quota
     assert admitted <= QUOTA_RATE * elapsed + QUOTA_BURST + 2, (admitted, elapsed)
     assert admitted >= 0.9 * QUOTA_RATE * seconds, (admitted, elapsed)
+
+
+def test_the_fleet_s_audit_trail_verifies_and_names_a_truncated_replica(
+        fleet: RunningFleet) -> None:
+    """D10 across the fleet: every replica ships its chain, the control plane
+    signs fleet checkpoints over their heads; `gateway audit verify --fleet`
+    passes, and fails naming the replica whose shipped chain was cut."""
+    dsn = fleet.fleet.dsn
+    verify = [sys.executable, "-m", "gateway", "audit", "verify", "--fleet", dsn]
+
+    def fleet_checkpoint_covers_every_replica() -> bool:
+        with psycopg.connect(dsn) as db:
+            row = db.execute("SELECT record FROM fleet_checkpoints ORDER BY n DESC "
+                             "LIMIT 1").fetchone()
+        return row is not None and {"data-0", "data-1"} <= set(json.loads(row[0])["heads"])
+
+    wait_until(fleet_checkpoint_covers_every_replica, 10, 0.2)
+    ok = subprocess.run(verify, capture_output=True, text=True, timeout=120, check=False)
+    doc = json.loads(ok.stdout)
+    assert ok.returncode == 0 and doc["ok"], doc
+    assert {"control-0", "data-0", "data-1"} <= set(doc["replicas"])
+    assert doc["fleet_checkpoints"] >= 1
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("DELETE FROM audit_lines WHERE replica = 'data-1' AND seq > 2")
+    bad = subprocess.run(verify, capture_output=True, text=True, timeout=120, check=False)
+    doc = json.loads(bad.stdout)
+    assert bad.returncode == 1 and doc["bad_replica"] == "data-1", doc
+    # Named either way: its chain cut short of a fleet checkpoint's head, or,
+    # once it shipped new lines after the cut, lines missing in the middle.
+    assert doc["problem"].startswith("replica data-1: ")
+    assert "truncated" in doc["problem"] or "deleted" in doc["problem"]
 
 
 def test_a_killed_replica_leaves_the_count_and_comes_back(fleet: RunningFleet) -> None:
