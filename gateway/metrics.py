@@ -84,6 +84,15 @@ class GatewayMetrics:
             "Client-sent identity headers removed before forwarding.", ["tenant"], registry=r)
         self.relations_loaded = Gauge(
             "gateway_relations_loaded", "Relation tuples in the live snapshot.", registry=r)
+        self.relations_digest_info = Gauge(
+            "gateway_relations_digest_info",
+            "1 for the SHA-256 (label digest) of the relation snapshot this process decides "
+            "with: every replica of a fleet shows the one the control plane published.",
+            ["digest"], registry=r)
+        self.relations_snapshot_age_seconds = Gauge(
+            "gateway_relations_snapshot_age_seconds",
+            "Seconds since the live relation snapshot was published to the fleet (0 for a "
+            "process that reads its own feed).", registry=r)
         self.certificate_expiry = Gauge(
             "gateway_certificate_expiry_timestamp_seconds",
             "Expiry (Unix time) of the newest active certificate of each principal; "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -58,6 +59,7 @@ from gateway.state import (
     ChangeListener,
     Heartbeats,
     LeaderLock,
+    RelationPublication,
     SqliteStore,
     open_store,
 )
@@ -92,6 +94,11 @@ def _syslog_sink(url: str | None) -> SyslogSink | None:
     return SyslogSink(host.strip("[]"), int(port), transport=scheme)
 
 
+def relations_digest(index: RelationIndex) -> str:
+    """SHA-256 of the snapshot's bytes: its name in the fleet."""
+    return hashlib.sha256(index.snapshot.buffer).hexdigest()
+
+
 def load_master_keys(config: GatewayConfig) -> MasterKeys:
     """The vault's master key from its file (0600) or the environment."""
     vc = config.vault
@@ -116,6 +123,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.registry = load_tenants(config.tenants_dir)
         self._relations = self._load_relations(config.relations)
+        self._relations_digest = ""  # set by _show_relations
         self.metrics.declare(self.registry.tenants, config.upstreams)
         for path in (config.server_cert, config.server_key, config.trust_bundle):
             if not path.exists():
@@ -138,6 +146,8 @@ class Gateway:
         self.leading = self.role != "data" and (
             self.leader_lock is None or self.leader_lock.poll())
         self.heartbeats = Heartbeats(shared) if shared else None
+        # The fleet decides with the relation snapshot the control plane published.
+        self.relation_pub = RelationPublication(shared) if shared else None
         self.draining = False
         self._stopped = False
         self._state_changed: asyncio.Event | None = None
@@ -276,6 +286,61 @@ class Gateway:
         self.metrics.relations_loaded.set(len(index))
         return index
 
+    def _show_relations(self, index: RelationIndex, digest: str | None = None) -> None:
+        """Remember the live snapshot's digest (hashed once per snapshot) and
+        show it in the metrics."""
+        self._relations_digest = digest or relations_digest(index)
+        self.metrics.relations_loaded.set(len(index))
+        self.metrics.relations_digest_info.clear()
+        self.metrics.relations_digest_info.labels(self._relations_digest).set(1)
+
+    async def _publish_relations(self) -> None:
+        """The control duties: make this process's snapshot the fleet's."""
+        if self.relation_pub is None or not self.leading:
+            return
+        index, digest = self._relations, self._relations_digest
+        published = await asyncio.to_thread(
+            self.relation_pub.publish, digest, bytes(index.snapshot.buffer), len(index))
+        if published:
+            log.info("published the relation snapshot %s (%d relations) to the fleet",
+                     digest[:12], len(index))
+
+    async def _follow_relations(self) -> None:
+        """A replica that does not lead: fetch, verify and load the snapshot
+        the control plane published, in worker threads, then swap it in (the
+        next request decides with it; open connections too)."""
+        pub = self.relation_pub
+        if pub is None or self.leading:
+            return
+        pointer = await asyncio.to_thread(pub.pointer)
+        if pointer is None:
+            return
+        self.metrics.relations_snapshot_age_seconds.set(pointer.age_s)
+        if pointer.digest == self._relations_digest:
+            return
+        body = await asyncio.to_thread(pub.fetch, pointer.digest)
+        if body is None:  # replaced between the two reads: the next cycle
+            return
+        index = await asyncio.to_thread(self._verified_snapshot, pointer.digest, body)
+        old = [self._relations]
+        self._relations = index
+        self._show_relations(index, pointer.digest)
+        log.info("relation snapshot %s (%d relations) from the control plane",
+                 pointer.digest[:12], len(index))
+        await asyncio.to_thread(old.clear)  # freeing a large one takes a while
+
+    def _verified_snapshot(self, digest: str, body: bytes) -> RelationIndex:
+        if hashlib.sha256(body).hexdigest() != digest:
+            raise ConfigError(f"relation snapshot {digest[:12]}: its bytes do not match its "
+                              "digest; keeping the live one")
+        # Content-addressed and immutable: kept beside the replica's files,
+        # written once (a restart before the control plane answers has it).
+        path = self.config.local_dir / "relations" / f"{digest}.snap"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            write_private(path, body)
+        return RelationIndex.from_bytes(body, str(path))
+
     def reload(self) -> None:
         """Re-read tenants, the relation feed and the TLS files. Each is validated
         completely before it replaces the live one, so a broken file leaves the
@@ -287,8 +352,10 @@ class Gateway:
         10-million-relation snapshot: ~60 ms of CRC) happen in a worker
         thread, so traffic pauses only for the swap (bench/relations.py)."""
         registry, relations = await asyncio.to_thread(self._read_reloadable)
+        digest = await asyncio.to_thread(relations_digest, relations)  # ~1 s per GB
         old = [self._relations]
-        self._swap(registry, relations)
+        self._swap(registry, relations, digest)
+        await self._publish_relations()
         # The last reference to the old snapshot goes in a worker thread:
         # freeing a 10-million-relation buffer takes ~30 ms (unless a request
         # in flight still holds it; then it goes when that request ends).
@@ -297,12 +364,14 @@ class Gateway:
     def _read_reloadable(self) -> tuple[TenantRegistry, RelationIndex]:
         return load_tenants(self.config.tenants_dir), self._load_relations(self.config.relations)
 
-    def _swap(self, registry: TenantRegistry, relations: RelationIndex) -> None:
+    def _swap(self, registry: TenantRegistry, relations: RelationIndex,
+              digest: str | None = None) -> None:
         self.registry = registry
         self.data_plane.resolver.replace_registry(registry)
         self.data_plane.load_quotas()
         self.signer.forget_cached()  # roles in cached assertions may have changed
         self._relations = relations
+        self._show_relations(relations, digest)
         # Server certificate, key and trust bundle files may have been replaced
         # by an external PKI: new handshakes use them, open connections stay.
         self.credentials.refresh()
@@ -393,6 +462,8 @@ class Gateway:
             self._listener.start()
             self._tasks += [asyncio.create_task(self._follow()),
                             asyncio.create_task(self._beat())]
+        self._show_relations(self._relations)
+        await self._publish_relations()
         if self.audit_shipper is not None:
             await asyncio.to_thread(self.audit_shipper.publish_keys, self.audit_keys.document())
             self._tasks.append(asyncio.create_task(self._ship_audit()))
@@ -448,6 +519,10 @@ class Gateway:
                 await asyncio.wait_for(self._state_changed.wait(), MAINTENANCE_INTERVAL_S)
             self._state_changed.clear()
             await self._follow_state()
+            try:
+                await self._follow_relations()
+            except Exception:  # the database away, or a bad snapshot: keep the live one
+                log.warning("relation snapshot not followed", exc_info=True)
 
     async def _beat(self) -> None:
         """The fleet's heartbeat: hold or take the control lock, write this
@@ -463,6 +538,7 @@ class Gateway:
                 if self.leading and not was:
                     log.warning("%s now runs the control duties", self.replica_id)
                     await asyncio.to_thread(self.credentials.refresh)  # sign the CRLs now
+                    await self._publish_relations()
                 elif was and not self.leading:
                     log.warning("%s lost the control lock: control duties stop here",
                                 self.replica_id)

@@ -21,6 +21,8 @@ from gateway.state._fleet import (
     ChangeListener,
     Heartbeats,
     LeaderLock,
+    RelationPointer,
+    RelationPublication,
     Replica,
 )
 from gateway.state._open import open_store
@@ -52,6 +54,8 @@ __all__ = [
     "PostgresStore",
     "PrincipalKey",
     "PrincipalState",
+    "RelationPointer",
+    "RelationPublication",
     "Replica",
     "SigningKeyRecord",
     "SqliteStore",

@@ -316,3 +316,82 @@ class AuditTables:
         with self._lock:
             if self._db is not None:
                 self._db.close()
+
+
+_RELATIONS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS relation_snapshots (
+    digest text PRIMARY KEY, body bytea NOT NULL, relations bigint NOT NULL,
+    published_at timestamptz NOT NULL);
+CREATE TABLE IF NOT EXISTS relation_pointer (
+    one boolean PRIMARY KEY DEFAULT true CHECK (one), digest text NOT NULL
+    REFERENCES relation_snapshots (digest), published_at timestamptz NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RelationPointer:
+    digest: str  # SHA-256 of the snapshot's bytes, lowercase hex
+    relations: int
+    age_s: float  # since it was published, by the server's clock
+
+
+class RelationPublication:
+    """The relation snapshot the fleet decides with: immutable snapshots by
+    their SHA-256 (content-addressed) and one pointer to the live one. The
+    control plane publishes; replicas read the pointer each cycle and fetch a
+    snapshot they do not have (the channel also wakes them at once)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self._db: psycopg.Connection[dict[str, Any]] | None = None
+        self._lock = threading.Lock()
+        with self._lock:
+            db = self._conn()
+            with db.transaction():
+                db.execute("SET LOCAL lock_timeout = '30s'")
+                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+                db.execute(_RELATIONS_SCHEMA)
+
+    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
+        if self._db is None or self._db.closed or self._db.broken:
+            self._db = _connect(self.dsn)
+        return self._db
+
+    def publish(self, digest: str, body: bytes, relations: int) -> bool:
+        """Make ``body`` (whose SHA-256 is ``digest``) the live snapshot; False
+        when it already was."""
+        with self._lock:
+            db = self._conn()
+            with db.transaction():
+                row = db.execute("SELECT digest FROM relation_pointer").fetchone()
+                if row is not None and row["digest"] == digest:
+                    return False
+                db.execute("INSERT INTO relation_snapshots VALUES (%s, %s, %s, now()) "
+                           "ON CONFLICT (digest) DO NOTHING", (digest, body, relations))
+                db.execute("INSERT INTO relation_pointer VALUES (true, %s, now()) ON CONFLICT "
+                           "(one) DO UPDATE SET digest = excluded.digest, published_at = now()",
+                           (digest,))
+                # Older snapshots no replica points at any more go.
+                db.execute("DELETE FROM relation_snapshots WHERE digest <> %s", (digest,))
+                db.execute("SELECT pg_notify(%s, 'relations')", (CHANNEL,))
+        return True
+
+    def pointer(self) -> RelationPointer | None:
+        with self._lock:
+            row = self._conn().execute(
+                "SELECT p.digest, s.relations, EXTRACT(EPOCH FROM now() - p.published_at)"
+                "::float8 AS age_s FROM relation_pointer p JOIN relation_snapshots s "
+                "USING (digest)").fetchone()
+        return None if row is None else RelationPointer(row["digest"], int(row["relations"]),
+                                                        float(row["age_s"]))
+
+    def fetch(self, digest: str) -> bytes | None:
+        with self._lock:
+            row = self._conn().execute("SELECT body FROM relation_snapshots WHERE digest = %s",
+                                       (digest,)).fetchone()
+        return None if row is None else bytes(row["body"])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()

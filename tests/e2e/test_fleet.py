@@ -243,6 +243,53 @@ def test_the_fleet_s_audit_trail_verifies_and_names_a_truncated_replica(
     assert "truncated" in doc["problem"] or "deleted" in doc["problem"]
 
 
+def relations_digest_of(proc: ReplicaProcess) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.ops_port}/metrics",
+                                timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith('gateway_relations_digest_info{digest="'):
+                return line.split('"')[1]
+    return ""
+
+
+def test_the_control_plane_publishes_the_relation_snapshot_every_replica_uses(
+        fleet: RunningFleet) -> None:
+    """One relation snapshot for the whole fleet: the active control plane
+    publishes it (content-addressed, SHA-256); every replica fetches,
+    verifies and swaps it in. A feed change on the control plane (SIGHUP)
+    reaches every replica: Fluvius loses a meter, every replica refuses it."""
+    control = fleet.fleet.control[0]
+    digest = relations_digest_of(control)
+    for proc in fleet.fleet.data:
+        wait_until(lambda p=proc: relations_digest_of(p) == digest, 5)
+    feed = fleet.fleet.stack.work_dir / "relations.json"
+    original = feed.read_bytes()
+    meter = fleet.meter_of("fluvius")
+    doc = json.loads(original)
+    doc["relations"] = [r for r in doc["relations"] if r["id"] != meter]
+    fluvius = fleet.ctx("fluvius", "api")
+    path = f"/hes/meters/{meter}"
+    for proc in fleet.fleet.data:
+        client = Client(proc.data_port or 0, fluvius)
+        assert client.get(path).status == 200
+        client.close()
+    try:
+        feed.write_text(json.dumps(doc))
+        control.signal(signal.SIGHUP)
+        wait_until(lambda: relations_digest_of(control) != digest, 10)
+        changed = relations_digest_of(control)
+        for proc in fleet.fleet.data:
+            wait_until(lambda p=proc: relations_digest_of(p) == changed, 5)
+            client = Client(proc.data_port or 0, fluvius)
+            assert client.get(path).status == 403  # no relation any more, on every replica
+            client.close()
+    finally:
+        feed.write_bytes(original)
+        control.signal(signal.SIGHUP)
+    for proc in fleet.fleet.data:
+        wait_until(lambda p=proc: relations_digest_of(p) == digest, 10)
+
+
 def test_a_killed_replica_leaves_the_count_and_comes_back(fleet: RunningFleet) -> None:
     first, second = fleet.fleet.data
     assert second.proc is not None

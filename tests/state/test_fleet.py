@@ -111,3 +111,21 @@ def test_the_listener_reports_each_change_and_every_reconnect(
     assert woke.wait(5)  # reconnected, and said so
     listener.stop()
     store.close()
+
+
+def test_the_published_relation_snapshot_is_content_addressed(dsn: str) -> None:
+    from gateway.state import RelationPublication
+
+    control, replica = RelationPublication(dsn), RelationPublication(dsn)
+    assert replica.pointer() is None
+    assert control.publish("a" * 64, b"snapshot one", 2) is True
+    assert control.publish("a" * 64, b"snapshot one", 2) is False  # already live
+    pointer = replica.pointer()
+    assert pointer is not None and (pointer.digest, pointer.relations) == ("a" * 64, 2)
+    assert 0 <= pointer.age_s < 60
+    assert replica.fetch("a" * 64) == b"snapshot one"
+    control.publish("b" * 64, b"snapshot two", 3)
+    assert replica.pointer() is not None and replica.pointer().digest == "b" * 64  # type: ignore[union-attr]
+    assert replica.fetch("a" * 64) is None  # no one points at it any more
+    control.close()
+    replica.close()
