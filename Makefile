@@ -53,6 +53,11 @@ clean:
 bench: $(STAMP)
 	bash bench/run.sh $(BENCH_ARGS)
 
+# The fleet (bench/README.md): --workers 1 vs 2, revocation propagation.
+.PHONY: bench-fleet
+bench-fleet: $(STAMP) postgres-server
+	$(BIN)/python bench/fleet.py $(BENCH_ARGS)
+
 # Mutation testing (docs/mutation.md), not part of `make test`: mutmut, from
 # PyPI in a virtualenv of its own, mutates the pure decision modules and the
 # break-glass policy ([tool.mutmut] in pyproject.toml) and runs the fast tests
