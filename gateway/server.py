@@ -94,6 +94,13 @@ def _syslog_sink(url: str | None) -> SyslogSink | None:
     return SyslogSink(host.strip("[]"), int(port), transport=scheme)
 
 
+def with_application_name(url: str, replica_id: str) -> str:
+    """``url`` with ``application_name=gateway/<replica_id>`` (kept when set)."""
+    if "application_name=" in url:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}application_name=gateway/{replica_id}"
+
+
 def relations_digest(index: RelationIndex) -> str:
     """SHA-256 of the snapshot's bytes: its name in the fleet."""
     return hashlib.sha256(index.snapshot.buffer).hexdigest()
@@ -135,13 +142,18 @@ class Gateway:
             self.vault = Vault(config.data_dir / "vault.db", self.vault_master)
         except VaultLocked as exc:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
-        self.store = (open_store(config.state_url) if config.state_url is not None
+        # In PostgreSQL, every connection of this process carries its replica
+        # id (pg_stat_activity.application_name): the operator sees who is who.
+        state_url = (with_application_name(config.state_url, config.fleet.replica_id)
+                     if config.shared_state and config.state_url else config.state_url)
+        self.store = (open_store(state_url) if state_url is not None
                       else SqliteStore(config.data_dir / "state.db"))
         # The fleet ([fleet]): a process on its own leads; in a fleet, the
         # control duties run where the advisory lock is held.
         self.role = config.fleet.role
         self.replica_id = config.fleet.replica_id
-        shared = config.state_url if config.shared_state else None
+        self.state_url = state_url
+        shared = state_url if config.shared_state else None
         self.leader_lock = LeaderLock(shared) if shared and self.role != "data" else None
         self.leading = self.role != "data" and (
             self.leader_lock is None or self.leader_lock.poll())
@@ -452,13 +464,13 @@ class Gateway:
             self._state_changed = asyncio.Event()
             loop = asyncio.get_running_loop()
             changed = self._state_changed
-            assert self.config.state_url is not None
+            assert self.state_url is not None
 
             def wake() -> None:  # from the listener's thread
                 with contextlib.suppress(RuntimeError):  # the loop closed: stopping
                     loop.call_soon_threadsafe(changed.set)
 
-            self._listener = ChangeListener(self.config.state_url, wake)
+            self._listener = ChangeListener(self.state_url, wake)
             self._listener.start()
             self._tasks += [asyncio.create_task(self._follow()),
                             asyncio.create_task(self._beat())]

@@ -182,6 +182,39 @@ def test_a_revocation_reaches_every_replica_within_a_second(fleet: RunningFleet)
         conn.close()
 
 
+def test_a_replica_that_lost_its_database_connections_still_follows_revocations(
+        fleet: RunningFleet) -> None:
+    """Every connection of data-1 to PostgreSQL is cut (its listener, its
+    state reads, its heartbeat: they carry application_name gateway/data-1).
+    It reconnects on its own; a revocation after that is refused there within
+    1 s like everywhere else (D8)."""
+    dsn = fleet.fleet.dsn
+
+    def backends() -> int:
+        with psycopg.connect(dsn) as db:
+            row = db.execute("SELECT count(*) FROM pg_stat_activity WHERE "
+                             "application_name = 'gateway/data-1'").fetchone()
+        return int(row[0]) if row else 0
+
+    assert backends() >= 2  # the listener and the state store at least
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                   "WHERE application_name = 'gateway/data-1'")
+    wait_until(lambda: backends() >= 2, 10, 0.1)  # back on its own
+    ctx = fleet.ctx("resa", "api")
+    path = f"/hes/meters/{fleet.meter_of('resa')}"
+    second = fleet.fleet.data[1]
+    conn = Client(second.data_port or 0, ctx)
+    wait_until(lambda: conn.get(path).status == 200, 5)  # serving again, not stale
+    status, _ = fleet.admin(fleet.fleet.control[0], "POST",
+                            f"/admin/certs/{_serial(fleet, 'resa')}/revoke",
+                            {"reason": "test", "code": "superseded"})
+    assert status == 200
+    took = wait_until(lambda: conn.get(path).status == 403, 1.0)
+    assert took < 1.0
+    conn.close()
+
+
 def _serial(fleet: RunningFleet, tenant: str, name: str = "api") -> str:
     cert = x509.load_pem_x509_certificate(fleet.pki.client_cert(tenant, name).read_bytes())
     return f"{cert.serial_number:X}"
@@ -322,8 +355,8 @@ def test_the_standby_takes_over_when_the_active_control_plane_dies(
     assert status == 200
     for proc in fleet.fleet.data:
         wait_until(lambda p=proc: handshake_refused(p.data_port or 0, ctx), 1.0)
-        conn = Client(proc.data_port or 0, fleet.ctx("resa", "api"))
-        assert conn.get(path).status in (403, 404)  # resa itself is still served
+        conn = Client(proc.data_port or 0, fleet.ctx("swde", "api"))
+        assert conn.get(path).status in (403, 404)  # swde itself is still served
         conn.close()
 
 
