@@ -328,6 +328,16 @@ def _verify_fleet(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_state_grants(args: argparse.Namespace) -> int:
+    from gateway.state import data_plane_grants
+
+    try:
+        print(data_plane_grants(args.role), end="")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return 0
+
+
 def cmd_relations_compile(args: argparse.Namespace) -> int:
     from gateway.files import compile_feed
 
@@ -386,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit_verify)
     from gateway.admin import add_audit_parsers
     add_audit_parsers(audit_sub)
+    state = sub.add_parser("state", help="the shared state in PostgreSQL")
+    state_sub = state.add_subparsers(dest="state_command", required=True)
+    grants = state_sub.add_parser(
+        "data-plane-grants", help="print the SQL that gives an existing database role the "
+        "data-plane replicas' privileges, no more (run it as the schema's owner after the "
+        "control plane's first start)")
+    grants.add_argument("--role", default="gateway_data")
+    grants.set_defaults(func=cmd_state_grants)
     relations = sub.add_parser("relations", help="the relation feed")
     relations_sub = relations.add_subparsers(dest="relations_command", required=True)
     compile_ = relations_sub.add_parser(

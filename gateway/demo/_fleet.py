@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+import psycopg
 from cryptography import x509
 
 from gateway.demo._devpki import reissue
@@ -33,10 +35,11 @@ from gateway.demo._postgres import LocalCluster
 from gateway.demo._stack import LOOPBACK, Stack, StackPorts
 from gateway.demo.simulators.hes import configure_push
 from gateway.pki import import_certificate
-from gateway.state import PostgresStore
+from gateway.state import PostgresStore, data_plane_grants
 from gateway.tls import client_context
 
 READY_TIMEOUT_S = 60.0
+DATA_ROLE = "gateway_data"  # the data-plane replicas' database role
 STOP_TIMEOUT_S = 20.0
 
 
@@ -201,6 +204,8 @@ class Fleet:
         # its standbys and the data plane, side by side.
         self.control[0].start()
         await asyncio.to_thread(self.control[0].wait_ready)
+        # The schema exists now: the data plane's role gets its grants, no more.
+        await asyncio.to_thread(self._grant_data_role)
         for proc in [*self.control[1:], *self.data]:
             proc.start()
         for proc in [*self.control[1:], *self.data]:
@@ -218,14 +223,31 @@ class Fleet:
         config = _set_port(base, "data", data or 0)
         config = _set_port(config, "ops", ops)
         config = _set_port(config, "admin", admin or 0)
+        dsn = self.dsn
         if role == "data":
             config = _without_table(config, "ca")  # the CA key stays on the control plane
-        config += (f'\n[state]\nurl = "{self.dsn}"\n\n[fleet]\nrole = "{role}"\n'
+            dsn = self.data_dsn  # and a role of least privilege in the database
+        config += (f'\n[state]\nurl = "{dsn}"\n\n[fleet]\nrole = "{role}"\n'
                    f'replica_id = "{replica_id}"\n{self.fleet_settings.strip()}\n')
         path = self.dir / f"{replica_id}.toml"
         path.write_text(config)
         return ReplicaProcess(replica_id, role, path, self.dir / f"{replica_id}.log", data,
                               ops, admin)
+
+    @property
+    def data_dsn(self) -> str:
+        """The database URL of the data-plane replicas: the same database as
+        the data plane's role (``DATA_ROLE``, gateway.state.data_plane_grants)."""
+        parts = urlsplit(self.dsn)
+        host = parts.netloc.rsplit("@", 1)[-1]
+        return urlunsplit(parts._replace(netloc=f"{DATA_ROLE}@{host}"))
+
+    def _grant_data_role(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as db:
+            if db.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                          (DATA_ROLE,)).fetchone() is None:
+                db.execute(f"CREATE ROLE {DATA_ROLE} LOGIN")  # our own constant
+            db.execute(data_plane_grants(DATA_ROLE).encode())
 
     def _import_dev_certificates(self) -> None:
         """The dev certificates were issued outside the admin API: record them

@@ -221,8 +221,11 @@ class Credentials:
             disabled = frozenset(s.key for s in self.store.principal_states() if s.disabled)
             self.view = RevocationView(frozenset(r.serial for r in revoked), disabled)
             self.keyring.reload()
-            cas = [c for c in self.store.cas() if c.status != "retired"]
-            if self.leads():
+            leads = self.leads()
+            # Only the signer reads the CA keys (a data replica's role cannot).
+            cas = [c for c in (self.store.cas() if leads else self.store.ca_certificates())
+                   if c.status != "retired"]
+            if leads:
                 published = self._sign_crls(cas, revoked)
                 after = self.store.publish_crls(published)
                 # Our own publication is no news; anything else that moved is.

@@ -37,11 +37,13 @@ from gateway.state._records import (
     PrincipalState,
     SigningKeyRecord,
 )
+from gateway.state._roles import DATA_PLANE_PRIVILEGES, data_plane_grants
 from gateway.state._sqlite import SqliteStore
 from gateway.state._store import StateStore
 
 __all__ = [
     "CONTROL_LOCK",
+    "DATA_PLANE_PRIVILEGES",
     "AuditTables",
     "BreakGlassCase",
     "CaRecord",
@@ -60,5 +62,6 @@ __all__ = [
     "SigningKeyRecord",
     "SqliteStore",
     "StateStore",
+    "data_plane_grants",
     "open_store",
 ]

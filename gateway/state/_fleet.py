@@ -21,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from gateway.state._postgres import CHANNEL
+from gateway.state._postgres import CHANNEL, ensure_schema
 
 log = logging.getLogger("gateway.state")
 
@@ -35,7 +35,6 @@ CREATE TABLE IF NOT EXISTS replicas (
     heartbeat_at timestamptz NOT NULL, draining boolean NOT NULL DEFAULT false,
     leader boolean NOT NULL DEFAULT false);
 """
-_SCHEMA_LOCK = 0x67617465  # the state store's: one schema writer at a time
 
 
 def _connect(dsn: str) -> psycopg.Connection[dict[str, Any]]:
@@ -69,10 +68,7 @@ class Heartbeats:
         self.dsn = dsn
         self._db: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
-        with self._conn() as db, db.transaction():
-            db.execute("SET LOCAL lock_timeout = '30s'")
-            db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            db.execute(_SCHEMA)
+        ensure_schema(self._conn(), _SCHEMA)
 
     def _conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._db is None or self._db.closed or self._db.broken:
@@ -230,11 +226,7 @@ class AuditTables:
         self._db: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         with self._lock:
-            db = self._conn()
-            with db.transaction():
-                db.execute("SET LOCAL lock_timeout = '30s'")
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                db.execute(_AUDIT_SCHEMA)
+            ensure_schema(self._conn(), _AUDIT_SCHEMA)
 
     def _conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._db is None or self._db.closed or self._db.broken:
@@ -346,11 +338,7 @@ class RelationPublication:
         self._db: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
         with self._lock:
-            db = self._conn()
-            with db.transaction():
-                db.execute("SET LOCAL lock_timeout = '30s'")
-                db.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-                db.execute(_RELATIONS_SCHEMA)
+            ensure_schema(self._conn(), _RELATIONS_SCHEMA)
 
     def _conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._db is None or self._db.closed or self._db.broken:

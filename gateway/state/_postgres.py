@@ -10,6 +10,7 @@ repeats. The request path reads nothing from here.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -75,7 +76,26 @@ INSERT INTO counters VALUES ('crl_number', 0) ON CONFLICT DO NOTHING;
 INSERT INTO counters VALUES ('change_seq', 0) ON CONFLICT DO NOTHING;
 """
 # Two processes creating the schema at once: one at a time (any constant).
-_SCHEMA_LOCK = 0x67617465  # "gate"
+SCHEMA_LOCK = 0x67617465  # "gate"
+
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)")
+
+
+def ensure_schema(db: psycopg.Connection[dict[str, Any]], ddl: str) -> None:
+    """Create the tables of ``ddl`` that are missing, one process at a time.
+    When every one is there nothing is written: a data-plane replica whose
+    database role may not create tables (deploy: the grants of
+    ``gateway.state.data_plane_grants``) starts on a schema the control plane made."""
+    tables = _TABLE.findall(ddl)
+    row = db.execute("SELECT count(*) AS n FROM unnest(%s::text[]) AS t(name) "
+                     "WHERE to_regclass(t.name) IS NOT NULL", (tables,)).fetchone()
+    if row is not None and row["n"] == len(tables):
+        return
+    with db.transaction():
+        db.execute("SET LOCAL lock_timeout = '30s'")
+        db.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        db.execute(ddl.encode())  # our own constant DDL
+
 
 class PostgresStore(SqlStore):
     def __init__(self, dsn: str) -> None:
@@ -83,10 +103,8 @@ class PostgresStore(SqlStore):
         self._closing = False
         self._db = self._connect()
         self._lock = threading.Lock()
-        with self._transaction() as cur:
-            cur.execute("SET LOCAL lock_timeout = '30s'")
-            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
-            cur.execute(_SCHEMA)
+        with self._lock:
+            ensure_schema(self._db, _SCHEMA)
 
     def _connect(self) -> psycopg.Connection[dict[str, Any]]:
         db = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)

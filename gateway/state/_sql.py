@@ -128,6 +128,13 @@ class SqlStore(ABC):
     def cas(self) -> list[CaRecord]:
         return self._records(CaRecord, "SELECT * FROM cas ORDER BY created, id")
 
+    def ca_certificates(self) -> list[CaRecord]:
+        """The CAs without their keys (``key_pem`` empty): what a data-plane
+        replica reads, whose database role may not read the keys."""
+        rows = self._exec("SELECT id, cert_pem, created, status, retire_at FROM cas "
+                          "ORDER BY created, id").fetchall()
+        return [self._record(CaRecord, {**dict(r), "key_pem": ""}) for r in rows]
+
     def set_ca_status(self, ca_id: str, status: str, retire_at: datetime | None) -> None:
         self._exec("UPDATE cas SET status = ?, retire_at = ? WHERE id = ?",
                    (status, retire_at, ca_id))
@@ -152,7 +159,13 @@ class SqlStore(ABC):
 
     # -- the consultation register (D8) ------------------------------------------
     def add_consultation(self, rec: Consultation) -> None:
-        self._insert("consultations", rec)
+        """Append-only (D8): a consultation once recorded is never rewritten
+        (the same incident again changes nothing), so a replica's role needs
+        INSERT only."""
+        names = [f.name for f in fields(rec)]
+        self._exec(f"INSERT INTO consultations ({', '.join(names)}) "  # noqa: S608
+                   f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT (incident) DO NOTHING",
+                   tuple(getattr(rec, n) for n in names))
 
     def consultations(self, *, tenant: str | None = None) -> list[Consultation]:
         sql, args = "SELECT * FROM consultations", tuple[str, ...]()

@@ -1,0 +1,41 @@
+"""Least privilege in the shared database: what a data-plane replica's role
+may do (docs/operations.md, "PostgreSQL roles").
+
+The control plane's role owns the schema (it creates the tables on its first
+start). A data-plane replica faces the partners, so its role can only read
+what a request is checked against (revocations, disabled principals, the
+CRLs, the signing keys, the CA certificates but **not their keys**, the
+published relation snapshot) and write its own traces (audit lines and
+keys, its heartbeat, last-seen times, consultations). It cannot revoke,
+issue, approve, sign a CRL, rewrite a shipped audit line or publish a
+snapshot: a compromised replica cannot hide what it did or widen access.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Table privileges of the data-plane role; `cas` by column, without key_pem.
+DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
+    ("SELECT", "meta, counters, certificates, principal_states, crls, signing_keys, "
+               "relation_snapshots, relation_pointer, fleet_checkpoints, audit_keys, replicas"),
+    ("SELECT (id, cert_pem, created, status, retire_at)", "cas"),
+    ("SELECT, INSERT, UPDATE", "last_seen"),
+    ("SELECT (incident), INSERT", "consultations"),
+    ("INSERT, UPDATE, DELETE", "replicas"),
+    ("SELECT, INSERT", "audit_lines"),
+    ("INSERT, UPDATE", "audit_keys"),
+)
+_ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def data_plane_grants(role: str) -> str:
+    """The SQL that gives ``role`` (an existing role) the data plane's
+    privileges; run by the schema's owner after the control plane's first
+    start. Idempotent."""
+    if not _ROLE.fullmatch(role):
+        raise ValueError(f"role {role!r}: lowercase letters, digits and _, at most 63")
+    lines = [f"GRANT USAGE ON SCHEMA public TO {role};"]
+    lines += [f"GRANT {privileges} ON {tables} TO {role};"
+              for privileges, tables in DATA_PLANE_PRIVILEGES]
+    return "\n".join(lines) + "\n"
