@@ -13,10 +13,12 @@ May import: :mod:`gateway.core` only.
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from gateway.core.relations.index import RelationIndex
 
@@ -69,6 +71,18 @@ def load_relations(path: Path) -> RelationIndex:
     Read whole into a private copy: an in-place rewrite of the live file
     cannot change a running decision (gateway.core.relations.snapshot)."""
     return RelationIndex.from_bytes(path.read_bytes(), str(path))
+
+
+def load_mapped(path: Path) -> RelationIndex:
+    """The relation snapshot in ``path`` mapped read-only, not copied: for the
+    fleet's content-addressed snapshot files only, which the gateway writes
+    once and never rewrites (see gateway.core.relations.snapshot); every
+    process that maps it shares its pages."""
+    with path.open("rb") as fh:
+        mapped = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    # An mmap reads like bytes for every operation of the snapshot (indexing,
+    # slicing, struct, zlib); the mapping lives as long as the index.
+    return RelationIndex.from_bytes(cast(bytes, mapped), str(path))
 
 
 def compile_feed(feed: Path, out: Path) -> int:

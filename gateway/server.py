@@ -48,7 +48,7 @@ from gateway.edge import (
 )
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError
-from gateway.files import load_relations, write_private
+from gateway.files import load_mapped, load_relations, write_private
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
@@ -330,10 +330,9 @@ class Gateway:
         self.metrics.relations_snapshot_age_seconds.set(pointer.age_s)
         if pointer.digest == self._relations_digest:
             return
-        body = await asyncio.to_thread(pub.fetch, pointer.digest)
-        if body is None:  # replaced between the two reads: the next cycle
+        index = await asyncio.to_thread(self._snapshot_file, pub, pointer.digest)
+        if index is None:  # replaced between the two reads: the next cycle
             return
-        index = await asyncio.to_thread(self._verified_snapshot, pointer.digest, body)
         old = [self._relations]
         self._relations = index
         self._show_relations(index, pointer.digest)
@@ -341,17 +340,33 @@ class Gateway:
                  pointer.digest[:12], len(index))
         await asyncio.to_thread(old.clear)  # freeing a large one takes a while
 
-    def _verified_snapshot(self, digest: str, body: bytes) -> RelationIndex:
+    def _snapshot_file(self, pub: RelationPublication, digest: str) -> RelationIndex | None:
+        """The published snapshot ``digest``, mapped from its file under
+        data_dir/relations/ (content-addressed, written once, never
+        rewritten: the workers of one host map the same file and share its
+        pages); fetched from the database and verified first when this host
+        does not have it yet. A file whose bytes do not match its name is
+        refused (and replaced by a fetched copy)."""
+        path = self.config.data_dir / "relations" / f"{digest}.snap"
+        if path.exists():
+            index = load_mapped(path)
+            if relations_digest(index) == digest:
+                return index
+            log.error("relation snapshot file %s does not match its digest; fetching it", path)
+        body = pub.fetch(digest)
+        if body is None:
+            return None
         if hashlib.sha256(body).hexdigest() != digest:
             raise ConfigError(f"relation snapshot {digest[:12]}: its bytes do not match its "
                               "digest; keeping the live one")
-        # Content-addressed and immutable: kept beside the replica's files,
-        # written once (a restart before the control plane answers has it).
-        path = self.config.local_dir / "relations" / f"{digest}.snap"
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            write_private(path, body)
-        return RelationIndex.from_bytes(body, str(path))
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        write_private(path, body)  # atomic: a worker beside us maps the whole file or none
+        del body
+        index = load_mapped(path)
+        for stale in path.parent.glob("*.snap"):
+            if stale != path:  # a process still mapping it keeps its pages until it swaps
+                stale.unlink(missing_ok=True)
+        return index
 
     def reload(self) -> None:
         """Re-read tenants, the relation feed and the TLS files. Each is validated

@@ -201,6 +201,10 @@ def verify_fleet(tables: AuditTables, keys: Mapping[str, Any]) -> FleetResult:
     first replica, or the first fleet checkpoint, that fails."""
     trusted = public_keys(keys)
     result = FleetResult(ok=True)
+    # A live fleet goes on shipping and signing while this runs. The fleet
+    # checkpoints are read first: every head they name was shipped before
+    # they were signed, so it is in the chains read after them.
+    checked = tables.fleet_checkpoints()
     recorded: dict[str, dict[int, str]] = {}  # replica -> fleet checkpoints it recorded
     hashes: dict[str, dict[int, str]] = {}  # replica -> seq -> hash, for the heads
     with tempfile.TemporaryDirectory(prefix="gateway-fleet-audit-") as tmp:
@@ -228,13 +232,16 @@ def verify_fleet(tables: AuditTables, keys: Mapping[str, Any]) -> FleetResult:
                 verdict.problem)
             if not verdict.ok:
                 return _fail(result, replica, f"replica {replica}: {verdict.problem}")
+    # Checkpoints signed while the chains were read: checked too, but the
+    # heads they name may be past the chains as read.
+    later = [(n, r) for n, r in tables.fleet_checkpoints() if n > len(checked)]
     prev = GENESIS
-    for n, record in tables.fleet_checkpoints():
+    for n, record in [*checked, *later]:
         body = json.loads(record)
         why = _check_fleet_checkpoint(n, body, record, prev, trusted)
         if why is not None:
             return _fail(result, None, f"fleet checkpoint {n}: {why}")
-        for replica, head in body["heads"].items():
+        for replica, head in body["heads"].items() if n <= len(checked) else ():
             have = hashes.get(replica, {})
             if not have:
                 return _fail(result, replica, f"replica {replica}: chain missing (fleet "

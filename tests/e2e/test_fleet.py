@@ -321,6 +321,12 @@ def test_the_control_plane_publishes_the_relation_snapshot_every_replica_uses(
         control.signal(signal.SIGHUP)
     for proc in fleet.fleet.data:
         wait_until(lambda p=proc: relations_digest_of(p) == digest, 10)
+    # The replicas of one host map one content-addressed file: one copy in memory.
+    snap = fleet.fleet.stack.work_dir / "relations" / f"{digest}.snap"
+    assert snap.exists()
+    for proc in fleet.fleet.data:
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert str(snap) in maps, proc.id
 
 
 def test_a_killed_replica_leaves_the_count_and_comes_back(fleet: RunningFleet) -> None:

@@ -138,7 +138,7 @@ class RelationIndex:
         while (s := slots[h]) != 0:
             off = base + ((s - 1) << 3)
             # SECURITY: the full id decides, never the hash alone.
-            if buf[off + 1] == n and buf.startswith(key, off + 2):
+            if buf[off + 1] == n and buf[off + 2:off + 2 + n] == key:
                 pos = off + 2 + n
                 count = buf[pos]
                 if count == LONG_COUNT:

@@ -4,11 +4,17 @@ A national feed holds ~10 million tuples; as Python objects that is ~9 GB. A
 snapshot keeps them in flat columns instead, so loading is one read, a header
 check and a checksum, and a lookup is a hash probe plus a few array reads.
 
-The file is read into the process's own memory (``gateway.files`` reads
-it; this module only decodes and encodes bytes), not ``mmap``-ed: a mapping
-would see an operator's in-place rewrite (``cp new old``) of the live file,
-half old and half new, or die of SIGBUS on a truncation. A private copy
-cannot change under a running decision.
+An operator's file (``gateway.relations``) is read into the process's own
+memory (``gateway.files`` reads it; this module only decodes and encodes
+bytes), not ``mmap``-ed: a mapping would see an operator's in-place rewrite
+(``cp new old``) of the live file, half old and half new, or die of SIGBUS
+on a truncation. A private copy cannot change under a running decision.
+The one exception is the fleet's published snapshot: the gateway writes it
+itself, once, named by its SHA-256 and never rewritten
+(``gateway.files.load_mapped``), so the workers of one host map the same
+file and share its pages instead of holding a copy each. Everything here
+reads a buffer by indexing, slicing, ``struct`` and ``zlib``, which an
+``mmap`` serves like ``bytes``.
 
 Layout, little-endian::
 
