@@ -59,9 +59,9 @@ from gateway.vault import (
     MasterKeys,
     SecretNotFound,
     UpstreamCredentials,
-    Vault,
     VaultLocked,
     identity_uri,
+    open_vault,
 )
 
 log = logging.getLogger("gateway.server")
@@ -110,7 +110,8 @@ class Gateway:
         # else is opened or written.
         self.vault_master = load_master_keys(config)
         try:
-            self.vault = Vault(config.data_dir / "vault.db", self.vault_master)
+            self.vault = open_vault(config.state_url, config.data_dir / "vault.db",
+                                    self.vault_master)
         except VaultLocked as exc:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
         self.store = (open_store(config.state_url) if config.state_url is not None

@@ -29,7 +29,7 @@ from gateway.tls import client_context
 from gateway.vault import (
     MasterKeys,
     SecretNotFound,
-    Vault,
+    SqliteVault,
     account_secret_id,
     identity_id,
     identity_uri,
@@ -268,7 +268,7 @@ class Stack:
         key_file = self.work_dir / "vault.key"
         if not key_file.exists():
             write_private(key_file, MasterKeys.generate().to_text().encode())
-        vault = Vault(self.work_dir / "vault.db", MasterKeys.from_file(key_file))
+        vault = SqliteVault(self.work_dir / "vault.db", MasterKeys.from_file(key_file))
         try:
             out = {}
             for name in SIMULATOR_NAMES:
