@@ -159,13 +159,14 @@ class Vault(ABC):
                    (str(SCHEMA_VERSION),))
 
     def _newest_is_loaded(self, keyring: Keyring) -> None:
-        """Refuse to wrap under an older master version than the vault knows
-        (another replica rekeyed): that version is about to leave the key
-        file, and what it wraps would become unreadable."""
-        newest = self._exec("SELECT MAX(version) AS newest FROM vault_master_keys"
+        """Refuse to wrap under an older master version than stored secrets
+        already use (another replica rekeyed, or runs a newer key file): the
+        old version is about to leave the key file, and what it wraps would
+        become unreadable."""
+        newest = self._exec("SELECT MAX(master_version) AS newest FROM vault_secrets"
                             ).fetchone()["newest"]
         if newest is not None and newest > keyring.current_version:
-            raise VaultLocked(f"the vault uses master key v{newest}, newer than the v"
+            raise VaultLocked(f"stored secrets use master key v{newest}, newer than the v"
                               f"{keyring.current_version} loaded here: load the new key file")
 
     def _now(self) -> str:
@@ -334,8 +335,10 @@ class Vault(ABC):
                     self._rewrap(keyring, new, r) for r in rows}
             with self._connection(write=True, exclusive=True,
                                   on_commit=lambda: self._use(new_master, new)) as keyring:
-                # Exclusive: another replica's rekey to a different key for
-                # the same version waits, then fails this check.
+                # Exclusive: puts of other replicas wait, so none lands under
+                # the old version after the rows below were read; another
+                # replica's rekey to a different key for the same version
+                # waits, then fails this check.
                 self._unlock_check(new)
                 self._register(new)
                 current = self._exec("SELECT * FROM vault_secrets").fetchall()
