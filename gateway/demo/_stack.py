@@ -8,6 +8,8 @@ import json
 import secrets
 import socket
 import ssl
+import textwrap
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +31,11 @@ from gateway.tls import client_context
 from gateway.vault import (
     MasterKeys,
     SecretNotFound,
-    SqliteVault,
     account_secret_id,
     identity_id,
     identity_uri,
     new_token,
+    open_vault,
     token_id,
 )
 
@@ -268,7 +270,10 @@ class Stack:
         key_file = self.work_dir / "vault.key"
         if not key_file.exists():
             write_private(key_file, MasterKeys.generate().to_text().encode())
-        vault = SqliteVault(self.work_dir / "vault.db", MasterKeys.from_file(key_file))
+        # Where the gateway will look: PostgreSQL when [state] url says so.
+        state = tomllib.loads(textwrap.dedent(self.extra_config)).get("state", {})
+        vault = open_vault(state.get("url"), self.work_dir / "vault.db",
+                           MasterKeys.from_file(key_file))
         try:
             out = {}
             for name in SIMULATOR_NAMES:
