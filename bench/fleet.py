@@ -65,8 +65,9 @@ HOST = "127.0.0.1"
 
 def phase_workers(args: argparse.Namespace, work: Path, cluster: LocalCluster) -> dict[str, Any]:
     tenants = bench_tenants(work / "tenants")
+    state = cluster.database("bench_workers")  # the vault the gateway opens is there too
     stack = Stack(tenants_dir=tenants, certs_dir=work / "certs", work_dir=work / "stack",
-                  run_gateway=False, ports=StackPorts(ops=free_port()))
+                  run_gateway=False, ports=StackPorts(ops=free_port()), state_url=state)
     st = StackThread(stack)
     st.start()
     servers: list[Server] = []
@@ -88,7 +89,7 @@ def phase_workers(args: argparse.Namespace, work: Path, cluster: LocalCluster) -
         for workers in (1, 2):
             doc = tomllib.loads(stack.config_path.read_text())
             doc["upstreams"]["hes"]["url"] = f"http://{HOST}:{upstream.port}"
-            doc["state"] = {"url": cluster.database(f"bench_w{workers}")}
+            doc["state"] = {"url": state}
             doc["fleet"] = {"replica_id": f"bench-{workers}"}
             doc["gateway"]["data_dir"] = str(work / f"data-w{workers}")
             cfg = work / f"gateway-w{workers}.toml"

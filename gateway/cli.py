@@ -13,7 +13,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, NotReadyYet
 
 
 def _tune_gc() -> None:
@@ -76,6 +76,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
+FIRST_WORKER_READY_S = 120.0
+
+
+def _wait_ready(config: object, proc: object) -> None:
+    """Until the worker's ops plane says ready (or it exits, or the bound)."""
+    import subprocess
+    import time
+    import urllib.error
+    import urllib.request
+
+    from gateway.config import GatewayConfig
+
+    assert isinstance(config, GatewayConfig) and isinstance(proc, subprocess.Popen)
+    url = f"http://{config.ops.host}:{config.ops.port}/readyz"
+    deadline = time.monotonic() + FIRST_WORKER_READY_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
 
 
 def _supervise_workers(config: object, path: Path, workers: int) -> int:
@@ -105,7 +128,13 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
         return subprocess.Popen([sys.executable, "-m", "gateway", "serve",  # noqa: S603
                                  "--config", str(path), "--worker-index", str(index)])
 
-    procs = {i: spawn(i) for i in range(workers)}
+    procs = {0: spawn(0)}
+    if config.fleet.role != "data" and config.ops.port:
+        # Worker 0 makes what the data-plane workers only read (the vault's
+        # data keys, the CRLs): they start once it is ready (one that starts
+        # too early exits 75 and is started again).
+        _wait_ready(config.for_worker(0), procs[0])
+    procs.update({i: spawn(i) for i in range(1, workers)})
     deaths = dict.fromkeys(procs, 0)
     stopping = False
 
@@ -430,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2
+    except NotReadyYet as exc:
+        print(f"gateway: not ready yet, exiting to be started again: {exc}", file=sys.stderr)
+        return NotReadyYet.exit_code
     except AdminCallFailed as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return exc.exit_code  # 3 unreachable, 4 TLS handshake refused

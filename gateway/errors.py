@@ -15,7 +15,8 @@
     │                             gateway.upstream, which translates them into UpstreamFailed
     ├── GatewayFailed             the gateway cannot keep a promise: fail closed (503)
     │   ├── AuditWriteFailed        (audit) no trace, no request
-    │   └── VaultError              (vault) locked, tampered, or no such secret
+    │   ├── VaultError              (vault) locked, tampered, or no such secret
+    │   └── NotReadyYet             a fleet replica started before what it needs (exit 75)
     └── AdminCallFailed           (admin CLI) the admin plane unreachable (exit 3)
         └── AdminCallRefused        ... or it refused the client certificate (exit 4)
 
@@ -78,3 +79,12 @@ class UpstreamFailed(GatewayError):
 class GatewayFailed(GatewayError):
     """The gateway cannot do what it promised (write its audit trail, open its
     vault): it refuses rather than act without it."""
+
+
+class NotReadyYet(GatewayFailed):
+    """A replica of a fleet started before what it only reads exists (the
+    control plane makes the vault's data keys and publishes the CRLs): it
+    stops with exit code 75 (EX_TEMPFAIL), and its supervisor (systemd,
+    Kubernetes, ``serve --workers``) starts it again."""
+
+    exit_code = 75

@@ -47,7 +47,7 @@ from gateway.edge import (
     rss_bytes,
 )
 from gateway.edge import self_check as edge_self_check
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, NotReadyYet
 from gateway.files import load_mapped, load_relations, write_private
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
@@ -72,9 +72,9 @@ from gateway.vault import (
     MasterKeys,
     SecretNotFound,
     UpstreamCredentials,
-    Vault,
     VaultLocked,
     identity_uri,
+    open_vault,
 )
 
 log = logging.getLogger("gateway.server")
@@ -139,7 +139,8 @@ class Gateway:
         # else is opened or written.
         self.vault_master = load_master_keys(config)
         try:
-            self.vault = Vault(config.data_dir / "vault.db", self.vault_master)
+            self.vault = open_vault(config.state_url, config.data_dir / "vault.db",
+                                    self.vault_master)
         except VaultLocked as exc:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
         # In PostgreSQL, every connection of this process carries its replica
@@ -241,6 +242,8 @@ class Gateway:
             public_keys=self.audit_keys.document,
             on_pruned=self.metrics.audit_pruned_segments.inc)
         self._pseudonymisers: dict[str, Pseudonymiser] = {}
+        if self.role != "data":  # made here, so a data replica finds it (D9)
+            self._data_key(PSEUDONYM_KEY_ID)
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
@@ -256,23 +259,29 @@ class Gateway:
         secret that lives in the vault."""
         cached = self._pseudonymisers.get(tenant)
         if cached is None:
-            try:
-                master = self.vault.get(PSEUDONYM_KEY_ID)
-            except SecretNotFound:
-                master = os.urandom(32)
-                self.vault.put(PSEUDONYM_KEY_ID, master, kind="data-key")
+            master = self._data_key(PSEUDONYM_KEY_ID)
             cached = self._pseudonymisers[tenant] = Pseudonymiser.for_tenant(master, tenant)
         return cached
+
+    def _data_key(self, secret_id: str) -> bytes:
+        """A data key from the vault, made on first use. A data-plane replica
+        only reads the vault: the control plane makes the keys (at its
+        start), and a replica started before it refuses to start."""
+        try:
+            return self.vault.get(secret_id)
+        except SecretNotFound:
+            if self.role == "data":
+                raise NotReadyYet(f"vault: {secret_id} is not there yet: the control plane "
+                                  "makes the fleet's data keys at its start") from None
+        key = os.urandom(32)
+        self.vault.put(secret_id, key, kind="data-key")
+        return key
 
     def _push_service(self, config: GatewayConfig) -> PushService | None:
         """Pushed-data delivery needs the gateway's own client certificate."""
         if config.push_cert is None or config.push_key is None:
             return None
-        try:
-            data_key = self.vault.get(OUTBOX_KEY_ID)
-        except SecretNotFound:
-            data_key = os.urandom(32)
-            self.vault.put(OUTBOX_KEY_ID, data_key, kind="data-key")
+        data_key = self._data_key(OUTBOX_KEY_ID)
         self.outbox = Outbox(config.local_dir / "outbox.db", data_key)
         endpoints = {t.id: t.push_endpoint for t in self.registry
                      if t.push_endpoint is not None}

@@ -185,7 +185,7 @@ class Fleet:
         stack = self.stack = Stack(
             tenants_dir=self.tenants_dir, certs_dir=self.certs_dir, work_dir=self.work_dir,
             ports=self.ports, run_gateway=False, extra_config=self.extra_config,
-            **self.stack_options)
+            state_url=self.dsn, **self.stack_options)
         await stack.start()
         await asyncio.to_thread(self._import_dev_certificates)
         base = stack.config_path.read_text()

@@ -8,6 +8,8 @@ import json
 import secrets
 import socket
 import ssl
+import textwrap
+import tomllib
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +31,11 @@ from gateway.tls import client_context
 from gateway.vault import (
     MasterKeys,
     SecretNotFound,
-    Vault,
     account_secret_id,
     identity_id,
     identity_uri,
     new_token,
+    open_vault,
     token_id,
 )
 
@@ -143,7 +145,8 @@ class Stack:
                  health_interval_s: float = 5.0, gateway_settings: str = "",
                  run_gateway: bool = True, soc_syslog: str | None = None,
                  limits: str = "", upstream_ports: dict[str, int] | None = None,
-                 extra_config: str = "", upstream_settings: str = "") -> None:
+                 extra_config: str = "", upstream_settings: str = "",
+                 state_url: str | None = None) -> None:
         self.tenants_dir = tenants_dir
         self.certs_dir = certs_dir
         self.work_dir = work_dir
@@ -159,6 +162,9 @@ class Stack:
         self.limits = limits  # `key = value` lines for a [limits] table (tests)
         self.extra_config = extra_config  # whole TOML tables appended (e.g. [audit])
         self.upstream_settings = upstream_settings  # lines for every [upstreams.*] (tests)
+        # Where the gateway processes will keep state (and so the vault) when
+        # another process runs them from this config (demo.Fleet).
+        self.state_url = state_url
         # Where the gateway reaches an upstream, if not the simulator itself
         # (tests put a fault proxy in between).
         self.upstream_ports = upstream_ports or {}
@@ -268,7 +274,10 @@ class Stack:
         key_file = self.work_dir / "vault.key"
         if not key_file.exists():
             write_private(key_file, MasterKeys.generate().to_text().encode())
-        vault = Vault(self.work_dir / "vault.db", MasterKeys.from_file(key_file))
+        # Where the gateway will look: PostgreSQL when [state] url says so.
+        state = tomllib.loads(textwrap.dedent(self.extra_config)).get("state", {})
+        vault = open_vault(self.state_url or state.get("url"), self.work_dir / "vault.db",
+                           MasterKeys.from_file(key_file))
         try:
             out = {}
             for name in SIMULATOR_NAMES:

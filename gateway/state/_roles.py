@@ -6,7 +6,8 @@ start). A data-plane replica faces the partners, so its role can only read
 what a request is checked against (revocations, disabled principals, the
 CRLs, the signing keys, the CA certificates but **not their keys**, the
 published relation snapshot) and write its own traces (audit lines and
-keys, its heartbeat, last-seen times, consultations). It cannot revoke,
+keys, its heartbeat, last-seen times, consultations). It reads the vault
+(the upstream credentials it presents) but never writes it. It cannot revoke,
 issue, approve, sign a CRL, rewrite a shipped audit line or publish a
 snapshot: a compromised replica cannot hide what it did or widen access.
 """
@@ -25,6 +26,9 @@ DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("INSERT, UPDATE, DELETE", "replicas"),
     ("SELECT, INSERT", "audit_lines"),
     ("INSERT, UPDATE", "audit_keys"),
+    # The vault: upstream credentials are read on every request; only the
+    # control plane puts, rotates or shreds.
+    ("SELECT", "vault_meta, vault_master_keys, vault_secrets"),
 )
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 

@@ -157,6 +157,21 @@ class SqlStore(ABC):
             sql, args = sql + " WHERE status = ?", (status,)
         return self._records(BreakGlassCase, sql + " ORDER BY created, id", args)
 
+    def move_breakglass(self, before: BreakGlassCase, after: BreakGlassCase) -> bool:
+        """Store ``after`` only if the stored case is still ``before`` in its
+        lifecycle: status, rotated flag, review status (every step changes
+        one of them). One winner when two replicas move one case at once
+        (D6, D7); the loser reads the case again."""
+        if before.id != after.id:
+            raise ValueError("a case moves to a record of the same case")
+        names = [f.name for f in fields(after) if f.name != "id"]
+        cur = self._exec(
+            f"UPDATE breakglass SET {', '.join(n + ' = ?' for n in names)} "  # noqa: S608
+            "WHERE id = ? AND status = ? AND rotated = ? AND review_status = ?",
+            (*(getattr(after, n) for n in names), before.id, before.status, before.rotated,
+             before.review_status))
+        return bool(cur.rowcount == 1)
+
     # -- the consultation register (D8) ------------------------------------------
     def add_consultation(self, rec: Consultation) -> None:
         """Append-only (D8): a consultation once recorded is never rewritten

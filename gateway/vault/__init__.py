@@ -4,7 +4,7 @@ A few safe verbs (DESIGN.md §5; STYLE.md, "Safe layer over a hazardous
 one")::
 
     master = MasterKeys.from_file(Path("vault.key"))     # or MasterKeys.from_env()
-    vault = Vault(Path("data/vault.db"), master)          # VaultLocked on a wrong key
+    vault = open_vault(state_url, Path("data/vault.db"), master)  # VaultLocked on a wrong key
     vault.put("ores/hes-api", b"...", kind="upstream-credential")
     vault.get("ores/hes-api")
 
@@ -14,6 +14,11 @@ the new version, after which the old one can leave the key file. Key handling
 lives in the private ``_keys`` module, which nothing outside this package
 imports.
 
+Two backends share the vault's SQL (``_store``): one SQLite file
+(:class:`SqliteVault`, one process) and PostgreSQL (:class:`PostgresVault`,
+for a fleet of replicas sharing the state database); ``open_vault`` picks
+the one that goes with ``[state] url``.
+
 Also here: the gateway's own service credentials at the shared systems
 (:class:`UpstreamCredentials`: bearer tokens and per-tenant client
 identities, rotated from the vault) and break-glass (:class:`BreakGlass`):
@@ -21,12 +26,14 @@ privileged accounts checked out by people under dual control, rotated after
 use (D6, D7).
 
 May import: :mod:`gateway.upstream` (to rotate at the shared system),
-:mod:`gateway.audit`, :mod:`gateway.state` and the foundation modules.
+:mod:`gateway.audit`, :mod:`gateway.state`, the foundation modules and psycopg.
 """
 
 from gateway.vault._breakglass import BreakGlass, BreakGlassPolicy, account_secret_id
 from gateway.vault._errors import SecretNotFound, VaultError, VaultLocked, VaultTampered
 from gateway.vault._keys import MasterKeys
+from gateway.vault._open import open_vault
+from gateway.vault._postgres import PostgresVault
 from gateway.vault._service import (
     UpstreamCredentials,
     identity_id,
@@ -34,14 +41,17 @@ from gateway.vault._service import (
     new_token,
     token_id,
 )
+from gateway.vault._sqlite import SqliteVault
 from gateway.vault._store import SecretMeta, Vault
 
 __all__ = [
     "BreakGlass",
     "BreakGlassPolicy",
     "MasterKeys",
+    "PostgresVault",
     "SecretMeta",
     "SecretNotFound",
+    "SqliteVault",
     "UpstreamCredentials",
     "Vault",
     "VaultError",
@@ -51,5 +61,6 @@ __all__ = [
     "identity_id",
     "identity_uri",
     "new_token",
+    "open_vault",
     "token_id",
 ]

@@ -15,6 +15,14 @@ The policy (the case lifecycle's transition table and each dual-control
 rule) is pure and lives in :mod:`gateway.core.breakglass`; this service
 asks it and does the I/O: the state store, the vault, the rotation at the
 shared system, audit and SOC events.
+
+Replicas of a fleet share the cases (PostgreSQL state). Every step that
+moves a case is a compare-and-set (``StateStore.move_breakglass``): read the
+case, ask the rules, store the next state only if nobody moved the case
+meanwhile; else read it again and ask again. So two replicas racing on one
+case give one decision, one lease, one check-in and one rotation, and the
+loser gets the refusal a second attempt gets (409 not-pending,
+not-approved, not-checked-out).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ from gateway.core.breakglass import (
     checkin_refusal,
     checkout_refusal,
     decide_refusal,
+    holds_account,
     initial_state,
     lease_duration,
     lease_expired,
@@ -71,6 +80,13 @@ log = logging.getLogger("gateway.vault")
 # The policy's home is the core; named here too, where the service is.
 __all__ = ["DEFAULT_POLICY", "BreakGlass", "BreakGlassPolicy", "account_secret_id", "who"]
 DEFAULT_POLICY = BreakGlassPolicy()
+# How often a step reads a case again after losing a race on it: each loss
+# means the case moved, and a case makes at most a handful of moves.
+MOVE_ATTEMPTS = 10
+# maintain() retries a failed rotation only this long after the case closed:
+# by then the rotation of whoever closed it (this replica or another) has
+# finished or failed, so a retry does not run beside it.
+ROTATION_RETRY_AFTER = timedelta(seconds=60)
 
 
 def account_secret_id(account: str) -> str:
@@ -113,6 +129,27 @@ class BreakGlass:
             raise AdminRefused(404, "unknown-case", f"no break-glass case {case_id}")
         return case
 
+    def _move(self, case_id: str, step: Callable[[BreakGlassCase], BreakGlassCase | None]
+              ) -> tuple[BreakGlassCase, BreakGlassCase] | None:
+        """Read the case; ``step`` asks the rules (raising their refusal) and
+        says what the case becomes, or None for nothing to do; store it with
+        a compare-and-set. A lost race reads again and asks again (D6, D7).
+        Returns (before, after), or None."""
+        for _ in range(MOVE_ATTEMPTS):
+            case = self._case(case_id)
+            moved = step(case)
+            if moved is None:
+                return None
+            if self.store.move_breakglass(case, moved):
+                return case, moved
+        raise AdminRefused(409, "case-busy", "the case kept changing; try again")
+
+    def _moved(self, case_id: str, step: Callable[[BreakGlassCase], BreakGlassCase]
+               ) -> tuple[BreakGlassCase, BreakGlassCase]:
+        moved = self._move(case_id, step)
+        assert moved is not None  # the step always moves or refuses
+        return moved
+
     def request(self, actor: Principal, account: str, reason: str, ticket: str,
                 duration: timedelta, emergency: bool) -> BreakGlassCase:
         _refuse(request_refusal(actor, account, self.accounts, ticket, duration))
@@ -135,25 +172,35 @@ class BreakGlass:
         return case
 
     def decide(self, actor: Principal, case_id: str, approve: bool) -> BreakGlassCase:
-        case = self._case(case_id)
-        _refuse(decide_refusal(actor, case, self.policy))
-        case = replace(case, status=next_state(case.status, APPROVE if approve else DENY),
-                       approver=who(actor), decided_at=self.clock())
-        self.store.put_breakglass(case)
-        return case
+        def step(case: BreakGlassCase) -> BreakGlassCase:
+            _refuse(decide_refusal(actor, case, self.policy))
+            return replace(case, status=next_state(case.status, APPROVE if approve else DENY),
+                           approver=who(actor), decided_at=self.clock())
+        return self._moved(case_id, step)[1]
 
     def checkout(self, actor: Principal, case_id: str) -> tuple[BreakGlassCase, str]:
-        case = self._case(case_id)
-        _refuse(checkout_refusal(actor, case, self.store.breakglass_cases()))
-        try:
-            password = self.vault.get(account_secret_id(case.account)).decode()
-        except SecretNotFound as exc:
-            raise AdminRefused(409, "account-not-provisioned", "no password in the vault") \
-                from exc
-        now = self.clock()
-        case = replace(case, status=next_state(case.status, CHECK_OUT), checked_out_at=now,
-                       lease_expires_at=now + timedelta(seconds=case.duration_s))
-        self.store.put_breakglass(case)
+        password = ""
+
+        def step(case: BreakGlassCase) -> BreakGlassCase:
+            nonlocal password
+            _refuse(checkout_refusal(actor, case, self.store.breakglass_cases()))
+            try:
+                password = self.vault.get(account_secret_id(case.account)).decode()
+            except SecretNotFound as exc:
+                raise AdminRefused(409, "account-not-provisioned",
+                                   "no password in the vault") from exc
+            now = self.clock()
+            return replace(case, status=next_state(case.status, CHECK_OUT), checked_out_at=now,
+                           lease_expires_at=now + timedelta(seconds=case.duration_s))
+        before, case = self._moved(case_id, step)
+        # One lease per account (D7), across replicas: another case of the
+        # account may have been checked out beside this one. Whoever sees the
+        # other after its own write steps back (both may; never neither), and
+        # the password is shown only after this check.
+        if any(c.account == case.account and c.id != case.id and holds_account(c)
+               for c in self.store.breakglass_cases()):
+            self.store.move_breakglass(case, before)
+            raise AdminRefused(409, "account-leased", "the account is leased or being rotated")
         self.metrics.breakglass_checkouts.labels(
             case.account, "emergency" if case.emergency else "approved").inc()
         self.refresh_metrics()
@@ -161,19 +208,19 @@ class BreakGlass:
 
     async def checkin(self, actor: Principal | None, case_id: str,
                       why: str = "checked in") -> BreakGlassCase:
-        case = self._case(case_id)
-        _refuse(checkin_refusal(actor, case))
-        case = replace(case, status=next_state(case.status, CHECK_IN), closed_at=self.clock(),
-                       close_reason=why)
-        self.store.put_breakglass(case)
-        return await self._rotate(case)
+        def step(case: BreakGlassCase) -> BreakGlassCase:
+            _refuse(checkin_refusal(actor, case))
+            return replace(case, status=next_state(case.status, CHECK_IN),
+                           closed_at=self.clock(), close_reason=why)
+        # Only the winner of the check-in rotates: one rotation per lease.
+        return await self._rotate(self._moved(case_id, step)[1])
 
     def review(self, actor: Principal, case_id: str, notes: str) -> BreakGlassCase:
-        case = self._case(case_id)
-        _refuse(review_refusal(actor, case))
-        case = replace(case, review_status=next_review(case.review_status, REVIEW),
-                       reviewer=who(actor), review_notes=notes)
-        self.store.put_breakglass(case)
+        def step(case: BreakGlassCase) -> BreakGlassCase:
+            _refuse(review_refusal(actor, case))
+            return replace(case, review_status=next_review(case.review_status, REVIEW),
+                           reviewer=who(actor), review_notes=notes)
+        case = self._moved(case_id, step)[1]
         self.refresh_metrics()
         return case
 
@@ -196,8 +243,10 @@ class BreakGlass:
             return case
         meta = self.vault.meta(account_secret_id(case.account))
         self.vault.delete_versions_before(account_secret_id(case.account), meta.version)
-        case = replace(case, rotated=True)
-        self.store.put_breakglass(case)
+        # Recorded on the case as it is now (a review may have moved it).
+        moved = self._move(case.id, lambda now: None if now.rotated else
+                           replace(now, rotated=True))
+        case = moved[1] if moved is not None else self._case(case.id)
         self.audit("gateway", "breakglass-rotate", case.id, f"after {case.close_reason}",
                    "done", f"account={case.account}")
         self.refresh_metrics()
@@ -206,16 +255,29 @@ class BreakGlass:
     async def end_leases_of(self, principal: tuple[str, str, str], why: str) -> list[str]:
         """D8: a leaver's leases end at once and what it held is rotated."""
         ended = []
-        for case in self.store.breakglass_cases(status=CHECKED_OUT):
-            if case.requester == "/".join(principal):
-                await self.checkin(None, case.id, why)
-                ended.append(case.id)
         for case in self.store.breakglass_cases():
-            if case.requester == "/".join(principal) and allows(case.status, LEAVE):
-                self.store.put_breakglass(replace(case, status=next_state(case.status, LEAVE),
-                                                  approver=LEAVER_APPROVER,
-                                                  decided_at=self.clock()))
+            if case.requester == "/".join(principal) and await self._end(case.id, why):
+                ended.append(case.id)
         return ended
+
+    async def _end(self, case_id: str, why: str) -> bool:
+        """A leaver's case ends, whatever it became meanwhile on any replica
+        (a checkout beside the disable is checked in); True if a lease ended."""
+        for _ in range(MOVE_ATTEMPTS):
+            case = self._case(case_id)
+            if case.status == CHECKED_OUT:
+                try:
+                    await self.checkin(None, case_id, why)
+                    return True
+                except AdminRefused:
+                    continue  # checked in meanwhile: look again
+            if not allows(case.status, LEAVE):
+                return False
+            if self.store.move_breakglass(case, replace(
+                    case, status=next_state(case.status, LEAVE), approver=LEAVER_APPROVER,
+                    decided_at=self.clock())):
+                return False
+        raise AdminRefused(409, "case-busy", "the case kept changing; try again")
 
     async def maintain(self) -> None:
         """Expired leases are closed and rotated; failed rotations retried
@@ -223,11 +285,18 @@ class BreakGlass:
         now = self.clock()
         for case in self.store.breakglass_cases(status=CHECKED_OUT):
             if lease_expired(case, now):
-                await self.checkin(None, case.id, "lease expired")
+                try:
+                    await self.checkin(None, case.id, "lease expired")
+                except AdminRefused as exc:
+                    # Checked in meanwhile (by hand, or by another replica's
+                    # maintenance): that check-in rotates, not this one.
+                    log.info("case %s: not expired here (%s)", case.id, exc.reason)
+                    continue
                 self.audit("gateway", "breakglass-expire", case.id, "lease expired", "done",
                            f"account={case.account}")
         for case in self.store.breakglass_cases(status=CLOSED):
-            if needs_rotation(case):
+            if needs_rotation(case) and (case.closed_at is None or
+                                         now - case.closed_at >= ROTATION_RETRY_AFTER):
                 await self._rotate(case)
         self.refresh_metrics()
 

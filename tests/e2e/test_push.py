@@ -277,8 +277,8 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
         stack.stop()
     # After every acknowledgement nothing of the readings is left.
     work = tmp_path / "work"
-    from gateway.vault import MasterKeys, Vault
-    vault = Vault(work / "vault.db", MasterKeys.from_file(work / "vault.key"))
+    from gateway.vault import MasterKeys, SqliteVault
+    vault = SqliteVault(work / "vault.db", MasterKeys.from_file(work / "vault.key"))
     outbox = Outbox(work / "outbox.db", vault.get(OUTBOX_KEY_ID))
     try:
         assert {p.status for p in outbox.parts()} == {"delivered"}

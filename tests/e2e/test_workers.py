@@ -74,21 +74,25 @@ def test_serve_with_workers_shares_the_data_port_and_restarts_a_dead_worker(
         tmp_path: Path, postgres: Cluster) -> None:
     # The simulators fetch the assertion keys from the first worker's ops port.
     ops = _port_pair()
+    state = postgres.new_database()  # the vault the workers open is there too
     running = RunningStack(Stack(tenants_dir=REPO / "tenants", certs_dir=tmp_path / "certs",
                                  work_dir=tmp_path / "work", run_gateway=False,
-                                 ports=StackPorts(ops=ops)))
+                                 ports=StackPorts(ops=ops), state_url=state))
     running.start()
     try:
         config = running.stack.config_path.read_text()
-        config += (f'\n[state]\nurl = "{postgres.new_database()}"\n\n[fleet]\n'
+        config += (f'\n[state]\nurl = "{state}"\n\n[fleet]\n'
                    'replica_id = "host1"\nheartbeat_interval_s = 0.2\n')
         path = tmp_path / "gateway.toml"
         path.write_text(config)
         data_port = running.stack.gateway_ports[0]
         proc = Running([*GATEWAY, "serve", "--config", str(path), "--workers", "2"], tmp_path)
         try:
-            first = _wait(lambda: _ready(ops), 60)
-            second = _wait(lambda: _ready(ops + 1), 60)
+            try:
+                first = _wait(lambda: _ready(ops), 25)
+                second = _wait(lambda: _ready(ops + 1), 25)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; output:\n{''.join(proc.lines[-40:])}") from None
             assert (first["replica"], first["role"]) == ("host1-w0", "all")
             assert (second["replica"], second["role"]) == ("host1-w1", "data")
             pki = running.stack.pki
@@ -172,3 +176,27 @@ def test_demo_replicas_runs_a_fleet_on_its_own_postgresql(tmp_path: Path) -> Non
         assert not (work / "postgres" / "data" / "postmaster.pid").exists()  # stopped with it
     finally:
         shutil.rmtree(top, ignore_errors=True)
+
+
+def test_a_data_replica_started_before_the_control_plane_exits_75(
+        tmp_path: Path, postgres: Cluster) -> None:
+    """It only reads the vault's data keys, which the control plane makes: it
+    stops with EX_TEMPFAIL (75) and says why; its supervisor starts it again."""
+    from gateway.demo._fleet import _without_table
+
+    state = postgres.new_database()
+    running = RunningStack(Stack(tenants_dir=REPO / "tenants", certs_dir=tmp_path / "certs",
+                                 work_dir=tmp_path / "work", run_gateway=False,
+                                 state_url=state))
+    running.start()
+    try:
+        config = _without_table(running.stack.config_path.read_text(), "ca")
+        config += f'\n[state]\nurl = "{state}"\n\n[fleet]\nrole = "data"\n'
+        path = tmp_path / "data.toml"
+        path.write_text(config)
+        out = subprocess.run([*GATEWAY, "serve", "--config", str(path)], capture_output=True,
+                             text=True, timeout=60, check=False)
+    finally:
+        running.stop()
+    assert out.returncode == 75, out.stderr[-2000:]
+    assert "not ready yet" in out.stderr and "the control plane makes" in out.stderr

@@ -271,3 +271,56 @@ def test_postgresql_announces_every_change_on_the_state_channel(postgres: Cluste
     assert got == [str(seq_after_revoke), str(store.change_seq())]
     listener.close()
     store.close()
+
+
+def test_a_breakglass_case_moves_only_from_what_the_mover_read(store: StateStore) -> None:
+    """The compare-and-set break-glass steps use (D6, D7): status, rotated
+    flag and review status must still be what the mover read."""
+    pending_case = case("c1")
+    store.put_breakglass(pending_case)
+    approved = replace(pending_case, status="approved", approver="ores/person/bob",
+                       decided_at=T0 + S)
+    denied = replace(pending_case, status="denied", approver="ores/person/carol",
+                     decided_at=T0 + S)
+    assert store.move_breakglass(pending_case, approved) is True
+    assert store.move_breakglass(pending_case, denied) is False  # decided already
+    assert store.breakglass("c1") == approved
+    closed = replace(approved, status="closed", closed_at=T0 + 9 * S, close_reason="x")
+    store.put_breakglass(closed)
+    rotated = replace(closed, rotated=True)
+    reviewed = replace(closed, review_status="done", reviewer="ores/person/bob")
+    assert store.move_breakglass(closed, rotated) is True
+    # Same status, but the flag moved since: a write from the old read would undo it.
+    assert store.move_breakglass(closed, reviewed) is False
+    assert store.move_breakglass(rotated, replace(reviewed, rotated=True)) is True
+    assert store.breakglass("c1") == replace(reviewed, rotated=True)
+    assert store.move_breakglass(case("nope"), case("nope", status="approved")) is False
+    assert store.breakglass("nope") is None
+    with pytest.raises(ValueError):
+        store.move_breakglass(pending_case, case("c2"))
+
+
+def test_a_breakglass_case_racing_on_many_connections_moves_once(store_url: str) -> None:
+    first = open_store(store_url)
+    first.put_breakglass(case("c1"))
+    stores = [first, *(open_store(store_url) for _ in range(5))]
+    start, wins = threading.Barrier(len(stores)), list[int]()
+
+    def decide(i: int) -> None:
+        before = stores[i].breakglass("c1")
+        assert before is not None
+        start.wait()
+        if stores[i].move_breakglass(before, replace(before, status="approved",
+                                                     approver=f"ores/person/a{i}")):
+            wins.append(i)
+
+    threads = [threading.Thread(target=decide, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(wins) == 1
+    got = first.breakglass("c1")
+    assert got is not None and got.approver == f"ores/person/a{wins[0]}"
+    for s in stores:
+        s.close()

@@ -22,7 +22,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.pki._lifecycle import AdminRefused
 from gateway.state import SqliteStore
 from gateway.upstream._pool import UpstreamPool
-from gateway.vault import MasterKeys, Vault
+from gateway.vault import MasterKeys, SqliteVault
 from gateway.vault._breakglass import BreakGlass, BreakGlassPolicy
 from gateway.vault._service import UpstreamCredentials
 
@@ -50,7 +50,7 @@ class World:
     def __init__(self, tmp: Path, policy: BreakGlassPolicy) -> None:
         self.metrics = GatewayMetrics()
         self.store = SqliteStore(tmp / "state.db")
-        self.vault = Vault(tmp / "vault.db", MasterKeys.generate())
+        self.vault = SqliteVault(tmp / "vault.db", MasterKeys.generate())
         pool = UpstreamPool({}, self.metrics)
         self.audited: list[tuple[Any, ...]] = []
         self.bg = BreakGlass(
