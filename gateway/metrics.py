@@ -61,6 +61,12 @@ class GatewayMetrics:
             "Seconds since this process last read the shared state's change number "
             "(revocations, disabled principals); past the bound it refuses requests.",
             registry=r)
+        self.outbox_claims = Counter(
+            "gateway_outbox_claims",
+            "Outbox parts this replica claimed for delivery, by result: claimed, reclaimed "
+            "(another owner's lease had run out), lost (its lease was no longer this "
+            "replica's at renewal, acknowledgement or failure: nothing changed), empty (a "
+            "claim found nothing due).", ["result"], registry=r)
         self.replicas_live = Gauge(
             "gateway_replicas_live",
             "Data-plane replicas of the fleet with a fresh heartbeat, not draining; each "

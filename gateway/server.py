@@ -53,7 +53,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
-from gateway.push import Outbox, PushService
+from gateway.push import PushService, open_outbox
 from gateway.state import (
     AuditTables,
     ChangeListener,
@@ -282,7 +282,10 @@ class Gateway:
         if config.push_cert is None or config.push_key is None:
             return None
         data_key = self._data_key(OUTBOX_KEY_ID)
-        self.outbox = Outbox(config.local_dir / "outbox.db", data_key)
+        # In a fleet one outbox in PostgreSQL, whose parts the replicas claim.
+        self.outbox = open_outbox(self.state_url if config.shared_state else None,
+                                  config.local_dir / "outbox.db", data_key,
+                                  owner=config.fleet.replica_id)
         endpoints = {t.id: t.push_endpoint for t in self.registry
                      if t.push_endpoint is not None}
         endpoints.update(config.push_endpoints)
@@ -290,7 +293,8 @@ class Gateway:
         return PushService(outbox=self.outbox, relations=lambda: self._relations,
                            endpoints=endpoints, client_tls=ctx, metrics=self.metrics,
                            audit=self.audit,
-                           max_pending_records=config.push_max_pending_records)
+                           max_pending_records=config.push_max_pending_records,
+                           lease_s=config.push_lease_s)
 
     @property
     def ssl_context(self) -> ssl.SSLContext:

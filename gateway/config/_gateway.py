@@ -111,6 +111,10 @@ class GatewayConfig:
     push_endpoints: Mapping[str, str] = field(default_factory=dict)
     push_max_pending_records: int = 5_000_000
     push_max_body_bytes: int = 256 * MiB
+    # A fleet's replicas claim outbox parts under a lease this long, renewed
+    # before each delivery; a replica that dies leaves its parts to the others
+    # once it runs out.
+    push_lease_s: float = 60.0
     limits: EdgeLimits = DEFAULT_LIMITS
     upstreams: Mapping[str, Upstream] = field(default_factory=dict)
     assertion_lifetime_s: int = 300
@@ -271,6 +275,7 @@ class GatewayConfig:
             push_endpoints=dict(endpoints),
             push_max_pending_records=int(r.number("push.max_pending_records", 5_000_000)),
             push_max_body_bytes=int(r.number("push.max_body_bytes", 256 * MiB)),
+            push_lease_s=r.number("push.lease_s", 60.0),
             limits=limits,
             upstreams=upstreams,
             assertion_lifetime_s=int(r.number("gateway.assertion_lifetime_s", 300)),

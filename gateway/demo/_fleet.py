@@ -163,6 +163,7 @@ class Fleet:
     # Whole TOML tables or [gateway]/[fleet] lines for every process (tests).
     extra_config: str = ""
     fleet_settings: str = ""
+    push_settings: str = ""  # lines for the [push] table (tests: a short lease)
     stack_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -229,6 +230,8 @@ class Fleet:
             dsn = self.data_dsn  # and a role of least privilege in the database
         config += (f'\n[state]\nurl = "{dsn}"\n\n[fleet]\nrole = "{role}"\n'
                    f'replica_id = "{replica_id}"\n{self.fleet_settings.strip()}\n')
+        if self.push_settings:
+            config = config.replace("\n[push]\n", f"\n[push]\n{self.push_settings.strip()}\n", 1)
         path = self.dir / f"{replica_id}.toml"
         path.write_text(config)
         return ReplicaProcess(replica_id, role, path, self.dir / f"{replica_id}.log", data,

@@ -2,16 +2,32 @@
 tenant, the durable encrypted outbox, and the delivery to each tenant's
 receiver over mTLS with retries and back-pressure.
 
+The outbox is a SQLite file for one process, or PostgreSQL for a fleet,
+whose replicas claim parts under leases (``open_outbox``).
+
 May import: :mod:`gateway.core`, :mod:`gateway.audit`, :mod:`gateway.metrics`,
-:mod:`gateway.problem`, :mod:`gateway.errors`.
+:mod:`gateway.problem`, :mod:`gateway.errors`, :mod:`gateway.state` (the
+shared database's schema rules).
 """
 
 from __future__ import annotations
 
-from gateway.push._outbox import Outbox
+from gateway.push._outbox import (
+    Outbox,
+    Part,
+    PostgresOutbox,
+    RetryPolicy,
+    SqliteOutbox,
+    open_outbox,
+)
 from gateway.push._service import PushService
 
 __all__ = [
     "Outbox",
+    "Part",
+    "PostgresOutbox",
     "PushService",
+    "RetryPolicy",
+    "SqliteOutbox",
+    "open_outbox",
 ]

@@ -15,6 +15,18 @@ Batch ids are a namespace per source system (D1): a batch is keyed by
 another's ids. An outbox written before (schema version 0, batches keyed by
 their id alone) is migrated in place on open, in one transaction; its parts
 keep their ids.
+
+Two backends, one set of queries (:class:`Outbox`): the SQLite file of one
+process (:class:`SqliteOutbox`) and PostgreSQL for a fleet
+(:class:`PostgresOutbox`), where replicas compete for the parts. A replica
+**claims** due parts (``FOR UPDATE SKIP LOCKED``: two replicas never claim
+the same part) under a **lease** (an owner, a token and an expiry); it
+renews the lease before each delivery, and an acknowledgement or a failure
+counts only while the token is still the part's (**fencing**): a replica
+that lost its lease (it stalled, or it was killed and another one took the
+part over after the expiry) changes nothing. Delivery is at least once, and
+always under the part's own id as ``Idempotency-Key``, never a second key
+for one part.
 """
 
 from __future__ import annotations
@@ -24,15 +36,22 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from psycopg.rows import dict_row
 
-SCHEMA_VERSION = 1  # PRAGMA user_version
+from gateway.state import ensure_schema
+
+SCHEMA_VERSION = 2  # PRAGMA user_version
 _BATCHES = """CREATE TABLE batches (
     batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
     received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
@@ -41,7 +60,8 @@ _PARTS = """CREATE TABLE parts (
     id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
     records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
-    nonce BLOB, payload BLOB, done_at TEXT, source TEXT)"""
+    nonce BLOB, payload BLOB, done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT,
+    lease_until TEXT)"""
 _INDEXES = ("CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created)",
             "CREATE INDEX IF NOT EXISTS parts_batch ON parts (source, batch_id, tenant)")
 # Version 0 -> 1: batches keyed by (source, batch_id); parts name their source.
@@ -55,6 +75,23 @@ _MIGRATE_V0 = (
     "UPDATE parts SET source = (SELECT b.source FROM batches AS b "
     "WHERE b.batch_id = parts.batch_id)",
 )
+# Version 1 -> 2: leases (a claim's owner, token and expiry).
+_MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
+                    for c in ("lease_owner", "lease_token", "lease_until"))
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox_batches (
+    batch_id text NOT NULL, source text NOT NULL, fingerprint text NOT NULL,
+    received bigint NOT NULL, quarantined bigint NOT NULL, created timestamptz NOT NULL,
+    PRIMARY KEY (source, batch_id));
+CREATE TABLE IF NOT EXISTS outbox_parts (
+    id text PRIMARY KEY, batch_id text NOT NULL, tenant text NOT NULL, kind text NOT NULL,
+    records bigint NOT NULL, created timestamptz NOT NULL, status text NOT NULL,
+    attempts integer NOT NULL, next_attempt_at timestamptz NOT NULL, last_error text,
+    nonce bytea, payload bytea, done_at timestamptz, source text, lease_owner text,
+    lease_token text, lease_until timestamptz);
+CREATE INDEX IF NOT EXISTS outbox_parts_queue ON outbox_parts (tenant, status, created);
+CREATE INDEX IF NOT EXISTS outbox_parts_batch ON outbox_parts (source, batch_id, tenant);
+"""
 
 
 def part_key(source: str, batch_id: str, tenant: str) -> str:
@@ -75,6 +112,8 @@ class Part:
     next_attempt_at: datetime
     last_error: str | None
     source: str = ""  # the pushing system (tenant id)
+    lease: str | None = None  # the token of the claim this replica holds on it
+    reclaimed: bool = False  # claimed after another owner's lease ran out
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,76 +137,74 @@ class RetryPolicy:
         return step * (0.5 + rnd())
 
 
-def _t(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+_PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
+                 "next_attempt_at, last_error, nonce, payload, done_at, source")
 
 
-class Outbox:
-    def __init__(self, path: Path, data_key: bytes, *,
+class Outbox(ABC):
+    """The outbox's verbs, written once with ``?`` placeholders; a backend
+    says how a statement runs, how a transaction and a claim's row lock are
+    taken, and how times are stored."""
+
+    BATCHES = "batches"
+    PARTS = "parts"
+    SKIP_LOCKED = ""  # the claim's row lock: "" where one process is the only claimer
+
+    def __init__(self, data_key: bytes, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
-        # also for a file an older version left wider; SQLite gives its WAL and
-        # shared-memory files the database file's mode.
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
-        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-            if (path.parent / name).exists():
-                os.chmod(path.parent / name, 0o600)
         self._aead = AESGCM(data_key)
+        self.owner = owner or f"pid-{os.getpid()}"
         self.clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
-            self._migrate()
 
-    def _migrate(self) -> None:
-        """Create the schema, or bring an older outbox to :data:`SCHEMA_VERSION`."""
-        db = self._db
-        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-            return
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
-                db.execute("COMMIT")  # another process (a worker) migrated it meanwhile
-                return
-            old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                             "name = 'batches'").fetchone() is not None
-            for statement in (_MIGRATE_V0 if old else (_BATCHES, _PARTS)):
-                db.execute(statement)
-            for statement in _INDEXES:
-                db.execute(statement)
-            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+    # -- the backend's hooks (called with ``_lock`` held) ----------------------------
+    @abstractmethod
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        """Run one statement; a cursor (rowcount, fetchone, fetchall by name)."""
+
+    @abstractmethod
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run one statement for each of ``rows``."""
+
+    @abstractmethod
+    def _transaction(self) -> Any:
+        """A context manager: one write transaction."""
+
+    @abstractmethod
+    def _t(self, at: datetime) -> Any:
+        """A time as stored."""
+
+    @abstractmethod
+    def _time(self, value: Any) -> datetime:
+        """A stored time as an aware datetime."""
+
+    def _part(self, r: Mapping[str, Any], *, lease: str | None = None,
+              reclaimed: bool = False) -> Part:
+        return Part(r["id"], r["batch_id"], r["tenant"], r["kind"], int(r["records"]),
+                    self._time(r["created"]), r["status"], int(r["attempts"]),
+                    self._time(r["next_attempt_at"]), r["last_error"], r["source"] or "",
+                    lease, reclaimed)
 
     # -- intake ----------------------------------------------------------------
-    def batch(self, batch_id: str, source: str | None = None) -> sqlite3.Row | None:
+    def batch(self, batch_id: str, source: str | None = None) -> dict[str, Any] | None:
         """The batch ``batch_id`` of ``source``: another source's is another batch.
         Without ``source`` (ops, tests), any source's batch of that id."""
         with self._lock:
             if source is None:
-                row: sqlite3.Row | None = self._db.execute(
-                    "SELECT * FROM batches WHERE batch_id = ? ORDER BY created LIMIT 1",
-                    (batch_id,)).fetchone()
+                row = self._exec(f"SELECT * FROM {self.BATCHES} WHERE batch_id = ? "
+                                 "ORDER BY created LIMIT 1", (batch_id,)).fetchone()
             else:
-                row = self._db.execute(
-                    "SELECT * FROM batches WHERE source = ? AND batch_id = ?",
-                    (source, batch_id)).fetchone()
-            return row
+                row = self._exec(f"SELECT * FROM {self.BATCHES} WHERE source = ? AND "
+                                 "batch_id = ?", (source, batch_id)).fetchone()
+        return None if row is None else dict(row)
 
     def part_of(self, source: str, batch_id: str, tenant: str) -> tuple[str, str] | None:
         """``(part id, status)`` of a tenant's part of a batch, whatever the id's form."""
         with self._lock:
-            row = self._db.execute(
-                "SELECT id, status FROM parts WHERE source = ? AND batch_id = ? AND tenant = ?",
-                (source, batch_id, tenant)).fetchone()
-        return None if row is None else (str(row[0]), str(row[1]))
+            row = self._exec(f"SELECT id, status FROM {self.PARTS} WHERE source = ? AND "
+                             "batch_id = ? AND tenant = ?", (source, batch_id, tenant)).fetchone()
+        return None if row is None else (str(row["id"]), str(row["status"]))
 
     def enqueue(self, *, batch_id: str, source: str, fingerprint: str, received: int,
                 quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
@@ -183,38 +220,80 @@ class Outbox:
     def enqueue_encoded(self, *, batch_id: str, source: str, fingerprint: str, received: int,
                         quarantined: int, parts: Sequence[EncodedPart]) -> None:
         """Like :meth:`enqueue`, with each part's records already encoded as one
-        JSON array: they are encrypted and stored as they are, and delivered so."""
-        now = self.clock()
+        JSON array: they are encrypted and stored as they are, and delivered so.
+        A batch or part stored already (the same batch pushed to two replicas
+        at once) is kept as it is: the unique keys decide."""
+        now = self._t(self.clock())
         rows = []
         for part in parts:
             nonce = os.urandom(12)
             payload = self._aead.encrypt(nonce, part.body, part.id.encode())
-            rows.append((part.id, batch_id, part.tenant, part.kind, part.records, _t(now),
-                         "pending", 0, _t(now), None, nonce, payload, None, source))
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                self._db.execute(
-                    "INSERT OR IGNORE INTO batches (batch_id, source, fingerprint, received, "
-                    "quarantined, created) VALUES (?, ?, ?, ?, ?, ?)",
-                    (batch_id, source, fingerprint, received, quarantined, _t(now)))
-                self._db.executemany(
-                    "INSERT OR IGNORE INTO parts (id, batch_id, tenant, kind, records, created, "
-                    "status, attempts, next_attempt_at, last_error, nonce, payload, done_at, "
-                    "source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+            rows.append((part.id, batch_id, part.tenant, part.kind, part.records, now,
+                         "pending", 0, now, None, nonce, payload, None, source))
+        with self._lock, self._transaction():
+            self._exec(f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
+                       "quarantined, created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                       (batch_id, source, fingerprint, received, quarantined, now))
+            self._many(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
+                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
 
     # -- delivery ----------------------------------------------------------------
     def due(self, tenant: str, limit: int = 16) -> list[Part]:
+        """The parts waiting for their next attempt (read only: ops, tests)."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM parts WHERE tenant = ? AND status = 'pending' AND "
+            rows = self._exec(
+                f"SELECT * FROM {self.PARTS} WHERE tenant = ? AND status = 'pending' AND "
                 "next_attempt_at <= ? ORDER BY created, id LIMIT ?",
-                (tenant, _t(self.clock()), limit)).fetchall()
-        return [_part(r) for r in rows]
+                (tenant, self._t(self.clock()), limit)).fetchall()
+        return [self._part(r) for r in rows]
+
+    def claim(self, tenant: str, limit: int = 4,
+              lease: timedelta = timedelta(seconds=60)) -> list[Part]:
+        """Take up to ``limit`` due parts of ``tenant`` for this owner, under a
+        lease until now + ``lease``: parts another owner holds under a live
+        lease are skipped (their rows are locked or their lease runs), and a
+        part whose lease ran out is taken over (``reclaimed``)."""
+        now = self.clock()
+        token = uuid.uuid4().hex
+        with self._lock, self._transaction():
+            rows = self._exec(
+                f"SELECT id, lease_owner FROM {self.PARTS} WHERE tenant = ? AND "
+                "status = 'pending' AND next_attempt_at <= ? AND (lease_until IS NULL OR "
+                f"lease_until <= ?) ORDER BY created, id LIMIT ?{self.SKIP_LOCKED}",
+                (tenant, self._t(now), self._t(now), limit)).fetchall()
+            if not rows:
+                return []
+            previous = {r["id"]: r["lease_owner"] for r in rows}
+            self._many(f"UPDATE {self.PARTS} SET lease_owner = ?, lease_token = ?, "
+                       "lease_until = ? WHERE id = ?",
+                       [(self.owner, token, self._t(now + lease), part_id)
+                        for part_id in previous])
+            claimed = self._exec(
+                f"SELECT * FROM {self.PARTS} WHERE lease_token = ? ORDER BY created, id",
+                (token,)).fetchall()
+        return [self._part(r, lease=token, reclaimed=previous[r["id"]] is not None)
+                for r in claimed]
+
+    def release_mine(self) -> int:
+        """At start: the leases this owner held before it stopped (or was
+        killed) are let go, so its parts are due again at once rather than
+        when the leases run out. (Replica ids are unique in a fleet.)"""
+        with self._lock:
+            cur = self._exec(f"UPDATE {self.PARTS} SET lease_owner = NULL, lease_token = NULL, "
+                             "lease_until = NULL WHERE lease_owner = ? AND status = 'pending'",
+                             (self.owner,))
+        return int(cur.rowcount)
+
+    def renew(self, part: Part, lease: timedelta = timedelta(seconds=60)) -> bool:
+        """Extend this owner's lease on ``part`` from now; False when it is
+        not ours any more (taken over after it ran out, or done)."""
+        if part.lease is None:
+            return True
+        with self._lock:
+            cur = self._exec(f"UPDATE {self.PARTS} SET lease_until = ? WHERE id = ? AND "
+                             "lease_token = ? AND status = 'pending'",
+                             (self._t(self.clock() + lease), part.id, part.lease))
+        return bool(cur.rowcount == 1)
 
     def payload(self, part: Part) -> list[Any]:
         records: list[Any] = json.loads(self.payload_bytes(part))
@@ -223,78 +302,164 @@ class Outbox:
     def payload_bytes(self, part: Part) -> bytes:
         """The part's records as stored: one JSON array, decrypted, not parsed."""
         with self._lock:
-            row = self._db.execute("SELECT nonce, payload FROM parts WHERE id = ?",
-                                   (part.id,)).fetchone()
+            row = self._exec(f"SELECT nonce, payload FROM {self.PARTS} WHERE id = ?",
+                             (part.id,)).fetchone()
         if row is None or row["payload"] is None:
             raise KeyError(part.id)
-        return self._aead.decrypt(row["nonce"], row["payload"], part.id.encode())
+        return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
 
-    def acknowledged(self, part_id: str) -> None:
-        """Delivered: the payload goes; the counts stay (D10)."""
+    def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:
+        return ("", ()) if lease is None else (" AND lease_token = ?", (lease,))
+
+    def acknowledged(self, part_id: str, lease: str | None = None) -> bool:
+        """Delivered: the payload goes; the counts stay (D10). With ``lease``,
+        only while that claim still holds the part (fencing); False if not."""
+        fence, args = self._fence(lease)
         with self._lock:
-            self._db.execute("UPDATE parts SET status = 'delivered', payload = NULL, "
-                             "nonce = NULL, done_at = ? WHERE id = ?",
-                             (_t(self.clock()), part_id))
+            cur = self._exec(
+                f"UPDATE {self.PARTS} SET status = 'delivered', payload = NULL, nonce = NULL, "
+                "done_at = ?, lease_owner = NULL, lease_token = NULL, lease_until = NULL "
+                f"WHERE id = ? AND status = 'pending'{fence}",
+                (self._t(self.clock()), part_id, *args))
+        return bool(cur.rowcount == 1)
 
     def failed(self, part: Part, error: str, policy: RetryPolicy, *, permanent: bool) -> str:
-        """Schedule the next attempt, or make it a dead letter. Returns the status."""
+        """Schedule the next attempt, or make it a dead letter. Returns the
+        status; ``lost`` when the part's lease is not this claim's any more."""
         attempts = part.attempts + 1
         dead = permanent or attempts >= policy.max_attempts
         when = self.clock() + policy.delay(attempts)
+        fence, args = self._fence(part.lease)
         with self._lock:
-            self._db.execute(
-                "UPDATE parts SET attempts = ?, last_error = ?, next_attempt_at = ?, "
-                "status = ? WHERE id = ?",
-                (attempts, error[:200], _t(when), "dead" if dead else "pending", part.id))
+            cur = self._exec(
+                f"UPDATE {self.PARTS} SET attempts = ?, last_error = ?, next_attempt_at = ?, "
+                "status = ?, lease_owner = NULL, lease_token = NULL, lease_until = NULL "
+                f"WHERE id = ? AND status = 'pending'{fence}",
+                (attempts, error[:200], self._t(when), "dead" if dead else "pending",
+                 part.id, *args))
+        if cur.rowcount != 1:
+            return "lost"
         return "dead" if dead else "pending"
 
     def requeue_dead(self, part_id: str) -> bool:
         """Ops decided the receiver is fixed: try a dead letter again."""
         with self._lock:
-            cur = self._db.execute(
-                "UPDATE parts SET status = 'pending', attempts = 0, next_attempt_at = ? "
-                "WHERE id = ? AND status = 'dead' AND payload IS NOT NULL",
-                (_t(self.clock()), part_id))
-        return cur.rowcount == 1
+            cur = self._exec(
+                f"UPDATE {self.PARTS} SET status = 'pending', attempts = 0, "
+                "next_attempt_at = ? WHERE id = ? AND status = 'dead' AND payload IS NOT NULL",
+                (self._t(self.clock()), part_id))
+        return bool(cur.rowcount == 1)
 
     # -- for ops ---------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, float, int]]:
         """tenant -> (pending parts, oldest pending age in s, dead letters)."""
         now = self.clock()
         with self._lock:
-            rows = self._db.execute(
-                "SELECT tenant, status, count(*) AS n, min(created) AS oldest FROM parts "
+            rows = self._exec(
+                f"SELECT tenant, status, count(*) AS n, min(created) AS oldest FROM {self.PARTS} "
                 "WHERE status IN ('pending', 'dead') GROUP BY tenant, status").fetchall()
         out: dict[str, tuple[int, float, int]] = {}
         for r in rows:
             pending, age, dead = out.get(r["tenant"], (0, 0.0, 0))
             if r["status"] == "pending":
-                pending = r["n"]
-                age = (now - datetime.fromisoformat(r["oldest"])).total_seconds()
+                pending = int(r["n"])
+                age = (now - self._time(r["oldest"])).total_seconds()
             else:
-                dead = r["n"]
+                dead = int(r["n"])
             out[r["tenant"]] = (pending, age, dead)
         return out
 
     def pending_records(self, tenant: str) -> int:
         with self._lock:
-            row = self._db.execute("SELECT coalesce(sum(records), 0) FROM parts WHERE "
-                                   "tenant = ? AND status = 'pending'", (tenant,)).fetchone()
-        return int(row[0])
+            row = self._exec(f"SELECT coalesce(sum(records), 0) AS n FROM {self.PARTS} WHERE "
+                             "tenant = ? AND status = 'pending'", (tenant,)).fetchone()
+        return int(row["n"])
 
     def parts(self, *, status: str | None = None) -> list[Part]:
-        sql, args = "SELECT * FROM parts", tuple[str, ...]()
+        sql, args = f"SELECT * FROM {self.PARTS}", tuple[str, ...]()
         if status is not None:
             sql, args = sql + " WHERE status = ?", (status,)
         with self._lock:
-            rows = self._db.execute(sql + " ORDER BY created, id", args).fetchall()
-        return [_part(r) for r in rows]
+            rows = self._exec(sql + " ORDER BY created, id", args).fetchall()
+        return [self._part(r) for r in rows]
 
     def tenants_pending(self) -> list[str]:
         with self._lock:
-            rows = self._db.execute("SELECT DISTINCT tenant FROM parts WHERE status = "
-                                    "'pending'").fetchall()
-        return [str(r[0]) for r in rows]
+            rows = self._exec(f"SELECT DISTINCT tenant FROM {self.PARTS} WHERE status = "
+                              "'pending'").fetchall()
+        return [str(r["tenant"]) for r in rows]
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class SqliteOutbox(Outbox):
+    """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
+
+    def __init__(self, path: Path, data_key: bytes, *, owner: str = "",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(data_key, owner=owner, clock=clock)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
+        # also for a file an older version left wider; SQLite gives its WAL and
+        # shared-memory files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            if (path.parent / name).exists():
+                os.chmod(path.parent / name, 0o600)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older outbox to :data:`SCHEMA_VERSION`."""
+        db = self._db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                db.execute("COMMIT")  # another process (a worker) migrated it meanwhile
+                return
+            old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'batches'").fetchone() is not None
+            steps: tuple[str, ...] = (_BATCHES, _PARTS)
+            if old:
+                steps = (*(_MIGRATE_V0 if version == 0 else ()), *_MIGRATE_V1)
+            for statement in (*steps, *_INDEXES):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, tuple(args))
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _t(self, at: datetime) -> str:
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def _time(self, value: Any) -> datetime:
+        return datetime.fromisoformat(value)
 
     def close(self) -> None:
         with self._lock:
@@ -302,8 +467,72 @@ class Outbox:
             self._db.close()
 
 
-def _part(r: sqlite3.Row) -> Part:
-    return Part(r["id"], r["batch_id"], r["tenant"], r["kind"], r["records"],
-                datetime.fromisoformat(r["created"]), r["status"], r["attempts"],
-                datetime.fromisoformat(r["next_attempt_at"]), r["last_error"],
-                r["source"] or "")
+class PostgresOutbox(Outbox):
+    """A fleet's outbox in the shared state database (tables ``outbox_*``):
+    replicas claim parts with ``FOR UPDATE SKIP LOCKED`` under leases.
+
+    A delivered part's payload is set to NULL at once; the old row version
+    stays in the table's pages until VACUUM (and in the write-ahead log and
+    backups): encrypted under the outbox data key, which the vault holds."""
+
+    BATCHES = "outbox_batches"
+    PARTS = "outbox_parts"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str, data_key: bytes, *, owner: str = "",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(data_key, owner=owner, clock=clock)
+        self.dsn = dsn
+        self._closing = False
+        self._db = self._connect()
+        with self._lock:
+            ensure_schema(self._db, _PG_SCHEMA)
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        db = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
+        db.execute("SET TIME ZONE 'UTC'")
+        return db
+
+    def _live(self) -> psycopg.Connection[dict[str, Any]]:
+        if (self._db.broken or self._db.closed) and not self._closing:
+            self._db = self._connect()  # the call that found it broken failed
+        return self._db
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:
+        # The shared queries use "?"; none has a literal question mark.
+        return self._live().execute(sql.replace("?", "%s"), tuple(args))
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._live().cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._live().transaction():
+            yield
+
+    def _t(self, at: datetime) -> datetime:
+        return at
+
+    def _time(self, value: Any) -> datetime:
+        assert isinstance(value, datetime)
+        return value
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._db.close()
+
+
+def open_outbox(state_url: str | None, path: Path, data_key: bytes, *, owner: str,
+                clock: Callable[[], datetime] | None = None) -> Outbox:
+    """PostgreSQL when the state is there (the replicas of a fleet share one
+    outbox and compete for its parts), else the SQLite file at ``path``."""
+    kw: dict[str, Any] = {"owner": owner} | ({"clock": clock} if clock else {})
+    if state_url is not None and state_url.startswith(("postgresql://", "postgres://")):
+        return PostgresOutbox(state_url, data_key, **kw)
+    return SqliteOutbox(path, data_key, **kw)
+
+
+__all__ = ["EncodedPart", "Outbox", "Part", "PostgresOutbox", "RetryPolicy", "SqliteOutbox",
+           "open_outbox", "part_key"]

@@ -20,7 +20,7 @@ import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -95,6 +95,7 @@ class PushService:
                  endpoints: Mapping[str, str], client_tls: ssl.SSLContext,
                  metrics: GatewayMetrics, audit: AuditSink,
                  max_pending_records: int = 5_000_000, retry: RetryPolicy = DEFAULT_RETRY,
+                 lease_s: float = 60.0,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.outbox = outbox
         self.relations = relations
@@ -104,6 +105,9 @@ class PushService:
         self.audit = audit
         self.max_pending_records = max_pending_records
         self.retry = retry
+        # A claim's lease: long enough for one delivery (its timeout is 30 s),
+        # renewed before each one.
+        self.lease = timedelta(seconds=lease_s)
         self.clock = clock
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -312,6 +316,9 @@ class PushService:
             event.set()
 
     async def start(self) -> None:
+        released = await asyncio.to_thread(self.outbox.release_mine)
+        if released:
+            log.warning("took back %d outbox parts this replica held when it stopped", released)
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(ssl=self.client_tls, limit_per_host=4),
             timeout=aiohttp.ClientTimeout(total=30, sock_connect=3))
@@ -331,14 +338,32 @@ class PushService:
     async def _deliver_loop(self, tenant: str) -> None:
         wake = self._wake[tenant]
         while True:
-            parts = await asyncio.to_thread(self.outbox.due, tenant)
-            for part in parts:
-                await self._deliver(part)
-            if not parts:
-                wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    # New parts wake the loop at once; the poll only catches retries.
-                    await asyncio.wait_for(wake.wait(), timeout=1.0)
+            try:
+                await self._deliver_round(tenant, wake)
+            except Exception:  # the database away, a bug: the parts stay; try again
+                log.exception("delivery to %s failed; trying again in a second", tenant)
+                await asyncio.sleep(1.0)
+
+    async def _deliver_round(self, tenant: str, wake: asyncio.Event) -> None:
+        """Claim what is due for ``tenant``, deliver it, or wait for news."""
+        parts = await asyncio.to_thread(self.outbox.claim, tenant, 4, self.lease)
+        for part in parts:
+            self.metrics.outbox_claims.labels(
+                "reclaimed" if part.reclaimed else "claimed").inc()
+        if not parts:
+            self.metrics.outbox_claims.labels("empty").inc()
+        for part in parts:
+            # Still ours? (A stall past the lease lets another replica
+            # take it over: then it is theirs to deliver.)
+            if not await asyncio.to_thread(self.outbox.renew, part, self.lease):
+                self.metrics.outbox_claims.labels("lost").inc()
+                continue
+            await self._deliver(part)
+        if not parts:
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                # New parts wake the loop at once; the poll only catches retries.
+                await asyncio.wait_for(wake.wait(), timeout=1.0)
 
     async def _deliver(self, part: Part) -> None:
         assert self._session is not None
@@ -358,7 +383,12 @@ class PushService:
         else:
             error = f"http-{status}"
         if 200 <= status < 300:
-            await asyncio.to_thread(self.outbox.acknowledged, part.id)
+            if not await asyncio.to_thread(self.outbox.acknowledged, part.id, part.lease):
+                # Fenced: another replica holds the part now and delivers it
+                # again, under the same Idempotency-Key; the receiver dedupes.
+                self.metrics.outbox_claims.labels("lost").inc()
+                log.warning("part %s delivered after its lease was taken over", part.id)
+                return
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
             self.metrics.push_records.labels(self._source(part), part.tenant,
                                              "delivered").inc(part.records)
@@ -369,6 +399,9 @@ class PushService:
         permanent = status in _PERMANENT
         outcome = await asyncio.to_thread(self.outbox.failed, part, error, self.retry,
                                           permanent=permanent)
+        if outcome == "lost":
+            self.metrics.outbox_claims.labels("lost").inc()
+            return
         self.metrics.delivery_attempts.labels(
             part.tenant, "rejected" if permanent else "error").inc()
         if outcome == "dead":
@@ -384,9 +417,13 @@ class PushService:
 
     async def _stats_loop(self) -> None:
         while True:
-            stats = await asyncio.to_thread(self.outbox.stats)
-            for tenant in self.endpoints:
-                pending, age, _dead = stats.get(tenant, (0, 0.0, 0))
-                self.metrics.outbox_pending.labels(tenant).set(pending)
-                self.metrics.outbox_oldest_age.labels(tenant).set(age)
+            try:
+                stats = await asyncio.to_thread(self.outbox.stats)
+            except Exception:  # the database away: the gauges keep their last values
+                log.warning("outbox statistics not readable", exc_info=True)
+            else:
+                for tenant in self.endpoints:
+                    pending, age, _dead = stats.get(tenant, (0, 0.0, 0))
+                    self.metrics.outbox_pending.labels(tenant).set(pending)
+                    self.metrics.outbox_oldest_age.labels(tenant).set(age)
             await asyncio.sleep(1.0)

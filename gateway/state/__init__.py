@@ -26,7 +26,7 @@ from gateway.state._fleet import (
     Replica,
 )
 from gateway.state._open import open_store
-from gateway.state._postgres import PostgresStore
+from gateway.state._postgres import PostgresStore, ensure_schema
 from gateway.state._records import (
     BreakGlassCase,
     CaRecord,
@@ -63,5 +63,6 @@ __all__ = [
     "SqliteStore",
     "StateStore",
     "data_plane_grants",
+    "ensure_schema",
     "open_store",
 ]

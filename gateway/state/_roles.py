@@ -29,6 +29,8 @@ DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
     # The vault: upstream credentials are read on every request; only the
     # control plane puts, rotates or shreds.
     ("SELECT", "vault_meta, vault_master_keys, vault_secrets"),
+    # The push outbox: the replicas take in batches and deliver the parts.
+    ("SELECT, INSERT, UPDATE", "outbox_batches, outbox_parts"),
 )
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 

@@ -61,6 +61,10 @@ class RunningFleet:
             self._thread.join(10)
 
     @property
+    def stack(self) -> Any:
+        return self.fleet.stack
+
+    @property
     def pki(self) -> Any:
         return self.fleet.stack.pki
 
@@ -129,7 +133,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, postgres: Cluster) -> Iterat
     running = RunningFleet(Fleet(
         tenants_dir=tenants, certs_dir=root / "certs", work_dir=root / "work", replicas=2,
         control_planes=2, postgres_url=postgres.new_database(),
-        fleet_settings="heartbeat_interval_s = 0.2",
+        fleet_settings="heartbeat_interval_s = 0.2", push_settings="lease_s = 2",
         extra_config="[audit]\nfleet_checkpoint_interval_s = 0.5\n"))
     try:
         running.run(running.fleet.start())
@@ -327,6 +331,72 @@ def test_the_control_plane_publishes_the_relation_snapshot_every_replica_uses(
     for proc in fleet.fleet.data:
         maps = Path(f"/proc/{proc.pid}/maps").read_text()
         assert str(snap) in maps, proc.id
+
+
+def _sim(fleet: RunningFleet, method: str, path: str, body: Any = None) -> Any:
+    """The demo receivers' control endpoints (what arrived; up, down, slow)."""
+    stack = fleet.fleet.stack
+    assert stack is not None
+    conn = http.client.HTTPSConnection("127.0.0.1", stack.receivers_port,
+                                       context=fleet.ctx("ores", "alice"), timeout=10)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body is not None else None,
+                     headers={"X-Sim-Control": stack.control_token,
+                              "Content-Type": "application/json"})
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def test_a_replica_killed_while_it_delivers_loses_no_part(fleet: RunningFleet) -> None:
+    """D5 across the fleet: one outbox in PostgreSQL, the replicas claim its
+    parts under leases (2 s here). Kill -9 the replica holding a lease mid
+    delivery: the other takes the part over when the lease runs out; every
+    part arrives, each record once, a redelivery only under the part's one
+    Idempotency-Key, and the outbox ends with every part delivered."""
+    from tests.e2e.test_push import mixed_batch
+
+    stack = fleet.fleet.stack
+    assert stack is not None
+    tenants = ["ores", "fluvius", "sibelga", "resa", "pidpa", "farys", "swde"]
+    for t in tenants:
+        _sim(fleet, "POST", f"/_sim/receivers/{t}/mode", {"mode": "slow"})
+    batch, expect = mixed_batch(fleet, "HES-FLEET-0001")  # type: ignore[arg-type]
+    pusher = Client(fleet.fleet.data[0].data_port or 0, fleet.ctx("hes-operator", "pusher"))
+    resp = pusher.request("POST", "/push/hes/batches", body=batch)
+    pusher.close()
+    assert resp.status == 202, resp.body
+    dsn = fleet.fleet.dsn
+
+    def holder() -> str | None:
+        with psycopg.connect(dsn) as db:
+            row = db.execute("SELECT lease_owner FROM outbox_parts WHERE status = 'pending' "
+                             "AND lease_until > now() AND batch_id = 'HES-FLEET-0001' "
+                             "LIMIT 1").fetchone()
+        return None if row is None else str(row[0])
+
+    owner = wait_until(lambda: holder() is not None, 10) and holder()
+    victim = next(p for p in fleet.fleet.data if p.id == owner)
+    assert victim.proc is not None
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(10)
+    for t in tenants:
+        _sim(fleet, "POST", f"/_sim/receivers/{t}/mode", {"mode": "up"})
+
+    def all_delivered() -> bool:
+        with psycopg.connect(dsn) as db:
+            rows = db.execute("SELECT DISTINCT status FROM outbox_parts WHERE "
+                              "batch_id = 'HES-FLEET-0001'").fetchall()
+        return [r[0] for r in rows] == ["delivered"]
+
+    wait_until(all_delivered, 40, 0.2)
+    for tenant, keys in expect["parts"].items():
+        got = _sim(fleet, "GET", f"/_sim/received/{tenant}")["parts"]
+        mine = {k: v for k, v in got.items() if "/HES-FLEET-0001/" in k}
+        assert list(mine) == [f"hes-operator/HES-FLEET-0001/{tenant}"]  # one key per part
+        records = [(r["meter"], r["timestamp"]) for v in mine.values() for r in v["records"]]
+        assert sorted(records) == sorted(keys), tenant  # each record once, to its owner
+    fleet.fleet.restart(victim)
 
 
 def test_a_killed_replica_leaves_the_count_and_comes_back(fleet: RunningFleet) -> None:

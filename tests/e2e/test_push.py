@@ -217,7 +217,7 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from gateway.push._outbox import Outbox
+    from gateway.push import SqliteOutbox
     from gateway.server import OUTBOX_KEY_ID
 
     from .conftest import REPO as repo
@@ -279,7 +279,7 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     from gateway.vault import MasterKeys, SqliteVault
     vault = SqliteVault(work / "vault.db", MasterKeys.from_file(work / "vault.key"))
-    outbox = Outbox(work / "outbox.db", vault.get(OUTBOX_KEY_ID))
+    outbox = SqliteOutbox(work / "outbox.db", vault.get(OUTBOX_KEY_ID))
     try:
         assert {p.status for p in outbox.parts()} == {"delivered"}
     finally:

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.core.model import Caller, Principal, Tenant
 from gateway.errors import RequestRefused
-from gateway.push._outbox import Outbox
+from gateway.push import SqliteOutbox
 
 from .conftest import RunningStack, start_stack
 from .test_push import receiver, wait_for
@@ -236,7 +236,7 @@ def test_an_outbox_written_before_is_migrated_and_keeps_its_ids(tmp_path: Path) 
     db.commit()
     db.close()
     path.chmod(0o644)  # as the previous release left it
-    outbox = Outbox(path, key)
+    outbox = SqliteOutbox(path, key)
     try:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         known = outbox.batch("B-1", "hes-operator")
@@ -253,7 +253,7 @@ def test_an_outbox_written_before_is_migrated_and_keeps_its_ids(tmp_path: Path) 
         assert {p.id for p in outbox.parts()} == {"B-1/ores", "hes-two/B-1/ores"}
     finally:
         outbox.close()
-    again = Outbox(path, key)  # opening a migrated file changes nothing
+    again = SqliteOutbox(path, key)  # opening a migrated file changes nothing
     try:
         assert again.batch("B-1", "hes-operator")["fingerprint"] == "fp"  # type: ignore[index]
         assert again._db.execute("PRAGMA user_version").fetchone()[0] == 1

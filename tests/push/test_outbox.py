@@ -1,0 +1,181 @@
+"""The push outbox (D5, D10) on both backends, and the competition of a
+fleet's replicas for its parts on PostgreSQL: claims under leases, fencing,
+at-least-once delivery under one Idempotency-Key per part."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import psycopg
+import pytest
+
+from gateway.push import Outbox, RetryPolicy
+from tests.postgres import Cluster
+from tests.push.conftest import KEY, Clock, OpenOutbox
+
+RETRY = RetryPolicy(max_attempts=3)
+
+
+def push(box: Outbox, batch: str, tenants: dict[str, int], source: str = "hes-operator"
+         ) -> None:
+    box.enqueue(batch_id=batch, source=source, fingerprint=f"fp-{batch}", received=9,
+                quarantined=0,
+                parts=[(f"{source}/{batch}/{t}", t, "hes-readings",
+                        [{"meter": f"M{i}", "value": i} for i in range(n)])
+                       for t, n in tenants.items()])
+
+
+def test_a_batch_is_stored_whole_and_its_parts_are_due(box: Outbox) -> None:
+    push(box, "B1", {"ores": 2, "fluvius": 1})
+    assert box.batch("B1", "hes-operator")["fingerprint"] == "fp-B1"  # type: ignore[index]
+    assert box.batch("B1", "other-system") is None  # D1: another source's namespace
+    assert box.part_of("hes-operator", "B1", "ores") == ("hes-operator/B1/ores", "pending")
+    (due,) = box.due("ores")
+    assert (due.records, due.kind, due.source) == (2, "hes-readings", "hes-operator")
+    assert box.payload(due) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
+    assert box.pending_records("ores") == 2 and box.pending_records("pidpa") == 0
+    assert sorted(box.tenants_pending()) == ["fluvius", "ores"]
+    assert box.stats()["ores"][0] == 1
+
+
+def test_the_same_batch_again_changes_nothing(box: Outbox) -> None:
+    push(box, "B1", {"ores": 2})
+    push(box, "B1", {"ores": 2})
+    assert [p.id for p in box.parts()] == ["hes-operator/B1/ores"]
+
+
+def test_a_claim_takes_due_parts_under_a_lease_and_an_ack_drops_the_payload(
+        box: Outbox, clock: Clock) -> None:
+    push(box, "B1", {"ores": 1})
+    (part,) = box.claim("ores")
+    assert part.lease is not None and not part.reclaimed
+    assert box.claim("ores") == []  # held: not claimed twice
+    assert box.acknowledged(part.id, part.lease) is True
+    (done,) = box.parts()
+    assert done.status == "delivered"
+    with pytest.raises(KeyError):
+        box.payload_bytes(done)  # D10: the readings are gone, the counts stay
+    assert box.acknowledged(part.id, part.lease) is False  # once
+
+
+def test_a_failure_schedules_a_retry_then_a_dead_letter(box: Outbox, clock: Clock) -> None:
+    push(box, "B1", {"ores": 1})
+    for attempt in range(1, 4):
+        clock.advance(3600)
+        (part,) = box.claim("ores")
+        assert part.attempts == attempt - 1
+        status = box.failed(part, "http-503", RETRY, permanent=False)
+        assert status == ("dead" if attempt == 3 else "pending")
+    assert box.claim("ores") == [] and box.stats()["ores"] == (0, 0.0, 1)
+    (dead,) = box.parts(status="dead")
+    assert box.requeue_dead(dead.id) is True
+    assert [p.id for p in box.claim("ores")] == [dead.id]
+
+
+def test_a_restarted_replica_takes_back_its_own_leases_at_once(
+        open_box: OpenOutbox, clock: Clock) -> None:
+    first = open_box("replica-a")
+    push(first, "B1", {"ores": 1})
+    assert first.claim("ores")  # then killed: the lease would run for a minute
+    again = open_box("replica-a")
+    assert again.release_mine() == 1
+    (part,) = again.claim("ores")
+    assert part.id == "hes-operator/B1/ores"
+
+
+def test_another_replica_takes_over_a_part_when_its_lease_runs_out(
+        open_box: OpenOutbox, clock: Clock) -> None:
+    a, b = open_box("replica-a"), open_box("replica-b")
+    push(a, "B1", {"ores": 1})
+    (held,) = a.claim("ores")
+    assert b.claim("ores") == []  # a's lease is live
+    clock.advance(61)  # a stalled (or died) past its lease
+    (taken,) = b.claim("ores")
+    assert taken.reclaimed and taken.id == held.id  # the same part, the same key
+    assert a.renew(held) is False  # a finds out before delivering
+    assert a.acknowledged(held.id, held.lease) is False  # fenced: a's late ack counts not
+    assert a.failed(held, "timeout", RETRY, permanent=False) == "lost"
+    assert b.acknowledged(taken.id, taken.lease) is True
+    assert [p.status for p in a.parts()] == ["delivered"]
+
+
+def test_a_renewed_lease_is_not_taken_over(open_box: OpenOutbox, clock: Clock) -> None:
+    a, b = open_box("replica-a"), open_box("replica-b")
+    push(a, "B1", {"ores": 1})
+    (held,) = a.claim("ores")
+    clock.advance(50)
+    assert a.renew(held) is True
+    clock.advance(50)  # 100 s after the claim, 50 after the renewal
+    assert b.claim("ores") == []
+
+
+# -- PostgreSQL: replicas competing ------------------------------------------------
+@pytest.fixture()
+def pg_url(postgres: Cluster) -> str:
+    return postgres.new_database()
+
+
+def test_replicas_claiming_at_once_never_claim_one_part_twice(pg_url: str) -> None:
+    from gateway.push import PostgresOutbox
+
+    seed = PostgresOutbox(pg_url, KEY, owner="seed")
+    for b in range(40):
+        push(seed, f"B{b}", {"ores": 1})
+    boxes = [PostgresOutbox(pg_url, KEY, owner=f"replica-{i}") for i in range(4)]
+    claimed: Counter[str] = Counter()
+    lock = threading.Lock()
+    start = threading.Barrier(len(boxes))
+
+    def work(box: PostgresOutbox) -> None:
+        start.wait()
+        for _ in range(40):  # bounded
+            parts = box.claim("ores", limit=2)
+            with lock:
+                claimed.update(p.id for p in parts)
+            for p in parts:
+                assert box.acknowledged(p.id, p.lease)
+
+    threads = [threading.Thread(target=work, args=(b,)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(claimed) == 40 and set(claimed.values()) == {1}  # each part once
+    assert {p.status for p in seed.parts()} == {"delivered"}
+    for b in [seed, *boxes]:
+        b.close()
+
+
+def test_the_same_batch_pushed_to_two_replicas_at_once_is_stored_once(pg_url: str) -> None:
+    from gateway.push import PostgresOutbox
+
+    boxes = [PostgresOutbox(pg_url, KEY, owner=f"replica-{i}") for i in range(2)]
+    start = threading.Barrier(2)
+
+    def enqueue(box: PostgresOutbox) -> None:
+        start.wait()
+        push(box, "B1", {"ores": 3, "fluvius": 1})
+
+    threads = [threading.Thread(target=enqueue, args=(b,)) for b in boxes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    with psycopg.connect(pg_url) as db:
+        batches = db.execute("SELECT count(*) FROM outbox_batches").fetchone()
+        parts = db.execute("SELECT count(*) FROM outbox_parts").fetchone()
+    assert batches == (1,) and parts == (2,)
+    for b in boxes:
+        b.close()
+
+
+def test_payloads_at_rest_are_encrypted_in_postgresql(pg_url: str) -> None:
+    from gateway.push import PostgresOutbox
+
+    box = PostgresOutbox(pg_url, KEY, owner="a")
+    push(box, "B1", {"ores": 2})
+    with psycopg.connect(pg_url) as db:
+        (raw,) = db.execute("SELECT payload FROM outbox_parts").fetchone()  # type: ignore[misc]
+    assert b"M0" not in bytes(raw) and b"meter" not in bytes(raw)
+    box.close()
