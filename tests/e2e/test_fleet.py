@@ -77,8 +77,9 @@ class RunningFleet:
                     if m["owners"][-1]["tenant"] == tenant and not m["airplane_mode"])
 
     def admin(self, control: ReplicaProcess, method: str, path: str,
-              body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
-        ctx = self.ctx("ores", "alice")
+              body: dict[str, Any] | None = None, who: str = "alice"
+              ) -> tuple[int, dict[str, Any]]:
+        ctx = self.ctx("ores", who)
         assert control.admin_port is not None
         conn = http.client.HTTPSConnection("127.0.0.1", control.admin_port, context=ctx,
                                            timeout=15)
@@ -346,6 +347,43 @@ def _sim(fleet: RunningFleet, method: str, path: str, body: Any = None) -> Any:
         return json.loads(conn.getresponse().read())
     finally:
         conn.close()
+
+
+def test_two_checkouts_racing_on_two_control_planes_give_one_lease(
+        fleet: RunningFleet) -> None:
+    """D7 across the fleet: the break-glass case lives in the shared state and
+    every step is a compare-and-set; the same approved case checked out at
+    once through both control planes' admin APIs gives exactly one lease and
+    one password, the other gets 409."""
+    first, second = fleet.fleet.control
+    status, case = fleet.admin(first, "POST", "/admin/breakglass/requests", {
+        "account": "cmh-admin", "reason": "portal stuck", "ticket": "CHG-2001",
+        "duration_s": 600}, who="grace")
+    assert status == 201, case
+    cid = case["id"]
+    status, _ = fleet.admin(second, "POST", f"/admin/breakglass/requests/{cid}/approve",
+                            {"reason": "ok per CHG-2001"}, who="heidi")
+    assert status == 200
+    results: list[tuple[int, dict[str, Any]]] = []
+    start = threading.Barrier(2)
+
+    def checkout(control: ReplicaProcess) -> None:
+        start.wait()
+        results.append(fleet.admin(control, "POST",
+                                   f"/admin/breakglass/requests/{cid}/checkout",
+                                   {"reason": "fixing"}, who="grace"))
+
+    threads = [threading.Thread(target=checkout, args=(c,)) for c in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    statuses = sorted(code for code, _ in results)
+    assert statuses == [200, 409], results
+    assert sum("credential" in doc for _, doc in results) == 1  # one password handed out
+    status, _ = fleet.admin(first, "POST", f"/admin/breakglass/requests/{cid}/checkin",
+                            {"reason": "done"}, who="grace")
+    assert status == 200
 
 
 def test_a_replica_killed_while_it_delivers_loses_no_part(fleet: RunningFleet) -> None:
