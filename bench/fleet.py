@@ -8,6 +8,11 @@
    connection to every replica; each is revoked through the admin API and
    the time until every replica refuses it on that open connection is
    taken: p50, p99 and the maximum.
+3. **Outbox delivery**: ``--batches`` HES batches (every single-owner
+   electricity meter of the demo, ``--per-meter`` quarter-hours each) pushed
+   through the first replica of a fleet of 1, then of 2 data-plane replicas,
+   which claim the parts from the one PostgreSQL outbox; records per second
+   from the first push to the last part delivered, side by side.
 
 Everything on loopback; every loop is bounded in count and time.
 
@@ -29,9 +34,11 @@ import tempfile
 import threading
 import time
 import tomllib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+import psycopg
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
@@ -224,6 +231,89 @@ def phase_revocation(args: argparse.Namespace, work: Path, cluster: LocalCluster
             "max_ms": delays[-1] * 1000}
 
 
+# -- outbox delivery ---------------------------------------------------------------
+def readings_batch(dataset: Any, batch_id: str, per_meter: int) -> tuple[dict[str, Any], int]:
+    """A HES batch: ``per_meter`` quarter-hours of every meter with one owner and
+    a plain electricity register (the routing keeps each for its owner)."""
+    anchor = datetime.fromisoformat(dataset.anchor)
+    records = []
+    for m in dataset.meters:
+        if m["airplane_mode"] or len(m["owners"]) != 1 or m["utility"] != "electricity" \
+                or m["paired_with"]:
+            continue
+        for q in range(per_meter):
+            at = anchor - timedelta(days=1) + timedelta(minutes=15 * q)
+            records.append({"meter": m["serial"], "timestamp": at.isoformat(),
+                            "obis": "1-0:1.8.1", "value": 12.5, "unit": "kWh",
+                            "quality": "01"})
+    return {"batch_id": batch_id, "records": records}, len(records)
+
+
+def phase_outbox(args: argparse.Namespace, work: Path, cluster: LocalCluster
+                 ) -> dict[str, Any]:
+    """Push batches through the first replica; time until every part is
+    delivered by the fleet's replicas, which compete for the parts."""
+    out: dict[str, Any] = {}
+    for replicas in (1, 2):
+        dsn = cluster.database(f"bench_outbox_{replicas}")
+        fleet = Fleet(tenants_dir=REPO / "tenants", certs_dir=work / "certs-fleet",
+                      work_dir=work / f"outbox-{replicas}", replicas=replicas,
+                      postgres_url=dsn)
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+
+        def run(coro: Any, loop: asyncio.AbstractEventLoop = loop) -> Any:
+            return asyncio.run_coroutine_threadsafe(coro, loop).result(300)
+
+        run(fleet.start())
+        try:
+            assert fleet.stack is not None
+            pki = fleet.stack.pki
+            ctx = client_context(pki.ca_cert, pki.client_cert("hes-operator", "pusher"),
+                                 pki.client_key("hes-operator", "pusher"))
+            total = 0
+            t0 = time.perf_counter()
+            for b in range(args.batches):
+                batch, count = readings_batch(fleet.stack.dataset, f"BENCH-{b:04d}",
+                                              args.per_meter)
+                conn = http.client.HTTPSConnection(HOST, fleet.data[0].data_port or 0,
+                                                   context=ctx, timeout=60)
+                conn.request("POST", "/push/hes/batches", body=json.dumps(batch),
+                             headers={"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                if resp.status != 202:
+                    raise SystemExit(f"push answered {resp.status}")
+                total += count
+            t_pushed = time.perf_counter()
+            deadline = t0 + 300  # bounded
+            with psycopg.connect(dsn) as db:
+                while time.perf_counter() < deadline:
+                    row = db.execute("SELECT count(*) FILTER (WHERE status <> 'delivered'), "
+                                     "count(*) FROM outbox_parts").fetchone()
+                    if row is not None and row[0] == 0:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise SystemExit("outbox not delivered within 300 s")
+                parts = row[1] if row else 0
+            took = time.perf_counter() - t0
+            out[f"replicas_{replicas}"] = {
+                "parts": parts, "records": total, "seconds": took,
+                "push_seconds": t_pushed - t0, "records_per_s": total / took}
+            log(f"outbox, {replicas} replica(s): {parts} parts, {total} records in "
+                f"{took:.1f} s ({total / took:.0f} records/s)")
+        finally:
+            run(fleet.stop())
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
+    one = out["replicas_1"]["records_per_s"]
+    out["ratio_2_over_1"] = out["replicas_2"]["records_per_s"] / one if one else None
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default=str(REPO / "var" / "bench-fleet"))
@@ -231,7 +321,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--revocations", type=int, default=50)
-    ap.add_argument("--only", default="workers,revocation")
+    ap.add_argument("--batches", type=int, default=20, help="pushed batches (outbox phase)")
+    ap.add_argument("--per-meter", type=int, default=96,
+                    help="quarter-hours per meter in each batch")
+    ap.add_argument("--only", default="workers,revocation,outbox")
     args = ap.parse_args()
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -244,6 +337,8 @@ def main() -> int:
             results["workers"] = phase_workers(args, work, cluster)
         if "revocation" in args.only:
             results["revocation"] = phase_revocation(args, work, cluster)
+        if "outbox" in args.only:
+            results["outbox"] = phase_outbox(args, work, cluster)
     finally:
         cluster.stop()
     lines = ["| measure | value |", "| --- | --- |"]
@@ -257,6 +352,13 @@ def main() -> int:
         lines += [f"| revocation to refusal on every replica, p50 (n={r['revocations']}) "
                   f"| {r['p50_ms']:.0f} ms |", f"| ... p99 | {r['p99_ms']:.0f} ms |",
                   f"| ... max | {r['max_ms']:.0f} ms |"]
+    if "outbox" in results:
+        o = results["outbox"]
+        lines += [f"| outbox delivery, 1 replica | {o['replicas_1']['records_per_s']:.0f} "
+                  "records/s |",
+                  f"| outbox delivery, 2 replicas | {o['replicas_2']['records_per_s']:.0f} "
+                  "records/s |",
+                  f"| ratio 2 / 1 | {o['ratio_2_over_1']:.2f} |"]
     text = "\n".join(lines)
     (work / "latest.md").write_text(text + "\n")
     (work / "results.json").write_text(json.dumps(results, indent=1))

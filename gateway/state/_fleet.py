@@ -59,21 +59,40 @@ class Replica:
     age_s: float  # since its last heartbeat, by the server's clock
 
 
-class Heartbeats:
-    """The replicas table: each replica writes its row every interval; a row
-    older than ``live_within_s`` is a replica that died or lost the database.
-    The server's clock decides, so replicas' clocks need not agree."""
+class _Tables:
+    """Tables of their own in the shared database, on a connection of their
+    own (opened again after the server dropped it), created where missing."""
+
+    SCHEMA = ""
 
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self._db: psycopg.Connection[dict[str, Any]] | None = None
         self._lock = threading.Lock()
-        ensure_schema(self._conn(), _SCHEMA)
+        with self._lock:
+            ensure_schema(self._conn(), self.SCHEMA)
 
     def _conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._db is None or self._db.closed or self._db.broken:
             self._db = _connect(self.dsn)
         return self._db
+
+    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return self._conn().execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._db is not None:
+                self._db.close()
+
+
+class Heartbeats(_Tables):
+    """The replicas table: each replica writes its row every interval; a row
+    older than ``live_within_s`` is a replica that died or lost the database.
+    The server's clock decides, so replicas' clocks need not agree."""
+
+    SCHEMA = _SCHEMA
 
     def beat(self, *, replica_id: str, role: str, host: str, pid: int, data: str | None,
              ops: str | None, admin: str | None, draining: bool, leader: bool) -> None:
@@ -109,11 +128,6 @@ class Heartbeats:
         """A replica that stopped cleanly leaves the table at once."""
         with self._lock:
             self._conn().execute("DELETE FROM replicas WHERE id = %s", (replica_id,))
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
 
 
 class LeaderLock:
@@ -213,7 +227,7 @@ CREATE TABLE IF NOT EXISTS fleet_checkpoints (n bigint PRIMARY KEY, record bytea
 """
 
 
-class AuditTables:
+class AuditTables(_Tables):
     """The fleet's audit trail in PostgreSQL: every replica's chain, line for
     line as its local file holds it (shipped after the write, so the local
     file keeps "no trace, no answer" at its latency), the public keys of
@@ -221,21 +235,7 @@ class AuditTables:
     over all replicas' heads (docs/audit-format.md §13). Bytes in, bytes
     out: what a line means is the audit package's business."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._db: psycopg.Connection[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
-        with self._lock:
-            ensure_schema(self._conn(), _AUDIT_SCHEMA)
-
-    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._db is None or self._db.closed or self._db.broken:
-            self._db = _connect(self.dsn)
-        return self._db
-
-    def _rows(self, sql: str, args: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
-        with self._lock:
-            return self._conn().execute(sql, args).fetchall()
+    SCHEMA = _AUDIT_SCHEMA
 
     # -- replica chains ------------------------------------------------------------
     def shipped_seq(self, replica: str) -> int:
@@ -304,11 +304,6 @@ class AuditTables:
         rows = self._rows("SELECT n, record FROM fleet_checkpoints ORDER BY n DESC LIMIT 1")
         return (int(rows[0]["n"]), bytes(rows[0]["record"])) if rows else None
 
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()
-
 
 _RELATIONS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS relation_snapshots (
@@ -327,23 +322,13 @@ class RelationPointer:
     age_s: float  # since it was published, by the server's clock
 
 
-class RelationPublication:
+class RelationPublication(_Tables):
     """The relation snapshot the fleet decides with: immutable snapshots by
     their SHA-256 (content-addressed) and one pointer to the live one. The
     control plane publishes; replicas read the pointer each cycle and fetch a
     snapshot they do not have (the channel also wakes them at once)."""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
-        self._db: psycopg.Connection[dict[str, Any]] | None = None
-        self._lock = threading.Lock()
-        with self._lock:
-            ensure_schema(self._conn(), _RELATIONS_SCHEMA)
-
-    def _conn(self) -> psycopg.Connection[dict[str, Any]]:
-        if self._db is None or self._db.closed or self._db.broken:
-            self._db = _connect(self.dsn)
-        return self._db
+    SCHEMA = _RELATIONS_SCHEMA
 
     def publish(self, digest: str, body: bytes, relations: int) -> bool:
         """Make ``body`` (whose SHA-256 is ``digest``) the live snapshot; False
@@ -378,8 +363,3 @@ class RelationPublication:
             row = self._conn().execute("SELECT body FROM relation_snapshots WHERE digest = %s",
                                        (digest,)).fetchone()
         return None if row is None else bytes(row["body"])
-
-    def close(self) -> None:
-        with self._lock:
-            if self._db is not None:
-                self._db.close()

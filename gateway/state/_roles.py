@@ -37,11 +37,17 @@ _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 def data_plane_grants(role: str) -> str:
     """The SQL that gives ``role`` (an existing role) the data plane's
-    privileges; run by the schema's owner after the control plane's first
-    start. Idempotent."""
+    privileges on the tables there are; run by the schema's owner after the
+    control plane's first start (and after an upgrade that adds a table).
+    Idempotent."""
     if not _ROLE.fullmatch(role):
         raise ValueError(f"role {role!r}: lowercase letters, digits and _, at most 63")
     lines = [f"GRANT USAGE ON SCHEMA public TO {role};"]
-    lines += [f"GRANT {privileges} ON {tables} TO {role};"
-              for privileges, tables in DATA_PLANE_PRIVILEGES]
+    for privileges, tables in DATA_PLANE_PRIVILEGES:
+        # Granted on the tables that exist (the outbox's, for one, only
+        # where pushed data is configured); run it again after a new one.
+        exist = " AND ".join(f"to_regclass('{t.strip()}') IS NOT NULL"
+                             for t in tables.split(","))
+        lines.append(f"DO $$ BEGIN IF {exist} THEN GRANT {privileges} ON {tables} TO {role}; "
+                     "END IF; END $$;")
     return "\n".join(lines) + "\n"

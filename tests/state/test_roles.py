@@ -9,11 +9,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
 
+from gateway.push import PostgresOutbox
 from gateway.state import (
     AuditTables,
     CaRecord,
@@ -26,14 +28,19 @@ from gateway.state import (
     data_plane_grants,
     open_store,
 )
+from gateway.vault import MasterKeys, open_vault
 from tests.postgres import Cluster
 from tests.state.test_store import cert
 
 T0 = datetime(2026, 6, 15, tzinfo=UTC)
 
 
+MASTER = MasterKeys.generate()
+OUTBOX_KEY = bytes(32)
+
+
 @pytest.fixture()
-def urls(postgres: Cluster) -> Iterator[tuple[str, str]]:
+def urls(postgres: Cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:
     """(owner URL, data-plane role URL) of a fresh database whose schema the
     owner (the control plane) made."""
     owner_url = postgres.new_database()
@@ -47,6 +54,10 @@ def urls(postgres: Cluster) -> Iterator[tuple[str, str]]:
     publication = RelationPublication(owner_url)
     publication.publish("a" * 64, b"snapshot", 1)
     publication.close()
+    vault = open_vault(owner_url, tmp_path / "unused.db", MASTER)
+    vault.put("upstream/hes/token", b"s3cret", kind="upstream-token")
+    vault.close()
+    PostgresOutbox(owner_url, OUTBOX_KEY, owner="control-0").close()
     owner.close()
     role = "gw_data_" + uuid.uuid4().hex[:8]
     with psycopg.connect(owner_url, autocommit=True) as db:
@@ -86,6 +97,18 @@ def test_a_data_replica_starts_and_works_with_the_grants_alone(
     pointer = pub.pointer()
     assert pointer is not None and pub.fetch(pointer.digest) == b"snapshot"
     pub.close()
+    vault = open_vault(data_url, Path("unused.db"), MASTER)  # opening writes nothing
+    assert vault.get("upstream/hes/token") == b"s3cret"
+    with pytest.raises(errors.InsufficientPrivilege):  # the control plane puts and rotates
+        vault.put("upstream/hes/token", b"mine", kind="upstream-token")
+    vault.close()
+    outbox = PostgresOutbox(data_url, OUTBOX_KEY, owner="data-0")
+    outbox.enqueue(batch_id="B1", source="hes-operator", fingerprint="f", received=1,
+                   quarantined=0, parts=[("hes-operator/B1/ores", "ores", "hes-readings",
+                                          [{"meter": "M1"}])])
+    (part,) = outbox.claim("ores")
+    assert outbox.acknowledged(part.id, part.lease)
+    outbox.close()
 
 
 @pytest.mark.parametrize("what", [
