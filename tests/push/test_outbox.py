@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -179,3 +180,25 @@ def test_payloads_at_rest_are_encrypted_in_postgresql(pg_url: str) -> None:
         (raw,) = db.execute("SELECT payload FROM outbox_parts").fetchone()  # type: ignore[misc]
     assert b"M0" not in bytes(raw) and b"meter" not in bytes(raw)
     box.close()
+
+
+def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.push import SqliteOutbox
+
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY)
+    push(box, "B1", {"ores": 1})
+    box.close()
+    db = sqlite3.connect(path)
+    for column in ("lease_owner", "lease_token", "lease_until"):  # as version 1 had it
+        db.execute(f"ALTER TABLE parts DROP COLUMN {column}")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    again = SqliteOutbox(path, KEY)
+    (part,) = again.claim("ores")  # the pending part, now under a lease
+    assert part.id == "hes-operator/B1/ores" and again.acknowledged(part.id, part.lease)
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    again.close()
