@@ -716,6 +716,8 @@ class Gateway:
             self.heartbeats.close()
         if self.leader_lock is not None:
             self.leader_lock.release()
+        if self.relation_pub is not None:
+            self.relation_pub.close()
         await self.soc.close()
         if self.push is not None:
             await self.push.stop()

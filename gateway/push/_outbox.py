@@ -495,7 +495,8 @@ class PostgresOutbox(Outbox):
 
     def _live(self) -> psycopg.Connection[dict[str, Any]]:
         if (self._db.broken or self._db.closed) and not self._closing:
-            self._db = self._connect()  # the call that found it broken failed
+            self._db.close()  # the broken one; the call that found it so failed
+            self._db = self._connect()
         return self._db
 
     def _exec(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:

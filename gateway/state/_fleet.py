@@ -74,6 +74,8 @@ class _Tables:
 
     def _conn(self) -> psycopg.Connection[dict[str, Any]]:
         if self._db is None or self._db.closed or self._db.broken:
+            if self._db is not None:
+                self._db.close()  # the broken one
             self._db = _connect(self.dsn)
         return self._db
 
@@ -148,6 +150,8 @@ class LeaderLock:
         try:
             if self._db is None or self._db.closed or self._db.broken:
                 self.held = False
+                if self._db is not None:
+                    self._db.close()  # the broken one
                 self._db = _connect(self.dsn)
             if self.held:
                 self._db.execute("SELECT 1")

@@ -116,6 +116,7 @@ class PostgresStore(SqlStore):
         restart, a failover): the call that found it broken failed, the next
         one reconnects."""
         if (self._db.broken or self._db.closed) and not self._closing:
+            self._db.close()  # the broken one
             self._db = self._connect()
         return self._db
 

@@ -118,6 +118,7 @@ class PostgresVault(Vault):
         if self._db is None or self._closing:
             raise VaultError("the vault is closed")
         if self._db.broken or self._db.closed:
+            self._db.close()  # the broken one
             self._db = self._connect()
         return self._db
 
