@@ -46,7 +46,7 @@ import yaml
 
 # The gateway's drain: how long a replica lets in-flight requests finish after
 # SIGTERM (the design's figure; not a configuration key yet).
-DRAIN_TIMEOUT_S = 30
+DEFAULT_DRAIN_TIMEOUT_S = 20  # the gateway's default for [gateway] drain_timeout_s
 NAMESPACE = "shared-grid-gateway"
 OPS_PORT = 9102
 PLANE_PORT = {"data": 8443, "control": 8444}
@@ -299,19 +299,22 @@ def check_deployment(role: str, dep: Doc, docs: list[Doc], r: Report) -> None:
         get = (gw.get(probe) or {}).get("httpGet") or {}
         r.check(get.get("path") == path and port_number(gw, get.get("port")) == OPS_PORT,
                 f"{gn}: {probe} must GET {path} on the ops port {OPS_PORT}")
+    toml = check_config(role, dep, gw, docs, r)
+    # The drain timeout the replica will use, from its own configuration.
+    drain = ((toml or {}).get("gateway") or {}).get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)
     grace = pod.get("terminationGracePeriodSeconds", 30)
-    needed = DRAIN_TIMEOUT_S + prestop_sleep_s(gw)
+    needed = drain + prestop_sleep_s(gw)
     r.check(grace > needed, f"{n}: terminationGracePeriodSeconds {grace} must exceed preStop "
-                            f"+ drain timeout ({needed} s)")
-    check_config(role, dep, gw, docs, r)
+                            f"+ [gateway] drain_timeout_s ({needed} s)")
 
 
-def check_config(role: str, dep: Doc, gw: Doc, docs: list[Doc], r: Report) -> None:
+def check_config(role: str, dep: Doc, gw: Doc, docs: list[Doc], r: Report) -> Doc | None:
+    """Check the role's gateway.toml; the parsed configuration, or None."""
     n = name_of(dep)
     args = [str(a) for a in (gw.get("command") or []) + (gw.get("args") or [])]
     if not r.check("serve" in args and "--config" in args[:-1],
                    f"{n}: the gateway runs `serve --config FILE`"):
-        return
+        return None
     config_path = Path(args[args.index("--config") + 1])
     mount = next((m for m in gw.get("volumeMounts") or []
                   if config_path.parent == Path(m.get("mountPath", "/nonexistent"))), None)
@@ -323,12 +326,12 @@ def check_config(role: str, dep: Doc, gw: Doc, docs: list[Doc], r: Report) -> No
     text = ((cm or {}).get("data") or {}).get(config_path.name)
     if not r.check(text is not None,
                    f"{n}: {config_path} must come from a ConfigMap of the manifests"):
-        return
+        return None
     try:
         toml = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         r.check(False, f"{name_of(cm or {})}: {config_path.name} is not TOML: {exc}")
-        return
+        return None
     where = f"{name_of(cm or {})}: {config_path.name}"
     r.check((toml.get("fleet") or {}).get("role") == role, f"{where}: [fleet] role = {role!r}")
     url = str((toml.get("state") or {}).get("url", ""))
@@ -346,6 +349,7 @@ def check_config(role: str, dep: Doc, gw: Doc, docs: list[Doc], r: Report) -> No
             f"{where}: [limits] memory_budget_mb ({budget}) must be set below the "
             f"container's memory limit ({limit} MiB, read as MiB to be safe), or the "
             "kernel kills before the gateway sheds load")
+    return toml
 
 
 def check_services(roles: dict[str, Doc], docs: list[Doc], r: Report) -> None:

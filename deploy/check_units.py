@@ -27,7 +27,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-DRAIN_TIMEOUT_S = 30  # as in check_manifests.py: the design's drain timeout
+DEFAULT_DRAIN_TIMEOUT_S = 20  # the gateway's default for [gateway] drain_timeout_s
 UNIT = "gateway@.service"
 ROLES = ("control", "data")
 ALLOWED_FAMILIES = {"AF_INET", "AF_INET6", "AF_UNIX"}
@@ -123,8 +123,7 @@ def check(directory: Path) -> list[str]:
     need("vault.key" in credentials, "LoadCredential=vault.key:... (the vault master key)")
     need(last("KillSignal") == "SIGTERM", "KillSignal=SIGTERM (the gateway drains on it)")
     stop = seconds(last("TimeoutStopSec") or "")
-    need(stop is not None and stop > DRAIN_TIMEOUT_S,
-         f"TimeoutStopSec longer than the drain timeout ({DRAIN_TIMEOUT_S} s)")
+    need(stop is not None, "TimeoutStopSec= (longer than the drain timeout)")
     need(last("Restart") == "on-failure", "Restart=on-failure")
     start = last("ExecStart") or ""
     need(start.startswith("/") and " serve --config " in f"{start} ",
@@ -140,6 +139,10 @@ def check(directory: Path) -> list[str]:
         cfg = tomllib.loads(cfg_path.read_text())
         instance = f"gateway@{role}.service"
         state_dir = f"/var/lib/{(last('StateDirectory') or '').replace('%i', role)}"
+        drain = (cfg.get("gateway") or {}).get("drain_timeout_s", DEFAULT_DRAIN_TIMEOUT_S)
+        if stop is not None and stop <= drain:
+            failures.append(f"{where}: [gateway] drain_timeout_s ({drain} s) must be shorter "
+                            f"than the unit's TimeoutStopSec ({stop} s)")
         if (cfg.get("fleet") or {}).get("role") != role:
             failures.append(f"{where}: [fleet] role = {role!r}")
         key_file = (cfg.get("vault") or {}).get("key_file", "")

@@ -231,6 +231,9 @@ BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "grace period shorter than the drain": (
         on("deployment-data.yaml", lambda d: pod(d).update(terminationGracePeriodSeconds=30)),
         "terminationGracePeriodSeconds 30 must exceed"),
+    "a drain configured longer than the grace period": (
+        replace_in("config/data.toml", "drain_timeout_s = 30", "drain_timeout_s = 60"),
+        "terminationGracePeriodSeconds 60 must exceed preStop + [gateway] drain_timeout_s"),
     "replicas may share a node": (
         on("deployment-data.yaml", lambda d: (pod(d).pop("topologySpreadConstraints"),
                                               pod(d).pop("affinity"))),
@@ -320,7 +323,8 @@ UNIT_BREAKS = {
     "StateDirectory=": ("StateDirectory=gateway/%i\n", ""),
     "LoadCredential=vault.key": ("LoadCredential=vault.key:", "LoadCredential=vault-key:"),
     "KillSignal=SIGTERM": ("KillSignal=SIGTERM", "KillSignal=SIGKILL"),
-    "TimeoutStopSec longer than the drain": ("TimeoutStopSec=45s", "TimeoutStopSec=20s"),
+    "must be shorter than the unit's TimeoutStopSec": ("TimeoutStopSec=45s",
+                                                       "TimeoutStopSec=20s"),
     "Restart=on-failure": ("Restart=on-failure", "Restart=no"),
     "unprivileged user": ("DynamicUser=yes\n", "User=root\n"),
     "UMask=0077": ("UMask=0077\n", ""),
@@ -347,6 +351,10 @@ def test_unit_policy_catches(guard: str, tmp_path: Path) -> None:
     ('cert = "/var/lib/gateway/data/tls/tls.crt"', 'cert = "/etc/gateway/tls/tls.crt"',
      "[tls] cert must be in the state directory"),
     ('role = "data"', 'role = "all"', "[fleet] role = 'data'"),
+    # The drain the replica will use comes from its configuration: a longer
+    # one than systemd waits for is refused.
+    ("drain_timeout_s = 30", "drain_timeout_s = 50",
+     "[gateway] drain_timeout_s (50 s) must be shorter than the unit's TimeoutStopSec"),
 ])
 def test_unit_policy_checks_the_example_configs(old: str, new: str, expected: str,
                                                  tmp_path: Path) -> None:
