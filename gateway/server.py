@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import socket
@@ -20,13 +19,10 @@ from gateway.admin import audit_routes, build_admin_app, combine, usage_routes, 
 from gateway.audit import (
     AuditKeys,
     AuditPruner,
-    AuditShipper,
     ChainedAuditLog,
     SecurityEvents,
     SyslogSink,
     UsageLedger,
-    fleet_event,
-    sign_fleet_checkpoint,
 )
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
@@ -48,18 +44,14 @@ from gateway.edge import (
 )
 from gateway.edge import self_check as edge_self_check
 from gateway.errors import ConfigError, NotReadyYet
-from gateway.files import load_mapped, load_relations, write_private
+from gateway.files import load_relations, write_private
+from gateway.fleet import FleetMember, relations_digest
 from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
 from gateway.push import PushService, open_outbox
 from gateway.state import (
-    AuditTables,
-    ChangeListener,
-    Heartbeats,
-    LeaderLock,
-    RelationPublication,
     SqliteStore,
     open_store,
 )
@@ -82,7 +74,6 @@ OUTBOX_KEY_ID = "outbox/data-key"
 PSEUDONYM_KEY_ID = "pseudonyms/master"
 MAINTENANCE_INTERVAL_S = 0.5
 UPSTREAM_ROTATION_CHECK_S = 60.0
-AUDIT_SHIP_S = 1.0  # a fleet replica ships its new audit lines this often
 USAGE_FLUSH_S = 5.0
 
 
@@ -99,11 +90,6 @@ def with_application_name(url: str, replica_id: str) -> str:
     if "application_name=" in url:
         return url
     return f"{url}{'&' if '?' in url else '?'}application_name=gateway/{replica_id}"
-
-
-def relations_digest(index: RelationIndex) -> str:
-    """SHA-256 of the snapshot's bytes: its name in the fleet."""
-    return hashlib.sha256(index.snapshot.buffer).hexdigest()
 
 
 def load_master_keys(config: GatewayConfig) -> MasterKeys:
@@ -154,17 +140,10 @@ class Gateway:
         self.role = config.fleet.role
         self.replica_id = config.fleet.replica_id
         self.state_url = state_url
-        shared = state_url if config.shared_state else None
-        self.leader_lock = LeaderLock(shared) if shared and self.role != "data" else None
-        self.leading = self.role != "data" and (
-            self.leader_lock is None or self.leader_lock.poll())
-        self.heartbeats = Heartbeats(shared) if shared else None
-        # The fleet decides with the relation snapshot the control plane published.
-        self.relation_pub = RelationPublication(shared) if shared else None
+        # This process's part in the fleet (none on its own: it leads alone).
+        self.fleet = FleetMember(self, state_url) if config.shared_state and state_url else None
         self.draining = False
         self._stopped = False
-        self._state_changed: asyncio.Event | None = None
-        self._listener: ChangeListener | None = None
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
@@ -177,10 +156,6 @@ class Gateway:
             checkpoint_interval_s=config.audit.checkpoint_interval_s,
             segment_max_bytes=config.audit.segment_max_bytes,
             segment_max_age_s=config.audit.segment_max_age_s)
-        # A fleet: the chain is shipped to PostgreSQL after the local write.
-        self.audit_shipper = None if shared is None else AuditShipper(
-            self.audit.path, self.replica_id, AuditTables(shared))
-        self._last_fleet_checkpoint = time.monotonic()
         ca = config.ca
         self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
                                   syslog=_syslog_sink(config.soc_syslog))
@@ -311,6 +286,45 @@ class Gateway:
         self.metrics.relations_loaded.set(len(index))
         return index
 
+    @property
+    def leading(self) -> bool:
+        """Whether the control duties run here: always for a process on its
+        own; in a fleet, while this process holds the control lock."""
+        return self.fleet.leading if self.fleet is not None else True
+
+    # -- what the fleet member asks (FleetHost) ------------------------------------
+    @property
+    def relations(self) -> RelationIndex:
+        return self._relations
+
+    @property
+    def relations_digest(self) -> str:
+        return self._relations_digest
+
+    def replace_relations(self, index: RelationIndex, digest: str) -> None:
+        self._relations = index
+        self._show_relations(index, digest)
+
+    def addresses(self) -> tuple[str | None, str, str | None]:
+        cfg = self.config
+        return (f"{cfg.data.host}:{self.data_port}" if self.serves_data else None,
+                f"{cfg.ops.host}:{self.ops_port}",
+                f"{cfg.admin.host}:{self.admin_port}" if self.serves_admin else None)
+
+    async def follow_state(self) -> None:
+        """D8: what another replica or the control plane revoked, disabled,
+        published or rotated. Shared state that cannot be read for longer
+        than its bound fails closed: the data plane refuses with 503 and
+        /readyz says why, until it is read."""
+        try:
+            await asyncio.to_thread(self.credentials.follow)
+        except Exception:  # the database is away: keep the last view, within the bound
+            log.warning("shared state not readable", exc_info=True)
+        stale_s = time.monotonic() - self.credentials.followed_at
+        self.metrics.state_staleness_seconds.set(stale_s)
+        self.data_plane.state_stale = (self.config.shared_state
+                                       and stale_s > self.config.state_max_staleness_s)
+
     def _show_relations(self, index: RelationIndex, digest: str | None = None) -> None:
         """Remember the live snapshot's digest (hashed once per snapshot) and
         show it in the metrics."""
@@ -318,68 +332,6 @@ class Gateway:
         self.metrics.relations_loaded.set(len(index))
         self.metrics.relations_digest_info.clear()
         self.metrics.relations_digest_info.labels(self._relations_digest).set(1)
-
-    async def _publish_relations(self) -> None:
-        """The control duties: make this process's snapshot the fleet's."""
-        if self.relation_pub is None or not self.leading:
-            return
-        index, digest = self._relations, self._relations_digest
-        published = await asyncio.to_thread(
-            self.relation_pub.publish, digest, bytes(index.snapshot.buffer), len(index))
-        if published:
-            log.info("published the relation snapshot %s (%d relations) to the fleet",
-                     digest[:12], len(index))
-
-    async def _follow_relations(self) -> None:
-        """A replica that does not lead: fetch, verify and load the snapshot
-        the control plane published, in worker threads, then swap it in (the
-        next request decides with it; open connections too)."""
-        pub = self.relation_pub
-        if pub is None or self.leading:
-            return
-        pointer = await asyncio.to_thread(pub.pointer)
-        if pointer is None:
-            return
-        self.metrics.relations_snapshot_age_seconds.set(pointer.age_s)
-        if pointer.digest == self._relations_digest:
-            return
-        index = await asyncio.to_thread(self._snapshot_file, pub, pointer.digest)
-        if index is None:  # replaced between the two reads: the next cycle
-            return
-        old = [self._relations]
-        self._relations = index
-        self._show_relations(index, pointer.digest)
-        log.info("relation snapshot %s (%d relations) from the control plane",
-                 pointer.digest[:12], len(index))
-        await asyncio.to_thread(old.clear)  # freeing a large one takes a while
-
-    def _snapshot_file(self, pub: RelationPublication, digest: str) -> RelationIndex | None:
-        """The published snapshot ``digest``, mapped from its file under
-        data_dir/relations/ (content-addressed, written once, never
-        rewritten: the workers of one host map the same file and share its
-        pages); fetched from the database and verified first when this host
-        does not have it yet. A file whose bytes do not match its name is
-        refused (and replaced by a fetched copy)."""
-        path = self.config.data_dir / "relations" / f"{digest}.snap"
-        if path.exists():
-            index = load_mapped(path)
-            if relations_digest(index) == digest:
-                return index
-            log.error("relation snapshot file %s does not match its digest; fetching it", path)
-        body = pub.fetch(digest)
-        if body is None:
-            return None
-        if hashlib.sha256(body).hexdigest() != digest:
-            raise ConfigError(f"relation snapshot {digest[:12]}: its bytes do not match its "
-                              "digest; keeping the live one")
-        path.parent.mkdir(mode=0o700, exist_ok=True)
-        write_private(path, body)  # atomic: a worker beside us maps the whole file or none
-        del body
-        index = load_mapped(path)
-        for stale in path.parent.glob("*.snap"):
-            if stale != path:  # a process still mapping it keeps its pages until it swaps
-                stale.unlink(missing_ok=True)
-        return index
 
     def reload(self) -> None:
         """Re-read tenants, the relation feed and the TLS files. Each is validated
@@ -395,7 +347,8 @@ class Gateway:
         digest = await asyncio.to_thread(relations_digest, relations)  # ~1 s per GB
         old = [self._relations]
         self._swap(registry, relations, digest)
-        await self._publish_relations()
+        if self.fleet is not None:
+            await self.fleet.publish_relations()
         # The last reference to the old snapshot goes in a worker thread:
         # freeing a 10-million-relation buffer takes ~30 ms (unless a request
         # in flight still holds it; then it goes when that request ends).
@@ -488,25 +441,9 @@ class Gateway:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
-        if self.heartbeats is not None:
-            self._state_changed = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            changed = self._state_changed
-            assert self.state_url is not None
-
-            def wake() -> None:  # from the listener's thread
-                with contextlib.suppress(RuntimeError):  # the loop closed: stopping
-                    loop.call_soon_threadsafe(changed.set)
-
-            self._listener = ChangeListener(self.state_url, wake)
-            self._listener.start()
-            self._tasks += [asyncio.create_task(self._follow()),
-                            asyncio.create_task(self._beat())]
         self._show_relations(self._relations)
-        await self._publish_relations()
-        if self.audit_shipper is not None:
-            await asyncio.to_thread(self.audit_shipper.publish_keys, self.audit_keys.document())
-            self._tasks.append(asyncio.create_task(self._ship_audit()))
+        if self.fleet is not None:
+            await self.fleet.start()
         observe_handshakes(self.ssl_context, self._handshake_failed)
         planes = [f"data plane on {cfg.data.host}:{self.data_port} (mTLS)"] * self.serves_data
         planes += [f"admin plane on {cfg.admin.host}:{self.admin_port} (mTLS)"] * \
@@ -535,106 +472,14 @@ class Gateway:
             # D12: a revoked certificate or a foreign CA knocking.
             self.soc.emit("tls-handshake-refused", "warning", new_incident_id(), reason=reason)
 
-    async def _follow_state(self) -> None:
-        """D8: what another replica or the control plane revoked, disabled,
-        published or rotated. Shared state that cannot be read for longer
-        than its bound fails closed: the data plane refuses with 503 and
-        /readyz says why, until it is read."""
-        try:
-            await asyncio.to_thread(self.credentials.follow)
-        except Exception:  # the database is away: keep the last view, within the bound
-            log.warning("shared state not readable", exc_info=True)
-        stale_s = time.monotonic() - self.credentials.followed_at
-        self.metrics.state_staleness_seconds.set(stale_s)
-        self.data_plane.state_stale = (self.config.shared_state
-                                       and stale_s > self.config.state_max_staleness_s)
-
-    async def _follow(self) -> None:
-        """Follow the shared state: at once on a notification (the writer's
-        NOTIFY, or the listener's reconnect), and every cycle anyway, since
-        NOTIFY is not durable."""
-        assert self._state_changed is not None
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._state_changed.wait(), MAINTENANCE_INTERVAL_S)
-            self._state_changed.clear()
-            await self._follow_state()
-            try:
-                await self._follow_relations()
-            except Exception:  # the database away, or a bad snapshot: keep the live one
-                log.warning("relation snapshot not followed", exc_info=True)
-
-    async def _beat(self) -> None:
-        """The fleet's heartbeat: hold or take the control lock, write this
-        replica's row, count the live data-plane replicas and divide each
-        tenant's rate among them."""
-        interval = self.config.fleet.heartbeat_interval_s
-        while True:
-            try:
-                was = self.leading
-                if self.leader_lock is not None:
-                    self.leading = await asyncio.to_thread(self.leader_lock.poll)
-                self.metrics.control_plane_leader.set(1 if self.leading else 0)
-                if self.leading and not was:
-                    log.warning("%s now runs the control duties", self.replica_id)
-                    await asyncio.to_thread(self.credentials.refresh)  # sign the CRLs now
-                    await self._publish_relations()
-                elif was and not self.leading:
-                    log.warning("%s lost the control lock: control duties stop here",
-                                self.replica_id)
-
-                live = await asyncio.to_thread(self._beat_once)
-                self.metrics.replicas_live.set(live)
-                self.data_plane.quotas.share(live)
-            except Exception:  # the database is away: keep the last share
-                log.warning("fleet heartbeat failed", exc_info=True)
-            await asyncio.sleep(interval)
-
-    async def _ship_audit(self) -> None:
-        """A fleet replica: ship the new lines of its chain; record the newest
-        fleet checkpoint in it; and where the control duties run, sign the
-        next fleet checkpoint over every replica's head (format §13)."""
-        assert self.audit_shipper is not None
-        shipper = self.audit_shipper
-        while True:
-            await asyncio.sleep(AUDIT_SHIP_S)
-            try:
-                await asyncio.to_thread(shipper.ship)
-                latest = await asyncio.to_thread(shipper.tables.latest_fleet_checkpoint)
-                if latest is not None and latest[0] > shipper.seen_fleet:
-                    self.audit.record(fleet_event(*latest))
-                    shipper.seen_fleet = latest[0]
-                interval = self.config.audit.fleet_checkpoint_interval_s
-                if self.leading and time.monotonic() - self._last_fleet_checkpoint >= interval:
-                    self._last_fleet_checkpoint = time.monotonic()
-                    await asyncio.to_thread(
-                        sign_fleet_checkpoint, shipper.tables, self.audit_keys.key,
-                        self.audit_keys.kid, time.time())
-            except Exception:  # the database is away: the local file keeps everything
-                log.warning("audit shipping failed", exc_info=True)
-
-    def _beat_once(self) -> int:
-        """Write this replica's heartbeat; the live data-plane replicas (a
-        heartbeat within three intervals)."""
-        assert self.heartbeats is not None
-        cfg = self.config
-        self.heartbeats.beat(
-            replica_id=self.replica_id, role=self.role, host=socket.gethostname(),
-            pid=os.getpid(),
-            data=f"{cfg.data.host}:{self.data_port}" if self.serves_data else None,
-            ops=f"{cfg.ops.host}:{self.ops_port}",
-            admin=f"{cfg.admin.host}:{self.admin_port}" if self.serves_admin else None,
-            draining=self.draining, leader=self.leading)
-        return self.heartbeats.live_data_replicas(3 * cfg.fleet.heartbeat_interval_s)
-
     async def _maintain(self) -> None:
         while True:
             await asyncio.sleep(MAINTENANCE_INTERVAL_S)
             try:
                 budget = self.config.limits.memory_budget_mb * 1024 * 1024
                 self.data_plane.over_memory_budget = rss_bytes() > budget
-                if self.heartbeats is None:  # else the follower task does it, woken by NOTIFY
-                    await self._follow_state()
+                if self.fleet is None:  # else the member does it, woken by NOTIFY
+                    await self.follow_state()
                 self.credentials.maintain()  # the control duties only where they run
                 if self.leading:
                     await self.breakglass.maintain()
@@ -684,8 +529,8 @@ class Gateway:
         retired = self.audit_keys.kid
         key, kid = self.audit_keys.rotate()
         self.audit.rotate_key(key, kid)
-        if self.audit_shipper is not None:  # verifiers of the fleet find it there
-            self.audit_shipper.publish_keys(self.audit_keys.document())
+        if self.fleet is not None:  # verifiers of the fleet find it there
+            self.fleet.publish_audit_keys()
         return {"kid": kid, "retired": retired}
 
     async def stop(self) -> None:
@@ -698,9 +543,8 @@ class Gateway:
             return
         self._stopped = True
         self.draining = True
-        if self.heartbeats is not None:
-            with contextlib.suppress(Exception):  # the row ages out anyway
-                await asyncio.to_thread(self._beat_once)
+        if self.fleet is not None:
+            await self.fleet.leave()
         forget_handshakes(self.ssl_context)
         # Side by side: the drain timeout bounds the whole, not each listener.
         await asyncio.gather(*(runner.cleanup() for runner in self._runners))
@@ -708,16 +552,8 @@ class Gateway:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        if self._listener is not None:
-            await asyncio.to_thread(self._listener.stop)
-        if self.heartbeats is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.to_thread(self.heartbeats.forget, self.replica_id)
-            self.heartbeats.close()
-        if self.leader_lock is not None:
-            self.leader_lock.release()
-        if self.relation_pub is not None:
-            self.relation_pub.close()
+        if self.fleet is not None:
+            await self.fleet.close()
         await self.soc.close()
         if self.push is not None:
             await self.push.stop()
@@ -726,13 +562,8 @@ class Gateway:
         await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()
         self.audit.close()
-        if self.audit_shipper is not None:
-            try:  # the last lines, the closing checkpoint included
-                await asyncio.to_thread(self.audit_shipper.ship)
-            except Exception:
-                log.warning("audit shipping at stop failed; shipped at the next start",
-                            exc_info=True)
-            self.audit_shipper.tables.close()
+        if self.fleet is not None:
+            await self.fleet.ship_last()
         self.store.close()
         self.vault.close()
         self.usage.close()
