@@ -123,16 +123,15 @@ class Gateway:
                 raise ConfigError(f"{config.source}: tls: file not found: {path}")
         # The vault first: a wrong master key stops start-up before anything
         # else is opened or written.
-        self.vault_master = load_master_keys(config)
-        try:
-            self.vault = open_vault(config.state_url, config.data_dir / "vault.db",
-                                    self.vault_master)
-        except VaultLocked as exc:
-            raise ConfigError(f"{config.source}: vault: {exc}") from exc
         # In PostgreSQL, every connection of this process carries its replica
         # id (pg_stat_activity.application_name): the operator sees who is who.
         state_url = (with_application_name(config.state_url, config.fleet.replica_id)
                      if config.shared_state and config.state_url else config.state_url)
+        self.vault_master = load_master_keys(config)
+        try:
+            self.vault = open_vault(state_url, config.data_dir / "vault.db", self.vault_master)
+        except VaultLocked as exc:
+            raise ConfigError(f"{config.source}: vault: {exc}") from exc
         self.store = (open_store(state_url) if state_url is not None
                       else SqliteStore(config.data_dir / "state.db"))
         # The fleet ([fleet]): a process on its own leads; in a fleet, the
