@@ -23,10 +23,9 @@ Patches:
                     Same pool size, same size cap, same error mapping.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
-                    own SSLProtocol and stays silent under uvloop, and
-                    uvloop's transports cannot be weakly referenced, so the
-                    per-connection caller cache is replaced by one keyed by
-                    ``id(transport)``.
+                    own SSLProtocol and stays silent under uvloop; what the
+                    edge keeps per connection lives on the connection's
+                    protocol (gateway.edge.PerConnection), which uvloop allows.
 """
 
 from __future__ import annotations
@@ -217,33 +216,8 @@ def patch_lean_upstream() -> None:
 def patch_uvloop() -> None:
     import uvloop
 
-    from gateway.edge import _identity as identity
-
-    # uvloop's transports cannot be weakly referenced, so CallerResolver's
-    # WeakKeyDictionary fails on them: cache by id() with an identity check
-    # (bounded; enough for a measurement, not for production).
-    cache: dict[int, tuple[object, object]] = {}
-
-    def resolve(self, request):  # type: ignore[no-untyped-def]
-        transport = request.transport
-        if transport is None:
-            raise identity.RequestRefused(403, "no-transport")
-        hit = cache.get(id(transport))
-        if hit is not None and hit[0] is transport:
-            caller = hit[1]
-        else:
-            caller = self._resolve(transport)
-            if len(cache) > 20_000:
-                cache.clear()
-            cache[id(transport)] = (transport, caller)
-        refused = self.revocation(caller.cert_serial, caller.principal.key)
-        if refused is not None:
-            raise identity.RequestRefused(403, refused)
-        return caller
-
-    identity.CallerResolver.resolve = resolve  # type: ignore[method-assign]
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    print("whatif: uvloop applied (caller cache keyed by id(transport))", flush=True)
+    print("whatif: uvloop applied", flush=True)
 
 
 PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,

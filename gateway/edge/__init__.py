@@ -27,7 +27,7 @@ from gateway.edge._listeners import (
     bind,
     headers_arrived,
 )
-from gateway.edge._peer import Peer, Peers
+from gateway.edge._peer import Peer, Peers, PerConnection
 
 __all__ = [
     "CallerResolver",
@@ -38,6 +38,7 @@ __all__ = [
     "GuardedAppRunner",
     "Peer",
     "Peers",
+    "PerConnection",
     "TlsSite",
     "admin_refusal",
     "bind",

@@ -7,14 +7,13 @@ declared principal; anything unknown is refused before any routing.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from gateway.core.model import Caller
-from gateway.edge._peer import Peers
+from gateway.edge._peer import Peers, PerConnection
 from gateway.errors import RequestRefused
 from gateway.tenants import TenantRegistry
 
@@ -48,21 +47,21 @@ class CallerResolver:
         self.peers = peers or Peers(trust_domain)
         # One TLS connection carries one certificate: resolve it once per
         # connection (keep-alive) rather than once per request.
-        self._by_transport: weakref.WeakKeyDictionary[Any, Caller] = weakref.WeakKeyDictionary()
+        self._by_connection: PerConnection[Caller] = PerConnection("caller")
 
     def replace_registry(self, registry: TenantRegistry) -> None:
         """New tenant declarations; connections re-resolve their caller."""
         self.registry = registry
-        self._by_transport = weakref.WeakKeyDictionary()
+        self._by_connection.clear()
 
     def resolve(self, request: web.BaseRequest) -> Caller:
         transport = request.transport
         if transport is None:
             raise RequestRefused(403, "no-transport")
-        caller = self._by_transport.get(transport)
+        caller = self._by_connection.get(transport)
         if caller is None:
             caller = self._resolve(transport)
-            self._by_transport[transport] = caller
+            self._by_connection.set(transport, caller)
         # SECURITY: checked on every request, so a revocation or a leaver's
         # disabling also ends keep-alive connections opened before it.
         refused = self.revocation(caller.cert_serial, caller.principal.key)

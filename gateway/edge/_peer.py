@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from gateway.core.identity import parse_principal_uri, uri_sans
 
@@ -42,18 +42,65 @@ def read_peer(transport: Any, trust_domain: str) -> Peer:
     return Peer(parsed, None, serial, hashlib.sha256(der).hexdigest())
 
 
+T = TypeVar("T")
+
+
+class PerConnection(Generic[T]):
+    """A value kept for as long as one connection lives, and gone with it.
+
+    It sits on the connection's protocol object (the listeners' request
+    handler: every event loop hands a transport its protocol), not in a map
+    keyed by the transport: uvloop's transports cannot be weakly referenced,
+    and a strong map would keep closed connections alive. A protocol that
+    takes no attributes falls back to a weak map of its transport (asyncio's
+    allow that). :meth:`clear` makes every connection's value stale at once."""
+
+    def __init__(self, name: str) -> None:
+        self._attr = f"_gw_{name}_{id(self):x}"  # this keeper's slot on a connection
+        self._generation = 0
+        self._fallback: weakref.WeakKeyDictionary[Any, tuple[int, T]] = (
+            weakref.WeakKeyDictionary())
+
+    def get(self, transport: Any) -> T | None:
+        holder = _holder(transport)
+        kept: tuple[int, T] | None = (holder.__dict__.get(self._attr) if holder is not None
+                                      else self._fallback.get(transport))
+        if kept is None or kept[0] != self._generation:
+            return None
+        return kept[1]
+
+    def set(self, transport: Any, value: T) -> None:
+        holder = _holder(transport)
+        if holder is not None:
+            holder.__dict__[self._attr] = (self._generation, value)
+        else:
+            self._fallback[transport] = (self._generation, value)
+
+    def clear(self) -> None:
+        """Every connection reads its value again."""
+        self._generation += 1
+        self._fallback = weakref.WeakKeyDictionary()
+
+
+def _holder(transport: Any) -> Any:
+    """The connection's protocol, when it takes attributes."""
+    get_protocol = getattr(transport, "get_protocol", None)
+    protocol = get_protocol() if get_protocol is not None else None
+    return protocol if hasattr(protocol, "__dict__") else None
+
+
 class Peers:
-    """Each connection's :class:`Peer`, read at most once per transport."""
+    """Each connection's :class:`Peer`, read at most once per connection."""
 
     def __init__(self, trust_domain: str) -> None:
         self.trust_domain = trust_domain
-        self._by_transport: weakref.WeakKeyDictionary[Any, Peer] = weakref.WeakKeyDictionary()
+        self._by_connection: PerConnection[Peer] = PerConnection("peer")
         self.reads = 0  # certificates parsed (tests: once per connection)
 
     def of(self, transport: Any) -> Peer:
-        peer = self._by_transport.get(transport)
+        peer = self._by_connection.get(transport)
         if peer is None:
             peer = read_peer(transport, self.trust_domain)
             self.reads += 1
-            self._by_transport[transport] = peer
+            self._by_connection.set(transport, peer)
         return peer
