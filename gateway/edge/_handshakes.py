@@ -1,12 +1,11 @@
 """Counting failed TLS handshakes by reason.
 
-asyncio completes server-side TLS handshakes itself and, outside debug mode,
-drops the error of a failed one without a trace: the application protocol is
-never told. The only place that sees the OpenSSL error is
-``asyncio.sslproto.SSLProtocol._on_handshake_complete``. We wrap it once,
-call the original unchanged, and report failures on contexts that registered
-an observer. This leans on a private asyncio method: ``test_handshakes.py``
-(tests/e2e/test_tls.py) fails if a Python upgrade moves it.
+The listeners do the TLS handshake themselves (``gateway.edge._listeners``:
+plain TCP, then ``loop.start_tls``), so a failed handshake raises its
+OpenSSL error into our code on any event loop (asyncio and uvloop alike) and
+is reported here, classified, to the observer of the listener's context.
+(Before, a wrapper around asyncio's private ``SSLProtocol`` method did this,
+which uvloop's own TLS never calls.)
 """
 
 from __future__ import annotations
@@ -14,15 +13,12 @@ from __future__ import annotations
 import contextlib
 import ssl
 import threading
-from asyncio import sslproto
 from collections.abc import Callable
-from typing import Any
 
 Observer = Callable[[str], None]
 
 _observers: dict[int, Observer] = {}
 _lock = threading.Lock()
-_installed = False
 
 # X509_V_ERR_* codes (OpenSSL x509_vfy.h) -> metric reason.
 _VERIFY_REASONS = {
@@ -62,27 +58,17 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
-def _install() -> None:
-    global _installed
-    original = sslproto.SSLProtocol._on_handshake_complete
-
-    def observed(self: Any, handshake_exc: BaseException | None) -> None:
-        if handshake_exc is not None:
-            observer = _observers.get(id(getattr(self, "_sslcontext", None)))
-            if observer is not None:
-                with contextlib.suppress(Exception):  # counting must never break TLS
-                    observer(classify(handshake_exc))
-        original(self, handshake_exc)
-
-    sslproto.SSLProtocol._on_handshake_complete = observed  # type: ignore[method-assign]
-    _installed = True
+def report(context: ssl.SSLContext, exc: BaseException) -> None:
+    """A handshake on a listener of ``context`` failed with ``exc``."""
+    observer = _observers.get(id(context))
+    if observer is not None:
+        with contextlib.suppress(Exception):  # counting must never break TLS
+            observer(classify(exc))
 
 
 def observe(context: ssl.SSLContext, observer: Observer) -> None:
     """Report failed handshakes of listeners created with ``context``."""
     with _lock:
-        if not _installed:
-            _install()
         _observers[id(context)] = observer
 
 

@@ -7,13 +7,14 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import EdgeLimits
+from gateway.edge._handshakes import report as report_handshake_failure
 from gateway.edge._limits import ConnectionBook
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 
@@ -266,6 +267,49 @@ class TlsSite(web.SockSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
+        ctx, timeout = self._ssl_context, self._handshake_timeout_s
+        assert ctx is not None
+        pending: set[asyncio.Task[None]] = set()  # a reference until each one is done
         self._server = await asyncio.get_running_loop().create_server(
-            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=self._handshake_timeout_s)
+            lambda: _Handshake(server, ctx, timeout, pending), sock=self._sock,
+            backlog=self._backlog)
+
+
+class _Handshake(asyncio.Protocol):
+    """A new TCP connection until its TLS handshake is done; then the HTTP
+    handler takes it over. The handshake runs here (``loop.start_tls``, with
+    the listener's deadline) rather than inside the event loop's server, so a
+    failure raises its OpenSSL error into our code on asyncio and uvloop
+    alike, and is counted by reason (gateway.edge._handshakes)."""
+
+    def __init__(self, handler: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext,
+                 timeout_s: float, pending: set[asyncio.Task[None]]) -> None:
+        self._handler = handler
+        self._context = context
+        self._timeout_s = timeout_s
+        self._pending = pending
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but serve its API.
+        transport = cast(asyncio.Transport, transport)
+        # Nothing may be read before the TLS layer takes the transport: the
+        # ClientHello is its to read.
+        transport.pause_reading()
+        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _upgrade(self, transport: asyncio.Transport) -> None:
+        handler = self._handler()
+        try:
+            tls = await asyncio.get_running_loop().start_tls(
+                transport, handler, self._context, server_side=True,
+                ssl_handshake_timeout=self._timeout_s)
+        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            report_handshake_failure(self._context, exc)
+            transport.abort()
+            return
+        if tls is None:  # closed during the handshake
+            transport.abort()
+            return
+        handler.connection_made(tls)

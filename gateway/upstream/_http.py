@@ -25,6 +25,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import cast
 
 from gateway.errors import GatewayError
 
@@ -347,7 +348,8 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports are not asyncio.Transport subclasses, but serve its API.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.registry.add(self)
 
