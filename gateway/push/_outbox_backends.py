@@ -1,0 +1,207 @@
+"""The outbox's two backends: the SQLite file of one process and the
+PostgreSQL tables a fleet's replicas share (see ``_outbox`` for what they
+store and how replicas compete for parts), and how one is chosen."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from gateway.push._outbox import Outbox
+from gateway.state import ensure_schema
+
+SCHEMA_VERSION = 2  # PRAGMA user_version
+_BATCHES = """CREATE TABLE batches (
+    batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (source, batch_id))"""
+_PARTS = """CREATE TABLE parts (
+    id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
+    records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
+    attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
+    nonce BLOB, payload BLOB, done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT,
+    lease_until TEXT)"""
+_INDEXES = ("CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created)",
+            "CREATE INDEX IF NOT EXISTS parts_batch ON parts (source, batch_id, tenant)")
+# Version 0 -> 1: batches keyed by (source, batch_id); parts name their source.
+_MIGRATE_V0 = (
+    "ALTER TABLE batches RENAME TO batches_v0",
+    _BATCHES,
+    "INSERT INTO batches SELECT batch_id, source, fingerprint, received, quarantined, "
+    "created FROM batches_v0",
+    "DROP TABLE batches_v0",
+    "ALTER TABLE parts ADD COLUMN source TEXT",
+    "UPDATE parts SET source = (SELECT b.source FROM batches AS b "
+    "WHERE b.batch_id = parts.batch_id)",
+)
+# Version 1 -> 2: leases (a claim's owner, token and expiry).
+_MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
+                    for c in ("lease_owner", "lease_token", "lease_until"))
+_PG_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox_batches (
+    batch_id text NOT NULL, source text NOT NULL, fingerprint text NOT NULL,
+    received bigint NOT NULL, quarantined bigint NOT NULL, created timestamptz NOT NULL,
+    PRIMARY KEY (source, batch_id));
+CREATE TABLE IF NOT EXISTS outbox_parts (
+    id text PRIMARY KEY, batch_id text NOT NULL, tenant text NOT NULL, kind text NOT NULL,
+    records bigint NOT NULL, created timestamptz NOT NULL, status text NOT NULL,
+    attempts integer NOT NULL, next_attempt_at timestamptz NOT NULL, last_error text,
+    nonce bytea, payload bytea, done_at timestamptz, source text, lease_owner text,
+    lease_token text, lease_until timestamptz);
+CREATE INDEX IF NOT EXISTS outbox_parts_queue ON outbox_parts (tenant, status, created);
+CREATE INDEX IF NOT EXISTS outbox_parts_batch ON outbox_parts (source, batch_id, tenant);
+"""
+
+
+
+class SqliteOutbox(Outbox):
+    """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
+
+    def __init__(self, path: Path, data_key: bytes, *, owner: str = "",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(data_key, owner=owner, clock=clock)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
+        # also for a file an older version left wider; SQLite gives its WAL and
+        # shared-memory files the database file's mode.
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+            if (path.parent / name).exists():
+                os.chmod(path.parent / name, 0o600)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older outbox to :data:`SCHEMA_VERSION`."""
+        db = self._db
+        if db.execute("PRAGMA user_version").fetchone()[0] >= SCHEMA_VERSION:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version >= SCHEMA_VERSION:
+                db.execute("COMMIT")  # another process (a worker) migrated it meanwhile
+                return
+            old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                             "name = 'batches'").fetchone() is not None
+            steps: tuple[str, ...] = (_BATCHES, _PARTS)
+            if old:
+                steps = (*(_MIGRATE_V0 if version == 0 else ()), *_MIGRATE_V1)
+            for statement in (*steps, *_INDEXES):
+                db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._db.execute(sql, tuple(args))
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        self._db.executemany(sql, rows)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _t(self, at: datetime) -> str:
+        return at.astimezone(UTC).isoformat(timespec="microseconds")
+
+    def _time(self, value: Any) -> datetime:
+        return datetime.fromisoformat(value)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+
+
+class PostgresOutbox(Outbox):
+    """A fleet's outbox in the shared state database (tables ``outbox_*``):
+    replicas claim parts with ``FOR UPDATE SKIP LOCKED`` under leases.
+
+    A delivered part's payload is set to NULL at once; the old row version
+    stays in the table's pages until VACUUM (and in the write-ahead log and
+    backups): encrypted under the outbox data key, which the vault holds."""
+
+    BATCHES = "outbox_batches"
+    PARTS = "outbox_parts"
+    SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str, data_key: bytes, *, owner: str = "",
+                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+        super().__init__(data_key, owner=owner, clock=clock)
+        self.dsn = dsn
+        self._closing = False
+        self._db = self._connect()
+        with self._lock:
+            ensure_schema(self._db, _PG_SCHEMA)
+
+    def _connect(self) -> psycopg.Connection[dict[str, Any]]:
+        db = psycopg.connect(self.dsn, autocommit=True, row_factory=dict_row)
+        db.execute("SET TIME ZONE 'UTC'")
+        return db
+
+    def _live(self) -> psycopg.Connection[dict[str, Any]]:
+        if (self._db.broken or self._db.closed) and not self._closing:
+            self._db.close()  # the broken one; the call that found it so failed
+            self._db = self._connect()
+        return self._db
+
+    def _exec(self, sql: str, args: Sequence[Any] = ()) -> psycopg.Cursor[dict[str, Any]]:
+        # The shared queries use "?"; none has a literal question mark.
+        return self._live().execute(sql.replace("?", "%s"), tuple(args))
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        with self._live().cursor() as cur:
+            cur.executemany(sql.replace("?", "%s"), [tuple(r) for r in rows])
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._live().transaction():
+            yield
+
+    def _t(self, at: datetime) -> datetime:
+        return at
+
+    def _time(self, value: Any) -> datetime:
+        assert isinstance(value, datetime)
+        return value
+
+    def close(self) -> None:
+        with self._lock:
+            self._closing = True
+            self._db.close()
+
+
+def open_outbox(state_url: str | None, path: Path, data_key: bytes, *, owner: str,
+                clock: Callable[[], datetime] | None = None) -> Outbox:
+    """PostgreSQL when the state is there (the replicas of a fleet share one
+    outbox and compete for its parts), else the SQLite file at ``path``."""
+    kw: dict[str, Any] = {"owner": owner} | ({"clock": clock} if clock else {})
+    if state_url is not None and state_url.startswith(("postgresql://", "postgres://")):
+        return PostgresOutbox(state_url, data_key, **kw)
+    return SqliteOutbox(path, data_key, **kw)
+
+
+__all__ = ["PostgresOutbox", "SqliteOutbox", "open_outbox"]
