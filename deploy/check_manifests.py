@@ -12,7 +12,8 @@ kustomization.yaml plus its ConfigMap generators), then asserts, per role:
   state url without credentials, the listener ports, a memory budget below
   the container's memory limit;
 - readiness on /readyz and liveness on /healthz of the ops port; a grace
-  period longer than preStop + the drain timeout; a rolling update of the
+  period longer than preStop + the drain timeout that role's gateway.toml
+  configures ([gateway] drain_timeout_s, 20 s when absent); a rolling update of the
   data plane that never goes below its replica count;
 - non-root, no privilege escalation, read-only root file system, every
   capability dropped, seccomp, no service-account token, resources set,
@@ -45,8 +46,9 @@ from typing import Any
 import yaml
 
 # The gateway's drain: how long a replica lets in-flight requests finish after
-# SIGTERM (the design's figure; not a configuration key yet).
-DEFAULT_DRAIN_TIMEOUT_S = 20  # the gateway's default for [gateway] drain_timeout_s
+# SIGTERM. Read from each role's gateway.toml ([gateway] drain_timeout_s); this
+# is the gateway's default when the key is absent.
+DEFAULT_DRAIN_TIMEOUT_S = 20
 NAMESPACE = "shared-grid-gateway"
 OPS_PORT = 9102
 PLANE_PORT = {"data": 8443, "control": 8444}

@@ -10,7 +10,8 @@ promises, and that the example configurations fit it:
   within AF_INET AF_INET6 AF_UNIX, SystemCallFilter=@system-service, the
   kernel protections, a StateDirectory, UMask 0077;
 - the vault master key as a credential (LoadCredential=vault.key:...);
-- KillSignal=SIGTERM, TimeoutStopSec longer than the drain timeout,
+- KillSignal=SIGTERM, TimeoutStopSec longer than the drain timeout each
+  <role>.toml configures ([gateway] drain_timeout_s, 20 s when absent),
   Restart=on-failure, ExecStart running `gateway serve --config`;
 - each <role>.toml beside it names that role, reads the vault key from the
   unit's credential directory, keeps its TLS files in the unit's state
