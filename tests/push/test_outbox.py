@@ -101,6 +101,15 @@ def test_another_replica_takes_over_a_part_when_its_lease_runs_out(
     assert [p.status for p in a.parts()] == ["delivered"]
 
 
+def test_a_restart_takes_back_only_its_own_leases(open_box: OpenOutbox, clock: Clock) -> None:
+    a, b = open_box("replica-a"), open_box("replica-b")
+    push(a, "B1", {"ores": 1})
+    (held,) = a.claim("ores")
+    assert b.release_mine() == 0  # b restarting lets go of b's leases, not a's
+    assert b.claim("ores") == []
+    assert a.acknowledged(held.id, held.lease) is True
+
+
 def test_a_renewed_lease_is_not_taken_over(open_box: OpenOutbox, clock: Clock) -> None:
     a, b = open_box("replica-a"), open_box("replica-b")
     push(a, "B1", {"ores": 1})
@@ -168,6 +177,34 @@ def test_the_same_batch_pushed_to_two_replicas_at_once_is_stored_once(pg_url: st
         parts = db.execute("SELECT count(*) FROM outbox_parts").fetchone()
     assert batches == (1,) and parts == (2,)
     for b in boxes:
+        b.close()
+
+
+def test_replicas_starting_at_once_on_a_new_database_all_open_the_outbox(
+        pg_url: str) -> None:
+    # CREATE TABLE IF NOT EXISTS is not safe under concurrency in PostgreSQL
+    # (the catalog's unique keys): the schema is made under an advisory lock.
+    from gateway.push import PostgresOutbox
+
+    n = 8
+    start, opened, errors = threading.Barrier(n), list[PostgresOutbox](), list[BaseException]()
+
+    def open_one(i: int) -> None:
+        start.wait()
+        try:
+            opened.append(PostgresOutbox(pg_url, KEY, owner=f"replica-{i}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == [] and len(opened) == n
+    push(opened[0], "B1", {"ores": 1})
+    assert [p.id for p in opened[-1].claim("ores")] == ["hes-operator/B1/ores"]
+    for b in opened:
         b.close()
 
 
