@@ -158,22 +158,32 @@ class Outbox(ABC):
         return None if row is None else (str(row["id"]), str(row["status"]))
 
     def enqueue(self, *, batch_id: str, source: str, fingerprint: str, received: int,
-                quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]]) -> None:
+                quarantined: int, parts: Sequence[tuple[str, str, str, Sequence[Any]]],
+                existing: bool = False) -> bool:
         """Store the batch and its parts ``(part_id, tenant, kind, records)`` in one
-        transaction: all of them are durable, or none."""
-        self.enqueue_encoded(
+        transaction: all of them are durable, or none. False: see
+        :meth:`enqueue_encoded`."""
+        return self.enqueue_encoded(
             batch_id=batch_id, source=source, fingerprint=fingerprint, received=received,
             quarantined=quarantined,
             parts=[EncodedPart(part_id, tenant, kind, len(records),
                                json.dumps(list(records)).encode())
-                   for part_id, tenant, kind, records in parts])
+                   for part_id, tenant, kind, records in parts],
+            existing=existing)
 
     def enqueue_encoded(self, *, batch_id: str, source: str, fingerprint: str, received: int,
-                        quarantined: int, parts: Sequence[EncodedPart]) -> None:
+                        quarantined: int, parts: Sequence[EncodedPart],
+                        existing: bool = False) -> bool:
         """Like :meth:`enqueue`, with each part's records already encoded as one
         JSON array: they are encrypted and stored as they are, and delivered so.
-        A batch or part stored already (the same batch pushed to two replicas
-        at once) is kept as it is: the unique keys decide."""
+
+        The unique key ``(source, batch_id)`` decides which of two pushes of one
+        batch id (to two replicas at once) is stored: the batch found stored
+        already when this call meant to store a new one (``existing`` False)
+        makes it store nothing and return False, so the caller answers as for
+        a re-post (the stored content decides: the same, or 409). With
+        ``existing`` (a re-post storing parts refused before), the batch is
+        kept as it is and the parts not stored yet are added."""
         now = self._t(self.clock())
         rows = []
         for part in parts:
@@ -182,11 +192,15 @@ class Outbox(ABC):
             rows.append((part.id, batch_id, part.tenant, part.kind, part.records, now,
                          "pending", 0, now, None, nonce, payload, None, source))
         with self._lock, self._transaction():
-            self._exec(f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
-                       "quarantined, created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                       (batch_id, source, fingerprint, received, quarantined, now))
+            cur = self._exec(
+                f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
+                "quarantined, created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (batch_id, source, fingerprint, received, quarantined, now))
+            if cur.rowcount != 1 and not existing:
+                return False  # another push of this batch id was stored first
             self._many(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
                        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
+        return True
 
     # -- delivery ----------------------------------------------------------------
     def due(self, tenant: str, limit: int = 16) -> list[Part]:

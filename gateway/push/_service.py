@@ -204,9 +204,14 @@ class PushService:
             outcomes.append(PushPartOutcome(tenant, count, status))
         quarantined = sum(q.count for q in quarantine)
         if to_store or known is None:
-            self.outbox.enqueue_encoded(batch_id=batch_id, source=source,
-                                        fingerprint=fingerprint, received=received,
-                                        quarantined=quarantined, parts=to_store)
+            new = self.outbox.enqueue_encoded(
+                batch_id=batch_id, source=source, fingerprint=fingerprint, received=received,
+                quarantined=quarantined, parts=to_store, existing=known is not None)
+            if not new:
+                # The same batch id pushed to another replica at once was stored
+                # first (the unique key): answer as for a re-post of it (D1).
+                return self._enqueue(caller, batch_id, fingerprint, received, quarantine,
+                                     parts, kind, extra)
         for part in to_store:
             self.metrics.push_records.labels(source, part.tenant, "queued").inc(part.records)
             self._wake_up(part.tenant)
@@ -264,9 +269,12 @@ class PushService:
         store = [(part_key(source, batch_id, t), t, "cmh-request", [part])
                  for t, part in sorted(fanout.parts.items())]
         if known is None:
-            self.outbox.enqueue(batch_id=batch_id, source=source,
-                                fingerprint=fingerprint, received=1, quarantined=0,
-                                parts=store)
+            stored = self.outbox.enqueue(batch_id=batch_id, source=source,
+                                         fingerprint=fingerprint, received=1, quarantined=0,
+                                         parts=store)
+            if not stored:
+                # Stored meanwhile through another replica: answer as for a re-post.
+                return self.intake_cmh(caller, raw, tenant_kinds, coordinators)
             for _, tenant, _, _ in store:
                 self._wake_up(tenant)
         self.audit.record(CmhFanoutEvent.queued(
