@@ -22,7 +22,7 @@ compete for the parts. A replica
 **claims** due parts (``FOR UPDATE SKIP LOCKED``: two replicas never claim
 the same part) under a **lease** (an owner, a token and an expiry); it
 renews the lease before each delivery, and an acknowledgement or a failure
-counts only while the token is still the part's (**fencing**): a replica
+counts only while the owner and the token are still the part's (**fencing**): a replica
 that lost its lease (it stalled, or it was killed and another one took the
 part over after the expiry) changes nothing. Delivery is at least once, and
 always under the part's own id as ``Idempotency-Key``, never a second key
@@ -254,10 +254,11 @@ class Outbox(ABC):
         not ours any more (taken over after it ran out, or done)."""
         if part.lease is None:
             return True
+        fence, args = self._fence(part.lease)
         with self._lock:
             cur = self._exec(f"UPDATE {self.PARTS} SET lease_until = ? WHERE id = ? AND "
-                             "lease_token = ? AND status = 'pending'",
-                             (self._t(self.clock() + lease), part.id, part.lease))
+                             f"status = 'pending'{fence}",
+                             (self._t(self.clock() + lease), part.id, *args))
         return bool(cur.rowcount == 1)
 
     def payload(self, part: Part) -> list[Any]:
@@ -274,7 +275,10 @@ class Outbox(ABC):
         return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
 
     def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:
-        return ("", ()) if lease is None else (" AND lease_token = ?", (lease,))
+        """The part is still this owner's, under this claim's token."""
+        if lease is None:
+            return "", ()
+        return " AND lease_owner = ? AND lease_token = ?", (self.owner, lease)
 
     def acknowledged(self, part_id: str, lease: str | None = None) -> bool:
         """Delivered: the payload goes; the counts stay (D10). With ``lease``,

@@ -193,7 +193,10 @@ class PushService:
                 status = "refused-no-endpoint"
                 refused += count
             elif self.outbox.pending_records(tenant) + count > self.max_pending_records:
-                status = "refused-queue-full"  # back-pressure: this tenant only
+                # Back-pressure, this tenant only. In a fleet the bound is read,
+                # not locked: replicas taking batches for one tenant at once
+                # may each pass it, by at most those batches.
+                status = "refused-queue-full"
                 refused += count
             else:
                 status = "queued"

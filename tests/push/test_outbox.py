@@ -110,6 +110,19 @@ def test_a_restart_takes_back_only_its_own_leases(open_box: OpenOutbox, clock: C
     assert a.acknowledged(held.id, held.lease) is True
 
 
+def test_a_claim_counts_only_for_the_owner_that_made_it(
+        open_box: OpenOutbox, clock: Clock) -> None:
+    # The fence is owner and token: another replica holding the token (a bug,
+    # a mix-up of ids) neither renews nor acknowledges the part.
+    a, b = open_box("replica-a"), open_box("replica-b")
+    push(a, "B1", {"ores": 1})
+    (held,) = a.claim("ores")
+    assert b.renew(held) is False
+    assert b.acknowledged(held.id, held.lease) is False
+    assert b.failed(held, "timeout", RETRY, permanent=False) == "lost"
+    assert a.acknowledged(held.id, held.lease) is True
+
+
 def test_a_renewed_lease_is_not_taken_over(open_box: OpenOutbox, clock: Clock) -> None:
     a, b = open_box("replica-a"), open_box("replica-b")
     push(a, "B1", {"ores": 1})
