@@ -1,0 +1,120 @@
+"""Delivery by competing replicas (D5), through PushService on PostgreSQL
+with a receiver on loopback: a replica that stalls mid delivery past its
+lease loses the part to another replica, which delivers it again under the
+same Idempotency-Key; the stalled replica's late acknowledgement is refused
+(fencing) and counted, ``gateway_outbox_claims_total{result="lost"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from gateway.audit import ChainedAuditLog
+from gateway.audit._format import load_or_create_audit_key
+from gateway.core.relations.index import RelationIndex
+from gateway.metrics import GatewayMetrics
+from gateway.push import Outbox, PostgresOutbox, PushService
+from tests.postgres import Cluster
+from tests.push.conftest import KEY, Clock
+
+PART = "hes-operator/B1/ores"
+
+
+class Receiver:
+    """Each replica posts to its own path; every request waits for its release."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str, bytes]] = []  # (path, Idempotency-Key, body)
+        self.arrived = {p: asyncio.Event() for p in ("/a", "/b")}
+        self.release = {p: asyncio.Event() for p in ("/a", "/b")}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.got.append((request.path, request.headers["Idempotency-Key"],
+                         await request.read()))
+        self.arrived[request.path].set()
+        await self.release[request.path].wait()
+        return web.Response(status=200)
+
+
+@pytest.fixture()
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    rx = Receiver()
+    app = web.Application()
+    app.router.add_post("/{replica}", rx.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield rx, f"http://127.0.0.1:{port}"
+    for event in rx.release.values():
+        event.set()
+    await runner.cleanup()
+
+
+def replica(outbox: Outbox, endpoint: str, tmp: Path, clock: Clock) -> PushService:
+    tmp.mkdir()
+    key, kid = load_or_create_audit_key(tmp)
+    return PushService(outbox=outbox, relations=lambda: RelationIndex([]),
+                       endpoints={"ores": endpoint}, client_tls=ssl.create_default_context(),
+                       metrics=GatewayMetrics(), audit=ChainedAuditLog(tmp / "audit.log", key, kid),
+                       lease_s=60, clock=clock)
+
+
+def claims(svc: PushService, result: str) -> float:
+    value = svc.metrics.registry.get_sample_value("gateway_outbox_claims_total",
+                                                  {"result": result})
+    return value or 0.0
+
+
+async def until(check: Callable[[], bool]) -> None:
+    """Poll ``check`` (the database, the metrics) for up to 10 s."""
+    for _ in range(500):
+        if check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("timed out")
+
+
+async def test_a_stalled_replica_loses_its_part_and_the_other_delivers_it_under_the_same_key(
+        postgres: Cluster, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    rx, url = receiver
+    dsn, clock = postgres.new_database(), Clock()
+    box_a = PostgresOutbox(dsn, KEY, owner="replica-a", clock=clock)
+    box_b = PostgresOutbox(dsn, KEY, owner="replica-b", clock=clock)
+    a = replica(box_a, f"{url}/a", tmp_path / "a", clock)
+    b = replica(box_b, f"{url}/b", tmp_path / "b", clock)
+    box_a.enqueue(batch_id="B1", source="hes-operator", fingerprint="f", received=2,
+                  quarantined=0, parts=[(PART, "ores", "hes-readings",
+                                         [{"meter": "M1", "value": 1.5}])])
+    try:
+        await a.start()
+        await asyncio.wait_for(rx.arrived["/a"].wait(), 10)  # a delivers, and stalls
+        await b.start()
+        await until(lambda: claims(b, "empty") >= 2)  # b polled twice: a's lease is live
+        assert not rx.arrived["/b"].is_set()
+        clock.advance(61)  # a's lease ran out: b takes the part over
+        await asyncio.wait_for(rx.arrived["/b"].wait(), 10)
+        assert claims(b, "reclaimed") == 1
+        rx.release["/a"].set()  # a's answer comes late: its acknowledgement is fenced
+        await until(lambda: claims(a, "lost") == 1)
+        assert [p.status for p in box_a.parts()] == ["pending"]  # a's ack changed nothing
+        rx.release["/b"].set()
+        await until(lambda: [p.status for p in box_a.parts()] == ["delivered"])
+    finally:
+        await a.stop()
+        await b.stop()
+        box_a.close()
+        box_b.close()
+    # At least once, and never a second key for one part.
+    assert [(path, key) for path, key, _ in rx.got] == [("/a", PART), ("/b", PART)]
+    assert rx.got[0][2] == rx.got[1][2]
+    assert claims(a, "claimed") == 1 and claims(b, "claimed") == 0
+    ok = {"tenant": "ores", "result": "ok"}
+    assert a.metrics.registry.get_sample_value("gateway_delivery_attempts_total", ok) is None
+    assert b.metrics.registry.get_sample_value("gateway_delivery_attempts_total", ok) == 1
