@@ -5,8 +5,8 @@ its listener (client certificate required, same CA and server certificate as
 the gateway), one catch-all handler and one shared ``aiohttp.ClientSession``
 (keep-alive pool of 64) to the upstream. ``/hes/...`` is forwarded to
 ``/...`` like the gateway does; no identity, no decision, no response check,
-no audit, no metrics. Same event loop as ``gateway serve`` (plain asyncio)
-unless ``--uvloop``.
+no audit, no metrics. On the event loop the benchmark runs the gateway on
+(``--loop``, default uvloop like ``gateway serve``).
 
 Usage: python bench/naive_proxy.py --port 0 --upstream http://127.0.0.1:PORT \
            --cert server.pem --key server.key --ca ca.pem [--port-file F]
@@ -94,10 +94,10 @@ def cli() -> None:
     p.add_argument("--key", required=True)
     p.add_argument("--ca", required=True)
     p.add_argument("--port-file")
-    p.add_argument("--uvloop", action="store_true")
+    p.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop")
     args = p.parse_args()
     factory = None
-    if args.uvloop:
+    if args.loop == "uvloop":
         import uvloop
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:

@@ -908,7 +908,8 @@ def report(b: Bench) -> str:
                f"{b.pins[1]}" if b.pins else "none")
     lines = [f"Date {m['date']}; {m['nproc']} × {m['cpu_model']}; Python {m['python']}, "
              f"{m['openssl']}, {m['nginx']}, aiohttp {m.get('aiohttp')}, "
-             f"uvloop {m.get('uvloop', '–')} (load generator only). "
+             f"uvloop {m.get('uvloop', '–')}; gateway and naive proxy on "
+             f"{r.get('event_loop', 'asyncio')}. "
              f"Gateway at commit {m.get('git', {}).get('commit', '?')} "
              f"({m.get('git', {}).get('gateway_files_changed', '?')} uncommitted files under "
              "gateway/). "
@@ -1146,6 +1147,9 @@ def main() -> int:
                     help="comma-separated phases")
     ap.add_argument("--quick", action="store_true", help="1 round, 4 s runs, 2,000 meters")
     ap.add_argument("--no-uvloop", action="store_true", help="load generator on plain asyncio")
+    ap.add_argument("--event-loop", choices=("uvloop", "asyncio"), default="uvloop",
+                    help="the event loop of the gateway and of the naive proxy alike "
+                         "(default uvloop, the gateway's default)")
     ap.add_argument("--no-pin", action="store_true")
     ap.add_argument("--gateway-patches", default="",
                     help="run the gateway of every phase under bench/whatif.py with these "
@@ -1222,6 +1226,9 @@ def main() -> int:
         # The gateway, from the Stack's config with the bench's upstream, relations, sinks.
         doc = tomllib.loads(stack.config_path.read_text())
         doc["gateway"]["relations"] = str(rel_path)
+        # The gateway and the naive proxy run on the same event loop.
+        doc["gateway"]["event_loop"] = args.event_loop
+        b.results["event_loop"] = args.event_loop
         doc["upstreams"]["hes"]["url"] = f"http://{HOST}:{b.servers['upstream'].port}"
         doc["push"]["endpoints"] = {
             t.id: f"https://{HOST}:{b.servers['sink'].port}/receivers/{t.id}/readings"
@@ -1271,7 +1278,8 @@ def main() -> int:
         p = spawn("naive proxy", [PY, str(BENCH / "naive_proxy.py"), "--upstream",
                                   f"http://{HOST}:{b.servers['upstream'].port}",
                                   "--cert", str(pki.server_cert), "--key", str(pki.server_key),
-                                  "--ca", str(pki.ca_cert), "--port-file", str(pf)],
+                                  "--ca", str(pki.ca_cert), "--port-file", str(pf),
+                                  "--loop", args.event_loop],
                   srv_cpu, run_dir / "naive.log")
         b.servers["naive"] = Server("naive", p, wait_port_file(pf, p, "naive proxy"))
         wait_tcp(nginx_port, b.servers["nginx"].proc)

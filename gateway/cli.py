@@ -26,8 +26,25 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 20)
 
 
+def loop_factory(choice: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
+    """The event loop ``[gateway] event_loop`` asks for: uvloop (a dependency
+    of the gateway, and the default when installed: its TLS record layer and
+    transports are C, not Python) or asyncio's own."""
+    if choice == "asyncio":
+        return asyncio.new_event_loop
+    try:
+        import uvloop  # optional: not every platform has a wheel
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("gateway.event_loop = \"uvloop\" but uvloop is not "
+                              "installed (pip install uvloop)") from None
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
 def _run_until_signal(start: object, stop: object,
-                      reload: Callable[[], Awaitable[None]] | None = None) -> None:
+                      reload: Callable[[], Awaitable[None]] | None = None,
+                      event_loop: str = "auto") -> None:
     async def main() -> None:
         done = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -48,8 +65,9 @@ def _run_until_signal(start: object, stop: object,
         finally:
             await stop()  # type: ignore[operator]
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(main())
+    factory = loop_factory(event_loop)
+    with contextlib.suppress(KeyboardInterrupt), asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main())
 
 
 async def _safe_reload(reload: Callable[[], Awaitable[None]]) -> None:
@@ -71,7 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     elif args.workers != 1:
         return _supervise_workers(config, Path(args.config), args.workers)
     gw = Gateway(config, reuse_port=args.worker_index is not None)
-    _run_until_signal(gw.start, gw.stop, gw.reload_async)
+    _run_until_signal(gw.start, gw.stop, gw.reload_async, config.event_loop)
     return 0
 
 

@@ -90,6 +90,10 @@ class GatewayMetrics:
             "Client-sent identity headers removed before forwarding.", ["tenant"], registry=r)
         self.relations_loaded = Gauge(
             "gateway_relations_loaded", "Relation tuples in the live snapshot.", registry=r)
+        self.event_loop_info = Gauge(
+            "gateway_event_loop_info",
+            "1 for the event loop this process runs on (label loop: uvloop or asyncio; "
+            "[gateway] event_loop).", ["loop"], registry=r)
         self.relations_digest_info = Gauge(
             "gateway_relations_digest_info",
             "1 for the SHA-256 (label digest) of the relation snapshot this process decides "

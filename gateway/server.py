@@ -38,6 +38,7 @@ from gateway.edge import (
     TlsSite,
     admin_refusal,
     bind,
+    event_loop_name,
     forget_handshakes,
     observe_handshakes,
     rss_bytes,
@@ -384,6 +385,7 @@ class Gateway:
         """Open the listeners of this process's role: the data plane (roles
         all and data), the admin plane (all and control) and the ops plane."""
         cfg = self.config
+        self.metrics.event_loop_info.labels(event_loop_name()).set(1)
         if self.serves_data:
             # Workers of one host share the data port (SO_REUSEPORT).
             data_sock = data_sock or bind(cfg.data.host, cfg.data.port,

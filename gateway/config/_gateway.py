@@ -123,6 +123,8 @@ class GatewayConfig:
     health_interval_s: float = 5 * SECONDS
     # On SIGTERM: requests in flight get this long to finish (drain).
     drain_timeout_s: float = 20 * SECONDS
+    # The event loop ("auto": uvloop when it is installed, else asyncio).
+    event_loop: str = "auto"
     # The state backend: None is the embedded SQLite file under data_dir;
     # "sqlite:///ABSOLUTE-PATH" or "postgresql://..." ([state] url).
     state_url: str | None = None
@@ -283,6 +285,7 @@ class GatewayConfig:
             rotation_overlap_s=r.number("gateway.rotation_overlap_s", 24 * 3600),
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             drain_timeout_s=r.number("gateway.drain_timeout_s", 20.0),
+            event_loop=_event_loop(r._get("gateway.event_loop"), source),
             state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
             fleet=fleet,
@@ -291,6 +294,19 @@ class GatewayConfig:
 
 
 ROLES = ("all", "control", "data")
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+
+
+def _event_loop(value: Any, source: str) -> str:
+    """``[gateway] event_loop``: "auto" (the default: uvloop when installed,
+    else asyncio), "uvloop" (refused at start if it is not installed) or
+    "asyncio"."""
+    if value is None:
+        return "auto"
+    if value not in EVENT_LOOPS:
+        raise ConfigError(f"{source}: gateway.event_loop: must be one of "
+                          f"{', '.join(EVENT_LOOPS)} (got {value!r})")
+    return str(value)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from gateway.edge._listeners import (
     TlsSite,
     admin_refusal,
     bind,
+    event_loop_name,
     headers_arrived,
 )
 from gateway.edge._peer import Peer, Peers, PerConnection
@@ -42,6 +43,7 @@ __all__ = [
     "TlsSite",
     "admin_refusal",
     "bind",
+    "event_loop_name",
     "forget_handshakes",
     "headers_arrived",
     "observe_handshakes",

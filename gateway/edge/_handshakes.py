@@ -1,9 +1,9 @@
 """Counting failed TLS handshakes by reason.
 
-The listeners do the TLS handshake themselves (``gateway.edge._listeners``:
-plain TCP, then ``loop.start_tls``), so a failed handshake raises its
-OpenSSL error into our code on any event loop (asyncio and uvloop alike) and
-is reported here, classified, to the observer of the listener's context.
+The listeners build the event loop's own TLS protocol with a handshake
+waiter of theirs (``gateway.edge._listeners``), so a failed handshake's
+OpenSSL error reaches our code on any event loop (asyncio and uvloop alike)
+and is reported here, classified, to the observer of the listener's context.
 (Before, a wrapper around asyncio's private ``SSLProtocol`` method did this,
 which uvloop's own TLS never calls.)
 """

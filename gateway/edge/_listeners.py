@@ -256,7 +256,7 @@ class GuardedAppRunner(web.AppRunner):
 
 class TlsSite(web.SockSite):
     """A listening socket with a TLS handshake deadline (aiohttp's SockSite
-    leaves asyncio's 60 s default)."""
+    leaves asyncio's 60 s default) whose failed handshakes are counted."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
                  ssl_context: ssl.SSLContext, handshake_timeout_s: float) -> None:
@@ -267,49 +267,55 @@ class TlsSite(web.SockSite):
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        ctx, timeout = self._ssl_context, self._handshake_timeout_s
+        ctx = self._ssl_context
         assert ctx is not None
-        pending: set[asyncio.Task[None]] = set()  # a reference until each one is done
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Handshake(server, ctx, timeout, pending), sock=self._sock,
-            backlog=self._backlog)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            _tls_factory(loop, server, ctx, self._handshake_timeout_s),
+            sock=self._sock, backlog=self._backlog)
 
 
-class _Handshake(asyncio.Protocol):
-    """A new TCP connection until its TLS handshake is done; then the HTTP
-    handler takes it over. The handshake runs here (``loop.start_tls``, with
-    the listener's deadline) rather than inside the event loop's server, so a
-    failure raises its OpenSSL error into our code on asyncio and uvloop
-    alike, and is counted by reason (gateway.edge._handshakes)."""
+def _tls_factory(loop: asyncio.AbstractEventLoop, handler: Callable[[], asyncio.BaseProtocol],
+                 context: ssl.SSLContext, timeout_s: float,
+                 ) -> Callable[[], asyncio.BaseProtocol]:
+    """Protocols for a TLS listener: the event loop's own TLS protocol (the
+    one ``create_server(ssl=...)`` would build: asyncio's or uvloop's) around
+    the HTTP handler, with a handshake waiter of ours. The loop's server
+    keeps a failed handshake to itself; our waiter gets its OpenSSL error, so
+    it is counted by reason (gateway.edge._handshakes) on either loop.
 
-    def __init__(self, handler: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext,
-                 timeout_s: float, pending: set[asyncio.Task[None]]) -> None:
-        self._handler = handler
-        self._context = context
-        self._timeout_s = timeout_s
-        self._pending = pending
+    (Not ``loop.start_tls`` on an accepted plain connection: uvloop starts
+    reading as soon as ``connection_made`` returns, before ``start_tls`` can
+    take the transport, and a ClientHello that arrives in between is lost.)
+    """
+    tls_protocol = _tls_protocol_class(loop)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but serve its API.
-        transport = cast(asyncio.Transport, transport)
-        # Nothing may be read before the TLS layer takes the transport: the
-        # ClientHello is its to read.
-        transport.pause_reading()
-        task = asyncio.get_running_loop().create_task(self._upgrade(transport))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    def reported(waiter: asyncio.Future[None]) -> None:
+        if not waiter.cancelled() and (exc := waiter.exception()) is not None:
+            report_handshake_failure(context, exc)
 
-    async def _upgrade(self, transport: asyncio.Transport) -> None:
-        handler = self._handler()
-        try:
-            tls = await asyncio.get_running_loop().start_tls(
-                transport, handler, self._context, server_side=True,
-                ssl_handshake_timeout=self._timeout_s)
-        except (OSError, EOFError, TimeoutError) as exc:  # ssl.SSLError is an OSError
-            report_handshake_failure(self._context, exc)
-            transport.abort()
-            return
-        if tls is None:  # closed during the handshake
-            transport.abort()
-            return
-        handler.connection_made(tls)
+    def build() -> asyncio.BaseProtocol:
+        waiter: asyncio.Future[None] = loop.create_future()
+        waiter.add_done_callback(reported)
+        return cast(asyncio.BaseProtocol, tls_protocol(
+            loop, handler(), context, waiter, server_side=True,
+            ssl_handshake_timeout=timeout_s))
+
+    return build
+
+
+def event_loop_name(loop: asyncio.AbstractEventLoop | None = None) -> str:
+    """"uvloop" or "asyncio": what runs ``loop`` (default: the running one)."""
+    loop = loop or asyncio.get_running_loop()
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+
+
+def _tls_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol class the running loop uses for its own servers."""
+    if event_loop_name(loop) == "uvloop":
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]  # not in its stubs
+    import asyncio.sslproto
+
+    return asyncio.sslproto.SSLProtocol

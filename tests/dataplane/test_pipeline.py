@@ -6,7 +6,6 @@ the simulators are in tests/e2e."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Callable
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.audit import ChainedAuditLog
 from gateway.audit._format import load_or_create_audit_key
@@ -23,7 +23,7 @@ from gateway.core.catalog import default_route_table
 from gateway.core.model import Relation
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
-from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers
+from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers, TlsSite, bind
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.pki import AssertionSigner, CertificateAuthority, spiffe_uri
@@ -70,7 +70,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
              "client.key": client.key_pem()}
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
-    started: list[tuple[asyncio.AbstractServer, aiohttp.ClientSession, ChainedAuditLog]] = []
+    started: list[tuple[web.BaseRunner, aiohttp.ClientSession, ChainedAuditLog]] = []
 
     async def start(answer: Answer = _answer_own_meter) -> Plane:
         key, kid = load_or_create_audit_key(tmp_path / "audit-key")
@@ -92,23 +92,25 @@ async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
             metrics=GatewayMetrics(), limits=limits)
         ctx = server_context(tmp_path / "server.pem", tmp_path / "server.key",
                              tmp_path / "ca.pem")
-        srv = await asyncio.get_running_loop().create_server(
+        # The listener of `gateway serve`: TlsSite on a bound socket.
+        runner = web.ServerRunner(
             DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN, peers=peers),
-                       access_log=None),
-            "127.0.0.1", 0, ssl=ctx)
-        port = srv.sockets[0].getsockname()[1]
+                       access_log=None), handle_signals=False)
+        await runner.setup()
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await TlsSite(runner, sock, ssl_context=ctx, handshake_timeout_s=5).start()
         cctx: ssl.SSLContext = client_context(tmp_path / "ca.pem", tmp_path / "client.pem",
                                               tmp_path / "client.key")
         session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cctx))
-        started.append((srv, session, audit))
+        started.append((runner, session, audit))
         return Plane(f"https://127.0.0.1:{port}", session, upstream, audit_path, audit, peers,
                      revoked, format(client.certificate.serial_number, "X"))
 
     yield start
-    for srv, session, audit in started:
+    for runner, session, audit in started:
         await session.close()
-        srv.close()
-        await srv.wait_closed()
+        await runner.cleanup()
         audit.close()
 
 

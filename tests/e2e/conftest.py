@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.cli import loop_factory
 from gateway.core.relations.index import RelationIndex
 from gateway.demo._stack import Stack
 from gateway.demo.simulators import CONTROL_HEADER
@@ -84,7 +85,8 @@ class Client:
 class RunningStack:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
-        self.loop = asyncio.new_event_loop()
+        # The event loop `gateway serve` runs on by default (uvloop).
+        self.loop = loop_factory()()
         self.thread = threading.Thread(target=self.loop.run_forever, name="stack", daemon=True)
         self._clients: dict[tuple[str, str], Client] = {}
 

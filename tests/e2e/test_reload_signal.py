@@ -33,8 +33,10 @@ def test_sighup_swaps_a_compiled_snapshot_under_traffic(tmp_path: Path) -> None:
     snapshot = tmp_path / "relations.snap"
     _compile(feed, snapshot)
     text = config.read_text()
-    config.write_text(text.replace(f'relations = "{feed.resolve()}"',
-                                   f'relations = "{snapshot}"'))
+    # This serve runs on plain asyncio ([gateway] event_loop; the default,
+    # uvloop, is what test_workers.py serves on).
+    config.write_text(text.replace(f'relations = "{feed.resolve()}"', f'relations = "{snapshot}"')
+                      .replace("[gateway]\n", '[gateway]\nevent_loop = "asyncio"\n', 1))
     assert str(snapshot) in config.read_text()
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config", str(config)],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -77,6 +79,10 @@ def test_sighup_swaps_a_compiled_snapshot_under_traffic(tmp_path: Path) -> None:
         assert proc.poll() is None
         assert client.get(f"/hes/meters/{meter}").status == 403
         assert client.get("/itsm/tickets").status == 200
+        ops = http.client.HTTPConnection("127.0.0.1", stack.stack.gateway_ports[1], timeout=10)
+        ops.request("GET", "/metrics")
+        assert 'gateway_event_loop_info{loop="asyncio"} 1.0' in ops.getresponse().read().decode()
+        ops.close()
     finally:
         if client is not None:
             client.close()

@@ -113,6 +113,9 @@ def test_serve_with_workers_shares_the_data_port_and_restarts_a_dead_worker(
             # on a loaded machine one may be late for a moment).
             _wait(lambda: "gateway_replicas_live 2.0" in _get(
                 f"http://127.0.0.1:{ops}/metrics")[1], 10)
+            # `gateway serve` runs on uvloop by default ([gateway] event_loop).
+            assert 'gateway_event_loop_info{loop="uvloop"} 1.0' in _get(
+                f"http://127.0.0.1:{ops}/metrics")[1]
             # A worker killed is started again by the supervisor.
             pid = int(_wait(lambda: _worker_pid(ops + 1), 10))
             subprocess.run(["kill", "-9", str(pid)], check=True)
