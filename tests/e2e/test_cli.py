@@ -175,3 +175,39 @@ def test_serve_moves_start_up_state_out_of_the_collector() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*before)
+
+
+def test_event_loop_is_chosen_in_the_config(tmp_path: Path) -> None:
+    import asyncio
+
+    import uvloop
+
+    from gateway.cli import loop_factory
+
+    text = (REPO / "deploy" / "gateway.example.toml").read_text()
+    assert GatewayConfig.from_toml(REPO / "deploy" / "gateway.example.toml").event_loop == "auto"
+    cfg = tmp_path / "deploy" / "gateway.toml"
+    cfg.parent.mkdir()
+    for choice in ("uvloop", "asyncio"):
+        cfg.write_text(text.replace('event_loop = "auto"', f'event_loop = "{choice}"'))
+        assert GatewayConfig.from_toml(cfg).event_loop == choice
+    cfg.write_text(text.replace('event_loop = "auto"', 'event_loop = "trio"'))
+    with pytest.raises(ConfigError, match=r"gateway\.event_loop: must be one of"):
+        GatewayConfig.from_toml(cfg)
+    # auto: uvloop, a dependency of the gateway; asyncio only when asked for.
+    assert loop_factory("auto") is uvloop.new_event_loop
+    assert loop_factory("uvloop") is uvloop.new_event_loop
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+
+
+def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import sys
+
+    from gateway.cli import loop_factory
+
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if not installed
+    assert loop_factory("auto") is asyncio.new_event_loop
+    with pytest.raises(ConfigError, match="uvloop is not installed"):
+        loop_factory("uvloop")
