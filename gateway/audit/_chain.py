@@ -15,6 +15,7 @@ not decision events: they are built here, as the spec draws them.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -60,8 +61,29 @@ __all__ = ["GENESIS", "KEY_FILE", "AuditWriteFailed", "ChainedAuditLog", "Verify
 log = logging.getLogger("gateway.audit")
 
 # -- writer --------------------------------------------------------------------
+class _Group:
+    """The events recorded in one event-loop iteration (``record_soon``):
+    chained in memory, written with one ``write(2)`` by the loop's next
+    callback, or earlier by any other writer that needs the file in order.
+    ``before`` is the chain as it was before the group, to roll back to if
+    the write fails: then none of its events is in the file, and each of its
+    requests is refused."""
+
+    __slots__ = ("before", "error", "lines", "waiters")
+
+    def __init__(self, before: tuple[int, str, bool]) -> None:
+        self.before = before
+        self.lines: list[bytes] = []
+        self.waiters: list[asyncio.Future[None]] = []
+        self.error: AuditWriteFailed | None = None
+
+
 class ChainedAuditLog:
-    """Append-only hash-chained JSON lines; an ``AuditSink``. Thread-safe."""
+    """Append-only hash-chained JSON lines; an ``AuditSink``. Thread-safe.
+
+    ``record`` writes its line at once; ``record_soon`` (the data plane's
+    path) groups the lines of one event-loop iteration into one write and
+    hands back a future to await before answering."""
 
     def __init__(self, path: Path, signing_key: Ed25519PrivateKey, kid: str, *,
                  checkpoint_every: int = 1000, checkpoint_interval_s: float = 60.0,
@@ -86,6 +108,7 @@ class ChainedAuditLog:
         self._lock = threading.Lock()
         self._failures = self._since_checkpoint = 0
         self._broken = False  # a fragment could not be removed, or fsync failed
+        self._group: _Group | None = None  # record_soon's lines not yet written
         self._last_checkpoint_at = clock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,17 +157,54 @@ class ChainedAuditLog:
         (``AuditSink``); a plain dict is the format level, any members
         (the spec's worked examples and test vectors), ``ts`` kept if given."""
         with self._counted():
+            self._write_group()  # lines recorded before this one go first
             fields = event if isinstance(event, dict) else event.as_record()
             if clash := RESERVED.intersection(fields):
                 raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
             self._append({"ts": self._clock(), **fields})
-            self._since_checkpoint += 1
-            if (self._since_checkpoint >= self._every
-                    or self._clock() - self._last_checkpoint_at >= self._interval_s):
-                self._checkpoint()
+            self._written(1)
+
+    def record_soon(self, event: AuditEvent) -> asyncio.Future[None]:
+        """Chain ``event`` now and write it with the others recorded in this
+        event-loop iteration: one ``write(2)`` for all of them, in the loop's
+        next callback. The future is done once the line is in the file, or
+        fails with :class:`AuditWriteFailed`: await it before answering (no
+        trace, no answer). An event that cannot be chained at all raises at
+        once. Call from the event loop's thread only."""
+        loop = asyncio.get_running_loop()
+        with self._counted():
+            fields = event.as_record()
+            if clash := RESERVED.intersection(fields):
+                raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
+            group = self._group
+            if group is None:
+                group = self._group = _Group((self._seq, self._head, self._uncovered))
+                loop.call_soon(self._group_due, group)
+            fields = {"ts": self._clock(), **fields}
+            line, digest = self._seal(fields)
+            self._seq, self._head, self._uncovered = self._seq + 1, digest, True
+            group.lines.append(line)
+            waiter: asyncio.Future[None] = loop.create_future()
+            group.waiters.append(waiter)
+            return waiter
+
+    def _group_due(self, group: _Group) -> None:
+        """The loop's callback after the iteration that recorded ``group``."""
+        with self._lock:
+            if group is self._group:  # not written yet by another writer
+                self._write_group()
+        error = group.error
+        for waiter in group.waiters:
+            if waiter.done():  # its request was cancelled meanwhile
+                continue
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(AuditWriteFailed(str(error)))
 
     def checkpoint(self) -> None:
         with self._counted():
+            self._write_group()
             self._checkpoint()
 
     def rotate_key(self, signing_key: Ed25519PrivateKey, kid: str) -> None:
@@ -158,6 +218,7 @@ class ChainedAuditLog:
         if kid == self._kid:
             raise ValueError(f"audit kid {kid!r} is already the current one")
         with self._counted():
+            self._write_group()
             self._append({"ts": self._clock(), "event": KEY_CHANGE_EVENT, "actor": "gateway",
                           "action": "rotate-key", "old_kid": self._kid, "new_kid": kid})
             try:
@@ -177,6 +238,7 @@ class ChainedAuditLog:
             if self._fd is None:
                 return
             try:
+                self._write_group()
                 if self._uncovered and not self._broken:
                     self._checkpoint()
             finally:
@@ -246,7 +308,34 @@ class ChainedAuditLog:
         self._first_seq, self._segment_started = self._seq, now
         log.info("audit log: sealed %s", sealed.name)
 
-    def _append(self, fields: dict[str, Any]) -> bytes:
+    def _written(self, lines: int) -> None:
+        """``lines`` more events are in the file: a checkpoint when due."""
+        self._since_checkpoint += lines
+        if (self._since_checkpoint >= self._every
+                or self._clock() - self._last_checkpoint_at >= self._interval_s):
+            self._checkpoint()
+
+    def _write_group(self) -> None:
+        """Write the pending group, if any, with one write; on failure roll
+        the chain back to before it and keep the error for its waiters."""
+        group, self._group = self._group, None
+        if group is None:
+            return
+        try:
+            self._write(b"".join(group.lines))
+        except AuditWriteFailed as exc:
+            self._seq, self._head, self._uncovered = group.before
+            self._failures += len(group.lines)  # SECURITY: each of them is refused
+            group.error = exc
+            return
+        try:
+            self._written(len(group.lines))
+        except AuditWriteFailed as exc:  # the checkpoint due now: as record() would
+            self._failures += len(group.lines)
+            group.error = exc
+
+    def _seal(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+        """The next line of the chain (not written) and its hash."""
         if self._fd is None or self._broken:
             raise AuditWriteFailed(f"audit log {self.path} is "
                                    + ("closed" if self._fd is None else "unusable; reopen it"))
@@ -256,10 +345,23 @@ class ChainedAuditLog:
         except (TypeError, ValueError) as exc:  # no str(exc): it may quote content
             raise AuditWriteFailed(f"audit event not encodable ({type(exc).__name__})") from exc
         digest = line_hash(self._head, body)
-        line, written = seal(body, digest), 0
+        return seal(body, digest), digest
+
+    def _append(self, fields: dict[str, Any]) -> bytes:
+        line, digest = self._seal(fields)
+        self._write(line)
+        self._seq, self._head, self._uncovered = self._seq + 1, digest, True
+        return line
+
+    def _write(self, data: bytes) -> None:
+        """``data`` (whole lines) at the end of the file, or nothing of it."""
+        if self._fd is None or self._broken:  # closed or broken since the lines were sealed
+            raise AuditWriteFailed(f"audit log {self.path} is "
+                                   + ("closed" if self._fd is None else "unusable; reopen it"))
+        written = 0
         try:
-            while written < len(line):  # write(2) per line: no user-space buffer to flush
-                n = os.write(self._fd, line[written:])
+            while written < len(data):  # no user-space buffer to flush
+                n = os.write(self._fd, data[written:])
                 if n <= 0:
                     raise OSError(errno.EIO, "short write")
                 written += n
@@ -274,8 +376,6 @@ class ChainedAuditLog:
             raise AuditWriteFailed(f"cannot write audit log {self.path}: "
                                    f"{exc.strerror or exc}") from exc
         self._size += written
-        self._seq, self._head, self._uncovered = self._seq + 1, digest, True
-        return line
 
 
 def _next_path(path: Path) -> Path:

@@ -9,6 +9,7 @@ fails (fail closed).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Protocol
 
 from gateway.audit._events import AuditEvent
@@ -24,6 +25,11 @@ class AuditSink(Protocol):
 
     def record(self, event: AuditEvent) -> None:
         """Write one event durably, or raise :class:`AuditWriteFailed`."""
+
+    def record_soon(self, event: AuditEvent) -> asyncio.Future[None]:
+        """Write one event with the others of this event-loop iteration (one
+        write): the future is done once it is written, or fails with
+        :class:`AuditWriteFailed`; await it before answering."""
 
 
 class AuditWriteFailed(GatewayFailed):

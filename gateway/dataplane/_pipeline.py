@@ -118,7 +118,7 @@ class DataPlane:
             # Shed load fast and cheaply: no identity, no upstream, no parsing.
             ex.reason = "overloaded" if not self.over_memory_budget else "memory-budget"
             response = self.trace.problem(503, ex, headers={"Retry-After": "1"})
-            self.trace.account(ex, request, response)
+            await self.trace.account(ex, request, response)
             return response
         self.in_flight += 1
         try:
@@ -142,7 +142,7 @@ class DataPlane:
             forward_headers = self._hygiene(request, ex)
             if target.path in PUSH_ROUTES and self.push_intake is not None:
                 response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
-                self.trace.account(ex, request, response)
+                await self.trace.account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)
             ref = ex.match.route.resource
@@ -170,7 +170,7 @@ class DataPlane:
         except UpstreamFailed as exc:
             ex.reason = exc.reason
             response = self.trace.problem(exc.status, ex)
-        self.trace.account(ex, request, response)
+        await self.trace.account(ex, request, response)
         return response
 
     def _edge(self, request: web.BaseRequest) -> None:
@@ -314,5 +314,5 @@ class DataPlane:
         except RequestRefused:
             ex.caller = None
         response = self.trace.problem(status, ex)
-        self.trace.account(ex, request, response)
+        self.trace.account_now(ex, request, response)
         return response

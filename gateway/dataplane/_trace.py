@@ -66,15 +66,36 @@ class RequestTrace:
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
 
-    def account(self, ex: Exchange, request: web.BaseRequest,
-                 response: web.Response) -> None:
+    async def account(self, ex: Exchange, request: web.BaseRequest,
+                      response: web.Response) -> None:
+        """Trace one answered request before it is sent: its audit event goes
+        out with the others of this loop iteration (one write), and the
+        answer waits for it (no trace, no answer)."""
+        event = self._event(ex, request, response)
+        try:
+            await self.audit.record_soon(event)
+        except AuditWriteFailed:
+            self._no_trace(ex, response)
+        self._after(ex, event, response)
+
+    def account_now(self, ex: Exchange, request: web.BaseRequest,
+                    response: web.Response) -> None:
+        """``account`` for the HTTP layer's own refusals, which are answered
+        synchronously: the event is written at once."""
+        event = self._event(ex, request, response)
+        try:
+            self.audit.record(event)
+        except AuditWriteFailed:
+            self._no_trace(ex, response)
+        self._after(ex, event, response)
+
+    def _event(self, ex: Exchange, request: web.BaseRequest,
+               response: web.Response) -> RequestEvent:
         tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
         route = ex.match.route if ex.match is not None else None
-        upstream = route.upstream if route is not None else NO_ROUTE
-        status = response.status
-        bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
         caller = ex.caller
-        event = RequestEvent(
+        status = response.status
+        return RequestEvent(
             incident=ex.incident,
             tenant=tenant,
             principal=caller.principal.name if caller is not None else None,
@@ -82,33 +103,35 @@ class RequestTrace:
             cert_fingerprint=caller.cert_fingerprint if caller is not None else None,
             method=request.method,
             route=route.name if route is not None else None,
-            upstream=upstream,
+            upstream=route.upstream if route is not None else NO_ROUTE,
             decision="allow" if status < 400 else "deny",
             reason=ex.reason,
             status=status,
             resources=ex.resources,
             bytes_in=ex.bytes_in,
-            bytes_out=bytes_out,
+            bytes_out=len(response.body) if isinstance(response.body, bytes) else 0,
             classification=ex.label,
         )
-        try:
-            self.audit.record(event)
-        except AuditWriteFailed:
-            # SECURITY: no trace, no answer (fail closed).
-            log.error("audit write failed; refusing incident=%s", ex.incident)
-            self.metrics.audit_write_failures.inc()
-            response.set_status(503)
-            response.body = problem_body(503, ex.incident, "internal-error")
-            response.content_type = CONTENT_TYPE
-            status = 503
+
+    def _no_trace(self, ex: Exchange, response: web.Response) -> None:
+        # SECURITY: no trace, no answer (fail closed).
+        log.error("audit write failed; refusing incident=%s", ex.incident)
+        self.metrics.audit_write_failures.inc()
+        response.set_status(503)
+        response.body = problem_body(503, ex.incident, "internal-error")
+        response.content_type = CONTENT_TYPE
+
+    def _after(self, ex: Exchange, event: RequestEvent, response: web.Response) -> None:
+        """Metrics, usage and SOC signals, for the status actually answered."""
+        tenant, upstream, status = event.tenant, event.upstream, response.status
         if status >= 400:
             self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
             if self.soc is not None:
                 self._security_event(ex, event)
-        route_name = route.name if route else NO_ROUTE
+        route_name = ex.match.route.name if ex.match is not None else NO_ROUTE
         metrics = self.metrics
         metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
         if self.usage is not None:
-            self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, bytes_out)
+            self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, event.bytes_out)
         metrics.child(metrics.duration, tenant, upstream).observe(
             time.perf_counter() - ex.started)

@@ -31,6 +31,7 @@ from gateway.pki._signing_keys import SigningKey
 from gateway.tenants import load_tenants
 from gateway.tls import client_context, server_context
 from gateway.upstream import UpstreamResponse
+from tests.audit.faults import writes_refused
 from tests.dataplane.fakes import Answer, FakeUpstream, Sent, json_answer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -191,3 +192,23 @@ async def test_the_certificate_is_read_once_per_connection_and_checked_per_reque
     assert p.peers.reads == 1
     last = [e for e in p.audit_events() if "reason" in e][-1]  # not the closing checkpoint
     assert (last["reason"], last["cert_serial"]) == ("certificate-revoked", p.client_serial)
+
+
+async def test_an_answer_waits_for_its_audit_line_and_without_it_is_a_503(
+        plane: Callable[..., Plane]) -> None:
+    # D10, "no trace, no answer": the audit line of a request is written with
+    # the others of its loop iteration, and the answer waits for that write.
+    # Here the write itself fails (the audit file's descriptor refuses it),
+    # after the request was checked and served by the upstream.
+    p = await plane()
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == 200
+    with writes_refused(p.audit):
+        async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+            assert resp.status == 503
+            problem = await resp.json()
+            assert ORES_METER not in json.dumps(problem)  # the served body is withheld
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == 200  # the store is back: so is the service
+    incidents = [e["incident"] for e in p.audit_events() if e.get("event") == "request"]
+    assert len(incidents) == 2 and problem["incident"] not in incidents
