@@ -33,6 +33,7 @@ from gateway.core.push.records import batch_fingerprint, route_batch
 from gateway.core.push.days import KIND, route_meter_days
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
+from gateway.push import SqliteOutbox
 from gateway.push._outbox import EncodedPart, Outbox
 
 TENANTS = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]
@@ -143,7 +144,7 @@ def main() -> int:
                               for i in range(feed))
     key = os.urandom(32)
     with tempfile.TemporaryDirectory() as tmp:
-        outbox = Outbox(Path(tmp) / "outbox.db", key)
+        outbox = SqliteOutbox(Path(tmp) / "outbox.db", key)
         for fmt in args.formats.split(","):
             # Per-record batches are 96x more objects: keep them the size bench/run.py uses.
             per = args.batch if fmt == "meter-days" else min(args.batch, 1000)
