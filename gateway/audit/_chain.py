@@ -109,6 +109,7 @@ class ChainedAuditLog:
         self._failures = self._since_checkpoint = 0
         self._broken = False  # a fragment could not be removed, or fsync failed
         self._group: _Group | None = None  # record_soon's lines not yet written
+        self._loop: asyncio.AbstractEventLoop | None = None  # record_soon's
         self._last_checkpoint_at = clock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -171,7 +172,10 @@ class ChainedAuditLog:
         fails with :class:`AuditWriteFailed`: await it before answering (no
         trace, no answer). An event that cannot be chained at all raises at
         once. Call from the event loop's thread only."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():
+            # Kept: on Python 3.11 get_running_loop() costs a getpid() per call.
+            loop = self._loop = asyncio.get_running_loop()
         with self._counted():
             fields = event.as_record()
             if clash := RESERVED.intersection(fields):
