@@ -82,6 +82,18 @@ class Client:
             self._conn = None
 
 
+async def _finish_tasks() -> None:
+    """What a test left running on the stack's loop is cancelled and awaited,
+    and the loop turns a few times so closed transports are released (uvloop
+    refuses to close a loop that still has an open handle)."""
+    me = asyncio.current_task()
+    tasks = [t for t in asyncio.all_tasks() if t is not me]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.05)
+
+
 class RunningStack:
     def __init__(self, stack: Stack) -> None:
         self.stack = stack
@@ -102,6 +114,7 @@ class RunningStack:
         for client in self._clients.values():
             client.close()
         self.run(self.stack.stop())
+        self.run(_finish_tasks())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

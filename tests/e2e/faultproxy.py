@@ -54,8 +54,10 @@ class FaultProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._sock.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -79,11 +81,15 @@ class FaultProxy:
         finally:
             for pump in pumps:
                 pump.cancel()
-            for w in (up_writer, writer):
-                if w is not None:
-                    with contextlib.suppress(Exception):
-                        w.close()
-                        await w.wait_closed()
+            # Both closed before any wait: a cancel while waiting for the
+            # first must not leave the second open (uvloop refuses to close
+            # a loop with a transport still open).
+            writers = [w for w in (up_writer, writer) if w is not None]
+            for w in writers:
+                w.close()
+            for w in writers:
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
             self._tasks.discard(task)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
