@@ -121,6 +121,7 @@ class WorkerResult:
     window_s: float = 0.0
     cpu_s: float = 0.0
     reconnects: int = 0
+    skipped: int = 0  # paced sends skipped: the answer before came after their slot
     truncated: bool = False
     latencies: bytes = b""  # array('f') of milliseconds
     note: str = ""
@@ -136,6 +137,7 @@ class _Window:
         self.max = per_process_max
         self.count = 0
         self.errors = 0
+        self.skipped = 0
         self.statuses: Counter[int] = Counter()
         self.lat = array("f")
         self.stopping = False
@@ -192,12 +194,18 @@ class _KeepAlive(asyncio.Protocol):
             self.send()
             return
         self.next_at += self.interval
-        delay = self.next_at - perf()
-        if delay <= 0:
-            self.next_at = perf()  # behind schedule: no burst to catch up
-            self.send()
-        else:
-            self.gen.loop.call_later(delay, self.send)
+        now = perf()
+        if self.next_at <= now:
+            # Behind schedule (the answer came later than the interval): the
+            # slots missed are skipped, no burst to catch up, and the
+            # connection keeps its phase. Restarting it from "now" instead
+            # put every connection held up by the same pause on the same
+            # schedule: from then on they sent together, a burst each
+            # interval, and the latency measured was that burst's queue.
+            missed = int((now - self.next_at) // self.interval) + 1
+            self.next_at += missed * self.interval
+            self.gen.window.skipped += missed
+        self.gen.loop.call_later(self.next_at - now, self.send)
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
@@ -340,7 +348,7 @@ class _Generator:
             requests=w.count, errors=w.errors,
             statuses={str(k): v for k, v in w.statuses.items()},
             window_s=end - w.start, cpu_s=(w.cpu_end or 0) - (w.cpu_start or 0),
-            reconnects=self.reconnects, truncated=w.truncated_at is not None,
+            reconnects=self.reconnects, skipped=w.skipped, truncated=w.truncated_at is not None,
             latencies=w.lat.tobytes())
 
     async def run_handshake(self, barrier: Any) -> WorkerResult:
@@ -514,6 +522,7 @@ def summarise(cfg: Config, results: list[WorkerResult], server_cpu: float,
         "loadgen_cpu_us_per_req": round(sum(r.cpu_s for r in results) / served * 1e6, 1)
         if served else None,
         "reconnects": sum(r.reconnects for r in results),
+        "skipped_sends": sum(r.skipped for r in results),
         "truncated": any(r.truncated for r in results),
         "notes": [r.note for r in results if r.note],
         "workers": len(results),
