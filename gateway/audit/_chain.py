@@ -29,7 +29,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from gateway.audit._events import AuditEvent
+from gateway.audit._events import AuditEvent, RequestEvent
 from gateway.audit._format import (
     ALG,
     CHECKPOINT,
@@ -41,6 +41,7 @@ from gateway.audit._format import (
     audit_kid,
     b64url,
     canonical,
+    canonical_request,
     checkpoint_message,
     line_hash,
     load_or_create_audit_key,
@@ -185,7 +186,8 @@ class ChainedAuditLog:
                 group = self._group = _Group((self._seq, self._head, self._uncovered))
                 loop.call_soon(self._group_due, group)
             fields = {"ts": self._clock(), **fields}
-            line, digest = self._seal(fields)
+            line, digest = self._seal(fields, canonical_request if type(event) is RequestEvent
+                                      else canonical)
             self._seq, self._head, self._uncovered = self._seq + 1, digest, True
             group.lines.append(line)
             waiter: asyncio.Future[None] = loop.create_future()
@@ -338,15 +340,17 @@ class ChainedAuditLog:
             self._failures += len(group.lines)
             group.error = exc
 
-    def _seal(self, fields: dict[str, Any]) -> tuple[bytes, str]:
+    def _seal(self, fields: dict[str, Any],
+              encode: Callable[[dict[str, Any]], bytes] = canonical) -> tuple[bytes, str]:
         """The next line of the chain (not written) and its hash."""
         if self._fd is None or self._broken:
             raise AuditWriteFailed(f"audit log {self.path} is "
                                    + ("closed" if self._fd is None else "unusable; reopen it"))
         fields["seq"], fields["prev"] = self._seq + 1, self._head
         try:
-            body = canonical(fields)
-        except (TypeError, ValueError) as exc:  # no str(exc): it may quote content
+            body = encode(fields)
+        # orjson's JSONEncodeError is a TypeError; no str(exc): it may quote content
+        except (TypeError, ValueError) as exc:
             raise AuditWriteFailed(f"audit event not encodable ({type(exc).__name__})") from exc
         digest = line_hash(self._head, body)
         return seal(body, digest), digest

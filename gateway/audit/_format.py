@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import re
 import stat
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -54,6 +56,19 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Sorted keys, no whitespace, raw UTF-8; NaN/Infinity refused (not JSON)."""
     return _CANONICAL.encode(fields).encode("utf-8")
+
+
+def canonical_request(fields: Mapping[str, Any]) -> bytes:
+    """:func:`canonical` of a request event's line (strings, integers, None,
+    a tuple of strings, and the float ``ts``) by orjson, at a tenth of the
+    cost (it is written for every data-plane request). The same rules (§3):
+    sorted keys, no whitespace, raw UTF-8, the same escapes; for these
+    members the same bytes (tests/audit/test_canonical.py), and a verifier
+    hashes the stored bytes anyway. orjson would write a NaN as ``null``, so
+    the one float is checked here."""
+    if not math.isfinite(fields["ts"]):
+        raise ValueError("ts is not a finite number")
+    return orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
 
 
 def line_hash(prev: str, body: bytes) -> str:
