@@ -23,6 +23,7 @@ Patches:
                     Same pool size, same size cap, same error mapping.
 * ``sync-audit``    the data plane's audit line written at once (one
                     ``write(2)`` per request), as before the group commit.
+* ``gc-log``        not a speed-up: prints the collector's pauses every 5 s.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop; what the
@@ -227,6 +228,38 @@ def patch_sync_audit() -> None:
     print("whatif: sync-audit applied", flush=True)
 
 
+def patch_gc_log() -> None:
+    """Not a speed-up: every 5 s, print how long the collector paused the
+    process, per generation (count, total, longest), to put numbers on the
+    latency tail."""
+    import threading
+    import time
+
+    stats: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    started: list[float] = [0.0]
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            stats[info["generation"]].append(time.perf_counter() - started[0])
+
+    def report() -> None:
+        while True:
+            time.sleep(5)
+            parts = []
+            for gen, pauses in stats.items():
+                taken, pauses[:] = list(pauses), []
+                if taken:
+                    parts.append(f"gen{gen} {len(taken)}x total {sum(taken) * 1e3:.1f} ms "
+                                 f"max {max(taken) * 1e3:.2f} ms")
+            print("whatif gc-log:", "; ".join(parts) or "no collection", flush=True)
+
+    gc.callbacks.append(callback)
+    threading.Thread(target=report, daemon=True, name="gc-log").start()
+    print("whatif: gc-log applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -235,7 +268,7 @@ def patch_uvloop() -> None:
 
 
 PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
-           "uvloop": patch_uvloop, "sync-audit": patch_sync_audit}
+           "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log}
 
 
 def main() -> int:
