@@ -16,6 +16,7 @@ from aiohttp.web_protocol import RequestHandler
 from gateway.config import EdgeLimits
 from gateway.edge._handshakes import report as report_handshake_failure
 from gateway.edge._limits import ConnectionBook
+from gateway.edge._request import HttpRequest
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 
 # What aiohttp's parsers (C and Python) say when a request has more header
@@ -23,7 +24,7 @@ from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 _TOO_MANY_HEADERS = "Too many headers"
 
 
-def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
+def admin_refusal(request: HttpRequest, status: int, reason: str) -> web.StreamResponse:
     """What the admin plane's HTTP layer refuses: a problem document too."""
     return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
                         body=problem_body(status, new_incident_id(), None, None))
@@ -149,11 +150,11 @@ class GuardedServer(web.Server):
 
     edge: EdgeLimits
     book: ConnectionBook
-    refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse]
+    refuse: Callable[[HttpRequest, int, str], web.StreamResponse]
     on_header_timeout: Callable[[], None]
 
     def guard(self, edge: EdgeLimits, book: ConnectionBook,
-              refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+              refuse: Callable[[HttpRequest, int, str], web.StreamResponse],
               on_header_timeout: Callable[[], None]) -> None:
         self.edge, self.book = edge, book
         self.refuse, self.on_header_timeout = refuse, on_header_timeout
@@ -205,10 +206,10 @@ async def headers_arrived(request: web.Request,
 class DataHandler(Protocol):
     """What a data listener serves: the data plane, as the edge sees it."""
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: HttpRequest) -> web.Response:
         """Answer one request that passed the edge limits."""
 
-    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+    def refuse_unparsed(self, request: HttpRequest, status: int,
                         reason: str) -> web.StreamResponse:
         """A problem document for what the HTTP layer could not parse or handle."""
 
@@ -241,7 +242,7 @@ class GuardedAppRunner(web.AppRunner):
     """An AppRunner (the admin plane) whose server gets the same edge limits."""
 
     def __init__(self, app: web.Application, *, edge: EdgeLimits, book: ConnectionBook,
-                 refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+                 refuse: Callable[[HttpRequest, int, str], web.StreamResponse],
                  **kwargs: Any) -> None:
         super().__init__(app, **edge.server_kwargs(), **kwargs)
         self._guard = (edge, book, refuse)
