@@ -79,11 +79,13 @@ class FaultProxy:
         finally:
             for pump in pumps:
                 pump.cancel()
-            for w in (up_writer, writer):
-                if w is not None:
-                    with contextlib.suppress(Exception):
-                        w.close()
-                        await w.wait_closed()
+            writers = [w for w in (up_writer, writer) if w is not None]
+            for w in writers:  # all closed at once: a second cancellation (set_mode
+                with contextlib.suppress(Exception):  # twice in a row) cannot leave one open
+                    w.close()
+            for w in writers:
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await w.wait_closed()
             self._tasks.discard(task)
 
     async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter,
