@@ -26,7 +26,7 @@ DEFAULT_RAW_RETENTION_DAYS = 90.0
 # The data listener's HTTP server ([gateway] http_server): "lean" is
 # gateway.edge._lean (httptools), "aiohttp" aiohttp's own server.
 HTTP_SERVERS = ("lean", "aiohttp")
-DEFAULT_HTTP_SERVER = "aiohttp"
+DEFAULT_HTTP_SERVER = "lean"
 
 
 @dataclass(frozen=True, slots=True)
