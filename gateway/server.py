@@ -402,7 +402,8 @@ class Gateway:
             on_refused=lambda reason: self.metrics.connections_refused.labels(
                 "data", reason).inc())
         if data_sock is not None:
-            server = DataServer(self.data_plane, limits, self.connections, access_log=None)
+            server = DataServer(self.data_plane, limits, self.connections,
+                                http_server=cfg.http_server, access_log=None)
             data_runner = web.ServerRunner(server, handle_signals=False,
                                            shutdown_timeout=cfg.drain_timeout_s)
             await data_runner.setup()

@@ -10,7 +10,9 @@ May import: :mod:`gateway.core` (the catalogue of shared systems) and
 from __future__ import annotations
 
 from gateway.config._gateway import (
+    DEFAULT_HTTP_SERVER,
     DEFAULT_LIMITS,
+    HTTP_SERVERS,
     AuditConfig,
     CaConfig,
     FleetConfig,
@@ -22,7 +24,9 @@ from gateway.config._gateway import (
 from gateway.config._limits import EdgeLimits
 
 __all__ = [
+    "DEFAULT_HTTP_SERVER",
     "DEFAULT_LIMITS",
+    "HTTP_SERVERS",
     "AuditConfig",
     "CaConfig",
     "EdgeLimits",

@@ -23,6 +23,10 @@ SECONDS = 1.0
 DEFAULT_LIMITS = EdgeLimits()
 MiB = 1024 * 1024
 DEFAULT_RAW_RETENTION_DAYS = 90.0
+# The data listener's HTTP server ([gateway] http_server): "lean" is
+# gateway.edge._lean (httptools), "aiohttp" aiohttp's own server.
+HTTP_SERVERS = ("lean", "aiohttp")
+DEFAULT_HTTP_SERVER = "lean"
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +129,9 @@ class GatewayConfig:
     drain_timeout_s: float = 20 * SECONDS
     # The event loop ("auto": uvloop when it is installed, else asyncio).
     event_loop: str = "auto"
+    # The data listener's HTTP server: "lean" (httptools, gateway.edge._lean)
+    # or "aiohttp" (aiohttp's own server, as the admin and ops planes').
+    http_server: str = DEFAULT_HTTP_SERVER
     # The state backend: None is the embedded SQLite file under data_dir;
     # "sqlite:///ABSOLUTE-PATH" or "postgresql://..." ([state] url).
     state_url: str | None = None
@@ -286,6 +293,7 @@ class GatewayConfig:
             health_interval_s=r.number("gateway.health_interval_s", 5.0),
             drain_timeout_s=r.number("gateway.drain_timeout_s", 20.0),
             event_loop=_event_loop(r._get("gateway.event_loop"), source),
+            http_server=_http_server(r._get("gateway.http_server"), source),
             state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
             fleet=fleet,
@@ -306,6 +314,17 @@ def _event_loop(value: Any, source: str) -> str:
     if value not in EVENT_LOOPS:
         raise ConfigError(f"{source}: gateway.event_loop: must be one of "
                           f"{', '.join(EVENT_LOOPS)} (got {value!r})")
+    return str(value)
+
+
+def _http_server(value: Any, source: str) -> str:
+    """``[gateway] http_server``: "lean" or "aiohttp" (DEFAULT_HTTP_SERVER
+    when absent)."""
+    if value is None:
+        return DEFAULT_HTTP_SERVER
+    if value not in HTTP_SERVERS:
+        raise ConfigError(f"{source}: gateway.http_server: must be one of "
+                          f"{', '.join(HTTP_SERVERS)} (got {value!r})")
     return str(value)
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiohttp import web
-
 from gateway.config import EdgeLimits
 from gateway.core.model import Caller
 from gateway.core.routes import Route, RouteMatch
+from gateway.edge import HttpRequest
 from gateway.errors import RequestRefused
 from gateway.problem import new_incident_id
 
@@ -28,7 +27,7 @@ PUSH_CMH = Route("push", "POST", "/push/cmh/requests", {})
 PUSH_ROUTES = {r.template: r for r in (PUSH_HES, PUSH_CMH)}
 
 
-async def read_body(request: web.BaseRequest, limit: int, ex: Exchange,
+async def read_body(request: HttpRequest, limit: int, ex: Exchange,
                      timeout_s: float = DEFAULT_LIMITS.body_timeout_s) -> bytes:
     if request.content_length is not None and request.content_length > limit:
         raise RequestRefused(413, "body-too-large", headers={"Connection": "close"})

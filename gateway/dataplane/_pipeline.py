@@ -46,7 +46,7 @@ from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._pushintake import PushIntake
 from gateway.dataplane._responsecheck import ResponseCheck
 from gateway.dataplane._trace import RequestTrace
-from gateway.edge import CallerResolver, CredentialRefused
+from gateway.edge import CallerResolver, CredentialRefused, HttpRequest
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.pki import ASSERTION_HEADER, AssertionSigner
@@ -111,7 +111,7 @@ class DataPlane:
                                   clock=clock)
 
     # -- the pipeline ----------------------------------------------------------
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: HttpRequest) -> web.Response:
         """One request, start to end (the edge's :class:`DataHandler`)."""
         ex = Exchange()
         if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
@@ -126,8 +126,8 @@ class DataPlane:
         finally:
             self.in_flight -= 1
 
-    async def _pipeline_admitted(self, request: web.BaseRequest,
-                                 ex: Exchange) -> web.StreamResponse:
+    async def _pipeline_admitted(self, request: HttpRequest,
+                                 ex: Exchange) -> web.Response:
         try:
             self._edge(request)
             if not self.audit.writable:
@@ -173,7 +173,7 @@ class DataPlane:
         await self.trace.account(ex, request, response)
         return response
 
-    def _edge(self, request: web.BaseRequest) -> None:
+    def _edge(self, request: HttpRequest) -> None:
         """Header limits aiohttp does not apply itself, and framing it lets by."""
         raw = request.raw_headers
         if len(raw) > self.limits.max_headers:
@@ -184,7 +184,7 @@ class DataPlane:
             # RFC 9112 §6.1: HTTP/1.0 has no chunked framing: a smuggling attempt.
             raise RequestRefused(400, "http10-transfer-encoding", headers={"Connection": "close"})
 
-    def _target(self, request: web.BaseRequest) -> Target:
+    def _target(self, request: HttpRequest) -> Target:
         try:
             check_method(request.method)
             return parse_target(request.raw_path)
@@ -192,7 +192,7 @@ class DataPlane:
             headers = {"Allow": "GET, POST"} if exc.status == 405 else None
             raise RequestRefused.from_core(exc, headers=headers) from exc
 
-    def _hygiene(self, request: web.BaseRequest, ex: Exchange) -> dict[str, str]:
+    def _hygiene(self, request: HttpRequest, ex: Exchange) -> dict[str, str]:
         try:
             clean = clean_request_headers(request.headers.items())
         except HeaderRejected as exc:
@@ -211,7 +211,7 @@ class DataPlane:
                                  headers={"Allow": ", ".join(found.allowed_methods)})
         raise RequestRefused(404, "no-route")
 
-    async def _body(self, request: web.BaseRequest, ex: Exchange) -> tuple[bytes | None, Any]:
+    async def _body(self, request: HttpRequest, ex: Exchange) -> tuple[bytes | None, Any]:
         assert ex.match is not None
         route = ex.match.route
         if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
@@ -231,7 +231,7 @@ class DataPlane:
             raise RequestRefused(400, "body-not-object")
         return raw, parsed
 
-    def _register_consultation(self, request: web.BaseRequest, ex: Exchange,
+    def _register_consultation(self, request: HttpRequest, ex: Exchange,
                                now: datetime) -> None:
         """D8: a sensitive consultation states its purpose and is registered
         before anything is consulted; no register, no consultation."""
@@ -302,7 +302,7 @@ class DataPlane:
         """A connection cut at the header deadline: no caller is known yet."""
         self.metrics.denied.labels("unknown", "none", "header-timeout").inc()
 
-    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+    def refuse_unparsed(self, request: HttpRequest, status: int,
                         reason: str) -> web.Response:
         """A problem for a request the HTTP layer could not parse or handle."""
         ex = Exchange()

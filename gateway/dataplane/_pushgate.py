@@ -27,11 +27,10 @@ import ctypes
 import ctypes.util
 from collections.abc import AsyncIterator, Callable
 
-from aiohttp import web
-
 from gateway.config import EdgeLimits
 from gateway.core.push.size import MiB, PushSizes, oversized
 from gateway.dataplane._exchange import Exchange, read_body
+from gateway.edge import HttpRequest
 from gateway.errors import RequestRefused
 
 SMALL_PUSH_BYTES = 1 * MiB  # the data plane's default route body limit
@@ -108,7 +107,7 @@ class PushGate:
                               headers={"Connection": "close"} if close else None,
                               detail=self.sizes.detail())
 
-    async def read(self, request: web.BaseRequest, ex: Exchange, outer_limit: int,
+    async def read(self, request: HttpRequest, ex: Exchange, outer_limit: int,
                    timeout_s: float, *, columnar_allowed: bool) -> bytes:
         """The body, within ``outer_limit`` (``push.max_body_bytes``) and the caps."""
         limit = min(outer_limit, self.sizes.largest if columnar_allowed

@@ -34,6 +34,7 @@ from gateway.core.routes import Route, RouteMatch
 from gateway.dataplane._exchange import PUSH_CMH, Exchange
 from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._trace import SERVER_HEADER
+from gateway.edge import HttpRequest
 from gateway.errors import RequestRefused
 from gateway.push import PushService
 from gateway.tenants import TenantRegistry
@@ -57,7 +58,7 @@ class PushIntake:
         self.limits = limits
         self.max_body_bytes = max_body_bytes  # push.max_body_bytes
 
-    async def handle(self, request: web.BaseRequest, ex: Exchange,
+    async def handle(self, request: HttpRequest, ex: Exchange,
                      route: Route) -> web.Response:
         """Pushed data in: the HES's daily batch, portal bookings."""
         ex.match = RouteMatch(route, {})

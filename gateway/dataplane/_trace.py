@@ -18,6 +18,7 @@ from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
 from gateway.core.push.trust import PUSH_INTAKE_REFUSALS
 from gateway.dataplane._exchange import CERTIFICATE_REFUSALS, Exchange
+from gateway.edge import HttpRequest
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body
 
@@ -66,7 +67,7 @@ class RequestTrace:
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
 
-    async def account(self, ex: Exchange, request: web.BaseRequest,
+    async def account(self, ex: Exchange, request: HttpRequest,
                       response: web.Response) -> None:
         """Trace one answered request before it is sent: its audit event goes
         out with the others of this loop iteration (one write), and the
@@ -78,7 +79,7 @@ class RequestTrace:
             self._no_trace(ex, response)
         self._after(ex, event, response)
 
-    def account_now(self, ex: Exchange, request: web.BaseRequest,
+    def account_now(self, ex: Exchange, request: HttpRequest,
                     response: web.Response) -> None:
         """``account`` for the HTTP layer's own refusals, which are answered
         synchronously: the event is written at once."""
@@ -89,7 +90,7 @@ class RequestTrace:
             self._no_trace(ex, response)
         self._after(ex, event, response)
 
-    def _event(self, ex: Exchange, request: web.BaseRequest,
+    def _event(self, ex: Exchange, request: HttpRequest,
                response: web.Response) -> RequestEvent:
         tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
         route = ex.match.route if ex.match is not None else None

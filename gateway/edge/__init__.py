@@ -4,8 +4,9 @@ data plane may look at.
 Owns the TLS policy (one function per context, a reason per line), the
 reloadable server TLS material, the TLS read buffer size, the handshake
 accounting, the edge limits and the connection book, the listeners and the
-aiohttp servers they run, and the mapping from a verified certificate to a
-:class:`~gateway.core.model.Caller`.
+HTTP servers they run (the data plane's lean one, aiohttp's), what a
+request is past the edge (:class:`HttpRequest`), and the mapping from a
+verified certificate to a :class:`~gateway.core.model.Caller`.
 
 May import: :mod:`gateway.core`, :mod:`gateway.errors`, :mod:`gateway.problem`,
 :mod:`gateway.tenants`, :mod:`gateway.files`. It does not know the data plane:
@@ -29,14 +30,17 @@ from gateway.edge._listeners import (
     headers_arrived,
 )
 from gateway.edge._peer import Peer, Peers, PerConnection
+from gateway.edge._request import BodyReader, HttpRequest
 
 __all__ = [
+    "BodyReader",
     "CallerResolver",
     "ConnectionBook",
     "CredentialRefused",
     "DataHandler",
     "DataServer",
     "GuardedAppRunner",
+    "HttpRequest",
     "Peer",
     "Peers",
     "PerConnection",

@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aiohttp import web
-
 from gateway.core.model import Caller
 from gateway.edge._peer import Peers, PerConnection
+from gateway.edge._request import HttpRequest
 from gateway.errors import RequestRefused
 from gateway.tenants import TenantRegistry
 
@@ -54,7 +53,7 @@ class CallerResolver:
         self.registry = registry
         self._by_connection.clear()
 
-    def resolve(self, request: web.BaseRequest) -> Caller:
+    def resolve(self, request: HttpRequest) -> Caller:
         transport = request.transport
         if transport is None:
             raise RequestRefused(403, "no-transport")

@@ -1,5 +1,7 @@
 """The listeners: sockets, TLS sites with a handshake deadline, and the
-aiohttp servers whose connections get the edge limits (gateway.edge._limits)."""
+servers whose connections get the edge limits (gateway.edge._limits): the
+data plane's on the lean HTTP server (gateway.edge._lean) or on aiohttp's
+(``[gateway] http_server``), the admin plane's on aiohttp's."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
-from gateway.config import EdgeLimits
+from gateway.config import DEFAULT_HTTP_SERVER, HTTP_SERVERS, EdgeLimits
 from gateway.edge._handshakes import report as report_handshake_failure
+from gateway.edge._lean import LeanConnection
 from gateway.edge._limits import ConnectionBook
+from gateway.edge._request import HttpRequest
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 
 # What aiohttp's parsers (C and Python) say when a request has more header
@@ -23,7 +27,7 @@ from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
 _TOO_MANY_HEADERS = "Too many headers"
 
 
-def admin_refusal(request: web.BaseRequest, status: int, reason: str) -> web.StreamResponse:
+def admin_refusal(request: HttpRequest, status: int, reason: str) -> web.StreamResponse:
     """What the admin plane's HTTP layer refuses: a problem document too."""
     return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
                         body=problem_body(status, new_incident_id(), None, None))
@@ -143,34 +147,44 @@ class _ProblemRequestHandler(RequestHandler):
         return resp
 
 
+class _Deadlined(Protocol):
+    """A connection under the header deadline (or the lean server's idle one)."""
+
+    def gw_header_timeout(self) -> None:
+        """The deadline has passed."""
+
+
 class GuardedServer(web.Server):
     """An aiohttp server whose connections get the edge limits above; its
     refusals come from ``refuse`` (a problem document, audited)."""
 
     edge: EdgeLimits
     book: ConnectionBook
-    refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse]
+    refuse: Callable[[HttpRequest, int, str], web.StreamResponse]
     on_header_timeout: Callable[[], None]
 
     def guard(self, edge: EdgeLimits, book: ConnectionBook,
-              refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+              refuse: Callable[[HttpRequest, int, str], web.StreamResponse],
               on_header_timeout: Callable[[], None]) -> None:
         self.edge, self.book = edge, book
         self.refuse, self.on_header_timeout = refuse, on_header_timeout
         # The header deadline: one sweep for all connections instead of a
         # timer armed and cancelled per request (it showed in the profile).
         # A connection is cut between the deadline and one sweep period later.
-        self._waiting: dict[_ProblemRequestHandler, float] = {}
+        self._waiting: dict[_Deadlined, float] = {}
         self._sweep_s = min(0.25, edge.header_timeout_s / 4)
         self._sweeper: asyncio.TimerHandle | None = None
 
-    def wait_for_headers(self, handler: _ProblemRequestHandler) -> None:
+    def wait_for_headers(self, handler: _Deadlined, within_s: float | None = None) -> None:
+        """Call ``handler.gw_header_timeout()`` once ``within_s`` (default:
+        the header deadline) has passed, unless ``got_headers`` comes first."""
         loop = self._loop  # not get_running_loop(): on 3.11 it costs a getpid()
-        self._waiting[handler] = loop.time() + self.edge.header_timeout_s
+        self._waiting[handler] = loop.time() + (
+            self.edge.header_timeout_s if within_s is None else within_s)
         if self._sweeper is None:
             self._sweeper = loop.call_later(self._sweep_s, self._sweep)
 
-    def got_headers(self, handler: _ProblemRequestHandler) -> None:
+    def got_headers(self, handler: _Deadlined) -> None:
         self._waiting.pop(handler, None)
 
     def _sweep(self) -> None:
@@ -205,10 +219,10 @@ async def headers_arrived(request: web.Request,
 class DataHandler(Protocol):
     """What a data listener serves: the data plane, as the edge sees it."""
 
-    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def handle(self, request: HttpRequest) -> web.Response:
         """Answer one request that passed the edge limits."""
 
-    def refuse_unparsed(self, request: web.BaseRequest, status: int,
+    def refuse_unparsed(self, request: HttpRequest, status: int,
                         reason: str) -> web.StreamResponse:
         """A problem document for what the HTTP layer could not parse or handle."""
 
@@ -217,14 +231,43 @@ class DataHandler(Protocol):
 
 
 class DataServer(GuardedServer):
-    """The low-level aiohttp server of the data plane (no router: the
-    pipeline routes itself)."""
+    """The data plane's server (no router: the pipeline routes itself). Its
+    connections speak HTTP through the lean server (``http_server="lean"``,
+    gateway.edge._lean) or aiohttp's request handler (``"aiohttp"``); either
+    way under the same edge limits, with the same refusals."""
 
-    def __init__(self, plane: DataHandler, edge: EdgeLimits, book: ConnectionBook,
-                 **kwargs: Any) -> None:
+    def __init__(self, plane: DataHandler, edge: EdgeLimits, book: ConnectionBook, *,
+                 http_server: str = DEFAULT_HTTP_SERVER, **kwargs: Any) -> None:
+        if http_server not in HTTP_SERVERS:
+            raise ValueError(f"http_server must be one of {HTTP_SERVERS}, not {http_server!r}")
         super().__init__(self._serve, **edge.server_kwargs(), **kwargs)
-        self._plane = plane
+        self.plane = plane
+        self.http_server = http_server
+        self.loop = self._loop
+        self._lean: set[LeanConnection] = set()
         self.guard(edge, book, plane.refuse_unparsed, plane.header_timed_out)
+
+    def __call__(self) -> RequestHandler | LeanConnection:  # type: ignore[override]
+        # A protocol factory for the listener (TlsSite takes any protocol).
+        if self.http_server == "lean":
+            return LeanConnection(self)
+        return super().__call__()
+
+    def lean_opened(self, connection: LeanConnection) -> None:
+        self._lean.add(connection)
+
+    def lean_closed(self, connection: LeanConnection) -> None:
+        self._lean.discard(connection)
+
+    def pre_shutdown(self) -> None:
+        super().pre_shutdown()
+        for connection in list(self._lean):
+            connection.close()
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
+        await asyncio.gather(super().shutdown(timeout),
+                             *(c.shutdown(timeout) for c in list(self._lean)))
+        self._lean.clear()
 
     async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
         # Every request of this server comes through a connection of ours.
@@ -232,7 +275,7 @@ class DataServer(GuardedServer):
         assert isinstance(connection, _ProblemRequestHandler)
         connection.gw_request_started()  # the header deadline is met
         try:
-            return await self._plane.handle(request)
+            return await self.plane.handle(request)
         finally:
             connection.gw_request_done()
 
@@ -241,7 +284,7 @@ class GuardedAppRunner(web.AppRunner):
     """An AppRunner (the admin plane) whose server gets the same edge limits."""
 
     def __init__(self, app: web.Application, *, edge: EdgeLimits, book: ConnectionBook,
-                 refuse: Callable[[web.BaseRequest, int, str], web.StreamResponse],
+                 refuse: Callable[[HttpRequest, int, str], web.StreamResponse],
                  **kwargs: Any) -> None:
         super().__init__(app, **edge.server_kwargs(), **kwargs)
         self._guard = (edge, book, refuse)

@@ -81,14 +81,12 @@ class FaultProxy:
         finally:
             for pump in pumps:
                 pump.cancel()
-            # Both closed before any wait: a cancel while waiting for the
-            # first must not leave the second open (uvloop refuses to close
-            # a loop with a transport still open).
             writers = [w for w in (up_writer, writer) if w is not None]
+            for w in writers:  # all closed at once: a second cancellation (set_mode
+                with contextlib.suppress(Exception):  # twice in a row) cannot leave one open
+                    w.close()
             for w in writers:
-                w.close()
-            for w in writers:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception, asyncio.CancelledError):
                     await w.wait_closed()
             self._tasks.discard(task)
 

@@ -200,6 +200,25 @@ def test_event_loop_is_chosen_in_the_config(tmp_path: Path) -> None:
     assert loop_factory("asyncio") is asyncio.new_event_loop
 
 
+def test_the_data_listeners_http_server_is_chosen_in_the_config(tmp_path: Path) -> None:
+    from gateway.config import DEFAULT_HTTP_SERVER
+
+    example = REPO / "deploy" / "gateway.example.toml"
+    text = example.read_text()
+    line = f'http_server = "{DEFAULT_HTTP_SERVER}"'
+    assert line in text and GatewayConfig.from_toml(example).http_server == DEFAULT_HTTP_SERVER
+    cfg = tmp_path / "deploy" / "gateway.toml"
+    cfg.parent.mkdir()
+    for choice in ("lean", "aiohttp"):
+        cfg.write_text(text.replace(line, f'http_server = "{choice}"'))
+        assert GatewayConfig.from_toml(cfg).http_server == choice
+    cfg.write_text(text.replace(line, ""))
+    assert GatewayConfig.from_toml(cfg).http_server == DEFAULT_HTTP_SERVER
+    cfg.write_text(text.replace(line, 'http_server = "h2o"'))
+    with pytest.raises(ConfigError, match=r"gateway\.http_server: must be one of lean, aiohttp"):
+        GatewayConfig.from_toml(cfg)
+
+
 def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio

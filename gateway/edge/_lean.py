@@ -1,0 +1,861 @@
+"""The lean HTTP/1.1 server of the data listener: an ``asyncio.Protocol``
+over httptools (llhttp, the C parser uvicorn uses) that hands each request
+to the data plane and writes its ``web.Response`` itself. aiohttp's
+``web.Server``/``RequestHandler`` machinery stays for the admin and ops
+planes; ``[gateway] http_server = "aiohttp"`` puts the data plane back on it.
+
+The same strictness as the aiohttp path (tests/e2e/test_edge_limits.py runs
+on either), rule by rule:
+
+- llhttp in its strict mode: bare CR or LF, obs-fold, NUL, whitespace
+  before a colon, CL+TE, duplicate or signed Content-Length, a final
+  coding other than chunked: 400 ``http-parse-error``; an unknown method:
+  501 ``method-unknown``. The connection closes after the refusal.
+- What aiohttp's parser adds on top of llhttp, checked here: the request
+  target longer than ``max_url_bytes`` (414), a header name or value
+  longer than ``max_header_bytes`` (the first line's name and value
+  together, as aiohttp counts them) (431), more header lines
+  than ``max_headers + 2`` (431; the pipeline checks the exact count), a
+  repeated singleton header (Host, Content-Type, ...), HTTP/1.1 without
+  Host, a target that is neither origin-, absolute- (with a host),
+  authority- (CONNECT) nor asterisk-form (OPTIONS): 400.
+- Memory: httptools keeps the header line it is reading whole, so bytes
+  that arrive without the parser getting anywhere (no target, header, body
+  or chunk event) are counted; past two header sizes the line is refused
+  (431) whatever it is. A request's unread body pauses reading past
+  ``BODY_HIGH_WATER`` bytes, and ``MAX_PIPELINED`` parsed requests waiting
+  behind a busy one likewise.
+- Deadlines: the header deadline (slowloris) runs from connect and from the
+  first byte of every next request to the end of its headers; an idle
+  keep-alive connection closes after ``keepalive_timeout_s``. Both are swept
+  by the server's one timer (gateway.edge._listeners.GuardedServer).
+- Pipelined requests are answered in order, one handler task each; a
+  response forced closed (refusals of framing the gateway does not trust)
+  ends the connection, and nothing after it is read.
+
+Where it differs from aiohttp (on purpose; docs/architecture.md, "The data
+listener's HTTP server"): an Upgrade (or CONNECT) request is answered and
+the connection closed (with a declared body: 400), where aiohttp went on
+reading HTTP after it; a framing error in a body being read, and a gzip or
+deflate body that does not decode (or is truncated, or has bytes after its
+end), is a 400 at once, where aiohttp waited for the body timeout or
+answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import socket
+import time
+import zlib
+from collections import deque
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, cast
+
+import httptools
+from aiohttp import web
+from aiohttp.helpers import parse_content_type
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+if TYPE_CHECKING:
+    from gateway.edge._listeners import DataServer
+
+log = logging.getLogger("gateway.edge")
+
+MAX_PIPELINED = 32  # parsed requests waiting behind a busy one; then reading pauses
+BODY_HIGH_WATER = 128 * 1024  # unread body bytes per connection; then reading pauses
+BODY_LOW_WATER = 64 * 1024  # ... and resumes at this
+LINGER_S = 10.0  # an unread body is read and dropped this long before the next request
+BIG_BODY = 64 * 1024  # larger bodies are written apart from their head (no copy)
+DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
+SLICE = 4096  # bytes parsed at a time (but for the rest of a body of known length)
+
+_EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
+_SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range",
+                         b"content-type", b"etag", b"host", b"max-forwards", b"server",
+                         b"transfer-encoding", b"user-agent"})
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
+_NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
+
+
+class _Refused(Exception):
+    """What the HTTP layer refuses: the status and reason of its problem document."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(status, reason)
+        self.status, self.reason = status, reason
+
+
+@functools.lru_cache(maxsize=64)
+def _mimetype(raw: str) -> str:
+    return parse_content_type(raw)[0]  # aiohttp's reading, so both paths agree
+
+
+class _Body:
+    """One request's body as it arrives (``request.content``): what the
+    parser delivers is buffered until the handler reads it; the connection
+    stops reading while too much is buffered (flow control). A gzip or
+    deflate body is decoded as it is read, at most ``DECODE_STEP`` bytes at
+    a time, so a small compressed body cannot fill the memory at once."""
+
+    __slots__ = ("_chunks", "_conn", "_decoder", "_discard", "_encoding", "_eof", "_exc",
+                 "_size", "_waiter")
+
+    def __init__(self, conn: LeanConnection | None, encoding: str | None = None) -> None:
+        self._conn = conn
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self._eof = conn is None
+        self._exc: BaseException | None = None
+        self._discard = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._encoding = encoding
+        self._decoder: Any = None  # zlib's decompressobj, made at the first byte
+
+    @property
+    def done(self) -> bool:
+        """Read to its end by the parser, or failed."""
+        return self._eof or self._exc is not None
+
+    def feed(self, data: bytes) -> None:
+        if self._discard or self._exc is not None:
+            return
+        self._chunks.append(data)
+        self._size += len(data)
+        assert self._conn is not None
+        self._conn.buffered += len(data)
+        self._wake()
+
+    def feed_eof(self) -> None:
+        self._eof = True
+        self._wake()
+
+    def fail(self, exc: BaseException) -> None:
+        """The body will not arrive whole (connection lost, bad framing)."""
+        if self.done:
+            return
+        self._exc = exc
+        self._drop()
+        self._wake()
+
+    def discard(self) -> None:
+        """Its handler is done: what is left is read and dropped."""
+        self._discard = True
+        self._decoder = None
+        self._drop()
+
+    async def readany(self) -> bytes:
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            if self._encoding is not None:
+                data = self._decode()
+                if data or (self._eof and not self._chunks):
+                    return data
+            elif self._chunks:
+                chunks = self._chunks
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._consumed(self._size)
+                return data
+            elif self._eof:
+                return b""
+            await self._wait()
+
+    def _decode(self) -> bytes:
+        """Up to DECODE_STEP decoded bytes from what has arrived; at the end
+        of the body, b"" once the compressed stream is complete."""
+        decoder = self._decoder
+        while True:
+            data = b"" if decoder is None else decoder.unconsumed_tail
+            if not data and self._chunks:
+                data = self._chunks.popleft()
+                self._consumed(len(data))
+            if not data:
+                if self._eof and decoder is not None and not decoder.eof:
+                    raise _Refused(400, "http-parse-error")  # a truncated stream
+                return b""
+            if decoder is None:
+                decoder = self._decoder = _decoder(self._encoding, data[0])
+            elif decoder.eof:
+                raise _Refused(400, "http-parse-error")  # bytes after the stream's end
+            try:
+                out: bytes = decoder.decompress(data, DECODE_STEP)
+            except zlib.error as exc:
+                raise _Refused(400, "http-parse-error") from exc
+            if decoder.eof and decoder.unused_data:
+                raise _Refused(400, "http-parse-error")
+            if out:
+                return out
+
+    async def wait_done(self) -> None:
+        while not self.done:
+            await self._wait()
+
+    async def _wait(self) -> None:
+        assert self._conn is not None
+        waiter = self._waiter = self._conn.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _drop(self) -> None:
+        self._chunks.clear()
+        self._consumed(self._size)
+
+    def _consumed(self, size: int) -> None:
+        self._size -= size
+        if size and self._conn is not None:
+            self._conn.buffered -= size
+            self._conn.flow()
+
+
+def _decoder(encoding: str | None, first: int) -> Any:
+    if encoding == "gzip":
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    # deflate: RFC 9110 says zlib-wrapped; raw deflate is taken too, as aiohttp does.
+    return zlib.decompressobj(zlib.MAX_WBITS if first & 0x0F == 8 else -zlib.MAX_WBITS)
+
+
+_NO_BODY = _Body(None)
+
+
+class LeanRequest:
+    """One parsed request, as the data plane reads it
+    (:class:`gateway.edge.HttpRequest`)."""
+
+    __slots__ = ("_conn", "_ctype", "content", "headers", "keep_alive", "method", "raw_headers",
+                 "raw_path", "version")
+
+    def __init__(self, conn: LeanConnection, method: str, raw_path: str,
+                 version: tuple[int, int], headers: CIMultiDictProxy[str],
+                 raw_headers: tuple[tuple[bytes, bytes], ...], content: _Body,
+                 keep_alive: bool) -> None:
+        self._conn = conn
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.headers = headers
+        self.raw_headers = raw_headers
+        self.content = content
+        self.keep_alive = keep_alive
+        self._ctype: str | None = None
+
+    @property
+    def transport(self) -> asyncio.Transport | None:
+        return self._conn.transport  # None once the connection is gone, as aiohttp's
+
+    @property
+    def content_type(self) -> str:
+        if self._ctype is None:
+            raw = self.headers.get("Content-Type")
+            self._ctype = "application/octet-stream" if raw is None else _mimetype(raw)
+        return self._ctype
+
+    @property
+    def content_length(self) -> int | None:
+        value = self.headers.get("Content-Length")
+        return None if value is None else int(value)
+
+    @property
+    def body_exists(self) -> bool:
+        return self.content is not _NO_BODY
+
+
+class _Unparsed:
+    """A refusal of the HTTP layer waiting its turn among pipelined requests."""
+
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str) -> None:
+        self.status, self.reason = status, reason
+
+
+_HEAD, _IDLE = 1, 2  # what a connection's deadline is for
+
+
+class LeanConnection(asyncio.Protocol):
+    """One data-plane connection. Not slotted: the connection's certificate
+    reading and resolved caller live on it (gateway.edge._peer.PerConnection)."""
+
+    def __init__(self, server: DataServer) -> None:
+        self.server = server
+        self.loop = server.loop
+        edge = server.edge
+        self._max_url = edge.max_url_bytes
+        self._max_field = edge.max_header_bytes
+        self._max_lines = edge.max_headers + 2  # as aiohttp's parser (EdgeLimits.server_kwargs)
+        self._stalled_max = 2 * edge.max_header_bytes + 64
+        self.transport: asyncio.Transport | None = None
+        self.buffered = 0  # unread body bytes of all this connection's requests
+        self._parser = httptools.HttpRequestParser(self)
+        self._admitted = False
+        self._tenant = ""
+        # Parsing.
+        self._url: list[bytes] = []
+        self._url_len = 0
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._lines = 0  # header lines of this message (trailers included, as aiohttp)
+        self._seen: set[bytes] = set()
+        self._in_head = False  # a message has begun and its headers are not complete
+        self._body: _Body | None = None  # the body being parsed
+        self._fresh: list[LeanRequest] = []  # headers complete in this data_received
+        self._progress = False  # the parser got somewhere in this data_received
+        self._stalled = 0  # bytes received since it last did
+        self._remaining = 0  # of the body being parsed, when its length is known
+        self._tail = b""  # what is left of a read while MAX_PIPELINED requests wait
+        self._pumping = False
+        self._refusal: _Refused | None = None  # raised from a callback
+        self._stop = False  # nothing more is parsed (closing message, error, upgrade)
+        # Serving.
+        self._queue: deque[LeanRequest | _Unparsed] = deque()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False  # no next request (drain, or a response forced closed)
+        self._paused = False  # reading paused by flow control
+        self._write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._deadline = 0  # _HEAD, _IDLE or 0
+
+    # -- the connection ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's TLS transport is no asyncio.Transport subclass, only alike.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        book = self.server.book
+        self._tenant = book.tenant_of(transport)
+        self._admitted = book.admit(self._tenant)
+        self.server.lean_opened(self)
+        if not self._admitted:
+            # SECURITY: over the connection cap: closed before any HTTP byte.
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        edge = self.server.edge
+        if edge.keepalive_timeout_s < edge.header_timeout_s:
+            self._arm(_IDLE)
+        else:
+            self._arm(_HEAD)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.transport = None
+        self._disarm()
+        if self._admitted:
+            self.server.book.release(self._tenant)
+            self._admitted = False
+        self._stop = True
+        self._tail = b""
+        gone = ConnectionResetError("Connection lost")
+        if self._body is not None:
+            self._body.fail(gone)
+        for item in self._queue:
+            if isinstance(item, LeanRequest):
+                item.content.fail(gone)
+        self._queue.clear()
+        for request in self._fresh:
+            request.content.fail(gone)
+        self._fresh.clear()
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        if self._task is None:
+            self.server.lean_closed(self)
+        # A handler still running finishes (its answer goes nowhere), as
+        # aiohttp's do: it may be reading a body, which now fails.
+
+    def eof_received(self) -> bool | None:
+        return None  # the transport closes (as aiohttp's handler)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # -- parsing ------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self._stop:
+            return
+        if self._tail:
+            self._tail += data  # delivered after reading paused (bounded by one read)
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse one read. httptools cannot stop in the middle of one, so it
+        gets ``SLICE`` bytes at a time (the rest of a body of known length
+        at once): once ``MAX_PIPELINED`` requests wait, the rest of the read
+        is kept and reading paused until they are answered, as aiohttp's
+        parser pauses (one read of tiny pipelined requests is thousands)."""
+        view = memoryview(data)
+        pos, end = 0, len(data)
+        try:
+            while pos < end:
+                if len(self._queue) + len(self._fresh) >= MAX_PIPELINED:
+                    self._tail = bytes(view[pos:])
+                    break
+                step = self._remaining if self._remaining else SLICE
+                piece = view[pos:pos + step]
+                pos += len(piece)
+                self._progress = False
+                self._parser.feed_data(piece)
+                if self._progress:
+                    self._stalled = 0
+                    continue
+                self._stalled += len(piece)
+                if self._stalled > self._stalled_max:
+                    # Nothing parsed for more than a header line may hold: a
+                    # line httptools would keep growing in memory.
+                    self._failed(_Refused(431, "header-too-long") if self._in_head or
+                                 self._body is not None else _Refused(400, "http-parse-error"))
+                    return
+        except httptools.HttpParserUpgrade:
+            # The upgrade (or CONNECT) request is complete: it is answered and
+            # the connection closed; what follows is never read as HTTP.
+            self._stop = True
+            self._tail = b""
+        except httptools.HttpParserError as exc:
+            self._failed(exc)
+            return
+        if self._fresh:
+            self._queue.extend(self._fresh)
+            self._fresh.clear()
+            self._next_request()
+        self.flow()
+
+    def _pump(self) -> None:
+        """Parse what was kept of a read, now that fewer requests wait."""
+        while (self._tail and not self._pumping and not self._stop
+               and len(self._queue) <= MAX_PIPELINED // 2):
+            tail, self._tail = self._tail, b""
+            self._pumping = True
+            try:
+                self._feed(tail)
+            finally:
+                self._pumping = False
+
+    def _failed(self, exc: Exception) -> None:
+        """The parser refused the stream (llhttp in strict mode also refuses
+        bytes after a request that closes the connection): the refusal is
+        answered after the requests of earlier reads; those of this read
+        are dropped with it, as aiohttp does; nothing more is read."""
+        refusal = exc if isinstance(exc, _Refused) else self._refusal
+        self._refusal = None
+        self._stop = True
+        if refusal is None:
+            if isinstance(exc, httptools.HttpParserInvalidMethodError):
+                refusal = _Refused(501, "method-unknown")
+            elif isinstance(exc, httptools.HttpParserCallbackError):
+                # Not a refusal of ours: a bug in a callback below.
+                log.error("error parsing a request", exc_info=exc.__context__ or exc)
+                refusal = _Refused(500, "internal-error")
+            else:
+                refusal = _Refused(400, "http-parse-error")
+        body, self._body = self._body, None
+        if body is not None:
+            # A request of an earlier read whose body was being parsed: its
+            # handler's reading fails, and the handler refuses it.
+            body.fail(refusal)
+        for request in self._fresh:
+            request.content.discard()
+        self._fresh.clear()
+        self._tail = b""
+        self._remaining = 0
+        self._queue.append(_Unparsed(refusal.status, refusal.reason))
+        self._disarm()
+        self._next_request()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        self._refusal = _Refused(status, reason)
+        raise self._refusal
+
+    def on_message_begin(self) -> None:
+        self._progress = True
+        self._in_head = True
+        self._url = []
+        self._url_len = 0
+        self._raw = []
+        self._lines = 0
+        self._seen = set()
+        self._arm(_HEAD)  # the first byte of a request: its headers must follow in time
+
+    def on_url(self, part: bytes) -> None:
+        self._progress = True
+        self._url_len += len(part)
+        if self._url_len > self._max_url:
+            self._refuse(414, "request-line-too-long")
+        self._url.append(part)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._progress = True
+        max_field = self._max_field
+        if len(name) > max_field or len(value) > max_field or (
+                not self._lines and len(name) + len(value) > max_field):
+            # As aiohttp's parser: the name and the value each within the
+            # limit, and the first line's name and value together.
+            self._refuse(431, "header-too-long")
+        self._lines += 1
+        if self._lines > self._max_lines:
+            self._refuse(431, "too-many-headers")
+        if not self._in_head:
+            return  # a trailer: counted, not kept (as aiohttp)
+        lname = name.lower()
+        if lname in _SINGLETONS:
+            if lname in self._seen:
+                self._refuse(400, "http-parse-error")
+            self._seen.add(lname)
+        self._raw.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        self._progress = True
+        self._in_head = False
+        if self._deadline == _HEAD:
+            self._disarm()
+        parser = self._parser
+        method = parser.get_method().decode("ascii")
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            major, _, minor = parser.get_http_version().partition(".")
+            version = (int(major), int(minor))
+        raw_headers = tuple(self._raw)
+        headers = CIMultiDictProxy(CIMultiDict(
+            (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+            for n, v in raw_headers)) if raw_headers else _NO_HEADERS
+        target = b"".join(self._url).decode("utf-8", "surrogateescape")
+        if not _target_form_ok(method, target):
+            self._refuse(400, "http-parse-error")
+        if version == (1, 1) and "Host" not in headers:
+            self._refuse(400, "http-parse-error")
+        if "Sec-WebSocket-Key1" in headers:
+            self._refuse(400, "http-parse-error")  # the old WebSocket handshake (aiohttp)
+        length = headers.get("Content-Length")
+        has_body = "Transfer-Encoding" in headers or (length is not None and int(length) > 0)
+        encoding = None
+        if has_body and "Content-Encoding" in headers:
+            # As aiohttp: gzip and deflate are decoded (the last of the
+            # header's values), br and zstd refused (not installed), any
+            # other coding left as it is.
+            coding = headers.getall("Content-Encoding")[-1].lower()
+            if coding in ("gzip", "deflate"):
+                encoding = coding
+            elif coding in ("br", "zstd"):
+                self._refuse(400, "http-parse-error")
+        keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade() or method == "CONNECT":
+            if has_body:
+                self._refuse(400, "http-parse-error")  # its body would be read as the next request
+            keep_alive = False
+        body = _Body(self, encoding) if has_body else _NO_BODY
+        self._body = body if has_body else None
+        chunked = "Transfer-Encoding" in headers
+        self._remaining = int(length) if has_body and not chunked and length is not None else 0
+        self._fresh.append(LeanRequest(self, method, target, version, headers, raw_headers,
+                                       body, keep_alive))
+
+    def on_body(self, data: bytes) -> None:
+        self._progress = True
+        if self._remaining:
+            self._remaining -= len(data)
+        if self._body is not None:
+            self._body.feed(data)
+
+    def on_chunk_header(self) -> None:
+        self._progress = True
+
+    def on_chunk_complete(self) -> None:
+        self._progress = True
+
+    def on_message_complete(self) -> None:
+        self._progress = True
+        self._in_head = False
+        self._remaining = 0
+        if self._body is not None:
+            self._body.feed_eof()
+            self._body = None
+        if not self._parser.should_keep_alive():
+            self._stop = True  # the last request: nothing after it is read
+
+    # -- flow control -------------------------------------------------------------
+    def flow(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._paused:
+            if (self.buffered <= BODY_LOW_WATER and len(self._queue) <= MAX_PIPELINED // 2
+                    and not self._tail):
+                self._paused = False
+                transport.resume_reading()
+        elif (self.buffered > BODY_HIGH_WATER or len(self._queue) >= MAX_PIPELINED
+              or self._tail):
+            self._paused = True
+            transport.pause_reading()
+
+    # -- deadlines ----------------------------------------------------------------
+    def _arm(self, kind: int) -> None:
+        edge = self.server.edge
+        self._deadline = kind
+        self.server.wait_for_headers(
+            self, edge.header_timeout_s if kind == _HEAD else edge.keepalive_timeout_s)
+
+    def _disarm(self) -> None:
+        if self._deadline:
+            self._deadline = 0
+            self.server.got_headers(self)
+
+    def gw_header_timeout(self) -> None:
+        """Called by the server's sweep once the deadline has passed."""
+        kind, self._deadline = self._deadline, 0
+        transport = self.transport
+        if transport is None:
+            return
+        if kind == _HEAD:
+            if self._paused:
+                self._arm(_HEAD)  # we stopped reading, not the client: not its fault
+                return
+            self.server.on_header_timeout()
+            transport.abort()
+        elif kind == _IDLE and self._task is None and not self._queue and not self._in_head:
+            transport.close()
+
+    # -- serving ------------------------------------------------------------------
+    def _next_request(self) -> None:
+        """Serve the next request waiting, if none is being served; else
+        the connection is idle (or closes, when it takes no more)."""
+        if self._task is not None or self.transport is None:
+            return
+        if self._queue and not self._closing:
+            self._task = self.loop.create_task(self._serve(self._queue.popleft()))
+            self._pump()
+            self.flow()
+        elif self._closing:
+            self.transport.close()
+        else:
+            self._pump()
+            if self._task is None and not self._in_head and not self._deadline:
+                self._arm(_IDLE)
+
+    async def _serve(self, item: LeanRequest | _Unparsed) -> None:
+        """One request's task: answer it, write the answer, then start the next."""
+        again = False
+        try:
+            if isinstance(item, _Unparsed):
+                request = self._unparsed_request()
+                response = self._refuse_unparsed(request, item.status, item.reason)
+            else:
+                request = item
+                response = await self._answer(request)
+            again = await self._send(request, response)
+        except Exception:
+            log.exception("unhandled error serving a request")
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            self._task = None
+            if self.transport is None:
+                self.server.lean_closed(self)
+            elif again:
+                self._next_request()
+
+    async def _answer(self, request: LeanRequest) -> web.Response:
+        """The data plane's answer, or the refusal of what failed under it
+        (the same statuses and reasons as the aiohttp path's handle_error)."""
+        try:
+            response: web.StreamResponse = await self.server.plane.handle(request)
+        except web.HTTPException as exc:
+            response = exc
+        except _Refused as exc:  # the body's framing failed while it was read
+            response = self._refuse_unparsed(request, exc.status, exc.reason)
+        except TimeoutError:
+            log.exception("error handling request")
+            response = self._refuse_unparsed(request, 504, "internal-error")
+        except ConnectionError:
+            # The caller hung up and the handler failed on it: accounted and
+            # audited, not logged (nobody reads the answer).
+            response = self._refuse_unparsed(request, 400, "client-gone")
+        except Exception:
+            log.exception("error handling request")
+            response = self._refuse_unparsed(request, 500, "internal-error")
+        if not isinstance(response, web.Response) or not isinstance(
+                response.body, bytes | bytearray | None):
+            log.error("the data plane answered %r: not a web.Response with bytes", response)
+            response = self._refuse_unparsed(request, 500, "internal-error")
+        return response
+
+    def _refuse_unparsed(self, request: LeanRequest, status: int,
+                         reason: str) -> web.Response:
+        response = self.server.refuse(request, status, reason)
+        response.force_close()
+        assert isinstance(response, web.Response)
+        return response
+
+    def _unparsed_request(self) -> LeanRequest:
+        # What aiohttp hands its error handler: no method, target or headers known.
+        return LeanRequest(self, "UNKNOWN", "/", (1, 0), _NO_HEADERS, (), _NO_BODY, False)
+
+    async def _send(self, request: LeanRequest, response: web.Response) -> bool:
+        """Write the answer; True when the connection takes a next request."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        keep_alive = (request.keep_alive and response.keep_alive is not False
+                      and not self._closing)
+        try:
+            head, body = serialize(request, response, keep_alive)
+        except ValueError:
+            log.exception("unsendable answer")
+            transport.close()
+            return False
+        if len(body) > BIG_BODY:
+            transport.write(head)
+            transport.write(body)
+        else:
+            transport.write(head + body if body else head)
+        if self._write_paused and self.transport is not None:
+            self._drained = self.loop.create_future()
+            try:
+                await self._drained
+            finally:
+                self._drained = None
+        if self.transport is None:
+            return False
+        if not keep_alive:
+            self._closing = True
+            self._stop = True
+            self.transport.close()
+            return False
+        content = request.content
+        if not content.done:
+            # The handler left part of the body unread: it is read and dropped
+            # (for a while) so that the next request can be parsed.
+            content.discard()
+            self.flow()
+            try:
+                await asyncio.wait_for(content.wait_done(), LINGER_S)
+            except TimeoutError:
+                if self.transport is not None:
+                    self.transport.close()
+                return False
+        return self.transport is not None
+
+    # -- drain (gateway stop) -----------------------------------------------------
+    def close(self) -> None:
+        """Stop taking requests: an idle connection closes now, a busy one
+        after its answer."""
+        self._closing = True
+        if self._task is None and self.transport is not None:
+            self.transport.close()
+
+    async def shutdown(self, timeout_s: float | None) -> None:
+        """Let the request in flight finish within ``timeout_s``, then end it."""
+        self._closing = True
+        task = self._task
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=timeout_s)
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=1)
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _target_form_ok(method: str, target: str) -> bool:
+    """The request-target forms aiohttp accepts (RFC 9112 §3.2): origin-form,
+    authority-form for CONNECT, asterisk-form for OPTIONS, absolute-form
+    with a host."""
+    if target[:1] == "/":
+        return True
+    if method == "CONNECT":
+        try:
+            return URL.build(authority=target, encoded=True).raw_host is not None
+        except ValueError:
+            return False
+    if target == "*":
+        return method == "OPTIONS"
+    rest = target.partition(":")[2]
+    if rest[:2] != "//" or rest[2:3] in ("", "/", "?", "#"):
+        return False
+    try:
+        return URL(target, encoded=True).raw_host is not None
+    except ValueError:
+        return False
+
+
+_date = [0, ""]
+
+
+def _http_date() -> str:
+    now = int(time.time())
+    if now != _date[0]:
+        _date[0], _date[1] = now, formatdate(now, usegmt=True)
+    return str(_date[1])
+
+
+def serialize(request: LeanRequest, response: web.Response,
+              keep_alive: bool) -> tuple[bytes, bytes]:
+    """The status line and headers, and the body, of ``response`` as aiohttp
+    would write them: Content-Length (none on 1xx/204/304, none for an empty
+    HEAD or 304 answer), Date, ``Connection: close`` (HTTP/1.1) or
+    ``keep-alive`` (HTTP/1.0), no body for HEAD. No Server banner is added.
+    Raises ValueError for CR or LF in a header (no response splitting)."""
+    status = response.status
+    method = request.method
+    raw = response.body
+    if raw is None:
+        body = b""
+    elif isinstance(raw, bytes | bytearray):
+        body = bytes(raw)
+    else:
+        raise ValueError("a streamed body (the data plane answers with bytes)")
+    headers = response.headers
+    empty = method == "HEAD" or status in _EMPTY_BODY_STATUS
+    drop_length = status in _EMPTY_BODY_STATUS or (method == "CONNECT" and 200 <= status < 300)
+    major, minor = request.version
+    lines = [f"HTTP/{major}.{minor} {status} {response.reason}\r\n"]
+    length: int | None = None
+    for name, value in headers.items():
+        lname = name.lower()
+        if lname == "content-length":
+            if drop_length:
+                continue
+            length = int(value)
+        elif lname == "transfer-encoding" and empty:
+            continue
+        lines.append(f"{name}: {value}\r\n")
+    if length is None and not drop_length and (body or (status != 304 and method != "HEAD")):
+        length = len(body)
+        lines.append(f"Content-Length: {length}\r\n")
+    if not empty and length != 0 and "Content-Type" not in headers:
+        lines.append("Content-Type: application/octet-stream\r\n")
+    if "Date" not in headers:
+        lines.append(f"Date: {_http_date()}\r\n")
+    if "Connection" not in headers:
+        if keep_alive:
+            if (major, minor) == (1, 0):
+                lines.append("Connection: keep-alive\r\n")
+        elif (major, minor) == (1, 1):
+            lines.append("Connection: close\r\n")
+    lines.append("\r\n")
+    head = "".join(lines)
+    crlf = head.count("\r\n")
+    if head.count("\r") != crlf or head.count("\n") != crlf:
+        raise ValueError("CR or LF in a response header")
+    if empty:
+        body = b""
+    elif length is not None and len(body) > length:
+        body = body[:length]
+    return head.encode("utf-8"), body
+
