@@ -23,7 +23,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import (
+    ExtendedKeyUsageOID,
+    NameOID,
+    PublicKeyAlgorithmOID,
+    SignatureAlgorithmOID,
+)
 
 from gateway.errors import RequestRefused
 from gateway.pki._authority import BACKDATE, CertificateAuthority
@@ -76,6 +81,10 @@ def check_csr(csr_pem: bytes, *, expected_uri: str, policy: IssuancePolicy = DEF
                                                     f"exceeds the maximum {policy.max_lifetime}")
     try:
         csr = x509.load_pem_x509_csr(csr_pem)
+        if csr.public_key_algorithm_oid == PublicKeyAlgorithmOID.DSA:  # type: ignore[attr-defined]
+            # Refused before the key is loaded: cryptography deprecates DSA
+            # and warns on loading one (_check_key refuses it as well).
+            raise CsrRefused("weak-key", "DSAPublicKey keys are not accepted")
         public_key = csr.public_key()
         requested = csr.extensions  # parsed lazily: duplicates and bad DER surface here
     except UnsupportedAlgorithm as exc:
