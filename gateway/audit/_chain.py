@@ -340,12 +340,17 @@ class ChainedAuditLog:
             self._failures += len(group.lines)
             group.error = exc
 
-    def _seal(self, fields: dict[str, Any],
-              encode: Callable[[dict[str, Any]], bytes] = canonical) -> tuple[bytes, str]:
-        """The next line of the chain (not written) and its hash."""
+    def _usable_fd(self) -> int:
+        """The file's descriptor, or AuditWriteFailed if closed or broken."""
         if self._fd is None or self._broken:
             raise AuditWriteFailed(f"audit log {self.path} is "
                                    + ("closed" if self._fd is None else "unusable; reopen it"))
+        return self._fd
+
+    def _seal(self, fields: dict[str, Any],
+              encode: Callable[[dict[str, Any]], bytes] = canonical) -> tuple[bytes, str]:
+        """The next line of the chain (not written) and its hash."""
+        self._usable_fd()
         fields["seq"], fields["prev"] = self._seq + 1, self._head
         try:
             body = encode(fields)
@@ -363,20 +368,18 @@ class ChainedAuditLog:
 
     def _write(self, data: bytes) -> None:
         """``data`` (whole lines) at the end of the file, or nothing of it."""
-        if self._fd is None or self._broken:  # closed or broken since the lines were sealed
-            raise AuditWriteFailed(f"audit log {self.path} is "
-                                   + ("closed" if self._fd is None else "unusable; reopen it"))
+        fd = self._usable_fd()  # closed or broken since the lines were sealed
         written = 0
         try:
             while written < len(data):  # no user-space buffer to flush
-                n = os.write(self._fd, data[written:])
+                n = os.write(fd, data[written:])
                 if n <= 0:
                     raise OSError(errno.EIO, "short write")
                 written += n
         except OSError as exc:
             try:  # remove any fragment: the next line would be glued to it
-                if os.fstat(self._fd).st_size > self._size:
-                    os.ftruncate(self._fd, self._size)
+                if os.fstat(fd).st_size > self._size:
+                    os.ftruncate(fd, self._size)
             except OSError:
                 self._broken = True
                 log.error("audit log %s: cannot remove a partial line; refusing writes",
