@@ -273,8 +273,13 @@ class DataPlane:
             raise RequestRefused(429, "rate-limited",
                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            async with self.slots.slot(upstream, tenant, config.queue_timeout_s):
+            slots = self.slots
+            if not slots.try_acquire(upstream, tenant):
+                await slots.acquire(upstream, tenant, config.queue_timeout_s)
+            try:
                 return await self._forward(ex, target, headers, body, method)
+            finally:
+                slots.release(upstream, tenant)
         finally:
             self.quotas.release(tenant, upstream)
 

@@ -92,8 +92,11 @@ class Breaker:
             return True
         return False
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """Count a success; True when this one closed an open circuit."""
+        was_open = self.state != "closed"
         self.state, self.failures = "closed", 0
+        return was_open
 
     def failure(self, now: float) -> bool:
         """Count a failure; True when this one opened the circuit."""
@@ -381,8 +384,7 @@ class UpstreamPool:
                 raise
             if response.status >= 500:
                 self._failed(upstream, breaker)
-            else:
-                breaker.success()
+            elif breaker.success():
                 self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(0)
             return response
         raise AssertionError("unreachable")
