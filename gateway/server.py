@@ -208,7 +208,8 @@ class Gateway:
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
-            consultations=self.store.add_consultation, limits=config.limits)
+            consultations=self.store.add_consultation, limits=config.limits,
+            access_log=config.log.access)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
