@@ -17,7 +17,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import DEFAULT_HTTP_SERVER, HTTP_SERVERS, EdgeLimits
 from gateway.edge._handshakes import report as report_handshake_failure
-from gateway.edge._lean import LeanConnection
+from gateway.edge._lean import LeanConnection, incident_of
 from gateway.edge._limits import ConnectionBook
 from gateway.edge._request import HttpRequest
 from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
@@ -138,12 +138,13 @@ class _ProblemRequestHandler(RequestHandler):
             # no error is logged; the refusal is still accounted and audited.
             status, reason = 400, "client-gone"
         elif status >= 500:
-            self.log_exception("error handling request", exc_info=exc)
             reason = "internal-error"
         else:
             reason = "http-parse-error"
         resp = self._gw.refuse(request, status, reason)
         resp.force_close()
+        if reason == "internal-error":
+            self.log_exception("error handling request", exc_info=exc, extra=incident_of(resp))
         return resp
 
 

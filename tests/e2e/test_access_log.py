@@ -136,3 +136,19 @@ def test_serve_logs_json_on_stdout(tmp_path: Path) -> None:
     assert meter not in out.read_text()
     # Nothing of the log went to stderr as text.
     assert not re.search(r" (INFO|WARNING|ERROR) gateway", err.read_text()), err.read_text()
+
+
+def test_a_withheld_answer_is_logged_with_its_incident(
+        faults: RunningStack, caplog: pytest.LogCaptureFixture) -> None:
+    """A log record that concerns a request carries that request's incident
+    id: the one in the problem document and in the audit event."""
+    caplog.set_level(logging.WARNING, logger="gateway.dataplane")
+    faults.fault("hes", "misroute")
+    answer = faults.client("ores").get("/hes/meters")
+    assert answer.status == 502
+    incident = answer.json["incident"]
+    (record,) = [r for r in caplog.records if r.getMessage() == "isolation violation withheld"]
+    assert fields(record) == {"incident": incident, "tenant": "ores",
+                              "route": "/hes/meters", "reason": fields(record)["reason"]}
+    assert any(e.get("incident") == incident for e in faults.audit_events())
+    assert f"incident={incident} tenant=ores" in TextFormatter().format(record)
