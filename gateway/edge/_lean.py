@@ -74,6 +74,7 @@ BIG_BODY = 64 * 1024  # larger bodies are written apart from their head (no copy
 DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
 SLICE = 4096  # bytes parsed at a time (but for the rest of a body of known length)
 
+
 def incident_of(response: web.StreamResponse) -> dict[str, str]:
     """The log fields of a request's refusal: its incident id, which the data
     plane's answers carry as ``X-Request-Id`` (gateway.logs)."""
