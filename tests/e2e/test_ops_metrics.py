@@ -30,6 +30,7 @@ def test_process_metrics_and_the_memory_budget(gw: RunningStack) -> None:
     assert rss > 1024 * 1024  # this process, read at scrape time
     assert gw.metric("process_open_fds") > 0
     assert gw.metric("python_info") == 1
+    assert 'python_gc_collections_total{generation="0"}' in gw.ops("/metrics").body.decode()
     # The budget the RSS alert compares with: [limits] memory_budget_mb in bytes.
     budget_mb = gw.stack.gateway.config.limits.memory_budget_mb
     assert gw.metric("gateway_memory_budget_bytes") == budget_mb * 1024 * 1024
