@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from gateway.errors import ConfigError, NotReadyYet
+from gateway.logs import configure as configure_logging
 
 
 def _tune_gc() -> None:
@@ -84,6 +85,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.server import Gateway
 
     config = GatewayConfig.from_toml(Path(args.config))
+    configure_logging(config.log.format, verbose=args.verbose)  # [log] format
     if args.worker_index is not None:
         config = config.for_worker(args.worker_index)
     elif args.workers != 1:
@@ -468,8 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=args.verbose)  # text on stderr until a config says otherwise
     from gateway.admin import AdminCallFailed
 
     try:

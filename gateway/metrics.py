@@ -1,4 +1,7 @@
-"""Prometheus metrics of the gateway (names start with ``gateway_``).
+"""Prometheus metrics of the gateway (names start with ``gateway_``), and the
+client library's standard process, platform and garbage-collector series
+(``process_resident_memory_bytes``, ``process_open_fds``, ``python_info``,
+``python_gc_*``: the names every Prometheus user knows, read at scrape time).
 
 Labels carry tenant ids (declared tenants only; anything else is
 ``unknown``), upstream names, route templates, status codes and reason codes:
@@ -14,7 +17,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -37,6 +43,11 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        # What a process exposes by default (only read when scraped): RSS
+        # against gateway_memory_budget_bytes, CPU, open file descriptors.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter(
             "gateway_requests", "Requests answered on the data plane.",
             ["tenant", "upstream", "route", "status"], registry=r)
@@ -82,6 +93,20 @@ class GatewayMetrics:
             "gateway_upstream_queue_depth",
             "Requests waiting for a slot of the upstream's pool (fair queuing by tenant).",
             ["upstream"], registry=r)
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a data-plane request to an upstream to having its answer "
+            "read (connecting included, waiting for a pool slot not), answered calls only.",
+            ["upstream"], buckets=_BUCKETS, registry=r)
+        self.connections_open = Gauge(
+            "gateway_connections_open",
+            "Connections open on a listener (data, admin: from accept, TLS handshake "
+            "included; ops), read when scraped.", ["listener"], registry=r)
+        self.memory_budget = Gauge(
+            "gateway_memory_budget_bytes",
+            "[limits] memory_budget_mb in bytes: above it (process_resident_memory_bytes) "
+            "new connections and requests are refused and /readyz says shedding memory.",
+            registry=r)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream calls, by kind.",
             ["upstream", "kind"], registry=r)

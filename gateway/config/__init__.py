@@ -3,8 +3,8 @@
 ``[limits]`` table (:class:`EdgeLimits`). Loading validates everything and
 names the file and key of what is wrong, at start-up.
 
-May import: :mod:`gateway.core` (the catalogue of shared systems) and
-:mod:`gateway.errors`.
+May import: :mod:`gateway.core` (the catalogue of shared systems),
+:mod:`gateway.errors` and :mod:`gateway.logs` (the log formats).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gateway.config._gateway import (
     FleetConfig,
     GatewayConfig,
     Listener,
+    LogConfig,
     Upstream,
     VaultConfig,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "FleetConfig",
     "GatewayConfig",
     "Listener",
+    "LogConfig",
     "Upstream",
     "VaultConfig",
 ]

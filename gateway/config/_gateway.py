@@ -18,6 +18,7 @@ from typing import Any
 from gateway.config._limits import EdgeLimits
 from gateway.core.catalog import UPSTREAMS
 from gateway.errors import ConfigError
+from gateway.logs import LOG_FORMATS
 
 SECONDS = 1.0
 DEFAULT_LIMITS = EdgeLimits()
@@ -89,6 +90,16 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LogConfig:
+    """``[log]``: the process log's format (gateway.logs: ``text`` on
+    stderr, ``json`` on stdout) and the access log (one line per data-plane
+    request, logger ``gateway.access``; off by default). Read at start."""
+
+    format: str = "text"
+    access: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     trust_domain: str
     tenants_dir: Path
@@ -139,6 +150,7 @@ class GatewayConfig:
     state_max_staleness_s: float = 5.0
     # The fleet ([fleet]): what this process is, and its name among replicas.
     fleet: FleetConfig = field(default_factory=lambda: FleetConfig())
+    log: LogConfig = LogConfig()
     source: str = "<memory>"
 
     @property
@@ -297,6 +309,7 @@ class GatewayConfig:
             state_url=state_url,
             state_max_staleness_s=r.number("state.max_staleness_s", 5.0),
             fleet=fleet,
+            log=_log(r, source),
             source=source,
         )
 
@@ -371,6 +384,23 @@ def _fleet(r: _Reader, source: str, state_url: str | None) -> FleetConfig:
     if not 0.05 <= interval <= 60:
         raise ConfigError(f"{source}: fleet.heartbeat_interval_s: between 0.05 and 60")
     return FleetConfig(role=role, replica_id=replica_id, heartbeat_interval_s=interval)
+
+
+def _log(r: _Reader, source: str) -> LogConfig:
+    if r._get("log") is None:
+        return LogConfig()
+    table = r.table("log")
+    unknown = set(table) - {"format", "access"}
+    if unknown:
+        raise ConfigError(f"{source}: log.{sorted(unknown)[0]}: unknown setting")
+    log_format = table.get("format", "text")
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"{source}: log.format: must be one of {', '.join(LOG_FORMATS)} "
+                          f"(got {log_format!r})")
+    access = table.get("access", False)
+    if not isinstance(access, bool):
+        raise ConfigError(f"{source}: log.access: must be true or false (got {access!r})")
+    return LogConfig(log_format, access)
 
 
 def _default_replica_id(role: str) -> str:

@@ -77,6 +77,7 @@ class DataPlane:
         limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        access_log: bool = False,
     ) -> None:
         self.resolver = resolver
         self.routes = routes
@@ -108,7 +109,7 @@ class DataPlane:
         self.clock = clock
         # The last stage of every request, refused or served: answer, audit, metrics.
         self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
-                                  clock=clock)
+                                  clock=clock, access=access_log)
 
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: HttpRequest) -> web.Response:
