@@ -12,6 +12,8 @@ with one reason per record:
                           ``FUTURE_SKEW`` ahead of ``now``, a value that is not a
                           finite number, an unknown unit or quality code, a
                           malformed OBIS code, a malformed ``via`` serial;
+- ``unit-mismatch``       the unit is not the one of the OBIS code's quantity
+                          (energy kWh, power kW, gas and water volumes m3);
 - ``malformed-meter-id``  the meter serial is not a serial;
 - ``unexpected-field``    a member the format does not define (a record carries
                           ``meter``, ``timestamp``, ``obis``, ``value``,
@@ -19,7 +21,8 @@ with one reason per record:
                           ``via``, ``ean``; nothing else reaches a tenant, D1);
 - ``bad-ean``             an ``ean`` is present but malformed or its GS1 check
                           digit fails;
-- ``duplicate``           a second record with the same meter, instant and OBIS;
+- ``duplicate``           a second record with the same meter, instant and OBIS
+                          code (``1-0:1.8.1`` and ``1-0:1.8.1*255`` are one);
 - ``no-owner``            no single owner holds the meter at that instant;
 - ``owner-mismatch``      the HES labelled the record for another tenant than
                           the true owner (misrouting: an isolation violation);
@@ -49,7 +52,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -58,14 +60,20 @@ from typing import Any
 
 import orjson
 
-from gateway.core.identifiers import is_plain_id, is_valid_ean, is_valid_meter_serial
+from gateway.core.identifiers import (
+    is_plain_id,
+    is_valid_ean,
+    is_valid_meter_serial,
+    obis_key,
+    obis_units,
+)
 from gateway.core.rejected import Rejected
 from gateway.core.relations.index import RelationIndex
 from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, REC, encode_id
 
 QUARANTINE_REASONS = frozenset({
     "invalid-record", "malformed-meter-id", "unexpected-field", "bad-ean", "duplicate",
-    "no-owner", "owner-mismatch", "airplane-mode", "ean-mismatch",
+    "no-owner", "owner-mismatch", "airplane-mode", "ean-mismatch", "unit-mismatch",
 })
 # Counted in gateway_isolation_violations_total and raised as security events.
 ISOLATION_REASONS_PUSH = frozenset({"owner-mismatch", "ean-mismatch"})
@@ -93,7 +101,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _MIN, _MAX = -(1 << 62), 1 << 62  # open interval ends, in microseconds
 # The OBIS shape the brief fixes, ASCII digits only; matched once per distinct code.
-_OBIS = re.compile(r"[0-9]-[0-9]+:[0-9]+\.[0-9]+\.[0-9]+")
+_NO_UNITS: frozenset[str] = frozenset()
+
+
+def _obis(code: str, ids: dict[str, int]) -> tuple[int, frozenset[str]]:
+    """(a small id of the code's one spelling, or -1 if malformed; its units)."""
+    key = obis_key(code)
+    if key is None:
+        return -1, _NO_UNITS
+    return ids.setdefault(key, len(ids)), obis_units(key)
 _FP_CHUNK = 4096
 _record = REC.unpack_from  # (tenant, relation, valid_from us, valid_to us)
 _REC_SIZE = REC.size
@@ -283,7 +299,9 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
     # Per-call caches: serial and OBIS code -> a small id (-1: malformed),
     # timestamp -> microseconds (None: invalid), EAN -> valid.
     serials: dict[str, int] = {}
-    obis_codes: dict[str, int] = {}
+    # OBIS code as posted -> (id of its one spelling, the units it may be in)
+    obis_codes: dict[str, tuple[int, frozenset[str]]] = {}
+    obis_ids: dict[str, int] = {}
     instants: dict[str, int | None] = {}
     eans: dict[str, bool] = {}
     spans: dict[str, _Span] = {}
@@ -338,12 +356,12 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
             at = instants.get(stamp)
             if at is None and stamp not in instants:
                 at = instants[stamp] = resolver.instant(stamp)
-        obis_id = -1
+        obis_id, fits = -1, _NO_UNITS
         if type(obis) is str:
-            known = obis_codes.get(obis)
-            if known is None:
-                known = obis_codes[obis] = len(obis_codes) if _OBIS.fullmatch(obis) else -1
-            obis_id = known
+            coded = obis_codes.get(obis)
+            if coded is None:
+                coded = obis_codes[obis] = _obis(obis, obis_ids)
+            obis_id, fits = coded
         via_id = 0 if via is None else -1
         if type(via) is str:
             known = serials.get(via)
@@ -357,6 +375,10 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
                 or type(quality) is not str or quality not in QUALITY_CODES
                 or not (label is None or type(label) is str)):
             drop(Quarantined(index, "invalid-record", meter))
+            continue
+        if unit not in fits:
+            # D5: a volume in kWh, an energy in m³ is no reading of that quantity.
+            drop(Quarantined(index, "unit-mismatch", meter))
             continue
         ean = rec.get("ean")
         if ean is not None:
