@@ -89,7 +89,10 @@ def test_the_document_names_exactly_the_routes_the_admin_plane_registers(
 def test_every_operation_documents_its_refusals_as_problem_documents(
         spec: dict[str, Any]) -> None:
     problem = {"$ref": "#/components/schemas/Problem"}
+    actions = [op["x-gateway-action"] for _, _, op in operations(spec)]
+    assert len(actions) == len(set(actions))  # one audit action per route
     for method, path, op in operations(spec):
+        assert op["x-gateway-roles"], (method, path)
         codes = set(op["responses"])
         assert {"403", "500"} <= codes, (method, path)  # every route: roles, failures
         if method == "POST":  # every write reads a body and needs a reason
@@ -125,8 +128,11 @@ def check(spec: dict[str, Any], template: str, resp: Response, method: str = "GE
 
 def test_real_answers_validate_against_the_documented_schemas(
         spec: dict[str, Any], plane: RunningStack, tmp_path: Path) -> None:
+    called: set[str] = set()
+
     def call(template: str, method: str, path: str, body: Any = None, who: str = "alice",
              tenant: str = "ores", status: int | None = None) -> Response:
+        called.add(spec["paths"][template][method.lower()]["x-gateway-action"])
         resp = admin(plane, method, path, body, who=who, tenant=tenant)
         if status is not None:
             assert resp.status == status, resp.body
@@ -181,3 +187,6 @@ def test_real_answers_validate_against_the_documented_schemas(
     call("/admin/usage", "GET", "/admin/usage?period=decade", who="carol", status=400)
     call("/admin/pending/{id}/approve", "POST", f"/admin/pending/{waiting['id']}/approve",
          {"reason": "again"}, who="ivan", status=409)
+    # Each operation's x-gateway-action is the action its audit events name.
+    audited = {e["action"] for e in plane.audit_events() if e.get("event") == "admin"}
+    assert called <= audited, sorted(called - audited)
