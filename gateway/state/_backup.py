@@ -88,6 +88,8 @@ def backup_state(src: Path, out: Path) -> int:
     try:
         try:
             _copy(source, tmp)
+        except sqlite3.Error as exc:
+            raise StateFileRefused(f"{src}: cannot copy it: {exc}") from exc
         finally:
             source.close()
         check_state_file(tmp)

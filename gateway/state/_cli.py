@@ -8,7 +8,8 @@ configuration's layer.
 
 Exit status: 0 done; 1 refused (the message on stderr says why: the target
 exists without ``--force``, a gateway has it open, the file is not a state
-database of a schema this release reads, the state is in PostgreSQL);
+database of a schema this release reads, the state is in PostgreSQL, a
+file cannot be read or written);
 configuration errors are the CLI's (2).
 """
 
@@ -52,7 +53,7 @@ def add_backup_parsers(state_sub: argparse._SubParsersAction[argparse.ArgumentPa
         try:
             src = where(args)
             size = backup_state(src, Path(args.out))
-        except StateFileRefused as exc:
+        except (StateFileRefused, OSError) as exc:
             print(f"gateway: backup refused: {exc}", file=sys.stderr)
             return 1
         print(f"wrote {size} bytes to {args.out} (a copy of {src}); {KEEP_IT_CLOSE}")
@@ -62,7 +63,7 @@ def add_backup_parsers(state_sub: argparse._SubParsersAction[argparse.ArgumentPa
         try:
             target = where(args)
             version = restore_state(Path(args.from_), target, force=args.force)
-        except StateFileRefused as exc:
+        except (StateFileRefused, OSError) as exc:
             print(f"gateway: restore refused: {exc}", file=sys.stderr)
             return 1
         print(f"restored {target} from {args.from_} (state schema version {version})")

@@ -93,6 +93,18 @@ def test_a_backup_needs_a_state_file_and_never_overwrites_it(tmp_path: Path,
         backup_state(tmp_path / "nothing.db", tmp_path / "out.db")
     with pytest.raises(StateFileRefused, match="the state file itself"):
         backup_state(live.path, live.path)
+    not_sqlite = tmp_path / "notes.txt"
+    not_sqlite.write_text("hello\n" * 100)
+    with pytest.raises(StateFileRefused, match="cannot copy"):
+        backup_state(not_sqlite, tmp_path / "out.db")
+    vault_like = tmp_path / "vault.db"
+    with sqlite3.connect(vault_like) as db:
+        db.execute("CREATE TABLE secrets (id TEXT PRIMARY KEY)")
+    db.close()
+    with pytest.raises(StateFileRefused, match="not a gateway state database"):
+        backup_state(vault_like, tmp_path / "out.db")
+    assert not (tmp_path / "out.db").exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     assert sorted(c.serial for c in live.certificates()) == ["01"]
 
 
