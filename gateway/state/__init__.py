@@ -13,8 +13,8 @@ Nothing here holds proxied payloads. The request path never touches the store: w
 a request needs (revoked serials, disabled principals) is kept in memory and
 refreshed on every change.
 
-May import: the standard library and psycopg only; every package above the
-foundation may import it.
+May import: the standard library, psycopg and :mod:`gateway.errors` only;
+every package above the foundation may import it.
 """
 
 from gateway.state._backup import (

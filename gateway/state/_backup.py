@@ -29,6 +29,7 @@ import sqlite3
 import tempfile
 from pathlib import Path
 
+from gateway.errors import GatewayError
 from gateway.state._sqlite import SCHEMA_VERSION
 
 # What every state file has, whatever its schema version.
@@ -36,7 +37,7 @@ REQUIRED_TABLES = frozenset({"meta", "certificates", "principal_states", "cas",
                              "signing_keys", "breakglass"})
 
 
-class StateFileRefused(Exception):
+class StateFileRefused(GatewayError):
     """A backup or restore that is not done; the message says why."""
 
 
