@@ -387,6 +387,14 @@ def cmd_state_grants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_location(config: Path) -> tuple[str | None, Path]:
+    """Where ``gateway serve --config`` keeps its state: ``[state] url`` and data_dir."""
+    from gateway.config import GatewayConfig
+
+    loaded = GatewayConfig.from_toml(config)
+    return loaded.state_url, loaded.data_dir
+
+
 def cmd_relations_compile(args: argparse.Namespace) -> int:
     from gateway.files import compile_feed
 
@@ -445,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit_verify)
     from gateway.admin import add_audit_parsers
     add_audit_parsers(audit_sub)
-    state = sub.add_parser("state", help="the shared state in PostgreSQL")
+    state = sub.add_parser("state", help="the gateway's state: backup and restore of the "
+                           "SQLite file, the PostgreSQL data-plane grants")
     state_sub = state.add_subparsers(dest="state_command", required=True)
     grants = state_sub.add_parser(
         "data-plane-grants", help="print the SQL that gives an existing database role the "
@@ -453,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         "control plane's first start)")
     grants.add_argument("--role", default="gateway_data")
     grants.set_defaults(func=cmd_state_grants)
+    from gateway.state import add_backup_parsers
+    add_backup_parsers(state_sub, _state_location)
     relations = sub.add_parser("relations", help="the relation feed")
     relations_sub = relations.add_subparsers(dest="relations_command", required=True)
     compile_ = relations_sub.add_parser(
