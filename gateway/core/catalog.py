@@ -60,7 +60,7 @@ ROUTES: tuple[Route, ...] = (
     Route("hes", "POST", "/hes/meters/{serial}/operations", _HES, member_of=_CONSORTIUM,
           resource=_path("meter", "serial"), required_role="meter-operator",
           records=(RecordCheck("meter", "serial", same_as_request=True),),
-          max_body_bytes=16 * 1024),
+          meter_operation=True, max_body_bytes=16 * 1024),
     Route("clearing", "GET", "/clearing/access-points", _CLEARING,
           records=(RecordCheck("ean", "ean", items="access_points"),),
           field_rules=_CLEARING_FIELDS),

@@ -67,6 +67,7 @@ from gateway.core.identifiers import (
     obis_key,
     obis_units,
 )
+from gateway.core.meters import AIRPLANE_MODE
 from gateway.core.rejected import Rejected
 from gateway.core.relations.index import RelationIndex
 from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, REC, encode_id
@@ -86,7 +87,6 @@ BATCH_REJECT_REASONS = frozenset({
 UNITS = frozenset({"kWh", "kW", "m3"})
 QUALITY_CODES = frozenset({"01", "02", "99"})  # read, estimated, missing (DOMAIN, Readings)
 FUTURE_SKEW = timedelta(minutes=5)
-AIRPLANE_MODE = "airplane-mode"  # Relation("meter", serial, "*", AIRPLANE_MODE, from, to)
 # The feed pairs a meter with its access point: Relation(METER_EAN,
 # meter_ean_id(serial, ean), <grid operator>, ACCESS_POINT, from, to).
 METER_EAN = "meter-ean"
