@@ -23,8 +23,8 @@ RESTART = "no (restart)"
 REREAD = "the file is re-read (its path: restart)"
 RELOADED = "yes"
 
-UNITS = (("_days", "days"), ("_bytes", "bytes"), ("_mb", "MiB"), ("_h", "hours"),
-         ("_s", "seconds"))
+UNITS = (("_per_s", "per second"), ("_days", "days"), ("_bytes", "bytes"), ("_mb", "MiB"),
+         ("_h", "hours"), ("_s", "seconds"))
 
 
 class Table(BaseModel):
@@ -84,15 +84,16 @@ class Shape:
             noun = "integer" if self.kind == "int" else "number"
             if self.ge is not None and self.le is not None:
                 phrase = f"{noun} between {_num(self.ge)} and {_num(self.le)}"
-            elif self.gt == 0:
+            elif self.gt == 0 and self.le is None:
                 phrase = f"positive {noun}"
-            elif self.ge is not None:
-                phrase = f"{noun} >= {_num(self.ge)}"
             else:
-                phrase = noun
+                bounds = [f"{op} {_num(v)}" for op, v in
+                          ((">", self.gt), (">=", self.ge), ("<=", self.le)) if v is not None]
+                phrase = " and ".join([f"{noun} {bounds[0]}", *bounds[1:]]) if bounds \
+                    else noun
             return ("an " if phrase[0] in "aeiou" else "a ") + phrase
         if self.kind == "path":
-            return "a path (a non-empty string)"
+            return "a path"
         if self.kind == "str":
             return "a non-empty string" if self.min_length else "a string"
         if self.kind == "choice":

@@ -156,7 +156,7 @@ class PushTable(Table):
                                 "of pushed data", shown="none")
     key: FilePath | None = setting(None, "Its private key", shown="none")
     endpoints: dict[str, NonEmpty] = setting({}, "Tenant id -> https:// URL, overriding the "
-                                         "tenant file's push_endpoint", shown="{}")
+                                         "tenant file's push_endpoint")
     max_pending_records: PositiveInt = setting(5_000_000, "Records queued for delivery per "
                                            "tenant; beyond: 429")
     max_body_bytes: PositiveInt = setting(256 * MiB, "Largest delivery body")
@@ -261,7 +261,7 @@ class GatewayFile(Table):
                             "retention")
     soc: SocTable = setting(SocTable(), "Security events for the SOC")
     accounts: dict[str, UpstreamName] = setting(
-        {}, "Privileged account -> the upstream it belongs to (break-glass)", shown="{}")
+        {}, "Privileged account -> the upstream it belongs to (break-glass)")
     push: PushTable = setting(PushTable(), "Delivery of pushed data")
     limits: LimitsTable = setting(LimitsTable(), "Edge limits of the mTLS listeners")
     state: StateTable = setting(StateTable(), "Where the state lives")

@@ -34,8 +34,7 @@ class PrincipalEntry(Table):
     name: NonEmpty = setting(doc="Its name in certificates: [a-z0-9][a-z0-9-]*, unique in "
                              "the tenant")
     roles: list[NonEmpty] = setting([], "Roles (reader, meter-operator, security-admin, "
-                                    "vault-approver, auditor, pusher, privileged-user)",
-                                    shown="[]")
+                                    "vault-approver, auditor, pusher, privileged-user)")
     team: NonEmpty | None = setting(None, "Team, for the duties that need two teams",
                                     shown="none")
 
