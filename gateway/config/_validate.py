@@ -131,6 +131,8 @@ def with_environment(model: type[BaseModel], doc: Mapping[str, Any],
 
 
 def _override_target(model: type[BaseModel], loc: Loc, name: str) -> Shape:
+    """The shape of the key variable ``name`` sets: a key of a table, not a
+    table, and not one of the tables of names (accounts, push.endpoints)."""
     here = Shape("table", model=model)
     for i, part in enumerate(loc):
         assert here.model is not None
@@ -138,16 +140,16 @@ def _override_target(model: type[BaseModel], loc: Loc, name: str) -> Shape:
         if part not in known:
             raise ConfigError(f"environment variable {name}: no key {dotted(loc[:i + 1])}"
                               f"{_hint(str(part), known, loc[:i], env=True)}")
-        here = shape_at(model, loc[:i + 1]) or here
-        if here.kind != "table" and i < len(loc) - 1:
-            raise ConfigError(f"environment variable {name}: {dotted(loc[:i + 1])} is "
-                              f"{here.expected()}, not a table")
-    if here.kind == "table":
-        raise ConfigError(f"environment variable {name}: {dotted(loc)} is a table: set one "
-                          f"of its keys ({name}__<KEY>)")
-    if here.kind in ("map", "array"):
-        raise ConfigError(f"environment variable {name}: {dotted(loc)} is "
-                          f"{here.expected()}: set it in the config file")
+        field = here.model.model_fields[str(part)]
+        here = shape(field.annotation, field.metadata)
+        at = f"environment variable {name}: {dotted(loc[:i + 1])} is {here.expected()}"
+        if here.kind in ("map", "array"):
+            raise ConfigError(f"{at}: set it in the config file")
+        last = i == len(loc) - 1
+        if here.kind == "table" and last:
+            raise ConfigError(f"{at}: set one of its keys ({name}__<KEY>)")
+        if here.kind != "table" and not last:
+            raise ConfigError(f"{at}, not a table")
     return here
 
 
