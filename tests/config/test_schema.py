@@ -120,6 +120,11 @@ def test_the_check_validates_the_tenant_files_too(tmp_path: Path) -> None:
     ("[limits]\n", "[accounts]\nhes-admin = \"hse\"\n[limits]\n",
      "accounts.hes-admin: must be one of hes, clearing, cmh, itsm (got 'hse')"),
     ("[limits]\n", "[tls.extra]\na = 1\n[limits]\n", "tls.extra: unknown table"),
+    ('trust_domain = "shared-grid.test"', "trust_domain = {a = 1}",
+     "gateway.trust_domain: must be a non-empty string (got a table)"),
+    ('trust_domain = "shared-grid.test"', 'trust_domain = ["a"]',
+     "gateway.trust_domain: must be a non-empty string (got an array)"),
+    ("[gateway]\n", "soc = 5\n[gateway]\n", ": soc: must be a table (got 5)"),
 ])
 def test_types_are_strict_and_tables_closed(tmp_path: Path, old: str, new: str,
                                             message: str) -> None:
