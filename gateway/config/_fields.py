@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # What `kill -HUP` does to a key (the "SIGHUP" column of the reference).
 RESTART = "no (restart)"
-REREAD = "the file is re-read (its path: restart)"
+REREAD = "what it names is re-read (the path: restart)"
 RELOADED = "yes"
 
 UNITS = (("_per_s", "per second"), ("_days", "days"), ("_bytes", "bytes"), ("_mb", "MiB"),

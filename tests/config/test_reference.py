@@ -53,7 +53,7 @@ def test_the_reference_has_a_row_for_every_key() -> None:
     # Type, default, unit and SIGHUP, e.g.:
     assert ("| `health_interval_s` | positive number | `5` | seconds | no (restart) |"
             in text)
-    assert "| `trust_bundle` | path | required |  | the file is re-read" in text
+    assert "| `trust_bundle` | path | required |  | what it names is re-read" in text
     assert "| `burst` | positive integer | `4000` |  | yes |" in text
 
 
