@@ -10,6 +10,9 @@ bounded sets, never raw paths or resource ids.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,11 +31,26 @@ from prometheus_client import (
 # The *_created series double the exposition for no use to the ops team.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+DISTRIBUTION = "shared-grid-gateway"
 UNKNOWN = "unknown"
 NO_ROUTE = "none"
 
 # Latency buckets around what a proxy hop costs: 1 ms .. 10 s.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def version() -> str:
+    """The installed gateway's version (its distribution's metadata)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a bare source tree
+        return "0+unknown"
+
+
+def build_labels() -> tuple[str, str, str]:
+    """gateway_build_info's labels: version, Python, OpenSSL (as the ssl module
+    was linked, e.g. "OpenSSL 3.0.15 3 Sep 2024")."""
+    return version(), platform.python_version(), ssl.OPENSSL_VERSION
 
 
 class GatewayMetrics:
@@ -115,6 +133,11 @@ class GatewayMetrics:
             "Client-sent identity headers removed before forwarding.", ["tenant"], registry=r)
         self.relations_loaded = Gauge(
             "gateway_relations_loaded", "Relation tuples in the live snapshot.", registry=r)
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "1, labelled with the gateway's version and the Python and OpenSSL it runs on.",
+            ["version", "python", "openssl"], registry=r)
+        self.build_info.labels(*build_labels()).set(1)
         self.event_loop_info = Gauge(
             "gateway_event_loop_info",
             "1 for the event loop this process runs on (label loop: uvloop or asyncio; "

@@ -100,9 +100,10 @@ def test_the_defaults_are_text_and_no_access_log(tmp_path: Path) -> None:
     ({"format": 1}, r"g\.toml: log\.format: must be one of text, json"),
     ({"access": "yes"}, r"g\.toml: log\.access: must be true or false \(got 'yes'\)"),
     ({"access": 1}, r"g\.toml: log\.access: must be true or false"),
-    ({"acess": True}, r"g\.toml: log\.acess: unknown setting"),
-    ({"format": "json", "level": "debug"}, r"g\.toml: log\.level: unknown setting"),
-    ("json", r"g\.toml: log: is required \(a table\)"),
+    ({"acess": True}, r"g\.toml: log\.acess: unknown key \(did you mean log\.access\?\)"),
+    ({"format": "json", "level": "debug"},
+     r"g\.toml: log\.level: unknown key \(known: format, access\)"),
+    ("json", r"g\.toml: log: must be a table \(got 'json'\)"),
 ])
 def test_mistakes_in_the_log_table_are_refused(tmp_path: Path, log: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):

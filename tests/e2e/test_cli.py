@@ -230,3 +230,12 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
     assert loop_factory("auto") is asyncio.new_event_loop
     with pytest.raises(ConfigError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+def test_version_prints_the_installed_version_and_exits_0() -> None:
+    import importlib.metadata
+
+    proc = subprocess.run([*GATEWAY, "--version"], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"gateway {importlib.metadata.version('shared-grid-gateway')}\n"
