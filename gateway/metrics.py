@@ -28,6 +28,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from gateway.core.model import Tenant
+
 # The *_created series double the exposition for no use to the ops team.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -82,6 +84,10 @@ class GatewayMetrics:
         self.upstream_up = Gauge(
             "gateway_upstream_up", "1 when the last health probe of the upstream succeeded.",
             ["upstream"], registry=r)
+        self.tenant_contract_end = Gauge(
+            "gateway_tenant_contract_end_timestamp_seconds",
+            "D9: when the tenant's contract ends (its tenant file's valid_until, the "
+            "next day 00:00 UTC); only tenants whose contract ends.", ["tenant"], registry=r)
         self.upstream_circuit_open = Gauge(
             "gateway_upstream_circuit_open", "1 while the circuit breaker to an upstream is open.",
             ["upstream"], registry=r)
@@ -232,6 +238,14 @@ class GatewayMetrics:
                 self.isolation_violations.labels(tenant, upstream, "response")
         for upstream in ups:
             self.upstream_up.labels(upstream)
+
+    def show_contracts(self, tenants: Iterable[Tenant]) -> None:
+        """One series per tenant whose contract ends (D9), redone on reload."""
+        self.tenant_contract_end.clear()
+        for tenant in tenants:
+            if tenant.contract_until is not None:
+                self.tenant_contract_end.labels(tenant.id).set(
+                    tenant.contract_until.timestamp())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

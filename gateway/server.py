@@ -120,6 +120,7 @@ class Gateway:
         self._relations = self._load_relations(config.relations)
         self._relations_digest = ""  # set by _show_relations
         self.metrics.declare(self.registry.tenants, config.upstreams)
+        self.metrics.show_contracts(self.registry.tenants.values())
         for path in (config.server_cert, config.server_key, config.trust_bundle):
             if not path.exists():
                 raise ConfigError(f"{config.source}: tls: file not found: {path}")
@@ -372,6 +373,7 @@ class Gateway:
         # by an external PKI: new handshakes use them, open connections stay.
         self.credentials.refresh()
         self.metrics.declare(registry.tenants, self.config.upstreams)
+        self.metrics.show_contracts(registry.tenants.values())
         log.info("reloaded %d tenants and %d relations", len(registry), len(relations))
 
     @property

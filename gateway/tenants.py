@@ -8,6 +8,7 @@ import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,20 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
                         f"unknown intake {intake!r} (known: {', '.join(sorted(PUSH_INTAKES))})")
         if f.kind != "shared-system":
             raise _fail(where, "push_intake", "only a shared-system tenant owns a push intake")
+    if f.valid_from is not None and f.valid_until is not None \
+            and f.valid_until < f.valid_from:
+        raise _fail(where, "valid_until", "must not be before valid_from")
     return Tenant(f.id, f.name, f.kind, f.gln, principals, frozenset(memberships),
                   quota=quota, push_endpoint=f.push_endpoint, ean_prefix=prefix,
-                  push_intake=intake)
+                  push_intake=intake, contract_from=_day_start(f.valid_from),
+                  contract_until=_day_start(f.valid_until, 1))
+
+
+def _day_start(day: date | None, after: int = 0) -> datetime | None:
+    """00:00 UTC of ``day`` (or of the day ``after`` days later)."""
+    if day is None:
+        return None
+    return datetime.combine(day + timedelta(days=after), time.min, tzinfo=UTC)
 
 
 def _principal(entry: PrincipalEntry, tenant: str, where: str, at: str) -> Principal:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,11 @@ GOOD = 'id = "acme"\nname = "Acme"\nkind = "dso"\n[[principals]]\nkind = "servic
      "acme.toml: principals: is required (a non-empty array of tables)"),
     ("id = ", "acme.toml: not valid TOML"),
     (GOOD + GOOD.split("\n", 3)[3], "duplicate principal 'api'"),
+    (GOOD.replace('kind = "dso"', 'kind = "dso"\nvalid_until = "2027-12-31"'),
+     "acme.toml: valid_until: must be a date"),
+    (GOOD.replace('kind = "dso"', 'kind = "dso"\nvalid_from = 2027-01-01\n'
+                  'valid_until = 2026-12-31'),
+     "acme.toml: valid_until: must not be before valid_from"),
 ])
 def test_errors_name_file_and_key(tmp_path: Path, text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -61,3 +67,20 @@ def test_errors_name_file_and_key(tmp_path: Path, text: str, fragment: str) -> N
 def test_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no tenant files"):
         load_tenants(tmp_path)
+
+
+def test_a_contract_window_covers_whole_utc_days(tmp_path: Path) -> None:
+    """D9: valid_from and valid_until are days, both inclusive (UTC)."""
+    text = GOOD.replace('kind = "dso"', 'kind = "dso"\nvalid_from = 2026-01-01\n'
+                        'valid_until = 2027-12-31')
+    (tmp_path / "acme.toml").write_text(text)
+    acme = load_tenants(tmp_path).tenants["acme"]
+    assert acme.contract_bounded
+    at = lambda *a: datetime(*a, tzinfo=UTC)  # noqa: E731
+    assert acme.contract_refusal(at(2025, 12, 31, 23, 59, 59)) == "tenant-contract-not-started"
+    assert acme.contract_refusal(at(2026, 1, 1)) is None
+    assert acme.contract_refusal(at(2027, 12, 31, 23, 59, 59)) is None
+    assert acme.contract_refusal(at(2028, 1, 1)) == "tenant-contract-ended"
+    (tmp_path / "acme.toml").write_text(GOOD)
+    plain = load_tenants(tmp_path).tenants["acme"]
+    assert not plain.contract_bounded and plain.contract_refusal(at(2999, 1, 1)) is None

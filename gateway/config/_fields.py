@@ -10,6 +10,7 @@ A unit comes from the key's name (units in the names: ``_s`` seconds,
 
 from __future__ import annotations
 
+import datetime
 import types
 import typing
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class Shape:
     """A key's type as the reference, the JSON Schema and error messages
     describe it."""
 
-    kind: str  # bool int float str path choice table map array
+    kind: str  # bool int float str path date choice table map array
     gt: float | None = None
     ge: float | None = None
     le: float | None = None
@@ -94,6 +95,8 @@ class Shape:
             return ("an " if phrase[0] in "aeiou" else "a ") + phrase
         if self.kind == "path":
             return "a path"
+        if self.kind == "date":
+            return "a date (YYYY-MM-DD, unquoted)"
         if self.kind == "str":
             return "a non-empty string" if self.min_length else "a string"
         if self.kind == "choice":
@@ -154,5 +157,5 @@ def shape(annotation: Any, metadata: list[Any] | tuple[Any, ...] = ()) -> Shape:
         return Shape("table", model=annotation, **bounds)
     if annotation is str:
         return Shape("path" if PATH in meta else "str", **bounds)
-    names = {bool: "bool", int: "int", float: "float"}
+    names = {bool: "bool", int: "int", float: "float", datetime.date: "date"}
     return Shape(names[annotation], **bounds)

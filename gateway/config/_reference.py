@@ -212,6 +212,8 @@ def _json(here: Shape) -> dict[str, Any]:
             else {"type": "string"}
     if here.kind == "bool":
         return {"type": "boolean"}
+    if here.kind == "date":
+        return {"type": "string", "format": "date"}  # a TOML local date
     out = {"type": "integer" if here.kind == "int" else "number"}
     for name, word in (("gt", "exclusiveMinimum"), ("ge", "minimum"), ("le", "maximum")):
         bound = getattr(here, name)

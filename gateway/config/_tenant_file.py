@@ -8,6 +8,7 @@ Every key of a tenant file is re-read on SIGHUP.
 
 from __future__ import annotations
 
+from datetime import date
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field
@@ -65,6 +66,12 @@ class TenantFile(Table):
                                              "delivered to (mTLS)", shown="none")
     push_intake: NonEmpty | None = setting(None, "The push intake a shared-system tenant "
                                            "owns: hes or cmh", shown="none")
+    valid_from: date | None = setting(None, "D9: first day of its contract (a TOML date, "
+                                      "UTC); before it every certificate is refused",
+                                      shown="none")
+    valid_until: date | None = setting(None, "D9: last day of its contract (a TOML date, "
+                                       "UTC, inclusive); after it every certificate is "
+                                       "refused", shown="none")
     quota: QuotaTable | None = setting(None, "Its rate, burst and concurrency",
                                        shown="the defaults below")
     principals: Annotated[list[PrincipalEntry], Field(min_length=1)] = setting(

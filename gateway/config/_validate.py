@@ -14,6 +14,7 @@ is an error too.
 from __future__ import annotations
 
 import copy
+import datetime
 import difflib
 import math
 import re
@@ -160,6 +161,11 @@ def _from_text(text: str, here: Shape) -> Any:
         return {"true": True, "false": False}.get(text, text)
     if here.kind == "int" and re.fullmatch(r"[+-]?[0-9]+", text):
         return int(text)
+    if here.kind == "date":
+        try:
+            return datetime.date.fromisoformat(text)
+        except ValueError:
+            return text
     if here.kind == "float":
         try:
             number = float(text)

@@ -60,6 +60,22 @@ class Tenant:
     push_endpoint: str | None = None  # where its pushed data is delivered (D5), https://
     ean_prefix: str | None = None  # its EAN-18 prefix (the demo dataset draws from it)
     push_intake: str | None = None  # D1: the push intake this shared system owns
+    # D9: a provider or partner works for the operators only while its contract
+    # runs: [contract_from, contract_until), None meaning unbounded.
+    contract_from: datetime | None = None
+    contract_until: datetime | None = None
+
+    @property
+    def contract_bounded(self) -> bool:
+        return self.contract_from is not None or self.contract_until is not None
+
+    def contract_refusal(self, now: datetime) -> str | None:
+        """Why none of this tenant's certificates may be used at ``now``, or None."""
+        if self.contract_from is not None and now < self.contract_from:
+            return "tenant-contract-not-started"
+        if self.contract_until is not None and now >= self.contract_until:
+            return "tenant-contract-ended"
+        return None
 
     @property
     def cmh_coordinator(self) -> bool:

@@ -19,7 +19,9 @@ DEFAULT_LIMITS = EdgeLimits()
 # Refusals that say something about a certificate (D12).
 CERTIFICATE_REFUSALS = frozenset({"certificate-revoked", "principal-disabled",
                                   "unknown-principal", "foreign-principal-uri",
-                                  "certificate-without-single-uri-san"})
+                                  "certificate-without-single-uri-san",
+                                  # D9: the tenant's contract has not started or has ended
+                                  "tenant-contract-not-started", "tenant-contract-ended"})
 
 # The push intakes are not proxied; they have their own route labels.
 PUSH_HES = Route("push", "POST", "/push/hes/batches", {})

@@ -36,6 +36,7 @@ from gateway.core.decide import RequestFacts, check_purpose, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
 from gateway.core.meters import check_meter_operation
+from gateway.core.model import Caller
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
@@ -140,6 +141,8 @@ class DataPlane:
                 # could let a revoked certificate through: fail closed.
                 raise RequestRefused(503, "state-stale", headers={"Retry-After": "1"})
             ex.caller = self.resolver.resolve(request)
+            if ex.caller.tenant.contract_bounded:
+                self._contract(ex.caller)
             target = self._target(request)
             forward_headers = self._hygiene(request, ex)
             if target.path in PUSH_ROUTES and self.push_intake is not None:
@@ -176,6 +179,13 @@ class DataPlane:
             response = self.trace.problem(exc.status, ex)
         await self.trace.account(ex, request, response)
         return response
+
+    def _contract(self, caller: Caller) -> None:
+        """D9: a provider's or partner's certificates serve only while its
+        contract (its tenant file's valid_from/valid_until) runs."""
+        refused = caller.tenant.contract_refusal(self.clock())
+        if refused is not None:
+            raise CredentialRefused(refused, caller)
 
     def _edge(self, request: HttpRequest) -> None:
         """Header limits aiohttp does not apply itself, and framing it lets by."""

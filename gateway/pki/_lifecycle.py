@@ -334,6 +334,13 @@ class Credentials:
                                f"{tenant}/{kind}/{name} is not declared in tenants/")
         return (tenant, kind, name)
 
+    def _within_contract(self, key: PrincipalKey) -> None:
+        """D9: no certificate for a tenant whose contract has not started or has ended."""
+        found = self.registry().principal(*key)
+        refused = None if found is None else found[0].contract_refusal(self.clock())
+        if refused is not None:
+            raise AdminRefused(409, refused, f"tenant {key[0]}: outside its contract window")
+
     def check_issuable(self, principal: PrincipalKey, csr: bytes,
                        lifetime: timedelta | None = None) -> None:
         """Refuse now what :meth:`issue` would refuse later: a request that
@@ -341,6 +348,7 @@ class Credentials:
         key = self._principal(*principal)
         if key in self.view.disabled:
             raise AdminRefused(409, "principal-disabled", "the principal is disabled")
+        self._within_contract(key)
         self.active_ca()
         try:
             check_csr(csr, expected_uri=spiffe_uri(self.trust_domain, *key), policy=self.policy,
@@ -353,6 +361,7 @@ class Credentials:
         key = self._principal(*principal)
         if key in self.view.disabled:
             raise AdminRefused(409, "principal-disabled", "the principal is disabled")
+        self._within_contract(key)
         rec, ca = self.active_ca()
         try:
             cert = issue_from_csr(ca, csr, expected_uri=spiffe_uri(self.trust_domain, *key),
