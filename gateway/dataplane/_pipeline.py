@@ -37,6 +37,12 @@ from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
 from gateway.core.meters import check_meter_operation
 from gateway.core.model import Caller
+from gateway.core.occupancy import (
+    CUSTOMER_PORTAL_ROLE,
+    METER_NUMBER,
+    ON_BEHALF_OF,
+    decide_for_customer,
+)
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
@@ -156,7 +162,7 @@ class DataPlane:
             facts = RequestFacts(ex.match.params, target.query_map, parsed)
             now = self.clock()
             relations = self.relations()
-            self._decide(ex, facts, relations, now)
+            self._decide(ex, facts, relations, now, request)
             if not body_decides:
                 # Decided before any body byte is parsed: a tenant that may not
                 # act here gets its 403 whatever it sent (D1, D6).
@@ -271,9 +277,17 @@ class DataPlane:
             raise RequestRefused(refused.status, refused.reason)
 
     def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
-                now: datetime) -> None:
+                now: datetime, request: HttpRequest) -> None:
         assert ex.match is not None
-        decision = decide(ex.resolved(), ex.match.route, facts, relations, now)
+        caller = ex.resolved()
+        if CUSTOMER_PORTAL_ROLE in caller.principal.roles:
+            # D2, D4: the portal acts for one customer, proven by the meter number.
+            headers = request.headers
+            decision = decide_for_customer(caller, ex.match.route, facts,
+                                           headers.get(ON_BEHALF_OF), headers.get(METER_NUMBER),
+                                           relations, now)
+        else:
+            decision = decide(caller, ex.match.route, facts, relations, now)
         ex.resources = decision.resources
         ex.reason = decision.reason
         if not decision.allowed:
