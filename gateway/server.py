@@ -15,7 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import audit_routes, build_admin_app, combine, usage_routes, vault_routes
+from gateway.admin import (
+    audit_routes,
+    build_admin_app,
+    combine,
+    nrn_routes,
+    usage_routes,
+    vault_routes,
+)
 from gateway.audit import (
     AuditKeys,
     AuditPruner,
@@ -209,7 +216,8 @@ class Gateway:
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
-            consultations=self.store.add_consultation, limits=config.limits,
+            consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
+            limits=config.limits,
             access_log=config.log.access)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -435,7 +443,8 @@ class Gateway:
                 self.credentials, self.resolver, self.metrics, rekey=self.rekey,
                 extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                            self.rekey), usage_routes(self.usage, self.store),
-                              audit_routes(self.rotate_audit_key)))
+                              audit_routes(self.rotate_audit_key),
+                              nrn_routes(self.store)))
             # The admin plane gets the same edge limits (own connection book).
             admin_runner = GuardedAppRunner(
                 admin_app, access_log=None, edge=limits, shutdown_timeout=cfg.drain_timeout_s,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from gateway.admin._app import build_admin_app, hide_banner
 from gateway.admin._cli import AdminCallFailed, add_audit_parsers, add_parsers
+from gateway.admin._nrn import nrn_routes
 from gateway.admin._vault import audit_routes, combine, usage_routes, vault_routes
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "build_admin_app",
     "combine",
     "hide_banner",
+    "nrn_routes",
     "usage_routes",
     "vault_routes",
 ]

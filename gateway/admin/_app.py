@@ -134,7 +134,7 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
                 return web.json_response(pending_json(result.item), status=202)
             if isinstance(result, web.StreamResponse):
                 return result
-            created = action.endswith("issue") or action == "breakglass-request"
+            created = action.endswith(("issue", "-request"))  # a new certificate, case, request
             return web.json_response(result, status=201 if created else 200)
         return handler
 

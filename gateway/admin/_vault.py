@@ -136,14 +136,15 @@ def usage_routes(ledger: UsageLedger, store: StateStore) -> RouteSet:
         async def consultations(request: web.Request, doc: Body) -> Any:
             rows = [{"incident": c.incident, "at": c.at.isoformat(), "tenant": c.tenant,
                      "principal": c.principal, "route": c.route, "resource": c.resource,
-                     "purpose": c.purpose, "justification": c.justification}
+                     "purpose": c.purpose, "justification": c.justification,
+                     "approval": c.approval, "approver": c.approver}
                     for c in store.consultations(tenant=request.query.get("tenant"))]
             if request.query.get("format") != "csv":
                 return {"consultations": rows}
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=["incident", "at", "tenant", "principal",
                                                      "route", "resource", "purpose",
-                                                     "justification"])
+                                                     "justification", "approval", "approver"])
             writer.writeheader()
             writer.writerows(rows)
             return web.Response(text=out.getvalue(), content_type="text/csv")

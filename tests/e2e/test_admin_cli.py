@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import RunningStack, start_stack
+from .test_credentials import admin
 
 
 @pytest.fixture()
@@ -182,9 +183,15 @@ def test_usage_rollups_through_the_cli(stack: RunningStack, tmp_path: Path) -> N
 
 
 def test_consultation_register_export(stack: RunningStack, tmp_path: Path) -> None:
-    person = next(p for p in stack.stack.dataset.persons if p["employer"] == "resa")
-    resp = stack.client("resa").get(f"/itsm/persons/{person['nrn']}", headers={
-        "X-Purpose": "legal-obligation", "X-Justification": "LEGAL-42"})
+    person = next(p for p in stack.stack.dataset.persons if p["employer"] == "ores")
+    asked = admin(stack, "POST", "/admin/nrn-approvals",
+                  {"nrn": person["nrn"], "purpose": "legal-obligation",
+                   "justification": "LEGAL-42", "reason": "court order"}, who="erik")
+    assert asked.status == 201, asked.body
+    assert admin(stack, "POST", f"/admin/nrn-approvals/{asked.json['id']}/approve",
+                 {"reason": "signed"}, who="hanna").status == 200
+    resp = stack.client("ores", "erik").get(f"/itsm/persons/{person['nrn']}",
+                                            headers={"X-Approval": asked.json["id"]})
     assert resp.status == 200
     gateway(stack, "consultations", "--format", "csv", "--out", "reg.csv", cwd=tmp_path,
             who="carol")
