@@ -10,10 +10,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 
-from gateway.errors import ConfigError, NotReadyYet
+from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
 
 
 def _tune_gc() -> None:
@@ -205,8 +205,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await stack.start()
         print(demo_banner(stack), flush=True)
 
-    _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
+    with _demo_ports_hint(args):
+        _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
     return 0
+
+
+@contextlib.contextmanager
+def _demo_ports_hint(args: argparse.Namespace) -> Iterator[None]:
+    """A busy demo port is most often another demo: say how to run beside it."""
+    try:
+        yield
+    except ListenerUnavailable as exc:
+        if args.ephemeral_ports:
+            raise
+        raise ListenerUnavailable(f"{exc} (another demo running? try --ephemeral-ports)"
+                                  ) from exc
 
 
 def _demo_fleet(args: argparse.Namespace) -> int:
@@ -228,7 +241,8 @@ def _demo_fleet(args: argparse.Namespace) -> int:
         print(json.dumps(fleet.description(), indent=1), flush=True)
         print(fleet_banner(fleet), flush=True)
 
-    _run_until_signal(start, fleet.stop)
+    with _demo_ports_hint(args):
+        _run_until_signal(start, fleet.stop)
     return 0
 
 
@@ -281,6 +295,10 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_AUDIT_LOG = "var/demo/audit.jsonl"
+DEMO_AUDIT_KEY_DIR = "var/demo/audit-key"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
@@ -288,6 +306,20 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
     if args.fleet:
         return _verify_fleet(args)
+    from gateway.admin import demo_work_tree
+
+    # The demo's files are the default only where the demo ran.
+    demo = demo_work_tree()
+    args.log = args.log or (DEMO_AUDIT_LOG if demo else None)
+    if not args.keys:
+        args.key_dir = args.key_dir or (DEMO_AUDIT_KEY_DIR if demo else None)
+    missing = [what for what, given in (("--log FILE", args.log),
+                                        ("--keys FILE or --key-dir DIR",
+                                         args.keys or args.key_dir)) if not given]
+    if missing:
+        print(f"gateway: audit verify needs {' and '.join(missing)} (the demo's files are "
+              "the default only in a demo work tree)", file=sys.stderr)
+        return 2
     # A verifier only reads: it never creates or changes a key (audit format §6).
     try:
         if args.keys:
@@ -432,11 +464,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser(
         "verify", help="check the hash chain and every checkpoint, across the sealed "
         "segments (<log>.segments/) and the active file")
-    verify.add_argument("--log", default="var/demo/audit.jsonl")
+    verify.add_argument("--log", help="the active log file (in a demo work tree, default "
+                        f"{DEMO_AUDIT_LOG})")
     verify.add_argument("--keys", help="public keys (JSON, as served on the ops plane at "
                         "/.well-known/audit-keys.json)")
-    verify.add_argument("--key-dir", default="var/demo/audit-key",
-                        help="or the gateway's audit key directory")
+    verify.add_argument("--key-dir", help="or the gateway's audit key directory (in a demo "
+                        f"work tree, default {DEMO_AUDIT_KEY_DIR})")
     verify.add_argument("--fleet", metavar="POSTGRESQL_URL",
                         help="verify a fleet: every replica's chain shipped to this database "
                         "and the fleet checkpoints (names a truncated or missing replica)")
@@ -474,6 +507,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.func(args)
+    except ListenerUnavailable as exc:  # one line naming the listener and the address
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ against a running gateway (every task of the README's security-team recipes)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -191,3 +192,73 @@ def test_consultation_register_export(stack: RunningStack, tmp_path: Path) -> No
     rows = (tmp_path / "reg.csv").read_text().splitlines()
     assert rows[0].startswith("incident,at,tenant,principal,route,resource,purpose")
     assert any(person["nrn"] in row and "LEGAL-42" in row for row in rows[1:])
+
+
+def test_admin_identity_never_falls_back_to_the_demo_outside_its_tree(
+        stack: RunningStack, tmp_path: Path) -> None:
+    pki = stack.stack.pki
+    url = f"https://localhost:{stack.stack.gateway.admin_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_ADMIN_")}
+
+    def run(*args: str, cwd: Path = tmp_path, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd,
+                              env={**env, **extra}, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    # Anywhere else than a demo work tree: what is missing is named, exit 2.
+    proc = run("keys", "list", "--admin-url", url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for missing in ("--cacert (or GATEWAY_ADMIN_CACERT)", "--cert (or GATEWAY_ADMIN_CERT)",
+                    "--key (or GATEWAY_ADMIN_KEY)"):
+        assert missing in proc.stderr
+    assert "alice" not in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run("keys", "list", "--admin-url", url, "--cert", str(pki.client_cert("ores", "carol")))
+    assert proc.returncode == 2 and "--key (or GATEWAY_ADMIN_KEY)" in proc.stderr
+    assert "--cert (or" not in proc.stderr
+    # The environment names the identity.
+    proc = run("keys", "list", "--json", GATEWAY_ADMIN_URL=url,
+               GATEWAY_ADMIN_CERT=str(pki.client_cert("ores", "carol")),
+               GATEWAY_ADMIN_KEY=str(pki.client_key("ores", "carol")),
+               GATEWAY_ADMIN_CACERT=str(pki.ca_cert))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["keys"]
+    # A file that is not there is named, without a traceback.
+    proc = run("keys", "list", "--admin-url", url, "--cacert", str(pki.ca_cert), "--cert",
+               str(tmp_path / "nope.pem"), "--key", str(tmp_path / "nope.key"))
+    assert proc.returncode == 2 and "nope.pem" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # In a demo work tree (where `gateway demo` ran) the demo's alice is the default.
+    tree = tmp_path / "tree"
+    (tree / "certs").mkdir(parents=True)
+    (tree / "certs" / "dev").symlink_to(pki.root)
+    (tree / "var").mkdir()
+    (tree / "var" / "demo").symlink_to(stack.stack.work_dir)
+    proc = run("keys", "rotate", "--reason", "demo default", "--admin-url", url, cwd=tree)
+    assert proc.returncode == 0, proc.stderr  # alice is a security admin
+    actors = {e.get("actor") for e in stack.audit_events() if e.get("action") == "keys-rotate"}
+    assert "ores/person/alice" in actors
+
+
+def test_audit_verify_needs_its_files_outside_a_demo_tree(stack: RunningStack,
+                                                           tmp_path: Path) -> None:
+    def verify(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", *args],
+                              cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+    proc = verify(tmp_path)
+    assert proc.returncode == 2
+    assert "--log FILE and --keys FILE or --key-dir DIR" in proc.stderr
+    assert "var/demo" not in proc.stderr.replace("the demo's files", "")
+    work = stack.stack.work_dir
+    proc = verify(tmp_path, "--log", str(work / "audit.jsonl"))
+    assert proc.returncode == 2 and "--keys FILE or --key-dir DIR" in proc.stderr
+    assert "--log FILE" not in proc.stderr
+    tree = tmp_path / "tree"
+    (tree / "certs").mkdir(parents=True)
+    (tree / "certs" / "dev").symlink_to(stack.stack.pki.root)
+    (tree / "var").mkdir()
+    (tree / "var" / "demo").symlink_to(work)
+    proc = verify(tree)  # the demo's log and key directory
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
