@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -74,15 +75,43 @@ def age(seconds: float | None) -> str:
     return f"{s // 86400}d"
 
 
+def _screen() -> dict[str, int]:
+    """The terminal's size for tqdm, 80 x 24 when it does not say (a fresh
+    pseudo-terminal says 0 x 0, and tqdm then draws nothing)."""
+    try:
+        size = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return {"ncols": 80, "nrows": 24}
+    return {"ncols": size.columns or 80, "nrows": size.lines or 24}
+
+
+class Progress:
+    """Where long work is: ``advance(n)`` units more, or ``reached(done,
+    total)`` when the work counts for itself (a total learnt on the way)."""
+
+    def __init__(self, bar: tqdm[Any]) -> None:
+        self._bar = bar
+
+    def advance(self, n: int) -> None:
+        self._bar.update(n)
+
+    def reached(self, done: int, total: int | None = None) -> None:
+        if total is not None and self._bar.total != total:
+            self._bar.total = total
+            self._bar.refresh()
+        self._bar.update(done - self._bar.n)
+
+
 @contextlib.contextmanager
 def progress(total: int | None, what: str, unit: str = "it",
-             scale: bool = False) -> Iterator[Callable[[int], object]]:
-    """A progress bar on stderr for ``total`` units of work, only on a
-    terminal; yields ``advance(n)``."""
+             scale: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr for ``total`` units of work (None: not known
+    yet), only when stderr is a terminal; piped or redirected, nothing."""
+    shown = is_terminal(sys.stderr)
     bar = tqdm(total=total, desc=what, unit=unit, unit_scale=scale, leave=True,
-               disable=not is_terminal(sys.stderr), file=sys.stderr, dynamic_ncols=True)
+               disable=not shown, file=sys.stderr, **(_screen() if shown else {}))
     try:
-        yield bar.update
+        yield Progress(bar)
     finally:
         bar.close()
 
@@ -95,7 +124,7 @@ def waiting(what: str) -> Iterator[None]:
         yield
         return
     bar = tqdm(total=None, desc=what, bar_format="{desc} {elapsed}", file=sys.stderr,
-               leave=False)
+               leave=False, **_screen())
     done = threading.Event()
 
     def tick() -> None:
