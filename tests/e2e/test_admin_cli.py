@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -262,3 +263,111 @@ def test_audit_verify_needs_its_files_outside_a_demo_tree(stack: RunningStack,
     proc = verify(tree)  # the demo's log and key directory
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["ok"] is True
+
+
+def test_listings_are_tables_on_a_terminal_and_json_when_piped(stack: RunningStack,
+                                                              tmp_path: Path) -> None:
+    from tests.test_console import on_terminal
+
+    pki = stack.stack.pki
+    client = ["--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
+              "--cert", str(pki.client_cert("ores", "alice")),
+              "--key", str(pki.client_key("ores", "alice")), "--cacert", str(pki.ca_cert)]
+    cmd = [sys.executable, "-m", "gateway"]
+    api = next(c.serial for c in stack.stack.gateway.store.certificates(
+        principal=("ores", "service", "api"), status="active"))
+    # Piped: the admin API's JSON, without PEM blobs; --tenant --name --active
+    # find the serial to rotate.
+    found = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                               "--active", cwd=tmp_path))["certificates"]
+    assert [c["serial"] for c in found] == [api]
+    assert "certificate" not in found[0]
+    everything = json.loads(gateway(stack, "certs", "list", cwd=tmp_path))["certificates"]
+    assert {c["name"] for c in everything} > {"api"} and "certificate" not in everything[0]
+    with_pem = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                                  "--pem", cwd=tmp_path))["certificates"]
+    assert with_pem[0]["certificate"].startswith("-----BEGIN CERTIFICATE")
+    # --active leaves out a revoked one; without it, it is listed.
+    gateway(stack, "certs", "revoke", api, "--reason", "test", cwd=tmp_path)
+    assert json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                              "--active", cwd=tmp_path))["certificates"] == []
+    listed = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                                cwd=tmp_path))["certificates"]
+    assert [(c["serial"], c["status"]) for c in listed] == [(api, "revoked")]
+    # On a terminal: an aligned table, a heading first; the PEM only with --pem.
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--tenant", "ores", *client],
+                                 tmp_path, stream="stdout")
+    assert code == 0, shown
+    lines = shown.splitlines()
+    assert lines[0].split()[:3] == ["SERIAL", "PRINCIPAL", "STATUS"]
+    row = next(line for line in lines if line.startswith(api))
+    assert row.split()[1:3] == ["ores/service/api", "revoked"]
+    assert lines[0].index("STATUS") == row.index("revoked")  # aligned
+    assert "BEGIN CERTIFICATE" not in shown and not shown.lstrip().startswith("{")
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--tenant", "ores", "--name", "api",
+                                  "--pem", *client], tmp_path, stream="stdout")
+    assert "SERIAL" in shown and "BEGIN CERTIFICATE" in shown
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--json", *client], tmp_path,
+                                 stream="stdout")
+    assert json.loads(shown)["certificates"]
+    # Every listing verb.
+    for verb, heading in ((["keys", "list"], "KID"), (["vault", "list"], "AGE"),
+                          (["breakglass", "list"], "CASE"), (["certs", "pending"], "ID"),
+                          (["usage", "--period", "day"], "ROUTE")):
+        code, shown, err = on_terminal([*cmd, *verb, *client], tmp_path, stream="stdout")
+        assert code == 0, err
+        assert heading in shown.splitlines()[0] or shown.startswith("(no "), (verb, shown)
+    # vault list: the ages the README promises, on the gateway's clock.
+    code, shown, _ = on_terminal([*cmd, "vault", "list", *client], tmp_path, stream="stdout")
+    token = next(line for line in shown.splitlines() if line.startswith("upstream/hes/token"))
+    assert re.search(r"\s\d+[smhd]\b", token), token
+    secrets = json.loads(gateway(stack, "vault", "list", cwd=tmp_path))["secrets"]
+    assert all(isinstance(s["age_s"], int) and s["age_s"] >= 0 for s in secrets)
+
+
+def test_verbs_that_write_a_file_say_what_they_wrote(stack: RunningStack,
+                                                     tmp_path: Path) -> None:
+    proc = run_cli(stack, "review", "--format", "csv", "--out", str(tmp_path / "review.csv"),
+                   who="carol")
+    assert proc.returncode == 0, proc.stderr
+    rows = len((tmp_path / "review.csv").read_text().splitlines()) - 1
+    assert rows > 10
+    assert proc.stderr == f"wrote {rows} rows to {tmp_path / 'review.csv'}\n"
+    assert proc.stdout == ""
+    proc = run_cli(stack, "review", "--format", "json", "--out", str(tmp_path / "review.json"),
+                   who="carol")
+    assert proc.stderr == f"wrote {rows} rows to {tmp_path / 'review.json'}\n"
+    proc = run_cli(stack, "consultations", "--format", "csv", "--out",
+                   str(tmp_path / "reg.csv"), who="carol")
+    assert proc.stderr == f"wrote 0 rows to {tmp_path / 'reg.csv'}\n"
+    pki = stack.stack.pki
+    subprocess.run([sys.executable, "-m", "gateway", "certs", "csr", "--tenant", "ores",
+                    "--name", "api", "--out", str(tmp_path)], check=True, capture_output=True)
+    proc = run_cli(stack, "certs", "issue", "--tenant", "ores", "--name", "api", "--csr",
+                   str(tmp_path / "api.csr"), "--reason", "new key", "--out",
+                   str(tmp_path / "api.pem"))
+    serial = json.loads(proc.stdout)["serial"]
+    assert proc.stderr == f"wrote the certificate {serial} to {tmp_path / 'api.pem'}\n"
+    assert pki.ca_cert.exists()
+
+
+def test_vault_rekey_shows_that_it_waits_on_a_terminal_only(stack: RunningStack,
+                                                            tmp_path: Path) -> None:
+    from tests.test_console import on_terminal
+
+    pki = stack.stack.pki
+    client = ["--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
+              "--cacert", str(pki.ca_cert)]
+    alice = ["--cert", str(pki.client_cert("ores", "alice")),
+             "--key", str(pki.client_key("ores", "alice"))]
+    ivan = ["--cert", str(pki.client_cert("ores", "ivan")),
+            "--key", str(pki.client_key("ores", "ivan"))]
+    cmd = [sys.executable, "-m", "gateway"]
+    code, shown, out = on_terminal([*cmd, "vault", "rekey", "--reason", "yearly", *client,
+                                    *alice], tmp_path)
+    assert code == 0 and "vault rekey: waiting for the admin plane" in shown
+    pending = json.loads(out)["id"]
+    proc = subprocess.run([*cmd, "certs", "approve", pending, "--reason", "ok", *client, *ivan],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "waiting" not in proc.stderr and json.loads(proc.stdout)["result"]["rewrapped"] >= 1
