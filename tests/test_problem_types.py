@@ -92,3 +92,14 @@ def test_problem_documents_written_with_a_type_match_their_status() -> None:
         assert consistent(slug, status), f"{where}: {status} with type {slug}"
         body = json.loads(problem_body(status, "x", slug))
         assert body["title"] == PROBLEMS[slug][0]
+
+
+@pytest.mark.parametrize("status", [400, 408, 411, 413, 414, 418, 431, 501, 505])
+def test_the_admin_planes_http_layer_types_its_own_refusals(status: int) -> None:
+    """What the admin listener refuses before routing (framing, limits) is
+    the gateway's refusal too: never "Refused by the shared system"."""
+    from gateway.edge import admin_refusal
+
+    doc = json.loads(admin_refusal(None, status, "x").body)  # type: ignore[arg-type,union-attr]
+    slug = doc["type"].removeprefix(BASE)
+    assert consistent(slug, status) and not slug.startswith("upstream-"), (status, slug)

@@ -22,7 +22,7 @@ from gateway.edge._lean import LeanConnection
 from gateway.edge._limits import ConnectionBook
 from gateway.edge._request import HttpRequest
 from gateway.errors import ListenerUnavailable
-from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.problem import CONTENT_TYPE, new_incident_id, own_slug_for, problem_body
 
 # What aiohttp's parsers (C and Python) say when a request has more header
 # lines than max_headers; no exception class of its own to tell it apart.
@@ -31,8 +31,9 @@ _TOO_MANY_HEADERS = "Too many headers"
 
 def admin_refusal(request: HttpRequest, status: int, reason: str) -> web.StreamResponse:
     """What the admin plane's HTTP layer refuses: a problem document too."""
+    # The gateway's own refusal: its type follows the status, never a shared system's.
     return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
-                        body=problem_body(status, new_incident_id(), None, None))
+                        body=problem_body(status, new_incident_id(), own_slug_for(status), None))
 
 
 # What a person can do about a listener that cannot bind, said in a few words.
