@@ -292,9 +292,19 @@ def cmd_principal(args: argparse.Namespace) -> int:
                              {"reason": args.reason}), None)
 
 
+def _export(args: argparse.Namespace, path: str, key: str) -> int:
+    """An export: the asked --format (csv by default), to --out or stdout;
+    on a terminal without either, a table."""
+    if args.format is None and not args.out and not wants_json(False):
+        query = "&".join(part for part in (path.partition("?")[2], "format=json") if part)
+        return _listing(*call(args, "GET", f"{path.partition('?')[0]}?{query}"), key, args)
+    fmt = args.format or "csv"
+    query = "&".join(part for part in (path.partition("?")[2], f"format={fmt}") if part)
+    return _emit(*call(args, "GET", f"{path.partition('?')[0]}?{query}"), args.out, fmt)
+
+
 def cmd_review(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "GET", f"/admin/review?format={args.format}"), args.out,
-                 args.format)
+    return _export(args, "/admin/review", "principals")
 
 
 def cmd_vault_list(args: argparse.Namespace) -> int:
@@ -336,17 +346,18 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_consultations(args: argparse.Namespace) -> int:
-    query = f"format={args.format}" + (f"&tenant={args.tenant}" if args.tenant else "")
-    return _emit(*call(args, "GET", f"/admin/consultations?{query}"), args.out, args.format)
+    query = f"?tenant={quote(args.tenant)}" if args.tenant else ""
+    return _export(args, f"/admin/consultations{query}", "consultations")
 
 
 def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     clients = []
     p = sub.add_parser("consultations", help="the register of purpose-bound consultations (D8)")
-    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--format", choices=["json", "csv"],
+                   help="default csv (a table on a terminal without --out)")
     p.add_argument("--tenant")
     p.add_argument("--out")
-    p.set_defaults(func=cmd_consultations)
+    p.set_defaults(func=cmd_consultations, json=False)
     clients.append(p)
     p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
     p.add_argument("--period", choices=["day", "week", "month"], default="day")
@@ -508,9 +519,10 @@ def add_parsers(certs: Any, sub: Any) -> None:
         p.set_defaults(func=cmd_principal, action=action)
 
     p = sub.add_parser("review", help="access review export (D8)")
-    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--format", choices=["json", "csv"],
+                   help="default csv (a table on a terminal without --out)")
     p.add_argument("--out")
-    p.set_defaults(func=cmd_review)
+    p.set_defaults(func=cmd_review, json=False)
 
     for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server", "pending",
                  "approve", "deny"):

@@ -3,7 +3,9 @@
 A listing (``certs list``, ``certs pending``, ``keys list``, ``vault list``,
 ``breakglass list``, ``usage``) is an aligned table on a terminal and the
 admin API's JSON document when piped or with ``--json``
-(:func:`gateway.console.wants_json`). A verb that writes a file says on
+(:func:`gateway.console.wants_json`). The exports (``review``,
+``consultations``) are a table on a terminal too, unless a ``--format`` or
+an ``--out`` file is asked for; piped, they stay CSV. A verb that writes a file says on
 stderr what it wrote, so stdout stays the document a script reads.
 """
 
@@ -48,6 +50,19 @@ LISTINGS: dict[str, Sequence[Column]] = {
               ("APPROVER", lambda r: r["approver"]), ("TICKET", lambda r: r["ticket"]),
               ("REVIEW", lambda r: r["review_status"]),
               ("CLOSE REASON", lambda r: r["close_reason"])),
+    "principals": (("PRINCIPAL", lambda r: f"{r['tenant']}/{r['principal_kind']}/"
+                                          f"{r['principal']}"),
+                   ("TEAM", lambda r: r["team"]), ("ROLES", lambda r: " ".join(r["roles"])),
+                   ("DISABLED", lambda r: r["disabled"]),
+                   ("ACTIVE CERTS", lambda r: sum(c["status"] == "active"
+                                                  for c in r["certificates"])),
+                   ("LAST USED", _when("last_used")),
+                   ("TWO-PERSON", lambda r: len(r["two_person"]))),
+    "consultations": (("AT", _when("at")), ("TENANT", lambda r: r["tenant"]),
+                      ("PRINCIPAL", lambda r: r["principal"]), ("ROUTE", lambda r: r["route"]),
+                      ("PURPOSE", lambda r: r["purpose"]),
+                      ("JUSTIFICATION", lambda r: r["justification"]),
+                      ("INCIDENT", lambda r: r["incident"])),
     "rows": (("START", lambda r: r["start"]), ("TENANT", lambda r: r["tenant"]),
              ("UPSTREAM", lambda r: r["upstream"]), ("ROUTE", lambda r: r["route"]),
              ("REQUESTS", lambda r: r["requests"]), ("DENIED", lambda r: r["denied"]),

@@ -313,7 +313,8 @@ def test_listings_are_tables_on_a_terminal_and_json_when_piped(stack: RunningSta
     # Every listing verb.
     for verb, heading in ((["keys", "list"], "KID"), (["vault", "list"], "AGE"),
                           (["breakglass", "list"], "CASE"), (["certs", "pending"], "ID"),
-                          (["usage", "--period", "day"], "ROUTE")):
+                          (["usage", "--period", "day"], "ROUTE"),
+                          (["review"], "PRINCIPAL"), (["consultations"], "PURPOSE")):
         code, shown, err = on_terminal([*cmd, *verb, *client], tmp_path, stream="stdout")
         assert code == 0, err
         assert heading in shown.splitlines()[0] or shown.startswith("(no "), (verb, shown)
@@ -327,6 +328,9 @@ def test_listings_are_tables_on_a_terminal_and_json_when_piped(stack: RunningSta
 
 def test_verbs_that_write_a_file_say_what_they_wrote(stack: RunningStack,
                                                      tmp_path: Path) -> None:
+    # Piped without --out, an export stays CSV on stdout.
+    proc = run_cli(stack, "review", who="carol")
+    assert proc.stdout.startswith("tenant,tenant_kind,principal_kind,principal,")
     proc = run_cli(stack, "review", "--format", "csv", "--out", str(tmp_path / "review.csv"),
                    who="carol")
     assert proc.returncode == 0, proc.stderr
