@@ -49,15 +49,17 @@ def bind(host: str, port: int, *, reuse_port: bool = False,
     that cannot be bound is a :class:`ListenerUnavailable` naming the
     ``listener`` and the address (``gateway serve`` exits 2 with that line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock: socket.socket | None = None
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((host, port))
         sock.listen(1024)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         why = _BIND_ERRORS.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
         address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         raise ListenerUnavailable(f"{listener}: cannot listen on {address}: {why}") from exc
