@@ -485,9 +485,10 @@ def add_parsers(certs: Any, sub: Any) -> None:
     p.add_argument("--tenant")
     p.add_argument("--kind", help="principal kind: service or person")
     p.add_argument("--name", help="principal name")
-    p.add_argument("--status", choices=["active", "revoked"])
-    p.add_argument("--active", action="store_true", help="only active certificates "
-                   "(--status active)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--status", choices=["active", "revoked"])
+    which.add_argument("--active", action="store_true", help="only active certificates "
+                       "(--status active)")
     p.add_argument("--pem", action="store_true", help="include each certificate's PEM")
     _json_option(p)
     p.set_defaults(func=cmd_list)
