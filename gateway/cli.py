@@ -125,7 +125,8 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
     each a replica of the fleet with its own id, ops port and files. A worker
     that dies is started again (with a growing pause if it keeps dying);
     SIGTERM, SIGINT and SIGHUP are passed on to every worker; the supervisor
-    exits when they have all stopped, 0 if each did so cleanly."""
+    exits when they have all stopped, 0 if each did so cleanly, 2 if one
+    refused its configuration or could not bind a port (it printed why)."""
     import subprocess
     import time
 
@@ -189,6 +190,8 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
             time.sleep(pause)
             if not stopping:
                 procs[index] = spawn(index)
+    if 2 in codes.values():  # a configuration or a busy port: the worker said which
+        return 2
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
