@@ -239,6 +239,17 @@ def test_admin_identity_never_falls_back_to_the_demo_outside_its_tree(
     assert proc.returncode == 0, proc.stderr  # alice is a security admin
     actors = {e.get("actor") for e in stack.audit_events() if e.get("action") == "keys-rotate"}
     assert "ores/person/alice" in actors
+    # The environment still wins over the demo's default there: carol may not rotate.
+    proc = run("keys", "rotate", "--reason", "as carol", "--admin-url", url, cwd=tree,
+               GATEWAY_ADMIN_CERT=str(pki.client_cert("ores", "carol")),
+               GATEWAY_ADMIN_KEY=str(pki.client_key("ores", "carol")))
+    assert proc.returncode == 1 and json.loads(proc.stderr)["status"] == 403
+    # A dev PKI alone (no demo ran here) is not a demo work tree.
+    half = tmp_path / "half"
+    (half / "certs").mkdir(parents=True)
+    (half / "certs" / "dev").symlink_to(pki.root)
+    proc = run("keys", "list", "--admin-url", url, cwd=half)
+    assert proc.returncode == 2 and "--cert (or GATEWAY_ADMIN_CERT)" in proc.stderr
 
 
 def test_audit_verify_needs_its_files_outside_a_demo_tree(stack: RunningStack,
