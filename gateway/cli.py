@@ -523,10 +523,25 @@ def _add_completion(sub: Any) -> None:
     p.set_defaults(func=cmd_completion)
 
 
+# Options that name a file or a directory: the shell completes paths for them.
+_FILE_OPTIONS = {"config", "feed", "out", "log", "keys", "cert", "key", "cacert", "csr"}
+_DIR_OPTIONS = {"key_dir", "tenants", "certs", "work"}
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
     import shtab
 
-    print(shtab.complete(build_parser(), shell=args.shell), end="")
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.dest in _FILE_OPTIONS:
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            elif action.option_strings and action.dest in _DIR_OPTIONS:
+                action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell), end="")
     return 0
 
 

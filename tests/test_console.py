@@ -169,6 +169,13 @@ COMP_WORDS=(gateway certs list --ac); COMP_CWORD=3; COMP_LINE="gateway certs lis
 COMP_POINT=23; _shtab_gateway gateway --ac list; echo "${{COMPREPLY[@]}}"
 """], capture_output=True, text=True, check=False)
     assert run.stdout.splitlines() == ["rotate-upstream rekey", "certs", "--active"], run.stderr
+    # Options that name a file complete paths.
+    (tmp_path / "gw.toml").write_text("")
+    run = subprocess.run(["bash", "-c", f"""source {script}
+COMP_WORDS=(gateway serve --config gw); COMP_CWORD=3; COMP_LINE="gateway serve --config gw"
+COMP_POINT=25; _shtab_gateway gateway gw --config; echo "${{COMPREPLY[@]}}"
+"""], capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert run.stdout.split() == ["gw.toml"], run.stderr
 
 
 def test_zsh_completion_names_the_verbs(tmp_path: Path) -> None:
