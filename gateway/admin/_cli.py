@@ -198,7 +198,9 @@ def cmd_principal(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace, path: str, key: str) -> int:
     """An export: the asked --format (csv by default), to --out or stdout;
-    on a terminal without either, a table."""
+    on a terminal without either, a table. ``--json`` is ``--format json``."""
+    if args.json:
+        args.format = "json"
     if args.format is None and not args.out and not wants_json(False):
         query = "&".join(part for part in (path.partition("?")[2], "format=json") if part)
         return _listing(*call(args, "GET", f"{path.partition('?')[0]}?{query}"), key, args)
@@ -261,7 +263,8 @@ def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
                    help="default csv (a table on a terminal without --out)")
     p.add_argument("--tenant")
     p.add_argument("--out")
-    p.set_defaults(func=cmd_consultations, json=False)
+    _json_option(p)
+    p.set_defaults(func=cmd_consultations)
     clients.append(p)
     p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
     p.add_argument("--period", choices=["day", "week", "month"], default="day")
@@ -427,7 +430,8 @@ def add_parsers(certs: Any, sub: Any) -> None:
     p.add_argument("--format", choices=["json", "csv"],
                    help="default csv (a table on a terminal without --out)")
     p.add_argument("--out")
-    p.set_defaults(func=cmd_review, json=False)
+    _json_option(p)
+    p.set_defaults(func=cmd_review)
 
     for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server", "pending",
                  "approve", "deny"):

@@ -339,9 +339,11 @@ def test_listings_are_tables_on_a_terminal_and_json_when_piped(stack: RunningSta
 
 def test_verbs_that_write_a_file_say_what_they_wrote(stack: RunningStack,
                                                      tmp_path: Path) -> None:
-    # Piped without --out, an export stays CSV on stdout.
+    # Piped without --out, an export stays CSV on stdout; --json as for listings.
     proc = run_cli(stack, "review", who="carol")
     assert proc.stdout.startswith("tenant,tenant_kind,principal_kind,principal,")
+    proc = run_cli(stack, "review", "--json", who="carol")
+    assert json.loads(proc.stdout)["principals"]
     proc = run_cli(stack, "review", "--format", "csv", "--out", str(tmp_path / "review.csv"),
                    who="carol")
     assert proc.returncode == 0, proc.stderr
