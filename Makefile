@@ -44,6 +44,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# docs/configuration.md and docs/schema/*.json, generated from the schemas in
+# gateway/config/ (tests/config/test_reference.py fails when they differ).
+.PHONY: config-docs
+config-docs: $(STAMP)
+	$(BIN)/python -m gateway.config docs
+
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 

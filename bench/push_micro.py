@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
-from gateway.core.push.records import batch_fingerprint, route_batch
 from gateway.core.push.days import KIND, route_meter_days
+from gateway.core.push.records import batch_fingerprint, encode_routed, route_batch
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
 from gateway.push import SqliteOutbox
@@ -109,10 +109,10 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
             with st("route"):
                 routed = route_batch(doc, relations, NOW)
             with st("fingerprint"):
-                fp = batch_fingerprint(routed.batch_id, doc["records"])
+                fp = batch_fingerprint(routed.batch_id, doc["records"], raw)
             with st("encode parts"):
                 parts = [EncodedPart(f"{tag}{n}/{t}", t, "hes-readings", len(recs),
-                                     _COMPACT(list(recs)).encode())
+                                     encode_routed(recs))
                          for t, recs in routed.parts.items()]
             received, quarantined = routed.received, len(routed.quarantined)
         else:

@@ -8,6 +8,9 @@ Known series are
   * every Counter / Gauge / Histogram / Summary declared in gateway/metrics.py
     (read with ``ast``, never imported; counters get ``_total``, histograms
     ``_bucket`` (+ ``le``), ``_sum`` and ``_count``),
+  * the series of the client library's standard collectors that
+    gateway/metrics.py registers (``COLLECTORS`` below: ``process_*``,
+    ``python_info``, ``python_gc_*``),
   * the contract metrics not implemented yet (``CONTRACT_PENDING`` below),
   * ``up`` (Prometheus' own), and
   * the recording rules of deploy/prometheus/rules/*.yml.
@@ -54,6 +57,19 @@ CONTRACT_PENDING: dict[str, frozenset[str]] = {
     "gateway_delivery_attempts_total": frozenset({"tenant", "result"}),
     "gateway_classified_responses_total": frozenset({"label"}),
 }
+# prometheus_client's collectors: their series, known when gateway/metrics.py
+# registers the collector (a call to it by this name).
+COLLECTORS: dict[str, dict[str, frozenset[str]]] = {
+    "ProcessCollector": {name: frozenset() for name in (
+        "process_resident_memory_bytes", "process_virtual_memory_bytes",
+        "process_cpu_seconds_total", "process_open_fds", "process_max_fds",
+        "process_start_time_seconds")},
+    "PlatformCollector": {"python_info": frozenset(
+        {"implementation", "major", "minor", "patchlevel", "version"})},
+    "GCCollector": {name: frozenset({"generation"}) for name in (
+        "python_gc_objects_collected_total", "python_gc_objects_uncollectable_total",
+        "python_gc_collections_total")},
+}
 SCRAPE_LABELS = frozenset({"job", "instance"})
 PROMETHEUS_OWN: dict[str, frozenset[str]] = {"up": frozenset()}
 DASHBOARD_DATASOURCE = "${DS_PROMETHEUS}"
@@ -72,6 +88,9 @@ def metrics_from_source(path: Path) -> dict[str, frozenset[str]]:
         func = node.func
         kind = func.id if isinstance(func, ast.Name) else (
             func.attr if isinstance(func, ast.Attribute) else "")
+        if kind in COLLECTORS:
+            found.update(COLLECTORS[kind])
+            continue
         if kind not in {"Counter", "Gauge", "Histogram", "Summary"}:
             continue
         name = _const_str(node.args[0] if node.args else _kwarg(node, "name"))

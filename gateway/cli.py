@@ -8,6 +8,7 @@ import contextlib
 import gc
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
+from gateway.logs import configure as configure_logging
 
 
 def _tune_gc() -> None:
@@ -84,7 +86,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.config import GatewayConfig
     from gateway.server import Gateway
 
-    config = GatewayConfig.from_toml(Path(args.config))
+    config = GatewayConfig.from_toml(Path(args.config), os.environ)
+    configure_logging(config.log.format, verbose=args.verbose)  # [log] format
     if args.worker_index is not None:
         config = config.for_worker(args.worker_index)
     elif args.workers != 1:
@@ -427,6 +430,14 @@ def cmd_state_grants(args: argparse.Namespace) -> int:
     return 0
 
 
+def _state_location(config: Path) -> tuple[str | None, Path]:
+    """Where ``gateway serve --config`` keeps its state: ``[state] url`` and data_dir."""
+    from gateway.config import GatewayConfig
+
+    loaded = GatewayConfig.from_toml(config)
+    return loaded.state_url, loaded.data_dir
+
+
 def cmd_relations_compile(args: argparse.Namespace) -> int:
     from gateway.console import progress
     from gateway.files import compile_feed
@@ -441,9 +452,24 @@ def cmd_relations_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """``gateway config check``: what ``serve`` would refuse in the config file
+    (with the environment's GATEWAY_<TABLE>__<KEY> overrides) and in the
+    tenant files it names, without starting anything: exit 0 or 2."""
+    from gateway.config import GatewayConfig
+    from gateway.tenants import load_tenants
+
+    config = GatewayConfig.from_toml(Path(args.config), os.environ)
+    registry = load_tenants(config.tenants_dir)
+    print(f"{args.config}: valid ({len(registry)} tenant files in {config.tenants_dir})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from gateway.metrics import version
+    parser.add_argument("--version", action="version", version=f"gateway {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the gateway from a config file")
@@ -453,6 +479,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "each a replica of the fleet; needs [state] url = postgresql://...")
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="the configuration file")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser(
+        "check", help="validate a config file and the tenant files it names without "
+        "starting (exit 0 valid, 2 not; docs/configuration.md lists every key)")
+    check.add_argument("--config", required=True, help="path to gateway TOML config")
+    check.set_defaults(func=cmd_config_check)
 
     demo = sub.add_parser("demo", help="dev PKI + four simulators + gateway on loopback")
     demo.add_argument("--tenants", default="tenants", help="tenant declarations directory")
@@ -489,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_audit_verify)
     from gateway.admin import add_audit_parsers
     add_audit_parsers(audit_sub)
-    state = sub.add_parser("state", help="the shared state in PostgreSQL")
+    state = sub.add_parser("state", help="the gateway's state: backup and restore of the "
+                           "SQLite file, the PostgreSQL data-plane grants")
     state_sub = state.add_subparsers(dest="state_command", required=True)
     grants = state_sub.add_parser(
         "data-plane-grants", help="print the SQL that gives an existing database role the "
@@ -497,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
         "control plane's first start)")
     grants.add_argument("--role", default="gateway_data")
     grants.set_defaults(func=cmd_state_grants)
+    from gateway.state import add_backup_parsers
+    add_backup_parsers(state_sub, _state_location)
     relations = sub.add_parser("relations", help="the relation feed")
     relations_sub = relations.add_subparsers(dest="relations_command", required=True)
     compile_ = relations_sub.add_parser(
@@ -547,8 +584,7 @@ def cmd_completion(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(verbose=args.verbose)  # text on stderr until a config says otherwise
     from gateway.admin import AdminCallFailed
 
     try:

@@ -11,6 +11,7 @@
     │   ├── AdminRefused            (pki) an admin-plane action refused (with a detail)
     │   ├── CsrRefused              (pki) a CSR the CA will not sign
     │   └── InvalidAssertion        (pki) a gateway assertion a shared system must refuse
+    ├── StateFileRefused          (state) a backup or restore of the state file not done (exit 1)
     ├── UpstreamFailed            the shared system failed or misbehaved (502/504)
     ├── ClientError               (upstream) the HTTP client's wire errors; they never leave
     │                             gateway.upstream, which translates them into UpstreamFailed

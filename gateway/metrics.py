@@ -1,4 +1,7 @@
-"""Prometheus metrics of the gateway (names start with ``gateway_``).
+"""Prometheus metrics of the gateway (names start with ``gateway_``), and the
+client library's standard process, platform and garbage-collector series
+(``process_resident_memory_bytes``, ``process_open_fds``, ``python_info``,
+``python_gc_*``: the names every Prometheus user knows, read at scrape time).
 
 Labels carry tenant ids (declared tenants only; anything else is
 ``unknown``), upstream names, route templates, status codes and reason codes:
@@ -7,6 +10,9 @@ bounded sets, never raw paths or resource ids.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import ssl
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +20,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -22,11 +31,26 @@ from prometheus_client import (
 # The *_created series double the exposition for no use to the ops team.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
+DISTRIBUTION = "shared-grid-gateway"
 UNKNOWN = "unknown"
 NO_ROUTE = "none"
 
 # Latency buckets around what a proxy hop costs: 1 ms .. 10 s.
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+def version() -> str:
+    """The installed gateway's version (its distribution's metadata)."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # run from a bare source tree
+        return "0+unknown"
+
+
+def build_labels() -> tuple[str, str, str]:
+    """gateway_build_info's labels: version, Python, OpenSSL (as the ssl module
+    was linked, e.g. "OpenSSL 3.0.15 3 Sep 2024")."""
+    return version(), platform.python_version(), ssl.OPENSSL_VERSION
 
 
 class GatewayMetrics:
@@ -37,6 +61,11 @@ class GatewayMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
+        # What a process exposes by default (only read when scraped): RSS
+        # against gateway_memory_budget_bytes, CPU, open file descriptors.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.requests = Counter(
             "gateway_requests", "Requests answered on the data plane.",
             ["tenant", "upstream", "route", "status"], registry=r)
@@ -82,6 +111,20 @@ class GatewayMetrics:
             "gateway_upstream_queue_depth",
             "Requests waiting for a slot of the upstream's pool (fair queuing by tenant).",
             ["upstream"], registry=r)
+        self.upstream_duration = Histogram(
+            "gateway_upstream_duration_seconds",
+            "Time from sending a data-plane request to an upstream to having its answer "
+            "read (connecting included, waiting for a pool slot not), answered calls only.",
+            ["upstream"], buckets=_BUCKETS, registry=r)
+        self.connections_open = Gauge(
+            "gateway_connections_open",
+            "Connections open on a listener (data, admin: from accept, TLS handshake "
+            "included; ops), read when scraped.", ["listener"], registry=r)
+        self.memory_budget = Gauge(
+            "gateway_memory_budget_bytes",
+            "[limits] memory_budget_mb in bytes: above it (process_resident_memory_bytes) "
+            "new connections and requests are refused and /readyz says shedding memory.",
+            registry=r)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Failed upstream calls, by kind.",
             ["upstream", "kind"], registry=r)
@@ -90,6 +133,11 @@ class GatewayMetrics:
             "Client-sent identity headers removed before forwarding.", ["tenant"], registry=r)
         self.relations_loaded = Gauge(
             "gateway_relations_loaded", "Relation tuples in the live snapshot.", registry=r)
+        self.build_info = Gauge(
+            "gateway_build_info",
+            "1, labelled with the gateway's version and the Python and OpenSSL it runs on.",
+            ["version", "python", "openssl"], registry=r)
+        self.build_info.labels(*build_labels()).set(1)
         self.event_loop_info = Gauge(
             "gateway_event_loop_info",
             "1 for the event loop this process runs on (label loop: uvloop or asyncio; "

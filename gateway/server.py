@@ -34,6 +34,7 @@ from gateway.edge import (
     ConnectionBook,
     DataServer,
     GuardedAppRunner,
+    OpenConnections,
     Peers,
     TlsSite,
     admin_refusal,
@@ -207,7 +208,8 @@ class Gateway:
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
-            consultations=self.store.add_consultation, limits=config.limits)
+            consultations=self.store.add_consultation, limits=config.limits,
+            access_log=config.log.access)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
@@ -223,6 +225,7 @@ class Gateway:
         self.ops_port = 0
         self.admin_port = 0
         self.metrics.config_loaded.set(1)
+        self.metrics.memory_budget.set(config.limits.memory_budget_mb * 1024 * 1024)
         self.metrics.control_plane_leader.set(1 if self.leading else 0)
 
     def _rolled_up_through(self) -> float | None:
@@ -417,7 +420,8 @@ class Gateway:
                                            shutdown_timeout=cfg.drain_timeout_s)
             await data_runner.setup()
             await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
-                          handshake_timeout_s=limits.handshake_timeout_s).start()
+                          handshake_timeout_s=limits.handshake_timeout_s,
+                          connections=self._count_connections("data")).start()
             self._runners.append(data_runner)
             self.data_port = data_sock.getsockname()[1]
         ops_runner = web.AppRunner(build_ops_app(
@@ -426,6 +430,10 @@ class Gateway:
             self.audit_keys.document, shedding=self._shedding, replica=self._replica_status),
             access_log=None)
         await ops_runner.setup()
+        ops_server = ops_runner.server  # plain HTTP: aiohttp's server knows its connections
+        assert ops_server is not None
+        self.metrics.connections_open.labels("ops").set_function(
+            lambda: len(ops_server.connections))
         await web.SockSite(ops_runner, ops_sock).start()
         self._ops_runner: web.BaseRunner = ops_runner
         self.ops_port = ops_sock.getsockname()[1]
@@ -444,7 +452,8 @@ class Gateway:
                 refuse=admin_refusal)
             await admin_runner.setup()
             await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
-                          handshake_timeout_s=limits.handshake_timeout_s).start()
+                          handshake_timeout_s=limits.handshake_timeout_s,
+                          connections=self._count_connections("admin")).start()
             self._runners.append(admin_runner)
             self.admin_port = admin_sock.getsockname()[1]
         await self.soc.start()
@@ -462,6 +471,13 @@ class Gateway:
         log.info("%s (%s%s): %s, ops plane on %s:%d", self.replica_id, self.role,
                  ", leading" if self.leading else "", ", ".join(planes), cfg.ops.host,
                  self.ops_port)
+
+    def _count_connections(self, listener: str) -> OpenConnections:
+        """The open connections of a TLS listener, as gateway_connections_open
+        shows them (read when scraped: nothing on the request path)."""
+        connections = OpenConnections()
+        self.metrics.connections_open.labels(listener).set_function(lambda: connections.count)
+        return connections
 
     def _shedding(self) -> str | None:
         """Why this replica should get no traffic now, or None."""

@@ -1,5 +1,6 @@
 """Load and validate the tenant declarations in ``tenants/`` (one TOML file
-each). Every error names the file and the key that is wrong."""
+each, described by the schema gateway.config.TenantFile). Every error names
+the file and the key that is wrong."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gateway.config import PrincipalEntry, TenantFile, validate
 from gateway.core.identifiers import is_valid_gln
-from gateway.core.model import PRINCIPAL_KINDS, TENANT_KINDS, Principal, Tenant
+from gateway.core.model import Principal, Tenant
 from gateway.core.push.trust import PUSH_INTAKES
 from gateway.core.quota import Quota
 from gateway.errors import ConfigError
@@ -21,10 +23,6 @@ KNOWN_ROLES = frozenset(
      "privileged-user"}
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
-_TENANT_KEYS = frozenset({"id", "name", "kind", "gln", "ean_prefix", "cmh_coordinator",
-                          "hes_consortium", "push_endpoint", "push_intake", "quota",
-                          "principals"})
-_PRINCIPAL_KEYS = frozenset({"kind", "name", "roles", "team"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,114 +54,53 @@ def _fail(where: str, key: str, problem: str) -> ConfigError:
     return ConfigError(f"{where}: {key}: {problem}")
 
 
-def _str(doc: Mapping[str, Any], key: str, where: str, *, required: bool = True) -> str | None:
-    value = doc.get(key)
-    if value is None:
-        if required:
-            raise _fail(where, key, "is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise _fail(where, key, "must be a non-empty string")
-    return value
-
-
 def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = None) -> Tenant:
-    unknown = set(doc) - _TENANT_KEYS
-    if unknown:
-        raise _fail(where, sorted(unknown)[0], "unknown key")
-    tid = _str(doc, "id", where)
-    assert tid is not None
-    if not _ID.fullmatch(tid):
+    """A tenant from a tenant file's document: its schema first
+    (gateway.config.TenantFile: keys, types, required), then what needs more
+    than one key's type."""
+    f = validate(TenantFile, doc, where)
+    if not _ID.fullmatch(f.id):
         raise _fail(where, "id", "must match [a-z0-9][a-z0-9-]*")
-    if expected_id is not None and tid != expected_id:
+    if expected_id is not None and f.id != expected_id:
         raise _fail(where, "id", f"must equal the file name ({expected_id!r})")
-    name = _str(doc, "name", where)
-    kind = _str(doc, "kind", where)
-    if kind not in TENANT_KINDS:
-        raise _fail(where, "kind", f"must be one of {', '.join(sorted(TENANT_KINDS))}")
-    gln = _str(doc, "gln", where, required=False)
-    if gln is not None and not is_valid_gln(gln):
+    if f.gln is not None and not is_valid_gln(f.gln):
         raise _fail(where, "gln", "must be a 13-digit GLN with a valid GS1 check digit")
-    prefix = _str(doc, "ean_prefix", where, required=False)
+    prefix = f.ean_prefix
     if prefix is not None and not (prefix.isdigit() and prefix.startswith("54")
                                    and 4 <= len(prefix) <= 10):
         raise _fail(where, "ean_prefix", "must be 4-10 digits starting with 54")
-    memberships: set[str] = set()
-    for flag in ("cmh_coordinator", "hes_consortium"):
-        value = doc.get(flag, False)
-        if not isinstance(value, bool):
-            raise _fail(where, flag, "must be true or false")
-        if value:
-            memberships.add(flag)
-    raw_principals = doc.get("principals")
-    if not isinstance(raw_principals, list) or not raw_principals:
-        raise _fail(where, "principals", "must be a non-empty array of tables")
+    memberships = {flag for flag in ("cmh_coordinator", "hes_consortium") if getattr(f, flag)}
     principals: dict[tuple[str, str], Principal] = {}
-    for i, raw in enumerate(raw_principals):
-        p = _parse_principal(raw, tid, f"{where}: principals[{i}]")
+    for i, entry in enumerate(f.principals):
+        p = _principal(entry, f.id, where, f"principals[{i}]")
         if any(name == p.name for (_, name) in principals):
             # One certificate file per name under certs/<tenant>/: names are unique.
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")
         principals[(p.kind, p.name)] = p
-    raw_quota = doc.get("quota")
-    quota = None if raw_quota is None else _parse_quota(raw_quota, f"{where}: quota")
-    endpoint = _str(doc, "push_endpoint", where, required=False)
-    if endpoint is not None and not endpoint.startswith("https://"):
+    quota = None if f.quota is None else Quota(**f.quota.model_dump())
+    if f.push_endpoint is not None and not f.push_endpoint.startswith("https://"):
         raise _fail(where, "push_endpoint", "must be an https:// URL (delivery is mTLS)")
-    intake = _str(doc, "push_intake", where, required=False)
+    intake = f.push_intake
     if intake is not None:
         # D1: the push intake this shared system owns; its pushers may post there only.
         if intake not in PUSH_INTAKES:
             raise _fail(where, "push_intake",
                         f"unknown intake {intake!r} (known: {', '.join(sorted(PUSH_INTAKES))})")
-        if kind != "shared-system":
+        if f.kind != "shared-system":
             raise _fail(where, "push_intake", "only a shared-system tenant owns a push intake")
-    assert name is not None and kind is not None
-    return Tenant(tid, name, kind, gln, principals, frozenset(memberships), quota=quota,
-                  push_endpoint=endpoint, ean_prefix=prefix, push_intake=intake)
+    return Tenant(f.id, f.name, f.kind, f.gln, principals, frozenset(memberships),
+                  quota=quota, push_endpoint=f.push_endpoint, ean_prefix=prefix,
+                  push_intake=intake)
 
 
-def _parse_quota(raw: Any, where: str) -> Quota:
-    """D1 availability: a tenant's rate, burst and concurrency (noisy neighbours)."""
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(raw) - set(Quota.__dataclass_fields__)
-    if unknown:
-        raise _fail(where, sorted(unknown)[0], "unknown key")
-    base = Quota()
-    values: dict[str, Any] = {}
-    for name in Quota.__dataclass_fields__:
-        value = raw.get(name, getattr(base, name))
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise _fail(where, name, "must be a positive number")
-        values[name] = int(value) if isinstance(getattr(base, name), int) else float(value)
-    if values["upstream_share"] > 1:
-        raise _fail(where, "upstream_share", "must be at most 1")
-    return Quota(**values)
-
-
-def _parse_principal(raw: Any, tenant: str, where: str) -> Principal:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = set(raw) - _PRINCIPAL_KEYS
-    if unknown:
-        raise _fail(where, sorted(unknown)[0], "unknown key")
-    kind = _str(raw, "kind", where)
-    if kind not in PRINCIPAL_KINDS:
-        raise _fail(where, "kind", f"must be one of {', '.join(sorted(PRINCIPAL_KINDS))}")
-    name = _str(raw, "name", where)
-    assert name is not None and kind is not None
-    if not _ID.fullmatch(name):
-        raise _fail(where, "name", "must match [a-z0-9][a-z0-9-]*")
-    roles = raw.get("roles", [])
-    if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-        raise _fail(where, "roles", "must be an array of strings")
-    for role in roles:
+def _principal(entry: PrincipalEntry, tenant: str, where: str, at: str) -> Principal:
+    if not _ID.fullmatch(entry.name):
+        raise _fail(where, f"{at}.name", "must match [a-z0-9][a-z0-9-]*")
+    for role in entry.roles:
         if role not in KNOWN_ROLES:
-            raise _fail(where, "roles", f"unknown role {role!r} "
+            raise _fail(where, f"{at}.roles", f"unknown role {role!r} "
                         f"(known: {', '.join(sorted(KNOWN_ROLES))})")
-    team = _str(raw, "team", where, required=False)
-    return Principal(tenant, kind, name, frozenset(roles), team)
+    return Principal(tenant, entry.kind, entry.name, frozenset(entry.roles), entry.team)
 
 
 def load_tenants(directory: Path) -> TenantRegistry:

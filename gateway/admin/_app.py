@@ -141,13 +141,13 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
     def _internal_error(action: str, actor: str, where: str, reason: str, exc: BaseException,
                         more: dict[str, str]) -> web.Response:
         incident = new_incident_id()
-        log.error("admin %s failed (incident %s)", action, incident, exc_info=exc)
+        log.error("admin %s failed", action, exc_info=exc, extra={"incident": incident})
         metrics.admin_actions.labels(action, "error").inc()
         try:
             creds.record_admin_event(actor, action, where, reason, "error",
                                      type(exc).__name__, incident=incident, extra=more)
         except Exception:
-            log.exception("admin audit write failed (incident %s)", incident)
+            log.exception("admin audit write failed", extra={"incident": incident})
         return _problem(500, "the gateway failed to handle the request", incident)
 
     @web.middleware

@@ -79,12 +79,14 @@ class SecurityEvents:
             try:
                 self._syslog_queue.put_nowait(event)
             except queue.Full:
-                log.error("syslog queue full; event %s kept in the file sink only", incident)
+                log.error("syslog queue full; the event is kept in the file sink only",
+                          extra={"incident": incident})
         if self._queue is not None:
             try:
                 self._queue.put_nowait(event)
             except asyncio.QueueFull:
-                log.error("SOC webhook queue full; event %s kept in the file sink only", incident)
+                log.error("SOC webhook queue full; the event is kept in the file sink only",
+                          extra={"incident": incident})
         return event
 
     async def _deliver(self) -> None:
@@ -105,4 +107,5 @@ class SecurityEvents:
                         pass
                     await asyncio.sleep(min(2 ** attempt, 10))
                 else:
-                    log.error("SOC webhook did not take event %s", event["incident"])
+                    log.error("SOC webhook did not take the event",
+                              extra={"incident": event["incident"]})

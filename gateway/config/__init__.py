@@ -3,8 +3,15 @@
 ``[limits]`` table (:class:`EdgeLimits`). Loading validates everything and
 names the file and key of what is wrong, at start-up.
 
-May import: :mod:`gateway.core` (the catalogue of shared systems) and
-:mod:`gateway.errors`.
+The schemas of ``gateway.toml`` (:class:`GatewayFile`) and of a tenant file
+(:class:`TenantFile`, read by :mod:`gateway.tenants`) are written once, in
+pydantic: strict types, unknown keys refused. docs/configuration.md and the
+JSON Schemas in docs/schema/ are generated from them
+(``python -m gateway.config``).
+
+May import: :mod:`gateway.core` (the catalogue of shared systems, tenant
+kinds, quotas), :mod:`gateway.errors` and :mod:`gateway.logs` (the log
+formats).
 """
 
 from __future__ import annotations
@@ -18,10 +25,14 @@ from gateway.config._gateway import (
     FleetConfig,
     GatewayConfig,
     Listener,
+    LogConfig,
     Upstream,
     VaultConfig,
 )
 from gateway.config._limits import EdgeLimits
+from gateway.config._schema import GatewayFile
+from gateway.config._tenant_file import PrincipalEntry, TenantFile
+from gateway.config._validate import validate
 
 __all__ = [
     "DEFAULT_HTTP_SERVER",
@@ -32,7 +43,12 @@ __all__ = [
     "EdgeLimits",
     "FleetConfig",
     "GatewayConfig",
+    "GatewayFile",
     "Listener",
+    "LogConfig",
+    "PrincipalEntry",
+    "TenantFile",
     "Upstream",
     "VaultConfig",
+    "validate",
 ]

@@ -35,7 +35,7 @@ _ITSM_CLIENTS = ("dso", "water", "telecom", "supplier", "social-welfare", "clear
 _TICKETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"assignee"})}
 _ASSETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"maintainer"})}
 
-_CLEARING_FIELDS = ("clearing.restricted", "clearing.contracts")
+_CLEARING_FIELDS = ("clearing.restricted", "clearing.contracts", "clearing.supplier-view")
 # D11 on the IT platform: restricted tickets for ORES's IT desk team, the
 # confidential ones for its CISO desk only; the provider is a contracted external.
 _ITSM_LABELS = ClassificationPolicy(default="C2", c3_teams=frozenset({"it-ops"}),
@@ -60,7 +60,7 @@ ROUTES: tuple[Route, ...] = (
     Route("hes", "POST", "/hes/meters/{serial}/operations", _HES, member_of=_CONSORTIUM,
           resource=_path("meter", "serial"), required_role="meter-operator",
           records=(RecordCheck("meter", "serial", same_as_request=True),),
-          max_body_bytes=16 * 1024),
+          meter_operation=True, max_body_bytes=16 * 1024),
     Route("clearing", "GET", "/clearing/access-points", _CLEARING,
           records=(RecordCheck("ean", "ean", items="access_points"),),
           field_rules=_CLEARING_FIELDS),

@@ -99,8 +99,9 @@ def request_window(route: Route, facts: RequestFacts, now: datetime) -> Window |
         return Decision.deny("window-inverted", 400)
     if start > now:
         return Decision.deny("window-in-future", 400)
-    if route.window == "history" and start < now - HISTORY_LIMIT:
-        return Decision.deny("history-beyond-three-years")  # D4
+    if start < now - HISTORY_LIMIT:
+        # D4: three years at most, of consumption and of a meter's readings alike.
+        return Decision.deny("history-beyond-three-years")
     return Window(start, end)
 
 

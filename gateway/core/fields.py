@@ -105,6 +105,53 @@ def clearing_contracts(caller: Caller, body: Any, relations: RelationIndex, now:
     return changed
 
 
+# D2: what a supplier reads of an access point is what the market messages
+# carry: the access point itself (EAN, energy, grid operator, region, the
+# address that identifies it, the meter's serial, type and whether it
+# communicates), its own contracts (clearing.contracts), the restricted block
+# only as D3 allows (clearing.restricted), and the customer's data only where
+# the supplier supplied them itself ("the customer data a supplier can consult
+# are the data supplied by the suppliers themselves via market messages").
+# Any other member, present or future, is removed: an allow-list, not a deny-list.
+SUPPLIER_ACCESS_POINT_FIELDS = frozenset({
+    "ean", "energy", "grid_operator", "grid_operator_gln", "region", "address", "meter",
+    "contracts", "restricted", "customer"})
+SUPPLIER_METER_FIELDS = frozenset({"serial", "type", "communicating"})
+
+
+def clearing_supplier_view(caller: Caller, body: Any, relations: RelationIndex,
+                           now: datetime) -> bool | None:
+    """D2: a supplier sees of an access point what the market messages carry
+    (:data:`SUPPLIER_ACCESS_POINT_FIELDS`), and a customer block only when its
+    ``supplied_by`` is the supplier itself. Other tenant kinds: unchanged."""
+    if caller.tenant.kind != "supplier":
+        return False
+    records = _records(body, "access_points")
+    if records is None:
+        return None
+    tenant = caller.tenant.id
+    changed = False
+    for rec in records:
+        for key in [k for k in rec if k not in SUPPLIER_ACCESS_POINT_FIELDS]:
+            del rec[key]
+            changed = True
+        meter = rec.get("meter")
+        if isinstance(meter, MutableMapping):
+            for key in [k for k in meter if k not in SUPPLIER_METER_FIELDS]:
+                del meter[key]
+                changed = True
+        elif "meter" in rec and meter is not None:
+            del rec["meter"]  # a shape the rule does not know: not shown
+            changed = True
+        customer = rec.get("customer")
+        if "customer" in rec and not (isinstance(customer, MutableMapping)
+                                      and customer.get("supplied_by") == tenant):
+            # SECURITY: D2, fail closed: no provenance, or another supplier's data.
+            del rec["customer"]
+            changed = True
+    return changed
+
+
 def cmh_own_connections(caller: Caller, body: Any, relations: RelationIndex, now: datetime
                         ) -> bool | None:
     """Connect My Home: each operator sees its own connection plus the minimum
@@ -143,5 +190,6 @@ def cmh_own_connections(caller: Caller, body: Any, relations: RelationIndex, now
 FIELD_RULES: dict[str, FieldRule] = {
     "clearing.restricted": clearing_restricted,
     "clearing.contracts": clearing_contracts,
+    "clearing.supplier-view": clearing_supplier_view,
     "cmh.own-connections": cmh_own_connections,
 }

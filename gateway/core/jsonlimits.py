@@ -158,7 +158,15 @@ def _every_member_kept(raw: bytes | bytearray | str, parsed: Any) -> bool:
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if b"\\" in data and b"\\u" in data:  # one byte first: a much faster search
         return False
-    numbers = data.translate(_NUMBER_BYTES)
-    if _LONG_INTEGER in numbers or numbers.startswith(_LONG_INTEGER[1:]):
+    if has_long_number(data):
         return False
     return data.count(b":") == orjson.dumps(parsed).count(b":")
+
+
+def has_long_number(data: bytes | bytearray) -> bool:
+    """True if a run of 19 or more digits starts the text or follows ``[``,
+    ``:``, ``,``, ``-`` or white space (inside a string too): a number orjson
+    may read otherwise than the standard library (an integer past 64 bits)."""
+    numbers = data.translate(_NUMBER_BYTES)
+    return _LONG_INTEGER in numbers or numbers.startswith(_LONG_INTEGER[1:])
+

@@ -76,6 +76,8 @@ class Route:
     sensitive: bool = False
     # After a successful answer, tell others (e.g. "cmh-status": the coordinator).
     notify: str | None = None
+    # D5: a remote operation on a meter, refused in airplane mode (core.meters).
+    meter_operation: bool = False
     max_body_bytes: int = 1 * MiB
     segments: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # decide()'s fast path, worked out once: for a route whose resource id is a

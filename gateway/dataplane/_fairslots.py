@@ -5,8 +5,7 @@ pool is busy it waits, fairly among tenants, at most ``queue_timeout_s``."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from gateway.core.fairqueue import FairSlots
 from gateway.errors import RequestRefused
@@ -27,16 +26,16 @@ class UpstreamSlots:
     def waiting(self, upstream: str) -> int:
         return self._slots[upstream].waiting
 
-    @contextlib.asynccontextmanager
-    async def slot(self, upstream: str, tenant: str, queue_timeout_s: float
-                   ) -> AsyncIterator[None]:
-        """Hold a slot for the body of the ``async with``. Waiting longer than
-        ``queue_timeout_s`` is refused with 503 ``upstream-busy``."""
+    def try_acquire(self, upstream: str, tenant: str) -> bool:
+        """Take a free slot now, if nobody waits (the common case: no future,
+        no coroutine). False: the caller ``await``s :meth:`acquire`."""
+        return self._slots[upstream].try_acquire(tenant)
+
+    async def acquire(self, upstream: str, tenant: str, queue_timeout_s: float) -> None:
+        """Wait for a slot, fairly among tenants. Waiting longer than
+        ``queue_timeout_s`` is refused with 503 ``upstream-busy``. The slot
+        is the caller's until it calls :meth:`release`."""
         await self._acquire(upstream, tenant, queue_timeout_s)
-        try:
-            yield
-        finally:
-            self._release(upstream, tenant)
 
     async def _acquire(self, upstream: str, tenant: str, timeout_s: float) -> None:
         fair = self._slots[upstream]
@@ -50,14 +49,14 @@ class UpstreamSlots:
         except (TimeoutError, asyncio.CancelledError) as exc:
             if not fair.cancel(tenant, waiter):
                 # Handed the slot in the same instant: give it on.
-                self._release(upstream, tenant)
+                self.release(upstream, tenant)
             self._on_depth(upstream, fair.waiting)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             raise RequestRefused(503, "upstream-busy", headers={"Retry-After": "1"}) from None
         self._on_depth(upstream, fair.waiting)
 
-    def _release(self, upstream: str, tenant: str) -> None:
+    def release(self, upstream: str, tenant: str) -> None:
         fair = self._slots[upstream]
         handed = fair.release(tenant)
         while handed is not None:

@@ -35,6 +35,7 @@ from gateway.config import EdgeLimits
 from gateway.core.decide import RequestFacts, check_purpose, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
+from gateway.core.meters import check_meter_operation
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
@@ -77,6 +78,7 @@ class DataPlane:
         limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        access_log: bool = False,
     ) -> None:
         self.resolver = resolver
         self.routes = routes
@@ -108,7 +110,7 @@ class DataPlane:
         self.clock = clock
         # The last stage of every request, refused or served: answer, audit, metrics.
         self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
-                                  clock=clock)
+                                  clock=clock, access=access_log)
 
     # -- the pipeline ----------------------------------------------------------
     async def handle(self, request: HttpRequest) -> web.Response:
@@ -157,6 +159,8 @@ class DataPlane:
                 # act here gets its 403 whatever it sent (D1, D6).
                 body, parsed = await self._body(request, ex)
                 facts = RequestFacts(facts.params, facts.query, parsed)
+            if ex.match.route.meter_operation:
+                self._meter_operation(ex, parsed, relations, now)
             if ex.match.route.sensitive:
                 self._register_consultation(request, ex, now)
             upstream = await self._forward_within_quota(ex, target, forward_headers, body,
@@ -249,6 +253,13 @@ class DataPlane:
             ex.incident, now, caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
             ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
 
+    def _meter_operation(self, ex: Exchange, body: Any, relations: RelationIndex,
+                         now: datetime) -> None:
+        """D5: no remote operation on a meter the feed says is in airplane mode."""
+        refused = check_meter_operation(ex.resources[0], body, relations, now)
+        if refused is not None:
+            raise RequestRefused(refused.status, refused.reason)
+
     def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
                 now: datetime) -> None:
         assert ex.match is not None
@@ -273,8 +284,13 @@ class DataPlane:
             raise RequestRefused(429, "rate-limited",
                                  headers={"Retry-After": str(max(1, math.ceil(wait)))})
         try:
-            async with self.slots.slot(upstream, tenant, config.queue_timeout_s):
+            slots = self.slots
+            if not slots.try_acquire(upstream, tenant):
+                await slots.acquire(upstream, tenant, config.queue_timeout_s)
+            try:
                 return await self._forward(ex, target, headers, body, method)
+            finally:
+                slots.release(upstream, tenant)
         finally:
             self.quotas.release(tenant, upstream)
 

@@ -120,8 +120,9 @@ class ResponseCheck:
         route = ex.match.route
         self.metrics.isolation_violations.labels(
             ex.resolved().tenant_id, route.upstream, "response").inc()
-        log.warning("isolation violation withheld: incident=%s tenant=%s route=%s reason=%s",
-                    ex.incident, ex.resolved().tenant_id, route.name, reason)
+        log.warning("isolation violation withheld", extra={
+            "incident": ex.incident, "tenant": ex.resolved().tenant_id, "route": route.name,
+            "reason": reason})
 
     def _classification(self, ex: Exchange, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""

@@ -1,7 +1,8 @@
 """The last stage of every data-plane request, refused or served: the
-answer's problem document, the audit event (D10), the SOC signal (D12), usage
-and metrics. "No trace, no answer": an audit event that cannot be written
-turns the answer into a 503 before it is sent.
+answer's problem document, the audit event (D10), the SOC signal (D12), usage,
+metrics and, when ``[log] access`` asks for it, the access line. "No trace,
+no answer": an audit event that cannot be written turns the answer into a
+503 before it is sent.
 """
 
 from __future__ import annotations
@@ -23,14 +24,19 @@ from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, problem_body
 
 log = logging.getLogger("gateway.dataplane")
+access_log = logging.getLogger("gateway.access")  # gateway.logs.ACCESS_LOGGER
 SERVER_HEADER = "gateway"  # no version banner
+# Methods an access line names; any other token (a 501) is "other": the
+# line holds nothing a caller chose but from bounded sets.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class RequestTrace:
     def __init__(self, *, audit: AuditSink, metrics: GatewayMetrics,
                  soc: SecurityEvents | None, usage: UsageLedger | None,
-                 clock: Callable[[], datetime]) -> None:
+                 clock: Callable[[], datetime], access: bool = False) -> None:
         self.audit = audit
+        self.access = access  # [log] access: one line per request
         self.metrics = metrics
         self.soc = soc
         self.usage = usage  # D10: aggregated usage, no payload
@@ -116,7 +122,7 @@ class RequestTrace:
 
     def _no_trace(self, ex: Exchange, response: web.Response) -> None:
         # SECURITY: no trace, no answer (fail closed).
-        log.error("audit write failed; refusing incident=%s", ex.incident)
+        log.error("audit write failed; refusing", extra={"incident": ex.incident})
         self.metrics.audit_write_failures.inc()
         response.set_status(503)
         response.body = problem_body(503, ex.incident, "unavailable")
@@ -134,5 +140,20 @@ class RequestTrace:
         metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
         if self.usage is not None:
             self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, event.bytes_out)
-        metrics.child(metrics.duration, tenant, upstream).observe(
-            time.perf_counter() - ex.started)
+        took_s = time.perf_counter() - ex.started
+        metrics.child(metrics.duration, tenant, upstream).observe(took_s)
+        if self.access:
+            self._access_line(ex, event, took_s)
+
+    @staticmethod
+    def _access_line(ex: Exchange, event: RequestEvent, took_s: float) -> None:
+        """One line per request (gateway.logs.ACCESS_FIELDS): its incident, who,
+        the route template (never the path: no resource id, no query), the
+        outcome and the sizes; never a payload. Not the audit log (D10)."""
+        access_log.info("request", extra={
+            "incident": ex.incident, "tenant": event.tenant,
+            "method": event.method if event.method in _METHODS else "other",
+            "route": event.route or NO_ROUTE, "upstream": event.upstream,
+            "status": event.status, "reason": ex.reason,
+            "duration_ms": round(took_s * 1000, 3), "bytes_in": event.bytes_in,
+            "bytes_out": event.bytes_out})

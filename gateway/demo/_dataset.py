@@ -198,7 +198,9 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
                 "meter": {"serial": serial, "type": "smart", "communicating": True},
                 "address": {"street": f"Rue de la Station {n + 1}", "postal_code":
                             f"{5000 + d_i * 100 + n}", "city": f"Commune {d_i}-{n}"},
-                "customer": {"name": f"Customer {dso.id}-{n}"},
+                # D2: the customer's data as the current supplier sent them in
+                # its market messages; only that supplier reads them.
+                "customer": {"name": f"Customer {dso.id}-{n}", "supplied_by": first},
                 "contracts": contracts, "restricted": restricted})
     # The meter with communication disabled at the customer's request (D5).
     ds.meters[0]["airplane_mode"] = True

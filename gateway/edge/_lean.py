@@ -74,6 +74,14 @@ BIG_BODY = 64 * 1024  # larger bodies are written apart from their head (no copy
 DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
 SLICE = 4096  # bytes parsed at a time (but for the rest of a body of known length)
 
+
+def incident_of(response: web.StreamResponse) -> dict[str, str]:
+    """The log fields of a request's refusal: its incident id, which the data
+    plane's answers carry as ``X-Request-Id`` (gateway.logs)."""
+    incident = response.headers.get("X-Request-Id")
+    return {"incident": incident} if incident else {}
+
+
 _EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
 _SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range",
                          b"content-type", b"etag", b"host", b"max-forwards", b"server",
@@ -679,16 +687,16 @@ class LeanConnection(asyncio.Protocol):
             response = exc
         except _Refused as exc:  # the body's framing failed while it was read
             response = self._refuse_unparsed(request, exc.status, exc.reason)
-        except TimeoutError:
-            log.exception("error handling request")
+        except TimeoutError as exc:
             response = self._refuse_unparsed(request, 504, "internal-error")
+            log.error("error handling request", exc_info=exc, extra=incident_of(response))
         except ConnectionError:
             # The caller hung up and the handler failed on it: accounted and
             # audited, not logged (nobody reads the answer).
             response = self._refuse_unparsed(request, 400, "client-gone")
-        except Exception:
-            log.exception("error handling request")
+        except Exception as exc:
             response = self._refuse_unparsed(request, 500, "internal-error")
+            log.error("error handling request", exc_info=exc, extra=incident_of(response))
         if not isinstance(response, web.Response) or not isinstance(
                 response.body, bytes | bytearray | None):
             log.error("the data plane answered %r: not a web.Response with bytes", response)

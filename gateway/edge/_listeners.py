@@ -18,7 +18,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import DEFAULT_HTTP_SERVER, HTTP_SERVERS, EdgeLimits
 from gateway.edge._handshakes import report as report_handshake_failure
-from gateway.edge._lean import LeanConnection
+from gateway.edge._lean import LeanConnection, incident_of
 from gateway.edge._limits import ConnectionBook
 from gateway.edge._request import HttpRequest
 from gateway.errors import ListenerUnavailable
@@ -157,12 +157,13 @@ class _ProblemRequestHandler(RequestHandler):
             # no error is logged; the refusal is still accounted and audited.
             status, reason = 400, "client-gone"
         elif status >= 500:
-            self.log_exception("error handling request", exc_info=exc)
             reason = "internal-error"
         else:
             reason = "http-parse-error"
         resp = self._gw.refuse(request, status, reason)
         resp.force_close()
+        if reason == "internal-error":
+            self.log_exception("error handling request", exc_info=exc, extra=incident_of(resp))
         return resp
 
 
@@ -316,14 +317,29 @@ class GuardedAppRunner(web.AppRunner):
         return server
 
 
+class OpenConnections:
+    """The connections open on one listener, from accept to close (those in
+    their TLS handshake too), counted by the listener's TLS protocol: the
+    same on the lean and on aiohttp's HTTP server, and nothing per request.
+    ``gateway_connections_open`` reads ``count`` when scraped."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 class TlsSite(web.SockSite):
     """A listening socket with a TLS handshake deadline (aiohttp's SockSite
-    leaves asyncio's 60 s default) whose failed handshakes are counted."""
+    leaves asyncio's 60 s default) whose failed handshakes are counted, and
+    its open connections (``connections``)."""
 
     def __init__(self, runner: web.BaseRunner, sock: socket.socket, *,
-                 ssl_context: ssl.SSLContext, handshake_timeout_s: float) -> None:
+                 ssl_context: ssl.SSLContext, handshake_timeout_s: float,
+                 connections: OpenConnections | None = None) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context)
         self._handshake_timeout_s = handshake_timeout_s
+        self.connections = connections or OpenConnections()
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
@@ -333,12 +349,12 @@ class TlsSite(web.SockSite):
         assert ctx is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            _tls_factory(loop, server, ctx, self._handshake_timeout_s),
+            _tls_factory(loop, server, ctx, self._handshake_timeout_s, self.connections),
             sock=self._sock, backlog=self._backlog)
 
 
 def _tls_factory(loop: asyncio.AbstractEventLoop, handler: Callable[[], asyncio.BaseProtocol],
-                 context: ssl.SSLContext, timeout_s: float,
+                 context: ssl.SSLContext, timeout_s: float, connections: OpenConnections,
                  ) -> Callable[[], asyncio.BaseProtocol]:
     """Protocols for a TLS listener: the event loop's own TLS protocol (the
     one ``create_server(ssl=...)`` would build: asyncio's or uvloop's) around
@@ -350,7 +366,7 @@ def _tls_factory(loop: asyncio.AbstractEventLoop, handler: Callable[[], asyncio.
     reading as soon as ``connection_made`` returns, before ``start_tls`` can
     take the transport, and a ClientHello that arrives in between is lost.)
     """
-    tls_protocol = _tls_protocol_class(loop)
+    tls_protocol = _counted(_tls_protocol_class(loop))
 
     def reported(waiter: asyncio.Future[None]) -> None:
         if not waiter.cancelled() and (exc := waiter.exception()) is not None:
@@ -359,11 +375,35 @@ def _tls_factory(loop: asyncio.AbstractEventLoop, handler: Callable[[], asyncio.
     def build() -> asyncio.BaseProtocol:
         waiter: asyncio.Future[None] = loop.create_future()
         waiter.add_done_callback(reported)
-        return cast(asyncio.BaseProtocol, tls_protocol(
-            loop, handler(), context, waiter, server_side=True,
-            ssl_handshake_timeout=timeout_s))
+        protocol = tls_protocol(loop, handler(), context, waiter, server_side=True,
+                                ssl_handshake_timeout=timeout_s)
+        protocol.gw_connections = connections
+        return cast(asyncio.BaseProtocol, protocol)
 
     return build
+
+
+_COUNTED: dict[type[Any], type[Any]] = {}
+
+
+def _counted(base: type[Any]) -> type[Any]:
+    """``base`` (the loop's TLS protocol) counting its connections in the
+    :class:`OpenConnections` set on it as ``gw_connections``: the transport
+    calls ``connection_made`` once at accept and ``connection_lost`` once at
+    close, whatever became of the handshake."""
+    counted = _COUNTED.get(base)
+    if counted is None:
+        def connection_made(self: Any, transport: asyncio.BaseTransport) -> None:
+            self.gw_connections.count += 1
+            base.connection_made(self, transport)
+
+        def connection_lost(self: Any, exc: BaseException | None) -> None:
+            self.gw_connections.count -= 1
+            base.connection_lost(self, exc)
+
+        counted = _COUNTED[base] = type(f"Counted{base.__name__}", (base,), {
+            "connection_made": connection_made, "connection_lost": connection_lost})
+    return counted
 
 
 def event_loop_name(loop: asyncio.AbstractEventLoop | None = None) -> str:

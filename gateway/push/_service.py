@@ -49,6 +49,7 @@ from gateway.core.push.records import (
     BatchRejected,
     Quarantined,
     batch_fingerprint,
+    encode_routed,
     route_batch,
 )
 from gateway.core.push.scan import Spans, scan_days
@@ -70,7 +71,7 @@ _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 
 def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
     """A part of per-record readings: encoded once, when it is stored."""
-    return lambda: _COMPACT(list(records)).encode()
+    return lambda: encode_routed(records)
 
 
 def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
@@ -148,7 +149,8 @@ class PushService:
         except BatchRejected as exc:
             raise RequestRefused.from_core(exc) from exc
         # The per-record format's contract: the fingerprint is of the content, not of its spelling.
-        fingerprint = batch_fingerprint(routed.batch_id, batch["records"])
+        fingerprint = batch_fingerprint(routed.batch_id, batch["records"],
+                                        raw if text is not None else None)
         parts = [(tenant, len(records), _encoder(records))
                  for tenant, records in sorted(routed.parts.items())]
         return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,

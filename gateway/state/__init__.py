@@ -6,15 +6,24 @@ The embedded default is one SQLite file (WAL) under the data directory
 Replicas also share, in PostgreSQL, a heartbeat table (:class:`Heartbeats`),
 the control plane's advisory lock (:class:`LeaderLock`) and change
 notifications (:class:`ChangeListener`).
-Both pass one conformance suite (tests/state). Nothing here holds proxied
-payloads. The request path never touches the store: what
+Both pass one conformance suite (tests/state). The SQLite file is backed
+up online and restored by ``gateway state backup|restore``
+(:func:`backup_state`, :func:`restore_state`, :func:`add_backup_parsers`).
+Nothing here holds proxied payloads. The request path never touches the store: what
 a request needs (revoked serials, disabled principals) is kept in memory and
 refreshed on every change.
 
-May import: the standard library and psycopg only; every package above the
-foundation may import it.
+May import: the standard library, psycopg and :mod:`gateway.errors` only;
+every package above the foundation may import it.
 """
 
+from gateway.state._backup import (
+    StateFileRefused,
+    backup_state,
+    check_state_file,
+    restore_state,
+)
+from gateway.state._cli import add_backup_parsers
 from gateway.state._fleet import (
     CONTROL_LOCK,
     AuditTables,
@@ -61,8 +70,13 @@ __all__ = [
     "Replica",
     "SigningKeyRecord",
     "SqliteStore",
+    "StateFileRefused",
     "StateStore",
+    "add_backup_parsers",
+    "backup_state",
+    "check_state_file",
     "data_plane_grants",
     "ensure_schema",
     "open_store",
+    "restore_state",
 ]

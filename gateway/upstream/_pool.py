@@ -92,8 +92,11 @@ class Breaker:
             return True
         return False
 
-    def success(self) -> None:
+    def success(self) -> bool:
+        """Count a success; True when this one closed an open circuit."""
+        was_open = self.state != "closed"
         self.state, self.failures = "closed", 0
+        return was_open
 
     def failure(self, now: float) -> bool:
         """Count a failure; True when this one opened the circuit."""
@@ -174,8 +177,11 @@ class ConnectionPool:
         return len(self._conns)
 
     async def request(self, method: str, target: str, headers: Mapping[str, str],
-                      body: bytes | None, *, timeout_s: float, max_body: int) -> Response:
-        """One request; ``timeout_s`` bounds all of it (queue, connect, answer)."""
+                      body: bytes | None, *, timeout_s: float, max_body: int,
+                      took: Callable[[float], None] | None = None) -> Response:
+        """One request; ``timeout_s`` bounds all of it (queue, connect, answer).
+        ``took`` gets the seconds from taking a pool slot (connecting, if it
+        must, and sending) to the answer read, for an answered request."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -184,7 +190,10 @@ class ConnectionPool:
                                  body)
         await self._take_slot(loop, deadline)
         try:
+            sent = loop.time()
             reader, conn = await self._exchange(loop, method, data, max_body, deadline)
+            if took is not None:
+                took(loop.time() - sent)
             if reader.keep_alive and not self._closed:
                 conn.idle_since = loop.time()
                 self._idle.append(conn)
@@ -325,6 +334,10 @@ class UpstreamPool:
         # gateway's credential, read when a connection pool is (re)built.
         self.client_identity = client_identity
         self._health_task: asyncio.Task[None] | None = None
+        # gateway_upstream_duration_seconds, per upstream: the labelled child
+        # found once (data-plane calls only; health probes and admin calls not).
+        self._took = {name: metrics.upstream_duration.labels(name).observe
+                      for name in upstreams}
 
     def _pool(self, name: str) -> ConnectionPool:
         up = self.upstreams[name]
@@ -381,8 +394,7 @@ class UpstreamPool:
                 raise
             if response.status >= 500:
                 self._failed(upstream, breaker)
-            else:
-                breaker.success()
+            elif breaker.success():
                 self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(0)
             return response
         raise AssertionError("unreachable")
@@ -398,7 +410,7 @@ class UpstreamPool:
         try:
             resp = await self._pools[upstream].request(
                 method, target, headers, body, timeout_s=up.timeout_s,
-                max_body=up.max_response_bytes)
+                max_body=up.max_response_bytes, took=self._took[upstream])
         except (ClientError, TimeoutError) as exc:
             status, reason, label = translate(exc)
             self.metrics.upstream_errors.labels(upstream, label).inc()

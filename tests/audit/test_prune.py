@@ -475,7 +475,7 @@ def test_the_audit_table_of_the_config(tmp_path: Path) -> None:
     assert (cfg.audit.raw_retention_days, cfg.audit.segment_max_bytes,
             cfg.audit.segment_max_age_s, cfg.audit.checkpoint_every) == \
         (0, 8 * 1024 * 1024, 6 * 3600, 50)
-    with pytest.raises(ConfigError, match=r"g.toml: audit.keep_days: unknown setting"):
+    with pytest.raises(ConfigError, match=r"g.toml: audit.keep_days: unknown key"):
         GatewayConfig.from_mapping(config_doc({"keep_days": 3}), base=tmp_path,
                                    source="g.toml")
     with pytest.raises(ConfigError, match=r"audit.raw_retention_days: must be a number"):

@@ -11,9 +11,12 @@ from gateway.core.identifiers import (
     id_syntax,
     is_valid_ean,
     is_valid_gln,
+    is_valid_gsrn,
     is_valid_meter_serial,
     is_valid_nrn,
     is_valid_resource_id,
+    obis_key,
+    obis_units,
     with_check_digit,
     with_nrn_check,
 )
@@ -35,8 +38,9 @@ def test_demo_glns_are_valid() -> None:
 def test_any_single_digit_change_fails(data: str, pos: int, delta: int) -> None:
     ean = with_check_digit(data)
     changed = ean[:pos] + str((int(ean[pos]) + delta) % 10) + ean[pos + 1:]
-    assert is_valid_ean(ean)
-    assert not is_valid_ean(changed)
+    assert is_valid_gsrn(ean)
+    assert not is_valid_gsrn(changed)
+    assert is_valid_ean(ean) is ean.startswith("54")
 
 
 @given(st.text(alphabet="0123456789", min_size=17, max_size=17), st.integers(0, 15))
@@ -46,7 +50,7 @@ def test_adjacent_swap_fails_unless_digits_equal_or_differ_by_5(data: str, pos: 
     swapped = ean[:pos] + b + a + ean[pos + 2:]
     # GS1 mod 10 misses a swap only when the digits are equal or differ by 5.
     if a != b and abs(int(a) - int(b)) != 5:
-        assert not is_valid_ean(swapped)
+        assert not is_valid_gsrn(swapped)
 
 
 def test_malformed_ids() -> None:
@@ -96,7 +100,19 @@ _EANS = st.builds(with_check_digit, st.text(alphabet="0123456789", min_size=17, 
 @given(st.one_of(_EAN_LIKE, _EANS, st.text(alphabet="0123456789", min_size=18, max_size=18),
                  st.text(max_size=20)))
 def test_ean_check_equals_the_former_digit_by_digit_form(value: str) -> None:
-    assert is_valid_ean(value) is _former_is_valid_ean(value)
+    assert is_valid_gsrn(value) is _former_is_valid_ean(value)
+    assert is_valid_ean(value) is (_former_is_valid_ean(value) and value.startswith("54"))
+
+
+@pytest.mark.parametrize("data", ["87123456789012345", "40123456789012345",
+                                  "05414488600120753", "45144886001207535"])
+def test_an_access_point_outside_belgium_is_refused(data: str) -> None:
+    """DOMAIN.md "Data": a Belgian access point's EAN starts with 54 (GS1
+    Belgium and Luxembourg); the GSRN itself is well formed."""
+    ean = with_check_digit(data)
+    assert is_valid_gsrn(ean)
+    assert not is_valid_ean(ean)
+    assert not is_valid_resource_id("ean", ean) and not id_syntax("ean")(ean)
 
 
 @given(st.sampled_from(("ean", "meter", "person", "ticket", "cmh-request")),
@@ -120,7 +136,7 @@ def test_nrn_check_digits_for_both_centuries() -> None:
     assert is_valid_nrn("85073003328")
     assert is_valid_nrn("01020312345")  # born 2001-02-03: 97 - 2010203123 mod 97
     assert is_valid_nrn("01020312316")  # the same digits read as 1901
-    for nine in ("000101001", "991231998", "450615123", "123456789"):
+    for nine in ("000101001", "991231998", "450615123", "120229789"):
         nrn = with_nrn_check(nine)
         assert len(nrn) == 11 and is_valid_nrn(nrn)
         assert int(nrn[9:]) == 97 - int(nine) % 97
@@ -133,6 +149,60 @@ def test_nrn_check_digits_for_both_centuries() -> None:
 ])
 def test_malformed_nrns(value: str) -> None:
     assert not is_valid_nrn(value)
+
+
+def _nrn(birth: str, serial: str = "123", century: int = 1900) -> str:
+    nine = birth + serial
+    return nine + f"{97 - int(nine if century == 1900 else '2' + nine) % 97:02d}"
+
+
+@pytest.mark.parametrize(("birth", "century"), [
+    ("850730", 1900), ("000229", 2000),  # 2000 was a leap year
+    ("960229", 1900), ("040229", 2000), ("991231", 1900), ("250101", 2000),
+    ("852730", 1900), ("854730", 1900), ("053215", 2000), ("055201", 2000),  # BIS: +20, +40
+])
+def test_a_plausible_birth_date_in_either_century(birth: str, century: int) -> None:
+    """D8: the first six digits are the birth date, YYMMDD; the check digits
+    tell the century."""
+    assert is_valid_nrn(_nrn(birth, century=century))
+
+
+@pytest.mark.parametrize(("birth", "century"), [
+    ("850030", 1900), ("851330", 1900), ("852030", 1900), ("853330", 1900),  # months
+    ("854030", 1900), ("855330", 1900), ("859930", 1900),
+    ("850700", 1900), ("850732", 1900), ("850431", 1900),  # days
+    ("010229", 2000), ("000229", 1900),  # 29 February: 2001 and 1900 were not leap years
+    ("052230", 2000), ("054230", 2000),  # BIS February has no 30th either
+])
+def test_an_impossible_birth_date_is_refused(birth: str, century: int) -> None:
+    assert not is_valid_nrn(_nrn(birth, century=century))
+
+
+@pytest.mark.parametrize(("code", "key", "units"), [
+    ("1-0:1.8.1", "1-0:1.8.1", {"kWh"}), ("1-0:1.8.1*255", "1-0:1.8.1", {"kWh"}),
+    ("1-0:1.8.1.255", "1-0:1.8.1", {"kWh"}), ("1-0:2.8.2*1", "1-0:2.8.2*1", {"kWh"}),
+    ("1-0:1.29.0", "1-0:1.29.0", {"kWh"}), ("1-0:1.6.0", "1-0:1.6.0", {"kW"}),
+    ("1-0:21.7.0", "1-0:21.7.0", {"kW"}), ("0-1:24.2.3", "0-1:24.2.3", {"m3"}),
+    ("7-0:3.0.0", "7-0:3.0.0", {"m3"}), ("8-0:1.0.0", "8-0:1.0.0", {"m3"}),
+    ("15-255:255.255.255*254", "15-255:255.255.255*254", set()),
+    ("1-0:3.8.1", "1-0:3.8.1", set()),  # reactive energy: no unit the format has
+    ("0-0:96.1.0", "0-0:96.1.0", set()),  # an equipment identifier, not a reading
+])
+def test_obis_codes_in_both_spellings_and_their_units(code: str, key: str,
+                                                     units: set[str]) -> None:
+    """D5: one spelling per code (the five-group form, F = 255 meaning unused),
+    and the unit of the quantity it names."""
+    assert obis_key(code) == key
+    assert obis_units(key) == units
+
+
+@pytest.mark.parametrize("code", [
+    "16-0:1.8.1", "1-256:1.8.1", "1-0:256.8.1", "1-0:1.256.1", "1-0:1.8.256",
+    "1-0:1.8.1*256", "1-0:1.8.1.256", "01-0:1.8.1", "1-0:1.08.1", "1-0:1.8", "1-0:1.8.1*",
+    "1-0:1.8.1*255*1", "1-0:1.8.1 ", "1-0:1.8.\u0661", "1-0:1.8.x", "", "1:0-1.8.1",
+])
+def test_malformed_or_out_of_range_obis_codes(code: str) -> None:
+    assert obis_key(code) is None
 
 
 @pytest.mark.parametrize("value,valid", [

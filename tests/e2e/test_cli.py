@@ -316,3 +316,12 @@ def test_a_busy_port_leaves_no_listener_of_the_demo_open(tmp_path: Path) -> None
     # The data plane's port was bound first and is free again.
     with socket.socket() as again:
         again.bind(("127.0.0.1", free[1]))
+
+
+def test_version_prints_the_installed_version_and_exits_0() -> None:
+    import importlib.metadata
+
+    proc = subprocess.run([*GATEWAY, "--version"], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"gateway {importlib.metadata.version('shared-grid-gateway')}\n"

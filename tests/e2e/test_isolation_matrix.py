@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.core.catalog import default_route_table
+from gateway.core.identifiers import with_check_digit
 
 from .conftest import RunningStack
 
@@ -108,3 +109,16 @@ def test_lists_hold_only_the_callers_records(gw: RunningStack, system: str, path
             assert _granted(gw, system, x, rec[id_field]), (x, rec[id_field])
             checked += 1
     assert checked > 0
+
+
+def test_an_access_point_outside_belgium_is_refused_before_the_upstream(
+        gw: RunningStack) -> None:
+    """DOMAIN.md "Data": a Belgian access point's EAN starts with 54. A
+    well-formed GSRN of another prefix is refused as a malformed id (400),
+    and the clearing system never sees it."""
+    gw.clear_sim_logs()
+    for data in ("87123456789012345", "40123456789012345"):
+        resp = gw.client("ores").get(f"/clearing/access-points/{with_check_digit(data)}")
+        assert resp.status == 400, (resp.status, resp.body)
+        assert resp.json["status"] == 400 and resp.json["incident"]
+    assert gw.sim_log("clearing") == []

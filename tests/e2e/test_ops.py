@@ -118,3 +118,16 @@ def test_a_stop_drains_requests_in_flight_and_refuses_new_ones(tmp_path: Path) -
         stopping.result(30)
     finally:
         gw.stop()
+
+
+def test_build_info_names_the_version_python_and_openssl(gw: RunningStack) -> None:
+    import importlib.metadata
+    import platform
+    import ssl
+
+    text = gw.ops("/metrics").body.decode()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "gateway_build_info"]
+    assert [(s.labels, s.value) for s in samples] == [(
+        {"version": importlib.metadata.version("shared-grid-gateway"),
+         "python": platform.python_version(), "openssl": ssl.OPENSSL_VERSION}, 1.0)]

@@ -97,6 +97,31 @@ def test_d3_restricted_block_only_for_initiator_and_grid_operator(gw: RunningSta
     assert gw.client(ap["grid_operator"]).get(path).json["restricted"]["drop_in_progress"]
 
 
+def test_d2_a_supplier_reads_customer_data_only_it_supplied(gw: RunningStack) -> None:
+    """D2: "the customer data a supplier can consult are the data supplied by
+    the suppliers themselves via market messages"; an allow-list of the
+    access point's fields, over real sockets (list and detail)."""
+    from gateway.core.fields import SUPPLIER_ACCESS_POINT_FIELDS
+
+    ap = next(a for a in gw.stack.dataset.access_points if a["restricted"])
+    supplier = ap["customer"]["supplied_by"]
+    now = datetime.now(UTC).isoformat()
+    other = next(c["supplier"] for c in ap["contracts"]
+                 if c["supplier"] != supplier and c["valid_from"] <= now < c["valid_to"])
+    path = f"/clearing/access-points/{ap['ean']}"
+    own = gw.client(supplier).get(path).json
+    assert own["customer"]["name"] == ap["customer"]["name"]
+    assert set(own) <= SUPPLIER_ACCESS_POINT_FIELDS
+    theirs = gw.client(other).get(path)
+    assert theirs.status == 200 and "customer" not in theirs.json
+    assert ap["customer"]["name"].encode() not in theirs.body
+    listed = gw.client(other).get("/clearing/access-points").json["access_points"]
+    assert listed and all(set(r) <= SUPPLIER_ACCESS_POINT_FIELDS for r in listed)
+    assert all(r.get("customer", {}).get("supplied_by") in (None, other) for r in listed)
+    # the grid operator reads the whole record
+    assert gw.client(ap["grid_operator"]).get(path).json["customer"] == ap["customer"]
+
+
 def test_d3_initiator_comes_from_the_feed_not_the_answer(gw: RunningStack) -> None:
     """The clearing system's answer names the new supplier as the drop's
     initiator; the relation feed names the old one. The new supplier still

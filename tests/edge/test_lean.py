@@ -46,9 +46,12 @@ class Echo:
         self.gate: asyncio.Event | None = None  # set: handlers wait for it before reading
         self.delay_s = 0.0
         self.started = asyncio.Event()  # a request reached the handler
+        self.failing: str | None = None  # set: handlers fail; refusals carry it as incident
 
     async def handle(self, request: HttpRequest) -> web.Response:
         self.started.set()
+        if self.failing is not None:
+            raise RuntimeError("a bug in the handler")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.gate is not None:
@@ -70,8 +73,11 @@ class Echo:
     def refuse_unparsed(self, request: HttpRequest, status: int,
                         reason: str) -> web.StreamResponse:
         self.refused.append((status, reason, request.method))
+        headers = {"Server": "gateway"}
+        if self.failing is not None:
+            headers["X-Request-Id"] = self.failing
         return web.Response(status=status, body=reason.encode(), content_type="text/plain",
-                            headers={"Server": "gateway"})
+                            headers=headers)
 
     def header_timed_out(self) -> None:
         self.header_timeouts += 1
@@ -676,3 +682,19 @@ async def test_the_http_server_is_chosen_by_name(start: Start) -> None:
     assert not listener.connections()  # aiohttp's handlers, not lean connections
     with pytest.raises(ValueError, match="http_server"):
         DataServer(listener.handler, LIMITS, listener.book, http_server="h2")
+
+
+@pytest.mark.parametrize("http_server", ["lean", "aiohttp"])
+async def test_a_failing_handler_is_logged_with_the_refusals_incident(
+        start: Start, http_server: str, caplog: pytest.LogCaptureFixture) -> None:
+    """The log record of an internal error names the incident id of the 500
+    the caller got (gateway.logs: records that concern a request)."""
+    listener = await start(http_server)
+    listener.handler.failing = "0123abcd-incident"
+    raw, _ = await asyncio.to_thread(talk, listener.port, listener.client,
+                                     b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(raw) == [500] and b"X-Request-Id: 0123abcd-incident" in raw
+    (record,) = [r for r in caplog.records if r.getMessage() == "error handling request"]
+    assert record.incident == "0123abcd-incident"  # type: ignore[attr-defined]
+    assert record.exc_info is not None and "a bug in the handler" in str(record.exc_info[1])
+

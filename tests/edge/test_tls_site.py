@@ -19,7 +19,14 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from gateway.edge import TlsSite, bind, event_loop_name, forget_handshakes, observe_handshakes
+from gateway.edge import (
+    OpenConnections,
+    TlsSite,
+    bind,
+    event_loop_name,
+    forget_handshakes,
+    observe_handshakes,
+)
 from gateway.pki import CertificateAuthority, spiffe_uri
 from gateway.tls import client_context, server_context
 
@@ -30,6 +37,7 @@ class Listener:
     client: ssl.SSLContext
     anonymous: ssl.SSLContext  # trusts the server, offers no certificate
     failures: list[str] = field(default_factory=list)
+    connections: OpenConnections = field(default_factory=OpenConnections)
 
 
 @pytest.fixture()
@@ -55,7 +63,8 @@ async def listener(tmp_path: Path) -> AsyncIterator[Listener]:
                                     tmp_path / "client.key"),
                      ssl.create_default_context(cafile=str(tmp_path / "ca.pem")))
     observe_handshakes(ctx, found.failures.append)
-    await TlsSite(runner, sock, ssl_context=ctx, handshake_timeout_s=5).start()
+    await TlsSite(runner, sock, ssl_context=ctx, handshake_timeout_s=5,
+                  connections=found.connections).start()
     try:
         yield found
     finally:
@@ -102,3 +111,45 @@ async def test_failed_handshakes_are_counted_by_reason(listener: Listener) -> No
             break
         await asyncio.sleep(0.02)
     assert sorted(listener.failures) == ["no-certificate", "not-tls"], event_loop_name()
+
+
+async def _count_is(listener: Listener, want: int) -> int:
+    for _ in range(250):  # the server's side ends a moment after the client's
+        if listener.connections.count == want:
+            break
+        await asyncio.sleep(0.02)
+    return listener.connections.count
+
+
+async def test_open_connections_are_counted_from_accept_to_close(listener: Listener) -> None:
+    assert listener.connections.count == 0
+    raw = await asyncio.to_thread(socket.create_connection, ("127.0.0.1", listener.port), 10)
+    with raw:  # accepted, no ClientHello yet
+        assert await _count_is(listener, 1) == 1, event_loop_name()
+        tls = await asyncio.to_thread(listener.client.wrap_socket, raw,
+                                      server_hostname="127.0.0.1")
+        with tls:  # the handshake done: the same connection, counted once
+            await asyncio.to_thread(tls.sendall, b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n")
+            assert await asyncio.to_thread(tls.recv, 100)
+            assert listener.connections.count == 1
+    assert await _count_is(listener, 0) == 0, event_loop_name()
+    # A failed handshake and plain HTTP end their connections too.
+    for ctx in (listener.anonymous, None):
+        await asyncio.to_thread(_refused, listener.port, ctx)
+        assert await _count_is(listener, 0) == 0, event_loop_name()
+
+
+def _refused(port: int, ctx: ssl.SSLContext | None) -> None:
+    """A connection the listener ends: no client certificate, or no TLS."""
+    request = b"GET / HTTP/1.1\r\nHost: gw\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        try:
+            if ctx is None:
+                sock.sendall(request)
+                sock.recv(100)
+            else:
+                with ctx.wrap_socket(sock, server_hostname="127.0.0.1") as tls:
+                    tls.sendall(request)
+                    tls.recv(100)
+        except (ssl.SSLError, ConnectionError):
+            pass

@@ -226,6 +226,9 @@ def test_request_bytes() -> None:
                    b"Content-Length: 2\r\n\r\n{}")
     assert serialize_request("GET", "/", "h", {}, None) == b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
     assert b"Content-Length: 0\r\n" in serialize_request("POST", "/", "h", {}, None)
+    # A tab and obs-text are field-value bytes (RFC 9110 §5.5)
+    assert serialize_request("GET", "/", "h", {"X-A": "a\tb\udce9"}, None) == (
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\tb\xe9\r\n\r\n")
 
 
 @pytest.mark.parametrize("method,target,headers", [
@@ -234,6 +237,10 @@ def test_request_bytes() -> None:
     ("GET", "/", {"X-A": "a\x00"}), ("GET", "/", {"X A": "1"}), ("GET", "/", {"X-A:": "1"}),
     ("GET", "/", {"Content-Length": "5"}), ("GET", "/", {"transfer-encoding": "chunked"}),
     ("GET", "/", {"Host": "other"}), ("GET", "/", {"Connection": "close"}),
+    ("GET", "/", {"X-A": "1\r"}), ("GET", "/", {"X-A": "\x7f"}), ("GET", "/", {"X-A": "\x0b"}),
+    ("GET", "/", {"X-A": "1", "X-B": "2\n"}), ("GET", "/", {"": "1"}),
+    # Kelvin sign: lowers to an ASCII "k", but is no token as written
+    ("GET", "/", {"\u212aeep": "1"}), ("GET", "/", {"X-\u00e9": "1"}),
 ])
 def test_request_splitting_is_refused(method: str, target: str,
                                       headers: dict[str, str]) -> None:

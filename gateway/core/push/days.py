@@ -17,7 +17,7 @@ format, and ``route_meter_days`` gives each of them the outcome
 :func:`gateway.core.push.route_batch` would give it: the owner at the
 reading's instant (a meter that changed owner at 12:00 is cut exactly there),
 water via electricity, airplane mode, duplicates (the same meter, OBIS code
-and instant again), owner mismatch, EAN mismatch, no owner, unexpected
+and instant again), owner mismatch, EAN mismatch, unit mismatch, no owner, unexpected
 member, invalid. ``quality`` is a string
 of two-character codes (``01`` read, ``02`` estimated, ``99`` missing), one
 per value, or a list of them. ``operator`` (the HES's label), ``via`` and
@@ -55,9 +55,8 @@ from datetime import datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
-from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
+from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial, obis_key, obis_units
 from gateway.core.push.records import (
-    _OBIS,
     FUTURE_SKEW,
     QUALITY_CODES,
     UNITS,
@@ -82,6 +81,7 @@ _QUALITIES = re.compile(r"(?:0[12]|99)*")  # QUALITY_CODES, two characters each
 # After a key "values" only; a string without a backslash cannot contain '"'.
 _VALUES_KEY = re.compile(r'"values"[ \t\n\r]*:[ \t\n\r]*')
 _INVALID, _BAD_EAN, _DUPLICATE = "invalid-record", "bad-ean", "duplicate"
+_UNIT_MISMATCH = "unit-mismatch"
 _NO_OWNER, _MISMATCH, _AIRPLANE = "no-owner", "owner-mismatch", "airplane-mode"
 _UNEXPECTED, _EAN_MISMATCH = "unexpected-field", "ean-mismatch"
 
@@ -158,7 +158,8 @@ class _Days:
         self.readings: dict[str, int] = {}
         self.quarantined: list[Quarantined] = []
         self.serials: dict[str, bool] = {}
-        self.obis: dict[str, bool] = {}
+        # OBIS code as posted -> (its one spelling, the units it may be in), or None
+        self.obis: dict[str, tuple[str, frozenset[str]] | None] = {}
         self.eans: dict[str, bool] = {}
         self.starts: dict[str, tuple[int, datetime, str] | None] = {}
         self.qualities: dict[str, tuple[str, frozenset[int] | tuple[()]] | None] = {}
@@ -291,11 +292,13 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
             start = starts.get(stamp)
             if start is None and stamp not in starts:
                 start = st.start(stamp)
-        obis_ok: bool | None = False
+        coded_obis = None
         if type(obis) is str:
-            obis_ok = obis_codes.get(obis)
-            if obis_ok is None:
-                obis_ok = obis_codes[obis] = bool(_OBIS.fullmatch(obis))
+            if obis in obis_codes:
+                coded_obis = obis_codes[obis]
+            else:
+                key = obis_key(obis)
+                coded_obis = obis_codes[obis] = None if key is None else (key, obis_units(key))
         quality = day.get("quality")
         if type(quality) is str and len(quality) == 2 * n:  # one check per distinct string
             coded = qualities.get(quality)
@@ -303,7 +306,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 coded = qualities[quality] = _quality(quality, n)
         else:
             coded = _quality(quality, n or 1)
-        if (start is None or coded is None or not obis_ok
+        if (start is None or coded is None or coded_obis is None
                 or not 0 < n <= MAX_VALUES
                 or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
                 or type(unit) is not str or unit not in UNITS
@@ -311,6 +314,8 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 or not (via is None or (type(via) is str and st.serial(via)))):
             drop(Quarantined(index, _INVALID, meter, 0, n or 1))
             continue
+        # D5: a unit that is not the one of the code's quantity (a volume in kWh).
+        unit_fits = unit in coded_obis[1]
         codes, bad_codes = coded
         bad_values = () if parsed is None else _bad_values(parsed)
         ean = day.get("ean")
@@ -321,8 +326,9 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 ean_ok = st.eans[ean] = is_valid_ean(ean)
         first, step = start[0], interval * 1_000_000
         last = first + (n - 1) * step
-        key = f"{meter} {obis}"
-        if not bad_values and not bad_codes and last <= latest and ean_ok and key not in seen:
+        key = f"{meter} {coded_obis[0]}"
+        if (not bad_values and not bad_codes and last <= latest and unit_fits and ean_ok
+                and key not in seen):
             span = owners.get(meter)
             if span is None or not span[0] <= first < span[1]:
                 span = owners[meter] = owner_span(relations, meter, first)
@@ -343,6 +349,8 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
             at = first + i * step
             if i in bad_values or i in bad_codes or at > latest:
                 outcomes.append((False, _INVALID))
+            elif not unit_fits:
+                outcomes.append((False, _UNIT_MISMATCH))
             elif known is None:
                 outcomes.append((False, _BAD_EAN))
             else:

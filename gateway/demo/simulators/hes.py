@@ -40,8 +40,11 @@ REGISTERS = ("1-0:1.8.1", "1-0:1.8.2", "1-0:2.8.1", "1-0:2.8.2")
 LOAD_PROFILE = "1-0:1.29.0"
 GAS = "0-1:24.2.3"
 WATER = "8-0:1.0.0"
+# The prepayment function works in airplane mode too (D5, "with the exception
+# of the prepayment function").
+PREPAYMENT = frozenset({"prepayment-top-up", "prepayment-emergency-credit"})
 OPERATIONS = frozenset({"connect", "disconnect", "set-power-limit",
-                        "airplane-mode-on", "airplane-mode-off"})
+                        "airplane-mode-on", "airplane-mode-off", *PREPAYMENT})
 _EPOCH = date(2020, 1, 1)  # registers count up from here, so indexes grow day by day
 _PUBLIC = ("serial", "utility", "model", "ean", "airplane_mode")
 
@@ -261,7 +264,7 @@ async def operate(request: web.Request) -> web.Response:
         raise SimError(400, "bad-request",
                        f"operation must be one of {', '.join(sorted(OPERATIONS))}")
     # DOMAIN: communication disabled means no remote operations at all.
-    if meter["airplane_mode"] and op != "airplane-mode-off":
+    if meter["airplane_mode"] and op != "airplane-mode-off" and op not in PREPAYMENT:
         raise SimError(409, "airplane-mode", "meter communication is disabled")
     if op == "connect":
         meter["relay"] = "connected"
@@ -272,6 +275,8 @@ async def operate(request: web.Request) -> web.Response:
         if isinstance(limit, bool) or not isinstance(limit, int | float) or not 0 < limit <= 1000:
             raise SimError(400, "bad-request", "limit_kw must be a number in (0, 1000]")
         meter["power_limit_kw"] = float(limit)
+    elif op in PREPAYMENT:
+        meter["prepayment_credits"] = meter.get("prepayment_credits", 0) + 1
     else:
         meter["airplane_mode"] = op == "airplane-mode-on"
     meter["last_operation"] = {"operation": op, "at": now_of(request).isoformat()}

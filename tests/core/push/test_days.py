@@ -183,10 +183,17 @@ def test_every_quarantine_reason() -> None:
         water,  # 8: its carrier is silenced from noon
         day(METER_ORES, n=4, obis="1-0:1.8.2", quality="01029901"[:6] + "77"),  # 9
         day(METER_ORES, n=4, obis="1-0:1.8.2", start=NOW - timedelta(minutes=30)),  # 10
-        day(METER_ORES, n=4, obis="1-0:3.8.1", extra="member"),  # 11
+        day(METER_ORES, n=4, obis="1-0:1.8.0", extra="member"),  # 11
         "not an object",  # 12
-        day(METER_ORES, n=4, obis="1-0:3.8.2", ean=EAN_FLUVIUS),  # 13: a foreign EAN
-        day(METER_ORES, n=4, obis="1-0:3.8.3", name="J. Dupont", values=[1, 2]),  # 14
+        day(METER_ORES, n=4, obis="1-0:2.8.0", ean=EAN_FLUVIUS),  # 13: a foreign EAN
+        day(METER_ORES, n=4, obis="1-0:2.8.2", name="J. Dupont", values=[1, 2]),  # 14
+        # D5: the unit of another quantity (a volume in kWh, an energy in m3)
+        day(METER_ORES, n=4, obis="8-0:1.0.0", unit="kWh"),  # 15
+        day(METER_ORES, n=4, obis="1-0:1.8.1.255", unit="m3"),  # 16
+        # the code of day 0 in its six-group spelling: the same readings again
+        day(METER_ORES, n=2, obis="1-0:1.8.1*255"),  # 17
+        day(METER_ORES, n=4, obis="1-0:1.8.1*256"),  # 18: a group out of range
+        day(METER_ORES, n=4, obis="16-0:1.8.1"),  # 19: no such medium
     ]
     got = _reasons(days)
     assert got[0] == {("invalid-record", 1, 1), ("invalid-record", 3, 1)}
@@ -203,10 +210,14 @@ def test_every_quarantine_reason() -> None:
     assert got[12] == {("invalid-record", 0, 1)}
     assert got[13] == {("ean-mismatch", 0, 4)}  # D1: never delivered to ORES
     assert got[14] == {("unexpected-field", 0, 2)}  # whatever else is wrong with it
+    assert got[15] == {("unit-mismatch", 0, 4)} and got[16] == {("unit-mismatch", 0, 4)}
+    assert got[17] == {("duplicate", 0, 1)}  # 00:00 came with meter-day 0, 00:15 did not
+    assert got[18] == {("invalid-record", 0, 4)} and got[19] == {("invalid-record", 0, 4)}
     routed = route(days)
     assert {q.reason for q in routed.quarantined} == QUARANTINE_REASONS
     counts = routed.counts()
-    assert counts["queued"] + counts["quarantined"] == counts["received"] == 13 * 4 + 1 + 2
+    received = 13 * 4 + 1 + 2 + 4 * 4 + 2
+    assert counts["queued"] + counts["quarantined"] == counts["received"] == received
     assert {m["meter"] for m in delivered(routed)["pidpa"]} == {METER_WATER}
 
 

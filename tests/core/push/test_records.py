@@ -147,7 +147,10 @@ INVALID = {
     "quality-number": reading(METER_ORES, quality=1),
     "obis-letters": reading(METER_ORES, obis="1-0:1.8.x"),
     "obis-short": reading(METER_ORES, obis="1-0:1.8"),
-    "obis-two-digit-medium": reading(METER_ORES, obis="10-0:1.8.1"),
+    "obis-medium-out-of-range": reading(METER_ORES, obis="16-0:1.8.1"),
+    "obis-group-out-of-range": reading(METER_ORES, obis="1-0:1.8.256"),
+    "obis-leading-zero": reading(METER_ORES, obis="1-0:01.8.1"),
+    "obis-seventh-group": reading(METER_ORES, obis="1-0:1.8.1*255*1"),
     "obis-trailing-newline": reading(METER_ORES, obis="1-0:1.8.1\n"),
     "obis-non-ascii-digit": reading(METER_ORES, obis="1-0:1.8.\u0661"),
     "obis-unhashable": reading(METER_ORES, obis={"code": "1-0:1.8.1"}),
@@ -159,6 +162,26 @@ INVALID = {
 @pytest.mark.parametrize("rec", INVALID.values(), ids=INVALID.keys())
 def test_invalid_record(rec: Any) -> None:
     assert only_reason([rec]) == "invalid-record"
+
+
+@pytest.mark.parametrize(("obis", "unit"), [
+    ("1-0:1.8.1", "m3"), ("1-0:1.8.1", "kW"), ("1-0:1.6.0", "kWh"), ("8-0:1.0.0", "kWh"),
+    ("0-1:24.2.3", "kWh"), ("1-0:3.8.1", "kWh"), ("1-0:1.8.1*255", "m3"),
+])
+def test_a_unit_that_is_not_the_quantity_s_is_quarantined(obis: str, unit: str) -> None:
+    """D5: an energy in m3 or a water volume in kWh is no reading of its OBIS code."""
+    assert only_reason([reading(METER_ORES, None, obis, unit=unit)]) == "unit-mismatch"
+
+
+def test_a_value_that_is_invalid_outranks_a_unit_mismatch() -> None:
+    assert only_reason([reading(METER_ORES, None, "8-0:1.0.0", value="x")]) == "invalid-record"
+
+
+@pytest.mark.parametrize("spelling", ["1-0:1.8.1*255", "1-0:1.8.1.255"])
+def test_the_six_group_spelling_is_the_same_register(spelling: str) -> None:
+    routed = route([reading(METER_ORES), reading(METER_ORES, None, spelling)])
+    assert [q.reason for q in routed.quarantined] == ["duplicate"]
+    assert sum(len(p) for p in routed.parts.values()) == 1
 
 
 def test_invalid_record_reports_a_wellformed_serial_only() -> None:
@@ -253,7 +276,7 @@ def test_reasons_are_the_documented_codes() -> None:
     assert sorted(QUARANTINE_REASONS) == ["airplane-mode", "bad-ean", "duplicate",
                                           "ean-mismatch", "invalid-record",
                                           "malformed-meter-id", "no-owner", "owner-mismatch",
-                                          "unexpected-field"]
+                                          "unexpected-field", "unit-mismatch"]
 
 
 # -- only the members the format defines; only the meter's own EAN (D1) ---------
