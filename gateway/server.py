@@ -52,7 +52,7 @@ from gateway.edge import (
     rss_bytes,
 )
 from gateway.edge import self_check as edge_self_check
-from gateway.errors import ConfigError, NotReadyYet
+from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
 from gateway.files import load_relations, write_private
 from gateway.fleet import FleetMember, relations_digest
 from gateway.metrics import GatewayMetrics
@@ -399,13 +399,22 @@ class Gateway:
         all and data), the admin plane (all and control) and the ops plane."""
         cfg = self.config
         self.metrics.event_loop_info.labels(event_loop_name()).set(1)
-        if self.serves_data:
-            # Workers of one host share the data port (SO_REUSEPORT).
-            data_sock = data_sock or bind(cfg.data.host, cfg.data.port,
-                                          reuse_port=self.reuse_port)
-        ops_sock = ops_sock or bind(cfg.ops.host, cfg.ops.port)
-        if self.serves_admin:
-            admin_sock = admin_sock or bind(cfg.admin.host, cfg.admin.port)
+        bound: list[socket.socket] = []  # closed again if a later one cannot bind
+        try:
+            if self.serves_data and data_sock is None:
+                # Workers of one host share the data port (SO_REUSEPORT).
+                data_sock = bind(cfg.data.host, cfg.data.port, reuse_port=self.reuse_port,
+                                 listener="data plane")
+                bound.append(data_sock)
+            if ops_sock is None:
+                ops_sock = bind(cfg.ops.host, cfg.ops.port, listener="ops plane")
+                bound.append(ops_sock)
+            if self.serves_admin and admin_sock is None:
+                admin_sock = bind(cfg.admin.host, cfg.admin.port, listener="admin plane")
+        except ListenerUnavailable:
+            for sock in bound:
+                sock.close()
+            raise
         await self.upstreams.start(cfg.health_interval_s)
         limits = cfg.limits
         edge_self_check(self.ssl_context, limits)

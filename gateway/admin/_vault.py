@@ -45,8 +45,13 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
 
         async def secrets(request: web.Request, doc: Body) -> Any:
             # Metadata only: a value never leaves the vault through the API.
+            # The age is the current version's, on the gateway's clock (the
+            # same as gateway_vault_secret_age_seconds).
+            now = upstream_creds.clock()
             return {"secrets": [{"id": m.id, "version": m.version, "kind": m.kind,
-                                 "created": m.created.isoformat(), "labels": dict(m.labels)}
+                                 "created": m.created.isoformat(),
+                                 "age_s": round((now - m.created).total_seconds()),
+                                 "labels": dict(m.labels)}
                                 for m in vault.list()]}
 
         async def rotate_upstream(request: web.Request, doc: Body) -> Any:
@@ -76,7 +81,9 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
                                                       "password": password}}
 
         async def checkin(request: web.Request, doc: Body) -> Any:
-            return case_json(await breakglass.checkin(principal(request), case_target(request)))
+            # The case keeps the reason the person gave for closing it.
+            return case_json(await breakglass.checkin(principal(request), case_target(request),
+                                                      _text(doc, "reason")))
 
         async def review(request: web.Request, doc: Body) -> Any:
             return case_json(breakglass.review(principal(request), case_target(request),

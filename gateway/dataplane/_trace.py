@@ -125,7 +125,7 @@ class RequestTrace:
         log.error("audit write failed; refusing", extra={"incident": ex.incident})
         self.metrics.audit_write_failures.inc()
         response.set_status(503)
-        response.body = problem_body(503, ex.incident, "internal-error")
+        response.body = problem_body(503, ex.incident, "unavailable")
         response.content_type = CONTENT_TYPE
 
     def _after(self, ex: Exchange, event: RequestEvent, response: web.Response) -> None:

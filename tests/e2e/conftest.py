@@ -67,7 +67,8 @@ class Client:
                 if resp.will_close:
                     self.close()
                 return out
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError):  # a kept-alive connection the server closed when idle
                 self.close()
                 if attempt == 2:
                     raise
