@@ -244,6 +244,21 @@ def cmd_bg_list(args: argparse.Namespace) -> int:
     return _listing(*call(args, "GET", "/admin/breakglass"), "cases", args)
 
 
+def cmd_nrn_request(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/nrn-approvals", {
+        "nrn": args.nrn, "purpose": args.purpose, "justification": args.justification,
+        "reason": args.reason}))
+
+
+def cmd_nrn_step(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/nrn-approvals/{quote(args.id)}/{args.step}",
+                       {"reason": args.reason}))
+
+
+def cmd_nrn_list(args: argparse.Namespace) -> int:
+    return _listing(*call(args, "GET", "/admin/nrn-approvals"), "approvals", args)
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
     query = "&".join(f"{k}={v}" for k, v in (("period", args.period), ("tenant", args.tenant),
                                              ("upstream", args.upstream), ("since", args.since))
@@ -314,6 +329,27 @@ def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     p = bs.add_parser("list", help="cases and leases")
     _json_option(p)
     p.set_defaults(func=cmd_bg_list)
+    clients.append(p)
+
+    nrn = sub.add_parser("nrn", help="national-register lookups approved beforehand (D8)")
+    ns = nrn.add_subparsers(dest="nrn_command", required=True)
+    p = ns.add_parser("request", help="ask to look a person up (then name the id in X-Approval)")
+    p.add_argument("--nrn", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--justification", required=True, help="a case reference")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_nrn_request)
+    clients.append(p)
+    for step, text in (("approve", "approve a request of your team (a manager, not your own)"),
+                       ("deny", "deny a request of your team")):
+        p = ns.add_parser(step, help=text)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_nrn_step, step=step)
+        clients.append(p)
+    p = ns.add_parser("list", help="your tenant's requests")
+    _json_option(p)
+    p.set_defaults(func=cmd_nrn_list)
     clients.append(p)
     return clients
 

@@ -8,12 +8,15 @@ external tenants never look anyone up."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .conftest import Response, RunningStack, start_stack
+from .test_admin_cli import gateway
 from .test_credentials import admin
 
 
@@ -147,3 +150,18 @@ def test_a_manager_lists_the_tenant_s_requests_only(stack: RunningStack) -> None
     assert listed.status == 200
     assert listed.json["approvals"] and all(a["tenant"] == "ores"
                                             for a in listed.json["approvals"])
+
+
+def test_the_cli_asks_approves_and_lists(stack: RunningStack, tmp_path: Path) -> None:
+    """The same flow through `gateway nrn ...` (the admin CLI)."""
+    nrn = employee(stack, n=1)
+    asked = json.loads(gateway(stack, "nrn", "request", "--nrn", nrn, "--purpose",
+                               "legal-obligation", "--justification", "LEGAL-7",
+                               "--reason", "court order", who="erik", cwd=tmp_path))
+    assert asked["status"] == "pending"
+    decided = json.loads(gateway(stack, "nrn", "approve", asked["id"], "--reason", "signed",
+                                 who="hanna", cwd=tmp_path))
+    assert decided["status"] == "approved"
+    listed = json.loads(gateway(stack, "nrn", "list", "--json", who="hanna", cwd=tmp_path))
+    assert asked["id"] in {a["id"] for a in listed["approvals"]}
+    assert lookup(stack, nrn, asked["id"]).status == 200
