@@ -71,6 +71,7 @@ from gateway.vault import (
     BreakGlass,
     BreakGlassPolicy,
     MasterKeys,
+    RekeyProgress,
     SecretNotFound,
     UpstreamCredentials,
     VaultLocked,
@@ -138,6 +139,7 @@ class Gateway:
         state_url = (with_application_name(config.state_url, config.fleet.replica_id)
                      if config.shared_state and config.state_url else config.state_url)
         self.vault_master = load_master_keys(config)
+        self.rekey_progress = RekeyProgress()
         try:
             self.vault = open_vault(state_url, config.data_dir / "vault.db", self.vault_master)
         except VaultLocked as exc:
@@ -450,6 +452,7 @@ class Gateway:
         if admin_sock is not None:
             admin_app = build_admin_app(
                 self.credentials, self.resolver, self.metrics, rekey=self.rekey,
+                rekey_progress=lambda: self.rekey_progress,
                 extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                            self.rekey), usage_routes(self.usage, self.store),
                               audit_routes(self.rotate_audit_key),
@@ -551,9 +554,15 @@ class Gateway:
             raise AdminRefused(409, "master-key-from-environment",
                                "the master key comes from the environment: rekey offline "
                                "with a key file")
+        if self.rekey_progress.running:
+            raise AdminRefused(409, "rekey-running", "a rekey is running")
         both = self.vault_master.with_new_version()
-        write_private(key_file, both.to_text().encode())
-        count = self.vault.rekey(both)
+        self.rekey_progress = RekeyProgress(running=True)
+        try:
+            write_private(key_file, both.to_text().encode())
+            count = self.vault.rekey(both, progress=self.rekey_progress.step)
+        finally:
+            self.rekey_progress.running = False
         newest = MasterKeys({both.current_version: both.keys[both.current_version]})
         write_private(key_file, newest.to_text().encode())
         self.vault_master = newest
