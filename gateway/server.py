@@ -53,6 +53,7 @@ from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
 from gateway.push import PushService, open_outbox
+from gateway.retention import Retention
 from gateway.state import (
     SqliteStore,
     open_store,
@@ -219,6 +220,13 @@ class Gateway:
             rolled_up_through=self._rolled_up_through,
             public_keys=self.audit_keys.document,
             on_pruned=self.metrics.audit_pruned_segments.inc)
+        # D8, D10: dead-letter payloads, disabled principals and the
+        # consultation register are deleted when their period ends (a control duty).
+        self.retention = Retention(
+            store=self.store, outbox=self.outbox if self.push is not None else None,
+            declared=lambda key: self.registry.principal(*key) is not None,
+            config=config.retention, audit=self.audit, metrics=self.metrics)
+        self._last_retention = float("-inf")
         self._pseudonymisers: dict[str, Pseudonymiser] = {}
         if self.role != "data":  # made here, so a data replica finds it (D9)
             self._data_key(PSEUDONYM_KEY_ID)
@@ -504,6 +512,10 @@ class Gateway:
                 if self.leading:
                     await self.breakglass.maintain()
                 now = time.monotonic()
+                if self.leading and \
+                        now - self._last_retention >= self.config.retention.interval_s:
+                    self._last_retention = now
+                    await asyncio.to_thread(self.retention.enforce)
                 if now - self._last_usage_flush >= USAGE_FLUSH_S:
                     await asyncio.to_thread(self.usage.flush)
                     await asyncio.to_thread(self.usage.prune)
