@@ -92,6 +92,15 @@ def test_the_dead_letter_period_is_the_configured_one(world: World) -> None:
     assert retention.enforce()["dead-letter-payloads"] == 1
 
 
+def test_the_outbox_erases_a_payload_only_of_a_letter_dead_long_enough(world: World) -> None:
+    part_id = dead_letter(world.outbox, "B7")
+    assert world.outbox.erase_dead_payloads([part_id], T0 - timedelta(seconds=1)) == 0
+    assert world.outbox.requeue_dead(part_id) is True  # ops: the receiver is fixed
+    assert world.outbox.erase_dead_payloads([part_id], T0 + timedelta(days=90)) == 0
+    (part,) = world.outbox.due("ores")
+    assert len(world.outbox.payload(part)) == 3
+
+
 def test_a_pending_part_is_never_erased(world: World) -> None:
     world.outbox.enqueue(batch_id="B4", source="hes-operator", fingerprint="fp", received=1,
                          quarantined=0, parts=[("hes-operator/B4/ores", "ores",
