@@ -52,7 +52,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
-from gateway.push import PushService, open_outbox
+from gateway.push import Outbox, PostgresOutbox, PushService, open_outbox
 from gateway.retention import Retention
 from gateway.state import (
     SqliteStore,
@@ -222,8 +222,16 @@ class Gateway:
             on_pruned=self.metrics.audit_pruned_segments.inc)
         # D8, D10: dead-letter payloads, disabled principals and the
         # consultation register are deleted when their period ends (a control duty).
+        retained = self.outbox if self.push is not None else None
+        self._retention_outbox: Outbox | None = None
+        if retained is None and config.shared_state and state_url and self.role != "data":
+            # A control plane without [push]: the fleet's outbox is in the shared
+            # database all the same, and its dead letters' payloads are erased
+            # from here (a handle without the data key: it reads no payload).
+            retained = self._retention_outbox = PostgresOutbox(
+                state_url, None, owner=config.fleet.replica_id)
         self.retention = Retention(
-            store=self.store, outbox=self.outbox if self.push is not None else None,
+            store=self.store, outbox=retained,
             declared=lambda key: self.registry.principal(*key) is not None,
             config=config.retention, audit=self.audit, metrics=self.metrics)
         self._last_retention = float("-inf")
@@ -590,6 +598,8 @@ class Gateway:
         if self.push is not None:
             await self.push.stop()
             self.outbox.close()
+        if self._retention_outbox is not None:
+            self._retention_outbox.close()
         self.credentials.maintain()  # flush last-seen
         await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()

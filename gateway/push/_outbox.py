@@ -112,9 +112,11 @@ class Outbox(ABC):
     PARTS = "parts"
     SKIP_LOCKED = ""  # the claim's row lock: "" where one process is the only claimer
 
-    def __init__(self, data_key: bytes, *, owner: str = "",
+    def __init__(self, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._aead = AESGCM(data_key)
+        # None: a handle that neither stores nor reads a payload (retention
+        # erases payloads and reports on counts and times; it needs no key).
+        self._aead = None if data_key is None else AESGCM(data_key)
         self.owner = owner or f"pid-{os.getpid()}"
         self.clock = clock
         self._lock = threading.Lock()
@@ -196,6 +198,8 @@ class Outbox(ABC):
         kept as it is and the parts not stored yet are added."""
         now = self._t(self.clock())
         rows = []
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         for part in parts:
             nonce = os.urandom(12)
             payload = self._aead.encrypt(nonce, part.body, part.id.encode())
@@ -282,6 +286,8 @@ class Outbox(ABC):
                              (part.id,)).fetchone()
         if row is None or row["payload"] is None:
             raise KeyError(part.id)
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it reads no payload")
         return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
 
     def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:

@@ -19,8 +19,8 @@ from gateway.state import SqliteStore, StateStore, open_store
 from gateway.tenants import load_tenants
 
 # The report reads times and counts, never a payload: the outbox is opened
-# without its data key (a zero key decrypts nothing).
-_NO_KEY = bytes(32)
+# without its data key.
+_NO_KEY = None
 
 
 def _open(config: GatewayConfig) -> tuple[StateStore, Outbox | None]:

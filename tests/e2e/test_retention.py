@@ -8,13 +8,16 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from gateway.cli import main
+from gateway.push import PostgresOutbox, RetryPolicy
 from gateway.state import Consultation, PrincipalState, SqliteStore
 from tests.e2e.conftest import start_stack
+from tests.postgres import Cluster
 
 FAST = "[retention]\ninterval_s = 0.2\n"
 
@@ -79,3 +82,37 @@ def test_the_running_gateway_deletes_what_is_due_and_the_report_foretells_it(
         assert sorted(c.incident for c in state.consultations()) == ["due-now", "recent"]
     finally:
         state.close()
+
+
+def test_on_postgresql_state_the_duty_erases_dead_letters_and_old_consultations(
+        tmp_path: Path, postgres: Cluster) -> None:
+    url = postgres.new_database()
+    gw = start_stack(tmp_path, extra_config=f"""
+        [state]
+        url = "{url}"
+
+        {FAST}
+        """)
+    long_ago = datetime.now(UTC) - timedelta(days=31)
+    other = PostgresOutbox(url, os.urandom(32), owner="elsewhere", clock=lambda: long_ago)
+    try:
+        other.enqueue(batch_id="B1", source="hes-operator", fingerprint="fp", received=1,
+                      quarantined=0, parts=[("hes-operator/B1/ores", "ores", "hes-readings",
+                                             [{"v": 1}])])
+        (part,) = other.claim("ores")
+        other.failed(part, "http-410", RetryPolicy(), permanent=True)  # died 31 days ago
+        gw.stack.gateway.store.add_consultation(
+            register(datetime.now(UTC) - timedelta(days=611), "old"))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and (
+                other.dead_letters()[0].payload_kept
+                or gw.stack.gateway.store.consultations()):
+            time.sleep(0.1)
+        (letter,) = other.dead_letters()
+        assert not letter.payload_kept and letter.part.records == 1
+        assert gw.stack.gateway.store.consultations() == []
+        assert gw.metric("gateway_retention_deleted_total",
+                         category="dead-letter-payloads") == 1
+    finally:
+        other.close()
+        gw.stop()
