@@ -67,7 +67,10 @@ class Client:
                 if resp.will_close:
                     self.close()
                 return out
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # A keep-alive connection the gateway closed while idle fails on the
+            # next write: RST (reset), FIN (broken pipe) or TLS close_notify (EOF).
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError):
                 self.close()
                 if attempt == 2:
                     raise
