@@ -213,6 +213,13 @@ class GatewayMetrics:
             "gateway_audit_pruned_segments",
             "Sealed audit segments deleted by the raw-event retention policy (D10).",
             registry=r)
+        self.retention_deleted = Counter(
+            "gateway_retention_deleted",
+            "What the retention policy deleted ([retention], D8, D10), by category: "
+            "dead-letter-payloads (parts whose payload was erased), disabled-principals, "
+            "consultations (register entries).", ["category"], registry=r)
+        for category in ("dead-letter-payloads", "disabled-principals", "consultations"):
+            self.retention_deleted.labels(category)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

@@ -25,6 +25,7 @@ from gateway.audit._events import (
     PushDeliveredEvent,
     PushPartOutcome,
     RequestEvent,
+    RetentionEvent,
 )
 from gateway.audit._fleet import (
     AuditShipper,
@@ -60,6 +61,7 @@ __all__ = [
     "PushDeliveredEvent",
     "PushPartOutcome",
     "RequestEvent",
+    "RetentionEvent",
     "SecurityEvents",
     "SyslogSink",
     "UsageLedger",

@@ -12,11 +12,12 @@ shared database's schema rules).
 
 from __future__ import annotations
 
-from gateway.push._outbox import Outbox, Part, RetryPolicy
+from gateway.push._outbox import DeadLetter, Outbox, Part, RetryPolicy
 from gateway.push._outbox_backends import PostgresOutbox, SqliteOutbox, open_outbox
 from gateway.push._service import PushService
 
 __all__ = [
+    "DeadLetter",
     "Outbox",
     "Part",
     "PostgresOutbox",

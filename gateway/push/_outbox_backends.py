@@ -65,7 +65,7 @@ CREATE INDEX IF NOT EXISTS outbox_parts_batch ON outbox_parts (source, batch_id,
 class SqliteOutbox(Outbox):
     """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
 
-    def __init__(self, path: Path, data_key: bytes, *, owner: str = "",
+    def __init__(self, path: Path, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,7 +148,7 @@ class PostgresOutbox(Outbox):
     PARTS = "outbox_parts"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, dsn: str, data_key: bytes, *, owner: str = "",
+    def __init__(self, dsn: str, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         self.dsn = dsn
