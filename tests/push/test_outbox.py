@@ -236,6 +236,7 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     import sqlite3
 
     from gateway.push import SqliteOutbox
+    from gateway.push._outbox_backends import SCHEMA_VERSION
 
     path = tmp_path / "outbox.db"
     box = SqliteOutbox(path, KEY)
@@ -250,5 +251,5 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     again = SqliteOutbox(path, KEY)
     (part,) = again.claim("ores")  # the pending part, now under a lease
     assert part.id == "hes-operator/B1/ores" and again.acknowledged(part.id, part.lease)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     again.close()
