@@ -62,8 +62,9 @@ class TenantFile(Table):
                                           "digits starting with 54", shown="none")
     cmh_coordinator: bool = setting(False, "Coordinates Connect My Home requests")
     hes_consortium: bool = setting(False, "Member of the HES consortium")
-    push_endpoint: NonEmpty | None = setting(None, "https:// URL its pushed data is "
-                                             "delivered to (mTLS)", shown="none")
+    push_endpoint: NonEmpty | None = setting(None, "https:// URL its pushed data and its "
+                                             "breach notifications are delivered to (mTLS)",
+                                             shown="none")
     push_intake: NonEmpty | None = setting(None, "The push intake a shared-system tenant "
                                            "owns: hes or cmh", shown="none")
     security_contact: NonEmpty | None = setting(
