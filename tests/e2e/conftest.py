@@ -67,7 +67,10 @@ class Client:
                 if resp.will_close:
                     self.close()
                 return out
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError):
+                # A kept-alive connection the gateway closed meanwhile (idle
+                # timeout): TLS may report it as an EOF on the next write.
                 self.close()
                 if attempt == 2:
                     raise
