@@ -198,6 +198,10 @@ class GatewayMetrics:
         self.delivery_attempts = Counter(
             "gateway_delivery_attempts", "Delivery attempts to receivers, by result.",
             ["tenant", "result"], registry=r)
+        self.breach_notifications = Counter(
+            "gateway_breach_notifications", "Breach notifications queued for the owner of "
+            "records a withheld answer held (once per incident and owner).", ["owner"],
+            registry=r)
         self.classified_responses = Counter(
             "gateway_classified_responses", "Answers delivered, by classification label (D11).",
             ["label"], registry=r)

@@ -17,6 +17,7 @@ from gateway.audit._chain import ChainedAuditLog, verify_log
 from gateway.audit._events import (
     AdminEvent,
     AuditEvent,
+    BreachNotificationEvent,
     CmhFanoutEvent,
     FleetCheckpointEvent,
     PruneEvent,
@@ -51,6 +52,7 @@ __all__ = [
     "AuditShipper",
     "AuditSink",
     "AuditWriteFailed",
+    "BreachNotificationEvent",
     "ChainedAuditLog",
     "CmhFanoutEvent",
     "FleetCheckpointEvent",

@@ -28,7 +28,8 @@ from typing import Any, Literal, NamedTuple
 
 from gateway.audit._format import PRUNE_EVENT
 
-__all__ = ["ADMIN_EXTRA_FIELDS", "AdminEvent", "AuditEvent", "CmhFanoutEvent", "PruneEvent",
+__all__ = ["ADMIN_EXTRA_FIELDS", "AdminEvent", "AuditEvent", "BreachNotificationEvent",
+           "CmhFanoutEvent", "PruneEvent",
            "PushBatchEvent", "PushDeadLetterEvent", "PushDeliveredEvent", "PushPartOutcome",
            "RequestEvent", "RetentionEvent"]
 
@@ -254,6 +255,29 @@ class PushDeadLetterEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class BreachNotificationEvent:
+    """A breach notification queued for the owner of records a withheld
+    answer held (D1, D12): who is told, about which withheld request
+    (``violation``, that request's incident id), who asked, how many
+    records. Never a record, never a resource id."""
+
+    incident: str
+    tenant: str  # the owner told
+    violation: str  # the incident id of the withheld request
+    requested_by: str
+    upstream: str
+    route: str
+    records: int
+    delivery: Literal["queued", "no-endpoint"]  # to its receiver, or readable only
+
+    def as_record(self) -> dict[str, Any]:
+        return {"event": "breach-notification", "incident": self.incident,
+                "tenant": self.tenant, "violation": self.violation,
+                "requested_by": self.requested_by, "upstream": self.upstream,
+                "route": self.route, "records": self.records, "delivery": self.delivery}
+
+
+@dataclass(frozen=True, slots=True)
 class PruneEvent:
     """Sealed segments about to be deleted by policy (format §10): the
     anchor that the oldest remaining file starts at, and why."""
@@ -335,6 +359,7 @@ class FleetCheckpointEvent:
 
 
 AuditEvent = (RequestEvent | AdminEvent | PushBatchEvent | CmhFanoutEvent
-              | PushDeliveredEvent | PushDeadLetterEvent | PruneEvent | RetentionEvent
+              | PushDeliveredEvent | PushDeadLetterEvent | BreachNotificationEvent | PruneEvent
+              | RetentionEvent
               | FleetCheckpointEvent)
 """What :class:`gateway.audit.AuditSink` records: one of the kinds above."""

@@ -55,7 +55,8 @@ class Part:
     id: str  # also the idempotency key the receiver sees
     batch_id: str
     tenant: str
-    kind: str  # "hes-readings" | "cmh-request" | "cmh-status"
+    # "hes-readings", "meter-days", "cmh-request", "cmh-status", "breach-notification"
+    kind: str
     records: int
     created: datetime
     status: str  # pending | delivered | dead
@@ -110,6 +111,7 @@ class Outbox(ABC):
 
     BATCHES = "batches"
     PARTS = "parts"
+    NOTIFICATIONS = "notifications"
     SKIP_LOCKED = ""  # the claim's row lock: "" where one process is the only claimer
 
     def __init__(self, data_key: bytes | None, *, owner: str = "",
@@ -215,6 +217,47 @@ class Outbox(ABC):
             self._many(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
                        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
         return True
+
+    # -- breach notifications --------------------------------------------------------
+    def enqueue_notifications(self, *, incident: str, source: str,
+                              notices: Sequence[tuple[str, str, EncodedPart | None]]) -> bool:
+        """Store one incident's notifications ``(tenant, document, part)``: the
+        document its owner reads (``GET /notifications``) and the part that
+        delivers it (None: the tenant has no receiver), in one transaction.
+        Exactly once per incident: the batch ``(source, incident)`` is stored
+        by the first call only; a second one (the same incident processed
+        again, on this replica or another) stores nothing and returns False.
+        Each owner's row is unique too (``(incident, tenant)``)."""
+        now = self._t(self.clock())
+        with self._lock, self._transaction():
+            cur = self._exec(
+                f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
+                "quarantined, created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (incident, source, incident, len(notices), 0, now))
+            if cur.rowcount != 1:
+                return False
+            for tenant, document, part in notices:
+                self._exec(f"INSERT INTO {self.NOTIFICATIONS} (incident, tenant, created, "
+                           "document) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (incident, tenant, now, document))
+                if part is None:
+                    continue
+                nonce = os.urandom(12)
+                payload = self._aead.encrypt(nonce, part.body, part.id.encode())
+                self._exec(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
+                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           (part.id, incident, part.tenant, part.kind, part.records, now,
+                            "pending", 0, now, None, nonce, payload, None, source))
+        return True
+
+    def notifications(self, tenant: str, limit: int) -> list[str]:
+        """The newest ``limit`` notification documents of ``tenant`` (JSON
+        texts), newest first; never another tenant's."""
+        with self._lock:
+            rows = self._exec(
+                f"SELECT document FROM {self.NOTIFICATIONS} WHERE tenant = ? "
+                "ORDER BY created DESC, incident DESC LIMIT ?", (tenant, limit)).fetchall()
+        return [str(r["document"]) for r in rows]
 
     # -- delivery ----------------------------------------------------------------
     def due(self, tenant: str, limit: int = 16) -> list[Part]:
