@@ -229,6 +229,9 @@ class Outbox(ABC):
         again, on this replica or another) stores nothing and returns False.
         Each owner's row is unique too (``(incident, tenant)``)."""
         now = self._t(self.clock())
+        aead = self._aead
+        if aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         with self._lock, self._transaction():
             cur = self._exec(
                 f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
@@ -243,7 +246,7 @@ class Outbox(ABC):
                 if part is None:
                     continue
                 nonce = os.urandom(12)
-                payload = self._aead.encrypt(nonce, part.body, part.id.encode())
+                payload = aead.encrypt(nonce, part.body, part.id.encode())
                 self._exec(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
                            "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
                            (part.id, incident, part.tenant, part.kind, part.records, now,
