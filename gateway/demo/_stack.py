@@ -11,7 +11,7 @@ import ssl
 import textwrap
 import tomllib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -27,6 +27,7 @@ from gateway.errors import ListenerUnavailable
 from gateway.files import write_private
 from gateway.pki import JwksKeySource
 from gateway.server import Gateway
+from gateway.state import Consultation, PrincipalState
 from gateway.tenants import TenantRegistry, load_tenants
 from gateway.tls import client_context
 from gateway.vault import (
@@ -139,6 +140,11 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
     path.write_text("\n".join(lines) + "\n")
 
 
+# The demo's history (Stack(history=True)): what retention deletes at start.
+HISTORIC_CONSULTATION = "demo-consultation-2024"
+HISTORIC_LEAVER = ("ores", "person", "leaver-2025")
+
+
 class Stack:
     def __init__(self, *, tenants_dir: Path, certs_dir: Path, work_dir: Path,
                  ports: StackPorts | None = None, now: datetime | None = None,
@@ -147,8 +153,11 @@ class Stack:
                  run_gateway: bool = True, soc_syslog: str | None = None,
                  limits: str = "", upstream_ports: dict[str, int] | None = None,
                  extra_config: str = "", upstream_settings: str = "",
-                 state_url: str | None = None) -> None:
+                 state_url: str | None = None, history: bool = False) -> None:
         self.tenants_dir = tenants_dir
+        # D8, D10: state older than its retention period (`gateway demo` only),
+        # so the retention duty has something to delete at start.
+        self.history = history
         self.certs_dir = certs_dir
         self.work_dir = work_dir
         self.ports = ports or StackPorts()
@@ -259,12 +268,30 @@ class Stack:
                     reissue(self.pki, self.pki.authority(), tenant.id, p.kind, p.name)
                 creds.import_certificate(path.read_bytes(), key)
         self.gateway.credentials.refresh()
+        if self.history:
+            self._seed_history()
         await self.gateway.start(data_sock, ops_sock, admin_sock)
         # The HES pushes its daily batch to the gateway as hes-operator/pusher.
         configure_push(self.apps["hes"], f"https://{LOOPBACK}:{self.gateway.data_port}"
                        "/push/hes/batches", client_context(
                            self.pki.ca_cert, self.pki.client_cert("hes-operator", "pusher"),
                            self.pki.client_key("hes-operator", "pusher")))
+
+    def _seed_history(self) -> None:
+        """What a gateway that has run for years holds, and retention removes
+        at start (README: Retention): a national-register consultation of
+        700 days ago (past the register's 610) and the state of a leaver
+        disabled 450 days ago (past 400) whom no tenant file names any more.
+        Each deletion leaves a `retention` audit event."""
+        now = self.now or datetime.now(UTC)
+        store = self.gateway.store
+        nrn = next(p["nrn"] for p in self.dataset.persons if p["employer"] == "ores")
+        store.add_consultation(Consultation(
+            HISTORIC_CONSULTATION, now - timedelta(days=700), "ores", "person/erik",
+            "/itsm/persons/{nrn}", nrn, "hr-administration", "HR-2024-3"))
+        store.set_principal_state(PrincipalState(
+            HISTORIC_LEAVER, True, now - timedelta(days=450), "left the company (HR)",
+            "ores/person/alice"))
 
     def _bind_all(self) -> dict[str, socket.socket]:
         """The demo's listening sockets by listener name; none stays open if

@@ -116,3 +116,28 @@ def test_on_postgresql_state_the_duty_erases_dead_letters_and_old_consultations(
     finally:
         other.close()
         gw.stop()
+
+
+def test_the_demo_s_history_is_deleted_at_start(tmp_path: Path) -> None:
+    """`gateway demo` seeds what an old gateway holds (Stack(history=True)): a
+    consultation past the register's period and a leaver past 400 days whom
+    no tenant file names. The duty deletes both at start, each with a
+    `retention` audit event (D8, D10)."""
+    from gateway.demo._stack import HISTORIC_CONSULTATION, HISTORIC_LEAVER
+
+    gw = start_stack(tmp_path, history=True)
+    try:
+        store = gw.stack.gateway.store
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            events = [e for e in gw.audit_events() if e.get("event") == "retention"]
+            if {e["category"] for e in events} >= {"consultations", "disabled-principals"}:
+                break
+            time.sleep(0.1)
+        assert {e["category"] for e in events} >= {"consultations", "disabled-principals"}
+        leaver = next(e for e in events if e["category"] == "disabled-principals")
+        assert leaver["principal"] == "/".join(HISTORIC_LEAVER)
+        assert all(c.incident != HISTORIC_CONSULTATION for c in store.consultations())
+        assert all(s.key != HISTORIC_LEAVER for s in store.principal_states())
+    finally:
+        gw.stop()
