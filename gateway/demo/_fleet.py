@@ -31,12 +31,12 @@ import psycopg
 from cryptography import x509
 
 from gateway.demo._devpki import reissue
+from gateway.demo._partner_tls import client_tls
 from gateway.demo._postgres import LocalCluster
 from gateway.demo._stack import LOOPBACK, Stack, StackPorts
 from gateway.demo.simulators.hes import configure_push
 from gateway.pki import import_certificate
 from gateway.state import PostgresStore, data_plane_grants
-from gateway.tls import client_context
 
 READY_TIMEOUT_S = 60.0
 DATA_ROLE = "gateway_data"  # the data-plane replicas' database role
@@ -214,7 +214,7 @@ class Fleet:
         pki = stack.pki
         # The HES pushes its daily batch to the first replica.
         configure_push(stack.apps["hes"], f"https://{LOOPBACK}:{self.data[0].data_port}"
-                       "/push/hes/batches", client_context(
+                       "/push/hes/batches", client_tls(
                            pki.ca_cert, pki.client_cert("hes-operator", "pusher"),
                            pki.client_key("hes-operator", "pusher")))
         self.write_description()
