@@ -67,7 +67,10 @@ class Client:
                 if resp.will_close:
                     self.close()
                 return out
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
+                    ssl.SSLEOFError):
+                # A keep-alive connection the gateway closed while idle (15 s):
+                # how its end shows depends on timing; start a new one.
                 self.close()
                 if attempt == 2:
                     raise
