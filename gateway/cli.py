@@ -11,10 +11,11 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from gateway.errors import ConfigError, NotReadyYet
+from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
 from gateway.logs import configure as configure_logging
 
 
@@ -127,7 +128,8 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
     each a replica of the fleet with its own id, ops port and files. A worker
     that dies is started again (with a growing pause if it keeps dying);
     SIGTERM, SIGINT and SIGHUP are passed on to every worker; the supervisor
-    exits when they have all stopped, 0 if each did so cleanly."""
+    exits when they have all stopped, 0 if each did so cleanly, 2 if one
+    refused its configuration or could not bind a port (it printed why)."""
     import subprocess
     import time
 
@@ -191,6 +193,8 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
             time.sleep(pause)
             if not stopping:
                 procs[index] = spawn(index)
+    if 2 in codes.values():  # a configuration or a busy port: the worker said which
+        return 2
     return 0 if all(code == 0 for code in codes.values()) else 1
 
 
@@ -208,8 +212,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
         await stack.start()
         print(demo_banner(stack), flush=True)
 
-    _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
+    with _demo_ports_hint(args):
+        _run_until_signal(start, stack.stop, lambda: stack.gateway.reload_async())
     return 0
+
+
+@contextlib.contextmanager
+def _demo_ports_hint(args: argparse.Namespace) -> Iterator[None]:
+    """A busy demo port is most often another demo: say how to run beside it."""
+    try:
+        yield
+    except ListenerUnavailable as exc:
+        if args.ephemeral_ports:
+            raise
+        raise ListenerUnavailable(f"{exc} (another demo running? try --ephemeral-ports)"
+                                  ) from exc
 
 
 def _demo_fleet(args: argparse.Namespace) -> int:
@@ -231,7 +248,8 @@ def _demo_fleet(args: argparse.Namespace) -> int:
         print(json.dumps(fleet.description(), indent=1), flush=True)
         print(fleet_banner(fleet), flush=True)
 
-    _run_until_signal(start, fleet.stop)
+    with _demo_ports_hint(args):
+        _run_until_signal(start, fleet.stop)
     return 0
 
 
@@ -244,13 +262,32 @@ def cmd_certs_init_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_AUDIT_LOG = "var/demo/audit.jsonl"
+DEMO_AUDIT_KEY_DIR = "var/demo/audit-key"
+
+
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     import json
 
     from gateway.audit import public_keys, published_keys, segment_files, segments_dir, verify_log
+    from gateway.console import progress
 
     if args.fleet:
         return _verify_fleet(args)
+    from gateway.admin import demo_work_tree
+
+    # The demo's files are the default only where the demo ran.
+    demo = demo_work_tree()
+    args.log = args.log or (DEMO_AUDIT_LOG if demo else None)
+    if not args.keys:
+        args.key_dir = args.key_dir or (DEMO_AUDIT_KEY_DIR if demo else None)
+    missing = [what for what, given in (("--log FILE", args.log),
+                                        ("--keys FILE or --key-dir DIR",
+                                         args.keys or args.key_dir)) if not given]
+    if missing:
+        print(f"gateway: audit verify needs {' and '.join(missing)} (the demo's files are "
+              "the default only in a demo work tree)", file=sys.stderr)
+        return 2
     # A verifier only reads: it never creates or changes a key (audit format §6).
     try:
         if args.keys:
@@ -279,10 +316,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
               "segment included, is verified from it", file=sys.stderr)
         return 2
     try:
-        if not log_path.exists() and not segment_files(segments_dir(log_path)):
+        files = segment_files(segments_dir(log_path))
+        if not log_path.exists() and not files:
             print(f"gateway: no audit log at {log_path}", file=sys.stderr)
             return 2
-        result = verify_log(log_path, keys)
+        files += [log_path] if log_path.exists() else []
+        # A bar on a terminal (bytes of every segment); nothing when piped.
+        with progress(sum(f.stat().st_size for f in files), "verifying the audit log",
+                      unit="B", scale=True) as bar:
+            result = verify_log(log_path, keys, lambda f: bar.advance(f.stat().st_size))
     except OSError as exc:  # unreadable file or directory: not a verdict on the log
         print(f"gateway: cannot read the audit log {log_path}: {exc}", file=sys.stderr)
         return 2
@@ -357,12 +399,15 @@ def _state_location(config: Path) -> tuple[str | None, Path]:
 
 
 def cmd_relations_compile(args: argparse.Namespace) -> int:
+    from gateway.console import progress
     from gateway.files import compile_feed
 
-    try:
-        count = compile_feed(Path(args.feed), Path(args.out))
-    except (OSError, ValueError, KeyError) as exc:
-        raise ConfigError(f"{args.feed}: cannot compile the relation feed: {exc}") from exc
+    # A bar on a terminal (10 M relations take ~25 s); nothing when piped.
+    with progress(None, "indexing relations", unit=" relations", scale=True) as bar:
+        try:
+            count = compile_feed(Path(args.feed), Path(args.out), bar.reached)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{args.feed}: cannot compile the relation feed: {exc}") from exc
     print(f"{count} relations -> {args.out} ({Path(args.out).stat().st_size} bytes)")
     return 0
 
@@ -426,11 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser(
         "verify", help="check the hash chain and every checkpoint, across the sealed "
         "segments (<log>.segments/) and the active file")
-    verify.add_argument("--log", default="var/demo/audit.jsonl")
+    verify.add_argument("--log", help="the active log file (in a demo work tree, default "
+                        f"{DEMO_AUDIT_LOG})")
     verify.add_argument("--keys", help="public keys (JSON, as served on the ops plane at "
                         "/.well-known/audit-keys.json)")
-    verify.add_argument("--key-dir", default="var/demo/audit-key",
-                        help="or the gateway's audit key directory")
+    verify.add_argument("--key-dir", help="or the gateway's audit key directory (in a demo "
+                        f"work tree, default {DEMO_AUDIT_KEY_DIR})")
     verify.add_argument("--fleet", metavar="POSTGRESQL_URL",
                         help="verify a fleet: every replica's chain shipped to this database "
                         "and the fleet checkpoints (names a truncated or missing replica)")
@@ -460,7 +506,40 @@ def build_parser() -> argparse.ArgumentParser:
     from gateway.admin import add_parsers
 
     add_parsers(certs_sub, sub)
+    _add_completion(sub)
     return parser
+
+
+def _add_completion(sub: Any) -> None:
+    """``gateway completion bash|zsh``: the shell completion script of this
+    very parser (shtab), to source or install."""
+    p = sub.add_parser("completion", help="print the shell completion script: "
+                       "source <(gateway completion bash), or install it (zsh: as _gateway "
+                       "in a directory of $fpath)")
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(func=cmd_completion)
+
+
+# Options that name a file or a directory: the shell completes paths for them.
+_FILE_OPTIONS = {"config", "feed", "out", "log", "keys", "cert", "key", "cacert", "csr"}
+_DIR_OPTIONS = {"key_dir", "tenants", "certs", "work"}
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    import shtab
+
+    parser = build_parser()
+    parsers = [parser]
+    while parsers:
+        for action in parsers.pop()._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parsers.extend(action.choices.values())
+            elif action.option_strings and action.dest in _FILE_OPTIONS:
+                action.complete = shtab.FILE  # type: ignore[attr-defined]
+            elif action.option_strings and action.dest in _DIR_OPTIONS:
+                action.complete = shtab.DIRECTORY  # type: ignore[attr-defined]
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -470,6 +549,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         code: int = args.func(args)
+    except ListenerUnavailable as exc:  # one line naming the listener and the address
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
     except ConfigError as exc:
         print(f"gateway: configuration error: {exc}", file=sys.stderr)
         return 2

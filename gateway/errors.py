@@ -4,7 +4,8 @@
 
     GatewayError                  every error the gateway raises on purpose
     ├── ConfigError               configuration, tenant file or key file unusable, at start-up
-    │   └── TlsMaterialError        (tls) server TLS material that cannot be served
+    │   ├── TlsMaterialError        (tls) server TLS material that cannot be served
+    │   └── ListenerUnavailable     (edge) a listener's address cannot be bound (in use)
     ├── RequestRefused            the caller is at fault or not allowed (4xx): status + reason
     │   ├── CredentialRefused       (edge) a known principal, revoked or disabled
     │   ├── AdminRefused            (pki) an admin-plane action refused (with a detail)
@@ -40,6 +41,14 @@ class GatewayError(Exception):
 
 class ConfigError(GatewayError):
     """Configuration that cannot be used; the message names file and key."""
+
+
+class ListenerUnavailable(ConfigError):
+    """A listener cannot bind its address (in use, not permitted, not on this
+    host). The message is one line a person can act on: the listener and
+    the address (``data plane: cannot listen on 127.0.0.1:8443: address in
+    use``); the command line prints it and exits 2, like a configuration
+    error, since the fix is in the configuration or on the host."""
 
 
 class RequestRefused(GatewayError):

@@ -42,6 +42,10 @@ PROBLEMS: dict[str, tuple[str, str]] = {
                             "The shared system's answer failed the routing check and was "
                             "withheld. The incident has been recorded."),
     "internal-error": ("Internal error", "The gateway failed to handle the request."),
+    "conflict": ("Conflict", "The request conflicts with the current state of the resource."),
+    "unprocessable-content": ("Unprocessable content",
+                              "The request is well-formed but its content cannot be used."),
+    "refused": ("Refused", "The gateway refused the request."),
 }
 
 _STATUS_SLUG = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 404: "not-found",
@@ -50,6 +54,34 @@ _STATUS_SLUG = {400: "bad-request", 401: "unauthenticated", 403: "forbidden", 40
                 503: "unavailable",
                 415: "unsupported-media-type", 501: "not-implemented", 502: "upstream-error",
                 504: "upstream-timeout"}
+
+
+# The gateway's own refusals (admin plane, push intake): never one of the
+# shared systems' slugs below, whatever the status.
+_OWN_SLUG = {**{status: slug for status, slug in _STATUS_SLUG.items()
+                if not slug.startswith("upstream-")},
+             409: "conflict", 422: "unprocessable-content", 500: "internal-error"}
+
+# The statuses each problem type may carry: a type and its status never
+# disagree (a 409 is never a "bad-request"). The shared systems' refusals
+# carry the 4xx the gateway relays (gateway.dataplane: 400, 404, 409, 422);
+# "refused" is the gateway's own 4xx without a type of its own, and
+# "internal-error" its own failure under a 5xx without one.
+PROBLEM_STATUSES: dict[str, frozenset[int]] = {
+    **{slug: frozenset({status}) for status, slug in _STATUS_SLUG.items()},
+    "conflict": frozenset({409}),
+    "unprocessable-content": frozenset({422}),
+    # the gateway's own failure, under any 5xx without a type of its own
+    "internal-error": frozenset(range(500, 600)) - {501, 503},
+    "isolation-violation": frozenset({502}),
+    "upstream-refused": frozenset({400, 404, 409, 422}),
+    "refused": frozenset(range(400, 500)),
+}
+
+
+def consistent(slug: str, status: int) -> bool:
+    """Whether a problem document of type ``slug`` may carry ``status``."""
+    return status in PROBLEM_STATUSES.get(slug, frozenset())
 
 
 class _RandomPool:
@@ -91,6 +123,14 @@ def slug_for(status: int) -> str:
     if status in _STATUS_SLUG:
         return _STATUS_SLUG[status]
     return "upstream-refused" if 400 <= status < 500 else "internal-error"
+
+
+def own_slug_for(status: int) -> str:
+    """The type of a refusal the gateway itself decided (the admin plane's,
+    a push intake's): consistent with ``status``, never a shared system's."""
+    if status in _OWN_SLUG:
+        return _OWN_SLUG[status]
+    return "refused" if 400 <= status < 500 else "internal-error"
 
 
 def problem_body(status: int, incident: str, slug: str | None = None,

@@ -15,7 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import audit_routes, build_admin_app, combine, usage_routes, vault_routes
+from gateway.admin import (
+    audit_routes,
+    build_admin_app,
+    combine,
+    nrn_routes,
+    usage_routes,
+    vault_routes,
+)
 from gateway.audit import (
     AuditKeys,
     AuditPruner,
@@ -45,7 +52,7 @@ from gateway.edge import (
     rss_bytes,
 )
 from gateway.edge import self_check as edge_self_check
-from gateway.errors import ConfigError, NotReadyYet
+from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
 from gateway.files import load_relations, write_private
 from gateway.fleet import FleetMember, relations_digest
 from gateway.metrics import GatewayMetrics
@@ -209,7 +216,8 @@ class Gateway:
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
-            consultations=self.store.add_consultation, limits=config.limits,
+            consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
+            limits=config.limits,
             access_log=config.log.access)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -391,13 +399,22 @@ class Gateway:
         all and data), the admin plane (all and control) and the ops plane."""
         cfg = self.config
         self.metrics.event_loop_info.labels(event_loop_name()).set(1)
-        if self.serves_data:
-            # Workers of one host share the data port (SO_REUSEPORT).
-            data_sock = data_sock or bind(cfg.data.host, cfg.data.port,
-                                          reuse_port=self.reuse_port)
-        ops_sock = ops_sock or bind(cfg.ops.host, cfg.ops.port)
-        if self.serves_admin:
-            admin_sock = admin_sock or bind(cfg.admin.host, cfg.admin.port)
+        bound: list[socket.socket] = []  # closed again if a later one cannot bind
+        try:
+            if self.serves_data and data_sock is None:
+                # Workers of one host share the data port (SO_REUSEPORT).
+                data_sock = bind(cfg.data.host, cfg.data.port, reuse_port=self.reuse_port,
+                                 listener="data plane")
+                bound.append(data_sock)
+            if ops_sock is None:
+                ops_sock = bind(cfg.ops.host, cfg.ops.port, listener="ops plane")
+                bound.append(ops_sock)
+            if self.serves_admin and admin_sock is None:
+                admin_sock = bind(cfg.admin.host, cfg.admin.port, listener="admin plane")
+        except ListenerUnavailable:
+            for sock in bound:
+                sock.close()
+            raise
         await self.upstreams.start(cfg.health_interval_s)
         limits = cfg.limits
         edge_self_check(self.ssl_context, limits)
@@ -435,7 +452,8 @@ class Gateway:
                 self.credentials, self.resolver, self.metrics, rekey=self.rekey,
                 extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                            self.rekey), usage_routes(self.usage, self.store),
-                              audit_routes(self.rotate_audit_key)))
+                              audit_routes(self.rotate_audit_key),
+                              nrn_routes(self.store)))
             # The admin plane gets the same edge limits (own connection book).
             admin_runner = GuardedAppRunner(
                 admin_app, access_log=None, edge=limits, shutdown_timeout=cfg.drain_timeout_s,

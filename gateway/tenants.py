@@ -21,7 +21,7 @@ from gateway.errors import ConfigError
 
 KNOWN_ROLES = frozenset(
     {"reader", "meter-operator", "security-admin", "vault-approver", "auditor", "pusher",
-     "privileged-user"}
+     "privileged-user", "customer-portal", "manager"}
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 

@@ -12,7 +12,9 @@ foundation modules. Only :mod:`gateway.server`, :mod:`gateway.ops` and
 from __future__ import annotations
 
 from gateway.admin._app import build_admin_app, hide_banner
-from gateway.admin._cli import AdminCallFailed, add_audit_parsers, add_parsers
+from gateway.admin._cli import add_audit_parsers, add_parsers
+from gateway.admin._client import AdminCallFailed, demo_work_tree
+from gateway.admin._nrn import nrn_routes
 from gateway.admin._vault import audit_routes, combine, usage_routes, vault_routes
 
 __all__ = [
@@ -22,7 +24,9 @@ __all__ = [
     "audit_routes",
     "build_admin_app",
     "combine",
+    "demo_work_tree",
     "hide_banner",
+    "nrn_routes",
     "usage_routes",
     "vault_routes",
 ]

@@ -45,7 +45,7 @@ from gateway.edge import CallerResolver, CredentialRefused, headers_arrived
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.pki import AdminRefused, Credentials
-from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.problem import CONTENT_TYPE, new_incident_id, own_slug_for, problem_body
 
 log = logging.getLogger("gateway.admin")
 
@@ -55,11 +55,11 @@ async def hide_banner(_: web.Request, response: web.StreamResponse) -> None:
 
 
 def _problem(status: int, detail: str, incident: str | None = None) -> web.Response:
-    slug = {400: "bad-request", 403: "forbidden", 404: "not-found", 405: "method-not-allowed",
-            409: "bad-request", 413: "payload-too-large", 422: "bad-request",
-            501: "not-implemented"}.get(status, "internal-error")
+    # The type follows the status (gateway.problem.PROBLEM_STATUSES): a 409
+    # is a "conflict", a 422 "unprocessable-content", never a "bad-request".
     return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
-                        body=problem_body(status, incident or new_incident_id(), slug, detail))
+                        body=problem_body(status, incident or new_incident_id(),
+                                          own_slug_for(status), detail))
 
 
 def build_admin_app(creds: Credentials, resolver: CallerResolver,
@@ -134,7 +134,7 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
                 return web.json_response(pending_json(result.item), status=202)
             if isinstance(result, web.StreamResponse):
                 return result
-            created = action.endswith("issue") or action == "breakglass-request"
+            created = action.endswith(("issue", "-request"))  # a new certificate, case, request
             return web.json_response(result, status=201 if created else 200)
         return handler
 

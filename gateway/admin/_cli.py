@@ -1,95 +1,52 @@
 """Command-line verbs of the security team; they call the admin API over mTLS.
 
-Which admin principal speaks is chosen with ``--cert/--key`` (or the
-environment variables ``GATEWAY_ADMIN_CERT``, ``GATEWAY_ADMIN_KEY``,
-``GATEWAY_ADMIN_CACERT``, ``GATEWAY_ADMIN_URL``); the defaults are the demo's
-security admin ``ores/person/alice``.
+Which admin principal speaks is chosen with ``--cert/--key`` and the admin
+plane's CA with ``--cacert`` (or the environment variables
+``GATEWAY_ADMIN_CERT``, ``GATEWAY_ADMIN_KEY``, ``GATEWAY_ADMIN_CACERT``,
+``GATEWAY_ADMIN_URL``). Only in a demo work tree (the directory ``gateway
+demo`` ran in: ``var/demo/gateway.toml`` and ``certs/dev/ca.pem``) do they
+default to the demo's security admin ``ores/person/alice``; anywhere else a
+missing one is named and the command exits 2, so no operator's command ever
+speaks with a demo certificate by accident (:mod:`gateway.admin._client`).
+
+Listing verbs print an aligned table when stdout is a terminal and JSON
+otherwise or with ``--json`` (:mod:`gateway.admin._output`).
 """
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
-import ssl
 import sys
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote
 
-from gateway.errors import GatewayError
-from gateway.tls import client_context
-
-DEFAULTS = {
-    "url": ("GATEWAY_ADMIN_URL", "https://localhost:8444"),
-    "cert": ("GATEWAY_ADMIN_CERT", "certs/dev/ores/alice.pem"),
-    "key": ("GATEWAY_ADMIN_KEY", "certs/dev/ores/alice.key"),
-    "cacert": ("GATEWAY_ADMIN_CACERT", "certs/dev/ca.pem"),
-}
+from gateway.admin._client import DEFAULTS, call
+from gateway.admin._output import rows_in, show_listing, wrote
+from gateway.console import waiting, wants_json
 
 
-class AdminCallFailed(GatewayError):
-    """The admin plane cannot be reached (exit 3)."""
-
-    exit_code = 3
-
-
-class AdminCallRefused(AdminCallFailed):
-    """The admin plane is reachable but refused the TLS handshake: the client
-    certificate is revoked, expired, of another CA or not a client
-    certificate, or the server is not trusted (exit 4)."""
-
-    exit_code = 4
-
-
-def call(args: argparse.Namespace, method: str, path: str,
-         body: dict[str, Any] | None = None) -> tuple[int, bytes]:
-    url = urlsplit(args.admin_url)
-    ctx = client_context(Path(args.cacert), Path(args.cert), Path(args.key))
-    conn = http.client.HTTPSConnection(url.hostname or "localhost", url.port or 8444,
-                                       context=ctx, timeout=30)
-    try:
-        try:
-            conn.connect()
-        except ssl.SSLError as exc:
-            raise AdminCallRefused(f"the admin plane at {args.admin_url} refused the TLS "
-                                   f"handshake ({exc.reason or exc}): check --cert/--cacert"
-                                   ) from exc
-        except OSError as exc:
-            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
-                                  ) from exc
-        data = json.dumps(body).encode() if body is not None else None
-        try:
-            conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        except (ssl.SSLError, ConnectionResetError, BrokenPipeError,
-                http.client.RemoteDisconnected) as exc:
-            # TLS 1.3: the server checks the client certificate after the
-            # client's side of the handshake; its alert (certificate revoked,
-            # unknown CA, ...) or its close arrives with the first read.
-            detail = getattr(exc, "reason", None) or exc
-            raise AdminCallRefused(
-                f"the admin plane at {args.admin_url} refused the client certificate "
-                f"{args.cert} ({detail}): it may be revoked, expired or disabled") from exc
-        except (OSError, http.client.HTTPException) as exc:
-            raise AdminCallFailed(f"cannot reach the admin plane at {args.admin_url}: {exc}"
-                                  ) from exc
-    finally:
-        conn.close()
-
-
-def _emit(status: int, payload: bytes, out: str | None = None) -> int:
+def _emit(status: int, payload: bytes, out: str | None = None, fmt: str = "json") -> int:
     if status >= 400:
         print(payload.decode(errors="replace"), file=sys.stderr)
         return 1
     if out:
         Path(out).write_bytes(payload)
+        wrote(f"{rows_in(payload, fmt)} rows", out)
         return 0
     sys.stdout.write(payload.decode())
     if not payload.endswith(b"\n"):
         sys.stdout.write("\n")
+    return 0
+
+
+def _listing(status: int, payload: bytes, key: str, args: argparse.Namespace) -> int:
+    """A listing: a table on a terminal, JSON piped or with ``--json``."""
+    if status >= 400:
+        return _emit(status, payload)
+    show_listing(json.loads(payload), key, as_json=args.json)
     return 0
 
 
@@ -105,6 +62,7 @@ def _write_cert(status: int, payload: bytes, out: str | None) -> int:
         return _emit(status, payload)
     doc = json.loads(payload)
     Path(out).write_text(doc["certificate"])
+    wrote(f"the certificate {doc.get('serial', '')}".rstrip(), out)
     print(json.dumps({k: v for k, v in doc.items() if k != "certificate"}, indent=1))
     return 0
 
@@ -117,6 +75,7 @@ def _write_result(status: int, payload: bytes, out: str | None) -> int:
     result = doc.get("result") or {}
     if out and isinstance(result, dict) and result.get("certificate"):
         Path(out).write_text(result["certificate"])
+        wrote(f"the certificate {result.get('serial', '')}".rstrip(), out)
         result = {k: v for k, v in result.items() if k != "certificate"}
         doc["result"] = result
     elif out:
@@ -131,12 +90,14 @@ def cmd_pending(args: argparse.Namespace) -> int:
     if args.id:
         return _write_result(*call(args, "GET", f"/admin/pending/{args.id}"), args.out)
     query = f"?status={args.status}" if args.status else ""
-    return _emit(*call(args, "GET", f"/admin/pending{query}"))
+    return _listing(*call(args, "GET", f"/admin/pending{query}"), "pending", args)
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
-    status, payload = call(args, "POST", f"/admin/pending/{args.id}/{args.decision}",
-                           {"reason": args.reason})
+    # Approving may run the action now (a vault rekey re-wraps every data key).
+    with waiting(f"{args.decision} {args.id}: waiting for the admin plane"):
+        status, payload = call(args, "POST", f"/admin/pending/{args.id}/{args.decision}",
+                               {"reason": args.reason})
     if args.decision == "approve" and status < 400:
         doc = json.loads(payload)
         flat = {**doc["pending"], "result": doc["result"]}
@@ -179,9 +140,25 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    query = "&".join(f"{k}={v}" for k, v in (("tenant", args.tenant), ("status", args.status))
-                     if v)
-    return _emit(*call(args, "GET", "/admin/certs" + (f"?{query}" if query else "")))
+    status_ = "active" if args.active else args.status
+    query = "&".join(f"{k}={quote(v)}" for k, v in (("tenant", args.tenant),
+                                                    ("status", status_)) if v)
+    status, payload = call(args, "GET", "/admin/certs" + (f"?{query}" if query else ""))
+    if status >= 400:
+        return _emit(status, payload)
+    doc = json.loads(payload)
+    # --name narrows to one principal's certificates (the serial to rotate);
+    # the PEM blobs only with --pem.
+    doc["certificates"] = [
+        c if args.pem else {k: v for k, v in c.items() if k != "certificate"}
+        for c in doc["certificates"]
+        if (not args.name or c["name"] == args.name) and (not args.kind or c["kind"] == args.kind)]
+    show_listing(doc, "certificates", as_json=args.json)
+    if args.pem and not wants_json(args.json):
+        for cert in doc["certificates"]:
+            print(f"\n# {cert['serial']} {cert['tenant']}/{cert['kind']}/{cert['name']}\n"
+                  f"{cert['certificate'].rstrip()}")
+    return 0
 
 
 def cmd_rotate_ca(args: argparse.Namespace) -> int:
@@ -211,7 +188,7 @@ def add_audit_parsers(audit_sub: Any) -> None:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "GET", "/admin/keys"))
+    return _listing(*call(args, "GET", "/admin/keys"), "keys", args)
 
 
 def cmd_principal(args: argparse.Namespace) -> int:
@@ -219,12 +196,25 @@ def cmd_principal(args: argparse.Namespace) -> int:
                              {"reason": args.reason}), None)
 
 
+def _export(args: argparse.Namespace, path: str, key: str) -> int:
+    """An export: the asked --format (csv by default), to --out or stdout;
+    on a terminal without either, a table. ``--json`` is ``--format json``."""
+    if args.json:
+        args.format = "json"
+    if args.format is None and not args.out and not wants_json(False):
+        query = "&".join(part for part in (path.partition("?")[2], "format=json") if part)
+        return _listing(*call(args, "GET", f"{path.partition('?')[0]}?{query}"), key, args)
+    fmt = args.format or "csv"
+    query = "&".join(part for part in (path.partition("?")[2], f"format={fmt}") if part)
+    return _emit(*call(args, "GET", f"{path.partition('?')[0]}?{query}"), args.out, fmt)
+
+
 def cmd_review(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "GET", f"/admin/review?format={args.format}"), args.out)
+    return _export(args, "/admin/review", "principals")
 
 
 def cmd_vault_list(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "GET", "/admin/vault/secrets"))
+    return _listing(*call(args, "GET", "/admin/vault/secrets"), "secrets", args)
 
 
 def cmd_vault_rotate(args: argparse.Namespace) -> int:
@@ -233,7 +223,10 @@ def cmd_vault_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_vault_rekey(args: argparse.Namespace) -> int:
-    return _write_cert(*call(args, "POST", "/admin/vault/rekey", {"reason": args.reason}), None)
+    # Done at once (one admin) it re-wraps every data key: that may take a while.
+    with waiting("vault rekey: waiting for the admin plane"):
+        answer = call(args, "POST", "/admin/vault/rekey", {"reason": args.reason})
+    return _write_cert(*answer, None)
 
 
 def cmd_bg_request(args: argparse.Namespace) -> int:
@@ -248,27 +241,44 @@ def cmd_bg_step(args: argparse.Namespace) -> int:
 
 
 def cmd_bg_list(args: argparse.Namespace) -> int:
-    return _emit(*call(args, "GET", "/admin/breakglass"))
+    return _listing(*call(args, "GET", "/admin/breakglass"), "cases", args)
+
+
+def cmd_nrn_request(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", "/admin/nrn-approvals", {
+        "nrn": args.nrn, "purpose": args.purpose, "justification": args.justification,
+        "reason": args.reason}))
+
+
+def cmd_nrn_step(args: argparse.Namespace) -> int:
+    return _emit(*call(args, "POST", f"/admin/nrn-approvals/{quote(args.id)}/{args.step}",
+                       {"reason": args.reason}))
+
+
+def cmd_nrn_list(args: argparse.Namespace) -> int:
+    return _listing(*call(args, "GET", "/admin/nrn-approvals"), "approvals", args)
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
     query = "&".join(f"{k}={v}" for k, v in (("period", args.period), ("tenant", args.tenant),
                                              ("upstream", args.upstream), ("since", args.since))
                      if v)
-    return _emit(*call(args, "GET", f"/admin/usage?{query}"))
+    return _listing(*call(args, "GET", f"/admin/usage?{query}"), "rows", args)
 
 
 def cmd_consultations(args: argparse.Namespace) -> int:
-    query = f"format={args.format}" + (f"&tenant={args.tenant}" if args.tenant else "")
-    return _emit(*call(args, "GET", f"/admin/consultations?{query}"), args.out)
+    query = f"?tenant={quote(args.tenant)}" if args.tenant else ""
+    return _export(args, f"/admin/consultations{query}", "consultations")
 
 
 def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     clients = []
     p = sub.add_parser("consultations", help="the register of purpose-bound consultations (D8)")
-    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--format", choices=["json", "csv"],
+                   help="default csv (a table on a terminal without --out)")
     p.add_argument("--tenant")
     p.add_argument("--out")
+    _json_option(p)
     p.set_defaults(func=cmd_consultations)
     clients.append(p)
     p = sub.add_parser("usage", help="aggregated usage per tenant, system and route (D10)")
@@ -276,11 +286,13 @@ def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
     p.add_argument("--tenant")
     p.add_argument("--upstream")
     p.add_argument("--since", help="YYYY-MM-DD")
+    _json_option(p)
     p.set_defaults(func=cmd_usage)
     clients.append(p)
     vault = sub.add_parser("vault", help="the vault: secrets metadata, rotation, rekey")
     vs = vault.add_subparsers(dest="vault_command", required=True)
     p = vs.add_parser("list", help="secret ids, versions and ages (never values)")
+    _json_option(p)
     p.set_defaults(func=cmd_vault_list)
     clients.append(p)
     p = vs.add_parser("rotate-upstream", help="rotate a shared system's service credential")
@@ -315,16 +327,46 @@ def add_vault_parsers(sub: Any) -> list[argparse.ArgumentParser]:
         p.set_defaults(func=cmd_bg_step, step=step)
         clients.append(p)
     p = bs.add_parser("list", help="cases and leases")
+    _json_option(p)
     p.set_defaults(func=cmd_bg_list)
+    clients.append(p)
+
+    nrn = sub.add_parser("nrn", help="national-register lookups approved beforehand (D8)")
+    ns = nrn.add_subparsers(dest="nrn_command", required=True)
+    p = ns.add_parser("request", help="ask to look a person up (then name the id in X-Approval)")
+    p.add_argument("--nrn", required=True)
+    p.add_argument("--purpose", required=True)
+    p.add_argument("--justification", required=True, help="a case reference")
+    p.add_argument("--reason", required=True)
+    p.set_defaults(func=cmd_nrn_request)
+    clients.append(p)
+    for step, text in (("approve", "approve a request of your team (a manager, not your own)"),
+                       ("deny", "deny a request of your team")):
+        p = ns.add_parser(step, help=text)
+        p.add_argument("id")
+        p.add_argument("--reason", required=True)
+        p.set_defaults(func=cmd_nrn_step, step=step)
+        clients.append(p)
+    p = ns.add_parser("list", help="your tenant's requests")
+    _json_option(p)
+    p.set_defaults(func=cmd_nrn_list)
     clients.append(p)
     return clients
 
 
+def _json_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the admin API's JSON (the default when stdout is not a terminal)")
+
+
 def _client_options(p: argparse.ArgumentParser) -> None:
     for name, (env, default) in DEFAULTS.items():
-        flag = "--admin-url" if name == "url" else f"--{name}"
-        p.add_argument(flag, default=os.environ.get(env, default),
-                       help=f"(env {env}, default {default})")
+        if name == "url":
+            p.add_argument("--admin-url", default=os.environ.get(env, default),
+                           help=f"the admin plane (env {env}, default {default})")
+        else:
+            p.add_argument(f"--{name}", help=f"(env {env}; in a demo work tree, default "
+                           f"{default})")
 
 
 def add_parsers(certs: Any, sub: Any) -> None:
@@ -367,6 +409,7 @@ def add_parsers(certs: Any, sub: Any) -> None:
     p.add_argument("id", nargs="?")
     p.add_argument("--status", choices=["pending", "done", "denied", "expired", "failed"])
     p.add_argument("--out")
+    _json_option(p)
     p.set_defaults(func=cmd_pending)
     for decision, text in (("approve", "approve another admin's pending action (D6): "
                                        "never one's own, never one's own team's"),
@@ -380,9 +423,17 @@ def add_parsers(certs: Any, sub: Any) -> None:
             p.set_defaults(out=None)
         p.set_defaults(func=cmd_decide, decision=decision)
 
-    p = certs.add_parser("list", help="list certificates")
+    p = certs.add_parser("list", help="list certificates (find the serial to rotate: "
+                         "--tenant T --name N --active)")
     p.add_argument("--tenant")
-    p.add_argument("--status", choices=["active", "revoked"])
+    p.add_argument("--kind", help="principal kind: service or person")
+    p.add_argument("--name", help="principal name")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--status", choices=["active", "revoked"])
+    which.add_argument("--active", action="store_true", help="only active certificates "
+                       "(--status active)")
+    p.add_argument("--pem", action="store_true", help="include each certificate's PEM")
+    _json_option(p)
     p.set_defaults(func=cmd_list)
 
     p = certs.add_parser("rotate-ca", help="new CA now; the old one trusted for the overlap")
@@ -400,6 +451,7 @@ def add_parsers(certs: Any, sub: Any) -> None:
     p.add_argument("--reason", required=True)
     p.set_defaults(func=cmd_keys_rotate)
     p = keys_sub.add_parser("list", help="published keys")
+    _json_option(p)
     p.set_defaults(func=cmd_keys_list)
 
     principals = sub.add_parser("principals", help="disable a leaver, re-enable")
@@ -411,8 +463,10 @@ def add_parsers(certs: Any, sub: Any) -> None:
         p.set_defaults(func=cmd_principal, action=action)
 
     p = sub.add_parser("review", help="access review export (D8)")
-    p.add_argument("--format", choices=["json", "csv"], default="csv")
+    p.add_argument("--format", choices=["json", "csv"],
+                   help="default csv (a table on a terminal without --out)")
     p.add_argument("--out")
+    _json_option(p)
     p.set_defaults(func=cmd_review)
 
     for name in ("issue", "rotate", "revoke", "list", "rotate-ca", "rotate-server", "pending",

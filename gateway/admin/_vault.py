@@ -45,8 +45,13 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
 
         async def secrets(request: web.Request, doc: Body) -> Any:
             # Metadata only: a value never leaves the vault through the API.
+            # The age is the current version's, on the gateway's clock (the
+            # same as gateway_vault_secret_age_seconds).
+            now = upstream_creds.clock()
             return {"secrets": [{"id": m.id, "version": m.version, "kind": m.kind,
-                                 "created": m.created.isoformat(), "labels": dict(m.labels)}
+                                 "created": m.created.isoformat(),
+                                 "age_s": round((now - m.created).total_seconds()),
+                                 "labels": dict(m.labels)}
                                 for m in vault.list()]}
 
         async def rotate_upstream(request: web.Request, doc: Body) -> Any:
@@ -76,7 +81,9 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
                                                       "password": password}}
 
         async def checkin(request: web.Request, doc: Body) -> Any:
-            return case_json(await breakglass.checkin(principal(request), case_target(request)))
+            # The case keeps the reason the person gave for closing it.
+            return case_json(await breakglass.checkin(principal(request), case_target(request),
+                                                      _text(doc, "reason")))
 
         async def review(request: web.Request, doc: Body) -> Any:
             return case_json(breakglass.review(principal(request), case_target(request),
@@ -136,14 +143,15 @@ def usage_routes(ledger: UsageLedger, store: StateStore) -> RouteSet:
         async def consultations(request: web.Request, doc: Body) -> Any:
             rows = [{"incident": c.incident, "at": c.at.isoformat(), "tenant": c.tenant,
                      "principal": c.principal, "route": c.route, "resource": c.resource,
-                     "purpose": c.purpose, "justification": c.justification}
+                     "purpose": c.purpose, "justification": c.justification,
+                     "approval": c.approval, "approver": c.approver}
                     for c in store.consultations(tenant=request.query.get("tenant"))]
             if request.query.get("format") != "csv":
                 return {"consultations": rows}
             out = io.StringIO()
             writer = csv.DictWriter(out, fieldnames=["incident", "at", "tenant", "principal",
                                                      "route", "resource", "purpose",
-                                                     "justification"])
+                                                     "justification", "approval", "approver"])
             writer.writeheader()
             writer.writerows(rows)
             return web.Response(text=out.getvalue(), content_type="text/csv")

@@ -233,15 +233,18 @@ def verify(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, 
                         key_change=change)
 
 
-def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, Any]
-               ) -> VerifyResult:
+def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[str, Any],
+               verified: Callable[[Path], object] | None = None) -> VerifyResult:
     """Check the whole log: every sealed segment, oldest first, then ``path``.
 
     Each file must continue the one before (its first line is the previous
     file's last line, byte for byte, as the hash and seq show). Segments must
     end with a checkpoint. If the oldest file starts at an anchor instead of
     seq 1, a signed ``audit-prune`` event must name that anchor: a head that
-    went missing without one is reported as deleted."""
+    went missing without one is reported as deleted.
+
+    ``verified(file)`` hears of each file checked, oldest first (``gateway
+    audit verify`` draws a progress bar with it)."""
     files = segment_files(segments_dir(path))
     if path.exists() or not files:
         files.append(path)
@@ -270,6 +273,8 @@ def verify_log(path: Path, public_keys_: Mapping[str, Ed25519PublicKey] | dict[s
                          f"does not continue {Path(last.file).name} (which ends at seq "
                          f"{last.last_seq}): a segment is missing, replaced or out of order")
         events, checkpoints = total.events, total.checkpoints
+        if verified is not None:
+            verified(file)
         prunes.extend(result.prunes)
         change = result.key_change
         head = head or result

@@ -35,7 +35,8 @@ _ITSM_CLIENTS = ("dso", "water", "telecom", "supplier", "social-welfare", "clear
 _TICKETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"assignee"})}
 _ASSETS = {**{k: _OWNER for k in _ITSM_CLIENTS}, "it-provider": frozenset({"maintainer"})}
 
-_CLEARING_FIELDS = ("clearing.restricted", "clearing.contracts", "clearing.supplier-view")
+_CLEARING_FIELDS = ("clearing.restricted", "clearing.contracts", "clearing.supplier-view",
+                    "clearing.customer-view")
 # D11 on the IT platform: restricted tickets for ORES's IT desk team, the
 # confidential ones for its CISO desk only; the provider is a contracted external.
 _ITSM_LABELS = ClassificationPolicy(default="C2", c3_teams=frozenset({"it-ops"}),

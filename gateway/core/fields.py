@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from gateway.core.model import Caller
+from gateway.core.occupancy import CUSTOMER_PORTAL_ROLE
 from gateway.core.relations.index import RelationIndex, parse_instant
 
 FieldRule = Callable[[Caller, Any, RelationIndex, datetime], "bool | None"]
@@ -152,6 +153,39 @@ def clearing_supplier_view(caller: Caller, body: Any, relations: RelationIndex,
     return changed
 
 
+# D2, D4: what a customer reads of its own access point through the grid
+# operator's portal (gateway.core.occupancy): the access point, its meter and
+# its own customer block; no contracts (a former occupant's would show) and no
+# restricted block (market processes between suppliers).
+CUSTOMER_ACCESS_POINT_FIELDS = frozenset({
+    "ean", "energy", "grid_operator", "region", "address", "meter", "customer"})
+
+
+def clearing_customer_view(caller: Caller, body: Any, relations: RelationIndex,
+                           now: datetime) -> bool | None:
+    """For a ``customer-portal`` principal only: :data:`CUSTOMER_ACCESS_POINT_FIELDS`
+    of its access point, the meter's serial, type and whether it communicates."""
+    if CUSTOMER_PORTAL_ROLE not in caller.principal.roles:
+        return False
+    records = _records(body, "access_points")
+    if records is None:
+        return None
+    changed = False
+    for rec in records:
+        for key in [k for k in rec if k not in CUSTOMER_ACCESS_POINT_FIELDS]:
+            del rec[key]
+            changed = True
+        meter = rec.get("meter")
+        if isinstance(meter, MutableMapping):
+            for key in [k for k in meter if k not in SUPPLIER_METER_FIELDS]:
+                del meter[key]
+                changed = True
+        elif "meter" in rec:
+            del rec["meter"]
+            changed = True
+    return changed
+
+
 def cmh_own_connections(caller: Caller, body: Any, relations: RelationIndex, now: datetime
                         ) -> bool | None:
     """Connect My Home: each operator sees its own connection plus the minimum
@@ -191,5 +225,6 @@ FIELD_RULES: dict[str, FieldRule] = {
     "clearing.restricted": clearing_restricted,
     "clearing.contracts": clearing_contracts,
     "clearing.supplier-view": clearing_supplier_view,
+    "clearing.customer-view": clearing_customer_view,
     "cmh.own-connections": cmh_own_connections,
 }

@@ -32,11 +32,18 @@ from aiohttp import web
 
 from gateway.audit import AuditSink, SecurityEvents, UsageLedger
 from gateway.config import EdgeLimits
-from gateway.core.decide import RequestFacts, check_purpose, decide
+from gateway.core.decide import RequestFacts, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
 from gateway.core.meters import check_meter_operation
 from gateway.core.model import Caller
+from gateway.core.nrn import APPROVAL_HEADER, lookup_refusal, principal_name
+from gateway.core.occupancy import (
+    CUSTOMER_PORTAL_ROLE,
+    METER_NUMBER,
+    ON_BEHALF_OF,
+    decide_for_customer,
+)
 from gateway.core.paths import Target, TargetRejected, check_method, parse_target
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.quota import Quotas
@@ -53,7 +60,7 @@ from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.pki import ASSERTION_HEADER, AssertionSigner
 from gateway.push import PushService
-from gateway.state import Consultation
+from gateway.state import Consultation, NrnApproval
 from gateway.upstream import UpstreamTransport
 
 JSON = "application/json"
@@ -76,6 +83,7 @@ class DataPlane:
         usage: UsageLedger | None = None,
         pseudonyms: Callable[[str], Pseudonymiser] | None = None,
         consultations: Callable[[Consultation], None] | None = None,
+        approvals: Callable[[str], NrnApproval | None] | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -90,6 +98,7 @@ class DataPlane:
         self.metrics = metrics
         self.upstream_auth = upstream_auth  # the vault's service credential per upstream
         self.consultations = consultations  # D8: the consultation register
+        self.approvals = approvals  # D8: lookups approved beforehand by a manager
         self.limits = limits
         self.quotas = Quotas()
         # D1 availability: one upstream's pool shared fairly among the tenants waiting for it.
@@ -156,7 +165,7 @@ class DataPlane:
             facts = RequestFacts(ex.match.params, target.query_map, parsed)
             now = self.clock()
             relations = self.relations()
-            self._decide(ex, facts, relations, now)
+            self._decide(ex, facts, relations, now, request)
             if not body_decides:
                 # Decided before any body byte is parsed: a tenant that may not
                 # act here gets its 403 whatever it sent (D1, D6).
@@ -247,21 +256,25 @@ class DataPlane:
 
     def _register_consultation(self, request: HttpRequest, ex: Exchange,
                                now: datetime) -> None:
-        """D8: a sensitive consultation states its purpose and is registered
-        before anything is consulted; no register, no consultation."""
+        """D8: a national-register lookup is made by a person of the employer,
+        names the approval its manager gave beforehand (its purpose and
+        justification), and is registered before anything is consulted; no
+        register, no consultation."""
         assert ex.match is not None
-        purpose = request.headers.get("X-Purpose")
-        justification = request.headers.get("X-Justification")
-        refused = check_purpose(purpose, justification)
-        if refused is not None:
-            raise RequestRefused(refused.status, refused.reason)
-        if self.consultations is None:
+        if self.consultations is None or self.approvals is None:
             raise RequestRefused(503, "consultation-register-unavailable")
         caller = ex.resolved()
-        p = caller.principal
+        resource = ex.resources[0] if ex.resources else ""
+        approval_id = request.headers.get(APPROVAL_HEADER)
+        approval = self.approvals(approval_id) if approval_id else None
+        refused = lookup_refusal(caller, approval, resource, now)
+        if refused is not None:
+            raise RequestRefused(*refused)
+        assert approval is not None
         self.consultations(Consultation(
-            ex.incident, now, caller.tenant_id, f"{p.kind}/{p.name}", ex.match.route.name,
-            ex.resources[0] if ex.resources else "", str(purpose), str(justification)))
+            ex.incident, now, caller.tenant_id, principal_name(caller.principal),
+            ex.match.route.name, resource, approval.purpose, approval.justification,
+            approval.id, approval.approver or ""))
 
     def _meter_operation(self, ex: Exchange, body: Any, relations: RelationIndex,
                          now: datetime) -> None:
@@ -271,9 +284,17 @@ class DataPlane:
             raise RequestRefused(refused.status, refused.reason)
 
     def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
-                now: datetime) -> None:
+                now: datetime, request: HttpRequest) -> None:
         assert ex.match is not None
-        decision = decide(ex.resolved(), ex.match.route, facts, relations, now)
+        caller = ex.resolved()
+        if CUSTOMER_PORTAL_ROLE in caller.principal.roles:
+            # D2, D4: the portal acts for one customer, proven by the meter number.
+            headers = request.headers
+            decision = decide_for_customer(caller, ex.match.route, facts,
+                                           headers.get(ON_BEHALF_OF), headers.get(METER_NUMBER),
+                                           relations, now)
+        else:
+            decision = decide(caller, ex.match.route, facts, relations, now)
         ex.resources = decision.resources
         ex.reason = decision.reason
         if not decision.allowed:

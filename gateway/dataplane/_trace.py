@@ -21,11 +21,12 @@ from gateway.core.push.trust import PUSH_INTAKE_REFUSALS
 from gateway.dataplane._exchange import CERTIFICATE_REFUSALS, Exchange
 from gateway.edge import HttpRequest
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
-from gateway.problem import CONTENT_TYPE, problem_body
+from gateway.problem import CONTENT_TYPE, own_slug_for, problem_body
 
 log = logging.getLogger("gateway.dataplane")
 access_log = logging.getLogger("gateway.access")  # gateway.logs.ACCESS_LOGGER
 SERVER_HEADER = "gateway"  # no version banner
+_OWN_4XX = frozenset({409, 422})
 # Methods an access line names; any other token (a 501) is "other": the
 # line holds nothing a caller chose but from bounded sets.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -46,6 +47,10 @@ class RequestTrace:
     def problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
                  detail: str | None = None) -> web.Response:
         slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
+        if slug is None and status in _OWN_4XX and not ex.reason.startswith("upstream-"):
+            # The gateway's own 409/422 (a meter in airplane mode, a reused
+            # batch id), not a shared system's refusal relayed.
+            slug = own_slug_for(status)
         out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
         close = out.pop("Connection", None) == "close"
         response = web.Response(status=status, body=problem_body(status, ex.incident, slug,
@@ -125,7 +130,7 @@ class RequestTrace:
         log.error("audit write failed; refusing", extra={"incident": ex.incident})
         self.metrics.audit_write_failures.inc()
         response.set_status(503)
-        response.body = problem_body(503, ex.incident, "internal-error")
+        response.body = problem_body(503, ex.incident, "unavailable")
         response.content_type = CONTENT_TYPE
 
     def _after(self, ex: Exchange, event: RequestEvent, response: web.Response) -> None:

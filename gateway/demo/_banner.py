@@ -12,7 +12,6 @@ from gateway.demo._stack import Stack
 # How the banner names each simulator, in the order it lists them.
 SIMULATOR_TITLES = {"hes": "HES simulator", "clearing": "clearing simulator",
                     "cmh": "CMH simulator", "itsm": "ITSM simulator"}
-NRN_PURPOSE = "-H 'X-Purpose: hr-administration' -H 'X-Justification: HR-2026-17'"
 
 
 def partner_lines(stack: Stack) -> list[str]:
@@ -74,8 +73,9 @@ Try (as ORES):
   curl {cacert} {cert} {base}/hes/meters/{foreign}
   # list: only ORES's meters
   curl {cacert} {cert} {base}/hes/meters
-  # a purpose-bound lookup of an ORES employee's national register number ({nrn})
-  curl {NRN_PURPOSE} {cacert} {cert} {base}/itsm/persons/{nrn}
+  # an ORES employee's national register number (fictional) to look up: {nrn}
+  # (purpose-bound: a person asks, the team's manager approves first; README,
+  #  "purpose-bound consultations": erik asks, hanna approves)
   # metrics
   curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_
 

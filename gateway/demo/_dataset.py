@@ -34,6 +34,7 @@ from typing import Any
 
 from gateway.core.identifiers import with_check_digit, with_nrn_check
 from gateway.core.model import Relation
+from gateway.core.occupancy import OCCUPANCY, OCCUPANT, occupancy_id
 from gateway.core.push.fanout import CMH_REQUEST_CONNECTION, request_connection_id
 from gateway.core.push.records import ACCESS_POINT, METER_EAN, meter_ean_id
 from gateway.core.relations.index import parse_instant, relation_record
@@ -57,6 +58,10 @@ class Dataset:
     tickets: list[dict[str, Any]] = field(default_factory=list)
     assets: list[dict[str, Any]] = field(default_factory=list)
     persons: list[dict[str, Any]] = field(default_factory=list)
+    # D2, D4: who lives at an access point, and since when (the customer
+    # portal's proof, with the meter number): {customer, ean, grid_operator,
+    # valid_from, valid_to}.
+    occupancies: list[dict[str, Any]] = field(default_factory=list)
 
     # -- the relation feed -------------------------------------------------
     def relations(self) -> list[Relation]:
@@ -86,6 +91,10 @@ class Dataset:
                 rels.append(Relation("ean", ap["ean"], drop["initiator"], "drop-initiator",
                                      parse_instant(drop["started"]),
                                      parse_instant(drop["effective"])))
+        for oc in self.occupancies:
+            rels.append(Relation(OCCUPANCY, occupancy_id(oc["customer"], oc["ean"]),
+                                 oc["grid_operator"], OCCUPANT,
+                                 parse_instant(oc["valid_from"]), parse_instant(oc["valid_to"])))
         for md in self.mandates:
             rels.append(Relation("ean", md["ean"], md["holder"], "mandate",
                                  parse_instant(md["valid_from"]), parse_instant(md["valid_to"])))
@@ -200,8 +209,19 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
                             f"{5000 + d_i * 100 + n}", "city": f"Commune {d_i}-{n}"},
                 # D2: the customer's data as the current supplier sent them in
                 # its market messages; only that supplier reads them.
-                "customer": {"name": f"Customer {dso.id}-{n}", "supplied_by": first},
+                "customer": {"id": f"cust-{dso.id}-{n}", "name": f"Customer {dso.id}-{n}",
+                             "supplied_by": first},
                 "contracts": contracts, "restricted": restricted})
+            # D2, D4: the current occupant moved in two years ago; the one before
+            # lived there for four years until then.
+            moved_in = anchor - 730 * DAY
+            ds.occupancies.append({"customer": f"cust-{dso.id}-{n}", "ean": ean,
+                                   "grid_operator": dso.id, "valid_from": _iso(moved_in),
+                                   "valid_to": None})
+            ds.occupancies.append({"customer": f"cust-{dso.id}-{n}-former", "ean": ean,
+                                   "grid_operator": dso.id,
+                                   "valid_from": _iso(moved_in - 4 * 365 * DAY),
+                                   "valid_to": _iso(moved_in)})
     # The meter with communication disabled at the customer's request (D5).
     ds.meters[0]["airplane_mode"] = True
     ds.access_points[0]["meter"]["communicating"] = False

@@ -24,6 +24,7 @@ from gateway.demo.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build
 from gateway.demo.simulators.hes import configure_push
 from gateway.demo.simulators.receivers import build_receivers
 from gateway.edge import bind
+from gateway.errors import ListenerUnavailable
 from gateway.files import write_private
 from gateway.pki import JwksKeySource
 from gateway.server import Gateway
@@ -187,16 +188,16 @@ class Stack:
         self.dataset = generate(self.registry, self.now)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         _, relations = self.dataset.write(self.work_dir)
-        data_sock = bind(LOOPBACK, self.ports.data)
-        ops_sock = bind(LOOPBACK, self.ports.ops)
-        admin_sock = bind(LOOPBACK, self.ports.admin)
+        # Every port first, so a busy one stops the demo before anything runs.
+        socks = self._bind_all()
+        data_sock, ops_sock, admin_sock, receivers_sock = (
+            socks.pop(name) for name in ("data plane", "ops plane", "admin plane",
+                                         "push receivers"))
         ops_port = ops_sock.getsockname()[1]
         keys = JwksKeySource(f"http://{LOOPBACK}:{ops_port}/.well-known/jwks.json")
         sim_tls = _simulator_tls(self.pki)
-        sim_socks: dict[str, socket.socket] = {}
-        for name in SIMULATOR_NAMES:
-            sim_socks[name] = bind(LOOPBACK, self.ports.simulators.get(name, 0))
-            self.sim_ports[name] = sim_socks[name].getsockname()[1]
+        sim_socks = {name: socks[f"{name} simulator"] for name in SIMULATOR_NAMES}
+        self.sim_ports = {name: sock.getsockname()[1] for name, sock in sim_socks.items()}
         sim_secrets = self._provision_secrets()
         mtls_tls = _simulator_tls(self.pki, client_certs=True)
         for name, sock in sim_socks.items():
@@ -208,7 +209,6 @@ class Stack:
             tls = mtls_tls if DEMO_CREDENTIALS[name] == "mtls" else sim_tls
             await web.SockSite(runner, sock, ssl_context=tls).start()
             self._runners.append(runner)
-        receivers_sock = bind(LOOPBACK, self.ports.receivers)
         self.receivers_port = receivers_sock.getsockname()[1]
         runner = web.AppRunner(build_receivers(self.pki.push_uri, self.control_token),
                                access_log=None, handle_signals=False)
@@ -264,6 +264,24 @@ class Stack:
                        "/push/hes/batches", client_tls(
                            self.pki.ca_cert, self.pki.client_cert("hes-operator", "pusher"),
                            self.pki.client_key("hes-operator", "pusher")))
+
+    def _bind_all(self) -> dict[str, socket.socket]:
+        """The demo's listening sockets by listener name; none stays open if
+        one cannot bind (:class:`gateway.errors.ListenerUnavailable`)."""
+        wanted = {"data plane": self.ports.data, "ops plane": self.ports.ops,
+                  "admin plane": self.ports.admin,
+                  **{f"{name} simulator": self.ports.simulators.get(name, 0)
+                     for name in SIMULATOR_NAMES},
+                  "push receivers": self.ports.receivers}
+        socks: dict[str, socket.socket] = {}
+        try:
+            for listener, port in wanted.items():
+                socks[listener] = bind(LOOPBACK, port, listener=listener)
+        except ListenerUnavailable:
+            for sock in socks.values():
+                sock.close()
+            raise
+        return socks
 
     def _provision_secrets(self) -> dict[str, SimSecrets]:
         """The shared systems' credentials: the gateway's service token and the

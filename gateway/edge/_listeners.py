@@ -6,6 +6,7 @@ data plane's on the lean HTTP server (gateway.edge._lean) or on aiohttp's
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,8 @@ from gateway.edge._handshakes import report as report_handshake_failure
 from gateway.edge._lean import LeanConnection, incident_of
 from gateway.edge._limits import ConnectionBook
 from gateway.edge._request import HttpRequest
-from gateway.problem import CONTENT_TYPE, new_incident_id, problem_body
+from gateway.errors import ListenerUnavailable
+from gateway.problem import CONTENT_TYPE, new_incident_id, own_slug_for, problem_body
 
 # What aiohttp's parsers (C and Python) say when a request has more header
 # lines than max_headers; no exception class of its own to tell it apart.
@@ -29,21 +31,38 @@ _TOO_MANY_HEADERS = "Too many headers"
 
 def admin_refusal(request: HttpRequest, status: int, reason: str) -> web.StreamResponse:
     """What the admin plane's HTTP layer refuses: a problem document too."""
+    # The gateway's own refusal: its type follows the status, never a shared system's.
     return web.Response(status=status, content_type=CONTENT_TYPE, headers={"Server": "gateway"},
-                        body=problem_body(status, new_incident_id(), None, None))
+                        body=problem_body(status, new_incident_id(), own_slug_for(status), None))
 
 
-def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+# What a person can do about a listener that cannot bind, said in a few words.
+_BIND_ERRORS = {errno.EADDRINUSE: "address in use", errno.EACCES: "permission denied",
+                errno.EADDRNOTAVAIL: "address not available on this host"}
+
+
+def bind(host: str, port: int, *, reuse_port: bool = False,
+         listener: str = "listener") -> socket.socket:
     """A listening socket (port 0 picks a free one; the caller reads it back).
     ``reuse_port``: several processes listen on the same port and the kernel
-    spreads the connections among them (``serve --workers N``)."""
+    spreads the connections among them (``serve --workers N``). An address
+    that cannot be bound is a :class:`ListenerUnavailable` naming the
+    ``listener`` and the address (``gateway serve`` exits 2 with that line)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    sock: socket.socket | None = None
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        if sock is not None:
+            sock.close()
+        why = _BIND_ERRORS.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
+        address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        raise ListenerUnavailable(f"{listener}: cannot listen on {address}: {why}") from exc
     sock.setblocking(False)
     return sock
 

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Every write of what the request path checks is announced on this channel
 # (the new change_seq as payload); replicas LISTEN (gateway.state.ChangeListener).
 CHANNEL = "gateway_state"
@@ -71,7 +71,15 @@ CREATE TABLE IF NOT EXISTS pending_actions (
 CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
 CREATE TABLE IF NOT EXISTS crls (
     ca_id text PRIMARY KEY, position integer NOT NULL, pem bytea NOT NULL);
-INSERT INTO meta VALUES ('schema_version', '3') ON CONFLICT (key) DO UPDATE SET value = '3';
+CREATE TABLE IF NOT EXISTS nrn_approvals (
+    id text PRIMARY KEY, tenant text NOT NULL, requester text NOT NULL,
+    requester_team text NOT NULL, nrn text NOT NULL, purpose text NOT NULL,
+    justification text NOT NULL, created timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL, status text NOT NULL, approver text,
+    decided_at timestamptz);
+ALTER TABLE consultations ADD COLUMN IF NOT EXISTS approval text NOT NULL DEFAULT '';
+ALTER TABLE consultations ADD COLUMN IF NOT EXISTS approver text NOT NULL DEFAULT '';
+INSERT INTO meta VALUES ('schema_version', '4') ON CONFLICT (key) DO UPDATE SET value = '4';
 INSERT INTO counters VALUES ('crl_number', 0) ON CONFLICT DO NOTHING;
 INSERT INTO counters VALUES ('change_seq', 0) ON CONFLICT DO NOTHING;
 """

@@ -100,6 +100,28 @@ class Consultation:
     resource: str
     purpose: str
     justification: str
+    # D8: the approval the lookup named, and the manager who gave it.
+    approval: str = ""
+    approver: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NrnApproval:
+    """D8: a national-register lookup asked for beforehand, with its reason,
+    and approved (or not) by a manager of the requester's team."""
+
+    id: str
+    tenant: str
+    requester: str  # "person/<name>" of the tenant
+    requester_team: str
+    nrn: str
+    purpose: str
+    justification: str
+    created: datetime
+    expires_at: datetime
+    status: str = "pending"  # pending | approved | denied
+    approver: str | None = None
+    decided_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

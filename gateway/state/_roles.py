@@ -23,6 +23,8 @@ DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("SELECT (id, cert_pem, created, status, retire_at)", "cas"),
     ("SELECT, INSERT, UPDATE", "last_seen"),
     ("SELECT (incident), INSERT", "consultations"),
+    # D8: a lookup names an approval a manager gave on the admin plane.
+    ("SELECT", "nrn_approvals"),
     ("INSERT, UPDATE, DELETE", "replicas"),
     ("SELECT, INSERT", "audit_lines"),
     ("INSERT, UPDATE", "audit_keys"),

@@ -15,6 +15,7 @@ from gateway.state._records import (
     CaRecord,
     CertificateRecord,
     Consultation,
+    NrnApproval,
     PendingAction,
     PrincipalKey,
     PrincipalState,
@@ -25,7 +26,7 @@ R = TypeVar("R")
 # The primary key of each table an upsert writes.
 KEYS = {"certificates": ("serial",), "principal_states": ("tenant", "kind", "name"),
         "cas": ("id",), "breakglass": ("id",), "consultations": ("incident",),
-        "signing_keys": ("kid",), "pending_actions": ("id",)}
+        "signing_keys": ("kid",), "pending_actions": ("id",), "nrn_approvals": ("id",)}
 
 
 class SqlStore(ABC):
@@ -187,6 +188,29 @@ class SqlStore(ABC):
         if tenant is not None:
             sql, args = sql + " WHERE tenant = ?", (tenant,)
         return self._records(Consultation, sql + " ORDER BY at, incident", args)
+
+    # -- national-register lookup approvals (D8) -----------------------------------
+    def add_nrn_approval(self, rec: NrnApproval) -> None:
+        self._insert("nrn_approvals", rec)
+
+    def nrn_approval(self, approval_id: str) -> NrnApproval | None:
+        return self._one(NrnApproval, "SELECT * FROM nrn_approvals WHERE id = ?",
+                         (approval_id,))
+
+    def nrn_approvals(self, *, tenant: str | None = None) -> list[NrnApproval]:
+        sql, args = "SELECT * FROM nrn_approvals", tuple[str, ...]()
+        if tenant is not None:
+            sql, args = sql + " WHERE tenant = ?", (tenant,)
+        return self._records(NrnApproval, sql + " ORDER BY created, id", args)
+
+    def decide_nrn_approval(self, approval_id: str, status: str, approver: str,
+                            at: datetime) -> bool:
+        """Approve or deny a pending request, once: False if it was decided already
+        (two managers at once: one wins)."""
+        cur = self._exec("UPDATE nrn_approvals SET status = ?, approver = ?, decided_at = ? "
+                         "WHERE id = ? AND status = 'pending'",
+                         (status, approver, at, approval_id))
+        return bool(cur.rowcount == 1)
 
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -70,6 +70,20 @@ CREATE INDEX IF NOT EXISTS pending_actions_status ON pending_actions (status);
 CREATE TABLE IF NOT EXISTS crls (
     ca_id TEXT PRIMARY KEY, position INTEGER NOT NULL, pem BLOB NOT NULL);
 """,
+    # 4: national-register lookups approved beforehand by a manager (D8).
+    4: """
+CREATE TABLE IF NOT EXISTS nrn_approvals (
+    id TEXT PRIMARY KEY, tenant TEXT NOT NULL, requester TEXT NOT NULL,
+    requester_team TEXT NOT NULL, nrn TEXT NOT NULL, purpose TEXT NOT NULL,
+    justification TEXT NOT NULL, created TEXT NOT NULL, expires_at TEXT NOT NULL,
+    status TEXT NOT NULL, approver TEXT, decided_at TEXT);
+""",
+}
+# Columns added to a table after version 1 (SQLite has no ADD COLUMN IF NOT
+# EXISTS): step -> (table, column, definition), added where missing.
+_NEW_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
+    4: (("consultations", "approval", "TEXT NOT NULL DEFAULT ''"),
+        ("consultations", "approver", "TEXT NOT NULL DEFAULT ''")),
 }
 
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
@@ -117,6 +131,10 @@ class SqliteStore(SqlStore):
             "SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0])
         for step in sorted(v for v in _MIGRATIONS if v > version):
             self._db.executescript(_MIGRATIONS[step])
+            for table, column, definition in _NEW_COLUMNS.get(step, ()):
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
             self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                              (str(step),))
         assert max(_MIGRATIONS) == SCHEMA_VERSION

@@ -68,9 +68,7 @@ class Client:
                     self.close()
                 return out
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    ssl.SSLEOFError):
-                # A keep-alive connection the gateway closed while idle (15 s):
-                # how its end shows depends on timing; start a new one.
+                    ssl.SSLEOFError):  # a kept-alive connection the server closed when idle
                 self.close()
                 if attempt == 2:
                     raise

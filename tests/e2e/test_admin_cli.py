@@ -4,6 +4,8 @@ against a running gateway (every task of the README's security-team recipes)."""
 from __future__ import annotations
 
 import json
+import os
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import RunningStack, start_stack
+from .test_credentials import admin
 
 
 @pytest.fixture()
@@ -182,12 +185,213 @@ def test_usage_rollups_through_the_cli(stack: RunningStack, tmp_path: Path) -> N
 
 
 def test_consultation_register_export(stack: RunningStack, tmp_path: Path) -> None:
-    person = next(p for p in stack.stack.dataset.persons if p["employer"] == "resa")
-    resp = stack.client("resa").get(f"/itsm/persons/{person['nrn']}", headers={
-        "X-Purpose": "legal-obligation", "X-Justification": "LEGAL-42"})
+    person = next(p for p in stack.stack.dataset.persons if p["employer"] == "ores")
+    asked = admin(stack, "POST", "/admin/nrn-approvals",
+                  {"nrn": person["nrn"], "purpose": "legal-obligation",
+                   "justification": "LEGAL-42", "reason": "court order"}, who="erik")
+    assert asked.status == 201, asked.body
+    assert admin(stack, "POST", f"/admin/nrn-approvals/{asked.json['id']}/approve",
+                 {"reason": "signed"}, who="hanna").status == 200
+    resp = stack.client("ores", "erik").get(f"/itsm/persons/{person['nrn']}",
+                                            headers={"X-Approval": asked.json["id"]})
     assert resp.status == 200
     gateway(stack, "consultations", "--format", "csv", "--out", "reg.csv", cwd=tmp_path,
             who="carol")
     rows = (tmp_path / "reg.csv").read_text().splitlines()
     assert rows[0].startswith("incident,at,tenant,principal,route,resource,purpose")
     assert any(person["nrn"] in row and "LEGAL-42" in row for row in rows[1:])
+
+
+def test_admin_identity_never_falls_back_to_the_demo_outside_its_tree(
+        stack: RunningStack, tmp_path: Path) -> None:
+    pki = stack.stack.pki
+    url = f"https://localhost:{stack.stack.gateway.admin_port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_ADMIN_")}
+
+    def run(*args: str, cwd: Path = tmp_path, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=cwd,
+                              env={**env, **extra}, capture_output=True, text=True,
+                              timeout=60, check=False)
+
+    # Anywhere else than a demo work tree: what is missing is named, exit 2.
+    proc = run("keys", "list", "--admin-url", url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    for missing in ("--cacert (or GATEWAY_ADMIN_CACERT)", "--cert (or GATEWAY_ADMIN_CERT)",
+                    "--key (or GATEWAY_ADMIN_KEY)"):
+        assert missing in proc.stderr
+    assert "alice" not in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run("keys", "list", "--admin-url", url, "--cert", str(pki.client_cert("ores", "carol")))
+    assert proc.returncode == 2 and "--key (or GATEWAY_ADMIN_KEY)" in proc.stderr
+    assert "--cert (or" not in proc.stderr
+    # The environment names the identity.
+    proc = run("keys", "list", "--json", GATEWAY_ADMIN_URL=url,
+               GATEWAY_ADMIN_CERT=str(pki.client_cert("ores", "carol")),
+               GATEWAY_ADMIN_KEY=str(pki.client_key("ores", "carol")),
+               GATEWAY_ADMIN_CACERT=str(pki.ca_cert))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["keys"]
+    # A file that is not there is named, without a traceback.
+    proc = run("keys", "list", "--admin-url", url, "--cacert", str(pki.ca_cert), "--cert",
+               str(tmp_path / "nope.pem"), "--key", str(tmp_path / "nope.key"))
+    assert proc.returncode == 2 and "nope.pem" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # In a demo work tree (where `gateway demo` ran) the demo's alice is the default.
+    tree = tmp_path / "tree"
+    (tree / "certs").mkdir(parents=True)
+    (tree / "certs" / "dev").symlink_to(pki.root)
+    (tree / "var").mkdir()
+    (tree / "var" / "demo").symlink_to(stack.stack.work_dir)
+    proc = run("keys", "rotate", "--reason", "demo default", "--admin-url", url, cwd=tree)
+    assert proc.returncode == 0, proc.stderr  # alice is a security admin
+    actors = {e.get("actor") for e in stack.audit_events() if e.get("action") == "keys-rotate"}
+    assert "ores/person/alice" in actors
+    # The environment still wins over the demo's default there: carol may not rotate.
+    proc = run("keys", "rotate", "--reason", "as carol", "--admin-url", url, cwd=tree,
+               GATEWAY_ADMIN_CERT=str(pki.client_cert("ores", "carol")),
+               GATEWAY_ADMIN_KEY=str(pki.client_key("ores", "carol")))
+    assert proc.returncode == 1 and json.loads(proc.stderr)["status"] == 403
+    # A dev PKI alone (no demo ran here) is not a demo work tree.
+    half = tmp_path / "half"
+    (half / "certs").mkdir(parents=True)
+    (half / "certs" / "dev").symlink_to(pki.root)
+    proc = run("keys", "list", "--admin-url", url, cwd=half)
+    assert proc.returncode == 2 and "--cert (or GATEWAY_ADMIN_CERT)" in proc.stderr
+
+
+def test_audit_verify_needs_its_files_outside_a_demo_tree(stack: RunningStack,
+                                                           tmp_path: Path) -> None:
+    def verify(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", "audit", "verify", *args],
+                              cwd=cwd, capture_output=True, text=True, timeout=60, check=False)
+
+    proc = verify(tmp_path)
+    assert proc.returncode == 2
+    assert "--log FILE and --keys FILE or --key-dir DIR" in proc.stderr
+    assert "var/demo" not in proc.stderr.replace("the demo's files", "")
+    work = stack.stack.work_dir
+    proc = verify(tmp_path, "--log", str(work / "audit.jsonl"))
+    assert proc.returncode == 2 and "--keys FILE or --key-dir DIR" in proc.stderr
+    assert "--log FILE" not in proc.stderr
+    tree = tmp_path / "tree"
+    (tree / "certs").mkdir(parents=True)
+    (tree / "certs" / "dev").symlink_to(stack.stack.pki.root)
+    (tree / "var").mkdir()
+    (tree / "var" / "demo").symlink_to(work)
+    proc = verify(tree)  # the demo's log and key directory
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["ok"] is True
+
+
+def test_listings_are_tables_on_a_terminal_and_json_when_piped(stack: RunningStack,
+                                                              tmp_path: Path) -> None:
+    from tests.test_console import on_terminal
+
+    pki = stack.stack.pki
+    client = ["--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
+              "--cert", str(pki.client_cert("ores", "alice")),
+              "--key", str(pki.client_key("ores", "alice")), "--cacert", str(pki.ca_cert)]
+    cmd = [sys.executable, "-m", "gateway"]
+    api = next(c.serial for c in stack.stack.gateway.store.certificates(
+        principal=("ores", "service", "api"), status="active"))
+    # Piped: the admin API's JSON, without PEM blobs; --tenant --name --active
+    # find the serial to rotate.
+    found = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                               "--active", cwd=tmp_path))["certificates"]
+    assert [c["serial"] for c in found] == [api]
+    assert "certificate" not in found[0]
+    everything = json.loads(gateway(stack, "certs", "list", cwd=tmp_path))["certificates"]
+    assert {c["name"] for c in everything} > {"api"} and "certificate" not in everything[0]
+    with_pem = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                                  "--pem", cwd=tmp_path))["certificates"]
+    assert with_pem[0]["certificate"].startswith("-----BEGIN CERTIFICATE")
+    # --active leaves out a revoked one; without it, it is listed.
+    gateway(stack, "certs", "revoke", api, "--reason", "test", cwd=tmp_path)
+    assert json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                              "--active", cwd=tmp_path))["certificates"] == []
+    listed = json.loads(gateway(stack, "certs", "list", "--tenant", "ores", "--name", "api",
+                                cwd=tmp_path))["certificates"]
+    assert [(c["serial"], c["status"]) for c in listed] == [(api, "revoked")]
+    # On a terminal: an aligned table, a heading first; the PEM only with --pem.
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--tenant", "ores", *client],
+                                 tmp_path, stream="stdout")
+    assert code == 0, shown
+    lines = shown.splitlines()
+    assert lines[0].split()[:3] == ["SERIAL", "PRINCIPAL", "STATUS"]
+    row = next(line for line in lines if line.startswith(api))
+    assert row.split()[1:3] == ["ores/service/api", "revoked"]
+    assert lines[0].index("STATUS") == row.index("revoked")  # aligned
+    assert "BEGIN CERTIFICATE" not in shown and not shown.lstrip().startswith("{")
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--tenant", "ores", "--name", "api",
+                                  "--pem", *client], tmp_path, stream="stdout")
+    assert "SERIAL" in shown and "BEGIN CERTIFICATE" in shown
+    code, shown, _ = on_terminal([*cmd, "certs", "list", "--json", *client], tmp_path,
+                                 stream="stdout")
+    assert json.loads(shown)["certificates"]
+    # Every listing verb.
+    for verb, heading in ((["keys", "list"], "KID"), (["vault", "list"], "AGE"),
+                          (["breakglass", "list"], "CASE"), (["certs", "pending"], "ID"),
+                          (["usage", "--period", "day"], "ROUTE"),
+                          (["review"], "PRINCIPAL"), (["consultations"], "PURPOSE")):
+        code, shown, err = on_terminal([*cmd, *verb, *client], tmp_path, stream="stdout")
+        assert code == 0, err
+        assert heading in shown.splitlines()[0] or shown.startswith("(no "), (verb, shown)
+    # vault list: the ages the README promises, on the gateway's clock.
+    code, shown, _ = on_terminal([*cmd, "vault", "list", *client], tmp_path, stream="stdout")
+    token = next(line for line in shown.splitlines() if line.startswith("upstream/hes/token"))
+    assert re.search(r"\s\d+[smhd]\b", token), token
+    secrets = json.loads(gateway(stack, "vault", "list", cwd=tmp_path))["secrets"]
+    assert all(isinstance(s["age_s"], int) and s["age_s"] >= 0 for s in secrets)
+
+
+def test_verbs_that_write_a_file_say_what_they_wrote(stack: RunningStack,
+                                                     tmp_path: Path) -> None:
+    # Piped without --out, an export stays CSV on stdout; --json as for listings.
+    proc = run_cli(stack, "review", who="carol")
+    assert proc.stdout.startswith("tenant,tenant_kind,principal_kind,principal,")
+    proc = run_cli(stack, "review", "--json", who="carol")
+    assert json.loads(proc.stdout)["principals"]
+    proc = run_cli(stack, "review", "--format", "csv", "--out", str(tmp_path / "review.csv"),
+                   who="carol")
+    assert proc.returncode == 0, proc.stderr
+    rows = len((tmp_path / "review.csv").read_text().splitlines()) - 1
+    assert rows > 10
+    assert proc.stderr == f"wrote {rows} rows to {tmp_path / 'review.csv'}\n"
+    assert proc.stdout == ""
+    proc = run_cli(stack, "review", "--format", "json", "--out", str(tmp_path / "review.json"),
+                   who="carol")
+    assert proc.stderr == f"wrote {rows} rows to {tmp_path / 'review.json'}\n"
+    proc = run_cli(stack, "consultations", "--format", "csv", "--out",
+                   str(tmp_path / "reg.csv"), who="carol")
+    assert proc.stderr == f"wrote 0 rows to {tmp_path / 'reg.csv'}\n"
+    pki = stack.stack.pki
+    subprocess.run([sys.executable, "-m", "gateway", "certs", "csr", "--tenant", "ores",
+                    "--name", "api", "--out", str(tmp_path)], check=True, capture_output=True)
+    proc = run_cli(stack, "certs", "issue", "--tenant", "ores", "--name", "api", "--csr",
+                   str(tmp_path / "api.csr"), "--reason", "new key", "--out",
+                   str(tmp_path / "api.pem"))
+    serial = json.loads(proc.stdout)["serial"]
+    assert proc.stderr == f"wrote the certificate {serial} to {tmp_path / 'api.pem'}\n"
+    assert pki.ca_cert.exists()
+
+
+def test_vault_rekey_shows_that_it_waits_on_a_terminal_only(stack: RunningStack,
+                                                            tmp_path: Path) -> None:
+    from tests.test_console import on_terminal
+
+    pki = stack.stack.pki
+    client = ["--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
+              "--cacert", str(pki.ca_cert)]
+    alice = ["--cert", str(pki.client_cert("ores", "alice")),
+             "--key", str(pki.client_key("ores", "alice"))]
+    ivan = ["--cert", str(pki.client_cert("ores", "ivan")),
+            "--key", str(pki.client_key("ores", "ivan"))]
+    cmd = [sys.executable, "-m", "gateway"]
+    code, shown, out = on_terminal([*cmd, "vault", "rekey", "--reason", "yearly", *client,
+                                    *alice], tmp_path)
+    assert code == 0 and "vault rekey: waiting for the admin plane" in shown
+    pending = json.loads(out)["id"]
+    proc = subprocess.run([*cmd, "certs", "approve", pending, "--reason", "ok", *client, *ivan],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "waiting" not in proc.stderr and json.loads(proc.stdout)["result"]["rewrapped"] >= 1

@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -230,6 +231,91 @@ def test_without_uvloop_auto_falls_back_and_uvloop_is_refused(
     assert loop_factory("auto") is asyncio.new_event_loop
     with pytest.raises(ConfigError, match="uvloop is not installed"):
         loop_factory("uvloop")
+
+
+def _held_port() -> tuple[socket.socket, int]:
+    """A port some other program listens on."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder, holder.getsockname()[1]
+
+
+def _serve_config(tmp_path: Path, *, data_port: int, ops_port: int, admin_port: int) -> Path:
+    from gateway.demo._devpki import ensure_dev_pki
+    from gateway.demo._stack import write_config
+    from gateway.files import write_private
+    from gateway.tenants import load_tenants
+    from gateway.vault import MasterKeys
+
+    pki = ensure_dev_pki(tmp_path / "certs", load_tenants(REPO / "tenants"), "shared-grid.test")
+    relations = tmp_path / "relations.json"
+    relations.write_text('{"relations": []}')
+    write_private(tmp_path / "data" / "vault.key", MasterKeys.generate().to_text().encode())
+    config = tmp_path / "gateway.toml"
+    write_config(config, pki=pki, tenants_dir=REPO / "tenants", relations=relations,
+                 data_dir=tmp_path / "data", data_port=data_port, ops_port=ops_port,
+                 admin_port=admin_port, sim_ports={"hes": 1, "clearing": 1, "cmh": 1, "itsm": 1})
+    return config
+
+
+@pytest.mark.parametrize("listener", ["data", "ops", "admin"])
+def test_serve_names_a_busy_port_in_one_line(tmp_path: Path, listener: str) -> None:
+    holder, busy = _held_port()
+    with holder:
+        ports = {"data_port": 0, "ops_port": 0, "admin_port": 0, f"{listener}_port": busy}
+        config = _serve_config(tmp_path, **ports)
+        proc = subprocess.run([*GATEWAY, "serve", "--config", str(config)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("gateway:")]
+    assert errors == [f"gateway: {listener} plane: cannot listen on 127.0.0.1:{busy}: "
+                      "address in use"], proc.stderr
+    assert "ephemeral" not in proc.stderr  # a hint for the demo only
+
+
+def test_demo_names_a_busy_port_and_the_way_around_it(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    """The demo's fixed ports, as if another program held one (the suite never
+    binds the real ones: a running demo must not break it)."""
+    from gateway import cli
+    from gateway.demo import StackPorts
+
+    holder, busy = _held_port()
+    with holder:
+        ports = StackPorts(simulators={"hes": 0, "clearing": 0, "cmh": busy, "itsm": 0})
+        monkeypatch.setattr(StackPorts, "demo", classmethod(lambda cls: ports))
+        code = cli.main(["demo", "--tenants", str(REPO / "tenants"),
+                         "--certs", str(tmp_path / "certs"), "--work", str(tmp_path / "work")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == (f"gateway: cmh simulator: cannot listen on 127.0.0.1:{busy}: address in use "
+                   "(another demo running? try --ephemeral-ports)\n")
+
+
+def test_a_busy_port_leaves_no_listener_of_the_demo_open(tmp_path: Path) -> None:
+    """Every other port bound before it is closed again: nothing half-started."""
+    import asyncio
+
+    from gateway.demo import Stack, StackPorts
+    from gateway.errors import ListenerUnavailable
+
+    holder, busy = _held_port()
+    with holder:
+        free = _held_port()
+        free[0].close()
+        stack = Stack(tenants_dir=REPO / "tenants", certs_dir=tmp_path / "certs",
+                      work_dir=tmp_path / "work",
+                      ports=StackPorts(data=free[1], receivers=busy))
+        with pytest.raises(ListenerUnavailable, match=f"push receivers: cannot listen on "
+                           f"127.0.0.1:{busy}: address in use"):
+            asyncio.run(stack.start())
+    # The data plane's port was bound first and is free again.
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", free[1]))
 
 
 def test_version_prints_the_installed_version_and_exits_0() -> None:

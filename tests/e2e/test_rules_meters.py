@@ -34,6 +34,8 @@ def test_the_gateway_refuses_what_the_feed_forbids(gw: RunningStack, operation: 
     resp = gw.client(owner, operator(gw, owner)).request(
         "POST", f"/hes/meters/{serial}/operations", {"operation": operation})
     assert resp.status == 409, (resp.status, resp.body)
+    # The gateway's own refusal, not one relayed from the HES.
+    assert resp.json["type"].endswith(":conflict")
     assert resp.json["incident"] and resp.headers["content-type"].startswith(
         "application/problem+json")
     assert gw.sim_log("hes") == []  # judged by the gateway, not by the HES

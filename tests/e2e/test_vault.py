@@ -195,8 +195,11 @@ def test_break_glass_dual_control_flow(lone: RunningStack) -> None:
     assert out.status == 200, out.body
     password = out.json["credential"]["password"]
     assert whoami(lone, "hes", "hes-admin", password) == 200  # works on the system
-    assert as_(lone, "grace", "POST", f"/admin/breakglass/requests/{cid}/checkout",
-               {"reason": "again"}).status == 409
+    again = as_(lone, "grace", "POST", f"/admin/breakglass/requests/{cid}/checkout",
+                {"reason": "again"})
+    # A second checkout conflicts with the case's state: 409 and a type that says so.
+    assert again.status == 409
+    assert again.json["type"] == "urn:shared-grid-gateway:problem:conflict", again.json
     # Exclusive: dave's approved case cannot check out while grace holds the lease.
     assert as_(lone, "dave", "POST", f"/admin/breakglass/requests/{other}/checkout",
                {"reason": "me too"}).status == 409
@@ -245,8 +248,10 @@ def test_emergency_break_glass_alerts_and_needs_a_review(lone: RunningStack) -> 
                {"reason": "restart was justified; runbook updated"}).status == 200
     assert lone.metric("gateway_breakglass_reviews_pending") == 0
     assert as_(lone, "erin", "POST", f"/admin/breakglass/requests/{case['id']}/checkin",
-               {"reason": "done"}, tenant="engie-it").status == 200
+               {"reason": "platform back up"}, tenant="engie-it").status == 200
     wait_until(lambda: case_of(lone, case["id"])["rotated"] is True)
+    # The case keeps the reason the person gave for closing it.
+    assert case_of(lone, case["id"])["close_reason"] == "platform back up"
 
 
 def test_leaver_loses_its_lease_at_once(lone: RunningStack) -> None:

@@ -211,3 +211,29 @@ def test_a_data_replica_started_before_the_control_plane_exits_75(
         running.stop()
     assert out.returncode == 75, out.stderr[-2000:]
     assert "not ready yet" in out.stderr and "the control plane makes" in out.stderr
+
+
+def test_serve_with_workers_exits_2_on_a_busy_data_port(tmp_path: Path,
+                                                        postgres: Cluster) -> None:
+    """The worker names the listener and the address; the supervisor stops
+    the others and exits 2 too (starting it again cannot help)."""
+    state = postgres.new_database()
+    running = RunningStack(Stack(tenants_dir=REPO / "tenants", certs_dir=tmp_path / "certs",
+                                 work_dir=tmp_path / "work", run_gateway=False,
+                                 state_url=state))
+    running.start()
+    try:
+        data_port = running.stack.gateway_ports[0]
+        path = tmp_path / "gateway.toml"
+        path.write_text(running.stack.config_path.read_text() + f'\n[state]\nurl = "{state}"\n')
+        with socket.socket() as holder:  # another program, without SO_REUSEPORT
+            holder.bind(("127.0.0.1", data_port))
+            holder.listen()
+            out = subprocess.run([*GATEWAY, "serve", "--config", str(path), "--workers", "2"],
+                                 capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        running.stop()
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert f"gateway: data plane: cannot listen on 127.0.0.1:{data_port}: address in use" \
+        in out.stderr
+    assert "Traceback" not in out.stderr

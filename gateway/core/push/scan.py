@@ -33,6 +33,8 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
+
 from gateway.core.jsonlimits import DuplicateKey, unique_object
 from gateway.core.push.days import FORMAT
 
@@ -59,25 +61,31 @@ _FORMAT = json.dumps(FORMAT)  # as it is spelled in a body (without escapes)
 _CUT = re.compile(r'"values"[ \t\n\r]*:[ \t\n\r]*(\[[0-9.,eE+\- \t\n\r]*\])')
 _MARK = "~V~"
 _MARKED = f'"values":"{_MARK}"'
-# A non-empty array of JSON numbers (RFC 8259's grammar, ASCII digits) that are
-# all finite floats or exact ints: at most 16 integer digits and a 1-2 digit
-# exponent, so |x| < 1e115. Anything else (longer numbers, "[]", a syntax error)
-# goes to json.loads. Four spellings of the same check: whitespace and
-# exponents cost the regular expression engine even where there are none, and
-# a batch rarely has either.
+# One non-empty array of JSON numbers (RFC 8259's grammar, ASCII digits) that
+# are all finite floats or exact ints: at most 16 integer digits and a 1-2
+# digit exponent, so |x| < 1e115; for an array that _all_finite_numbers could
+# not vouch for with the others. Anything else (longer numbers, "[]", a
+# syntax error) goes to json.loads.
 _EXPONENT = r"(?:[eE][+\-]?+[0-9]{1,2}+)?+"
 _NUMBER = r"-?+(?:[1-9][0-9]{0,15}+|0)(?:\.[0-9]++)?+"
+_SPACE = r"[ \t\n\r]*+"
+_ONE = re.compile(rf"\[{_SPACE}{_NUMBER}{_EXPONENT}"
+                  rf"(?:{_SPACE},{_SPACE}{_NUMBER}{_EXPONENT})*+{_SPACE}\]")
 
 
-def _arrays(ws: str, exponent: str) -> re.Pattern[str]:
-    """All of a batch's arrays, each followed by ",", or none."""
-    number = _NUMBER + exponent
-    return re.compile(rf"(?:\[{ws}{number}(?:{ws},{ws}{number})*+{ws}\],)*+")
-
-
-_EVERY = {(w, e): _arrays(r"[ \t\n\r]*+" if w else "", _EXPONENT if e else "")
-          for w in (False, True) for e in (False, True)}
-_ONE = re.compile(_EVERY[True, True].pattern[3:-4])  # one array
+def _all_finite_numbers(arrays: list[str]) -> bool:
+    """True if every array is a non-empty array of JSON numbers that are finite
+    as floats, by one orjson parse of them all (twice as fast as the regular
+    expression on a day of 96 values). Sound because :data:`_CUT` admits no
+    bracket, quote or letter but e and E inside an array: what orjson accepts
+    there is numbers only, each array one element of the whole; orjson refuses
+    a number that overflows to infinity. False sends each array to :data:`_ONE`
+    and json.loads, as before."""
+    try:
+        parsed = orjson.loads("[" + ",".join(arrays) + "]")
+    except orjson.JSONDecodeError:
+        return False
+    return all(parsed)  # no empty array
 
 
 class _Syntax(Exception):
@@ -203,10 +211,7 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
     days = doc.get(_DAYS) if type(doc) is dict and doc.get("format") == FORMAT else None
     if type(days) is not list:
         return scan_batch(text)
-    joined = ",".join(arrays) + ","
-    spaced = " " in joined or "\n" in joined or "\r" in joined or "\t" in joined
-    check = _EVERY[spaced, "e" in joined or "E" in joined]
-    every = check.fullmatch(joined) is not None
+    every = _all_finite_numbers(arrays)
     one, k = _ONE.fullmatch, 0
     for day in days:
         if type(day) is dict and day.get("values") == _MARK:
