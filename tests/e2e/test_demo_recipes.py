@@ -103,5 +103,6 @@ def test_daily_push_says_the_gateway_refused_it(lone: RunningStack) -> None:
     assert out["status"] == 409 and out["batch_id"] == default_batch_id(day)
     problem = out["answer"]
     assert out["refused_by"] == "gateway"
+    assert problem["type"].endswith(":conflict")  # the gateway's own, not the shared system's
     assert out["problem"] == {"type": problem["type"], "title": problem["title"],
                               "detail": problem["detail"], "incident": problem["incident"]}
