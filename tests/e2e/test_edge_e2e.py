@@ -106,8 +106,7 @@ def test_airplane_mode_meter_refuses_remote_operations(gw: RunningStack) -> None
     resp = gw.client(owner, "field-ops").request(
         "POST", f"/hes/meters/{meter['serial']}/operations", body={"operation": "disconnect"})
     assert resp.status == 409
-    # The gateway refuses it itself (the feed's airplane mode), so its own type.
-    assert resp.json["type"].endswith(":conflict")
+    assert resp.json["type"].endswith(":upstream-refused")
 
 
 def test_assertion_is_bound_to_the_client_certificate(gw: RunningStack) -> None:
