@@ -503,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--out", required=True, help="snapshot file to write")
     compile_.set_defaults(func=cmd_relations_compile)
 
+    from gateway.retention import add_parsers as add_retention_parsers
+    add_retention_parsers(sub)
     from gateway.admin import add_parsers
 
     add_parsers(certs_sub, sub)

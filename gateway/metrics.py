@@ -198,6 +198,10 @@ class GatewayMetrics:
         self.delivery_attempts = Counter(
             "gateway_delivery_attempts", "Delivery attempts to receivers, by result.",
             ["tenant", "result"], registry=r)
+        self.breach_notifications = Counter(
+            "gateway_breach_notifications", "Breach notifications queued for the owner of "
+            "records a withheld answer held (once per incident and owner).", ["owner"],
+            registry=r)
         self.classified_responses = Counter(
             "gateway_classified_responses", "Answers delivered, by classification label (D11).",
             ["label"], registry=r)
@@ -213,6 +217,13 @@ class GatewayMetrics:
             "gateway_audit_pruned_segments",
             "Sealed audit segments deleted by the raw-event retention policy (D10).",
             registry=r)
+        self.retention_deleted = Counter(
+            "gateway_retention_deleted",
+            "What the retention policy deleted ([retention], D8, D10), by category: "
+            "dead-letter-payloads (parts whose payload was erased), disabled-principals, "
+            "consultations (register entries).", ["category"], registry=r)
+        for category in ("dead-letter-payloads", "disabled-principals", "consultations"):
+            self.retention_deleted.labels(category)
         self.config_loaded = Gauge(
             "gateway_config_loaded", "1 once configuration, tenants and relations are loaded.",
             registry=r)

@@ -59,7 +59,8 @@ from gateway.metrics import GatewayMetrics
 from gateway.ops import build_ops_app
 from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.problem import new_incident_id
-from gateway.push import PushService, open_outbox
+from gateway.push import Outbox, PostgresOutbox, PushService, open_outbox
+from gateway.retention import Retention
 from gateway.state import (
     SqliteStore,
     open_store,
@@ -71,6 +72,7 @@ from gateway.vault import (
     BreakGlass,
     BreakGlassPolicy,
     MasterKeys,
+    RekeyProgress,
     SecretNotFound,
     UpstreamCredentials,
     VaultLocked,
@@ -138,6 +140,7 @@ class Gateway:
         state_url = (with_application_name(config.state_url, config.fleet.replica_id)
                      if config.shared_state and config.state_url else config.state_url)
         self.vault_master = load_master_keys(config)
+        self.rekey_progress = RekeyProgress()
         try:
             self.vault = open_vault(state_url, config.data_dir / "vault.db", self.vault_master)
         except VaultLocked as exc:
@@ -227,6 +230,21 @@ class Gateway:
             rolled_up_through=self._rolled_up_through,
             public_keys=self.audit_keys.document,
             on_pruned=self.metrics.audit_pruned_segments.inc)
+        # D8, D10: dead-letter payloads, disabled principals and the
+        # consultation register are deleted when their period ends (a control duty).
+        retained = self.outbox if self.push is not None else None
+        self._retention_outbox: Outbox | None = None
+        if retained is None and config.shared_state and state_url and self.role != "data":
+            # A control plane without [push]: the fleet's outbox is in the shared
+            # database all the same, and its dead letters' payloads are erased
+            # from here (a handle without the data key: it reads no payload).
+            retained = self._retention_outbox = PostgresOutbox(
+                state_url, None, owner=config.fleet.replica_id)
+        self.retention = Retention(
+            store=self.store, outbox=retained,
+            declared=lambda key: self.registry.principal(*key) is not None,
+            config=config.retention, audit=self.audit, metrics=self.metrics)
+        self._last_retention = float("-inf")
         self._pseudonymisers: dict[str, Pseudonymiser] = {}
         if self.role != "data":  # made here, so a data replica finds it (D9)
             self._data_key(PSEUDONYM_KEY_ID)
@@ -450,6 +468,7 @@ class Gateway:
         if admin_sock is not None:
             admin_app = build_admin_app(
                 self.credentials, self.resolver, self.metrics, rekey=self.rekey,
+                rekey_progress=lambda: self.rekey_progress,
                 extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
                                            self.rekey), usage_routes(self.usage, self.store),
                               audit_routes(self.rotate_audit_key),
@@ -522,6 +541,10 @@ class Gateway:
                 if self.leading:
                     await self.breakglass.maintain()
                 now = time.monotonic()
+                if self.leading and \
+                        now - self._last_retention >= self.config.retention.interval_s:
+                    self._last_retention = now
+                    await asyncio.to_thread(self.retention.enforce)
                 if now - self._last_usage_flush >= USAGE_FLUSH_S:
                     await asyncio.to_thread(self.usage.flush)
                     await asyncio.to_thread(self.usage.prune)
@@ -551,9 +574,15 @@ class Gateway:
             raise AdminRefused(409, "master-key-from-environment",
                                "the master key comes from the environment: rekey offline "
                                "with a key file")
+        if self.rekey_progress.running:
+            raise AdminRefused(409, "rekey-running", "a rekey is running")
         both = self.vault_master.with_new_version()
-        write_private(key_file, both.to_text().encode())
-        count = self.vault.rekey(both)
+        self.rekey_progress = RekeyProgress(running=True)
+        try:
+            write_private(key_file, both.to_text().encode())
+            count = self.vault.rekey(both, progress=self.rekey_progress.step)
+        finally:
+            self.rekey_progress.running = False
         newest = MasterKeys({both.current_version: both.keys[both.current_version]})
         write_private(key_file, newest.to_text().encode())
         self.vault_master = newest
@@ -596,6 +625,8 @@ class Gateway:
         if self.push is not None:
             await self.push.stop()
             self.outbox.close()
+        if self._retention_outbox is not None:
+            self._retention_outbox.close()
         self.credentials.maintain()  # flush last-seen
         await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()

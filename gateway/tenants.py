@@ -81,6 +81,10 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
     quota = None if f.quota is None else Quota(**f.quota.model_dump())
     if f.push_endpoint is not None and not f.push_endpoint.startswith("https://"):
         raise _fail(where, "push_endpoint", "must be an https:// URL (delivery is mTLS)")
+    contact = f.security_contact
+    if contact is not None and not (contact.startswith(("mailto:", "https://"))
+                                    and len(contact) > len("https://")):
+        raise _fail(where, "security_contact", "must be a mailto: or https:// URI")
     intake = f.push_intake
     if intake is not None:
         # D1: the push intake this shared system owns; its pushers may post there only.
@@ -94,7 +98,8 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
         raise _fail(where, "valid_until", "must not be before valid_from")
     return Tenant(f.id, f.name, f.kind, f.gln, principals, frozenset(memberships),
                   quota=quota, push_endpoint=f.push_endpoint, ean_prefix=prefix,
-                  push_intake=intake, contract_from=_day_start(f.valid_from),
+                  push_intake=intake, security_contact=contact,
+                  contract_from=_day_start(f.valid_from),
                   contract_until=_day_start(f.valid_until, 1))
 
 

@@ -46,6 +46,7 @@ from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.pki import AdminRefused, Credentials
 from gateway.problem import CONTENT_TYPE, new_incident_id, own_slug_for, problem_body
+from gateway.vault import RekeyProgress
 
 log = logging.getLogger("gateway.admin")
 
@@ -65,6 +66,7 @@ def _problem(status: int, detail: str, incident: str | None = None) -> web.Respo
 def build_admin_app(creds: Credentials, resolver: CallerResolver,
                     metrics: GatewayMetrics, extra: RouteSet | None = None,
                     rekey: Callable[[], int] | None = None,
+                    rekey_progress: Callable[[], RekeyProgress] | None = None,
                     pending_ttl: timedelta = timedelta(hours=24)) -> web.Application:
     def actor_of(request: web.Request) -> str:
         c = request[CALLER]
@@ -171,7 +173,8 @@ def build_admin_app(creds: Credentials, resolver: CallerResolver,
     app = web.Application(client_max_size=MAX_BODY_BYTES,
                           middlewares=[headers_arrived, every_answer_audited])
     app.on_response_prepare.append(hide_banner)
-    credential_routes(creds, duties, with_vault=rekey is not None)(app.router, guarded)
+    credential_routes(creds, duties, with_vault=rekey is not None,
+                      rekey_progress=rekey_progress)(app.router, guarded)
     pending_routes(duties)(app.router, guarded)
     if extra is not None:
         extra(app.router, guarded)

@@ -33,6 +33,7 @@ route                                                  action               role
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from gateway.admin._duties import DualControl, Executor
 from gateway.admin._request import CALLER, Body, Guard, RouteSet, _seconds, _text, person_of
 from gateway.pki import ADMIN_ROLES, AdminRefused, Credentials
 from gateway.state import CertificateRecord, PrincipalKey
+from gateway.vault import RekeyProgress
 
 ADMIN = "security-admin"
 AUDITOR = "auditor"
@@ -94,7 +96,9 @@ def credential_executors(creds: Credentials,
     async def do_rekey(p: Body, actor: str, reason: str) -> Any:
         if rekey is None:
             raise AdminRefused(501, "no-vault", "this gateway has no vault")
-        return {"rewrapped": rekey()}
+        # One unwrap and wrap per data key: off the event loop, so the planes
+        # keep serving and GET /admin/vault/rekey can tell how far it is.
+        return {"rewrapped": await asyncio.to_thread(rekey)}
 
     return {"certs-issue": do_issue, "certs-rotate": do_rotate, "principal-enable": do_enable,
             "principal-disable": do_disable, "ca-rotate": do_ca_rotate,
@@ -140,8 +144,8 @@ def review_csv(rows: list[dict[str, Any]]) -> str:
     return out.getvalue()
 
 
-def credential_routes(creds: Credentials, duties: DualControl, *,
-                      with_vault: bool) -> RouteSet:
+def credential_routes(creds: Credentials, duties: DualControl, *, with_vault: bool,
+                      rekey_progress: Callable[[], RekeyProgress] | None = None) -> RouteSet:
     """The credential routes (a :data:`gateway.admin._request.RouteSet`);
     ``POST /admin/vault/rekey`` only ``with_vault``."""
     async def gate(request: web.Request, action: str, principal: PrincipalKey | None,
@@ -222,6 +226,11 @@ def credential_routes(creds: Credentials, duties: DualControl, *,
         return await gate(request, "ca-rotate", None, {"overlap_s": _secs(doc, "overlap_s")},
                           doc)
 
+    async def rekey_state(request: web.Request, doc: Body) -> Any:
+        if rekey_progress is None:
+            raise AdminRefused(501, "no-vault", "this gateway has no vault")
+        return rekey_progress().as_json()
+
     async def vault_rekey(request: web.Request, doc: Body) -> Any:
         return await gate(request, "vault-rekey", None, {}, doc)
 
@@ -263,4 +272,6 @@ def credential_routes(creds: Credentials, duties: DualControl, *,
                    guarded("server-rotate", admin, path, server_rotate))
         if with_vault:
             r.add_post("/admin/vault/rekey", guarded("vault-rekey", admin, path, vault_rekey))
+            r.add_get("/admin/vault/rekey", guarded("vault-rekey-progress", admin_or_auditor, path,
+                                                    rekey_state, write=False))
     return register

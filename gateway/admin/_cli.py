@@ -24,8 +24,8 @@ from typing import Any
 from urllib.parse import quote
 
 from gateway.admin._client import DEFAULTS, call
-from gateway.admin._output import rows_in, show_listing, wrote
-from gateway.console import waiting, wants_json
+from gateway.admin._output import rekey_bar, rows_in, show_listing, wrote
+from gateway.console import is_terminal, waiting, wants_json
 
 
 def _emit(status: int, payload: bytes, out: str | None = None, fmt: str = "json") -> int:
@@ -93,11 +93,20 @@ def cmd_pending(args: argparse.Namespace) -> int:
     return _listing(*call(args, "GET", f"/admin/pending{query}"), "pending", args)
 
 
+def _is_rekey(args: argparse.Namespace) -> bool:
+    status, payload = call(args, "GET", f"/admin/pending/{quote(args.id)}")
+    return status == 200 and json.loads(payload).get("action") == "vault-rekey"
+
+
 def cmd_decide(args: argparse.Namespace) -> int:
     # Approving may run the action now (a vault rekey re-wraps every data key).
-    with waiting(f"{args.decision} {args.id}: waiting for the admin plane"):
-        status, payload = call(args, "POST", f"/admin/pending/{args.id}/{args.decision}",
-                               {"reason": args.reason})
+    path = f"/admin/pending/{quote(args.id)}/{args.decision}"
+    if args.decision == "approve" and is_terminal(sys.stderr) and _is_rekey(args):
+        with rekey_bar(call, args, "vault rekey: data keys re-wrapped"):
+            status, payload = call(args, "POST", path, {"reason": args.reason})
+    else:
+        with waiting(f"{args.decision} {args.id}: waiting for the admin plane"):
+            status, payload = call(args, "POST", path, {"reason": args.reason})
     if args.decision == "approve" and status < 400:
         doc = json.loads(payload)
         flat = {**doc["pending"], "result": doc["result"]}
@@ -224,7 +233,7 @@ def cmd_vault_rotate(args: argparse.Namespace) -> int:
 
 def cmd_vault_rekey(args: argparse.Namespace) -> int:
     # Done at once (one admin) it re-wraps every data key: that may take a while.
-    with waiting("vault rekey: waiting for the admin plane"):
+    with rekey_bar(call, args, "vault rekey: data keys re-wrapped"):
         answer = call(args, "POST", "/admin/vault/rekey", {"reason": args.reason})
     return _write_cert(*answer, None)
 

@@ -11,15 +11,18 @@ stderr what it wrote, so stdout stays the document a script reads.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import csv
 import io
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.console import Column, age, table, wants_json
+from gateway.console import Column, age, is_terminal, progress, table, wants_json
 
 
 def _principal(row: Mapping[str, Any]) -> str:
@@ -95,3 +98,40 @@ def rows_in(payload: bytes, fmt: str) -> int:
 def wrote(what: str, path: str | Path) -> None:
     """Say on stderr what a verb wrote where (stdout stays the document)."""
     print(f"wrote {what} to {path}", file=sys.stderr)
+
+
+def _rekey_state(call: Callable[..., tuple[int, bytes]],
+                 args: argparse.Namespace) -> tuple[int, int] | None:
+    """(data keys re-wrapped, of how many) of the rekey running now, if known."""
+    try:
+        status, payload = call(args, "GET", "/admin/vault/rekey")
+        doc = json.loads(payload) if status == 200 else {}
+    except (OSError, ValueError):
+        return None  # the bar is a courtesy: the rekey call itself decides
+    return (int(doc["done"]), int(doc["total"])) if doc.get("total") else None
+
+
+@contextlib.contextmanager
+def rekey_bar(call: Callable[..., tuple[int, bytes]], args: argparse.Namespace,
+              what: str) -> Iterator[None]:
+    """While a rekey runs on the admin plane: on a terminal, a bar of the data
+    keys re-wrapped so far (``GET /admin/vault/rekey``, twice a second);
+    piped or redirected, nothing."""
+    if not is_terminal(sys.stderr):
+        yield
+        return
+    stop = threading.Event()
+    with progress(None, what, unit="keys") as bar:
+        def poll() -> None:
+            while not stop.wait(0.5):
+                state = _rekey_state(call, args)
+                if state is not None:
+                    bar.reached(*state)
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            poller.join()

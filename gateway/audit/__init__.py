@@ -17,6 +17,7 @@ from gateway.audit._chain import ChainedAuditLog, verify_log
 from gateway.audit._events import (
     AdminEvent,
     AuditEvent,
+    BreachNotificationEvent,
     CmhFanoutEvent,
     FleetCheckpointEvent,
     PruneEvent,
@@ -25,6 +26,7 @@ from gateway.audit._events import (
     PushDeliveredEvent,
     PushPartOutcome,
     RequestEvent,
+    RetentionEvent,
 )
 from gateway.audit._fleet import (
     AuditShipper,
@@ -50,6 +52,7 @@ __all__ = [
     "AuditShipper",
     "AuditSink",
     "AuditWriteFailed",
+    "BreachNotificationEvent",
     "ChainedAuditLog",
     "CmhFanoutEvent",
     "FleetCheckpointEvent",
@@ -60,6 +63,7 @@ __all__ = [
     "PushDeliveredEvent",
     "PushPartOutcome",
     "RequestEvent",
+    "RetentionEvent",
     "SecurityEvents",
     "SyslogSink",
     "UsageLedger",

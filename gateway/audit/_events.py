@@ -28,9 +28,10 @@ from typing import Any, Literal, NamedTuple
 
 from gateway.audit._format import PRUNE_EVENT
 
-__all__ = ["ADMIN_EXTRA_FIELDS", "AdminEvent", "AuditEvent", "CmhFanoutEvent", "PruneEvent",
+__all__ = ["ADMIN_EXTRA_FIELDS", "AdminEvent", "AuditEvent", "BreachNotificationEvent",
+           "CmhFanoutEvent", "PruneEvent",
            "PushBatchEvent", "PushDeadLetterEvent", "PushDeliveredEvent", "PushPartOutcome",
-           "RequestEvent"]
+           "RequestEvent", "RetentionEvent"]
 
 MAX_RESOURCES = 20  # resource ids named per request event (D10: ids, bounded)
 
@@ -254,6 +255,29 @@ class PushDeadLetterEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class BreachNotificationEvent:
+    """A breach notification queued for the owner of records a withheld
+    answer held (D1, D12): who is told, about which withheld request
+    (``violation``, that request's incident id), who asked, how many
+    records. Never a record, never a resource id."""
+
+    incident: str
+    tenant: str  # the owner told
+    violation: str  # the incident id of the withheld request
+    requested_by: str
+    upstream: str
+    route: str
+    records: int
+    delivery: Literal["queued", "no-endpoint"]  # to its receiver, or readable only
+
+    def as_record(self) -> dict[str, Any]:
+        return {"event": "breach-notification", "incident": self.incident,
+                "tenant": self.tenant, "violation": self.violation,
+                "requested_by": self.requested_by, "upstream": self.upstream,
+                "route": self.route, "records": self.records, "delivery": self.delivery}
+
+
+@dataclass(frozen=True, slots=True)
 class PruneEvent:
     """Sealed segments about to be deleted by policy (format §10): the
     anchor that the oldest remaining file starts at, and why."""
@@ -283,6 +307,45 @@ class PruneEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionEvent:
+    """Data the retention policy is about to delete (D8, D10), recorded
+    before it goes, so nothing is deleted silently: which category, how
+    many, the oldest of them and the cut-off, under which policy. A deleted
+    principal is named with when it was disabled (its tombstone); erased
+    dead letters with their parts and record count; consultations are only
+    counted (never who was looked up)."""
+
+    incident: str
+    category: str  # dead-letter-payloads | disabled-principals | consultations
+    count: int
+    oldest: float  # the oldest death, disabling or consultation, seconds since the epoch
+    cutoff: float  # everything at or before it is due
+    policy: str  # "<key>=<days>" of [retention]
+    reason: str
+    principal: str | None = None  # disabled-principals: "tenant/kind/name"
+    disabled_by: str | None = None
+    parts: tuple[str, ...] | None = None  # dead-letter-payloads: the part ids
+    records: int | None = None  # ... and the records they held
+
+    def as_record(self) -> dict[str, Any]:
+        record: dict[str, Any] = {
+            "event": "retention", "incident": self.incident, "actor": "gateway",
+            "action": "erase-payload" if self.category == "dead-letter-payloads" else "delete",
+            "category": self.category, "count": self.count, "oldest": self.oldest,
+            "cutoff": self.cutoff, "policy": self.policy, "reason": self.reason}
+        if self.principal is not None:
+            record["principal"] = self.principal
+            record["disabled_at"] = self.oldest
+        if self.disabled_by is not None:
+            record["disabled_by"] = self.disabled_by
+        if self.parts is not None:
+            record["parts"] = list(self.parts[:MAX_RESOURCES])
+        if self.records is not None:
+            record["records"] = self.records
+        return record
+
+
+@dataclass(frozen=True, slots=True)
 class FleetCheckpointEvent:
     """The newest fleet checkpoint this replica saw (format §13): recorded in
     its own chain, so its next checkpoint vouches for it."""
@@ -296,5 +359,7 @@ class FleetCheckpointEvent:
 
 
 AuditEvent = (RequestEvent | AdminEvent | PushBatchEvent | CmhFanoutEvent
-              | PushDeliveredEvent | PushDeadLetterEvent | PruneEvent | FleetCheckpointEvent)
+              | PushDeliveredEvent | PushDeadLetterEvent | BreachNotificationEvent | PruneEvent
+              | RetentionEvent
+              | FleetCheckpointEvent)
 """What :class:`gateway.audit.AuditSink` records: one of the kinds above."""

@@ -26,6 +26,7 @@ from gateway.config._gateway import (
     GatewayConfig,
     Listener,
     LogConfig,
+    RetentionConfig,
     Upstream,
     VaultConfig,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "Listener",
     "LogConfig",
     "PrincipalEntry",
+    "RetentionConfig",
     "TenantFile",
     "Upstream",
     "VaultConfig",

@@ -19,6 +19,9 @@ from typing import Any
 
 from gateway.config._limits import EdgeLimits
 from gateway.config._schema import (
+    DEFAULT_CONSULTATION_REGISTER_DAYS,
+    DEFAULT_DEAD_LETTER_PAYLOAD_DAYS,
+    DEFAULT_DISABLED_PRINCIPAL_DAYS,
     DEFAULT_HTTP_SERVER,
     HTTP_SERVERS,
     FleetTable,
@@ -96,6 +99,17 @@ class AuditConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class RetentionConfig:
+    """``[retention]`` (D8, D10): how long each kind of personal trace is kept
+    before the control duties delete it (``gateway.retention``)."""
+
+    dead_letter_payload_days: float = DEFAULT_DEAD_LETTER_PAYLOAD_DAYS
+    disabled_principal_days: float = DEFAULT_DISABLED_PRINCIPAL_DAYS
+    consultation_register_days: float = DEFAULT_CONSULTATION_REGISTER_DAYS
+    interval_s: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """``[log]``: the process log's format (gateway.logs: ``text`` on
     stderr, ``json`` on stdout) and the access log (one line per data-plane
@@ -157,6 +171,7 @@ class GatewayConfig:
     # The fleet ([fleet]): what this process is, and its name among replicas.
     fleet: FleetConfig = field(default_factory=lambda: FleetConfig())
     log: LogConfig = LogConfig()
+    retention: RetentionConfig = RetentionConfig()
     source: str = "<memory>"
 
     @property
@@ -299,6 +314,7 @@ def _build(f: GatewayFile, path: _Paths, source: str) -> GatewayConfig:
         state_max_staleness_s=f.state.max_staleness_s,
         fleet=fleet,
         log=LogConfig(f.log.format, f.log.access),
+        retention=RetentionConfig(**f.retention.model_dump()),
         source=source,
     )
 

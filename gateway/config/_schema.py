@@ -30,6 +30,15 @@ from gateway.core.catalog import UPSTREAMS
 from gateway.logs import LOG_FORMATS
 
 MiB = 1024 * 1024
+# [retention] (D8, D10): dead letters keep their payload 30 days; a disabled
+# principal stays 400 days, past the six-monthly access reviews; the
+# consultation register 20 months (~610 days), the longest the report keeps a
+# trace of use (its chapter VI: monthly usage for 20 months). Neither of the
+# last two may be shorter than six months: a review must see them.
+DEFAULT_DEAD_LETTER_PAYLOAD_DAYS = 30.0
+DEFAULT_DISABLED_PRINCIPAL_DAYS = 400.0
+DEFAULT_CONSULTATION_REGISTER_DAYS = 610.0
+MIN_REVIEWED_DAYS = 183.0
 if TYPE_CHECKING:
     UpstreamName = str
     LogFormat = str
@@ -164,6 +173,22 @@ class PushTable(Table):
                                   "lease this long")
 
 
+class RetentionTable(Table):
+    dead_letter_payload_days: PositiveNumber = setting(
+        DEFAULT_DEAD_LETTER_PAYLOAD_DAYS, "A dead letter's payload is erased this long after "
+        "it died; its row stays as a tombstone (tenant, batch, records, error, when)")
+    disabled_principal_days: Annotated[float, Field(ge=MIN_REVIEWED_DAYS)] = setting(
+        DEFAULT_DISABLED_PRINCIPAL_DAYS, "A disabled principal no longer declared in "
+        "tenants/ is deleted from the state this long after it was disabled, leaving an "
+        "audit tombstone; at least 183, so a six-monthly access review sees it (D8)")
+    consultation_register_days: Annotated[float, Field(ge=MIN_REVIEWED_DAYS)] = setting(
+        DEFAULT_CONSULTATION_REGISTER_DAYS, "Consultation-register entries (D8) are deleted "
+        "this long after the consultation: 20 months, the longest the report keeps a trace "
+        "of use (it names no legal period for the register); at least 183")
+    interval_s: PositiveNumber = setting(3600.0, "How often the control duties apply the "
+                                         "policy (at start, then this often)")
+
+
 class StateTable(Table):
     url: NonEmpty | None = setting(None, "sqlite:///PATH or postgresql://... (shared by a "
                                "fleet's replicas)", shown="none: data_dir/state.db")
@@ -265,5 +290,8 @@ class GatewayFile(Table):
     push: PushTable = setting(PushTable(), "Delivery of pushed data")
     limits: LimitsTable = setting(LimitsTable(), "Edge limits of the mTLS listeners")
     state: StateTable = setting(StateTable(), "Where the state lives")
+    retention: RetentionTable = setting(RetentionTable(), "How long dead letters, disabled "
+                                        "principals and the consultation register are kept "
+                                        "(D8, D10)")
     fleet: FleetTable = setting(FleetTable(), "This process's part in a fleet")
     log: LogTable = setting(LogTable(), "The process log and the access log")

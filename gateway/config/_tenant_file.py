@@ -62,10 +62,14 @@ class TenantFile(Table):
                                           "digits starting with 54", shown="none")
     cmh_coordinator: bool = setting(False, "Coordinates Connect My Home requests")
     hes_consortium: bool = setting(False, "Member of the HES consortium")
-    push_endpoint: NonEmpty | None = setting(None, "https:// URL its pushed data is "
-                                             "delivered to (mTLS)", shown="none")
+    push_endpoint: NonEmpty | None = setting(None, "https:// URL its pushed data and its "
+                                             "breach notifications are delivered to (mTLS)",
+                                             shown="none")
     push_intake: NonEmpty | None = setting(None, "The push intake a shared-system tenant "
                                            "owns: hes or cmh", shown="none")
+    security_contact: NonEmpty | None = setting(
+        None, "Who is told of a breach of its data: a mailto: or https:// URI (as a "
+        "security.txt Contact); named in its breach notifications", shown="none")
     valid_from: date | None = setting(None, "D9: first day of its contract (a TOML date, "
                                       "UTC); before it every certificate is refused",
                                       shown="none")

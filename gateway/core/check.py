@@ -6,6 +6,11 @@ checks it against the relation snapshot (never against anything the upstream
 says about itself), and fails closed: one foreign record withholds the whole
 response. Field rules then shape what a tenant of that kind may see (D2, D3,
 CMH minimum site data).
+
+A withheld answer also names the records in it that are not the caller's
+(``ResponseVerdict.foreign``: resource kind, id and the instant the relation
+was checked at), so their owners can be told (gateway.core.breach); the
+walk runs only on that path, never on an answer that passes.
 """
 
 from __future__ import annotations
@@ -35,10 +40,22 @@ ISOLATION_REASONS = frozenset(
 
 
 @dataclass(frozen=True, slots=True)
+class ForeignRecord:
+    """A record of a withheld answer the caller holds no granting relation on:
+    never its content, only what finds its owner in the feed."""
+
+    kind: str
+    resource_id: str
+    at: datetime  # the instant its relation was checked at (a reading's time, or now)
+
+
+@dataclass(frozen=True, slots=True)
 class ResponseVerdict:
     decision: Decision
     body: Any
     changed: bool = False
+    # Withheld for an isolation reason: the records that are not the caller's.
+    foreign: tuple[ForeignRecord, ...] = ()
 
 
 def _instant(rec: Mapping[str, Any], key: str) -> datetime | None:
@@ -65,6 +82,52 @@ def check_response(
 ) -> ResponseVerdict:
     """Check a parsed 2xx JSON body. Takes ownership of ``body`` (field rules
     may edit it in place); the returned body is what may be sent."""
+    verdict = _check(caller, route, facts, relations, body, now)
+    if not verdict.decision.allowed and verdict.decision.reason in ISOLATION_REASONS:
+        names = route.grants.get(caller.tenant.kind, frozenset())
+        found = foreign_records(caller.tenant.id, names, route, relations, body, now)
+        return ResponseVerdict(verdict.decision, None, foreign=found)
+    return verdict
+
+
+def foreign_records(tenant: str, names: frozenset[str], route: Route,
+                    relations: RelationIndex, body: Any, now: datetime
+                    ) -> tuple[ForeignRecord, ...]:
+    """Every record of ``body`` (as the route declares them) on which
+    ``tenant`` holds none of ``names`` at the record's instant; what cannot
+    be read as a record is skipped (it names no resource)."""
+    found: list[ForeignRecord] = []
+    for rc in route.records:
+        if rc.items is None:
+            records: Any = [body]
+        elif isinstance(body, Mapping):
+            records = body.get(rc.items)
+        else:
+            records = None
+        if not isinstance(records, list):
+            continue
+        for rec in records:
+            if not isinstance(rec, Mapping) or not isinstance(rid := rec.get(rc.id_field), str):
+                continue
+            at = now
+            if rc.at_field is not None:
+                parsed = _instant(rec, rc.at_field)
+                if parsed is None:
+                    continue
+                at = parsed
+            if relations.holds(rc.kind, rid, tenant, names, at) is None:
+                found.append(ForeignRecord(rc.kind, rid, at))
+    return tuple(found)
+
+
+def _check(
+    caller: Caller,
+    route: Route,
+    facts: RequestFacts,
+    relations: RelationIndex,
+    body: Any,
+    now: datetime,
+) -> ResponseVerdict:
     names = route.grants.get(caller.tenant.kind)
     if names is None:  # decide() would have refused; fail closed anyway
         return _withhold("tenant-kind-not-permitted")

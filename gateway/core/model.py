@@ -60,6 +60,9 @@ class Tenant:
     push_endpoint: str | None = None  # where its pushed data is delivered (D5), https://
     ean_prefix: str | None = None  # its EAN-18 prefix (the demo dataset draws from it)
     push_intake: str | None = None  # D1: the push intake this shared system owns
+    # Who is told of a breach of its data (a mailto: or https: URI, as a
+    # security.txt Contact, RFC 9116 §2.5.3), in its breach notifications.
+    security_contact: str | None = None
     # D9: a provider or partner works for the operators only while its contract
     # runs: [contract_from, contract_until), None meaning unbounded.
     contract_from: datetime | None = None

@@ -6,7 +6,8 @@
              -> forward (assertion) -> check response -> audit + metrics
 
 The push intakes are not proxied: after *hygiene* they branch off to their
-own stage (:mod:`gateway.dataplane._pushintake`). *check response* is
+own stage (:mod:`gateway.dataplane._pushintake`); so does a tenant's read of
+its breach notifications (:mod:`gateway.dataplane._notifications`). *check response* is
 :mod:`gateway.dataplane._responsecheck`; *audit + metrics*, :mod:`gateway.dataplane._trace`.
 
 The body is read and parsed after the decision (a caller that may not act
@@ -51,6 +52,7 @@ from gateway.core.relations.index import RelationIndex
 from gateway.core.routes import RouteMatch, RouteTable
 from gateway.dataplane._exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
 from gateway.dataplane._fairslots import UpstreamSlots
+from gateway.dataplane._notifications import NOTIFICATIONS, NotificationsRead
 from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._pushintake import PushIntake
 from gateway.dataplane._responsecheck import ResponseCheck
@@ -116,7 +118,9 @@ class DataPlane:
         self.push_intake = None if push is None else PushIntake(
             push=push, gate=self.push_gate, registry=lambda: resolver.registry,
             limits=limits, max_body_bytes=push_max_body_bytes)
-        self.response_check = ResponseCheck(metrics=metrics, push=push, pseudonyms=pseudonyms)
+        self.response_check = ResponseCheck(metrics=metrics, push=push, pseudonyms=pseudonyms,
+                                            security_contact=self._security_contact)
+        self.notifications = NotificationsRead(push=push)  # D1, D12: GET /notifications
         self.clock = clock
         # The last stage of every request, refused or served: answer, audit, metrics.
         self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
@@ -158,6 +162,10 @@ class DataPlane:
                 response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
                 await self.trace.account(ex, request, response)
                 return response
+            if target.path == NOTIFICATIONS.template:
+                response = await self.notifications.handle(request, target, ex)
+                await self.trace.account(ex, request, response)
+                return response
             ex.match = self._route(request.method, target)
             ref = ex.match.route.resource
             body_decides = ref is not None and ref.source == "body"
@@ -188,6 +196,11 @@ class DataPlane:
             response = self.trace.problem(exc.status, ex)
         await self.trace.account(ex, request, response)
         return response
+
+    def _security_contact(self, tenant: str) -> str | None:
+        """A tenant's security contact, from its tenant file (reloaded with it)."""
+        found = self.resolver.registry.get(tenant)
+        return found.security_contact if found is not None else None
 
     def _contract(self, caller: Caller) -> None:
         """D9: a provider's or partner's certificates serve only while its

@@ -11,7 +11,9 @@ In order (the stage runs after *forward*, see :mod:`gateway.dataplane._pipeline`
    that is not the caller's is withheld, and an isolation violation
    (``ISOLATION_REASONS``) is counted in
    ``gateway_isolation_violations_total`` and logged (its audit and SOC
-   events follow from the reason, in :mod:`gateway.dataplane._trace`);
+   events follow from the reason, in :mod:`gateway.dataplane._trace`), and
+   the owners of the foreign records it held are notified
+   (:mod:`gateway.core.breach`, delivered by the push outbox);
 4. a Connect My Home status update flows back to the coordinating DSO;
 5. the classification label and whether this caller may receive it (D11);
 6. an IT provider's keyed pseudonyms (D9), fail closed;
@@ -32,7 +34,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, check_response
+from gateway.core.breach import breach_notices
+from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, ForeignRecord, check_response
 from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts
 from gateway.core.headers import clean_response_headers
@@ -58,10 +61,14 @@ class ResponseCheck:
         metrics: GatewayMetrics,
         push: PushService | None = None,
         pseudonyms: Callable[[str], Pseudonymiser] | None = None,
+        security_contact: Callable[[str], str | None] = lambda tenant: None,
     ) -> None:
         self.metrics = metrics
-        self.push = push  # where a Connect My Home status update is passed on
+        # Where a Connect My Home status update is passed on, and where the
+        # owners of withheld records are notified.
+        self.push = push
         self.pseudonyms = pseudonyms  # D9: the keyed pseudonymiser of a tenant
+        self.security_contact = security_contact  # a tenant's, from its tenant file
 
     def check(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
               upstream: Any, now: datetime) -> web.Response:
@@ -83,7 +90,7 @@ class ResponseCheck:
             # SECURITY: D1. The checked copy holds one value per key, the bytes
             # forwarded unchanged may hold two (a client keeping the first
             # would read a record the check never saw): withheld like a misroute.
-            self._isolation_violation(ex, DUPLICATE_KEY)
+            self._isolation_violation(ex, DUPLICATE_KEY, relations, now)
             raise UpstreamFailed(502, DUPLICATE_KEY) from exc
         except TooDeep as exc:
             raise UpstreamFailed(502, "upstream-json-too-deep") from exc
@@ -94,7 +101,8 @@ class ResponseCheck:
         if not verdict.decision.allowed:
             ex.resources = verdict.decision.resources
             if verdict.decision.reason in ISOLATION_REASONS:
-                self._isolation_violation(ex, verdict.decision.reason)
+                self._isolation_violation(ex, verdict.decision.reason, relations, now,
+                                          verdict.foreign)
             raise UpstreamFailed(502, verdict.decision.reason)
         if route.notify == "cmh-status" and self.push is not None:
             # Status updates flow back to the coordinating DSO only.
@@ -113,9 +121,11 @@ class ResponseCheck:
         headers[CLASSIFICATION_HEADER] = label
         return web.Response(status=status, body=body, content_type=JSON, headers=headers)
 
-    def _isolation_violation(self, ex: Exchange, reason: str) -> None:
+    def _isolation_violation(self, ex: Exchange, reason: str, relations: RelationIndex,
+                             now: datetime, foreign: tuple[ForeignRecord, ...] = ()) -> None:
         """Counted in gateway_isolation_violations_total and logged; the audit
-        and SOC events follow from the reason (ISOLATION_REASONS)."""
+        and SOC events follow from the reason (ISOLATION_REASONS); the
+        owners of the foreign records are notified."""
         assert ex.match is not None
         route = ex.match.route
         self.metrics.isolation_violations.labels(
@@ -123,6 +133,33 @@ class ResponseCheck:
         log.warning("isolation violation withheld", extra={
             "incident": ex.incident, "tenant": ex.resolved().tenant_id, "route": route.name,
             "reason": reason})
+        if foreign:
+            self._notify_owners(ex, reason, relations, now, foreign)
+
+    def _notify_owners(self, ex: Exchange, reason: str, relations: RelationIndex,
+                       now: datetime, foreign: tuple[ForeignRecord, ...]) -> None:
+        """D1, D12: the owner of the records, not only the operator's SOC, is
+        told (never the records). The answer is withheld whatever happens
+        here: a notification that cannot be queued is logged, not raised."""
+        assert ex.match is not None
+        route = ex.match.route
+        notices, unowned = breach_notices(
+            incident=ex.incident, at=now, shared_system=route.upstream, route=route.name,
+            requested_by=ex.resolved().tenant_id, reason=reason, foreign=foreign,
+            relations=relations)
+        if unowned:
+            log.warning("withheld records without an owner in the feed", extra={
+                "incident": ex.incident, "records": unowned})
+        if not notices:
+            return
+        if self.push is None:
+            log.error("breach notifications not queued: no push outbox configured",
+                      extra={"incident": ex.incident})
+            return
+        try:
+            self.push.notify_breach(notices, self.security_contact)
+        except Exception:  # the outbox or the audit log away: the SOC has the incident
+            log.exception("breach notifications not queued", extra={"incident": ex.incident})
 
     def _classification(self, ex: Exchange, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""

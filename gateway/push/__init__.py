@@ -12,11 +12,13 @@ shared database's schema rules).
 
 from __future__ import annotations
 
-from gateway.push._outbox import Outbox, Part, RetryPolicy
+from gateway.push._outbox import DeadLetter, Outbox, Part, RetryPolicy
 from gateway.push._outbox_backends import PostgresOutbox, SqliteOutbox, open_outbox
-from gateway.push._service import PushService
+from gateway.push._service import NOTIFICATIONS_MAX, PushService
 
 __all__ = [
+    "NOTIFICATIONS_MAX",
+    "DeadLetter",
     "Outbox",
     "Part",
     "PostgresOutbox",

@@ -55,7 +55,8 @@ class Part:
     id: str  # also the idempotency key the receiver sees
     batch_id: str
     tenant: str
-    kind: str  # "hes-readings" | "cmh-request" | "cmh-status"
+    # "hes-readings", "meter-days", "cmh-request", "cmh-status", "breach-notification"
+    kind: str
     records: int
     created: datetime
     status: str  # pending | delivered | dead
@@ -65,6 +66,16 @@ class Part:
     source: str = ""  # the pushing system (tenant id)
     lease: str | None = None  # the token of the claim this replica holds on it
     reclaimed: bool = False  # claimed after another owner's lease ran out
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A part given up on, as retention sees it: when it died, and whether
+    its (encrypted) payload is still kept or only the tombstone is left."""
+
+    part: Part
+    died_at: datetime
+    payload_kept: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,11 +111,14 @@ class Outbox(ABC):
 
     BATCHES = "batches"
     PARTS = "parts"
+    NOTIFICATIONS = "notifications"
     SKIP_LOCKED = ""  # the claim's row lock: "" where one process is the only claimer
 
-    def __init__(self, data_key: bytes, *, owner: str = "",
+    def __init__(self, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
-        self._aead = AESGCM(data_key)
+        # None: a handle that neither stores nor reads a payload (retention
+        # erases payloads and reports on counts and times; it needs no key).
+        self._aead = None if data_key is None else AESGCM(data_key)
         self.owner = owner or f"pid-{os.getpid()}"
         self.clock = clock
         self._lock = threading.Lock()
@@ -186,6 +200,8 @@ class Outbox(ABC):
         kept as it is and the parts not stored yet are added."""
         now = self._t(self.clock())
         rows = []
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         for part in parts:
             nonce = os.urandom(12)
             payload = self._aead.encrypt(nonce, part.body, part.id.encode())
@@ -201,6 +217,50 @@ class Outbox(ABC):
             self._many(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
                        "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
         return True
+
+    # -- breach notifications --------------------------------------------------------
+    def enqueue_notifications(self, *, incident: str, source: str,
+                              notices: Sequence[tuple[str, str, EncodedPart | None]]) -> bool:
+        """Store one incident's notifications ``(tenant, document, part)``: the
+        document its owner reads (``GET /notifications``) and the part that
+        delivers it (None: the tenant has no receiver), in one transaction.
+        Exactly once per incident: the batch ``(source, incident)`` is stored
+        by the first call only; a second one (the same incident processed
+        again, on this replica or another) stores nothing and returns False.
+        Each owner's row is unique too (``(incident, tenant)``)."""
+        now = self._t(self.clock())
+        aead = self._aead
+        if aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
+        with self._lock, self._transaction():
+            cur = self._exec(
+                f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
+                "quarantined, created) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (incident, source, incident, len(notices), 0, now))
+            if cur.rowcount != 1:
+                return False
+            for tenant, document, part in notices:
+                self._exec(f"INSERT INTO {self.NOTIFICATIONS} (incident, tenant, created, "
+                           "document) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                           (incident, tenant, now, document))
+                if part is None:
+                    continue
+                nonce = os.urandom(12)
+                payload = aead.encrypt(nonce, part.body, part.id.encode())
+                self._exec(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
+                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                           (part.id, incident, part.tenant, part.kind, part.records, now,
+                            "pending", 0, now, None, nonce, payload, None, source))
+        return True
+
+    def notifications(self, tenant: str, limit: int) -> list[str]:
+        """The newest ``limit`` notification documents of ``tenant`` (JSON
+        texts), newest first; never another tenant's."""
+        with self._lock:
+            rows = self._exec(
+                f"SELECT document FROM {self.NOTIFICATIONS} WHERE tenant = ? "
+                "ORDER BY created DESC, incident DESC LIMIT ?", (tenant, limit)).fetchall()
+        return [str(r["document"]) for r in rows]
 
     # -- delivery ----------------------------------------------------------------
     def due(self, tenant: str, limit: int = 16) -> list[Part]:
@@ -272,6 +332,8 @@ class Outbox(ABC):
                              (part.id,)).fetchone()
         if row is None or row["payload"] is None:
             raise KeyError(part.id)
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it reads no payload")
         return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
 
     def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:
@@ -300,12 +362,14 @@ class Outbox(ABC):
         when = self.clock() + policy.delay(attempts)
         fence, args = self._fence(part.lease)
         with self._lock:
+            # A dead letter's done_at is when it died: its payload's retention
+            # runs from there (D10, gateway.retention).
             cur = self._exec(
                 f"UPDATE {self.PARTS} SET attempts = ?, last_error = ?, next_attempt_at = ?, "
-                "status = ?, lease_owner = NULL, lease_token = NULL, lease_until = NULL "
-                f"WHERE id = ? AND status = 'pending'{fence}",
+                "status = ?, done_at = ?, lease_owner = NULL, lease_token = NULL, "
+                f"lease_until = NULL WHERE id = ? AND status = 'pending'{fence}",
                 (attempts, error[:200], self._t(when), "dead" if dead else "pending",
-                 part.id, *args))
+                 self._t(self.clock()) if dead else None, part.id, *args))
         if cur.rowcount != 1:
             return "lost"
         return "dead" if dead else "pending"
@@ -318,6 +382,38 @@ class Outbox(ABC):
                 "next_attempt_at = ? WHERE id = ? AND status = 'dead' AND payload IS NOT NULL",
                 (self._t(self.clock()), part_id))
         return bool(cur.rowcount == 1)
+
+    # -- retention (D10) ---------------------------------------------------------
+    # A dead letter died at done_at; one that died before done_at was set for
+    # dead letters (an older outbox) counts from its last scheduled attempt,
+    # which is after its death: never earlier than the policy says.
+    _DIED = "coalesce(done_at, next_attempt_at)"
+
+    def dead_letters(self) -> list[DeadLetter]:
+        """Every dead letter, oldest death first: whether its payload is still
+        kept, and when it died."""
+        with self._lock:
+            rows = self._exec(
+                f"SELECT *, {self._DIED} AS died_at, payload IS NOT NULL AS kept "
+                f"FROM {self.PARTS} WHERE status = 'dead' ORDER BY died_at, id").fetchall()
+        return [DeadLetter(self._part(r), self._time(r["died_at"]), bool(r["kept"]))
+                for r in rows]
+
+    def erase_dead_payloads(self, part_ids: Sequence[str], died_by: datetime) -> int:
+        """Erase the payloads of these dead letters, those that died at or
+        before ``died_by`` and still hold one (a part requeued meanwhile is
+        not dead any more, and is left alone). The row stays as a tombstone:
+        tenant, source, batch, record count, when and why it died. Returns
+        how many were erased; again, the same call erases nothing."""
+        if not part_ids:
+            return 0
+        marks = ", ".join("?" for _ in part_ids)
+        with self._lock:
+            cur = self._exec(
+                f"UPDATE {self.PARTS} SET payload = NULL, nonce = NULL WHERE id IN ({marks}) "
+                f"AND status = 'dead' AND payload IS NOT NULL AND {self._DIED} <= ?",
+                (*part_ids, self._t(died_by)))
+        return int(cur.rowcount)
 
     # -- for ops ---------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, float, int]]:
@@ -362,4 +458,4 @@ class Outbox(ABC):
     def close(self) -> None: ...
 
 
-__all__ = ["EncodedPart", "Outbox", "Part", "RetryPolicy", "part_key"]
+__all__ = ["DeadLetter", "EncodedPart", "Outbox", "Part", "RetryPolicy", "part_key"]

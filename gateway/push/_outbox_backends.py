@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from gateway.push._outbox import Outbox
 from gateway.state import ensure_schema
 
-SCHEMA_VERSION = 2  # PRAGMA user_version
+SCHEMA_VERSION = 3  # PRAGMA user_version
 _BATCHES = """CREATE TABLE batches (
     batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
     received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
@@ -29,8 +29,14 @@ _PARTS = """CREATE TABLE parts (
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
     nonce BLOB, payload BLOB, done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT,
     lease_until TEXT)"""
+# Breach notifications as their owners read them (GET /notifications): the
+# document only, never a record (gateway.core.breach).
+_NOTIFICATIONS = """CREATE TABLE IF NOT EXISTS notifications (
+    incident TEXT NOT NULL, tenant TEXT NOT NULL, created TEXT NOT NULL,
+    document TEXT NOT NULL, PRIMARY KEY (incident, tenant))"""
 _INDEXES = ("CREATE INDEX IF NOT EXISTS parts_queue ON parts (tenant, status, created)",
-            "CREATE INDEX IF NOT EXISTS parts_batch ON parts (source, batch_id, tenant)")
+            "CREATE INDEX IF NOT EXISTS parts_batch ON parts (source, batch_id, tenant)",
+            "CREATE INDEX IF NOT EXISTS notifications_tenant ON notifications (tenant, created)")
 # Version 0 -> 1: batches keyed by (source, batch_id); parts name their source.
 _MIGRATE_V0 = (
     "ALTER TABLE batches RENAME TO batches_v0",
@@ -45,6 +51,8 @@ _MIGRATE_V0 = (
 # Version 1 -> 2: leases (a claim's owner, token and expiry).
 _MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
                     for c in ("lease_owner", "lease_token", "lease_until"))
+# Version 2 -> 3: the breach notifications' register.
+_MIGRATE_V2 = (_NOTIFICATIONS,)
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox_batches (
     batch_id text NOT NULL, source text NOT NULL, fingerprint text NOT NULL,
@@ -58,6 +66,10 @@ CREATE TABLE IF NOT EXISTS outbox_parts (
     lease_token text, lease_until timestamptz);
 CREATE INDEX IF NOT EXISTS outbox_parts_queue ON outbox_parts (tenant, status, created);
 CREATE INDEX IF NOT EXISTS outbox_parts_batch ON outbox_parts (source, batch_id, tenant);
+CREATE TABLE IF NOT EXISTS outbox_notifications (
+    incident text NOT NULL, tenant text NOT NULL, created timestamptz NOT NULL,
+    document text NOT NULL, PRIMARY KEY (incident, tenant));
+CREATE INDEX IF NOT EXISTS outbox_notifications_tenant ON outbox_notifications (tenant, created);
 """
 
 
@@ -65,7 +77,7 @@ CREATE INDEX IF NOT EXISTS outbox_parts_batch ON outbox_parts (source, batch_id,
 class SqliteOutbox(Outbox):
     """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
 
-    def __init__(self, path: Path, data_key: bytes, *, owner: str = "",
+    def __init__(self, path: Path, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +109,10 @@ class SqliteOutbox(Outbox):
                 return
             old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                              "name = 'batches'").fetchone() is not None
-            steps: tuple[str, ...] = (_BATCHES, _PARTS)
+            steps: tuple[str, ...] = (_BATCHES, _PARTS, _NOTIFICATIONS)
             if old:
-                steps = (*(_MIGRATE_V0 if version == 0 else ()), *_MIGRATE_V1)
+                steps = (*(_MIGRATE_V0 if version == 0 else ()),
+                         *(_MIGRATE_V1 if version <= 1 else ()), *_MIGRATE_V2)
             for statement in (*steps, *_INDEXES):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -146,9 +159,10 @@ class PostgresOutbox(Outbox):
 
     BATCHES = "outbox_batches"
     PARTS = "outbox_parts"
+    NOTIFICATIONS = "outbox_notifications"
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
-    def __init__(self, dsn: str, data_key: bytes, *, owner: str = "",
+    def __init__(self, dsn: str, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         self.dsn = dsn

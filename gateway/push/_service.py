@@ -27,12 +27,15 @@ import aiohttp
 
 from gateway.audit import (
     AuditSink,
+    BreachNotificationEvent,
     CmhFanoutEvent,
     PushBatchEvent,
     PushDeadLetterEvent,
     PushDeliveredEvent,
     PushPartOutcome,
 )
+from gateway.core.breach import KIND as BREACH_KIND
+from gateway.core.breach import BreachNotice
 from gateway.core.jsonlimits import (
     MAX_DEPTH,
     check_depth,
@@ -67,6 +70,10 @@ ISOLATION_REASONS_CMH = frozenset({"coordinator-mismatch", "operator-mismatch"})
 DEFAULT_RETRY = RetryPolicy()
 _PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+# The source of breach notifications' batches: not a tenant id (those are
+# [a-z0-9-]), so no pushing system can occupy an incident's batch id (D1).
+BREACH_SOURCE = "gateway:breach"
+NOTIFICATIONS_MAX = 100  # GET /notifications lists at most this many
 
 
 def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
@@ -82,9 +89,12 @@ def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
 def delivery_body(part: Part, records: bytes) -> bytes:
     """What the receiver gets: the stored array inside its envelope, not re-encoded.
     ``{"batch_id", "tenant", "kind", "records": [...]}``, or for meter-days
-    ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``."""
+    ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``,
+    for a breach notification ``{..., "notification": {...}}``."""
     head = _COMPACT({"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind})
-    if part.kind == DAYS_KIND:
+    if part.kind == BREACH_KIND:  # the stored part is the notification document
+        member = ',"notification":'
+    elif part.kind == DAYS_KIND:
         member = f',"format":"{DAYS_FORMAT}","readings":{part.records},"meter_days":'
     else:
         member = ',"records":'
@@ -322,6 +332,48 @@ class PushService:
                                           "connection": dict(connection)}])])
             self._wake_up(coordinator)
 
+    # -- breach notifications (D1, D12) ------------------------------------------------
+    def notify_breach(self, notices: Sequence[BreachNotice],
+                      contact: Callable[[str], str | None]) -> int:
+        """Queue one incident's notices, one per owner: each stored as the
+        document its owner reads at ``GET /notifications`` and, where the
+        owner has a receiver, as a part delivered to it under the
+        ``Idempotency-Key`` ``gateway:breach/<incident>/<owner>``. Exactly
+        once per incident: processed again, nothing is stored, counted or
+        audited a second time. Returns how many were queued now."""
+        if not notices:
+            return 0
+        incident = notices[0].incident
+        assert all(n.incident == incident for n in notices)
+        rows: list[tuple[str, str, EncodedPart | None]] = []
+        for notice in notices:
+            document = _COMPACT(notice.document(contact(notice.owner)))
+            part = None
+            if notice.owner in self.endpoints:
+                part = EncodedPart(part_key(BREACH_SOURCE, incident, notice.owner),
+                                   notice.owner, BREACH_KIND, 1, document.encode())
+            rows.append((notice.owner, document, part))
+        if not self.outbox.enqueue_notifications(incident=incident, source=BREACH_SOURCE,
+                                                 notices=rows):
+            log.info("breach notifications of incident %s were queued before", incident)
+            return 0
+        for notice, (_, _, part) in zip(notices, rows, strict=True):
+            self.metrics.breach_notifications.labels(notice.owner).inc()
+            self.audit.record(BreachNotificationEvent(
+                incident=new_incident_id(), tenant=notice.owner, violation=incident,
+                requested_by=notice.requested_by, upstream=notice.shared_system,
+                route=notice.route, records=notice.records,
+                delivery="queued" if part is not None else "no-endpoint"))
+            if part is not None:
+                self._wake_up(notice.owner)
+        return len(notices)
+
+    def notifications(self, tenant: str, limit: int = NOTIFICATIONS_MAX) -> list[Any]:
+        """``tenant``'s own breach notifications, newest first, at most
+        :data:`NOTIFICATIONS_MAX`."""
+        return [json.loads(doc) for doc in
+                self.outbox.notifications(tenant, max(1, min(limit, NOTIFICATIONS_MAX)))]
+
     # -- delivery ----------------------------------------------------------------
     def _wake_up(self, tenant: str) -> None:
         event = self._wake.get(tenant)
@@ -403,8 +455,9 @@ class PushService:
                 log.warning("part %s delivered after its lease was taken over", part.id)
                 return
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
-            self.metrics.push_records.labels(self._source(part), part.tenant,
-                                             "delivered").inc(part.records)
+            if part.kind != BREACH_KIND:  # pushed records only
+                self.metrics.push_records.labels(self._source(part), part.tenant,
+                                                 "delivered").inc(part.records)
             self.audit.record(PushDeliveredEvent(
                 incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
                 records=part.records, attempts=part.attempts + 1))
@@ -418,8 +471,9 @@ class PushService:
         self.metrics.delivery_attempts.labels(
             part.tenant, "rejected" if permanent else "error").inc()
         if outcome == "dead":
-            self.metrics.push_records.labels(self._source(part), part.tenant,
-                                             "dead_letter").inc(part.records)
+            if part.kind != BREACH_KIND:
+                self.metrics.push_records.labels(self._source(part), part.tenant,
+                                                 "dead_letter").inc(part.records)
             self.audit.record(PushDeadLetterEvent(
                 incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
                 records=part.records, error=error))

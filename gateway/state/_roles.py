@@ -33,6 +33,8 @@ DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("SELECT", "vault_meta, vault_master_keys, vault_secrets"),
     # The push outbox: the replicas take in batches and deliver the parts.
     ("SELECT, INSERT, UPDATE", "outbox_batches, outbox_parts"),
+    # Breach notifications: queued on the response path, read by their owners.
+    ("SELECT, INSERT", "outbox_notifications"),
 )
 _ROLE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 

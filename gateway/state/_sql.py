@@ -117,6 +117,23 @@ class SqlStore(ABC):
                                self._time(r["changed_at"]), r["reason"], r["changed_by"])
                 for r in rows]
 
+    def delete_principal_state(self, state: PrincipalState) -> bool:
+        """Retention (D8, D10): forget a disabled principal and its last-seen
+        time, only while its stored state is still ``state`` (disabled, at
+        the same moment): enabled or disabled again meanwhile, it stays.
+        True when it was deleted."""
+        if not state.disabled:
+            raise ValueError("only a disabled principal's state is deleted by retention")
+        cur = self._exec("DELETE FROM principal_states WHERE tenant = ? AND kind = ? AND "
+                         "name = ? AND disabled = ? AND changed_at = ?",
+                         (*state.key, True, state.changed_at))
+        if cur.rowcount != 1:
+            return False
+        self._exec("DELETE FROM last_seen WHERE tenant = ? AND kind = ? AND name = ?",
+                   state.key)
+        self._changed()
+        return True
+
     def last_seen(self) -> dict[PrincipalKey, datetime]:
         rows = self._exec("SELECT * FROM last_seen").fetchall()
         return {(r["tenant"], r["kind"], r["name"]): self._time(r["at"]) for r in rows}
@@ -177,7 +194,7 @@ class SqlStore(ABC):
     def add_consultation(self, rec: Consultation) -> None:
         """Append-only (D8): a consultation once recorded is never rewritten
         (the same incident again changes nothing), so a replica's role needs
-        INSERT only."""
+        INSERT only; only retention deletes, on the control plane."""
         names = [f.name for f in fields(rec)]
         self._exec(f"INSERT INTO consultations ({', '.join(names)}) "  # noqa: S608
                    f"VALUES ({', '.join('?' for _ in names)}) ON CONFLICT (incident) DO NOTHING",
@@ -211,6 +228,24 @@ class SqlStore(ABC):
                          "WHERE id = ? AND status = 'pending'",
                          (status, approver, at, approval_id))
         return bool(cur.rowcount == 1)
+
+    def consultation_span(self, *, before: datetime | None = None
+                          ) -> tuple[int, datetime | None]:
+        """How many entries the register holds (those at or before ``before``)
+        and the oldest one's time: what retention reports, without reading
+        the entries."""
+        sql, args = "SELECT count(*) AS n, min(at) AS oldest FROM consultations", tuple[Any, ...]()
+        if before is not None:
+            sql, args = sql + " WHERE at <= ?", (before,)
+        row = self._exec(sql, args).fetchone()
+        oldest = row["oldest"]
+        return int(row["n"]), None if oldest is None else self._time(oldest)
+
+    def delete_consultations(self, *, before: datetime) -> int:
+        """Retention (D8, D10): the only deletion from the register: entries
+        at or before ``before``. How many went; again, none."""
+        cur = self._exec("DELETE FROM consultations WHERE at <= ?", (before,))
+        return int(cur.rowcount)
 
     # -- signing keys --------------------------------------------------------
     def add_signing_key(self, rec: SigningKeyRecord) -> None:

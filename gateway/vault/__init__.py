@@ -42,13 +42,14 @@ from gateway.vault._service import (
     token_id,
 )
 from gateway.vault._sqlite import SqliteVault
-from gateway.vault._store import SecretMeta, Vault
+from gateway.vault._store import RekeyProgress, SecretMeta, Vault
 
 __all__ = [
     "BreakGlass",
     "BreakGlassPolicy",
     "MasterKeys",
     "PostgresVault",
+    "RekeyProgress",
     "SecretMeta",
     "SecretNotFound",
     "SqliteVault",

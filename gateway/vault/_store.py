@@ -48,6 +48,22 @@ _SECRET_ID = re.compile(r"[a-z0-9][a-z0-9._/-]{0,127}")
 PUT_ATTEMPTS = 50
 
 
+@dataclass
+class RekeyProgress:
+    """How far the rekey running now is (rows re-wrapped of the rows read),
+    for ``GET /admin/vault/rekey`` and the CLI's progress bar."""
+
+    running: bool = False
+    done: int = 0
+    total: int = 0
+
+    def step(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def as_json(self) -> dict[str, Any]:
+        return {"running": self.running, "done": self.done, "total": self.total}
+
+
 @dataclass(frozen=True)
 class SecretMeta:
     id: str
@@ -314,7 +330,8 @@ class Vault(ABC):
         log.info("vault: destroyed %d old version(s) of secret %s", count, secret_id)
         return int(count)
 
-    def rekey(self, new_master: MasterKeys) -> int:
+    def rekey(self, new_master: MasterKeys,
+              progress: Callable[[int, int], None] | None = None) -> int:
         """Re-wrap every data key under ``new_master.current_version``; returns how many.
 
         ``new_master`` must hold a newer version than the current one and every
@@ -338,8 +355,12 @@ class Vault(ABC):
             with self._connection():
                 self._unlock_check(new)  # a wrong new key fails here, before any change
             rows, keyring = self._rows("SELECT * FROM vault_secrets", ())
-            done = {(r["secret_id"], r["version"], bytes(r["wrapped_key"])):
-                    self._rewrap(keyring, new, r) for r in rows}
+            done: dict[tuple[Any, Any, bytes], bytes] = {}
+            for n, r in enumerate(rows, 1):
+                done[(r["secret_id"], r["version"], bytes(r["wrapped_key"]))] = \
+                    self._rewrap(keyring, new, r)
+                if progress is not None:
+                    progress(n, len(rows))  # the slow part: one unwrap and wrap per row
             with self._connection(write=True, exclusive=True,
                                   on_commit=lambda: self._use(new_master, new)) as keyring:
                 # Exclusive: puts of other replicas wait, so none lands under

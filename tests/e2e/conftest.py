@@ -67,8 +67,10 @@ class Client:
                 if resp.will_close:
                     self.close()
                 return out
+            # A keep-alive connection the gateway closed while idle fails on the
+            # next write: RST (reset), FIN (broken pipe) or TLS close_notify (EOF).
             except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError,
-                    ssl.SSLEOFError):  # a kept-alive connection the server closed when idle
+                    ssl.SSLEOFError):
                 self.close()
                 if attempt == 2:
                     raise

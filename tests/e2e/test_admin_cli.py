@@ -375,9 +375,13 @@ def test_verbs_that_write_a_file_say_what_they_wrote(stack: RunningStack,
     assert pki.ca_cert.exists()
 
 
-def test_vault_rekey_shows_that_it_waits_on_a_terminal_only(stack: RunningStack,
-                                                            tmp_path: Path) -> None:
+def test_vault_rekey_shows_its_progress_on_a_terminal_only(stack: RunningStack,
+                                                           tmp_path: Path) -> None:
+    """The rekey runs where it is approved (D6): the approver's terminal shows
+    a bar of the data keys re-wrapped (GET /admin/vault/rekey); piped, nothing."""
     from tests.test_console import on_terminal
+
+    from .test_credentials import admin
 
     pki = stack.stack.pki
     client = ["--admin-url", f"https://localhost:{stack.stack.gateway.admin_port}",
@@ -389,9 +393,20 @@ def test_vault_rekey_shows_that_it_waits_on_a_terminal_only(stack: RunningStack,
     cmd = [sys.executable, "-m", "gateway"]
     code, shown, out = on_terminal([*cmd, "vault", "rekey", "--reason", "yearly", *client,
                                     *alice], tmp_path)
-    assert code == 0 and "vault rekey: waiting for the admin plane" in shown
+    assert code == 0 and "vault rekey: data keys re-wrapped" in shown
     pending = json.loads(out)["id"]
+    code, shown, out = on_terminal([*cmd, "certs", "approve", pending, "--reason", "ok",
+                                    *client, *ivan], tmp_path)
+    assert code == 0 and "vault rekey: data keys re-wrapped" in shown
+    rewrapped = json.loads(out)["result"]["rewrapped"]
+    assert rewrapped >= 1
+    state = admin(stack, "GET", "/admin/vault/rekey", who="carol").json
+    assert state == {"running": False, "done": rewrapped, "total": rewrapped}
+    # Piped: no bar, no spinner, the JSON only.
+    pending = json.loads(subprocess.run(
+        [*cmd, "vault", "rekey", "--reason", "again", *client, *alice], capture_output=True,
+        text=True, timeout=60, check=True).stdout)["id"]
     proc = subprocess.run([*cmd, "certs", "approve", pending, "--reason", "ok", *client, *ivan],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert "waiting" not in proc.stderr and json.loads(proc.stdout)["result"]["rewrapped"] >= 1
+    assert proc.stderr == "" and json.loads(proc.stdout)["result"]["rewrapped"] >= 1

@@ -100,13 +100,16 @@ def test_post_body_rules(gw: RunningStack) -> None:
 
 
 def test_airplane_mode_meter_refuses_remote_operations(gw: RunningStack) -> None:
-    # D5: communication disabled at the customer's request -> no remote operations.
+    # D5: communication disabled at the customer's request -> no remote operations,
+    # refused by the gateway itself from the feed (tests/e2e/test_rules_meters.py).
     meter = next(m for m in gw.stack.dataset.meters if m["airplane_mode"])
     owner = meter["owners"][-1]["tenant"]
+    gw.clear_sim_logs()
     resp = gw.client(owner, "field-ops").request(
         "POST", f"/hes/meters/{meter['serial']}/operations", body={"operation": "disconnect"})
     assert resp.status == 409
-    assert resp.json["type"].endswith(":upstream-refused")
+    assert resp.json["type"].endswith(":conflict")
+    assert gw.sim_log("hes") == []
 
 
 def test_assertion_is_bound_to_the_client_certificate(gw: RunningStack) -> None:

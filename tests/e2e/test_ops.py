@@ -40,7 +40,7 @@ def test_metrics_names_and_labels(gw: RunningStack) -> None:
     # the pushed records that went to no tenant (quarantine).
     tenants = set(gw.stack.registry.tenants) | {"unknown", "gateway", "none"}
     routes = ({r.template for r in gw.stack.gateway.data_plane.routes.routes}
-              | set(PUSH_ROUTES) | {"none"})
+              | set(PUSH_ROUTES) | {"/notifications", "none"})
     for family in families.values():
         for s in family.samples:
             if "tenant" in s.labels:

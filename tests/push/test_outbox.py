@@ -236,6 +236,7 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     import sqlite3
 
     from gateway.push import SqliteOutbox
+    from gateway.push._outbox_backends import SCHEMA_VERSION
 
     path = tmp_path / "outbox.db"
     box = SqliteOutbox(path, KEY)
@@ -250,5 +251,30 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     again = SqliteOutbox(path, KEY)
     (part,) = again.claim("ores")  # the pending part, now under a lease
     assert part.id == "hes-operator/B1/ores" and again.acknowledged(part.id, part.lease)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    again.close()
+
+
+def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
+        tmp_path: Path) -> None:
+    import sqlite3
+
+    from gateway.push import SqliteOutbox
+    from gateway.push._outbox_backends import SCHEMA_VERSION
+
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY)
+    push(box, "B1", {"ores": 1})
+    box.close()
+    db = sqlite3.connect(path)
+    db.execute("DROP TABLE notifications")  # as version 2 had it
+    db.execute("PRAGMA user_version = 2")
+    db.commit()
+    db.close()
+    again = SqliteOutbox(path, KEY)
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert again.enqueue_notifications(incident="inc-1", source="gateway:breach",
+                                       notices=[("ores", '{"incident": "inc-1"}', None)])
+    assert again.notifications("ores", 5) == ['{"incident": "inc-1"}']
+    assert [p.id for p in again.parts()] == ["hes-operator/B1/ores"]  # kept
     again.close()

@@ -108,6 +108,10 @@ def test_a_data_replica_starts_and_works_with_the_grants_alone(
                                           [{"meter": "M1"}])])
     (part,) = outbox.claim("ores")
     assert outbox.acknowledged(part.id, part.lease)
+    # Breach notifications: queued on the response path, read by their owner.
+    assert outbox.enqueue_notifications(incident="inc-1", source="gateway:breach",
+                                        notices=[("pidpa", '{"incident": "inc-1"}', None)])
+    assert outbox.notifications("pidpa", 10) == ['{"incident": "inc-1"}']
     outbox.close()
 
 

@@ -300,6 +300,18 @@ def test_rekey_then_open_with_only_the_new_version(backend: Backend, master: Mas
         backend.open(master)  # the old key alone no longer opens it
 
 
+def test_rekey_reports_its_progress_row_by_row(backend: Backend, master: MasterKeys) -> None:
+    """What GET /admin/vault/rekey and the CLI's bar show: every data key
+    re-wrapped, counted against the rows read."""
+    steps: list[tuple[int, int]] = []
+    with backend.open(master) as v:
+        for i in range(4):
+            v.put(f"s{i}", b"x")
+        assert v.rekey(master.with_new_version(), progress=lambda d, t: steps.append((d, t))) \
+            == 4
+    assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+
+
 def test_rekey_refuses_key_sets_that_drop_or_change_a_version(backend: Backend, vault: Vault,
                                                               master: MasterKeys) -> None:
     vault.put("a", b"x")
