@@ -199,7 +199,7 @@ def _supervise_workers(config: object, path: Path, workers: int) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from gateway.demo import Stack, StackPorts
+    from gateway.demo import Stack, StackPorts, demo_banner
 
     if args.replicas is not None:
         return _demo_fleet(args)
@@ -251,46 +251,6 @@ def _demo_fleet(args: argparse.Namespace) -> int:
     with _demo_ports_hint(args):
         _run_until_signal(start, fleet.stop)
     return 0
-
-
-def demo_banner(stack: object) -> str:
-    from gateway.demo import Stack
-
-    assert isinstance(stack, Stack)
-    pki = stack.pki
-    ds = stack.dataset
-    gw = stack.gateway
-    own = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "ores"
-               and not m["airplane_mode"])
-    foreign = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "fluvius")
-    cert = f"--cert {pki.client_cert('ores', 'api')} --key {pki.client_key('ores', 'api')}"
-    base = f"https://localhost:{gw.data_port}"
-    return f"""
-Shared-grid gateway demo is running (Ctrl-C to stop).
-
-  data plane (mTLS)   {base}
-  admin plane (mTLS)  https://localhost:{gw.admin_port}  (security team: certs/dev/ores/alice.pem)
-  ops plane           http://127.0.0.1:{gw.ops_port}  (/metrics /healthz /readyz /crl.pem)
-  simulators          {', '.join(f'{n}={p}' for n, p in stack.sim_ports.items())}
-  trust bundle        {pki.ca_cert}
-  client certificates {pki.root}/<tenant>/<name>.pem and .key
-  config (for serve)  {stack.work_dir / 'gateway.toml'}
-  audit log           {stack.work_dir / 'audit.jsonl'}
-
-Try (as ORES):
-  # allowed: ORES's own meter
-  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters/{own}
-  # denied (403): a Fluvius meter
-  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters/{foreign}
-  # list: only ORES's meters
-  curl --cacert {pki.ca_cert} {cert} {base}/hes/meters
-  # metrics
-  curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_
-
-Simulator control (faults, the HES's daily push): header X-Sim-Control: {stack.control_token}
-  curl -X POST -H 'X-Sim-Control: {stack.control_token}' -d '{{"mode": "misroute"}}' \\
-       --cacert {pki.ca_cert} https://localhost:{stack.sim_ports["hes"]}/_sim/fault
-"""
 
 
 def cmd_certs_init_dev(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ May import everything else.
 
 from __future__ import annotations
 
+from gateway.demo._banner import demo_banner
 from gateway.demo._devpki import ensure_dev_pki
 from gateway.demo._fleet import Fleet, ReplicaProcess, fleet_banner
 from gateway.demo._stack import TRUST_DOMAIN, Stack, StackPorts
@@ -19,6 +20,7 @@ __all__ = [
     "ReplicaProcess",
     "Stack",
     "StackPorts",
+    "demo_banner",
     "ensure_dev_pki",
     "fleet_banner",
 ]

@@ -30,13 +30,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from cryptography import x509
 
+from gateway.demo._banner import admin_environment, curl_tls, partner_lines
 from gateway.demo._devpki import reissue
+from gateway.demo._partner_tls import client_tls
 from gateway.demo._postgres import LocalCluster
 from gateway.demo._stack import LOOPBACK, Stack, StackPorts
 from gateway.demo.simulators.hes import configure_push
 from gateway.pki import import_certificate
 from gateway.state import PostgresStore, data_plane_grants
-from gateway.tls import client_context
 
 READY_TIMEOUT_S = 60.0
 DATA_ROLE = "gateway_data"  # the data-plane replicas' database role
@@ -214,7 +215,7 @@ class Fleet:
         pki = stack.pki
         # The HES pushes its daily batch to the first replica.
         configure_push(stack.apps["hes"], f"https://{LOOPBACK}:{self.data[0].data_port}"
-                       "/push/hes/batches", client_context(
+                       "/push/hes/batches", client_tls(
                            pki.ca_cert, pki.client_cert("hes-operator", "pusher"),
                            pki.client_key("hes-operator", "pusher")))
         self.write_description()
@@ -309,7 +310,7 @@ def fleet_banner(fleet: Fleet) -> str:
     ds = fleet.stack.dataset
     own = next(m["serial"] for m in ds.meters if m["owners"][-1]["tenant"] == "ores"
                and not m["airplane_mode"])
-    cert = f"--cert {pki.client_cert('ores', 'api')} --key {pki.client_key('ores', 'api')}"
+    cacert, cert = curl_tls(pki, "ores", "api")
     serial = _serial(pki.client_cert("ores", "api"))
     lines = [f"  {r.id:<10} pid {r.pid:<7} data https://localhost:{r.data_port}  "
              f"ops http://127.0.0.1:{r.ops_port}" for r in fleet.data]
@@ -324,15 +325,16 @@ Shared-grid gateway fleet is running (Ctrl-C to stop): {len(fleet.data)} data-pl
 {chr(10).join(control)}
 {chr(10).join(lines)}
   described in {fleet.work_dir / 'fleet.json'}; logs in {fleet.dir}/
+{chr(10).join(partner_lines(fleet.stack))}
 
 Try (as ORES), on each replica:
-  curl --cacert {pki.ca_cert} {cert} https://localhost:{first.data_port}/hes/meters/{own}
+  curl {cacert} {cert} https://localhost:{first.data_port}/hes/meters/{own}
   curl -s http://127.0.0.1:{first.ops_port}/metrics | grep -E 'gateway_replicas_live|leader'
 
-Revoke ORES's API certificate on the control plane (as the security admin of
-certs/dev/ores/alice.pem, the admin command's default), then every replica refuses it:
-  gateway certs revoke {serial} --code key-compromise --reason "tour" \\
-      --admin-url https://localhost:{fleet.control[0].admin_port}
+Revoke ORES's API certificate on the control plane as the security admin alice
+({pki.client_cert('ores', 'alice')}), then every replica refuses it:
+  {admin_environment(pki, f'https://localhost:{fleet.control[0].admin_port}')}
+  gateway certs revoke {serial} --code key-compromise --reason "tour"
 """
 
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.config import GatewayConfig
 from gateway.demo._dataset import Dataset, generate
 from gateway.demo._devpki import DevPki, ensure_dev_pki, reissue
+from gateway.demo._partner_tls import client_tls, server_tls
 from gateway.demo.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
 from gateway.demo.simulators.hes import configure_push
 from gateway.demo.simulators.receivers import build_receivers
@@ -29,7 +30,6 @@ from gateway.pki import JwksKeySource
 from gateway.server import Gateway
 from gateway.state import Consultation, PrincipalState
 from gateway.tenants import TenantRegistry, load_tenants
-from gateway.tls import client_context
 from gateway.vault import (
     MasterKeys,
     SecretNotFound,
@@ -61,19 +61,20 @@ class StackPorts:
                    {"hes": 9201, "clearing": 9202, "cmh": 9203, "itsm": 9204})
 
 
-def _simulator_tls(pki: DevPki) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(pki.server_cert), str(pki.server_key))
-    return ctx
+def _simulator_tls(pki: DevPki, *, client_certs: bool = False) -> ssl.SSLContext:
+    """A shared system's listener; with ``client_certs`` it asks for one (the
+    gateway's certificate is checked per request) and trusts the bundle as
+    it is at each handshake, so a new CA's certificates are accepted."""
+    if not client_certs:
+        return server_tls(pki.server_cert, pki.server_key).context
+    return server_tls(pki.server_cert, pki.server_key, clients_ca=pki.ca_cert,
+                      require_client_cert=False).server_context()
 
 
 def _receiver_tls(pki: DevPki) -> ssl.SSLContext:
-    """The operators' receivers: they demand a client certificate (the gateway's)."""
-    ctx = _simulator_tls(pki)
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.load_verify_locations(cafile=str(pki.ca_cert))
-    return ctx
+    """The operators' receivers: they demand a client certificate (the gateway's),
+    verified against the trust bundle as it is at each handshake."""
+    return server_tls(pki.server_cert, pki.server_key, clients_ca=pki.ca_cert).server_context()
 
 
 def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
@@ -207,9 +208,7 @@ class Stack:
         sim_socks = {name: socks[f"{name} simulator"] for name in SIMULATOR_NAMES}
         self.sim_ports = {name: sock.getsockname()[1] for name, sock in sim_socks.items()}
         sim_secrets = self._provision_secrets()
-        mtls_tls = _simulator_tls(self.pki)
-        mtls_tls.verify_mode = ssl.CERT_OPTIONAL  # the gateway's certificate is checked
-        mtls_tls.load_verify_locations(cafile=str(self.pki.ca_cert))  # per request
+        mtls_tls = _simulator_tls(self.pki, client_certs=True)
         for name, sock in sim_socks.items():
             app = build_simulator(name, self.dataset, keys, self.control_token,
                                   sim_secrets[name])
@@ -273,7 +272,7 @@ class Stack:
         await self.gateway.start(data_sock, ops_sock, admin_sock)
         # The HES pushes its daily batch to the gateway as hes-operator/pusher.
         configure_push(self.apps["hes"], f"https://{LOOPBACK}:{self.gateway.data_port}"
-                       "/push/hes/batches", client_context(
+                       "/push/hes/batches", client_tls(
                            self.pki.ca_cert, self.pki.client_cert("hes-operator", "pusher"),
                            self.pki.client_key("hes-operator", "pusher")))
 

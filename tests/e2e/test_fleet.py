@@ -33,7 +33,7 @@ import psycopg
 import pytest
 from cryptography import x509
 
-from gateway.demo import Fleet, ReplicaProcess
+from gateway.demo import Fleet, ReplicaProcess, fleet_banner
 from gateway.tls import client_context
 from tests.postgres import Cluster
 
@@ -154,6 +154,18 @@ def test_fleet_json_says_where_everything_runs(fleet: RunningFleet) -> None:
         assert entry["pid"] == proc.pid and proc.alive()
         assert entry["data"] == f"127.0.0.1:{proc.data_port}"
         assert entry["ops"] == f"127.0.0.1:{proc.ops_port}"
+
+
+def test_the_fleet_banner_names_every_partner_and_this_run_s_certificates(
+        fleet: RunningFleet) -> None:
+    stack = fleet.fleet.stack
+    assert stack is not None
+    banner = fleet_banner(fleet.fleet)
+    for port in (*stack.sim_ports.values(), stack.receivers_port,
+                 fleet.fleet.control[0].admin_port):
+        assert f"https://localhost:{port}" in banner
+    assert "certs/dev" not in banner  # the fleet's --certs, everywhere
+    assert f"GATEWAY_ADMIN_CERT={stack.pki.client_cert('ores', 'alice')}" in banner
 
 
 def test_one_control_plane_leads_and_every_replica_counts_the_fleet(

@@ -12,7 +12,6 @@ never stored: the HES must not keep the data (D5).
 from __future__ import annotations
 
 import copy
-import ssl
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from gateway.demo._dataset import Dataset
+from gateway.demo._partner_tls import FollowedTls
 from gateway.demo.simulators._common import (
     Record,
     SimError,
@@ -52,13 +52,15 @@ _PUBLIC = ("serial", "utility", "model", "ean", "airplane_mode")
 @dataclass
 class HesData:
     meters: dict[str, Record]  # serial -> this simulator's own copy, with device state
-    # Where the daily push goes (the gateway's intake) and how the HES connects.
+    # Where the daily push goes (the gateway's intake) and how the HES connects:
+    # its client identity and the trust bundle as they are at each push.
     push_url: str | None = None
-    push_tls: ssl.SSLContext | None = None
+    push_tls: FollowedTls | None = None
 
 
-def configure_push(app: web.Application, url: str, tls: ssl.SSLContext) -> None:
-    """The HES pushes its daily batch to ``url`` with the client identity in ``tls``."""
+def configure_push(app: web.Application, url: str, tls: FollowedTls) -> None:
+    """The HES pushes its daily batch to ``url`` with the client identity in
+    ``tls``, re-read when its files change (a new CA in the trust bundle)."""
     app[HES].push_url = url
     app[HES].push_tls = tls
 
@@ -67,23 +69,38 @@ async def daily_push(request: web.Request) -> web.Response:
     """``POST /_sim/push`` (control): build yesterday's (or ``date``'s) batch of
     every communicating meter, labelled with the HES's idea of each owner, and
     push it; answers what the gateway answered. With the misroute fault the HES
-    labels each water reading for the DSO whose electricity meter carried it."""
+    labels each water reading for the DSO whose electricity meter carried it.
+    A refusal is reported as the gateway's (``refused_by``, its ``problem``)."""
     data = request.app[HES]
     if data.push_url is None or data.push_tls is None:
         raise SimError(409, "push-not-configured")
     doc = await json_body(request)
     day = date.fromisoformat(str(doc.get("date") or
                                  (now_of(request) - timedelta(days=1)).date().isoformat()))
-    if doc.get("format") == "meter-days/v1":
-        batch = {"format": "meter-days/v1",
-                 "batch_id": str(doc.get("batch_id") or f"HES-{day.isoformat()}-days"),
+    columnar = doc.get("format") == "meter-days/v1"
+    batch_id = str(doc.get("batch_id") or default_batch_id(day, columnar=columnar))
+    if columnar:
+        batch = {"format": "meter-days/v1", "batch_id": batch_id,
                  "source": "hes", "meter_days": _meter_days(request, day)}
     else:
-        batch = _records_batch(request, doc, day)
+        batch = _records_batch(request, batch_id, day)
     async with aiohttp.ClientSession() as session, session.post(
-            data.push_url, json=batch, ssl=data.push_tls) as resp:
+            data.push_url, json=batch, ssl=data.push_tls.context) as resp:
         answer = await resp.json(content_type=None)
-        return json_response({"status": resp.status, "answer": answer})
+    out: Record = {"status": resp.status, "batch_id": batch_id, "answer": answer}
+    if resp.status >= 400:
+        # The refusal is the gateway's (its intake answered), not this system's:
+        # say so, with the gateway's own problem type and title.
+        out["refused_by"] = "gateway"
+        if isinstance(answer, dict):
+            out["problem"] = {k: answer.get(k) for k in ("type", "title", "detail", "incident")}
+    return json_response(out)
+
+
+def default_batch_id(day: date, *, columnar: bool = False) -> str:
+    """The id of the daily push of ``day`` when the control call names none
+    (a batch id is unique per source system: another batch under it is 409)."""
+    return f"HES-{day.isoformat()}-days" if columnar else f"HES-{day.isoformat()}"
 
 
 def _meter_days(request: web.Request, day: date) -> list[Record]:
@@ -125,7 +142,7 @@ def _meter_days(request: web.Request, day: date) -> list[Record]:
     return out
 
 
-def _records_batch(request: web.Request, doc: Record, day: date) -> Record:
+def _records_batch(request: web.Request, batch_id: str, day: date) -> Record:
     data = request.app[HES]
     at = datetime(day.year, day.month, day.day, 6, tzinfo=UTC)
     records = []
@@ -145,8 +162,7 @@ def _records_batch(request: web.Request, doc: Record, day: date) -> Record:
         if via:
             rec["via"] = via
         records.append(rec)
-    return {"batch_id": str(doc.get("batch_id") or f"HES-{day.isoformat()}"),
-            "source": "hes", "records": records}
+    return {"batch_id": batch_id, "source": "hes", "records": records}
 
 
 HES = web.AppKey("hes_data", HesData)
