@@ -24,7 +24,7 @@ from gateway.core.decide import RequestFacts, Window, request_window, resource_i
 from gateway.core.fields import FIELD_RULES
 from gateway.core.model import Caller, Decision
 from gateway.core.relations.index import RelationIndex, parse_instant
-from gateway.core.routes import Route
+from gateway.core.routes import RecordCheck, Route
 
 # An upstream JSON answer with a key twice in one object: the check sees one
 # value, a client that keeps the first would read the other (RFC 8259 §4
@@ -98,13 +98,8 @@ def foreign_records(tenant: str, names: frozenset[str], route: Route,
     be read as a record is skipped (it names no resource)."""
     found: list[ForeignRecord] = []
     for rc in route.records:
-        if rc.items is None:
-            records: Any = [body]
-        elif isinstance(body, Mapping):
-            records = body.get(rc.items)
-        else:
-            records = None
-        if not isinstance(records, list):
+        records = _records_of(rc, body)
+        if records is None:
             continue
         for rec in records:
             if not isinstance(rec, Mapping) or not isinstance(rid := rec.get(rc.id_field), str):
@@ -118,6 +113,15 @@ def foreign_records(tenant: str, names: frozenset[str], route: Route,
             if relations.holds(rc.kind, rid, tenant, names, at) is None:
                 found.append(ForeignRecord(rc.kind, rid, at))
     return tuple(found)
+
+
+def _records_of(rc: RecordCheck, body: Any) -> list[Any] | None:
+    """The records ``rc`` declares in ``body`` (the body itself for a single
+    record), or None when they are not a list."""
+    if rc.items is None:
+        return [body]
+    records = body.get(rc.items) if isinstance(body, Mapping) else None
+    return records if isinstance(records, list) else None
 
 
 def _check(
@@ -138,13 +142,8 @@ def _check(
     tenant = caller.tenant.id
     seen: list[str] = []
     for rc in route.records:
-        if rc.items is None:
-            records: Any = [body]
-        elif isinstance(body, Mapping):
-            records = body.get(rc.items)
-        else:
-            records = None
-        if not isinstance(records, list):
+        records = _records_of(rc, body)
+        if records is None:
             return _withhold("response-malformed")
         for rec in records:
             if not isinstance(rec, Mapping):

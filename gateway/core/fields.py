@@ -133,23 +133,32 @@ def clearing_supplier_view(caller: Caller, body: Any, relations: RelationIndex,
     tenant = caller.tenant.id
     changed = False
     for rec in records:
-        for key in [k for k in rec if k not in SUPPLIER_ACCESS_POINT_FIELDS]:
-            del rec[key]
-            changed = True
-        meter = rec.get("meter")
-        if isinstance(meter, MutableMapping):
-            for key in [k for k in meter if k not in SUPPLIER_METER_FIELDS]:
-                del meter[key]
-                changed = True
-        elif "meter" in rec and meter is not None:
-            del rec["meter"]  # a shape the rule does not know: not shown
-            changed = True
+        changed = _access_point_view(rec, SUPPLIER_ACCESS_POINT_FIELDS) or changed
         customer = rec.get("customer")
         if "customer" in rec and not (isinstance(customer, MutableMapping)
                                       and customer.get("supplied_by") == tenant):
             # SECURITY: D2, fail closed: no provenance, or another supplier's data.
             del rec["customer"]
             changed = True
+    return changed
+
+
+def _access_point_view(rec: MutableMapping[str, Any], fields: frozenset[str]) -> bool:
+    """Keep ``fields`` of an access-point record and the meter's
+    :data:`SUPPLIER_METER_FIELDS` (a meter of another shape is removed);
+    True if something was removed."""
+    changed = False
+    for key in [k for k in rec if k not in fields]:
+        del rec[key]
+        changed = True
+    meter = rec.get("meter")
+    if isinstance(meter, MutableMapping):
+        for key in [k for k in meter if k not in SUPPLIER_METER_FIELDS]:
+            del meter[key]
+            changed = True
+    elif "meter" in rec and meter is not None:
+        del rec["meter"]  # a shape the rule does not know: not shown
+        changed = True
     return changed
 
 
@@ -172,17 +181,7 @@ def clearing_customer_view(caller: Caller, body: Any, relations: RelationIndex,
         return None
     changed = False
     for rec in records:
-        for key in [k for k in rec if k not in CUSTOMER_ACCESS_POINT_FIELDS]:
-            del rec[key]
-            changed = True
-        meter = rec.get("meter")
-        if isinstance(meter, MutableMapping):
-            for key in [k for k in meter if k not in SUPPLIER_METER_FIELDS]:
-                del meter[key]
-                changed = True
-        elif "meter" in rec:
-            del rec["meter"]
-            changed = True
+        changed = _access_point_view(rec, CUSTOMER_ACCESS_POINT_FIELDS) or changed
     return changed
 
 
