@@ -408,6 +408,7 @@ def cmd_relations_compile(args: argparse.Namespace) -> int:
             count = compile_feed(Path(args.feed), Path(args.out), bar.reached)
         except (OSError, ValueError, KeyError) as exc:
             raise ConfigError(f"{args.feed}: cannot compile the relation feed: {exc}") from exc
+        bar.reached(count, count)  # a snapshot as input reports no steps of its own
     print(f"{count} relations -> {args.out} ({Path(args.out).stat().st_size} bytes)")
     return 0
 

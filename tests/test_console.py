@@ -101,6 +101,18 @@ def test_relations_compile_draws_a_bar_on_a_terminal(feed: Path, tmp_path: Path)
     assert out.startswith("25000 relations -> ")
 
 
+def test_a_snapshot_as_input_fills_the_bar_too(feed: Path, tmp_path: Path) -> None:
+    """A snapshot compiled again reports no steps of its own: the bar still
+    ends at the count, not at 0."""
+    snap = tmp_path / "first.snap"
+    assert piped([*GATEWAY, "relations", "compile", "--feed", str(feed), "--out", str(snap)],
+                 tmp_path).returncode == 0
+    code, terminal, out = on_terminal([*GATEWAY, "relations", "compile", "--feed", str(snap),
+                                       "--out", str(tmp_path / "again.snap")], tmp_path)
+    assert code == 0, terminal
+    assert "25.0k/25.0k" in terminal and out.startswith("25000 relations -> ")
+
+
 def test_relations_compile_is_quiet_when_piped(feed: Path, tmp_path: Path) -> None:
     proc = piped([*GATEWAY, "relations", "compile", "--feed", str(feed),
                   "--out", str(tmp_path / "r.snap")], tmp_path)
