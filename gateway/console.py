@@ -125,17 +125,27 @@ def waiting(what: str) -> Iterator[None]:
         return
     bar = tqdm(total=None, desc=what, bar_format="{desc} {elapsed}", file=sys.stderr,
                leave=False, **_screen())
+    try:
+        with every(0.2, bar.refresh):
+            yield
+    finally:
+        bar.close()
+
+
+@contextlib.contextmanager
+def every(interval_s: float, step: Callable[[], None]) -> Iterator[None]:
+    """Call ``step`` every ``interval_s`` seconds in a daemon thread while the
+    ``with`` block runs (a spinner's tick, a progress poll)."""
     done = threading.Event()
 
-    def tick() -> None:
-        while not done.wait(0.2):
-            bar.refresh()
+    def run() -> None:
+        while not done.wait(interval_s):
+            step()
 
-    ticker = threading.Thread(target=tick, daemon=True)
-    ticker.start()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
     try:
         yield
     finally:
         done.set()
-        ticker.join()
-        bar.close()
+        thread.join()

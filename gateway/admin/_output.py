@@ -17,12 +17,11 @@ import csv
 import io
 import json
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.console import Column, age, is_terminal, progress, table, wants_json
+from gateway.console import Column, age, every, is_terminal, progress, table, wants_json
 
 
 def _principal(row: Mapping[str, Any]) -> str:
@@ -120,18 +119,11 @@ def rekey_bar(call: Callable[..., tuple[int, bytes]], args: argparse.Namespace,
     if not is_terminal(sys.stderr):
         yield
         return
-    stop = threading.Event()
     with progress(None, what, unit="keys") as bar:
         def poll() -> None:
-            while not stop.wait(0.5):
-                state = _rekey_state(call, args)
-                if state is not None:
-                    bar.reached(*state)
+            state = _rekey_state(call, args)
+            if state is not None:
+                bar.reached(*state)
 
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
-        try:
+        with every(0.5, poll):
             yield
-        finally:
-            stop.set()
-            poller.join()
