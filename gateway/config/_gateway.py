@@ -23,6 +23,7 @@ from gateway.config._schema import (
     DEFAULT_DEAD_LETTER_PAYLOAD_DAYS,
     DEFAULT_DISABLED_PRINCIPAL_DAYS,
     DEFAULT_HTTP_SERVER,
+    DEFAULT_NOTIFICATION_DAYS,
     HTTP_SERVERS,
     FleetTable,
     GatewayFile,
@@ -106,6 +107,7 @@ class RetentionConfig:
     dead_letter_payload_days: float = DEFAULT_DEAD_LETTER_PAYLOAD_DAYS
     disabled_principal_days: float = DEFAULT_DISABLED_PRINCIPAL_DAYS
     consultation_register_days: float = DEFAULT_CONSULTATION_REGISTER_DAYS
+    notification_days: float = DEFAULT_NOTIFICATION_DAYS
     interval_s: float = 3600.0
 
 

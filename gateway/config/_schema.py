@@ -38,6 +38,7 @@ MiB = 1024 * 1024
 DEFAULT_DEAD_LETTER_PAYLOAD_DAYS = 30.0
 DEFAULT_DISABLED_PRINCIPAL_DAYS = 400.0
 DEFAULT_CONSULTATION_REGISTER_DAYS = 610.0
+DEFAULT_NOTIFICATION_DAYS = 400.0
 MIN_REVIEWED_DAYS = 183.0
 if TYPE_CHECKING:
     UpstreamName = str
@@ -185,6 +186,10 @@ class RetentionTable(Table):
         DEFAULT_CONSULTATION_REGISTER_DAYS, "Consultation-register entries (D8) are deleted "
         "this long after the consultation: 20 months, the longest the report keeps a trace "
         "of use (it names no legal period for the register); at least 183")
+    notification_days: Annotated[float, Field(ge=MIN_REVIEWED_DAYS)] = setting(
+        DEFAULT_NOTIFICATION_DAYS, "A tenant's notifications (GET /notifications: breaches "
+        "of its data, D1, D12) are deleted this long after they were made; the audit log "
+        "keeps each one's event; at least 183, so a six-monthly review sees them")
     interval_s: PositiveNumber = setting(3600.0, "How often the control duties apply the "
                                          "policy (at start, then this often)")
 

@@ -262,6 +262,26 @@ class Outbox(ABC):
                 "ORDER BY created DESC, incident DESC LIMIT ?", (tenant, limit)).fetchall()
         return [str(r["document"]) for r in rows]
 
+    def notification_span(self, before: datetime | None = None) -> tuple[int, datetime | None]:
+        """How many notifications are kept (created at or before ``before``,
+        if given), and the oldest one's moment: for retention."""
+        where, args = ("", ()) if before is None else ("WHERE created <= ?", (self._t(before),))
+        with self._lock:
+            row = self._exec(f"SELECT count(*) AS n, min(created) AS oldest FROM "
+                             f"{self.NOTIFICATIONS} {where}", args).fetchone()
+        oldest = None if row["oldest"] is None else self._time(row["oldest"])
+        return int(row["n"]), oldest
+
+    def delete_notifications(self, before: datetime) -> int:
+        """Delete the notifications created at or before ``before`` (their
+        deliveries are parts of their own, done or dead by then); the
+        incident's batch row stays, so an incident processed again still
+        notifies nobody twice. Returns how many went."""
+        with self._lock, self._transaction():
+            cur = self._exec(f"DELETE FROM {self.NOTIFICATIONS} WHERE created <= ?",
+                             (self._t(before),))
+        return int(cur.rowcount)
+
     # -- delivery ----------------------------------------------------------------
     def due(self, tenant: str, limit: int = 16) -> list[Part]:
         """The parts waiting for their next attempt (read only: ops, tests)."""

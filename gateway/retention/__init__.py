@@ -12,6 +12,9 @@ people is deleted once its purpose is served, never silently.
 - ``consultations``: a consultation-register entry is kept
   ``consultation_register_days`` (610, 20 months) after the consultation,
   then deleted.
+- ``notifications``: a tenant's notification (``GET /notifications``) is kept
+  ``notification_days`` (400) after it was made, then deleted; the incident
+  stays known, so it is never notified again, and its audit event stays.
 
 Each deletion is first recorded as a ``retention`` audit event (a run that
 cannot write it deletes nothing) and counted in

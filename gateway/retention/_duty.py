@@ -14,7 +14,14 @@ from gateway.config import RetentionConfig
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
 from gateway.push import Outbox
-from gateway.retention._policy import CONSULTATIONS, DEAD_LETTERS, PRINCIPALS, Rule, rules
+from gateway.retention._policy import (
+    CONSULTATIONS,
+    DEAD_LETTERS,
+    NOTIFICATIONS,
+    PRINCIPALS,
+    Rule,
+    rules,
+)
 from gateway.state import PrincipalKey, StateStore
 
 log = logging.getLogger("gateway.retention")
@@ -83,7 +90,8 @@ class Retention:
         now = self.clock()
         return RetentionReport(now, (self._dead_letters_report(now),
                                      self._principals_report(now),
-                                     self._consultations_report(now)))
+                                     self._consultations_report(now),
+                                     self._notifications_report(now)))
 
     def _dead_letters_report(self, now: datetime) -> CategoryReport:
         rule = self.rules[DEAD_LETTERS]
@@ -113,6 +121,15 @@ class Retention:
         return CategoryReport(CONSULTATIONS, rule.policy, kept, due, oldest,
                               None if oldest is None else rule.due_at(oldest))
 
+    def _notifications_report(self, now: datetime) -> CategoryReport:
+        rule = self.rules[NOTIFICATIONS]
+        if self.outbox is None:
+            return CategoryReport(NOTIFICATIONS, rule.policy, 0, 0, None, None)
+        kept, oldest = self.outbox.notification_span()
+        due, _ = self.outbox.notification_span(before=rule.cutoff(now))
+        return CategoryReport(NOTIFICATIONS, rule.policy, kept, due, oldest,
+                              None if oldest is None else rule.due_at(oldest))
+
     # -- the deletion (the control duties) -------------------------------------------
     def enforce(self) -> dict[str, int]:
         """Delete what is due now, each category recorded first; how many of
@@ -122,7 +139,8 @@ class Retention:
         now = self.clock()
         done = {DEAD_LETTERS: self._erase_dead_letters(now),
                 PRINCIPALS: self._delete_principals(now),
-                CONSULTATIONS: self._delete_consultations(now)}
+                CONSULTATIONS: self._delete_consultations(now),
+                NOTIFICATIONS: self._delete_notifications(now)}
         for category, count in done.items():
             if count and self.metrics is not None:
                 self.metrics.retention_deleted.labels(category).inc(count)
@@ -184,6 +202,20 @@ class Retention:
             new_incident_id(), CONSULTATIONS, count, oldest.timestamp(), cutoff.timestamp(),
             rule.policy, f"kept {rule.days:g} days; {_REVIEWED}"))
         return self.store.delete_consultations(before=cutoff)
+
+    def _delete_notifications(self, now: datetime) -> int:
+        if self.outbox is None:
+            return 0
+        rule = self.rules[NOTIFICATIONS]
+        cutoff = rule.cutoff(now)
+        count, oldest = self.outbox.notification_span(before=cutoff)
+        if not count or oldest is None:
+            return 0
+        self._record(RetentionEvent(
+            new_incident_id(), NOTIFICATIONS, count, oldest.timestamp(), cutoff.timestamp(),
+            rule.policy, f"kept {rule.days:g} days for the tenant to read; each one's "
+            "breach-notification event stays in the audit log"))
+        return self.outbox.delete_notifications(before=cutoff)
 
 
 def _category(rule: Rule, items: tuple[RetentionItem, ...]) -> CategoryReport:

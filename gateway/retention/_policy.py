@@ -11,7 +11,8 @@ from gateway.config import RetentionConfig
 DEAD_LETTERS = "dead-letter-payloads"
 PRINCIPALS = "disabled-principals"
 CONSULTATIONS = "consultations"
-CATEGORIES = (DEAD_LETTERS, PRINCIPALS, CONSULTATIONS)
+NOTIFICATIONS = "notifications"
+CATEGORIES = (DEAD_LETTERS, PRINCIPALS, CONSULTATIONS, NOTIFICATIONS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,4 +45,5 @@ def rules(config: RetentionConfig) -> dict[str, Rule]:
         PRINCIPALS: Rule(PRINCIPALS, "disabled_principal_days", config.disabled_principal_days),
         CONSULTATIONS: Rule(CONSULTATIONS, "consultation_register_days",
                             config.consultation_register_days),
+        NOTIFICATIONS: Rule(NOTIFICATIONS, "notification_days", config.notification_days),
     }

@@ -17,12 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_defaults_are_the_documented_ones() -> None:
     config = GatewayConfig.from_toml(REPO / "deploy" / "gateway.example.toml")
-    assert config.retention == RetentionConfig(30.0, 400.0, 610.0, 3600.0)
+    assert config.retention == RetentionConfig(30.0, 400.0, 610.0, 400.0, 3600.0)
     reference = (REPO / "docs" / "configuration.md").read_text()
     assert "| `consultation_register_days` | number >= 183 | `610` | days |" in reference
 
 
-@pytest.mark.parametrize("key", ["disabled_principal_days", "consultation_register_days"])
+@pytest.mark.parametrize("key", ["disabled_principal_days", "consultation_register_days",
+                                 "notification_days"])
 def test_a_period_shorter_than_a_six_monthly_review_is_refused(tmp_path: Path,
                                                                key: str) -> None:
     path = edited(tmp_path, "[retention]\n", f"[retention]\n{key} = 182\n")

@@ -4,6 +4,7 @@ PostgreSQL; every deletion is recorded first in the audit log."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -207,6 +208,53 @@ def test_the_register_period_is_the_configured_one(world: World) -> None:
     assert retention.enforce()["consultations"] == 1
 
 
+# -- a tenant's notifications (D1, D12) ---------------------------------------------------
+
+def notification(world: World, incident: str, tenant: str, days: float) -> bool:
+    world.clock.at(days)
+    document = json.dumps({"type": "breach-notification", "incident": incident})
+    return world.outbox.enqueue_notifications(incident=incident, source="gateway:breach",
+                                              notices=[(tenant, document, None)])
+
+
+def test_notifications_are_kept_400_days_then_deleted_and_counted(world: World) -> None:
+    assert notification(world, "inc-1", "pidpa", 0)
+    assert notification(world, "inc-2", "fluvius", 0.5)
+    assert notification(world, "inc-3", "pidpa", 30)
+    retention = world.make()
+    world.clock.at(400, seconds=-1)
+    report = {c.category: c for c in retention.report().categories}["notifications"]
+    assert (report.kept, report.due, report.oldest) == (3, 0, T0)
+    assert report.oldest_due_at == T0 + timedelta(days=400)
+    assert retention.enforce()["notifications"] == 0  # too early: all kept
+    assert len(world.outbox.notifications("pidpa", 10)) == 2
+
+    world.clock.at(400.5)
+    assert retention.enforce()["notifications"] == 2
+    assert [json.loads(d)["incident"] for d in world.outbox.notifications("pidpa", 10)] == [
+        "inc-3"]
+    assert world.outbox.notifications("fluvius", 10) == []
+    (event,) = world.events()
+    assert (event["category"], event["count"], event["oldest"], event["policy"]) == \
+        ("notifications", 2, T0.timestamp(), "notification_days=400")
+    assert "pidpa" not in json.dumps(event)  # counted, not named
+    assert world.deleted("notifications") == 2
+    assert retention.enforce()["notifications"] == 0 and len(world.events()) == 1
+    # The incident stays known: processed again, it notifies nobody twice.
+    assert not notification(world, "inc-1", "pidpa", 401)
+    assert [json.loads(d)["incident"] for d in world.outbox.notifications("pidpa", 10)] == [
+        "inc-3"]
+
+
+def test_the_notification_period_is_the_configured_one(world: World) -> None:
+    notification(world, "inc-1", "pidpa", 0)
+    retention = world.make(notification_days=1000)
+    world.clock.at(1000, seconds=-1)
+    assert retention.enforce()["notifications"] == 0
+    world.clock.at(1000)
+    assert retention.enforce()["notifications"] == 1
+
+
 # -- never silently --------------------------------------------------------------------
 
 class BrokenAudit:
@@ -218,6 +266,7 @@ def test_an_audit_log_that_cannot_be_written_stops_every_deletion(world: World) 
     dead_letter(world.outbox, "B5")
     disable(world)
     consultation(world, "inc-1", 0)
+    notification(world, "inc-2", "pidpa", 0)
     retention = Retention(store=world.store, outbox=world.outbox, declared=lambda key: False,
                           config=RetentionConfig(), audit=BrokenAudit(),  # type: ignore[arg-type]
                           clock=world.clock)
@@ -227,6 +276,7 @@ def test_an_audit_log_that_cannot_be_written_stops_every_deletion(world: World) 
     assert world.outbox.dead_letters()[0].payload_kept
     assert len(world.store.principal_states()) == 1
     assert len(world.store.consultations()) == 1
+    assert len(world.outbox.notifications("pidpa", 10)) == 1
 
 
 # -- the report reads only ------------------------------------------------------------
@@ -236,9 +286,11 @@ def test_the_report_says_what_is_due_and_when_and_deletes_nothing(world: World) 
     disable(world, days=400)
     consultation(world, "inc-1", 0)
     consultation(world, "inc-2", 700)
+    notification(world, "inc-3", "pidpa", 300)
+    notification(world, "inc-4", "pidpa", 710)
     world.clock.at(720)
     report = world.make().report()
-    letters, principals, register = report.categories
+    letters, principals, register, notes = report.categories
     assert (letters.category, letters.kept, letters.due, letters.oldest,
             letters.oldest_due_at) == ("dead-letter-payloads", 1, 1, T0, T0 + timedelta(days=30))
     assert letters.items[0].name == part_id
@@ -247,6 +299,9 @@ def test_the_report_says_what_is_due_and_when_and_deletes_nothing(world: World) 
     assert principals.items[0].status == "waiting"
     assert (register.kept, register.due, register.oldest, register.oldest_due_at) == \
         (2, 1, T0, T0 + timedelta(days=610))
+    assert (notes.category, notes.kept, notes.due, notes.oldest_due_at) == \
+        ("notifications", 2, 1, T0 + timedelta(days=700))
     assert world.outbox.dead_letters()[0].payload_kept  # nothing was deleted
     assert len(world.store.consultations()) == 2 and world.events() == []
+    assert len(world.outbox.notifications("pidpa", 10)) == 2
 
