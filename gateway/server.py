@@ -537,6 +537,10 @@ class Gateway:
                 self.data_plane.over_memory_budget = rss_bytes() > budget
                 if self.fleet is None:  # else the member does it, woken by NOTIFY
                     await self.follow_state()
+                # The uses noted since the last round: a commit (and SQLite's
+                # fdatasync) in a worker thread, not a pause of the loop.
+                await asyncio.to_thread(self.credentials.flush_seen,
+                                        self.credentials.take_seen())
                 self.credentials.maintain()  # the control duties only where they run
                 if self.leading:
                     await self.breakglass.maintain()

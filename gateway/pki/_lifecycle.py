@@ -152,6 +152,7 @@ class Credentials:
         self._crl_signed_at: datetime | None = None
         self._lock = threading.RLock()
         self._seen: dict[PrincipalKey, datetime] = {}
+        self._flushing: dict[PrincipalKey, datetime] = {}  # being written (flush_seen)
         # Called (and awaited by the admin plane) after a principal is disabled.
         self.on_disable = list(on_disable)
 
@@ -445,15 +446,39 @@ class Credentials:
         return self.keyring.rotate().kid
 
     # -- time-driven work --------------------------------------------------
+    def take_seen(self) -> dict[PrincipalKey, datetime]:
+        """The uses noted since the last call, for :meth:`flush_seen`. Call
+        on the event loop's thread (where :meth:`check` notes them): the swap
+        never races a request's note."""
+        seen, self._seen = self._seen, {}
+        self._flushing = {**self._flushing, **seen}
+        return seen
+
+    def flush_seen(self, seen: dict[PrincipalKey, datetime]) -> None:
+        """Write uses taken by :meth:`take_seen` to the state: one commit,
+        and with SQLite its ``fdatasync``, so the server runs it in a worker
+        thread, off the event loop. On failure they go back to be written
+        next time: a use is never lost to a failed commit."""
+        if not seen:
+            return
+        try:
+            self.store.record_last_seen(seen)
+        except Exception:
+            for key, at in seen.items():  # the loop may have noted a later use meanwhile
+                self._seen.setdefault(key, at)
+            raise
+        finally:
+            self._flushing = {k: v for k, v in self._flushing.items() if seen.get(k) != v}
+
     def maintain(self) -> None:
         """Retire what is due: rotated predecessors at the end of their
-        overlap, CAs at the end of theirs, unneeded signing keys."""
+        overlap, CAs at the end of theirs, unneeded signing keys. Writes the
+        uses noted since the last flush first (the server has flushed them
+        off the loop just before: then there is nothing left to write)."""
         now = self.clock()
         changed = False
+        self.flush_seen(self.take_seen())
         with self._lock:
-            seen, self._seen = self._seen, {}
-            if seen:
-                self.store.record_last_seen(seen)
             if not self.leads():  # a data replica or the standby: the leader does it
                 self.metrics.signing_key_age.set(self.keyring.age_seconds(now))
                 return
@@ -494,6 +519,7 @@ class Credentials:
                     "serial": serial, "pending": item.id, "requested_by": item.requester,
                     "approved_by": item.approver or ""})
         last = self.store.last_seen()
+        last.update(self._flushing)  # being written now
         last.update(self._seen)
         states = {s.key: s for s in self.store.principal_states()}
         rows = []

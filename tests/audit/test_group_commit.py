@@ -120,3 +120,80 @@ async def test_a_checkpoint_falls_due_with_a_group(tmp_path: Path, key: Ed25519P
     log.close()
     result = ac.verify_log(log.path, {kid: key.public_key()})
     assert result.ok and result.events == 6, result
+
+
+# -- the checkpoint's fsync, off the event loop ---------------------------------------
+
+class HeldFsync:
+    """The real ``os.fsync``, held until released and noting the thread it
+    ran on, or failing like a disk that lost the pages (EIO)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        import threading
+
+        self.real = ac.os.fsync
+        self.release = threading.Event()
+        self.threads: list[str] = []
+        self.fail = fail
+
+    def __call__(self, fd: int) -> None:
+        import threading
+
+        self.threads.append(threading.current_thread().name)
+        assert self.release.wait(10)
+        if self.fail:
+            raise OSError(5, "Input/output error")
+        self.real(fd)
+
+
+async def test_a_groups_checkpoint_is_durable_before_its_answers_and_off_the_loop(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = ac.ChainedAuditLog(tmp_path / "audit.jsonl", key, kid, checkpoint_every=4)
+    fsync = HeldFsync()
+    monkeypatch.setattr(ac.os, "fsync", fsync)
+    waiters = [log.record_soon(event(i)) for i in range(6)]
+    await asyncio.sleep(0.05)
+    # The lines and their checkpoint are in the file, the fsync runs in the
+    # sync thread: the group's requests are not answered yet ...
+    assert b'"type":"checkpoint"' in log.path.read_bytes().splitlines()[-1]
+    assert fsync.threads and all(t.startswith("audit-fsync") for t in fsync.threads)
+    assert not any(w.done() for w in waiters)
+    # ... while the loop goes on: a later group is written and answered.
+    await asyncio.wait_for(asyncio.gather(*(log.record_soon(event(10 + i))
+                                            for i in range(2))), 5)
+    assert not any(w.done() for w in waiters)
+    fsync.release.set()
+    await asyncio.wait_for(asyncio.gather(*waiters), 5)
+    log.close()
+    result = ac.verify_log(log.path, {kid: key.public_key()})
+    assert result.ok and result.events == 8, result
+
+
+async def test_a_checkpoint_fsync_that_fails_refuses_its_group_and_breaks_the_log(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    log = ac.ChainedAuditLog(tmp_path / "audit.jsonl", key, kid, checkpoint_every=4)
+    fsync = HeldFsync(fail=True)
+    fsync.release.set()
+    monkeypatch.setattr(ac.os, "fsync", fsync)
+    results = await asyncio.gather(*(log.record_soon(event(i)) for i in range(5)),
+                                   return_exceptions=True)
+    assert all(isinstance(r, AuditWriteFailed) and "fsync" in str(r) for r in results), results
+    assert log.failures == 5 and not log.writable
+    with pytest.raises(AuditWriteFailed, match="unusable"):
+        log.record_soon(event(9))
+    log.close()
+
+
+async def test_groups_rotate_the_log_after_their_checkpoints_are_durable(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str) -> None:
+    log = ac.ChainedAuditLog(tmp_path / "audit.jsonl", key, kid, checkpoint_every=3,
+                             segment_max_bytes=1)
+    for round_ in range(4):
+        await asyncio.gather(*(log.record_soon(event(10 * round_ + i)) for i in range(3)))
+    log.close()
+    sealed = sorted(log.segments.iterdir())
+    assert len(sealed) == 4, sealed  # one segment per checkpoint
+    result = ac.verify_log(log.path, {kid: key.public_key()})
+    assert result.ok and result.events == 12, result
