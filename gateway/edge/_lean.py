@@ -40,26 +40,27 @@ reading HTTP after it; a framing error in a body being read, and a gzip or
 deflate body that does not decode (or is truncated, or has bytes after its
 end), is a 400 at once, where aiohttp waited for the body timeout or
 answered 500.
+
+The request it hands on and its body are in :mod:`gateway.edge._lean_request`,
+the request-target forms and the response's serialization in
+:mod:`gateway.edge._lean_wire`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import socket
-import time
-import zlib
 from collections import deque
-from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 import httptools
 from aiohttp import web
-from aiohttp.helpers import parse_content_type
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+
+from gateway.edge._lean_request import NO_BODY, Body, LeanRequest, Refused, Unparsed
+from gateway.edge._lean_wire import serialize, target_form_ok
 
 if TYPE_CHECKING:
     from gateway.edge._listeners import DataServer
@@ -71,7 +72,6 @@ BODY_HIGH_WATER = 128 * 1024  # unread body bytes per connection; then reading p
 BODY_LOW_WATER = 64 * 1024  # ... and resumes at this
 LINGER_S = 10.0  # an unread body is read and dropped this long before the next request
 BIG_BODY = 64 * 1024  # larger bodies are written apart from their head (no copy)
-DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
 SLICE = 4096  # bytes parsed at a time (but for the rest of a body of known length)
 
 
@@ -82,211 +82,11 @@ def incident_of(response: web.StreamResponse) -> dict[str, str]:
     return {"incident": incident} if incident else {}
 
 
-_EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
 _SINGLETONS = frozenset({b"content-length", b"content-location", b"content-range",
                          b"content-type", b"etag", b"host", b"max-forwards", b"server",
                          b"transfer-encoding", b"user-agent"})
 _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
-
-
-class _Refused(Exception):
-    """What the HTTP layer refuses: the status and reason of its problem document."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(status, reason)
-        self.status, self.reason = status, reason
-
-
-@functools.lru_cache(maxsize=64)
-def _mimetype(raw: str) -> str:
-    return parse_content_type(raw)[0]  # aiohttp's reading, so both paths agree
-
-
-class _Body:
-    """One request's body as it arrives (``request.content``): what the
-    parser delivers is buffered until the handler reads it; the connection
-    stops reading while too much is buffered (flow control). A gzip or
-    deflate body is decoded as it is read, at most ``DECODE_STEP`` bytes at
-    a time, so a small compressed body cannot fill the memory at once."""
-
-    __slots__ = ("_chunks", "_conn", "_decoder", "_discard", "_encoding", "_eof", "_exc",
-                 "_size", "_waiter")
-
-    def __init__(self, conn: LeanConnection | None, encoding: str | None = None) -> None:
-        self._conn = conn
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-        self._eof = conn is None
-        self._exc: BaseException | None = None
-        self._discard = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._encoding = encoding
-        self._decoder: Any = None  # zlib's decompressobj, made at the first byte
-
-    @property
-    def done(self) -> bool:
-        """Read to its end by the parser, or failed."""
-        return self._eof or self._exc is not None
-
-    def feed(self, data: bytes) -> None:
-        if self._discard or self._exc is not None:
-            return
-        self._chunks.append(data)
-        self._size += len(data)
-        assert self._conn is not None
-        self._conn.buffered += len(data)
-        self._wake()
-
-    def feed_eof(self) -> None:
-        self._eof = True
-        self._wake()
-
-    def fail(self, exc: BaseException) -> None:
-        """The body will not arrive whole (connection lost, bad framing)."""
-        if self.done:
-            return
-        self._exc = exc
-        self._drop()
-        self._wake()
-
-    def discard(self) -> None:
-        """Its handler is done: what is left is read and dropped."""
-        self._discard = True
-        self._decoder = None
-        self._drop()
-
-    async def readany(self) -> bytes:
-        while True:
-            if self._exc is not None:
-                raise self._exc
-            if self._encoding is not None:
-                data = self._decode()
-                if data or (self._eof and not self._chunks):
-                    return data
-            elif self._chunks:
-                chunks = self._chunks
-                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
-                chunks.clear()
-                self._consumed(self._size)
-                return data
-            elif self._eof:
-                return b""
-            await self._wait()
-
-    def _decode(self) -> bytes:
-        """Up to DECODE_STEP decoded bytes from what has arrived; at the end
-        of the body, b"" once the compressed stream is complete."""
-        decoder = self._decoder
-        while True:
-            data = b"" if decoder is None else decoder.unconsumed_tail
-            if not data and self._chunks:
-                data = self._chunks.popleft()
-                self._consumed(len(data))
-            if not data:
-                if self._eof and decoder is not None and not decoder.eof:
-                    raise _Refused(400, "http-parse-error")  # a truncated stream
-                return b""
-            if decoder is None:
-                decoder = self._decoder = _decoder(self._encoding, data[0])
-            elif decoder.eof:
-                raise _Refused(400, "http-parse-error")  # bytes after the stream's end
-            try:
-                out: bytes = decoder.decompress(data, DECODE_STEP)
-            except zlib.error as exc:
-                raise _Refused(400, "http-parse-error") from exc
-            if decoder.eof and decoder.unused_data:
-                raise _Refused(400, "http-parse-error")
-            if out:
-                return out
-
-    async def wait_done(self) -> None:
-        while not self.done:
-            await self._wait()
-
-    async def _wait(self) -> None:
-        assert self._conn is not None
-        waiter = self._waiter = self._conn.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _drop(self) -> None:
-        self._chunks.clear()
-        self._consumed(self._size)
-
-    def _consumed(self, size: int) -> None:
-        self._size -= size
-        if size and self._conn is not None:
-            self._conn.buffered -= size
-            self._conn.flow()
-
-
-def _decoder(encoding: str | None, first: int) -> Any:
-    if encoding == "gzip":
-        return zlib.decompressobj(16 + zlib.MAX_WBITS)
-    # deflate: RFC 9110 says zlib-wrapped; raw deflate is taken too, as aiohttp does.
-    return zlib.decompressobj(zlib.MAX_WBITS if first & 0x0F == 8 else -zlib.MAX_WBITS)
-
-
-_NO_BODY = _Body(None)
-
-
-class LeanRequest:
-    """One parsed request, as the data plane reads it
-    (:class:`gateway.edge.HttpRequest`)."""
-
-    __slots__ = ("_conn", "_ctype", "content", "headers", "keep_alive", "method", "raw_headers",
-                 "raw_path", "version")
-
-    def __init__(self, conn: LeanConnection, method: str, raw_path: str,
-                 version: tuple[int, int], headers: CIMultiDictProxy[str],
-                 raw_headers: tuple[tuple[bytes, bytes], ...], content: _Body,
-                 keep_alive: bool) -> None:
-        self._conn = conn
-        self.method = method
-        self.raw_path = raw_path
-        self.version = version
-        self.headers = headers
-        self.raw_headers = raw_headers
-        self.content = content
-        self.keep_alive = keep_alive
-        self._ctype: str | None = None
-
-    @property
-    def transport(self) -> asyncio.Transport | None:
-        return self._conn.transport  # None once the connection is gone, as aiohttp's
-
-    @property
-    def content_type(self) -> str:
-        if self._ctype is None:
-            raw = self.headers.get("Content-Type")
-            self._ctype = "application/octet-stream" if raw is None else _mimetype(raw)
-        return self._ctype
-
-    @property
-    def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return None if value is None else int(value)
-
-    @property
-    def body_exists(self) -> bool:
-        return self.content is not _NO_BODY
-
-
-class _Unparsed:
-    """A refusal of the HTTP layer waiting its turn among pipelined requests."""
-
-    __slots__ = ("reason", "status")
-
-    def __init__(self, status: int, reason: str) -> None:
-        self.status, self.reason = status, reason
 
 
 _HEAD, _IDLE = 1, 2  # what a connection's deadline is for
@@ -316,17 +116,17 @@ class LeanConnection(asyncio.Protocol):
         self._lines = 0  # header lines of this message (trailers included, as aiohttp)
         self._seen: set[bytes] = set()
         self._in_head = False  # a message has begun and its headers are not complete
-        self._body: _Body | None = None  # the body being parsed
+        self._body: Body | None = None  # the body being parsed
         self._fresh: list[LeanRequest] = []  # headers complete in this data_received
         self._progress = False  # the parser got somewhere in this data_received
         self._stalled = 0  # bytes received since it last did
         self._remaining = 0  # of the body being parsed, when its length is known
         self._tail = b""  # what is left of a read while MAX_PIPELINED requests wait
         self._pumping = False
-        self._refusal: _Refused | None = None  # raised from a callback
+        self._refusal: Refused | None = None  # raised from a callback
         self._stop = False  # nothing more is parsed (closing message, error, upgrade)
         # Serving.
-        self._queue: deque[LeanRequest | _Unparsed] = deque()
+        self._queue: deque[LeanRequest | Unparsed] = deque()
         self._task: asyncio.Task[None] | None = None
         self._closing = False  # no next request (drain, or a response forced closed)
         self._paused = False  # reading paused by flow control
@@ -428,8 +228,8 @@ class LeanConnection(asyncio.Protocol):
                 if self._stalled > self._stalled_max:
                     # Nothing parsed for more than a header line may hold: a
                     # line httptools would keep growing in memory.
-                    self._failed(_Refused(431, "header-too-long") if self._in_head or
-                                 self._body is not None else _Refused(400, "http-parse-error"))
+                    self._failed(Refused(431, "header-too-long") if self._in_head or
+                                 self._body is not None else Refused(400, "http-parse-error"))
                     return
         except httptools.HttpParserUpgrade:
             # The upgrade (or CONNECT) request is complete: it is answered and
@@ -461,18 +261,18 @@ class LeanConnection(asyncio.Protocol):
         bytes after a request that closes the connection): the refusal is
         answered after the requests of earlier reads; those of this read
         are dropped with it, as aiohttp does; nothing more is read."""
-        refusal = exc if isinstance(exc, _Refused) else self._refusal
+        refusal = exc if isinstance(exc, Refused) else self._refusal
         self._refusal = None
         self._stop = True
         if refusal is None:
             if isinstance(exc, httptools.HttpParserInvalidMethodError):
-                refusal = _Refused(501, "method-unknown")
+                refusal = Refused(501, "method-unknown")
             elif isinstance(exc, httptools.HttpParserCallbackError):
                 # Not a refusal of ours: a bug in a callback below.
                 log.error("error parsing a request", exc_info=exc.__context__ or exc)
-                refusal = _Refused(500, "internal-error")
+                refusal = Refused(500, "internal-error")
             else:
-                refusal = _Refused(400, "http-parse-error")
+                refusal = Refused(400, "http-parse-error")
         body, self._body = self._body, None
         if body is not None:
             # A request of an earlier read whose body was being parsed: its
@@ -483,12 +283,12 @@ class LeanConnection(asyncio.Protocol):
         self._fresh.clear()
         self._tail = b""
         self._remaining = 0
-        self._queue.append(_Unparsed(refusal.status, refusal.reason))
+        self._queue.append(Unparsed(refusal.status, refusal.reason))
         self._disarm()
         self._next_request()
 
     def _refuse(self, status: int, reason: str) -> None:
-        self._refusal = _Refused(status, reason)
+        self._refusal = Refused(status, reason)
         raise self._refusal
 
     def on_message_begin(self) -> None:
@@ -544,7 +344,7 @@ class LeanConnection(asyncio.Protocol):
             (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
             for n, v in raw_headers)) if raw_headers else _NO_HEADERS
         target = b"".join(self._url).decode("utf-8", "surrogateescape")
-        if not _target_form_ok(method, target):
+        if not target_form_ok(method, target):
             self._refuse(400, "http-parse-error")
         if version == (1, 1) and "Host" not in headers:
             self._refuse(400, "http-parse-error")
@@ -567,7 +367,7 @@ class LeanConnection(asyncio.Protocol):
             if has_body:
                 self._refuse(400, "http-parse-error")  # its body would be read as the next request
             keep_alive = False
-        body = _Body(self, encoding) if has_body else _NO_BODY
+        body = Body(self, encoding) if has_body else NO_BODY
         self._body = body if has_body else None
         chunked = "Transfer-Encoding" in headers
         self._remaining = int(length) if has_body and not chunked and length is not None else 0
@@ -656,11 +456,11 @@ class LeanConnection(asyncio.Protocol):
             if self._task is None and not self._in_head and not self._deadline:
                 self._arm(_IDLE)
 
-    async def _serve(self, item: LeanRequest | _Unparsed) -> None:
+    async def _serve(self, item: LeanRequest | Unparsed) -> None:
         """One request's task: answer it, write the answer, then start the next."""
         again = False
         try:
-            if isinstance(item, _Unparsed):
+            if isinstance(item, Unparsed):
                 request = self._unparsed_request()
                 response = self._refuse_unparsed(request, item.status, item.reason)
             else:
@@ -685,7 +485,7 @@ class LeanConnection(asyncio.Protocol):
             response: web.StreamResponse = await self.server.plane.handle(request)
         except web.HTTPException as exc:
             response = exc
-        except _Refused as exc:  # the body's framing failed while it was read
+        except Refused as exc:  # the body's framing failed while it was read
             response = self._refuse_unparsed(request, exc.status, exc.reason)
         except TimeoutError as exc:
             response = self._refuse_unparsed(request, 504, "internal-error")
@@ -712,7 +512,7 @@ class LeanConnection(asyncio.Protocol):
 
     def _unparsed_request(self) -> LeanRequest:
         # What aiohttp hands its error handler: no method, target or headers known.
-        return LeanRequest(self, "UNKNOWN", "/", (1, 0), _NO_HEADERS, (), _NO_BODY, False)
+        return LeanRequest(self, "UNKNOWN", "/", (1, 0), _NO_HEADERS, (), NO_BODY, False)
 
     async def _send(self, request: LeanRequest, response: web.Response) -> bool:
         """Write the answer; True when the connection takes a next request."""
@@ -778,92 +578,3 @@ class LeanConnection(asyncio.Protocol):
                 await asyncio.wait({task}, timeout=1)
         if self.transport is not None:
             self.transport.close()
-
-
-def _target_form_ok(method: str, target: str) -> bool:
-    """The request-target forms aiohttp accepts (RFC 9112 §3.2): origin-form,
-    authority-form for CONNECT, asterisk-form for OPTIONS, absolute-form
-    with a host."""
-    if target[:1] == "/":
-        return True
-    if method == "CONNECT":
-        try:
-            return URL.build(authority=target, encoded=True).raw_host is not None
-        except ValueError:
-            return False
-    if target == "*":
-        return method == "OPTIONS"
-    rest = target.partition(":")[2]
-    if rest[:2] != "//" or rest[2:3] in ("", "/", "?", "#"):
-        return False
-    try:
-        return URL(target, encoded=True).raw_host is not None
-    except ValueError:
-        return False
-
-
-_date = [0, ""]
-
-
-def _http_date() -> str:
-    now = int(time.time())
-    if now != _date[0]:
-        _date[0], _date[1] = now, formatdate(now, usegmt=True)
-    return str(_date[1])
-
-
-def serialize(request: LeanRequest, response: web.Response,
-              keep_alive: bool) -> tuple[bytes, bytes]:
-    """The status line and headers, and the body, of ``response`` as aiohttp
-    would write them: Content-Length (none on 1xx/204/304, none for an empty
-    HEAD or 304 answer), Date, ``Connection: close`` (HTTP/1.1) or
-    ``keep-alive`` (HTTP/1.0), no body for HEAD. No Server banner is added.
-    Raises ValueError for CR or LF in a header (no response splitting)."""
-    status = response.status
-    method = request.method
-    raw = response.body
-    if raw is None:
-        body = b""
-    elif isinstance(raw, bytes | bytearray):
-        body = bytes(raw)
-    else:
-        raise ValueError("a streamed body (the data plane answers with bytes)")
-    headers = response.headers
-    empty = method == "HEAD" or status in _EMPTY_BODY_STATUS
-    drop_length = status in _EMPTY_BODY_STATUS or (method == "CONNECT" and 200 <= status < 300)
-    major, minor = request.version
-    lines = [f"HTTP/{major}.{minor} {status} {response.reason}\r\n"]
-    length: int | None = None
-    for name, value in headers.items():
-        lname = name.lower()
-        if lname == "content-length":
-            if drop_length:
-                continue
-            length = int(value)
-        elif lname == "transfer-encoding" and empty:
-            continue
-        lines.append(f"{name}: {value}\r\n")
-    if length is None and not drop_length and (body or (status != 304 and method != "HEAD")):
-        length = len(body)
-        lines.append(f"Content-Length: {length}\r\n")
-    if not empty and length != 0 and "Content-Type" not in headers:
-        lines.append("Content-Type: application/octet-stream\r\n")
-    if "Date" not in headers:
-        lines.append(f"Date: {_http_date()}\r\n")
-    if "Connection" not in headers:
-        if keep_alive:
-            if (major, minor) == (1, 0):
-                lines.append("Connection: keep-alive\r\n")
-        elif (major, minor) == (1, 1):
-            lines.append("Connection: close\r\n")
-    lines.append("\r\n")
-    head = "".join(lines)
-    crlf = head.count("\r\n")
-    if head.count("\r") != crlf or head.count("\n") != crlf:
-        raise ValueError("CR or LF in a response header")
-    if empty:
-        body = b""
-    elif length is not None and len(body) > length:
-        body = body[:length]
-    return head.encode("utf-8"), body
-
