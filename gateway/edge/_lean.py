@@ -59,7 +59,7 @@ import httptools
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.edge._lean_request import NO_BODY, Body, LeanRequest, Refused, Unparsed
+from gateway.edge._lean_request import NO_BODY, Body, LeanRequest, Unparsed, _Refused
 from gateway.edge._lean_wire import serialize, target_form_ok
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class LeanConnection(asyncio.Protocol):
         self._remaining = 0  # of the body being parsed, when its length is known
         self._tail = b""  # what is left of a read while MAX_PIPELINED requests wait
         self._pumping = False
-        self._refusal: Refused | None = None  # raised from a callback
+        self._refusal: _Refused | None = None  # raised from a callback
         self._stop = False  # nothing more is parsed (closing message, error, upgrade)
         # Serving.
         self._queue: deque[LeanRequest | Unparsed] = deque()
@@ -228,8 +228,8 @@ class LeanConnection(asyncio.Protocol):
                 if self._stalled > self._stalled_max:
                     # Nothing parsed for more than a header line may hold: a
                     # line httptools would keep growing in memory.
-                    self._failed(Refused(431, "header-too-long") if self._in_head or
-                                 self._body is not None else Refused(400, "http-parse-error"))
+                    self._failed(_Refused(431, "header-too-long") if self._in_head or
+                                 self._body is not None else _Refused(400, "http-parse-error"))
                     return
         except httptools.HttpParserUpgrade:
             # The upgrade (or CONNECT) request is complete: it is answered and
@@ -261,18 +261,18 @@ class LeanConnection(asyncio.Protocol):
         bytes after a request that closes the connection): the refusal is
         answered after the requests of earlier reads; those of this read
         are dropped with it, as aiohttp does; nothing more is read."""
-        refusal = exc if isinstance(exc, Refused) else self._refusal
+        refusal = exc if isinstance(exc, _Refused) else self._refusal
         self._refusal = None
         self._stop = True
         if refusal is None:
             if isinstance(exc, httptools.HttpParserInvalidMethodError):
-                refusal = Refused(501, "method-unknown")
+                refusal = _Refused(501, "method-unknown")
             elif isinstance(exc, httptools.HttpParserCallbackError):
                 # Not a refusal of ours: a bug in a callback below.
                 log.error("error parsing a request", exc_info=exc.__context__ or exc)
-                refusal = Refused(500, "internal-error")
+                refusal = _Refused(500, "internal-error")
             else:
-                refusal = Refused(400, "http-parse-error")
+                refusal = _Refused(400, "http-parse-error")
         body, self._body = self._body, None
         if body is not None:
             # A request of an earlier read whose body was being parsed: its
@@ -288,7 +288,7 @@ class LeanConnection(asyncio.Protocol):
         self._next_request()
 
     def _refuse(self, status: int, reason: str) -> None:
-        self._refusal = Refused(status, reason)
+        self._refusal = _Refused(status, reason)
         raise self._refusal
 
     def on_message_begin(self) -> None:
@@ -485,7 +485,7 @@ class LeanConnection(asyncio.Protocol):
             response: web.StreamResponse = await self.server.plane.handle(request)
         except web.HTTPException as exc:
             response = exc
-        except Refused as exc:  # the body's framing failed while it was read
+        except _Refused as exc:  # the body's framing failed while it was read
             response = self._refuse_unparsed(request, exc.status, exc.reason)
         except TimeoutError as exc:
             response = self._refuse_unparsed(request, 504, "internal-error")

@@ -1,7 +1,8 @@
 """The request the lean server (:mod:`gateway.edge._lean`) hands to the
 data plane: :class:`LeanRequest` (what :class:`gateway.edge.HttpRequest`
 names) and its body as it arrives, flow-controlled and decoded as it is
-read; and :class:`Refused`, what the HTTP layer refuses."""
+read; and ``_Refused``, what the HTTP layer refuses (private: it never leaves
+the lean server, which turns it into its problem document)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
 
 
-class Refused(Exception):
+class _Refused(Exception):
     """What the HTTP layer refuses: the status and reason of its problem document."""
 
     def __init__(self, status: int, reason: str) -> None:
@@ -115,18 +116,18 @@ class Body:
                 self._consumed(len(data))
             if not data:
                 if self._eof and decoder is not None and not decoder.eof:
-                    raise Refused(400, "http-parse-error")  # a truncated stream
+                    raise _Refused(400, "http-parse-error")  # a truncated stream
                 return b""
             if decoder is None:
                 decoder = self._decoder = _decoder(self._encoding, data[0])
             elif decoder.eof:
-                raise Refused(400, "http-parse-error")  # bytes after the stream's end
+                raise _Refused(400, "http-parse-error")  # bytes after the stream's end
             try:
                 out: bytes = decoder.decompress(data, DECODE_STEP)
             except zlib.error as exc:
-                raise Refused(400, "http-parse-error") from exc
+                raise _Refused(400, "http-parse-error") from exc
             if decoder.eof and decoder.unused_data:
-                raise Refused(400, "http-parse-error")
+                raise _Refused(400, "http-parse-error")
             if out:
                 return out
 
