@@ -92,6 +92,7 @@ class CanaryProber:
         self.clock = clock
         self._identities: dict[str, tuple[float, bytes, bytes]] = {}
         self._found: tuple[int, tuple[Canary, ...]] | None = None
+        self.rounds = 0  # rounds finished (tests wait for the first)
 
     async def run(self) -> None:
         """Rounds until cancelled; one that fails is logged and the next runs."""
@@ -134,6 +135,7 @@ class CanaryProber:
             self.metrics.canary_last_success.set(time.time())
         else:
             log.warning("canary round: %s", dict(sorted(results.items())))
+        self.rounds += 1
         return probes
 
     async def _probe_as(self, tenant: str, found: tuple[Canary, ...]) -> list[Probe]:
