@@ -42,7 +42,7 @@ from cryptography import x509
 
 from gateway.audit import SecurityEvents
 from gateway.core.breach import BreachNotice
-from gateway.core.canary import BREACH, OK, Canary, canaries, probe_result
+from gateway.core.canary import BREACH, OK, RESULTS, Canary, canaries, probe_result
 from gateway.core.relations.index import RelationIndex
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
@@ -93,6 +93,9 @@ class CanaryProber:
         self._identities: dict[str, tuple[float, bytes, bytes]] = {}
         self._found: tuple[int, tuple[Canary, ...]] | None = None
         self.rounds = 0  # rounds finished (tests wait for the first)
+        for result in RESULTS:
+            # Declared at start: GatewayCanaryProberSilent knows the prober runs.
+            metrics.canary_probes.labels(result)
 
     async def run(self) -> None:
         """Rounds until cancelled; one that fails is logged and the next runs."""
