@@ -501,7 +501,7 @@ class Gateway:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
-        if self.canary is not None and self.serves_data:
+        if self.canary is not None and self.role == "all":  # worker 0 of --workers N
             self._tasks.append(asyncio.create_task(self.canary.run()))
         self._show_relations(self._relations)
         if self.fleet is not None:

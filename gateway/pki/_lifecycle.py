@@ -450,8 +450,8 @@ class Credentials:
     def issue_canary_identity(self, tenant: str, lifetime: timedelta) -> tuple[bytes, bytes]:
         """A short-lived client certificate for ``tenant``'s canary principal,
         for the gateway's own isolation prober (gateway.canary): made
-        in-process, its key never written, not recorded as an issuance (it
-        opens canary resources only, and lives minutes)."""
+        in-process, its key held in memory, not recorded as an issuance (it
+        opens canary resources only, and lives an hour)."""
         _, ca = self.active_ca()
         uri = spiffe_uri(self.trust_domain, tenant, CANARY_KIND, CANARY_NAME)
         issued = ca.issue_client(uri, now=self.clock(), lifetime=lifetime)

@@ -25,9 +25,12 @@ from aiohttp import web
 from gateway.canary import CanaryProber, Probe
 from gateway.core.breach import OWNER_RELATIONS
 from gateway.core.canary import PROBE_ROUTES, Canary
+from gateway.pki._authority import spiffe_uri
+from gateway.pki._issuance import make_key_and_csr
 from gateway.tls import client_context, load_chain_from_pem
 
 from .conftest import Client, RunningStack, start_stack
+from .test_credentials import admin
 
 
 @pytest.fixture(scope="module")
@@ -140,6 +143,17 @@ def test_a_canary_principal_reads_canaries_only(cgw: RunningStack) -> None:
     reasons = {e["reason"] for e in cgw.audit_events()
                if e.get("event") == "request" and e.get("canary") and e["status"] == 403}
     assert "canary-principal-not-a-canary" in reasons
+
+
+def test_nobody_issues_a_canary_certificate(cgw: RunningStack) -> None:
+    """The canary principal's certificates are the gateway's own (in-process)."""
+    _, csr = make_key_and_csr(spiffe_uri(cgw.stack.trust_domain, "ores", "service", "canary"))
+    resp = admin(cgw, "POST", "/admin/certs", {"tenant": "ores", "kind": "service",
+                                               "name": "canary", "csr": csr.decode(),
+                                               "reason": "test"})
+    assert resp.status == 422, resp.body
+    assert resp.headers["content-type"] == "application/problem+json"
+    assert resp.json["incident"]
 
 
 def test_the_misroute_fault_is_caught_and_the_owner_notified(cgw: RunningStack) -> None:
