@@ -107,7 +107,8 @@ class CanaryProber:
             await asyncio.sleep(self.interval_s)
 
     def canaries(self) -> tuple[Canary, ...]:
-        """The live snapshot's canaries, found once per snapshot."""
+        """The live snapshot's canaries, found once per snapshot (a scan of
+        every tuple: the round runs it in a worker thread)."""
         relations = self.relations()
         if self._found is None or self._found[0] != id(relations):
             self._found = (id(relations), canaries(relations))
@@ -115,7 +116,7 @@ class CanaryProber:
 
     async def run_round(self) -> list[Probe]:
         """One round: every canary, asked for as every tenant."""
-        found = self.canaries()
+        found = await asyncio.to_thread(self.canaries)
         if not found:
             log.warning("no canaries in the relation feed: nothing probed")
             return []
