@@ -91,7 +91,7 @@ class CanaryProber:
         self.timeout_s = timeout_s
         self.clock = clock
         self._identities: dict[str, tuple[float, bytes, bytes]] = {}
-        self._found: tuple[int, tuple[Canary, ...]] | None = None
+        self._found: tuple[tuple[int, int], tuple[Canary, ...]] | None = None
         self.rounds = 0  # rounds finished (tests wait for the first)
         for result in RESULTS:
             # Declared at start: GatewayCanaryProberSilent knows the prober runs.
@@ -110,8 +110,11 @@ class CanaryProber:
         """The live snapshot's canaries, found once per snapshot (a scan of
         every tuple: the round runs it in a worker thread)."""
         relations = self.relations()
-        if self._found is None or self._found[0] != id(relations):
-            self._found = (id(relations), canaries(relations))
+        # The snapshot's identity and size: no reference kept to an old one
+        # (a reloaded 10-million-tuple snapshot is freed when traffic is done).
+        key = (id(relations), len(relations))
+        if self._found is None or self._found[0] != key:
+            self._found = (key, canaries(relations))
         return self._found[1]
 
     async def run_round(self) -> list[Probe]:

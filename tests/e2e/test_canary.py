@@ -25,6 +25,7 @@ from aiohttp import web
 from gateway.canary import CanaryProber, Probe
 from gateway.core.breach import OWNER_RELATIONS
 from gateway.core.canary import PROBE_ROUTES, Canary
+from gateway.core.relations.index import RelationIndex
 from gateway.pki._authority import spiffe_uri
 from gateway.pki._issuance import make_key_and_csr
 from gateway.tls import client_context, load_chain_from_pem
@@ -266,3 +267,18 @@ def test_canary_paths_are_the_routes_templates() -> None:
     canary = Canary("ean", "541448000000000000", "ores")
     assert canary.path == "/clearing/access-points/541448000000000000"
     assert canary.upstream == "clearing"
+
+
+def test_a_reloaded_feed_is_scanned_again(cgw: RunningStack) -> None:
+    """The canaries follow the live snapshot: one without marks has none."""
+    gateway = cgw.stack.gateway
+    live = gateway.relations
+    assert prober(cgw).canaries()
+    bare = RelationIndex([r for r in live if r.relation != "canary"])
+    gateway.replace_relations(bare, "bare")
+    try:
+        assert prober(cgw).canaries() == ()
+        assert run_round(cgw) == []
+    finally:
+        gateway.replace_relations(live, "live")
+    assert prober(cgw).canaries()
