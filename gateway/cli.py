@@ -99,6 +99,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 RESTART_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 FIRST_WORKER_READY_S = 120.0
+# The demo runs the isolation canary prober this often (README: Isolation canaries).
+DEMO_CANARY_S = 30.0
 
 
 def _wait_ready(config: object, proc: object) -> None:
@@ -205,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _demo_fleet(args)
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
-                  work_dir=Path(args.work), history=True,
+                  work_dir=Path(args.work), history=True, canary_interval_s=DEMO_CANARY_S,
                   ports=StackPorts() if args.ephemeral_ports else StackPorts.demo())
 
     async def start() -> None:

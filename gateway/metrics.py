@@ -202,6 +202,17 @@ class GatewayMetrics:
             "gateway_breach_notifications", "Breach notifications queued for the owner of "
             "records a withheld answer held (once per incident and owner).", ["owner"],
             registry=r)
+        # D1, D12: the isolation canaries (gateway.canary).
+        self.canary_probes = Counter(
+            "gateway_canary_probes", "Canary probes by result: pass, breach (a foreign canary "
+            "served), withheld (the routing check caught a foreign record), owner-unreachable, "
+            "error.", ["result"], registry=r)
+        self.canary_breaches = Counter(
+            "gateway_canary_breaches", "Foreign canaries served: the canary's owner and the "
+            "tenant whose canary principal was served it.", ["owner", "prober"], registry=r)
+        self.canary_last_success = Gauge(
+            "gateway_canary_last_success_timestamp_seconds", "When the canary prober last "
+            "finished a round in which every probe passed (Unix time).", registry=r)
         self.classified_responses = Counter(
             "gateway_classified_responses", "Answers delivered, by classification label (D11).",
             ["label"], registry=r)

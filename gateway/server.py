@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import socket
@@ -31,6 +32,7 @@ from gateway.audit import (
     SyslogSink,
     UsageLedger,
 )
+from gateway.canary import CanaryProber
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
 from gateway.core.pseudonym import Pseudonymiser
@@ -222,6 +224,14 @@ class Gateway:
             consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
             limits=config.limits,
             access_log=config.log.access)
+        # D1, D12: the isolation canaries, asked for through this data plane.
+        self.canary = None if not config.canary.enabled else CanaryProber(
+            issue=self.credentials.issue_canary_identity, relations=lambda: self._relations,
+            tenants=lambda: self.registry.tenants, target=self._own_data_listener,
+            trust_bundle=config.trust_bundle, server_cert=config.server_cert,
+            metrics=self.metrics, soc=self.soc, push=self.push,
+            security_contact=self._security_contact,
+            interval_s=config.canary.interval_s, timeout_s=config.canary.timeout_s)
         self._runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._last_usage_flush = 0.0
@@ -491,6 +501,8 @@ class Gateway:
             await self.push.start()
         self._tasks = [asyncio.create_task(self._maintain()),
                        asyncio.create_task(self._rotate_upstreams())]
+        if self.canary is not None and self.role == "all":  # worker 0 of --workers N
+            self._tasks.append(asyncio.create_task(self.canary.run()))
         self._show_relations(self._relations)
         if self.fleet is not None:
             await self.fleet.start()
@@ -501,6 +513,19 @@ class Gateway:
         log.info("%s (%s%s): %s, ops plane on %s:%d", self.replica_id, self.role,
                  ", leading" if self.leading else "", ", ".join(planes), cfg.ops.host,
                  self.ops_port)
+
+    def _security_contact(self, tenant: str) -> str | None:
+        found = self.registry.get(tenant)
+        return found.security_contact if found is not None else None
+
+    def _own_data_listener(self) -> tuple[str, int]:
+        """Where the canary prober reaches this process's data plane."""
+        host = self.config.data.host
+        with contextlib.suppress(ValueError):  # a name: asked as it is
+            address = ipaddress.ip_address(host)
+            if address.is_unspecified:  # listening everywhere: ask on loopback
+                host = "::1" if address.version == 6 else "127.0.0.1"
+        return host, self.data_port
 
     def _count_connections(self, listener: str) -> OpenConnections:
         """The open connections of a TLS listener, as gateway_connections_open

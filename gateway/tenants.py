@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import PrincipalEntry, TenantFile, validate
+from gateway.core.canary import CANARY_KIND, CANARY_NAME, canary_principal
 from gateway.core.identifiers import is_valid_gln
 from gateway.core.model import Principal, Tenant
 from gateway.core.push.trust import PUSH_INTAKES
@@ -47,6 +48,10 @@ class TenantRegistry:
             return None
         principal = tenant.principals.get((kind, name))
         if principal is None:
+            if kind == CANARY_KIND and name == CANARY_NAME:
+                # D1: every tenant's canary principal, made here, never declared:
+                # it reads canary resources only (gateway.core.canary).
+                return tenant, canary_principal(tenant.id)
             return None
         return tenant, principal
 
@@ -74,6 +79,10 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
     principals: dict[tuple[str, str], Principal] = {}
     for i, entry in enumerate(f.principals):
         p = _principal(entry, f.id, where, f"principals[{i}]")
+        if p.name == CANARY_NAME:
+            # The gateway makes every tenant's canary principal itself.
+            raise _fail(where, f"principals[{i}].name",
+                        f"{CANARY_NAME!r} is reserved for the gateway's canary prober")
         if any(name == p.name for (_, name) in principals):
             # One certificate file per name under certs/<tenant>/: names are unique.
             raise _fail(where, f"principals[{i}].name", f"duplicate principal {p.name!r}")

@@ -46,6 +46,10 @@ GOOD = 'id = "acme"\nname = "Acme"\nkind = "dso"\n[[principals]]\nkind = "servic
     (GOOD.replace('kind = "service"', 'kind = "robot"'),
      "acme.toml: principals[0].kind: must be one of person, service (got 'robot')"),
     (GOOD + 'roles = ["god"]\n', "acme.toml: principals[0].roles: unknown role 'god'"),
+    # D1: the gateway makes every tenant's canary principal itself.
+    (GOOD.replace('name = "api"', 'name = "canary"'),
+     "acme.toml: principals[0].name: 'canary' is reserved for the gateway's canary prober"),
+    (GOOD + 'roles = ["canary"]\n', "acme.toml: principals[0].roles: unknown role 'canary'"),
     (GOOD.replace('kind = "dso"', 'kind = "dso"\ngln = "5410000000018"'),
      "acme.toml: gln: must be a 13-digit GLN"),
     ('id = "acme"\nname = "Acme"\nkind = "dso"\n',
@@ -84,3 +88,16 @@ def test_a_contract_window_covers_whole_utc_days(tmp_path: Path) -> None:
     (tmp_path / "acme.toml").write_text(GOOD)
     plain = load_tenants(tmp_path).tenants["acme"]
     assert not plain.contract_bounded and plain.contract_refusal(at(2999, 1, 1)) is None
+
+
+def test_every_tenant_has_the_gateways_canary_principal() -> None:
+    """D1: made by the gateway, never declared; canary role only, no reader."""
+    reg = load_tenants(REPO / "tenants")
+    for tenant in reg:
+        found = reg.principal(tenant.id, "service", "canary")
+        assert found is not None and found[0] is tenant
+        assert found[1].roles == frozenset({"canary"})
+        assert ("service", "canary") not in tenant.principals  # not in reviews or lists
+    assert reg.principal("ores", "person", "canary") is None
+    assert reg.principal("nobody", "service", "canary") is None
+    assert reg.principal("ores", "service", "nobody") is None

@@ -59,9 +59,12 @@ class RequestEvent(NamedTuple):
     bytes_in: int
     bytes_out: int
     classification: str | None  # D11 label of the answer
+    # The gateway's own isolation prober asked (gateway.canary): written only
+    # when true, and left out of usage (D10: it is no tenant's use).
+    canary: bool = False
 
     def as_record(self) -> dict[str, Any]:
-        return {
+        record: dict[str, Any] = {
             "event": "request",
             "incident": self.incident,
             "tenant": self.tenant,
@@ -79,6 +82,9 @@ class RequestEvent(NamedTuple):
             "bytes_out": self.bytes_out,
             "classification": self.classification,
         }
+        if self.canary:
+            record["canary"] = True
+        return record
 
 
 # The named fields an admin event may add (D6: who asked, who approved or

@@ -122,6 +122,15 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CanaryConfig:
+    """``[canary]``: the isolation canary prober (gateway.canary, D1, D12)."""
+
+    enabled: bool = False
+    interval_s: float = 60.0
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     trust_domain: str
     tenants_dir: Path
@@ -174,6 +183,7 @@ class GatewayConfig:
     fleet: FleetConfig = field(default_factory=lambda: FleetConfig())
     log: LogConfig = LogConfig()
     retention: RetentionConfig = RetentionConfig()
+    canary: CanaryConfig = CanaryConfig()
     source: str = "<memory>"
 
     @property
@@ -278,6 +288,12 @@ def _build(f: GatewayFile, path: _Paths, source: str) -> GatewayConfig:
         # the control plane, not to the replicas facing partners.
         raise ConfigError(f"{source}: ca: a data-plane replica holds no CA key "
                           "(the control plane signs; remove [ca] here)")
+    if f.canary.enabled and (ca is None or fleet.role != "all"):
+        # The prober's certificates are made in-process by the CA, and it asks
+        # this process's own data listener: one process holding both.
+        raise ConfigError(f"{source}: canary.enabled: the canary prober needs [ca] and "
+                          "fleet role \"all\" (it issues its own certificates and probes "
+                          "this process's data plane)")
     g = f.gateway
     return GatewayConfig(
         trust_domain=g.trust_domain,
@@ -317,6 +333,7 @@ def _build(f: GatewayFile, path: _Paths, source: str) -> GatewayConfig:
         fleet=fleet,
         log=LogConfig(f.log.format, f.log.access),
         retention=RetentionConfig(**f.retention.model_dump()),
+        canary=CanaryConfig(**f.canary.model_dump()),
         source=source,
     )
 

@@ -217,6 +217,15 @@ class LogTable(Table):
                            "gateway.access; not the audit log)")
 
 
+class CanaryTable(Table):
+    enabled: bool = setting(False, "Run the isolation canary prober: every interval, each "
+                            "tenant's canary principal asks for every canary the relation "
+                            "feed marks, through the data plane (D1); needs [ca] and role "
+                            "\"all\"")
+    interval_s: PositiveNumber = setting(60.0, "Time between two rounds of probes")
+    timeout_s: PositiveNumber = setting(10.0, "One probe's whole request")
+
+
 class UpstreamTable(Table):
     url: NonEmpty = setting(doc="http:// or https:// base URL of the shared system")
     ca: FilePath | None = setting(None, "CA bundle verifying an https upstream",
@@ -300,3 +309,4 @@ class GatewayFile(Table):
                                         "(D8, D10)")
     fleet: FleetTable = setting(FleetTable(), "This process's part in a fleet")
     log: LogTable = setting(LogTable(), "The process log and the access log")
+    canary: CanaryTable = setting(CanaryTable(), "The isolation canary prober (D1, D12)")

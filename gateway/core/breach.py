@@ -53,6 +53,9 @@ class BreachNotice:
     records: int  # how many of the owner's records the answer held
     requested_by: str  # the tenant that asked
     reason: str  # the routing check's reason code
+    # "withheld": the routing check kept the answer from the requester;
+    # "served": it reached the requester (an isolation canary found it, D1).
+    outcome: str = "withheld"
 
     @property
     def key(self) -> str:
@@ -71,7 +74,7 @@ class BreachNotice:
             "records": self.records,
             "requested_by": self.requested_by,
             "reason": self.reason,
-            "outcome": "withheld",  # the answer never reached the requester
+            "outcome": self.outcome,
             "security_contact": security_contact,
         }
 

@@ -20,6 +20,7 @@ import json
 
 from aiohttp import web
 
+from gateway.core.canary import CANARY_ROLE
 from gateway.core.occupancy import CUSTOMER_PORTAL_ROLE
 from gateway.core.paths import Target
 from gateway.core.routes import Route, RouteMatch
@@ -47,6 +48,8 @@ class NotificationsRead:
         caller = ex.resolved()
         if CUSTOMER_PORTAL_ROLE in caller.principal.roles:
             raise RequestRefused(403, "not-a-customer-route")  # D4: nothing in its own name
+        if CANARY_ROLE in caller.principal.roles:
+            raise RequestRefused(403, "canary-principal-not-a-canary")  # D1: canaries only
         query = target.query_map
         if set(query) - {"limit"}:
             raise RequestRefused(400, "query-parameter-unknown")

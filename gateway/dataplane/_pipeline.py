@@ -33,6 +33,7 @@ from aiohttp import web
 
 from gateway.audit import AuditSink, SecurityEvents, UsageLedger
 from gateway.config import EdgeLimits
+from gateway.core.canary import CANARY_ROLE, decide_canary
 from gateway.core.decide import RequestFacts, decide
 from gateway.core.headers import HeaderRejected, clean_request_headers
 from gateway.core.jsonlimits import MAX_DEPTH, loads_limited
@@ -300,12 +301,16 @@ class DataPlane:
                 now: datetime, request: HttpRequest) -> None:
         assert ex.match is not None
         caller = ex.resolved()
-        if CUSTOMER_PORTAL_ROLE in caller.principal.roles:
+        roles = caller.principal.roles
+        if CUSTOMER_PORTAL_ROLE in roles:
             # D2, D4: the portal acts for one customer, proven by the meter number.
             headers = request.headers
             decision = decide_for_customer(caller, ex.match.route, facts,
                                            headers.get(ON_BEHALF_OF), headers.get(METER_NUMBER),
                                            relations, now)
+        elif CANARY_ROLE in roles:
+            # D1: the gateway's own isolation prober reads canary resources only.
+            decision = decide_canary(caller, ex.match.route, facts, relations, now)
         else:
             decision = decide(caller, ex.match.route, facts, relations, now)
         ex.resources = decision.resources

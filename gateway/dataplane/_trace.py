@@ -15,6 +15,7 @@ from datetime import datetime
 from aiohttp import web
 
 from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
+from gateway.core.canary import CANARY_ROLE
 from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
 from gateway.core.push.trust import PUSH_INTAKE_REFUSALS
@@ -73,7 +74,8 @@ class RequestTrace:
         elif ex.reason in PUSH_INTAKE_REFUSALS:
             # D1: a partner pushing into an intake that is not its own system's.
             self.soc.emit("push-intake-refused", "error", ex.incident, **who)
-        if ex.caller is not None:
+        if ex.caller is not None and not event.canary:
+            # The canary prober is refused by design (D1): no SOC noise of its own.
             p = ex.caller.principal
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
@@ -123,6 +125,8 @@ class RequestTrace:
             bytes_in=ex.bytes_in,
             bytes_out=len(response.body) if isinstance(response.body, bytes) else 0,
             classification=ex.label,
+            # The gateway's own isolation prober (gateway.canary): marked, D10.
+            canary=caller is not None and CANARY_ROLE in caller.principal.roles,
         )
 
     def _no_trace(self, ex: Exchange, response: web.Response) -> None:
@@ -134,12 +138,22 @@ class RequestTrace:
         response.content_type = CONTENT_TYPE
 
     def _after(self, ex: Exchange, event: RequestEvent, response: web.Response) -> None:
-        """Metrics, usage and SOC signals, for the status actually answered."""
+        """Metrics, usage and SOC signals, for the status actually answered.
+        The canary prober's requests (``event.canary``) have metrics of their
+        own (gateway_canary_*): they stay out of the tenants' request, denial
+        and latency series (its refusals are by design, and would trip the
+        denial-ratio alerts), out of usage (D10) and out of the
+        repeated-denials detector; an isolation violation they meet still goes
+        to the SOC."""
         tenant, upstream, status = event.tenant, event.upstream, response.status
+        canary = event.canary
         if status >= 400:
-            self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
+            if not canary:
+                self.metrics.denied.labels(tenant, upstream, ex.reason).inc()
             if self.soc is not None:
                 self._security_event(ex, event)
+        if canary:
+            return
         route_name = ex.match.route.name if ex.match is not None else NO_ROUTE
         metrics = self.metrics
         metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()

@@ -78,6 +78,9 @@ Try (as ORES):
   #  "purpose-bound consultations": erik asks, hanna approves)
   # metrics
   curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_
+  # the isolation canaries, probed every {stack.canary_interval_s or 0:g} s (README:
+  # Isolation canaries); the HES misroute fault below turns their owners' probes "withheld"
+  curl -s http://127.0.0.1:{gw.ops_port}/metrics | grep ^gateway_canary_
 
 The security team's commands (gateway certs|keys|principals|vault|breakglass ...) as alice:
   {admin_environment(pki, f'https://localhost:{gw.admin_port}')}

@@ -62,6 +62,10 @@ class Dataset:
     # portal's proof, with the meter number): {customer, ean, grid_operator,
     # valid_from, valid_to}.
     occupancies: list[dict[str, Any]] = field(default_factory=list)
+    # Isolation canaries (D1): synthetic records, one per tenant and system,
+    # each {kind, owner, record}; the simulators serve them by id (never in a
+    # list or a push), the feed marks them (kind, id, owner, "canary").
+    canaries: list[dict[str, Any]] = field(default_factory=list)
 
     # -- the relation feed -------------------------------------------------
     def relations(self) -> list[Relation]:
@@ -118,6 +122,8 @@ class Dataset:
             rels.append(Relation("asset", a["id"], a["client"], "owner"))
             if a["maintainer"] != "internal":
                 rels.append(Relation("asset", a["id"], a["maintainer"], "maintainer"))
+        for canary in self.canaries:
+            rels.extend(canary_relations(canary["kind"], canary["owner"], canary["record"]))
         return rels
 
     # -- files ---------------------------------------------------------------
@@ -261,7 +267,75 @@ def generate(registry: TenantRegistry, now: datetime | None = None) -> Dataset:
 
     _portal(ds, registry, by_dso, anchor)
     _itsm(ds, registry, anchor)
+    _canaries(ds, registry, anchor)
     return ds
+
+
+# The id field of a canary record, by resource kind.
+CANARY_ID_FIELDS = {"meter": "serial", "ean": "ean", "cmh-request": "id", "ticket": "id"}
+
+
+def canary_relations(kind: str, owner: str, record: dict[str, Any]) -> list[Relation]:
+    """The feed's tuples of one canary: the owning relation its kind always
+    has, and the mark ``(kind, id, owner, "canary")`` the prober reads."""
+    rid = str(record[CANARY_ID_FIELDS[kind]])
+    owning = {"meter": "owner", "ean": "grid-operator", "cmh-request": "coordinator",
+              "ticket": "owner"}[kind]
+    rels = [Relation(kind, rid, owner, owning), Relation(kind, rid, owner, "canary")]
+    if kind == "cmh-request":
+        for conn in record["connections"]:
+            rels.append(Relation("cmh-connection", conn["id"], owner, "operator"))
+    return rels
+
+
+def _canaries(ds: Dataset, registry: TenantRegistry, anchor: datetime) -> None:
+    """D1: what each shared system's operator seeds for the isolation
+    canaries: an HES meter per consortium member, an access point per grid
+    operator, a Connect My Home request per coordinator and a ticket per
+    client of the IT platform. Synthetic, and said so in each record."""
+    note = "isolation canary: synthetic, no customer"
+    for t_i, tenant in enumerate(registry):
+        if "hes_consortium" in tenant.memberships:
+            serial = "1CAN" + _digits(f"canary-meter-{tenant.id}", 10)
+            ds.canaries.append({"kind": "meter", "owner": tenant.id, "record": {
+                "serial": serial, "utility": "electricity" if tenant.kind == "dso" else "water",
+                "ean": None, "paired_with": None, "airplane_mode": False,
+                "model": "canary", "note": note,
+                "owners": [{"tenant": tenant.id, "valid_from": None, "valid_to": None}]}})
+        if tenant.kind == "dso":
+            prefix = tenant.ean_prefix or f"5414{70 + t_i}"
+            ean = with_check_digit(prefix + _digits(f"canary-ean-{tenant.id}", 17 - len(prefix)))
+            ds.canaries.append({"kind": "ean", "owner": tenant.id, "record": {
+                "ean": ean, "energy": "electricity", "grid_operator": tenant.id,
+                "grid_operator_gln": tenant.gln, "region": "canary",
+                "meter": {"serial": "1CAN" + _digits(f"canary-ap-{tenant.id}", 10),
+                          "type": "smart", "communicating": True},
+                "address": {"street": note, "postal_code": "0000", "city": "canary"},
+                "customer": None, "contracts": [], "restricted": None}})
+        if tenant.cmh_coordinator:
+            rid = f"CANARY-CMH-{tenant.id}"
+            ds.canaries.append({"kind": "cmh-request", "owner": tenant.id, "record": {
+                "id": rid, "coordinator": tenant.id, "status": "open", "created": _iso(anchor),
+                "site": {"street": note, "postal_code": "0000", "city": "canary",
+                         "requested_date": anchor.date().isoformat(),
+                         "household": {"name": "canary", "phone": "+32 00 00 00 00"},
+                         "eans": [], "cadastral_parcel": "00000A"},
+                "connections": [{"id": f"{rid}-1", "operator": tenant.id,
+                                 "utility": "electricity", "status": "requested",
+                                 "ean": None}]}})
+        if tenant.kind in ("dso", "water", "telecom", "supplier", "social-welfare",
+                           "clearing-house"):
+            ds.canaries.append({"kind": "ticket", "owner": tenant.id, "record": {
+                "id": f"CANARY-INC-{tenant.id}", "client": tenant.id, "assignee": "internal",
+                "title": note, "status": "open", "opened": _iso(anchor),
+                "classification": "C2",
+                "requester": {"name": "canary", "email": f"canary@{tenant.id}.example"}}})
+
+
+def canary_records(dataset: Dataset, kind: str) -> dict[str, dict[str, Any]]:
+    """The canary records of one kind, by id: what a simulator serves by id."""
+    return {str(c["record"][CANARY_ID_FIELDS[kind]]): c["record"]
+            for c in dataset.canaries if c["kind"] == kind}
 
 
 def _portal(ds: Dataset, registry: TenantRegistry, by_dso: dict[str, list[dict[str, Any]]],

@@ -154,11 +154,14 @@ class Stack:
                  run_gateway: bool = True, soc_syslog: str | None = None,
                  limits: str = "", upstream_ports: dict[str, int] | None = None,
                  extra_config: str = "", upstream_settings: str = "",
-                 state_url: str | None = None, history: bool = False) -> None:
+                 state_url: str | None = None, history: bool = False,
+                 canary_interval_s: float | None = None) -> None:
         self.tenants_dir = tenants_dir
         # D8, D10: state older than its retention period (`gateway demo` only),
         # so the retention duty has something to delete at start.
         self.history = history
+        # D1: the isolation canary prober every this many seconds (None: off).
+        self.canary_interval_s = canary_interval_s
         self.certs_dir = certs_dir
         self.work_dir = work_dir
         self.ports = ports or StackPorts()
@@ -242,6 +245,9 @@ class Stack:
         if self.extra_config:
             with config_path.open("a") as fh:
                 fh.write("\n" + self.extra_config.strip() + "\n")
+        if self.canary_interval_s is not None:
+            with config_path.open("a") as fh:
+                fh.write(f"\n[canary]\nenabled = true\ninterval_s = {self.canary_interval_s}\n")
         if self.gateway_settings:
             text = config_path.read_text().replace(
                 "[gateway]\n", "[gateway]\n" + self.gateway_settings.strip() + "\n", 1)

@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AdminEvent, AuditSink, SecurityEvents
+from gateway.core.canary import CANARY_KIND, CANARY_NAME
 from gateway.errors import RequestRefused
 from gateway.files import write_atomically, write_private
 from gateway.metrics import GatewayMetrics
@@ -330,6 +331,11 @@ class Credentials:
         return issuer_id(cert)
 
     def _principal(self, tenant: str, kind: str, name: str) -> PrincipalKey:
+        if (kind, name) == (CANARY_KIND, CANARY_NAME):
+            # D1: the canary prober's certificates are the gateway's own, short
+            # lived and made in-process (gateway.canary); nobody issues one.
+            raise AdminRefused(422, "canary-principal-reserved",
+                               f"{tenant}/{kind}/{name} is the gateway's own canary prober")
         if self.registry().principal(tenant, kind, name) is None:
             raise AdminRefused(404, "unknown-principal",
                                f"{tenant}/{kind}/{name} is not declared in tenants/")
@@ -440,6 +446,16 @@ class Credentials:
         """A client certificate for the gateway itself at an mTLS upstream."""
         _, ca = self.active_ca()
         issued = ca.issue_client(uri, now=self.clock())
+        return issued.cert_pem(), issued.key_pem()
+
+    def issue_canary_identity(self, tenant: str, lifetime: timedelta) -> tuple[bytes, bytes]:
+        """A short-lived client certificate for ``tenant``'s canary principal,
+        for the gateway's own isolation prober (gateway.canary): made
+        in-process, its key held in memory, not recorded as an issuance (it
+        opens canary resources only, and lives an hour)."""
+        _, ca = self.active_ca()
+        uri = spiffe_uri(self.trust_domain, tenant, CANARY_KIND, CANARY_NAME)
+        issued = ca.issue_client(uri, now=self.clock(), lifetime=lifetime)
         return issued.cert_pem(), issued.key_pem()
 
     def rotate_signing_key(self) -> str:

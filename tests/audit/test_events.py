@@ -54,6 +54,18 @@ CASES: list[tuple[str, AuditEvent, dict[str, Any]]] = [
       "route": "hes-meter", "upstream": "hes", "decision": "allow", "reason": "ok",
       "status": 200, "resources": ["1SAG1100042062"], "bytes_in": 0, "bytes_out": 321,
       "classification": "C3"}),
+    # The gateway's own canary prober (D1): marked, and only then.
+    ("request-canary",
+     RequestEvent(incident="inc-c", tenant="fluvius", principal="canary", cert_serial="2a",
+                  cert_fingerprint="cd" * 32, method="GET", route="/hes/meters/{serial}",
+                  upstream="hes", decision="deny", reason="no-relation", status=403,
+                  resources=("1CAN0000000001",), bytes_in=0, bytes_out=180,
+                  classification=None, canary=True),
+     {"event": "request", "incident": "inc-c", "tenant": "fluvius", "principal": "canary",
+      "cert_serial": "2a", "cert_fingerprint": "cd" * 32, "method": "GET",
+      "route": "/hes/meters/{serial}", "upstream": "hes", "decision": "deny",
+      "reason": "no-relation", "status": 403, "resources": ["1CAN0000000001"],
+      "bytes_in": 0, "bytes_out": 180, "classification": None, "canary": True}),
     # No caller, no route: the members are written as null, never left out.
     ("request-anonymous",
      RequestEvent(incident="inc-2", tenant="unknown", principal=None, cert_serial=None,

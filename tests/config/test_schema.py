@@ -12,7 +12,14 @@ from typing import Any
 
 import pytest
 
-from gateway.config import AuditConfig, EdgeLimits, GatewayConfig, Upstream, VaultConfig
+from gateway.config import (
+    AuditConfig,
+    CanaryConfig,
+    EdgeLimits,
+    GatewayConfig,
+    Upstream,
+    VaultConfig,
+)
 from gateway.errors import ConfigError
 from gateway.tenants import load_tenants
 
@@ -201,3 +208,21 @@ def test_the_repositorys_tenant_files_pass() -> None:
     registry = load_tenants(REPO / "tenants")
     for path in (REPO / "tenants").glob("*.toml"):
         assert tomllib.loads(path.read_text())["id"] in registry.tenants
+
+
+def test_the_canary_prober_is_off_by_default_and_needs_the_ca(tmp_path: Path) -> None:
+    """D1: the prober makes its certificates with the CA and probes this
+    process's own data plane: it needs [ca] and role "all"."""
+    cfg = GatewayConfig.from_mapping(minimal(), base=tmp_path, source="g.toml")
+    assert cfg.canary == CanaryConfig() and cfg.canary.enabled is False
+    doc = {**minimal(), "canary": {"enabled": True, "interval_s": 30}}
+    with pytest.raises(ConfigError) as exc:
+        GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml")
+    assert "g.toml: canary.enabled: the canary prober needs [ca]" in str(exc.value)
+    doc["ca"] = {"cert": "ca.pem", "key": "ca.key"}
+    cfg = GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml")
+    assert cfg.canary == CanaryConfig(enabled=True, interval_s=30.0)
+    doc["canary"] = {"enabled": True, "interval_s": 0}
+    with pytest.raises(ConfigError) as exc:
+        GatewayConfig.from_mapping(doc, base=tmp_path, source="g.toml")
+    assert "canary.interval_s: must be a positive number" in str(exc.value)

@@ -10,6 +10,8 @@ import os
 import re
 import shlex
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 from .conftest import REPO
@@ -70,7 +72,27 @@ def test_banner_lists_every_port_and_its_commands_work(tmp_path: Path) -> None:
             capture_output=True, timeout=60)
         assert keys.returncode == 0, keys.stderr
         assert "kid" in keys.stdout
+        # The demo runs the isolation canary prober: a clean first round, and
+        # the banner's command to watch it.
+        ops = re.search(r"ops plane +http://127\.0\.0\.1:(\d+)", banner)
+        assert ops is not None and "grep ^gateway_canary_" in banner
+        assert clean_canary_round(int(ops.group(1)))
+        audit = (work / "audit.jsonl").read_text()
+        assert '"canary":true' in audit and '"principal":"canary"' in audit
     except BaseException:
         proc.stop()
         raise
     assert proc.stop() == 0
+
+
+def clean_canary_round(ops_port: int, timeout_s: float = 90) -> bool:
+    """Whether the demo's prober finishes a round in which every probe passed."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ops_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        found = re.search(r"^gateway_canary_last_success_timestamp_seconds (\S+)$", text, re.M)
+        if found is not None and float(found.group(1)) > 0:
+            return '\ngateway_canary_probes_total{result="pass"} 0.0' not in text
+        time.sleep(0.5)
+    return False

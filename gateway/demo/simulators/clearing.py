@@ -11,12 +11,12 @@ themselves come back whole, ``restricted`` block included: stripping fields
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from aiohttp import web
 
-from gateway.demo._dataset import Dataset
+from gateway.demo._dataset import Dataset, canary_records
 from gateway.demo.simulators._common import (
     Record,
     SimError,
@@ -39,6 +39,8 @@ _REGISTER = {"electricity": ("1-0:1.8.1", "kWh", 4.0, 14.0), "gas": ("0-1:24.2.3
 class ClearingData:
     access_points: dict[str, Record]  # ean -> record (own copy)
     mandates: list[Record]
+    # D1: the isolation canaries, served by id only (never listed).
+    canaries: dict[str, Record] = field(default_factory=dict)
 
 
 CLEARING = web.AppKey("clearing_data", ClearingData)
@@ -73,7 +75,8 @@ def _foreign(request: web.Request, *, besides: str = "") -> Record | None:
 
 
 def _access_point(request: web.Request) -> Record:
-    ap = request.app[CLEARING].access_points.get(request.match_info["ean"])
+    data, ean = request.app[CLEARING], request.match_info["ean"]
+    ap = data.access_points.get(ean) or data.canaries.get(ean)
     if ap is None:
         raise SimError(404, "not-found", "unknown access point")
     return ap
@@ -120,7 +123,7 @@ async def consumption(request: web.Request) -> web.Response:
 def setup(app: web.Application, dataset: Dataset) -> None:
     app[CLEARING] = ClearingData(
         {ap["ean"]: ap for ap in copy.deepcopy(dataset.access_points)},
-        copy.deepcopy(dataset.mandates))
+        copy.deepcopy(dataset.mandates), copy.deepcopy(canary_records(dataset, "ean")))
     app.router.add_get("/access-points", list_access_points)
     app.router.add_get("/access-points/{ean}", get_access_point)
     app.router.add_get("/access-points/{ean}/consumption", consumption)

@@ -11,11 +11,11 @@ gateway's job (DOMAIN, Connect My Home request).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.demo._dataset import Dataset
+from gateway.demo._dataset import Dataset, canary_records
 from gateway.demo.simulators._common import (
     Record,
     SimError,
@@ -32,6 +32,8 @@ STATUSES = frozenset({"requested", "planned", "in-progress", "done", "cancelled"
 @dataclass
 class CmhData:
     requests: dict[str, Record]  # id -> request (own copy; statuses change)
+    # D1: the isolation canaries, served by id only (never listed).
+    canaries: dict[str, Record] = field(default_factory=dict)
 
 
 CMH = web.AppKey("cmh_data", CmhData)
@@ -50,7 +52,8 @@ def _foreign(request: web.Request, *, besides: str = "") -> Record | None:
 
 
 def _request(request: web.Request) -> Record:
-    req = request.app[CMH].requests.get(request.match_info["id"])
+    data, rid = request.app[CMH], request.match_info["id"]
+    req = data.requests.get(rid) or data.canaries.get(rid)
     if req is None:
         raise SimError(404, "not-found", "unknown request")
     return req
@@ -93,7 +96,8 @@ async def set_status(request: web.Request) -> web.Response:
 
 
 def setup(app: web.Application, dataset: Dataset) -> None:
-    app[CMH] = CmhData({r["id"]: r for r in copy.deepcopy(dataset.cmh_requests)})
+    app[CMH] = CmhData({r["id"]: r for r in copy.deepcopy(dataset.cmh_requests)},
+                       copy.deepcopy(canary_records(dataset, "cmh-request")))
     app.router.add_get("/requests", list_requests)
     app.router.add_get("/requests/{id}", get_request)
     app.router.add_post("/requests/{id}/connections/{cid}/status", set_status)

@@ -12,14 +12,14 @@ never stored: the HES must not keep the data (D5).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from gateway.demo._dataset import Dataset
+from gateway.demo._dataset import Dataset, canary_records
 from gateway.demo._partner_tls import FollowedTls
 from gateway.demo.simulators._common import (
     Record,
@@ -56,6 +56,8 @@ class HesData:
     # its client identity and the trust bundle as they are at each push.
     push_url: str | None = None
     push_tls: FollowedTls | None = None
+    # D1: the isolation canaries, served by serial only (never listed or pushed).
+    canaries: dict[str, Record] = field(default_factory=dict)
 
 
 def configure_push(app: web.Application, url: str, tls: FollowedTls) -> None:
@@ -216,7 +218,8 @@ def day_readings(meter: Record, day: date) -> list[Record]:
 
 
 def _meter(request: web.Request) -> Record:
-    meter = request.app[HES].meters.get(request.match_info["serial"])
+    data, serial = request.app[HES], request.match_info["serial"]
+    meter = data.meters.get(serial) or data.canaries.get(serial)
     if meter is None:
         raise SimError(404, "not-found", "unknown meter")
     return meter
@@ -310,7 +313,10 @@ def setup(app: web.Application, dataset: Dataset) -> None:
     for m in copy.deepcopy(dataset.meters):
         m.update({"relay": "connected", "power_limit_kw": None, "last_operation": None})
         meters[m["serial"]] = m
-    app[HES] = HesData(meters)
+    canaries = canary_records(dataset, "meter")
+    for m in canaries.values():
+        m.update({"relay": "connected", "power_limit_kw": None, "last_operation": None})
+    app[HES] = HesData(meters, canaries=canaries)
     app.router.add_get("/meters", list_meters)
     app.router.add_get("/meters/{serial}", get_meter)
     app.router.add_get("/meters/{serial}/readings", readings)

@@ -8,11 +8,11 @@ in it: pseudonymising that for the provider (D9) is the gateway's job.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from gateway.demo._dataset import Dataset
+from gateway.demo._dataset import Dataset, canary_records
 from gateway.demo.simulators._common import (
     Handler,
     Record,
@@ -31,6 +31,8 @@ class Collection:
     plural: str  # list key and path segment: "tickets", "assets"
     partner: str  # "assignee" (tickets), "maintainer" (assets); "internal" = nobody
     records: dict[str, Record]
+    # D1: the isolation canaries, served by id only (never listed).
+    canaries: dict[str, Record] = field(default_factory=dict)
 
     def mine(self, rec: Record, tenant: str) -> bool:
         return bool(rec["client"] == tenant or rec[self.partner] == tenant)
@@ -78,7 +80,7 @@ def _handlers(pick: str) -> tuple[Handler, Handler]:
         coll, rid = coll_of(request), request.match_info["id"]
         if misrouting(request) and (stray := _foreign(coll, tenant_of(request), rid)) is not None:
             return json_response(stray)
-        rec = coll.records.get(rid)
+        rec = coll.records.get(rid) or coll.canaries.get(rid)
         if rec is None:
             raise SimError(404, "not-found", f"unknown {pick[:-1]}")
         return _labelled(json_response(rec), str(rec.get("classification", "C2")))
@@ -100,7 +102,8 @@ PERSONS = web.AppKey("itsm_persons", list)
 
 def setup(app: web.Application, dataset: Dataset) -> None:
     app[ITSM] = ItsmData(
-        Collection("tickets", "assignee", {t["id"]: t for t in copy.deepcopy(dataset.tickets)}),
+        Collection("tickets", "assignee", {t["id"]: t for t in copy.deepcopy(dataset.tickets)},
+                   copy.deepcopy(canary_records(dataset, "ticket"))),
         Collection("assets", "maintainer", {a["id"]: a for a in copy.deepcopy(dataset.assets)}))
     app[PERSONS] = copy.deepcopy(dataset.persons)
     app.router.add_get("/persons/{nrn}", person)
