@@ -205,7 +205,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return _demo_fleet(args)
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
-                  work_dir=Path(args.work), history=True,
+                  work_dir=Path(args.work), history=True, lockbox=True,
                   ports=StackPorts() if args.ephemeral_ports else StackPorts.demo())
 
     async def start() -> None:

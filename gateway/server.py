@@ -9,6 +9,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from gateway.audit import (
 )
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
+from gateway.core.lockbox import reach_problem
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
@@ -71,6 +73,7 @@ from gateway.upstream import UpstreamPool
 from gateway.vault import (
     BreakGlass,
     BreakGlassPolicy,
+    Lockbox,
     MasterKeys,
     RekeyProgress,
     SecretNotFound,
@@ -199,10 +202,17 @@ class Gateway:
             issue_identity=lambda name: self.credentials.issue_upstream_identity(
                 identity_uri(config.trust_domain, name)))
         self.upstream_creds.load(config.upstreams)
+        # D7: the tenants each privileged account reaches are told of its
+        # cases and, in approve mode, consent (the push outbox tells them).
+        self._check_reach(config)
+        self.lockbox = Lockbox(
+            store=self.store, tenants=lambda: self.registry, reach=config.lockbox.reach,
+            accounts=config.accounts, ttl=timedelta(seconds=config.lockbox.ttl_s),
+            audit=self.audit, metrics=self.metrics, notify=self._notify_tenants)
         self.breakglass = BreakGlass(
             store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
             upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,
-            audit=self.credentials.record_admin_event,
+            audit=self.credentials.record_admin_event, lockbox=self.lockbox,
             policy=BreakGlassPolicy(timedelta(seconds=vc.breakglass_max_duration_s),
                                     timedelta(seconds=vc.breakglass_emergency_duration_s),
                                     vc.approver_other_team))
@@ -220,6 +230,7 @@ class Gateway:
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
             consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
+            lockbox=self.lockbox,
             limits=config.limits,
             access_log=config.log.access)
         self._runners: list[web.BaseRunner] = []
@@ -254,6 +265,22 @@ class Gateway:
         self.metrics.config_loaded.set(1)
         self.metrics.memory_budget.set(config.limits.memory_budget_mb * 1024 * 1024)
         self.metrics.control_plane_leader.set(1 if self.leading else 0)
+
+    def _check_reach(self, config: GatewayConfig) -> None:
+        """Every tenant a privileged account's reach names is declared."""
+        for account, entries in config.lockbox.reach.items():
+            for entry in entries:
+                problem = reach_problem(entry, self.registry.tenants)
+                if problem is not None:
+                    raise ConfigError(f"{config.source}: lockbox.reach.{account}: {problem}")
+
+    def _notify_tenants(self, incident: str,
+                        documents: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """D7: lockbox notices go the way breach notices go (the push outbox)."""
+        if self.push is None:
+            log.warning("lockbox notices of %s not queued: no [push] here", incident)
+            return 0
+        return self.push.notify_tenants(incident, documents)
 
     def _rolled_up_through(self) -> float | None:
         flushed = self.usage.flushed_through

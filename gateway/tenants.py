@@ -21,7 +21,7 @@ from gateway.errors import ConfigError
 
 KNOWN_ROLES = frozenset(
     {"reader", "meter-operator", "security-admin", "vault-approver", "auditor", "pusher",
-     "privileged-user", "customer-portal", "manager"}
+     "privileged-user", "customer-portal", "manager", "lockbox-approver"}
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -98,7 +98,7 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
         raise _fail(where, "valid_until", "must not be before valid_from")
     return Tenant(f.id, f.name, f.kind, f.gln, principals, frozenset(memberships),
                   quota=quota, push_endpoint=f.push_endpoint, ean_prefix=prefix,
-                  push_intake=intake, security_contact=contact,
+                  push_intake=intake, security_contact=contact, lockbox=f.lockbox,
                   contract_from=_day_start(f.valid_from),
                   contract_until=_day_start(f.valid_until, 1))
 
