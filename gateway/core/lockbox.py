@@ -210,7 +210,7 @@ def decide_refusal(actor: Principal, entry: EntryView | None, now: datetime
     if refused is not None:
         return refused
     assert entry is not None
-    if expired(entry, now):
+    if entry.status == EXPIRED or expired(entry, now):
         return Refusal(409, "lockbox-expired", "the time limit for consent has passed")
     if (entry.status, APPROVE) not in TRANSITIONS:
         return Refusal(409, "lockbox-not-pending", f"the lockbox entry is {entry.status}")
@@ -235,7 +235,8 @@ def checkout_refusal(entries: Iterable[EntryView], now: datetime) -> Refusal | N
         reason = "lockbox-expired" if expired(entry, now) else \
             CHECKOUT_REFUSALS.get(entry.status)
         if reason is not None:
-            return Refusal(409, reason, f"{entry.tenant}: {_WHY[reason]}")
+            # The reason code leads the detail: the person refused sees why.
+            return Refusal(409, reason, f"{reason}: {entry.tenant}: {_WHY[reason]}")
     return None
 
 
