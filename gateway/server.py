@@ -34,7 +34,6 @@ from gateway.audit import (
 )
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
-from gateway.core.lockbox import reach_problem
 from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
@@ -67,7 +66,7 @@ from gateway.state import (
     SqliteStore,
     open_store,
 )
-from gateway.tenants import TenantRegistry, load_tenants
+from gateway.tenants import TenantRegistry, check_reach, load_tenants
 from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
 from gateway.vault import (
@@ -204,7 +203,7 @@ class Gateway:
         self.upstream_creds.load(config.upstreams)
         # D7: the tenants each privileged account reaches are told of its
         # cases and, in approve mode, consent (the push outbox tells them).
-        self._check_reach(config)
+        check_reach(config.lockbox.reach, self.registry, str(config.source))
         self.lockbox = Lockbox(
             store=self.store, tenants=lambda: self.registry, reach=config.lockbox.reach,
             accounts=config.accounts, ttl=timedelta(seconds=config.lockbox.ttl_s),
@@ -265,14 +264,6 @@ class Gateway:
         self.metrics.config_loaded.set(1)
         self.metrics.memory_budget.set(config.limits.memory_budget_mb * 1024 * 1024)
         self.metrics.control_plane_leader.set(1 if self.leading else 0)
-
-    def _check_reach(self, config: GatewayConfig) -> None:
-        """Every tenant a privileged account's reach names is declared."""
-        for account, entries in config.lockbox.reach.items():
-            for entry in entries:
-                problem = reach_problem(entry, self.registry.tenants)
-                if problem is not None:
-                    raise ConfigError(f"{config.source}: lockbox.reach.{account}: {problem}")
 
     def _notify_tenants(self, incident: str,
                         documents: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
@@ -412,7 +403,10 @@ class Gateway:
         await asyncio.to_thread(old.clear)
 
     def _read_reloadable(self) -> tuple[TenantRegistry, RelationIndex]:
-        return load_tenants(self.config.tenants_dir), self._load_relations(self.config.relations)
+        registry = load_tenants(self.config.tenants_dir)
+        # D7: a tenant some account reaches stays declared (else it goes untold).
+        check_reach(self.config.lockbox.reach, registry, str(self.config.source))
+        return registry, self._load_relations(self.config.relations)
 
     def _swap(self, registry: TenantRegistry, relations: RelationIndex,
               digest: str | None = None) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.config import PrincipalEntry, TenantFile, validate
 from gateway.core.identifiers import is_valid_gln
+from gateway.core.lockbox import reach_problem
 from gateway.core.model import Principal, Tenant
 from gateway.core.push.trust import PUSH_INTAKES
 from gateway.core.quota import Quota
@@ -49,6 +50,18 @@ class TenantRegistry:
         if principal is None:
             return None
         return tenant, principal
+
+
+def check_reach(reach: Mapping[str, Sequence[str]], registry: TenantRegistry,
+                source: str) -> None:
+    """D7: every tenant a privileged account's reach (``[lockbox.reach]``)
+    names is declared in tenants/ (``serve`` and ``config check`` refuse
+    a typo that would leave a tenant untold)."""
+    for account, entries in reach.items():
+        for entry in entries:
+            problem = reach_problem(entry, registry.tenants)
+            if problem is not None:
+                raise ConfigError(f"{source}: lockbox.reach.{account}: {problem}")
 
 
 def _fail(where: str, key: str, problem: str) -> ConfigError:
