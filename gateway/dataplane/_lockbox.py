@@ -35,7 +35,7 @@ from gateway.dataplane._exchange import Exchange, read_body
 from gateway.dataplane._trace import SERVER_HEADER
 from gateway.edge import HttpRequest
 from gateway.errors import RequestRefused
-from gateway.vault import Lockbox, LockboxRefused, entry_json
+from gateway.vault import Lockbox, entry_json
 
 PREFIX = "/lockbox"
 LOCKBOX_LIST = Route("lockbox", "GET", PREFIX, {})
@@ -100,15 +100,12 @@ class LockboxRoutes:
                          else b"")
         actor = ex.resolved().principal
         ex.resources = (case,)
-        try:
-            if step == "review":
-                entry = await asyncio.to_thread(lockbox.review, actor, case, reason)
-            else:
-                entry = await asyncio.to_thread(lockbox.decide, actor, case,
-                                                step == "approve", reason)
-        except LockboxRefused as exc:
-            r = exc.refusal
-            raise RequestRefused(r.status, r.reason, detail=f"{r.reason}: {r.detail}") from exc
+        # A refusal (LockboxRefused) is a RequestRefused: its problem names why.
+        if step == "review":
+            entry = await asyncio.to_thread(lockbox.review, actor, case, reason)
+        else:
+            entry = await asyncio.to_thread(lockbox.decide, actor, case, step == "approve",
+                                            reason)
         ex.reason = f"lockbox-{step}"
         return self._answer(ex, entry_json(entry))
 

@@ -44,6 +44,7 @@ from gateway.core.lockbox import (
     review_refusal,
 )
 from gateway.core.model import Principal, Tenant
+from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
 from gateway.state import BreakGlassCase, LockboxEntry, StateStore
@@ -54,12 +55,13 @@ MOVE_ATTEMPTS = 10
 Notify = Callable[[str, Sequence[tuple[str, Mapping[str, Any]]]], int]
 
 
-class LockboxRefused(Exception):
-    """A lockbox step refused: the core's :class:`Refusal`, for the plane that
-    asked to turn into its problem document."""
+class LockboxRefused(RequestRefused):
+    """A lockbox step refused (4xx): the core's :class:`Refusal`, its reason
+    code leading the problem document's detail."""
 
     def __init__(self, refusal: Refusal) -> None:
-        super().__init__(refusal.reason)
+        super().__init__(refusal.status, refusal.reason,
+                         detail=f"{refusal.reason}: {refusal.detail}")
         self.refusal = refusal
 
 
