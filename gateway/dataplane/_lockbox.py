@@ -16,7 +16,8 @@ pipeline branches off here (like ``GET /notifications``).
 
 The tenant answering is always the caller's own, from its certificate: a
 principal of a tenant the case does not reach gets 403 whether or not the
-case exists (D1). A POST body is optional: ``{"reason": "..."}``.
+case exists (D1). A POST body is optional: ``{"reason": "..."}``
+(``application/json``, at most 4 KiB).
 """
 
 from __future__ import annotations
@@ -96,8 +97,10 @@ class LockboxRoutes:
         if target.query_map:
             raise RequestRefused(400, "query-parameter-unknown")
         lockbox = self._who(ex)
-        reason = _reason(await read_body(request, MAX_BODY, ex) if request.body_exists
-                         else b"")
+        raw = await read_body(request, MAX_BODY, ex) if request.body_exists else b""
+        if raw and request.content_type != JSON:
+            raise RequestRefused(415, "body-not-json")  # as on every data-plane route
+        reason = _reason(raw)
         actor = ex.resolved().principal
         ex.resources = (case,)
         # A refusal (LockboxRefused) is a RequestRefused: its problem names why.

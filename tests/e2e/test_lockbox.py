@@ -202,6 +202,17 @@ def test_consent_needs_the_lockbox_approver_role(stack: RunningStack) -> None:
         problem(lockbox(stack, "ores", name, cid, "approve"), 403, "missing-role")
     assert entry(stack, "ores", cid)["status"] == "pending"
     assert lockbox_events(stack, cid, "lockbox-approved") == []
+    # A body is JSON, as on every data-plane route; the case stays pending.
+    olga = stack.client("ores", "olga")
+    form = olga.request("POST", f"/lockbox/{cid}/approve", headers={
+        "Content-Type": "application/x-www-form-urlencoded"}, body=None)
+    assert form.status == 200  # no body: a consent without a reason
+    other = request_case(stack, "cmh-admin", "CHG-3012")
+    raw = olga.request("POST", f"/lockbox/{other}/approve", body={"reason": "x"},
+                       headers={"Content-Type": "text/plain"})
+    assert raw.status == 415 and raw.headers["content-type"].startswith(PROBLEM)
+    assert entry(stack, "ores", other)["status"] == "pending"
+    assert [e["tenant"] for e in lockbox_events(stack, cid, "lockbox-approved")] == ["ores"]
 
 
 def test_a_denial_refuses_the_checkout(stack: RunningStack) -> None:
