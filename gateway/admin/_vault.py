@@ -102,8 +102,12 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
             # refused, expired, skipped by an emergency and its review.
             if breakglass.lockbox is not None:
                 breakglass.lockbox.expire_due()
+            review = request.query.get("review")
+            if review not in (None, "none", "pending", "done"):
+                raise AdminRefused(400, "field-invalid", "review: none, pending or done")
             rows = [entry_json(e) for e in breakglass.store.lockbox_entries(
-                tenant=request.query.get("tenant"))]
+                tenant=request.query.get("tenant"))
+                if review is None or e.review_status == review]
             if request.query.get("format") != "csv":
                 return {"lockbox": rows}
             out = io.StringIO()

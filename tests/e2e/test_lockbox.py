@@ -310,5 +310,8 @@ def test_gateway_review_lists_lockbox_decisions(stack: RunningStack, tmp_path: P
     csv_text = review("--format", "csv")
     assert csv_text.splitlines()[0].startswith("case_id,tenant,account,mode,")
     assert f"{cid},ores,cmh-admin,approve,False,denied,ores/person/olga" in csv_text
+    due = json.loads(review("--reviews-due", "--json"))["lockbox"]
+    assert due and all(r["review_status"] == "pending" for r in due)
+    assert any(r["case_id"] == emergency and r["tenant"] == "ores" for r in due)
     # The lockbox is the auditors' and the approvers' to read, not a requester's.
     assert admin(stack, "GET", "/admin/lockbox", who="dave").status == 403
