@@ -207,7 +207,7 @@ class Gateway:
         self.lockbox = Lockbox(
             store=self.store, tenants=lambda: self.registry, reach=config.lockbox.reach,
             accounts=config.accounts, ttl=timedelta(seconds=config.lockbox.ttl_s),
-            audit=self.audit, metrics=self.metrics, notify=self._notify_tenants)
+            audit=self.audit, metrics=self.metrics, notify=self._notify_tenants, soc=self.soc)
         self.breakglass = BreakGlass(
             store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
             upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,

@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from gateway.audit import AuditSink, LockboxEvent
+from gateway.audit import AuditSink, LockboxEvent, SecurityEvents
 from gateway.core.breakglass import Refusal, who
 from gateway.core.lockbox import (
     APPROVE,
@@ -82,7 +82,7 @@ class Lockbox:
     def __init__(self, *, store: StateStore, tenants: Callable[[], Iterable[Tenant]],
                  reach: Mapping[str, Sequence[str]], accounts: Mapping[str, str],
                  ttl: timedelta, audit: AuditSink, metrics: GatewayMetrics,
-                 notify: Notify | None = None,
+                 notify: Notify | None = None, soc: SecurityEvents | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.tenants = tenants  # the live registry (tenant files are re-read on SIGHUP)
@@ -92,6 +92,7 @@ class Lockbox:
         self.audit = audit
         self.metrics = metrics
         self.notify = notify  # None: no push outbox here, the tenants read nothing
+        self.soc = soc  # D12: a tenant's denial, a consent not given in time
         self.clock = clock
 
     # -- at the request -------------------------------------------------------------
@@ -178,8 +179,12 @@ class Lockbox:
             return replace(entry, status=next_state(entry.status, APPROVE if approve else DENY),
                            approver=who(actor), decided_at=now, decision_reason=reason)
         entry = self._move(actor, case_id, step)
-        self._record("lockbox-approved" if approve else "lockbox-denied", entry, who(actor),
-                     reason)
+        incident = self._record("lockbox-approved" if approve else "lockbox-denied", entry,
+                                who(actor), reason)
+        if not approve and self.soc is not None:
+            self.soc.emit("lockbox-denied", "warning", incident, case=case_id,
+                          account=entry.account, tenant=entry.tenant, approver=who(actor),
+                          requester=entry.requester)
         self.metrics.lockbox_decisions.labels(entry.tenant, entry.status).inc()
         return entry
 
@@ -216,17 +221,24 @@ class Lockbox:
                 continue
             moved = replace(entry, status=next_state(entry.status, EXPIRE), decided_at=now)
             if self.store.move_lockbox(entry, moved):
-                self._record("lockbox-expired", moved, "gateway", "time limit passed")
+                incident = self._record("lockbox-expired", moved, "gateway",
+                                        "time limit passed")
+                if self.soc is not None:
+                    self.soc.emit("lockbox-expired", "notice", incident, case=moved.case_id,
+                                  account=moved.account, tenant=moved.tenant,
+                                  requester=moved.requester)
                 self.metrics.lockbox_decisions.labels(moved.tenant, moved.status).inc()
                 done += 1
         return done
 
-    def _record(self, action: Any, entry: LockboxEntry, principal: str, reason: str) -> None:
+    def _record(self, action: Any, entry: LockboxEntry, principal: str, reason: str) -> str:
+        incident = new_incident_id()
         self.audit.record(LockboxEvent(
-            incident=new_incident_id(), action=action, case=entry.case_id,
+            incident=incident, action=action, case=entry.case_id,
             account=entry.account, tenant=entry.tenant, principal=principal,
             requested_by=entry.requester, mode=entry.mode, status=entry.status,
             emergency=entry.emergency, reason=reason, notice=entry.notice))
+        return incident
 
 
 __all__ = ["APPROVE_MODE", "Lockbox", "LockboxRefused", "entry_json"]

@@ -100,6 +100,11 @@ def notices(gw: RunningStack, tenant: str, cid: str) -> list[dict[str, Any]]:
     return [n for n in resp.json["notifications"] if n.get("case") == cid]
 
 
+def soc_events(gw: RunningStack) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in
+            (gw.stack.work_dir / "soc.jsonl").read_text().splitlines()]
+
+
 def lockbox_events(gw: RunningStack, cid: str, action: str) -> list[dict[str, Any]]:
     return [e for e in gw.audit_events() if e.get("event") == "lockbox"
             and e["case"] == cid and e["action"] == action]
@@ -188,6 +193,9 @@ def test_a_principal_of_another_tenant_cannot_answer(stack: RunningStack) -> Non
         problem(lockbox(stack, "fluvius", "frank", cid, step), 403, "lockbox-not-your-tenant")
     problem(lockbox(stack, "fluvius", "frank", "bg-20000101000000-000000", "approve"), 403,
             "lockbox-not-your-tenant")
+    # D12: answering for another tenant is a signal for the SOC.
+    assert any(e["kind"] == "lockbox-refused" and e["principal"] == "frank"
+               and e["tenant"] == "fluvius" for e in soc_events(stack))
     assert entry(stack, "ores", cid)["status"] == "pending"
     assert all(e["case_id"] != cid for e in
                stack.client("fluvius", "api").get("/lockbox").json["cases"])
@@ -226,6 +234,10 @@ def test_a_denial_refuses_the_checkout(stack: RunningStack) -> None:
     problem(checkout(stack, cid), 409, "lockbox-denied")
     (event,) = lockbox_events(stack, cid, "lockbox-denied")
     assert event["principal"] == "ores/person/olga" and event["tenant"] == "ores"
+    # D12: the SOC hears of the denial, under the audit event's incident id.
+    alert = next(e for e in soc_events(stack) if e["kind"] == "lockbox-denied"
+                 and e["case"] == cid)
+    assert alert["incident"] == event["incident"] and alert["severity"] == "warning"
 
 
 def test_consent_not_given_in_time_expires(stack: RunningStack) -> None:
