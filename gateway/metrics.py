@@ -200,7 +200,8 @@ class GatewayMetrics:
             ["tenant", "result"], registry=r)
         self.lockbox_decisions = Counter(
             "gateway_lockbox_decisions", "Tenant lockbox outcomes (D7), per reached tenant: "
-            "notified, pending, skipped (an emergency), approved, denied, expired, reviewed.",
+            "notified, pending, skipped (an emergency), approved, denied, expired, withdrawn, "
+            "reviewed.",
             ["tenant", "decision"], registry=r)
         self.breach_notifications = Counter(
             "gateway_breach_notifications", "Breach notifications queued for the owner of "

@@ -283,13 +283,14 @@ class LockboxEvent:
     break-glass case (``lockbox-requested``), its consent given or refused
     by one of its ``lockbox-approver`` principals (``lockbox-approved``,
     ``lockbox-denied``), its time limit passed (``lockbox-expired``), its
-    review of a skipped consent recorded (``lockbox-reviewed``). ``principal``
+    review of a skipped consent recorded (``lockbox-reviewed``), its consent
+    no longer asked for once the case itself was denied (``lockbox-withdrawn``). ``principal``
     is who acted (``gateway`` for the gateway's own steps); ``notice`` the
     incident id of the notification the tenant was sent. Never a password."""
 
     incident: str
     action: Literal["lockbox-requested", "lockbox-approved", "lockbox-denied",
-                    "lockbox-expired", "lockbox-reviewed"]
+                    "lockbox-expired", "lockbox-reviewed", "lockbox-withdrawn"]
     case: str
     account: str
     tenant: str  # the reached tenant

@@ -20,6 +20,8 @@ One lockbox entry per (case, reached tenant), through one transition table
     pending  --approve-----------> approved
     pending  --deny--------------> denied       the checkout is refused for good
     pending  --expire------------> expired      the time limit passed without consent
+    pending  --withdraw----------> withdrawn    the case itself was denied (D6) or its
+                                                requester left (D8): nothing to consent to
 
 And the tenant's review of a skipped consent: ``none`` -> ``pending`` -> ``done``.
 
@@ -43,10 +45,10 @@ MODES = frozenset({NOTIFY, APPROVE_MODE})
 
 # -- the entry lifecycle -------------------------------------------------------
 NEW = "new"
-NOTIFIED, PENDING, SKIPPED, APPROVED, DENIED, EXPIRED = (
-    "notified", "pending", "skipped", "approved", "denied", "expired")
+NOTIFIED, PENDING, SKIPPED, APPROVED, DENIED, EXPIRED, WITHDRAWN = (
+    "notified", "pending", "skipped", "approved", "denied", "expired", "withdrawn")
 OPEN_NOTIFY, OPEN_APPROVE, OPEN_EMERGENCY = "open-notify", "open-approve", "open-emergency"
-APPROVE, DENY, EXPIRE = "approve", "deny", "expire"
+APPROVE, DENY, EXPIRE, WITHDRAW = "approve", "deny", "expire", "withdraw"
 TRANSITIONS: dict[tuple[str, str], str] = {
     (NEW, OPEN_NOTIFY): NOTIFIED,
     (NEW, OPEN_APPROVE): PENDING,
@@ -54,6 +56,7 @@ TRANSITIONS: dict[tuple[str, str], str] = {
     (PENDING, APPROVE): APPROVED,
     (PENDING, DENY): DENIED,
     (PENDING, EXPIRE): EXPIRED,
+    (PENDING, WITHDRAW): WITHDRAWN,
 }
 # What an entry in each state means for the checkout: None lets it through.
 CHECKOUT_REFUSALS: Mapping[str, str] = {

@@ -184,7 +184,10 @@ class BreakGlass:
             _refuse(decide_refusal(actor, case, self.policy))
             return replace(case, status=next_state(case.status, APPROVE if approve else DENY),
                            approver=who(actor), decided_at=self.clock())
-        return self._moved(case_id, step)[1]
+        case = self._moved(case_id, step)[1]
+        if not approve and self.lockbox is not None:
+            self.lockbox.withdraw(case.id, "case denied")  # no tenant is asked any more
+        return case
 
     def checkout(self, actor: Principal, case_id: str) -> tuple[BreakGlassCase, str]:
         password = ""
@@ -287,6 +290,8 @@ class BreakGlass:
             if self.store.move_breakglass(case, replace(
                     case, status=next_state(case.status, LEAVE), approver=LEAVER_APPROVER,
                     decided_at=self.clock())):
+                if self.lockbox is not None:
+                    self.lockbox.withdraw(case.id, why)  # D8: nothing left to consent to
                 return False
         raise AdminRefused(409, "case-busy", "the case kept changing; try again")
 

@@ -34,6 +34,7 @@ from gateway.core.lockbox import (
     REQUEST_NOTICE,
     REVIEW,
     SKIPPED,
+    WITHDRAW,
     checkout_refusal,
     decide_refusal,
     expired,
@@ -227,6 +228,21 @@ class Lockbox:
                     self.soc.emit("lockbox-expired", "notice", incident, case=moved.case_id,
                                   account=moved.account, tenant=moved.tenant,
                                   requester=moved.requester)
+                self.metrics.lockbox_decisions.labels(moved.tenant, moved.status).inc()
+                done += 1
+        return done
+
+    def withdraw(self, case_id: str, why: str) -> int:
+        """The case was denied (D6) or its requester left (D8): the consents
+        still awaited are no longer asked for (and never expire)."""
+        done = 0
+        for entry in self.store.lockbox_entries(case_id=case_id):
+            if entry.status != PENDING:
+                continue
+            moved = replace(entry, status=next_state(entry.status, WITHDRAW),
+                            decided_at=self.clock(), decision_reason=why)
+            if self.store.move_lockbox(entry, moved):
+                self._record("lockbox-withdrawn", moved, "gateway", why)
                 self.metrics.lockbox_decisions.labels(moved.tenant, moved.status).inc()
                 done += 1
         return done

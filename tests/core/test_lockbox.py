@@ -25,6 +25,7 @@ from gateway.core.lockbox import (
     REVIEW_PENDING,
     SKIPPED,
     TRANSITIONS,
+    WITHDRAWN,
     checkout_refusal,
     decide_refusal,
     expired,
@@ -116,8 +117,9 @@ def test_opening(mode: str, emergency: bool, expected: tuple[str, str]) -> None:
 def test_only_a_pending_entry_is_decided_or_expires() -> None:
     movable = {state for (state, _event) in TRANSITIONS if state != "new"}
     assert movable == {PENDING}
-    for state in (NOTIFIED, SKIPPED, APPROVED, DENIED, EXPIRED):
-        for event in ("approve", "deny", "expire"):
+    assert next_state(PENDING, "withdraw") == WITHDRAWN
+    for state in (NOTIFIED, SKIPPED, APPROVED, DENIED, EXPIRED, WITHDRAWN):
+        for event in ("approve", "deny", "expire", "withdraw"):
             with pytest.raises(InvalidTransition):
                 next_state(state, event)
 
@@ -144,6 +146,7 @@ def test_expiry_boundary() -> None:
     (OLGA, Entry(status=DENIED), NOW, (409, "lockbox-not-pending")),
     (OLGA, Entry(status=NOTIFIED, expires_at=None), NOW, (409, "lockbox-not-pending")),
     (OLGA, Entry(status=SKIPPED, expires_at=None), NOW, (409, "lockbox-not-pending")),
+    (OLGA, Entry(status=WITHDRAWN), NOW, (409, "lockbox-not-pending")),
 ])
 def test_decide_refusal(actor: Principal, entry: Entry | None, now: datetime,
                         refusal: tuple[int, str] | None) -> None:

@@ -181,3 +181,32 @@ def test_without_a_push_outbox_the_lockbox_still_holds(tmp_path: Path) -> None:
     finally:
         world.vault.close()
         world.store.close()
+
+
+def test_a_denied_case_asks_no_tenant_any_more(world: World) -> None:
+    """D6: the security team denied the case: ORES's consent is withdrawn,
+    not left to expire (no late expiry event, no consent accepted)."""
+    cid = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-2", timedelta(minutes=10),
+                           False).id
+    world.bg.decide(BOB, cid, False)
+    ores = world.store.lockbox(cid, "ores")
+    assert ores is not None and (ores.status, ores.decision_reason) == ("withdrawn",
+                                                                         "case denied")
+    assert world.store.lockbox(cid, "fluvius").status == "notified"  # type: ignore[union-attr]
+    world.now = NOW + 2 * TTL
+    asyncio.run(world.bg.maintain())
+    assert world.actions(cid) == [("lockbox-requested", "fluvius"),
+                                  ("lockbox-requested", "ores"),
+                                  ("lockbox-withdrawn", "ores")]
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.decide(OLGA, cid, True, "late")
+    assert info.value.reason == "lockbox-not-pending"
+
+
+def test_a_leavers_case_asks_no_tenant_any_more(world: World) -> None:
+    """D8: the requester left; the pending consent goes with the case."""
+    cid = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-3", timedelta(minutes=10),
+                           False).id
+    asyncio.run(world.bg.end_leases_of(("ores", "person", "dave"), "principal disabled"))
+    assert world.store.breakglass(cid).status == "denied"  # type: ignore[union-attr]
+    assert world.store.lockbox(cid, "ores").status == "withdrawn"  # type: ignore[union-attr]
