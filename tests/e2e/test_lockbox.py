@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from .conftest import Response, RunningStack, start_stack
+from .test_breach_notifications import received, wait_for
 from .test_credentials import admin
 
 PROBLEM = "application/problem+json"
@@ -182,6 +183,15 @@ def test_each_reached_tenant_is_told_and_no_other(stack: RunningStack) -> None:
     assert ores["lockbox"] == "approve" and ores["approve_by"]
     for tenant in ("fluvius", "sibelga", "pidpa", "engie-it", "lumen-energie"):
         assert notices(stack, tenant, cid) == [], tenant
+    # Delivered to ORES's receiver too, through the push outbox, once, under
+    # its own idempotency key; no other tenant's receiver gets it.
+    key = f"gateway:lockbox/{ores['incident']}/ores"
+    wait_for(lambda: key in received(stack, "ores"))
+    doc = received(stack, "ores")[key]
+    assert doc["kind"] == "lockbox-notification" and doc["notification"] == ores
+    assert doc["batch_id"] == ores["incident"] and doc["tenant"] == "ores"
+    assert not any(k.startswith(f"gateway:lockbox/{ores['incident']}/")
+                   for k in received(stack, "fluvius"))
 
 
 def test_a_principal_of_another_tenant_cannot_answer(stack: RunningStack) -> None:
