@@ -7,6 +7,7 @@ The same over mTLS is tests/e2e/test_lockbox.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -54,6 +55,7 @@ class Recorder:
 
 class World:
     def __init__(self, tmp: Path, *, notify: bool = True) -> None:
+        self.tmp = tmp
         self.now = NOW
         self.metrics = GatewayMetrics()
         self.store = SqliteStore(tmp / "state.db")
@@ -64,7 +66,8 @@ class World:
         self.lockbox = Lockbox(
             store=self.store, tenants=lambda: TENANTS, reach={"hes-admin": ["@hes-consortium"]},
             accounts={"hes-admin": "hes", "cmh-admin": "cmh"}, ttl=TTL, audit=self.audit,
-            metrics=self.metrics, notify=self.notify if notify else None, clock=self.clock)
+            metrics=self.metrics, notify=self.notify if notify else None,
+            soc=SecurityEvents(file=tmp / "soc.jsonl"), clock=self.clock)
         self.bg = BreakGlass(
             store=self.store, vault=self.vault, pool=pool,
             accounts={"hes-admin": "hes", "cmh-admin": "cmh"},
@@ -76,6 +79,10 @@ class World:
 
     def clock(self) -> datetime:
         return self.now
+
+    def soc_events(self) -> list[dict[str, Any]]:
+        path = self.tmp / "soc.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
 
     def notify(self, incident: str, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
         self.told.append((incident, [(t, dict(d)) for t, d in docs]))
@@ -155,6 +162,10 @@ def test_maintenance_expires_a_consent_not_given_in_time(world: World) -> None:
     with pytest.raises(AdminRefused) as info:
         world.bg.checkout(DAVE, cid)
     assert info.value.reason == "lockbox-expired"
+    # D12: the SOC hears of it, under the audit event's incident id.
+    (expiry,) = [e for e in world.audit.events if e.action == "lockbox-expired"]
+    alert = next(e for e in world.soc_events() if e["kind"] == "lockbox-expired")
+    assert (alert["incident"], alert["tenant"], alert["case"]) == (expiry.incident, "ores", cid)
 
 
 def test_an_emergency_tells_at_once_and_leaves_a_review(world: World) -> None:
