@@ -208,6 +208,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     stack = Stack(tenants_dir=Path(args.tenants), certs_dir=Path(args.certs),
                   work_dir=Path(args.work), history=True, canary_interval_s=DEMO_CANARY_S,
+                  lockbox=True,
                   ports=StackPorts() if args.ephemeral_ports else StackPorts.demo())
 
     async def start() -> None:
@@ -420,10 +421,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     (with the environment's GATEWAY_<TABLE>__<KEY> overrides) and in the
     tenant files it names, without starting anything: exit 0 or 2."""
     from gateway.config import GatewayConfig
-    from gateway.tenants import load_tenants
+    from gateway.tenants import check_reach, load_tenants
 
     config = GatewayConfig.from_toml(Path(args.config), os.environ)
     registry = load_tenants(config.tenants_dir)
+    check_reach(config.lockbox.reach, registry, str(config.source))
     print(f"{args.config}: valid ({len(registry)} tenant files in {config.tenants_dir})")
     return 0
 

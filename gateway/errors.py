@@ -10,6 +10,7 @@
     │   ├── CredentialRefused       (edge) a known principal, revoked or disabled
     │   ├── AdminRefused            (pki) an admin-plane action refused (with a detail)
     │   ├── CsrRefused              (pki) a CSR the CA will not sign
+    │   ├── LockboxRefused          (vault) a tenant lockbox step refused (D7)
     │   └── InvalidAssertion        (pki) a gateway assertion a shared system must refuse
     ├── StateFileRefused          (state) a backup or restore of the state file not done (exit 1)
     ├── UpstreamFailed            the shared system failed or misbehaved (502/504)

@@ -198,6 +198,11 @@ class GatewayMetrics:
         self.delivery_attempts = Counter(
             "gateway_delivery_attempts", "Delivery attempts to receivers, by result.",
             ["tenant", "result"], registry=r)
+        self.lockbox_decisions = Counter(
+            "gateway_lockbox_decisions", "Tenant lockbox outcomes (D7), per reached tenant: "
+            "notified, pending, skipped (an emergency), approved, denied, expired, withdrawn, "
+            "reviewed.",
+            ["tenant", "decision"], registry=r)
         self.breach_notifications = Counter(
             "gateway_breach_notifications", "Breach notifications queued for the owner of "
             "records a withheld answer held (once per incident and owner).", ["owner"],

@@ -10,6 +10,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -67,12 +68,13 @@ from gateway.state import (
     SqliteStore,
     open_store,
 )
-from gateway.tenants import TenantRegistry, load_tenants
+from gateway.tenants import TenantRegistry, check_reach, load_tenants
 from gateway.tls import client_context, install_read_buffer
 from gateway.upstream import UpstreamPool
 from gateway.vault import (
     BreakGlass,
     BreakGlassPolicy,
+    Lockbox,
     MasterKeys,
     RekeyProgress,
     SecretNotFound,
@@ -201,10 +203,17 @@ class Gateway:
             issue_identity=lambda name: self.credentials.issue_upstream_identity(
                 identity_uri(config.trust_domain, name)))
         self.upstream_creds.load(config.upstreams)
+        # D7: the tenants each privileged account reaches are told of its
+        # cases and, in approve mode, consent (the push outbox tells them).
+        check_reach(config.lockbox.reach, self.registry, str(config.source))
+        self.lockbox = Lockbox(
+            store=self.store, tenants=lambda: self.registry, reach=config.lockbox.reach,
+            accounts=config.accounts, ttl=timedelta(seconds=config.lockbox.ttl_s),
+            audit=self.audit, metrics=self.metrics, notify=self._notify_tenants, soc=self.soc)
         self.breakglass = BreakGlass(
             store=self.store, vault=self.vault, pool=self.upstreams, accounts=config.accounts,
             upstream_creds=self.upstream_creds, soc=self.soc, metrics=self.metrics,
-            audit=self.credentials.record_admin_event,
+            audit=self.credentials.record_admin_event, lockbox=self.lockbox,
             policy=BreakGlassPolicy(timedelta(seconds=vc.breakglass_max_duration_s),
                                     timedelta(seconds=vc.breakglass_emergency_duration_s),
                                     vc.approver_other_team))
@@ -222,6 +231,7 @@ class Gateway:
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
             usage=self.usage, pseudonyms=self._pseudonymiser,
             consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
+            lockbox=self.lockbox,
             limits=config.limits,
             access_log=config.log.access)
         # D1, D12: the isolation canaries, asked for through this data plane.
@@ -264,6 +274,14 @@ class Gateway:
         self.metrics.config_loaded.set(1)
         self.metrics.memory_budget.set(config.limits.memory_budget_mb * 1024 * 1024)
         self.metrics.control_plane_leader.set(1 if self.leading else 0)
+
+    def _notify_tenants(self, incident: str,
+                        documents: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """D7: lockbox notices go the way breach notices go (the push outbox)."""
+        if self.push is None:
+            log.warning("lockbox notices of %s not queued: no [push] here", incident)
+            return 0
+        return self.push.notify_tenants(incident, documents)
 
     def _rolled_up_through(self) -> float | None:
         flushed = self.usage.flushed_through
@@ -395,7 +413,10 @@ class Gateway:
         await asyncio.to_thread(old.clear)
 
     def _read_reloadable(self) -> tuple[TenantRegistry, RelationIndex]:
-        return load_tenants(self.config.tenants_dir), self._load_relations(self.config.relations)
+        registry = load_tenants(self.config.tenants_dir)
+        # D7: a tenant some account reaches stays declared (else it goes untold).
+        check_reach(self.config.lockbox.reach, registry, str(self.config.source))
+        return registry, self._load_relations(self.config.relations)
 
     def _swap(self, registry: TenantRegistry, relations: RelationIndex,
               digest: str | None = None) -> None:

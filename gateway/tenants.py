@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -15,6 +15,7 @@ from typing import Any
 from gateway.config import PrincipalEntry, TenantFile, validate
 from gateway.core.canary import CANARY_KIND, CANARY_NAME, canary_principal
 from gateway.core.identifiers import is_valid_gln
+from gateway.core.lockbox import reach_problem
 from gateway.core.model import Principal, Tenant
 from gateway.core.push.trust import PUSH_INTAKES
 from gateway.core.quota import Quota
@@ -22,7 +23,7 @@ from gateway.errors import ConfigError
 
 KNOWN_ROLES = frozenset(
     {"reader", "meter-operator", "security-admin", "vault-approver", "auditor", "pusher",
-     "privileged-user", "customer-portal", "manager"}
+     "privileged-user", "customer-portal", "manager", "lockbox-approver"}
 )
 _ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 
@@ -54,6 +55,18 @@ class TenantRegistry:
                 return tenant, canary_principal(tenant.id)
             return None
         return tenant, principal
+
+
+def check_reach(reach: Mapping[str, Sequence[str]], registry: TenantRegistry,
+                source: str) -> None:
+    """D7: every tenant a privileged account's reach (``[lockbox.reach]``)
+    names is declared in tenants/ (``serve`` and ``config check`` refuse
+    a typo that would leave a tenant untold)."""
+    for account, entries in reach.items():
+        for entry in entries:
+            problem = reach_problem(entry, registry.tenants)
+            if problem is not None:
+                raise ConfigError(f"{source}: lockbox.reach.{account}: {problem}")
 
 
 def _fail(where: str, key: str, problem: str) -> ConfigError:
@@ -107,7 +120,7 @@ def parse_tenant(doc: Mapping[str, Any], where: str, expected_id: str | None = N
         raise _fail(where, "valid_until", "must not be before valid_from")
     return Tenant(f.id, f.name, f.kind, f.gln, principals, frozenset(memberships),
                   quota=quota, push_endpoint=f.push_endpoint, ean_prefix=prefix,
-                  push_intake=intake, security_contact=contact,
+                  push_intake=intake, security_contact=contact, lockbox=f.lockbox,
                   contract_from=_day_start(f.valid_from),
                   contract_until=_day_start(f.valid_until, 1))
 

@@ -219,6 +219,10 @@ def _export(args: argparse.Namespace, path: str, key: str) -> int:
 
 
 def cmd_review(args: argparse.Namespace) -> int:
+    if args.lockbox or args.reviews_due:
+        # D7: each reached tenant's consent, refusal, expiry and pending review.
+        query = "?review=pending" if args.reviews_due else ""
+        return _export(args, f"/admin/lockbox{query}", "lockbox")
     return _export(args, "/admin/review", "principals")
 
 
@@ -471,7 +475,14 @@ def add_parsers(certs: Any, sub: Any) -> None:
         p.add_argument("--reason", required=True)
         p.set_defaults(func=cmd_principal, action=action)
 
-    p = sub.add_parser("review", help="access review export (D8)")
+    p = sub.add_parser("review", help="access review export (D8); with --lockbox, the "
+                       "tenant lockbox decisions and pending tenant reviews (D7)")
+    p.add_argument("--lockbox", action="store_true",
+                   help="list the tenant lockbox: each reached tenant's consent, refusal, "
+                   "expiry, and the reviews due after an emergency")
+    p.add_argument("--reviews-due", action="store_true",
+                   help="the tenant lockbox reviews still due after an emergency (implies "
+                   "--lockbox)")
     p.add_argument("--format", choices=["json", "csv"],
                    help="default csv (a table on a terminal without --out)")
     p.add_argument("--out")

@@ -3,7 +3,7 @@
 A listing (``certs list``, ``certs pending``, ``keys list``, ``vault list``,
 ``breakglass list``, ``usage``) is an aligned table on a terminal and the
 admin API's JSON document when piped or with ``--json``
-(:func:`gateway.console.wants_json`). The exports (``review``,
+(:func:`gateway.console.wants_json`). The exports (``review``, ``review --lockbox``,
 ``consultations``) are a table on a terminal too, unless a ``--format`` or
 an ``--out`` file is asked for; piped, they stay CSV. A verb that writes a file says on
 stderr what it wrote, so stdout stays the document a script reads.
@@ -60,6 +60,12 @@ LISTINGS: dict[str, Sequence[Column]] = {
                                                   for c in r["certificates"])),
                    ("LAST USED", _when("last_used")),
                    ("TWO-PERSON", lambda r: len(r["two_person"]))),
+    "lockbox": (("CASE", lambda r: r["case_id"]), ("TENANT", lambda r: r["tenant"]),
+                ("ACCOUNT", lambda r: r["account"]), ("MODE", lambda r: r["mode"]),
+                ("STATUS", lambda r: r["status"]), ("APPROVER", lambda r: r["approver"]),
+                ("REVIEW", lambda r: r["review_status"]),
+                ("REQUESTER", lambda r: r["requester"]), ("TICKET", lambda r: r["ticket"]),
+                ("APPROVE BY", _when("expires_at"))),
     "consultations": (("AT", _when("at")), ("TENANT", lambda r: r["tenant"]),
                       ("PRINCIPAL", lambda r: r["principal"]), ("ROUTE", lambda r: r["route"]),
                       ("PURPOSE", lambda r: r["purpose"]),

@@ -16,8 +16,13 @@ from gateway.admin._request import CALLER, Body, Guard, RouteSet, _seconds, _tex
 from gateway.audit import UsageLedger
 from gateway.pki import AdminRefused
 from gateway.state import BreakGlassCase, StateStore
-from gateway.vault import BreakGlass, UpstreamCredentials, Vault
+from gateway.vault import BreakGlass, UpstreamCredentials, Vault, entry_json
 
+# The lockbox decisions as CSV (gateway review --lockbox --format csv).
+LOCKBOX_COLUMNS = ["case_id", "tenant", "account", "mode", "emergency", "status", "approver",
+                   "decided_at", "decision_reason", "expires_at", "review_status", "reviewer",
+                   "reviewed_at", "review_notes", "requester", "requester_team", "ticket",
+                   "created", "notice"]
 ANYONE_VAULT = frozenset({"security-admin", "vault-approver", "privileged-user", "auditor"})
 
 
@@ -92,6 +97,25 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
         async def list_cases(request: web.Request, doc: Body) -> Any:
             return {"cases": [case_json(c) for c in breakglass.store.breakglass_cases()]}
 
+        async def lockbox(request: web.Request, doc: Body) -> Any:
+            # D7: each reached tenant's part in each case: told, consented,
+            # refused, expired, skipped by an emergency and its review.
+            if breakglass.lockbox is not None:
+                breakglass.lockbox.expire_due()
+            review = request.query.get("review")
+            if review not in (None, "none", "pending", "done"):
+                raise AdminRefused(400, "field-invalid", "review: none, pending or done")
+            rows = [entry_json(e) for e in breakglass.store.lockbox_entries(
+                tenant=request.query.get("tenant"))
+                if review is None or e.review_status == review]
+            if request.query.get("format") != "csv":
+                return {"lockbox": rows}
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=LOCKBOX_COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+            return web.Response(text=out.getvalue(), content_type="text/csv")
+
         admin = frozenset({"security-admin"})
         readers = frozenset({"security-admin", "auditor", "vault-approver"})
         r.add_get("/admin/vault/secrets", guarded("vault-list", readers, path, secrets,
@@ -115,6 +139,8 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
                                              review))
         r.add_get("/admin/breakglass", guarded("breakglass-list", ANYONE_VAULT, path,
                                                list_cases, write=False))
+        r.add_get("/admin/lockbox", guarded("lockbox-list", readers, path, lockbox,
+                                            write=False))
     return register
 
 

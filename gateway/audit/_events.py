@@ -29,7 +29,7 @@ from typing import Any, Literal, NamedTuple
 from gateway.audit._format import PRUNE_EVENT
 
 __all__ = ["ADMIN_EXTRA_FIELDS", "AdminEvent", "AuditEvent", "BreachNotificationEvent",
-           "CmhFanoutEvent", "PruneEvent",
+           "CmhFanoutEvent", "LockboxEvent", "PruneEvent",
            "PushBatchEvent", "PushDeadLetterEvent", "PushDeliveredEvent", "PushPartOutcome",
            "RequestEvent", "RetentionEvent"]
 
@@ -284,6 +284,39 @@ class BreachNotificationEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class LockboxEvent:
+    """A step of the tenant lockbox (D7): a reached tenant told of a
+    break-glass case (``lockbox-requested``), its consent given or refused
+    by one of its ``lockbox-approver`` principals (``lockbox-approved``,
+    ``lockbox-denied``), its time limit passed (``lockbox-expired``), its
+    review of a skipped consent recorded (``lockbox-reviewed``), its consent
+    no longer asked for once the case itself was denied (``lockbox-withdrawn``). ``principal``
+    is who acted (``gateway`` for the gateway's own steps); ``notice`` the
+    incident id of the notification the tenant was sent. Never a password."""
+
+    incident: str
+    action: Literal["lockbox-requested", "lockbox-approved", "lockbox-denied",
+                    "lockbox-expired", "lockbox-reviewed", "lockbox-withdrawn"]
+    case: str
+    account: str
+    tenant: str  # the reached tenant
+    principal: str  # who acted: its lockbox-approver, or "gateway"
+    requested_by: str  # the break-glass requester, "tenant/kind/name"
+    mode: str  # the tenant's lockbox mode: notify | approve
+    status: str  # the entry's state after the step
+    emergency: bool
+    reason: str  # the approver's reason or review notes; the gateway's reason code
+    notice: str
+
+    def as_record(self) -> dict[str, Any]:
+        return {"event": "lockbox", "incident": self.incident, "action": self.action,
+                "case": self.case, "account": self.account, "tenant": self.tenant,
+                "principal": self.principal, "requested_by": self.requested_by,
+                "mode": self.mode, "status": self.status, "emergency": self.emergency,
+                "reason": self.reason, "notice": self.notice}
+
+
+@dataclass(frozen=True, slots=True)
 class PruneEvent:
     """Sealed segments about to be deleted by policy (format §10): the
     anchor that the oldest remaining file starts at, and why."""
@@ -366,6 +399,6 @@ class FleetCheckpointEvent:
 
 AuditEvent = (RequestEvent | AdminEvent | PushBatchEvent | CmhFanoutEvent
               | PushDeliveredEvent | PushDeadLetterEvent | BreachNotificationEvent | PruneEvent
-              | RetentionEvent
+              | RetentionEvent | LockboxEvent
               | FleetCheckpointEvent)
 """What :class:`gateway.audit.AuditSink` records: one of the kinds above."""

@@ -115,6 +115,8 @@ def _num(value: float) -> str:
 
 
 def _plural(item: Shape) -> str:
+    if item.kind == "array" and item.item is not None:
+        return "arrays of " + _plural(item.item)
     return {"table": "tables", "str": "strings", "path": "paths",
             "choice": "strings (" + ", ".join(item.choices) + ")"}.get(item.kind, item.kind)
 

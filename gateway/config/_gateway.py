@@ -31,6 +31,7 @@ from gateway.config._schema import (
 )
 from gateway.config._validate import Loc, validate, with_environment
 from gateway.core.catalog import UPSTREAMS
+from gateway.core.lockbox import GROUP_PREFIX, GROUPS, reach_problem
 from gateway.errors import ConfigError
 
 SECONDS = 1.0
@@ -83,6 +84,16 @@ class VaultConfig:
     breakglass_max_duration_s: float = 4 * 3600
     breakglass_emergency_duration_s: float = 30 * 60
     approver_other_team: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LockboxConfig:
+    """``[lockbox]`` (D7): whose data each privileged account can touch, and
+    how long a reached tenant has to consent to a break-glass case."""
+
+    ttl_s: float = 4 * 3600.0
+    # account -> tenant ids and @groups (gateway.core.lockbox.GROUPS)
+    reach: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +161,7 @@ class GatewayConfig:
     soc_syslog: str | None = None  # "udp://127.0.0.1:5514" or "tcp://..."
     # privileged account -> the upstream it belongs to
     accounts: Mapping[str, str] = field(default_factory=dict)
+    lockbox: LockboxConfig = LockboxConfig()
     # Pushed data: the gateway's client certificate for deliveries,
     # endpoint overrides per tenant (else the tenant file's push_endpoint).
     push_cert: Path | None = None
@@ -249,6 +261,22 @@ class _Paths:
         return None if value is None else self(value)
 
 
+def _lockbox(f: GatewayFile, source: str) -> LockboxConfig:
+    """``[lockbox]``: every account named in ``reach`` is declared in
+    ``[accounts]``, and every group is known; tenant ids are checked against
+    the tenant files at start (``gateway.server``)."""
+    for account, entries in f.lockbox.reach.items():
+        if account not in f.accounts:
+            raise ConfigError(f"{source}: lockbox.reach.{account}: no such account in "
+                              "[accounts]")
+        for entry in entries:
+            if entry.startswith(GROUP_PREFIX) and entry[1:] not in GROUPS:
+                raise ConfigError(f"{source}: lockbox.reach.{account}: "
+                                  + str(reach_problem(entry, ())))
+    return LockboxConfig(f.lockbox.ttl_s,
+                         {a: tuple(e) for a, e in f.lockbox.reach.items()})
+
+
 def _build(f: GatewayFile, path: _Paths, source: str) -> GatewayConfig:
     """The runtime config from a file that passed the schema, after the
     checks no single key can make."""
@@ -313,6 +341,7 @@ def _build(f: GatewayFile, path: _Paths, source: str) -> GatewayConfig:
         soc_webhook=f.soc.webhook,
         soc_syslog=_syslog_url(f.soc.syslog, source),
         accounts=dict(f.accounts),
+        lockbox=_lockbox(f, source),
         push_cert=path.opt(f.push.cert),
         push_key=path.opt(f.push.key),
         push_endpoints=dict(f.push.endpoints),

@@ -138,6 +138,17 @@ class VaultTable(Table):
                                     "team than the requester")
 
 
+class LockboxTable(Table):
+    ttl_s: PositiveNumber = setting(4 * 3600.0, "A reached tenant with lockbox = \"approve\" "
+                                    "has this long to consent to a break-glass case; after "
+                                    "it, the case's checkout is refused (lockbox-expired)")
+    reach: dict[str, list[NonEmpty]] = setting(
+        {}, "Privileged account (of [accounts]) -> the tenants whose data it can touch: "
+        "tenant ids and groups from the tenant files (@hes-consortium, @market, "
+        "@it-clients, @cmh-coordinators, @all-operators); an account not named reaches "
+        "nobody (no lockbox)")
+
+
 class AuditTable(Table):
     checkpoint_every: PositiveInt = setting(1000, "Events between signed checkpoints")
     checkpoint_interval_s: PositiveNumber = setting(60.0, "... or this long, whichever "
@@ -301,6 +312,9 @@ class GatewayFile(Table):
     soc: SocTable = setting(SocTable(), "Security events for the SOC")
     accounts: dict[str, UpstreamName] = setting(
         {}, "Privileged account -> the upstream it belongs to (break-glass)")
+    lockbox: LockboxTable = setting(LockboxTable(), "Tenant lockbox: each privileged "
+                                    "account's reach and the time limit of a tenant's "
+                                    "consent (D7)")
     push: PushTable = setting(PushTable(), "Delivery of pushed data")
     limits: LimitsTable = setting(LimitsTable(), "Edge limits of the mTLS listeners")
     state: StateTable = setting(StateTable(), "Where the state lives")

@@ -35,7 +35,8 @@ class PrincipalEntry(Table):
     name: NonEmpty = setting(doc="Its name in certificates: [a-z0-9][a-z0-9-]*, unique in "
                              "the tenant")
     roles: list[NonEmpty] = setting([], "Roles (reader, meter-operator, security-admin, "
-                                    "vault-approver, auditor, pusher, privileged-user)")
+                                    "vault-approver, auditor, pusher, privileged-user, "
+                                    "lockbox-approver)")
     team: NonEmpty | None = setting(None, "Team, for the duties that need two teams",
                                     shown="none")
 
@@ -70,6 +71,11 @@ class TenantFile(Table):
     security_contact: NonEmpty | None = setting(
         None, "Who is told of a breach of its data: a mailto: or https:// URI (as a "
         "security.txt Contact); named in its breach notifications", shown="none")
+    lockbox: Literal["notify", "approve"] = setting(
+        "notify", "D7: a break-glass case on a privileged account reaching this tenant "
+        "([lockbox.reach]) notifies it; with approve, the checkout also needs the consent "
+        "of one of its lockbox-approver principals (POST /lockbox/{case}/approve), and an "
+        "emergency that skipped it needs the tenant's review afterwards")
     valid_from: date | None = setting(None, "D9: first day of its contract (a TOML date, "
                                       "UTC); before it every certificate is refused",
                                       shown="none")

@@ -63,6 +63,9 @@ class Tenant:
     # Who is told of a breach of its data (a mailto: or https: URI, as a
     # security.txt Contact, RFC 9116 §2.5.3), in its breach notifications.
     security_contact: str | None = None
+    # D7: "notify" (told of break-glass cases on accounts reaching it) or
+    # "approve" (its lockbox-approver must also consent before a checkout).
+    lockbox: str = "notify"
     # D9: a provider or partner works for the operators only while its contract
     # runs: [contract_from, contract_until), None meaning unbounded.
     contract_from: datetime | None = None

@@ -1,5 +1,7 @@
 """``GET /notifications``: a tenant reads its own breach notifications on
-the data plane (D1, D12; the documents of :mod:`gateway.core.breach`).
+the data plane (D1, D12; the documents of :mod:`gateway.core.breach`), and
+its tenant lockbox notices (D7: ``lockbox-request``, ``lockbox-emergency``,
+:mod:`gateway.vault`'s ``Lockbox``).
 
 Not proxied: after *hygiene* the pipeline branches off here (like the push
 intakes). In order:

@@ -7,7 +7,8 @@
 
 The push intakes are not proxied: after *hygiene* they branch off to their
 own stage (:mod:`gateway.dataplane._pushintake`); so does a tenant's read of
-its breach notifications (:mod:`gateway.dataplane._notifications`). *check response* is
+its breach notifications (:mod:`gateway.dataplane._notifications`), and its
+lockbox answers (:mod:`gateway.dataplane._lockbox`). *check response* is
 :mod:`gateway.dataplane._responsecheck`; *audit + metrics*, :mod:`gateway.dataplane._trace`.
 
 The body is read and parsed after the decision (a caller that may not act
@@ -53,6 +54,7 @@ from gateway.core.relations.index import RelationIndex
 from gateway.core.routes import RouteMatch, RouteTable
 from gateway.dataplane._exchange import DEFAULT_LIMITS, PUSH_ROUTES, Exchange, read_body
 from gateway.dataplane._fairslots import UpstreamSlots
+from gateway.dataplane._lockbox import LockboxRoutes, is_lockbox
 from gateway.dataplane._notifications import NOTIFICATIONS, NotificationsRead
 from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._pushintake import PushIntake
@@ -65,6 +67,7 @@ from gateway.pki import ASSERTION_HEADER, AssertionSigner
 from gateway.push import PushService
 from gateway.state import Consultation, NrnApproval
 from gateway.upstream import UpstreamTransport
+from gateway.vault import Lockbox
 
 JSON = "application/json"
 
@@ -87,6 +90,7 @@ class DataPlane:
         pseudonyms: Callable[[str], Pseudonymiser] | None = None,
         consultations: Callable[[Consultation], None] | None = None,
         approvals: Callable[[str], NrnApproval | None] | None = None,
+        lockbox: Lockbox | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -122,6 +126,7 @@ class DataPlane:
         self.response_check = ResponseCheck(metrics=metrics, push=push, pseudonyms=pseudonyms,
                                             security_contact=self._security_contact)
         self.notifications = NotificationsRead(push=push)  # D1, D12: GET /notifications
+        self.lockbox = LockboxRoutes(lockbox=lockbox)  # D7: a tenant's consent, /lockbox
         self.clock = clock
         # The last stage of every request, refused or served: answer, audit, metrics.
         self.trace = RequestTrace(audit=audit, metrics=metrics, soc=soc, usage=usage,
@@ -165,6 +170,10 @@ class DataPlane:
                 return response
             if target.path == NOTIFICATIONS.template:
                 response = await self.notifications.handle(request, target, ex)
+                await self.trace.account(ex, request, response)
+                return response
+            if is_lockbox(target.path):
+                response = await self.lockbox.handle(request, target, ex)
                 await self.trace.account(ex, request, response)
                 return response
             ex.match = self._route(request.method, target)

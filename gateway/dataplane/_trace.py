@@ -28,6 +28,8 @@ log = logging.getLogger("gateway.dataplane")
 access_log = logging.getLogger("gateway.access")  # gateway.logs.ACCESS_LOGGER
 SERVER_HEADER = "gateway"  # no version banner
 _OWN_4XX = frozenset({409, 422})
+# Tenant lockbox refusals the SOC hears of (D7, D12).
+LOCKBOX_REFUSALS = frozenset({"lockbox-not-your-tenant", "self-approval"})
 # Methods an access line names; any other token (a 501) is "other": the
 # line holds nothing a caller chose but from bounded sets.
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -74,6 +76,9 @@ class RequestTrace:
         elif ex.reason in PUSH_INTAKE_REFUSALS:
             # D1: a partner pushing into an intake that is not its own system's.
             self.soc.emit("push-intake-refused", "error", ex.incident, **who)
+        elif ex.reason in LOCKBOX_REFUSALS:
+            # D1, D7: answering for another tenant's lockbox, or for one's own request.
+            self.soc.emit("lockbox-refused", "warning", ex.incident, **who)
         if ex.caller is not None and not event.canary:
             # The canary prober is refused by design (D1): no SOC noise of its own.
             p = ex.caller.principal

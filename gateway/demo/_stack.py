@@ -77,12 +77,33 @@ def _receiver_tls(pki: DevPki) -> ssl.SSLContext:
     return server_tls(pki.server_cert, pki.server_key, clients_ca=pki.ca_cert).server_context()
 
 
+# D7: whose data each privileged account of the demo can touch ([lockbox.reach]),
+# by the shared system it belongs to: the HES's consortium, the clearing
+# system's market parties, the Connect My Home coordinators and partners, the
+# IT platform's client companies (groups read from the tenant files).
+DEMO_REACH = {
+    "hes": ["@hes-consortium"],
+    "clearing": ["@market"],
+    "cmh": ["@cmh-coordinators", "swde", "proximus", "orange", "telenet"],
+    "itsm": ["@it-clients"],
+}
+
+
+def lockbox_config(ttl_s: float | None = None) -> list[str]:
+    """The demo's ``[lockbox]`` table."""
+    return ["[lockbox]", *([f"ttl_s = {ttl_s}"] if ttl_s is not None else []), "",
+            "[lockbox.reach]",
+            *(f"{ACCOUNTS[upstream]} = [{', '.join(chr(34) + e + chr(34) for e in entries)}]"
+              for upstream, entries in DEMO_REACH.items())]
+
+
 def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
                  data_dir: Path, data_port: int, ops_port: int, admin_port: int,
                  sim_ports: dict[str, int], upstream_timeout_s: float = 5.0,
                  health_interval_s: float = 5.0, receivers_port: int = 0,
                  push_tenants: tuple[str, ...] = (), soc_syslog: str | None = None,
-                 upstream_settings: str = "") -> None:
+                 upstream_settings: str = "", lockbox: bool = False,
+                 lockbox_ttl_s: float | None = None) -> None:
     """A config file equivalent to the demo, for ``gateway serve --config``.
     ``upstream_settings``: extra ``key = value`` lines for every upstream (tests)."""
     lines = [
@@ -125,6 +146,7 @@ def write_config(path: Path, *, pki: DevPki, tenants_dir: Path, relations: Path,
         "[accounts]",
         *(f'{account} = "{upstream}"' for upstream, account in ACCOUNTS.items()),
         "",
+        *([*lockbox_config(lockbox_ttl_s), ""] if lockbox else []),
         "[push]",
         f'cert = "{pki.push_cert.resolve()}"',
         f'key = "{pki.push_key.resolve()}"',
@@ -155,8 +177,12 @@ class Stack:
                  limits: str = "", upstream_ports: dict[str, int] | None = None,
                  extra_config: str = "", upstream_settings: str = "",
                  state_url: str | None = None, history: bool = False,
-                 canary_interval_s: float | None = None) -> None:
+                 canary_interval_s: float | None = None,
+                 lockbox: bool = False, lockbox_ttl_s: float | None = None) -> None:
         self.tenants_dir = tenants_dir
+        # D7: the demo's [lockbox] reach (`gateway demo`; tests that ask for it).
+        self.lockbox = lockbox
+        self.lockbox_ttl_s = lockbox_ttl_s
         # D8, D10: state older than its retention period (`gateway demo` only),
         # so the retention duty has something to delete at start.
         self.history = history
@@ -238,7 +264,8 @@ class Stack:
                      receivers_port=self.receivers_port,
                      push_tenants=tuple(t.id for t in self.registry
                                         if t.push_endpoint is not None),
-                     soc_syslog=self.soc_syslog, upstream_settings=self.upstream_settings)
+                     soc_syslog=self.soc_syslog, upstream_settings=self.upstream_settings,
+                     lockbox=self.lockbox, lockbox_ttl_s=self.lockbox_ttl_s)
         if self.limits:
             with config_path.open("a") as fh:
                 fh.write("\n[limits]\n" + self.limits.strip() + "\n")

@@ -73,6 +73,11 @@ _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 # The source of breach notifications' batches: not a tenant id (those are
 # [a-z0-9-]), so no pushing system can occupy an incident's batch id (D1).
 BREACH_SOURCE = "gateway:breach"
+# Tenant lockbox notices (D7): the same path, their own source and part kind.
+LOCKBOX_SOURCE = "gateway:lockbox"
+LOCKBOX_KIND = "lockbox-notification"
+# Parts that carry one notification document, not pushed records.
+NOTICE_KINDS = frozenset({BREACH_KIND, LOCKBOX_KIND})
 NOTIFICATIONS_MAX = 100  # GET /notifications lists at most this many
 
 
@@ -92,7 +97,7 @@ def delivery_body(part: Part, records: bytes) -> bytes:
     ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``,
     for a breach notification ``{..., "notification": {...}}``."""
     head = _COMPACT({"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind})
-    if part.kind == BREACH_KIND:  # the stored part is the notification document
+    if part.kind in NOTICE_KINDS:  # the stored part is the notification document
         member = ',"notification":'
     elif part.kind == DAYS_KIND:
         member = f',"format":"{DAYS_FORMAT}","readings":{part.records},"meter_days":'
@@ -368,6 +373,29 @@ class PushService:
                 self._wake_up(notice.owner)
         return len(notices)
 
+    def notify_tenants(self, incident: str,
+                       documents: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        """Queue one incident's tenant lockbox notices (D7) the way breach
+        notices go: each stored as the document its tenant reads at ``GET
+        /notifications`` and, where the tenant has a receiver, delivered
+        under the ``Idempotency-Key`` ``gateway:lockbox/<incident>/<tenant>``.
+        Exactly once per incident. Returns how many were queued now."""
+        rows: list[tuple[str, str, EncodedPart | None]] = []
+        for tenant, doc in documents:
+            text = _COMPACT(doc)
+            part = None
+            if tenant in self.endpoints:
+                part = EncodedPart(part_key(LOCKBOX_SOURCE, incident, tenant), tenant,
+                                   LOCKBOX_KIND, 1, text.encode())
+            rows.append((tenant, text, part))
+        if not rows or not self.outbox.enqueue_notifications(
+                incident=incident, source=LOCKBOX_SOURCE, notices=rows):
+            return 0
+        for tenant, _, part in rows:
+            if part is not None:
+                self._wake_up(tenant)
+        return len(rows)
+
     def notifications(self, tenant: str, limit: int = NOTIFICATIONS_MAX) -> list[Any]:
         """``tenant``'s own breach notifications, newest first, at most
         :data:`NOTIFICATIONS_MAX`."""
@@ -455,7 +483,7 @@ class PushService:
                 log.warning("part %s delivered after its lease was taken over", part.id)
                 return
             self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
-            if part.kind != BREACH_KIND:  # pushed records only
+            if part.kind not in NOTICE_KINDS:  # pushed records only
                 self.metrics.push_records.labels(self._source(part), part.tenant,
                                                  "delivered").inc(part.records)
             self.audit.record(PushDeliveredEvent(
@@ -471,7 +499,7 @@ class PushService:
         self.metrics.delivery_attempts.labels(
             part.tenant, "rejected" if permanent else "error").inc()
         if outcome == "dead":
-            if part.kind != BREACH_KIND:
+            if part.kind not in NOTICE_KINDS:
                 self.metrics.push_records.labels(self._source(part), part.tenant,
                                                  "dead_letter").inc(part.records)
             self.audit.record(PushDeadLetterEvent(

@@ -24,7 +24,7 @@ from psycopg.rows import dict_row
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Every write of what the request path checks is announced on this channel
 # (the new change_seq as payload); replicas LISTEN (gateway.state.ChangeListener).
 CHANNEL = "gateway_state"
@@ -79,7 +79,16 @@ CREATE TABLE IF NOT EXISTS nrn_approvals (
     decided_at timestamptz);
 ALTER TABLE consultations ADD COLUMN IF NOT EXISTS approval text NOT NULL DEFAULT '';
 ALTER TABLE consultations ADD COLUMN IF NOT EXISTS approver text NOT NULL DEFAULT '';
-INSERT INTO meta VALUES ('schema_version', '4') ON CONFLICT (key) DO UPDATE SET value = '4';
+CREATE TABLE IF NOT EXISTS lockbox (
+    case_id text NOT NULL, tenant text NOT NULL, account text NOT NULL,
+    requester text NOT NULL, requester_team text NOT NULL, reason text NOT NULL,
+    ticket text NOT NULL, emergency boolean NOT NULL, mode text NOT NULL,
+    created timestamptz NOT NULL, expires_at timestamptz, notice text NOT NULL,
+    status text NOT NULL, approver text, decided_at timestamptz, decision_reason text,
+    review_status text NOT NULL, reviewer text, reviewed_at timestamptz, review_notes text,
+    PRIMARY KEY (case_id, tenant));
+CREATE INDEX IF NOT EXISTS lockbox_tenant ON lockbox (tenant);
+INSERT INTO meta VALUES ('schema_version', '5') ON CONFLICT (key) DO UPDATE SET value = '5';
 INSERT INTO counters VALUES ('crl_number', 0) ON CONFLICT DO NOTHING;
 INSERT INTO counters VALUES ('change_seq', 0) ON CONFLICT DO NOTHING;
 """

@@ -106,6 +106,36 @@ class Consultation:
 
 
 @dataclass(frozen=True, slots=True)
+class LockboxEntry:
+    """A reached tenant's part in one break-glass case (tenant lockbox, D7):
+    told of it, asked for its consent, or told that an emergency skipped it
+    (and then its review). A copy of what the tenant is told about the case,
+    so the tenant's own listing reads this table only."""
+
+    case_id: str
+    tenant: str
+    account: str
+    requester: str  # "tenant/kind/name"
+    requester_team: str
+    reason: str
+    ticket: str
+    emergency: bool
+    mode: str  # the tenant's lockbox mode when the case was opened: notify | approve
+    created: datetime
+    expires_at: datetime | None  # the consent's time limit (approve mode only)
+    notice: str  # the incident id of the notification the tenant was sent
+    # notified | pending -> approved | denied | expired; skipped (an emergency)
+    status: str = "notified"
+    approver: str | None = None  # "tenant/kind/name" of the consent or denial
+    decided_at: datetime | None = None
+    decision_reason: str | None = None
+    review_status: str = "none"  # none | pending | done
+    reviewer: str | None = None
+    reviewed_at: datetime | None = None
+    review_notes: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class NrnApproval:
     """D8: a national-register lookup asked for beforehand, with its reason,
     and approved (or not) by a manager of the requester's team."""

@@ -25,6 +25,9 @@ DATA_PLANE_PRIVILEGES: tuple[tuple[str, str], ...] = (
     ("SELECT (incident), INSERT", "consultations"),
     # D8: a lookup names an approval a manager gave on the admin plane.
     ("SELECT", "nrn_approvals"),
+    # The tenant lockbox (D7): a reached tenant's approver consents, denies
+    # or reviews on the data plane; the control plane opens the entries.
+    ("SELECT, UPDATE", "lockbox"),
     ("INSERT, UPDATE, DELETE", "replicas"),
     ("SELECT, INSERT", "audit_lines"),
     ("INSERT, UPDATE", "audit_keys"),

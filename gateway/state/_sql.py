@@ -5,7 +5,7 @@ row becomes a record, how a counter moves and how a batch is written."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from datetime import datetime
 from typing import Any, TypeVar
@@ -15,6 +15,7 @@ from gateway.state._records import (
     CaRecord,
     CertificateRecord,
     Consultation,
+    LockboxEntry,
     NrnApproval,
     PendingAction,
     PrincipalKey,
@@ -26,7 +27,8 @@ R = TypeVar("R")
 # The primary key of each table an upsert writes.
 KEYS = {"certificates": ("serial",), "principal_states": ("tenant", "kind", "name"),
         "cas": ("id",), "breakglass": ("id",), "consultations": ("incident",),
-        "signing_keys": ("kid",), "pending_actions": ("id",), "nrn_approvals": ("id",)}
+        "signing_keys": ("kid",), "pending_actions": ("id",), "nrn_approvals": ("id",),
+        "lockbox": ("case_id", "tenant")}
 
 
 class SqlStore(ABC):
@@ -188,6 +190,37 @@ class SqlStore(ABC):
             "WHERE id = ? AND status = ? AND rotated = ? AND review_status = ?",
             (*(getattr(after, n) for n in names), before.id, before.status, before.rotated,
              before.review_status))
+        return bool(cur.rowcount == 1)
+
+    # -- the tenant lockbox (D7) --------------------------------------------------
+    def put_lockbox(self, entries: Sequence[LockboxEntry]) -> None:
+        for entry in entries:
+            self._insert("lockbox", entry)
+
+    def lockbox(self, case_id: str, tenant: str) -> LockboxEntry | None:
+        return self._one(LockboxEntry, "SELECT * FROM lockbox WHERE case_id = ? AND tenant = ?",
+                         (case_id, tenant))
+
+    def lockbox_entries(self, *, case_id: str | None = None, tenant: str | None = None
+                        ) -> list[LockboxEntry]:
+        where = [(n, v) for n, v in (("case_id", case_id), ("tenant", tenant)) if v is not None]
+        sql = "SELECT * FROM lockbox" + (  # noqa: S608 (constant column names)
+            " WHERE " + " AND ".join(f"{n} = ?" for n, _ in where) if where else "")
+        return self._records(LockboxEntry, sql + " ORDER BY created, case_id, tenant",
+                             tuple(v for _, v in where))
+
+    def move_lockbox(self, before: LockboxEntry, after: LockboxEntry) -> bool:
+        """Compare-and-set: ``after`` is stored only if the entry's status and
+        review status are still ``before``'s (one decision when two replicas
+        decide at once)."""
+        if (before.case_id, before.tenant) != (after.case_id, after.tenant):
+            raise ValueError("an entry moves to a record of the same entry")
+        names = [f.name for f in fields(after) if f.name not in ("case_id", "tenant")]
+        cur = self._exec(
+            f"UPDATE lockbox SET {', '.join(n + ' = ?' for n in names)} "  # noqa: S608
+            "WHERE case_id = ? AND tenant = ? AND status = ? AND review_status = ?",
+            (*(getattr(after, n) for n in names), before.case_id, before.tenant,
+             before.status, before.review_status))
         return bool(cur.rowcount == 1)
 
     # -- the consultation register (D8) ------------------------------------------

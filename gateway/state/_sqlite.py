@@ -18,7 +18,7 @@ from typing import Any
 from gateway.state._records import PrincipalKey
 from gateway.state._sql import R, SqlStore
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS certificates (
@@ -78,6 +78,17 @@ CREATE TABLE IF NOT EXISTS nrn_approvals (
     justification TEXT NOT NULL, created TEXT NOT NULL, expires_at TEXT NOT NULL,
     status TEXT NOT NULL, approver TEXT, decided_at TEXT);
 """,
+    # 5: the tenant lockbox: each reached tenant's part in a break-glass case (D7).
+    5: """
+CREATE TABLE IF NOT EXISTS lockbox (
+    case_id TEXT NOT NULL, tenant TEXT NOT NULL, account TEXT NOT NULL,
+    requester TEXT NOT NULL, requester_team TEXT NOT NULL, reason TEXT NOT NULL,
+    ticket TEXT NOT NULL, emergency INTEGER NOT NULL, mode TEXT NOT NULL,
+    created TEXT NOT NULL, expires_at TEXT, notice TEXT NOT NULL, status TEXT NOT NULL,
+    approver TEXT, decided_at TEXT, decision_reason TEXT, review_status TEXT NOT NULL,
+    reviewer TEXT, reviewed_at TEXT, review_notes TEXT, PRIMARY KEY (case_id, tenant));
+CREATE INDEX IF NOT EXISTS lockbox_tenant ON lockbox (tenant);
+""",
 }
 # Columns added to a table after version 1 (SQLite has no ADD COLUMN IF NOT
 # EXISTS): step -> (table, column, definition), added where missing.
@@ -88,7 +99,7 @@ _NEW_COLUMNS: dict[int, tuple[tuple[str, str, str], ...]] = {
 
 _TIME_FIELDS = {"not_before", "not_after", "issued_at", "revoked_at", "retire_at", "changed_at",
                 "created", "activate_at", "unpublish_at", "decided_at", "checked_out_at",
-                "lease_expires_at", "closed_at", "at", "expires_at"}
+                "lease_expires_at", "closed_at", "at", "expires_at", "reviewed_at"}
 _BOOL_FIELDS = {"emergency", "rotated"}
 
 

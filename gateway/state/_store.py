@@ -11,6 +11,7 @@ from gateway.state._records import (
     CaRecord,
     CertificateRecord,
     Consultation,
+    LockboxEntry,
     NrnApproval,
     PendingAction,
     PrincipalKey,
@@ -69,6 +70,16 @@ class StateStore(Protocol):
     def move_breakglass(self, before: BreakGlassCase, after: BreakGlassCase) -> bool:
         """Compare-and-set: ``after`` is stored only if the case's status,
         rotated flag and review status are still ``before``'s."""
+        ...
+
+    # -- the tenant lockbox (D7) --------------------------------------------------
+    def put_lockbox(self, entries: Sequence[LockboxEntry]) -> None: ...
+    def lockbox(self, case_id: str, tenant: str) -> LockboxEntry | None: ...
+    def lockbox_entries(self, *, case_id: str | None = None, tenant: str | None = None
+                        ) -> list[LockboxEntry]: ...
+    def move_lockbox(self, before: LockboxEntry, after: LockboxEntry) -> bool:
+        """Compare-and-set: ``after`` is stored only if the entry's status and
+        review status are still ``before``'s."""
         ...
 
     # -- the consultation register (D8) ------------------------------------------

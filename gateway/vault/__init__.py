@@ -23,7 +23,8 @@ Also here: the gateway's own service credentials at the shared systems
 (:class:`UpstreamCredentials`: bearer tokens and per-tenant client
 identities, rotated from the vault) and break-glass (:class:`BreakGlass`):
 privileged accounts checked out by people under dual control, rotated after
-use (D6, D7).
+use (D6, D7), and the tenant lockbox (:class:`Lockbox`): the tenants an
+account reaches are told of each case and, in approve mode, consent first.
 
 May import: :mod:`gateway.upstream` (to rotate at the shared system),
 :mod:`gateway.audit`, :mod:`gateway.state`, the foundation modules and psycopg.
@@ -32,6 +33,7 @@ May import: :mod:`gateway.upstream` (to rotate at the shared system),
 from gateway.vault._breakglass import BreakGlass, BreakGlassPolicy, account_secret_id
 from gateway.vault._errors import SecretNotFound, VaultError, VaultLocked, VaultTampered
 from gateway.vault._keys import MasterKeys
+from gateway.vault._lockbox import Lockbox, LockboxRefused, entry_json
 from gateway.vault._open import open_vault
 from gateway.vault._postgres import PostgresVault
 from gateway.vault._service import (
@@ -47,6 +49,8 @@ from gateway.vault._store import RekeyProgress, SecretMeta, Vault
 __all__ = [
     "BreakGlass",
     "BreakGlassPolicy",
+    "Lockbox",
+    "LockboxRefused",
     "MasterKeys",
     "PostgresVault",
     "RekeyProgress",
@@ -59,6 +63,7 @@ __all__ = [
     "VaultLocked",
     "VaultTampered",
     "account_secret_id",
+    "entry_json",
     "identity_id",
     "identity_uri",
     "new_token",

@@ -73,6 +73,7 @@ from gateway.problem import new_incident_id
 from gateway.state import BreakGlassCase, StateStore
 from gateway.upstream import UpstreamPool
 from gateway.vault._errors import SecretNotFound
+from gateway.vault._lockbox import Lockbox
 from gateway.vault._service import UpstreamCredentials
 from gateway.vault._store import Vault
 
@@ -104,6 +105,7 @@ class BreakGlass:
                  accounts: Mapping[str, str], upstream_creds: UpstreamCredentials,
                  soc: SecurityEvents, metrics: GatewayMetrics,
                  audit: Callable[..., str], policy: BreakGlassPolicy = DEFAULT_POLICY,
+                 lockbox: Lockbox | None = None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
         self.vault = vault
@@ -114,6 +116,8 @@ class BreakGlass:
         self.metrics = metrics
         self.audit = audit  # Credentials.record_admin_event
         self.policy = policy
+        # D7: the tenants an account reaches are told, and may have to consent.
+        self.lockbox = lockbox
         self.clock = clock
 
     def provision(self, account: str) -> str:
@@ -168,6 +172,10 @@ class BreakGlass:
                           case=case.id, account=account, requester=case.requester,
                           ticket=ticket, reason=reason)
         self.store.put_breakglass(case)
+        if self.lockbox is not None:
+            # Every reached tenant is told now; those in approve mode consent
+            # before the checkout (an emergency skips that, and they review).
+            self.lockbox.open(case)
         self.refresh_metrics()
         return case
 
@@ -176,7 +184,10 @@ class BreakGlass:
             _refuse(decide_refusal(actor, case, self.policy))
             return replace(case, status=next_state(case.status, APPROVE if approve else DENY),
                            approver=who(actor), decided_at=self.clock())
-        return self._moved(case_id, step)[1]
+        case = self._moved(case_id, step)[1]
+        if not approve and self.lockbox is not None:
+            self.lockbox.withdraw(case.id, "case denied")  # no tenant is asked any more
+        return case
 
     def checkout(self, actor: Principal, case_id: str) -> tuple[BreakGlassCase, str]:
         password = ""
@@ -184,6 +195,9 @@ class BreakGlass:
         def step(case: BreakGlassCase) -> BreakGlassCase:
             nonlocal password
             _refuse(checkout_refusal(actor, case, self.store.breakglass_cases()))
+            if self.lockbox is not None:
+                # D7: every reached tenant in approve mode has consented, in time.
+                _refuse(self.lockbox.checkout_refusal(case.id))
             try:
                 password = self.vault.get(account_secret_id(case.account)).decode()
             except SecretNotFound as exc:
@@ -276,6 +290,8 @@ class BreakGlass:
             if self.store.move_breakglass(case, replace(
                     case, status=next_state(case.status, LEAVE), approver=LEAVER_APPROVER,
                     decided_at=self.clock())):
+                if self.lockbox is not None:
+                    self.lockbox.withdraw(case.id, why)  # D8: nothing left to consent to
                 return False
         raise AdminRefused(409, "case-busy", "the case kept changing; try again")
 
@@ -283,6 +299,8 @@ class BreakGlass:
         """Expired leases are closed and rotated; failed rotations retried
         (also after a restart: the state is durable)."""
         now = self.clock()
+        if self.lockbox is not None:
+            self.lockbox.expire_due()
         for case in self.store.breakglass_cases(status=CHECKED_OUT):
             if lease_expired(case, now):
                 try:

@@ -127,6 +127,17 @@ def test_the_check_validates_the_tenant_files_too(tmp_path: Path) -> None:
     ("[limits]\n", "[accounts]\nhes-admin = \"hse\"\n[limits]\n",
      "accounts.hes-admin: must be one of hes, clearing, cmh, itsm (got 'hse')"),
     ("[limits]\n", "[tls.extra]\na = 1\n[limits]\n", "tls.extra: unknown table"),
+    # D7: a reach names a declared account and known groups.
+    ("[limits]\n", "[accounts]\nhes-admin = \"hes\"\n[lockbox.reach]\n"
+     "clearing-admin = [\"ores\"]\n[limits]\n",
+     "lockbox.reach.clearing-admin: no such account in [accounts]"),
+    ("[limits]\n", "[accounts]\nhes-admin = \"hes\"\n[lockbox.reach]\n"
+     "hes-admin = [\"@hes-consortum\"]\n[limits]\n",
+     "lockbox.reach.hes-admin: unknown group '@hes-consortum'"),
+    ("[limits]\n", "[accounts]\nhes-admin = \"hes\"\n[lockbox.reach]\n"
+     "hes-admin = \"ores\"\n[limits]\n", "lockbox.reach.hes-admin: must be an array"),
+    ("[limits]\n", "[lockbox]\nttl_s = 0\n[limits]\n",
+     "lockbox.ttl_s: must be a positive number (got 0)"),
     ('trust_domain = "shared-grid.test"', "trust_domain = {a = 1}",
      "gateway.trust_domain: must be a non-empty string (got a table)"),
     ('trust_domain = "shared-grid.test"', 'trust_domain = ["a"]',
@@ -138,6 +149,28 @@ def test_types_are_strict_and_tables_closed(tmp_path: Path, old: str, new: str,
     with pytest.raises(ConfigError) as exc:
         GatewayConfig.from_toml(edited(tmp_path, old, new))
     assert message in str(exc.value)
+
+
+def test_a_reach_naming_an_undeclared_tenant_is_refused_by_config_check(
+        tmp_path: Path) -> None:
+    """D7: a typo in a reach would leave a tenant untold of the cases that
+    touch its data; ``gateway config check`` (and serve) refuses it."""
+    def with_reach(entries: str) -> Path:
+        path = edited(tmp_path, "[limits]\n", "[accounts]\nhes-admin = \"hes\"\n"
+                      f"[lockbox.reach]\nhes-admin = [{entries}]\n[limits]\n")
+        path.write_text(path.read_text().replace('tenants_dir = "../tenants"',
+                                                 f'tenants_dir = "{REPO / "tenants"}"'))
+        return path
+
+    path = with_reach('"@hes-consortium", "orse"')
+    proc = check(path)
+    assert proc.returncode == 2
+    assert f"{path}: lockbox.reach.hes-admin: unknown tenant 'orse'" in proc.stderr
+    ok = with_reach('"@hes-consortium", "ores"')
+    assert check(ok).returncode == 0, check(ok).stderr
+    cfg = GatewayConfig.from_toml(ok)
+    assert cfg.lockbox.reach == {"hes-admin": ("@hes-consortium", "ores")}
+    assert cfg.lockbox.ttl_s == 4 * 3600
 
 
 def test_every_mistake_is_named_one_per_line(tmp_path: Path) -> None:

@@ -173,6 +173,8 @@ def test_real_answers_validate_against_the_documented_schemas(
          f"/admin/breakglass/requests/{case['id']}/deny", {"reason": "not now"}, who="bob",
          status=200)
     call("/admin/breakglass", "GET", "/admin/breakglass", status=200)
+    call("/admin/lockbox", "GET", "/admin/lockbox", who="carol", status=200)
+    call("/admin/lockbox", "GET", "/admin/lockbox?format=csv", who="carol", status=200)
     call("/admin/usage", "GET", "/admin/usage?period=week", who="carol", status=200)
     call("/admin/consultations", "GET", "/admin/consultations", who="carol", status=200)
     call("/admin/audit/rotate-key", "POST", "/admin/audit/rotate-key",

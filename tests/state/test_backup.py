@@ -198,6 +198,7 @@ def test_an_older_schema_is_restored_and_migrated_on_open(live: SqliteStore,
     store = SqliteStore(target)
     try:
         assert store.schema_version() == SCHEMA_VERSION
+        assert store.lockbox_entries() == []  # 5: the lockbox table is there (D7)
     finally:
         store.close()
 

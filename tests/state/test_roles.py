@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from gateway.state import (
 )
 from gateway.vault import MasterKeys, open_vault
 from tests.postgres import Cluster
-from tests.state.test_store import cert
+from tests.state.test_store import cert, lockbox_entry
 
 T0 = datetime(2026, 6, 15, tzinfo=UTC)
 
@@ -58,6 +59,7 @@ def urls(postgres: Cluster, tmp_path: Path) -> Iterator[tuple[str, str]]:
     vault.put("upstream/hes/token", b"s3cret", kind="upstream-token")
     vault.close()
     PostgresOutbox(owner_url, OUTBOX_KEY, owner="control-0").close()
+    owner.put_lockbox([lockbox_entry("c1", "ores")])  # D7: opened by the control plane
     owner.close()
     role = "gw_data_" + uuid.uuid4().hex[:8]
     with psycopg.connect(owner_url, autocommit=True) as db:
@@ -81,6 +83,10 @@ def test_a_data_replica_starts_and_works_with_the_grants_alone(
     assert [(c.id, c.cert_pem, c.key_pem) for c in cas] == [("ca1", "-----CERT", "")]
     store.record_last_seen({("ores", "service", "api"): T0})
     store.add_consultation(Consultation("i1", T0, "ores", "p", "r", "x", "purpose", "j"))
+    # D7: a reached tenant's approver consents on the data plane.
+    (entry,) = store.lockbox_entries(tenant="ores")
+    assert store.move_lockbox(entry, replace(entry, status="approved",
+                                             approver="ores/person/olga"))
     store.close()
     hb = Heartbeats(data_url)
     hb.beat(replica_id="data-0", role="data", host="h", pid=1, data=None, ops=None,
@@ -119,6 +125,7 @@ def test_a_data_replica_starts_and_works_with_the_grants_alone(
     "read a CA key", "revoke", "disable a principal", "add a CA", "publish CRLs",
     "add a signing key", "rewrite an audit line", "delete an audit line",
     "publish relations", "approve a pending action", "read break-glass cases",
+    "open a lockbox entry",
 ])
 def test_the_data_plane_role_cannot(urls: tuple[str, str], what: str) -> None:
     _, data_url = urls
@@ -138,6 +145,7 @@ def test_the_data_plane_role_cannot(urls: tuple[str, str], what: str) -> None:
         "publish relations": lambda: _publish(data_url),
         "approve a pending action": lambda: store.pending_actions(),
         "read break-glass cases": lambda: store.breakglass_cases(),
+        "open a lockbox entry": lambda: store.put_lockbox([lockbox_entry("c9", "ores")]),
     }
     with pytest.raises(errors.InsufficientPrivilege):
         actions[what]()

@@ -15,6 +15,7 @@ from gateway.state import (
     CaRecord,
     CertificateRecord,
     Consultation,
+    LockboxEntry,
     PendingAction,
     PrincipalState,
     SigningKeyRecord,
@@ -324,3 +325,72 @@ def test_a_breakglass_case_racing_on_many_connections_moves_once(store_url: str)
     assert got is not None and got.approver == f"ores/person/a{wins[0]}"
     for s in stores:
         s.close()
+
+
+def lockbox_entry(case_id: str, tenant: str, *, status: str = "pending",
+                  created: datetime = T0) -> LockboxEntry:
+    return LockboxEntry(case_id, tenant, "hes-admin", "ores/person/dave", "grid-ops", "fix",
+                        "CHG-1", False, "approve", created, created + 3600 * S, "inc-1",
+                        status)
+
+
+def test_lockbox_entries_round_trip_and_filter(store: StateStore) -> None:
+    """D7: one entry per case and reached tenant; a tenant reads its own."""
+    a = replace(lockbox_entry("c1", "ores"), review_status="pending", emergency=True)
+    b = lockbox_entry("c1", "fluvius", status="notified")
+    c = lockbox_entry("c2", "ores", created=T0 + S)
+    store.put_lockbox([a, b, c])
+    assert store.lockbox("c1", "ores") == a
+    got = store.lockbox("c1", "ores")
+    assert got is not None and got.emergency is True and got.expires_at == T0 + 3600 * S
+    assert store.lockbox("c1", "sibelga") is None
+    assert store.lockbox_entries(case_id="c1") == [b, a]  # created, then tenant
+    assert store.lockbox_entries(tenant="ores") == [a, c]
+    assert store.lockbox_entries(case_id="c2", tenant="fluvius") == []
+    assert len(store.lockbox_entries()) == 3
+
+
+def test_a_lockbox_entry_moves_only_from_what_the_mover_read(store: StateStore) -> None:
+    """One consent or denial when two approvers (or replicas) answer at once."""
+    entry = lockbox_entry("c1", "ores")
+    store.put_lockbox([entry])
+    approved = replace(entry, status="approved", approver="ores/person/olga",
+                       decided_at=T0 + S, decision_reason="ok")
+    denied = replace(entry, status="denied", approver="ores/person/oscar", decided_at=T0 + S)
+    assert store.move_lockbox(entry, approved) is True
+    assert store.move_lockbox(entry, denied) is False
+    assert store.lockbox("c1", "ores") == approved
+    skipped = replace(lockbox_entry("c2", "ores", status="skipped"), review_status="pending")
+    store.put_lockbox([skipped])
+    reviewed = replace(skipped, review_status="done", reviewer="ores/person/olga",
+                       reviewed_at=T0 + 2 * S, review_notes="fine")
+    assert store.move_lockbox(skipped, reviewed) is True
+    assert store.move_lockbox(skipped, reviewed) is False  # the review moved since
+    assert store.lockbox("c2", "ores") == reviewed
+    with pytest.raises(ValueError):
+        store.move_lockbox(entry, lockbox_entry("c1", "fluvius"))
+
+
+def test_a_version_4_state_gains_the_lockbox_table(store_url: str) -> None:
+    """Schema 5 (D7): a state written before the lockbox (no table, version 4)
+    is migrated when it is opened, on either backend."""
+    store = open_store(store_url)
+    store.close()
+    if store_url.startswith("sqlite:///"):
+        import sqlite3
+        with sqlite3.connect(store_url.removeprefix("sqlite:///")) as db:
+            db.execute("DROP TABLE lockbox")
+            db.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+        db.close()
+    else:
+        import psycopg
+        with psycopg.connect(store_url, autocommit=True) as pg:
+            pg.execute("DROP TABLE lockbox")
+            pg.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    again = open_store(store_url)
+    try:
+        assert again.schema_version() == 5  # type: ignore[attr-defined]
+        again.put_lockbox([lockbox_entry("c1", "ores")])
+        assert again.lockbox("c1", "ores") == lockbox_entry("c1", "ores")
+    finally:
+        again.close()

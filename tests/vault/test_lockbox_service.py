@@ -1,0 +1,223 @@
+"""The tenant lockbox service (D7) with its real SQLite state, a frozen clock
+and a recording notifier, no sockets: what break-glass opens, what each
+reached tenant is told, the checkout's wait, the expiry by maintenance.
+The same over mTLS is tests/e2e/test_lockbox.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.audit import LockboxEvent
+from gateway.audit._soc import SecurityEvents
+from gateway.core.model import Principal, Tenant
+from gateway.metrics import GatewayMetrics
+from gateway.pki._lifecycle import AdminRefused
+from gateway.state import SqliteStore
+from gateway.upstream._pool import UpstreamPool
+from gateway.vault import Lockbox, LockboxRefused, MasterKeys, SqliteVault
+from gateway.vault._breakglass import BreakGlass
+from gateway.vault._service import UpstreamCredentials
+
+NOW = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
+TTL = timedelta(hours=1)
+
+
+def person(tenant: str, name: str, roles: set[str], team: str = "t") -> Principal:
+    return Principal(tenant, "person", name, frozenset(roles), team)
+
+
+DAVE = person("ores", "dave", {"privileged-user", "lockbox-approver"}, "grid-ops")
+BOB = person("ores", "bob", {"vault-approver"}, "iam")
+OLGA = person("ores", "olga", {"lockbox-approver"})
+TENANTS = (Tenant("ores", "ORES", "dso", memberships=frozenset({"hes_consortium"}),
+                  lockbox="approve"),
+           Tenant("fluvius", "Fluvius", "dso", memberships=frozenset({"hes_consortium"})),
+           Tenant("lumen", "Lumen", "supplier"))
+
+
+class Recorder:
+    writable = True
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+
+    def record(self, event: Any) -> None:
+        self.events.append(event)
+
+
+class World:
+    def __init__(self, tmp: Path, *, notify: bool = True) -> None:
+        self.tmp = tmp
+        self.now = NOW
+        self.metrics = GatewayMetrics()
+        self.store = SqliteStore(tmp / "state.db")
+        self.vault = SqliteVault(tmp / "vault.db", MasterKeys.generate())
+        self.audit = Recorder()
+        self.told: list[tuple[str, list[tuple[str, dict[str, Any]]]]] = []
+        pool = UpstreamPool({}, self.metrics)
+        self.lockbox = Lockbox(
+            store=self.store, tenants=lambda: TENANTS, reach={"hes-admin": ["@hes-consortium"]},
+            accounts={"hes-admin": "hes", "cmh-admin": "cmh"}, ttl=TTL, audit=self.audit,
+            metrics=self.metrics, notify=self.notify if notify else None,
+            soc=SecurityEvents(file=tmp / "soc.jsonl"), clock=self.clock)
+        self.bg = BreakGlass(
+            store=self.store, vault=self.vault, pool=pool,
+            accounts={"hes-admin": "hes", "cmh-admin": "cmh"},
+            upstream_creds=UpstreamCredentials(self.vault, pool, self.metrics),
+            soc=SecurityEvents(file=tmp / "soc.jsonl"), metrics=self.metrics,
+            audit=lambda *a: "inc", lockbox=self.lockbox, clock=self.clock)
+        self.bg.provision("hes-admin")
+        self.bg.provision("cmh-admin")
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def soc_events(self) -> list[dict[str, Any]]:
+        path = self.tmp / "soc.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    def notify(self, incident: str, docs: Sequence[tuple[str, Mapping[str, Any]]]) -> int:
+        self.told.append((incident, [(t, dict(d)) for t, d in docs]))
+        return len(docs)
+
+    def approved_case(self, account: str = "hes-admin", emergency: bool = False) -> str:
+        cid = self.bg.request(DAVE, account, "stuck", "CHG-1", timedelta(minutes=10),
+                              emergency).id
+        if not emergency:
+            self.bg.decide(BOB, cid, True)
+        return cid
+
+    def actions(self, cid: str) -> list[tuple[str, str]]:
+        return [(e.action, e.tenant) for e in self.audit.events
+                if isinstance(e, LockboxEvent) and e.case == cid]
+
+
+@pytest.fixture()
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    yield w
+    w.vault.close()
+    w.store.close()
+
+
+def test_the_request_tells_each_reached_tenant_once(world: World) -> None:
+    cid = world.approved_case()
+    ((incident, docs),) = world.told
+    assert [t for t, _ in docs] == ["fluvius", "ores"]  # lumen is not reached
+    by_tenant = dict(docs)
+    assert by_tenant["ores"]["status"] == "pending"
+    assert by_tenant["ores"]["approve_by"] == (NOW + TTL).isoformat()
+    assert by_tenant["fluvius"]["status"] == "notified"
+    assert by_tenant["fluvius"]["approve_by"] is None
+    assert all(d["incident"] == incident and d["case"] == cid and d["type"] == "lockbox-request"
+               for _, d in docs)
+    assert world.actions(cid) == [("lockbox-requested", "fluvius"), ("lockbox-requested", "ores")]
+
+
+def test_an_account_without_reach_opens_no_lockbox(world: World) -> None:
+    cid = world.approved_case("cmh-admin")
+    assert world.told == [] and world.store.lockbox_entries(case_id=cid) == []
+    case, _password = world.bg.checkout(DAVE, cid)
+    assert case.status == "checked-out"
+
+
+def test_the_checkout_waits_for_the_consent(world: World) -> None:
+    cid = world.approved_case()
+    with pytest.raises(AdminRefused) as info:
+        world.bg.checkout(DAVE, cid)
+    assert (info.value.status, info.value.reason) == (409, "lockbox-pending")
+    assert world.store.breakglass(cid).status == "approved"  # type: ignore[union-attr]
+    world.lockbox.decide(OLGA, cid, True, "ok")
+    case, _password = world.bg.checkout(DAVE, cid)
+    assert case.status == "checked-out"
+
+
+def test_the_requester_does_not_consent_for_its_own_tenant(world: World) -> None:
+    """D6: dave holds lockbox-approver in ORES, but it is his own request."""
+    cid = world.approved_case()
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.decide(DAVE, cid, True, "me")
+    assert (info.value.status, info.value.reason) == (403, "self-approval")
+    assert world.store.lockbox(cid, "ores").status == "pending"  # type: ignore[union-attr]
+
+
+def test_maintenance_expires_a_consent_not_given_in_time(world: World) -> None:
+    cid = world.approved_case()
+    world.now = NOW + TTL - timedelta(microseconds=1)
+    world.lockbox.expire_due()
+    assert world.store.lockbox(cid, "ores").status == "pending"  # type: ignore[union-attr]
+    world.now = NOW + TTL
+    asyncio.run(world.bg.maintain())
+    asyncio.run(world.bg.maintain())  # once: the entry moved
+    assert world.store.lockbox(cid, "ores").status == "expired"  # type: ignore[union-attr]
+    assert world.actions(cid).count(("lockbox-expired", "ores")) == 1
+    with pytest.raises(AdminRefused) as info:
+        world.bg.checkout(DAVE, cid)
+    assert info.value.reason == "lockbox-expired"
+    # D12: the SOC hears of it, under the audit event's incident id.
+    (expiry,) = [e for e in world.audit.events if e.action == "lockbox-expired"]
+    alert = next(e for e in world.soc_events() if e["kind"] == "lockbox-expired")
+    assert (alert["incident"], alert["tenant"], alert["case"]) == (expiry.incident, "ores", cid)
+
+
+def test_an_emergency_tells_at_once_and_leaves_a_review(world: World) -> None:
+    cid = world.approved_case(emergency=True)
+    ((_, docs),) = world.told
+    assert {d["type"] for _, d in docs} == {"lockbox-emergency"}
+    ores = world.store.lockbox(cid, "ores")
+    assert ores is not None and (ores.status, ores.review_status) == ("skipped", "pending")
+    fluvius = world.store.lockbox(cid, "fluvius")
+    assert fluvius is not None and fluvius.review_status == "none"
+    case, _password = world.bg.checkout(DAVE, cid)  # no consent awaited
+    assert case.status == "checked-out"
+    done = world.lockbox.review(OLGA, cid, "fine")
+    assert (done.review_status, done.reviewer) == ("done", "ores/person/olga")
+
+
+def test_without_a_push_outbox_the_lockbox_still_holds(tmp_path: Path) -> None:
+    world = World(tmp_path, notify=False)
+    try:
+        cid = world.approved_case()
+        assert world.told == []
+        with pytest.raises(AdminRefused):
+            world.bg.checkout(DAVE, cid)
+    finally:
+        world.vault.close()
+        world.store.close()
+
+
+def test_a_denied_case_asks_no_tenant_any_more(world: World) -> None:
+    """D6: the security team denied the case: ORES's consent is withdrawn,
+    not left to expire (no late expiry event, no consent accepted)."""
+    cid = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-2", timedelta(minutes=10),
+                           False).id
+    world.bg.decide(BOB, cid, False)
+    ores = world.store.lockbox(cid, "ores")
+    assert ores is not None and (ores.status, ores.decision_reason) == ("withdrawn",
+                                                                         "case denied")
+    assert world.store.lockbox(cid, "fluvius").status == "notified"  # type: ignore[union-attr]
+    world.now = NOW + 2 * TTL
+    asyncio.run(world.bg.maintain())
+    assert world.actions(cid) == [("lockbox-requested", "fluvius"),
+                                  ("lockbox-requested", "ores"),
+                                  ("lockbox-withdrawn", "ores")]
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.decide(OLGA, cid, True, "late")
+    assert info.value.reason == "lockbox-not-pending"
+
+
+def test_a_leavers_case_asks_no_tenant_any_more(world: World) -> None:
+    """D8: the requester left; the pending consent goes with the case."""
+    cid = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-3", timedelta(minutes=10),
+                           False).id
+    asyncio.run(world.bg.end_leases_of(("ores", "person", "dave"), "principal disabled"))
+    assert world.store.breakglass(cid).status == "denied"  # type: ignore[union-attr]
+    assert world.store.lockbox(cid, "ores").status == "withdrawn"  # type: ignore[union-attr]
