@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 
 import pytest
 
@@ -121,6 +122,25 @@ def test_decide_itself_refuses_the_canary_role(relations: RelationIndex) -> None
     assert found is not None
     d = decide(caller, found.route, RequestFacts(found.params, {}), relations, NOW)
     assert not d.allowed and d.reason == "missing-role"
+
+
+def test_the_mark_and_the_ownership_are_read_at_the_request_instant() -> None:
+    """A canary the feed retired, or whose owner's relation ended, is read as
+    the feed says at the request's instant, not as it ever was (D1)."""
+    hour = timedelta(hours=1)
+    retired = RelationIndex([
+        Relation("meter", CANARY_ORES, "ores", "owner"),
+        Relation("meter", CANARY_ORES, "ores", "canary", valid_to=NOW - hour)])
+    assert ask(as_canary("ores", "dso"), "GET", f"/hes/meters/{CANARY_ORES}",
+               retired).reason == "canary-principal-not-a-canary"
+    moved = RelationIndex([
+        Relation("meter", CANARY_ORES, "ores", "owner", valid_to=NOW - hour),
+        Relation("meter", CANARY_ORES, "fluvius", "owner", valid_from=NOW - hour),
+        Relation("meter", CANARY_ORES, "ores", "canary")])
+    assert not ask(as_canary("ores", "dso"), "GET", f"/hes/meters/{CANARY_ORES}",
+                   moved).allowed
+    assert ask(as_canary("fluvius", "dso"), "GET", f"/hes/meters/{CANARY_ORES}",
+               moved).allowed
 
 
 def test_a_mark_held_by_another_tenant_still_needs_the_ordinary_relation() -> None:
