@@ -16,7 +16,6 @@ not decision events: they are built here, as the spec draws them.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import errno
 import logging
 import os
@@ -80,17 +79,6 @@ class _Group:
         self.error: AuditWriteFailed | None = None
 
 
-class _Sync:
-    """A checkpoint line written by a group whose ``fsync`` runs in the
-    writer's sync thread: the group's waiters are settled when it is done,
-    and the rotation the checkpoint may call for happens then, on the loop."""
-
-    __slots__ = ("anchor", "at")
-
-    def __init__(self, anchor: bytes, at: float) -> None:
-        self.anchor, self.at = anchor, at
-
-
 class ChainedAuditLog:
     """Append-only hash-chained JSON lines; an ``AuditSink``. Thread-safe.
 
@@ -123,10 +111,6 @@ class ChainedAuditLog:
         self._broken = False  # a fragment could not be removed, or fsync failed
         self._group: _Group | None = None  # record_soon's lines not yet written
         self._loop: asyncio.AbstractEventLoop | None = None  # record_soon's
-        # record_soon's checkpoints are made durable here, off the event loop
-        # (an fsync is a pause of a millisecond and more); created on first use.
-        self._syncer: concurrent.futures.ThreadPoolExecutor | None = None
-        self._syncing: set[concurrent.futures.Future[None]] = set()
         self._last_checkpoint_at = clock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -211,53 +195,10 @@ class ChainedAuditLog:
             return waiter
 
     def _group_due(self, group: _Group) -> None:
-        """The loop's callback after the iteration that recorded ``group``.
-        Where the group's lines made a checkpoint due, its ``fsync`` runs in
-        the sync thread and the waiters are settled when it is done (no
-        trace, no answer: as if it had run here), while the loop goes on
-        serving the requests after them."""
-        sync = None
+        """The loop's callback after the iteration that recorded ``group``."""
         with self._lock:
             if group is self._group:  # not written yet by another writer
-                sync = self._write_group(defer_sync=True)
-        if sync is not None:
-            self._sync_then_settle(group, sync)
-            return
-        self._settle(group)
-
-    def _sync_then_settle(self, group: _Group, sync: _Sync) -> None:
-        loop = self._loop
-        assert loop is not None and self._fd is not None
-        if self._syncer is None:
-            self._syncer = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="audit-fsync")
-        done = self._syncer.submit(os.fsync, self._fd)
-        self._syncing.add(done)
-
-        def back(future: concurrent.futures.Future[None]) -> None:  # in the sync thread
-            with suppress(RuntimeError):  # the loop has closed: nobody waits any more
-                loop.call_soon_threadsafe(self._synced, group, sync, future)
-
-        done.add_done_callback(back)
-
-    def _synced(self, group: _Group, sync: _Sync,
-                done: concurrent.futures.Future[None]) -> None:
-        """On the loop: the group's checkpoint ``fsync`` finished."""
-        with self._lock:
-            self._syncing.discard(done)
-            exc = done.exception()
-            try:
-                if exc is not None:
-                    self._broken = True  # after a failed fsync the page cache cannot be trusted
-                    reason = exc.strerror if isinstance(exc, OSError) else exc
-                    raise AuditWriteFailed(f"cannot fsync audit log {self.path}: {reason}")
-                self._rotate_if_due(sync.anchor, sync.at)
-            except AuditWriteFailed as failed:
-                self._failures += len(group.lines)  # SECURITY: each of them is refused
-                group.error = failed
-        self._settle(group)
-
-    def _settle(self, group: _Group) -> None:
+                self._write_group()
         error = group.error
         for waiter in group.waiters:
             if waiter.done():  # its request was cancelled meanwhile
@@ -307,11 +248,8 @@ class ChainedAuditLog:
                 if self._uncovered and not self._broken:
                     self._checkpoint()
             finally:
-                self._wait_syncs()
                 os.close(self._fd)
                 self._fd = None
-                if self._syncer is not None:
-                    self._syncer.shutdown(wait=True)
 
     @contextmanager
     def _counted(self) -> Iterator[None]:
@@ -323,39 +261,26 @@ class ChainedAuditLog:
                 raise
 
     # -- internals (the caller holds the lock) ----------------------------------
-    def _checkpoint(self, *, defer_sync: bool = False) -> _Sync | None:
-        """Sign and write a checkpoint, then make the file durable: here, or
-        with ``defer_sync`` by the caller (:meth:`_sync_then_settle`), which
-        then owns the rotation it may call for."""
+    def _checkpoint(self) -> None:
         now = self._clock()
         sig = self._key.sign(checkpoint_message(self._seq + 1, self._head, self._kid))
         line = self._append({"type": CHECKPOINT, "ts": now, "kid": self._kid, "alg": ALG,
                              "sig": b64url(sig)})
         assert self._fd is not None  # _append checked it
-        self._since_checkpoint, self._last_checkpoint_at, self._uncovered = 0, now, False
-        if defer_sync:
-            return _Sync(line, now)
         try:
+            # Here, on the event loop, on purpose: the group's answers wait for
+            # it either way, and handing it to a thread made the half-load tail
+            # worse, not better (the GIL's hand-overs; bench/README.md).
             os.fsync(self._fd)
         except OSError as exc:
             self._broken = True  # after a failed fsync the page cache cannot be trusted
             raise AuditWriteFailed(f"cannot fsync audit log {self.path}: {exc.strerror}") from exc
-        self._rotate_if_due(line, now)
-        return None
-
-    def _rotate_if_due(self, anchor: bytes, now: float) -> None:
-        if self._rotates and not self._broken and self._fd is not None and (
+        self._since_checkpoint, self._last_checkpoint_at, self._uncovered = 0, now, False
+        if self._rotates and (
                 (self._max_bytes is not None and self._size >= self._max_bytes)
                 or (self._max_age_s is not None
                     and now - self._segment_started >= self._max_age_s)):
-            self._rotate(anchor, now)
-
-    def _wait_syncs(self) -> None:
-        """Before the descriptor is closed or replaced: the fsyncs running
-        on it finish first (their outcome is reported to their groups)."""
-        for done in list(self._syncing):
-            with suppress(Exception):
-                done.result()
+            self._rotate(line, now)
 
     def _rotate(self, anchor: bytes, now: float) -> None:
         """Seal this file as a segment; go on in a new one that starts with a
@@ -363,7 +288,6 @@ class ChainedAuditLog:
         file is written aside first, then two renames; an open after a crash
         in between finishes the job (``_finish_rotation``)."""
         assert self._fd is not None
-        self._wait_syncs()
         sealed = self.segments / segment_name(self._first_seq, self._seq)
         nxt = _next_path(self.path)
         try:
@@ -393,35 +317,31 @@ class ChainedAuditLog:
         self._first_seq, self._segment_started = self._seq, now
         log.info("audit log: sealed %s", sealed.name)
 
-    def _written(self, lines: int, *, defer_sync: bool = False) -> _Sync | None:
+    def _written(self, lines: int) -> None:
         """``lines`` more events are in the file: a checkpoint when due."""
         self._since_checkpoint += lines
         if (self._since_checkpoint >= self._every
                 or self._clock() - self._last_checkpoint_at >= self._interval_s):
-            return self._checkpoint(defer_sync=defer_sync)
-        return None
+            self._checkpoint()
 
-    def _write_group(self, *, defer_sync: bool = False) -> _Sync | None:
+    def _write_group(self) -> None:
         """Write the pending group, if any, with one write; on failure roll
-        the chain back to before it and keep the error for its waiters. With
-        ``defer_sync``, a checkpoint the group made due is written and its
-        fsync left to the caller (returned)."""
+        the chain back to before it and keep the error for its waiters."""
         group, self._group = self._group, None
         if group is None:
-            return None
+            return
         try:
             self._write(b"".join(group.lines))
         except AuditWriteFailed as exc:
             self._seq, self._head, self._uncovered = group.before
             self._failures += len(group.lines)  # SECURITY: each of them is refused
             group.error = exc
-            return None
+            return
         try:
-            return self._written(len(group.lines), defer_sync=defer_sync)
+            self._written(len(group.lines))
         except AuditWriteFailed as exc:  # the checkpoint due now: as record() would
             self._failures += len(group.lines)
             group.error = exc
-            return None
 
     def _usable_fd(self) -> int:
         """The file's descriptor, or AuditWriteFailed if closed or broken."""

@@ -199,8 +199,9 @@ class RetentionTable(Table):
         "of use (it names no legal period for the register); at least 183")
     notification_days: Annotated[float, Field(ge=MIN_REVIEWED_DAYS)] = setting(
         DEFAULT_NOTIFICATION_DAYS, "A tenant's notifications (GET /notifications: breaches "
-        "of its data, D1, D12; lockbox notices, D7) are deleted this long after they were made; the audit log "
-        "keeps each one's event; at least 183, so a six-monthly review sees them")
+        "of its data, D1, D12; lockbox notices, D7) are deleted this long after they were "
+        "made; the audit log keeps each one's event; at least 183, so a six-monthly review "
+        "sees them")
     interval_s: PositiveNumber = setting(3600.0, "How often the control duties apply the "
                                          "policy (at start, then this often)")
 
