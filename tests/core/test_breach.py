@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import UTC
 from typing import Any
 
-from gateway.core.breach import OWNER_RELATIONS, breach_notices, owners_of
+import pytest
+
+from gateway.core.breach import OWNER_RELATIONS, BreachNotice, breach_notices, owners_of
 from gateway.core.catalog import default_route_table
 from gateway.core.check import ForeignRecord, check_response
 from gateway.core.decide import RequestFacts
@@ -92,6 +95,12 @@ def test_the_requester_is_never_told_even_when_the_feed_names_it_an_owner() -> N
                                 RelationIndex([Relation("meter", "M1", "ores", "owner")]),
                                 "ores")
     assert counts == {} and unowned == 1
+    # ... and so in the notices themselves.
+    notices, unowned = breach_notices(
+        incident="inc-3", at=NOW, shared_system="hes", route="/hes/meters",
+        requested_by="ores", reason="foreign-record",
+        foreign=[ForeignRecord("meter", "M1", NOW)], relations=rel)
+    assert [n.owner for n in notices] == ["pidpa"] and unowned == 0
 
 
 def test_records_without_an_owner_are_counted_apart(relations: RelationIndex) -> None:
@@ -122,3 +131,19 @@ def test_the_document_names_no_record_and_no_resource_id(relations: RelationInde
         "outcome": "withheld", "security_contact": "mailto:csirt@pidpa.example"}
     assert METER_WATER not in json.dumps(doc)
     assert notice.key == "inc-2/pidpa"
+
+
+def test_the_time_is_utc_whatever_the_hosts_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The notice's time is UTC on a host set to another zone (Brussels)."""
+    import time
+
+    monkeypatch.setenv("TZ", "Europe/Brussels")
+    time.tzset()
+    try:
+        notice = BreachNotice("inc-4", "pidpa", NOW, "hes", "/hes/meters", 1, "ores",
+                              "foreign-record")
+        assert notice.document(None)["time"] == NOW.astimezone(UTC).isoformat()
+        assert notice.document(None)["time"].endswith("+00:00")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
