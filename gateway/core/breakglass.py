@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from gateway.core.duties import InvalidTransition
+from gateway.core.duties import transition
 from gateway.core.model import Principal
 
 REQUESTER_ROLE = "privileged-user"
@@ -77,17 +77,11 @@ REVIEW_TRANSITIONS: dict[tuple[str, str], str] = {
 
 def next_state(state: str, event: str) -> str:
     """The case's state after ``event``; InvalidTransition if the table has no row."""
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(state, event) from None
+    return transition(TRANSITIONS, state, event)
 
 
 def next_review(state: str, event: str) -> str:
-    try:
-        return REVIEW_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(state, event) from None
+    return transition(REVIEW_TRANSITIONS, state, event)
 
 
 def allows(state: str, event: str) -> bool:

@@ -38,7 +38,7 @@ style); anything not in the table is refused. Pure: no I/O, no aiohttp.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -177,11 +177,17 @@ class InvalidTransition(Rejected, ValueError):
         self.event = event
 
 
-def next_state(state: str, event: str) -> str:
+def transition(table: Mapping[tuple[str, str], str], state: str, event: str) -> str:
+    """The state after ``event`` in a transition table (this one, break-glass's,
+    the lockbox's); InvalidTransition if the table has no row."""
     try:
-        return TRANSITIONS[(state, event)]
+        return table[(state, event)]
     except KeyError:
         raise InvalidTransition(state, event) from None
+
+
+def next_state(state: str, event: str) -> str:
+    return transition(TRANSITIONS, state, event)
 
 
 def allows(state: str, event: str) -> bool:

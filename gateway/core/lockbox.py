@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import Protocol
 
 from gateway.core.breakglass import Refusal, who
-from gateway.core.duties import InvalidTransition
+from gateway.core.duties import transition
 from gateway.core.model import Principal, Tenant
 
 APPROVER_ROLE = "lockbox-approver"
@@ -143,17 +143,11 @@ def reached(entries: Sequence[str], tenants: Iterable[Tenant]) -> tuple[Tenant, 
 
 # -- transitions -------------------------------------------------------------------
 def next_state(state: str, event: str) -> str:
-    try:
-        return TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(state, event) from None
+    return transition(TRANSITIONS, state, event)
 
 
 def next_review(state: str, event: str) -> str:
-    try:
-        return REVIEW_TRANSITIONS[(state, event)]
-    except KeyError:
-        raise InvalidTransition(state, event) from None
+    return transition(REVIEW_TRANSITIONS, state, event)
 
 
 def opening(mode: str, emergency: bool) -> tuple[str, str]:

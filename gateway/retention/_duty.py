@@ -193,30 +193,30 @@ class Retention:
         return deleted
 
     def _delete_consultations(self, now: datetime) -> int:
-        rule = self.rules[CONSULTATIONS]
-        cutoff = rule.cutoff(now)
-        count, oldest = self.store.consultation_span(before=cutoff)
-        if not count or oldest is None:
-            return 0
-        self._record(RetentionEvent(
-            new_incident_id(), CONSULTATIONS, count, oldest.timestamp(), cutoff.timestamp(),
-            rule.policy, f"kept {rule.days:g} days; {_REVIEWED}"))
-        return self.store.delete_consultations(before=cutoff)
+        return self._delete_older(CONSULTATIONS, now, self.store.consultation_span,
+                                  self.store.delete_consultations, _REVIEWED)
 
     def _delete_notifications(self, now: datetime) -> int:
         if self.outbox is None:
             return 0
-        rule = self.rules[NOTIFICATIONS]
+        return self._delete_older(NOTIFICATIONS, now, self.outbox.notification_span,
+                                  self.outbox.delete_notifications,
+                                  "for the tenant to read; each one's audit event stays")
+
+    def _delete_older(self, category: str, now: datetime,
+                      span: Callable[..., tuple[int, datetime | None]],
+                      delete: Callable[..., int], why: str) -> int:
+        """A register kept for its period, then deleted at once: counted,
+        recorded (count and oldest, never an entry), then deleted."""
+        rule = self.rules[category]
         cutoff = rule.cutoff(now)
-        count, oldest = self.outbox.notification_span(before=cutoff)
+        count, oldest = span(before=cutoff)
         if not count or oldest is None:
             return 0
         self._record(RetentionEvent(
-            new_incident_id(), NOTIFICATIONS, count, oldest.timestamp(), cutoff.timestamp(),
-            rule.policy, f"kept {rule.days:g} days for the tenant to read; each one's "
-            "breach-notification event stays in the audit log"))
-        return self.outbox.delete_notifications(before=cutoff)
-
+            new_incident_id(), category, count, oldest.timestamp(), cutoff.timestamp(),
+            rule.policy, f"kept {rule.days:g} days; {why}"))
+        return int(delete(before=cutoff))
 
 def _category(rule: Rule, items: tuple[RetentionItem, ...]) -> CategoryReport:
     oldest = min((i.at for i in items), default=None)
