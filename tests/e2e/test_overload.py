@@ -10,7 +10,9 @@ import time
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+import gateway.server as server_module
 from gateway.edge._limits import rss_bytes
 
 from .conftest import start_stack
@@ -20,7 +22,8 @@ from .conftest import start_stack
 LIMITS = "max_in_flight = 16\nmemory_budget_mb = 16384\n"
 
 
-async def test_idle_connections_plus_flood(tmp_path: Path) -> None:
+async def test_idle_connections_plus_flood(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
     gw = start_stack(tmp_path, limits=LIMITS)
     writers: list[asyncio.StreamWriter] = []
     try:
@@ -54,12 +57,18 @@ async def test_idle_connections_plus_flood(tmp_path: Path) -> None:
         assert 503 in statuses or 429 in statuses  # load was shed...
         assert 200 in statuses  # ...while work still got done
         assert elapsed < 8  # answers came fast: shedding, not queueing forever
-        # Over the memory budget, new requests are shed the same way.
-        gw.stack.gateway.data_plane.over_memory_budget = True
+        # Over the memory budget, new requests are shed the same way: the
+        # gateway's own watch (every maintenance round) reads an RSS past the
+        # budget, sets the flag itself, and clears it once the RSS is back.
+        assert rss_bytes() > 0  # the watch reads this process's RSS
+        monkeypatch.setattr(server_module, "rss_bytes", lambda: 1 << 50)
+        for _ in range(100):
+            if gw.stack.gateway.data_plane.over_memory_budget:
+                break
+            await asyncio.sleep(0.05)
         shed = gw.client("resa").get("/itsm/tickets")
         assert shed.status == 503 and shed.headers["retry-after"] == "1"
-        gw.stack.gateway.data_plane.over_memory_budget = False
-        assert rss_bytes() > 0  # the watch reads this process's RSS
+        monkeypatch.setattr(server_module, "rss_bytes", rss_bytes)
         # Right after the flood, a normal request is served.
         recovered = time.monotonic()
         while gw.client("resa").get("/itsm/tickets").status != 200:
