@@ -22,18 +22,10 @@ from gateway.core.nrn import (
     request_refusal,
 )
 from gateway.pki import AdminRefused
-from gateway.state import NrnApproval, StateStore
+from gateway.state import NrnApproval, StateStore, record_json
 
 REQUESTERS = frozenset({"reader"})
 READERS = frozenset({MANAGER_ROLE, "auditor", "reader"})
-
-
-def approval_json(a: NrnApproval) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in a.__dataclass_fields__:
-        value = getattr(a, name)
-        out[name] = value.isoformat() if isinstance(value, datetime) else value
-    return out
 
 
 def nrn_routes(store: StateStore,
@@ -65,7 +57,7 @@ def nrn_routes(store: StateStore,
                 justification=str(justification), created=now,
                 expires_at=now + APPROVAL_TTL)
             store.add_nrn_approval(approval)
-            return approval_json(approval)
+            return record_json(approval)
 
         def decide(status: str) -> Callable[[web.Request, Body], Any]:
             async def handler(request: web.Request, doc: Body) -> Any:
@@ -82,13 +74,13 @@ def nrn_routes(store: StateStore,
                     raise AdminRefused(409, "approval-already-decided", "decided meanwhile")
                 decided = store.nrn_approval(approval.id)
                 assert decided is not None
-                return approval_json(decided)
+                return record_json(decided)
             return handler
 
         async def listing(request: web.Request, doc: Body) -> Any:
             # Each tenant's requests are its own (D1), for its managers and auditors.
             tenant = request[CALLER].tenant.id
-            return {"approvals": [approval_json(a) for a in store.nrn_approvals(tenant=tenant)]}
+            return {"approvals": [record_json(a) for a in store.nrn_approvals(tenant=tenant)]}
 
         r.add_post("/admin/nrn-approvals",
                    guarded("nrn-approval-request", REQUESTERS, target, ask))

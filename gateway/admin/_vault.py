@@ -15,8 +15,8 @@ from aiohttp import web
 from gateway.admin._request import CALLER, Body, Guard, RouteSet, _seconds, _text
 from gateway.audit import UsageLedger
 from gateway.pki import AdminRefused
-from gateway.state import BreakGlassCase, StateStore
-from gateway.vault import BreakGlass, UpstreamCredentials, Vault, entry_json
+from gateway.state import StateStore, record_json
+from gateway.vault import BreakGlass, UpstreamCredentials, Vault
 
 # The lockbox decisions as CSV (gateway review --lockbox --format csv).
 LOCKBOX_COLUMNS = ["case_id", "tenant", "account", "mode", "emergency", "status", "approver",
@@ -24,14 +24,6 @@ LOCKBOX_COLUMNS = ["case_id", "tenant", "account", "mode", "emergency", "status"
                    "reviewed_at", "review_notes", "requester", "requester_team", "ticket",
                    "created", "notice"]
 ANYONE_VAULT = frozenset({"security-admin", "vault-approver", "privileged-user", "auditor"})
-
-
-def case_json(case: BreakGlassCase) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in case.__dataclass_fields__:
-        value = getattr(case, name)
-        out[name] = value.isoformat() if hasattr(value, "isoformat") else value
-    return out
 
 
 def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: BreakGlass,
@@ -71,31 +63,31 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
             case = breakglass.request(principal(request), _text(doc, "account"),
                                       _text(doc, "reason"), _text(doc, "ticket"), duration,
                                       bool(doc.get("emergency", False)))
-            return case_json(case)
+            return record_json(case)
 
         async def approve(request: web.Request, doc: Body) -> Any:
-            return case_json(breakglass.decide(principal(request), case_target(request), True))
+            return record_json(breakglass.decide(principal(request), case_target(request), True))
 
         async def deny(request: web.Request, doc: Body) -> Any:
-            return case_json(breakglass.decide(principal(request), case_target(request), False))
+            return record_json(breakglass.decide(principal(request), case_target(request), False))
 
         async def checkout(request: web.Request, doc: Body) -> Any:
             case, password = breakglass.checkout(principal(request), case_target(request))
             # SECURITY: shown this once; never audited, logged or stored in clear.
-            return {**case_json(case), "credential": {"username": case.account,
+            return {**record_json(case), "credential": {"username": case.account,
                                                       "password": password}}
 
         async def checkin(request: web.Request, doc: Body) -> Any:
             # The case keeps the reason the person gave for closing it.
-            return case_json(await breakglass.checkin(principal(request), case_target(request),
+            return record_json(await breakglass.checkin(principal(request), case_target(request),
                                                       _text(doc, "reason")))
 
         async def review(request: web.Request, doc: Body) -> Any:
-            return case_json(breakglass.review(principal(request), case_target(request),
+            return record_json(breakglass.review(principal(request), case_target(request),
                                                _text(doc, "reason")))
 
         async def list_cases(request: web.Request, doc: Body) -> Any:
-            return {"cases": [case_json(c) for c in breakglass.store.breakglass_cases()]}
+            return {"cases": [record_json(c) for c in breakglass.store.breakglass_cases()]}
 
         async def lockbox(request: web.Request, doc: Body) -> Any:
             # D7: each reached tenant's part in each case: told, consented,
@@ -105,7 +97,7 @@ def vault_routes(vault: Vault, upstream_creds: UpstreamCredentials, breakglass: 
             review = request.query.get("review")
             if review not in (None, "none", "pending", "done"):
                 raise AdminRefused(400, "field-invalid", "review: none, pending or done")
-            rows = [entry_json(e) for e in breakglass.store.lockbox_entries(
+            rows = [record_json(e) for e in breakglass.store.lockbox_entries(
                 tenant=request.query.get("tenant"))
                 if review is None or e.review_status == review]
             if request.query.get("format") != "csv":

@@ -36,7 +36,8 @@ from gateway.dataplane._exchange import Exchange, read_body
 from gateway.dataplane._trace import SERVER_HEADER
 from gateway.edge import HttpRequest
 from gateway.errors import RequestRefused
-from gateway.vault import Lockbox, entry_json
+from gateway.state import record_json
+from gateway.vault import Lockbox
 
 PREFIX = "/lockbox"
 LOCKBOX_LIST = Route("lockbox", "GET", PREFIX, {})
@@ -90,7 +91,7 @@ class LockboxRoutes:
         tenant = ex.resolved().tenant_id
         entries = await asyncio.to_thread(lockbox.entries_of, tenant)
         ex.reason = "lockbox-read"
-        return self._answer(ex, {"tenant": tenant, "cases": [entry_json(e) for e in entries]})
+        return self._answer(ex, {"tenant": tenant, "cases": [record_json(e) for e in entries]})
 
     async def _step(self, request: HttpRequest, target: Target, ex: Exchange, case: str,
                     step: str) -> web.Response:
@@ -110,7 +111,7 @@ class LockboxRoutes:
             entry = await asyncio.to_thread(lockbox.decide, actor, case, step == "approve",
                                             reason)
         ex.reason = f"lockbox-{step}"
-        return self._answer(ex, entry_json(entry))
+        return self._answer(ex, record_json(entry))
 
     @staticmethod
     def _answer(ex: Exchange, doc: Any) -> web.Response:

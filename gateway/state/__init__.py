@@ -47,6 +47,7 @@ from gateway.state._records import (
     PrincipalKey,
     PrincipalState,
     SigningKeyRecord,
+    record_json,
 )
 from gateway.state._roles import DATA_PLANE_PRIVILEGES, data_plane_grants
 from gateway.state._sqlite import SqliteStore
@@ -82,5 +83,6 @@ __all__ = [
     "data_plane_grants",
     "ensure_schema",
     "open_store",
+    "record_json",
     "restore_state",
 ]

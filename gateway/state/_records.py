@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
+from typing import Any
 
 # (tenant, kind, name): a principal as named by its certificate's URI SAN.
 PrincipalKey = tuple[str, str, str]
+
+
+def record_json(record: Any) -> dict[str, Any]:
+    """A record's fields as the admin and data planes answer them: every
+    field by its name, times as ISO 8601 text."""
+    out: dict[str, Any] = {}
+    for field in fields(record):
+        value = getattr(record, field.name)
+        out[field.name] = value.isoformat() if isinstance(value, datetime) else value
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ May import: :mod:`gateway.upstream` (to rotate at the shared system),
 from gateway.vault._breakglass import BreakGlass, BreakGlassPolicy, account_secret_id
 from gateway.vault._errors import SecretNotFound, VaultError, VaultLocked, VaultTampered
 from gateway.vault._keys import MasterKeys
-from gateway.vault._lockbox import Lockbox, LockboxRefused, entry_json
+from gateway.vault._lockbox import Lockbox, LockboxRefused
 from gateway.vault._open import open_vault
 from gateway.vault._postgres import PostgresVault
 from gateway.vault._service import (
@@ -63,7 +63,6 @@ __all__ = [
     "VaultLocked",
     "VaultTampered",
     "account_secret_id",
-    "entry_json",
     "identity_id",
     "identity_uri",
     "new_token",

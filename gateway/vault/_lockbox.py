@@ -71,14 +71,6 @@ def _refuse(refusal: Refusal | None) -> None:
         raise LockboxRefused(refusal)
 
 
-def entry_json(entry: LockboxEntry) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in entry.__dataclass_fields__:
-        value = getattr(entry, name)
-        out[name] = value.isoformat() if isinstance(value, datetime) else value
-    return out
-
-
 class Lockbox:
     def __init__(self, *, store: StateStore, tenants: Callable[[], Iterable[Tenant]],
                  reach: Mapping[str, Sequence[str]], accounts: Mapping[str, str],
@@ -257,4 +249,4 @@ class Lockbox:
         return incident
 
 
-__all__ = ["APPROVE_MODE", "Lockbox", "LockboxRefused", "entry_json"]
+__all__ = ["APPROVE_MODE", "Lockbox", "LockboxRefused"]
