@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from types import MappingProxyType
+from typing import Any, Generic, Literal, TypeVar, overload
 
 from gateway.core.identity import parse_principal_uri, uri_sans
 
@@ -48,31 +50,33 @@ T = TypeVar("T")
 class PerConnection(Generic[T]):
     """A value kept for as long as one connection lives, and gone with it.
 
-    It sits on the connection's protocol object (the listeners' request
-    handler: every event loop hands a transport its protocol), not in a map
-    keyed by the transport: uvloop's transports cannot be weakly referenced,
-    and a strong map would keep closed connections alive. A protocol that
-    takes no attributes falls back to a weak map of its transport (asyncio's
+    It sits on the connection's protocol object (every event loop hands a
+    transport its protocol), not in a map keyed by the transport: uvloop's
+    transports cannot be weakly referenced, and a strong map would keep
+    closed connections alive. A slotted protocol offers a ``gw_kept`` slot
+    (the lean server's connection: made a dict by the first keeper), any
+    other its instance dict (aiohttp's request handler); a protocol that
+    takes neither falls back to a weak map of its transport (asyncio's
     allow that). :meth:`clear` makes every connection's value stale at once."""
 
     def __init__(self, name: str) -> None:
-        self._attr = f"_gw_{name}_{id(self):x}"  # this keeper's slot on a connection
+        self._attr = f"_gw_{name}_{id(self):x}"  # this keeper's key on a connection
         self._generation = 0
         self._fallback: weakref.WeakKeyDictionary[Any, tuple[int, T]] = (
             weakref.WeakKeyDictionary())
 
     def get(self, transport: Any) -> T | None:
-        holder = _holder(transport)
-        kept: tuple[int, T] | None = (holder.__dict__.get(self._attr) if holder is not None
+        store = _store(transport, make=False)
+        kept: tuple[int, T] | None = (store.get(self._attr) if store is not None
                                       else self._fallback.get(transport))
         if kept is None or kept[0] != self._generation:
             return None
         return kept[1]
 
     def set(self, transport: Any, value: T) -> None:
-        holder = _holder(transport)
-        if holder is not None:
-            holder.__dict__[self._attr] = (self._generation, value)
+        store = _store(transport, make=True)
+        if store is not None:
+            store[self._attr] = (self._generation, value)
         else:
             self._fallback[transport] = (self._generation, value)
 
@@ -82,11 +86,27 @@ class PerConnection(Generic[T]):
         self._fallback = weakref.WeakKeyDictionary()
 
 
-def _holder(transport: Any) -> Any:
-    """The connection's protocol, when it takes attributes."""
+_NOTHING_KEPT: Mapping[str, Any] = MappingProxyType({})  # a gw_kept slot not made yet
+
+
+@overload
+def _store(transport: Any, *, make: Literal[True]) -> dict[str, Any] | None: ...
+@overload
+def _store(transport: Any, *, make: Literal[False]) -> Mapping[str, Any] | None: ...
+def _store(transport: Any, *, make: bool) -> Mapping[str, Any] | None:
+    """Where the connection's protocol keeps the values: its ``gw_kept``
+    slot, else its instance dict; None when it takes neither."""
     get_protocol = getattr(transport, "get_protocol", None)
-    protocol = get_protocol() if get_protocol is not None else None
-    return protocol if hasattr(protocol, "__dict__") else None
+    protocol: Any = get_protocol() if get_protocol is not None else None
+    try:
+        kept: dict[str, Any] | None = protocol.gw_kept
+    except AttributeError:
+        return protocol.__dict__ if hasattr(protocol, "__dict__") else None
+    if kept is None:
+        if not make:
+            return _NOTHING_KEPT
+        kept = protocol.gw_kept = {}
+    return kept
 
 
 class Peers:

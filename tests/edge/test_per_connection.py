@@ -27,6 +27,15 @@ class SlottedProtocol:
     __slots__ = ()
 
 
+class KeepingProtocol:
+    """A slotted protocol with a slot for the edge's values (the lean server's)."""
+
+    __slots__ = ("gw_kept",)
+
+    def __init__(self) -> None:
+        self.gw_kept: dict[str, object] | None = None
+
+
 class PlainTransport:
     """A transport without a protocol that takes attributes (weakly referable)."""
 
@@ -64,3 +73,27 @@ def test_clear_makes_every_connections_value_stale() -> None:
     assert keeper.get(conn) is None and keeper.get(plain) is None
     keeper.set(conn, "after")
     assert keeper.get(conn) == "after"
+
+
+def test_a_slotted_connection_keeps_its_values_in_its_gw_kept_slot() -> None:
+    keeper: PerConnection[str] = PerConnection("caller")
+    other: PerConnection[str] = PerConnection("peer")
+    protocol = KeepingProtocol()
+    conn = Transport(protocol)
+    assert keeper.get(conn) is None and protocol.gw_kept is None  # reading makes nothing
+    keeper.set(conn, "ores/service/api")
+    assert keeper.get(conn) == "ores/service/api" and other.get(conn) is None
+    assert protocol.gw_kept is not None and len(protocol.gw_kept) == 1
+    assert len(keeper._fallback) == 0  # on the connection, not in the keeper
+    assert keeper.get(Transport(KeepingProtocol())) is None  # another connection's slot
+    keeper.clear()
+    assert keeper.get(conn) is None
+
+
+def test_the_lean_servers_connection_has_no_instance_dict() -> None:
+    """An idle data-plane connection's Python part stays small (bench/README,
+    idle mTLS connections): the lean connection is slotted, and keeps the
+    edge's values in its gw_kept slot."""
+    from gateway.edge._lean import LeanConnection
+
+    assert "__dict__" not in dir(LeanConnection) and "gw_kept" in LeanConnection.__slots__
