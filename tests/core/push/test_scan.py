@@ -23,11 +23,14 @@ from tests.core.push.test_records import RELATIONS, YESTERDAY
 # Spellings of a "values" array: valid ones the fast check takes, valid ones it
 # leaves to json.loads, and broken ones (json.loads refuses the whole body).
 _FAST = ["[0.1,0.2]", "[ 1 , -2.5 ]", "[-0]", "[-0.0]", "[0]", "[1e5,2E-3,3e+07]",
-         "[1234567890123456]", "[\n1,\r\t2\n]", "[0.000, 1.0e-2]", "[1.5e99]"]
+         "[1234567890123456]", "[\n1,\r\t2\n]", "[0.000, 1.0e-2]", "[1.5e99]",
+         # The longest run of digits that is finite without an exponent (~1e308).
+         "[" + "9" * 308 + "]", "[1, 0." + "5" * 308 + "]"]
 _SLOW = ["[12345678901234567]", "[1e999]", "[-1e999]", "[1e-400]", "[1e100]",
          "[]", "[ ]", "[NaN]", "[Infinity, 1]", "[-Infinity]", "[1, \"2\"]", "[[1], 2]",
          "[true]", "[null, 1]", "[1, {}]", "[" + "9" * 400 + "]", "[0." + "1" * 50 + "]",
-         "[" + ",".join(["1"] * 1441) + "]", "[" + ",".join(["0.5"] * 1440) + "]"]
+         "[" + ",".join(["1"] * 1441) + "]", "[" + ",".join(["0.5"] * 1440) + "]",
+         "[" + "9" * 309 + "]", "[1, " + "9" * 310 + ".5]"]  # may overflow: not counted
 _BROKEN = ["[01]", "[1.]", "[.5]", "[+1]", "[1,]", "[,1]", "[1 2]", "[- 1]", "[1e]",
            "[1e+]", "[--1]", "[1..2]", "[1.2.3]", "[0x10]", "[1,,2]", "[1-2]", "[1.e5]",
            "[" + "9" * 5000 + "]", "[1", "[1]]"]
