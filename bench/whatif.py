@@ -29,6 +29,16 @@ Patches:
                     buffers; not OpenSSL's) and prints, every 3 s, the 15
                     source lines that grew most since the previous report:
                     what an idle connection is made of.
+* ``loop-lag``      not a speed-up: a timer every 2 ms on the gateway's
+                    event loop; every 5 s, how late it fired (p50, p99,
+                    max, and how often by more than 2, 5 and 10 ms): whether
+                    the latency tail is the loop held up, or queueing.
+* ``no-checks``     not a gateway: the data plane forwards every request to
+                    the ``hes`` upstream and answers its body, with no
+                    identity, route, decision, quota, response check, audit
+                    or metric (the lean server, TLS, the upstream client and
+                    the answer's serialization stay): the floor the checks
+                    sit on, to tell their cost from the machinery's.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop; what the
@@ -289,6 +299,61 @@ def patch_mem_log() -> None:
     print("whatif: mem-log applied", flush=True)
 
 
+def patch_loop_lag() -> None:
+    """Not a speed-up: how late a 2 ms timer fires on the gateway's loop."""
+    import time
+
+    from gateway.server import Gateway
+
+    original = Gateway.start
+
+    async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await original(self, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        lags: list[float] = []
+        state = {"due": 0.0, "report": time.perf_counter() + 5}
+
+        def tick() -> None:
+            now = time.perf_counter()
+            lags.append(now - state["due"])
+            if now >= state["report"]:
+                taken = sorted(lags)
+                lags.clear()
+                n = len(taken)
+                print(f"whatif loop-lag: {n} ticks, late p50 {taken[n // 2] * 1e3:.2f} "
+                      f"p99 {taken[int(n * 0.99)] * 1e3:.2f} max {taken[-1] * 1e3:.2f} ms; "
+                      f"> 2 ms {sum(x > 2e-3 for x in taken)}, > 5 ms "
+                      f"{sum(x > 5e-3 for x in taken)}, > 10 ms {sum(x > 1e-2 for x in taken)}",
+                      flush=True)
+                state["report"] = now + 5
+            state["due"] = time.perf_counter() + 0.002
+            loop.call_later(0.002, tick)
+
+        state["due"] = time.perf_counter() + 0.002
+        loop.call_later(0.002, tick)
+        return result
+
+    Gateway.start = start  # type: ignore[method-assign]
+    print("whatif: loop-lag applied", flush=True)
+
+
+def patch_no_checks() -> None:
+    """Not a gateway: forward and answer, nothing checked (see the docstring)."""
+    from aiohttp import web
+
+    from gateway.dataplane import _pipeline
+
+    async def bare(self, request, ex):  # type: ignore[no-untyped-def]
+        path = request.raw_path
+        upstream = await self.upstreams.call("hes", request.method, path[len("/hes"):],
+                                             {"X-Request-Id": ex.incident}, None)
+        return web.Response(status=upstream.status, body=upstream.body,
+                            content_type="application/json")
+
+    _pipeline.DataPlane._pipeline_admitted = bare  # type: ignore[method-assign]
+    print("whatif: no-checks applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -298,7 +363,8 @@ def patch_uvloop() -> None:
 
 PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
            "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log,
-           "mem-log": patch_mem_log}
+           "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
+           "no-checks": patch_no_checks}
 
 
 def main() -> int:
