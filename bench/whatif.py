@@ -39,6 +39,12 @@ Patches:
                     or metric (the lean server, TLS, the upstream client and
                     the answer's serialization stay): the floor the checks
                     sit on, to tell their cost from the machinery's.
+* ``no-trace``      not a gateway: no audit event, metric, usage or access
+                    line per request (``RequestTrace.account`` does nothing):
+                    what the trace costs, by difference.
+* ``no-response-check`` not a gateway: the upstream's answer passed on
+                    unchecked (``ResponseCheck.check``): what the response
+                    check costs, by difference.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop; what the
@@ -354,6 +360,31 @@ def patch_no_checks() -> None:
     print("whatif: no-checks applied", flush=True)
 
 
+def patch_no_trace() -> None:
+    """Not a gateway: nothing traced per request (see the docstring)."""
+    from gateway.dataplane import _trace
+
+    async def account(self, ex, request, response):  # type: ignore[no-untyped-def]
+        return None
+
+    _trace.RequestTrace.account = account  # type: ignore[method-assign]
+    print("whatif: no-trace applied", flush=True)
+
+
+def patch_no_response_check() -> None:
+    """Not a gateway: the upstream's answer unchecked (see the docstring)."""
+    from aiohttp import web
+
+    from gateway.dataplane import _responsecheck
+
+    def check(self, ex, facts, relations, upstream, now):  # type: ignore[no-untyped-def]
+        return web.Response(status=upstream.status, body=upstream.body,
+                            content_type="application/json")
+
+    _responsecheck.ResponseCheck.check = check  # type: ignore[method-assign]
+    print("whatif: no-response-check applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -364,7 +395,8 @@ def patch_uvloop() -> None:
 PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
            "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log,
            "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
-           "no-checks": patch_no_checks}
+           "no-checks": patch_no_checks, "no-trace": patch_no_trace,
+           "no-response-check": patch_no_response_check}
 
 
 def main() -> int:

@@ -102,6 +102,11 @@ class RetryPolicy:
 
 _PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
                  "next_attempt_at, last_error, nonce, payload, done_at, source")
+# What a Part is read from: never the payload (a megabyte a part, copied out
+# of the database for nothing, and in PostgreSQL detoasted), which
+# payload_bytes reads on its own.
+_PART_FIELDS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
+                "next_attempt_at, last_error, source")
 
 
 class Outbox(ABC):
@@ -287,8 +292,8 @@ class Outbox(ABC):
         """The parts waiting for their next attempt (read only: ops, tests)."""
         with self._lock:
             rows = self._exec(
-                f"SELECT * FROM {self.PARTS} WHERE tenant = ? AND status = 'pending' AND "
-                "next_attempt_at <= ? ORDER BY created, id LIMIT ?",
+                f"SELECT {_PART_FIELDS} FROM {self.PARTS} WHERE tenant = ? AND "
+                "status = 'pending' AND next_attempt_at <= ? ORDER BY created, id LIMIT ?",
                 (tenant, self._t(self.clock()), limit)).fetchall()
         return [self._part(r) for r in rows]
 
@@ -313,9 +318,11 @@ class Outbox(ABC):
                        "lease_until = ? WHERE id = ?",
                        [(self.owner, token, self._t(now + lease), part_id)
                         for part_id in previous])
+            # By id (the primary key), not a scan of every part for the token.
+            marks = ", ".join("?" * len(previous))
             claimed = self._exec(
-                f"SELECT * FROM {self.PARTS} WHERE lease_token = ? ORDER BY created, id",
-                (token,)).fetchall()
+                f"SELECT {_PART_FIELDS} FROM {self.PARTS} WHERE id IN ({marks}) AND "
+                "lease_token = ? ORDER BY created, id", (*previous, token)).fetchall()
         return [self._part(r, lease=token, reclaimed=previous[r["id"]] is not None)
                 for r in claimed]
 
@@ -414,7 +421,7 @@ class Outbox(ABC):
         kept, and when it died."""
         with self._lock:
             rows = self._exec(
-                f"SELECT *, {self._DIED} AS died_at, payload IS NOT NULL AS kept "
+                f"SELECT {_PART_FIELDS}, {self._DIED} AS died_at, payload IS NOT NULL AS kept "
                 f"FROM {self.PARTS} WHERE status = 'dead' ORDER BY died_at, id").fetchall()
         return [DeadLetter(self._part(r), self._time(r["died_at"]), bool(r["kept"]))
                 for r in rows]
@@ -461,7 +468,7 @@ class Outbox(ABC):
         return int(row["n"])
 
     def parts(self, *, status: str | None = None) -> list[Part]:
-        sql, args = f"SELECT * FROM {self.PARTS}", tuple[str, ...]()
+        sql, args = f"SELECT {_PART_FIELDS} FROM {self.PARTS}", tuple[str, ...]()
         if status is not None:
             sql, args = sql + " WHERE status = ?", (status,)
         with self._lock:

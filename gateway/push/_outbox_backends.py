@@ -18,17 +18,22 @@ from psycopg.rows import dict_row
 from gateway.push._outbox import Outbox
 from gateway.state import ensure_schema
 
-SCHEMA_VERSION = 3  # PRAGMA user_version
+SCHEMA_VERSION = 4  # PRAGMA user_version
 _BATCHES = """CREATE TABLE batches (
     batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
     received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (source, batch_id))"""
-_PARTS = """CREATE TABLE parts (
+# The payload last: SQLite stores a row as one record, a large blob in a
+# chain of overflow pages, and a column after it is reached only by walking
+# that chain (a megabyte for a full part) - for every lease, status or source
+# read. Before version 4 the lease columns came after it.
+_PARTS_COLUMNS = """(
     id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
     records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
-    nonce BLOB, payload BLOB, done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT,
-    lease_until TEXT)"""
+    done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT, lease_until TEXT,
+    nonce BLOB, payload BLOB)"""
+_PARTS = f"CREATE TABLE parts {_PARTS_COLUMNS}"
 # Breach notifications as their owners read them (GET /notifications): the
 # document only, never a record (gateway.core.breach).
 _NOTIFICATIONS = """CREATE TABLE IF NOT EXISTS notifications (
@@ -53,6 +58,17 @@ _MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
                     for c in ("lease_owner", "lease_token", "lease_until"))
 # Version 2 -> 3: the breach notifications' register.
 _MIGRATE_V2 = (_NOTIFICATIONS,)
+# Version 3 -> 4: the parts' payload moved after every other column (the
+# table rebuilt; secure_delete zeroes the old pages; the indexes follow).
+_ALL_PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
+                     "next_attempt_at, last_error, done_at, source, lease_owner, lease_token, "
+                     "lease_until, nonce, payload")
+_MIGRATE_V3 = (
+    f"CREATE TABLE parts_v4 {_PARTS_COLUMNS}",
+    f"INSERT INTO parts_v4 ({_ALL_PART_COLUMNS}) SELECT {_ALL_PART_COLUMNS} FROM parts",
+    "DROP TABLE parts",
+    "ALTER TABLE parts_v4 RENAME TO parts",
+)
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox_batches (
     batch_id text NOT NULL, source text NOT NULL, fingerprint text NOT NULL,
@@ -112,7 +128,8 @@ class SqliteOutbox(Outbox):
             steps: tuple[str, ...] = (_BATCHES, _PARTS, _NOTIFICATIONS)
             if old:
                 steps = (*(_MIGRATE_V0 if version == 0 else ()),
-                         *(_MIGRATE_V1 if version <= 1 else ()), *_MIGRATE_V2)
+                         *(_MIGRATE_V1 if version <= 1 else ()),
+                         *(_MIGRATE_V2 if version <= 2 else ()), *_MIGRATE_V3)
             for statement in (*steps, *_INDEXES):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

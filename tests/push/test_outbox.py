@@ -255,6 +255,47 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     again.close()
 
 
+_V3_ORDER = ("id, batch_id, tenant, kind, records, created, status, attempts, "
+             "next_attempt_at, last_error, nonce, payload, done_at, source, lease_owner, "
+             "lease_token, lease_until")
+
+
+def test_an_outbox_file_of_version_3_gets_its_payloads_last_on_open(tmp_path: Path) -> None:
+    """Version 4 rebuilt the parts table with the payload after every other
+    column: SQLite reaches a column after a large blob only through the
+    blob's overflow pages, so every lease, status or source read of a part
+    walked a megabyte (bench/README, the delivery's profile)."""
+    import sqlite3
+
+    from gateway.push import SqliteOutbox
+
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY)
+    push(box, "B1", {"ores": 2, "fluvius": 1})
+    (leased,) = box.claim("fluvius")  # a lease survives the rebuild
+    box.close()
+    db = sqlite3.connect(path)  # the table as version 3 had it: payload in the middle
+    columns = _V3_ORDER.replace("nonce, payload", "nonce BLOB, payload BLOB")
+    db.execute(f"CREATE TABLE parts_v3 ({columns.replace('id,', 'id TEXT PRIMARY KEY,', 1)})")
+    db.execute(f"INSERT INTO parts_v3 ({_V3_ORDER}) SELECT {_V3_ORDER} FROM parts")
+    db.execute("DROP TABLE parts")
+    db.execute("ALTER TABLE parts_v3 RENAME TO parts")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    again = SqliteOutbox(path, KEY, owner=box.owner)
+    names = [r[1] for r in again._db.execute("PRAGMA table_info(parts)")]
+    assert names[-2:] == ["nonce", "payload"] and len(names) == 17
+    assert {r[1] for r in again._db.execute("PRAGMA index_list(parts)")} >= {
+        "parts_queue", "parts_batch"}
+    (part,) = again.claim("ores")
+    assert again.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
+    assert again.claim("fluvius") == []  # still under the lease taken before
+    assert again.acknowledged(leased.id, leased.lease)
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    again.close()
+
+
 def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
         tmp_path: Path) -> None:
     import sqlite3
@@ -272,7 +313,7 @@ def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
     db.commit()
     db.close()
     again = SqliteOutbox(path, KEY)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     assert again.enqueue_notifications(incident="inc-1", source="gateway:breach",
                                        notices=[("ores", '{"incident": "inc-1"}', None)])
     assert again.notifications("ores", 5) == ['{"incident": "inc-1"}']
