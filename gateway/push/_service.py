@@ -439,6 +439,7 @@ class PushService:
 
     async def _deliver_round(self, tenant: str, wake: asyncio.Event) -> None:
         """Claim what is due for ``tenant``, deliver it, or wait for news."""
+        claimed_at = self.clock()
         parts = await asyncio.to_thread(self.outbox.claim, tenant, 4, self.lease)
         for part in parts:
             self.metrics.outbox_claims.labels(
@@ -446,9 +447,13 @@ class PushService:
         if not parts:
             self.metrics.outbox_claims.labels("empty").inc()
         for part in parts:
-            # Still ours? (A stall past the lease lets another replica
-            # take it over: then it is theirs to deliver.)
-            if not await asyncio.to_thread(self.outbox.renew, part, self.lease):
+            # Still ours? (A stall past the lease lets another replica take it
+            # over: then it is theirs to deliver.) Within the first quarter of
+            # the lease the claim's own lease stands: renewing it would only
+            # rewrite the row (and in SQLite the row holds the payload); the
+            # acknowledgement is fenced by the lease either way.
+            if self.clock() - claimed_at >= self.lease / 4 and not await asyncio.to_thread(
+                    self.outbox.renew, part, self.lease):
                 self.metrics.outbox_claims.labels("lost").inc()
                 continue
             await self._deliver(part)

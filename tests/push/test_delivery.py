@@ -10,6 +10,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -118,3 +119,74 @@ async def test_a_stalled_replica_loses_its_part_and_the_other_delivers_it_under_
     ok = {"tenant": "ores", "result": "ok"}
     assert a.metrics.registry.get_sample_value("gateway_delivery_attempts_total", ok) is None
     assert b.metrics.registry.get_sample_value("gateway_delivery_attempts_total", ok) == 1
+
+
+def enqueue(box: Outbox, *batches: str) -> None:
+    for batch in batches:
+        box.enqueue(batch_id=batch, source="hes-operator", fingerprint=f"f-{batch}", received=1,
+                    quarantined=0, parts=[(f"hes-operator/{batch}/ores", "ores", "hes-readings",
+                                           [{"meter": "M1", "value": 1.5}])])
+
+
+async def test_a_fresh_claim_is_delivered_without_renewing_its_leases(
+        receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    """Within the first quarter of the lease the claim's own lease stands: no
+    renewal (in SQLite a renewal rewrites the row, payload and all)."""
+    from gateway.push import SqliteOutbox
+
+    rx, url = receiver
+    clock = Clock()
+    box = SqliteOutbox(tmp_path / "outbox.db", KEY, owner="replica-a", clock=clock)
+    renewed: list[str] = []
+    renew = box.renew
+
+    def counting(part: Any, lease: Any = None) -> bool:
+        renewed.append(part.id)
+        return renew(part, lease) if lease is not None else renew(part)
+
+    box.renew = counting  # type: ignore[method-assign]
+    a = replica(box, f"{url}/a", tmp_path / "a", clock)
+    enqueue(box, "B1", "B2")
+    rx.release["/a"].set()
+    try:
+        await a.start()
+        await until(lambda: [p.status for p in box.parts()] == ["delivered", "delivered"])
+    finally:
+        await a.stop()
+        box.close()
+    assert renewed == [] and claims(a, "claimed") == 2
+    assert [key for _, key, _ in rx.got] == ["hes-operator/B1/ores", "hes-operator/B2/ores"]
+
+
+async def test_a_part_waiting_past_a_quarter_of_its_lease_is_renewed_or_given_up(
+        postgres: Cluster, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    """Claimed together, delivered one after the other: the second part is
+    renewed before it goes once the claim is older than a quarter of the
+    lease, and a part another replica took over meanwhile is not sent again
+    by the first (counted ``lost``)."""
+    rx, url = receiver
+    dsn, clock = postgres.new_database(), Clock()
+    box_a = PostgresOutbox(dsn, KEY, owner="replica-a", clock=clock)
+    box_b = PostgresOutbox(dsn, KEY, owner="replica-b", clock=clock)
+    a = replica(box_a, f"{url}/a", tmp_path / "a", clock)
+    b = replica(box_b, f"{url}/b", tmp_path / "b", clock)
+    enqueue(box_a, "B1", "B2")
+    try:
+        await a.start()
+        await asyncio.wait_for(rx.arrived["/a"].wait(), 10)  # a claimed both; B1 stalls
+        clock.advance(61)  # a's leases ran out: b takes both over
+        await b.start()
+        await asyncio.wait_for(rx.arrived["/b"].wait(), 10)
+        assert claims(b, "reclaimed") == 2
+        rx.release["/a"].set()  # a's late answer is fenced; B2 is b's now: a gives it up
+        await until(lambda: claims(a, "lost") == 2)
+        rx.release["/b"].set()
+        await until(lambda: [p.status for p in box_a.parts()] == ["delivered", "delivered"])
+    finally:
+        await a.stop()
+        await b.stop()
+        box_a.close()
+        box_b.close()
+    assert [key for path, key, _ in rx.got if path == "/a"] == ["hes-operator/B1/ores"]
+    assert sorted(key for path, key, _ in rx.got if path == "/b") == [
+        "hes-operator/B1/ores", "hes-operator/B2/ores"]
