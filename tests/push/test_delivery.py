@@ -73,6 +73,17 @@ def claims(svc: PushService, result: str) -> float:
     return value or 0.0
 
 
+def two_replicas(postgres: Cluster, url: str, tmp_path: Path
+                 ) -> tuple[Clock, tuple[PostgresOutbox, PushService],
+                            tuple[PostgresOutbox, PushService]]:
+    """Replicas a and b on one database, posting to the receiver's /a and /b."""
+    dsn, clock = postgres.new_database(), Clock()
+    boxes = [PostgresOutbox(dsn, KEY, owner=f"replica-{n}", clock=clock) for n in "ab"]
+    a, b = (replica(box, f"{url}/{n}", tmp_path / n, clock)
+            for box, n in zip(boxes, "ab", strict=True))
+    return clock, (boxes[0], a), (boxes[1], b)
+
+
 async def until(check: Callable[[], bool]) -> None:
     """Poll ``check`` (the database, the metrics) for up to 10 s."""
     for _ in range(500):
@@ -85,11 +96,7 @@ async def until(check: Callable[[], bool]) -> None:
 async def test_a_stalled_replica_loses_its_part_and_the_other_delivers_it_under_the_same_key(
         postgres: Cluster, receiver: tuple[Receiver, str], tmp_path: Path) -> None:
     rx, url = receiver
-    dsn, clock = postgres.new_database(), Clock()
-    box_a = PostgresOutbox(dsn, KEY, owner="replica-a", clock=clock)
-    box_b = PostgresOutbox(dsn, KEY, owner="replica-b", clock=clock)
-    a = replica(box_a, f"{url}/a", tmp_path / "a", clock)
-    b = replica(box_b, f"{url}/b", tmp_path / "b", clock)
+    clock, (box_a, a), (box_b, b) = two_replicas(postgres, url, tmp_path)
     box_a.enqueue(batch_id="B1", source="hes-operator", fingerprint="f", received=2,
                   quarantined=0, parts=[(PART, "ores", "hes-readings",
                                          [{"meter": "M1", "value": 1.5}])])
@@ -165,11 +172,7 @@ async def test_a_part_waiting_past_a_quarter_of_its_lease_is_renewed_or_given_up
     lease, and a part another replica took over meanwhile is not sent again
     by the first (counted ``lost``)."""
     rx, url = receiver
-    dsn, clock = postgres.new_database(), Clock()
-    box_a = PostgresOutbox(dsn, KEY, owner="replica-a", clock=clock)
-    box_b = PostgresOutbox(dsn, KEY, owner="replica-b", clock=clock)
-    a = replica(box_a, f"{url}/a", tmp_path / "a", clock)
-    b = replica(box_b, f"{url}/b", tmp_path / "b", clock)
+    clock, (box_a, a), (box_b, b) = two_replicas(postgres, url, tmp_path)
     enqueue(box_a, "B1", "B2")
     try:
         await a.start()
