@@ -101,6 +101,9 @@ def test_reach_problems_name_the_entry() -> None:
     problem = reach_problem("@markets", ids)
     assert problem is not None and "unknown group '@markets'" in problem
     assert all(f"@{g}" in problem for g in GROUPS)
+    # The configuration error an operator reads (exit 2): every group, sorted.
+    assert problem == ("unknown group '@markets' (known: @all-operators, @cmh-coordinators, "
+                       "@hes-consortium, @it-clients, @market)")
 
 
 # -- the lifecycle ---------------------------------------------------------------------
@@ -152,6 +155,25 @@ def test_decide_refusal(actor: Principal, entry: Entry | None, now: datetime,
                         refusal: tuple[int, str] | None) -> None:
     got = decide_refusal(actor, entry, now)
     assert ((got.status, got.reason) if got else None) == refusal
+    if got is not None:
+        assert got.detail == detail_of(got.reason, entry)
+
+
+# The problem document's detail: what the refused approver reads, in words.
+DETAILS = {
+    "lockbox-not-your-tenant": "the case does not reach the caller's tenant",
+    "missing-role": "needs lockbox-approver",
+    "self-approval": "nobody approves their own request (D6)",
+    "lockbox-expired": "the time limit for consent has passed",
+    "lockbox-no-review-pending": "no review is due for this case",
+}
+
+
+def detail_of(reason: str, entry: Entry | None) -> str:
+    if reason == "lockbox-not-pending":
+        assert entry is not None
+        return f"the lockbox entry is {entry.status}"
+    return DETAILS[reason]
 
 
 @pytest.mark.parametrize("actor,entry,refusal", [
@@ -167,6 +189,8 @@ def test_review_refusal(actor: Principal, entry: Entry | None,
                         refusal: tuple[int, str] | None) -> None:
     got = review_refusal(actor, entry)
     assert ((got.status, got.reason) if got else None) == refusal
+    if got is not None:
+        assert got.detail == detail_of(got.reason, entry)
 
 
 # -- the checkout ------------------------------------------------------------------------
