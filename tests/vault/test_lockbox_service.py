@@ -221,3 +221,171 @@ def test_a_leavers_case_asks_no_tenant_any_more(world: World) -> None:
     asyncio.run(world.bg.end_leases_of(("ores", "person", "dave"), "principal disabled"))
     assert world.store.breakglass(cid).status == "denied"  # type: ignore[union-attr]
     assert world.store.lockbox(cid, "ores").status == "withdrawn"  # type: ignore[union-attr]
+
+
+# -- field by field: what the tenants, the audit log, the SOC and the metrics get ----
+def decisions(world: World, tenant: str, decision: str) -> float | None:
+    return world.metrics.registry.get_sample_value(
+        "gateway_lockbox_decisions_total", {"tenant": tenant, "decision": decision})
+
+
+def event_fields(event: LockboxEvent) -> tuple[Any, ...]:
+    return (event.action, event.case, event.account, event.tenant, event.principal,
+            event.requested_by, event.mode, event.status, event.emergency, event.reason,
+            event.notice)
+
+
+def test_what_each_reached_tenant_is_told(world: World) -> None:
+    """D12: the whole notice, never a password."""
+    cid = world.approved_case()
+    ((incident, docs),) = world.told
+    common = {"incident": incident, "case": cid, "time": NOW.isoformat(),
+              "account": "hes-admin", "shared_system": "hes",
+              "requested_by": {"tenant": "ores", "team": "grid-ops",
+                               "principal": "ores/person/dave"},
+              "reason": "stuck", "ticket": "CHG-1", "emergency": False,
+              "type": "lockbox-request", "review_required": False}
+    assert dict(docs) == {
+        "fluvius": {**common, "tenant": "fluvius", "lockbox": "notify", "status": "notified",
+                    "approve_by": None},
+        "ores": {**common, "tenant": "ores", "lockbox": "approve", "status": "pending",
+                 "approve_by": (NOW + TTL).isoformat()}}
+    world.approved_case(emergency=True)
+    (_, emergency), = world.told[1:]
+    assert dict(emergency)["ores"]["review_required"] is True
+    assert dict(emergency)["fluvius"]["review_required"] is False
+
+
+def test_a_consent_is_audited_and_counted_field_by_field(world: World) -> None:
+    cid = world.approved_case()
+    world.now = NOW + timedelta(minutes=5)
+    entry = world.lockbox.decide(OLGA, cid, True, "change window agreed")
+    assert (entry.status, entry.approver, entry.decided_at, entry.decision_reason) == (
+        "approved", "ores/person/olga", NOW + timedelta(minutes=5), "change window agreed")
+    events = [e for e in world.audit.events if isinstance(e, LockboxEvent)]
+    notice = entry.notice
+    assert [event_fields(e) for e in events] == [
+        ("lockbox-requested", cid, "hes-admin", "fluvius", "gateway", "ores/person/dave",
+         "notify", "notified", False, "request", notice),
+        ("lockbox-requested", cid, "hes-admin", "ores", "gateway", "ores/person/dave",
+         "approve", "pending", False, "request", notice),
+        ("lockbox-approved", cid, "hes-admin", "ores", "ores/person/olga",
+         "ores/person/dave", "approve", "approved", False, "change window agreed", notice)]
+    incidents = [e.incident for e in events]
+    assert all(incidents) and len(set(incidents)) == 3 and notice not in incidents
+    assert (decisions(world, "ores", "pending"), decisions(world, "fluvius", "notified"),
+            decisions(world, "ores", "approved")) == (1, 1, 1)
+    assert not [e for e in world.soc_events() if e["kind"] == "lockbox-denied"]
+
+
+def test_a_denial_reaches_the_soc_under_its_audit_incident(world: World) -> None:
+    cid = world.approved_case()
+    entry = world.lockbox.decide(OLGA, cid, False, "not during the freeze")
+    assert (entry.status, entry.approver, entry.decision_reason) == (
+        "denied", "ores/person/olga", "not during the freeze")
+    (denial,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
+                 and e.action == "lockbox-denied"]
+    assert (denial.principal, denial.reason, denial.status) == (
+        "ores/person/olga", "not during the freeze", "denied")
+    (alert,) = [e for e in world.soc_events() if e["kind"] == "lockbox-denied"]
+    assert {k: v for k, v in alert.items() if k != "ts"} == {
+        "kind": "lockbox-denied", "severity": "warning", "incident": denial.incident,
+        "case": cid, "account": "hes-admin", "tenant": "ores", "approver": "ores/person/olga",
+        "requester": "ores/person/dave"}
+    assert decisions(world, "ores", "denied") == 1
+
+
+def test_an_expiry_is_audited_counted_and_raised_field_by_field(world: World) -> None:
+    cid = world.approved_case()
+    world.now = NOW + TTL
+    assert world.lockbox.expire_due() == 1
+    assert world.lockbox.expire_due() == 0
+    entry = world.store.lockbox(cid, "ores")
+    assert entry is not None and (entry.status, entry.decided_at) == ("expired", NOW + TTL)
+    (expiry,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
+                 and e.action == "lockbox-expired"]
+    assert (expiry.principal, expiry.reason, expiry.status) == (
+        "gateway", "time limit passed", "expired")
+    (alert,) = [e for e in world.soc_events() if e["kind"] == "lockbox-expired"]
+    assert {k: v for k, v in alert.items() if k != "ts"} == {
+        "kind": "lockbox-expired", "severity": "notice", "incident": expiry.incident,
+        "case": cid, "account": "hes-admin", "tenant": "ores",
+        "requester": "ores/person/dave"}
+    assert decisions(world, "ores", "expired") == 1
+
+
+def test_two_expiries_are_counted_as_two(world: World) -> None:
+    world.approved_case()
+    world.approved_case()
+    world.now = NOW + TTL
+    assert world.lockbox.expire_due() == 2
+
+
+def test_a_late_answer_or_a_checkout_expires_its_own_case_only(world: World) -> None:
+    late, other = world.approved_case(), world.approved_case()
+    world.now = NOW + TTL
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.decide(OLGA, late, True, "too late")
+    assert info.value.reason == "lockbox-expired"
+    assert world.store.lockbox(late, "ores").status == "expired"  # type: ignore[union-attr]
+    assert world.store.lockbox(other, "ores").status == "pending"  # type: ignore[union-attr]
+    world.lockbox.checkout_refusal(late)
+    assert world.store.lockbox(other, "ores").status == "pending"  # type: ignore[union-attr]
+
+
+def test_a_checkout_asks_about_its_own_case_only(world: World) -> None:
+    agreed, waiting = world.approved_case(), world.approved_case()
+    world.lockbox.decide(OLGA, agreed, True, "ok")
+    assert world.lockbox.checkout_refusal(agreed) is None
+    refusal = world.lockbox.checkout_refusal(waiting)
+    assert refusal is not None and refusal.reason == "lockbox-pending"
+
+
+def test_a_review_is_recorded_audited_and_counted(world: World) -> None:
+    cid = world.approved_case(emergency=True)
+    world.now = NOW + timedelta(hours=2)
+    done = world.lockbox.review(OLGA, cid, "checked the session log")
+    assert (done.review_status, done.reviewer, done.reviewed_at, done.review_notes) == (
+        "done", "ores/person/olga", NOW + timedelta(hours=2), "checked the session log")
+    (review,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
+                 and e.case == cid and e.action == "lockbox-reviewed"]
+    assert (review.principal, review.reason, review.tenant) == (
+        "ores/person/olga", "checked the session log", "ores")
+    assert decisions(world, "ores", "reviewed") == 1
+
+
+def test_a_withdrawal_is_recorded_once(world: World) -> None:
+    cid = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-4", timedelta(minutes=10),
+                           False).id
+    world.now = NOW + timedelta(minutes=1)
+    assert world.lockbox.withdraw(cid, "requester left") == 1
+    assert world.lockbox.withdraw(cid, "requester left") == 0  # fluvius was only told
+    entry = world.store.lockbox(cid, "ores")
+    assert entry is not None and (entry.status, entry.decided_at, entry.decision_reason) == (
+        "withdrawn", NOW + timedelta(minutes=1), "requester left")
+    (withdrawal,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
+                     and e.action == "lockbox-withdrawn"]
+    assert (withdrawal.principal, withdrawal.reason) == ("gateway", "requester left")
+    assert decisions(world, "ores", "withdrawn") == 1
+
+
+def test_a_case_that_keeps_changing_is_refused_after_a_bounded_number_of_tries(
+        world: World) -> None:
+    """The compare-and-set lost every time (other replicas moving the case):
+    a 409 to retry, not a loop without end."""
+    from gateway.vault._lockbox import MOVE_ATTEMPTS
+
+    cid = world.approved_case()
+    tries: list[str] = []
+
+    def always_lost(old: Any, new: Any) -> bool:
+        tries.append(old.case_id)
+        return False
+
+    world.store.move_lockbox = always_lost  # type: ignore[method-assign,assignment]
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.decide(OLGA, cid, True, "ok")
+    refused = info.value
+    assert (refused.status, refused.reason, refused.detail) == (
+        409, "case-busy", "case-busy: the case kept changing; try again")
+    assert refused.refusal.reason == "case-busy" and len(tries) == MOVE_ATTEMPTS == 10
