@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -389,3 +392,60 @@ def test_a_case_that_keeps_changing_is_refused_after_a_bounded_number_of_tries(
     assert (refused.status, refused.reason, refused.detail) == (
         409, "case-busy", "case-busy: the case kept changing; try again")
     assert refused.refusal.reason == "case-busy" and len(tries) == MOVE_ATTEMPTS == 10
+
+
+def test_a_withdrawal_counts_every_consent_it_withdraws_of_its_case_only(
+        world: World) -> None:
+    both = (TENANTS[0], replace(TENANTS[1], lockbox="approve"), TENANTS[2])
+    world.lockbox.tenants = lambda: both
+    first = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-5", timedelta(minutes=10),
+                             False).id
+    second = world.bg.request(DAVE, "hes-admin", "stuck", "CHG-6", timedelta(minutes=10),
+                              False).id
+    assert world.lockbox.withdraw(first, "requester left") == 2  # ORES and Fluvius
+    assert world.store.lockbox(second, "ores").status == "pending"  # type: ignore[union-attr]
+    assert world.store.lockbox(second, "fluvius").status == "pending"  # type: ignore[union-attr]
+
+
+def test_a_review_without_a_skipped_consent_is_refused(world: World) -> None:
+    cid = world.approved_case()  # consent awaited, not skipped: nothing to review
+    with pytest.raises(LockboxRefused) as info:
+        world.lockbox.review(OLGA, cid, "nothing to see")
+    assert (info.value.status, info.value.reason) == (409, "lockbox-no-review-pending")
+
+
+def test_a_tenant_lists_its_own_entries_newest_first(world: World) -> None:
+    older = world.approved_case()
+    world.now = NOW + timedelta(minutes=1)
+    newer = world.approved_case()
+    assert [(e.case_id, e.tenant) for e in world.lockbox.entries_of("ores")] == [
+        (newer, "ores"), (older, "ores")]
+    assert [e.tenant for e in world.lockbox.entries_of("fluvius")] == ["fluvius", "fluvius"]
+    assert world.lockbox.entries_of("lumen") == []  # not reached
+
+
+def test_the_notice_gives_its_times_in_utc_on_a_host_in_another_zone(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        world.approved_case()
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    ((_, docs),) = world.told
+    ores = dict(docs)["ores"]
+    assert (ores["time"], ores["approve_by"]) == (NOW.isoformat(), (NOW + TTL).isoformat())
+
+
+def test_a_case_without_a_push_outbox_is_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    world = World(tmp_path, notify=False)
+    try:
+        with caplog.at_level(logging.WARNING, logger="gateway.vault"):
+            cid = world.approved_case()
+    finally:
+        world.vault.close()
+        world.store.close()
+    assert f"case {cid}: no push outbox here, the reached tenants are not told" in [
+        r.getMessage() for r in caplog.records]
