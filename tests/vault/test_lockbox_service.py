@@ -232,6 +232,16 @@ def decisions(world: World, tenant: str, decision: str) -> float | None:
         "gateway_lockbox_decisions_total", {"tenant": tenant, "decision": decision})
 
 
+def lockbox_events(world: World, action: str) -> list[LockboxEvent]:
+    return [e for e in world.audit.events if isinstance(e, LockboxEvent) and e.action == action]
+
+
+def alert(world: World, kind: str) -> dict[str, Any]:
+    """The one SOC event of ``kind``, without its time."""
+    (event,) = [e for e in world.soc_events() if e["kind"] == kind]
+    return {k: v for k, v in event.items() if k != "ts"}
+
+
 def event_fields(event: LockboxEvent) -> tuple[Any, ...]:
     return (event.action, event.case, event.account, event.tenant, event.principal,
             event.requested_by, event.mode, event.status, event.emergency, event.reason,
@@ -286,12 +296,10 @@ def test_a_denial_reaches_the_soc_under_its_audit_incident(world: World) -> None
     entry = world.lockbox.decide(OLGA, cid, False, "not during the freeze")
     assert (entry.status, entry.approver, entry.decision_reason) == (
         "denied", "ores/person/olga", "not during the freeze")
-    (denial,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
-                 and e.action == "lockbox-denied"]
+    (denial,) = lockbox_events(world, "lockbox-denied")
     assert (denial.principal, denial.reason, denial.status) == (
         "ores/person/olga", "not during the freeze", "denied")
-    (alert,) = [e for e in world.soc_events() if e["kind"] == "lockbox-denied"]
-    assert {k: v for k, v in alert.items() if k != "ts"} == {
+    assert alert(world, "lockbox-denied") == {
         "kind": "lockbox-denied", "severity": "warning", "incident": denial.incident,
         "case": cid, "account": "hes-admin", "tenant": "ores", "approver": "ores/person/olga",
         "requester": "ores/person/dave"}
@@ -305,12 +313,10 @@ def test_an_expiry_is_audited_counted_and_raised_field_by_field(world: World) ->
     assert world.lockbox.expire_due() == 0
     entry = world.store.lockbox(cid, "ores")
     assert entry is not None and (entry.status, entry.decided_at) == ("expired", NOW + TTL)
-    (expiry,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
-                 and e.action == "lockbox-expired"]
+    (expiry,) = lockbox_events(world, "lockbox-expired")
     assert (expiry.principal, expiry.reason, expiry.status) == (
         "gateway", "time limit passed", "expired")
-    (alert,) = [e for e in world.soc_events() if e["kind"] == "lockbox-expired"]
-    assert {k: v for k, v in alert.items() if k != "ts"} == {
+    assert alert(world, "lockbox-expired") == {
         "kind": "lockbox-expired", "severity": "notice", "incident": expiry.incident,
         "case": cid, "account": "hes-admin", "tenant": "ores",
         "requester": "ores/person/dave"}
@@ -366,8 +372,7 @@ def test_a_withdrawal_is_recorded_once(world: World) -> None:
     entry = world.store.lockbox(cid, "ores")
     assert entry is not None and (entry.status, entry.decided_at, entry.decision_reason) == (
         "withdrawn", NOW + timedelta(minutes=1), "requester left")
-    (withdrawal,) = [e for e in world.audit.events if isinstance(e, LockboxEvent)
-                     and e.action == "lockbox-withdrawn"]
+    (withdrawal,) = lockbox_events(world, "lockbox-withdrawn")
     assert (withdrawal.principal, withdrawal.reason) == ("gateway", "requester left")
     assert decisions(world, "ores", "withdrawn") == 1
 
