@@ -309,11 +309,10 @@ class LeanConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._progress = True
         self._in_head = True
-        self._url = []
+        # _url, _raw and _seen are empty: made so at start and when the last
+        # message's headers were complete.
         self._url_len = 0
-        self._raw = []
         self._lines = 0
-        self._seen = _NO_NAMES
         self._arm(_HEAD)  # the first byte of a request: its headers must follow in time
 
     def on_url(self, part: bytes) -> None:

@@ -60,9 +60,8 @@ _MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
 _MIGRATE_V2 = (_NOTIFICATIONS,)
 # Version 3 -> 4: the parts' payload moved after every other column (the
 # table rebuilt; secure_delete zeroes the old pages; the indexes follow).
-_ALL_PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
-                     "next_attempt_at, last_error, done_at, source, lease_owner, lease_token, "
-                     "lease_until, nonce, payload")
+_ALL_PART_COLUMNS = ", ".join(  # the names of _PARTS_COLUMNS, in its order
+    column.split()[0] for column in _PARTS_COLUMNS.strip().strip("()").split(","))
 _MIGRATE_V3 = (
     f"CREATE TABLE parts_v4 {_PARTS_COLUMNS}",
     f"INSERT INTO parts_v4 ({_ALL_PART_COLUMNS}) SELECT {_ALL_PART_COLUMNS} FROM parts",
