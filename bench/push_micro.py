@@ -30,6 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
 from gateway.core.push.days import KIND, route_meter_days
+from gateway.core.push.readings import (
+    decode_readings,
+    encode_readings,
+    plain_numbers,
+    readings_fingerprint,
+    route_readings,
+)
 from gateway.core.push.records import batch_fingerprint, encode_routed, route_batch
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
@@ -103,9 +110,22 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
     for n, raw in enumerate(bodies):
         with st("decode+parse"):
             text = raw.decode()
-            doc, spans = scan_days(text)  # as PushService.intake
+            typed = decode_readings(raw)  # as PushService.intake
+            if typed is None:
+                doc, spans = scan_days(text)
         parts: list[EncodedPart]
-        if fmt == "records":
+        if typed is not None:  # the per-record fast path (gateway.core.push.readings)
+            with st("route"):
+                routed = route_readings(typed, relations, NOW)
+            with st("fingerprint"):
+                plain = plain_numbers(typed.records)
+                fp = readings_fingerprint(routed.batch_id, typed.records, plain=plain)
+            with st("encode parts"):
+                parts = [EncodedPart(f"{tag}{n}/{t}", t, "hes-readings", len(recs),
+                                     encode_readings(recs, plain=plain))
+                         for t, recs in routed.parts.items()]
+            received, quarantined = routed.received, len(routed.quarantined)
+        elif fmt == "records":
             with st("route"):
                 routed = route_batch(doc, relations, NOW)
             with st("fingerprint"):

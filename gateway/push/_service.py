@@ -47,6 +47,15 @@ from gateway.core.push.days import FORMAT as DAYS_FORMAT
 from gateway.core.push.days import KIND as DAYS_KIND
 from gateway.core.push.days import route_meter_days
 from gateway.core.push.fanout import FanoutRejected, booking_quarantine, split_request
+from gateway.core.push.readings import (
+    Reading,
+    ReadingsBatch,
+    decode_readings,
+    encode_readings,
+    plain_numbers,
+    readings_fingerprint,
+    route_readings,
+)
 from gateway.core.push.records import (
     ISOLATION_REASONS_PUSH,
     BatchRejected,
@@ -84,6 +93,10 @@ NOTIFICATIONS_MAX = 100  # GET /notifications lists at most this many
 def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
     """A part of per-record readings: encoded once, when it is stored."""
     return lambda: encode_routed(records)
+
+
+def _reading_encoder(records: Sequence[Reading], plain: bool) -> Callable[[], bytes]:
+    return lambda: encode_readings(records, plain=plain)
 
 
 def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
@@ -145,6 +158,7 @@ class PushService:
         self.authorize(caller, "hes")
         text: str | None = None
         spans = None
+        typed: ReadingsBatch | None = None
         try:
             # Nesting capped before a parser recurses (meter-days too): 400, not 500.
             check_depth(raw, MAX_DEPTH)
@@ -153,10 +167,15 @@ class PushService:
             except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
                 batch = json.loads(raw, object_pairs_hook=unique_object)
             else:
-                batch, spans = scan_days(text)
+                # A per-record batch of well-typed records: its fast path, the same outcome.
+                typed = decode_readings(raw)
+                if typed is None:
+                    batch, spans = scan_days(text)
         except ValueError as exc:  # UnicodeDecodeError too
             # D1: meter-days go out as posted; one reading per key, or none.
             raise RequestRefused.for_body(exc) from exc
+        if typed is not None:
+            return self._intake_readings(caller, typed)
         if isinstance(batch, Mapping) and batch.get("format") is not None:
             return self._intake_days(caller, raw, batch, text, spans)
         try:
@@ -167,6 +186,21 @@ class PushService:
         fingerprint = batch_fingerprint(routed.batch_id, batch["records"],
                                         raw if text is not None else None)
         parts = [(tenant, len(records), _encoder(records))
+                 for tenant, records in sorted(routed.parts.items())]
+        return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
+                             routed.quarantined, parts, "hes-readings", {})
+
+    def _intake_readings(self, caller: Caller, batch: ReadingsBatch
+                         ) -> tuple[int, dict[str, Any], str]:
+        """A per-record batch of well-typed records (gateway.core.push.readings):
+        the outcome, fingerprint and parts of the general path, from structs."""
+        try:
+            routed = route_readings(batch, self.relations(), self.clock())
+        except BatchRejected as exc:
+            raise RequestRefused.from_core(exc) from exc
+        plain = plain_numbers(batch.records)  # once for the batch and its parts
+        fingerprint = readings_fingerprint(routed.batch_id, batch.records, plain=plain)
+        parts = [(tenant, len(records), _reading_encoder(records, plain))
                  for tenant, records in sorted(routed.parts.items())]
         return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
                              routed.quarantined, parts, "hes-readings", {})

@@ -127,7 +127,8 @@ class Quarantined:
 @dataclass(frozen=True, slots=True)
 class RoutedBatch:
     batch_id: str
-    parts: Mapping[str, tuple[Mapping[str, Any], ...]]  # tenant -> its records, batch order
+    # tenant -> its records, batch order (dicts; from gateway.core.push.readings, Readings)
+    parts: Mapping[str, tuple[Any, ...]]
     quarantined: tuple[Quarantined, ...]
     received: int
 
@@ -153,7 +154,7 @@ def _micros(at: datetime) -> int:
 
 
 # (lo, hi, owner or None, airplane mode, the owner's part): constant on [lo, hi).
-_Span = tuple[int, int, str | None, bool, list[Mapping[str, Any]]]
+_Span = tuple[int, int, str | None, bool, list[Any]]
 
 
 class _Resolver:
@@ -162,7 +163,7 @@ class _Resolver:
     __slots__ = ("_latest", "_parts", "_relations")
 
     def __init__(self, relations: RelationIndex, now: datetime,
-                 parts: dict[str, list[Mapping[str, Any]]]) -> None:
+                 parts: dict[str, list[Any]]) -> None:
         self._relations = relations
         self._latest = _micros(now + FUTURE_SKEW)
         self._parts = parts
@@ -269,17 +270,27 @@ def batch_items(batch: Any, member: str, limit: int, *, unit: str,
     (the per-record form's ``records``, the columnar form's ``meter_days``)."""
     if not isinstance(batch, Mapping):
         raise BatchRejected("batch-not-object", "the batch must be a JSON object")
-    batch_id = batch.get("batch_id")
-    if not isinstance(batch_id, str) or not is_plain_id(batch_id):
-        raise BatchRejected("bad-batch-id",
-                            "batch_id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    batch_id = check_batch_id(batch.get("batch_id"))
     items = batch.get(member)
     if not isinstance(items, list):
         raise BatchRejected(not_list, f"{member} must be a JSON array")
-    if len(items) > limit:
-        raise BatchRejected("batch-too-large", f"{len(items)} {unit}, at most {limit} per batch",
-                            status=413)
+    check_batch_size(len(items), limit, unit)
     return batch_id, items
+
+
+def check_batch_id(batch_id: Any) -> str:
+    """A batch id as the source system's own namespace takes it, or :class:`BatchRejected`."""
+    if not isinstance(batch_id, str) or not is_plain_id(batch_id):
+        raise BatchRejected("bad-batch-id",
+                            "batch_id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    return batch_id
+
+
+def check_batch_size(count: int, limit: int, unit: str) -> None:
+    """At most ``limit`` items in one batch (413 otherwise)."""
+    if count > limit:
+        raise BatchRejected("batch-too-large", f"{count} {unit}, at most {limit} per batch",
+                            status=413)
 
 
 def _batch_records(batch: Any, max_records: int) -> tuple[str, list[Any]]:

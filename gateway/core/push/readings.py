@@ -1,0 +1,279 @@
+"""The per-record batch's fast path (D1, D5): one typed parse, the same routing.
+
+A per-record batch (:mod:`.records`) is a list of small objects, and the
+general path pays for a Python dict per reading three times: json.loads
+builds it, :func:`~gateway.core.push.records.route_batch` looks its members
+up one by one, and the fingerprint and the tenants' parts encode it again.
+Here a batch whose every record is well typed is decoded by msgspec straight
+into :class:`Reading` structs (C, no dict), routed by :func:`route_readings`
+and encoded from the structs.
+
+What takes this path, and what does not:
+
+- :func:`decode_readings` accepts only a body json.loads accepts and reads
+  alike (the last of a repeated key wins in both), with ``batch_id`` a string,
+  no ``format`` member, and every record an object of the format's members
+  only (``meter``, ``timestamp``, ``obis``, ``value``, ``unit``, ``quality``;
+  ``operator``, ``via``, ``ean`` optional), the strings strings and the value
+  a JSON number within range. Anything else (an unknown member, a missing
+  one, a value of another type, NaN, a number past a double's range, a lone
+  surrogate) returns None, and the batch takes the general path, which
+  quarantines record by record. So a malformed record costs its batch this
+  path's speed, never its outcome.
+- :func:`route_readings` gives every record the outcome ``route_batch``
+  gives it, in the same order of checks; ``tests/core/push/test_readings.py``
+  compares the two on generated batches. A delivered reading is the record
+  without ``operator`` and ``via``.
+- The fingerprint (:func:`readings_fingerprint`) is the general path's
+  canonical JSON, keys sorted, and a tenant's part (:func:`encode_readings`)
+  the standard library's compact JSON of its records, members in name order.
+  msgspec writes both where its bytes are provably those of ``json.dumps``
+  (ASCII, no DEL, every value a number both spell alike); elsewhere the
+  standard library writes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from operator import attrgetter
+from types import MappingProxyType
+from typing import Any, Literal
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
+from gateway.core.push.records import (
+    Quarantined,
+    RoutedBatch,
+    _obis,
+    _Resolver,
+    _Span,
+    check_batch_id,
+    check_batch_size,
+    ean_span,
+    meter_ean_id,
+)
+from gateway.core.relations.index import RelationIndex
+
+_Optional = str | None | UnsetType
+# records.UNITS and records.QUALITY_CODES, checked by the parse (tests/core/push/test_readings.py)
+Unit = Literal["kWh", "kW", "m3"]
+Quality = Literal["01", "02", "99"]
+
+
+class Reading(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """One per-record reading as posted. The members are declared in name
+    order: encoded, they come out sorted, as the canonical form has them; an
+    absent optional member stays absent (``UNSET``), a ``null`` one is None."""
+
+    ean: _Optional = UNSET
+    meter: str
+    obis: str
+    operator: _Optional = UNSET
+    quality: Quality
+    timestamp: str
+    unit: Unit
+    value: int | float
+    via: _Optional = UNSET
+
+
+class ReadingsBatch(msgspec.Struct):
+    batch_id: str
+    records: list[Reading]
+    format: Any = UNSET  # any ``format`` member, even null: not this path's
+
+
+_DECODER = msgspec.json.Decoder(ReadingsBatch)
+_ENCODE = msgspec.json.Encoder().encode
+_FORMAT_MEMBER = b'"format"'
+# json.dumps writes a float of magnitude under 1e-4 or from 1e16 on with an
+# exponent ("1e-05", "1e+16"), msgspec otherwise ("0.00001", "1e16"); between
+# the two they write the same shortest digits, and integers alike.
+_FIXED_FROM, _FIXED_BELOW = 1e-4, 1e16
+_VALUE = attrgetter("value")
+
+
+def decode_readings(raw: bytes) -> ReadingsBatch | None:
+    """The batch as :class:`Reading` structs, or None where it is not this
+    path's (module docstring). ``raw`` must be UTF-8 (as ``raw.decode()``
+    took it) and its nesting already checked."""
+    if _FORMAT_MEMBER in raw:  # a meter-days batch, or a format spelt out
+        return None
+    try:
+        batch = _DECODER.decode(raw)
+    except (msgspec.DecodeError, ValueError):
+        return None
+    if batch.format is not UNSET:
+        return None
+    return batch
+
+
+def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime, *,
+                   max_records: int = 2_000_000) -> RoutedBatch:
+    """:func:`~gateway.core.push.records.route_batch` for a decoded batch:
+    the same parts and quarantine, record for record."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    batch_id = check_batch_id(batch.batch_id)
+    records = batch.records
+    check_batch_size(len(records), max_records, "records")
+    parts: dict[str, list[Reading]] = {}
+    quarantined: list[Quarantined] = []
+    resolver = _Resolver(relations, now, parts)
+    serials: dict[str, int] = {}
+    obis_codes: dict[str, tuple[int, frozenset[str]]] = {}
+    obis_ids: dict[str, int] = {}
+    instants: dict[str, int | None] = {}
+    eans: dict[str, bool] = {}
+    spans: dict[str, _Span] = {}
+    pairings: dict[str, tuple[int, int, bool]] = {}
+    seen: set[int] = set()
+    width = (2 * len(records) + 1).bit_length()
+    drop = quarantined.append
+    strip = msgspec.structs.replace
+
+    def span_of(serial: str, at: int) -> _Span:
+        span = spans.get(serial)
+        if span is None or not span[0] <= at < span[1]:
+            span = spans[serial] = resolver.span(serial, at)
+        return span
+
+    # A daily batch is meter after meter: a record of the meter before it
+    # reuses that meter's id (its span is still checked for the instant).
+    last_meter, meter_id = "", -1
+    for index, rec in enumerate(records):
+        meter = rec.meter
+        if meter != last_meter:
+            found = serials.get(meter)
+            if found is None:
+                found = serials[meter] = len(serials) if is_valid_meter_serial(meter) else -1
+            last_meter, meter_id = meter, found
+        if meter_id < 0:  # never echo a malformed id back
+            drop(Quarantined(index, "malformed-meter-id", None))
+            continue
+        stamp = rec.timestamp
+        at = instants.get(stamp)
+        if at is None and stamp not in instants:
+            at = instants[stamp] = resolver.instant(stamp)
+        obis = rec.obis
+        coded = obis_codes.get(obis)
+        if coded is None:
+            coded = obis_codes[obis] = _obis(obis, obis_ids)
+        obis_id, fits = coded
+        via, ean, label = rec.via, rec.ean, rec.operator
+        hinted = via is not UNSET or label is not UNSET
+        via_id = 0
+        if type(via) is str:
+            known = serials.get(via)
+            if known is None:
+                known = serials[via] = len(serials) if is_valid_meter_serial(via) else -1
+            via_id = known
+        else:
+            via = None
+        # The parse took only a known unit and quality code, and a number
+        # within a double's range: finite.
+        if at is None or obis_id < 0 or via_id < 0:
+            drop(Quarantined(index, "invalid-record", meter))
+            continue
+        if rec.unit not in fits:
+            # D5: a volume in kWh, an energy in m³ is no reading of that quantity.
+            drop(Quarantined(index, "unit-mismatch", meter))
+            continue
+        if type(ean) is str:
+            ok = eans.get(ean)
+            if ok is None:
+                ok = eans[ean] = is_valid_ean(ean)
+            if not ok:
+                drop(Quarantined(index, "bad-ean", meter))
+                continue
+        else:
+            ean = None
+        size = len(seen)
+        seen.add((((at << width) | meter_id) << width) | obis_id)
+        if len(seen) == size:
+            drop(Quarantined(index, "duplicate", meter))
+            continue
+        span = spans.get(meter)
+        if span is None or not span[0] <= at < span[1]:
+            span = span_of(meter, at)
+        owner = span[2]
+        if owner is None:
+            drop(Quarantined(index, "no-owner", meter))
+        elif type(label) is str and label != owner:
+            # SECURITY: D1. The HES meant this for someone else: deliver to nobody.
+            drop(Quarantined(index, "owner-mismatch", meter))
+        elif span[3] or (via is not None and span_of(via, at)[3]):
+            # D5: communication disabled; data claiming to come from it is not delivered.
+            drop(Quarantined(index, "airplane-mode", meter))
+        elif ean is not None and not _paired(pairings, relations, meter, ean, at):
+            # SECURITY: D1. Another access point's EAN would reach this meter's owner.
+            drop(Quarantined(index, "ean-mismatch", meter))
+        elif hinted:
+            # The HES's routing hints never reach a tenant, not even as null.
+            span[4].append(strip(rec, via=UNSET, operator=UNSET))
+        else:
+            span[4].append(rec)
+    return RoutedBatch(
+        batch_id=batch_id,
+        parts=MappingProxyType({tenant: tuple(recs) for tenant, recs in parts.items() if recs}),
+        quarantined=tuple(quarantined),
+        received=len(records),
+    )
+
+
+def _paired(pairings: dict[str, tuple[int, int, bool]], relations: RelationIndex,
+            serial: str, ean: str, at: int) -> bool:
+    key = meter_ean_id(serial, ean)
+    known = pairings.get(key)
+    if known is None or not known[0] <= at < known[1]:
+        known = pairings[key] = ean_span(relations, serial, ean, at)
+    return known[2]
+
+
+def plain_numbers(records: Sequence[Reading]) -> bool:
+    """Every value is a number json.dumps and msgspec spell alike: an integer
+    or a float of magnitude 0 or from 1e-4 to under 1e16 (a larger integer
+    is taken for a float: that only costs the fast encoding). True for the
+    batch is true for every part of it."""
+    sizes = list(map(abs, map(_VALUE, records)))
+    return not sizes or (max(sizes) < _FIXED_BELOW
+                         and min(filter(None, sizes), default=_FIXED_FROM) >= _FIXED_FROM)
+
+
+def _as_json(out: bytes, plain: bool) -> bool:
+    """msgspec's bytes ``out`` are json.dumps's (ensure_ascii, compact): its
+    records' numbers ``plain``, and ``out`` ASCII without DEL (which
+    json.dumps escapes)."""
+    return plain and out.isascii() and b"\x7f" not in out
+
+
+def _standard(records: Sequence[Reading], *, sort_keys: bool) -> bytes:
+    plain = msgspec.to_builtins(list(records))  # dicts in name order, UNSET left out
+    return json.dumps(plain, sort_keys=sort_keys, separators=(",", ":")).encode()
+
+
+def encode_readings(records: Sequence[Reading], *, plain: bool | None = None) -> bytes:
+    """A tenant's part: the bytes of ``json.dumps(records, separators=(",", ":"))``
+    with each record's members in name order. ``plain``: :func:`plain_numbers`
+    of these records or of the batch they are part of, if known."""
+    out = _ENCODE(records)
+    if _as_json(out, plain_numbers(records) if plain is None else plain):
+        return out
+    return _standard(records, sort_keys=False)
+
+
+def readings_fingerprint(batch_id: str, records: Sequence[Reading], *,
+                         plain: bool | None = None) -> str:
+    """:func:`~gateway.core.push.records.batch_fingerprint` of the batch: the
+    same SHA-256 of the canonical JSON, from the structs."""
+    out = _ENCODE(records)
+    if not _as_json(out, plain_numbers(records) if plain is None else plain):
+        out = _standard(records, sort_keys=True)
+    digest = hashlib.sha256(f'{{"batch_id":{json.dumps(batch_id)},"records":['.encode())
+    digest.update(out[1:-1])
+    digest.update(b"]}")
+    return digest.hexdigest()
