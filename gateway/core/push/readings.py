@@ -47,6 +47,7 @@ from msgspec import UNSET, UnsetType
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
 from gateway.core.push.records import (
+    MAX_RECORDS,
     Quarantined,
     RoutedBatch,
     _obis,
@@ -94,6 +95,7 @@ _FORMAT_MEMBER = b'"format"'
 # exponent ("1e-05", "1e+16"), msgspec otherwise ("0.00001", "1e16"); between
 # the two they write the same shortest digits, and integers alike.
 _FIXED_FROM, _FIXED_BELOW = 1e-4, 1e16
+MALFORMED = -1  # the id of a serial that is not one
 _VALUE = attrgetter("value")
 
 
@@ -113,7 +115,7 @@ def decode_readings(raw: bytes) -> ReadingsBatch | None:
 
 
 def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime, *,
-                   max_records: int = 2_000_000) -> RoutedBatch:
+                   max_records: int = MAX_RECORDS) -> RoutedBatch:
     """:func:`~gateway.core.push.records.route_batch` for a decoded batch:
     the same parts and quarantine, record for record."""
     if now.tzinfo is None:
@@ -131,28 +133,23 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
     eans: dict[str, bool] = {}
     spans: dict[str, _Span] = {}
     pairings: dict[str, tuple[int, int, bool]] = {}
-    seen: set[int] = set()
-    width = (2 * len(records) + 1).bit_length()
+    seen: set[tuple[int, int, int]] = set()  # (instant, meter id, OBIS code id)
     drop = quarantined.append
     strip = msgspec.structs.replace
 
-    def span_of(serial: str, at: int) -> _Span:
-        span = spans.get(serial)
-        if span is None or not span[0] <= at < span[1]:
-            span = spans[serial] = resolver.span(serial, at)
-        return span
-
     # A daily batch is meter after meter: a record of the meter before it
     # reuses that meter's id (its span is still checked for the instant).
-    last_meter, meter_id = "", -1
+    last_meter: str | None = None
+    meter_id = MALFORMED
     for index, rec in enumerate(records):
         meter = rec.meter
         if meter != last_meter:
             found = serials.get(meter)
             if found is None:
-                found = serials[meter] = len(serials) if is_valid_meter_serial(meter) else -1
+                found = serials[meter] = len(serials) if is_valid_meter_serial(meter) \
+                    else MALFORMED
             last_meter, meter_id = meter, found
-        if meter_id < 0:  # never echo a malformed id back
+        if meter_id == MALFORMED:  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None))
             continue
         stamp = rec.timestamp
@@ -166,17 +163,17 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
         obis_id, fits = coded
         via, ean, label = rec.via, rec.ean, rec.operator
         hinted = via is not UNSET or label is not UNSET
-        via_id = 0
+        bad_via = False
         if type(via) is str:
             known = serials.get(via)
             if known is None:
-                known = serials[via] = len(serials) if is_valid_meter_serial(via) else -1
-            via_id = known
+                known = serials[via] = len(serials) if is_valid_meter_serial(via) else MALFORMED
+            bad_via = known == MALFORMED
         else:
             via = None
         # The parse took only a known unit and quality code, and a number
         # within a double's range: finite.
-        if at is None or obis_id < 0 or via_id < 0:
+        if at is None or obis_id < 0 or bad_via:
             drop(Quarantined(index, "invalid-record", meter))
             continue
         if rec.unit not in fits:
@@ -193,20 +190,28 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
         else:
             ean = None
         size = len(seen)
-        seen.add((((at << width) | meter_id) << width) | obis_id)
+        seen.add((at, meter_id, obis_id))  # ints only: the collector soon untracks them
         if len(seen) == size:
             drop(Quarantined(index, "duplicate", meter))
             continue
         span = spans.get(meter)
         if span is None or not span[0] <= at < span[1]:
-            span = span_of(meter, at)
+            span = spans[meter] = resolver.span(meter, at)
         owner = span[2]
         if owner is None:
             drop(Quarantined(index, "no-owner", meter))
-        elif type(label) is str and label != owner:
+            continue
+        if type(label) is str and label != owner:
             # SECURITY: D1. The HES meant this for someone else: deliver to nobody.
             drop(Quarantined(index, "owner-mismatch", meter))
-        elif span[3] or (via is not None and span_of(via, at)[3]):
+            continue
+        silent = span[3]
+        if not silent and via is not None:
+            carrier = spans.get(via)
+            if carrier is None or not carrier[0] <= at < carrier[1]:
+                carrier = spans[via] = resolver.span(via, at)
+            silent = carrier[3]
+        if silent:
             # D5: communication disabled; data claiming to come from it is not delivered.
             drop(Quarantined(index, "airplane-mode", meter))
         elif ean is not None and not _paired(pairings, relations, meter, ean, at):
@@ -251,28 +256,28 @@ def _as_json(out: bytes, plain: bool) -> bool:
     return plain and out.isascii() and b"\x7f" not in out
 
 
-def _standard(records: Sequence[Reading], *, sort_keys: bool) -> bytes:
-    plain = msgspec.to_builtins(list(records))  # dicts in name order, UNSET left out
-    return json.dumps(plain, sort_keys=sort_keys, separators=(",", ":")).encode()
+def _standard(records: Sequence[Reading]) -> bytes:
+    """json.dumps's compact bytes of the records, members in name order (the
+    structs' order: tests/core/push/test_readings.py)."""
+    plain = msgspec.to_builtins(list(records))  # UNSET members left out
+    return json.dumps(plain, separators=(",", ":")).encode()
 
 
-def encode_readings(records: Sequence[Reading], *, plain: bool | None = None) -> bytes:
+def encode_readings(records: Sequence[Reading], *, plain: bool) -> bytes:
     """A tenant's part: the bytes of ``json.dumps(records, separators=(",", ":"))``
     with each record's members in name order. ``plain``: :func:`plain_numbers`
-    of these records or of the batch they are part of, if known."""
+    of these records or of the batch they are part of."""
     out = _ENCODE(records)
-    if _as_json(out, plain_numbers(records) if plain is None else plain):
-        return out
-    return _standard(records, sort_keys=False)
+    return out if _as_json(out, plain) else _standard(records)
 
 
-def readings_fingerprint(batch_id: str, records: Sequence[Reading], *,
-                         plain: bool | None = None) -> str:
+def readings_fingerprint(batch_id: str, records: Sequence[Reading], *, plain: bool) -> str:
     """:func:`~gateway.core.push.records.batch_fingerprint` of the batch: the
-    same SHA-256 of the canonical JSON, from the structs."""
+    same SHA-256 of the canonical JSON (keys sorted, which the structs' name
+    order gives), from the structs. ``plain``: :func:`plain_numbers` of them."""
     out = _ENCODE(records)
-    if not _as_json(out, plain_numbers(records) if plain is None else plain):
-        out = _standard(records, sort_keys=True)
+    if not _as_json(out, plain):
+        out = _standard(records)
     digest = hashlib.sha256(f'{{"batch_id":{json.dumps(batch_id)},"records":['.encode())
     digest.update(out[1:-1])
     digest.update(b"]}")

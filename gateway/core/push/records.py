@@ -85,6 +85,7 @@ BATCH_REJECT_REASONS = frozenset({
 })
 
 UNITS = frozenset({"kWh", "kW", "m3"})
+MAX_RECORDS = 2_000_000  # readings in one per-record batch (413 beyond)
 QUALITY_CODES = frozenset({"01", "02", "99"})  # read, estimated, missing (DOMAIN, Readings)
 FUTURE_SKEW = timedelta(minutes=5)
 # The feed pairs a meter with its access point: Relation(METER_EAN,
@@ -299,7 +300,7 @@ def _batch_records(batch: Any, max_records: int) -> tuple[str, list[Any]]:
 
 
 def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
-                max_records: int = 2_000_000) -> RoutedBatch:
+                max_records: int = MAX_RECORDS) -> RoutedBatch:
     """Split a parsed HES batch per owning tenant; quarantine what cannot go."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")

@@ -6,6 +6,7 @@ read otherwise."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 from datetime import timedelta
@@ -16,8 +17,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.push import readings
+from gateway.core.push import records as records_module
 from gateway.core.push.readings import (
     Quality,
+    Reading,
     Unit,
     decode_readings,
     encode_readings,
@@ -26,7 +30,9 @@ from gateway.core.push.readings import (
     route_readings,
 )
 from gateway.core.push.records import (
+    MAX_RECORDS,
     QUALITY_CODES,
+    RECORD_MEMBERS,
     UNITS,
     BatchRejected,
     RoutedBatch,
@@ -193,9 +199,12 @@ def test_every_reason_a_record_can_have_here_is_met() -> None:
 
 def test_the_types_of_the_parse_are_the_formats() -> None:
     """The parse refuses what route_batch would quarantine as invalid-record,
-    so the fast path may skip those checks: the same units and codes."""
+    so the fast path may skip those checks: the same units and codes, the
+    same members. Declared in name order, the structs encode canonically."""
     assert set(Unit.__args__) == UNITS  # type: ignore[attr-defined]
     assert set(Quality.__args__) == QUALITY_CODES  # type: ignore[attr-defined]
+    assert set(Reading.__struct_fields__) == RECORD_MEMBERS
+    assert list(Reading.__struct_fields__) == sorted(RECORD_MEMBERS)
 
 
 @pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400", "-1e999",
@@ -248,13 +257,133 @@ def test_a_batch_over_the_limit_is_refused_whole() -> None:
     with pytest.raises(BatchRejected) as refused:
         route_readings(typed, RELATIONS, NOW, max_records=2)
     assert (refused.value.reason, refused.value.status) == ("batch-too-large", 413)
+    assert refused.value.message == "3 records, at most 2 per batch"
 
 
 def test_a_naive_clock_is_a_programming_error() -> None:
     batch = decode_readings(spelt([reading(METER_ORES)], random.Random(0)))
     assert batch is not None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^now must be timezone-aware$"):
         route_readings(batch, RELATIONS, NOW.replace(tzinfo=None))
+
+
+def test_the_default_limit_is_the_general_paths() -> None:
+    """The service passes no limit: both paths refuse the same batches."""
+    assert inspect.signature(route_readings).parameters["max_records"].default == \
+        inspect.signature(route_batch).parameters["max_records"].default == MAX_RECORDS
+
+
+def typed(records: list[dict[str, Any]]) -> RoutedBatch:
+    batch = decode_readings(json.dumps({"batch_id": BATCH_ID, "records": records}).encode())
+    assert batch is not None
+    return route_readings(batch, RELATIONS, NOW)
+
+
+def outcome(routed: RoutedBatch) -> list[str]:
+    """Each record's fate in batch order: its owner, or its quarantine reason."""
+    fate = {q.index: q.reason for q in routed.quarantined}
+    for tenant, part in routed.parts.items():
+        for rec in part:
+            fate[int(rec.value)] = tenant  # the tests number the records by value
+    return [fate[i] for i in range(routed.received)]
+
+
+def test_a_carrier_in_airplane_mode_silences_what_it_carries() -> None:
+    """D5: a water meter read through an electricity meter whose
+    communication is disabled at that instant is not delivered; before and
+    after the window it is, to the water company."""
+    records = [reading(METER_WATER, at(h), "8-0:1.0.0", unit="m3", via=METER_AIRPLANE,
+                       value=i) for i, h in enumerate((11.75, 12, 17.75, 18))]
+    assert outcome(typed(records)) == ["pidpa", "airplane-mode", "airplane-mode", "pidpa"]
+
+
+@pytest.mark.parametrize("hours", [(11.75, 12, 11.5, 12.25), (12, 11.75, 12.25, 11.5)])
+def test_the_owner_is_the_one_at_each_readings_instant(hours: tuple[float, ...]) -> None:
+    """D1: METER_MOVED changed owner at noon; in order or not, a reading at
+    12:00 is the new owner's and one at 11:45 the old one's."""
+    records = [reading(METER_MOVED, at(h), value=i) for i, h in enumerate(hours)]
+    want = ["sibelga" if h >= 12 else "fluvius" for h in hours]
+    assert outcome(typed(records)) == want
+
+
+def test_the_pairing_of_an_ean_is_the_meters_own() -> None:
+    """D1: EAN_OK is METER_ORES's access point, not METER_MOVED's: the
+    pairing of one meter says nothing of another's; and METER_MOVED's access
+    point changed with its owner at noon."""
+    records = [reading(METER_ORES, at(1), ean=EAN_OK, value=0),
+               reading(METER_MOVED, at(1), ean=EAN_OK, value=1),
+               reading(METER_MOVED, at(2), ean=EAN_MOVED_BEFORE, value=2),
+               reading(METER_MOVED, at(12), ean=EAN_MOVED_BEFORE, value=3),
+               reading(METER_MOVED, at(13), ean=EAN_MOVED_AFTER, value=4),
+               reading(METER_MOVED, at(11.75), ean=EAN_MOVED_AFTER, value=5)]
+    assert outcome(typed(records)) == ["ores", "ean-mismatch", "fluvius", "ean-mismatch",
+                                       "sibelga", "ean-mismatch"]
+
+
+def test_each_distinct_value_is_checked_once_and_each_owner_read_once_per_span(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A daily batch repeats its serials, codes and instants: each distinct
+    one is checked once, and a meter's owner (a carrier's too) and an EAN's
+    pairing are read from the feed once for as long as they hold, its first
+    instant included, and again when a reading falls outside that span."""
+    calls: dict[str, list[Any]] = {name: [] for name in
+                                   ("serial", "ean", "obis", "instant", "owner", "pairing")}
+
+    def counted(name: str, real: Any, pick: Any = lambda args: args[0]) -> Any:
+        def call(*args: Any) -> Any:
+            calls[name].append(pick(args))
+            return real(*args)
+        return call
+
+    monkeypatch.setattr(readings, "is_valid_meter_serial",
+                        counted("serial", readings.is_valid_meter_serial))
+    monkeypatch.setattr(readings, "is_valid_ean", counted("ean", readings.is_valid_ean))
+    monkeypatch.setattr(readings, "_obis", counted("obis", readings._obis))
+    monkeypatch.setattr(records_module._Resolver, "instant",
+                        counted("instant", records_module._Resolver.instant, lambda a: a[1]))
+    monkeypatch.setattr(records_module, "owner_span",
+                        counted("owner", records_module.owner_span, lambda a: a[1]))
+    monkeypatch.setattr(readings, "ean_span",
+                        counted("pairing", readings.ean_span, lambda a: a[1:3]))
+    day = [reading(meter, at(h), value=1, ean=EAN_OK if meter == METER_ORES else None)
+           for meter in (METER_ORES, METER_MOVED) for h in (1, 2, 13, 14)]
+    # After 13:00, the new owner's span holds from noon: 12:30 and 12:00 are in it.
+    day += [reading(METER_MOVED, at(h), ean=EAN_MOVED_AFTER, value=1) for h in (12.5, 12)]
+    day += [reading(METER_WATER, at(h), "8-0:1.0.0", unit="m3", via=METER_ORES, value=1)
+            for h in (1, 2)]
+    day += [reading(METER_ORES, "nonsense", value=1)] * 2
+    routed = typed(day + day[:2])  # the last two: duplicates
+    assert [q.reason for q in routed.quarantined] == ["invalid-record"] * 2 + ["duplicate"] * 2
+    assert sorted(calls["serial"]) == sorted([METER_ORES, METER_MOVED, METER_WATER])
+    assert calls["ean"] == [EAN_OK, EAN_MOVED_AFTER]
+    assert calls["obis"] == ["1-0:1.8.1", "8-0:1.0.0"]
+    assert calls["instant"] == [at(h) for h in (1, 2, 13, 14, 12.5, 12)] + ["nonsense"]
+    # METER_MOVED twice: its owner changed at noon. METER_ORES also as a carrier.
+    assert calls["owner"] == [METER_ORES, METER_MOVED, METER_MOVED, METER_WATER]
+    assert calls["pairing"] == [(METER_ORES, EAN_OK), (METER_MOVED, EAN_MOVED_AFTER)]
+
+
+def test_an_empty_serial_first_in_the_batch_is_malformed() -> None:
+    records = [reading("", at(1), value=0), reading(METER_ORES, at(1), value=1),
+               reading("", at(2), value=2)]
+    assert outcome(typed(records)) == ["malformed-meter-id", "ores", "malformed-meter-id"]
+
+
+def test_a_plain_batch_is_written_by_msgspec(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The standard library writes only what msgspec would spell otherwise."""
+    batch = decode_readings(spelt([reading(METER_ORES, at(h), value=h + 0.5)
+                                   for h in range(4)], random.Random(0)))
+    assert batch is not None
+    want = (encode_readings(batch.records, plain=False),
+            readings_fingerprint(BATCH_ID, batch.records, plain=False))
+
+    def refused(records: Any) -> bytes:
+        raise AssertionError("the standard library's encoding")
+
+    monkeypatch.setattr(readings, "_standard", refused)
+    assert plain_numbers(batch.records)
+    assert (encode_readings(batch.records, plain=True),
+            readings_fingerprint(BATCH_ID, batch.records, plain=True)) == want
 
 
 @pytest.mark.parametrize(("value", "plain"), [
@@ -269,7 +398,6 @@ def test_plain_numbers_are_those_msgspec_and_json_dumps_spell_alike(value: Any,
     # Either way the bytes are the standard library's.
     want = json.dumps([dict(sorted(reading(METER_ORES, value=value).items()))],
                       separators=(",", ":")).encode()
-    assert encode_readings(batch.records) == want
     assert encode_readings(batch.records, plain=plain) == want
 
 
@@ -286,7 +414,7 @@ def test_text_json_dumps_escapes_is_written_by_the_standard_library(text: str) -
     raw = json.dumps({"batch_id": BATCH_ID, "records": records}, ensure_ascii=False).encode()
     batch = decode_readings(raw)
     assert batch is not None
-    assert readings_fingerprint(BATCH_ID, batch.records) == \
+    assert readings_fingerprint(BATCH_ID, batch.records, plain=True) == \
         batch_fingerprint(BATCH_ID, json.loads(raw)["records"])
 
 
