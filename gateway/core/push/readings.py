@@ -137,18 +137,20 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
     drop = quarantined.append
     strip = msgspec.structs.replace
 
+    def serial_id(serial: str) -> int:
+        found = serials.get(serial)
+        if found is None:
+            found = serials[serial] = len(serials) if is_valid_meter_serial(serial) \
+                else MALFORMED
+        return found
+
     # A daily batch is meter after meter: a record of the meter before it
     # reuses that meter's id (its span is still checked for the instant).
     last_meter: str | None = None
-    meter_id = MALFORMED
     for index, rec in enumerate(records):
         meter = rec.meter
         if meter != last_meter:
-            found = serials.get(meter)
-            if found is None:
-                found = serials[meter] = len(serials) if is_valid_meter_serial(meter) \
-                    else MALFORMED
-            last_meter, meter_id = meter, found
+            last_meter, meter_id = meter, serial_id(meter)
         if meter_id == MALFORMED:  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None))
             continue
@@ -163,17 +165,11 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
         obis_id, fits = coded
         via, ean, label = rec.via, rec.ean, rec.operator
         hinted = via is not UNSET or label is not UNSET
-        bad_via = False
-        if type(via) is str:
-            known = serials.get(via)
-            if known is None:
-                known = serials[via] = len(serials) if is_valid_meter_serial(via) else MALFORMED
-            bad_via = known == MALFORMED
-        else:
+        if type(via) is not str:
             via = None
         # The parse took only a known unit and quality code, and a number
         # within a double's range: finite.
-        if at is None or obis_id < 0 or bad_via:
+        if at is None or obis_id < 0 or (via is not None and serial_id(via) == MALFORMED):
             drop(Quarantined(index, "invalid-record", meter))
             continue
         if rec.unit not in fits:

@@ -351,6 +351,9 @@ def test_each_distinct_value_is_checked_once_and_each_owner_read_once_per_span(
     day += [reading(METER_MOVED, at(h), ean=EAN_MOVED_AFTER, value=1) for h in (12.5, 12)]
     day += [reading(METER_WATER, at(h), "8-0:1.0.0", unit="m3", via=METER_ORES, value=1)
             for h in (1, 2)]
+    # A carrier's span, read for its own records, holds for what it carries.
+    day += [reading(METER_WATER, at(h), "8-0:1.0.0", unit="m3", via=METER_MOVED, value=1)
+            for h in (13, 12)]
     day += [reading(METER_ORES, "nonsense", value=1)] * 2
     routed = typed(day + day[:2])  # the last two: duplicates
     assert [q.reason for q in routed.quarantined] == ["invalid-record"] * 2 + ["duplicate"] * 2
@@ -358,6 +361,7 @@ def test_each_distinct_value_is_checked_once_and_each_owner_read_once_per_span(
     assert calls["ean"] == [EAN_OK, EAN_MOVED_AFTER]
     assert calls["obis"] == ["1-0:1.8.1", "8-0:1.0.0"]
     assert calls["instant"] == [at(h) for h in (1, 2, 13, 14, 12.5, 12)] + ["nonsense"]
+    assert len(routed.parts["pidpa"]) == 4
     # METER_MOVED twice: its owner changed at noon. METER_ORES also as a carrier.
     assert calls["owner"] == [METER_ORES, METER_MOVED, METER_MOVED, METER_WATER]
     assert calls["pairing"] == [(METER_ORES, EAN_OK), (METER_MOVED, EAN_MOVED_AFTER)]
