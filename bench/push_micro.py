@@ -109,9 +109,9 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
     st = Stages()
     for n, raw in enumerate(bodies):
         with st("decode+parse"):
-            text = raw.decode()
             typed = decode_readings(raw)  # as PushService.intake
             if typed is None:
+                text = raw.decode()
                 doc, spans = scan_days(text)
         parts: list[EncodedPart]
         if typed is not None:  # the per-record fast path (gateway.core.push.readings)

@@ -125,3 +125,12 @@ def test_an_unusable_batch_id_is_a_400_on_the_fast_path(service: PushService) ->
         post(service, {"batch_id": "no spaces", "records": RECORDS})
     assert (refused.value.status, refused.value.reason) == (400, "bad-batch-id")
     assert service.outbox.parts() == []
+
+
+def test_a_deeply_nested_batch_is_refused_by_the_nesting_check(service: PushService) -> None:
+    """Only a body the fast path leaves to the general one can nest deeply:
+    it meets the nesting check there (400, not a RecursionError's 500)."""
+    with pytest.raises(RequestRefused) as refused:
+        post(service, {"batch_id": "B1", "records": RECORDS,
+                       "note": json.loads("[" * 200 + "]" * 200)})
+    assert (refused.value.status, refused.value.reason) == (400, "body-too-deep")

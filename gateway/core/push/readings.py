@@ -10,9 +10,11 @@ and encoded from the structs.
 
 What takes this path, and what does not:
 
-- :func:`decode_readings` accepts only a body json.loads accepts and reads
-  alike (the last of a repeated key wins in both), with ``batch_id`` a string,
-  no ``format`` member, and every record an object of the format's members
+- :func:`decode_readings` accepts only a UTF-8 body json.loads accepts and
+  reads alike (the last of a repeated key wins in both): ``batch_id`` a
+  string, ``records``, optionally ``source`` (a string), no other member (no
+  ``format``: a meter-days batch is not this path's), and every record an
+  object of the format's members
   only (``meter``, ``timestamp``, ``obis``, ``value``, ``unit``, ``quality``;
   ``operator``, ``via``, ``ean`` optional), the strings strings and the value
   a JSON number within range. Anything else (an unknown member, a missing
@@ -40,7 +42,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from operator import attrgetter
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
@@ -82,15 +84,19 @@ class Reading(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, gc=False
     via: _Optional = UNSET
 
 
-class ReadingsBatch(msgspec.Struct):
+class ReadingsBatch(msgspec.Struct, forbid_unknown_fields=True):
+    """The batch: these members only, so a document this path takes nests
+    three deep at most (the batch, its records, a record) and needs no
+    nesting check before its parse."""
+
     batch_id: str
     records: list[Reading]
-    format: Any = UNSET  # any ``format`` member, even null: not this path's
+    source: _Optional = UNSET
+    format: UnsetType = UNSET  # any ``format`` member, even null: not this path's
 
 
 _DECODER = msgspec.json.Decoder(ReadingsBatch)
 _ENCODE = msgspec.json.Encoder().encode
-_FORMAT_MEMBER = b'"format"'
 # json.dumps writes a float of magnitude under 1e-4 or from 1e16 on with an
 # exponent ("1e-05", "1e+16"), msgspec otherwise ("0.00001", "1e16"); between
 # the two they write the same shortest digits, and integers alike.
@@ -101,17 +107,13 @@ _VALUE = attrgetter("value")
 
 def decode_readings(raw: bytes) -> ReadingsBatch | None:
     """The batch as :class:`Reading` structs, or None where it is not this
-    path's (module docstring). ``raw`` must be UTF-8 (as ``raw.decode()``
-    took it) and its nesting already checked."""
-    if _FORMAT_MEMBER in raw:  # a meter-days batch, or a format spelt out
-        return None
+    path's (module docstring): not UTF-8 (msgspec checks every string), a
+    meter-days batch (its ``format`` or ``meter_days`` member stops the
+    parse at once), any other member or type."""
     try:
-        batch = _DECODER.decode(raw)
-    except (msgspec.DecodeError, ValueError):
+        return _DECODER.decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return None
-    if batch.format is not UNSET:
-        return None
-    return batch
 
 
 def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime, *,

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from gateway.core.jsonlimits import MAX_DEPTH
 from gateway.core.push import readings
 from gateway.core.push import records as records_module
 from gateway.core.push.readings import (
@@ -225,12 +226,35 @@ def test_a_batch_naming_a_format_is_not_the_fast_paths(head: str) -> None:
     assert decode_readings(spelt([reading(METER_ORES)], random.Random(0), head=head)) is None
 
 
-def test_members_outside_the_records_are_ignored_alike() -> None:
-    raw = spelt([reading(METER_ORES)], random.Random(0),
-                head='"note": {"deep": [1, {"x": null}]}, "batch_id": "first", ')
+def test_the_batch_takes_its_source_and_no_other_member() -> None:
+    """The general path ignores other members of the batch; this one leaves
+    such a batch to it, so that what it parses nests three deep at most and
+    needs no nesting check (MAX_DEPTH is well above that)."""
+    assert MAX_DEPTH >= 3
+    assert decode_readings(spelt([reading(METER_ORES)], random.Random(0))) is not None
+    for head in ('"note": "x", ', '"note": {"deep": [1, {"x": null}]}, ', '"source": 5, ',
+                 '"meter_days": [], '):
+        assert decode_readings(spelt([reading(METER_ORES)], random.Random(0),
+                                     head=head)) is None, head
+    raw = spelt([reading(METER_ORES)], random.Random(0), head='"batch_id": "first", ')
     batch = decode_readings(raw)
     assert batch is not None and batch.batch_id == BATCH_ID  # the last one, as json.loads
     assert_same(raw)
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000 + "]" * 100_000,
+                                    '{"a":' * 100_000 + "1" + "}" * 100_000])
+def test_a_body_nested_past_the_stack_is_left_to_the_general_path(nested: str) -> None:
+    raw = (f'{{"batch_id": "b", "records": [], "source": {nested}}}').encode()
+    assert decode_readings(raw) is None  # RecursionError caught: the nesting check decides
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"batch_id": "b\xff", "records": []}', b'{"batch_id": "\xed\xa0\x80", "records": []}',
+    b'\xef\xbb\xbf{"batch_id": "b", "records": []}',
+    '{"batch_id": "b", "records": []}'.encode("utf-16")])
+def test_only_utf8_takes_the_fast_path(raw: bytes) -> None:
+    assert decode_readings(raw) is None
 
 
 @pytest.mark.parametrize(("batch_id", "reason"), [("has space", "bad-batch-id"),
