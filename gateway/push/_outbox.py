@@ -102,6 +102,8 @@ class RetryPolicy:
 
 _PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
                  "next_attempt_at, last_error, nonce, payload, done_at, source")
+# The same without the payload, where it has a table of its own (Outbox.PAYLOADS).
+_ROW_COLUMNS = _PART_COLUMNS.replace("nonce, payload, ", "")
 # What a Part is read from: never the payload (a megabyte a part, copied out
 # of the database for nothing, and in PostgreSQL detoasted), which
 # payload_bytes reads on its own.
@@ -118,6 +120,12 @@ class Outbox(ABC):
     PARTS = "parts"
     NOTIFICATIONS = "notifications"
     SKIP_LOCKED = ""  # the claim's row lock: "" where one process is the only claimer
+    # Where a part's encrypted records are kept: a table of their own
+    # (id, nonce, payload), or None for the part's own row. SQLite rewrites a
+    # whole row on every UPDATE, overflow pages and all (a megabyte a part
+    # for each claim, lease or status change); PostgreSQL keeps a large value
+    # out of line and carries it over unchanged.
+    PAYLOADS: str | None = None
 
     def __init__(self, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -136,6 +144,29 @@ class Outbox(ABC):
     @abstractmethod
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         """Run one statement for each of ``rows``."""
+
+    def _insert_parts(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Store parts ``(id, ..., nonce, payload, done_at, source)`` in the
+        order of :data:`_PART_COLUMNS`, a part already stored left as it is
+        (its payload too: a delivered part's stays gone)."""
+        insert = (f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
+                  "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+        if self.PAYLOADS is None:
+            self._many(insert, rows)
+            return
+        insert = (f"INSERT INTO {self.PARTS} ({_ROW_COLUMNS}) VALUES "
+                  "(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+        for row in rows:
+            if self._exec(insert, (*row[:10], *row[12:])).rowcount == 1:
+                self._exec(f"INSERT INTO {self.PAYLOADS} (id, nonce, payload) VALUES (?, ?, ?)",
+                           (row[0], row[10], row[11]))
+
+    @property
+    def _kept(self) -> str:
+        """SQL: the part (a row of PARTS) still holds its payload."""
+        if self.PAYLOADS is None:
+            return "payload IS NOT NULL"
+        return f"id IN (SELECT id FROM {self.PAYLOADS})"
 
     @abstractmethod
     def _transaction(self) -> Any:
@@ -219,8 +250,7 @@ class Outbox(ABC):
                 (batch_id, source, fingerprint, received, quarantined, now))
             if cur.rowcount != 1 and not existing:
                 return False  # another push of this batch id was stored first
-            self._many(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
-                       "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING", rows)
+            self._insert_parts(rows)
         return True
 
     # -- breach notifications --------------------------------------------------------
@@ -252,10 +282,9 @@ class Outbox(ABC):
                     continue
                 nonce = os.urandom(12)
                 payload = aead.encrypt(nonce, part.body, part.id.encode())
-                self._exec(f"INSERT INTO {self.PARTS} ({_PART_COLUMNS}) VALUES "
-                           "(?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-                           (part.id, incident, part.tenant, part.kind, part.records, now,
-                            "pending", 0, now, None, nonce, payload, None, source))
+                self._insert_parts([(part.id, incident, part.tenant, part.kind, part.records,
+                                     now, "pending", 0, now, None, nonce, payload, None,
+                                     source)])
         return True
 
     def notifications(self, tenant: str, limit: int) -> list[str]:
@@ -355,8 +384,8 @@ class Outbox(ABC):
     def payload_bytes(self, part: Part) -> bytes:
         """The part's records as stored: one JSON array, decrypted, not parsed."""
         with self._lock:
-            row = self._exec(f"SELECT nonce, payload FROM {self.PARTS} WHERE id = ?",
-                             (part.id,)).fetchone()
+            row = self._exec(f"SELECT nonce, payload FROM {self.PAYLOADS or self.PARTS} "
+                             "WHERE id = ?", (part.id,)).fetchone()
         if row is None or row["payload"] is None:
             raise KeyError(part.id)
         if self._aead is None:
@@ -373,13 +402,21 @@ class Outbox(ABC):
         """Delivered: the payload goes; the counts stay (D10). With ``lease``,
         only while that claim still holds the part (fencing); False if not."""
         fence, args = self._fence(lease)
-        with self._lock:
+        with self._lock, self._transaction():
             cur = self._exec(
-                f"UPDATE {self.PARTS} SET status = 'delivered', payload = NULL, nonce = NULL, "
+                f"UPDATE {self.PARTS} SET status = 'delivered',{self._clear} "
                 "done_at = ?, lease_owner = NULL, lease_token = NULL, lease_until = NULL "
                 f"WHERE id = ? AND status = 'pending'{fence}",
                 (self._t(self.clock()), part_id, *args))
-        return bool(cur.rowcount == 1)
+            done = bool(cur.rowcount == 1)
+            if done and self.PAYLOADS is not None:
+                self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id = ?", (part_id,))
+        return done
+
+    @property
+    def _clear(self) -> str:
+        """SQL: what an UPDATE that drops the payload sets in the part's row."""
+        return " payload = NULL, nonce = NULL," if self.PAYLOADS is None else ""
 
     def failed(self, part: Part, error: str, policy: RetryPolicy, *, permanent: bool) -> str:
         """Schedule the next attempt, or make it a dead letter. Returns the
@@ -406,7 +443,7 @@ class Outbox(ABC):
         with self._lock:
             cur = self._exec(
                 f"UPDATE {self.PARTS} SET status = 'pending', attempts = 0, "
-                "next_attempt_at = ? WHERE id = ? AND status = 'dead' AND payload IS NOT NULL",
+                f"next_attempt_at = ? WHERE id = ? AND status = 'dead' AND {self._kept}",
                 (self._t(self.clock()), part_id))
         return bool(cur.rowcount == 1)
 
@@ -421,7 +458,7 @@ class Outbox(ABC):
         kept, and when it died."""
         with self._lock:
             rows = self._exec(
-                f"SELECT {_PART_FIELDS}, {self._DIED} AS died_at, payload IS NOT NULL AS kept "
+                f"SELECT {_PART_FIELDS}, {self._DIED} AS died_at, {self._kept} AS kept "
                 f"FROM {self.PARTS} WHERE status = 'dead' ORDER BY died_at, id").fetchall()
         return [DeadLetter(self._part(r), self._time(r["died_at"]), bool(r["kept"]))
                 for r in rows]
@@ -435,11 +472,15 @@ class Outbox(ABC):
         if not part_ids:
             return 0
         marks = ", ".join("?" for _ in part_ids)
+        dead = (f"id IN ({marks}) AND status = 'dead' AND {self._kept} AND "
+                f"{self._DIED} <= ?")
         with self._lock:
-            cur = self._exec(
-                f"UPDATE {self.PARTS} SET payload = NULL, nonce = NULL WHERE id IN ({marks}) "
-                f"AND status = 'dead' AND payload IS NOT NULL AND {self._DIED} <= ?",
-                (*part_ids, self._t(died_by)))
+            if self.PAYLOADS is None:
+                cur = self._exec(f"UPDATE {self.PARTS} SET payload = NULL, nonce = NULL "
+                                 f"WHERE {dead}", (*part_ids, self._t(died_by)))
+            else:
+                cur = self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id IN (SELECT id FROM "
+                                 f"{self.PARTS} WHERE {dead})", (*part_ids, self._t(died_by)))
         return int(cur.rowcount)
 
     # -- for ops ---------------------------------------------------------------

@@ -18,21 +18,23 @@ from psycopg.rows import dict_row
 from gateway.push._outbox import Outbox
 from gateway.state import ensure_schema
 
-SCHEMA_VERSION = 4  # PRAGMA user_version
+SCHEMA_VERSION = 5  # PRAGMA user_version
 _BATCHES = """CREATE TABLE batches (
     batch_id TEXT NOT NULL, source TEXT NOT NULL, fingerprint TEXT NOT NULL,
     received INTEGER NOT NULL, quarantined INTEGER NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (source, batch_id))"""
-# The payload last: SQLite stores a row as one record, a large blob in a
-# chain of overflow pages, and a column after it is reached only by walking
-# that chain (a megabyte for a full part) - for every lease, status or source
-# read. Before version 4 the lease columns came after it.
+# A part's payload has a table of its own (version 5): SQLite rewrites a
+# whole row on every UPDATE, a large blob's chain of overflow pages included
+# (and with secure_delete zeroes the old ones), so each claim, lease and
+# status change of a part rewrote its megabyte. Before version 4 the payload
+# also stood before the lease columns, which SQLite reaches only through it.
 _PARTS_COLUMNS = """(
     id TEXT PRIMARY KEY, batch_id TEXT NOT NULL, tenant TEXT NOT NULL, kind TEXT NOT NULL,
     records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
-    done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT, lease_until TEXT,
-    nonce BLOB, payload BLOB)"""
+    done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT, lease_until TEXT)"""
+_PAYLOADS = """CREATE TABLE payloads (
+    id TEXT PRIMARY KEY, nonce BLOB NOT NULL, payload BLOB NOT NULL)"""
 _PARTS = f"CREATE TABLE parts {_PARTS_COLUMNS}"
 # Breach notifications as their owners read them (GET /notifications): the
 # document only, never a record (gateway.core.breach).
@@ -58,15 +60,20 @@ _MIGRATE_V1 = tuple(f"ALTER TABLE parts ADD COLUMN {c} TEXT"
                     for c in ("lease_owner", "lease_token", "lease_until"))
 # Version 2 -> 3: the breach notifications' register.
 _MIGRATE_V2 = (_NOTIFICATIONS,)
-# Version 3 -> 4: the parts' payload moved after every other column (the
-# table rebuilt; secure_delete zeroes the old pages; the indexes follow).
+# Version 4 -> 5 (and 0-3, after the steps above): the payloads kept go to
+# their own table, the parts table is rebuilt without them (secure_delete
+# zeroes the old pages; the indexes follow). This also takes version 3's
+# column order (the payload in the middle) to the new one.
 _ALL_PART_COLUMNS = ", ".join(  # the names of _PARTS_COLUMNS, in its order
     column.split()[0] for column in _PARTS_COLUMNS.strip().strip("()").split(","))
-_MIGRATE_V3 = (
-    f"CREATE TABLE parts_v4 {_PARTS_COLUMNS}",
-    f"INSERT INTO parts_v4 ({_ALL_PART_COLUMNS}) SELECT {_ALL_PART_COLUMNS} FROM parts",
+_MIGRATE_V4 = (
+    _PAYLOADS,
+    "INSERT INTO payloads (id, nonce, payload) SELECT id, nonce, payload FROM parts "
+    "WHERE payload IS NOT NULL",
+    f"CREATE TABLE parts_v5 {_PARTS_COLUMNS}",
+    f"INSERT INTO parts_v5 ({_ALL_PART_COLUMNS}) SELECT {_ALL_PART_COLUMNS} FROM parts",
     "DROP TABLE parts",
-    "ALTER TABLE parts_v4 RENAME TO parts",
+    "ALTER TABLE parts_v5 RENAME TO parts",
 )
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox_batches (
@@ -91,6 +98,8 @@ CREATE INDEX IF NOT EXISTS outbox_notifications_tenant ON outbox_notifications (
 
 class SqliteOutbox(Outbox):
     """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
+
+    PAYLOADS = "payloads"
 
     def __init__(self, path: Path, data_key: bytes | None, *, owner: str = "",
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
@@ -124,11 +133,11 @@ class SqliteOutbox(Outbox):
                 return
             old = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
                              "name = 'batches'").fetchone() is not None
-            steps: tuple[str, ...] = (_BATCHES, _PARTS, _NOTIFICATIONS)
+            steps: tuple[str, ...] = (_BATCHES, _PARTS, _PAYLOADS, _NOTIFICATIONS)
             if old:
                 steps = (*(_MIGRATE_V0 if version == 0 else ()),
                          *(_MIGRATE_V1 if version <= 1 else ()),
-                         *(_MIGRATE_V2 if version <= 2 else ()), *_MIGRATE_V3)
+                         *(_MIGRATE_V2 if version <= 2 else ()), *_MIGRATE_V4)
             for statement in (*steps, *_INDEXES):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

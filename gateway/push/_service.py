@@ -483,7 +483,7 @@ class PushService:
             # Still ours? (A stall past the lease lets another replica take it
             # over: then it is theirs to deliver.) Within the first quarter of
             # the lease the claim's own lease stands: renewing it would only
-            # rewrite the row (and in SQLite the row holds the payload); the
+            # rewrite the row once more (a write and a commit per part); the
             # acknowledgement is fenced by the lease either way.
             if self.clock() - claimed_at >= self.lease / 4 and not await asyncio.to_thread(
                     self.outbox.renew, part, self.lease):

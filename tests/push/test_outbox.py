@@ -4,6 +4,7 @@ at-least-once delivery under one Idempotency-Key per part."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections import Counter
 from pathlib import Path
@@ -38,6 +39,21 @@ def test_a_batch_is_stored_whole_and_its_parts_are_due(box: Outbox) -> None:
     assert box.pending_records("ores") == 2 and box.pending_records("pidpa") == 0
     assert sorted(box.tenants_pending()) == ["fluvius", "ores"]
     assert box.stats()["ores"][0] == 1
+
+
+def test_a_delivered_part_stored_again_gets_no_payload_back(box: Outbox) -> None:
+    """D10: a re-post that stores its parts again (``existing``) leaves a
+    part already delivered as it is: its readings stay gone."""
+    push(box, "B1", {"ores": 1})
+    (part,) = box.claim("ores")
+    assert box.acknowledged(part.id, part.lease)
+    box.enqueue(batch_id="B1", source="hes-operator", fingerprint="fp-B1", received=9,
+                quarantined=0, existing=True,
+                parts=[(part.id, "ores", "hes-readings", [{"meter": "M0", "value": 0}])])
+    (done,) = box.parts()
+    assert done.status == "delivered"
+    with pytest.raises(KeyError):
+        box.payload_bytes(done)
 
 
 def test_the_same_batch_again_changes_nothing(box: Outbox) -> None:
@@ -232,6 +248,64 @@ def test_payloads_at_rest_are_encrypted_in_postgresql(pg_url: str) -> None:
     box.close()
 
 
+def as_version_4(db: sqlite3.Connection) -> None:
+    """A current outbox file taken back to version 4's layout: each part's
+    nonce and payload in its own row, last, and no payloads table."""
+    for column in ("nonce", "payload"):
+        db.execute(f"ALTER TABLE parts ADD COLUMN {column} BLOB")
+        db.execute(f"UPDATE parts SET {column} = (SELECT p.{column} FROM payloads AS p "
+                   "WHERE p.id = parts.id)")
+    db.execute("DROP TABLE payloads")
+    db.execute("PRAGMA user_version = 4")
+
+
+def test_an_outbox_file_of_version_4_moves_its_payloads_to_their_own_table(
+        tmp_path: Path, clock: Clock) -> None:
+    """Version 5 keeps a part's payload out of its row: SQLite rewrites a
+    whole row on every UPDATE, so each claim and lease of a part rewrote its
+    megabyte (bench/README). Every part keeps its state; a payload kept stays
+    readable, one gone (delivered, erased) stays gone."""
+    from gateway.push import SqliteOutbox
+    from gateway.push._outbox_backends import SCHEMA_VERSION
+
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY, owner="replica-a", clock=clock)
+    push(box, "B1", {"ores": 2, "fluvius": 1, "sibelga": 1, "resa": 1, "pidpa": 1})
+    (leased,) = box.claim("fluvius")
+    (done,) = box.claim("sibelga")
+    assert box.acknowledged(done.id, done.lease)
+    for tenant in ("resa", "pidpa"):  # two dead letters, one of them erased
+        (part,) = box.claim(tenant)
+        assert box.failed(part, "410 gone", RETRY, permanent=True) == "dead"
+    assert box.erase_dead_payloads(["hes-operator/B1/pidpa"], clock()) == 1
+    box.close()
+    db = sqlite3.connect(path)
+    as_version_4(db)
+    db.commit()
+    assert db.execute("SELECT count(*) FROM parts WHERE payload IS NOT NULL").fetchone() == (3,)
+    db.close()
+    again = SqliteOutbox(path, KEY, owner="replica-a", clock=clock)
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+    names = [r[1] for r in again._db.execute("PRAGMA table_info(parts)")]
+    assert "payload" not in names and "nonce" not in names and len(names) == 15
+    assert {r[1] for r in again._db.execute("PRAGMA index_list(parts)")} >= {
+        "parts_queue", "parts_batch"}
+    assert sorted(r[0] for r in again._db.execute("SELECT id FROM payloads")) == [
+        "hes-operator/B1/fluvius", "hes-operator/B1/ores", "hes-operator/B1/resa"]
+    (part,) = again.claim("ores")
+    assert again.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
+    assert again.claim("fluvius") == []  # still under the lease taken before
+    assert again.payload(leased) == [{"meter": "M0", "value": 0}]
+    assert again.acknowledged(leased.id, leased.lease)
+    with pytest.raises(KeyError):
+        again.payload_bytes(done)  # delivered before: gone, and stays gone
+    kept = {d.part.id: d.payload_kept for d in again.dead_letters()}
+    assert kept == {"hes-operator/B1/resa": True, "hes-operator/B1/pidpa": False}
+    assert not again.requeue_dead("hes-operator/B1/pidpa")  # nothing left to send
+    assert again.requeue_dead("hes-operator/B1/resa")
+    again.close()
+
+
 def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> None:
     import sqlite3
 
@@ -243,6 +317,7 @@ def test_an_outbox_file_of_version_1_gains_leases_on_open(tmp_path: Path) -> Non
     push(box, "B1", {"ores": 1})
     box.close()
     db = sqlite3.connect(path)
+    as_version_4(db)
     for column in ("lease_owner", "lease_token", "lease_until"):  # as version 1 had it
         db.execute(f"ALTER TABLE parts DROP COLUMN {column}")
     db.execute("PRAGMA user_version = 1")
@@ -275,6 +350,7 @@ def test_an_outbox_file_of_version_3_gets_its_payloads_last_on_open(tmp_path: Pa
     (leased,) = box.claim("fluvius")  # a lease survives the rebuild
     box.close()
     db = sqlite3.connect(path)  # the table as version 3 had it: payload in the middle
+    as_version_4(db)
     columns = _V3_ORDER.replace("nonce, payload", "nonce BLOB, payload BLOB")
     db.execute(f"CREATE TABLE parts_v3 ({columns.replace('id,', 'id TEXT PRIMARY KEY,', 1)})")
     db.execute(f"INSERT INTO parts_v3 ({_V3_ORDER}) SELECT {_V3_ORDER} FROM parts")
@@ -285,14 +361,14 @@ def test_an_outbox_file_of_version_3_gets_its_payloads_last_on_open(tmp_path: Pa
     db.close()
     again = SqliteOutbox(path, KEY, owner=box.owner)
     names = [r[1] for r in again._db.execute("PRAGMA table_info(parts)")]
-    assert names[-2:] == ["nonce", "payload"] and len(names) == 17
+    assert "payload" not in names and len(names) == 15  # version 5: in a table of their own
     assert {r[1] for r in again._db.execute("PRAGMA index_list(parts)")} >= {
         "parts_queue", "parts_batch"}
     (part,) = again.claim("ores")
     assert again.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
     assert again.claim("fluvius") == []  # still under the lease taken before
     assert again.acknowledged(leased.id, leased.lease)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 5
     again.close()
 
 
@@ -308,12 +384,13 @@ def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
     push(box, "B1", {"ores": 1})
     box.close()
     db = sqlite3.connect(path)
+    as_version_4(db)
     db.execute("DROP TABLE notifications")  # as version 2 had it
     db.execute("PRAGMA user_version = 2")
     db.commit()
     db.close()
     again = SqliteOutbox(path, KEY)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert again.enqueue_notifications(incident="inc-1", source="gateway:breach",
                                        notices=[("ores", '{"incident": "inc-1"}', None)])
     assert again.notifications("ores", 5) == ['{"incident": "inc-1"}']
