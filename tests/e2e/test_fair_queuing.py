@@ -39,8 +39,15 @@ async def _scenario(gw: RunningStack) -> tuple[list[tuple[int, str]], tuple[int,
                 break
             await asyncio.sleep(0.02)
         assert (slots.in_use("itsm"), slots.waiting("itsm")) == (POOL, 6)
-        alone = await _get(sessions[QUIET], url)
-        return list(await asyncio.gather(*backlog)), alone
+        quiet = asyncio.create_task(_get(sessions[QUIET], url))
+        for _ in range(200):  # until the quiet tenant waits too (bounded)
+            if slots.waiting("itsm") == 7:
+                break
+            await asyncio.sleep(0.01)
+        # The scenario's premise: the quiet request queued while the first
+        # four still hold the pool (else the order below means nothing).
+        assert (slots.in_use("itsm"), slots.waiting("itsm")) == (POOL, 7)
+        return list(await asyncio.gather(*backlog)), await quiet
     finally:
         for session in sessions.values():
             await session.close()
@@ -49,7 +56,7 @@ async def _scenario(gw: RunningStack) -> tuple[list[tuple[int, str]], tuple[int,
 def test_a_quiet_tenant_is_not_queued_behind_a_backlog(tmp_path: Path) -> None:
     gw = start_stack(tmp_path, upstream_settings=f"pool_size = {POOL}\nqueue_timeout_s = 30\n")
     try:
-        gw.fault("itsm", "slow", delay_s=1.0)  # a wide margin on a loaded machine
+        gw.fault("itsm", "slow", delay_s=2.0)  # a wide margin on a loaded machine
         gw.clear_sim_logs()
         flood, alone = gw.run(_scenario(gw), timeout=60)
         assert alone[0] == 200 and all(status == 200 for status, _ in flood), flood
