@@ -14,14 +14,14 @@ What takes this path, and what does not:
   reads alike (the last of a repeated key wins in both): ``batch_id`` a
   string, ``records``, optionally ``source`` (a string), no other member (no
   ``format``: a meter-days batch is not this path's), and every record an
-  object of the format's members
-  only (``meter``, ``timestamp``, ``obis``, ``value``, ``unit``, ``quality``;
-  ``operator``, ``via``, ``ean`` optional), the strings strings and the value
-  a JSON number within range. Anything else (an unknown member, a missing
-  one, a value of another type, NaN, a number past a double's range, a lone
-  surrogate) returns None, and the batch takes the general path, which
-  quarantines record by record. So a malformed record costs its batch this
-  path's speed, never its outcome.
+  object of the format's members only (``meter``, ``timestamp``, ``obis``,
+  ``value``, ``unit``, ``quality``; ``operator``, ``via``, ``ean``
+  optional), the strings strings, the unit and quality code known ones and
+  the value a JSON number within range. Anything else (an unknown member, a
+  missing one, a value of another type, NaN, a number past a double's
+  range, a lone surrogate) returns None, and the batch takes the general
+  path, which quarantines record by record. So a malformed record costs its
+  batch this path's speed, never its outcome.
 - :func:`route_readings` gives every record the outcome ``route_batch``
   gives it, in the same order of checks; ``tests/core/push/test_readings.py``
   compares the two on generated batches. A delivered reading is the record
