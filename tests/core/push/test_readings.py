@@ -185,6 +185,8 @@ def test_every_reason_a_record_can_have_here_is_met() -> None:
         reading(METER_ORES, at(6), ean=EAN_FLUVIUS),              # ean-mismatch
         reading(METER_ORES, at(7), operator="ores", via=None),    # delivered, hints removed
         reading(METER_ORES, at(8), ean=EAN_OK),                   # delivered with its EAN
+        reading(METER_ORES, at(9), operator="ores"),              # the label alone: removed
+        reading(METER_WATER, at(9), "8-0:1.0.0", unit="m3", via=METER_ORES),  # the carrier
     ]
     raw = spelt(records, random.Random(1))
     assert_same(raw)
@@ -195,7 +197,9 @@ def test_every_reason_a_record_can_have_here_is_met() -> None:
     assert routed.quarantined[0].meter is None  # a malformed id is never echoed
     assert json.loads(parts["ores"]) == [
         {k: v for k, v in records[i].items() if k not in ("operator", "via")}
-        for i in (4, 10, 11)]
+        for i in (4, 10, 11, 12)]
+    assert json.loads(parts["pidpa"]) == [
+        {k: v for k, v in records[13].items() if k != "via"}]
 
 
 def test_the_types_of_the_parse_are_the_formats() -> None:
