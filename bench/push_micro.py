@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
+from gateway.core.push.canonical import batch_fingerprint, encode_routed
 from gateway.core.push.days import KIND, route_meter_days
 from gateway.core.push.readings import (
     decode_readings,
@@ -37,7 +38,7 @@ from gateway.core.push.readings import (
     readings_fingerprint,
     route_readings,
 )
-from gateway.core.push.records import batch_fingerprint, encode_routed, route_batch
+from gateway.core.push.records import route_batch
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
 from gateway.push import SqliteOutbox

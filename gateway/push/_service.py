@@ -43,6 +43,7 @@ from gateway.core.jsonlimits import (
     unique_object,
 )
 from gateway.core.model import Caller
+from gateway.core.push.canonical import batch_fingerprint, encode_routed
 from gateway.core.push.days import FORMAT as DAYS_FORMAT
 from gateway.core.push.days import KIND as DAYS_KIND
 from gateway.core.push.days import route_meter_days
@@ -60,8 +61,6 @@ from gateway.core.push.records import (
     ISOLATION_REASONS_PUSH,
     BatchRejected,
     Quarantined,
-    batch_fingerprint,
-    encode_routed,
     route_batch,
 )
 from gateway.core.push.scan import Spans, scan_days

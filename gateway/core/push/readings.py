@@ -270,7 +270,7 @@ def encode_readings(records: Sequence[Reading], *, plain: bool) -> bytes:
 
 
 def readings_fingerprint(batch_id: str, records: Sequence[Reading], *, plain: bool) -> str:
-    """:func:`~gateway.core.push.records.batch_fingerprint` of the batch: the
+    """:func:`~gateway.core.push.canonical.batch_fingerprint` of the batch: the
     same SHA-256 of the canonical JSON (keys sorted, which the structs' name
     order gives), from the structs. ``plain``: :func:`plain_numbers` of them."""
     out = _ENCODE(records)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.push.records import _orjson_digest, batch_fingerprint, encode_routed
+from gateway.core.push.canonical import _orjson_digest, batch_fingerprint, encode_routed
 
 RECORD = {"meter": "1SAG1100000001", "timestamp": "2026-12-04T00:15:00+00:00",
           "obis": "1-0:1.8.0", "unit": "kWh", "quality": "01", "value": 12.5}

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from gateway.core.jsonlimits import MAX_DEPTH
 from gateway.core.push import readings
 from gateway.core.push import records as records_module
+from gateway.core.push.canonical import batch_fingerprint, encode_routed
 from gateway.core.push.readings import (
     Quality,
     Reading,
@@ -37,8 +38,6 @@ from gateway.core.push.records import (
     UNITS,
     BatchRejected,
     RoutedBatch,
-    batch_fingerprint,
-    encode_routed,
     route_batch,
 )
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.core.identifiers import with_check_digit
 from gateway.core.model import Relation
+from gateway.core.push.canonical import batch_fingerprint
 from gateway.core.push.records import (
     ACCESS_POINT,
     BATCH_REJECT_REASONS,
@@ -25,7 +26,6 @@ from gateway.core.push.records import (
     QUARANTINE_REASONS,
     BatchRejected,
     RoutedBatch,
-    batch_fingerprint,
     meter_ean_id,
     route_batch,
 )
