@@ -17,8 +17,9 @@ their id alone) is migrated in place on open, in one transaction; its parts
 keep their ids.
 
 One set of queries (:class:`Outbox`), two backends (``_outbox_backends``):
-the SQLite file of one process and PostgreSQL for a fleet, where replicas
-compete for the parts. A replica
+the SQLite file of one process, where the payloads have a table of their own
+(:attr:`Outbox.PAYLOADS`), and PostgreSQL for a fleet, where they stay in
+the part's row and replicas compete for the parts. A replica
 **claims** due parts (``FOR UPDATE SKIP LOCKED``: two replicas never claim
 the same part) under a **lease** (an owner, a token and an expiry); it
 renews the lease before each delivery, and an acknowledgement or a failure
@@ -156,7 +157,7 @@ class Outbox(ABC):
             return
         insert = (f"INSERT INTO {self.PARTS} ({_ROW_COLUMNS}) VALUES "
                   "(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
-        for row in rows:
+        for row in rows:  # the nonce and the payload are the 11th and 12th
             if self._exec(insert, (*row[:10], *row[12:])).rowcount == 1:
                 self._exec(f"INSERT INTO {self.PAYLOADS} (id, nonce, payload) VALUES (?, ?, ?)",
                            (row[0], row[10], row[11]))
