@@ -16,6 +16,13 @@ import orjson
 _FP_CHUNK = 4096
 
 
+def fingerprint_digest(batch_id: str) -> hashlib._Hash:
+    """A fingerprint's SHA-256 fed up to its records: the canonical document's
+    head ``{"batch_id":...,"records":[``. The caller adds the records' bytes
+    (comma-separated, no brackets) and ``]}``."""
+    return hashlib.sha256(f'{{"batch_id":{json.dumps(batch_id)},"records":['.encode())
+
+
 def batch_fingerprint(batch_id: str, records: Sequence[Mapping[str, Any]],
                       posted: bytes | None = None) -> str:
     """SHA-256 (hex) of the canonical JSON ``{"batch_id": ..., "records": [...]}``:
@@ -32,9 +39,8 @@ def batch_fingerprint(batch_id: str, records: Sequence[Mapping[str, Any]],
         fast = _orjson_digest(batch_id, records, posted)
         if fast is not None:
             return fast
-    digest = hashlib.sha256()
+    digest = fingerprint_digest(batch_id)
     dumps = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
-    digest.update(f'{{"batch_id":{dumps(batch_id)},"records":['.encode())
     for start in range(0, len(records), _FP_CHUNK):
         if start:
             digest.update(b",")
@@ -89,8 +95,7 @@ def _orjson_digest(batch_id: str, records: Sequence[Mapping[str, Any]],
     numbers = posted.translate(_POSTED_NUMBERS)
     if b"0e" in numbers or _LONG_NUMBER in numbers or numbers.startswith(_LONG_NUMBER[1:]):
         return None
-    digest = hashlib.sha256()
-    digest.update(f'{{"batch_id":{json.dumps(batch_id)},"records":['.encode())
+    digest = fingerprint_digest(batch_id)
     for start in range(0, len(records), _FP_CHUNK):
         try:
             out = orjson.dumps(list(records[start:start + _FP_CHUNK]),

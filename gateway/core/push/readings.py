@@ -36,7 +36,6 @@ What takes this path, and what does not:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -48,6 +47,7 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
+from gateway.core.push.canonical import fingerprint_digest
 from gateway.core.push.records import (
     MAX_RECORDS,
     Quarantined,
@@ -57,8 +57,7 @@ from gateway.core.push.records import (
     _Span,
     check_batch_id,
     check_batch_size,
-    ean_span,
-    meter_ean_id,
+    paired,
 )
 from gateway.core.relations.index import RelationIndex
 
@@ -212,7 +211,7 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
         if silent:
             # D5: communication disabled; data claiming to come from it is not delivered.
             drop(Quarantined(index, "airplane-mode", meter))
-        elif ean is not None and not _paired(pairings, relations, meter, ean, at):
+        elif ean is not None and not paired(pairings, relations, meter, ean, at):
             # SECURITY: D1. Another access point's EAN would reach this meter's owner.
             drop(Quarantined(index, "ean-mismatch", meter))
         elif hinted:
@@ -226,15 +225,6 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
         quarantined=tuple(quarantined),
         received=len(records),
     )
-
-
-def _paired(pairings: dict[str, tuple[int, int, bool]], relations: RelationIndex,
-            serial: str, ean: str, at: int) -> bool:
-    key = meter_ean_id(serial, ean)
-    known = pairings.get(key)
-    if known is None or not known[0] <= at < known[1]:
-        known = pairings[key] = ean_span(relations, serial, ean, at)
-    return known[2]
 
 
 def plain_numbers(records: Sequence[Reading]) -> bool:
@@ -276,7 +266,7 @@ def readings_fingerprint(batch_id: str, records: Sequence[Reading], *, plain: bo
     out = _ENCODE(records)
     if not _as_json(out, plain):
         out = _standard(records)
-    digest = hashlib.sha256(f'{{"batch_id":{json.dumps(batch_id)},"records":['.encode())
+    digest = fingerprint_digest(batch_id)
     digest.update(out[1:-1])
     digest.update(b"]}")
     return digest.hexdigest()

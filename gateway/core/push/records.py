@@ -260,6 +260,17 @@ def ean_span(relations: RelationIndex, serial: str, ean: str, at: int
     return (lo, hi, paired)
 
 
+def paired(pairings: dict[str, tuple[int, int, bool]], relations: RelationIndex,
+           serial: str, ean: str, at: int) -> bool:
+    """Whether the feed pairs meter ``serial`` with ``ean`` at ``at``, through
+    ``pairings`` (one batch's cache: "serial/ean" -> :func:`ean_span`)."""
+    key = meter_ean_id(serial, ean)
+    known = pairings.get(key)
+    if known is None or not known[0] <= at < known[1]:
+        known = pairings[key] = ean_span(relations, serial, ean, at)
+    return known[2]
+
+
 def batch_items(batch: Any, member: str, limit: int, *, unit: str,
                 not_list: str) -> tuple[str, list[Any]]:
     """The batch id and the list under ``member`` of a pushed batch, checked
@@ -325,13 +336,6 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
         return span
 
     pairings: dict[str, tuple[int, int, bool]] = {}  # "serial/ean" -> ean_span
-
-    def pairing(serial: str, ean: str, at: int) -> bool:
-        key = meter_ean_id(serial, ean)
-        known = pairings.get(key)
-        if known is None or not known[0] <= at < known[1]:
-            known = pairings[key] = ean_span(relations, serial, ean, at)
-        return known[2]
 
     for index, rec in enumerate(records):
         if type(rec) is not dict and not isinstance(rec, Mapping):
@@ -413,7 +417,7 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
         elif airplane or (via is not None and span_of(via, at)[3]):
             # D5: communication disabled; data claiming to come from it is not delivered.
             drop(Quarantined(index, "airplane-mode", meter))
-        elif ean is not None and not pairing(meter, ean, at):
+        elif ean is not None and not paired(pairings, relations, meter, ean, at):
             # SECURITY: D1. Another access point's EAN would reach this meter's owner.
             drop(Quarantined(index, "ean-mismatch", meter))
         elif "via" in rec or "operator" in rec:

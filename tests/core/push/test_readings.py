@@ -370,8 +370,8 @@ def test_each_distinct_value_is_checked_once_and_each_owner_read_once_per_span(
                         counted("instant", records_module._Resolver.instant, lambda a: a[1]))
     monkeypatch.setattr(records_module, "owner_span",
                         counted("owner", records_module.owner_span, lambda a: a[1]))
-    monkeypatch.setattr(readings, "ean_span",
-                        counted("pairing", readings.ean_span, lambda a: a[1:3]))
+    monkeypatch.setattr(records_module, "ean_span",
+                        counted("pairing", records_module.ean_span, lambda a: a[1:3]))
     day = [reading(meter, at(h), value=1, ean=EAN_OK if meter == METER_ORES else None)
            for meter in (METER_ORES, METER_MOVED) for h in (1, 2, 13, 14)]
     # After 13:00, the new owner's span holds from noon: 12:30 and 12:00 are in it.
