@@ -44,8 +44,10 @@ from gateway.tenants import load_tenants  # noqa: E402
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 DAY_US = 86_400 * 1_000_000
-TARGETS = {"load_s": 30.0, "bytes_per_relation": 100.0, "decide_median_us": 2.0,
-           "decide_p99_us": 10.0, "reload_pause_ms": 50.0}
+# decide(): the bars of the performance-per-core work (median 1.5 µs, p99 5 µs
+# at 10 M relations); the national-scale work had asked for 2 and 10.
+TARGETS = {"load_s": 30.0, "bytes_per_relation": 100.0, "decide_median_us": 1.5,
+           "decide_p99_us": 5.0, "reload_pause_ms": 50.0}
 
 
 @dataclass(frozen=True)
@@ -342,17 +344,20 @@ def measure(args: argparse.Namespace, gen: dict[str, float]) -> int:
     file_bpr = gen["bytes"] / n
     rss_bpr = max(after_load, after_decide) - before
     rows = [
-        ("load time (read + header + CRC-32)", f"{load_s:.2f} s", "≤ 30 s",
+        ("load time (read + header + CRC-32)", f"{load_s:.2f} s", f"≤ {TARGETS['load_s']:g} s",
          load_s <= TARGETS["load_s"]),
-        ("file bytes per relation", f"{file_bpr:.1f} B", "≤ 100 B",
+        ("file bytes per relation", f"{file_bpr:.1f} B", f"≤ {TARGETS['bytes_per_relation']:g} B",
          file_bpr <= TARGETS["bytes_per_relation"]),
-        ("RSS delta per relation (after load + queries)", f"{rss_bpr / n:.1f} B", "≤ 100 B",
+        ("RSS delta per relation (after load + queries)", f"{rss_bpr / n:.1f} B",
+         f"≤ {TARGETS['bytes_per_relation']:g} B",
          rss_bpr / n <= TARGETS["bytes_per_relation"]),
-        ("decide() median, warm", f"{median:.2f} µs", "≤ 2 µs",
+        ("decide() median, warm", f"{median:.2f} µs", f"≤ {TARGETS['decide_median_us']:g} µs",
          median <= TARGETS["decide_median_us"]),
-        ("decide() p99, warm", f"{p99:.2f} µs", "≤ 10 µs", p99 <= TARGETS["decide_p99_us"]),
+        ("decide() p99, warm", f"{p99:.2f} µs", f"≤ {TARGETS['decide_p99_us']:g} µs",
+         p99 <= TARGETS["decide_p99_us"]),
         ("reload: max loop pause (load in a thread, swap)", f"{reload['threaded_ms']:.1f} ms",
-         "≤ 50 ms", reload["threaded_ms"] <= TARGETS["reload_pause_ms"]),
+         f"≤ {TARGETS['reload_pause_ms']:g} ms",
+         reload["threaded_ms"] <= TARGETS["reload_pause_ms"]),
     ]
     print(f"\n{n:,} relations, snapshot {gen['bytes'] / 2**20:,.0f} MiB; generated in "
           f"{gen['generate_s']:.0f} s, hash tables + write {gen['write_s']:.0f} s; "

@@ -356,7 +356,7 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
 
 # -- phases --------------------------------------------------------------------
 def phase_keepalive(b: Bench) -> None:
-    names = ["direct", "nginx", "naive", "gateway"]
+    names = ["direct", "nginx", "naive", "floor", "gateway"]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(b.args.rounds):
         for name in names:  # interleaved rounds: drift hits every target alike
@@ -397,7 +397,7 @@ def phase_half_load(b: Bench) -> None:
 
 
 def phase_handshake(b: Bench) -> None:
-    names = ["nginx", "naive", "gateway"]
+    names = ["nginx", "naive", "floor", "gateway"]
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(b.args.handshake_rounds):
         for name in names:
@@ -932,8 +932,11 @@ def report(b: Bench) -> str:
         labels = {"direct": "direct to upstream (plain HTTP, static)",
                   "nginx": "nginx 1 worker, mTLS → upstream",
                   "naive": "naive aiohttp proxy, mTLS → upstream",
+                  "floor": "floor: forward, nothing checked (bench/floor.py), mTLS → upstream",
                   "gateway": "gateway, every check on, mTLS → upstream"}
-        for name in ("direct", "nginx", "naive", "gateway"):
+        for name in ("direct", "nginx", "naive", "floor", "gateway"):
+            if name not in ka:  # results of a run before the floor was measured
+                continue
             s = ka[name]
             ratio = gw["rps"] / s["rps"] if s["rps"] else None
             cpu_ratio = (s["server_cpu_us_per_req"] / gw["server_cpu_us_per_req"]
@@ -956,7 +959,9 @@ def report(b: Bench) -> str:
                   "server CPU µs/conn | server cores used | loadgen CPU µs/conn | "
                   "gateway ÷ this |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name in ("nginx", "naive", "gateway"):
+        for name in ("nginx", "naive", "floor", "gateway"):
+            if name not in hs:
+                continue
             s = hs[name]
             ratio = hs["gateway"]["rps"] / s["rps"] if s["rps"] else None
             lines.append(f"| {name} | {fmt(s['rps'])} | {fmt(s['p50_ms'], '.1f')} | "
@@ -1017,6 +1022,7 @@ def report(b: Bench) -> str:
             f"| both | {push['meters']} | | | "
             f"{push['intake_gateway_cpu_s'] + push['delivery_gateway_cpu_s']:.1f} | | "
             f"{fmt(push['end_to_end_meter_days_per_cpu_s'])} | |", ""]
+    lines += floor_lines(r)
     lines += ["Targets (ratios from this run)", "",
               "| target | bar | measured | met |", "| --- | ---: | ---: | :---: |"]
     for label, bar, val, higher in targets(r):
@@ -1024,6 +1030,30 @@ def report(b: Bench) -> str:
         lines.append(f"| {label} | {'≥' if higher else '≤'} {bar:g} | {fmt(val, '.3g')} | "
                      f"{'–' if ok is None else ('yes' if ok else 'NO')} |")
     return "\n".join(lines)
+
+
+def floor_lines(r: dict[str, Any]) -> list[str]:
+    """What the floor says of the per-CPU bars: how near nginx a Python proxy
+    on this event loop, TLS policy and upstream gets with no code of the
+    gateway's at all, and what the gateway's own code costs above it."""
+    out: list[str] = []
+    for phase, what in (("keepalive", "request (keep-alive)"),
+                        ("handshake", "new mTLS connection and its request")):
+        summary = r.get(phase, {}).get("summary") or {}
+        us = {n: (summary.get(n) or {}).get("server_cpu_us_per_req")
+              for n in ("nginx", "floor", "gateway")}
+        if not (us["nginx"] and us["floor"] and us["gateway"]):
+            continue
+        out.append(f"- Per {what}: the floor needs {us['floor']:.1f} µs of CPU, "
+                   f"{us['nginx'] / us['floor']:.3f}× nginx's per CPU-µs; the gateway "
+                   f"{us['gateway']:.1f} µs, so its own code costs "
+                   f"{us['gateway'] - us['floor']:.1f} µs above the floor "
+                   f"({(us['gateway'] - us['floor']) / us['gateway']:.0%} of its CPU).")
+    if out:
+        out = ["The floor (bench/floor.py: a Python proxy on the same event loop, TLS policy, "
+               "certificate and CRL, that checks nothing): what CPython, the event loop and "
+               "OpenSSL cost before any of the gateway's code runs.", "", *out, ""]
+    return out
 
 
 def targets(r: dict[str, Any]) -> list[tuple[str, float, float | None, bool]]:
@@ -1301,6 +1331,15 @@ def main() -> int:
                                   "--loop", args.event_loop],
                   srv_cpu, run_dir / "naive.log")
         b.servers["naive"] = Server("naive", p, wait_port_file(pf, p, "naive proxy"))
+        # The floor: no checks, the gateway's TLS policy and material (bench/floor.py).
+        pf = run_dir / "floor.port"
+        p = spawn("floor", [PY, str(BENCH / "floor.py"), "--upstream-port",
+                            str(b.servers["upstream"].port), "--cert", str(pki.server_cert),
+                            "--key", str(pki.server_key), "--ca", str(pki.ca_cert),
+                            "--crl", str(crl), "--port-file", str(pf),
+                            "--loop", args.event_loop],
+                  srv_cpu, run_dir / "floor.log")
+        b.servers["floor"] = Server("floor", p, wait_port_file(pf, p, "floor"))
         wait_tcp(nginx_port, b.servers["nginx"].proc)
         smoke(b)
         b.results["gateway_rss_at_start_mb"] = b.servers["gateway"].rss() / 2**20
@@ -1331,7 +1370,7 @@ def main() -> int:
             if not s.alive():
                 log(f"WARNING: {s.name} exited with {s.proc.returncode}")
     finally:
-        for name in ("naive", "nginx", "gateway", "sink", "upstream"):
+        for name in ("floor", "naive", "nginx", "gateway", "sink", "upstream"):
             if name in b.servers:
                 b.servers[name].stop()
         st.stop()
@@ -1419,7 +1458,7 @@ def smoke(b: Bench) -> None:
     ctx = ssl.create_default_context(cafile=b.ca)
     ctx.load_cert_chain(*b.client_cert)
     bodies = {}
-    for name in ("direct", "nginx", "naive", "gateway"):
+    for name in ("direct", "nginx", "naive", "floor", "gateway"):
         port, _ = b.target(name)
         if name == "direct":
             conn: http.client.HTTPConnection = http.client.HTTPConnection(HOST, port, timeout=10)
@@ -1436,7 +1475,7 @@ def smoke(b: Bench) -> None:
         bodies[name] = json.loads(body)
     if any(v != bodies["direct"] for v in bodies.values()):
         raise SystemExit(f"smoke test: bodies differ: {bodies}")
-    log(f"smoke test: all four targets answer 200 with the same {b.results['body_bytes']} "
+    log(f"smoke test: all five targets answer 200 with the same {b.results['body_bytes']} "
         "byte meter record")
 
 

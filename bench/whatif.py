@@ -33,6 +33,9 @@ Patches:
                     event loop; every 5 s, how late it fired (p50, p99,
                     max, and how often by more than 2, 5 and 10 ms): whether
                     the latency tail is the loop held up, or queueing.
+* ``calls``         not a speed-up: Python function calls per data-plane
+                    request, counted by cProfile over 5 s windows (every
+                    10 s), and each function's own time under it.
 * ``no-checks``     not a gateway: the data plane forwards every request to
                     the ``hes`` upstream and answers its body, with no
                     identity, route, decision, quota, response check, audit
@@ -343,6 +346,58 @@ def patch_loop_lag() -> None:
     print("whatif: loop-lag applied", flush=True)
 
 
+def patch_calls() -> None:
+    """Not a speed-up: Python function calls per data-plane request (cProfile
+    over a window, deterministic where a sampler is not): every 10 s after
+    start-up, a 5 s window; printed per request, most called first."""
+    import cProfile
+    import pstats
+    import time
+
+    from gateway.server import Gateway
+
+    original = Gateway.start
+
+    async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await original(self, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+
+        def report(prof: cProfile.Profile, began: float) -> None:
+            prof.disable()
+            stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+            # RequestTrace._event: called once per answered request, and not a
+            # coroutine (cProfile counts each resumption of one as a call).
+            requests = sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
+                           if name == "_event" and file.endswith("dataplane/_trace.py"))
+            if requests:
+                rows = sorted(((nc, tt, f"{name} ({file.rsplit('gateway/', 1)[-1]}:{line})")
+                               for (file, line, name), (_cc, nc, tt, _ct, _callers)
+                               in stats.items()), reverse=True)
+                total = sum(r[0] for r in rows)
+                print(f"whatif calls: {requests} requests in {time.perf_counter() - began:.1f} s, "
+                      f"{total / requests:.1f} Python-level calls per request; most called:",
+                      flush=True)
+                for nc, _tt, where in rows[:40]:
+                    print(f"  {nc / requests:7.2f}  {where}", flush=True)
+                print("whatif calls: own time under the profiler, µs per request (the "
+                      "profiler's overhead included: proportions only):", flush=True)
+                for nc, tt, where in sorted(rows, key=lambda r: -r[1])[:40]:
+                    print(f"  {tt * 1e6 / requests:7.2f}  {nc / requests:6.2f}  {where}",
+                          flush=True)
+            loop.call_later(5.0, window)
+
+        def window() -> None:
+            prof = cProfile.Profile()
+            prof.enable()
+            loop.call_later(5.0, report, prof, time.perf_counter())
+
+        loop.call_later(10.0, window)
+        return result
+
+    Gateway.start = start  # type: ignore[method-assign]
+    print("whatif: calls applied", flush=True)
+
+
 def patch_no_checks() -> None:
     """Not a gateway: forward and answer, nothing checked (see the docstring)."""
     from aiohttp import web
@@ -395,7 +450,7 @@ def patch_uvloop() -> None:
 PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
            "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log,
            "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
-           "no-checks": patch_no_checks, "no-trace": patch_no_trace,
+           "calls": patch_calls, "no-checks": patch_no_checks, "no-trace": patch_no_trace,
            "no-response-check": patch_no_response_check}
 
 
