@@ -6,7 +6,10 @@ book (per listener, per tenant, the memory budget) and the process RSS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import ssl
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -100,13 +103,38 @@ class ConnectionBook:
                 del self.per_tenant[tenant]
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_statm: int | None = None  # /proc/self/statm, kept open: a pread, not an open, per reading
+_statm_lock = threading.Lock()
+
+
+def _forget_statm() -> None:
+    """In a forked child: the descriptor inherited reads the parent's memory
+    (/proc/self was resolved when it was opened), so the next reading opens
+    the child's own."""
+    global _statm
+    if _statm is not None:
+        with contextlib.suppress(OSError):
+            os.close(_statm)
+    _statm = None
+
+
+os.register_at_fork(after_in_child=_forget_statm)
+
+
 def rss_bytes() -> int:
-    """Resident set size of this process (Linux /proc)."""
+    """Resident set size of this process (Linux /proc); 0 where it cannot be
+    read. The file stays open (an open, a read and a close cost ≈ 10 times a
+    ``pread``)."""
+    global _statm
     try:
-        with open("/proc/self/statm") as fh:
-            pages = int(fh.read().split()[1])
+        fd = _statm
+        if fd is None:
+            with _statm_lock:
+                if _statm is None:
+                    _statm = os.open("/proc/self/statm", os.O_RDONLY | os.O_CLOEXEC)
+                fd = _statm
+        pages = int(os.pread(fd, 128, 0).split()[1])
     except (OSError, ValueError, IndexError):
         return 0
-    import os
-
-    return pages * os.sysconf("SC_PAGE_SIZE")
+    return pages * _PAGE_SIZE

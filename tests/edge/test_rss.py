@@ -1,0 +1,62 @@
+"""The process RSS the memory budget is checked against (D13: one tenant's
+flood cannot take the memory every tenant's connections need): read from a
+/proc/self/statm kept open, again and again, and the child's own after a
+fork."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gateway.edge._limits import rss_bytes
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux /proc")
+
+
+def _statm_rss() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_every_reading_is_the_current_rss() -> None:
+    first = rss_bytes()
+    assert first > 0
+    grown = b"x" * (64 * 1024 * 1024)  # written, so resident
+    try:
+        # The kept file is read from its start each time, not where the last
+        # reading left it (that would read nothing: 0).
+        again = rss_bytes()
+        assert again >= first + 60 * 1024 * 1024
+        assert abs(again - _statm_rss()) < 4 * 1024 * 1024
+    finally:
+        del grown
+    assert abs(rss_bytes() - _statm_rss()) < 4 * 1024 * 1024
+
+
+def test_a_forked_child_reads_its_own_rss_not_its_parents() -> None:
+    """The parent's descriptor, inherited, would report the parent's memory:
+    a worker over its budget would never see it."""
+    script = textwrap.dedent("""
+        import os, sys
+        from gateway.edge._limits import rss_bytes
+
+        parent = rss_bytes()  # opens (and keeps) the parent's statm
+        pid = os.fork()
+        if pid == 0:
+            grown = b"x" * (128 * 1024 * 1024)
+            with open("/proc/self/statm") as fh:
+                own = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            read = rss_bytes()
+            # The child's own reading, 128 MiB past the parent's.
+            ok = abs(read - own) < 8 * 1024 * 1024 and read > parent + 64 * 1024 * 1024
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
