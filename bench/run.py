@@ -378,7 +378,7 @@ def phase_keepalive(b: Bench) -> None:
 def phase_half_load(b: Bench) -> None:
     gw = b.results["keepalive"]["summary"]["gateway"]["rps"]
     rate = max(1.0, gw / 2)
-    names = ("direct", "nginx", "naive", "gateway")
+    names = ("direct", "nginx", "naive", "floor", "gateway")
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(b.args.half_rounds):
         for name in names:
@@ -979,7 +979,9 @@ def report(b: Bench) -> str:
                   "| configuration | achieved req/s | p50 ms | p99 ms | p99 added over direct ms "
                   "| server cores used | server CPU µs/req |",
                   "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-        for name in ("direct", "nginx", "naive", "gateway"):
+        for name in ("direct", "nginx", "naive", "floor", "gateway"):
+            if name not in hl:
+                continue
             s = hl[name]
             added = s["p99_ms"] - hl["direct"]["p99_ms"]
             lines.append(f"| {name} | {fmt(s['rps'])} | {fmt(s['p50_ms'], '.2f')} | "
@@ -1049,6 +1051,13 @@ def floor_lines(r: dict[str, Any]) -> list[str]:
                    f"{us['gateway']:.1f} µs, so its own code costs "
                    f"{us['gateway'] - us['floor']:.1f} µs above the floor "
                    f"({(us['gateway'] - us['floor']) / us['gateway']:.0%} of its CPU).")
+    hl = r.get("half_load") or {}
+    if hl.get("floor") and hl.get("direct") and hl["floor"].get("p99_ms") is not None:
+        floor, gw = hl["floor"], hl.get("gateway") or {}
+        out.append(f"- At half the gateway's maximum ({hl['rate']:.0f} req/s): the floor's p99 "
+                   f"is {floor['p99_ms'] - hl['direct']['p99_ms']:.2f} ms over direct at "
+                   f"{fmt(floor.get('server_cores'), '.2f')} cores, the gateway's "
+                   f"{hl['p99_added_ms']:.2f} ms at {fmt(gw.get('server_cores'), '.2f')} cores.")
     if out:
         out = ["The floor (bench/floor.py: a Python proxy on the same event loop, TLS policy, "
                "certificate and CRL, that checks nothing): what CPython, the event loop and "
