@@ -384,6 +384,17 @@ def patch_calls() -> None:
                 for nc, tt, where in sorted(rows, key=lambda r: -r[1])[:40]:
                     print(f"  {tt * 1e6 / requests:7.2f}  {nc / requests:6.2f}  {where}",
                           flush=True)
+                files: dict[str, list[float]] = {}
+                for nc, tt, where in rows:
+                    file = where.rpartition(" (")[2].partition(":")[0]
+                    acc = files.setdefault(file, [0.0, 0.0])
+                    acc[0] += nc
+                    acc[1] += tt
+                print("whatif calls: by file (C functions under '~'), own µs and calls per "
+                      "request:", flush=True)
+                for file, (nc, tt) in sorted(files.items(), key=lambda kv: -kv[1][1])[:30]:
+                    print(f"  {tt * 1e6 / requests:7.2f}  {nc / requests:6.2f}  {file}",
+                          flush=True)
             loop.call_later(5.0, window)
 
         def window() -> None:

@@ -106,6 +106,6 @@ def _orjson_digest(batch_id: str, records: Sequence[Mapping[str, Any]],
             return None
         if start:
             digest.update(b",")
-        digest.update(out[1:-1])
+        digest.update(memoryview(out)[1:-1])  # not copied
     digest.update(b"]}")
     return digest.hexdigest()
