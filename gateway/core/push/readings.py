@@ -49,6 +49,7 @@ from msgspec import UNSET, UnsetType
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
 from gateway.core.push.canonical import fingerprint_digest
 from gateway.core.push.records import (
+    MALFORMED,
     MAX_RECORDS,
     Quarantined,
     RoutedBatch,
@@ -100,7 +101,6 @@ _ENCODE = msgspec.json.Encoder().encode
 # exponent ("1e-05", "1e+16"), msgspec otherwise ("0.00001", "1e16"); between
 # the two they write the same shortest digits, and integers alike.
 _FIXED_FROM, _FIXED_BELOW = 1e-4, 1e16
-MALFORMED = -1  # the id of a serial that is not one
 _VALUE = attrgetter("value")
 
 
@@ -170,7 +170,8 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
             via = None
         # The parse took only a known unit and quality code, and a number
         # within a double's range: finite.
-        if at is None or obis_id < 0 or (via is not None and serial_id(via) == MALFORMED):
+        if (at is None or obis_id == MALFORMED
+                or (via is not None and serial_id(via) == MALFORMED)):
             drop(Quarantined(index, "invalid-record", meter))
             continue
         if rec.unit not in fits:

@@ -96,7 +96,11 @@ _REQUIRED_MEMBERS = 6
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
-_MIN, _MAX = -(1 << 62), 1 << 62  # open interval ends, in microseconds
+# Open interval ends, in microseconds. The snapshot's open bounds (OPEN_FROM,
+# OPEN_TO) lie beyond them, so they never narrow a span.
+_MIN, _MAX = -(1 << 62), 1 << 62
+assert OPEN_FROM < _MIN and _MAX < OPEN_TO
+MALFORMED = -1  # the id of a serial or OBIS code that is not one
 # The OBIS shape the brief fixes, ASCII digits only; matched once per distinct code.
 _NO_UNITS: frozenset[str] = frozenset()
 
@@ -105,7 +109,7 @@ def _obis(code: str, ids: dict[str, int]) -> tuple[int, frozenset[str]]:
     """(a small id of the code's one spelling, or -1 if malformed; its units)."""
     key = obis_key(code)
     if key is None:
-        return -1, _NO_UNITS
+        return MALFORMED, _NO_UNITS
     return ids.setdefault(key, len(ids)), obis_units(key)
 _record = REC.unpack_from  # (tenant, relation, valid_from us, valid_to us)
 _REC_SIZE = REC.size
@@ -200,7 +204,7 @@ def owner_span(relations: RelationIndex, serial: str, at: int
     except UnicodeEncodeError:
         key = encode_id(serial)
     row = snapshot.row("meter", key)
-    if row >= 0:
+    if row != -1:
         buf, tenants, names = snapshot.buffer, snapshot.tenants, snapshot.names
         first, end = snapshot.records_at(row)
         for p in range(first, end, _REC_SIZE):
@@ -208,11 +212,7 @@ def owner_span(relations: RelationIndex, serial: str, at: int
             name = names[r]
             if name != "owner" and name != AIRPLANE_MODE:
                 continue
-            if start == OPEN_FROM:
-                start = _MIN
-            if stop == OPEN_TO:
-                stop = _MAX
-            for bound in (start, stop):
+            for bound in (start, stop):  # an open bound (OPEN_FROM, OPEN_TO) narrows nothing
                 if bound <= at:
                     lo = max(lo, bound)
                 else:
@@ -241,15 +241,13 @@ def ean_span(relations: RelationIndex, serial: str, ean: str, at: int
     paired = False
     snapshot = relations.snapshot
     row = snapshot.row(METER_EAN, encode_id(meter_ean_id(serial, ean)))
-    if row >= 0:
+    if row != -1:
         buf, names = snapshot.buffer, snapshot.names
         first, end = snapshot.records_at(row)
         for p in range(first, end, _REC_SIZE):
             _, r, start, stop = _record(buf, p)
             if names[r] != ACCESS_POINT:
                 continue
-            start = _MIN if start == OPEN_FROM else start
-            stop = _MAX if stop == OPEN_TO else stop
             for bound in (start, stop):
                 if bound <= at:
                     lo = max(lo, bound)
@@ -323,10 +321,8 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
     instants: dict[str, int | None] = {}
     eans: dict[str, bool] = {}
     spans: dict[str, _Span] = {}
-    # Duplicates are keyed by one int (instant, meter id, OBIS id), not a tuple:
-    # a million live tuples would keep the cyclic GC busy; ints are untracked.
-    seen: set[int] = set()
-    width = (2 * len(records) + 1).bit_length()  # ids: at most one meter and one via each
+    # (instant, meter id, OBIS id): ints only, so the collector soon untracks them.
+    seen: set[tuple[int, int, int]] = set()
     drop = quarantined.append
 
     def span_of(serial: str, at: int) -> _Span:
@@ -338,7 +334,7 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
     pairings: dict[str, tuple[int, int, bool]] = {}  # "serial/ean" -> ean_span
 
     for index, rec in enumerate(records):
-        if type(rec) is not dict and not isinstance(rec, Mapping):
+        if not isinstance(rec, Mapping):
             drop(Quarantined(index, "invalid-record", None))
             continue
         meter = rec.get("meter")
@@ -347,8 +343,9 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
             continue
         meter_id = serials.get(meter)
         if meter_id is None:
-            meter_id = serials[meter] = len(serials) if is_valid_meter_serial(meter) else -1
-        if meter_id < 0:  # never echo a malformed id back
+            meter_id = serials[meter] = (len(serials) if is_valid_meter_serial(meter)
+                                         else MALFORMED)
+        if meter_id == MALFORMED:  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None))
             continue
         # SECURITY: D1, only the members the format defines reach a tenant (a name,
@@ -367,20 +364,20 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
             at = instants.get(stamp)
             if at is None and stamp not in instants:
                 at = instants[stamp] = resolver.instant(stamp)
-        obis_id, fits = -1, _NO_UNITS
+        obis_id, fits = MALFORMED, _NO_UNITS
         if type(obis) is str:
             coded = obis_codes.get(obis)
             if coded is None:
                 coded = obis_codes[obis] = _obis(obis, obis_ids)
             obis_id, fits = coded
-        via_id = 0 if via is None else -1
+        bad_via = via is not None
         if type(via) is str:
             known = serials.get(via)
             if known is None:
-                known = serials[via] = len(serials) if is_valid_meter_serial(via) else -1
-            via_id = known
+                known = serials[via] = len(serials) if is_valid_meter_serial(via) else MALFORMED
+            bad_via = known == MALFORMED
         kind = type(value)
-        if (at is None or obis_id < 0 or via_id < 0
+        if (at is None or obis_id == MALFORMED or bad_via
                 or not (kind is int or (kind is float and value - value == 0.0))  # finite
                 or type(unit) is not str or unit not in UNITS
                 or type(quality) is not str or quality not in QUALITY_CODES
@@ -401,13 +398,13 @@ def route_batch(batch: Any, relations: RelationIndex, now: datetime, *,
                 continue
         # The instant, not its spelling: "Z" and "+00:00" are the same reading.
         size = len(seen)
-        seen.add((((at << width) | meter_id) << width) | obis_id)
+        seen.add((at, meter_id, obis_id))
         if len(seen) == size:
             drop(Quarantined(index, "duplicate", meter))
             continue
         span = spans.get(meter)
         if span is None or not span[0] <= at < span[1]:
-            span = span_of(meter, at)
+            span = spans[meter] = resolver.span(meter, at)
         _, _, owner, airplane, part = span
         if owner is None:
             drop(Quarantined(index, "no-owner", meter))
