@@ -176,8 +176,7 @@ class _Days:
         return ok
 
     def start(self, stamp: str) -> tuple[int, datetime, str] | None:
-        if stamp in self.starts:
-            return self.starts[stamp]
+        """Parse ``stamp`` and keep it (the router reads ``starts`` first)."""
         parsed: tuple[int, datetime, str] | None = None
         try:
             at = datetime.fromisoformat(stamp)
@@ -222,7 +221,7 @@ class _Days:
             return None
         text = self.text
         start, end = self.spans[index]
-        if text.find("\\", start, end) >= 0:
+        if text.find("\\", start, end) != -1:
             return None
         found = _VALUES_KEY.search(text, start, end)
         if found is None or _VALUES_KEY.search(text, found.end(), end) is not None:
@@ -250,13 +249,13 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
         spans = None
     st = _Days(relations, now, text, spans)
     drop = st.quarantined.append
-    serials, obis_codes, starts, qualities = st.serials, st.obis, st.starts, st.qualities
+    obis_codes, starts, qualities = st.obis, st.starts, st.qualities
     seen, owners, latest = st.seen, st.owners, st.latest
     received = 0
     for index, day in enumerate(days):
         if type(day) is not dict:
             received += 1
-            drop(Quarantined(index, _INVALID, None, 0, 1))
+            drop(Quarantined(index, _INVALID, None))
             continue
         values = day.get("values")
         raw: str | None = None
@@ -275,10 +274,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
         if type(meter) is not str:
             drop(Quarantined(index, _INVALID, None, 0, n or 1))
             continue
-        meter_ok = serials.get(meter)
-        if meter_ok is None:
-            meter_ok = serials[meter] = is_valid_meter_serial(meter)
-        if not meter_ok:  # never echo a malformed id back
+        if not st.serial(meter):  # never echo a malformed id back
             drop(Quarantined(index, "malformed-meter-id", None, 0, n or 1))
             continue
         if not _MEMBERS.issuperset(day):
