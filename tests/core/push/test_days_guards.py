@@ -106,6 +106,16 @@ def test_what_cannot_be_read_is_counted_and_ends_nothing() -> None:
     assert routed.counts() == {"received": 15, "queued": 2, "quarantined": 13, "meter_days": 6}
 
 
+def test_a_refused_meter_day_without_a_list_of_values_counts_one_reading() -> None:
+    days = [{**day(METER_ORES, n=2), "meter": 5, "values": 5},
+            day("bad serial", n=2, values="1,2"),
+            day(METER_ORES, n=2, values={"0": 1.0}, extra=1)]
+    assert route(days).quarantined == (
+        Quarantined(0, "invalid-record", None, 0, 1),
+        Quarantined(1, "malformed-meter-id", None, 0, 1),
+        Quarantined(2, "unexpected-field", METER_ORES, 0, 1))
+
+
 ONE_FAULT = {
     "start-not-a-string": {"start": 1781395200},
     "start-garbage": {"start": "yesterday"},
@@ -235,6 +245,18 @@ def test_a_pairing_that_ends_at_the_last_reading() -> None:
     assert [len(m["values"]) for m in delivered(routed)["ores"]] == [3]
 
 
+def test_a_day_overlapping_a_whole_day_before_it_is_a_duplicate() -> None:
+    """The whole-day path records what it delivered: a later meter-day of the
+    same meter and register that repeats some of its instants has those
+    readings quarantined as duplicates, the rest delivered."""
+    first = day(METER_ORES, n=4, interval=3600)
+    again = day(METER_ORES, YESTERDAY + timedelta(hours=2), n=4, interval=3600)
+    routed = route([first, again])
+    assert runs(routed) == {(1, "duplicate", METER_ORES, 0, 2)}
+    assert [len(m["values"]) for m in delivered(routed)["ores"]] == [4, 2]
+    assert outcomes(routed) == per_record([first, again])
+
+
 def test_a_reading_at_the_edge_of_the_future_skew_is_taken_reading_by_reading() -> None:
     edge = NOW + FUTURE_SKEW
     d = day(METER_ORES, edge - timedelta(minutes=15), n=2, values=[None, 1.0])
@@ -248,14 +270,18 @@ def test_a_reading_at_the_edge_of_the_future_skew_is_taken_reading_by_reading() 
 
 def test_each_whole_day_keeps_its_own_posted_values() -> None:
     """The cut-out is bounded by the meter-day's own span: an escape in the
-    next meter-day, or the next one's values key, changes nothing."""
-    text = json.dumps(batch([day(METER_ORES, n=2), day(METER_ORES, n=2, obis="1-0:2.8.1")]))
-    text = text.replace("[0.0, 0.01]", "[0.000, 1.0e-2]", 1)
+    meter-day before or after it, or the next one's values key, changes nothing."""
+    days = [day(METER_ORES, n=2, obis="1-0:1.8.0"), day(METER_ORES, n=2),
+            day(METER_ORES, n=2, obis="1-0:2.8.1")]
+    text = json.dumps(batch(days)).replace('"1-0:1.8.0"', '"1-0:1.8.\\u0030"')
+    text = text.replace('"1-0:1.8.1", "unit": "kWh", "values": [0.0, 0.01]',
+                        '"1-0:1.8.1", "unit": "kWh", "values": [0.000, 1.0e-2]')
     text = text.replace('"1-0:2.8.1"', '"1-0:2.8.\\u0031"')
     doc, spans = scan_batch(text)
-    first, second = route_meter_days(doc, RELATIONS, NOW, text=text,
-                                     spans=spans).parts["ores"].meter_days
+    before, first, second = route_meter_days(doc, RELATIONS, NOW, text=text,
+                                             spans=spans).parts["ores"].meter_days
     assert '"values":[0.000, 1.0e-2]' in first
+    assert json.loads(before)["obis"] == "1-0:1.8.0" and '"values":[0.0, 0.01]' in before
     assert json.loads(second)["obis"] == "1-0:2.8.1" and '"values":[0.0, 0.01]' in second
 
 
