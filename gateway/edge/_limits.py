@@ -111,8 +111,10 @@ _statm_lock = threading.Lock()
 def _forget_statm() -> None:
     """In a forked child: the descriptor inherited reads the parent's memory
     (/proc/self was resolved when it was opened), so the next reading opens
-    the child's own."""
-    global _statm
+    the child's own; and a lock another thread held at the fork stays held
+    in the child, so the child takes a new one."""
+    global _statm, _statm_lock
+    _statm_lock = threading.Lock()
     if _statm is not None:
         with contextlib.suppress(OSError):
             os.close(_statm)

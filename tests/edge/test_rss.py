@@ -60,3 +60,33 @@ def test_a_forked_child_reads_its_own_rss_not_its_parents() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
                           cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
     assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+
+def test_a_child_forked_while_another_thread_reads_is_not_stuck() -> None:
+    """A fork while another thread holds the reading's lock: the child takes
+    a lock of its own instead of waiting forever for the copy it inherited."""
+    script = textwrap.dedent("""
+        import os, signal, sys, threading, time
+        from gateway.edge import _limits
+
+        _limits.rss_bytes()
+        held = threading.Event()
+
+        def hold():
+            with _limits._statm_lock:
+                held.set()
+                time.sleep(3)
+
+        threading.Thread(target=hold, daemon=True).start()
+        held.wait()
+        pid = os.fork()
+        if pid == 0:
+            signal.alarm(2)  # stuck: SIGALRM ends the child, a failure
+            os._exit(0 if _limits.rss_bytes() > 0 else 3)
+        _, status = os.waitpid(pid, 0)
+        sys.exit(os.waitstatus_to_exitcode(status))
+    """)
+    done = subprocess.run([sys.executable, "-W", "ignore::DeprecationWarning", "-c", script],
+                          capture_output=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 0, (done.returncode, done.stderr.decode()[-2000:])

@@ -106,7 +106,7 @@ _NO_UNITS: frozenset[str] = frozenset()
 
 
 def _obis(code: str, ids: dict[str, int]) -> tuple[int, frozenset[str]]:
-    """(a small id of the code's one spelling, or -1 if malformed; its units)."""
+    """(a small id of the code's one spelling, or MALFORMED; its units)."""
     key = obis_key(code)
     if key is None:
         return MALFORMED, _NO_UNITS
