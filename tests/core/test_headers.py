@@ -24,13 +24,15 @@ def test_identity_and_hop_by_hop_headers_never_forwarded() -> None:
 
 @pytest.mark.parametrize("name", ["X_Tenant", "x_forwarded_for", "Accept_Language"])
 def test_underscore_header_names_are_refused(name: str) -> None:
-    with pytest.raises(HeaderRejected):
+    with pytest.raises(HeaderRejected) as info:
         clean_request_headers([(name, "v")])
+    assert (info.value.reason, info.value.status) == ("header-name-underscore", 400)
 
 
 def test_repeated_forwarded_header_is_refused() -> None:
-    with pytest.raises(HeaderRejected):
+    with pytest.raises(HeaderRejected) as info:
         clean_request_headers([("Idempotency-Key", "a"), ("idempotency-key", "b")])
+    assert (info.value.reason, info.value.status) == ("header-repeated", 400)
 
 
 def test_response_headers_allow_list() -> None:

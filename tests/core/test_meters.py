@@ -40,7 +40,10 @@ FEED = RelationIndex([
 
 def verdict(serial: str, operation: object) -> tuple[int, str] | None:
     refused = check_meter_operation(serial, {"operation": operation}, FEED, NOW)
-    return None if refused is None else (refused.status, refused.reason)
+    if refused is None:
+        return None
+    assert refused.resources == (serial,)  # the meter refused goes to the audit event
+    return (refused.status, refused.reason)
 
 
 @pytest.mark.parametrize("operation", ["connect", "disconnect", "set-power-limit",
