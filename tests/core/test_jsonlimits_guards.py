@@ -101,3 +101,20 @@ def test_what_cannot_be_proven_goes_to_the_exact_parse(monkeypatch: pytest.Monke
     with contextlib.suppress(DuplicateKey):
         loads_unique(text)
     assert calls == [text]
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be", "utf-32-le"])
+def test_a_lone_surrogate_in_utf_16_or_32_is_read_as_json_loads_reads_it(encoding: str) -> None:
+    """json.loads decodes bytes with ``surrogatepass``; the depth check must
+    read the same text, not fail on it."""
+    raw = '["\ud800", {"a": [1, 2]}]'.encode(encoding, "surrogatepass")
+    assert loads_limited(raw) == json.loads(raw)
+
+
+def test_the_depth_of_utf_16_is_measured_on_its_text() -> None:
+    """In UTF-16 a character's bytes may look like a quote or a bracket
+    (U+0122 is the bytes 22 01): measured on the text, a string full of them
+    and of brackets is one level deep."""
+    raw = json.dumps({"k": "\u0122" * 3 + "[" * 70}, ensure_ascii=False).encode("utf-16-le")
+    check_depth(raw)
+    assert loads_limited(raw) == {"k": "\u0122" * 3 + "[" * 70}
