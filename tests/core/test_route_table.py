@@ -1,0 +1,55 @@
+"""The route table: a template's segments, the fast path of a route whose
+resource id is in its path, and what a lookup answers when the method does
+not match (the 405's ``Allow``). Routes are built here, at test time, so the
+construction itself is what is checked."""
+
+from __future__ import annotations
+
+from gateway.core.identifiers import is_valid_meter_serial
+from gateway.core.routes import ResourceRef, Route, RouteTable
+
+GRANTS = {"dso": frozenset({"owner"})}
+METER = "1SAG0000000001"
+
+
+def meter_route(method: str = "GET", template: str = "/hes/meters/{serial}",
+                window: str | None = None) -> Route:
+    return Route("hes", method, template, GRANTS,
+                 resource=ResourceRef("meter", "path", "serial"), window=window)
+
+
+def test_a_template_s_segments() -> None:
+    assert meter_route().segments == ("hes", "meters", "{serial}")
+    assert meter_route(template="/hes/meters/{serial}/").segments == ("hes", "meters", "{serial}")
+    assert Route("itsm", "GET", "/X-ray/{id}", GRANTS).segments == ("X-ray", "{id}")
+
+
+def test_the_fast_path_of_a_resource_in_the_path() -> None:
+    fast = meter_route().path_resource
+    assert fast is not None
+    kind, name, syntax = fast
+    assert (kind, name) == ("meter", "serial")
+    assert bool(syntax(METER)) and bool(syntax(METER)) == is_valid_meter_serial(METER)
+    assert not syntax("not a serial")
+    # Not for a resource in the query or the body, nor for a route with a window.
+    assert meter_route(window="day").path_resource is None
+    assert Route("hes", "GET", "/hes/meters", GRANTS,
+                 resource=ResourceRef("meter", "query", "serial")).path_resource is None
+    assert Route("hes", "GET", "/hes/meters", GRANTS).path_resource is None
+
+
+def test_a_lookup_binds_the_parameters() -> None:
+    table = RouteTable([meter_route(), Route("itsm", "GET", "/X-ray/{id}", GRANTS)])
+    found = table.lookup("GET", f"/hes/meters/{METER}")
+    assert found.match is not None and found.match.params == {"serial": METER}
+    assert found.match.route is table.routes[0]
+    ray = table.lookup("GET", "/X-ray/7")
+    assert ray.match is not None and ray.match.params == {"id": "7"}
+
+
+def test_another_method_on_a_known_path_names_the_allowed_ones_once_sorted() -> None:
+    table = RouteTable([meter_route("POST"), meter_route("GET"),
+                        meter_route("POST", "/hes/meters/{id}")])
+    found = table.lookup("DELETE", f"/hes/meters/{METER}")
+    assert (found.match, found.allowed_methods) == (None, ("GET", "POST"))
+    assert table.lookup("GET", "/hes/other/x").allowed_methods == ()
