@@ -31,6 +31,7 @@ def test_the_fast_path_of_a_resource_in_the_path() -> None:
     assert (kind, name) == ("meter", "serial")
     assert bool(syntax(METER)) and bool(syntax(METER)) == is_valid_meter_serial(METER)
     assert not syntax("not a serial")
+    assert not syntax("meter-1")  # a plain id, but no meter serial: the meter's own syntax
     # Not for a resource in the query or the body, nor for a route with a window.
     assert meter_route(window="day").path_resource is None
     assert Route("hes", "GET", "/hes/meters", GRANTS,

@@ -97,3 +97,37 @@ def test_instants_as_the_feed_writes_them(monkeypatch: pytest.MonkeyPatch, text:
     assert parsed == expected
     if parsed is not None:
         assert parsed.utcoffset() == timedelta(0) and parsed.tzinfo is UTC
+
+
+def test_holders_read_past_a_relation_that_does_not_hold_then() -> None:
+    for order in (1, -1):
+        index = RelationIndex([Relation("meter", METER, "fluvius", "owner", None, SWITCH),
+                               Relation("meter", METER, "sibelga", "owner", SWITCH, None)][::order])
+        assert index.holders("meter", METER, "owner", NOW) == {"sibelga"}
+        assert index.holders("meter", METER, "owner", SWITCH - timedelta(hours=1)) == {"fluvius"}
+
+
+def test_a_window_reads_past_a_relation_outside_it() -> None:
+    later = Relation("meter", METER, "ores", "owner", NOW, None)
+    for order in (1, -1):
+        index = RelationIndex([Relation("meter", METER, "ores", "owner", None, SWITCH),
+                               later][::order])
+        assert index.find_during("meter", METER, "ores", OWNER, NOW,
+                                 NOW + timedelta(hours=1)) == later
+
+
+def test_the_snapshot_is_named_where_it_fails() -> None:
+    from gateway.core.relations.snapshot import MAGIC, SnapshotError
+
+    assert RelationIndex([]).snapshot.source == "<memory>"
+    whole = RelationIndex([Relation("meter", METER, "ores", "owner")]).snapshot.buffer
+    with pytest.raises(SnapshotError, match=r"^feed\.snap: "):
+        RelationIndex.from_bytes(bytes(whole[:-1]), "feed.snap")
+    assert bytes(whole).startswith(MAGIC)
+
+
+def test_a_bound_without_a_time_zone_is_refused_by_name() -> None:
+    naive = datetime(2026, 6, 14, 12, 0)
+    refused = r"^relation bound without a time zone: 2026-06-14T12:00:00$"
+    with pytest.raises(ValueError, match=refused):
+        RelationIndex([Relation("meter", METER, "ores", "owner", naive, None)])
