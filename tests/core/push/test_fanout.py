@@ -110,3 +110,79 @@ def test_a_booking_the_feed_contradicts_is_quarantined(
         b: dict[str, Any], expected: tuple[str, str | None]) -> None:
     assert booking_quarantine(b, FEED, NOW) == expected
     assert expected[0] in CMH_QUARANTINE_REASONS
+
+
+def _refused(change: Any) -> FanoutRejected:
+    if callable(change):
+        doc: Any = booking()
+        change(doc)
+    else:
+        doc = change
+    with pytest.raises(FanoutRejected) as info:
+        split_request(doc, KINDS, COORDINATORS)
+    return info.value
+
+
+@pytest.mark.parametrize(("change", "reason", "status", "detail"), [
+    (["not", "an", "object"], "request-not-object", 400, "the request must be a JSON object"),
+    (lambda b: b.update(id="../x"), "bad-request-id", 400, "id must be a plain identifier"),
+    (lambda b: b.update(id=7), "bad-request-id", 400, "id must be a plain identifier"),
+    (lambda b: b.update(coordinator="proximus"), "bad-coordinator", 400,
+     "the coordinator must be a coordinating DSO"),
+    (lambda b: b.update(connections=[]), "bad-shape", 400,
+     "a request has a site and at least one connection"),
+    (lambda b: b.update(site=["Rue 1"]), "bad-shape", 400,
+     "a request has a site and at least one connection"),
+    (lambda b: b["connections"].append("C4"), "bad-operator", 400, "unknown operator None"),
+    (lambda b: b["connections"].append({"id": "C4", "operator": "lumen-energie"}),
+     "bad-operator", 400, "unknown operator 'lumen-energie'"),
+    (lambda b: b["connections"].append({"id": 4, "operator": "swde"}), "bad-shape", 400,
+     "every connection has an id"),
+    (lambda b: b["connections"][2].update(note=f"next to {EAN}"), "ean-for-telecom", 422,
+     "an EAN would reach proximus"),
+])
+def test_each_refusal_says_why_with_its_status(change: Any, reason: str, status: int,
+                                               detail: str) -> None:
+    """422 only for an EAN that would reach a telecom operator (well formed,
+    but not what its part may carry); every other refusal is a 400."""
+    refused = _refused(change)
+    assert (refused.reason, refused.status, refused.detail) == (reason, status, detail)
+
+
+def test_each_part_exactly() -> None:
+    """What each operator receives, member for member: the request's id and
+    coordinator, the site's shared fields with their values, its own
+    connections."""
+    out = split_request(booking(), KINDS, COORDINATORS)
+    assert (out.request_id, out.coordinator) == ("CMH20260099", "ores")
+    site = {"street": "Rue 1", "postal_code": "5000", "city": "Namur",
+            "requested_date": "2026-12-20", "household": {"name": "H"}}
+    assert out.parts["swde"] == {"id": "CMH20260099", "coordinator": "ores", "site": site,
+                                 "connections": [booking()["connections"][1]]}
+    assert out.parts["proximus"] == {"id": "CMH20260099", "coordinator": "ores", "site": site,
+                                     "connections": [booking()["connections"][2]]}
+
+
+def test_no_part_shares_anything_with_another_or_with_the_booking() -> None:
+    """Each tenant's part is its own copy: what one part's receiver path does
+    to it reaches neither another tenant's part nor the booking."""
+    doc = booking()
+    out = split_request(doc, KINDS, COORDINATORS)
+    out.parts["swde"]["site"]["household"]["name"] = "changed"
+    out.parts["swde"]["site"]["street"] = "changed"
+    out.parts["ores"]["site"]["household"]["name"] = "changed too"
+    out.parts["ores"]["connections"][0]["utility"] = "changed"
+    assert out.parts["proximus"]["site"]["household"] == {"name": "H"}
+    assert out.parts["proximus"]["site"]["street"] == "Rue 1"
+    assert doc == booking()
+
+
+def test_a_connection_held_for_a_while_is_read_at_the_instant_asked() -> None:
+    feed = RelationIndex([
+        Relation(CMH_REQUEST, "CMH20260099", "ores", "coordinator"),
+        *(Relation(CMH_REQUEST_CONNECTION, request_connection_id("CMH20260099", cid), op,
+                   "operator", NOW - timedelta(days=1), NOW + timedelta(days=1))
+          for cid, op in (("C1", "ores"), ("C2", "swde"), ("C3", "proximus")))])
+    assert booking_quarantine(booking(), feed, NOW) is None
+    assert booking_quarantine(booking(), feed, NOW + timedelta(days=2)) == (
+        "operator-mismatch", "C1")
