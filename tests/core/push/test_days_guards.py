@@ -8,8 +8,6 @@ changes (D1, D5), the posted ``values`` text, and the per-call caches."""
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Callable
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -36,6 +34,7 @@ from gateway.core.push.records import (
 from gateway.core.push.scan import scan_batch
 from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
+from tests.core.push._calls import counting
 from tests.core.push.test_days import batch, day, delivered, outcomes, per_record, route
 from tests.core.push.test_records import EAN_OK, METER_AIRPLANE, RELATIONS, YESTERDAY
 
@@ -305,19 +304,6 @@ def test_without_the_spans_the_values_are_re_encoded(spans: str) -> None:
 
 
 # -- the per-call caches ------------------------------------------------------------------
-
-def counting(monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
-             key: Callable[[tuple[Any, ...]], Any]) -> Counter[Any]:
-    calls: Counter[Any] = Counter()
-    original: Callable[..., Any] = getattr(target, name)
-
-    def counted(*args: Any) -> Any:
-        calls[key(args)] += 1
-        return original(*args)
-
-    monkeypatch.setattr(target, name, counted)
-    return calls
-
 
 def test_each_distinct_value_is_checked_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Serials (meters and carriers), start times, quality strings and EANs,

@@ -9,7 +9,7 @@ per reading)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any
@@ -30,6 +30,7 @@ from gateway.core.push.records import (
 )
 from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
+from tests.core.push._calls import counting
 from tests.core.push.test_records import EAN_OK, RELATIONS, at, reading, route
 
 _MIN, _MAX = -(1 << 62), 1 << 62  # the open ends owner_span and ean_span report
@@ -152,19 +153,6 @@ def test_ean_span_at_the_instant_the_pairing_starts_and_ends() -> None:
 
 
 # -- the per-call caches -----------------------------------------------------------
-
-def counting(monkeypatch: pytest.MonkeyPatch, target: Any, name: str) -> Counter[Any]:
-    """Count the calls of ``target.name`` by their first argument that is a string."""
-    calls: Counter[Any] = Counter()
-    original: Callable[..., Any] = getattr(target, name)
-
-    def counted(*args: Any) -> Any:
-        calls[next(a for a in args if isinstance(a, str))] += 1
-        return original(*args)
-
-    monkeypatch.setattr(target, name, counted)
-    return calls
-
 
 def quarter_hours(meter: str, start: Any, n: int, obis: str = "1-0:1.8.1",
                   **extra: Any) -> Iterator[dict[str, Any]]:
