@@ -16,6 +16,7 @@ from gateway.core.jsonlimits import DuplicateKey
 from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days
 from gateway.core.push.records import QUARANTINE_REASONS, BatchRejected, route_batch
 from gateway.core.push.scan import scan_batch, scan_days
+from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from tests.core.push.test_records import (
     EAN_BAD,
@@ -48,10 +49,10 @@ def batch(days: list[Any]) -> dict[str, Any]:
             "meter_days": days}
 
 
-def route(days: list[Any]) -> RoutedDays:
+def route(days: list[Any], relations: RelationIndex = RELATIONS) -> RoutedDays:
     text = json.dumps(batch(days))
     doc, spans = scan_batch(text)
-    return route_meter_days(doc, RELATIONS, NOW, text=text, spans=spans)
+    return route_meter_days(doc, relations, NOW, text=text, spans=spans)
 
 
 def delivered(routed: RoutedDays) -> dict[str, list[dict[str, Any]]]:

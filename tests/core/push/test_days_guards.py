@@ -39,12 +39,6 @@ from tests.core.push.test_days import batch, day, delivered, outcomes, per_recor
 from tests.core.push.test_records import EAN_OK, METER_AIRPLANE, RELATIONS, YESTERDAY
 
 
-def route_in(index: RelationIndex, days: list[Any]) -> RoutedDays:
-    text = json.dumps(batch(days))
-    doc, spans = scan_batch(text)
-    return route_meter_days(doc, index, NOW, text=text, spans=spans)
-
-
 def runs(routed: RoutedDays) -> set[tuple[int, str, str | None, int, int]]:
     return {(q.index, q.reason, q.meter, q.first, q.count) for q in routed.quarantined}
 
@@ -239,7 +233,7 @@ def test_a_pairing_that_ends_at_the_last_reading() -> None:
         Relation(METER_EAN, meter_ean_id(METER_ORES, EAN_OK), "ores", ACCESS_POINT, None,
                  SWITCH)])
     d = day(METER_ORES, SWITCH - timedelta(hours=3), n=4, interval=3600, ean=EAN_OK)
-    routed = route_in(index, [d])
+    routed = route([d], index)
     assert runs(routed) == {(0, "ean-mismatch", METER_ORES, 3, 1)}
     assert [len(m["values"]) for m in delivered(routed)["ores"]] == [3]
 
@@ -347,7 +341,7 @@ def test_each_owner_and_pairing_is_read_once_per_span(monkeypatch: pytest.Monkey
                           values=[1.0, None, 2.0, 3.0]))
     batch_days += [day(METER_ORES, SWITCH, n=4, interval=3600, obis=f"1-0:2.8.{k}",
                        ean=EAN_OK) for k in range(3)]
-    routed = route_in(index, batch_days)
+    routed = route(batch_days, index)
     assert routed.counts()["queued"] == 2 * 4 + 3 + 3 * 4
     assert set(delivered(routed)) == {"sibelga", "ores"}
     assert owners == {METER_MOVED: 1, METER_ORES: 1}
@@ -363,10 +357,10 @@ def test_a_pairing_is_cached_per_meter_and_access_point() -> None:
         Relation("meter", METER_MOVED, "ores", "owner"),
         Relation(METER_EAN, meter_ean_id(METER_ORES, EAN_OK), "ores", ACCESS_POINT),
         Relation(METER_EAN, meter_ean_id(METER_MOVED, other_ean), "ores", ACCESS_POINT)])
-    routed = route_in(index, [day(METER_ORES, n=2, ean=EAN_OK),
-                              day(METER_MOVED, n=2, ean=EAN_OK),
-                              day(METER_MOVED, n=2, obis="1-0:2.8.1", ean=other_ean),
-                              day(METER_ORES, n=2, obis="1-0:2.8.1", ean=other_ean)])
+    routed = route([day(METER_ORES, n=2, ean=EAN_OK),
+                    day(METER_MOVED, n=2, ean=EAN_OK),
+                    day(METER_MOVED, n=2, obis="1-0:2.8.1", ean=other_ean),
+                    day(METER_ORES, n=2, obis="1-0:2.8.1", ean=other_ean)], index)
     assert runs(routed) == {(1, "ean-mismatch", METER_MOVED, 0, 2),
                             (3, "ean-mismatch", METER_ORES, 0, 2)}
     assert [(m["meter"], m["ean"]) for m in delivered(routed)["ores"]] == [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any
 
@@ -37,8 +37,8 @@ _MIN, _MAX = -(1 << 62), 1 << 62  # the open ends owner_span and ean_span report
 _US = timedelta(microseconds=1)
 
 
-def micros(when: Any) -> int:
-    return (when - NOW.replace(year=1970, month=1, day=1, hour=0)) // _US
+def micros(when: datetime) -> int:
+    return (when - datetime(1970, 1, 1, tzinfo=UTC)) // _US
 
 
 # -- what a refused batch says ---------------------------------------------------
