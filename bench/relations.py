@@ -325,7 +325,7 @@ def measure(args: argparse.Namespace, gen: dict[str, float]) -> int:
     load_s = time.perf_counter() - started
     after_load = rss_bytes()
     n = len(index)
-    # The gateway's own GC setting after start-up (gateway.cli._tune_gc).
+    # The gateway's own GC setting after start-up (gateway.cli.tune_gc).
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 20)

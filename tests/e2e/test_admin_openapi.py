@@ -73,7 +73,7 @@ def test_the_validator_would_catch_a_broken_document(spec: dict[str, Any]) -> No
 
 def test_the_document_names_exactly_the_routes_the_admin_plane_registers(
         spec: dict[str, Any], plane: RunningStack) -> None:
-    app = next(r.app for r in plane.stack.gateway._runners
+    app = next(r.app for r in plane.stack.gateway.runners
                if isinstance(r, GuardedAppRunner))
     registered = {(r.method, r.resource.canonical) for r in app.router.routes()
                   if r.resource is not None}

@@ -166,11 +166,11 @@ def test_ops_plane_stays_on_loopback(tmp_path: Path) -> None:
 def test_serve_moves_start_up_state_out_of_the_collector() -> None:
     import gc
 
-    from gateway.cli import _tune_gc
+    from gateway.cli import tune_gc
 
     before = gc.get_threshold()
     try:
-        _tune_gc()
+        tune_gc()
         assert gc.get_freeze_count() > 0
         assert gc.get_threshold()[0] == 50_000
     finally:

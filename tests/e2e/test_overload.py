@@ -12,7 +12,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-import gateway.server as server_module
 from gateway.edge._limits import rss_bytes
 
 from .conftest import start_stack
@@ -61,14 +60,14 @@ async def test_idle_connections_plus_flood(tmp_path: Path,
         # gateway's own watch (every maintenance round) reads an RSS past the
         # budget, sets the flag itself, and clears it once the RSS is back.
         assert rss_bytes() > 0  # the watch reads this process's RSS
-        monkeypatch.setattr(server_module, "rss_bytes", lambda: 1 << 50)
+        monkeypatch.setattr(gw.stack.gateway, "rss", lambda: 1 << 50)
         for _ in range(100):
             if gw.stack.gateway.data_plane.over_memory_budget:
                 break
             await asyncio.sleep(0.05)
         shed = gw.client("resa").get("/itsm/tickets")
         assert shed.status == 503 and shed.headers["retry-after"] == "1"
-        monkeypatch.setattr(server_module, "rss_bytes", rss_bytes)
+        monkeypatch.setattr(gw.stack.gateway, "rss", rss_bytes)
         # Right after the flood, a normal request is served.
         recovered = time.monotonic()
         while gw.client("resa").get("/itsm/tickets").status != 200:

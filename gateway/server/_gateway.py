@@ -1,4 +1,6 @@
-"""Assembles a gateway from its configuration and runs its listeners."""
+"""The gateway of one process: its collaborators assembled from the
+configuration, the live tenants and relation feed (reloaded whole), its
+start (gateway.server._planes, _duties) and its drain and stop."""
 
 from __future__ import annotations
 
@@ -6,7 +8,6 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 import time
@@ -17,67 +18,47 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.admin import (
-    audit_routes,
-    build_admin_app,
-    combine,
-    nrn_routes,
-    usage_routes,
-    vault_routes,
-)
 from gateway.audit import (
     AuditKeys,
     AuditPruner,
     ChainedAuditLog,
     SecurityEvents,
-    SyslogSink,
     UsageLedger,
 )
 from gateway.canary import CanaryProber
 from gateway.config import GatewayConfig
 from gateway.core.catalog import default_route_table
-from gateway.core.pseudonym import Pseudonymiser
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane import DataPlane
 from gateway.edge import (
     CallerResolver,
     ConnectionBook,
-    DataServer,
-    GuardedAppRunner,
-    OpenConnections,
     Peers,
-    TlsSite,
-    admin_refusal,
-    bind,
-    event_loop_name,
     forget_handshakes,
-    observe_handshakes,
     rss_bytes,
 )
-from gateway.edge import self_check as edge_self_check
-from gateway.errors import ConfigError, ListenerUnavailable, NotReadyYet
-from gateway.files import load_relations, write_private
+from gateway.errors import ConfigError
+from gateway.files import load_relations
 from gateway.fleet import FleetMember, relations_digest
 from gateway.metrics import GatewayMetrics
-from gateway.ops import build_ops_app
-from gateway.pki import AdminRefused, AssertionSigner, Credentials, IssuancePolicy, KeyRing
-from gateway.problem import new_incident_id
+from gateway.pki import AssertionSigner, Credentials, IssuancePolicy, KeyRing
 from gateway.push import Outbox, PostgresOutbox, PushService, open_outbox
 from gateway.retention import Retention
+from gateway.server._assembly import load_master_keys, syslog_sink, with_application_name
+from gateway.server._duties import maintain, rotate_upstreams
+from gateway.server._keys import OUTBOX_KEY_ID, PSEUDONYM_KEY_ID, DataKeys, MasterKeyRotation
+from gateway.server._planes import open_planes
 from gateway.state import (
     SqliteStore,
     open_store,
 )
 from gateway.tenants import TenantRegistry, check_reach, load_tenants
-from gateway.tls import client_context, install_read_buffer
+from gateway.tls import client_context
 from gateway.upstream import UpstreamPool
 from gateway.vault import (
     BreakGlass,
     BreakGlassPolicy,
     Lockbox,
-    MasterKeys,
-    RekeyProgress,
-    SecretNotFound,
     UpstreamCredentials,
     VaultLocked,
     identity_uri,
@@ -85,37 +66,6 @@ from gateway.vault import (
 )
 
 log = logging.getLogger("gateway.server")
-OUTBOX_KEY_ID = "outbox/data-key"
-PSEUDONYM_KEY_ID = "pseudonyms/master"
-MAINTENANCE_INTERVAL_S = 0.5
-UPSTREAM_ROTATION_CHECK_S = 60.0
-USAGE_FLUSH_S = 5.0
-
-
-def _syslog_sink(url: str | None) -> SyslogSink | None:
-    if url is None:
-        return None
-    scheme, _, rest = url.partition("://")
-    host, _, port = rest.rpartition(":")
-    return SyslogSink(host.strip("[]"), int(port), transport=scheme)
-
-
-def with_application_name(url: str, replica_id: str) -> str:
-    """``url`` with ``application_name=gateway/<replica_id>`` (kept when set)."""
-    if "application_name=" in url:
-        return url
-    return f"{url}{'&' if '?' in url else '?'}application_name=gateway/{replica_id}"
-
-
-def load_master_keys(config: GatewayConfig) -> MasterKeys:
-    """The vault's master key from its file (0600) or the environment."""
-    vc = config.vault
-    try:
-        if vc.key_file is not None:
-            return MasterKeys.from_file(vc.key_file)
-        return MasterKeys.from_env(vc.key_env)
-    except VaultLocked as exc:
-        raise ConfigError(f"{config.source}: vault: {exc}") from exc
 
 
 class Gateway:
@@ -123,6 +73,9 @@ class Gateway:
     # collaborators refer to them (the pool and the vault side need each other).
     breakglass: BreakGlass
     upstream_creds: UpstreamCredentials
+    # Made by start() (gateway.server._planes).
+    connections: ConnectionBook  # the data plane's connection book
+    ops_runner: web.BaseRunner
 
     def __init__(self, config: GatewayConfig, *, reuse_port: bool = False) -> None:
         self.config = config
@@ -143,12 +96,13 @@ class Gateway:
         # id (pg_stat_activity.application_name): the operator sees who is who.
         state_url = (with_application_name(config.state_url, config.fleet.replica_id)
                      if config.shared_state and config.state_url else config.state_url)
-        self.vault_master = load_master_keys(config)
-        self.rekey_progress = RekeyProgress()
+        master = load_master_keys(config)
         try:
-            self.vault = open_vault(state_url, config.data_dir / "vault.db", self.vault_master)
+            self.vault = open_vault(state_url, config.data_dir / "vault.db", master)
         except VaultLocked as exc:
             raise ConfigError(f"{config.source}: vault: {exc}") from exc
+        self.rekeying = MasterKeyRotation(self.vault, master, config.vault.key_file)
+        self.data_keys = DataKeys(self.vault, makes_keys=config.fleet.role != "data")
         self.store = (open_store(state_url) if state_url is not None
                       else SqliteStore(config.data_dir / "state.db"))
         # The fleet ([fleet]): a process on its own leads; in a fleet, the
@@ -160,6 +114,7 @@ class Gateway:
         self.fleet = FleetMember(self, state_url) if config.shared_state and state_url else None
         self.draining = False
         self._stopped = False
+        self.rss = rss_bytes  # the memory watch's reading (tests give it another)
         self.keyring = KeyRing(self.store, token_lifetime=timedelta(
             seconds=config.assertion_lifetime_s),
             publish_ahead=timedelta(seconds=config.signing_publish_ahead_s))
@@ -174,7 +129,7 @@ class Gateway:
             segment_max_age_s=config.audit.segment_max_age_s)
         ca = config.ca
         self.soc = SecurityEvents(file=config.soc_file, webhook=config.soc_webhook,
-                                  syslog=_syslog_sink(config.soc_syslog))
+                                  syslog=syslog_sink(config.soc_syslog))
         self.credentials = Credentials(
             store=self.store, trust_domain=config.trust_domain, registry=lambda: self.registry,
             keyring=self.keyring, metrics=self.metrics, audit=self.audit, soc=self.soc,
@@ -229,7 +184,7 @@ class Gateway:
             relations=lambda: self._relations, upstreams=self.upstreams, signer=self.signer,
             audit=self.audit, metrics=self.metrics, upstream_auth=self.upstream_creds.header,
             push=self.push, push_max_body_bytes=config.push_max_body_bytes, soc=self.soc,
-            usage=self.usage, pseudonyms=self._pseudonymiser,
+            usage=self.usage, pseudonyms=self.data_keys.pseudonymiser,
             consultations=self.store.add_consultation, approvals=self.store.nrn_approval,
             lockbox=self.lockbox,
             limits=config.limits,
@@ -242,9 +197,8 @@ class Gateway:
             metrics=self.metrics, soc=self.soc, push=self.push,
             security_contact=self._security_contact,
             interval_s=config.canary.interval_s, timeout_s=config.canary.timeout_s)
-        self._runners: list[web.BaseRunner] = []
+        self.runners: list[web.BaseRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._last_usage_flush = 0.0
         self.audit_pruner = None if config.audit.raw_retention_days == 0 else AuditPruner(
             self.audit, raw_retention_days=config.audit.raw_retention_days,
             rolled_up_through=self._rolled_up_through,
@@ -264,10 +218,8 @@ class Gateway:
             store=self.store, outbox=retained,
             declared=lambda key: self.registry.principal(*key) is not None,
             config=config.retention, audit=self.audit, metrics=self.metrics)
-        self._last_retention = float("-inf")
-        self._pseudonymisers: dict[str, Pseudonymiser] = {}
         if self.role != "data":  # made here, so a data replica finds it (D9)
-            self._data_key(PSEUDONYM_KEY_ID)
+            self.data_keys.get(PSEUDONYM_KEY_ID)
         self.data_port = 0
         self.ops_port = 0
         self.admin_port = 0
@@ -287,34 +239,11 @@ class Gateway:
         flushed = self.usage.flushed_through
         return None if flushed is None else flushed.timestamp()
 
-    def _pseudonymiser(self, tenant: str) -> Pseudonymiser:
-        """D9: each IT provider's own pseudonym key, derived from a master
-        secret that lives in the vault."""
-        cached = self._pseudonymisers.get(tenant)
-        if cached is None:
-            master = self._data_key(PSEUDONYM_KEY_ID)
-            cached = self._pseudonymisers[tenant] = Pseudonymiser.for_tenant(master, tenant)
-        return cached
-
-    def _data_key(self, secret_id: str) -> bytes:
-        """A data key from the vault, made on first use. A data-plane replica
-        only reads the vault: the control plane makes the keys (at its
-        start), and a replica started before it refuses to start."""
-        try:
-            return self.vault.get(secret_id)
-        except SecretNotFound:
-            if self.role == "data":
-                raise NotReadyYet(f"vault: {secret_id} is not there yet: the control plane "
-                                  "makes the fleet's data keys at its start") from None
-        key = os.urandom(32)
-        self.vault.put(secret_id, key, kind="data-key")
-        return key
-
     def _push_service(self, config: GatewayConfig) -> PushService | None:
         """Pushed-data delivery needs the gateway's own client certificate."""
         if config.push_cert is None or config.push_key is None:
             return None
-        data_key = self._data_key(OUTBOX_KEY_ID)
+        data_key = self.data_keys.get(OUTBOX_KEY_ID)
         # In a fleet one outbox in PostgreSQL, whose parts the replicas claim.
         self.outbox = open_outbox(self.state_url if config.shared_state else None,
                                   config.local_dir / "outbox.db", data_key,
@@ -446,94 +375,25 @@ class Gateway:
                     admin_sock: socket.socket | None = None) -> None:
         """Open the listeners of this process's role: the data plane (roles
         all and data), the admin plane (all and control) and the ops plane."""
+        await open_planes(self, data_sock, ops_sock, admin_sock)
         cfg = self.config
-        self.metrics.event_loop_info.labels(event_loop_name()).set(1)
-        bound: list[socket.socket] = []  # closed again if a later one cannot bind
-        try:
-            if self.serves_data and data_sock is None:
-                # Workers of one host share the data port (SO_REUSEPORT).
-                data_sock = bind(cfg.data.host, cfg.data.port, reuse_port=self.reuse_port,
-                                 listener="data plane")
-                bound.append(data_sock)
-            if ops_sock is None:
-                ops_sock = bind(cfg.ops.host, cfg.ops.port, listener="ops plane")
-                bound.append(ops_sock)
-            if self.serves_admin and admin_sock is None:
-                admin_sock = bind(cfg.admin.host, cfg.admin.port, listener="admin plane")
-        except ListenerUnavailable:
-            for sock in bound:
-                sock.close()
-            raise
-        await self.upstreams.start(cfg.health_interval_s)
-        limits = cfg.limits
-        edge_self_check(self.ssl_context, limits)
-        install_read_buffer()  # 32 KiB per TLS connection, not asyncio's 256 KiB
-        self.connections = ConnectionBook(
-            limits, cfg.trust_domain, peers=self.peers,
-            on_refused=lambda reason: self.metrics.connections_refused.labels(
-                "data", reason).inc())
-        if data_sock is not None:
-            server = DataServer(self.data_plane, limits, self.connections,
-                                http_server=cfg.http_server, access_log=None)
-            data_runner = web.ServerRunner(server, handle_signals=False,
-                                           shutdown_timeout=cfg.drain_timeout_s)
-            await data_runner.setup()
-            await TlsSite(data_runner, data_sock, ssl_context=self.ssl_context,
-                          handshake_timeout_s=limits.handshake_timeout_s,
-                          connections=self._count_connections("data")).start()
-            self._runners.append(data_runner)
-            self.data_port = data_sock.getsockname()[1]
-        ops_runner = web.AppRunner(build_ops_app(
-            self.metrics, self.upstreams, self.signer, lambda: True,
-            lambda: self.credentials.crl,
-            self.audit_keys.document, shedding=self._shedding, replica=self._replica_status),
-            access_log=None)
-        await ops_runner.setup()
-        ops_server = ops_runner.server  # plain HTTP: aiohttp's server knows its connections
-        assert ops_server is not None
-        self.metrics.connections_open.labels("ops").set_function(
-            lambda: len(ops_server.connections))
-        await web.SockSite(ops_runner, ops_sock).start()
-        self._ops_runner: web.BaseRunner = ops_runner
-        self.ops_port = ops_sock.getsockname()[1]
-        if admin_sock is not None:
-            admin_app = build_admin_app(
-                self.credentials, self.resolver, self.metrics, rekey=self.rekey,
-                rekey_progress=lambda: self.rekey_progress,
-                extra=combine(vault_routes(self.vault, self.upstream_creds, self.breakglass,
-                                           self.rekey), usage_routes(self.usage, self.store),
-                              audit_routes(self.rotate_audit_key),
-                              nrn_routes(self.store)))
-            # The admin plane gets the same edge limits (own connection book).
-            admin_runner = GuardedAppRunner(
-                admin_app, access_log=None, edge=limits, shutdown_timeout=cfg.drain_timeout_s,
-                book=ConnectionBook(limits, cfg.trust_domain, peers=self.peers,
-                                    on_refused=lambda reason: self.metrics.connections_refused
-                                    .labels("admin", reason).inc()),
-                refuse=admin_refusal)
-            await admin_runner.setup()
-            await TlsSite(admin_runner, admin_sock, ssl_context=self.ssl_context,
-                          handshake_timeout_s=limits.handshake_timeout_s,
-                          connections=self._count_connections("admin")).start()
-            self._runners.append(admin_runner)
-            self.admin_port = admin_sock.getsockname()[1]
         await self.soc.start()
         if self.push is not None and self.serves_data:
             await self.push.start()
-        self._tasks = [asyncio.create_task(self._maintain()),
-                       asyncio.create_task(self._rotate_upstreams())]
+        self._tasks = [asyncio.create_task(maintain(self)),
+                       asyncio.create_task(rotate_upstreams(self))]
         if self.canary is not None and self.role == "all":  # worker 0 of --workers N
             self._tasks.append(asyncio.create_task(self.canary.run()))
         self._show_relations(self._relations)
         if self.fleet is not None:
             await self.fleet.start()
-        observe_handshakes(self.ssl_context, self._handshake_failed)
         planes = [f"data plane on {cfg.data.host}:{self.data_port} (mTLS)"] * self.serves_data
         planes += [f"admin plane on {cfg.admin.host}:{self.admin_port} (mTLS)"] * \
             self.serves_admin
         log.info("%s (%s%s): %s, ops plane on %s:%d", self.replica_id, self.role,
                  ", leading" if self.leading else "", ", ".join(planes), cfg.ops.host,
                  self.ops_port)
+
 
     def _security_contact(self, tenant: str) -> str | None:
         found = self.registry.get(tenant)
@@ -547,96 +407,6 @@ class Gateway:
             if address.is_unspecified:  # listening everywhere: ask on loopback
                 host = "::1" if address.version == 6 else "127.0.0.1"
         return host, self.data_port
-
-    def _count_connections(self, listener: str) -> OpenConnections:
-        """The open connections of a TLS listener, as gateway_connections_open
-        shows them (read when scraped: nothing on the request path)."""
-        connections = OpenConnections()
-        self.metrics.connections_open.labels(listener).set_function(lambda: connections.count)
-        return connections
-
-    def _shedding(self) -> str | None:
-        """Why this replica should get no traffic now, or None."""
-        if self.draining:
-            return "draining"
-        if self.data_plane.over_memory_budget:
-            return "memory"
-        if self.data_plane.state_stale:
-            return "state-stale"
-        return None
-
-    def _replica_status(self) -> dict[str, Any]:
-        return {"replica": self.replica_id, "role": self.role, "leader": self.leading,
-                "pid": os.getpid()}
-
-    def _handshake_failed(self, reason: str) -> None:
-        self.metrics.tls_handshake_failures.labels(reason).inc()
-        if reason in ("revoked", "unknown-ca"):
-            # D12: a revoked certificate or a foreign CA knocking.
-            self.soc.emit("tls-handshake-refused", "warning", new_incident_id(), reason=reason)
-
-    async def _maintain(self) -> None:
-        while True:
-            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
-            try:
-                budget = self.config.limits.memory_budget_mb * 1024 * 1024
-                self.data_plane.over_memory_budget = rss_bytes() > budget
-                if self.fleet is None:  # else the member does it, woken by NOTIFY
-                    await self.follow_state()
-                # The uses noted since the last round: a commit (and SQLite's
-                # fdatasync) in a worker thread, not a pause of the loop.
-                await asyncio.to_thread(self.credentials.flush_seen,
-                                        self.credentials.take_seen())
-                self.credentials.maintain()  # the control duties only where they run
-                if self.leading:
-                    await self.breakglass.maintain()
-                now = time.monotonic()
-                if self.leading and \
-                        now - self._last_retention >= self.config.retention.interval_s:
-                    self._last_retention = now
-                    await asyncio.to_thread(self.retention.enforce)
-                if now - self._last_usage_flush >= USAGE_FLUSH_S:
-                    await asyncio.to_thread(self.usage.flush)
-                    await asyncio.to_thread(self.usage.prune)
-                    self._last_usage_flush = now
-                    if self.audit_pruner is not None:  # D10: raw events once rolled up
-                        await asyncio.to_thread(self.audit_pruner.prune)
-            except Exception:  # keep serving; the next round tries again
-                log.exception("credential maintenance failed")
-
-    async def _rotate_upstreams(self) -> None:
-        """Scheduled rotation of the service credentials (by age, policy), by
-        the process that runs the control duties."""
-        while True:
-            try:
-                if self.leading:
-                    await self.upstream_creds.maintain()
-            except Exception:
-                log.exception("upstream credential rotation failed")
-            await asyncio.sleep(UPSTREAM_ROTATION_CHECK_S)
-
-    def rekey(self) -> int:
-        """Re-wrap every data key under a new master-key version, online. The
-        key file first gets both versions, so a crash at any point leaves a
-        file that opens the vault; then only the new version stays."""
-        key_file = self.config.vault.key_file
-        if key_file is None:
-            raise AdminRefused(409, "master-key-from-environment",
-                               "the master key comes from the environment: rekey offline "
-                               "with a key file")
-        if self.rekey_progress.running:
-            raise AdminRefused(409, "rekey-running", "a rekey is running")
-        both = self.vault_master.with_new_version()
-        self.rekey_progress = RekeyProgress(running=True)
-        try:
-            write_private(key_file, both.to_text().encode())
-            count = self.vault.rekey(both, progress=self.rekey_progress.step)
-        finally:
-            self.rekey_progress.running = False
-        newest = MasterKeys({both.current_version: both.keys[both.current_version]})
-        write_private(key_file, newest.to_text().encode())
-        self.vault_master = newest
-        return count
 
     def rotate_audit_key(self) -> dict[str, str]:
         """A new audit checkpoint key (docs/audit-format.md §6): the key files
@@ -664,7 +434,7 @@ class Gateway:
             await self.fleet.leave()
         forget_handshakes(self.ssl_context)
         # Side by side: the drain timeout bounds the whole, not each listener.
-        await asyncio.gather(*(runner.cleanup() for runner in self._runners))
+        await asyncio.gather(*(runner.cleanup() for runner in self.runners))
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -678,7 +448,7 @@ class Gateway:
         if self._retention_outbox is not None:
             self._retention_outbox.close()
         self.credentials.maintain()  # flush last-seen
-        await self._ops_runner.cleanup()  # last: /readyz said "draining" all along
+        await self.ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()
         self.audit.close()
         if self.fleet is not None:
