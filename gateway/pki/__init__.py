@@ -20,7 +20,8 @@ from gateway.pki._assertion import (
 )
 from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
 from gateway.pki._issuance import IssuancePolicy, make_key_and_csr
-from gateway.pki._lifecycle import ADMIN_ROLES, AdminRefused, Credentials, import_certificate
+from gateway.pki._lifecycle import Credentials
+from gateway.pki._records import ADMIN_ROLES, AdminRefused, import_certificate, serial_hex
 from gateway.pki._signing_keys import KeyRing
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "import_certificate",
     "key_pem",
     "make_key_and_csr",
+    "serial_hex",
     "spiffe_uri",
     "verify_assertion",
 ]

@@ -10,13 +10,10 @@ material (trust bundle + CRLs for new handshakes).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +23,6 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AdminEvent, AuditSink, SecurityEvents
 from gateway.core.canary import CANARY_KIND, CANARY_NAME
-from gateway.errors import RequestRefused
 from gateway.files import write_atomically, write_private
 from gateway.metrics import GatewayMetrics
 from gateway.pki._authority import CertificateAuthority, key_pem, spiffe_uri
@@ -40,6 +36,18 @@ from gateway.pki._issuance import (
     crl_pem,
     issue_from_csr,
 )
+from gateway.pki._records import (
+    SERVER_PRINCIPAL,
+    AdminRefused,
+    RevocationView,
+    ca_id,
+    certificate_record,
+    import_certificate,
+    issuer_id,
+    reason_label,
+    serial_hex,
+)
+from gateway.pki._review import access_review
 from gateway.pki._signing_keys import KeyRing
 from gateway.problem import new_incident_id
 from gateway.state import (
@@ -53,67 +61,6 @@ from gateway.tenants import TenantRegistry
 from gateway.tls import ServerTls, TlsMaterial
 
 log = logging.getLogger("gateway.pki")
-
-SERVER_PRINCIPAL: PrincipalKey = ("gateway", "server", "gateway")
-
-
-class AdminRefused(RequestRefused):
-    """An admin request that is refused; ``reason`` is a stable code and
-    ``detail`` says why, to the admin (it is their own request)."""
-
-    detail: str
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        super().__init__(status, reason, detail=detail)
-
-    def __str__(self) -> str:
-        return self.detail
-
-
-@dataclass(frozen=True, slots=True)
-class RevocationView:
-    """What the request path checks on every request (one reference swap)."""
-
-    serials: frozenset[str] = frozenset()
-    disabled: frozenset[PrincipalKey] = frozenset()
-
-
-def serial_hex(cert: x509.Certificate) -> str:
-    # The same spelling as ssl.getpeercert()["serialNumber"].
-    return f"{cert.serial_number:X}"
-
-
-def ca_id(cert: x509.Certificate) -> str:
-    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    return hashlib.sha256(ski).hexdigest()[:16]
-
-
-def certificate_record(cert: x509.Certificate, principal: PrincipalKey, issuer: str,
-                       now: datetime, replaces: str | None = None) -> CertificateRecord:
-    pem = cert.public_bytes(serialization.Encoding.PEM).decode()
-    der = cert.public_bytes(serialization.Encoding.DER)
-    return CertificateRecord(
-        serial=serial_hex(cert), tenant=principal[0], kind=principal[1], name=principal[2],
-        issuer_ca=issuer, not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc, fingerprint=hashlib.sha256(der).hexdigest(),
-        pem=pem, issued_at=now, replaces=replaces)
-
-
-def issuer_id(cert: x509.Certificate) -> str:
-    """The id of the CA that issued ``cert`` (from its authority key id)."""
-    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    ident = aki.key_identifier or b""
-    return hashlib.sha256(ident).hexdigest()[:16]
-
-
-def import_certificate(store: StateStore, pem: bytes, principal: PrincipalKey,
-                       now: datetime) -> None:
-    """Record a certificate issued outside the admin API (the dev PKI) in
-    ``store``, once."""
-    cert = x509.load_pem_x509_certificate(pem)
-    if store.certificate(serial_hex(cert)) is None:
-        store.add_certificate(certificate_record(cert, principal, issuer_id(cert), now))
-
 
 class Credentials:
     def __init__(self, *, store: StateStore, trust_domain: str,
@@ -392,7 +339,7 @@ class Credentials:
     def revoke(self, serial: str, reason: str) -> CertificateRecord:
         if not self.store.revoke_certificate(serial, reason, self.clock()):
             raise AdminRefused(404, "unknown-certificate", f"no active certificate {serial}")
-        self.metrics.revocations.labels(_reason_label(reason)).inc()
+        self.metrics.revocations.labels(reason_label(reason)).inc()
         self.refresh()
         rec = self.store.certificate(serial)
         assert rec is not None
@@ -525,45 +472,6 @@ class Credentials:
 
     # -- access review (D8) ------------------------------------------------
     def review(self) -> list[dict[str, Any]]:
-        """One row per declared principal; ``two_person`` lists the
-        certificates issued under the two-person rule and by whom (D6)."""
-        dual: dict[str, list[dict[str, str]]] = {}
-        for item in self.store.pending_actions(status="done"):
-            if item.action in ("certs-issue", "certs-rotate") and item.result:
-                serial = json.loads(item.result).get("serial", "")
-                dual.setdefault(item.principal, []).append({
-                    "serial": serial, "pending": item.id, "requested_by": item.requester,
-                    "approved_by": item.approver or ""})
-        last = self.store.last_seen()
-        last.update(self._flushing)  # being written now
-        last.update(self._seen)
-        states = {s.key: s for s in self.store.principal_states()}
-        rows = []
-        for tenant in self.registry():
-            for p in tenant.principals.values():
-                key = (tenant.id, p.kind, p.name)
-                certs = self.store.certificates(principal=key)
-                seen = last.get(key)
-                state = states.get(key)
-                rows.append({
-                    "tenant": tenant.id, "tenant_kind": tenant.kind, "principal_kind": p.kind,
-                    "principal": p.name, "team": p.team or "",
-                    "roles": sorted(p.roles),
-                    "admin_grants": sorted(p.roles & ADMIN_ROLES),
-                    "disabled": bool(state and state.disabled),
-                    "certificates": [{"serial": c.serial, "status": c.status,
-                                      "not_after": c.not_after.isoformat()} for c in certs],
-                    "last_used": seen.isoformat() if seen else None,
-                    "two_person": dual.get("/".join(key), []),
-                })
-        return rows
-
-
-ADMIN_ROLES = frozenset({"security-admin", "vault-approver", "auditor"})
-_REASON_LABELS = frozenset({"key-compromise", "superseded", "cessation-of-operation",
-                            "affiliation-changed", "unspecified"})
-
-
-def _reason_label(reason: str) -> str:
-    # Free-text reasons go to the audit event; the metric label stays bounded.
-    return reason if reason in _REASON_LABELS else "unspecified"
+        """One row per declared principal (:func:`access_review`), with the
+        uses noted and not yet written."""
+        return access_review(self.store, self.registry(), {**self._flushing, **self._seen})

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography import x509
 
-from gateway.pki._lifecycle import serial_hex
+from gateway.pki import serial_hex
 from gateway.state import PrincipalState
 
 from .conftest import RunningStack, start_stack

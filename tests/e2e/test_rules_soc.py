@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+from gateway.pki import serial_hex
 from gateway.pki._authority import CertificateAuthority, spiffe_uri
-from gateway.pki._lifecycle import serial_hex
 from gateway.state import PrincipalState
 from gateway.tls._policy import client_context
 

@@ -19,7 +19,7 @@ import pytest
 from gateway.audit._soc import SecurityEvents
 from gateway.core.model import Principal
 from gateway.metrics import GatewayMetrics
-from gateway.pki._lifecycle import AdminRefused
+from gateway.pki import AdminRefused
 from gateway.state import SqliteStore
 from gateway.upstream._pool import UpstreamPool
 from gateway.vault import MasterKeys, SqliteVault

@@ -22,7 +22,7 @@ from gateway.audit import LockboxEvent
 from gateway.audit._soc import SecurityEvents
 from gateway.core.model import Principal, Tenant
 from gateway.metrics import GatewayMetrics
-from gateway.pki._lifecycle import AdminRefused
+from gateway.pki import AdminRefused
 from gateway.state import SqliteStore
 from gateway.upstream._pool import UpstreamPool
 from gateway.vault import Lockbox, LockboxRefused, MasterKeys, SqliteVault
