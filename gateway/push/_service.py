@@ -1,4 +1,4 @@
-"""Pushed data: intake, per-tenant delivery over mTLS, back-pressure.
+"""Pushed data: intake, back-pressure and notices (delivery: gateway.push._delivery).
 
 The HES posts a daily batch to ``POST /push/hes/batches``. The pure router
 (:mod:`gateway.core.push.records`) gives every record to the tenant owning the meter
@@ -12,10 +12,7 @@ dropped.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
-import io
 import json
 import logging
 import ssl
@@ -23,15 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import aiohttp
-
 from gateway.audit import (
     AuditSink,
     BreachNotificationEvent,
     CmhFanoutEvent,
     PushBatchEvent,
-    PushDeadLetterEvent,
-    PushDeliveredEvent,
     PushPartOutcome,
 )
 from gateway.core.breach import KIND as BREACH_KIND
@@ -69,23 +62,19 @@ from gateway.core.relations.index import RelationIndex
 from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
-from gateway.push._outbox import EncodedPart, Outbox, Part, RetryPolicy, part_key
+from gateway.push._delivery import LOCKBOX_KIND, Delivery
+from gateway.push._outbox import EncodedPart, Outbox, RetryPolicy, part_key
 
 log = logging.getLogger("gateway.push")
 # A booking naming another coordinator or operator than the feed: misrouting (D1).
 ISOLATION_REASONS_CMH = frozenset({"coordinator-mismatch", "operator-mismatch"})
-# Receiver answers that will not get better by retrying (a poison part).
 DEFAULT_RETRY = RetryPolicy()
-_PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
 # The source of breach notifications' batches: not a tenant id (those are
 # [a-z0-9-]), so no pushing system can occupy an incident's batch id (D1).
 BREACH_SOURCE = "gateway:breach"
 # Tenant lockbox notices (D7): the same path, their own source and part kind.
 LOCKBOX_SOURCE = "gateway:lockbox"
-LOCKBOX_KIND = "lockbox-notification"
-# Parts that carry one notification document, not pushed records.
-NOTICE_KINDS = frozenset({BREACH_KIND, LOCKBOX_KIND})
 NOTIFICATIONS_MAX = 100  # GET /notifications lists at most this many
 
 
@@ -101,21 +90,6 @@ def _reading_encoder(records: Sequence[Reading], plain: bool) -> Callable[[], by
 def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
     """A part of meter-days: their texts are JSON already (ASCII)."""
     return lambda: ("[" + ",".join(meter_days) + "]").encode()
-
-
-def delivery_body(part: Part, records: bytes) -> bytes:
-    """What the receiver gets: the stored array inside its envelope, not re-encoded.
-    ``{"batch_id", "tenant", "kind", "records": [...]}``, or for meter-days
-    ``{..., "format": "meter-days/v1", "readings": n, "meter_days": [...]}``,
-    for a breach notification ``{..., "notification": {...}}``."""
-    head = _COMPACT({"batch_id": part.batch_id, "tenant": part.tenant, "kind": part.kind})
-    if part.kind in NOTICE_KINDS:  # the stored part is the notification document
-        member = ',"notification":'
-    elif part.kind == DAYS_KIND:
-        member = f',"format":"{DAYS_FORMAT}","readings":{part.records},"meter_days":'
-    else:
-        member = ',"records":'
-    return b"".join((head[:-1].encode(), member.encode(), records, b"}"))
 
 
 class PushService:
@@ -137,9 +111,9 @@ class PushService:
         # renewed before each one.
         self.lease = timedelta(seconds=lease_s)
         self.clock = clock
-        self._wake: dict[str, asyncio.Event] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
+        self.delivery = Delivery(outbox=outbox, endpoints=self.endpoints, client_tls=client_tls,
+                                 metrics=metrics, audit=audit, retry=retry, lease=self.lease,
+                                 clock=clock)
 
     # -- intake ----------------------------------------------------------------
     @staticmethod
@@ -266,7 +240,7 @@ class PushService:
                                      parts, kind, extra)
         for part in to_store:
             self.metrics.push_records.labels(source, part.tenant, "queued").inc(part.records)
-            self._wake_up(part.tenant)
+            self.delivery.wake_up(part.tenant)
         violations = sum(q.count for q in quarantine if q.reason in ISOLATION_REASONS_PUSH)
         if violations:
             self.metrics.isolation_violations.labels(source, "push", "push").inc(violations)
@@ -328,7 +302,7 @@ class PushService:
                 # Stored meanwhile through another replica: answer as for a re-post.
                 return self.intake_cmh(caller, raw, tenant_kinds, coordinators)
             for _, tenant, _, _ in store:
-                self._wake_up(tenant)
+                self.delivery.wake_up(tenant)
         self.audit.record(CmhFanoutEvent.queued(
             incident=incident, tenant=caller.tenant.id, request=fanout.request_id,
             operators=tuple(sorted(fanout.parts)), already_queued=known is not None))
@@ -367,7 +341,7 @@ class PushService:
                                 parts=[(key, coordinator, "cmh-status",
                                         [{"request": request_id, "by": by,
                                           "connection": dict(connection)}])])
-            self._wake_up(coordinator)
+            self.delivery.wake_up(coordinator)
 
     # -- breach notifications (D1, D12) ------------------------------------------------
     def notify_breach(self, notices: Sequence[BreachNotice],
@@ -402,7 +376,7 @@ class PushService:
                 route=notice.route, records=notice.records,
                 delivery="queued" if part is not None else "no-endpoint"))
             if part is not None:
-                self._wake_up(notice.owner)
+                self.delivery.wake_up(notice.owner)
         return len(notices)
 
     def notify_tenants(self, incident: str,
@@ -425,7 +399,7 @@ class PushService:
             return 0
         for tenant, _, part in rows:
             if part is not None:
-                self._wake_up(tenant)
+                self.delivery.wake_up(tenant)
         return len(rows)
 
     def notifications(self, tenant: str, limit: int = NOTIFICATIONS_MAX) -> list[Any]:
@@ -434,128 +408,9 @@ class PushService:
         return [json.loads(doc) for doc in
                 self.outbox.notifications(tenant, max(1, min(limit, NOTIFICATIONS_MAX)))]
 
-    # -- delivery ----------------------------------------------------------------
-    def _wake_up(self, tenant: str) -> None:
-        event = self._wake.get(tenant)
-        if event is not None:
-            event.set()
-
+    # -- delivery (gateway.push._delivery) ------------------------------------------
     async def start(self) -> None:
-        released = await asyncio.to_thread(self.outbox.release_mine)
-        if released:
-            log.warning("took back %d outbox parts this replica held when it stopped", released)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self.client_tls, limit_per_host=4),
-            timeout=aiohttp.ClientTimeout(total=30, sock_connect=3))
-        for tenant in self.endpoints:
-            self._wake[tenant] = asyncio.Event()
-            self._tasks.append(asyncio.create_task(self._deliver_loop(tenant)))
-        self._tasks.append(asyncio.create_task(self._stats_loop()))
+        await self.delivery.start()
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if self._session is not None:
-            await self._session.close()
-
-    async def _deliver_loop(self, tenant: str) -> None:
-        wake = self._wake[tenant]
-        while True:
-            try:
-                await self._deliver_round(tenant, wake)
-            except Exception:  # the database away, a bug: the parts stay; try again
-                log.exception("delivery to %s failed; trying again in a second", tenant)
-                await asyncio.sleep(1.0)
-
-    async def _deliver_round(self, tenant: str, wake: asyncio.Event) -> None:
-        """Claim what is due for ``tenant``, deliver it, or wait for news."""
-        claimed_at = self.clock()
-        parts = await asyncio.to_thread(self.outbox.claim, tenant, 4, self.lease)
-        for part in parts:
-            self.metrics.outbox_claims.labels(
-                "reclaimed" if part.reclaimed else "claimed").inc()
-        if not parts:
-            self.metrics.outbox_claims.labels("empty").inc()
-        for part in parts:
-            # Still ours? (A stall past the lease lets another replica take it
-            # over: then it is theirs to deliver.) Within the first quarter of
-            # the lease the claim's own lease stands: renewing it would only
-            # rewrite the row once more (a write and a commit per part); the
-            # acknowledgement is fenced by the lease either way.
-            if self.clock() - claimed_at >= self.lease / 4 and not await asyncio.to_thread(
-                    self.outbox.renew, part, self.lease):
-                self.metrics.outbox_claims.labels("lost").inc()
-                continue
-            await self._deliver(part)
-        if not parts:
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                # New parts wake the loop at once; the poll only catches retries.
-                await asyncio.wait_for(wake.wait(), timeout=1.0)
-
-    async def _deliver(self, part: Part) -> None:
-        assert self._session is not None
-        # Decrypt off the event loop; the stored bytes go out as they are.
-        body = delivery_body(part, await asyncio.to_thread(self.outbox.payload_bytes, part))
-        try:
-            async with self._session.post(
-                    self.endpoints[part.tenant],
-                    # A BytesIO, not the bytes: aiohttp writes a large body in
-                    # chunks (and warns of raw bytes over 1 MiB, which a part may be).
-                    data=aiohttp.BytesIOPayload(io.BytesIO(body),
-                                                content_type="application/json"),
-                    headers={"Idempotency-Key": part.id}) as resp:
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            status, error = 0, type(exc).__name__
-        else:
-            error = f"http-{status}"
-        if 200 <= status < 300:
-            if not await asyncio.to_thread(self.outbox.acknowledged, part.id, part.lease):
-                # Fenced: another replica holds the part now and delivers it
-                # again, under the same Idempotency-Key; the receiver dedupes.
-                self.metrics.outbox_claims.labels("lost").inc()
-                log.warning("part %s delivered after its lease was taken over", part.id)
-                return
-            self.metrics.delivery_attempts.labels(part.tenant, "ok").inc()
-            if part.kind not in NOTICE_KINDS:  # pushed records only
-                self.metrics.push_records.labels(self._source(part), part.tenant,
-                                                 "delivered").inc(part.records)
-            self.audit.record(PushDeliveredEvent(
-                incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
-                records=part.records, attempts=part.attempts + 1))
-            return
-        permanent = status in _PERMANENT
-        outcome = await asyncio.to_thread(self.outbox.failed, part, error, self.retry,
-                                          permanent=permanent)
-        if outcome == "lost":
-            self.metrics.outbox_claims.labels("lost").inc()
-            return
-        self.metrics.delivery_attempts.labels(
-            part.tenant, "rejected" if permanent else "error").inc()
-        if outcome == "dead":
-            if part.kind not in NOTICE_KINDS:
-                self.metrics.push_records.labels(self._source(part), part.tenant,
-                                                 "dead_letter").inc(part.records)
-            self.audit.record(PushDeadLetterEvent(
-                incident=new_incident_id(), tenant=part.tenant, batch_id=part.batch_id,
-                records=part.records, error=error))
-            log.error("part %s is a dead letter after %s", part.id, error)
-
-    def _source(self, part: Part) -> str:
-        return part.source or "unknown"
-
-    async def _stats_loop(self) -> None:
-        while True:
-            try:
-                stats = await asyncio.to_thread(self.outbox.stats)
-            except Exception:  # the database away: the gauges keep their last values
-                log.warning("outbox statistics not readable", exc_info=True)
-            else:
-                for tenant in self.endpoints:
-                    pending, age, _dead = stats.get(tenant, (0, 0.0, 0))
-                    self.metrics.outbox_pending.labels(tenant).set(pending)
-                    self.metrics.outbox_oldest_age.labels(tenant).set(age)
-            await asyncio.sleep(1.0)
+        await self.delivery.stop()

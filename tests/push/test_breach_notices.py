@@ -16,7 +16,7 @@ from gateway.core.breach import BreachNotice
 from gateway.core.relations.index import RelationIndex
 from gateway.metrics import GatewayMetrics
 from gateway.push import NOTIFICATIONS_MAX, Outbox, PushService
-from gateway.push._service import delivery_body
+from gateway.push._delivery import delivery_body
 from tests.push.conftest import Clock
 
 AT = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
