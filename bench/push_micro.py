@@ -44,7 +44,8 @@ from gateway.core.push.records import route_batch
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
 from gateway.push import SqliteOutbox
-from gateway.push._outbox import EncodedPart, Outbox
+from gateway.push._outbox import Outbox
+from gateway.push._parts import EncodedPart
 
 TENANTS = ["ores", "fluvius", "sibelga", "resa", "pidpa", "dewatergroep", "farys"]
 WATER = {"pidpa", "dewatergroep", "farys"}

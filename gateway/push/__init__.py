@@ -12,8 +12,9 @@ shared database's schema rules).
 
 from __future__ import annotations
 
-from gateway.push._outbox import DeadLetter, Outbox, Part, RetryPolicy
+from gateway.push._outbox import Outbox
 from gateway.push._outbox_backends import PostgresOutbox, SqliteOutbox, open_outbox
+from gateway.push._parts import DeadLetter, Part, RetryPolicy
 from gateway.push._service import NOTIFICATIONS_MAX, PushService
 
 __all__ = [

@@ -24,7 +24,8 @@ from gateway.core.push.days import FORMAT as DAYS_FORMAT
 from gateway.core.push.days import KIND as DAYS_KIND
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
-from gateway.push._outbox import Outbox, Part, RetryPolicy
+from gateway.push._outbox import Outbox
+from gateway.push._parts import Part, RetryPolicy
 
 log = logging.getLogger("gateway.push")
 LOCKBOX_KIND = "lockbox-notification"

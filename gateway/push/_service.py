@@ -63,7 +63,8 @@ from gateway.errors import RequestRefused
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
 from gateway.push._delivery import LOCKBOX_KIND, Delivery
-from gateway.push._outbox import EncodedPart, Outbox, RetryPolicy, part_key
+from gateway.push._outbox import Outbox
+from gateway.push._parts import EncodedPart, RetryPolicy, part_key
 
 log = logging.getLogger("gateway.push")
 # A booking naming another coordinator or operator than the feed: misrouting (D1).
