@@ -124,7 +124,7 @@ class Decision(NamedTuple):
         return self.verdict is Verdict.ALLOW
 
     @classmethod
-    def allow(cls, reason: str = "ok", resources: tuple[str, ...] = ()) -> Decision:
+    def allow(cls, reason: str, resources: tuple[str, ...] = ()) -> Decision:
         return cls(Verdict.ALLOW, reason, 200, resources)
 
     @classmethod

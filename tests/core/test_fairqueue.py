@@ -66,9 +66,36 @@ def test_a_waiter_handed_the_slot_cannot_cancel() -> None:
     assert slots.busy == {"b": 1}
 
 
+def test_a_waiter_handed_the_slot_cannot_cancel_while_its_tenant_still_waits() -> None:
+    # Its tenant's queue still holds others: "not waiting" must still be said,
+    # or the caller drops a slot it holds and the pool shrinks for good (D1).
+    slots: FairSlots[str] = FairSlots(1)
+    slots.acquire("a", "a0")
+    slots.acquire("b", "b0")
+    slots.acquire("b", "b1")
+    assert slots.release("a") == ("b", "b0")
+    assert not slots.cancel("b", "b0")
+    assert not slots.cancel("b", "never-queued")
+    assert (slots.busy, slots.waiting) == ({"b": 1}, 1)
+    assert slots.release("b") == ("b", "b1")  # the other waiter is still queued
+
+
+def test_a_tie_goes_to_the_tenant_whose_waiter_came_first_whatever_the_tokens() -> None:
+    # Max-min ties by arrival (D1): not by the token, which the caller makes
+    # (a future, an id) and which may sort any way or not at all.
+    slots: FairSlots[str] = FairSlots(1)
+    slots.acquire("x", "x0")
+    slots.acquire("b", "z-first")
+    slots.acquire("a", "a-second")
+    assert slots.release("x") == ("b", "z-first")
+    assert slots.release("b") == ("a", "a-second")
+
+
 def test_capacity_must_be_positive() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError) as refused:
         FairSlots(0)
+    assert refused.value.args == ("capacity must be at least 1",)
+    assert FairSlots(1).acquire("a", "a0")
 
 
 @settings(max_examples=200, deadline=None)
