@@ -43,7 +43,7 @@ def test_the_import_contracts_hold() -> None:
     # the decision core would open sockets
     ("core/paths.py", "import socket", "sans-IO"),
     # a server module would import the demo
-    ("server.py", "import gateway.demo", "imported only by the CLI"),
+    ("server/_gateway.py", "import gateway.demo", "imported only by the CLI"),
 ])
 def test_a_broken_rule_fails_the_build(tmp_path: Path, module: str, line: str,
                                        contract: str) -> None:

@@ -1,6 +1,10 @@
 """The ``gateway`` command line: ``_parser`` builds it, ``_serve``, ``_demo``,
 ``_audit`` and ``_verbs`` carry its verbs out (the admin, retention and
-backup verbs live with their subsystems), ``_run`` runs the event loop."""
+backup verbs live with their subsystems), ``_run`` runs the event loop.
+
+May import every package of the gateway, :mod:`gateway.demo` included (its
+only importer, for the demo verbs); nothing imports it but ``__main__``.
+"""
 
 from __future__ import annotations
 

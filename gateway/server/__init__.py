@@ -8,6 +8,10 @@
 - ``_keys``: the master key's online rotation, the data keys in the vault;
 - ``_assembly``: the vault's master key read, the SOC's syslog sink, the
   replica's name in PostgreSQL.
+
+May import every package below it (``ops``, ``fleet``, ``retention``,
+``canary``, ``admin``, ``dataplane`` and down); only :mod:`gateway.cli`
+(``serve``) and :mod:`gateway.demo` import it.
 """
 
 from gateway.server._gateway import Gateway
