@@ -57,10 +57,11 @@ def encode_routed(records: Sequence[Mapping[str, Any]]) -> bytes:
     try:
         out = orjson.dumps(list(records))
     except orjson.JSONEncodeError:  # an integer past 64 bits
-        out = b""
-    if not out or not _same_as_json(out):
-        return json.dumps(list(records), separators=(",", ":")).encode()
-    return out
+        pass
+    else:
+        if _same_as_json(out):
+            return out
+    return json.dumps(list(records), separators=(",", ":")).encode()
 
 
 def _same_as_json(out: bytes) -> bool:
@@ -73,7 +74,8 @@ def _same_as_json(out: bytes) -> bool:
 # every other byte to a space: "0e" is a number with an exponent.
 _POSTED_NUMBERS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x65 if b in b"eE"
                         else 0x7C if b in b"[:,- \t\n\r" else 0x20 for b in range(256))
-_LONG_NUMBER = b"|" + b"0" * 19
+_LONG_RUN = b"0" * 19  # a run of digits that may be past 64 bits
+_LONG_NUMBER = b"|" + _LONG_RUN
 
 
 def _orjson_digest(batch_id: str, records: Sequence[Mapping[str, Any]],
@@ -93,7 +95,7 @@ def _orjson_digest(batch_id: str, records: Sequence[Mapping[str, Any]],
     if b"NaN" in posted or b"Infinity" in posted:
         return None
     numbers = posted.translate(_POSTED_NUMBERS)
-    if b"0e" in numbers or _LONG_NUMBER in numbers or numbers.startswith(_LONG_NUMBER[1:]):
+    if b"0e" in numbers or _LONG_NUMBER in numbers or numbers.startswith(_LONG_RUN):
         return None
     digest = fingerprint_digest(batch_id)
     for start in range(0, len(records), _FP_CHUNK):

@@ -21,9 +21,9 @@ def counting(monkeypatch: pytest.MonkeyPatch, target: Any, name: str,
     calls: Counter[Any] = Counter()
     original: Callable[..., Any] = getattr(target, name)
 
-    def counted(*args: Any) -> Any:
+    def counted(*args: Any, **kwargs: Any) -> Any:
         calls[key(args)] += 1
-        return original(*args)
+        return original(*args, **kwargs)
 
     monkeypatch.setattr(target, name, counted)
     return calls
