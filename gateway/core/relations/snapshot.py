@@ -66,7 +66,8 @@ ID_MAX = 255  # bytes; meter serials, EANs and plain ids are at most 64
 LONG_COUNT = 0xFF  # a count byte of 255: the real count follows as a u32
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-# The hash table is sized for a load factor between 1/3 and 2/3.
+# The hash table has at least n + n // 2 slots (and 8): a load factor of
+# about 2/3 at most (11 resources in 16 slots at worst).
 _MIN_SLOTS = 8
 
 for _code, _size in (("B", 1), ("I", 4), ("q", 8)):
@@ -275,11 +276,16 @@ class Snapshot:
         view = memoryview(buffer)
         if len(view) < HEADER.size or bytes(view[:len(MAGIC)]) != MAGIC:
             raise SnapshotError(f"{source}: not a relation snapshot (or truncated header)")
-        _, version, _, size, records, meta_len, body_crc, head_crc = HEADER.unpack_from(view)
+        _, version, flags, size, records, meta_len, body_crc, head_crc = HEADER.unpack_from(view)
         if zlib.crc32(view[:HEADER.size - 4]) != head_crc:
             raise SnapshotError(f"{source}: snapshot header is corrupt")
         if version != VERSION:
             raise SnapshotError(f"{source}: snapshot version {version}, expected {VERSION}")
+        if flags:
+            # SECURITY (D1): a flag this reader does not know could change how
+            # the rows read: refused, never read as if it were not there.
+            raise SnapshotError(f"{source}: snapshot flags {flags:#x}: none is defined in "
+                                f"version {VERSION}")
         if size != len(view):
             raise SnapshotError(f"{source}: snapshot is {len(view)} bytes, its header says "
                                 f"{size}: truncated or appended to")
