@@ -7,116 +7,18 @@ the simulators are in tests/e2e."""
 from __future__ import annotations
 
 import json
-import ssl
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
 
-from gateway.audit import ChainedAuditLog
-from gateway.audit._format import load_or_create_audit_key
-from gateway.config import EdgeLimits
-from gateway.core.catalog import default_route_table
-from gateway.core.model import Relation
-from gateway.core.relations.index import RelationIndex
-from gateway.dataplane import DataPlane
-from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers, TlsSite, bind
 from gateway.errors import UpstreamFailed
-from gateway.metrics import GatewayMetrics
-from gateway.pki import AssertionSigner, CertificateAuthority, spiffe_uri
-from gateway.pki._signing_keys import SigningKey
-from gateway.tenants import load_tenants
-from gateway.tls import client_context, server_context
 from gateway.upstream import UpstreamResponse
 from tests.audit.faults import writes_refused
-from tests.dataplane.fakes import Answer, FakeUpstream, Sent, json_answer
-
-REPO = Path(__file__).resolve().parents[2]
-TRUST_DOMAIN = "shared-grid.test"
-ORES_METER = "1SAG0000000001"
-FLUVIUS_METER = "1SAG0000000002"
-
-
-@dataclass
-class Plane:
-    url: str
-    session: aiohttp.ClientSession
-    upstream: FakeUpstream
-    audit_path: Path
-    audit: ChainedAuditLog
-    peers: Peers
-    revoked: set[str]
-    client_serial: str
-
-    def audit_events(self) -> list[dict[str, object]]:
-        self.audit.close()
-        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
-
-
-def _answer_own_meter(sent: Sent) -> UpstreamResponse:
-    serial = sent.target.rsplit("/", 1)[-1]
-    return json_answer({"serial": serial, "utility": "electricity", "communicating": True})
-
-
-@pytest.fixture()
-async def plane(tmp_path: Path) -> AsyncIterator[Callable[..., Plane]]:
-    ca = CertificateAuthority.create("dataplane test CA")
-    server = ca.issue_server(["localhost"], ["127.0.0.1"])
-    client = ca.issue_client(spiffe_uri(TRUST_DOMAIN, "ores", "service", "api"))
-    files = {"ca.pem": ca.cert_pem(), "server.pem": server.cert_pem(),
-             "server.key": server.key_pem(), "client.pem": client.cert_pem(),
-             "client.key": client.key_pem()}
-    for name, data in files.items():
-        (tmp_path / name).write_bytes(data)
-    started: list[tuple[web.BaseRunner, aiohttp.ClientSession, ChainedAuditLog]] = []
-
-    async def start(answer: Answer = _answer_own_meter) -> Plane:
-        key, kid = load_or_create_audit_key(tmp_path / "audit-key")
-        audit_path = tmp_path / "audit.log"
-        audit = ChainedAuditLog(audit_path, key, kid)
-        upstream = FakeUpstream(answer)
-        relations = RelationIndex([Relation("meter", ORES_METER, "ores", "owner"),
-                                   Relation("meter", FLUVIUS_METER, "fluvius", "owner")])
-        limits = EdgeLimits()
-        peers = Peers(TRUST_DOMAIN)
-        revoked: set[str] = set()
-        resolver = CallerResolver(
-            load_tenants(REPO / "tenants"), TRUST_DOMAIN, peers=peers,
-            revocation=lambda serial, key: "certificate-revoked" if serial in revoked else None)
-        data_plane = DataPlane(
-            resolver=resolver,
-            routes=default_route_table(), relations=lambda: relations, upstreams=upstream,
-            signer=AssertionSigner(SigningKey.generate()), audit=audit,
-            metrics=GatewayMetrics(), limits=limits)
-        ctx = server_context(tmp_path / "server.pem", tmp_path / "server.key",
-                             tmp_path / "ca.pem")
-        # The listener of `gateway serve`: TlsSite on a bound socket.
-        runner = web.ServerRunner(
-            DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN, peers=peers),
-                       access_log=None), handle_signals=False)
-        await runner.setup()
-        sock = bind("127.0.0.1", 0)
-        port = sock.getsockname()[1]
-        await TlsSite(runner, sock, ssl_context=ctx, handshake_timeout_s=5).start()
-        cctx: ssl.SSLContext = client_context(tmp_path / "ca.pem", tmp_path / "client.pem",
-                                              tmp_path / "client.key")
-        session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cctx))
-        started.append((runner, session, audit))
-        return Plane(f"https://127.0.0.1:{port}", session, upstream, audit_path, audit, peers,
-                     revoked, format(client.certificate.serial_number, "X"))
-
-    yield start
-    for runner, session, audit in started:
-        await session.close()
-        await runner.cleanup()
-        audit.close()
+from tests.dataplane.fakes import Sent, json_answer
+from tests.dataplane.harness import FLUVIUS_METER, ORES_METER, Start
 
 
 async def test_an_allowed_request_reaches_the_upstream_with_the_gateways_identity_only(
-        plane: Callable[..., Plane]) -> None:
+        plane: Start) -> None:
     p = await plane()
     async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}", headers={
             "X-Gateway-Assertion": "forged", "X-Tenant": "fluvius",
@@ -134,7 +36,7 @@ async def test_an_allowed_request_reaches_the_upstream_with_the_gateways_identit
 
 
 async def test_another_tenants_resource_never_reaches_the_upstream(
-        plane: Callable[..., Plane]) -> None:
+        plane: Start) -> None:
     p = await plane()
     async with p.session.get(f"{p.url}/hes/meters/{FLUVIUS_METER}") as resp:
         assert resp.status == 403
@@ -146,7 +48,7 @@ async def test_another_tenants_resource_never_reaches_the_upstream(
 
 
 async def test_an_answer_holding_another_tenants_record_is_withheld(
-        plane: Callable[..., Plane]) -> None:
+        plane: Start) -> None:
     def misroute(sent: Sent) -> UpstreamResponse:
         return json_answer({"serial": FLUVIUS_METER, "utility": "electricity"})
 
@@ -164,7 +66,7 @@ async def test_an_answer_holding_another_tenants_record_is_withheld(
     (UpstreamFailed(503, "upstream-circuit-open"), 503),
 ])
 async def test_an_upstream_failure_is_a_problem_with_its_status(
-        plane: Callable[..., Plane], failure: UpstreamFailed, status: int) -> None:
+        plane: Start, failure: UpstreamFailed, status: int) -> None:
     def fail(sent: Sent) -> UpstreamResponse:
         raise failure
 
@@ -177,7 +79,7 @@ async def test_an_upstream_failure_is_a_problem_with_its_status(
 
 
 async def test_the_certificate_is_read_once_per_connection_and_checked_per_request(
-        plane: Callable[..., Plane]) -> None:
+        plane: Start) -> None:
     p = await plane()
     for _ in range(3):  # one keep-alive connection
         async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
@@ -195,7 +97,7 @@ async def test_the_certificate_is_read_once_per_connection_and_checked_per_reque
 
 
 async def test_an_answer_waits_for_its_audit_line_and_without_it_is_a_503(
-        plane: Callable[..., Plane]) -> None:
+        plane: Start) -> None:
     # D10, "no trace, no answer": the audit line of a request is written with
     # the others of its loop iteration, and the answer waits for that write.
     # Here the write itself fails (the audit file's descriptor refuses it),

@@ -1,0 +1,151 @@
+"""The data-plane tests' harness: a real DataPlane behind a real mTLS
+DataServer on 127.0.0.1 (certificates from the project's own PKI), the
+repository's tenant files, a real hash-chained audit log and a fake upstream
+transport (tests/dataplane/fakes.py). ``start`` takes the upstream's answer
+and, by keyword, anything the DataPlane is built with (``relations`` as a
+list of relations); ``client`` makes a session with another principal's
+certificate from the same CA."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.audit import ChainedAuditLog
+from gateway.audit._format import load_or_create_audit_key
+from gateway.config import EdgeLimits
+from gateway.core.catalog import default_route_table
+from gateway.core.model import Relation
+from gateway.core.relations.index import RelationIndex
+from gateway.dataplane import DataPlane
+from gateway.edge import CallerResolver, ConnectionBook, DataServer, Peers, TlsSite, bind
+from gateway.metrics import GatewayMetrics
+from gateway.pki import AssertionSigner, CertificateAuthority, spiffe_uri
+from gateway.pki._signing_keys import SigningKey
+from gateway.tenants import load_tenants
+from gateway.tls import client_context, server_context
+from gateway.upstream import UpstreamResponse
+from tests.dataplane.fakes import Answer, FakeUpstream, Sent, json_answer
+
+REPO = Path(__file__).resolve().parents[2]
+TRUST_DOMAIN = "shared-grid.test"
+ORES_METER = "1SAG0000000001"
+FLUVIUS_METER = "1SAG0000000002"
+LIMITS = EdgeLimits()
+FEED = (Relation("meter", ORES_METER, "ores", "owner"),
+        Relation("meter", FLUVIUS_METER, "fluvius", "owner"))
+
+
+@dataclass
+class Plane:
+    url: str
+    session: aiohttp.ClientSession
+    upstream: FakeUpstream
+    audit_path: Path
+    audit: ChainedAuditLog
+    peers: Peers
+    revoked: set[str]
+    client_serial: str
+    data_plane: DataPlane
+    metrics: GatewayMetrics
+    # Another principal's session: client(tenant, kind, name).
+    client: Callable[[str, str, str], Awaitable[aiohttp.ClientSession]] = field(repr=False)
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        self.audit.close()
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+    def requests(self) -> list[dict[str, Any]]:
+        """The request events of the audit log (closes it)."""
+        return [e for e in self.audit_events() if e.get("event") == "request"]
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.metrics.registry.get_sample_value(name, labels)
+
+
+def answer_own_meter(sent: Sent) -> UpstreamResponse:
+    serial = sent.target.rsplit("/", 1)[-1]
+    return json_answer({"serial": serial, "utility": "electricity", "communicating": True})
+
+
+class Start(Protocol):
+    def __call__(self, answer: Answer = ..., *, relations: Iterable[Relation] = ...,
+                 limits: EdgeLimits = ..., **overrides: Any) -> Awaitable[Plane]: ...
+
+
+@pytest.fixture()
+async def plane(tmp_path: Path) -> AsyncIterator[Start]:
+    ca = CertificateAuthority.create("dataplane test CA")
+    server = ca.issue_server(["localhost"], ["127.0.0.1"])
+    client = ca.issue_client(spiffe_uri(TRUST_DOMAIN, "ores", "service", "api"))
+    files = {"ca.pem": ca.cert_pem(), "server.pem": server.cert_pem(),
+             "server.key": server.key_pem(), "client.pem": client.cert_pem(),
+             "client.key": client.key_pem()}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    started: list[tuple[web.BaseRunner, list[aiohttp.ClientSession], ChainedAuditLog]] = []
+
+    async def start(answer: Answer = answer_own_meter, *,
+                    relations: Iterable[Relation] = FEED, limits: EdgeLimits = LIMITS,
+                    **overrides: Any) -> Plane:
+        key, kid = load_or_create_audit_key(tmp_path / "audit-key")
+        audit_path = tmp_path / "audit.log"
+        audit = overrides.pop("audit", None) or ChainedAuditLog(audit_path, key, kid)
+        upstream = FakeUpstream(answer)
+        index = RelationIndex(list(relations))
+        peers = Peers(TRUST_DOMAIN)
+        revoked: set[str] = set()
+        resolver = CallerResolver(
+            load_tenants(REPO / "tenants"), TRUST_DOMAIN, peers=peers,
+            revocation=lambda serial, key: "certificate-revoked" if serial in revoked else None)
+        metrics = overrides.pop("metrics", None) or GatewayMetrics()
+        data_plane = DataPlane(**{
+            "resolver": resolver, "routes": default_route_table(),
+            "relations": lambda: index, "upstreams": upstream,
+            "signer": AssertionSigner(SigningKey.generate()), "audit": audit,
+            "metrics": metrics, "limits": limits, **overrides})
+        ctx = server_context(tmp_path / "server.pem", tmp_path / "server.key",
+                             tmp_path / "ca.pem")
+        # The listener of `gateway serve`: TlsSite on a bound socket.
+        runner = web.ServerRunner(
+            DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN, peers=peers),
+                       access_log=None), handle_signals=False)
+        await runner.setup()
+        sock = bind("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        await TlsSite(runner, sock, ssl_context=ctx, handshake_timeout_s=5).start()
+        sessions: list[aiohttp.ClientSession] = []
+
+        def session_for(cert: str, key: str) -> aiohttp.ClientSession:
+            cctx: ssl.SSLContext = client_context(tmp_path / "ca.pem", tmp_path / cert,
+                                                  tmp_path / key)
+            made = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=cctx))
+            sessions.append(made)
+            return made
+
+        async def other(tenant: str, kind: str, name: str) -> aiohttp.ClientSession:
+            issued = ca.issue_client(spiffe_uri(TRUST_DOMAIN, tenant, kind, name))
+            stem = f"{tenant}-{kind}-{name}"
+            (tmp_path / f"{stem}.pem").write_bytes(issued.cert_pem())
+            (tmp_path / f"{stem}.key").write_bytes(issued.key_pem())
+            return session_for(f"{stem}.pem", f"{stem}.key")
+
+        started.append((runner, sessions, audit))
+        return Plane(f"https://127.0.0.1:{port}", session_for("client.pem", "client.key"),
+                     upstream, audit_path, audit, peers, revoked,
+                     format(client.certificate.serial_number, "X"), data_plane, metrics, other)
+
+    yield start
+    for runner, sessions, audit in started:
+        for session in sessions:
+            await session.close()
+        await runner.cleanup()
+        audit.close()
