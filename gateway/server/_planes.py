@@ -68,21 +68,13 @@ async def open_planes(gw: Gateway, data_sock: socket.socket | None,
     limits = cfg.limits
     edge_self_check(gw.ssl_context, limits)
     install_read_buffer()  # 32 KiB per TLS connection, not asyncio's 256 KiB
-    gw.connections = ConnectionBook(
-        limits, cfg.trust_domain, peers=gw.peers,
-        on_refused=lambda reason: gw.metrics.connections_refused.labels(
-            "data", reason).inc())
+    gw.connections = _book(gw, "data")
     if data_sock is not None:
         server = DataServer(gw.data_plane, limits, gw.connections,
                             http_server=cfg.http_server, access_log=None)
-        data_runner = web.ServerRunner(server, handle_signals=False,
-                                       shutdown_timeout=cfg.drain_timeout_s)
-        await data_runner.setup()
-        await TlsSite(data_runner, data_sock, ssl_context=gw.ssl_context,
-                      handshake_timeout_s=limits.handshake_timeout_s,
-                      connections=_count_connections(gw.metrics, "data")).start()
-        gw.runners.append(data_runner)
-        gw.data_port = data_sock.getsockname()[1]
+        gw.data_port = await _serve_tls(gw, web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=cfg.drain_timeout_s),
+            data_sock, "data")
     ops_runner = web.AppRunner(build_ops_app(
         gw.metrics, gw.upstreams, gw.signer, lambda: True,
         lambda: gw.credentials.crl,
@@ -106,20 +98,31 @@ async def open_planes(gw: Gateway, data_sock: socket.socket | None,
                           audit_routes(gw.rotate_audit_key),
                           nrn_routes(gw.store)))
         # The admin plane gets the same edge limits (own connection book).
-        admin_runner = GuardedAppRunner(
+        gw.admin_port = await _serve_tls(gw, GuardedAppRunner(
             admin_app, access_log=None, edge=limits, shutdown_timeout=cfg.drain_timeout_s,
-            book=ConnectionBook(limits, cfg.trust_domain, peers=gw.peers,
-                                on_refused=lambda reason: gw.metrics.connections_refused
-                                .labels("admin", reason).inc()),
-            refuse=admin_refusal)
-        await admin_runner.setup()
-        await TlsSite(admin_runner, admin_sock, ssl_context=gw.ssl_context,
-                      handshake_timeout_s=limits.handshake_timeout_s,
-                      connections=_count_connections(gw.metrics, "admin")).start()
-        gw.runners.append(admin_runner)
-        gw.admin_port = admin_sock.getsockname()[1]
+            book=_book(gw, "admin"), refuse=admin_refusal), admin_sock, "admin")
     # D12: refused handshakes counted, and the SOC told of the ones it must see.
     observe_handshakes(gw.ssl_context, lambda reason: _handshake_failed(gw, reason))
+
+
+def _book(gw: Gateway, listener: str) -> ConnectionBook:
+    """A TLS listener's connection book (the edge limits per tenant), its
+    refusals counted under the listener's name."""
+    return ConnectionBook(gw.config.limits, gw.config.trust_domain, peers=gw.peers,
+                          on_refused=lambda reason: gw.metrics.connections_refused.labels(
+                              listener, reason).inc())
+
+
+async def _serve_tls(gw: Gateway, runner: web.BaseRunner, sock: socket.socket,
+                     listener: str) -> int:
+    """Start ``runner`` behind the gateway's TLS on ``sock``; its port."""
+    await runner.setup()
+    await TlsSite(runner, sock, ssl_context=gw.ssl_context,
+                  handshake_timeout_s=gw.config.limits.handshake_timeout_s,
+                  connections=_count_connections(gw.metrics, listener)).start()
+    gw.runners.append(runner)
+    port: int = sock.getsockname()[1]
+    return port
 
 
 def _count_connections(metrics: GatewayMetrics, listener: str) -> OpenConnections:
