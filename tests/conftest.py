@@ -12,16 +12,24 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.audit import _chain as ac
 from tests.postgres import Cluster
 
+# Stopped at the end of the session, outside any test: a session fixture's
+# teardown runs within the last test's timeout, and removing a cluster's
+# files on a busy disk has taken longer than that.
+_CLUSTERS: list[Cluster] = []
+
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Cluster]:
     """A PostgreSQL server of the machine's own binaries, started once, in a
     temporary directory; a test takes a fresh database with new_database()."""
     cluster = Cluster().start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    _CLUSTERS.append(cluster)
+    yield cluster
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    while _CLUSTERS:
+        _CLUSTERS.pop().stop()
 
 
 @pytest.fixture(scope="module")
