@@ -79,8 +79,10 @@ class RequestTrace:
         elif ex.reason in LOCKBOX_REFUSALS:
             # D1, D7: answering for another tenant's lockbox, or for one's own request.
             self.soc.emit("lockbox-refused", "warning", ex.incident, **who)
-        if ex.caller is not None and not event.canary:
+        if ex.caller is not None and not event.canary and event.status < 500:
             # The canary prober is refused by design (D1): no SOC noise of its own.
+            # A 5xx (an upstream down, the audit store failing) is no refusal of
+            # what the principal asked: it is not probing.
             p = ex.caller.principal
             if self.denials.observe(f"{p.tenant}/{p.kind}/{p.name}", True, self.clock()):
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
@@ -138,6 +140,8 @@ class RequestTrace:
         # SECURITY: no trace, no answer (fail closed).
         log.error("audit write failed; refusing", extra={"incident": ex.incident})
         self.metrics.audit_write_failures.inc()
+        # The reason it is refused now, not the relation that had allowed it.
+        ex.reason = "audit-write-failed"
         response.set_status(503)
         response.body = problem_body(503, ex.incident, "unavailable")
         response.content_type = CONTENT_TYPE
