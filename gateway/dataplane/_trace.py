@@ -38,7 +38,7 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 class RequestTrace:
     def __init__(self, *, audit: AuditSink, metrics: GatewayMetrics,
                  soc: SecurityEvents | None, usage: UsageLedger | None,
-                 clock: Callable[[], datetime], access: bool = False) -> None:
+                 clock: Callable[[], datetime], access: bool) -> None:
         self.audit = audit
         self.access = access  # [log] access: one line per request
         self.metrics = metrics
