@@ -361,8 +361,12 @@ class DataPlane:
         if credential is not None:
             # SECURITY: injected here, never shown to a tenant, logged or audited.
             headers[credential[0]] = credential[1]
+        # The caller's own (forwarded, lower-case names) are replaced, not
+        # sent beside the gateway's for the transport to choose between.
+        headers.pop("x-request-id", None)
         headers["X-Request-Id"] = ex.incident
         if body is not None:
+            headers.pop("content-type", None)
             headers["Content-Type"] = JSON
         upstream_target = target.upstream_target()[len(route.upstream) + 1:]
         return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
