@@ -8,16 +8,18 @@ certificate from the same CA."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import aiohttp
 import pytest
 from aiohttp import web
+from multidict import CIMultiDict
 
 from gateway.audit import ChainedAuditLog
 from gateway.audit._format import load_or_create_audit_key
@@ -44,6 +46,34 @@ FEED = (Relation("meter", ORES_METER, "ores", "owner"),
         Relation("meter", FLUVIUS_METER, "fluvius", "owner"))
 
 
+class RawAnswer(NamedTuple):
+    """One answer read off the wire by :meth:`Plane.raw`."""
+
+    status: int
+    headers: CIMultiDict[str]  # field names are case-insensitive (RFC 9110 §5.1)
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        found = self.headers.getall(name, [])
+        return found[-1] if found else None
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def _answers(data: bytes) -> list[RawAnswer]:
+    out = []
+    while data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = CIMultiDict[str]((n.strip(), v.strip()) for n, _, v in
+                                   (line.partition(":") for line in lines[1:]))
+        size = int(headers.get("Content-Length", "0"))
+        out.append(RawAnswer(int(lines[0].split(" ")[1]), headers, rest[:size]))
+        data = rest[size:]
+    return out
+
+
 @dataclass
 class Plane:
     url: str
@@ -58,6 +88,30 @@ class Plane:
     metrics: GatewayMetrics
     # Another principal's session: client(tenant, kind, name).
     client: Callable[[str, str, str], Awaitable[aiohttp.ClientSession]] = field(repr=False)
+    certs: Path = field(repr=False, default=Path())  # the CA's and the clients' files
+
+    async def raw(self, data: bytes, stem: str = "client") -> list[RawAnswer]:
+        """Send ``data`` as is on one mTLS connection (ORES's api certificate,
+        or the one :attr:`client` made for ``tenant-kind-name``) and read every
+        answer until the gateway closes it (10 s at most)."""
+        ctx = client_context(self.certs / "ca.pem", self.certs / f"{stem}.pem",
+                             self.certs / f"{stem}.key")
+        host, _, port = self.url.removeprefix("https://").rpartition(":")
+        reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx,
+                                                       server_hostname="localhost")
+        received = b""
+        try:
+            writer.write(data)
+            async with asyncio.timeout(10):
+                while chunk := await reader.read(65536):
+                    received += chunk
+        except TimeoutError:
+            raise  # the gateway kept the connection open: say so, not a short read
+        except OSError:
+            pass  # the gateway may cut the connection after its last answer
+        finally:
+            writer.close()
+        return _answers(received)
 
     def audit_events(self) -> list[dict[str, Any]]:
         self.audit.close()
@@ -141,7 +195,8 @@ async def plane(tmp_path: Path) -> AsyncIterator[Start]:
         started.append((runner, sessions, audit))
         return Plane(f"https://127.0.0.1:{port}", session_for("client.pem", "client.key"),
                      upstream, audit_path, audit, peers, revoked,
-                     format(client.certificate.serial_number, "X"), data_plane, metrics, other)
+                     format(client.certificate.serial_number, "X"), data_plane, metrics, other,
+                     tmp_path)
 
     yield start
     for runner, sessions, audit in started:

@@ -31,7 +31,6 @@ from gateway.core.routes import RecordCheck, ResourceRef, Route, RouteTable
 from gateway.errors import RequestRefused
 from gateway.pki._assertion import ISSUER
 from gateway.state import Consultation, NrnApproval
-from gateway.tls import client_context
 from gateway.upstream import UpstreamResponse
 from tests.dataplane.fakes import FakeUpstream, Sent, json_answer
 from tests.dataplane.harness import FEED, FLUVIUS_METER, ORES_METER, Plane, Start
@@ -62,57 +61,6 @@ def meter_answer(sent: Sent) -> UpstreamResponse:
     parts = sent.target.split("/")
     serial = parts[2] if len(parts) > 2 else json.loads(sent.body or b"{}").get("serial")
     return json_answer({"serial": serial, "utility": "electricity", "communicating": True})
-
-
-# -- a raw HTTP/1.x client over the harness's mTLS listener --------------------
-
-@dataclass
-class RawResponse:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        found = [v for n, v in self.headers if n.lower() == name.lower()]
-        return found[-1] if found else None
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
-def _parse(data: bytes) -> list[RawResponse]:
-    out: list[RawResponse] = []
-    while data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ")[1])
-        headers = [(n.strip(), v.strip()) for n, _, v in (ln.partition(":") for ln in lines[1:])]
-        length = int(next((v for n, v in headers if n.lower() == "content-length"), "0"))
-        out.append(RawResponse(status, headers, rest[:length]))
-        data = rest[length:]
-    return out
-
-
-async def raw_exchange(p: Plane, tmp_path: Path, data: bytes,
-                       stem: str = "client") -> list[RawResponse]:
-    """Send ``data`` as is on one connection (ORES's api certificate, or the
-    one ``p.client`` made as ``stem``) and read every answer until the
-    gateway closes it."""
-    ctx = client_context(tmp_path / "ca.pem", tmp_path / f"{stem}.pem",
-                         tmp_path / f"{stem}.key")
-    host, port = p.url.removeprefix("https://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port), ssl=ctx,
-                                                   server_hostname=host)
-    writer.write(data)
-    await writer.drain()
-    received = b""
-    try:
-        while chunk := await reader.read(65536):
-            received += chunk
-    except (ConnectionError, OSError):
-        pass
-    writer.close()
-    return _parse(received)
 
 
 def get_line(path: str, *extra: str, version: str = "1.1") -> bytes:
@@ -236,7 +184,7 @@ async def test_the_header_limits_are_applied_exactly(
         plane: Start, tmp_path: Path, count: int, block: int, status: int,
         reason: str) -> None:
     p = await plane(meter_answer, limits=EdgeLimits(max_headers=6, max_header_block_bytes=200))
-    [answer] = await raw_exchange(p, tmp_path, (
+    [answer] = await p.raw((
         f"GET /hes/meters/{ORES_METER} HTTP/1.1\r\nHost: localhost\r\n"
         + "".join(f"{f}\r\n" for f in _padded(count, block)) + "\r\n").encode())
     assert answer.status == status
@@ -255,7 +203,7 @@ async def test_http10_with_transfer_encoding_is_refused_and_the_connection_close
     p = await plane(meter_answer)
     smuggled = (f"GET /hes/meters/{ORES_METER} HTTP/1.0\r\nHost: localhost\r\n"
                 "Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n").encode()
-    answers = await raw_exchange(p, tmp_path, smuggled + get_line(
+    answers = await p.raw(smuggled + get_line(
         f"/hes/meters/{ORES_METER}", "Connection: close"))
     [refused] = answers
     assert refused.status == 400
@@ -267,14 +215,14 @@ async def test_http10_with_transfer_encoding_is_refused_and_the_connection_close
 async def test_http10_without_transfer_encoding_and_chunked_http11_are_served(
         plane: Start, tmp_path: Path) -> None:
     p = await plane(meter_answer, routes=_routes())
-    [plain] = await raw_exchange(p, tmp_path, get_line(f"/hes/meters/{ORES_METER}",
+    [plain] = await p.raw(get_line(f"/hes/meters/{ORES_METER}",
                                                         version="1.0"))
     assert plain.status == 200
     body = json.dumps({"serial": ORES_METER}).encode()
     chunked = (f"POST /hes/lookups HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n"
                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
                f"{len(body):x}\r\n").encode() + body + b"\r\n0\r\n\r\n"
-    [posted] = await raw_exchange(p, tmp_path, chunked)
+    [posted] = await p.raw(chunked)
     assert posted.status == 200
     assert [s.body for s in p.upstream.sent] == [None, body]
 
@@ -357,9 +305,9 @@ async def test_a_body_that_trickles_in_is_refused_at_the_configured_deadline(
     """D1 availability: the body timeout of the configuration, not the
     default; the connection is closed."""
     p = await plane(meter_answer, routes=_routes(), limits=EdgeLimits(body_timeout_s=0.05))
-    [answer] = await raw_exchange(p, tmp_path, (
+    [answer] = await p.raw(
         b"POST /hes/lookups HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        b'Content-Length: 40\r\n\r\n{"serial": '))
+        b'Content-Length: 40\r\n\r\n{"serial": ')
     assert answer.status == 408
     assert p.upstream.sent == []
     assert event_of(p, answer.json()["incident"])["reason"] == "body-timeout"
@@ -778,7 +726,7 @@ async def test_an_unparsable_request_is_refused_and_audited_with_its_caller(
     if revoke:
         p.revoked.add(p.client_serial)
     stem = "client" if who == "api" else f"ores-service-{who}"
-    [answer] = await raw_exchange(p, tmp_path, b"GET /hes/meters HTTP/1.1\r\nHost: a\r\n"
+    [answer] = await p.raw(b"GET /hes/meters HTTP/1.1\r\nHost: a\r\n"
                                   b"Host: b\r\n\r\n", stem=stem)
     assert answer.status == 400
     incident = answer.json()["incident"]

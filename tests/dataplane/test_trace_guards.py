@@ -17,13 +17,11 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from multidict import CIMultiDict
 
 from gateway.audit import AuditEvent, SecurityEvents, UsageLedger
 from gateway.audit._usage import UsageRow
@@ -35,12 +33,11 @@ from gateway.metrics import GatewayMetrics
 from gateway.problem import PROBLEM_TYPE_BASE
 from gateway.push import PushService, SqliteOutbox
 from gateway.state import SqliteStore
-from gateway.tls import client_context
 from gateway.upstream import UpstreamResponse
 from gateway.vault import Lockbox
 from tests.audit.faults import writes_refused
 from tests.dataplane.fakes import Answer, Sent, json_answer
-from tests.dataplane.harness import FEED, FLUVIUS_METER, ORES_METER, Plane, Start
+from tests.dataplane.harness import FEED, FLUVIUS_METER, ORES_METER, Start
 
 NOW = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
 METER_ROUTE = "/hes/meters/{serial}"
@@ -89,33 +86,6 @@ ACCESS_FIELDS = ("incident", "tenant", "method", "route", "upstream", "status", 
 
 def access_fields(record: logging.LogRecord) -> dict[str, Any]:
     return {name: getattr(record, name, "<missing>") for name in ACCESS_FIELDS}
-
-
-async def raw_exchange(p: Plane, tmp_path: Path,
-                       payload: bytes) -> list[tuple[int, CIMultiDict[str], bytes]]:
-    """Send ``payload`` as is over a TLS connection with the harness's client
-    certificate (ores/service/api), read until the gateway closes it; the
-    answers, in order."""
-    ctx: ssl.SSLContext = client_context(tmp_path / "ca.pem", tmp_path / "client.pem",
-                                         tmp_path / "client.key")
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", urlsplit(p.url).port, ssl=ctx, server_hostname="localhost")
-    try:
-        writer.write(payload)
-        data = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-    answers = []
-    while data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        # Field names are case-insensitive (RFC 9110 §5.1).
-        headers = CIMultiDict[str]((name, value) for name, _, value in
-                                   (line.partition(": ") for line in lines[1:]))
-        size = int(headers.get("Content-Length", "0"))
-        answers.append((int(lines[0].split(" ")[1]), headers, rest[:size]))
-        data = rest[size:]
-    return answers
 
 
 def get(path: str, *extra: str) -> bytes:
@@ -257,7 +227,7 @@ async def test_the_access_line_of_an_unparsed_request_names_no_method_or_route(
     caplog.set_level(logging.INFO, logger="gateway.access")
     expected = []
     for _ in range(3):
-        [(status, headers, _)] = await raw_exchange(p, tmp_path, b"GARBAGE\r\n\r\n")
+        [(status, headers, _)] = await p.raw(b"GARBAGE\r\n\r\n")
         assert status == 501
         expected.append({
             "incident": headers["X-Request-Id"], "tenant": "ores", "method": "other",
@@ -277,9 +247,8 @@ async def test_a_request_the_http_layer_cannot_parse_is_answered_and_traced(
     event, metrics and usage, with the caller its certificate names."""
     ledger = UsageLedger(tmp_path / "usage.db", clock=frozen)
     p = await plane(usage=ledger, clock=frozen)
-    [(status, headers, body)] = await raw_exchange(
-        p, tmp_path, b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2"
-                     b"\r\n\r\n")
+    [(status, headers, body)] = await p.raw(
+        b"GET /x HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n")
     assert status == 400
     assert headers["Server"] == "gateway"
     problem = json.loads(body)
@@ -307,7 +276,7 @@ async def test_an_unparsed_request_whose_audit_line_fails_is_a_503(
     """D10, no trace, no answer: the HTTP layer's own refusals too."""
     p = await plane()
     with writes_refused(p.audit):
-        [(status, headers, body)] = await raw_exchange(p, tmp_path, b"GARBAGE\r\n\r\n")
+        [(status, headers, body)] = await p.raw(b"GARBAGE\r\n\r\n")
     assert status == 503
     problem = json.loads(body)
     assert (problem["type"], problem["status"], problem["incident"]) == (
@@ -417,10 +386,10 @@ async def test_a_refusal_that_distrusts_the_framing_closes_the_connection(
     p = await plane()
     smuggled = (b"GET /hes/meters/" + ORES_METER.encode() + b" HTTP/1.0\r\nHost: x\r\n"
                 b"Connection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    answers = await raw_exchange(p, tmp_path, smuggled + get(f"/hes/meters/{ORES_METER}",
+    answers = await p.raw(smuggled + get(f"/hes/meters/{ORES_METER}",
                                                              "Connection: close"))
     assert [status for status, _, _ in answers] == [400]
-    answers = await raw_exchange(p, tmp_path, get(f"/hes/meters/{FLUVIUS_METER}")
+    answers = await p.raw(get(f"/hes/meters/{FLUVIUS_METER}")
                                  + get(f"/hes/meters/{ORES_METER}", "Connection: close"))
     assert [status for status, _, _ in answers] == [403, 200]
     assert answers[0][1]["Server"] == "gateway"
