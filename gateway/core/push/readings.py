@@ -39,7 +39,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import datetime
-from operator import attrgetter
+from itertools import compress, islice, pairwise
+from operator import attrgetter, ne
 from types import MappingProxyType
 from typing import Literal
 
@@ -102,6 +103,11 @@ _ENCODE = msgspec.json.Encoder().encode
 # the two they write the same shortest digits, and integers alike.
 _FIXED_FROM, _FIXED_BELOW = 1e-4, 1e16
 _VALUE = attrgetter("value")
+_METER, _STAMP = attrgetter("meter"), attrgetter("timestamp")
+_OBIS_OF, _UNIT = attrgetter("obis"), attrgetter("unit")
+_VIA, _OPERATOR, _EAN = attrgetter("via"), attrgetter("operator"), attrgetter("ean")
+_ABSENT = {UNSET}
+_NO_EAN = {UNSET, None}
 
 
 def decode_readings(raw: bytes) -> ReadingsBatch | None:
@@ -124,6 +130,89 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
     batch_id = check_batch_id(batch.batch_id)
     records = batch.records
     check_batch_size(len(records), max_records, "records")
+    parts = route_runs(records, relations, now)
+    if parts is None:
+        return route_each(batch_id, records, relations, now)
+    return RoutedBatch(
+        batch_id=batch_id,
+        parts=MappingProxyType({tenant: tuple(recs) for tenant, recs in parts.items() if recs}),
+        quarantined=(),
+        received=len(records),
+    )
+
+
+def route_runs(records: Sequence[Reading], relations: RelationIndex, now: datetime
+               ) -> dict[str, list[Reading]] | None:
+    """The parts of a batch that is meter after meter and quarantines nothing,
+    worked out column by column and meter by meter rather than reading by
+    reading; None where the batch is anything else (a routing hint, an EAN,
+    a meter's readings apart, a reading some check would quarantine, an owner
+    that changes within a meter's readings), and :func:`route_each` decides.
+
+    The same outcome as :func:`route_each` for every batch it takes: every
+    check of the loop is here, on the distinct values or on a meter's run.
+    A reading is a duplicate when its instant, meter and OBIS code are
+    another's; with each distinct timestamp a distinct instant and each
+    distinct code spelling a distinct code (both checked), that is when its
+    three strings are, and a meter's readings all lie in its run."""
+    count = len(records)
+    if (not count or set(map(_VIA, records)) != _ABSENT
+            or set(map(_OPERATOR, records)) != _ABSENT
+            or not set(map(_EAN, records)) <= _NO_EAN):
+        return None
+    meters = list(map(_METER, records))
+    cuts = [0, *compress(range(1, count), map(ne, meters, islice(meters, 1, None))), count]
+    if len(cuts) - 1 != len(set(meters)):
+        return None  # a meter's readings are not all together
+    resolver = _Resolver(relations, now, {})
+    stamps = list(map(_STAMP, records))
+    instants: dict[str, int] = {}
+    for stamp in set(stamps):
+        at = resolver.instant(stamp)
+        if at is None:
+            return None
+        instants[stamp] = at
+    if len(set(instants.values())) != len(instants):
+        return None  # two spellings of one instant
+    codes = list(map(_OBIS_OF, records))
+    fits: dict[str, frozenset[str]] = {}
+    obis_ids: dict[str, int] = {}
+    for code in set(codes):
+        obis_id, units = _obis(code, obis_ids)
+        if obis_id == MALFORMED:
+            return None
+        fits[code] = units
+    if len(obis_ids) != len(fits):
+        return None  # two spellings of one code
+    units_of = list(map(_UNIT, records))
+    ats = list(map(instants.__getitem__, stamps))
+    parts: dict[str, list[Reading]] = {}
+    for start, end in pairwise(cuts):
+        meter = meters[start]
+        if not is_valid_meter_serial(meter):
+            return None
+        run = ats[start:end]
+        lo, hi, owner, silent, _ = resolver.span(meter, run[0])
+        if owner is None or silent or min(run) < lo or max(run) >= hi:
+            return None
+        size = end - start
+        code, unit = codes[start], units_of[start]
+        if codes[start:end].count(code) == size and units_of[start:end].count(unit) == size:
+            # One register of the meter: D5, a volume in kWh or an energy in
+            # m³ is no reading of that quantity; a duplicate repeats an instant.
+            if unit not in fits[code] or len(set(stamps[start:end])) != size:
+                return None
+        elif (any(unit not in fits[code]
+                  for code, unit in set(zip(codes[start:end], units_of[start:end], strict=True)))
+              or len(set(zip(stamps[start:end], codes[start:end], strict=True))) != size):
+            return None
+        parts.setdefault(owner, []).extend(records[start:end])
+    return parts
+
+
+def route_each(batch_id: str, records: Sequence[Reading], relations: RelationIndex,
+               now: datetime) -> RoutedBatch:
+    """The batch reading by reading, in ``route_batch``'s order of checks."""
     parts: dict[str, list[Reading]] = {}
     quarantined: list[Quarantined] = []
     resolver = _Resolver(relations, now, parts)

@@ -1,0 +1,276 @@
+"""The per-record fast path's run-wise routing (gateway.core.push.readings,
+``route_runs``): a batch that is meter after meter and quarantines nothing
+is routed column by column, meter by meter. Every batch it takes gets the
+outcome the reading-by-reading loop (``route_each``) gives it, the same
+tenants in the same order with the same readings in batch order (D1); and
+every batch in which some reading would be quarantined, hinted or paired
+with an EAN is left to the loop, so no check of the loop is skipped (D1,
+D5)."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from msgspec import UNSET
+
+from gateway.core.push.readings import (
+    Reading,
+    decode_readings,
+    route_each,
+    route_readings,
+    route_runs,
+)
+from gateway.core.push.records import RoutedBatch
+from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW
+from tests.core.push.test_readings import RECORD, spelt
+from tests.core.push.test_records import (
+    EAN_OK,
+    METER_AIRPLANE,
+    METER_TWO_OWNERS,
+    METER_UNKNOWN,
+    RELATIONS,
+    at,
+    consortium,
+    reading,
+)
+
+BATCH_ID = "hes-2026-06-14"
+_, OWNERS, _ = consortium()
+# A meter's own registers: each is one quantity, in its one unit.
+REGISTERS = {"1SAG": [("1-0:1.8.1", "kWh"), ("1-0:2.8.1", "kWh"), ("1-0:1.7.0", "kW")],
+             "2GAS": [("7-0:3.0.0", "m3")], "3WTR": [("8-0:1.0.0", "m3")]}
+HOURS = [h / 4 for h in range(40)]  # quarter-hours of yesterday morning
+
+
+def records_of(batch: list[dict[str, Any]]) -> list[Reading]:
+    decoded = decode_readings(json.dumps({"batch_id": BATCH_ID, "records": batch}).encode())
+    assert decoded is not None
+    return decoded.records
+
+
+def by_loop(records: list[Reading]) -> RoutedBatch:
+    return route_each(BATCH_ID, records, RELATIONS, NOW)
+
+
+def same(routed: RoutedBatch, want: RoutedBatch) -> None:
+    assert routed.batch_id == want.batch_id
+    assert routed.received == want.received
+    assert routed.quarantined == want.quarantined
+    assert list(routed.parts) == list(want.parts)  # tenants in the loop's order
+    assert {t: list(p) for t, p in routed.parts.items()} == \
+        {t: list(p) for t, p in want.parts.items()}
+
+
+def taken(batch: list[dict[str, Any]]) -> dict[str, list[Reading]]:
+    """The batch routed run by run, which must be the loop's outcome."""
+    records = records_of(batch)
+    parts = route_runs(records, RELATIONS, NOW)
+    assert parts is not None, "a clean batch, meter after meter, is routed run by run"
+    want = by_loop(records)
+    assert want.quarantined == ()
+    assert list(parts) == list(want.parts)
+    assert parts == {t: list(p) for t, p in want.parts.items()}
+    same(route_readings(decode_readings(
+        json.dumps({"batch_id": BATCH_ID, "records": batch}).encode()), RELATIONS, NOW), want)
+    return parts
+
+
+def left(batch: list[dict[str, Any]]) -> RoutedBatch:
+    """The batch is the loop's: route_runs declines it, and route_readings
+    gives the loop's outcome."""
+    records = records_of(batch)
+    assert route_runs(records, RELATIONS, NOW) is None
+    want = by_loop(records)
+    same(route_readings(decode_readings(
+        json.dumps({"batch_id": BATCH_ID, "records": batch}).encode()), RELATIONS, NOW), want)
+    return want
+
+
+@st.composite
+def clean_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Meter after meter, each reading of a known owner in its own register
+    at a distinct instant: what an HES posts every day."""
+    meters = draw(st.lists(st.sampled_from(sorted(OWNERS)), min_size=1, max_size=8,
+                           unique=True))
+    batch: list[dict[str, Any]] = []
+    for meter in meters:
+        registers = draw(st.lists(st.sampled_from(REGISTERS[meter[:4]]), min_size=1,
+                                  max_size=3, unique=True))
+        hours = draw(st.lists(st.sampled_from(HOURS), min_size=1, max_size=6, unique=True))
+        for hour in hours:
+            for obis, unit in registers:
+                batch.append(reading(meter, at(hour), obis, unit=unit,
+                                     value=draw(st.integers(0, 10**6)),
+                                     quality=draw(st.sampled_from(["01", "02", "99"]))))
+    return batch
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clean_batches())
+def test_a_clean_batch_is_routed_run_by_run_as_the_loop_routes_it(
+        batch: list[dict[str, Any]]) -> None:
+    parts = taken(batch)
+    assert sum(map(len, parts.values())) == len(batch)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(RECORD, max_size=30), st.randoms(use_true_random=False))
+def test_any_well_typed_batch_has_the_loops_outcome(records: list[dict[str, Any]],
+                                                     rnd: random.Random) -> None:
+    """Generated batches of every kind (hints, EANs, unknown meters, bad
+    instants and codes, duplicates): taken or not, the loop's outcome."""
+    decoded = decode_readings(spelt(records, rnd))
+    assert decoded is not None
+    same(route_readings(decoded, RELATIONS, NOW), by_loop(decoded.records))
+
+
+ORES_DAY = [reading(METER_ORES, at(h), value=i) for i, h in enumerate((1, 2, 3))]
+TWO_METERS = ORES_DAY + [reading("1SAG1000000000", at(h), value=3 + i)
+                         for i, h in enumerate((1, 2))]
+
+
+def test_the_clean_batches_below_are_taken() -> None:
+    """The batches the next tests change in one respect are taken as they are."""
+    assert taken(ORES_DAY) == {"ores": records_of(ORES_DAY)}
+    assert list(taken(TWO_METERS)) == ["ores"]
+    assert list(taken([*TWO_METERS[3:], reading("1SAG2000000000", at(1), value=9)])) == \
+        ["ores", "fluvius"]
+    # A null EAN is no EAN: nothing to pair, nothing to strip.
+    taken([{**ORES_DAY[0], "ean": None}, *ORES_DAY[1:]])
+
+
+def one_off(index: int, **change: Any) -> list[dict[str, Any]]:
+    batch = [dict(r) for r in TWO_METERS]
+    batch[index].update(change)
+    return batch
+
+
+def test_a_routing_hint_is_the_loops_even_when_null() -> None:
+    """D1: the HES's routing hints are checked and stripped by the loop;
+    a null hint too is stripped, so it is not this path's either."""
+    for change in ({"via": None}, {"operator": None}, {"via": METER_ORES},
+                   {"operator": "ores"}, {"operator": "fluvius"}):
+        routed = left(one_off(4, **change))
+        for part in routed.parts.values():
+            assert all(r.via is UNSET and r.operator is UNSET for r in part)
+    assert [q.reason for q in left(one_off(4, operator="fluvius")).quarantined] == \
+        ["owner-mismatch"]
+
+
+def test_an_ean_is_paired_by_the_loop() -> None:
+    """D1: an EAN is checked against the meter's access point, reading by reading."""
+    assert left(one_off(0, ean=EAN_OK)).quarantined == ()
+    assert [q.reason for q in left(one_off(4, ean=EAN_OK)).quarantined] == ["ean-mismatch"]
+
+
+def test_a_meter_whose_readings_are_apart_is_the_loops() -> None:
+    batch = [dict(r) for r in TWO_METERS]
+    batch.append(reading(METER_ORES, at(4), value=5))
+    routed = left(batch)
+    assert routed.quarantined == () and len(routed.parts["ores"]) == 6
+
+
+def test_an_instant_the_loop_refuses_is_the_loops() -> None:
+    """A timestamp without an offset, unparsable or in the future: invalid-record."""
+    for stamp in ("2026-06-14T10:00:00", "nonsense",
+                  (NOW.replace(year=2027)).isoformat()):
+        assert [q.reason for q in left(one_off(2, timestamp=stamp)).quarantined] == \
+            ["invalid-record"]
+
+
+def test_two_spellings_of_one_instant_are_the_loops() -> None:
+    """The same instant at another offset is a duplicate for the loop."""
+    same_instant = at(1).replace("+00:00", "Z")
+    assert same_instant != at(1)
+    routed = left(one_off(1, timestamp=same_instant))
+    assert [q.reason for q in routed.quarantined] == ["duplicate"]
+    # At another meter the same two spellings are no duplicate, still the loop's.
+    assert left(one_off(4, timestamp=at(3).replace("+00:00", "Z"))).quarantined == ()
+
+
+def test_an_obis_code_the_loop_refuses_is_the_loops() -> None:
+    assert [q.reason for q in left(one_off(1, obis="1-0:1.8")).quarantined] == \
+        ["invalid-record"]
+
+
+def test_two_spellings_of_one_obis_code_are_the_loops() -> None:
+    """``1-0:1.8.1*255`` is ``1-0:1.8.1``: at one instant, a duplicate."""
+    batch = [dict(r) for r in TWO_METERS]
+    batch.append(reading("1SAG1000000000", at(1), "1-0:1.8.1*255", value=5))
+    assert [q.reason for q in left(batch).quarantined] == ["duplicate"]
+    batch[-1]["timestamp"] = at(3)
+    assert left(batch).quarantined == ()
+
+
+def test_a_malformed_serial_is_the_loops() -> None:
+    batch = [dict(r) for r in TWO_METERS]
+    for r in batch[3:]:
+        r["meter"] = "bad serial"
+    assert [q.reason for q in left(batch).quarantined] == ["malformed-meter-id"] * 2
+
+
+def test_a_meter_without_one_owner_is_the_loops() -> None:
+    for meter in (METER_UNKNOWN, METER_TWO_OWNERS):
+        batch = [dict(r) for r in TWO_METERS]
+        for r in batch[3:]:
+            r["meter"] = meter
+        assert [q.reason for q in left(batch).quarantined] == ["no-owner"] * 2
+
+
+def test_a_meter_in_airplane_mode_is_the_loops() -> None:
+    """D5: METER_AIRPLANE's communication was disabled from noon to six."""
+    batch = [reading(METER_AIRPLANE, at(h), value=i) for i, h in enumerate((13, 14))]
+    assert [q.reason for q in left(batch).quarantined] == ["airplane-mode"] * 2
+    assert list(taken([reading(METER_AIRPLANE, at(h), value=i)
+                       for i, h in enumerate((1, 2))])) == ["ores"]
+
+
+def test_an_owner_change_within_a_meters_readings_is_the_loops() -> None:
+    """D1: METER_MOVED changed owner at noon, between its readings (in
+    either order): each reading goes to its own instant's owner."""
+    for hours in ((11, 13), (13, 11), (11, 11.5, 12)):
+        routed = left([reading(METER_MOVED, at(h), value=i) for i, h in enumerate(hours)])
+        assert sorted(routed.parts) == ["fluvius", "sibelga"]
+    assert list(taken([reading(METER_MOVED, at(h), value=i)
+                       for i, h in enumerate((12, 13))])) == ["sibelga"]
+
+
+def test_a_unit_that_is_not_the_codes_is_the_loops() -> None:
+    """D5: a volume in kWh, an energy in m³ is no reading of that quantity:
+    in a meter's one register and among several registers."""
+    assert [q.reason for q in left(one_off(1, unit="m3")).quarantined] == ["unit-mismatch"]
+    assert [q.reason for q in left(one_off(0, unit="kW")).quarantined] == ["unit-mismatch"]
+    batch = [dict(r) for r in TWO_METERS]
+    batch.append(reading("1SAG1000000000", at(1), "1-0:1.7.0", unit="kW", value=5))
+    taken(batch)
+    batch[-1]["unit"] = "kWh"
+    assert [q.reason for q in left(batch).quarantined] == ["unit-mismatch"]
+    batch[-1].update(obis="8-0:1.0.0", unit="m3")  # water on an electricity meter is its code
+    taken(batch)
+    batch[-1]["unit"] = "kWh"
+    assert [q.reason for q in left(batch).quarantined] == ["unit-mismatch"]
+
+
+def test_a_duplicate_is_the_loops() -> None:
+    """A meter's reading of one register at one instant, twice: in a meter's
+    one register, and among several registers."""
+    assert [q.reason for q in left(one_off(2, timestamp=at(1))).quarantined] == ["duplicate"]
+    batch = [dict(r) for r in TWO_METERS]
+    batch.append(reading("1SAG1000000000", at(1), "1-0:2.8.1", value=5))
+    taken(batch)  # another register at the same instant: no duplicate
+    batch.append(reading("1SAG1000000000", at(1), "1-0:2.8.1", value=6))
+    assert [q.reason for q in left(batch).quarantined] == ["duplicate"]
+
+
+def test_an_empty_batch_is_the_loops() -> None:
+    assert route_runs([], RELATIONS, NOW) is None
+    assert by_loop([]).parts == {}
+
+
+def test_the_water_meter_is_its_water_companys() -> None:
+    assert list(taken([reading(METER_WATER, at(1), "8-0:1.0.0", unit="m3", value=0)])) == \
+        ["pidpa"]
