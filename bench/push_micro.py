@@ -36,6 +36,8 @@ from gateway.core.push.days import KIND, route_meter_days
 from gateway.core.push.readings import (
     decode_readings,
     encode_readings,
+    encode_runs,
+    join_part,
     plain_numbers,
     readings_fingerprint,
     route_readings,
@@ -121,12 +123,18 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
         if typed is not None:  # the per-record fast path (gateway.core.push.readings)
             with st("route"):
                 routed = route_readings(typed, relations, NOW)
-            with st("fingerprint"):
+            with st("fingerprint"):  # as PushService._intake_readings
                 plain = plain_numbers(typed.records)
-                fp = readings_fingerprint(routed.batch_id, typed.records, plain=plain)
+                encoded = None if routed.runs is None else \
+                    encode_runs(routed.batch_id, typed.records, routed.runs, plain=plain)
+                if encoded is None:
+                    fp = readings_fingerprint(routed.batch_id, typed.records, plain=plain)
+                else:  # each run encoded once, for the fingerprint and its part
+                    fp, pieces = encoded
             with st("encode parts"):
                 parts = [EncodedPart(f"{tag}{n}/{t}", t, "hes-readings", len(recs),
-                                     encode_readings(recs, plain=plain))
+                                     encode_readings(recs, plain=plain) if encoded is None
+                                     else join_part(pieces[t]))
                          for t, recs in routed.parts.items()]
             received, quarantined = routed.received, len(routed.quarantined)
         elif fmt == "records":

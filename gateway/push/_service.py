@@ -18,6 +18,7 @@ import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from gateway.audit import (
@@ -46,6 +47,8 @@ from gateway.core.push.readings import (
     ReadingsBatch,
     decode_readings,
     encode_readings,
+    encode_runs,
+    join_part,
     plain_numbers,
     readings_fingerprint,
     route_readings,
@@ -172,9 +175,16 @@ class PushService:
         except BatchRejected as exc:
             raise RequestRefused.from_core(exc) from exc
         plain = plain_numbers(batch.records)  # once for the batch and its parts
-        fingerprint = readings_fingerprint(routed.batch_id, batch.records, plain=plain)
-        parts = [(tenant, len(records), _reading_encoder(records, plain))
-                 for tenant, records in sorted(routed.parts.items())]
+        encoded = None if routed.runs is None else \
+            encode_runs(routed.batch_id, batch.records, routed.runs, plain=plain)
+        if encoded is None:
+            fingerprint = readings_fingerprint(routed.batch_id, batch.records, plain=plain)
+            parts = [(tenant, len(records), _reading_encoder(records, plain))
+                     for tenant, records in sorted(routed.parts.items())]
+        else:  # each run encoded once, for the fingerprint and for its tenant's part
+            fingerprint, pieces = encoded
+            parts = [(tenant, len(records), partial(join_part, pieces[tenant]))
+                     for tenant, records in sorted(routed.parts.items())]
         return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
                              routed.quarantined, parts, "hes-readings", {})
 
