@@ -370,8 +370,8 @@ def readings_fingerprint(batch_id: str, records: Sequence[Reading], *, plain: bo
 
 def encode_runs(batch_id: str, records: Sequence[Reading], runs: Sequence[Run], *,
                 plain: bool) -> tuple[str, dict[str, list[memoryview]]] | None:
-    """:func:`readings_fingerprint` of the batch and the pieces of each
-    tenant's part (:func:`join_part` makes it :func:`encode_readings`'s
+    """:func:`readings_fingerprint` of the batch and each tenant's part's
+    runs, encoded (:func:`join_part` makes them :func:`encode_readings`'s
     bytes), from one encoding of each run instead of two of the batch; None
     where msgspec's bytes are not json.dumps's (those two then write them).
     ``runs``: the batch's ``RoutedBatch.runs``; ``plain``: as for those two."""
@@ -384,15 +384,19 @@ def encode_runs(batch_id: str, records: Sequence[Reading], runs: Sequence[Run], 
         out = _ENCODE(records[start:end])
         if not _as_json(out, plain):
             return None
-        inner = memoryview(out)[1:-1]  # the run's records without their brackets, not copied
+        encoded = memoryview(out)
         digest.update(separator)
-        digest.update(inner)
+        digest.update(encoded[1:-1])  # the run's records without their brackets, not copied
         separator = b","
-        pieces.setdefault(owner, []).append(inner)
+        pieces.setdefault(owner, []).append(encoded)
     digest.update(b"]}")
     return digest.hexdigest(), pieces
 
 
 def join_part(pieces: Sequence[memoryview]) -> bytes:
-    """A tenant's part from its runs' pieces (:func:`encode_runs`)."""
-    return b"[" + b",".join(pieces) + b"]"
+    """A tenant's part from its runs' encodings (:func:`encode_runs`): one
+    array of their records, copied once."""
+    if len(pieces) == 1:
+        return bytes(pieces[0])
+    inner = [pieces[k][1:-1] for k in range(1, len(pieces) - 1)]
+    return b",".join([pieces[0][:-1], *inner, pieces[-1][1:]])
