@@ -32,6 +32,7 @@ from gateway.state import (
     LeaderLock,
     RelationPublication,
 )
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.server")
 FOLLOW_INTERVAL_S = 0.5  # the poll behind NOTIFY, which is not durable
@@ -115,10 +116,7 @@ class FleetMember:
             await asyncio.to_thread(self._beat_once)
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self._listener is not None:
             await asyncio.to_thread(self._listener.stop)
         with contextlib.suppress(Exception):

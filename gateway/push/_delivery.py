@@ -26,6 +26,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
 from gateway.push._outbox import Outbox
 from gateway.push._parts import Part, RetryPolicy
+from gateway.tasks import cancel_and_wait
 
 log = logging.getLogger("gateway.push")
 LOCKBOX_KIND = "lockbox-notification"
@@ -86,10 +87,7 @@ class Delivery:
         self._tasks.append(asyncio.create_task(self._stats_loop()))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self._session is not None:
             await self._session.close()
 

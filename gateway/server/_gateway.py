@@ -52,6 +52,7 @@ from gateway.state import (
     SqliteStore,
     open_store,
 )
+from gateway.tasks import cancel_and_wait
 from gateway.tenants import TenantRegistry, check_reach, load_tenants
 from gateway.tls import client_context
 from gateway.upstream import UpstreamPool
@@ -435,10 +436,7 @@ class Gateway:
         forget_handshakes(self.ssl_context)
         # Side by side: the drain timeout bounds the whole, not each listener.
         await asyncio.gather(*(runner.cleanup() for runner in self.runners))
-        for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         if self.fleet is not None:
             await self.fleet.close()
         await self.soc.close()
