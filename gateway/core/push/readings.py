@@ -168,7 +168,7 @@ def route_runs(records: Sequence[Reading], relations: RelationIndex, now: dateti
         return None
     meters = list(map(_METER, records))
     cuts = [0, *compress(range(1, count), map(ne, meters, islice(meters, 1, None))), count]
-    if len(cuts) - 1 != len(set(meters)):
+    if len(cuts) - 1 != len({meters[start] for start in islice(cuts, len(cuts) - 1)}):
         return None  # a meter's readings are not all together
     resolver = _Resolver(relations, now, {})
     stamps = list(map(_STAMP, records))
