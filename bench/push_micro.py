@@ -126,7 +126,8 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
             with st("fingerprint"):  # as PushService._intake_readings
                 plain = plain_numbers(typed.records)
                 encoded = None if routed.runs is None else \
-                    encode_runs(routed.batch_id, typed.records, routed.runs, plain=plain)
+                    encode_runs(routed.batch_id, typed.records, routed.runs, routed.parts,
+                                plain=plain)
                 if encoded is None:
                     fp = readings_fingerprint(routed.batch_id, typed.records, plain=plain)
                 else:  # each run encoded once, for the fingerprint and its part

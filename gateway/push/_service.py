@@ -176,7 +176,8 @@ class PushService:
             raise RequestRefused.from_core(exc) from exc
         plain = plain_numbers(batch.records)  # once for the batch and its parts
         encoded = None if routed.runs is None else \
-            encode_runs(routed.batch_id, batch.records, routed.runs, plain=plain)
+            encode_runs(routed.batch_id, batch.records, routed.runs, routed.parts,
+                        plain=plain)
         if encoded is None:
             fingerprint = readings_fingerprint(routed.batch_id, batch.records, plain=plain)
             parts = [(tenant, len(records), _reading_encoder(records, plain))

@@ -37,8 +37,9 @@ What takes this path, and what does not:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import compress, islice, pairwise
 from operator import attrgetter, ne
 from types import MappingProxyType
@@ -103,11 +104,14 @@ _ENCODE = msgspec.json.Encoder().encode
 # the two they write the same shortest digits, and integers alike.
 _FIXED_FROM, _FIXED_BELOW = 1e-4, 1e16
 _VALUE = attrgetter("value")
+_STRIP_HINTS = partial(msgspec.structs.replace, via=UNSET, operator=UNSET)
 _METER, _STAMP = attrgetter("meter"), attrgetter("timestamp")
 _OBIS_OF, _UNIT = attrgetter("obis"), attrgetter("unit")
 _VIA, _OPERATOR, _EAN = attrgetter("via"), attrgetter("operator"), attrgetter("ean")
 _ABSENT = {UNSET}
-Run = tuple[str, int, int]  # a meter's readings: its owner, the first one's index, the end
+# A meter's readings: its owner, the first one's index, the end, and whether
+# they are delivered without their routing hints.
+Run = tuple[str, int, int, bool]
 _NO_EAN = {UNSET, None}
 
 
@@ -131,15 +135,13 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
     batch_id = check_batch_id(batch.batch_id)
     records = batch.records
     check_batch_size(len(records), max_records, "records")
-    runs = route_runs(records, relations, now)
-    if runs is None:
+    routed = route_runs(records, relations, now)
+    if routed is None:
         return route_each(batch_id, records, relations, now)
-    parts: dict[str, list[Reading]] = {}
-    for owner, start, end in runs:
-        parts.setdefault(owner, []).extend(records[start:end])
+    runs, parts = routed
     return RoutedBatch(
         batch_id=batch_id,
-        parts=MappingProxyType({tenant: tuple(recs) for tenant, recs in parts.items()}),
+        parts=MappingProxyType({tenant: tuple(recs) for tenant, recs in parts.items() if recs}),
         quarantined=(),
         received=len(records),
         runs=tuple(runs),
@@ -147,30 +149,37 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
 
 
 def route_runs(records: Sequence[Reading], relations: RelationIndex, now: datetime
-               ) -> list[Run] | None:
-    """The runs of a batch that is meter after meter and quarantines nothing:
-    each meter's readings, ``(owner, first, end)``, in batch order,
-    worked out column by column and meter by meter rather than reading by
-    reading; None where the batch is anything else (a routing hint, an EAN,
-    a meter's readings apart, a reading some check would quarantine, an owner
-    that changes within a meter's readings), and :func:`route_each` decides.
+               ) -> tuple[list[Run], dict[str, list[Reading]]] | None:
+    """A batch that is meter after meter and quarantines nothing, worked out
+    column by column and meter by meter rather than reading by reading: each
+    meter's run ``(owner, first, end, stripped)`` in batch order, and the
+    parts (tenant -> its readings as delivered, in the order the loop makes
+    them; a carrier's owner may have none). None where the batch is anything
+    else (an EAN, a meter's readings apart, hints that differ within a
+    meter's readings, a reading some check would quarantine, an owner or a
+    carrier's state that changes within a meter's readings), and
+    :func:`route_each` decides.
 
     The same outcome as :func:`route_each` for every batch it takes: every
     check of the loop is here, on the distinct values or on a meter's run.
     A reading is a duplicate when its instant, meter and OBIS code are
     another's; with each distinct timestamp a distinct instant and each
     distinct code spelling a distinct code (both checked), that is when its
-    three strings are, and a meter's readings all lie in its run."""
+    three strings are, and a meter's readings all lie in its run. A run
+    whose readings carry routing hints (``via``, ``operator``, even null) is
+    delivered without them (``stripped``), as by the loop."""
     count = len(records)
-    if (not count or set(map(_VIA, records)) != _ABSENT
-            or set(map(_OPERATOR, records)) != _ABSENT
-            or not set(map(_EAN, records)) <= _NO_EAN):
+    if not count or not set(map(_EAN, records)) <= _NO_EAN:
         return None
     meters = list(map(_METER, records))
     cuts = [0, *compress(range(1, count), map(ne, meters, islice(meters, 1, None))), count]
     if len(cuts) - 1 != len({meters[start] for start in islice(cuts, len(cuts) - 1)}):
         return None  # a meter's readings are not all together
-    resolver = _Resolver(relations, now, {})
+    hinted = set(map(_VIA, records)) != _ABSENT or set(map(_OPERATOR, records)) != _ABSENT
+    vias = list(map(_VIA, records)) if hinted else []
+    labels = list(map(_OPERATOR, records)) if hinted else []
+    parts: dict[str, list[Reading]] = {}
+    resolver = _Resolver(relations, now, parts)  # the owners' parts, in the loop's order
     stamps = list(map(_STAMP, records))
     instants: dict[str, int] = {}
     for stamp in set(stamps):
@@ -198,8 +207,9 @@ def route_runs(records: Sequence[Reading], relations: RelationIndex, now: dateti
         if not is_valid_meter_serial(meter):
             return None
         run = ats[start:end]
-        lo, hi, owner, silent, _ = resolver.span(meter, run[0])
-        if owner is None or silent or min(run) < lo or max(run) >= hi:
+        first, earliest, latest = run[0], min(run), max(run)
+        lo, hi, owner, silent, part = resolver.span(meter, first)
+        if owner is None or silent or earliest < lo or latest >= hi:
             return None
         size = end - start
         code, unit = codes[start], units_of[start]
@@ -212,8 +222,27 @@ def route_runs(records: Sequence[Reading], relations: RelationIndex, now: dateti
                   for code, unit in set(zip(codes[start:end], units_of[start:end], strict=True)))
               or len(set(zip(stamps[start:end], codes[start:end], strict=True))) != size):
             return None
-        runs.append((owner, start, end))
-    return runs
+        stripped = False
+        if hinted:
+            via, label = vias[start], labels[start]
+            if vias[start:end].count(via) != size or labels[start:end].count(label) != size:
+                return None  # hints that differ within a meter's readings
+            if type(label) is str and label != owner:
+                return None  # SECURITY: D1, the HES meant it for someone else
+            if type(via) is str:
+                if not is_valid_meter_serial(via):
+                    return None
+                carrier_lo, carrier_hi, _, carrier_silent, _ = resolver.span(via, first)
+                # D5: what a carrier in airplane mode carries is not delivered.
+                if carrier_silent or earliest < carrier_lo or latest >= carrier_hi:
+                    return None
+            stripped = via is not UNSET or label is not UNSET
+        if stripped:  # the HES's routing hints never reach a tenant, not even as null
+            part.extend(map(_STRIP_HINTS, records[start:end]))
+        else:
+            part.extend(records[start:end])
+        runs.append((owner, start, end, stripped))
+    return runs, parts
 
 
 def route_each(batch_id: str, records: Sequence[Reading], relations: RelationIndex,
@@ -368,27 +397,35 @@ def readings_fingerprint(batch_id: str, records: Sequence[Reading], *, plain: bo
     return digest.hexdigest()
 
 
-def encode_runs(batch_id: str, records: Sequence[Reading], runs: Sequence[Run], *,
+def encode_runs(batch_id: str, records: Sequence[Reading], runs: Sequence[Run],
+                parts: Mapping[str, Sequence[Reading]], *,
                 plain: bool) -> tuple[str, dict[str, list[memoryview]]] | None:
     """:func:`readings_fingerprint` of the batch and each tenant's part's
     runs, encoded (:func:`join_part` makes them :func:`encode_readings`'s
-    bytes), from one encoding of each run instead of two of the batch; None
-    where msgspec's bytes are not json.dumps's (those two then write them).
-    ``runs``: the batch's ``RoutedBatch.runs``; ``plain``: as for those two."""
+    bytes), from one encoding of each run instead of two of the batch (two
+    of a run delivered without its hints: the fingerprint is of what was
+    posted); None where msgspec's bytes are not json.dumps's (those two then
+    write them). ``runs`` and ``parts``: the batch's ``RoutedBatch``;
+    ``plain``: as for those two."""
     if not plain:
         return None
     digest = fingerprint_digest(batch_id)
     pieces: dict[str, list[memoryview]] = {}
+    taken = dict.fromkeys(parts, 0)  # how many of each part's readings are encoded
     separator = b""
-    for owner, start, end in runs:
-        out = _ENCODE(records[start:end])
-        if not _as_json(out, plain):
+    for owner, start, end, stripped in runs:
+        posted = _ENCODE(records[start:end])
+        delivered = posted
+        if stripped:
+            done = taken[owner]
+            delivered = _ENCODE(parts[owner][done:done + end - start])
+        taken[owner] += end - start
+        if not (_as_json(posted, plain) and _as_json(delivered, plain)):
             return None
-        encoded = memoryview(out)
         digest.update(separator)
-        digest.update(encoded[1:-1])  # the run's records without their brackets, not copied
+        digest.update(memoryview(posted)[1:-1])  # the run's records without their brackets
         separator = b","
-        pieces.setdefault(owner, []).append(encoded)
+        pieces.setdefault(owner, []).append(memoryview(delivered))
     digest.update(b"]}")
     return digest.hexdigest(), pieces
 

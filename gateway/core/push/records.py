@@ -132,8 +132,9 @@ class RoutedBatch:
     quarantined: tuple[Quarantined, ...]
     received: int
     # Routed run by run (gateway.core.push.readings.route_runs): (owner, first
-    # reading, end) of each meter's run, batch order; None: reading by reading.
-    runs: tuple[tuple[str, int, int], ...] | None = None
+    # reading, end, hints stripped) of each meter's run, batch order; None:
+    # reading by reading.
+    runs: tuple[tuple[str, int, int, bool], ...] | None = None
 
     def counts(self) -> dict[str, int]:
         queued = sum(len(records) for records in self.parts.values())

@@ -45,7 +45,7 @@ from tests.core.push.test_records import (
 )
 
 BATCH_ID = "hes-2026-06-14"
-_, OWNERS, _ = consortium()
+_, OWNERS, CARRIERS = consortium()
 # A meter's own registers: each is one quantity, in its one unit.
 REGISTERS = {"1SAG": [("1-0:1.8.1", "kWh"), ("1-0:2.8.1", "kWh"), ("1-0:1.7.0", "kW")],
              "2GAS": [("7-0:3.0.0", "m3")], "3WTR": [("8-0:1.0.0", "m3")]}
@@ -74,23 +74,25 @@ def same(routed: RoutedBatch, want: RoutedBatch) -> None:
 def taken(batch: list[dict[str, Any]]) -> dict[str, list[Reading]]:
     """The batch routed run by run, which must be the loop's outcome."""
     records = records_of(batch)
-    runs = route_runs(records, RELATIONS, NOW)
-    assert runs is not None, "a clean batch, meter after meter, is routed run by run"
+    routed_runs = route_runs(records, RELATIONS, NOW)
+    assert routed_runs is not None, "a clean batch, meter after meter, is routed run by run"
+    runs, parts = routed_runs
     # The runs cover the batch in order, one meter each.
-    assert [start for _, start, _ in runs] == [0, *(end for _, _, end in runs[:-1])]
+    assert [start for _, start, _, _ in runs] == [0, *(end for _, _, end, _ in runs[:-1])]
     assert runs[-1][2] == len(records)
-    assert all(len({r.meter for r in records[start:end]}) == 1 for _, start, end in runs)
-    parts: dict[str, list[Reading]] = {}
-    for owner, start, end in runs:
-        parts.setdefault(owner, []).extend(records[start:end])
+    assert all(len({r.meter for r in records[start:end]}) == 1 for _, start, end, _ in runs)
+    # A run is stripped exactly where its readings carry a hint (D1).
+    for _, start, end, stripped in runs:
+        assert stripped == any(r.via is not UNSET or r.operator is not UNSET
+                               for r in records[start:end])
     want = by_loop(records)
     assert want.quarantined == ()
-    assert list(parts) == list(want.parts)
-    assert parts == {t: list(p) for t, p in want.parts.items()}
+    assert [t for t, p in parts.items() if p] == list(want.parts)  # the loop's order
+    assert {t: p for t, p in parts.items() if p} == {t: list(p) for t, p in want.parts.items()}
     routed = route_readings(decoded(batch), RELATIONS, NOW)
     same(routed, want)
     assert routed.runs == tuple(runs)
-    return parts
+    return {t: p for t, p in parts.items() if p}
 
 
 def decoded(batch: list[dict[str, Any]]) -> ReadingsBatch:
@@ -114,7 +116,9 @@ def left(batch: list[dict[str, Any]]) -> RoutedBatch:
 @st.composite
 def clean_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
     """Meter after meter, each reading of a known owner in its own register
-    at a distinct instant: what an HES posts every day."""
+    at a distinct instant, with or without the HES's routing hints (a water
+    meter's carrier, the owner's label, either null): what an HES posts
+    every day."""
     meters = draw(st.lists(st.sampled_from(sorted(OWNERS)), min_size=1, max_size=8,
                            unique=True))
     batch: list[dict[str, Any]] = []
@@ -122,11 +126,15 @@ def clean_batches(draw: st.DrawFn) -> list[dict[str, Any]]:
         registers = draw(st.lists(st.sampled_from(REGISTERS[meter[:4]]), min_size=1,
                                   max_size=3, unique=True))
         hours = draw(st.lists(st.sampled_from(HOURS), min_size=1, max_size=6, unique=True))
+        hints = draw(st.fixed_dictionaries({}, optional={
+            "via": st.sampled_from([CARRIERS.get(meter), None]),
+            "operator": st.sampled_from([OWNERS[meter], None])}))
         for hour in hours:
             for obis, unit in registers:
                 batch.append(reading(meter, at(hour), obis, unit=unit,
                                      value=draw(st.integers(0, 10**6)),
-                                     quality=draw(st.sampled_from(["01", "02", "99"]))))
+                                     quality=draw(st.sampled_from(["01", "02", "99"])),
+                                     **hints))
     return batch
 
 
@@ -170,16 +178,57 @@ def one_off(index: int, **change: Any) -> list[dict[str, Any]]:
     return batch
 
 
-def test_a_routing_hint_is_the_loops_even_when_null() -> None:
-    """D1: the HES's routing hints are checked and stripped by the loop;
-    a null hint too is stripped, so it is not this path's either."""
-    for change in ({"via": None}, {"operator": None}, {"via": METER_ORES},
-                   {"operator": "ores"}, {"operator": "fluvius"}):
-        routed = left(one_off(4, **change))
-        for part in routed.parts.values():
-            assert all(r.via is UNSET and r.operator is UNSET for r in part)
+def test_a_run_with_routing_hints_is_delivered_without_them() -> None:
+    """D1: the HES's routing hints (a carrier, the owner's label, either
+    null) never reach a tenant; the fingerprint is still of what was posted."""
+    for hints in ({"via": None}, {"operator": None}, {"via": METER_ORES},
+                  {"operator": "ores"}, {"via": METER_ORES, "operator": "ores"}):
+        batch = [{**r, **hints} if r["meter"] != METER_ORES else r for r in TWO_METERS]
+        parts = taken(batch)
+        assert all(r.via is UNSET and r.operator is UNSET for r in parts["ores"])
+        assert encoded_alike(batch)
+
+
+def test_hints_the_loop_would_quarantine_or_that_differ_are_the_loops() -> None:
+    """D1: a label naming another company is owner-mismatch; D5: what a
+    carrier in airplane mode carries is airplane-mode; a malformed carrier is
+    invalid; and a meter whose readings carry different hints is the loop's."""
     assert [q.reason for q in left(one_off(4, operator="fluvius")).quarantined] == \
         ["owner-mismatch"]
+    assert [q.reason for q in left(one_off(4, via="bad serial")).quarantined] == \
+        ["invalid-record"]
+    water = [reading(METER_WATER, at(h), "8-0:1.0.0", unit="m3", via=METER_AIRPLANE, value=i)
+             for i, h in enumerate((13, 14))]
+    assert [q.reason for q in left(water).quarantined] == ["airplane-mode"] * 2
+    # Before noon its carrier was not in airplane mode; across noon it changed.
+    assert list(taken([{**r, "timestamp": at(h)} for r, h in zip(water, (1, 2), strict=True)])) \
+        == ["pidpa"]
+    assert left([{**r, "timestamp": at(h)} for r, h in zip(water, (11, 13), strict=True)]
+                ).parts["pidpa"]
+    assert left([{**r, "timestamp": at(h)} for r, h in zip(water, (13, 11), strict=True)]
+                ).parts["pidpa"]
+    for change in ({"via": METER_ORES}, {"via": None}, {"operator": "ores"},
+                   {"operator": None}):
+        assert left(one_off(4, **change)).quarantined == ()
+    batch = [{**r, "via": METER_ORES} for r in TWO_METERS]
+    batch[4]["via"] = METER_MOVED
+    assert left(batch).quarantined == ()
+    batch[4]["via"], batch[4]["operator"] = METER_ORES, "ores"
+    assert left(batch).quarantined == ()
+
+
+def test_a_carriers_owner_takes_its_place_among_the_parts_as_in_the_loop() -> None:
+    """The loop reads a carrier's owner when it meets the carrier: the
+    tenants come in that order (the outcome's order, not only its content)."""
+    batch = [reading(METER_WATER, at(1), "8-0:1.0.0", unit="m3", via=METER_MOVED, value=0),
+             reading(METER_ORES, at(1), value=1),
+             reading("1SAG2000000000", at(1), value=2)]
+    # METER_MOVED was fluvius's until noon: its owner is met before ores.
+    assert list(by_loop(records_of(batch)).parts) == ["pidpa", "fluvius", "ores"]
+    assert list(taken(batch)) == ["pidpa", "fluvius", "ores"]
+    batch[0]["via"] = METER_ORES
+    assert list(by_loop(records_of(batch)).parts) == ["pidpa", "ores", "fluvius"]
+    assert list(taken(batch)) == ["pidpa", "ores", "fluvius"]
 
 
 def test_an_ean_is_paired_by_the_loop() -> None:
@@ -304,12 +353,12 @@ def encoded_alike(batch: list[dict[str, Any]]) -> bool:
     routed = route_readings(typed, RELATIONS, NOW)
     assert routed.runs is not None
     plain = plain_numbers(typed.records)
-    encoded = encode_runs(BATCH_ID, typed.records, routed.runs, plain=plain)
+    encoded = encode_runs(BATCH_ID, typed.records, routed.runs, routed.parts, plain=plain)
     if encoded is None:
         return False
     fingerprint, pieces = encoded
     assert fingerprint == readings_fingerprint(BATCH_ID, typed.records, plain=plain)
-    assert list(pieces) == list(routed.parts)
+    assert pieces.keys() == routed.parts.keys()
     for tenant, part in routed.parts.items():
         assert join_part(pieces[tenant]) == encode_readings(part, plain=plain)
     return True
