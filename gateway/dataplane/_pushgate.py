@@ -9,14 +9,18 @@ never make the gateway refuse another tenant's connections.
 - ``PushGate.read``: the body, refused (413, the limits named in the detail)
   past the larger cap as it arrives, and past its form's cap before it is
   parsed (:mod:`gateway.core.push.size`).
-- ``release_memory()``: after a large intake, the heap pages the parse freed
-  go back to the kernel (glibc keeps them otherwise, and the RSS the memory
-  admission reads would stay high after the push; bench/README.md).
-- ``fix_mmap_threshold()``: blocks of 1 MiB and more (bodies, outbox
-  payloads) are always mmapped, so freeing one unmaps it. glibc's default
-  raises the threshold to the largest block freed (up to 32 MiB), after which
-  a 24 MiB payload decrypted for each delivery retry stayed in the heap:
-  measured, 424 MiB of RSS instead of 120 after one push (bench/README.md).
+- ``release_memory()``: once large pushes have paused for ``TRIM_AFTER_S``,
+  the heap pages their parses freed go back to the kernel (glibc keeps them
+  otherwise, and the RSS the memory admission reads would stay high after
+  the push; bench/README.md). Not after each push: a run of pushes reuses
+  those pages instead of faulting them in again for every batch.
+- ``fix_mmap_threshold()``: blocks of 4 MiB and more (bodies, their decoded
+  text, large outbox payloads) are always mmapped, so freeing one unmaps it.
+  glibc's default raises the threshold to the largest block freed (up to 32
+  MiB), after which a 24 MiB payload decrypted for each delivery retry
+  stayed in the heap: measured, 424 MiB of RSS instead of 120 after one
+  push (bench/README.md). Smaller blocks (a tenant's part, SQLite's copy
+  of it) come from the heap, which the trim returns.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from gateway.errors import RequestRefused
 
 SMALL_PUSH_BYTES = 1 * MiB  # the data plane's default route body limit
 BUSY_RETRY_AFTER_S = 2
+TRIM_AFTER_S = 1.0  # after the last large push ends, if no other has begun
 
 
 def _malloc_trim() -> Callable[[], None]:
@@ -57,7 +62,7 @@ def _malloc_trim() -> Callable[[], None]:
 
 release_memory = _malloc_trim()
 _M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-MMAP_THRESHOLD_BYTES = 1 * MiB
+MMAP_THRESHOLD_BYTES = 4 * MiB
 
 
 def fix_mmap_threshold() -> None:
@@ -79,6 +84,8 @@ class PushGate:
                                limits.max_push_meter_days_mb * MiB)
         self.max_in_progress = limits.max_push_in_progress
         self.in_progress = 0  # touched on the event loop only
+        self._trim_timer: asyncio.TimerHandle | None = None
+        self._trimming: asyncio.Future[None] | None = None  # kept: a task needs a reference
         fix_mmap_threshold()
 
     @contextlib.asynccontextmanager
@@ -96,10 +103,22 @@ class PushGate:
         try:
             yield
         finally:
-            try:
-                await asyncio.to_thread(release_memory)
-            finally:
-                self.in_progress -= 1
+            self.in_progress -= 1
+            self._trim_later()
+
+    def _trim_later(self) -> None:
+        """Give the freed heap back once large pushes have paused for
+        TRIM_AFTER_S: one trim after a run of pushes, not one per push (each
+        trim makes the next push fault the same pages in again)."""
+        if self._trim_timer is not None:
+            self._trim_timer.cancel()
+        self._trim_timer = asyncio.get_running_loop().call_later(TRIM_AFTER_S, self._trim)
+
+    def _trim(self) -> None:
+        self._trim_timer = None
+        if self.in_progress:
+            return  # a push began meanwhile: its end trims
+        self._trimming = asyncio.ensure_future(asyncio.to_thread(release_memory))
 
     def refused(self, *, close: bool = False) -> RequestRefused:
         """413 naming the limits (the connection closes when the body is unread)."""
