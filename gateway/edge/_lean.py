@@ -158,7 +158,10 @@ class LeanConnection(asyncio.Protocol):
         self._admitted = book.admit(self._tenant)
         self.server.lean_opened(self)
         if not self._admitted:
-            # SECURITY: over the connection cap: closed before any HTTP byte.
+            # SECURITY: over the connection cap: closed before any HTTP byte,
+            # and nothing that arrived with the handshake is parsed (asyncio's
+            # TLS transport still delivers it after the close).
+            self._stop = True
             transport.close()
             return
         sock = transport.get_extra_info("socket")

@@ -108,6 +108,8 @@ class _ProblemRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not self._gw_admitted:
+            return  # SECURITY: refused at connect: nothing it sent is parsed
         if not self._gw_busy and not self._gw_waiting:
             self._gw_arm()  # the first byte of a next request: headers must follow in time
         super().data_received(data)

@@ -150,6 +150,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Start]:
     async def start(answer: Answer = answer_own_meter, *,
                     relations: Iterable[Relation] = FEED, limits: EdgeLimits = LIMITS,
                     **overrides: Any) -> Plane:
+        http_server = overrides.pop("http_server", "lean")  # DataServer's: or "aiohttp"
         key, kid = load_or_create_audit_key(tmp_path / "audit-key")
         audit_path = tmp_path / "audit.log"
         audit = overrides.pop("audit", None) or ChainedAuditLog(audit_path, key, kid)
@@ -171,7 +172,7 @@ async def plane(tmp_path: Path) -> AsyncIterator[Start]:
         # The listener of `gateway serve`: TlsSite on a bound socket.
         runner = web.ServerRunner(
             DataServer(data_plane, limits, ConnectionBook(limits, TRUST_DOMAIN, peers=peers),
-                       access_log=None), handle_signals=False)
+                       http_server=http_server, access_log=None), handle_signals=False)
         await runner.setup()
         sock = bind("127.0.0.1", 0)
         port = sock.getsockname()[1]

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import uvloop
 
 from gateway.config import EdgeLimits
 from gateway.edge import ConnectionBook, Peers, _limits, self_check
@@ -314,24 +313,22 @@ async def test_over_the_memory_budget_new_connections_are_cut(plane: Start) -> N
     assert [a.status for a in await roomy.raw(GET_CLOSE)] == [200]
 
 
+@pytest.mark.parametrize("http_server", ["lean", "aiohttp"])
 async def test_a_connection_refused_at_admission_has_no_request_handled(
-        plane: Start, request: pytest.FixtureRequest) -> None:
+        plane: Start, http_server: str) -> None:
     """D1 availability: a connection over the memory budget is closed
     "before any HTTP byte"; the request its client sent with the handshake
     must not be handled either (forwarded to the upstream, audited, its body
     read into the memory the budget protects).
 
-    Fails on asyncio's loop: the bytes that arrive in the same read as the
-    end of the handshake still reach the connection's ``data_received``
-    after ``connection_made`` closed the refused transport, and the lean
-    server parses and handles them (gateway/edge/_lean.py; aiohttp's
-    handler in _listeners.py alike). uvloop delivers nothing after close."""
+    On asyncio's loop the bytes that arrive in the same read as the end of
+    the handshake still reach the connection's ``data_received`` after
+    ``connection_made`` closed the refused transport: the lean server
+    parses nothing once refused (gateway/edge/_lean.py). uvloop delivers
+    nothing after the close."""
     if not HAS_PROC:
         pytest.skip("Linux /proc")
-    if not isinstance(asyncio.get_running_loop(), uvloop.Loop):
-        request.node.add_marker(pytest.mark.xfail(
-            strict=True, reason="a refused connection's first request is still handled"))
-    p = await plane(limits=EdgeLimits(memory_budget_mb=1))
+    p = await plane(limits=EdgeLimits(memory_budget_mb=1), http_server=http_server)
     for _ in range(3):
         assert await p.raw(GET_CLOSE) == []
     assert p.upstream.sent == []
