@@ -39,7 +39,6 @@ class CallerResolver:
                  revocation: RevocationCheck = _never_revoked, *,
                  peers: Peers | None = None) -> None:
         self.registry = registry
-        self.trust_domain = trust_domain
         self.revocation = revocation
         # The certificates, read once per connection (shared with the
         # connection book when the server passes the same Peers to both).

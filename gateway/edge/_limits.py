@@ -49,7 +49,6 @@ class ConnectionBook:
                  rss: Callable[[], int] | None = None,
                  on_refused: Callable[[str], None] = lambda reason: None) -> None:
         self.limits = limits
-        self.trust_domain = trust_domain
         # The certificates, read once per connection (shared with the resolver
         # when the server passes the same Peers to both).
         self.peers = peers or Peers(trust_domain)
