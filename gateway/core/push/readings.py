@@ -415,13 +415,13 @@ def encode_runs(batch_id: str, records: Sequence[Reading], runs: Sequence[Run],
     separator = b""
     for owner, start, end, stripped in runs:
         posted = _ENCODE(records[start:end])
-        delivered = posted
+        if not _as_json(posted, plain):
+            return None
+        delivered = posted  # without hints, its members are some of those: json.dumps's too
         if stripped:
             done = taken[owner]
             delivered = _ENCODE(parts[owner][done:done + end - start])
         taken[owner] += end - start
-        if not (_as_json(posted, plain) and _as_json(delivered, plain)):
-            return None
         digest.update(separator)
         digest.update(memoryview(posted)[1:-1])  # the run's records without their brackets
         separator = b","

@@ -207,6 +207,12 @@ def test_hints_the_loop_would_quarantine_or_that_differ_are_the_loops() -> None:
                 ).parts["pidpa"]
     assert left([{**r, "timestamp": at(h)} for r, h in zip(water, (13, 11), strict=True)]
                 ).parts["pidpa"]
+    # Exactly at the carrier's changes: from 18:00 it speaks again (the run
+    # is taken from that instant on); at 12:00 it is silent (the loop's).
+    assert list(taken([{**r, "timestamp": at(h)} for r, h in zip(water, (18, 19), strict=True)])
+                ) == ["pidpa"]
+    routed = left([{**r, "timestamp": at(h)} for r, h in zip(water, (11, 12), strict=True)])
+    assert [q.reason for q in routed.quarantined] == ["airplane-mode"]
     for change in ({"via": METER_ORES}, {"via": None}, {"operator": "ores"},
                    {"operator": None}):
         assert left(one_off(4, **change)).quarantined == ()
