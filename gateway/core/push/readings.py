@@ -109,10 +109,10 @@ _METER, _STAMP = attrgetter("meter"), attrgetter("timestamp")
 _OBIS_OF, _UNIT = attrgetter("obis"), attrgetter("unit")
 _VIA, _OPERATOR, _EAN = attrgetter("via"), attrgetter("operator"), attrgetter("ean")
 _ABSENT = {UNSET}
+_NO_EAN = {UNSET, None}
 # A meter's readings: its owner, the first one's index, the end, and whether
 # they are delivered without their routing hints.
 Run = tuple[str, int, int, bool]
-_NO_EAN = {UNSET, None}
 
 
 def decode_readings(raw: bytes) -> ReadingsBatch | None:
