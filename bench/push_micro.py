@@ -34,12 +34,8 @@ from gateway.core.model import Relation
 from gateway.core.push.canonical import batch_fingerprint, encode_routed
 from gateway.core.push.days import KIND, route_meter_days
 from gateway.core.push.readings import (
+    batch_encoders,
     decode_readings,
-    encode_readings,
-    encode_runs,
-    join_part,
-    plain_numbers,
-    readings_fingerprint,
     route_readings,
 )
 from gateway.core.push.records import route_batch
@@ -124,18 +120,10 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
             with st("route"):
                 routed = route_readings(typed, relations, NOW)
             with st("fingerprint"):  # as PushService._intake_readings
-                plain = plain_numbers(typed.records)
-                encoded = None if routed.runs is None else \
-                    encode_runs(routed.batch_id, typed.records, routed.runs, routed.parts,
-                                plain=plain)
-                if encoded is None:
-                    fp = readings_fingerprint(routed.batch_id, typed.records, plain=plain)
-                else:  # each run encoded once, for the fingerprint and its part
-                    fp, pieces = encoded
+                fp, encoders = batch_encoders(routed, typed.records)
             with st("encode parts"):
                 parts = [EncodedPart(f"{tag}{n}/{t}", t, "hes-readings", len(recs),
-                                     encode_readings(recs, plain=plain) if encoded is None
-                                     else join_part(pieces[t]))
+                                     encoders[t]())
                          for t, recs in routed.parts.items()]
             received, quarantined = routed.received, len(routed.quarantined)
         elif fmt == "records":

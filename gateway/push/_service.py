@@ -18,7 +18,6 @@ import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any
 
 from gateway.audit import (
@@ -43,14 +42,9 @@ from gateway.core.push.days import KIND as DAYS_KIND
 from gateway.core.push.days import route_meter_days
 from gateway.core.push.fanout import FanoutRejected, booking_quarantine, split_request
 from gateway.core.push.readings import (
-    Reading,
     ReadingsBatch,
+    batch_encoders,
     decode_readings,
-    encode_readings,
-    encode_runs,
-    join_part,
-    plain_numbers,
-    readings_fingerprint,
     route_readings,
 )
 from gateway.core.push.records import (
@@ -85,10 +79,6 @@ NOTIFICATIONS_MAX = 100  # GET /notifications lists at most this many
 def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
     """A part of per-record readings: encoded once, when it is stored."""
     return lambda: encode_routed(records)
-
-
-def _reading_encoder(records: Sequence[Reading], plain: bool) -> Callable[[], bytes]:
-    return lambda: encode_readings(records, plain=plain)
 
 
 def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
@@ -174,18 +164,9 @@ class PushService:
             routed = route_readings(batch, self.relations(), self.clock())
         except BatchRejected as exc:
             raise RequestRefused.from_core(exc) from exc
-        plain = plain_numbers(batch.records)  # once for the batch and its parts
-        encoded = None if routed.runs is None else \
-            encode_runs(routed.batch_id, batch.records, routed.runs, routed.parts,
-                        plain=plain)
-        if encoded is None:
-            fingerprint = readings_fingerprint(routed.batch_id, batch.records, plain=plain)
-            parts = [(tenant, len(records), _reading_encoder(records, plain))
-                     for tenant, records in sorted(routed.parts.items())]
-        else:  # each run encoded once, for the fingerprint and for its tenant's part
-            fingerprint, pieces = encoded
-            parts = [(tenant, len(records), partial(join_part, pieces[tenant]))
-                     for tenant, records in sorted(routed.parts.items())]
+        fingerprint, encoders = batch_encoders(routed, batch.records)
+        parts = [(tenant, len(records), encoders[tenant])
+                 for tenant, records in sorted(routed.parts.items())]
         return self._enqueue(caller, routed.batch_id, fingerprint, routed.received,
                              routed.quarantined, parts, "hes-readings", {})
 

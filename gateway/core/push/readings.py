@@ -37,7 +37,7 @@ What takes this path, and what does not:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from itertools import compress, islice, pairwise
@@ -437,3 +437,21 @@ def join_part(pieces: Sequence[memoryview]) -> bytes:
         return bytes(pieces[0])
     inner = [pieces[k][1:-1] for k in range(1, len(pieces) - 1)]
     return b",".join([pieces[0][:-1], *inner, pieces[-1][1:]])
+
+
+def batch_encoders(routed: RoutedBatch, records: Sequence[Reading]
+                   ) -> tuple[str, dict[str, Callable[[], bytes]]]:
+    """The batch's fingerprint, and for each tenant the encoder of its part
+    (called when the part is stored): from each run's one encoding where
+    the batch was routed run by run and :func:`encode_runs` can, else
+    :func:`readings_fingerprint` and :func:`encode_readings`. ``records``:
+    the batch's, as routed into ``routed``."""
+    plain = plain_numbers(records)  # once for the batch and its parts
+    encoded = None if routed.runs is None else \
+        encode_runs(routed.batch_id, records, routed.runs, routed.parts, plain=plain)
+    if encoded is None:
+        return (readings_fingerprint(routed.batch_id, records, plain=plain),
+                {tenant: partial(encode_readings, part, plain=plain)
+                 for tenant, part in routed.parts.items()})
+    fingerprint, pieces = encoded
+    return fingerprint, {tenant: partial(join_part, pieces[tenant]) for tenant in routed.parts}

@@ -20,6 +20,7 @@ from msgspec import UNSET
 from gateway.core.push.readings import (
     Reading,
     ReadingsBatch,
+    batch_encoders,
     decode_readings,
     encode_readings,
     encode_runs,
@@ -389,3 +390,21 @@ def test_a_run_msgspec_would_spell_otherwise_is_left_to_the_standard_encoders() 
         assert not encoded_alike(one_off(4, timestamp=stamp))
         assert not encoded_alike(one_off(0, timestamp=stamp))
     assert encoded_alike(one_off(4, value=1e15))
+
+
+def test_the_service_gets_the_same_fingerprint_and_parts_either_way() -> None:
+    """batch_encoders: the runs' encodings where the batch was routed run by
+    run and msgspec spells it as json.dumps, else the two encoders; the same
+    fingerprint and bytes in every case (D1 idempotency)."""
+    for batch, by_runs in ((TWO_METERS, True),
+                           (one_off(4, value=1e16), True),  # numbers msgspec spells otherwise
+                           (one_off(4, operator="fluvius"), False)):  # quarantined: the loop
+        typed = decoded(batch)
+        routed = route_readings(typed, RELATIONS, NOW)
+        assert (routed.runs is not None) is by_runs
+        plain = plain_numbers(typed.records)
+        fingerprint, encoders = batch_encoders(routed, typed.records)
+        assert fingerprint == readings_fingerprint(BATCH_ID, typed.records, plain=plain)
+        assert encoders.keys() == routed.parts.keys()
+        for tenant, part in routed.parts.items():
+            assert encoders[tenant]() == encode_readings(part, plain=plain)
