@@ -323,6 +323,11 @@ class Snapshot:
             slots = view[start:end].cast("I")
             if len(slots) < _MIN_SLOTS or len(slots) & (len(slots) - 1):
                 raise SnapshotError(f"{self.source}: hash table of {kind} is not a power of 2")
+            if 0 not in slots:
+                # A lookup probes until it meets an empty slot (the builder
+                # leaves a third of them empty): a full table would never end
+                # for an id that is not in it.
+                raise SnapshotError(f"{self.source}: hash table of {kind} has no empty slot")
             self.tables[kind] = (slots, len(slots) - 1)
 
     @classmethod

@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import zlib
+from array import array
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -431,6 +432,20 @@ def test_a_hash_table_not_a_power_of_2_of_8_slots_or_more_is_refused(slots: int)
     not powers of 2 (the probe's mask would skip slots)."""
     forged = _with_meta(_small(), _move("slots/meter", length=4 * slots))
     assert _refused(forged) == "relations.snap: hash table of meter is not a power of 2"
+
+
+def test_a_hash_table_without_an_empty_slot_is_refused_by_name() -> None:
+    """Every slot taken: a probe for an id that is not there would never end."""
+    good = _small()
+    start, length = _meta(good)["sections"]["slots/meter"]
+    data = bytearray(good)
+    taken = array("I", data[start:start + length])
+    data[start:start + length] = array("I", [s or max(taken) for s in taken]).tobytes()
+    forged = _seal(list(HEADER.unpack_from(good)), bytes(data[HEADER.size:]))
+    assert _refused(forged) == "relations.snap: hash table of meter has no empty slot"
+    # One empty slot is enough.
+    data[start:start + 4] = bytes(4)
+    Snapshot.read(_seal(list(HEADER.unpack_from(good)), bytes(data[HEADER.size:])), "t")
 
 
 def test_a_big_endian_host_neither_writes_nor_reads_a_snapshot(
