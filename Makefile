@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml gateway/core/_native.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -51,7 +51,7 @@ config-docs: $(STAMP)
 	$(BIN)/python -m gateway.config docs
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build gateway/core/_native.*.so
 
 # The benchmark (bench/README.md): gateway vs nginx vs a naive aiohttp
 # proxy vs the bare upstream, on loopback; installs nginx, uvloop and py-spy.
@@ -75,7 +75,7 @@ MUTANTS        ?=
 MVENV          := .venv-mutate
 MSTAMP         := $(MVENV)/.installed-$(MUTMUT_VERSION)
 
-$(MSTAMP): pyproject.toml
+$(MSTAMP): pyproject.toml gateway/core/_native.c
 	$(PYTHON) -m venv $(MVENV)
 	$(MVENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MVENV)/bin/python -m pip install --quiet -e '.[test]' 'mutmut==$(MUTMUT_VERSION)'

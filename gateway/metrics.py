@@ -29,6 +29,7 @@ from prometheus_client import (
 )
 
 from gateway.core.model import Tenant
+from gateway.core.relations.index import native_available
 
 # The *_created series double the exposition for no use to the ops team.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -144,6 +145,12 @@ class GatewayMetrics:
             "1, labelled with the gateway's version and the Python and OpenSSL it runs on.",
             ["version", "python", "openssl"], registry=r)
         self.build_info.labels(*build_labels()).set(1)
+        self.native_info = Gauge(
+            "gateway_native_info",
+            "1 for how this process checks ids and looks relations up (label impl: c, the "
+            "accelerator gateway.core._native built at install, or python, the references).",
+            ["impl"], registry=r)
+        self.native_info.labels("c" if native_available() else "python").set(1)
         self.event_loop_info = Gauge(
             "gateway_event_loop_info",
             "1 for the event loop this process runs on (label loop: uvloop or asyncio; "

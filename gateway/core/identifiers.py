@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable
+from types import ModuleType
 
 _DIGITS = re.compile(r"[0-9]+")
 _METER = re.compile(r"[0-9A-Z]{6,20}")
@@ -43,15 +44,20 @@ def _valid_gs1(value: str, length: int) -> bool:
     return gs1_check_digit(value[:-1]) == ord(value[-1]) - 48
 
 
-def is_valid_ean(value: str) -> bool:
+def ean_reference(value: str) -> bool:
     """A Belgian access point's EAN: an 18-digit GSRN with a correct check
     digit and GS1 Belgium and Luxembourg's prefix ``54`` (DOMAIN.md, "Data";
-    D2: an access point of another country is no access point here)."""
-    return value[:2] == "54" and is_valid_gsrn(value)
+    D2: an access point of another country is no access point here).
+
+    The reference of :func:`is_valid_ean`, which is this or its C twin in
+    gateway/core/_native.c where that was built (tests/core/test_native.py
+    compares them)."""
+    return value[:2] == "54" and gsrn_reference(value)
 
 
-def is_valid_gsrn(value: str) -> bool:
-    """An 18-digit GSRN with a correct check digit, of any GS1 prefix.
+def gsrn_reference(value: str) -> bool:
+    """An 18-digit GSRN with a correct check digit, of any GS1 prefix (the
+    reference of :func:`is_valid_gsrn`, as above).
 
     Equal to ``_valid_gs1(value, 18)`` (test_identifiers checks), computed
     without a loop or a slice: on the path of every EAN decision (the per-request
@@ -68,12 +74,29 @@ def is_valid_gsrn(value: str) -> bool:
     return (2 * int(value, 11) - int(value, 19)) % 10 == 0
 
 
+# On the path of every EAN decision (the per-request budget, bench/README.md):
+# the check in C where it was built, else the references above.
+_native: ModuleType | None
+try:
+    from gateway.core import _native
+except ImportError:  # pragma: no cover - not built on this machine
+    _native = None
+is_valid_ean: Callable[[str], bool] = _native.is_valid_ean if _native else ean_reference
+is_valid_gsrn: Callable[[str], bool] = _native.is_valid_gsrn if _native else gsrn_reference
+
+
 def is_valid_gln(value: str) -> bool:
     return _valid_gs1(value, 13)
 
 
-def is_valid_meter_serial(value: str) -> bool:
+def meter_reference(value: str) -> bool:
+    """A meter's serial (the reference of :func:`is_valid_meter_serial`,
+    which is this or its C twin, as the EAN check above)."""
     return _meter(value) is not None
+
+
+is_valid_meter_serial: Callable[[str], bool] = (_native.is_valid_meter_serial if _native
+                                                else meter_reference)
 
 
 def is_plain_id(value: str) -> bool:
@@ -163,9 +186,11 @@ _VALIDATORS: dict[str, Callable[[str], bool]] = {
 }
 
 
-# decide()'s hot path calls the regex itself where a regex is the whole check:
-# its match (truthy) or None, one Python call less than the bool wrappers.
-_SYNTAX: dict[str, Callable[[str], object]] = {**_VALIDATORS, "meter": _meter}
+# decide()'s hot path calls the regex itself where a regex is the whole check
+# and no C check was built: its match (truthy) or None, one Python call less
+# than the bool wrapper.
+_SYNTAX: dict[str, Callable[[str], object]] = {
+    **_VALIDATORS, "meter": is_valid_meter_serial if _native else _meter}
 
 
 def id_syntax(kind: str) -> Callable[[str], object]:

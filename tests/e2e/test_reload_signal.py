@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from gateway.core.relations.index import native_available
 from gateway.demo._stack import Stack
 
 from .conftest import REPO, Client, RunningStack
@@ -81,7 +82,10 @@ def test_sighup_swaps_a_compiled_snapshot_under_traffic(tmp_path: Path) -> None:
         assert client.get("/itsm/tickets").status == 200
         ops = http.client.HTTPConnection("127.0.0.1", stack.stack.gateway_ports[1], timeout=10)
         ops.request("GET", "/metrics")
-        assert 'gateway_event_loop_info{loop="asyncio"} 1.0' in ops.getresponse().read().decode()
+        scraped = ops.getresponse().read().decode()
+        assert 'gateway_event_loop_info{loop="asyncio"} 1.0' in scraped
+        impl = "c" if native_available() else "python"
+        assert f'gateway_native_info{{impl="{impl}"}} 1.0' in scraped
         ops.close()
     finally:
         if client is not None:

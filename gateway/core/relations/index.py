@@ -13,6 +13,7 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
 from zlib import crc32
 
@@ -46,6 +47,18 @@ _OPEN = struct.pack("<qq", OPEN_FROM, OPEN_TO)  # a record's bounds when both ar
 
 # Pseudo resource kind: ("tenant", id) has relation "self" for tenant == id.
 TENANT_KIND = "tenant"
+
+# The lookup in C (gateway/core/_native.c), where it was built: the editable
+# install compiles it when a C compiler is there, and goes on without it when
+# not. _holds_function below is the reference and runs otherwise; every test
+# under tests/core/relations runs on both (its conftest).
+_native: ModuleType | None
+try:
+    from gateway.core import _native
+except ImportError:  # pragma: no cover - not built on this machine
+    _native = None
+# The relation names a native lookup's bit set can hold.
+_NATIVE_NAMES = 64
 
 
 def parse_instant(value: str | None) -> datetime | None:
@@ -102,7 +115,8 @@ class RelationIndex:
         self._tenants = snapshot.tenants
         self._names = snapshot.names
         self._tenant_of = {t: i for i, t in enumerate(snapshot.tenants)}
-        self.holds = _holds_function(snapshot, self._tenant_of)
+        self.holds = (_native_holds(snapshot, self._tenant_of)
+                      or _holds_function(snapshot, self._tenant_of))
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RelationIndex:
@@ -356,6 +370,24 @@ def _holds_function(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds:
                 return None
             rt, rn, bounds = record(buf, p)
 
+    return holds
+
+
+def native_available() -> bool:
+    """Whether the C lookup was built on this machine."""
+    return _native is not None
+
+
+def _native_holds(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds | None:
+    """``holds`` in C (gateway/core/_native.c): the same answers as
+    :func:`_holds_function`, the reference. None where the C module was not
+    built, or the snapshot has more relation names than its bit set holds."""
+    if _native is None or len(snapshot.names) > _NATIVE_NAMES:
+        return None
+    probes = {kind: _native.Probe(snapshot.buffer, slots, snapshot.rows_start)
+              for kind, (slots, _) in snapshot.tables.items() if kind != TENANT_KIND}
+    holds: Holds = _native.Holds(probes, dict(tenant_of), tuple(snapshot.names), micros,
+                                 TENANT_KIND, "self")
     return holds
 
 

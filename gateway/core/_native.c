@@ -1,0 +1,605 @@
+/*
+ * Native accelerators of the per-decision path: gateway.core._native.
+ *
+ * Optional. Each function here has a Python reference that stays the
+ * specification and runs wherever this module was not built (the editable
+ * install compiles it when a C compiler is there and goes on without it when
+ * not):
+ *
+ *   Probe, Holds   the relation snapshot's lookup, ``holds()`` of
+ *                  gateway/core/relations/index.py (_holds_function);
+ *   is_valid_gsrn, is_valid_ean, is_valid_meter_serial
+ *                  gateway/core/identifiers.py (the GS1 check digit, a
+ *                  meter's serial).
+ *
+ * tests/core/test_native.py compares each with its reference on generated
+ * input. Nothing here trusts its input to be well formed: every read of a
+ * snapshot is bounds-checked, a slot, row or record past the end answers "no
+ * relation" (fail closed, D1), and a probe visits each slot at most once.
+ *
+ * Snapshot layout (gateway/core/relations/snapshot.py): a slot is a u32, 0
+ * empty, else (row offset from rows_start) / 8 + 1; a row is kind u8, id
+ * length u8, id, count u8 (255: a u32 count follows), then count records of
+ * tenant u16, relation u16, valid_from i64, valid_to i64, little-endian.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#define LONG_COUNT 0xFF
+#define ID_MAX 255 /* bytes: snapshot.ID_MAX */
+#define RECORD_SIZE 20
+#define HEAD_RECORD (1 + RECORD_SIZE) /* the count byte and a first record, after the id */
+
+static uint32_t crc_table[256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        }
+        crc_table[i] = c;
+    }
+}
+
+static uint32_t
+crc32_of(const unsigned char *p, Py_ssize_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+static inline uint16_t
+le16(const unsigned char *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+
+static inline uint32_t
+le32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) |
+           ((uint32_t)p[3] << 24);
+}
+
+static inline int64_t
+le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = (v << 8) | p[i];
+    }
+    return (int64_t)v;
+}
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buffer; /* the whole snapshot */
+    Py_buffer slots;  /* this kind's hash table: u32[mask + 1] */
+    Py_ssize_t rows_start;
+    uint32_t mask;
+    int held;         /* which of the two buffers are held (1, 2: both) */
+} ProbeObject;
+
+static void
+Probe_dealloc(ProbeObject *self)
+{
+    if (self->held >= 2) {
+        PyBuffer_Release(&self->slots);
+    }
+    if (self->held >= 1) {
+        PyBuffer_Release(&self->buffer);
+    }
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+Probe_init(ProbeObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"buffer", "slots", "rows_start", NULL};
+    PyObject *buffer, *slots;
+    Py_ssize_t rows_start;
+    if (self->held) {
+        PyErr_SetString(PyExc_TypeError, "a Probe is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOn", kwlist, &buffer, &slots,
+                                     &rows_start)) {
+        return -1;
+    }
+    if (PyObject_GetBuffer(buffer, &self->buffer, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    self->held = 1;
+    if (PyObject_GetBuffer(slots, &self->slots, PyBUF_SIMPLE) < 0) {
+        return -1;
+    }
+    self->held = 2;
+    Py_ssize_t n = self->slots.len / 4;
+    if (self->slots.len % 4 || n < 1 || (n & (n - 1)) || n > ((Py_ssize_t)1 << 32)) {
+        PyErr_SetString(PyExc_ValueError, "slots: not a power of two of u32");
+        return -1;
+    }
+    if (rows_start < 0 || rows_start > self->buffer.len) {
+        PyErr_SetString(PyExc_ValueError, "rows_start outside the buffer");
+        return -1;
+    }
+    self->mask = (uint32_t)(n - 1);
+    self->rows_start = rows_start;
+    return 0;
+}
+
+/* The relation's name index of the first record of ``key`` for ``tenant``
+   with a relation in ``wanted`` that holds at ``us``; -1 for none. */
+static long
+probe_find(ProbeObject *self, const unsigned char *key, Py_ssize_t n, long tenant,
+           uint64_t wanted, int64_t us)
+{
+    const unsigned char *buf = (const unsigned char *)self->buffer.buf;
+    const unsigned char *slots = (const unsigned char *)self->slots.buf;
+    int64_t len = (int64_t)self->buffer.len;
+    uint32_t mask = self->mask;
+    uint32_t h = crc32_of(key, n) & mask;
+    int64_t off = -1;
+
+    for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++, h = (h + 1) & mask) {
+        uint32_t s = le32(slots + 4 * (Py_ssize_t)h);
+        if (s == 0) {
+            return -1;
+        }
+        /* The row's offset: rows_start + 8 (s - 1), in 64 bits. */
+        int64_t row = (int64_t)self->rows_start + 8 * ((int64_t)s - 1);
+        if (row + 1 >= len) {
+            return -1; /* a slot past the end: fail closed */
+        }
+        if (row + 2 + (int64_t)n + HEAD_RECORD > len) {
+            /* The id, its count and a first record do not fit: as in the
+               reference, only an empty id with an empty length matches (and
+               has no record); anything else probes on. */
+            if (n == 0 && buf[row + 1] == 0) {
+                return -1;
+            }
+            continue;
+        }
+        /* SECURITY: the full id decides, never the hash alone. */
+        if (buf[row + 1] == n && memcmp(buf + row + 2, key, (size_t)n) == 0) {
+            off = row;
+            break;
+        }
+    }
+    if (off < 0) {
+        return -1;
+    }
+
+    int64_t p = off + 2 + n;
+    uint32_t count = buf[p];
+    p += 1;
+    if (count == 0) {
+        return -1;
+    }
+    if (count == LONG_COUNT) {
+        if (p + 4 > len) {
+            return -1;
+        }
+        count = le32(buf + p);
+        p += 4;
+    }
+    int64_t end = p + (int64_t)RECORD_SIZE * (int64_t)count;
+    /* As in the reference: the record at p is looked at before the end is. */
+    do {
+        if (p + RECORD_SIZE > len) {
+            return -1;
+        }
+        uint16_t rt = le16(buf + p);
+        uint16_t rn = le16(buf + p + 2);
+        if (rt == tenant && rn < 64 && ((wanted >> rn) & 1)) {
+            int64_t start = le64(buf + p + 4);
+            int64_t stop = le64(buf + p + 12);
+            if ((start == INT64_MIN && stop == INT64_MAX) || (start <= us && us < stop)) {
+                return rn;
+            }
+        }
+        p += RECORD_SIZE;
+    } while (p < end);
+    return -1;
+}
+
+/* find(key: bytes, tenant: int, wanted: int, us: int) -> int */
+static PyObject *
+Probe_find(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "find(key, tenant, wanted, us)");
+        return NULL;
+    }
+    if (!PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "find: key must be bytes");
+        return NULL;
+    }
+    long tenant = PyLong_AsLong(args[1]);
+    if (tenant == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    unsigned long long wanted = PyLong_AsUnsignedLongLong(args[2]);
+    if (wanted == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    long long us = PyLong_AsLongLong(args[3]);
+    if (us == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyLong_FromLong(probe_find(self, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                                      PyBytes_GET_SIZE(args[0]), tenant, wanted, us));
+}
+
+static PyMethodDef Probe_methods[] = {
+    {"find", (PyCFunction)(void (*)(void))Probe_find, METH_FASTCALL,
+     "find(key, tenant, wanted, us) -> the relation's name index, or -1"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ProbeType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.core._native.Probe",
+    .tp_doc = "Probe(buffer, slots, rows_start): one kind's lookups in a relation snapshot",
+    .tp_basicsize = sizeof(ProbeObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Probe_init,
+    .tp_dealloc = (destructor)Probe_dealloc,
+    .tp_methods = Probe_methods,
+};
+
+/* Holds(probes, tenant_of, names, micros, tenant_kind, self_name): holds() of
+   gateway/core/relations/index.py in one C call. probes maps a resource kind
+   to its Probe, tenant_of a tenant id to its index in the snapshot, names is
+   the snapshot's relation names (at most 64), micros turns an instant into
+   microseconds since the epoch (snapshot.micros). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *probes;
+    PyObject *tenant_of;
+    PyObject *names;
+    PyObject *micros;
+    PyObject *tenant_kind;
+    PyObject *self_name;
+    PyObject *masks;   /* name set -> its bit set over names, for the few sets asked */
+    PyObject *last_at; /* the last instant asked about, and its microseconds */
+    int64_t last_us;
+    vectorcallfunc vectorcall;
+} HoldsObject;
+
+#define MAX_MASKS 1024
+
+static void
+Holds_dealloc(HoldsObject *self)
+{
+    Py_XDECREF(self->probes);
+    Py_XDECREF(self->tenant_of);
+    Py_XDECREF(self->names);
+    Py_XDECREF(self->micros);
+    Py_XDECREF(self->tenant_kind);
+    Py_XDECREF(self->self_name);
+    Py_XDECREF(self->masks);
+    Py_XDECREF(self->last_at);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The bit set of the snapshot's names that are in ``names``; -1 on error. */
+static int
+wanted_of(HoldsObject *self, PyObject *names, uint64_t *wanted)
+{
+    PyObject *known = PyDict_GetItemWithError(self->masks, names);
+    if (known != NULL) {
+        *wanted = PyLong_AsUnsignedLongLong(known);
+        return (*wanted == (uint64_t)-1 && PyErr_Occurred()) ? -1 : 0;
+    }
+    int hashable = 1;
+    if (PyErr_Occurred()) {
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) {
+            return -1;
+        }
+        PyErr_Clear(); /* an unhashable set: answered, not remembered */
+        hashable = 0;
+    }
+    uint64_t bits = 0;
+    Py_ssize_t count = PyTuple_GET_SIZE(self->names);
+    for (Py_ssize_t i = 0; i < count && i < 64; i++) {
+        int in = PySequence_Contains(names, PyTuple_GET_ITEM(self->names, i));
+        if (in < 0) {
+            return -1;
+        }
+        if (in) {
+            bits |= (uint64_t)1 << i;
+        }
+    }
+    if (hashable && PyDict_GET_SIZE(self->masks) < MAX_MASKS) {
+        PyObject *value = PyLong_FromUnsignedLongLong(bits);
+        if (value == NULL) {
+            return -1;
+        }
+        int failed = PyDict_SetItem(self->masks, names, value);
+        Py_DECREF(value);
+        if (failed) {
+            return -1;
+        }
+    }
+    *wanted = bits;
+    return 0;
+}
+
+static PyObject *
+Holds_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    HoldsObject *self = (HoldsObject *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "holds(kind, resource_id, tenant, names, at)");
+        return NULL;
+    }
+    PyObject *kind = args[0], *rid = args[1], *tenant = args[2], *names = args[3];
+    PyObject *at = args[4];
+
+    PyObject *probe = PyDict_GetItemWithError(self->probes, kind);
+    if (probe == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        int is_tenant = PyObject_RichCompareBool(kind, self->tenant_kind, Py_EQ);
+        if (is_tenant <= 0) {
+            if (is_tenant < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        /* ("tenant", id) has relation "self" for the tenant itself only. */
+        int same = PyObject_RichCompareBool(rid, tenant, Py_EQ);
+        if (same < 0) {
+            return NULL;
+        }
+        int granted = same ? PySequence_Contains(names, self->self_name) : 0;
+        if (granted < 0) {
+            return NULL;
+        }
+        if (granted) {
+            return Py_NewRef(self->self_name);
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *index = PyDict_GetItemWithError(self->tenant_of, tenant);
+    if (index == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    long t = PyLong_AsLong(index);
+    if (t == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyUnicode_Check(rid)) {
+        PyErr_SetString(PyExc_TypeError, "holds: resource_id must be str");
+        return NULL;
+    }
+    PyObject *encoded = NULL;
+    Py_ssize_t n;
+    const char *key = PyUnicode_AsUTF8AndSize(rid, &n);
+    if (key == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_UnicodeEncodeError)) {
+            return NULL;
+        }
+        /* A lone surrogate: the snapshot's own encoding (encode_id). */
+        PyErr_Clear();
+        encoded = PyUnicode_AsEncodedString(rid, "utf-8", "surrogatepass");
+        if (encoded == NULL) {
+            return NULL;
+        }
+        key = PyBytes_AS_STRING(encoded);
+        n = PyBytes_GET_SIZE(encoded);
+    }
+    long found = -1;
+    uint64_t wanted;
+    if (n > ID_MAX) {
+        goto done;
+    }
+    if (wanted_of(self, names, &wanted) < 0) {
+        Py_XDECREF(encoded);
+        return NULL;
+    }
+    if (at != self->last_at) { /* every check of one request asks with the same now */
+        PyObject *us = PyObject_CallOneArg(self->micros, at);
+        if (us == NULL) {
+            Py_XDECREF(encoded);
+            return NULL;
+        }
+        long long value = PyLong_AsLongLong(us);
+        Py_DECREF(us);
+        if (value == -1 && PyErr_Occurred()) {
+            Py_XDECREF(encoded);
+            return NULL;
+        }
+        Py_XSETREF(self->last_at, Py_NewRef(at));
+        self->last_us = value;
+    }
+    found = probe_find((ProbeObject *)probe, (const unsigned char *)key, n, t, wanted,
+                       self->last_us);
+done:
+    Py_XDECREF(encoded);
+    if (found < 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_NewRef(PyTuple_GET_ITEM(self->names, found));
+}
+
+static int
+Holds_init(HoldsObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"probes", "tenant_of", "names", "micros", "tenant_kind",
+                             "self_name", NULL};
+    PyObject *probes, *tenant_of, *names, *micros, *tenant_kind, *self_name;
+    if (self->probes != NULL) {
+        PyErr_SetString(PyExc_TypeError, "a Holds is initialised once");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!O!O!OUU", kwlist, &PyDict_Type, &probes,
+                                     &PyDict_Type, &tenant_of, &PyTuple_Type, &names, &micros,
+                                     &tenant_kind, &self_name)) {
+        return -1;
+    }
+    if (PyTuple_GET_SIZE(names) > 64) {
+        PyErr_SetString(PyExc_ValueError, "Holds: more than 64 relation names");
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(probes, &pos, &key, &value)) {
+        if (!PyObject_TypeCheck(value, &ProbeType)) {
+            PyErr_SetString(PyExc_TypeError, "Holds: probes must map kinds to Probe");
+            return -1;
+        }
+    }
+    /* Copies: what the lookup reads cannot change under it. */
+    self->probes = PyDict_Copy(probes);
+    self->tenant_of = PyDict_Copy(tenant_of);
+    self->masks = PyDict_New();
+    if (self->probes == NULL || self->tenant_of == NULL || self->masks == NULL) {
+        return -1;
+    }
+    self->names = Py_NewRef(names);
+    self->micros = Py_NewRef(micros);
+    self->tenant_kind = Py_NewRef(tenant_kind);
+    self->self_name = Py_NewRef(self_name);
+    self->last_at = NULL;
+    self->vectorcall = Holds_vectorcall;
+    return 0;
+}
+
+static PyTypeObject HoldsType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "gateway.core._native.Holds",
+    .tp_doc = "Holds(probes, tenant_of, names, micros, tenant_kind, self_name): "
+              "holds(kind, resource_id, tenant, names, at) in C",
+    .tp_basicsize = sizeof(HoldsObject),
+    .tp_itemsize = 0,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(HoldsObject, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Holds_init,
+    .tp_dealloc = (destructor)Holds_dealloc,
+};
+
+/* 1 when ``value`` is 18 ASCII digits whose GS1 check digit is right, 0 when
+   not, -1 on error (not a str): is_valid_gsrn of gateway/core/identifiers.py. */
+static int
+gsrn_ok(PyObject *value)
+{
+    if (!PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a GSRN is a str");
+        return -1;
+    }
+    if (PyUnicode_GET_LENGTH(value) != 18 || !PyUnicode_IS_ASCII(value)) {
+        return 0;
+    }
+    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
+    unsigned int sum = 0;
+    for (int i = 0; i < 18; i++) {
+        if (d[i] < '0' || d[i] > '9') {
+            return 0;
+        }
+        /* weight 1 for the check digit (the last) and every other one from it */
+        sum += (unsigned int)(d[i] - '0') * ((17 - i) % 2 ? 3u : 1u);
+    }
+    return sum % 10 == 0;
+}
+
+static PyObject *
+is_valid_gsrn(PyObject *module, PyObject *value)
+{
+    (void)module;
+    int ok = gsrn_ok(value);
+    if (ok < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *
+is_valid_ean(PyObject *module, PyObject *value)
+{
+    (void)module;
+    int ok = gsrn_ok(value);
+    if (ok < 0) {
+        return NULL;
+    }
+    /* GS1 Belgium and Luxembourg's prefix (D2) */
+    const unsigned char *d = ok ? PyUnicode_1BYTE_DATA(value) : NULL;
+    return PyBool_FromLong(ok && d[0] == '5' && d[1] == '4');
+}
+
+/* is_valid_meter_serial of gateway/core/identifiers.py: 6 to 20 of 0-9, A-Z. */
+static PyObject *
+is_valid_meter_serial(PyObject *module, PyObject *value)
+{
+    (void)module;
+    if (!PyUnicode_Check(value)) {
+        PyErr_SetString(PyExc_TypeError, "a meter serial is a str");
+        return NULL;
+    }
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    if (n < 6 || n > 20 || !PyUnicode_IS_ASCII(value)) {
+        Py_RETURN_FALSE;
+    }
+    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!((d[i] >= '0' && d[i] <= '9') || (d[i] >= 'A' && d[i] <= 'Z'))) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef module_methods[] = {
+    {"is_valid_meter_serial", is_valid_meter_serial, METH_O,
+     "A meter serial: 6 to 20 of 0-9 and A-Z."},
+    {"is_valid_gsrn", is_valid_gsrn, METH_O, "An 18-digit GSRN with a correct check digit."},
+    {"is_valid_ean", is_valid_ean, METH_O, "A Belgian access point's EAN (prefix 54)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef native_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "gateway.core._native",
+    .m_doc = "Native accelerators of the per-decision path (each has a Python reference).",
+    .m_size = -1,
+    .m_methods = module_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__native(void)
+{
+    crc_init();
+    if (PyType_Ready(&ProbeType) < 0 || PyType_Ready(&HoldsType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&native_module);
+    if (m == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddObjectRef(m, "Probe", (PyObject *)&ProbeType) < 0 ||
+        PyModule_AddObjectRef(m, "Holds", (PyObject *)&HoldsType) < 0 ||
+        PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

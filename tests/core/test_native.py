@@ -1,0 +1,197 @@
+"""The C accelerators (gateway/core/_native.c) against their Python references.
+
+The references stay the specification: the GS1 and meter checks of
+gateway/core/identifiers.py and the relation lookup of
+gateway/core/relations/index.py (every test under tests/core/relations runs on
+both lookups, see its conftest). Here: the module is built wherever a C
+compiler is, the checks agree with their references on generated input, and the
+lookup survives a snapshot that lies about itself (fail closed, D1).
+"""
+
+from __future__ import annotations
+
+import mmap
+import shutil
+import struct
+import sysconfig
+import zlib
+from array import array
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gateway.core import identifiers
+from gateway.core.relations import index as index_module
+from gateway.core.relations.index import RelationIndex
+from gateway.core.relations.snapshot import (
+    OPEN_FROM,
+    OPEN_TO,
+    REC,
+    Snapshot,
+    SnapshotBuilder,
+    micros,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _compiler() -> str | None:
+    cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
+    return shutil.which(cc)
+
+
+def test_the_module_is_built_wherever_a_compiler_is() -> None:
+    """The install goes on without it (no compiler), so a missing build would
+    only show as a slower gateway: here it fails instead."""
+    if _compiler() is None:
+        assert not index_module.native_available()
+        assert identifiers.is_valid_ean is identifiers.ean_reference
+        return
+    assert index_module.native_available(), "gateway.core._native was not built"
+    from gateway.core import _native
+    assert identifiers.is_valid_ean is _native.is_valid_ean
+    assert identifiers.is_valid_gsrn is _native.is_valid_gsrn
+    assert identifiers.is_valid_meter_serial is _native.is_valid_meter_serial
+    assert identifiers.id_syntax("meter") is _native.is_valid_meter_serial
+    assert type(RelationIndex().holds) is _native.Holds
+
+
+native: Any
+try:
+    from gateway.core import _native as native
+except ImportError:  # test_the_module_is_built_wherever_a_compiler_is says if that is wrong
+    native = None
+needs_native = pytest.mark.skipif(native is None, reason="gateway.core._native is not built")
+
+# Digits, upper and lower letters, other scripts' digits (U+0660..), a space.
+_ID_CHARS = st.sampled_from("0123456789" "0123456789" "ABCZ" "az" "\u0660\u0669" " -")
+_ids = st.text(_ID_CHARS, max_size=24)
+_gsrns = st.text(st.sampled_from("0123456789"), min_size=17, max_size=17).map(
+    identifiers.with_check_digit)
+
+
+@needs_native
+@settings(max_examples=600, deadline=None)
+@given(value=_ids | _gsrns | _gsrns.map(lambda g: "54" + g[2:]) |
+       _gsrns.map(lambda g: identifiers.with_check_digit("54" + g[2:17])))
+def test_identifier_checks_equal_their_references(value: str) -> None:
+    assert native.is_valid_gsrn(value) is identifiers.gsrn_reference(value)
+    assert native.is_valid_ean(value) is identifiers.ean_reference(value)
+    assert native.is_valid_meter_serial(value) is identifiers.meter_reference(value)
+
+
+@needs_native
+def test_identifier_checks_at_their_edges() -> None:
+    ean = "541448860012075359"  # DOMAIN.md's example
+    cases = [ean, ean[:-1] + "8", "55" + ean[2:], ean + "0", ean[:-1],
+             "A" * 6, "A" * 5, "Z9" * 10, "Z9" * 10 + "A", "1SAG1100042062", "1sag1100042062",
+             "1SAG\u0661100042062", "", "54"]
+    for value in cases:
+        assert native.is_valid_gsrn(value) is identifiers.gsrn_reference(value), value
+        assert native.is_valid_ean(value) is identifiers.ean_reference(value), value
+        assert native.is_valid_meter_serial(value) is identifiers.meter_reference(value), value
+    for check in (native.is_valid_gsrn, native.is_valid_ean, native.is_valid_meter_serial):
+        with pytest.raises(TypeError):
+            check(b"541448860012075359")
+
+
+def _row(rid: bytes, records: list[tuple[int, int, int, int]], count: int | None = None) -> bytes:
+    """A snapshot row (kind 0), padded to 8 bytes: the builder's layout, with a
+    count that may lie."""
+    n = len(records) if count is None else count
+    head = bytes([0, len(rid)]) + rid
+    head += bytes([n]) if n < 255 else b"\xff" + struct.pack("<I", n)
+    body = head + b"".join(REC.pack(*r) for r in records)
+    return body + bytes(-len(body) % 8)
+
+
+def _probe(rows: bytes, slots: list[int]) -> object:
+    return native.Probe(rows, memoryview(array("I", slots)), 0)
+
+
+OPEN = (OPEN_FROM, OPEN_TO)
+
+
+@needs_native
+def test_a_probe_answers_a_well_formed_row() -> None:
+    rows = _row(b"M1", [(1, 0, *OPEN), (2, 1, 10, 20), (2, 3, *OPEN)])
+    slots = [0] * 8
+    slots[zlib.crc32(b"M1") & 7] = 1
+    probe = _probe(rows, slots)
+    assert probe.find(b"M1", 1, 0b1, 0) == 0
+    assert probe.find(b"M1", 2, 0b10, 10) == 1
+    assert probe.find(b"M1", 2, 0b10, 20) == -1  # the end is not in the window
+    assert probe.find(b"M1", 2, 0b1010, 20) == 3
+    assert probe.find(b"M1", 3, 0b1111, 0) == -1
+    assert probe.find(b"M2", 1, 0b1, 0) == -1
+    assert probe.find(b"M", 1, 0b1, 0) == -1  # a prefix is another id
+
+
+@needs_native
+def test_a_forged_snapshot_answers_no_relation() -> None:
+    """Slots, counts and rows that point past the buffer answer -1, never a
+    read out of bounds; a table without an empty slot ends its probe."""
+    row = _row(b"M1", [(1, 0, *OPEN)])
+    assert _probe(row, [99] * 8).find(b"M1", 1, 1, 0) == -1  # every slot past the end
+    assert _probe(row, [1] * 8).find(b"M2", 1, 1, 0) == -1  # no empty slot, id absent
+    assert _probe(row, [1] * 8).find(b"M1", 1, 1, 0) == 0
+    # A count of 3 where one record is there; of 2**32-1 (the long form).
+    short = _row(b"M1", [(2, 0, *OPEN)], count=3)
+    assert _probe(short, [1] * 8).find(b"M1", 1, 1, 0) == -1
+    assert _probe(short, [1] * 8).find(b"M1", 2, 1, 0) == 0
+    huge = _row(b"M1", [(2, 0, *OPEN)], count=2**32 - 1)
+    assert _probe(huge, [1] * 8).find(b"M1", 1, 1, 0) == -1
+    # A long count of one, whose record the buffer cuts off.
+    cut = bytes([0, 2]) + b"M1" + b"\xff\x01"
+    assert _probe(cut + bytes(21), [1] * 8).find(b"M1", 1, 1, 0) == -1
+    # A relation index the bit set cannot hold is never taken.
+    far = _row(b"M1", [(1, 64, *OPEN), (1, 65, *OPEN)])
+    assert _probe(far, [1] * 8).find(b"M1", 1, 2**64 - 1, 0) == -1
+
+
+@needs_native
+def test_a_probe_refuses_what_is_not_a_table() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        native.Probe(bytes(64), memoryview(array("I", [0] * 6)), 0)
+    with pytest.raises(ValueError, match="rows_start"):
+        native.Probe(bytes(64), memoryview(array("I", [0] * 8)), 65)
+    probe = native.Probe(bytes(64), memoryview(array("I", [0] * 8)), 0)
+    with pytest.raises(TypeError):
+        probe.__init__(bytes(64), memoryview(array("I", [0] * 8)), 0)
+    with pytest.raises(TypeError):
+        probe.find("M1", 1, 1, 0)
+    with pytest.raises(TypeError):
+        native.Holds({"meter": object()}, {}, (), micros, "tenant", "self")
+    with pytest.raises(ValueError, match="64"):
+        native.Holds({}, {}, tuple(f"n{i}" for i in range(65)), micros, "tenant", "self")
+
+
+@needs_native
+def test_a_probe_holds_its_buffer() -> None:
+    """The mapping a snapshot lives in cannot go while a lookup can read it."""
+    pages = mmap.mmap(-1, 64)
+    probe = native.Probe(pages, memoryview(array("I", [0] * 8)), 0)
+    with pytest.raises(BufferError):
+        pages.close()
+    del probe
+    pages.close()
+
+
+@needs_native
+def test_holds_takes_any_set_of_names_and_each_instant() -> None:
+    builder = SnapshotBuilder()
+    builder.add("ean", "E1", [("ores", "owner", OPEN_FROM, micros(T0)),
+                              ("ores", "supplier", micros(T0), OPEN_TO)])
+    index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+    assert type(index.holds) is native.Holds
+    before, after = datetime(2025, 1, 1, tzinfo=UTC), T0
+    both = {"owner", "supplier"}
+    assert index.holds("ean", "E1", "ores", both, before) == "owner"  # a set, not frozen
+    assert index.holds("ean", "E1", "ores", frozenset(both), after) == "supplier"
+    assert index.holds("ean", "E1", "ores", frozenset(both), before) == "owner"
+    assert index.holds("ean", "E1", "ores", frozenset({"owner"}), after) is None
+    with pytest.raises(TypeError):
+        index.holds("ean", "E1", "ores", frozenset(both))  # type: ignore[call-arg]
