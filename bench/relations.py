@@ -36,10 +36,7 @@ from gateway.core.catalog import default_route_table  # noqa: E402
 from gateway.core.decide import RequestFacts, decide  # noqa: E402
 from gateway.core.identifiers import with_check_digit  # noqa: E402
 from gateway.core.model import Caller  # noqa: E402
-from gateway.core.relations.index import (
-    RelationIndex,
-    native_available,
-)
+from gateway.core.relations.index import RelationIndex, native_available  # noqa: E402
 from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros  # noqa: E402
 from gateway.core.routes import Route  # noqa: E402
 from gateway.files import load_relations, write_atomically  # noqa: E402
