@@ -7,7 +7,9 @@
  * not):
  *
  *   Probe, Holds   the relation snapshot's lookup, ``holds()`` of
- *                  gateway/core/relations/index.py (_holds_function);
+ *                  gateway/core/relations/index.py (_holds_function), and a
+ *                  meter's owner over time, ``owner_span()`` of
+ *                  gateway/core/push/records.py;
  *   is_valid_gsrn, is_valid_ean, is_valid_meter_serial
  *                  gateway/core/identifiers.py (the GS1 check digit, a
  *                  meter's serial).
@@ -137,18 +139,17 @@ Probe_init(ProbeObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
-/* The relation's name index of the first record of ``key`` for ``tenant``
-   with a relation in ``wanted`` that holds at ``us``; -1 for none. */
-static long
-probe_find(ProbeObject *self, const unsigned char *key, Py_ssize_t n, long tenant,
-           uint64_t wanted, int64_t us)
+/* The offset of the row of ``key`` in the buffer, -1 for none: the hash
+   probe of holds() (a row whose id, count and first record do not fit in the
+   buffer is passed over, as in the reference). */
+static int64_t
+probe_row(ProbeObject *self, const unsigned char *key, Py_ssize_t n)
 {
     const unsigned char *buf = (const unsigned char *)self->buffer.buf;
     const unsigned char *slots = (const unsigned char *)self->slots.buf;
     int64_t len = (int64_t)self->buffer.len;
     uint32_t mask = self->mask;
     uint32_t h = crc32_of(key, n) & mask;
-    int64_t off = -1;
 
     for (uint64_t probes = 0; probes <= (uint64_t)mask; probes++, h = (h + 1) & mask) {
         uint32_t s = le32(slots + 4 * (Py_ssize_t)h);
@@ -171,30 +172,52 @@ probe_find(ProbeObject *self, const unsigned char *key, Py_ssize_t n, long tenan
         }
         /* SECURITY: the full id decides, never the hash alone. */
         if (buf[row + 1] == n && memcmp(buf + row + 2, key, (size_t)n) == 0) {
-            off = row;
-            break;
+            return row;
         }
     }
-    if (off < 0) {
-        return -1;
-    }
+    return -1;
+}
 
+/* Where the records of the row at ``off`` (id length n) start, and how many
+   there are; -1 when the count runs past the buffer. */
+static int
+row_records(ProbeObject *self, int64_t off, Py_ssize_t n, int64_t *first, uint32_t *count)
+{
+    const unsigned char *buf = (const unsigned char *)self->buffer.buf;
+    int64_t len = (int64_t)self->buffer.len;
     int64_t p = off + 2 + n;
-    uint32_t count = buf[p];
+    *count = buf[p];
     p += 1;
-    if (count == 0) {
-        return -1;
-    }
-    if (count == LONG_COUNT) {
+    if (*count == LONG_COUNT) {
         if (p + 4 > len) {
             return -1;
         }
-        count = le32(buf + p);
+        *count = le32(buf + p);
         p += 4;
     }
+    *first = p;
+    return 0;
+}
+
+/* The relation's name index of the first record of ``key`` for ``tenant``
+   with a relation in ``wanted`` that holds at ``us``; -1 for none. */
+static long
+probe_find(ProbeObject *self, const unsigned char *key, Py_ssize_t n, long tenant,
+           uint64_t wanted, int64_t us)
+{
+    const unsigned char *buf = (const unsigned char *)self->buffer.buf;
+    int64_t len = (int64_t)self->buffer.len;
+    int64_t off = probe_row(self, key, n);
+    if (off < 0) {
+        return -1;
+    }
+    int64_t p;
+    uint32_t count;
+    if (row_records(self, off, n, &p, &count) < 0 || count == 0) {
+        return -1;
+    }
     int64_t end = p + (int64_t)RECORD_SIZE * (int64_t)count;
-    /* As in the reference: the record at p is looked at before the end is. */
-    do {
+    do { /* count >= 1 */
         if (p + RECORD_SIZE > len) {
             return -1;
         }
@@ -240,9 +263,95 @@ Probe_find(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
                                       PyBytes_GET_SIZE(args[0]), tenant, wanted, us));
 }
 
+/* span(key, at, owner, airplane, wildcard, lo, hi) -> (lo, hi, tenant, airplane):
+   owner_span of gateway/core/push/records.py for one meter. ``owner`` and
+   ``airplane`` are the snapshot's indexes of those relation names (-1: not
+   in it), ``wildcard`` the index of the tenant "*" (-1: none), ``lo`` and
+   ``hi`` the open ends. Every ownership or airplane-mode record narrows
+   [lo, hi) around ``at``; tenant is the single owner at ``at``, or -1 when
+   there is none, several or the wildcard (SECURITY: fail closed, D1). A
+   record past the buffer's end answers no owner. */
+static PyObject *
+Probe_span(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "span(key: bytes, at, owner, airplane, wildcard, lo, hi)");
+        return NULL;
+    }
+    long long v[6];
+    for (int i = 0; i < 6; i++) {
+        v[i] = PyLong_AsLongLong(args[i + 1]);
+        if (v[i] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    int64_t at = v[0], lo = v[4], hi = v[5], open_lo = v[4], open_hi = v[5];
+    long long owner_rel = v[1], airplane_rel = v[2], wildcard = v[3];
+    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[0]);
+    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const unsigned char *buf = (const unsigned char *)self->buffer.buf;
+    int64_t len = (int64_t)self->buffer.len;
+    long long first_owner = -1;
+    int several = 0, airplane = 0, lies = 0;
+    int64_t off = probe_row(self, key, n);
+    int64_t p = 0;
+    uint32_t count = 0;
+    if (off >= 0) {
+        lies = row_records(self, off, n, &p, &count) < 0;
+    }
+    for (uint32_t i = 0; !lies && i < count; i++, p += RECORD_SIZE) {
+        if (p + RECORD_SIZE > len) {
+            lies = 1;
+            break;
+        }
+        long long rn = le16(buf + p + 2);
+        if (rn != owner_rel && rn != airplane_rel) {
+            continue;
+        }
+        int64_t start = le64(buf + p + 4), stop = le64(buf + p + 12);
+        /* an open bound (INT64_MIN, INT64_MAX) narrows nothing */
+        if (start <= at) {
+            lo = start > lo ? start : lo;
+        }
+        else {
+            hi = start < hi ? start : hi;
+        }
+        if (stop <= at) {
+            lo = stop > lo ? stop : lo;
+        }
+        else {
+            hi = stop < hi ? stop : hi;
+        }
+        if (start <= at && at < stop) {
+            if (rn == owner_rel) {
+                long long t = le16(buf + p);
+                if (t == wildcard || (first_owner >= 0 && t != first_owner)) {
+                    several = 1;
+                }
+                else {
+                    first_owner = t;
+                }
+            }
+            else {
+                airplane = 1; /* D5: any airplane-mode tuple silences the meter */
+            }
+        }
+    }
+    if (lies) {
+        /* A row that lies about its count: nothing is known of the meter, so
+           no owner (SECURITY: fail closed, D1). */
+        return Py_BuildValue("(LLLO)", (long long)open_lo, (long long)open_hi, -1LL, Py_False);
+    }
+    return Py_BuildValue("(LLLO)", (long long)lo, (long long)hi, several ? -1LL : first_owner,
+                         airplane ? Py_True : Py_False);
+}
+
 static PyMethodDef Probe_methods[] = {
     {"find", (PyCFunction)(void (*)(void))Probe_find, METH_FASTCALL,
      "find(key, tenant, wanted, us) -> the relation's name index, or -1"},
+    {"span", (PyCFunction)(void (*)(void))Probe_span, METH_FASTCALL,
+     "span(key, at, owner, airplane, wildcard, lo, hi) -> (lo, hi, tenant or -1, airplane)"},
     {NULL, NULL, 0, NULL},
 };
 

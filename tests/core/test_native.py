@@ -24,6 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.core import identifiers
+from gateway.core.meters import AIRPLANE_MODE
+from gateway.core.push.records import owner_span, owner_span_reference
 from gateway.core.relations import index as index_module
 from gateway.core.relations.index import RelationIndex
 from gateway.core.relations.snapshot import (
@@ -195,3 +197,48 @@ def test_holds_takes_any_set_of_names_and_each_instant() -> None:
     assert index.holds("ean", "E1", "ores", frozenset({"owner"}), after) is None
     with pytest.raises(TypeError):
         index.holds("ean", "E1", "ores", frozenset(both))  # type: ignore[call-arg]
+
+
+# --- owner_span (gateway.core.push.records): a meter's owner over time --------
+
+_SPAN_TENANTS = ("ores", "fluvius", "*")
+_SPAN_NAMES = ("owner", AIRPLANE_MODE, "supplier")
+_span_records = st.lists(st.tuples(st.sampled_from(_SPAN_TENANTS), st.sampled_from(_SPAN_NAMES),
+                                   st.sampled_from((OPEN_FROM, -5, 0, 5, 10)),
+                                   st.sampled_from((OPEN_TO, -5, 0, 5, 10, 20))), max_size=7)
+
+
+@needs_native
+@settings(max_examples=300, deadline=None)
+@given(rows=st.dictionaries(st.sampled_from(("M1", "M2", "M10", "\ud800", "a" * 255)),
+                            _span_records, max_size=5),
+       long_row=st.booleans(), at=st.sampled_from((-6, -5, 0, 4, 5, 9, 10, 19, 20, 21)))
+def test_owner_span_equals_its_reference(
+        rows: dict[str, list[tuple[str, str, int, int]]], long_row: bool, at: int) -> None:
+    if long_row:  # over 255 records: the count is a u32 after a 255 byte
+        rows["M-long"] = [("fluvius", "supplier", OPEN_FROM, OPEN_TO)] * 300 + [
+            ("ores", "owner", 0, 10)]
+    builder = SnapshotBuilder()
+    for rid, records in rows.items():
+        builder.add("meter", rid, records)
+    builder.add("meter", "M-base", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+    builder.add("ean", "E1", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+    index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+    assert index.native_span("meter", "owner", AIRPLANE_MODE, 0, 1) is not None
+    for rid in (*rows, "M-long", "M3", "E1", ""):
+        assert owner_span(index, rid, at) == owner_span_reference(index, rid, at), rid
+
+
+@needs_native
+def test_a_forged_row_has_no_owner() -> None:
+    """A count past the buffer's end: nothing known, no owner, never a read
+    out of bounds."""
+    short = _row(b"M1", [(1, 0, 0, 10)], count=3)
+    span = _probe(short, [1] * 8).span
+    assert span(b"M1", 5, 0, 1, -1, -100, 100) == (-100, 100, -1, False)
+    whole = _row(b"M1", [(1, 0, 0, 10), (2, 1, 5, 20)])
+    span = _probe(whole, [1] * 8).span
+    assert span(b"M1", 5, 0, 1, -1, -100, 100) == (5, 10, 1, True)
+    assert span(b"M1", 5, 0, 1, 1, -100, 100) == (5, 10, -1, True)  # tenant 1 is "*"
+    assert span(b"M1", 12, 0, 1, -1, -100, 100) == (10, 20, -1, True)
+    assert span(b"M2", 5, 0, 1, -1, -100, 100) == (-100, 100, -1, False)

@@ -196,9 +196,23 @@ def owner_span(relations: RelationIndex, serial: str, at: int
     """``(lo, hi, owner, airplane)``: the meter's single owner (None: no owner,
     several, or the wildcard) and whether it is in airplane mode at ``at``
     (microseconds since the epoch), constant over ``[lo, hi)`` around ``at``.
-    Reads the snapshot's records in place (no Relation, no datetime is built:
-    the bounds are stored in microseconds); the same answer as from
-    ``relations.of("meter", serial)``."""
+    In C where it was built (``RelationIndex.native_span``), else
+    :func:`owner_span_reference`."""
+    read = relations.native_span("meter", "owner", AIRPLANE_MODE, _MIN, _MAX)
+    if read is None:
+        return owner_span_reference(relations, serial, at)
+    try:
+        key = serial.encode()
+    except UnicodeEncodeError:
+        key = encode_id(serial)
+    return read(key, at)
+
+
+def owner_span_reference(relations: RelationIndex, serial: str, at: int
+                         ) -> tuple[int, int, str | None, bool]:
+    """:func:`owner_span` read in Python: the snapshot's records in place (no
+    Relation, no datetime is built: the bounds are stored in microseconds);
+    the same answer as from ``relations.of("meter", serial)``."""
     lo, hi = _MIN, _MAX
     owners: set[str] = set()
     airplane = False

@@ -74,6 +74,7 @@ def parse_instant(value: str | None) -> datetime | None:
 
 
 Holds = Callable[[str, str, str, frozenset[str], datetime], str | None]
+Span = Callable[[bytes, int], tuple[int, int, str | None, bool]]
 
 
 class RelationIndex:
@@ -86,8 +87,8 @@ class RelationIndex:
     demand. Within a resource, records keep the feed's order.
     """
 
-    __slots__ = ("_base", "_buf", "_names", "_snapshot", "_tables", "_tenant_of", "_tenants",
-                 "holds")
+    __slots__ = ("_base", "_buf", "_names", "_probes", "_snapshot", "_spans", "_tables",
+                 "_tenant_of", "_tenants", "holds")
 
     # holds(kind, resource_id, tenant, names, at): the name of the relation
     # :meth:`find` would return, without building it (``decide()`` and the
@@ -115,8 +116,39 @@ class RelationIndex:
         self._tenants = snapshot.tenants
         self._names = snapshot.names
         self._tenant_of = {t: i for i, t in enumerate(snapshot.tenants)}
-        self.holds = (_native_holds(snapshot, self._tenant_of)
+        self._probes = _native_probes(snapshot)
+        self._spans: dict[tuple[str, str, str, int, int], Span] = {}
+        self.holds = (_native_holds(snapshot, self._tenant_of, self._probes)
                       or _holds_function(snapshot, self._tenant_of))
+
+    def native_span(self, kind: str, owner: str, flag: str, lo: int, hi: int) -> Span | None:
+        """``read(key, at) -> (lo, hi, tenant, flagged)`` over the records of a
+        resource of ``kind`` whose relation is ``owner`` or ``flag``: the
+        single ``owner`` tenant at ``at`` (None for none, several or "*"),
+        whether a ``flag`` record holds then, and the span around ``at``
+        (within the open ends ``lo``, ``hi``) over which neither changes. In
+        C; None where the C module was not built, and the caller reads the
+        records itself (``owner_span`` in gateway.core.push.records is the
+        reference)."""
+        key = (kind, owner, flag, lo, hi)
+        known = self._spans.get(key)
+        if known is not None:
+            return known
+        probe = self._probes.get(kind)
+        if probe is None:
+            return None
+        names, tenants = self._names, self._tenants
+        o = names.index(owner) if owner in names else -1
+        f = names.index(flag) if flag in names else -1
+        wildcard = self._tenant_of.get("*", -1)
+        span = probe.span
+
+        def read(rid: bytes, at: int) -> tuple[int, int, str | None, bool]:
+            start, end, t, flagged = span(rid, at, o, f, wildcard, lo, hi)
+            return (start, end, None if t < 0 else tenants[t], flagged)
+
+        self._spans[key] = read
+        return read
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RelationIndex:
@@ -378,14 +410,22 @@ def native_available() -> bool:
     return _native is not None
 
 
-def _native_holds(snapshot: Snapshot, tenant_of: Mapping[str, int]) -> Holds | None:
+def _native_probes(snapshot: Snapshot) -> dict[str, Any]:
+    """Each kind's C probe of the snapshot (gateway/core/_native.c); none
+    where the C module was not built."""
+    if _native is None:
+        return {}
+    return {kind: _native.Probe(snapshot.buffer, slots, snapshot.rows_start)
+            for kind, (slots, _) in snapshot.tables.items() if kind != TENANT_KIND}
+
+
+def _native_holds(snapshot: Snapshot, tenant_of: Mapping[str, int],
+                  probes: dict[str, Any]) -> Holds | None:
     """``holds`` in C (gateway/core/_native.c): the same answers as
     :func:`_holds_function`, the reference. None where the C module was not
     built, or the snapshot has more relation names than its bit set holds."""
     if _native is None or len(snapshot.names) > _NATIVE_NAMES:
         return None
-    probes = {kind: _native.Probe(snapshot.buffer, slots, snapshot.rows_start)
-              for kind, (slots, _) in snapshot.tables.items() if kind != TENANT_KIND}
     holds: Holds = _native.Holds(probes, dict(tenant_of), tuple(snapshot.names), micros,
                                  TENANT_KIND, "self")
     return holds
