@@ -12,7 +12,10 @@
  *                  gateway/core/push/records.py;
  *   is_valid_gsrn, is_valid_ean, is_valid_meter_serial
  *                  gateway/core/identifiers.py (the GS1 check digit, a
- *                  meter's serial).
+ *                  meter's serial);
+ *   cut_values, finite_number_arrays
+ *                  gateway/core/push/scan.py (the columnar push's values
+ *                  arrays cut out of a batch, and their numbers checked).
  *
  * tests/core/test_native.py compares each with its reference on generated
  * input. Nothing here trusts its input to be well formed: every read of a
@@ -677,7 +680,216 @@ is_valid_meter_serial(PyObject *module, PyObject *value)
     Py_RETURN_TRUE;
 }
 
+/* --- the columnar push's values arrays (gateway/core/push/scan.py) -------- */
+
+static inline int
+is_json_ws(Py_UCS4 c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* In _CUT's class: what numbers, commas and JSON's white space are made of. */
+static inline int
+in_cut_class(Py_UCS4 c)
+{
+    return (c >= '0' && c <= '9') || c == '.' || c == ',' || c == 'e' || c == 'E' ||
+           c == '+' || c == '-' || is_json_ws(c);
+}
+
+/* cut_values(text) -> list: _CUT.split(text) of scan.py, where _CUT is
+   '"values"[ \t\n\r]*:[ \t\n\r]*(\[[0-9.,eE+\- \t\n\r]*\])': the text between
+   the matches and each match's array, alternately, leftmost matches first. */
+static PyObject *
+cut_values(PyObject *module, PyObject *text)
+{
+    (void)module;
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "cut_values: text must be str");
+        return NULL;
+    }
+    int kind = PyUnicode_KIND(text);
+    const void *data = PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    static const char needle[] = "\"values\"";
+    const Py_ssize_t m = 8;
+    PyObject *out = PyList_New(0);
+    if (out == NULL) {
+        return NULL;
+    }
+    Py_ssize_t last = 0, i = 0;
+    while (i + m <= n) {
+        Py_ssize_t k;
+        for (k = 0; k < m && PyUnicode_READ(kind, data, i + k) == (Py_UCS4)needle[k]; k++) {
+        }
+        if (k < m) {
+            i++;
+            continue;
+        }
+        Py_ssize_t j = i + m;
+        while (j < n && is_json_ws(PyUnicode_READ(kind, data, j))) {
+            j++;
+        }
+        if (j >= n || PyUnicode_READ(kind, data, j) != ':') {
+            i++;
+            continue;
+        }
+        j++;
+        while (j < n && is_json_ws(PyUnicode_READ(kind, data, j))) {
+            j++;
+        }
+        if (j >= n || PyUnicode_READ(kind, data, j) != '[') {
+            i++;
+            continue;
+        }
+        Py_ssize_t e = j + 1;
+        while (e < n && in_cut_class(PyUnicode_READ(kind, data, e))) {
+            e++;
+        }
+        if (e >= n || PyUnicode_READ(kind, data, e) != ']') {
+            i++;
+            continue;
+        }
+        PyObject *before = PyUnicode_Substring(text, last, i);
+        PyObject *array = before ? PyUnicode_Substring(text, j, e + 1) : NULL;
+        if (array == NULL || PyList_Append(out, before) < 0 || PyList_Append(out, array) < 0) {
+            Py_XDECREF(before);
+            Py_XDECREF(array);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(before);
+        Py_DECREF(array);
+        last = i = e + 1;
+    }
+    PyObject *after = PyUnicode_Substring(text, last, n);
+    if (after == NULL || PyList_Append(out, after) < 0) {
+        Py_XDECREF(after);
+        Py_DECREF(out);
+        return NULL;
+    }
+    Py_DECREF(after);
+    return out;
+}
+
+/* 1 when ``s[0:n]`` is a non-empty JSON array (RFC 8259) of numbers that are
+   finite as floats, 0 when not, -1 on error. A number without an exponent
+   and with at most 308 digits before its point is below 1e309 and finite as
+   it stands; any other is read as Python reads a float (correctly rounded,
+   whatever the locale) and must not overflow. */
+static int
+finite_number_array(const char *s, Py_ssize_t n)
+{
+    Py_ssize_t i = 0;
+    if (n < 2 || s[0] != '[') {
+        return 0;
+    }
+    i = 1;
+    for (;;) {
+        while (i < n && is_json_ws((unsigned char)s[i])) {
+            i++;
+        }
+        Py_ssize_t start = i;
+        if (i < n && s[i] == '-') {
+            i++;
+        }
+        Py_ssize_t int_start = i;
+        if (i < n && s[i] == '0') {
+            i++;
+        }
+        else if (i < n && s[i] >= '1' && s[i] <= '9') {
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                i++;
+            }
+        }
+        else {
+            return 0; /* no number where one must be (an empty array too) */
+        }
+        Py_ssize_t int_digits = i - int_start;
+        if (i < n && s[i] == '.') {
+            i++;
+            Py_ssize_t frac = i;
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                i++;
+            }
+            if (i == frac) {
+                return 0;
+            }
+        }
+        int exponent = 0;
+        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+            exponent = 1;
+            i++;
+            if (i < n && (s[i] == '+' || s[i] == '-')) {
+                i++;
+            }
+            Py_ssize_t digits = i;
+            while (i < n && s[i] >= '0' && s[i] <= '9') {
+                i++;
+            }
+            if (i == digits) {
+                return 0;
+            }
+        }
+        if (exponent || int_digits > 308) {
+            PyObject *number = PyBytes_FromStringAndSize(s + start, i - start);
+            if (number == NULL) {
+                return -1;
+            }
+            double value = PyOS_string_to_double(PyBytes_AS_STRING(number), NULL, NULL);
+            Py_DECREF(number);
+            if (value == -1.0 && PyErr_Occurred()) {
+                return -1;
+            }
+            if (Py_IS_INFINITY(value)) {
+                return 0;
+            }
+        }
+        while (i < n && is_json_ws((unsigned char)s[i])) {
+            i++;
+        }
+        if (i < n && s[i] == ',') {
+            i++;
+            continue;
+        }
+        return i == n - 1 && s[i] == ']';
+    }
+}
+
+/* finite_number_arrays(arrays) -> bool: _all_finite_numbers of scan.py, each
+   array a non-empty JSON array of numbers finite as floats. */
+static PyObject *
+finite_number_arrays(PyObject *module, PyObject *arrays)
+{
+    (void)module;
+    if (!PyList_Check(arrays)) {
+        PyErr_SetString(PyExc_TypeError, "finite_number_arrays: a list of str");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(arrays); k++) {
+        PyObject *array = PyList_GET_ITEM(arrays, k);
+        if (!PyUnicode_Check(array)) {
+            PyErr_SetString(PyExc_TypeError, "finite_number_arrays: a list of str");
+            return NULL;
+        }
+        if (!PyUnicode_IS_ASCII(array)) {
+            Py_RETURN_FALSE;
+        }
+        int ok = finite_number_array((const char *)PyUnicode_1BYTE_DATA(array),
+                                     PyUnicode_GET_LENGTH(array));
+        if (ok < 0) {
+            return NULL;
+        }
+        if (!ok) {
+            Py_RETURN_FALSE;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef module_methods[] = {
+    {"cut_values", cut_values, METH_O, "_CUT.split(text) of gateway/core/push/scan.py."},
+    {"finite_number_arrays", finite_number_arrays, METH_O,
+     "Each array a non-empty JSON array of numbers finite as floats."},
     {"is_valid_meter_serial", is_valid_meter_serial, METH_O,
      "A meter serial: 6 to 20 of 0-9 and A-Z."},
     {"is_valid_gsrn", is_valid_gsrn, METH_O, "An 18-digit GSRN with a correct check digit."},

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from gateway.core import identifiers
 from gateway.core.meters import AIRPLANE_MODE
+from gateway.core.push import scan
 from gateway.core.push.records import owner_span, owner_span_reference
 from gateway.core.relations import index as index_module
 from gateway.core.relations.index import RelationIndex
@@ -242,3 +243,69 @@ def test_a_forged_row_has_no_owner() -> None:
     assert span(b"M1", 5, 0, 1, 1, -100, 100) == (5, 10, -1, True)  # tenant 1 is "*"
     assert span(b"M1", 12, 0, 1, -1, -100, 100) == (10, 20, -1, True)
     assert span(b"M2", 5, 0, 1, -1, -100, 100) == (-100, 100, -1, False)
+
+
+# --- the columnar push's values arrays (gateway.core.push.scan) ---------------
+
+_FRAGMENTS = st.sampled_from(('"values"', '"values', 'values"', ":", " ", "\n", "\t", "[", "]",
+                              "1", "-2.5", ",", "e", "E+3", "x", '"', "{", "}", "é", "\u20ac",
+                              "\U0001f600"))
+
+
+@needs_native
+@settings(max_examples=500, deadline=None)
+@given(text=st.lists(_FRAGMENTS, max_size=30).map("".join))
+def test_cut_values_equals_the_regular_expression(text: str) -> None:
+    assert native.cut_values(text) == scan._CUT.split(text)
+
+
+def test_cut_values_on_a_batch() -> None:
+    text = ('{"meter_days":[{"values":[1,2.5]},{"values" :\n[ 3e2 ]},{"values":[1,"x"]},'
+            '{"values":[]}],"values":[4]}')
+    assert scan._CUT.split(text) == [
+        '{"meter_days":[{', "[1,2.5]", '},{', "[ 3e2 ]", '},{"values":[1,"x"]},{', "[]",
+        '}],', "[4]", "}"]
+    if native is not None:
+        assert native.cut_values(text) == scan._CUT.split(text)
+
+
+_numbers = st.one_of(
+    st.from_regex(r"-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,5})?([eE][+\-]?[0-9]{1,3})?",
+                  fullmatch=True),
+    st.sampled_from(("9" * 308, "9" * 309, "1" + "0" * 308, "2" + "0" * 308, "1e308", "2e308",
+                     "1.7976931348623157e308", "1.7976931348623159e308", "-1E400", "1e-400",
+                     "01", "1.", ".5", "+1", "-", "1e", "1e+", "1..2", "--1", "", "0x1")))
+_spaces = st.sampled_from(("", " ", "\t", "\n\r "))
+
+
+@st.composite
+def _arrays(draw: st.DrawFn) -> str:
+    if draw(st.booleans()):  # anything _CUT could cut
+        return "[" + draw(st.text(st.sampled_from("0123456789.,eE+- \t\n\r"), max_size=12)) + "]"
+    numbers = draw(st.lists(_numbers, max_size=4))
+    sep = draw(_spaces) + "," + draw(_spaces)
+    return "[" + draw(_spaces) + sep.join(numbers) + draw(_spaces) + "]"
+
+
+@needs_native
+@settings(max_examples=1500, deadline=None)
+@given(arrays=st.lists(_arrays(), min_size=1, max_size=4))
+def test_finite_number_arrays_equals_its_reference(arrays: list[str]) -> None:
+    assert native.finite_number_arrays(arrays) is scan._all_finite_numbers(arrays), arrays
+
+
+@needs_native
+def test_finite_number_arrays_at_the_edges() -> None:
+    finite = ["[1]", "[-0]", "[0.5e-3, 1E+2]", "[ 1 , 2 ]", "[" + "9" * 308 + "]",
+              "[1.7976931348623157e308]", "[1e-400]", "[123456789012345678901234567890]"]
+    not_finite = ["[]", "[ ]", "[1,]", "[,1]", "[1 2]", "[01]", "[1.]", "[.5]", "[+1]",
+                  "[1e999]", "[-1E400]", "[2" + "0" * 308 + "]", "[1.7976931348623159e308]",
+                  "[1", "1]", "[1]]"]
+    for text in finite:
+        assert native.finite_number_arrays([text]) is True, text
+        assert scan._all_finite_numbers([text]) is True, text
+    for text in not_finite:
+        assert native.finite_number_arrays(["[1]", text]) is False, text
+    assert native.finite_number_arrays([]) is True
+    with pytest.raises(TypeError):
+        native.finite_number_arrays(("[1]",))

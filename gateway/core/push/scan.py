@@ -31,6 +31,7 @@ import json
 import json.decoder
 import re
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, cast
 
 import msgspec
@@ -107,6 +108,19 @@ _FLAT_ARRAYS = msgspec.json.Decoder(list[msgspec.Raw]).decode  # checks, does no
 _DIGITS = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))  # digit -> "0"
 _LONG_DIGITS = b"0" * 309  # |x| < 1e308 with at most 308 digits and no exponent
 _BRACKETS = "[] \t\n\r"
+
+
+# The cut and the check in C where they were built (gateway/core/_native.c;
+# tests/core/test_native.py compares them with _CUT.split and
+# _all_finite_numbers, which stay the reference).
+_native: ModuleType | None
+try:
+    from gateway.core import _native
+except ImportError:  # pragma: no cover - not built on this machine
+    _native = None
+_cut_values: Callable[[str], list[str]] = _native.cut_values if _native else _CUT.split
+_finite_arrays: Callable[[list[str]], bool] = (_native.finite_number_arrays if _native
+                                                else _all_finite_numbers)
 
 
 class _Syntax(Exception):
@@ -220,7 +234,7 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
         return doc, spans
     if "\\" in text:
         return scan_batch(text)
-    pieces = _CUT.split(text)
+    pieces = _cut_values(text)
     arrays = pieces[1::2]
     rest = _MARKED.join(pieces[::2])
     if not arrays or rest.count(f'"{_MARK}"') != len(arrays):
@@ -232,7 +246,7 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
     days = doc.get(_DAYS) if type(doc) is dict and doc.get("format") == FORMAT else None
     if type(days) is not list:
         return scan_batch(text)
-    every = _all_finite_numbers(arrays)
+    every = _finite_arrays(arrays)
     one, k = _ONE.fullmatch, 0
     for day in days:
         if type(day) is dict and day.get("values") == _MARK:
