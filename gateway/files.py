@@ -72,7 +72,10 @@ def load_relations(path: Path) -> RelationIndex:
     """The relation index in ``path``: a compiled snapshot or the JSON feed.
     Read whole into a private copy: an in-place rewrite of the live file
     cannot change a running decision (gateway.core.relations.snapshot)."""
-    return RelationIndex.from_bytes(read_private(path), str(path))
+    data = read_private(path)
+    if not is_snapshot(data):
+        data = bytes(data)  # a JSON feed: the parser reads bytes, not a mapping
+    return RelationIndex.from_bytes(data, str(path))
 
 
 # Below this a file is read into an ordinary ``bytes``; above it, into

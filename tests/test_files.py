@@ -104,3 +104,15 @@ def test_a_snapshot_loaded_from_huge_pages_answers(tmp_path: Path,
     assert loaded.holds("meter", "1SAG0001", "lumen", frozenset({"owner"}), at) is None
     assert loaded.holds("ean", "541448860012075359", "lumen", frozenset({"supplier"}),
                         at) == "supplier"
+
+
+def test_a_large_json_feed_loads_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A feed over the threshold is read into a mapping like a snapshot, and
+    still parsed as JSON (the benchmark's generated feed is one)."""
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    path = tmp_path / "relations.json"
+    path.write_text('{"relations": [{"kind": "meter", "id": "1SAG0001", '
+                    '"tenant": "ores", "relation": "owner"}]}')
+    monkeypatch.setattr(files, "HUGE_READ_BYTES", 0)
+    loaded = load_relations(path)
+    assert loaded.holds("meter", "1SAG0001", "ores", frozenset({"owner"}), at) == "owner"
