@@ -17,15 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _wheel(tmp_path: Path, cc: str | None) -> list[str]:
+    """The wheel pip builds from a clean copy of the sources: no module built
+    in place by the editable install, no build/ left by another build (whose
+    up-to-date extension would be taken without calling the compiler)."""
+    src = tmp_path / "src"
+    shutil.copytree(REPO / "gateway", src / "gateway",
+                    ignore=shutil.ignore_patterns("*.so", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
     if cc is not None:
         env["CC"] = cc
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir",
-         str(tmp_path), str(REPO)],
+         str(tmp_path / "dist"), str(src)],
         env=env, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    (wheel,) = tmp_path.glob("*.whl")
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
     return zipfile.ZipFile(wheel).namelist()
 
 
