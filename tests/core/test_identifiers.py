@@ -1,13 +1,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.core.identifiers import (
+    ean_reference,
     gs1_check_digit,
+    gsrn_reference,
     id_syntax,
     is_valid_ean,
     is_valid_gln,
@@ -15,17 +18,25 @@ from gateway.core.identifiers import (
     is_valid_meter_serial,
     is_valid_nrn,
     is_valid_resource_id,
+    meter_reference,
     obis_key,
     obis_units,
     with_check_digit,
     with_nrn_check,
 )
 
+# Each check as the gateway calls it (in C where gateway.core._native was
+# built) and its Python reference: both are held to every rule here.
+EANS = (is_valid_ean, ean_reference)
+GSRNS = (is_valid_gsrn, gsrn_reference)
+METERS = (is_valid_meter_serial, meter_reference)
+
 
 def test_domain_example_ean() -> None:
     # DOMAIN.md: 541448860012075359 -> S = 121 -> check digit 9
     assert gs1_check_digit("54144886001207535") == 9
-    assert is_valid_ean("541448860012075359")
+    for ean_ok in EANS:
+        assert ean_ok("541448860012075359")
 
 
 def test_demo_glns_are_valid() -> None:
@@ -38,9 +49,10 @@ def test_demo_glns_are_valid() -> None:
 def test_any_single_digit_change_fails(data: str, pos: int, delta: int) -> None:
     ean = with_check_digit(data)
     changed = ean[:pos] + str((int(ean[pos]) + delta) % 10) + ean[pos + 1:]
-    assert is_valid_gsrn(ean)
-    assert not is_valid_gsrn(changed)
-    assert is_valid_ean(ean) is ean.startswith("54")
+    for gsrn_ok, ean_ok in zip(GSRNS, EANS, strict=True):
+        assert gsrn_ok(ean)
+        assert not gsrn_ok(changed)
+        assert ean_ok(ean) is ean.startswith("54")
 
 
 @given(st.text(alphabet="0123456789", min_size=17, max_size=17), st.integers(0, 15))
@@ -50,16 +62,20 @@ def test_adjacent_swap_fails_unless_digits_equal_or_differ_by_5(data: str, pos: 
     swapped = ean[:pos] + b + a + ean[pos + 2:]
     # GS1 mod 10 misses a swap only when the digits are equal or differ by 5.
     if a != b and abs(int(a) - int(b)) != 5:
-        assert not is_valid_gsrn(swapped)
+        assert not any(gsrn_ok(swapped) for gsrn_ok in GSRNS)
 
 
-def test_malformed_ids() -> None:
-    assert not is_valid_ean("54144886001207535")  # 17 digits
-    assert not is_valid_ean("54144886001207535X")
-    assert not is_valid_ean(" 541448860012075359")
-    assert is_valid_meter_serial("1SAG1100042062")
-    assert not is_valid_meter_serial("1sag1100042062")
-    assert not is_valid_meter_serial("../1SAG")
+@pytest.mark.parametrize(("ean_ok", "meter_ok"), list(zip(EANS, METERS, strict=True)))
+def test_malformed_ids(ean_ok: Callable[[str], bool], meter_ok: Callable[[str], bool]) -> None:
+    assert not ean_ok("54144886001207535")  # 17 digits
+    assert not ean_ok("54144886001207535X")
+    assert not ean_ok(" 541448860012075359")
+    assert not ean_ok("551448860012075359")  # another country's prefix (D2)
+    assert meter_ok("1SAG1100042062")
+    assert meter_ok("123456") and meter_ok("A" * 20)
+    assert not meter_ok("12345") and not meter_ok("A" * 21)
+    assert not meter_ok("1sag1100042062")
+    assert not meter_ok("../1SAG")
 
 
 def _reference_check_digit(data: str) -> int:
@@ -76,8 +92,9 @@ def test_check_digit_matches_the_digit_by_digit_rule(data: str) -> None:
 def test_digits_of_other_scripts_are_not_digits() -> None:
     arabic_indic = "".join(chr(0x660 + int(d)) for d in "541448860012075359")  # U+0660-9
     assert arabic_indic.isdigit() and len(arabic_indic) == 18
-    assert not is_valid_ean(arabic_indic)
-    assert not is_valid_ean("54144886001207535" + chr(0x669))
+    for ean_ok, gsrn_ok in zip(EANS, GSRNS, strict=True):
+        assert not ean_ok(arabic_indic) and not gsrn_ok(arabic_indic)
+        assert not ean_ok("54144886001207535" + chr(0x669))
     with pytest.raises(ValueError):
         gs1_check_digit("5414488600120753" + chr(0x665))
 
