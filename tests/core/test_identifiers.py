@@ -177,6 +177,7 @@ def _nrn(birth: str, serial: str = "123", century: int = 1900) -> str:
     ("850730", 1900), ("000229", 2000),  # 2000 was a leap year
     ("960229", 1900), ("040229", 2000), ("991231", 1900), ("250101", 2000),
     ("852730", 1900), ("854730", 1900), ("053215", 2000), ("055201", 2000),  # BIS: +20, +40
+    ("852101", 1900), ("854101", 1900),  # BIS January: the first month past each offset
 ])
 def test_a_plausible_birth_date_in_either_century(birth: str, century: int) -> None:
     """D8: the first six digits are the birth date, YYMMDD; the check digits
@@ -189,6 +190,7 @@ def test_a_plausible_birth_date_in_either_century(birth: str, century: int) -> N
     ("854030", 1900), ("855330", 1900), ("859930", 1900),
     ("850700", 1900), ("850732", 1900), ("850431", 1900),  # days
     ("010229", 2000), ("000229", 1900),  # 29 February: 2001 and 1900 were not leap years
+    ("860229", 1900),  # nor was 1986
     ("052230", 2000), ("054230", 2000),  # BIS February has no 30th either
 ])
 def test_an_impossible_birth_date_is_refused(birth: str, century: int) -> None:
@@ -201,6 +203,9 @@ def test_an_impossible_birth_date_is_refused(birth: str, century: int) -> None:
     ("1-0:1.29.0", "1-0:1.29.0", {"kWh"}), ("1-0:1.6.0", "1-0:1.6.0", {"kW"}),
     ("1-0:21.7.0", "1-0:21.7.0", {"kW"}), ("0-1:24.2.3", "0-1:24.2.3", {"m3"}),
     ("7-0:3.0.0", "7-0:3.0.0", {"m3"}), ("8-0:1.0.0", "8-0:1.0.0", {"m3"}),
+    ("9-0:1.0.0", "9-0:1.0.0", {"m3"}),  # water, as 8
+    ("0-1:24.1.0", "0-1:24.1.0", set()),  # an M-Bus channel, but not its volume
+    ("1-0:1.2.0", "1-0:1.2.0", set()),  # active, but neither energy nor power
     ("15-255:255.255.255*254", "15-255:255.255.255*254", set()),
     ("1-0:3.8.1", "1-0:3.8.1", set()),  # reactive energy: no unit the format has
     ("0-0:96.1.0", "0-0:96.1.0", set()),  # an equipment identifier, not a reading
