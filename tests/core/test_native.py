@@ -309,3 +309,19 @@ def test_finite_number_arrays_at_the_edges() -> None:
     assert native.finite_number_arrays([]) is True
     with pytest.raises(TypeError):
         native.finite_number_arrays(("[1]",))
+
+
+@needs_native
+def test_owner_span_where_the_snapshot_has_no_owner_relation_at_all() -> None:
+    """A feed with no ownership (or no airplane-mode) tuple has no such name in
+    its table: no record is taken for one, and nothing fails."""
+    builder = SnapshotBuilder()
+    builder.add("meter", "M1", [("ores", "supplier", OPEN_FROM, OPEN_TO),
+                                ("fluvius", "grid-operator", OPEN_FROM, OPEN_TO)])
+    index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+    assert index.snapshot.names[1:2] == ["grid-operator"]  # what a -1 must not turn into
+    expected = (-(1 << 62), 1 << 62, None, False)
+    assert owner_span_reference(index, "M1", 5) == expected
+    assert owner_span(index, "M1", 5) == expected
+    read = index.native_span("meter", "grid-operator", AIRPLANE_MODE, 0, 100)
+    assert read is not None and read(b"M1", 5) == (0, 100, "fluvius", False)
