@@ -325,3 +325,19 @@ def test_owner_span_where_the_snapshot_has_no_owner_relation_at_all() -> None:
     assert owner_span(index, "M1", 5) == expected
     read = index.native_span("meter", "grid-operator", AIRPLANE_MODE, 0, 100)
     assert read is not None and read(b"M1", 5) == (0, 100, "fluvius", False)
+
+
+@needs_native
+def test_the_routers_read_owners_in_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the module is built, owner_span never falls back to the reference
+    (the same answers, at twice the cost per meter)."""
+    from gateway.core.push import records
+
+    def reference(*_: object) -> None:
+        raise AssertionError("owner_span_reference called with the C module built")
+
+    monkeypatch.setattr(records, "owner_span_reference", reference)
+    builder = SnapshotBuilder()
+    builder.add("meter", "M1", [("ores", "owner", OPEN_FROM, OPEN_TO)])
+    index = RelationIndex.from_snapshot(Snapshot(builder.to_bytes(), "test"))
+    assert owner_span(index, "M1", 5) == (-(1 << 62), 1 << 62, "ores", False)
