@@ -14,7 +14,8 @@ from __future__ import annotations
 import calendar
 import re
 from collections.abc import Callable
-from types import ModuleType
+
+from gateway.core.native import native as _native
 
 _DIGITS = re.compile(r"[0-9]+")
 _METER = re.compile(r"[0-9A-Z]{6,20}")
@@ -76,11 +77,6 @@ def gsrn_reference(value: str) -> bool:
 
 # On the path of every EAN decision (the per-request budget, bench/README.md):
 # the check in C where it was built, else the references above.
-_native: ModuleType | None
-try:
-    from gateway.core import _native
-except ImportError:  # pragma: no cover - not built on this machine
-    _native = None
 is_valid_ean: Callable[[str], bool] = _native.is_valid_ean if _native else ean_reference
 is_valid_gsrn: Callable[[str], bool] = _native.is_valid_gsrn if _native else gsrn_reference
 

@@ -31,13 +31,13 @@ import json
 import json.decoder
 import re
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any, cast
 
 import msgspec
 import orjson
 
 from gateway.core.jsonlimits import DuplicateKey, unique_object
+from gateway.core.native import native as _native
 from gateway.core.push.days import FORMAT
 
 Spans = list[tuple[int, int]]
@@ -113,11 +113,6 @@ _BRACKETS = "[] \t\n\r"
 # The cut and the check in C where they were built (gateway/core/_native.c;
 # tests/core/test_native.py compares them with _CUT.split and
 # _all_finite_numbers, which stay the reference).
-_native: ModuleType | None
-try:
-    from gateway.core import _native
-except ImportError:  # pragma: no cover - not built on this machine
-    _native = None
 _cut_values: Callable[[str], list[str]] = _native.cut_values if _native else _CUT.split
 _finite_arrays: Callable[[list[str]], bool] = (_native.finite_number_arrays if _native
                                                 else _all_finite_numbers)

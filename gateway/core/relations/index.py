@@ -13,11 +13,11 @@ import json
 import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 from zlib import crc32
 
 from gateway.core.model import Relation
+from gateway.core.native import native as _native
 from gateway.core.relations.snapshot import (
     ID_MAX,
     LONG_COUNT,
@@ -52,11 +52,6 @@ TENANT_KIND = "tenant"
 # install compiles it when a C compiler is there, and goes on without it when
 # not. _holds_function below is the reference and runs otherwise; every test
 # under tests/core/relations runs on both (its conftest).
-_native: ModuleType | None
-try:
-    from gateway.core import _native
-except ImportError:  # pragma: no cover - not built on this machine
-    _native = None
 # The relation names a native lookup's bit set can hold.
 _NATIVE_NAMES = 64
 
