@@ -8,7 +8,6 @@ changes (D1, D5), the posted ``values`` text, and the per-call caches."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import timedelta, timezone
 from typing import Any
 
@@ -33,24 +32,14 @@ from gateway.core.push.records import (
     meter_ean_id,
 )
 from gateway.core.push.scan import scan_batch
-from gateway.core.relations.index import RelationIndex, native_available
+from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from tests.core.push._calls import counting
 from tests.core.push.test_days import batch, day, delivered, outcomes, per_record, route
 from tests.core.push.test_records import EAN_OK, METER_AIRPLANE, RELATIONS, YESTERDAY
 
-
-@pytest.fixture(scope="module", autouse=True, params=["native", "reference"])
-def owner_reading(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs twice: with a meter's owner over time read in C
-    (``RelationIndex.native_span``, where gateway.core._native was built) and
-    with ``owner_span_reference``, so both are held to every rule."""
-    with pytest.MonkeyPatch.context() as mp:
-        if request.param == "reference":
-            mp.setattr(RelationIndex, "native_span", lambda self, *args: None)
-        elif not native_available():
-            pytest.skip("gateway.core._native is not built")
-        yield request.param
+# Every test here on both owner readings (tests/core/push/conftest.py).
+pytestmark = pytest.mark.usefixtures("owner_reading")
 
 
 def runs(routed: RoutedDays) -> set[tuple[int, str, str | None, int, int]]:

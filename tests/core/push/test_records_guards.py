@@ -28,7 +28,7 @@ from gateway.core.push.records import (
     owner_span,
     route_batch,
 )
-from gateway.core.relations.index import RelationIndex, native_available
+from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from tests.core.push._calls import counting
 from tests.core.push.test_records import EAN_OK, RELATIONS, at, reading, route
@@ -41,17 +41,8 @@ def micros(when: datetime) -> int:
     return (when - datetime(1970, 1, 1, tzinfo=UTC)) // _US
 
 
-@pytest.fixture(scope="module", autouse=True, params=["native", "reference"])
-def owner_reading(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Every test here runs twice: with a meter's owner over time read in C
-    (``RelationIndex.native_span``, where gateway.core._native was built) and
-    with ``owner_span_reference``, so both are held to every rule."""
-    with pytest.MonkeyPatch.context() as mp:
-        if request.param == "reference":
-            mp.setattr(RelationIndex, "native_span", lambda self, *args: None)
-        elif not native_available():
-            pytest.skip("gateway.core._native is not built")
-        yield request.param
+# Every test here on both owner readings (tests/core/push/conftest.py).
+pytestmark = pytest.mark.usefixtures("owner_reading")
 
 
 # -- what a refused batch says ---------------------------------------------------
