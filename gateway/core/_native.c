@@ -15,7 +15,10 @@
  *                  meter's serial);
  *   cut_values, finite_number_arrays
  *                  gateway/core/push/scan.py (the columnar push's values
- *                  arrays cut out of a batch, and their numbers checked).
+ *                  arrays cut out of a batch, and their numbers checked);
+ *   response_head, request_head, answer_head
+ *                  the data plane's HTTP/1.1 wire forms, in
+ *                  gateway/core/_native_http.c (its header says whose).
  *
  * tests/core/test_native.py compares each with its reference on generated
  * input. Nothing here trusts its input to be well formed: every read of a
@@ -32,6 +35,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+/* The wire forms' functions, in gateway/core/_native_http.c. */
+extern PyMethodDef native_http_methods[];
 
 #define LONG_COUNT 0xFF
 #define ID_MAX 255 /* bytes: snapshot.ID_MAX */
@@ -918,7 +924,8 @@ PyInit__native(void)
     }
     if (PyModule_AddObjectRef(m, "Probe", (PyObject *)&ProbeType) < 0 ||
         PyModule_AddObjectRef(m, "Holds", (PyObject *)&HoldsType) < 0 ||
-        PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0) {
+        PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0 ||
+        PyModule_AddFunctions(m, native_http_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from yarl import URL
 
+from gateway.core.native import native as _native
+
 if TYPE_CHECKING:
     from gateway.edge._lean_request import LeanRequest
 
@@ -49,22 +51,49 @@ def http_date() -> str:
     return str(_date[1])
 
 
+def _body_of(response: web.Response) -> bytes:
+    raw = response.body
+    if raw is None:
+        return b""
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw)
+    raise ValueError("a streamed body (the data plane answers with bytes)")
+
+
 def serialize(request: LeanRequest, response: web.Response,
               keep_alive: bool) -> tuple[bytes, bytes]:
     """The status line and headers, and the body, of ``response`` as aiohttp
     would write them: Content-Length (none on 1xx/204/304, none for an empty
     HEAD or 304 answer), Date, ``Connection: close`` (HTTP/1.1) or
     ``keep-alive`` (HTTP/1.0), no body for HEAD. No Server banner is added.
-    Raises ValueError for CR or LF in a header (no response splitting)."""
+    Raises ValueError for CR or LF in a header (no response splitting).
+    The head is written in C where gateway.core._native was built, for plain
+    ASCII headers; ``serialize_reference`` is the specification."""
+    if _native is not None:
+        body = _body_of(response)
+        major, minor = request.version
+        method = request.method
+        status = response.status
+        written = _native.answer_head(major, minor, status, response.reason,
+                                      list(response.headers.items()), method, len(body),
+                                      keep_alive, http_date())
+        if written is not None:
+            head, length = written
+            if method == "HEAD" or status in _EMPTY_BODY_STATUS:
+                return head, b""
+            if 0 <= length < len(body):
+                return head, body[:length]
+            return head, body
+    return serialize_reference(request, response, keep_alive)
+
+
+def serialize_reference(request: LeanRequest, response: web.Response,
+                        keep_alive: bool) -> tuple[bytes, bytes]:
+    """``serialize`` in Python: the specification of ``answer_head`` in
+    gateway/core/_native_http.c."""
     status = response.status
     method = request.method
-    raw = response.body
-    if raw is None:
-        body = b""
-    elif isinstance(raw, bytes | bytearray):
-        body = bytes(raw)
-    else:
-        raise ValueError("a streamed body (the data plane answers with bytes)")
+    body = _body_of(response)
     headers = response.headers
     empty = method == "HEAD" or status in _EMPTY_BODY_STATUS
     drop_length = status in _EMPTY_BODY_STATUS or (method == "CONNECT" and 200 <= status < 300)
@@ -95,8 +124,9 @@ def serialize(request: LeanRequest, response: web.Response,
             lines.append("Connection: close\r\n")
     lines.append("\r\n")
     head = "".join(lines)
-    crlf = head.count("\r\n")
-    if head.count("\r") != crlf or head.count("\n") != crlf:
+    # SECURITY: every line ends in the one CR LF its element put there; any
+    # other CR or LF (a CR LF inside a value too) would split the answer.
+    if head.count("\r") != len(lines) or head.count("\n") != len(lines):
         raise ValueError("CR or LF in a response header")
     if empty:
         body = b""

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
+from gateway.core.native import native as _native
 from gateway.errors import GatewayError
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -82,6 +83,49 @@ class MalformedResponse(ClientError):
 
 class ResponseTooLarge(MalformedResponse):
     """The response body is over the cap."""
+
+
+HeadRead = tuple[bool, int, list[tuple[str, str]], list[str], list[str], list[str],
+                 str | None, int]
+
+
+def read_head_reference(block: bytes) -> HeadRead | None:
+    """A response head (up to the CRLF of its last line) read, or None where
+    it is not one (RFC 9112 §4 and §5, the grammar of ``_HEAD``): HTTP/1.0 or
+    not, the status, the fields as (name, value) with the value stripped of
+    SP and HTAB, the values of Content-Length, Transfer-Encoding and
+    Connection, the first Content-Type, and the longest line's length in
+    characters (the status line's included). The specification of
+    ``response_head`` in gateway/core/_native_http.c."""
+    match = _HEAD.fullmatch(block)
+    if match is None:
+        return None
+    lines = block.decode("utf-8", "surrogateescape").split("\r\n")
+    lines.pop()  # the empty string after the last CRLF
+    headers: list[tuple[str, str]] = []
+    lengths: list[str] = []
+    codings: list[str] = []
+    connections: list[str] = []
+    content_type: str | None = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        value = value.strip(" \t")
+        headers.append((name, value))
+        lname = name.lower()
+        if lname == "content-length":
+            lengths.append(value)
+        elif lname == "transfer-encoding":
+            codings.append(value)
+        elif lname == "connection":
+            connections.append(value)
+        elif lname == "content-type" and content_type is None:
+            content_type = value
+    return (match[1] == b"0", int(match[2]), headers, lengths, codings, connections,
+            content_type, max(len(line) for line in lines))
+
+
+_read_head: Callable[[bytes], HeadRead | None] = (
+    read_head_reference if _native is None else _native.response_head)
 
 
 class ResponseReader:
@@ -197,44 +241,26 @@ class ResponseReader:
             return False
         if end > MAX_HEAD:
             raise MalformedResponse("response head over the limit")
-        block = bytes(buf[:end + 2])
-        match = _HEAD.fullmatch(block)
-        if match is None:
+        read = _read_head(bytes(buf[:end + 2]))
+        if read is None:
             raise MalformedResponse("malformed response head")
         del buf[:end + 4]
-        lines = block.decode("utf-8", "surrogateescape").split("\r\n")
-        lines.pop()  # the empty string after the last CRLF
-        status = int(match[2])
+        http10, status, headers, lengths, codings, connections, content_type, longest = read
         if 100 <= status < 200:
             self._interim += 1
             if status == 101 or self._interim > MAX_INTERIM:
                 raise MalformedResponse("unexpected 1xx answer")
             return True  # RFC 9110 §15.2: an interim answer; the final one follows
-        if len(lines) > MAX_FIELDS + 1:
+        if len(headers) > MAX_FIELDS:
             raise MalformedResponse("too many header fields")
+        if longest > MAX_LINE:
+            raise MalformedResponse("response header line over the limit")
         self.status = status
-        http10 = match[1] == b"0"
-        self.keep_alive = not http10  # HTTP/1.0: one answer per connection
-        headers = self.headers
-        lengths: list[str] = []
-        codings: list[str] = []
-        for line in lines:
-            if len(line) > MAX_LINE:
-                raise MalformedResponse("response header line over the limit")
-            name, _, value = line.partition(":")
-            value = value.strip(" \t")
-            headers.append((name, value))
-            lname = name.lower()
-            if lname == "content-length":
-                lengths.append(value)
-            elif lname == "transfer-encoding":
-                codings.append(value)
-            elif lname == "connection":
-                if "close" in (t.strip().lower() for t in value.split(",")):
-                    self.keep_alive = False
-            elif lname == "content-type" and self.content_type is None:
-                self.content_type = value
-        del headers[0]  # the status line
+        self.headers = headers
+        self.content_type = content_type
+        # HTTP/1.0: one answer per connection.
+        self.keep_alive = not http10 and not any(
+            "close" in (t.strip().lower() for t in value.split(",")) for value in connections)
         self._frame(status, lengths, codings, http10)
         return True
 
@@ -312,7 +338,20 @@ class ResponseReader:
 def serialize_request(method: str, target: str, host: str, headers: Mapping[str, str],
                       body: bytes | None) -> bytes:
     """One request head (and body) as bytes. Host and Content-Length are the
-    client's; nothing else is added (no User-Agent, no Accept-Encoding)."""
+    client's; nothing else is added (no User-Agent, no Accept-Encoding).
+    Written in C where gateway.core._native was built, for plain ASCII
+    input; the reference below is the specification, and writes the rest."""
+    if _native is not None:
+        data: bytes | None = _native.request_head(method, target, host, headers, body)
+        if data is not None:
+            return data
+    return serialize_request_reference(method, target, host, headers, body)
+
+
+def serialize_request_reference(method: str, target: str, host: str,
+                                headers: Mapping[str, str], body: bytes | None) -> bytes:
+    """``serialize_request`` in Python: the specification of ``request_head``
+    in gateway/core/_native_http.c."""
     start = f"{method} {target}"
     # Field names are case-insensitive: a name given twice is sent once, the
     # last value winning (what aiohttp did with the same mapping).

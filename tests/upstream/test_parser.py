@@ -1,6 +1,11 @@
 """The upstream HTTP/1.1 client's response parser and request writer
 (gateway/upstream/_http.py), sans-IO: strict parsing of what a shared system
-answers; the pool over real sockets is in tests/upstream/test_http.py."""
+answers; the pool over real sockets is in tests/upstream/test_http.py.
+
+Every test here runs twice: with the head read and the request written in C
+(gateway/core/_native_http.c) where it was built, and with the Python
+references, so both are held to every rule (tests/core/test_native_http.py
+compares the two on generated input)."""
 
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.native import native
+from gateway.upstream import _http
 from gateway.upstream._http import (
     MAX_FIELDS,
     MAX_HEAD,
@@ -27,6 +34,17 @@ from gateway.upstream._http import (
 from gateway.upstream._pool import media_type
 
 CAP = 1024
+
+
+@pytest.fixture(scope="module", autouse=True, params=["native", "reference"])
+def wire_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "native" and native is None:
+        pytest.skip("gateway.core._native was not built on this machine")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "reference":
+            mp.setattr(_http, "_native", None)
+            mp.setattr(_http, "_read_head", _http.read_head_reference)
+        yield request.param
 
 
 def parse(raw: bytes, *, head: bool = False, eof: bool = False, cap: int = CAP) -> ResponseReader:

@@ -1,0 +1,646 @@
+/*
+ * Native accelerators of the data plane's HTTP/1.1 wire forms, part of
+ * gateway.core._native (gateway/core/_native.c adds these functions to the
+ * module). Each has a Python reference that stays the specification:
+ *
+ *   response_head  the upstream client's parse of a response head,
+ *                  ResponseReader._parse_head_reference of
+ *                  gateway/upstream/_http.py (the grammar of its _HEAD, the
+ *                  fields split, decoded and sorted by what they frame);
+ *   request_head   serialize_request_reference of gateway/upstream/_http.py
+ *                  (one request head, with every refusal of the reference);
+ *   answer_head    the lean server's answer head, serialize_reference of
+ *                  gateway/edge/_lean_wire.py.
+ *
+ * The parse takes untrusted bytes (an upstream's answer): every read is
+ * within the block, and a block outside the grammar answers None, which the
+ * caller refuses. The two writers take what the gateway built; where their
+ * input is anything but plain ASCII (where Python's Unicode rules for
+ * lowering, stripping or encoding would matter) they answer None and the
+ * caller runs the reference. tests/core/test_native_http.py compares each
+ * with its reference.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* RFC 9110 §5.6.2 tchar. */
+static const unsigned char TCHAR[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
+
+/* A field value's byte in _VALUE of gateway/upstream/_http.py: HTAB, SP, VCHAR,
+ * obs-text; no NUL, no CR, no LF, no other control. */
+static inline int
+value_byte(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7F);
+}
+
+/* The reason phrase's bytes in _HEAD: [\t\x20-\x7e\x80-\xff]. The same set. */
+#define reason_byte value_byte
+
+/* ``name`` (n bytes) equals the lower-case ASCII ``lower``, ignoring case. */
+static int
+ascii_ieq(const char *name, Py_ssize_t n, const char *lower)
+{
+    Py_ssize_t i = 0;
+    for (; i < n && lower[i]; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c >= 'A' && c <= 'Z') {
+            c = (unsigned char)(c + 32);
+        }
+        if (c != (unsigned char)lower[i]) {
+            return 0;
+        }
+    }
+    return i == n && lower[i] == '\0';
+}
+
+/* Two names of n ASCII bytes each are the same, ignoring case (str.lower()
+ * of ASCII; a NUL is a byte like any other). */
+static int
+same_name(const char *a, const char *b, Py_ssize_t n)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char x = (unsigned char)a[i], y = (unsigned char)b[i];
+        if (x >= 'A' && x <= 'Z') {
+            x = (unsigned char)(x + 32);
+        }
+        if (y >= 'A' && y <= 'Z') {
+            y = (unsigned char)(y + 32);
+        }
+        if (x != y) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+decode(const char *s, Py_ssize_t n)
+{
+    return PyUnicode_DecodeUTF8(s, n, "surrogateescape");
+}
+
+/* ---------------------------------------------------------------------------
+ * response_head(block) -> None | (http10, status, headers, lengths, codings,
+ *                                  connections, content_type, longest)
+ *
+ * ``block`` is the head up to and including the CRLF that ends its last line
+ * (not the empty line). None where _HEAD does not fullmatch it. ``headers``
+ * are (name, value) as the reference makes them (decoded with surrogateescape,
+ * the value stripped of SP and HTAB), ``lengths``, ``codings`` and
+ * ``connections`` the values of Content-Length, Transfer-Encoding and
+ * Connection in order, ``content_type`` the first Content-Type's value or
+ * None, ``longest`` the length in characters of the longest line, the status
+ * line included.
+ */
+static PyObject *
+response_head(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "response_head() takes bytes");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(arg);
+    const Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    /* The status line: HTTP/1.[01] SP [1-5][0-9][0-9] (SP reason)? CRLF */
+    if (n < 14 || memcmp(b, "HTTP/1.", 7) != 0 || (b[7] != '0' && b[7] != '1') ||
+        b[8] != ' ' || b[9] < '1' || b[9] > '5' || b[10] < '0' || b[10] > '9' ||
+        b[11] < '0' || b[11] > '9') {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t pos = 12;
+    int ascii = 1;
+    if (b[pos] == ' ') {
+        pos++;
+        while (pos < n && reason_byte(b[pos])) {
+            ascii &= b[pos] < 0x80;
+            pos++;
+        }
+    }
+    if (pos + 1 >= n || b[pos] != '\r' || b[pos + 1] != '\n') {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t longest = pos;
+    if (!ascii) {
+        PyObject *line = decode((const char *)b, pos);
+        if (line == NULL) {
+            return NULL;
+        }
+        longest = PyUnicode_GET_LENGTH(line);
+        Py_DECREF(line);
+    }
+    pos += 2;
+    const int http10 = b[7] == '0';
+    const long status = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+
+    /* First pass: the grammar, so that nothing is built for a refused head. */
+    Py_ssize_t fields = 0;
+    for (Py_ssize_t at = pos; at < n; fields++) {
+        Py_ssize_t start = at;
+        while (at < n && TCHAR[b[at]]) {
+            at++;
+        }
+        if (at == start || at >= n || b[at] != ':') {
+            Py_RETURN_NONE;
+        }
+        at++;
+        while (at < n && value_byte(b[at])) {
+            at++;
+        }
+        if (at + 1 >= n || b[at] != '\r' || b[at + 1] != '\n') {
+            Py_RETURN_NONE;
+        }
+        at += 2;
+    }
+
+    PyObject *headers = PyList_New(fields);
+    PyObject *lengths = PyList_New(0);
+    PyObject *codings = PyList_New(0);
+    PyObject *connections = PyList_New(0);
+    PyObject *content_type = NULL;
+    if (headers == NULL || lengths == NULL || codings == NULL || connections == NULL) {
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < fields; i++) {
+        Py_ssize_t start = pos;
+        while (b[pos] != ':') {
+            pos++;
+        }
+        Py_ssize_t name_len = pos - start;
+        Py_ssize_t vstart = ++pos;
+        int value_ascii = 1;
+        while (b[pos] != '\r') {
+            value_ascii &= b[pos] < 0x80;
+            pos++;
+        }
+        Py_ssize_t vend = pos;
+        pos += 2;
+        Py_ssize_t lo = vstart, hi = vend;
+        while (lo < hi && (b[lo] == ' ' || b[lo] == '\t')) {
+            lo++;
+        }
+        while (hi > lo && (b[hi - 1] == ' ' || b[hi - 1] == '\t')) {
+            hi--;
+        }
+        PyObject *name = PyUnicode_DecodeASCII((const char *)b + start, name_len, NULL);
+        if (name == NULL) {
+            goto fail;
+        }
+        PyObject *value;
+        Py_ssize_t line_len;
+        if (value_ascii) {
+            value = PyUnicode_DecodeASCII((const char *)b + lo, hi - lo, NULL);
+            line_len = vend - start;
+        } else {
+            /* Stripping SP and HTAB from the ends never splits a character. */
+            PyObject *whole = decode((const char *)b + vstart, vend - vstart);
+            if (whole == NULL) {
+                Py_DECREF(name);
+                goto fail;
+            }
+            line_len = name_len + 1 + PyUnicode_GET_LENGTH(whole);
+            Py_ssize_t skip = lo - vstart, cut = vend - hi;
+            value = PyUnicode_Substring(whole, skip, PyUnicode_GET_LENGTH(whole) - cut);
+            Py_DECREF(whole);
+        }
+        if (value == NULL) {
+            Py_DECREF(name);
+            goto fail;
+        }
+        if (line_len > longest) {
+            longest = line_len;
+        }
+        const char *nm = (const char *)b + start;
+        PyObject *into = NULL;
+        if (ascii_ieq(nm, name_len, "content-length")) {
+            into = lengths;
+        } else if (ascii_ieq(nm, name_len, "transfer-encoding")) {
+            into = codings;
+        } else if (ascii_ieq(nm, name_len, "connection")) {
+            into = connections;
+        } else if (content_type == NULL && ascii_ieq(nm, name_len, "content-type")) {
+            content_type = Py_NewRef(value);
+        }
+        if (into != NULL && PyList_Append(into, value) < 0) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto fail;
+        }
+        PyObject *pair = PyTuple_New(2);
+        if (pair == NULL) {
+            Py_DECREF(name);
+            Py_DECREF(value);
+            goto fail;
+        }
+        PyTuple_SET_ITEM(pair, 0, name);
+        PyTuple_SET_ITEM(pair, 1, value);
+        PyList_SET_ITEM(headers, i, pair);
+    }
+    PyObject *out = Py_BuildValue("(OlNNNNNn)", http10 ? Py_True : Py_False, status, headers,
+                                  lengths, codings, connections,
+                                  content_type != NULL ? content_type : Py_NewRef(Py_None),
+                                  longest);
+    return out;
+fail:
+    Py_XDECREF(headers);
+    Py_XDECREF(lengths);
+    Py_XDECREF(codings);
+    Py_XDECREF(connections);
+    Py_XDECREF(content_type);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * A growing byte buffer for the two writers.
+ */
+typedef struct {
+    char *data;
+    Py_ssize_t len;
+    Py_ssize_t cap;
+    char small[1024];
+} Out;
+
+static void
+out_init(Out *o)
+{
+    o->data = o->small;
+    o->len = 0;
+    o->cap = (Py_ssize_t)sizeof(o->small);
+}
+
+static void
+out_free(Out *o)
+{
+    if (o->data != o->small) {
+        PyMem_Free(o->data);
+    }
+}
+
+static int
+out_put(Out *o, const char *s, Py_ssize_t n)
+{
+    if (n > PY_SSIZE_T_MAX - o->len) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (o->len + n > o->cap) {
+        Py_ssize_t cap = o->cap;
+        while (cap < o->len + n) {
+            if (cap > PY_SSIZE_T_MAX / 2) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            cap *= 2;
+        }
+        char *grown = PyMem_Malloc((size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(grown, o->data, (size_t)o->len);
+        out_free(o);
+        o->data = grown;
+        o->cap = cap;
+    }
+    memcpy(o->data + o->len, s, (size_t)n);
+    o->len += n;
+    return 0;
+}
+
+#define OUT_LIT(o, lit) out_put((o), (lit), (Py_ssize_t)(sizeof(lit) - 1))
+
+static int
+out_str(Out *o, PyObject *ascii)
+{
+    return out_put(o, (const char *)PyUnicode_DATA(ascii), PyUnicode_GET_LENGTH(ascii));
+}
+
+/* An ASCII str (the flag CPython keeps: no scan), else not ours. */
+static inline int
+plain(PyObject *s)
+{
+    return PyUnicode_Check(s) && PyUnicode_IS_ASCII(s);
+}
+
+/* ---------------------------------------------------------------------------
+ * request_head(method, target, host, headers, body) -> bytes | None
+ *
+ * serialize_request_reference's result, or its ValueError; None (the caller
+ * runs the reference) where a string is not ASCII or ``headers`` is not a
+ * dict of str.
+ */
+#define MAX_REQUEST_FIELDS 256
+
+static const char *const FRAMING[] = {"host", "content-length", "transfer-encoding",
+                                      "connection", "expect", "upgrade", NULL};
+
+static int
+refuse_request(void)
+{
+    PyErr_SetString(PyExc_ValueError, "request target or header field refused");
+    return -1;
+}
+
+static PyObject *
+request_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "request_head() takes 5 arguments");
+        return NULL;
+    }
+    PyObject *method = args[0], *target = args[1], *host = args[2], *headers = args[3];
+    PyObject *body = args[4];
+    if (!plain(method) || !plain(target) || !plain(host) || !PyDict_CheckExact(headers) ||
+        (body != Py_None && !PyBytes_Check(body))) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyDict_GET_SIZE(headers);
+    if (count > MAX_REQUEST_FIELDS) {
+        Py_RETURN_NONE;
+    }
+    /* The fields in the reference's order: a name given twice (in any case)
+     * is sent once, where it first stood, with its last spelling and value. */
+    PyObject *names[MAX_REQUEST_FIELDS], *values[MAX_REQUEST_FIELDS];
+    Py_ssize_t kept = 0, it = 0;
+    PyObject *key, *val;
+    while (PyDict_Next(headers, &it, &key, &val)) {
+        if (!plain(key) || !plain(val)) {
+            Py_RETURN_NONE;
+        }
+        const char *k = (const char *)PyUnicode_DATA(key);
+        Py_ssize_t kn = PyUnicode_GET_LENGTH(key);
+        Py_ssize_t j = 0;
+        for (; j < kept; j++) {
+            if (PyUnicode_GET_LENGTH(names[j]) == kn &&
+                same_name(k, (const char *)PyUnicode_DATA(names[j]), kn)) {
+                break;
+            }
+        }
+        names[j] = key;
+        values[j] = val;
+        if (j == kept) {
+            kept++;
+        }
+    }
+    /* The request line: [A-Z]{1,20} SP /[\x21-\x7e]* */
+    const char *m = (const char *)PyUnicode_DATA(method);
+    Py_ssize_t mn = PyUnicode_GET_LENGTH(method);
+    const char *t = (const char *)PyUnicode_DATA(target);
+    Py_ssize_t tn = PyUnicode_GET_LENGTH(target);
+    if (mn < 1 || mn > 20 || tn < 1 || t[0] != '/') {
+        refuse_request();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < mn; i++) {
+        if (m[i] < 'A' || m[i] > 'Z') {
+            refuse_request();
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 1; i < tn; i++) {
+        if (t[i] < 0x21 || t[i] > 0x7E) {
+            refuse_request();
+            return NULL;
+        }
+    }
+    for (Py_ssize_t j = 0; j < kept; j++) {
+        const char *k = (const char *)PyUnicode_DATA(names[j]);
+        Py_ssize_t kn = PyUnicode_GET_LENGTH(names[j]);
+        if (kn == 0) {
+            refuse_request();
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < kn; i++) {
+            if (!TCHAR[(unsigned char)k[i]]) {
+                refuse_request();
+                return NULL;
+            }
+        }
+        for (const char *const *f = FRAMING; *f != NULL; f++) {
+            if (ascii_ieq(k, kn, *f)) {
+                refuse_request();
+                return NULL;
+            }
+        }
+        const char *v = (const char *)PyUnicode_DATA(values[j]);
+        Py_ssize_t vn = PyUnicode_GET_LENGTH(values[j]);
+        for (Py_ssize_t i = 0; i < vn; i++) {
+            if (v[i] != '\t' && (v[i] < 0x20 || v[i] == 0x7F)) {
+                refuse_request();
+                return NULL;
+            }
+        }
+    }
+    const char *h = (const char *)PyUnicode_DATA(host);
+    Py_ssize_t hn = PyUnicode_GET_LENGTH(host);
+    for (Py_ssize_t i = 0; i < hn; i++) {
+        if (h[i] != '\t' && (h[i] < 0x20 || h[i] == 0x7F)) {
+            refuse_request();
+            return NULL;
+        }
+    }
+    Out o;
+    out_init(&o);
+    char number[32];
+    int ok = out_str(&o, method) == 0 && OUT_LIT(&o, " ") == 0 && out_str(&o, target) == 0 &&
+             OUT_LIT(&o, " HTTP/1.1\r\nHost: ") == 0 && out_str(&o, host) == 0 &&
+             OUT_LIT(&o, "\r\n") == 0;
+    for (Py_ssize_t j = 0; ok && j < kept; j++) {
+        ok = out_str(&o, names[j]) == 0 && OUT_LIT(&o, ": ") == 0 &&
+             out_str(&o, values[j]) == 0 && OUT_LIT(&o, "\r\n") == 0;
+    }
+    if (ok && body != Py_None) {
+        int w = snprintf(number, sizeof(number), "%zd", PyBytes_GET_SIZE(body));
+        ok = OUT_LIT(&o, "Content-Length: ") == 0 && out_put(&o, number, w) == 0 &&
+             OUT_LIT(&o, "\r\n") == 0;
+    } else if (ok && ((mn == 4 && memcmp(m, "POST", 4) == 0) ||
+                      (mn == 3 && memcmp(m, "PUT", 3) == 0) ||
+                      (mn == 5 && memcmp(m, "PATCH", 5) == 0))) {
+        ok = OUT_LIT(&o, "Content-Length: 0\r\n") == 0;
+    }
+    ok = ok && OUT_LIT(&o, "\r\n") == 0;
+    if (ok && body != Py_None) {
+        ok = out_put(&o, PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)) == 0;
+    }
+    PyObject *result = ok ? PyBytes_FromStringAndSize(o.data, o.len) : NULL;
+    out_free(&o);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------
+ * answer_head(major, minor, status, reason, items, method, body_length,
+ *             keep_alive, date) -> None | (head, length)
+ *
+ * serialize_reference's head and the Content-Length it settled on (-1 for
+ * none), or its ValueError for a CR or LF in a header. ``items`` are the
+ * answer's header fields as (name, value) pairs. None where a string is not
+ * ASCII, an item is not a pair of str, or a Content-Length is anything but
+ * 1 to 18 digits (the reference reads it with int()).
+ */
+#define MAX_ANSWER_FIELDS 128
+
+static inline int
+empty_body_status(long status)
+{
+    return status == 204 || status == 304 || (status >= 100 && status < 200);
+}
+
+static int
+has_crlf(PyObject *s)
+{
+    const char *p = (const char *)PyUnicode_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    return memchr(p, '\r', (size_t)n) != NULL || memchr(p, '\n', (size_t)n) != NULL;
+}
+
+static PyObject *
+answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 9) {
+        PyErr_SetString(PyExc_TypeError, "answer_head() takes 9 arguments");
+        return NULL;
+    }
+    long major = PyLong_AsLong(args[0]);
+    long minor = PyLong_AsLong(args[1]);
+    long status = PyLong_AsLong(args[2]);
+    Py_ssize_t body_length = PyLong_AsSsize_t(args[6]);
+    int keep_alive = PyObject_IsTrue(args[7]);
+    if (PyErr_Occurred() || keep_alive < 0) {
+        return NULL;
+    }
+    PyObject *reason = args[3], *items = args[4], *method = args[5], *date = args[8];
+    if (!plain(reason) || !plain(method) || !plain(date) || !PyList_CheckExact(items) ||
+        PyList_GET_SIZE(items) > MAX_ANSWER_FIELDS) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !plain(PyTuple_GET_ITEM(pair, 0)) || !plain(PyTuple_GET_ITEM(pair, 1))) {
+            Py_RETURN_NONE;
+        }
+    }
+    const char *m = (const char *)PyUnicode_DATA(method);
+    Py_ssize_t mn = PyUnicode_GET_LENGTH(method);
+    const int head_method = mn == 4 && memcmp(m, "HEAD", 4) == 0;
+    const int connect = mn == 7 && memcmp(m, "CONNECT", 7) == 0;
+    const int empty = head_method || empty_body_status(status);
+    const int drop_length =
+        empty_body_status(status) || (connect && status >= 200 && status < 300);
+
+    Out o;
+    out_init(&o);
+    char line[64];
+    long long length = -1;
+    int has_type = 0, has_date = 0, has_connection = 0;
+    int w = snprintf(line, sizeof(line), "HTTP/%ld.%ld %ld ", major, minor, status);
+    int ok = w > 0 && w < (int)sizeof(line) && out_put(&o, line, w) == 0 &&
+             out_str(&o, reason) == 0 && OUT_LIT(&o, "\r\n") == 0;
+    int crlf = has_crlf(reason);
+    for (Py_ssize_t i = 0; ok && i < count; i++) {
+        PyObject *pair = PyList_GET_ITEM(items, i);
+        PyObject *name = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        const char *nm = (const char *)PyUnicode_DATA(name);
+        Py_ssize_t nn = PyUnicode_GET_LENGTH(name);
+        if (ascii_ieq(nm, nn, "content-length")) {
+            if (drop_length) {
+                continue;
+            }
+            const char *v = (const char *)PyUnicode_DATA(value);
+            Py_ssize_t vn = PyUnicode_GET_LENGTH(value);
+            if (vn < 1 || vn > 18) {
+                out_free(&o);
+                Py_RETURN_NONE;
+            }
+            long long parsed = 0;
+            for (Py_ssize_t k = 0; k < vn; k++) {
+                if (v[k] < '0' || v[k] > '9') {
+                    out_free(&o);
+                    Py_RETURN_NONE;
+                }
+                parsed = parsed * 10 + (v[k] - '0');
+            }
+            length = parsed;
+        } else if (empty && ascii_ieq(nm, nn, "transfer-encoding")) {
+            continue;
+        }
+        crlf |= has_crlf(name) || has_crlf(value);
+        ok = out_str(&o, name) == 0 && OUT_LIT(&o, ": ") == 0 && out_str(&o, value) == 0 &&
+             OUT_LIT(&o, "\r\n") == 0;
+    }
+    /* "Content-Type" in headers, "Date" in headers, "Connection" in headers:
+     * the reference asks the multidict, which finds a dropped field too. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
+        const char *nm = (const char *)PyUnicode_DATA(name);
+        Py_ssize_t nn = PyUnicode_GET_LENGTH(name);
+        has_type |= ascii_ieq(nm, nn, "content-type");
+        has_date |= ascii_ieq(nm, nn, "date");
+        has_connection |= ascii_ieq(nm, nn, "connection");
+    }
+    if (ok && length < 0 && !drop_length &&
+        (body_length > 0 || (status != 304 && !head_method))) {
+        length = body_length;
+        w = snprintf(line, sizeof(line), "Content-Length: %zd\r\n", body_length);
+        ok = w > 0 && w < (int)sizeof(line) && out_put(&o, line, w) == 0;
+    }
+    if (ok && !empty && length != 0 && !has_type) {
+        ok = OUT_LIT(&o, "Content-Type: application/octet-stream\r\n") == 0;
+    }
+    if (ok && !has_date) {
+        crlf |= has_crlf(date);
+        ok = OUT_LIT(&o, "Date: ") == 0 && out_str(&o, date) == 0 && OUT_LIT(&o, "\r\n") == 0;
+    }
+    if (ok && !has_connection) {
+        if (keep_alive) {
+            if (major == 1 && minor == 0) {
+                ok = OUT_LIT(&o, "Connection: keep-alive\r\n") == 0;
+            }
+        } else if (major == 1 && minor == 1) {
+            ok = OUT_LIT(&o, "Connection: close\r\n") == 0;
+        }
+    }
+    ok = ok && OUT_LIT(&o, "\r\n") == 0;
+    if (!ok) {
+        out_free(&o);
+        return NULL;
+    }
+    if (crlf) {
+        out_free(&o);
+        PyErr_SetString(PyExc_ValueError, "CR or LF in a response header");
+        return NULL;
+    }
+    PyObject *head = PyBytes_FromStringAndSize(o.data, o.len);
+    out_free(&o);
+    if (head == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(NL)", head, length);
+}
+
+/* Added to the module by PyInit__native (gateway/core/_native.c). */
+PyMethodDef native_http_methods[] = {
+    {"response_head", response_head, METH_O,
+     "ResponseReader._parse_head_reference's reading of a response head, or None."},
+    {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,
+     "serialize_request_reference(...), or None where the input is not plain ASCII."},
+    {"answer_head", (PyCFunction)(void (*)(void))answer_head, METH_FASTCALL,
+     "The lean server's answer head and its Content-Length (-1: none), or None."},
+    {NULL, NULL, 0, NULL},
+};
