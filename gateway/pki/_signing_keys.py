@@ -63,6 +63,7 @@ class KeyRing:
         self.clock = clock
         self._lock = threading.Lock()
         self._keys: tuple[SigningKey, ...] = ()
+        self._by_activation: tuple[SigningKey, ...] = ()
         self._load()
         if not self._keys:
             now = clock()
@@ -70,7 +71,12 @@ class KeyRing:
             self._load()
 
     def _load(self) -> None:
-        self._keys = tuple(SigningKey.from_record(r) for r in self.store.signing_keys())
+        keys = tuple(SigningKey.from_record(r) for r in self.store.signing_keys())
+        # Newest activation first (stable: among equal times, the store's
+        # order): current() takes the first whose time has come, once a
+        # request, without building a list.
+        self._keys, self._by_activation = keys, tuple(
+            sorted(keys, key=lambda k: k.activate_at, reverse=True))
 
     def reload(self) -> None:
         """Read the keys again: another process of the fleet rotated them."""
@@ -80,8 +86,10 @@ class KeyRing:
     def current(self, now: datetime | None = None) -> SigningKey:
         """The newest key whose activation time has come."""
         now = now or self.clock()
-        active = [k for k in self._keys if k.activate_at <= now]
-        return max(active, key=lambda k: k.activate_at) if active else self._keys[0]
+        for key in self._by_activation:
+            if key.activate_at <= now:
+                return key
+        return self._keys[0]
 
     def published(self, now: datetime | None = None) -> tuple[SigningKey, ...]:
         now = now or self.clock()
