@@ -18,7 +18,7 @@
  *                  arrays cut out of a batch, and their numbers checked);
  *   response_head, request_head, answer_head
  *                  the data plane's HTTP/1.1 wire forms, in
- *                  gateway/core/_native_http.c (its header says whose).
+ *                  gateway/core/_native_wire.c (its header says whose).
  *
  * tests/core/test_native.py compares each with its reference on generated
  * input. Nothing here trusts its input to be well formed: every read of a
@@ -36,8 +36,8 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The wire forms' functions, in gateway/core/_native_http.c. */
-extern PyMethodDef native_http_methods[];
+/* The wire forms' functions, in gateway/core/_native_wire.c. */
+extern PyMethodDef native_wire_methods[];
 
 #define LONG_COUNT 0xFF
 #define ID_MAX 255 /* bytes: snapshot.ID_MAX */
@@ -925,7 +925,7 @@ PyInit__native(void)
     if (PyModule_AddObjectRef(m, "Probe", (PyObject *)&ProbeType) < 0 ||
         PyModule_AddObjectRef(m, "Holds", (PyObject *)&HoldsType) < 0 ||
         PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0 ||
-        PyModule_AddFunctions(m, native_http_methods) < 0) {
+        PyModule_AddFunctions(m, native_wire_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from gateway.core.native import native as _native
 from gateway.core.rejected import Rejected
 
 # Arrays and objects inside each other in any JSON the data plane parses (a
@@ -132,9 +133,31 @@ def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def loads_limited(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> Any:
     """``json.loads(raw)`` with the nesting capped at ``max_depth`` (:class:`TooDeep`)
     and every key once per object (:class:`DuplicateKey`). Other errors are
-    json.loads's own (``json.JSONDecodeError``, ``UnicodeDecodeError``)."""
-    check_depth(raw, max_depth)
-    return loads_unique(raw)
+    json.loads's own (``json.JSONDecodeError``, ``UnicodeDecodeError``).
+    For UTF-8 bytes, where gateway.core._native was built, what it needs to
+    know of the text is read in one pass in C (``json_facts``, whose
+    reference is :func:`json_facts_reference`)."""
+    facts = None if _native is None or type(raw) is not bytes else _native.json_facts(raw)
+    if facts is None:
+        check_depth(raw, max_depth)
+        return loads_unique(raw)
+    depth, colons, suspect = facts
+    if depth > max_depth:
+        raise TooDeep(f"JSON nested deeper than {max_depth}")
+    return _loads_counted(raw, colons, suspect)
+
+
+def json_facts_reference(data: bytes) -> tuple[int, int, bool] | None:
+    """The specification of ``json_facts`` in gateway/core/_native_wire.c:
+    None where ``data`` is not read as UTF-8, else its nesting depth as
+    :func:`check_depth` measures it (0 for none), its colons, and whether
+    counting them proves nothing (a ``\\u`` escape, a long number)."""
+    if json.detect_encoding(data) not in ("utf-8", "utf-8-sig"):
+        return None
+    structure = _ESCAPE.sub(b"", data) if b"\\" in data else data
+    structure = _STRING.sub(b"", structure.translate(None, _STRUCTURE).replace(b'""', b""))
+    depth = max(0, max(accumulate(map(_STEP.__getitem__, structure)), default=0))
+    return depth, data.count(b":"), b"\\u" in data or has_long_number(data)
 
 
 def loads_unique(raw: bytes | bytearray | str) -> Any:
@@ -142,25 +165,25 @@ def loads_unique(raw: bytes | bytearray | str) -> Any:
     (:class:`DuplicateKey`), for text whose depth is already checked:
     orjson's parse where it provably kept every member, else the standard
     library's with a hook on every pair (module docstring)."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    # One byte first: a much faster search than the pair.
+    suspect = (b"\\" in data and b"\\u" in data) or has_long_number(data)
+    return _loads_counted(raw, data.count(b":"), suspect)
+
+
+def _loads_counted(raw: bytes | bytearray | str, colons: int, suspect: bool) -> Any:
+    """orjson's parse of ``raw`` where it provably kept every member (the
+    text has ``colons`` colons, and no escape or long number makes the
+    count unprovable), else the standard library's with a hook on every
+    pair, which has the last word (module docstring)."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass  # the standard library's verdict (and error) below
     else:
-        if _every_member_kept(raw, parsed):
+        if not suspect and colons == orjson.dumps(parsed).count(b":"):
             return parsed
     return json.loads(raw, object_pairs_hook=unique_object)
-
-
-def _every_member_kept(raw: bytes | bytearray | str, parsed: Any) -> bool:
-    """True only if parsing ``raw`` dropped no member (no duplicate name);
-    False also when that cannot be shown by counting (module docstring)."""
-    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    if b"\\" in data and b"\\u" in data:  # one byte first: a much faster search
-        return False
-    if has_long_number(data):
-        return False
-    return data.count(b":") == orjson.dumps(parsed).count(b":")
 
 
 def has_long_number(data: bytes | bytearray) -> bool:

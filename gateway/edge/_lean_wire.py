@@ -90,7 +90,7 @@ def serialize(request: LeanRequest, response: web.Response,
 def serialize_reference(request: LeanRequest, response: web.Response,
                         keep_alive: bool) -> tuple[bytes, bytes]:
     """``serialize`` in Python: the specification of ``answer_head`` in
-    gateway/core/_native_http.c."""
+    gateway/core/_native_wire.c."""
     status = response.status
     method = request.method
     body = _body_of(response)

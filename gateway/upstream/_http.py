@@ -96,7 +96,7 @@ def read_head_reference(block: bytes) -> HeadRead | None:
     SP and HTAB, the values of Content-Length, Transfer-Encoding and
     Connection, the first Content-Type, and the longest line's length in
     characters (the status line's included). The specification of
-    ``response_head`` in gateway/core/_native_http.c."""
+    ``response_head`` in gateway/core/_native_wire.c."""
     match = _HEAD.fullmatch(block)
     if match is None:
         return None
@@ -351,7 +351,7 @@ def serialize_request(method: str, target: str, host: str, headers: Mapping[str,
 def serialize_request_reference(method: str, target: str, host: str,
                                 headers: Mapping[str, str], body: bytes | None) -> bytes:
     """``serialize_request`` in Python: the specification of ``request_head``
-    in gateway/core/_native_http.c."""
+    in gateway/core/_native_wire.c."""
     start = f"{method} {target}"
     # Field names are case-insensitive: a name given twice is sent once, the
     # last value winning (what aiohttp did with the same mapping).

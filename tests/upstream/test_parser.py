@@ -3,8 +3,8 @@
 answers; the pool over real sockets is in tests/upstream/test_http.py.
 
 Every test here runs twice: with the head read and the request written in C
-(gateway/core/_native_http.c) where it was built, and with the Python
-references, so both are held to every rule (tests/core/test_native_http.py
+(gateway/core/_native_wire.c) where it was built, and with the Python
+references, so both are held to every rule (tests/core/test_native_wire.py
 compares the two on generated input)."""
 
 from __future__ import annotations

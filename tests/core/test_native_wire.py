@@ -1,7 +1,8 @@
-"""The wire forms in C (gateway/core/_native_http.c) against their Python
+"""The wire forms in C (gateway/core/_native_wire.c) against their Python
 references: the upstream client's reading of a response head and its request
 writer (gateway/upstream/_http.py), the lean server's answer head
-(gateway/edge/_lean_wire.py).
+(gateway/edge/_lean_wire.py), and what the JSON limits read of a text before
+parsing it (gateway/core/jsonlimits.py).
 
 The references stay the specification; the rule tests of the client
 (tests/upstream/test_parser.py) run on both. Here: the gateway calls the C
@@ -13,6 +14,7 @@ not plain ASCII) the reference writes it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -23,6 +25,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+from gateway.core import jsonlimits
 from gateway.core.native import native
 from gateway.edge import _lean_wire
 from gateway.upstream import _http
@@ -311,3 +314,115 @@ def test_the_answer_writer_declines_what_is_not_plain_ascii() -> None:
         assert native.answer_head(*changed) is None, (at, value)
     with pytest.raises(TypeError):
         native.answer_head(*args[:8])
+
+
+# --- a JSON text's facts ----------------------------------------------------------------
+
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(10**25), 10**25),
+              st.floats(allow_nan=False, allow_infinity=False),
+              st.text(st.sampled_from(list('ab:"\\/\u00e9\n{}[]0123456789u')), max_size=8)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.text(st.sampled_from(list('ab:"\\{}[1')), max_size=3), inner,
+                        max_size=4)),
+    max_leaves=20)
+
+
+@st.composite
+def json_texts(draw: st.DrawFn) -> bytes:
+    value = draw(JSON_VALUES)
+    text = json.dumps(value, ensure_ascii=draw(st.booleans()),
+                      indent=draw(st.sampled_from([None, 1])))
+    if draw(st.booleans()):  # a duplicate member, a stray byte, a cut
+        cut = draw(st.integers(0, len(text)))
+        text = text[:cut] + draw(st.sampled_from(['"a": 1, "a": 2', '\\', '"', '[', '}',
+                                                  ':', '-1234567890123456789', '\\u0061'])) \
+            + text[cut:]
+    return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=2000, deadline=None)
+@given(json_texts())
+@example(b'{"a": "\\\\u"}')
+@example(b'"\\\\:1234567890123456789"')
+@example(b'[1234567890123456789]')
+@example(b'1234567890123456789')
+@example(b'"a\\"[[[["')
+# A quote left unpaired: which one depends on the adjacent pairs dropped first.
+@example(b'"[]')
+@example(b'"[{"[": null}]')
+@example(b'"{"": null}')
+@example(b'"""[')
+@example(b'""""[')
+def test_a_json_texts_facts_are_read_alike(data: bytes) -> None:
+    assert native is not None
+    assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.binary(max_size=64))
+@example(b"\xff\xfe[]")
+@example(b"\xfe\xff[]")
+@example(b"\x00[")
+@example(b"[\x00]]")
+@example(b"\x00[]")
+@example(b"\xef\xbb\xbf[[]]")
+@example(b"\\")
+def test_any_bytes_facts_are_read_alike(data: bytes) -> None:
+    assert native is not None
+    assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
+
+
+def _outcome(parse: Any, data: bytes, max_depth: int) -> Any:
+    try:
+        return ("ok", parse(data, max_depth))
+    except ValueError as exc:  # TooDeep, DuplicateKey, JSONDecodeError, UnicodeDecodeError
+        return (type(exc).__name__, str(exc))
+
+
+def _reference_loads(data: bytes, max_depth: int) -> Any:
+    jsonlimits.check_depth(data, max_depth)
+    return jsonlimits.loads_unique(data)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(json_texts(), st.integers(0, 4))
+def test_a_json_text_is_parsed_alike(data: bytes, max_depth: int) -> None:
+    assert _outcome(jsonlimits.loads_limited, data, max_depth) == _outcome(
+        _reference_loads, data, max_depth)
+
+
+@pytest.mark.parametrize("data,max_depth,expected", [
+    (b"[[1]]", 2, ("ok", [[1]])),  # at the limit: kept
+    (b"[[1]]", 1, ("TooDeep", "JSON nested deeper than 1")),
+    (b'{"a": 1, "a": 2}', 64, ("DuplicateKey", "duplicate key 'a'")),
+    (b'{"a": 1, "\\u0061": 2}', 64, ("DuplicateKey", "duplicate key 'a'")),
+    # orjson reads an integer past 64 bits otherwise: the exact parse has it.
+    (b"[12345678901234567890123]", 64, ("ok", [12345678901234567890123])),
+    (b'{"a": "x:y"}', 64, ("ok", {"a": "x:y"})),
+])
+def test_the_c_path_keeps_every_rule(data: bytes, max_depth: int, expected: Any) -> None:
+    assert native is not None and native.json_facts(data) is not None  # the C path is taken
+    assert _outcome(jsonlimits.loads_limited, data, max_depth) == expected
+
+
+def test_the_parse_after_the_facts_is_orjsons_where_the_count_proves_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact parse is the fallback, not the rule: a plain text is parsed
+    once, by orjson."""
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the standard library parsed a text orjson had proven")
+
+    monkeypatch.setattr(jsonlimits.json, "loads", refuse)
+    assert jsonlimits.loads_limited(b'{"a": [1, 2, {"b": "c"}], "d": null}') == {
+        "a": [1, 2, {"b": "c"}], "d": None}
+
+
+def test_the_facts_take_bytes_only() -> None:
+    assert native is not None
+    with pytest.raises(TypeError):
+        native.json_facts("[]")  # type: ignore[arg-type]
+    # Text that is not bytes takes the reference.
+    assert jsonlimits.loads_limited(bytearray(b"[1]")) == [1]
+    assert jsonlimits.loads_limited("[1]") == [1]

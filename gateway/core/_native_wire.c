@@ -1,7 +1,8 @@
 /*
- * Native accelerators of the data plane's HTTP/1.1 wire forms, part of
- * gateway.core._native (gateway/core/_native.c adds these functions to the
- * module). Each has a Python reference that stays the specification:
+ * Native accelerators of the data plane's wire forms (HTTP/1.1 heads, JSON
+ * bodies), part of gateway.core._native (gateway/core/_native.c adds these
+ * functions to the module). Each has a Python reference that stays the
+ * specification:
  *
  *   response_head  the upstream client's parse of a response head,
  *                  ResponseReader._parse_head_reference of
@@ -10,14 +11,19 @@
  *   request_head   serialize_request_reference of gateway/upstream/_http.py
  *                  (one request head, with every refusal of the reference);
  *   answer_head    the lean server's answer head, serialize_reference of
- *                  gateway/edge/_lean_wire.py.
+ *                  gateway/edge/_lean_wire.py;
+ *   json_facts     json_facts_reference of gateway/core/jsonlimits.py: what
+ *                  loads_limited needs to know of a JSON text before and
+ *                  after orjson parses it (its nesting depth, its colons,
+ *                  whether a string escape or a long number makes the count
+ *                  unprovable), in one pass.
  *
  * The parse takes untrusted bytes (an upstream's answer): every read is
  * within the block, and a block outside the grammar answers None, which the
  * caller refuses. The two writers take what the gateway built; where their
  * input is anything but plain ASCII (where Python's Unicode rules for
  * lowering, stripping or encoding would matter) they answer None and the
- * caller runs the reference. tests/core/test_native_http.py compares each
+ * caller runs the reference. tests/core/test_native_wire.py compares each
  * with its reference.
  */
 #define PY_SSIZE_T_CLEAN
@@ -634,13 +640,113 @@ answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return Py_BuildValue("(NL)", head, length);
 }
 
+/* ---------------------------------------------------------------------------
+ * json_facts(data) -> None | (depth, colons, suspect)
+ *
+ * None where json.detect_encoding would not read ``data`` as UTF-8 (a NUL in
+ * its first bytes, a UTF-16 or UTF-32 byte order mark). Else: the deepest
+ * nesting of arrays and objects outside strings (0 for none; a backslash and
+ * the byte after it are skipped wherever they stand, a quote opens or closes
+ * a string, and a last quote left unpaired stands for nothing), the colons in the text
+ * (inside strings too), and whether it holds "\u" or a run of 19 or more
+ * digits at its start or after one of [ : , - SP HTAB LF CR.
+ */
+static PyObject *
+json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "json_facts() takes bytes");
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(arg);
+    const Py_ssize_t n = PyBytes_GET_SIZE(arg);
+    if (n >= 2 && ((b[0] == 0xFF && b[1] == 0xFE) || (b[0] == 0xFE && b[1] == 0xFF))) {
+        Py_RETURN_NONE;
+    }
+    if ((n >= 4 || n == 2) && (b[0] == 0 || b[1] == 0)) {
+        Py_RETURN_NONE;
+    }
+    long depth = 0, deepest = 0, open_depth = 0, open_deepest = 0;
+    Py_ssize_t colons = 0, digits = 0;
+    int in_string = 0, escaped = 0, held = 0, suspect = 0;
+    int counting = 1; /* a run of digits counts at the start, and after a number's start */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const unsigned char c = b[i];
+        /* Over every byte as has_long_number reads them (escapes not skipped). */
+        if (c >= '0' && c <= '9') {
+            if (counting && ++digits >= 19) {
+                suspect = 1;
+            }
+        } else {
+            digits = 0;
+            counting = c == '[' || c == ':' || c == ',' || c == '-' || c == ' ' || c == '\t' ||
+                       c == '\n' || c == '\r';
+        }
+        if (c == ':') {
+            colons++;
+        } else if (c == '\\' && i + 1 < n && b[i + 1] == 'u') {
+            suspect = 1;
+        }
+        /* The structure, as the reference reads it: escapes (a backslash and
+         * the byte after it) dropped, then of the quotes and brackets left
+         * every two adjacent quotes dropped, then quotes paired in order; a
+         * last quote left unpaired stands for nothing, what follows it is
+         * structure. A quote is held until the next quote or bracket says
+         * which it is. */
+        if (escaped) {
+            escaped = 0;
+            continue;
+        }
+        if (c == '\\') {
+            escaped = 1;
+            continue;
+        }
+        if (c == '"') {
+            held = !held; /* two adjacent quotes: both dropped */
+            continue;
+        }
+        if (c != '[' && c != '{' && c != ']' && c != '}') {
+            continue;
+        }
+        if (held) {
+            held = 0;
+            in_string = !in_string;
+            /* The walk from here, should this string never close. */
+            open_depth = depth;
+            open_deepest = 0;
+        }
+        const int step = c == '[' || c == '{' ? 1 : -1;
+        if (!in_string) {
+            depth += step;
+            if (depth > deepest) {
+                deepest = depth;
+            }
+        } else {
+            open_depth += step;
+            if (open_depth > open_deepest) {
+                open_deepest = open_depth;
+            }
+        }
+    }
+    if (held) { /* a quote held to the end opens a string with nothing in it */
+        in_string = !in_string;
+        open_deepest = 0;
+    }
+    if (in_string && open_deepest > deepest) {
+        deepest = open_deepest;
+    }
+    return Py_BuildValue("(lnO)", deepest, colons, suspect ? Py_True : Py_False);
+}
+
 /* Added to the module by PyInit__native (gateway/core/_native.c). */
-PyMethodDef native_http_methods[] = {
+PyMethodDef native_wire_methods[] = {
     {"response_head", response_head, METH_O,
      "ResponseReader._parse_head_reference's reading of a response head, or None."},
     {"request_head", (PyCFunction)(void (*)(void))request_head, METH_FASTCALL,
      "serialize_request_reference(...), or None where the input is not plain ASCII."},
     {"answer_head", (PyCFunction)(void (*)(void))answer_head, METH_FASTCALL,
      "The lean server's answer head and its Content-Length (-1: none), or None."},
+    {"json_facts", json_facts, METH_O,
+     "A JSON text's depth, colons and whether its colon count proves nothing, or None."},
     {NULL, NULL, 0, NULL},
 };
