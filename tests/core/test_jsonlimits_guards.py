@@ -118,3 +118,38 @@ def test_the_depth_of_utf_16_is_measured_on_its_text() -> None:
     raw = json.dumps({"k": "\u0122" * 3 + "[" * 70}, ensure_ascii=False).encode("utf-16-le")
     check_depth(raw)
     assert loads_limited(raw) == {"k": "\u0122" * 3 + "[" * 70}
+
+
+def test_utf8_bytes_are_read_in_c_where_it_is_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    """loads_limited reads a UTF-8 text's depth and colons in one C pass
+    (json_facts) where gateway.core._native was built: the Python scans are
+    then not run at all (tests/core/test_native_wire.py compares the two)."""
+    from gateway.core.native import native
+    if native is None:
+        pytest.skip("gateway.core._native was not built on this machine")
+
+    def not_here(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the Python scan ran for UTF-8 bytes")
+
+    monkeypatch.setattr(jsonlimits, "check_depth", not_here)
+    monkeypatch.setattr(jsonlimits, "loads_unique", not_here)
+    assert loads_limited(b'{"a": [1, {"b": null}]}') == {"a": [1, {"b": None}]}
+    with pytest.raises(TooDeep):
+        loads_limited(b"[[[1]]]", 2)
+    with pytest.raises(AssertionError, match="Python scan"):
+        loads_limited('{"a": 1}')  # a str: the reference
+
+
+def test_a_lone_surrogate_in_text_is_the_standard_librarys_to_read() -> None:
+    # orjson refuses it; the standard library reads it as it stands.
+    assert loads_limited('["\ud800"]') == ["\ud800"]
+    assert loads_unique('{"a": "\udfff"}') == {"a": "\udfff"}
+
+
+def test_the_depth_of_bytes_that_are_not_utf8_is_still_measured() -> None:
+    """The push intake measures a body's depth before anything else reads
+    it: bytes that are not valid UTF-8 are measured as they are, not
+    refused by a decode."""
+    check_depth(b'["\xff", [1]]', 2)
+    with pytest.raises(TooDeep):
+        check_depth(b'[[["\xff"]]]', 2)
