@@ -66,7 +66,8 @@ def heads(draw: st.DrawFn) -> bytes:
         value = b"".join(draw(st.lists(VALUE_BYTES, max_size=8)))
         sep = draw(st.sampled_from([b":", b":", b": ", b":\t", b""]))
         lines.append(name + sep + value)
-    end = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r"]))
+    end = draw(st.sampled_from([b"\r\n", b"\r\n", b"\r\n", b"\n", b"\r", b"\n\n", b"\x00\n",
+                                b"\r\r\n"]))
     return b"".join(line + end for line in lines)
 
 
@@ -75,6 +76,10 @@ def heads(draw: st.DrawFn) -> bytes:
 @example(b"HTTP/1.1 200 OK\r\nContent-Length:  12 \r\nConnection: close\r\n")
 @example(b"HTTP/1.1 200\r\n")
 @example(b"HTTP/1.0 204 \xc3\xa9\xff\r\nX: \t\xc2\xa0a\xe2\x82 \t\r\n")
+# A field line must end in CR LF exactly: not in another byte before the LF.
+@example(b"HTTP/1.1 200 OK\r\nX: a\n\nY: b\r\n")
+@example(b"HTTP/1.1 200 OK\r\nX: a\x00\nY: b\r\n")
+@example(b"HTTP/1.1 200 OK\n\nY: b\r\n")
 def test_a_head_is_read_alike(block: bytes) -> None:
     assert native is not None
     assert native.response_head(block) == _http.read_head_reference(block)
