@@ -640,6 +640,17 @@ answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     return Py_BuildValue("(NL)", head, length);
 }
 
+/* What a byte is to json_facts: most bytes of a text are J_OTHER. */
+enum { J_OTHER, J_DIGIT, J_START, J_COLON, J_BACKSLASH, J_QUOTE, J_OPEN, J_OPEN_START, J_CLOSE };
+static const unsigned char JSON_CLASS[256] = {
+    ['0'] = J_DIGIT, ['1'] = J_DIGIT, ['2'] = J_DIGIT, ['3'] = J_DIGIT, ['4'] = J_DIGIT,
+    ['5'] = J_DIGIT, ['6'] = J_DIGIT, ['7'] = J_DIGIT, ['8'] = J_DIGIT, ['9'] = J_DIGIT,
+    /* What a number may follow (has_long_number): [ : , - SP HTAB LF CR. */
+    [','] = J_START, ['-'] = J_START, [' '] = J_START, ['\t'] = J_START, ['\n'] = J_START,
+    ['\r'] = J_START, [':'] = J_COLON, ['['] = J_OPEN_START,
+    ['{'] = J_OPEN, [']'] = J_CLOSE, ['}'] = J_CLOSE, ['"'] = J_QUOTE, ['\\'] = J_BACKSLASH,
+};
+
 /* ---------------------------------------------------------------------------
  * json_facts(data) -> None | (depth, colons, suspect)
  *
@@ -671,41 +682,40 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
     int in_string = 0, escaped = 0, held = 0, suspect = 0;
     int counting = 1; /* a run of digits counts at the start, and after a number's start */
     for (Py_ssize_t i = 0; i < n; i++) {
-        const unsigned char c = b[i];
-        /* Over every byte as has_long_number reads them (escapes not skipped). */
-        if (c >= '0' && c <= '9') {
+        const unsigned char k = JSON_CLASS[b[i]];
+        /* Long numbers, over every byte as has_long_number reads them (escapes
+         * not skipped): a run of digits right after a number's start. */
+        if (k == J_DIGIT) {
             if (counting && ++digits >= 19) {
                 suspect = 1;
             }
-        } else {
-            digits = 0;
-            counting = c == '[' || c == ':' || c == ',' || c == '-' || c == ' ' || c == '\t' ||
-                       c == '\n' || c == '\r';
+            escaped = 0;
+            continue;
         }
-        if (c == ':') {
-            colons++;
-        } else if (c == '\\' && i + 1 < n && b[i + 1] == 'u') {
-            suspect = 1;
-        }
+        digits = 0;
+        counting = k == J_START || k == J_COLON || k == J_OPEN_START;
         /* The structure, as the reference reads it: escapes (a backslash and
          * the byte after it) dropped, then of the quotes and brackets left
          * every two adjacent quotes dropped, then quotes paired in order; a
          * last quote left unpaired stands for nothing, what follows it is
          * structure. A quote is held until the next quote or bracket says
          * which it is. */
-        if (escaped) {
+        if (k == J_BACKSLASH) {
+            if (i + 1 < n && b[i + 1] == 'u') {
+                suspect = 1; /* any backslash before a u, escaped or not */
+            }
+            escaped = !escaped;
+            continue;
+        }
+        if (k == J_COLON) {
+            colons++; /* every colon, inside strings too */
+        }
+        if (escaped || k == J_OTHER || k == J_START || k == J_COLON) {
             escaped = 0;
             continue;
         }
-        if (c == '\\') {
-            escaped = 1;
-            continue;
-        }
-        if (c == '"') {
+        if (k == J_QUOTE) {
             held = !held; /* two adjacent quotes: both dropped */
-            continue;
-        }
-        if (c != '[' && c != '{' && c != ']' && c != '}') {
             continue;
         }
         if (held) {
@@ -715,7 +725,7 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
             open_depth = depth;
             open_deepest = 0;
         }
-        const int step = c == '[' || c == '{' ? 1 : -1;
+        const int step = k == J_CLOSE ? -1 : 1;
         if (!in_string) {
             depth += step;
             if (depth > deepest) {
