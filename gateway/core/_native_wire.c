@@ -58,23 +58,6 @@ value_byte(unsigned char c)
 /* The reason phrase's bytes in _HEAD: [\t\x20-\x7e\x80-\xff]. The same set. */
 #define reason_byte value_byte
 
-/* ``name`` (n bytes) equals the lower-case ASCII ``lower``, ignoring case. */
-static int
-ascii_ieq(const char *name, Py_ssize_t n, const char *lower)
-{
-    Py_ssize_t i = 0;
-    for (; i < n && lower[i]; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (c >= 'A' && c <= 'Z') {
-            c = (unsigned char)(c + 32);
-        }
-        if (c != (unsigned char)lower[i]) {
-            return 0;
-        }
-    }
-    return i == n && lower[i] == '\0';
-}
-
 /* Two names of n ASCII bytes each are the same, ignoring case (str.lower()
  * of ASCII; a NUL is a byte like any other). */
 static int
@@ -93,6 +76,13 @@ same_name(const char *a, const char *b, Py_ssize_t n)
         }
     }
     return 1;
+}
+
+/* ``name`` (n bytes) equals the lower-case ASCII ``lower``, ignoring case. */
+static int
+ascii_ieq(const char *name, Py_ssize_t n, const char *lower)
+{
+    return (size_t)n == strlen(lower) && same_name(name, lower, n);
 }
 
 static PyObject *
