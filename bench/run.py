@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import http.client
 import json
 import os
@@ -1233,6 +1234,16 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     work = Path(args.work)
     run_dir = work / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    # One run at a time per work directory: a second (or a --serve-for stack
+    # still up) would delete the first's run directory and share its ports'
+    # files. The lock goes with this process, however it ends.
+    lock = (work / ".lock").open("w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"bench: another run is using {work} (wait for it, or stop it)", file=sys.stderr)
+        return 2
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
     pins = None if args.no_pin else cpus()

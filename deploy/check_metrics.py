@@ -6,6 +6,7 @@ standard library only, so it needs neither the venv nor PyYAML.
 
 Known series are
   * every Counter / Gauge / Histogram / Summary declared in gateway/metrics.py
+    and every subclass of those kinds it declares, read as its base
     (read with ``ast``, never imported; counters get ``_total``, histograms
     ``_bucket`` (+ ``le``), ``_sum`` and ``_count``),
   * the series of the client library's standard collectors that
@@ -81,6 +82,11 @@ DASHBOARD_DATASOURCE = "${DS_PROMETHEUS}"
 def metrics_from_source(path: Path) -> dict[str, frozenset[str]]:
     """Exposed series name -> label names, from the metric constructors."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    library = {"Counter", "Gauge", "Histogram", "Summary"}
+    # A subclass of one of the library's kinds declared in the file (the data
+    # plane's lock-free LoopCounter, LoopHistogram) exposes what its base does.
+    same_as = {node.name: base.id for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+               for base in node.bases if isinstance(base, ast.Name) and base.id in library}
     found: dict[str, frozenset[str]] = {}
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -88,10 +94,11 @@ def metrics_from_source(path: Path) -> dict[str, frozenset[str]]:
         func = node.func
         kind = func.id if isinstance(func, ast.Name) else (
             func.attr if isinstance(func, ast.Attribute) else "")
+        kind = same_as.get(kind, kind)
         if kind in COLLECTORS:
             found.update(COLLECTORS[kind])
             continue
-        if kind not in {"Counter", "Gauge", "Histogram", "Summary"}:
+        if kind not in library:
             continue
         name = _const_str(node.args[0] if node.args else _kwarg(node, "name"))
         if name is None:
