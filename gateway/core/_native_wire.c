@@ -345,11 +345,26 @@ plain(PyObject *s)
 static const char *const FRAMING[] = {"host", "content-length", "transfer-encoding",
                                       "connection", "expect", "upgrade", NULL};
 
-static int
+static PyObject *
 refuse_request(void)
 {
     PyErr_SetString(PyExc_ValueError, "request target or header field refused");
-    return -1;
+    return NULL;
+}
+
+/* A field value or host of the request (ASCII): its bytes are field-value
+ * bytes, no CR, LF or other control. */
+static int
+request_text_ok(PyObject *text)
+{
+    const unsigned char *p = (const unsigned char *)PyUnicode_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!value_byte(p[i])) {
+            return 0;
+        }
+    }
+    return 1;
 }
 
 static PyObject *
@@ -399,56 +414,40 @@ request_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t narg
     const char *t = (const char *)PyUnicode_DATA(target);
     Py_ssize_t tn = PyUnicode_GET_LENGTH(target);
     if (mn < 1 || mn > 20 || tn < 1 || t[0] != '/') {
-        refuse_request();
-        return NULL;
+        return refuse_request();
     }
     for (Py_ssize_t i = 0; i < mn; i++) {
         if (m[i] < 'A' || m[i] > 'Z') {
-            refuse_request();
-            return NULL;
+            return refuse_request();
         }
     }
     for (Py_ssize_t i = 1; i < tn; i++) {
         if (t[i] < 0x21 || t[i] > 0x7E) {
-            refuse_request();
-            return NULL;
+            return refuse_request();
         }
     }
     for (Py_ssize_t j = 0; j < kept; j++) {
         const char *k = (const char *)PyUnicode_DATA(names[j]);
         Py_ssize_t kn = PyUnicode_GET_LENGTH(names[j]);
         if (kn == 0) {
-            refuse_request();
-            return NULL;
+            return refuse_request();
         }
         for (Py_ssize_t i = 0; i < kn; i++) {
             if (!TCHAR[(unsigned char)k[i]]) {
-                refuse_request();
-                return NULL;
+                return refuse_request();
             }
         }
         for (const char *const *f = FRAMING; *f != NULL; f++) {
             if (ascii_ieq(k, kn, *f)) {
-                refuse_request();
-                return NULL;
+                return refuse_request();
             }
         }
-        const char *v = (const char *)PyUnicode_DATA(values[j]);
-        Py_ssize_t vn = PyUnicode_GET_LENGTH(values[j]);
-        for (Py_ssize_t i = 0; i < vn; i++) {
-            if (v[i] != '\t' && (v[i] < 0x20 || v[i] == 0x7F)) {
-                refuse_request();
-                return NULL;
-            }
+        if (!request_text_ok(values[j])) {
+            return refuse_request();
         }
     }
-    const char *h = (const char *)PyUnicode_DATA(host);
-    Py_ssize_t hn = PyUnicode_GET_LENGTH(host);
-    for (Py_ssize_t i = 0; i < hn; i++) {
-        if (h[i] != '\t' && (h[i] < 0x20 || h[i] == 0x7F)) {
-            refuse_request();
-            return NULL;
-        }
+    if (!request_text_ok(host)) {
+        return refuse_request();
     }
     Out o;
     out_init(&o);
