@@ -51,6 +51,11 @@ def http_date() -> str:
     return str(_date[1])
 
 
+def _no_body(method: str, status: int) -> bool:
+    """No body is sent: an answer to HEAD, a 1xx, 204 or 304."""
+    return method == "HEAD" or status in _EMPTY_BODY_STATUS
+
+
 def _body_of(response: web.Response) -> bytes:
     raw = response.body
     if raw is None:
@@ -79,7 +84,7 @@ def serialize(request: LeanRequest, response: web.Response,
                                       keep_alive, http_date())
         if written is not None:
             head, length = written
-            if method == "HEAD" or status in _EMPTY_BODY_STATUS:
+            if _no_body(method, status):
                 return head, b""
             if 0 <= length < len(body):
                 return head, body[:length]
@@ -95,7 +100,7 @@ def serialize_reference(request: LeanRequest, response: web.Response,
     method = request.method
     body = _body_of(response)
     headers = response.headers
-    empty = method == "HEAD" or status in _EMPTY_BODY_STATUS
+    empty = _no_body(method, status)
     drop_length = status in _EMPTY_BODY_STATUS or (method == "CONNECT" and 200 <= status < 300)
     major, minor = request.version
     lines = [f"HTTP/{major}.{minor} {status} {response.reason}\r\n"]
