@@ -211,8 +211,9 @@ class GatewayMetrics:
         self.build_info.labels(*build_labels()).set(1)
         self.native_info = Gauge(
             "gateway_native_info",
-            "1 for how this process checks ids and looks relations up (label impl: c, the "
-            "accelerator gateway.core._native built at install, or python, the references).",
+            "1 for how this process checks ids, looks relations up and reads its wire forms "
+            "(label impl: c, the accelerator gateway.core._native built at install, or "
+            "python, the references).",
             ["impl"], registry=r)
         self.native_info.labels("c" if native_available() else "python").set(1)
         self.event_loop_info = Gauge(
