@@ -54,9 +54,6 @@ class _LoopValue:
     def __init__(self) -> None:
         self.value = 0.0
 
-    def inc(self, amount: float) -> None:
-        self.value += amount
-
     def set(self, value: float, timestamp: float | None = None) -> None:
         self.value = value
 

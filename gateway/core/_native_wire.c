@@ -247,11 +247,9 @@ response_head(PyObject *Py_UNUSED(module), PyObject *arg)
         PyTuple_SET_ITEM(pair, 1, value);
         PyList_SET_ITEM(headers, i, pair);
     }
-    PyObject *out = Py_BuildValue("(OlNNNNNn)", http10 ? Py_True : Py_False, status, headers,
-                                  lengths, codings, connections,
-                                  content_type != NULL ? content_type : Py_NewRef(Py_None),
-                                  longest);
-    return out;
+    return Py_BuildValue("(OlNNNNNn)", http10 ? Py_True : Py_False, status, headers, lengths,
+                         codings, connections,
+                         content_type != NULL ? content_type : Py_NewRef(Py_None), longest);
 fail:
     Py_XDECREF(headers);
     Py_XDECREF(lengths);
@@ -524,12 +522,21 @@ answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_NONE;
     }
     Py_ssize_t count = PyList_GET_SIZE(items);
+    /* "Content-Type" in headers, "Date" in headers, "Connection" in headers:
+     * the reference asks the multidict, which finds a field dropped below too. */
+    int has_type = 0, has_date = 0, has_connection = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *pair = PyList_GET_ITEM(items, i);
         if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2 ||
             !plain(PyTuple_GET_ITEM(pair, 0)) || !plain(PyTuple_GET_ITEM(pair, 1))) {
             Py_RETURN_NONE;
         }
+        PyObject *name = PyTuple_GET_ITEM(pair, 0);
+        const char *nm = (const char *)PyUnicode_DATA(name);
+        Py_ssize_t nn = PyUnicode_GET_LENGTH(name);
+        has_type |= ascii_ieq(nm, nn, "content-type");
+        has_date |= ascii_ieq(nm, nn, "date");
+        has_connection |= ascii_ieq(nm, nn, "connection");
     }
     const char *m = (const char *)PyUnicode_DATA(method);
     Py_ssize_t mn = PyUnicode_GET_LENGTH(method);
@@ -543,7 +550,6 @@ answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
     out_init(&o);
     char line[64];
     long long length = -1;
-    int has_type = 0, has_date = 0, has_connection = 0;
     int w = snprintf(line, sizeof(line), "HTTP/%ld.%ld %ld ", major, minor, status);
     int ok = w > 0 && w < (int)sizeof(line) && out_put(&o, line, w) == 0 &&
              out_str(&o, reason) == 0 && OUT_LIT(&o, "\r\n") == 0;
@@ -578,16 +584,6 @@ answer_head(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs
         crlf |= has_crlf(name) || has_crlf(value);
         ok = out_str(&o, name) == 0 && OUT_LIT(&o, ": ") == 0 && out_str(&o, value) == 0 &&
              OUT_LIT(&o, "\r\n") == 0;
-    }
-    /* "Content-Type" in headers, "Date" in headers, "Connection" in headers:
-     * the reference asks the multidict, which finds a dropped field too. */
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(PyList_GET_ITEM(items, i), 0);
-        const char *nm = (const char *)PyUnicode_DATA(name);
-        Py_ssize_t nn = PyUnicode_GET_LENGTH(name);
-        has_type |= ascii_ieq(nm, nn, "content-type");
-        has_date |= ascii_ieq(nm, nn, "date");
-        has_connection |= ascii_ieq(nm, nn, "connection");
     }
     if (ok && length < 0 && !drop_length &&
         (body_length > 0 || (status != 304 && !head_method))) {

@@ -113,11 +113,17 @@ def check_depth(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> Non
     data = _utf8(raw)
     if data.count(b"[") + data.count(b"{") <= max_depth:
         return  # cannot be deeper: most bodies, without a scan
+    if _deepest(data) > max_depth:
+        raise TooDeep(f"JSON nested deeper than {max_depth}")
+
+
+def _deepest(data: bytes | bytearray) -> int:
+    """The deepest running sum of the brackets outside strings (module
+    comment above ``_ESCAPE``); 0 for a text without any."""
     if b"\\" in data:
         data = _ESCAPE.sub(b"", data)
     structure = _STRING.sub(b"", data.translate(None, _STRUCTURE).replace(b'""', b""))
-    if max(accumulate(map(_STEP.__getitem__, structure)), default=0) > max_depth:
-        raise TooDeep(f"JSON nested deeper than {max_depth}")
+    return max(accumulate(map(_STEP.__getitem__, structure)), default=0)
 
 
 def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -154,10 +160,7 @@ def json_facts_reference(data: bytes) -> tuple[int, int, bool] | None:
     counting them proves nothing (a ``\\u`` escape, a long number)."""
     if json.detect_encoding(data) not in ("utf-8", "utf-8-sig"):
         return None
-    structure = _ESCAPE.sub(b"", data) if b"\\" in data else data
-    structure = _STRING.sub(b"", structure.translate(None, _STRUCTURE).replace(b'""', b""))
-    depth = max(0, max(accumulate(map(_STEP.__getitem__, structure)), default=0))
-    return depth, data.count(b":"), b"\\u" in data or has_long_number(data)
+    return max(0, _deepest(data)), data.count(b":"), _unprovable(data)
 
 
 def loads_unique(raw: bytes | bytearray | str) -> Any:
@@ -166,9 +169,14 @@ def loads_unique(raw: bytes | bytearray | str) -> Any:
     orjson's parse where it provably kept every member, else the standard
     library's with a hook on every pair (module docstring)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    return _loads_counted(raw, data.count(b":"), _unprovable(data))
+
+
+def _unprovable(data: bytes | bytearray) -> bool:
+    """Counting the colons proves nothing (module docstring): a ``\\u``
+    escape may spell one, a long number is read otherwise by orjson."""
     # One byte first: a much faster search than the pair.
-    suspect = (b"\\" in data and b"\\u" in data) or has_long_number(data)
-    return _loads_counted(raw, data.count(b":"), suspect)
+    return (b"\\" in data and b"\\u" in data) or has_long_number(data)
 
 
 def _loads_counted(raw: bytes | bytearray | str, colons: int, suspect: bool) -> Any:
