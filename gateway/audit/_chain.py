@@ -177,17 +177,27 @@ class ChainedAuditLog:
         if loop is None or not loop.is_running():
             # Kept: on Python 3.11 get_running_loop() costs a getpid() per call.
             loop = self._loop = asyncio.get_running_loop()
-        with self._counted():
-            fields = event.as_record()
-            if clash := RESERVED.intersection(fields):
-                raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
-            group = self._group
-            if group is None:
-                group = self._group = _Group((self._seq, self._head, self._uncovered))
-                loop.call_soon(self._group_due, group)
-            fields = {"ts": self._clock(), **fields}
-            line, digest = self._seal(fields, canonical_request if type(event) is RequestEvent
-                                      else canonical)
+        request = type(event) is RequestEvent
+        fields = event.as_record()  # a new dict, the log's to add to
+        # A request event's members are fixed (RequestEvent.as_record): none
+        # is reserved. Any other kind is checked, as record() checks it.
+        if not request and (clash := RESERVED.intersection(fields)):
+            with self._lock:
+                self._failures += 1
+            raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
+        # _counted, spelled out: this runs for every data-plane request, and a
+        # generator context manager costs more than the rest of the locking.
+        with self._lock:
+            try:
+                group = self._group
+                if group is None:
+                    group = self._group = _Group((self._seq, self._head, self._uncovered))
+                    loop.call_soon(self._group_due, group)
+                fields["ts"] = self._clock()
+                line, digest = self._seal(fields, canonical_request if request else canonical)
+            except AuditWriteFailed:
+                self._failures += 1  # SECURITY: the caller refuses the request
+                raise
             self._seq, self._head, self._uncovered = self._seq + 1, digest, True
             group.lines.append(line)
             waiter: asyncio.Future[None] = loop.create_future()

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.core.decide import RequestFacts, Window, request_window, resource_id
 from gateway.core.fields import FIELD_RULES
@@ -49,8 +49,7 @@ class ForeignRecord:
     at: datetime  # the instant its relation was checked at (a reading's time, or now)
 
 
-@dataclass(frozen=True, slots=True)
-class ResponseVerdict:
+class ResponseVerdict(NamedTuple):  # built per request: a tuple is cheaper
     decision: Decision
     body: Any
     changed: bool = False

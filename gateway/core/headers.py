@@ -15,7 +15,7 @@ Header names containing ``_`` are refused outright: many upstream stacks
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.core.rejected import Rejected
 
@@ -71,8 +71,7 @@ class HeaderRejected(Rejected):
     """A request header the gateway will not forward or interpret (400)."""
 
 
-@dataclass(frozen=True, slots=True)
-class CleanHeaders:
+class CleanHeaders(NamedTuple):  # built per request: a tuple is cheaper
     forward: dict[str, str]
     # Names of identity-like headers the caller sent and the gateway dropped.
     dropped_identity: tuple[str, ...]

@@ -16,7 +16,7 @@ on. Anything that could be read two ways is refused:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode
 
 from gateway.core.rejected import Rejected
@@ -41,8 +41,7 @@ class TargetRejected(Rejected):
         super().__init__(reason, status=status)
 
 
-@dataclass(frozen=True, slots=True)
-class Target:
+class Target(NamedTuple):  # built per request: a tuple is cheaper
     path: str
     query: tuple[tuple[str, str], ...]
 

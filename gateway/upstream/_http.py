@@ -24,8 +24,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import cast
+from typing import NamedTuple, cast
 
 from gateway.core.native import native as _native
 from gateway.errors import GatewayError
@@ -378,8 +377,7 @@ def serialize_request_reference(method: str, target: str, host: str,
     return data + body if body else data
 
 
-@dataclass(frozen=True, slots=True)
-class Response:
+class Response(NamedTuple):  # built per request: a tuple is cheaper
     status: int
     content_type: str | None  # the Content-Type field as sent, None if absent
     headers: list[tuple[str, str]]
