@@ -52,6 +52,7 @@ from gateway.push import PushService
 log = logging.getLogger("gateway.dataplane")
 JSON = "application/json"
 CLASSIFICATION_HEADER = "X-Classification"
+_CLASSIFICATION_NAME = CLASSIFICATION_HEADER.lower()
 
 
 class ResponseCheck:
@@ -165,7 +166,16 @@ class ResponseCheck:
         """D11: the answer's label, and whether this caller may receive it."""
         assert ex.match is not None
         policy = ex.match.route.classification
-        sent = dict(upstream.headers).get(CLASSIFICATION_HEADER)
+        sent = None
+        for name, value in upstream.headers:
+            # SECURITY: a field name in any case is the same field (RFC 9110
+            # §5.1): "x-classification: C4" is a label, not an absent one
+            # that the route's default would replace.
+            if name.lower() == _CLASSIFICATION_NAME:
+                if sent is not None:
+                    # Two labels: which one holds is not the gateway's guess.
+                    raise UpstreamFailed(502, "classification-invalid")
+                sent = value
         label = classify(sent, policy)
         if label is None:
             raise UpstreamFailed(502, "classification-invalid")  # fail closed, never guess

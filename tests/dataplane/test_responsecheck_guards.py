@@ -425,6 +425,33 @@ async def test_a_label_that_is_not_one_of_the_four_withholds_the_answer(begin: B
     assert event_of(p, problem["incident"])["reason"] == "classification-invalid"
 
 
+async def test_the_label_is_read_whatever_the_case_of_its_field_name(begin: Begin) -> None:
+    """D11, RFC 9110 §5.1: ``x-classification: C4`` labels the answer C4; read
+    as no label, the route's default would let it reach a principal C4 does
+    not name."""
+    ticket = {"id": "INC1", "summary": "firewall change"}
+    p = await begin(answer(json.dumps(ticket).encode(), headers=(("x-classification", "C4"),)))
+    session = await p.client("ores", "service", "it-desk")
+    problem = await refused(p, "/itsm/tickets/INC1", 403, session=session)
+    assert "firewall change" not in json.dumps(problem)
+    event = event_of(p, problem["incident"])
+    assert (event["reason"], event["classification"]) == ("classification-c4-not-named", "C4")
+
+
+@pytest.mark.parametrize("labels", [("C4", "C1"), ("C1", "C4"), ("C2", "C2")])
+async def test_an_answer_with_two_labels_is_withheld(begin: Begin,
+                                                      labels: tuple[str, str]) -> None:
+    """D11: two X-Classification fields (in any case), even equal ones: the
+    gateway does not pick one, it fails closed."""
+    ticket = {"id": "INC1", "summary": "firewall change"}
+    p = await begin(answer(json.dumps(ticket).encode(), headers=(
+        ("X-Classification", labels[0]), ("x-CLASSIFICATION", labels[1]))))
+    session = await p.client("ores", "service", "ciso-desk")  # named for C4: C1..C4 all pass
+    problem = await refused(p, "/itsm/tickets/INC1", 502, session=session)
+    assert "firewall change" not in json.dumps(problem)
+    assert event_of(p, problem["incident"])["reason"] == "classification-invalid"
+
+
 @pytest.mark.parametrize(("principal", "label", "status", "reason"), [
     ("it-desk", "C3", 200, "owner"),  # ORES's IT desk team
     ("api", "C3", 403, "classification-c3-not-in-team"),
