@@ -13,10 +13,10 @@
  *   answer_head    the lean server's answer head, serialize_reference of
  *                  gateway/edge/_lean_wire.py;
  *   json_facts     json_facts_reference of gateway/core/jsonlimits.py: what
- *                  loads_limited needs to know of a JSON text before and
- *                  after orjson parses it (its nesting depth, its colons,
- *                  whether a string escape or a long number makes the count
- *                  unprovable), in one pass.
+ *                  loads_limited needs to know of a JSON text before orjson
+ *                  parses it (its nesting depth, its members, whether a long
+ *                  number makes counting them prove nothing), in one pass;
+ *   json_members   json_members_reference: the members orjson's parse kept.
  *
  * The parse takes untrusted bytes (an upstream's answer): every read is
  * within the block, and a block outside the grammar answers None, which the
@@ -637,15 +637,17 @@ static const unsigned char JSON_CLASS[256] = {
 };
 
 /* ---------------------------------------------------------------------------
- * json_facts(data) -> None | (depth, colons, suspect)
+ * json_facts(data) -> None | (depth, members, suspect)
  *
  * None where json.detect_encoding would not read ``data`` as UTF-8 (a NUL in
  * its first bytes, a UTF-16 or UTF-32 byte order mark). Else: the deepest
  * nesting of arrays and objects outside strings (0 for none; a backslash and
  * the byte after it are skipped wherever they stand, a quote opens or closes
- * a string, and a last quote left unpaired stands for nothing), the colons in the text
- * (inside strings too), and whether it holds "\u" or a run of 19 or more
- * digits at its start or after one of [ : , - SP HTAB LF CR.
+ * a string, and a last quote left unpaired stands for nothing), the colons
+ * outside strings (a string runs from a quote to the next quote that no
+ * backslash escapes, or to the end: in a valid text, one colon per object
+ * member), and whether it holds a run of 19 or more digits at its start or
+ * after one of [ : , - SP HTAB LF CR.
  */
 static PyObject *
 json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -663,11 +665,27 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
         Py_RETURN_NONE;
     }
     long depth = 0, deepest = 0, open_depth = 0, open_deepest = 0;
-    Py_ssize_t colons = 0, digits = 0;
+    Py_ssize_t members = 0, digits = 0;
     int in_string = 0, escaped = 0, held = 0, suspect = 0;
+    int in_member_string = 0, member_escaped = 0; /* the strings the member count skips */
     int counting = 1; /* a run of digits counts at the start, and after a number's start */
     for (Py_ssize_t i = 0; i < n; i++) {
         const unsigned char k = JSON_CLASS[b[i]];
+        /* Members: the colons outside strings, strings read as JSON reads
+         * them (a backslash escapes the next byte inside a string only). */
+        if (in_member_string) {
+            if (member_escaped) {
+                member_escaped = 0;
+            } else if (k == J_BACKSLASH) {
+                member_escaped = 1;
+            } else if (k == J_QUOTE) {
+                in_member_string = 0;
+            }
+        } else if (k == J_QUOTE) {
+            in_member_string = 1;
+        } else if (k == J_COLON) {
+            members++;
+        }
         /* Long numbers, over every byte as has_long_number reads them (escapes
          * not skipped): a run of digits right after a number's start. */
         if (k == J_DIGIT) {
@@ -686,14 +704,8 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
          * structure. A quote is held until the next quote or bracket says
          * which it is. */
         if (k == J_BACKSLASH) {
-            if (i + 1 < n && b[i + 1] == 'u') {
-                suspect = 1; /* any backslash before a u, escaped or not */
-            }
             escaped = !escaped;
             continue;
-        }
-        if (k == J_COLON) {
-            colons++; /* every colon, inside strings too */
         }
         if (escaped || k == J_OTHER || k == J_START || k == J_COLON) {
             escaped = 0;
@@ -730,7 +742,63 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
     if (in_string && open_deepest > deepest) {
         deepest = open_deepest;
     }
-    return Py_BuildValue("(lnO)", deepest, colons, suspect ? Py_True : Py_False);
+    return Py_BuildValue("(lnO)", deepest, members, suspect ? Py_True : Py_False);
+}
+
+/* The members of ``value``'s objects, nested ones too: json_members_reference
+ * of gateway/core/jsonlimits.py (only dict and list are looked into, exactly
+ * those types, as a JSON parser makes them). */
+#define CONTAINER(o) (PyDict_CheckExact(o) || PyList_CheckExact(o))
+
+static Py_ssize_t
+count_members(PyObject *value)
+{
+    Py_ssize_t count = 0;
+    if (PyDict_CheckExact(value)) {
+        if (Py_EnterRecursiveCall(" counting JSON members")) {
+            return -1;
+        }
+        PyObject *key, *item;
+        Py_ssize_t pos = 0;
+        count = PyDict_GET_SIZE(value);
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            if (!CONTAINER(item)) {
+                continue;
+            }
+            const Py_ssize_t inner = count_members(item);
+            if (inner < 0) {
+                count = -1;
+                break;
+            }
+            count += inner;
+        }
+        Py_LeaveRecursiveCall();
+    } else if (PyList_CheckExact(value)) {
+        if (Py_EnterRecursiveCall(" counting JSON members")) {
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
+            PyObject *item = PyList_GET_ITEM(value, i);
+            if (!CONTAINER(item)) {
+                continue;
+            }
+            const Py_ssize_t inner = count_members(item);
+            if (inner < 0) {
+                count = -1;
+                break;
+            }
+            count += inner;
+        }
+        Py_LeaveRecursiveCall();
+    }
+    return count;
+}
+
+static PyObject *
+json_members(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    const Py_ssize_t count = count_members(arg);
+    return count < 0 ? NULL : PyLong_FromSsize_t(count);
 }
 
 /* Added to the module by PyInit__native (gateway/core/_native.c). */
@@ -742,6 +810,8 @@ PyMethodDef native_wire_methods[] = {
     {"answer_head", (PyCFunction)(void (*)(void))answer_head, METH_FASTCALL,
      "The lean server's answer head and its Content-Length (-1: none), or None."},
     {"json_facts", json_facts, METH_O,
-     "A JSON text's depth, colons and whether its colon count proves nothing, or None."},
+     "A JSON text's depth, members and whether a long number makes counting them prove nothing."},
+    {"json_members", json_members, METH_O,
+     "The members of a parsed JSON value's objects, nested ones too."},
     {NULL, NULL, 0, NULL},
 };

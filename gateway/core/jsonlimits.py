@@ -14,25 +14,25 @@ bytes could then check one value while the receiver reads another (RFC 8259
   depth 1.
 - :func:`loads_limited` parses after :func:`check_depth`, refusing a key
   that occurs twice in one object (:class:`DuplicateKey`). It parses with
-  orjson (C), which has no duplicate-key check of its own, and proves the
-  parse kept every member (below); anything it cannot prove, or orjson
-  refuses, is parsed again by the standard library with a hook that sees
-  every pair, which has the last word: the result and the errors are the
-  standard library's, only faster when nothing is wrong.
+  orjson (C), which has no duplicate-key check of its own (it keeps the last
+  value), and proves the parse kept every member (below); anything it cannot
+  prove, or orjson refuses, is parsed again by the standard library with a
+  hook that sees every pair, which has the last word: the result and the
+  errors are the standard library's, only faster when nothing is wrong.
 
-Why counting colons proves it: outside strings a colon occurs in JSON only
-between a member's name and its value, so the text's colons are its members
-plus the colons inside its strings. orjson writes the parsed value back with
-no colon escaped and none added, so that output's colons are the members kept
-plus the colons inside the strings kept. A member dropped for a duplicate
-name takes at least its own colon with it; so when the two counts are equal
-nothing was dropped, provided no string in the text spells a colon as an
-escape (``\\u003a``), which is why any ``\\u`` in the text sends it to the
-exact path. So does a number of 19 digits or more: orjson reads an integer
-past 64 bits as a float, the standard library as the exact integer the text
-says. A number starts the text or follows ``[``, ``:``, ``,``, ``-`` or
-white space, so any run of 19 digits after one of those (inside a string too:
-it only costs the exact path) is looked for.
+Why counting members proves it: in a valid text, outside strings a colon
+occurs only between a member's name and its value, so the colons outside
+strings are the text's members (:func:`text_members`; a string runs from a
+quote to the next quote no backslash escapes). orjson accepted the text, so
+it is valid; its parse holds one entry per member but for those a later
+equal name replaced (``\\u`` escapes decoded: ``"a"`` and ``"\\u0061"`` are
+one name). So when the objects of the parse hold as many entries as the
+text has members (:func:`json_members_reference`), no member was dropped. A
+number of 19 digits or more sends the text to the exact path too: orjson
+reads an integer past 64 bits as a float, the standard library as the exact
+integer the text says. A number starts the text or follows ``[``, ``:``,
+``,``, ``-`` or white space, so any run of 19 digits after one of those
+(inside a string too: it only costs the exact path) is looked for.
 
 Both errors are ``ValueError`` subclasses, like ``json.JSONDecodeError``, so a
 caller that maps ``ValueError`` to a 400 stays correct; a caller that wants a
@@ -72,6 +72,9 @@ for _b in b"]}":
     _STEP[_b] = -1
 # Digits to "0", what a number may follow to "|", every other byte to a space:
 # a long integer is "|" and a run of "0"s. int64 has at most 19 digits.
+# A string as the member count reads it: from a quote to the next quote that
+# no backslash escapes, or to the end of the text (a lone backslash last).
+_MEMBER_STRING = re.compile(rb'"(?:[^"\\]++|\\.)*+\\?(?:"|\Z)', re.S)
 _NUMBER_BYTES = bytes(0x30 if 0x30 <= b <= 0x39 else 0x7C if b in b"[:,- \t\n\r" else 0x20
                       for b in range(256))
 _LONG_INTEGER = b"|" + b"0" * 19
@@ -147,20 +150,45 @@ def loads_limited(raw: bytes | bytearray | str, max_depth: int = MAX_DEPTH) -> A
     if facts is None:
         check_depth(raw, max_depth)
         return loads_unique(raw)
-    depth, colons, suspect = facts
+    depth, members, suspect = facts
     if depth > max_depth:
         raise TooDeep(f"JSON nested deeper than {max_depth}")
-    return _loads_counted(raw, colons, suspect)
+    return _loads_counted(raw, members, suspect)
 
 
 def json_facts_reference(data: bytes) -> tuple[int, int, bool] | None:
     """The specification of ``json_facts`` in gateway/core/_native_wire.c:
     None where ``data`` is not read as UTF-8, else its nesting depth as
-    :func:`check_depth` measures it (0 for none), its colons, and whether
-    counting them proves nothing (a ``\\u`` escape, a long number)."""
+    :func:`check_depth` measures it (0 for none), its members
+    (:func:`text_members`), and whether a long number makes counting them
+    prove nothing (:func:`has_long_number`)."""
     if json.detect_encoding(data) not in ("utf-8", "utf-8-sig"):
         return None
-    return max(0, _deepest(data)), data.count(b":"), _unprovable(data)
+    return max(0, _deepest(data)), text_members(data), has_long_number(data)
+
+
+def text_members(data: bytes | bytearray) -> int:
+    """The colons outside strings: in a valid JSON text, its object members
+    (module docstring)."""
+    return _MEMBER_STRING.sub(b"", data).count(b":")
+
+
+def json_members_reference(value: Any) -> int:
+    """The entries of every object in a parsed JSON value, nested ones too
+    (the specification of ``json_members`` in gateway/core/_native_wire.c);
+    only ``dict`` and ``list``, exactly, are looked into."""
+    count, todo = 0, [value]
+    while todo:
+        item = todo.pop()
+        if type(item) is dict:
+            count += len(item)
+            todo.extend(item.values())
+        elif type(item) is list:
+            todo.extend(item)
+    return count
+
+
+_json_members = json_members_reference if _native is None else _native.json_members
 
 
 def loads_unique(raw: bytes | bytearray | str) -> Any:
@@ -169,27 +197,20 @@ def loads_unique(raw: bytes | bytearray | str) -> Any:
     orjson's parse where it provably kept every member, else the standard
     library's with a hook on every pair (module docstring)."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-    return _loads_counted(raw, data.count(b":"), _unprovable(data))
+    return _loads_counted(raw, text_members(data), has_long_number(data))
 
 
-def _unprovable(data: bytes | bytearray) -> bool:
-    """Counting the colons proves nothing (module docstring): a ``\\u``
-    escape may spell one, a long number is read otherwise by orjson."""
-    # One byte first: a much faster search than the pair.
-    return (b"\\" in data and b"\\u" in data) or has_long_number(data)
-
-
-def _loads_counted(raw: bytes | bytearray | str, colons: int, suspect: bool) -> Any:
+def _loads_counted(raw: bytes | bytearray | str, members: int, suspect: bool) -> Any:
     """orjson's parse of ``raw`` where it provably kept every member (the
-    text has ``colons`` colons, and no escape or long number makes the
-    count unprovable), else the standard library's with a hook on every
-    pair, which has the last word (module docstring)."""
+    text has ``members`` members, the parse as many, and no long number
+    makes the count unprovable), else the standard library's with a hook on
+    every pair, which has the last word (module docstring)."""
     try:
         parsed = orjson.loads(raw)
     except orjson.JSONDecodeError:
         pass  # the standard library's verdict (and error) below
     else:
-        if not suspect and colons == orjson.dumps(parsed).count(b":"):
+        if not suspect and members == _json_members(parsed):
             return parsed
     return json.loads(raw, object_pairs_hook=unique_object)
 

@@ -360,6 +360,12 @@ def json_texts(draw: st.DrawFn) -> bytes:
 @example(b'"{"": null}')
 @example(b'"""[')
 @example(b'""""[')
+# The member count's strings: an escaped quote inside, a backslash last, a
+# backslash outside any string (no escape there), a string left open.
+@example(b'{"a\\":b": 1}')
+@example(b'{"a": "b\\')
+@example(b'\\":1, "x": 2')
+@example(b'{"a": 1, "b:')
 def test_a_json_texts_facts_are_read_alike(data: bytes) -> None:
     assert native is not None
     assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
@@ -377,6 +383,37 @@ def test_a_json_texts_facts_are_read_alike(data: bytes) -> None:
 def test_any_bytes_facts_are_read_alike(data: bytes) -> None:
     assert native is not None
     assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(JSON_VALUES)
+@example({"a": [1, {"b": {}, "c": [{"d": None}]}], "e": "f"})
+def test_a_parsed_values_members_are_counted_alike(value: Any) -> None:
+    assert native is not None
+    assert native.json_members(value) == jsonlimits.json_members_reference(value)
+
+
+@pytest.mark.parametrize(("value", "members"), [
+    ({}, 0), ([], 0), ("a:b", 0), (3, 0),
+    ({"a": 1, "b": {"c": 2, "d": [{"e": 3}, {}]}}, 5),
+    ([{"a": 1}, [{"b": 2, "c": 3}]], 3),
+    # Only what a JSON parser makes is looked into: not a tuple, nor a subclass.
+    (({"a": 1},), 0),
+    ([CIMultiDict(a="1")], 0),
+])
+def test_members_are_the_entries_of_every_object(value: Any, members: int) -> None:
+    assert native is not None
+    assert native.json_members(value) == jsonlimits.json_members_reference(value) == members
+
+
+def test_members_past_the_recursion_limit_raise_not_crash() -> None:
+    assert native is not None
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        native.json_members(deep)
+    assert jsonlimits.json_members_reference(deep) == 0
 
 
 def _outcome(parse: Any, data: bytes, max_depth: int) -> Any:
@@ -406,6 +443,10 @@ def test_a_json_text_is_parsed_alike(data: bytes, max_depth: int) -> None:
     # orjson reads an integer past 64 bits otherwise: the exact parse has it.
     (b"[12345678901234567890123]", 64, ("ok", [12345678901234567890123])),
     (b'{"a": "x:y"}', 64, ("ok", {"a": "x:y"})),
+    (b'{"a": {"b": 1, "b": 2}}', 64, ("DuplicateKey", "duplicate key 'b'")),
+    (b'[{"a": 1}, {"a": 1, "c": 2, "a": 3}]', 64, ("DuplicateKey", "duplicate key 'a'")),
+    # A colon and a quote escaped inside a name: one member each.
+    (b'{"a\\":b": 1, "c": "d:\\"e"}', 64, ("ok", {'a":b': 1, "c": 'd:"e'})),
 ])
 def test_the_c_path_keeps_every_rule(data: bytes, max_depth: int, expected: Any) -> None:
     assert native is not None and native.json_facts(data) is not None  # the C path is taken
