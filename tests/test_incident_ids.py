@@ -36,3 +36,24 @@ def test_a_forked_child_does_not_repeat_the_parents_ids() -> None:
     os.waitpid(pid, 0)
     parent = {new_incident_id().split("-")[1] for _ in range(50)}
     assert not parent & {i.split("-")[1] for i in child.decode().split()}
+
+
+def test_threads_taking_ids_at_once_never_share_one() -> None:
+    """The random halves are handed out without a lock (list.pop is atomic):
+    threads that drain and refill the pool together still get distinct ones."""
+    import threading
+
+    got: list[list[str]] = [[] for _ in range(8)]
+    start = threading.Barrier(8)
+
+    def take(into: list[str]) -> None:
+        start.wait()
+        into.extend(new_incident_id().split("-")[1] for _ in range(3000))
+
+    threads = [threading.Thread(target=take, args=(into,)) for into in got]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    halves = [h for into in got for h in into]
+    assert len(halves) == 24000 and len(set(halves)) == len(halves)
