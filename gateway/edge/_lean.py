@@ -88,6 +88,11 @@ _VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 _NO_HEADERS: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict())
 # No singleton header seen yet: shared and immutable (on_header makes a set).
 _NO_NAMES: frozenset[bytes] = frozenset()
+# Not singletons, but looked up once the headers are complete: a request
+# without any (nearly all) skips the lookups.
+_NOTED = frozenset({b"content-encoding", b"sec-websocket-key1"})
+_METHOD_NAMES = {m.encode("ascii"): m for m in ("GET", "HEAD", "POST", "PUT", "PATCH",
+                                                "DELETE", "OPTIONS")}
 
 
 _HEAD, _IDLE = 1, 2  # what a connection's deadline is for
@@ -102,7 +107,7 @@ class LeanConnection(asyncio.Protocol):
     lives in ``gw_kept`` (gateway.edge._peer.PerConnection)."""
 
     __slots__ = ("_admitted", "_body", "_closing", "_deadline", "_drained", "_fresh", "_in_head",
-                 "_lines", "_max_field", "_max_lines", "_max_url", "_parser", "_paused",
+                 "_lines", "_max_field", "_max_lines", "_max_url", "_noted", "_parser", "_paused",
                  "_progress", "_pumping", "_queue", "_raw", "_refusal", "_remaining", "_seen",
                  "_stalled", "_stalled_max", "_stop", "_tail", "_task", "_tenant", "_url",
                  "_url_len", "_write_paused", "buffered", "gw_kept", "loop", "server",
@@ -128,6 +133,7 @@ class LeanConnection(asyncio.Protocol):
         self._raw: list[tuple[bytes, bytes]] = []
         self._lines = 0  # header lines of this message (trailers included, as aiohttp)
         self._seen: set[bytes] | frozenset[bytes] = _NO_NAMES  # singleton headers seen
+        self._noted = False  # a header of _NOTED seen
         self._in_head = False  # a message has begun and its headers are not complete
         self._body: Body | None = None  # the body being parsed
         self._fresh: list[LeanRequest] = []  # headers complete in this data_received
@@ -227,15 +233,19 @@ class LeanConnection(asyncio.Protocol):
         at once): once ``MAX_PIPELINED`` requests wait, the rest of the read
         is kept and reading paused until they are answered, as aiohttp's
         parser pauses (one read of tiny pipelined requests is thousands)."""
-        view = memoryview(data)
-        pos, end = 0, len(data)
+        end = len(data)
+        # A read within one slice (most are) is fed as it is, not through a view.
+        view = data if end <= SLICE else memoryview(data)
+        pos = 0
         try:
             while pos < end:
                 if len(self._queue) + len(self._fresh) >= MAX_PIPELINED:
                     self._tail = bytes(view[pos:])
                     break
-                step = self._remaining if self._remaining else SLICE
-                piece = view[pos:pos + step]
+                if pos == 0 and end <= SLICE and not self._remaining:
+                    piece = view
+                else:
+                    piece = view[pos:pos + (self._remaining or SLICE)]
                 pos += len(piece)
                 self._progress = False
                 self._parser.feed_data(piece)
@@ -346,6 +356,8 @@ class LeanConnection(asyncio.Protocol):
             if not isinstance(seen, set):
                 seen = self._seen = set()
             seen.add(lname)
+        elif lname in _NOTED:
+            self._noted = True
         self._raw.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
@@ -354,28 +366,34 @@ class LeanConnection(asyncio.Protocol):
         if self._deadline == _HEAD:
             self._disarm()
         parser = self._parser
-        method = parser.get_method().decode("ascii")
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("ascii")
         version = _VERSIONS.get(parser.get_http_version())
         if version is None:
             major, _, minor = parser.get_http_version().partition(".")
             version = (int(major), int(minor))
         raw_headers = tuple(self._raw)
-        target = b"".join(self._url).decode("utf-8", "surrogateescape")
+        url = self._url
+        target = (url[0] if len(url) == 1 else b"".join(url)).decode("utf-8", "surrogateescape")
+        # The singletons seen (lower-case names) say which framing headers
+        # there are without asking the multidict.
+        seen, noted = self._seen, self._noted
         # Not kept while the connection idles (the request holds what it needs).
-        self._url, self._raw, self._seen = [], [], _NO_NAMES
-        headers = CIMultiDictProxy(CIMultiDict(
+        self._url, self._raw, self._seen, self._noted = [], [], _NO_NAMES, False
+        headers = CIMultiDictProxy(CIMultiDict([
             (n.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
-            for n, v in raw_headers)) if raw_headers else _NO_HEADERS
+            for n, v in raw_headers])) if raw_headers else _NO_HEADERS
         if not target_form_ok(method, target):
             self._refuse(400, "http-parse-error")
-        if version == (1, 1) and "Host" not in headers:
+        if version == (1, 1) and b"host" not in seen:
             self._refuse(400, "http-parse-error")
-        if "Sec-WebSocket-Key1" in headers:
+        if noted and "Sec-WebSocket-Key1" in headers:
             self._refuse(400, "http-parse-error")  # the old WebSocket handshake (aiohttp)
-        length = headers.get("Content-Length")
-        has_body = "Transfer-Encoding" in headers or (length is not None and int(length) > 0)
+        chunked = b"transfer-encoding" in seen
+        length = headers.get("Content-Length") if b"content-length" in seen else None
+        has_body = chunked or (length is not None and int(length) > 0)
         encoding = None
-        if has_body and "Content-Encoding" in headers:
+        if has_body and noted and "Content-Encoding" in headers:
             # As aiohttp: gzip and deflate are decoded (the last of the
             # header's values), br and zstd refused (not installed), any
             # other coding left as it is.
@@ -391,7 +409,6 @@ class LeanConnection(asyncio.Protocol):
             keep_alive = False
         body = Body(self, encoding) if has_body else NO_BODY
         self._body = body if has_body else None
-        chunked = "Transfer-Encoding" in headers
         self._remaining = int(length) if has_body and not chunked and length is not None else 0
         self._fresh.append(LeanRequest(self, method, target, version, headers, raw_headers,
                                        body, keep_alive))
