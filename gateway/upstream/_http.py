@@ -394,6 +394,13 @@ class Connection(asyncio.Protocol):
         self.waiter: asyncio.Future[ResponseReader] | None = None
         self.closed = False
         self.idle_since = 0.0
+        # The answer's deadline, and the timer that checks it. The timer is
+        # left armed after an answer: the next request on the connection
+        # (its deadline later) re-arms it only when it fires, so a
+        # keep-alive connection costs one timer per timeout, not one per
+        # request.
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but serve its API.
@@ -423,6 +430,7 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._disarm()
         self.registry.discard(self)
         self._ended(exc)
 
@@ -448,17 +456,36 @@ class Connection(asyncio.Protocol):
         else:
             waiter.set_exception(exc)
 
-    def _time_out(self) -> None:
-        self._settle(TimeoutError("no complete answer within the timeout"))
-        self.abort()
+    def _deadline_due(self) -> None:
+        """The timer fired: the request in flight, if any, is timed out at
+        its deadline, or the timer re-armed for it."""
+        self._timer = None
+        waiter = self.waiter
+        if waiter is None or waiter.done():
+            # Idle, or answered in this loop iteration (its caller not yet
+            # resumed): nothing to time, and the connection may be reused.
+            return
+        loop = waiter.get_loop()
+        if loop.time() >= self.deadline:
+            self._settle(TimeoutError("no complete answer within the timeout"))
+            self.abort()
+        else:
+            self._timer = loop.call_at(self.deadline, self._deadline_due)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def abort(self) -> None:
         self.closed = True
+        self._disarm()
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
         self.closed = True
+        self._disarm()
         if self.transport is not None:
             self.transport.close()
 
@@ -471,10 +498,14 @@ class Connection(asyncio.Protocol):
         waiter: asyncio.Future[ResponseReader] = loop.create_future()
         self.waiter = waiter
         transport.write(data)
-        timer = loop.call_at(deadline, self._time_out)
+        self.deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:  # none armed, or for later
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._deadline_due)
         try:
             return await waiter
         finally:
-            timer.cancel()
             self.reader = None
             self.waiter = None

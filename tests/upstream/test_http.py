@@ -176,6 +176,45 @@ async def test_waiting_in_line_is_bounded_by_the_total_timeout() -> None:
         await pool.close()
 
 
+async def test_an_answer_that_never_comes_times_out_and_its_connection_is_dropped() -> None:
+    async with Scripted((HANG,), (ok(b"next"),)) as server:
+        pool = http_pool(server, size=1)
+        with pytest.raises(TimeoutError):
+            await get(pool, timeout_s=0.2)
+        assert await get(pool) == (200, b"next")
+        assert server.connections == 2  # the connection timed out is never reused
+        await pool.close()
+
+
+async def test_a_kept_connection_times_each_request_by_its_own_deadline() -> None:
+    """The connection's timer outlives an answer (it is re-armed only when
+    it fires): a later request with a shorter timeout is still timed out at
+    its own deadline, and one whose answer comes after an earlier request's
+    deadline is not."""
+    late = asyncio.Event()
+    async with Scripted((ok(b"1"),), (late, ok(b"2")), (ok(b"3"),), (HANG,), (ok(b"4"),),
+                        (HANG,)) as server:
+        pool = http_pool(server, size=1)
+        async with asyncio.timeout(10):
+            assert await get(pool, timeout_s=0.2) == (200, b"1")
+            second = asyncio.create_task(get(pool, timeout_s=30))
+            await asyncio.sleep(0.4)  # past the first request's deadline
+            late.set()
+            assert await second == (200, b"2")
+            assert await get(pool, timeout_s=30) == (200, b"3")  # a timer for 30 s
+            with pytest.raises(TimeoutError):
+                await get(pool, timeout_s=0.2)  # ... and this one's own, sooner
+        assert server.connections == 1
+        # The timer of an answered request fires during the next one, before
+        # its deadline: re-armed for it, it times it out all the same.
+        assert await get(pool, timeout_s=0.2) == (200, b"4")
+        hung = asyncio.create_task(get(pool, timeout_s=0.6))
+        done, _ = await asyncio.wait({hung}, timeout=5)
+        assert done == {hung} and isinstance(hung.exception(), TimeoutError)
+        assert server.connections == 2
+        await pool.close()
+
+
 async def test_a_cancelled_caller_frees_its_slot_and_its_connection_is_dropped() -> None:
     async with Scripted((HANG,), (ok(b"after"),)) as server:
         pool = http_pool(server, size=1)
