@@ -188,7 +188,8 @@ class DataPlane:
                 # Decided before any body byte is parsed: a tenant that may not
                 # act here gets its 403 whatever it sent (D1, D6).
                 body, parsed = await self._body(request, ex)
-                facts = RequestFacts(facts.params, facts.query, parsed)
+                if parsed is not None:  # else the facts hold it already (None)
+                    facts = RequestFacts(facts.params, facts.query, parsed)
             if ex.match.route.meter_operation:
                 self._meter_operation(ex, parsed, relations, now)
             if ex.match.route.sensitive:
