@@ -435,12 +435,14 @@ class Credentials:
 
     def maintain(self) -> None:
         """Retire what is due: rotated predecessors at the end of their
-        overlap, CAs at the end of theirs, unneeded signing keys. Writes the
-        uses noted since the last flush first (the server has flushed them
-        off the loop just before: then there is nothing left to write)."""
+        overlap, CAs at the end of theirs, unneeded signing keys. The uses
+        noted are not written here: this runs on the event loop, and under
+        load there are always some noted since the last flush, so writing
+        them here put a commit (and SQLite's ``fdatasync``) on the loop every
+        round; the server writes them off the loop (:meth:`flush_seen`)
+        before each round and when it stops."""
         now = self.clock()
         changed = False
-        self.flush_seen(self.take_seen())
         with self._lock:
             if not self.leads():  # a data replica or the standby: the leader does it
                 self.metrics.signing_key_age.set(self.keyring.age_seconds(now))

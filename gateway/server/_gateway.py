@@ -445,7 +445,8 @@ class Gateway:
             self.outbox.close()
         if self._retention_outbox is not None:
             self._retention_outbox.close()
-        self.credentials.maintain()  # flush last-seen
+        # The last uses noted (the loop serves nothing more: written here).
+        self.credentials.flush_seen(self.credentials.take_seen())
         await self.ops_runner.cleanup()  # last: /readyz said "draining" all along
         await self.upstreams.close()
         self.audit.close()

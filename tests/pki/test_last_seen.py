@@ -75,11 +75,16 @@ def test_a_failed_write_puts_the_uses_back_for_the_next_round(tmp_path: Path) ->
     assert store.last_seen() == again
 
 
-def test_maintain_writes_what_no_flush_took(tmp_path: Path) -> None:
+def test_maintain_leaves_the_uses_to_the_flush_off_the_loop(tmp_path: Path) -> None:
+    """maintain() runs on the event loop: it never commits the uses itself
+    (a commit and an fdatasync there stalled every request twice a second
+    under load); they wait, whole, for the server's flush in a thread."""
     store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
     creds = credentials(store, [T0])
     creds.leads = lambda: False  # a data replica: no control duties, still its uses
     creds.keyring = type("K", (), {"age_seconds": lambda self, now: 0.0})()  # type: ignore[assignment]
     creds.check("01", API)
     creds.maintain()
+    assert store.last_seen() == {}
+    creds.flush_seen(creds.take_seen())
     assert store.last_seen() == {API: T0}
