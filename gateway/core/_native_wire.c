@@ -750,48 +750,48 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
  * those types, as a JSON parser makes them). */
 #define CONTAINER(o) (PyDict_CheckExact(o) || PyList_CheckExact(o))
 
+static Py_ssize_t count_members(PyObject *value);
+
+/* Adds the members inside ``item`` to ``*count``: 0, or -1 with an error set. */
+static int
+add_members(PyObject *item, Py_ssize_t *count)
+{
+    if (!CONTAINER(item)) {
+        return 0;
+    }
+    const Py_ssize_t inner = count_members(item);
+    if (inner < 0) {
+        return -1;
+    }
+    *count += inner;
+    return 0;
+}
+
 static Py_ssize_t
 count_members(PyObject *value)
 {
+    if (!CONTAINER(value)) {
+        return 0;
+    }
+    if (Py_EnterRecursiveCall(" counting JSON members")) {
+        return -1;
+    }
     Py_ssize_t count = 0;
+    int failed = 0;
     if (PyDict_CheckExact(value)) {
-        if (Py_EnterRecursiveCall(" counting JSON members")) {
-            return -1;
-        }
         PyObject *key, *item;
         Py_ssize_t pos = 0;
         count = PyDict_GET_SIZE(value);
-        while (PyDict_Next(value, &pos, &key, &item)) {
-            if (!CONTAINER(item)) {
-                continue;
-            }
-            const Py_ssize_t inner = count_members(item);
-            if (inner < 0) {
-                count = -1;
-                break;
-            }
-            count += inner;
+        while (!failed && PyDict_Next(value, &pos, &key, &item)) {
+            failed = add_members(item, &count);
         }
-        Py_LeaveRecursiveCall();
-    } else if (PyList_CheckExact(value)) {
-        if (Py_EnterRecursiveCall(" counting JSON members")) {
-            return -1;
+    } else {
+        for (Py_ssize_t i = 0; !failed && i < PyList_GET_SIZE(value); i++) {
+            failed = add_members(PyList_GET_ITEM(value, i), &count);
         }
-        for (Py_ssize_t i = 0; i < PyList_GET_SIZE(value); i++) {
-            PyObject *item = PyList_GET_ITEM(value, i);
-            if (!CONTAINER(item)) {
-                continue;
-            }
-            const Py_ssize_t inner = count_members(item);
-            if (inner < 0) {
-                count = -1;
-                break;
-            }
-            count += inner;
-        }
-        Py_LeaveRecursiveCall();
     }
-    return count;
+    Py_LeaveRecursiveCall();
+    return failed ? -1 : count;
 }
 
 static PyObject *
