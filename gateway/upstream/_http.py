@@ -1,12 +1,13 @@
 """The HTTP/1.1 wire format of the gateway's calls to the shared systems:
-one write per request, a strict response parser and the keep-alive
-connection (plain TCP or TLS) that carries them. In the benchmark aiohttp's
+one write per request and a strict response parser (the keep-alive
+connection that carries them is gateway/upstream/_connection.py). In the benchmark aiohttp's
 ``ClientSession`` was a third of the gateway's CPU; per the edge limits, an
 upstream's answer is untrusted input too.
 
 :class:`ResponseReader` is sans-IO (bytes in, one response out, no sockets,
-no clock); :class:`Connection` is the asyncio protocol around it (the pool
-of connections is ``ConnectionPool`` in gateway/upstream/_pool.py). Errors, all
+no clock); ``Connection`` in gateway/upstream/_connection.py is the asyncio
+protocol around it (the pool of connections is ``ConnectionPool`` in
+gateway/upstream/_pool.py). Errors, all
 internal: gateway/upstream/_pool.py translates them into ``UpstreamFailed``::
 
     ClientError
@@ -21,10 +22,8 @@ Timeouts raise the built-in ``TimeoutError``.
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import Callable, Mapping
-from typing import NamedTuple, cast
 
 from gateway.core.native import native as _native
 from gateway.errors import GatewayError
@@ -375,137 +374,3 @@ def serialize_request_reference(method: str, target: str, host: str,
     if data.translate(None, _HEAD_BYTES) != b"\r\n" * lines:
         raise ValueError("request target or header field refused")
     return data + body if body else data
-
-
-class Response(NamedTuple):  # built per request: a tuple is cheaper
-    status: int
-    content_type: str | None  # the Content-Type field as sent, None if absent
-    headers: list[tuple[str, str]]
-    body: bytes
-
-
-class Connection(asyncio.Protocol):
-    """One connection: at most one request in flight, never pipelined."""
-
-    def __init__(self, registry: set[Connection]) -> None:
-        self.registry = registry  # the pool's open connections
-        self.transport: asyncio.Transport | None = None
-        self.reader: ResponseReader | None = None
-        self.waiter: asyncio.Future[ResponseReader] | None = None
-        self.closed = False
-        self.idle_since = 0.0
-        # The answer's deadline, and the timer that checks it. The timer is
-        # left armed after an answer: the next request on the connection
-        # (its deadline later) re-arms it only when it fires, so a
-        # keep-alive connection costs one timer per timeout, not one per
-        # request.
-        self.deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but serve its API.
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        self.registry.add(self)
-
-    def data_received(self, data: bytes) -> None:
-        reader = self.reader
-        if reader is None:
-            # SECURITY: an idle connection has nothing to say; bytes now would be
-            # taken as the answer to the next request.
-            self.abort()
-            return
-        try:
-            done = reader.feed(data)
-        except ClientError as exc:
-            self._settle(exc)
-            self.abort()
-            return
-        if done:
-            self._settle(None)
-
-    def eof_received(self) -> bool:
-        self._ended(None)
-        return False  # the transport closes itself
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._disarm()
-        self.registry.discard(self)
-        self._ended(exc)
-
-    def _ended(self, exc: Exception | None) -> None:
-        reader = self.reader
-        if reader is None or self.waiter is None or self.waiter.done():
-            return
-        try:
-            reader.feed_eof()
-        except ClientError as error:
-            error.__cause__ = exc
-            self._settle(error)
-            return
-        self._settle(None)
-
-    def _settle(self, exc: BaseException | None) -> None:
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            return
-        if exc is None:
-            assert self.reader is not None
-            waiter.set_result(self.reader)
-        else:
-            waiter.set_exception(exc)
-
-    def _deadline_due(self) -> None:
-        """The timer fired: the request in flight, if any, is timed out at
-        its deadline, or the timer re-armed for it."""
-        self._timer = None
-        waiter = self.waiter
-        if waiter is None or waiter.done():
-            # Idle, or answered in this loop iteration (its caller not yet
-            # resumed): nothing to time, and the connection may be reused.
-            return
-        loop = waiter.get_loop()
-        if loop.time() >= self.deadline:
-            self._settle(TimeoutError("no complete answer within the timeout"))
-            self.abort()
-        else:
-            self._timer = loop.call_at(self.deadline, self._deadline_due)
-
-    def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def abort(self) -> None:
-        self.closed = True
-        self._disarm()
-        if self.transport is not None:
-            self.transport.abort()
-
-    def close(self) -> None:
-        self.closed = True
-        self._disarm()
-        if self.transport is not None:
-            self.transport.close()
-
-    async def exchange(self, loop: asyncio.AbstractEventLoop, data: bytes, reader: ResponseReader,
-                       deadline: float) -> ResponseReader:
-        transport = self.transport
-        if self.closed or transport is None or transport.is_closing():
-            raise NoResponse("connection already closed")
-        self.reader = reader
-        waiter: asyncio.Future[ResponseReader] = loop.create_future()
-        self.waiter = waiter
-        transport.write(data)
-        self.deadline = deadline
-        timer = self._timer
-        if timer is None or timer.when() > deadline:  # none armed, or for later
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._deadline_due)
-        try:
-            return await waiter
-        finally:
-            self.reader = None
-            self.waiter = None

@@ -20,13 +20,12 @@ from gateway.config import Upstream
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.tls import upstream_context
+from gateway.upstream._connection import Connection, Response
 from gateway.upstream._http import (
     IDEMPOTENT,
     ClientError,
-    Connection,
     MalformedResponse,
     NoResponse,
-    Response,
     ResponseBroken,
     ResponseReader,
     ResponseTooLarge,
