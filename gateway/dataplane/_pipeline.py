@@ -187,9 +187,10 @@ class DataPlane:
             if not body_decides:
                 # Decided before any body byte is parsed: a tenant that may not
                 # act here gets its 403 whatever it sent (D1, D6).
+                # The facts keep no body: only a route that names its
+                # resource in the body reads it (resource_id), and that
+                # route's body was parsed before the decision.
                 body, parsed = await self._body(request, ex)
-                if parsed is not None:  # else the facts hold it already (None)
-                    facts = RequestFacts(facts.params, facts.query, parsed)
             if ex.match.route.meter_operation:
                 self._meter_operation(ex, parsed, relations, now)
             if ex.match.route.sensitive:
