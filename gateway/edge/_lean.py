@@ -234,7 +234,8 @@ class LeanConnection(asyncio.Protocol):
         is kept and reading paused until they are answered, as aiohttp's
         parser pauses (one read of tiny pipelined requests is thousands)."""
         end = len(data)
-        # A read within one slice (most are) is fed as it is, not through a view.
+        # A read within one slice (most are) needs no view: a slice of bytes
+        # that covers them all is the same object, not a copy.
         view = data if end <= SLICE else memoryview(data)
         pos = 0
         try:
@@ -242,10 +243,7 @@ class LeanConnection(asyncio.Protocol):
                 if len(self._queue) + len(self._fresh) >= MAX_PIPELINED:
                     self._tail = bytes(view[pos:])
                     break
-                if pos == 0 and end <= SLICE and not self._remaining:
-                    piece = view
-                else:
-                    piece = view[pos:pos + (self._remaining or SLICE)]
+                piece = view[pos:pos + (self._remaining or SLICE)]
                 pos += len(piece)
                 self._progress = False
                 self._parser.feed_data(piece)
