@@ -177,14 +177,14 @@ def json_members_reference(value: Any) -> int:
     """The entries of every object in a parsed JSON value, nested ones too
     (the specification of ``json_members`` in gateway/core/_native_wire.c);
     only ``dict`` and ``list``, exactly, are looked into."""
-    count, todo = 0, [value]
-    while todo:
-        item = todo.pop()
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
         if type(item) is dict:
             count += len(item)
-            todo.extend(item.values())
+            pending.extend(item.values())
         elif type(item) is list:
-            todo.extend(item)
+            pending.extend(item)
     return count
 
 
