@@ -212,7 +212,10 @@ class RunningStack:
 
     def audit_events(self) -> list[dict[str, Any]]:
         path = self.stack.gateway.config.local_dir / "audit.jsonl"
-        lines = (json.loads(line) for line in path.read_text().splitlines() if line)
+        # The gateway runs on: a line it is writing now may be read in part.
+        # Only whole lines (ending in a newline) are events.
+        whole = path.read_text().rpartition("\n")[0]
+        lines = (json.loads(line) for line in whole.splitlines() if line)
         return [e for e in lines if e.get("type") != "checkpoint"]
 
     @property
