@@ -724,6 +724,14 @@ cut_values(PyObject *module, PyObject *text)
     }
     Py_ssize_t last = 0, i = 0;
     while (i + m <= n) {
+        if (kind == PyUnicode_1BYTE_KIND) {
+            /* The needle starts with a quote: jump to the next one. */
+            const char *q = memchr((const char *)data + i, '"', (size_t)(n - m + 1 - i));
+            if (q == NULL) {
+                break;
+            }
+            i = q - (const char *)data;
+        }
         Py_ssize_t k;
         for (k = 0; k < m && PyUnicode_READ(kind, data, i + k) == (Py_UCS4)needle[k]; k++) {
         }

@@ -132,13 +132,13 @@ class PushService:
             return self._intake_readings(caller, typed)
         try:
             # Nesting capped before a parser recurses (meter-days too): 400, not 500.
-            check_depth(raw, MAX_DEPTH)
             try:
                 text = raw.decode()
             except UnicodeDecodeError:  # UTF-16/32: json.loads finds the encoding
+                check_depth(raw, MAX_DEPTH)
                 batch = json.loads(raw, object_pairs_hook=unique_object)
             else:
-                batch, spans = scan_days(text)
+                batch, spans = scan_days(text, MAX_DEPTH)  # the nesting check within
         except ValueError as exc:  # UnicodeDecodeError too
             # D1: meter-days go out as posted; one reading per key, or none.
             raise RequestRefused.for_body(exc) from exc

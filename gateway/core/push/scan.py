@@ -36,7 +36,14 @@ from typing import Any, cast
 import msgspec
 import orjson
 
-from gateway.core.jsonlimits import DuplicateKey, unique_object
+from gateway.core.jsonlimits import (
+    MAX_DEPTH,
+    DuplicateKey,
+    TooDeep,
+    check_depth,
+    loads_limited,
+    unique_object,
+)
 from gateway.core.native import native as _native
 from gateway.core.push.days import FORMAT
 
@@ -116,6 +123,11 @@ _BRACKETS = "[] \t\n\r"
 _cut_values: Callable[[str], list[str]] = _native.cut_values if _native else _CUT.split
 _finite_arrays: Callable[[list[str]], bool] = (_native.finite_number_arrays if _native
                                                 else _all_finite_numbers)
+
+
+def _strict(text: str, max_depth: int) -> tuple[Any, Spans | None]:
+    check_depth(text, max_depth)
+    return scan_batch(text)
 
 
 class _Syntax(Exception):
@@ -203,8 +215,10 @@ def _array(text: str, i: int, scan: Scanner) -> tuple[list[Any], Spans, int]:
             raise _Syntax
 
 
-def scan_days(text: str) -> tuple[Any, Spans | None]:
-    """``scan_batch(text)``, faster for a ``meter-days/v1`` batch.
+def scan_days(text: str, max_depth: int = MAX_DEPTH) -> tuple[Any, Spans | None]:
+    """``scan_batch(text)``, faster for a ``meter-days/v1`` batch, after the
+    nesting check (:class:`~gateway.core.jsonlimits.TooDeep` beyond
+    ``max_depth``, as :func:`~gateway.core.jsonlimits.check_depth` measures it).
 
     The result is what ``json.loads(text)`` returns except that the ``values``
     of a meter-day may be a :data:`Posted` pair instead of the list: ``(text,
@@ -213,29 +227,44 @@ def scan_days(text: str) -> tuple[Any, Spans | None]:
     ``(text, list)``. Raises ``ValueError`` exactly when json.loads does.
 
     How: every array that may be a list of numbers (:data:`_CUT`) is replaced by
-    the string ``"~V~"``, the rest is parsed by json.loads, and the arrays are
-    checked with one regular expression (:func:`_arrays`), or json.loads each when
-    that fails. Sound because the body holds no backslash (every quote delimits
-    a string) and ``"~V~"`` occurs exactly once per cut array: then a ``"~V~"``
-    that json.loads returns is a cut array's place, the value of a "values" key,
+    the string ``"~V~"``, the rest is parsed by
+    :func:`~gateway.core.jsonlimits.loads_limited` (json.loads's result, a
+    repeated key refused, orjson where it provably kept every member), and
+    the arrays are checked in one pass (:data:`_finite_arrays`), or
+    json.loads each when that fails. The nesting of the text is that of the
+    rest but for one level where each array was cut (quotes are added in
+    pairs, so what lies inside a string does not change): the rest within
+    ``max_depth - 1`` puts the text within ``max_depth``, and only a rest
+    past it has the whole text measured.
+
+    Sound because the body holds no backslash (every quote delimits a string)
+    and ``"~V~"`` occurs exactly once per cut array: then a ``"~V~"`` that
+    the parse returns is a cut array's place, the value of a "values" key,
     and the body is valid JSON exactly when the rest and each array are. Every
     cut array must turn up as a meter-day's values (a repeated key, a "values"
     elsewhere: not so); otherwise, or for another format, :func:`scan_batch`."""
     if _FORMAT not in text:
+        check_depth(text, max_depth)
         # Records are re-encoded, never forwarded as posted: the last key wins.
         doc, spans = scan_batch(text, unique=False)
         if type(doc) is dict and "format" in doc:
             return scan_batch(text)  # a format spelt with escapes: the strict parse
         return doc, spans
     if "\\" in text:
-        return scan_batch(text)
+        return _strict(text, max_depth)
     pieces = _cut_values(text)
     arrays = pieces[1::2]
     rest = _MARKED.join(pieces[::2])
     if not arrays or rest.count(f'"{_MARK}"') != len(arrays):
-        return scan_batch(text)
+        return _strict(text, max_depth)
     try:
-        doc = json.loads(rest, object_pairs_hook=unique_object)
+        # The rest's nesting is the text's but for each cut array, one level
+        # inside the member it was cut from: under max_depth, the text's is
+        # within max_depth. One pass in C measures it and counts the members
+        # that prove orjson's parse kept them all (gateway.core.jsonlimits).
+        doc = loads_limited(rest.encode("utf-8", "surrogatepass"), max(max_depth - 1, 0))
+    except TooDeep:
+        return _strict(text, max_depth)  # the verdict on the text as posted
     except ValueError:
         return scan_batch(text)  # the standard library's error on the body as posted
     days = doc.get(_DAYS) if type(doc) is dict and doc.get("format") == FORMAT else None

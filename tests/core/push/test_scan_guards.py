@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 
-from gateway.core.jsonlimits import DuplicateKey
+from gateway.core.jsonlimits import DuplicateKey, TooDeep
 from gateway.core.push import scan
 from gateway.core.push.days import route_meter_days
 from gateway.core.push.scan import scan_batch, scan_days
@@ -88,11 +88,14 @@ def test_plain_numbers_are_checked_in_one_pass_and_never_parsed(
     together, and no parser makes a float of any value (half the cost of the
     parse, bench/README)."""
     checked = counting(monkeypatch, scan, "_FLAT_ARRAYS")
-    parsed = counting(monkeypatch, orjson, "loads")
+    parsed = counting(monkeypatch, orjson, "loads", key=lambda args: bytes(args[0]))
     assert values(body(["[0.1,0.2]", "[ 1 , -2.5 ]"])) == [("[0.1,0.2]", 2),
                                                          ("[ 1 , -2.5 ]", 2)]
     assert checked == ({"[[0.1,0.2],[ 1 , -2.5 ]]": 1} if finite_check == "reference" else {})
-    assert parsed == {}
+    # orjson parses what is around the arrays once (the marker in their place), never them.
+    assert list(parsed.values()) == [1]
+    (around,) = parsed
+    assert around.count(b'"~V~"') == 2 and b"0.1" not in around and b"2.5" not in around
 
 
 def test_numbers_with_an_exponent_are_parsed_once_together(
@@ -101,10 +104,50 @@ def test_numbers_with_an_exponent_are_parsed_once_together(
     refuses an infinite value, instead of the syntax check (in C: each number
     with an exponent read as a float, no parser of the whole)."""
     checked = counting(monkeypatch, scan, "_FLAT_ARRAYS")
-    parsed = counting(monkeypatch, orjson, "loads")
+    parsed = counting(monkeypatch, orjson, "loads", key=lambda args: args[0])
     assert values(body(["[1e5,2E-3]", "[0.5]"])) == [("[1e5,2E-3]", 2), ("[0.5]", 1)]
-    assert parsed == ({"[[1e5,2E-3],[0.5]]": 1} if finite_check == "reference" else {})
+    arrays = {k: v for k, v in parsed.items() if isinstance(k, str)}  # the rest is bytes
+    assert arrays == ({"[[1e5,2E-3],[0.5]]": 1} if finite_check == "reference" else {})
     assert checked == {}
+
+
+# -- the nesting check -------------------------------------------------------------------
+# A meter-day's values array is the fourth level: the batch, its meter_days,
+# the meter-day, the array.
+
+def test_the_nesting_limit_counts_the_cut_arrays() -> None:
+    """What is around the arrays is measured, the cut arrays adding their one
+    level: the limit is exact on the text as posted, and a batch within it
+    keeps the fast path (its values are counted, not parsed)."""
+    text = body(["[0.1,0.2]"])
+    doc, _ = scan_days(text, max_depth=4)
+    assert doc["meter_days"][0]["values"] == ("[0.1,0.2]", 2)
+    with pytest.raises(TooDeep):
+        scan_days(text, max_depth=3)
+
+
+@pytest.mark.parametrize("deep", [
+    '"operator":' + "[" * 70 + "]" * 70 + ",",  # around the arrays
+    '"via":"a\\b",' + '"operator":' + "[" * 70 + "]" * 70 + ",",  # with an escape
+])
+def test_a_batch_nested_past_the_limit_is_refused_before_a_parse(
+        monkeypatch: pytest.MonkeyPatch, deep: str) -> None:
+    """D1: a deep batch is a 400 (TooDeep), never a parser's RecursionError,
+    on the fast path and on the exact one; no parser is reached."""
+    text = body(["[0.1,0.2]"]).replace('{"meter":', "{" + deep + '"meter":', 1)
+    called = counting(monkeypatch, scan, "scan_batch")
+    with pytest.raises(TooDeep):
+        scan_days(text)
+    assert called == {}
+    doc, _ = scan_days(text, max_depth=73)  # the same text, within a larger limit
+    assert len(doc["meter_days"]) == 1
+
+
+def test_a_deep_batch_in_the_per_record_format_is_refused_too() -> None:
+    text = '{"batch_id":"b","records":' + "[" * 70 + "]" * 70 + "}"
+    with pytest.raises(TooDeep):
+        scan_days(text)
+    assert scan_days(text, max_depth=71)[0]["batch_id"] == "b"
 
 
 # -- what scan_days leaves to scan_batch -------------------------------------------------
