@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint clean
 
-$(STAMP): pyproject.toml gateway/core/_native.c gateway/core/_native_wire.c
+$(STAMP): pyproject.toml $(wildcard gateway/core/_native*.c gateway/core/_native*.h)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
@@ -75,7 +75,7 @@ MUTANTS        ?=
 MVENV          := .venv-mutate
 MSTAMP         := $(MVENV)/.installed-$(MUTMUT_VERSION)
 
-$(MSTAMP): pyproject.toml gateway/core/_native.c gateway/core/_native_wire.c
+$(MSTAMP): pyproject.toml $(wildcard gateway/core/_native*.c gateway/core/_native*.h)
 	$(PYTHON) -m venv $(MVENV)
 	$(MVENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MVENV)/bin/python -m pip install --quiet -e '.[test]' 'mutmut==$(MUTMUT_VERSION)'

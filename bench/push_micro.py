@@ -3,8 +3,8 @@
 Runs what ``PushService.intake`` runs for a batch, stage by stage, on synthetic
 batches of both formats (the same readings as ``bench/run.py``'s push phase):
 parse (``decode_readings``, the per-record fast path's typed parse, and
-where it does not take the batch ``scan_days``, which takes the records
-format to ``scan_batch``), route (``route_readings`` / ``route_batch`` /
+where it does not take the batch ``scan_days``, with the nesting check
+within it, which takes the records format to ``scan_batch``), route (``route_readings`` / ``route_batch`` /
 ``route_meter_days``), the fingerprint (canonical JSON for per-record
 batches, SHA-256 of the body for meter-days), encoding of
 the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and one SQLite

@@ -18,7 +18,9 @@
  *                  arrays cut out of a batch, and their numbers checked);
  *   response_head, request_head, answer_head
  *                  the data plane's HTTP/1.1 wire forms, in
- *                  gateway/core/_native_wire.c (its header says whose).
+ *                  gateway/core/_native_wire.c (its header says whose);
+ *   route_days     the columnar push's common meter-day, _route_day of
+ *                  gateway/core/push/days.py, in gateway/core/_native_days.c.
  *
  * tests/core/test_native.py compares each with its reference on generated
  * input. Nothing here trusts its input to be well formed: every read of a
@@ -36,8 +38,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* The wire forms' functions, in gateway/core/_native_wire.c. */
-extern PyMethodDef native_wire_methods[];
+#include "_native.h"
 
 #define LONG_COUNT 0xFF
 #define ID_MAX 255 /* bytes: snapshot.ID_MAX */
@@ -91,14 +92,6 @@ le64(const unsigned char *p)
     return (int64_t)v;
 }
 
-typedef struct {
-    PyObject_HEAD
-    Py_buffer buffer; /* the whole snapshot */
-    Py_buffer slots;  /* this kind's hash table: u32[mask + 1] */
-    Py_ssize_t rows_start;
-    uint32_t mask;
-    int held;         /* which of the two buffers are held (1, 2: both) */
-} ProbeObject;
 
 static void
 Probe_dealloc(ProbeObject *self)
@@ -280,32 +273,20 @@ Probe_find(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
    [lo, hi) around ``at``; tenant is the single owner at ``at``, or -1 when
    there is none, several or the wildcard (SECURITY: fail closed, D1). A
    record past the buffer's end answers no owner. */
-static PyObject *
-Probe_span(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
+int
+probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_t at,
+           long long owner_rel, long long airplane_rel, long long wildcard, int64_t *lo,
+           int64_t *hi, long long *tenant, int *airplane)
 {
-    if (nargs != 7 || !PyBytes_Check(args[0])) {
-        PyErr_SetString(PyExc_TypeError,
-                        "span(key: bytes, at, owner, airplane, wildcard, lo, hi)");
-        return NULL;
-    }
-    long long v[6];
-    for (int i = 0; i < 6; i++) {
-        v[i] = PyLong_AsLongLong(args[i + 1]);
-        if (v[i] == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    int64_t at = v[0], lo = v[4], hi = v[5], open_lo = v[4], open_hi = v[5];
-    long long owner_rel = v[1], airplane_rel = v[2], wildcard = v[3];
-    const unsigned char *key = (const unsigned char *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t n = PyBytes_GET_SIZE(args[0]);
+    const int64_t open_lo = *lo, open_hi = *hi;
     const unsigned char *buf = (const unsigned char *)self->buffer.buf;
     int64_t len = (int64_t)self->buffer.len;
     long long first_owner = -1;
-    int several = 0, airplane = 0, lies = 0;
+    int several = 0, lies = 0;
     int64_t off = probe_row(self, key, n);
     int64_t p = 0;
     uint32_t count = 0;
+    *airplane = 0;
     if (off >= 0) {
         lies = row_records(self, off, n, &p, &count) < 0;
     }
@@ -321,16 +302,16 @@ Probe_span(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
         int64_t start = le64(buf + p + 4), stop = le64(buf + p + 12);
         /* an open bound (INT64_MIN, INT64_MAX) narrows nothing */
         if (start <= at) {
-            lo = start > lo ? start : lo;
+            *lo = start > *lo ? start : *lo;
         }
         else {
-            hi = start < hi ? start : hi;
+            *hi = start < *hi ? start : *hi;
         }
         if (stop <= at) {
-            lo = stop > lo ? stop : lo;
+            *lo = stop > *lo ? stop : *lo;
         }
         else {
-            hi = stop < hi ? stop : hi;
+            *hi = stop < *hi ? stop : *hi;
         }
         if (start <= at && at < stop) {
             if (rn == owner_rel) {
@@ -343,16 +324,46 @@ Probe_span(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
                 }
             }
             else {
-                airplane = 1; /* D5: any airplane-mode tuple silences the meter */
+                *airplane = 1; /* D5: any airplane-mode tuple silences the meter */
             }
         }
     }
     if (lies) {
         /* A row that lies about its count: nothing is known of the meter, so
            no owner (SECURITY: fail closed, D1). */
-        return Py_BuildValue("(LLLO)", (long long)open_lo, (long long)open_hi, -1LL, Py_False);
+        *lo = open_lo;
+        *hi = open_hi;
+        *tenant = -1;
+        *airplane = 0;
+        return 0;
     }
-    return Py_BuildValue("(LLLO)", (long long)lo, (long long)hi, several ? -1LL : first_owner,
+    *tenant = several ? -1 : first_owner;
+    return 0;
+}
+
+/* span(key, at, owner, airplane, wildcard, lo, hi) -> (lo, hi, tenant, airplane):
+   probe_span (see _native.h) for one meter, from Python. */
+static PyObject *
+Probe_span(ProbeObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "span(key: bytes, at, owner, airplane, wildcard, lo, hi)");
+        return NULL;
+    }
+    long long v[6];
+    for (int i = 0; i < 6; i++) {
+        v[i] = PyLong_AsLongLong(args[i + 1]);
+        if (v[i] == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    int64_t lo = v[4], hi = v[5];
+    long long tenant;
+    int airplane;
+    probe_span(self, (const unsigned char *)PyBytes_AS_STRING(args[0]),
+               PyBytes_GET_SIZE(args[0]), v[0], v[1], v[2], v[3], &lo, &hi, &tenant, &airplane);
+    return Py_BuildValue("(LLLO)", (long long)lo, (long long)hi, tenant,
                          airplane ? Py_True : Py_False);
 }
 
@@ -364,7 +375,7 @@ static PyMethodDef Probe_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject ProbeType = {
+PyTypeObject ProbeType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "gateway.core._native.Probe",
     .tp_doc = "Probe(buffer, slots, rows_start): one kind's lookups in a relation snapshot",
@@ -923,7 +934,8 @@ PyMODINIT_FUNC
 PyInit__native(void)
 {
     crc_init();
-    if (PyType_Ready(&ProbeType) < 0 || PyType_Ready(&HoldsType) < 0) {
+    if (native_days_init() < 0 || PyType_Ready(&ProbeType) < 0 ||
+        PyType_Ready(&HoldsType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&native_module);
@@ -933,7 +945,8 @@ PyInit__native(void)
     if (PyModule_AddObjectRef(m, "Probe", (PyObject *)&ProbeType) < 0 ||
         PyModule_AddObjectRef(m, "Holds", (PyObject *)&HoldsType) < 0 ||
         PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0 ||
-        PyModule_AddFunctions(m, native_wire_methods) < 0) {
+        PyModule_AddFunctions(m, native_wire_methods) < 0 ||
+        PyModule_AddFunctions(m, native_days_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

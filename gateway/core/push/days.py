@@ -41,7 +41,11 @@ one owner all day, a meter and register not seen before in the batch); a
 meter-day that is cut, has invalid values or overlaps another is resolved
 reading by reading. From :func:`gateway.core.push.scan.scan_days` a meter-day's
 ``values`` usually arrive as their posted text and count, checked to be finite
-numbers but not converted: only a day that is cut parses them.
+numbers but not converted: only a day that is cut parses them. Where the C
+module was built, the common meter-day is routed by ``route_days``
+(gateway/core/_native_days.c), whose specification is :func:`_route_day`:
+everything else, and each start, OBIS code and quality string met for the
+first time, is left to it.
 """
 
 from __future__ import annotations
@@ -49,14 +53,19 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial, obis_key, obis_units
+from gateway.core.meters import AIRPLANE_MODE
+from gateway.core.native import native as _native
 from gateway.core.push.records import (
+    _MAX,
+    _MIN,
     FUTURE_SKEW,
     QUALITY_CODES,
     UNITS,
@@ -233,6 +242,26 @@ class _Days:
         return text[open_at:close_at + 1]
 
 
+def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | None:
+    """``route_days`` of gateway/core/_native_days.c over ``st``: from a
+    meter-day index on, the meter-days :func:`_route_day` would send whole
+    to their owner, with the same effects on ``st``, up to the first it
+    leaves to it (which then fills the caches the C reads: a start, an OBIS
+    code, a quality string met for the first time). None where the C module
+    was not built or the owners are read in Python."""
+    if _native is None or st.relations.native_span(
+            "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
+        return None
+    args = st.relations.native_span_args("meter", "owner", AIRPLANE_MODE)
+    if args is None:
+        return None
+    probe, o, f, wildcard, tenants = args
+    context = (_MEMBERS, st.starts, st.obis, st.qualities, st.seen, st.owners,
+               st.parts, st.readings, st.latest, MAX_VALUES, MAX_INTERVAL_S,
+               probe, o, f, wildcard, _MIN, _MAX, tenants)
+    return partial(_native.route_days, context)
+
+
 def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                      text: str | None = None, spans: Sequence[tuple[int, int]] | None = None,
                      max_meter_days: int = 200_000) -> RoutedDays:
@@ -248,123 +277,135 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
     if spans is not None and len(spans) != len(days):
         spans = None
     st = _Days(relations, now, text, spans)
-    drop = st.quarantined.append
-    obis_codes, starts, qualities = st.obis, st.starts, st.qualities
-    seen, owners, latest = st.seen, st.owners, st.latest
-    received = 0
-    for index, day in enumerate(days):
-        if type(day) is not dict:
-            received += 1
-            drop(Quarantined(index, _INVALID, None))
-            continue
-        values = day.get("values")
-        raw: str | None = None
-        parsed: list[Any] | None = None
-        n = 0
-        if type(values) is tuple:  # only from scan_days: JSON has no tuples
-            raw, values = values
-            if type(values) is int:  # that many finite numbers, not parsed
-                n = values
-        # SECURITY: a number is a count only inside scan_days' pair ("values": 5 is
-        # no list, and invalid).
-        if type(values) is list and values:
-            n, parsed = len(values), values
-        received += n or 1
-        meter = day.get("meter")
-        if type(meter) is not str:
-            drop(Quarantined(index, _INVALID, None, 0, n or 1))
-            continue
-        if not st.serial(meter):  # never echo a malformed id back
-            drop(Quarantined(index, "malformed-meter-id", None, 0, n or 1))
-            continue
-        if not _MEMBERS.issuperset(day):
-            # SECURITY: D1, only the members the format defines reach a tenant.
-            drop(Quarantined(index, _UNEXPECTED, meter, 0, n or 1))
-            continue
-        stamp, interval, obis = day.get("start"), day.get("interval"), day.get("obis")
-        unit, label, via = day.get("unit"), day.get("operator"), day.get("via")
-        start = None
-        if type(stamp) is str:
-            start = starts.get(stamp)
-            if start is None and stamp not in starts:
-                start = st.start(stamp)
-        coded_obis = None
-        if type(obis) is str:
-            if obis in obis_codes:
-                coded_obis = obis_codes[obis]
-            else:
-                key = obis_key(obis)
-                coded_obis = obis_codes[obis] = None if key is None else (key, obis_units(key))
-        quality = day.get("quality")
-        if type(quality) is str and len(quality) == 2 * n:  # one check per distinct string
-            coded = qualities.get(quality)
-            if coded is None:
-                coded = qualities[quality] = _quality(quality, n)
-        else:
-            coded = _quality(quality, n or 1)
-        if (start is None or coded is None or coded_obis is None
-                or not 0 < n <= MAX_VALUES
-                or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
-                or type(unit) is not str or unit not in UNITS
-                or not (label is None or type(label) is str)
-                or not (via is None or (type(via) is str and st.serial(via)))):
-            drop(Quarantined(index, _INVALID, meter, 0, n or 1))
-            continue
-        # D5: a unit that is not the one of the code's quantity (a volume in kWh).
-        unit_fits = unit in coded_obis[1]
-        codes, bad_codes = coded
-        bad_values = () if parsed is None else _bad_values(parsed)
-        ean = day.get("ean")
-        ean_ok: bool | None = True
-        if ean is not None:
-            ean_ok = st.eans.get(ean) if type(ean) is str else False
-            if ean_ok is None:
-                ean_ok = st.eans[ean] = is_valid_ean(ean)
-        first, step = start[0], interval * 1_000_000
-        last = first + (n - 1) * step
-        key = f"{meter} {coded_obis[0]}"
-        if (not bad_values and not bad_codes and last <= latest and unit_fits and ean_ok
-                and key not in seen):
-            span = owners.get(meter)
-            if span is None or not span[0] <= first < span[1]:
-                span = owners[meter] = owner_span(relations, meter, first)
-            if (span[1] > last and (via is None or st.span(via, first)[1] > last)
-                    and (ean is None or st.pairing(meter, ean, first)[1] > last)):
-                # The common case: one outcome for the whole day.
-                seen[key] = (first, step, n)
-                _emit(st, index, day, start, codes, 0, n,
-                      _outcome(st, span, label, via, first, meter, ean), raw, parsed)
-                continue
-        # Reading by reading, in route_batch's order of checks.
-        if parsed is None:
-            assert raw is not None
-            parsed = json.loads(raw)  # a cut day: its values are needed one by one
-        known = None if not ean_ok else st.seen_set(key)
-        outcomes: list[tuple[bool, str]] = []
-        for i in range(n):
-            at = first + i * step
-            if i in bad_values or i in bad_codes or at > latest:
-                outcomes.append((False, _INVALID))
-            elif not unit_fits:
-                outcomes.append((False, _UNIT_MISMATCH))
-            elif known is None:
-                outcomes.append((False, _BAD_EAN))
-            else:
-                size = len(known)
-                known.add(at)
-                if len(known) == size:
-                    outcomes.append((False, _DUPLICATE))
-                else:
-                    outcomes.append(_outcome(st, st.span(meter, at), label, via, at, meter, ean))
-        run = 0
-        for i in range(1, n + 1):
-            if i == n or outcomes[i] != outcomes[run]:
-                _emit(st, index, day, start, codes, run, i, outcomes[run], raw, parsed)
-                run = i
+    fast = _native_days(st)
+    received, index, count = 0, 0, len(days)
+    while index < count:
+        if fast is not None:
+            # The common meter-days in C, up to the first it leaves to Python.
+            index, taken = fast(days, index)
+            received += taken
+            if index == count:
+                break
+        received += _route_day(st, index, days[index])
+        index += 1
     parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
              for tenant, texts in st.parts.items()}
     return RoutedDays(batch_id, MappingProxyType(parts), tuple(st.quarantined), received,
                       len(days))
+
+
+def _route_day(st: _Days, index: int, day: Any) -> int:
+    """Route meter-day ``index``: its readings go to their owners or to
+    quarantine (``st`` collects both). Returns the readings it counts (one
+    for a meter-day whose ``values`` is not a non-empty list)."""
+    drop = st.quarantined.append
+    if type(day) is not dict:
+        drop(Quarantined(index, _INVALID, None))
+        return 1
+    values = day.get("values")
+    raw: str | None = None
+    parsed: list[Any] | None = None
+    n = 0
+    if type(values) is tuple:  # only from scan_days: JSON has no tuples
+        raw, values = values
+        if type(values) is int:  # that many finite numbers, not parsed
+            n = values
+    # SECURITY: a number is a count only inside scan_days' pair ("values": 5 is
+    # no list, and invalid).
+    if type(values) is list and values:
+        n, parsed = len(values), values
+    meter = day.get("meter")
+    if type(meter) is not str:
+        drop(Quarantined(index, _INVALID, None, 0, n or 1))
+        return n or 1
+    if not st.serial(meter):  # never echo a malformed id back
+        drop(Quarantined(index, "malformed-meter-id", None, 0, n or 1))
+        return n or 1
+    if not _MEMBERS.issuperset(day):
+        # SECURITY: D1, only the members the format defines reach a tenant.
+        drop(Quarantined(index, _UNEXPECTED, meter, 0, n or 1))
+        return n or 1
+    stamp, interval, obis = day.get("start"), day.get("interval"), day.get("obis")
+    unit, label, via = day.get("unit"), day.get("operator"), day.get("via")
+    start = None
+    if type(stamp) is str:
+        start = st.starts.get(stamp)
+        if start is None and stamp not in st.starts:
+            start = st.start(stamp)
+    coded_obis = None
+    if type(obis) is str:
+        if obis in st.obis:
+            coded_obis = st.obis[obis]
+        else:
+            key = obis_key(obis)
+            coded_obis = st.obis[obis] = None if key is None else (key, obis_units(key))
+    quality = day.get("quality")
+    if type(quality) is str and len(quality) == 2 * n:  # one check per distinct string
+        coded = st.qualities.get(quality)
+        if coded is None:
+            coded = st.qualities[quality] = _quality(quality, n)
+    else:
+        coded = _quality(quality, n or 1)
+    if (start is None or coded is None or coded_obis is None
+            or not 0 < n <= MAX_VALUES
+            or type(interval) is not int or not 0 < interval <= MAX_INTERVAL_S
+            or type(unit) is not str or unit not in UNITS
+            or not (label is None or type(label) is str)
+            or not (via is None or (type(via) is str and st.serial(via)))):
+        drop(Quarantined(index, _INVALID, meter, 0, n or 1))
+        return n or 1
+    # D5: a unit that is not the one of the code's quantity (a volume in kWh).
+    unit_fits = unit in coded_obis[1]
+    codes, bad_codes = coded
+    bad_values = () if parsed is None else _bad_values(parsed)
+    ean = day.get("ean")
+    ean_ok: bool | None = True
+    if ean is not None:
+        ean_ok = st.eans.get(ean) if type(ean) is str else False
+        if ean_ok is None:
+            ean_ok = st.eans[ean] = is_valid_ean(ean)
+    first, step = start[0], interval * 1_000_000
+    last = first + (n - 1) * step
+    key = f"{meter} {coded_obis[0]}"
+    if (not bad_values and not bad_codes and last <= st.latest and unit_fits and ean_ok
+            and key not in st.seen):
+        span = st.owners.get(meter)
+        if span is None or not span[0] <= first < span[1]:
+            span = st.owners[meter] = owner_span(st.relations, meter, first)
+        if (span[1] > last and (via is None or st.span(via, first)[1] > last)
+                and (ean is None or st.pairing(meter, ean, first)[1] > last)):
+            # The common case: one outcome for the whole day.
+            st.seen[key] = (first, step, n)
+            _emit(st, index, day, start, codes, 0, n,
+                  _outcome(st, span, label, via, first, meter, ean), raw, parsed)
+            return n or 1
+    # Reading by reading, in route_batch's order of checks.
+    if parsed is None:
+        assert raw is not None
+        parsed = json.loads(raw)  # a cut day: its values are needed one by one
+    known = None if not ean_ok else st.seen_set(key)
+    outcomes: list[tuple[bool, str]] = []
+    for i in range(n):
+        at = first + i * step
+        if i in bad_values or i in bad_codes or at > st.latest:
+            outcomes.append((False, _INVALID))
+        elif not unit_fits:
+            outcomes.append((False, _UNIT_MISMATCH))
+        elif known is None:
+            outcomes.append((False, _BAD_EAN))
+        else:
+            size = len(known)
+            known.add(at)
+            if len(known) == size:
+                outcomes.append((False, _DUPLICATE))
+            else:
+                outcomes.append(_outcome(st, st.span(meter, at), label, via, at, meter, ean))
+    run = 0
+    for i in range(1, n + 1):
+        if i == n or outcomes[i] != outcomes[run]:
+            _emit(st, index, day, start, codes, run, i, outcomes[run], raw, parsed)
+            run = i
+    return n
 
 
 def _outcome(st: _Days, span: tuple[int, int, str | None, bool], label: Any, via: Any,

@@ -129,13 +129,10 @@ class RelationIndex:
         known = self._spans.get(key)
         if known is not None:
             return known
-        probe = self._probes.get(kind)
-        if probe is None:
+        args = self.native_span_args(kind, owner, flag)
+        if args is None:
             return None
-        names, tenants = self._names, self._tenants
-        o = names.index(owner) if owner in names else -1
-        f = names.index(flag) if flag in names else -1
-        wildcard = self._tenant_of.get("*", -1)
+        probe, o, f, wildcard, tenants = args
         span = probe.span
 
         def read(rid: bytes, at: int) -> tuple[int, int, str | None, bool]:
@@ -144,6 +141,20 @@ class RelationIndex:
 
         self._spans[key] = read
         return read
+
+    def native_span_args(self, kind: str, owner: str, flag: str
+                         ) -> tuple[Any, int, int, int, tuple[str, ...]] | None:
+        """What ``Probe.span`` of gateway/core/_native.c takes besides the key,
+        the instant and the open ends, for :meth:`native_span`'s question:
+        ``(probe, owner's index, flag's index, the wildcard's, the tenants)``
+        (an index -1 where the name is not in the snapshot); None without C."""
+        probe = self._probes.get(kind)
+        if probe is None:
+            return None
+        names = self._names
+        o = names.index(owner) if owner in names else -1
+        f = names.index(flag) if flag in names else -1
+        return (probe, o, f, self._tenant_of.get("*", -1), tuple(self._tenants))
 
     @classmethod
     def from_snapshot(cls, snapshot: Snapshot) -> RelationIndex:

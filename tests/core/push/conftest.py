@@ -21,3 +21,23 @@ def owner_reading(request: pytest.FixtureRequest) -> Iterator[str]:
         elif not native_available():
             pytest.skip("gateway.core._native is not built")
         yield request.param
+
+
+@pytest.fixture(params=["c", "python", "exact"])
+def days_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A columnar test that uses this runs three times, on each way the
+    router may take a meter-day: "c", parsed by ``scan_days`` as the
+    intake does, the common meter-days routed by ``route_days`` in C
+    (gateway/core/_native_days.c) and the owners read in C; "python", the
+    same parse, everything in Python (``_route_day``, ``owner_span_reference``);
+    "exact", parsed by ``scan_batch`` (each ``values`` a list: Python's
+    path, whatever is built). ``tests.core.push.test_days.route`` follows it."""
+    from tests.core.push import test_days
+
+    if request.param == "python":
+        monkeypatch.setattr(RelationIndex, "native_span", lambda self, *args: None)
+    elif not native_available():
+        pytest.skip("gateway.core._native is not built")
+    if request.param == "exact":
+        monkeypatch.setattr(test_days, "parse", test_days.scan_batch)
+    return str(request.param)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from gateway.core.jsonlimits import DuplicateKey
 from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days
 from gateway.core.push.records import QUARANTINE_REASONS, BatchRejected, route_batch
-from gateway.core.push.scan import scan_batch, scan_days
+from gateway.core.push.scan import Spans, scan_batch, scan_days
 from gateway.core.relations.index import RelationIndex
 from tests.core.conftest import METER_MOVED, METER_ORES, METER_WATER, NOW, SWITCH
 from tests.core.push.test_records import (
@@ -30,6 +31,9 @@ from tests.core.push.test_records import (
     RELATIONS,
     YESTERDAY,
 )
+
+# Every test here on each way a meter-day may be routed (tests/core/push/conftest.py).
+pytestmark = pytest.mark.usefixtures("days_path")
 
 Outcome = tuple[str, str]  # ("to", tenant) or ("q", reason)
 
@@ -49,9 +53,14 @@ def batch(days: list[Any]) -> dict[str, Any]:
             "meter_days": days}
 
 
+# How route() parses: as the intake does (the days_path fixture of
+# tests/core/push/conftest.py may swap in scan_batch).
+parse: Callable[[str], tuple[Any, Spans | None]] = scan_days
+
+
 def route(days: list[Any], relations: RelationIndex = RELATIONS) -> RoutedDays:
     text = json.dumps(batch(days))
-    doc, spans = scan_batch(text)
+    doc, spans = parse(text)
     return route_meter_days(doc, relations, NOW, text=text, spans=spans)
 
 

@@ -38,8 +38,8 @@ from tests.core.push._calls import counting
 from tests.core.push.test_days import batch, day, delivered, outcomes, per_record, route
 from tests.core.push.test_records import EAN_OK, METER_AIRPLANE, RELATIONS, YESTERDAY
 
-# Every test here on both owner readings (tests/core/push/conftest.py).
-pytestmark = pytest.mark.usefixtures("owner_reading")
+# Every test here on each way a meter-day may be routed (tests/core/push/conftest.py).
+pytestmark = pytest.mark.usefixtures("days_path")
 
 
 def runs(routed: RoutedDays) -> set[tuple[int, str, str | None, int, int]]:

@@ -1,0 +1,42 @@
+/*
+ * What the parts of gateway.core._native share: the snapshot probe
+ * (gateway/core/_native.c) and the function tables of the other files.
+ */
+#ifndef GATEWAY_CORE_NATIVE_H
+#define GATEWAY_CORE_NATIVE_H
+
+#include <Python.h>
+#include <stdint.h>
+
+typedef struct {
+    PyObject_HEAD
+    Py_buffer buffer; /* the whole snapshot */
+    Py_buffer slots;  /* this kind's hash table: u32[mask + 1] */
+    Py_ssize_t rows_start;
+    uint32_t mask;
+    int held;         /* which of the two buffers are held (1, 2: both) */
+} ProbeObject;
+
+extern PyTypeObject ProbeType;
+
+/* owner_span of gateway/core/push/records.py for the resource ``key``:
+   ``owner_rel`` and ``airplane_rel`` are the snapshot's indexes of those
+   relation names (-1: not in it), ``wildcard`` the index of the tenant "*"
+   (-1: none); ``*lo`` and ``*hi`` come in as the open ends. Every ownership
+   or airplane-mode record narrows [*lo, *hi) around ``at``; ``*tenant`` is
+   the single owner at ``at``, or -1 when there is none, several or the
+   wildcard (SECURITY: fail closed, D1); ``*airplane`` whether an
+   airplane-mode record holds at ``at``. A record past the buffer's end
+   answers no owner over the open ends. Returns 0. */
+int probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_t at,
+               long long owner_rel, long long airplane_rel, long long wildcard, int64_t *lo,
+               int64_t *hi, long long *tenant, int *airplane);
+
+/* gateway/core/_native_wire.c: the data plane's wire forms. */
+extern PyMethodDef native_wire_methods[];
+
+/* gateway/core/_native_days.c: the columnar push's common meter-days. */
+extern PyMethodDef native_days_methods[];
+int native_days_init(void);
+
+#endif
