@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -311,6 +311,25 @@ async def test_a_body_that_trickles_in_is_refused_at_the_configured_deadline(
     assert answer.status == 408
     assert p.upstream.sent == []
     assert event_of(p, answer.json()["incident"])["reason"] == "body-timeout"
+
+
+async def test_the_body_deadline_is_per_read_not_for_the_whole_body(plane: Start) -> None:
+    """A body that keeps arriving, each part within the deadline of the one
+    before, is read whole though it takes longer than one deadline."""
+    p = await plane(meter_answer, routes=_routes(), limits=EdgeLimits(body_timeout_s=0.4))
+    body = json.dumps({"serial": ORES_METER}).encode()
+    parts = [body[i:i + 5] for i in range(0, len(body), 5)]
+
+    async def steady() -> AsyncIterator[bytes]:
+        for part in parts:
+            await asyncio.sleep(0.15)
+            yield part
+
+    assert 0.15 * len(parts) > 0.4 * 1.5
+    async with p.session.post(f"{p.url}/hes/lookups", data=steady(),
+                              headers={"Content-Type": "application/json"}) as resp:
+        assert resp.status == 200
+    assert [s.body for s in p.upstream.sent] == [body]
 
 
 async def test_a_body_without_it_is_read_only_after_the_decision(plane: Start) -> None:
