@@ -13,7 +13,7 @@
  *   is_valid_gsrn, is_valid_ean, is_valid_meter_serial
  *                  gateway/core/identifiers.py (the GS1 check digit, a
  *                  meter's serial);
- *   cut_values, finite_number_arrays
+ *   cut_values, finite_number_counts
  *                  gateway/core/push/scan.py (the columnar push's values
  *                  arrays cut out of a batch, and their numbers checked);
  *   response_head, request_head, answer_head
@@ -796,20 +796,20 @@ cut_values(PyObject *module, PyObject *text)
     return out;
 }
 
-/* 1 when ``s[0:n]`` is a non-empty JSON array (RFC 8259) of numbers that are
-   finite as floats, 0 when not, -1 on error. A number without an exponent
+/* The count of its numbers when ``s[0:n]`` is a non-empty JSON array (RFC
+   8259) of numbers that are finite as floats, 0 when not, -1 on error. A number without an exponent
    and with at most 308 digits before its point is below 1e309 and finite as
    it stands; any other is read as Python reads a float (correctly rounded,
    whatever the locale) and must not overflow. */
-static int
+static Py_ssize_t
 finite_number_array(const char *s, Py_ssize_t n)
 {
-    Py_ssize_t i = 0;
+    Py_ssize_t i = 0, count = 0;
     if (n < 2 || s[0] != '[') {
         return 0;
     }
     i = 1;
-    for (;;) {
+    for (;; count++) {
         while (i < n && is_json_ws((unsigned char)s[i])) {
             i++;
         }
@@ -876,45 +876,60 @@ finite_number_array(const char *s, Py_ssize_t n)
             i++;
             continue;
         }
-        return i == n - 1 && s[i] == ']';
+        return i == n - 1 && s[i] == ']' ? count + 1 : 0;
     }
 }
 
-/* finite_number_arrays(arrays) -> bool: _all_finite_numbers of scan.py, each
-   array a non-empty JSON array of numbers finite as floats. */
+/* finite_number_counts(arrays) -> list | None: finite_number_counts_reference
+   of scan.py, each array's count of values when every one is a non-empty
+   JSON array of numbers finite as floats (finite_number_array), else None. */
 static PyObject *
-finite_number_arrays(PyObject *module, PyObject *arrays)
+finite_number_counts(PyObject *module, PyObject *arrays)
 {
     (void)module;
     if (!PyList_Check(arrays)) {
-        PyErr_SetString(PyExc_TypeError, "finite_number_arrays: a list of str");
+        PyErr_SetString(PyExc_TypeError, "finite_number_counts: a list of str");
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(arrays); k++) {
+    Py_ssize_t total = PyList_GET_SIZE(arrays);
+    PyObject *counts = PyList_New(total);
+    if (counts == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < total; k++) {
         PyObject *array = PyList_GET_ITEM(arrays, k);
         if (!PyUnicode_Check(array)) {
-            PyErr_SetString(PyExc_TypeError, "finite_number_arrays: a list of str");
+            Py_DECREF(counts);
+            PyErr_SetString(PyExc_TypeError, "finite_number_counts: a list of str");
             return NULL;
         }
-        if (!PyUnicode_IS_ASCII(array)) {
-            Py_RETURN_FALSE;
+        Py_ssize_t found = 0;
+        if (PyUnicode_IS_ASCII(array)) {
+            found = finite_number_array((const char *)PyUnicode_1BYTE_DATA(array),
+                                        PyUnicode_GET_LENGTH(array));
         }
-        int ok = finite_number_array((const char *)PyUnicode_1BYTE_DATA(array),
-                                     PyUnicode_GET_LENGTH(array));
-        if (ok < 0) {
+        if (found <= 0) {
+            Py_DECREF(counts);
+            if (found < 0) {
+                return NULL;
+            }
+            Py_RETURN_NONE;
+        }
+        PyObject *count = PyLong_FromSsize_t(found);
+        if (count == NULL) {
+            Py_DECREF(counts);
             return NULL;
         }
-        if (!ok) {
-            Py_RETURN_FALSE;
-        }
+        PyList_SET_ITEM(counts, k, count);
     }
-    Py_RETURN_TRUE;
+    return counts;
 }
 
 static PyMethodDef module_methods[] = {
     {"cut_values", cut_values, METH_O, "_CUT.split(text) of gateway/core/push/scan.py."},
-    {"finite_number_arrays", finite_number_arrays, METH_O,
-     "Each array a non-empty JSON array of numbers finite as floats."},
+    {"finite_number_counts", finite_number_counts, METH_O,
+     "Each array's count of values, when every one is a non-empty JSON array of numbers "
+     "finite as floats; else None."},
     {"is_valid_meter_serial", is_valid_meter_serial, METH_O,
      "A meter serial: 6 to 20 of 0-9 and A-Z."},
     {"is_valid_gsrn", is_valid_gsrn, METH_O, "An 18-digit GSRN with a correct check digit."},

@@ -290,25 +290,29 @@ def _arrays(draw: st.DrawFn) -> str:
 @needs_native
 @settings(max_examples=1500, deadline=None)
 @given(arrays=st.lists(_arrays(), min_size=1, max_size=4))
-def test_finite_number_arrays_equals_its_reference(arrays: list[str]) -> None:
-    assert native.finite_number_arrays(arrays) is scan._all_finite_numbers(arrays), arrays
+def test_finite_number_counts_equals_its_reference(arrays: list[str]) -> None:
+    assert native.finite_number_counts(arrays) == scan.finite_number_counts_reference(arrays), \
+        arrays
 
 
 @needs_native
-def test_finite_number_arrays_at_the_edges() -> None:
-    finite = ["[1]", "[-0]", "[0.5e-3, 1E+2]", "[ 1 , 2 ]", "[" + "9" * 308 + "]",
-              "[1.7976931348623157e308]", "[1e-400]", "[123456789012345678901234567890]"]
+def test_finite_number_counts_at_the_edges() -> None:
+    finite = {"[1]": 1, "[-0]": 1, "[0.5e-3, 1E+2]": 2, "[ 1 , 2 ,3]": 3,
+              "[" + "9" * 308 + "]": 1, "[1.7976931348623157e308]": 1, "[1e-400, 0]": 2,
+              "[123456789012345678901234567890]": 1}
     not_finite = ["[]", "[ ]", "[1,]", "[,1]", "[1 2]", "[01]", "[1.]", "[.5]", "[+1]",
                   "[1e999]", "[-1E400]", "[2" + "0" * 308 + "]", "[1.7976931348623159e308]",
-                  "[1", "1]", "[1]]"]
-    for text in finite:
-        assert native.finite_number_arrays([text]) is True, text
-        assert scan._all_finite_numbers([text]) is True, text
+                  "[1", "1]", "[1]]", "[\u00b9]"]
+    for text, count in finite.items():
+        assert native.finite_number_counts([text]) == [count], text
+        assert scan.finite_number_counts_reference([text]) == [count], text
+    assert native.finite_number_counts(list(finite)) == list(finite.values())
     for text in not_finite:
-        assert native.finite_number_arrays(["[1]", text]) is False, text
-    assert native.finite_number_arrays([]) is True
+        assert native.finite_number_counts(["[1]", text]) is None, text
+        assert native.finite_number_counts([text, "[1]"]) is None, text
+    assert native.finite_number_counts([]) == []
     with pytest.raises(TypeError):
-        native.finite_number_arrays(("[1]",))
+        native.finite_number_counts(("[1]",))
 
 
 @needs_native

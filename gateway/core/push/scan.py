@@ -117,12 +117,20 @@ _LONG_DIGITS = b"0" * 309  # |x| < 1e308 with at most 308 digits and no exponent
 _BRACKETS = "[] \t\n\r"
 
 
+def finite_number_counts_reference(arrays: list[str]) -> list[int] | None:
+    """Each array's count of values when :func:`_all_finite_numbers` vouches
+    for them all (an array of numbers has one comma fewer), else None."""
+    if not _all_finite_numbers(arrays):
+        return None
+    return [array.count(",") + 1 for array in arrays]
+
+
 # The cut and the check in C where they were built (gateway/core/_native.c;
 # tests/core/test_native.py compares them with _CUT.split and
-# _all_finite_numbers, which stay the reference).
+# finite_number_counts_reference, which stay the reference).
 _cut_values: Callable[[str], list[str]] = _native.cut_values if _native else _CUT.split
-_finite_arrays: Callable[[list[str]], bool] = (_native.finite_number_arrays if _native
-                                                else _all_finite_numbers)
+_finite_counts: Callable[[list[str]], list[int] | None] = (
+    _native.finite_number_counts if _native else finite_number_counts_reference)
 
 
 def _strict(text: str, max_depth: int) -> tuple[Any, Spans | None]:
@@ -230,7 +238,7 @@ def scan_days(text: str, max_depth: int = MAX_DEPTH) -> tuple[Any, Spans | None]
     the string ``"~V~"``, the rest is parsed by
     :func:`~gateway.core.jsonlimits.loads_limited` (json.loads's result, a
     repeated key refused, orjson where it provably kept every member), and
-    the arrays are checked in one pass (:data:`_finite_arrays`), or
+    the arrays are checked and counted in one pass (:data:`_finite_counts`), or
     json.loads each when that fails. The nesting of the text is that of the
     rest but for one level where each array was cut (quotes are added in
     pairs, so what lies inside a string does not change): the rest within
@@ -270,7 +278,7 @@ def scan_days(text: str, max_depth: int = MAX_DEPTH) -> tuple[Any, Spans | None]
     days = doc.get(_DAYS) if type(doc) is dict and doc.get("format") == FORMAT else None
     if type(days) is not list:
         return scan_batch(text)
-    every = _finite_arrays(arrays)
+    counts = _finite_counts(arrays)
     one, k = _ONE.fullmatch, 0
     for day in days:
         if type(day) is dict and day.get("values") == _MARK:
@@ -278,7 +286,9 @@ def scan_days(text: str, max_depth: int = MAX_DEPTH) -> tuple[Any, Spans | None]
                 return scan_batch(text)
             array = arrays[k]
             k += 1
-            if every or one(array):
+            if counts is not None:
+                day["values"] = (array, counts[k - 1])
+            elif one(array):
                 day["values"] = (array, array.count(",") + 1)
             else:
                 try:

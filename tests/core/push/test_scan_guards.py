@@ -37,12 +37,12 @@ def finite_check(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     orjson where an exponent may overflow) and its C twin, which calls none
     of them (tests/core/test_native.py compares the two on generated text)."""
     if request.param == "reference":
-        monkeypatch.setattr(scan, "_finite_arrays", scan._all_finite_numbers)
+        monkeypatch.setattr(scan, "_finite_counts", scan.finite_number_counts_reference)
         monkeypatch.setattr(scan, "_cut_values", scan._CUT.split)
     elif scan._native is None:
         pytest.skip("gateway.core._native is not built")
     else:
-        assert scan._finite_arrays is scan._native.finite_number_arrays
+        assert scan._finite_counts is scan._native.finite_number_counts
         assert scan._cut_values is scan._native.cut_values
     return str(request.param)
 
