@@ -42,7 +42,7 @@ def test_without_a_c_compiler_the_project_builds_without_the_accelerator(
     names = _wheel(tmp_path, cc="false")
     assert "gateway/core/relations/index.py" in names
     assert not [n for n in names if n.startswith("gateway/core/_native.") and
-                not n.endswith((".c", ".pyi"))], names
+                not n.endswith((".c", ".h", ".pyi"))], names
 
 
 def test_with_a_c_compiler_the_accelerator_is_in_the_build(tmp_path: Path) -> None:
