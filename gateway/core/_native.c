@@ -675,6 +675,22 @@ is_valid_ean(PyObject *module, PyObject *value)
     return PyBool_FromLong(ok && d[0] == '5' && d[1] == '4');
 }
 
+int
+meter_serial_ok(PyObject *value)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
+    if (n < 6 || n > 20 || !PyUnicode_IS_ASCII(value)) {
+        return 0;
+    }
+    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (!((d[i] >= '0' && d[i] <= '9') || (d[i] >= 'A' && d[i] <= 'Z'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* is_valid_meter_serial of gateway/core/identifiers.py: 6 to 20 of 0-9, A-Z. */
 static PyObject *
 is_valid_meter_serial(PyObject *module, PyObject *value)
@@ -684,17 +700,7 @@ is_valid_meter_serial(PyObject *module, PyObject *value)
         PyErr_SetString(PyExc_TypeError, "a meter serial is a str");
         return NULL;
     }
-    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-    if (n < 6 || n > 20 || !PyUnicode_IS_ASCII(value)) {
-        Py_RETURN_FALSE;
-    }
-    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!((d[i] >= '0' && d[i] <= '9') || (d[i] >= 'A' && d[i] <= 'Z'))) {
-            Py_RETURN_FALSE;
-        }
-    }
-    Py_RETURN_TRUE;
+    return PyBool_FromLong(meter_serial_ok(value));
 }
 
 /* --- the columnar push's values arrays (gateway/core/push/scan.py) -------- */

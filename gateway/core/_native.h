@@ -32,6 +32,10 @@ int probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_
                long long owner_rel, long long airplane_rel, long long wildcard, int64_t *lo,
                int64_t *hi, long long *tenant, int *airplane);
 
+/* is_valid_meter_serial of gateway/core/identifiers.py (6 to 20 of 0-9,
+   A-Z) for a str: 1 or 0. */
+int meter_serial_ok(PyObject *value);
+
 /* gateway/core/_native_wire.c: the data plane's wire forms. */
 extern PyMethodDef native_wire_methods[];
 

@@ -70,23 +70,6 @@ member(PyObject *day, int k)
     return PyDict_GetItemWithError(day, keys[k]);
 }
 
-/* is_valid_meter_serial: 6 to 20 of 0-9, A-Z. */
-static int
-serial_ok(PyObject *value)
-{
-    Py_ssize_t n = PyUnicode_GET_LENGTH(value);
-    if (n < 6 || n > 20 || !PyUnicode_IS_ASCII(value)) {
-        return 0;
-    }
-    const unsigned char *d = PyUnicode_1BYTE_DATA(value);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (!((d[i] >= '0' && d[i] <= '9') || (d[i] >= 'A' && d[i] <= 'Z'))) {
-            return 0;
-        }
-    }
-    return 1;
-}
-
 /* A Python int that fits, or 0 (and no error) where it does not. */
 static int
 as_ll(PyObject *value, long long *out)
@@ -258,7 +241,7 @@ route_one(Context *c, PyObject *day, long long *taken)
         !as_ll(PyTuple_GET_ITEM(values, 1), &n) || n < 1 || n > c->max_values) {
         return 0;
     }
-    if (meter == NULL || !PyUnicode_CheckExact(meter) || !serial_ok(meter)) {
+    if (meter == NULL || !PyUnicode_CheckExact(meter) || !meter_serial_ok(meter)) {
         return 0;
     }
     if (m[K_INTERVAL] == NULL || !as_ll(m[K_INTERVAL], &interval) || interval < 1 ||
@@ -284,6 +267,7 @@ route_one(Context *c, PyObject *day, long long *taken)
         !PyUnicode_CheckExact(PyTuple_GET_ITEM(start, 2)) ||
         !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(start, 2)) || !PyTuple_CheckExact(coded_obis) ||
         PyTuple_GET_SIZE(coded_obis) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(coded_obis, 0)) ||
+        !PyAnySet_Check(PyTuple_GET_ITEM(coded_obis, 1)) ||
         !PyTuple_CheckExact(coded) || PyTuple_GET_SIZE(coded) != 2 ||
         !PyUnicode_CheckExact(PyTuple_GET_ITEM(coded, 0)) ||
         !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(coded, 0)) || !empty(PyTuple_GET_ITEM(coded, 1))) {
