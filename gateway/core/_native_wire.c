@@ -15,7 +15,9 @@
  *   json_facts     json_facts_reference of gateway/core/jsonlimits.py: what
  *                  loads_limited needs to know of a JSON text before orjson
  *                  parses it (its nesting depth, its members, whether a long
- *                  number makes counting them prove nothing), in one pass;
+ *                  number makes counting them prove nothing), in one pass
+ *                  (a text without a backslash: strings by memchr, long
+ *                  digit runs by stride);
  *   json_members   json_members_reference: the members orjson's parse kept.
  *
  * The parse takes untrusted bytes (an upstream's answer): every read is
@@ -356,8 +358,25 @@ static int
 request_text_ok(PyObject *text)
 {
     const unsigned char *p = (const unsigned char *)PyUnicode_DATA(text);
-    Py_ssize_t n = PyUnicode_GET_LENGTH(text);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    Py_ssize_t i = 0;
+    /* Eight bytes at a time: a word with a byte below 0x20 or a DEL (the
+     * bit tricks flag every such byte, and now and then another: a tab) has
+     * its bytes looked at one by one. */
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t x;
+        memcpy(&x, p + i, 8);
+        const uint64_t del = x ^ (ones * 0x7F);
+        if ((((x - ones * 0x20) & ~x) | ((del - ones) & ~del)) & highs) {
+            for (Py_ssize_t j = i; j < i + 8; j++) {
+                if (!value_byte(p[j])) {
+                    return 0;
+                }
+            }
+        }
+    }
+    for (; i < n; i++) {
         if (!value_byte(p[i])) {
             return 0;
         }
@@ -648,7 +667,116 @@ static const unsigned char JSON_CLASS[256] = {
  * backslash escapes, or to the end: in a valid text, one colon per object
  * member), and whether it holds a run of 19 or more digits at its start or
  * after one of [ : , - SP HTAB LF CR.
+ *
+ * Two ways to the same facts: a text without a backslash (nearly all: a
+ * backslash is an escape, and the gateway's own and its upstreams' texts
+ * seldom have one) has its strings found by memchr and its digit runs by
+ * stride (plain_facts, long_run); any other is read byte by byte (the loop
+ * below). tests/core/test_native_wire.py holds both to the reference.
  */
+#define LONG_RUN 19 /* digits that may make orjson read a number otherwise */
+
+/* A run of LONG_RUN or more digits at the start of ``b`` or right after a
+ * byte a number may follow. Every such run covers an offset of the form
+ * LONG_RUN * k + LONG_RUN - 1 (a window of LONG_RUN bytes holds one of each
+ * residue), so only those are looked at, and a digit there is widened to
+ * its whole run. */
+static int
+long_run(const unsigned char *b, Py_ssize_t n)
+{
+    Py_ssize_t j = LONG_RUN - 1;
+    while (j < n) {
+        if (JSON_CLASS[b[j]] != J_DIGIT) {
+            j += LONG_RUN;
+            continue;
+        }
+        Py_ssize_t s = j, e = j + 1;
+        while (s > 0 && JSON_CLASS[b[s - 1]] == J_DIGIT) {
+            s--;
+        }
+        while (e < n && JSON_CLASS[b[e]] == J_DIGIT) {
+            e++;
+        }
+        if (e - s >= LONG_RUN) {
+            if (s == 0) {
+                return 1;
+            }
+            const unsigned char k = JSON_CLASS[b[s - 1]];
+            if (k == J_START || k == J_COLON || k == J_OPEN_START) {
+                return 1;
+            }
+        }
+        /* The next run starts past b[e] (not a digit): its window holds
+         * the first offset of the same residue past e. */
+        j = e + LONG_RUN;
+    }
+    return 0;
+}
+
+/* Depth and members of a text without a backslash, as the byte loop below
+ * reads them. A string runs from a quote to the next. Outside strings, every
+ * colon is a member and every bracket structure. With an odd number of
+ * quotes, the last one opens a string no colon after counts in; to the
+ * structure, the brackets after the last bracket outside any string (inside
+ * strings or not: the byte loop drops adjacent quotes before it pairs them)
+ * are a walk of their own from the depth there, and its deepest point counts
+ * as the text's. */
+static void
+plain_facts(const unsigned char *b, Py_ssize_t n, long *deepest_out, Py_ssize_t *members_out)
+{
+    long depth = 0, deepest = 0;
+    Py_ssize_t members = 0, i = 0, after_outside = 0;
+    int odd = 0;
+    while (i < n) {
+        const unsigned char *q = memchr(b + i, '"', (size_t)(n - i));
+        const Py_ssize_t stop = q != NULL ? q - b : n;
+        for (; i < stop; i++) {
+            switch (JSON_CLASS[b[i]]) {
+            case J_COLON:
+                members++;
+                break;
+            case J_OPEN:
+            case J_OPEN_START:
+                if (++depth > deepest) {
+                    deepest = depth;
+                }
+                after_outside = i + 1;
+                break;
+            case J_CLOSE:
+                depth--;
+                after_outside = i + 1;
+                break;
+            default:
+                break;
+            }
+        }
+        if (q == NULL) {
+            break;
+        }
+        const unsigned char *close = memchr(q + 1, '"', (size_t)(n - stop - 1));
+        if (close == NULL) {
+            odd = 1;
+            break;
+        }
+        i = close - b + 1;
+    }
+    if (odd) {
+        long walk = depth;
+        for (Py_ssize_t j = after_outside; j < n; j++) {
+            const unsigned char k = JSON_CLASS[b[j]];
+            if (k == J_OPEN || k == J_OPEN_START) {
+                if (++walk > deepest) {
+                    deepest = walk;
+                }
+            } else if (k == J_CLOSE) {
+                walk--;
+            }
+        }
+    }
+    *deepest_out = deepest;
+    *members_out = members;
+}
+
 static PyObject *
 json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
 {
@@ -663,6 +791,13 @@ json_facts(PyObject *Py_UNUSED(module), PyObject *arg)
     }
     if ((n >= 4 || n == 2) && (b[0] == 0 || b[1] == 0)) {
         Py_RETURN_NONE;
+    }
+    if (memchr(b, '\\', (size_t)n) == NULL) {
+        long plain_deepest;
+        Py_ssize_t plain_members;
+        plain_facts(b, n, &plain_deepest, &plain_members);
+        return Py_BuildValue("(lnO)", plain_deepest, plain_members,
+                             long_run(b, n) ? Py_True : Py_False);
     }
     long depth = 0, deepest = 0, open_depth = 0, open_deepest = 0;
     Py_ssize_t members = 0, digits = 0;

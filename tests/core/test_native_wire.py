@@ -157,6 +157,32 @@ def test_a_request_is_written_alike(method: str, target: str, host: str,
         assert _http.serialize_request(method, target, host, headers, body) == expected
 
 
+@pytest.mark.parametrize("bad", ["\x00", "\x01", "\x08", "\n", "\r", "\x1f", "\x7f", "\t"])
+def test_a_control_byte_in_a_value_is_refused_wherever_it_stands(bad: str) -> None:
+    """The writer looks at a value eight bytes at a time: a control byte (or
+    DEL) in any place of a word or of the tail is refused as the reference
+    refuses it; a tab, flagged by the same test, is let through."""
+    for at in range(19):
+        _refused_alike("v" * at + bad + "w" * (18 - at), refused=bad != "\t")
+
+
+def _refused_alike(value: str, *, refused: bool) -> None:
+    assert native is not None
+    expected: bytes | type[ValueError]
+    try:
+        expected = _http.serialize_request_reference("GET", "/", "h", {"X-A": value}, None)
+    except ValueError:
+        expected = ValueError
+    assert (expected is ValueError) is refused
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            native.request_head("GET", "/", "h", {"X-A": value}, None)
+        with pytest.raises(ValueError):
+            native.request_head("GET", "/", value, {}, None)
+    else:
+        assert native.request_head("GET", "/", "h", {"X-A": value}, None) == expected
+
+
 def test_a_request_field_given_twice_keeps_its_first_place_and_last_value() -> None:
     assert native is not None
     headers = {"X-A": "1", "B": "2", "x-a": "3"}
@@ -383,6 +409,57 @@ def test_a_json_texts_facts_are_read_alike(data: bytes) -> None:
 def test_any_bytes_facts_are_read_alike(data: bytes) -> None:
     assert native is not None
     assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
+
+
+# The texts without a backslash take a path of their own in the C (strings
+# found by memchr, digit runs by stride): these are built of what that path
+# reads, quotes left unpaired and runs of digits of every length near the
+# limit (19) at every offset.
+_PLAIN_PIECES = st.sampled_from(['"', '"', "[", "]", "{", "}", ":", ",", " ", "-", "a", "\n",
+                                 "0", "7", '""', '": ', "null"])
+
+
+@st.composite
+def plain_texts(draw: st.DrawFn) -> bytes:
+    pieces = draw(st.lists(st.one_of(
+        _PLAIN_PIECES, st.integers(15, 42).map(lambda k: "1" * k)), max_size=60))
+    return "".join(pieces).encode()
+
+
+@settings(max_examples=3000, deadline=None)
+@given(plain_texts())
+@example(b'"{"": null}')  # the quote left unpaired is the first, not the last
+@example(b'[' + b'1' * 19 + b']')
+@example(b'[' + b'1' * 18 + b']')
+@example(b'a' + b'1' * 40)  # a long run after a byte no number follows
+@example(b'"' + b'1' * 19 + b'"')  # inside a string, at the 19th byte
+@example(b'{"a": 1, "b:')  # no colon after a quote left unpaired counts
+def test_a_text_without_a_backslash_has_the_references_facts(data: bytes) -> None:
+    assert native is not None and b"\\" not in data
+    assert native.json_facts(data) == jsonlimits.json_facts_reference(data)
+
+
+@pytest.mark.parametrize("before", [b"", b"[", b":", b",", b"-", b" ", b"a", b'"'])
+def test_a_run_of_digits_is_found_at_any_offset(before: bytes) -> None:
+    """The stride of the digit check (one byte in 19, each digit there widened
+    to its run) finds a run of 19 or more wherever it starts and ends."""
+    assert native is not None
+    for offset in range(41):
+        for length in (18, 19, 20, 37, 38, 39):
+            data = b"x" * offset + before + b"5" * length + b"]" * (offset % 3)
+            if offset == 0 and before == b"":
+                assert native.json_facts(data)[2] is (length >= 19), data
+            assert native.json_facts(data) == jsonlimits.json_facts_reference(data), data
+
+
+def test_a_run_right_after_a_short_one_is_found() -> None:
+    """A digit at a stride's byte is widened to its run; the next run may
+    start one byte past its end and hold exactly 19 digits."""
+    assert native is not None
+    for offset in range(41):
+        data = b"x" * offset + b"12," + b"5" * 19
+        assert native.json_facts(data) == jsonlimits.json_facts_reference(data) == (
+            0, 0, True), data
 
 
 @settings(max_examples=1500, deadline=None)
