@@ -70,6 +70,7 @@ from gateway.upstream import UpstreamTransport
 from gateway.vault import Lockbox
 
 JSON = "application/json"
+_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})  # a body with these: 400
 
 
 class DataPlane:
@@ -143,71 +144,76 @@ class DataPlane:
             await self.trace.account(ex, request, response)
             return response
         self.in_flight += 1
+        # The admitted request's pipeline, in this coroutine (a coroutine
+        # of its own would be one more frame to make and to resume at every
+        # await of the request).
         try:
-            return await self._pipeline_admitted(request, ex)
+            try:
+                self._edge(request)
+                if not self.audit.writable:
+                    # SECURITY: no audit trail, no request: refused before it is forwarded.
+                    raise RequestRefused(503, "audit-unavailable")
+                if self.state_stale:
+                    # SECURITY (D8): a view of revocations older than the bound
+                    # could let a revoked certificate through: fail closed.
+                    raise RequestRefused(503, "state-stale", headers={"Retry-After": "1"})
+                ex.caller = self.resolver.resolve(request)
+                if ex.caller.tenant.contract_bounded:
+                    self._contract(ex.caller)
+                target = self._target(request)
+                forward_headers = self._hygiene(request, ex)
+                if target.path in PUSH_ROUTES and self.push_intake is not None:
+                    response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
+                    await self.trace.account(ex, request, response)
+                    return response
+                if target.path == NOTIFICATIONS.template:
+                    response = await self.notifications.handle(request, target, ex)
+                    await self.trace.account(ex, request, response)
+                    return response
+                if is_lockbox(target.path):
+                    response = await self.lockbox.handle(request, target, ex)
+                    await self.trace.account(ex, request, response)
+                    return response
+                ex.match = self._route(request.method, target)
+                ref = ex.match.route.resource
+                body_decides = ref is not None and ref.source == "body"
+                body, parsed = await self._body(request, ex) if body_decides else (None, None)
+                facts = RequestFacts(ex.match.params, target.query_map, parsed)
+                now = self.clock()
+                relations = self.relations()
+                self._decide(ex, facts, relations, now, request)
+                if not body_decides:
+                    # Decided before any body byte is parsed: a tenant that may not
+                    # act here gets its 403 whatever it sent (D1, D6).
+                    # The facts keep no body: only a route that names its
+                    # resource in the body reads it (resource_id), and that
+                    # route's body was parsed before the decision.
+                    if request.method in _NO_BODY:
+                        # _body's first case, without a coroutine of its own.
+                        if request.body_exists:
+                            raise RequestRefused(400, "body-not-allowed")
+                    else:
+                        body, parsed = await self._body(request, ex)
+                if ex.match.route.meter_operation:
+                    self._meter_operation(ex, parsed, relations, now)
+                if ex.match.route.sensitive:
+                    self._register_consultation(request, ex, now)
+                upstream = await self._forward_within_quota(ex, target, forward_headers, body,
+                                                            request.method)
+                response = self.response_check.check(ex, facts, relations, upstream, now)
+            except RequestRefused as exc:
+                ex.reason = exc.reason
+                if isinstance(exc, CredentialRefused):
+                    ex.caller = exc.caller  # refused, but who it is goes to the audit and SOC
+                response = self.trace.problem(exc.status, ex, headers=exc.headers,
+                                              detail=exc.detail)
+            except UpstreamFailed as exc:
+                ex.reason = exc.reason
+                response = self.trace.problem(exc.status, ex)
+            await self.trace.account(ex, request, response)
+            return response
         finally:
             self.in_flight -= 1
-
-    async def _pipeline_admitted(self, request: HttpRequest,
-                                 ex: Exchange) -> web.Response:
-        try:
-            self._edge(request)
-            if not self.audit.writable:
-                # SECURITY: no audit trail, no request: refused before it is forwarded.
-                raise RequestRefused(503, "audit-unavailable")
-            if self.state_stale:
-                # SECURITY (D8): a view of revocations older than the bound
-                # could let a revoked certificate through: fail closed.
-                raise RequestRefused(503, "state-stale", headers={"Retry-After": "1"})
-            ex.caller = self.resolver.resolve(request)
-            if ex.caller.tenant.contract_bounded:
-                self._contract(ex.caller)
-            target = self._target(request)
-            forward_headers = self._hygiene(request, ex)
-            if target.path in PUSH_ROUTES and self.push_intake is not None:
-                response = await self.push_intake.handle(request, ex, PUSH_ROUTES[target.path])
-                await self.trace.account(ex, request, response)
-                return response
-            if target.path == NOTIFICATIONS.template:
-                response = await self.notifications.handle(request, target, ex)
-                await self.trace.account(ex, request, response)
-                return response
-            if is_lockbox(target.path):
-                response = await self.lockbox.handle(request, target, ex)
-                await self.trace.account(ex, request, response)
-                return response
-            ex.match = self._route(request.method, target)
-            ref = ex.match.route.resource
-            body_decides = ref is not None and ref.source == "body"
-            body, parsed = await self._body(request, ex) if body_decides else (None, None)
-            facts = RequestFacts(ex.match.params, target.query_map, parsed)
-            now = self.clock()
-            relations = self.relations()
-            self._decide(ex, facts, relations, now, request)
-            if not body_decides:
-                # Decided before any body byte is parsed: a tenant that may not
-                # act here gets its 403 whatever it sent (D1, D6).
-                # The facts keep no body: only a route that names its
-                # resource in the body reads it (resource_id), and that
-                # route's body was parsed before the decision.
-                body, parsed = await self._body(request, ex)
-            if ex.match.route.meter_operation:
-                self._meter_operation(ex, parsed, relations, now)
-            if ex.match.route.sensitive:
-                self._register_consultation(request, ex, now)
-            upstream = await self._forward_within_quota(ex, target, forward_headers, body,
-                                                        request.method)
-            response = self.response_check.check(ex, facts, relations, upstream, now)
-        except RequestRefused as exc:
-            ex.reason = exc.reason
-            if isinstance(exc, CredentialRefused):
-                ex.caller = exc.caller  # refused, but who it is goes to the audit and SOC
-            response = self.trace.problem(exc.status, ex, headers=exc.headers, detail=exc.detail)
-        except UpstreamFailed as exc:
-            ex.reason = exc.reason
-            response = self.trace.problem(exc.status, ex)
-        await self.trace.account(ex, request, response)
-        return response
 
     def _security_contact(self, tenant: str) -> str | None:
         """A tenant's security contact, from its tenant file (reloaded with it)."""
@@ -262,7 +268,7 @@ class DataPlane:
     async def _body(self, request: HttpRequest, ex: Exchange) -> tuple[bytes | None, Any]:
         assert ex.match is not None
         route = ex.match.route
-        if request.method in ("GET", "HEAD", "DELETE", "OPTIONS"):
+        if request.method in _NO_BODY:
             if request.body_exists:
                 raise RequestRefused(400, "body-not-allowed")
             return None, None
@@ -348,14 +354,17 @@ class DataPlane:
             if not slots.try_acquire(upstream, tenant):
                 await slots.acquire(upstream, tenant, config.queue_timeout_s)
             try:
-                return await self._forward(ex, target, headers, body, method)
+                upstream_target = self._upstream_request(ex, target, headers, body)
+                return await self.upstreams.call(upstream, method, upstream_target, headers, body)
             finally:
                 slots.release(upstream, tenant)
         finally:
             self.quotas.release(tenant, upstream)
 
-    async def _forward(self, ex: Exchange, target: Target, headers: dict[str, str],
-                       body: bytes | None, method: str) -> Any:
+    def _upstream_request(self, ex: Exchange, target: Target, headers: dict[str, str],
+                          body: bytes | None) -> str:
+        """What goes upstream besides the caller's request: the gateway's
+        headers set in ``headers``; the upstream's target returned."""
         assert ex.match is not None
         route = ex.match.route
         headers[ASSERTION_HEADER] = self.signer.assertion(ex.resolved(), route.upstream)
@@ -370,8 +379,7 @@ class DataPlane:
         if body is not None:
             headers.pop("content-type", None)
             headers["Content-Type"] = JSON
-        upstream_target = target.upstream_target()[len(route.upstream) + 1:]
-        return await self.upstreams.call(route.upstream, method, upstream_target, headers, body)
+        return target.upstream_target()[len(route.upstream) + 1:]
 
     def load_quotas(self) -> None:
         """Per-tenant quotas from ``tenants/`` (``[quota]``), default otherwise."""

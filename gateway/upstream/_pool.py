@@ -67,10 +67,6 @@ def translate(exc: BaseException) -> tuple[int, str, str]:
     raise TypeError(f"no translation for {type(exc).__name__}") from exc
 
 
-class _Retryable(Exception):
-    """The connection failed before any answer (internal to the pool)."""
-
-
 class Breaker:
     """Closed -> (``failures`` consecutive failures) -> open for ``open_s``:
     calls fail fast -> half-open: one probe; success closes, failure reopens."""
@@ -185,7 +181,10 @@ class ConnectionPool:
         deadline = loop.time() + timeout_s
         data = serialize_request(method, self.base_path + target, self.host_header, headers,
                                  body)
-        await self._take_slot(loop, deadline)
+        if self._busy < self.size and not self._waiters:
+            self._busy += 1  # _take_slot's first case, without a coroutine of its own
+        else:
+            await self._take_slot(loop, deadline)
         try:
             sent = loop.time()
             reader, conn = await self._exchange(loop, method, data, max_body, deadline)
@@ -376,46 +375,38 @@ class UpstreamPool:
             self.metrics.upstream_errors.labels(upstream, "circuit-open").inc()
             raise UpstreamFailed(503, "upstream-circuit-open")  # fail fast, no pile-up
         attempts = 2 if method in IDEMPOTENT else 1
+        up = self.upstreams[upstream]
         for attempt in range(1, attempts + 1):
+            # One attempt (inline: a coroutine of its own would be one more
+            # frame to create and to resume per request).
             try:
-                response = await self._call_once(upstream, method, target, headers, body)
-            except _Retryable as exc:
-                if attempt < attempts:
-                    self.metrics.upstream_errors.labels(upstream, "retried").inc()
-                    continue
-                self._failed(upstream, breaker)
-                raise UpstreamFailed(502, "upstream-unreachable") from exc.__cause__
-            except UpstreamFailed as exc:
-                if exc.status >= 502:
+                resp = await self._pools[upstream].request(
+                    method, target, headers, body, timeout_s=up.timeout_s,
+                    max_body=up.max_response_bytes, took=self._took[upstream])
+            except (ClientError, TimeoutError) as exc:
+                status, reason, label = translate(exc)
+                self.metrics.upstream_errors.labels(upstream, label).inc()
+                if status == RETRY:
+                    if attempt < attempts:
+                        self.metrics.upstream_errors.labels(upstream, "retried").inc()
+                        continue
                     self._failed(upstream, breaker)
-                raise
-            if response.status >= 500:
+                    raise UpstreamFailed(502, "upstream-unreachable") from exc
+                if status >= 502:
+                    self._failed(upstream, breaker)
+                raise UpstreamFailed(status, reason) from exc
+            if resp.status >= 500:
                 self._failed(upstream, breaker)
             elif breaker.success():
                 self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(0)
-            return response
+            return UpstreamResponse(resp.status, media_type(resp.content_type),
+                                    tuple(resp.headers), resp.body)
         raise AssertionError("unreachable")
 
     def _failed(self, upstream: str, breaker: Breaker) -> None:
         if breaker.failure(time.monotonic()):
             log.warning("circuit to upstream %s opened", upstream)
             self.metrics.child(self.metrics.upstream_circuit_open, upstream).set(1)
-
-    async def _call_once(self, upstream: str, method: str, target: str,
-                         headers: Mapping[str, str], body: bytes | None) -> UpstreamResponse:
-        up = self.upstreams[upstream]
-        try:
-            resp = await self._pools[upstream].request(
-                method, target, headers, body, timeout_s=up.timeout_s,
-                max_body=up.max_response_bytes, took=self._took[upstream])
-        except (ClientError, TimeoutError) as exc:
-            status, reason, label = translate(exc)
-            self.metrics.upstream_errors.labels(upstream, label).inc()
-            if status == RETRY:
-                raise _Retryable() from exc
-            raise UpstreamFailed(status, reason) from exc
-        return UpstreamResponse(resp.status, media_type(resp.content_type),
-                                tuple(resp.headers), resp.body)
 
     async def admin_call(self, upstream: str, path: str, body: dict[str, object],
                          authorization: str) -> dict[str, object]:
