@@ -49,9 +49,7 @@ the request-target forms and the response's serialization in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import socket
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -170,10 +168,7 @@ class LeanConnection(asyncio.Protocol):
             self._stop = True
             transport.close()
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        # TCP keep-alive: inherited from the listening socket (TlsSite).
         edge = self.server.edge
         if edge.keepalive_timeout_s < edge.header_timeout_s:
             self._arm(_IDLE)

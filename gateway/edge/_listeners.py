@@ -340,6 +340,11 @@ class TlsSite(web.SockSite):
                  ssl_context: ssl.SSLContext, handshake_timeout_s: float,
                  connections: OpenConnections | None = None) -> None:
         super().__init__(runner, sock, ssl_context=ssl_context)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            # TCP keep-alive probes find a peer gone without a FIN. Set on the
+            # listener: each accepted socket inherits it (Linux copies the
+            # listener's options), so no connection pays a system call for it.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._handshake_timeout_s = handshake_timeout_s
         self.connections = connections or OpenConnections()
 

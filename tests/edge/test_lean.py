@@ -599,6 +599,25 @@ async def test_the_connection_is_its_callers(start: Start) -> None:
         assert answers(raw)[0]["tenant"] == tenant
 
 
+async def test_a_connection_has_tcp_keep_alive(start: Start) -> None:
+    """A peer that vanishes without a FIN is found by TCP keep-alive probes:
+    set on the listening socket, every accepted connection has it."""
+    listener = await start()
+    ctx = listener.clients["ores"]
+    _, writer = await asyncio.open_connection("127.0.0.1", listener.port, ssl=ctx)
+    try:
+        for _ in range(100):
+            if listener.connections():
+                break
+            await asyncio.sleep(0.01)
+        [connection] = listener.connections()
+        assert connection.transport is not None
+        sock = connection.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    finally:
+        writer.close()
+
+
 async def test_connections_over_the_tenants_cap_are_closed_before_any_byte(
         start: Start) -> None:
     listener = await start(limits=EdgeLimits(max_connections_per_tenant=1))
