@@ -460,7 +460,7 @@ def phase_memory(b: Bench, names: tuple[str, ...] = ("nginx", "naive", "gateway"
     b.results["memory"] = out
 
 
-DEFAULT_WHATIF = "none;sslbuf;gc;lean-upstream;uvloop;sslbuf,gc,lean-upstream,uvloop"
+DEFAULT_WHATIF = "none;sslbuf;gc;uvloop;sslbuf,gc,uvloop"
 
 
 def phase_whatif(b: Bench, variants: str, cfg: Path, ops_port: int) -> None:

@@ -6,7 +6,7 @@ applying when those change; each prints whether it applied.
 
 Usage::
 
-    python bench/whatif.py --patches sslbuf,lean-upstream,gc serve --config FILE
+    python bench/whatif.py --patches sslbuf,gc serve --config FILE
 
 Patches:
 
@@ -16,11 +16,6 @@ Patches:
 * ``gc``            ``gc.freeze()`` once started and a first-generation
                     threshold of 50,000 instead of 700 (fewer collections of
                     the long-lived start-up objects).
-* ``lean-upstream`` plain-HTTP upstreams through a minimal keep-alive
-                    HTTP/1.1 client (an ``asyncio.Protocol`` per connection,
-                    one prebuilt write per request, Content-Length framing,
-                    per-call timeout) instead of ``aiohttp.ClientSession``.
-                    Same pool size, same size cap, same error mapping.
 * ``sync-audit``    the data plane's audit line written at once (one
                     ``write(2)`` per request), as before the group commit.
 * ``gc-log``        not a speed-up: prints the collector's pauses every 5 s.
@@ -63,11 +58,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import socket
 import sys
-from collections.abc import Mapping
 from pathlib import Path
-from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,155 +84,6 @@ def patch_gc() -> None:
 
     Gateway.start = start  # type: ignore[method-assign]
     print("whatif: gc applied (freeze after start, threshold 50,000)", flush=True)
-
-
-class _Conn(asyncio.Protocol):
-    """One keep-alive HTTP/1.1 connection to a plain-HTTP upstream."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, list[tuple[str, str]], bytes]] | None = None
-        self.buf = bytearray()
-        self.head: tuple[int, list[tuple[str, str]], int] | None = None
-        self.closed = False
-        self.reusable = True
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        if self.head is None:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            lines = bytes(self.buf[:end]).decode("latin-1").split("\r\n")
-            status = int(lines[0].split(" ", 2)[1])
-            headers = []
-            length = -1
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                name, value = name.strip(), value.strip()
-                headers.append((name, value))
-                low = name.lower()
-                if low == "content-length":
-                    length = int(value)
-                elif low == "connection" and value.lower() == "close":
-                    self.reusable = False
-                elif low == "transfer-encoding":
-                    length = -2  # not for this experiment: fail the call
-            del self.buf[:end + 4]
-            self.head = (status, headers, length)
-        status, headers, length = self.head
-        if length < 0:
-            self._fail(ConnectionError("upstream answer without Content-Length"))
-            return
-        if len(self.buf) >= length:
-            body = bytes(self.buf[:length])
-            del self.buf[:length]
-            self.head = None
-            if self.waiter is not None and not self.waiter.done():
-                self.waiter.set_result((status, headers, body))
-
-    def _fail(self, exc: Exception) -> None:
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(exc)
-        if self.transport is not None:
-            self.transport.abort()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self.reusable = False
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_exception(ConnectionError("upstream closed the connection"))
-
-
-class LeanPool:
-    def __init__(self, url: str, size: int, timeout_s: float, connect_timeout_s: float) -> None:
-        parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
-        self.host_header = parts.netloc
-        self.size = size
-        self.timeout_s = timeout_s
-        self.connect_timeout_s = connect_timeout_s
-        self.idle: list[_Conn] = []
-        self.busy = 0
-        self.slots = asyncio.Semaphore(size)
-
-    async def request(self, method: str, target: str, headers: Mapping[str, str],
-                      body: bytes | None) -> tuple[int, list[tuple[str, str]], bytes, bool]:
-        """(status, headers, body, got_answer)."""
-        loop = asyncio.get_running_loop()
-        async with self.slots:
-            conn = None
-            while self.idle:
-                c = self.idle.pop()
-                if not c.closed:
-                    conn = c
-                    break
-            if conn is None:
-                _, conn = await asyncio.wait_for(loop.create_connection(
-                    _Conn, self.host, self.port), self.connect_timeout_s)
-            lines = [f"{method} {target} HTTP/1.1\r\nHost: {self.host_header}\r\n"]
-            lines += [f"{k}: {v}\r\n" for k, v in headers.items()]
-            if body is not None:
-                lines.append(f"Content-Length: {len(body)}\r\n")
-            lines.append("\r\n")
-            data = "".join(lines).encode("latin-1") + (body or b"")
-            conn.waiter = loop.create_future()
-            conn.reusable = True
-            assert conn.transport is not None
-            conn.transport.write(data)
-            timer = loop.call_later(self.timeout_s, conn._fail, TimeoutError())
-            try:
-                status, hdrs, payload = await conn.waiter
-            finally:
-                timer.cancel()
-                conn.waiter = None
-            if conn.reusable and not conn.closed:
-                self.idle.append(conn)
-            elif conn.transport is not None:
-                conn.transport.close()
-            return status, hdrs, payload, True
-
-
-def patch_lean_upstream() -> None:
-    from gateway.errors import UpstreamFailed
-    from gateway.upstream import _pool as up_mod
-
-    pools: dict[str, LeanPool] = {}
-    original = up_mod.UpstreamPool._call_once
-
-    async def _call_once(self, upstream, method, target, headers, body):  # type: ignore[no-untyped-def]
-        cfg = self.upstreams[upstream]
-        if not cfg.url.startswith("http://"):
-            return await original(self, upstream, method, target, headers, body)
-        pool = pools.get(upstream)
-        if pool is None:
-            pool = pools[upstream] = LeanPool(cfg.url, cfg.pool_size, cfg.timeout_s,
-                                              cfg.connect_timeout_s)
-        try:
-            status, hdrs, payload, _ = await pool.request(method, target, headers, body)
-        except TimeoutError as exc:
-            self.metrics.upstream_errors.labels(upstream, "timeout").inc()
-            raise UpstreamFailed(504, "upstream-timeout") from exc
-        except OSError as exc:
-            self.metrics.upstream_errors.labels(upstream, "connection").inc()
-            raise up_mod._Retryable() from exc
-        if len(payload) > cfg.max_response_bytes:
-            self.metrics.upstream_errors.labels(upstream, "too-large").inc()
-            raise UpstreamFailed(502, "upstream-response-too-large")
-        ctype = next((v for k, v in hdrs if k.lower() == "content-type"), "")
-        return up_mod.UpstreamResponse(status, ctype.split(";")[0].strip().lower(), tuple(hdrs),
-                                       payload)
-
-    up_mod.UpstreamPool._call_once = _call_once  # type: ignore[method-assign]
-    print("whatif: lean-upstream applied (plain-HTTP upstreams)", flush=True)
 
 
 def patch_sync_audit() -> None:
@@ -469,7 +312,7 @@ def patch_uvloop() -> None:
     print("whatif: uvloop applied", flush=True)
 
 
-PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc, "lean-upstream": patch_lean_upstream,
+PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log,
            "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
            "calls": patch_calls, "no-checks": patch_no_checks, "no-trace": patch_no_trace,
