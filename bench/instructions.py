@@ -1,0 +1,233 @@
+"""Instructions per request: the gateway (or the floor) under valgrind's
+callgrind, against the stack ``bash bench/run.sh --only none --serve-for S``
+keeps up, for an A/B of two versions of the code on a machine too noisy for
+their CPU times to compare (bench/README.md, "Instructions, not seconds").
+
+What it counts: the user-space instructions of the server process while
+it answers exactly ``--requests`` requests (keep-alive, ``--connections``
+at a time) or new mTLS connections of one request each (``--mode
+handshake``), after a warm-up, divided by their number. Not counted: the
+kernel (system calls, the network), the other processes. Deterministic but
+for what runs by the clock (the maintenance round, timers): the same code
+measures within about 1 % from run to run, so take the median of a few.
+Under valgrind OpenSSL takes its generic code paths (no SHA or AVX
+extensions), so the TLS share is larger than on the CPU: compare code with
+code, never these counts with seconds.
+
+Usage (the stack first, in another shell or in the background)::
+
+    bash bench/run.sh --only none --serve-for 1800
+    .venv/bin/python bench/instructions.py                      # this tree
+    .venv/bin/python bench/instructions.py --tree /tmp/old      # another checkout
+    .venv/bin/python bench/instructions.py --mode handshake --requests 300
+    .venv/bin/python bench/instructions.py --target floor
+
+``--tree`` is a checkout with its C module built in place (``python -m pip
+install -e . --no-deps`` in a venv of its own, or ``setup.py build_ext
+--inplace``). Everything listens on 127.0.0.1; every loop is bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PY = str(REPO / ".venv" / "bin" / "python")
+RUN = REPO / "var" / "bench" / "run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def _clients(port: int, endpoints: dict[str, Any], count: int, connections: int,
+                   fresh: bool) -> int:
+    """``count`` requests over ``connections`` at a time: keep-alive, or (``fresh``)
+    a new mTLS connection each. Every answer must be a 200."""
+    client = endpoints["client"]
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=client["ca"])
+    ctx.check_hostname = False  # the server still checks our certificate in full
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.load_cert_chain(client["cert"], client["key"])
+    ctx.options |= ssl.OP_NO_TICKET  # a full handshake each time
+    path = endpoints["paths"]["proxied"]
+    request = (f"GET {path} HTTP/1.1\r\nHost: gateway.shared-grid.test\r\n"
+               f"User-Agent: bench-instructions\r\n"
+               f"{'Connection: close' + chr(13) + chr(10) if fresh else ''}\r\n").encode()
+    left = count
+
+    async def one() -> int:
+        nonlocal left
+        done = 0
+        reader = writer = None
+        while left > 0:
+            left -= 1
+            if writer is None:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", port, ssl=ctx), 60)
+            assert reader is not None
+            writer.write(request)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"not a 200: {head[:200]!r}")
+            length = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+            done += 1
+            if fresh:
+                writer.transport.abort()
+                reader = writer = None
+        if writer is not None:
+            writer.transport.abort()
+        return done
+
+    return sum(await asyncio.gather(*(one() for _ in range(connections))))
+
+
+def _server(args: argparse.Namespace, endpoints: dict[str, Any], work: Path,
+            port: int) -> tuple[list[str], str | None]:
+    """The server's command line and, for the gateway, its readiness URL."""
+    if args.target == "floor":
+        certs = REPO / "var" / "bench" / "certs"
+        return [PY, str(Path(args.tree) / "bench" / "floor.py"),
+                "--upstream-port", str(endpoints["upstream"]["port"]),
+                "--cert", str(certs / "server" / "gateway.pem"),
+                "--key", str(certs / "server" / "gateway.key"),
+                "--ca", str(certs / "ca.pem"), "--crl", str(RUN / "crl.pem"),
+                "--port", str(port), "--loop", "uvloop"], None
+    # A copy of the stack's gateway: its own ports and state, the same
+    # tenants, relations, upstream and certificates.
+    shutil.copytree(RUN / "stack", work / "stack")
+    ops, admin = free_port(), free_port()
+    text = (RUN / "gateway.toml").read_text().replace(str(RUN / "stack"), str(work / "stack"))
+    for section, value in (("data", port), ("ops", ops), ("admin", admin)):
+        text = re.sub(rf"(\[listeners\.{section}\]\n(?:[^\[]*?\n)??port = )\d+",
+                      rf"\g<1>{value}", text)
+    (work / "gateway.toml").write_text(text)
+    return [PY, "-c", "import sys; sys.argv[0] = 'gateway'; from gateway.cli import main; "
+            "sys.exit(main())", "serve", "--config", str(work / "gateway.toml")], \
+        f"http://127.0.0.1:{ops}/readyz"
+
+
+def _wait(proc: subprocess.Popen[bytes], port: int, ready: str | None, log: Path) -> None:
+    deadline = time.monotonic() + 600  # valgrind starts the interpreter slowly
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise SystemExit(f"the server under valgrind exited:\n{tail}")
+        try:
+            if ready is not None:
+                with urllib.request.urlopen(ready, timeout=2) as resp:  # noqa: S310 (http, ours)
+                    if resp.status == 200:
+                        return
+            else:
+                with socket.create_connection(("127.0.0.1", port), timeout=2):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit("the server under valgrind did not come up in 600 s")
+
+
+def _callgrind(pid: int, *command: str) -> None:
+    subprocess.run(["callgrind_control", *command, str(pid)],  # noqa: S603, S607
+                   check=True, capture_output=True, timeout=120)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    endpoints = json.loads((RUN / "endpoints.json").read_text())
+    fresh = args.mode == "handshake"
+    with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
+        work = Path(tmp)
+        port = free_port()
+        argv, ready = _server(args, endpoints, work, port)
+        out = work / "callgrind.out"
+        env = {**os.environ, "PYTHONPATH": str(args.tree)}
+        log = (work / "server.log").open("wb")
+        proc = subprocess.Popen(  # noqa: S603
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",  # noqa: S607
+             f"--callgrind-out-file={out}", *argv],
+            cwd=args.tree, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            _wait(proc, port, ready, work / "server.log")
+            asyncio.run(_clients(port, endpoints, args.warmup, args.connections, fresh))
+            _callgrind(proc.pid, "-i", "on")  # counting from here
+            started = time.monotonic()
+            answered = asyncio.run(_clients(port, endpoints, args.requests, args.connections,
+                                            fresh))
+            seconds = time.monotonic() - started
+            _callgrind(proc.pid, "-i", "off")
+            _callgrind(proc.pid, "-d")  # the counts so far, to callgrind.out.1
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        dumped = sorted(work.glob("callgrind.out.*"))
+        if not dumped:
+            raise SystemExit("callgrind wrote no dump")
+        totals = re.search(r"^totals: (\d+)", dumped[0].read_text(errors="replace"), re.M)
+        assert totals is not None
+        if args.keep:
+            shutil.copy(dumped[0], args.keep)
+    instructions = int(totals.group(1))
+    return {"target": args.target, "mode": args.mode, "tree": str(args.tree),
+            "requests": answered, "connections": args.connections,
+            "instructions": instructions, "per_request": round(instructions / answered),
+            "seconds_under_valgrind": round(seconds, 1)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--tree", type=Path, default=REPO, help="the source tree to measure")
+    ap.add_argument("--target", choices=("gateway", "floor"), default="gateway")
+    ap.add_argument("--mode", choices=("keepalive", "handshake"), default="keepalive")
+    ap.add_argument("--requests", type=int, default=2000, help="measured (at most 100,000)")
+    ap.add_argument("--warmup", type=int, default=300, help="before counting (at most 10,000)")
+    ap.add_argument("--connections", type=int, default=8)
+    ap.add_argument("--runs", type=int, default=1, help="each its own server; medians")
+    ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (last run)")
+    args = ap.parse_args()
+    args.requests = max(1, min(args.requests, 100_000))
+    args.warmup = max(1, min(args.warmup, 10_000))
+    args.tree = args.tree.resolve()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("bench/instructions.py needs valgrind (Debian: apt-get install valgrind)",
+              file=sys.stderr)
+        return 2
+    if not (RUN / "endpoints.json").exists():
+        print("no stack: start it with bash bench/run.sh --only none --serve-for 1800",
+              file=sys.stderr)
+        return 2
+    runs = [measure(args) for _ in range(max(1, min(args.runs, 9)))]
+    for run in runs:
+        print(json.dumps(run), flush=True)
+    per = sorted(r["per_request"] for r in runs)
+    print(f"{args.target} {args.mode}: median {per[len(per) // 2]:,} instructions per "
+          f"{'connection' if args.mode == 'handshake' else 'request'} "
+          f"({', '.join(f'{p:,}' for p in per)}; {args.tree})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
