@@ -21,6 +21,7 @@ Usage (the stack first, in another shell or in the background)::
     .venv/bin/python bench/instructions.py --tree /tmp/old      # another checkout
     .venv/bin/python bench/instructions.py --mode handshake --requests 300
     .venv/bin/python bench/instructions.py --target floor
+    .venv/bin/python bench/instructions.py --patches no-trace   # by difference
 
 ``--tree`` is a checkout with its C module built in place (``python -m pip
 install -e . --no-deps`` in a venv of its own, or ``setup.py build_ext
@@ -57,11 +58,15 @@ def free_port() -> int:
         return port
 
 
-async def _clients(port: int, endpoints: dict[str, Any], count: int, connections: int,
-                   fresh: bool) -> int:
-    """``count`` requests over ``connections`` at a time: keep-alive, or (``fresh``)
-    a new mTLS connection each. Every answer must be a 200."""
+async def _session(port: int, endpoints: dict[str, Any], args: argparse.Namespace,
+                   pid: int) -> tuple[int, float]:
+    """``args.warmup`` requests, then callgrind's instrumentation on for
+    ``args.requests`` more (and off): keep-alive over ``args.connections``
+    connections opened in the warm-up and kept (no handshake in the count),
+    or (``--mode handshake``) a new mTLS connection each. Every answer must
+    be a 200. Returns the requests counted and their seconds."""
     client = endpoints["client"]
+    fresh = args.mode == "handshake"
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=client["ca"])
     ctx.check_hostname = False  # the server still checks our certificate in full
     ctx.verify_mode = ssl.CERT_NONE
@@ -71,18 +76,19 @@ async def _clients(port: int, endpoints: dict[str, Any], count: int, connections
     request = (f"GET {path} HTTP/1.1\r\nHost: gateway.shared-grid.test\r\n"
                f"User-Agent: bench-instructions\r\n"
                f"{'Connection: close' + chr(13) + chr(10) if fresh else ''}\r\n").encode()
-    left = count
+    streams: list[tuple[asyncio.StreamReader, asyncio.StreamWriter] | None] = (
+        [None] * args.connections)
+    left = 0
 
-    async def one() -> int:
+    async def one(i: int) -> int:
         nonlocal left
         done = 0
-        reader = writer = None
         while left > 0:
             left -= 1
-            if writer is None:
-                reader, writer = await asyncio.wait_for(
+            if streams[i] is None:
+                streams[i] = await asyncio.wait_for(
                     asyncio.open_connection("127.0.0.1", port, ssl=ctx), 60)
-            assert reader is not None
+            reader, writer = streams[i]  # type: ignore[misc]
             writer.write(request)
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
             if not head.startswith(b"HTTP/1.1 200"):
@@ -93,12 +99,21 @@ async def _clients(port: int, endpoints: dict[str, Any], count: int, connections
             done += 1
             if fresh:
                 writer.transport.abort()
-                reader = writer = None
-        if writer is not None:
-            writer.transport.abort()
+                streams[i] = None
         return done
 
-    return sum(await asyncio.gather(*(one() for _ in range(connections))))
+    left = max(args.warmup, args.connections)
+    await asyncio.gather(*(one(i) for i in range(args.connections)))
+    await asyncio.to_thread(_callgrind, pid, "-i", "on")  # counting from here
+    left = args.requests
+    started = time.monotonic()
+    answered = sum(await asyncio.gather(*(one(i) for i in range(args.connections))))
+    seconds = time.monotonic() - started
+    await asyncio.to_thread(_callgrind, pid, "-i", "off")
+    for stream in streams:
+        if stream is not None:
+            stream[1].transport.abort()
+    return answered, seconds
 
 
 def _server(args: argparse.Namespace, endpoints: dict[str, Any], work: Path,
@@ -121,9 +136,12 @@ def _server(args: argparse.Namespace, endpoints: dict[str, Any], work: Path,
         text = re.sub(rf"(\[listeners\.{section}\]\n(?:[^\[]*?\n)??port = )\d+",
                       rf"\g<1>{value}", text)
     (work / "gateway.toml").write_text(text)
-    return [PY, "-c", "import sys; sys.argv[0] = 'gateway'; from gateway.cli import main; "
-            "sys.exit(main())", "serve", "--config", str(work / "gateway.toml")], \
-        f"http://127.0.0.1:{ops}/readyz"
+    serve = ["serve", "--config", str(work / "gateway.toml")]
+    launcher = ([str(Path(args.tree) / "bench" / "whatif.py"), "--patches", args.patches]
+                if args.patches else
+                ["-c", "import sys; sys.argv[0] = 'gateway'; from gateway.cli import main; "
+                 "sys.exit(main())"])
+    return [PY, *launcher, *serve], f"http://127.0.0.1:{ops}/readyz"
 
 
 def _wait(proc: subprocess.Popen[bytes], port: int, ready: str | None, log: Path) -> None:
@@ -153,7 +171,6 @@ def _callgrind(pid: int, *command: str) -> None:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     endpoints = json.loads((RUN / "endpoints.json").read_text())
-    fresh = args.mode == "handshake"
     with tempfile.TemporaryDirectory(prefix="bench-instructions-") as tmp:
         work = Path(tmp)
         port = free_port()
@@ -167,13 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             cwd=args.tree, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait(proc, port, ready, work / "server.log")
-            asyncio.run(_clients(port, endpoints, args.warmup, args.connections, fresh))
-            _callgrind(proc.pid, "-i", "on")  # counting from here
-            started = time.monotonic()
-            answered = asyncio.run(_clients(port, endpoints, args.requests, args.connections,
-                                            fresh))
-            seconds = time.monotonic() - started
-            _callgrind(proc.pid, "-i", "off")
+            answered, seconds = asyncio.run(_session(port, endpoints, args, proc.pid))
             _callgrind(proc.pid, "-d")  # the counts so far, to callgrind.out.1
         finally:
             proc.terminate()
@@ -192,6 +203,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             shutil.copy(dumped[0], args.keep)
     instructions = int(totals.group(1))
     return {"target": args.target, "mode": args.mode, "tree": str(args.tree),
+            "patches": args.patches,
             "requests": answered, "connections": args.connections,
             "instructions": instructions, "per_request": round(instructions / answered),
             "seconds_under_valgrind": round(seconds, 1)}
@@ -207,6 +219,9 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=8)
     ap.add_argument("--runs", type=int, default=1, help="each its own server; medians")
     ap.add_argument("--keep", type=Path, help="copy the callgrind dump here (last run)")
+    ap.add_argument("--patches", default="",
+                    help="run the gateway under bench/whatif.py with these patches "
+                         "(e.g. no-trace): what a part costs, by difference")
     args = ap.parse_args()
     args.requests = max(1, min(args.requests, 100_000))
     args.warmup = max(1, min(args.warmup, 10_000))
