@@ -182,18 +182,14 @@ class DataPlane:
                 now = self.clock()
                 relations = self.relations()
                 self._decide(ex, facts, relations, now, request)
-                if not body_decides:
-                    # Decided before any body byte is parsed: a tenant that may not
-                    # act here gets its 403 whatever it sent (D1, D6).
-                    # The facts keep no body: only a route that names its
-                    # resource in the body reads it (resource_id), and that
-                    # route's body was parsed before the decision.
-                    if request.method in _NO_BODY:
-                        # _body's first case, without a coroutine of its own.
-                        if request.body_exists:
-                            raise RequestRefused(400, "body-not-allowed")
-                    else:
-                        body, parsed = await self._body(request, ex)
+                # Decided before any body byte is parsed: a tenant that may not
+                # act here gets its 403 whatever it sent (D1, D6). The facts
+                # keep no body: only a route that names its resource in the
+                # body reads it (resource_id), and that route's body was
+                # parsed before the decision. (No coroutine where there is
+                # no body.)
+                if not body_decides and not self._bodiless(request):
+                    body, parsed = await self._body(request, ex)
                 if ex.match.route.meter_operation:
                     self._meter_operation(ex, parsed, relations, now)
                 if ex.match.route.sensitive:
@@ -265,12 +261,20 @@ class DataPlane:
                                  headers={"Allow": ", ".join(found.allowed_methods)})
         raise RequestRefused(404, "no-route")
 
+    @staticmethod
+    def _bodiless(request: HttpRequest) -> bool:
+        """True for a method without a body (GET, HEAD, DELETE, OPTIONS);
+        one sent with it is refused."""
+        if request.method not in _NO_BODY:
+            return False
+        if request.body_exists:
+            raise RequestRefused(400, "body-not-allowed")
+        return True
+
     async def _body(self, request: HttpRequest, ex: Exchange) -> tuple[bytes | None, Any]:
         assert ex.match is not None
         route = ex.match.route
-        if request.method in _NO_BODY:
-            if request.body_exists:
-                raise RequestRefused(400, "body-not-allowed")
+        if self._bodiless(request):
             return None, None
         raw = await read_body(request, route.max_body_bytes, ex, self.limits.body_timeout_s)
         if request.content_type != JSON:
