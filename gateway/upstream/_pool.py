@@ -182,9 +182,9 @@ class ConnectionPool:
         data = serialize_request(method, self.base_path + target, self.host_header, headers,
                                  body)
         if self._busy < self.size and not self._waiters:
-            self._busy += 1  # _take_slot's first case, without a coroutine of its own
+            self._busy += 1  # a free slot, and nobody before us in line
         else:
-            await self._take_slot(loop, deadline)
+            await self._wait_for_slot(loop, deadline)
         try:
             sent = loop.time()
             reader, conn = await self._exchange(loop, method, data, max_body, deadline)
@@ -253,10 +253,9 @@ class ConnectionPool:
             raise NoResponse("connection pool closed")
         return conn
 
-    async def _take_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
-        if self._busy < self.size and not self._waiters:
-            self._busy += 1
-            return
+    async def _wait_for_slot(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """In line for a slot (every one busy, or others waiting before us)
+        until ``_free_slot`` hands one over, or the deadline."""
         waiter: asyncio.Future[None] = loop.create_future()
         self._waiters.append(waiter)
         try:
