@@ -215,6 +215,10 @@ def patch_calls() -> None:
             # coroutine (cProfile counts each resumption of one as a call).
             requests = sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
                            if name == "_event" and file.endswith("dataplane/_trace.py"))
+            if not requests:  # nothing traced (no-checks, no-trace): the requests parsed
+                requests = sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
+                               if name == "on_headers_complete"
+                               and file.endswith("edge/_lean.py"))
             if requests:
                 rows = sorted(((nc, tt, f"{name} ({file.rsplit('gateway/', 1)[-1]}:{line})")
                                for (file, line, name), (_cc, nc, tt, _ct, _callers)
