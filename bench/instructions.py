@@ -23,9 +23,12 @@ Usage (the stack first, in another shell or in the background)::
     .venv/bin/python bench/instructions.py --target floor
     .venv/bin/python bench/instructions.py --patches no-trace   # by difference
 
-``--tree`` is a checkout with its C module built in place (``python -m pip
-install -e . --no-deps`` in a venv of its own, or ``setup.py build_ext
---inplace``). Everything listens on 127.0.0.1; every loop is bounded.
+It installs valgrind from Debian's packages when it is missing (as
+``bench/run.sh`` installs nginx). ``--tree`` is a checkout (a ``git
+worktree``) whose C module is built in place: ``pip install -e . --no-deps``
+there, in a venv of its own, builds it into ``gateway/core/``; the
+interpreter is this repository's, with the tree first on ``PYTHONPATH``.
+Everything listens on 127.0.0.1; every loop is bounded.
 """
 
 from __future__ import annotations
@@ -209,6 +212,19 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_under_valgrind": round(seconds, 1)}
 
 
+def _install_valgrind() -> None:
+    """Debian's valgrind package, as bench/run.sh installs nginx (with sudo
+    when not root); a machine without apt-get is told what to install."""
+    apt = shutil.which("apt-get")
+    if apt is None:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    print("bench/instructions.py: installing valgrind (Debian package)", file=sys.stderr)
+    subprocess.run([*sudo, apt, "update", "-qq"], check=False, timeout=600)  # noqa: S603
+    subprocess.run([*sudo, apt, "install", "-y", "-qq", "valgrind"],  # noqa: S603
+                   check=False, timeout=900, stdout=subprocess.DEVNULL)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=REPO, help="the source tree to measure")
@@ -226,6 +242,8 @@ def main() -> int:
     args.requests = max(1, min(args.requests, 100_000))
     args.warmup = max(1, min(args.warmup, 10_000))
     args.tree = args.tree.resolve()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        _install_valgrind()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("bench/instructions.py needs valgrind (Debian: apt-get install valgrind)",
               file=sys.stderr)
