@@ -211,14 +211,15 @@ def patch_calls() -> None:
         def report(prof: cProfile.Profile, began: float) -> None:
             prof.disable()
             stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+            def calls_of(function: str, where: str) -> int:
+                return sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
+                           if name == function and file.endswith(where))
+
             # RequestTrace._event: called once per answered request, and not a
-            # coroutine (cProfile counts each resumption of one as a call).
-            requests = sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
-                           if name == "_event" and file.endswith("dataplane/_trace.py"))
-            if not requests:  # nothing traced (no-checks, no-trace): the requests parsed
-                requests = sum(nc for (file, _line, name), (_cc, nc, *_rest) in stats.items()
-                               if name == "on_headers_complete"
-                               and file.endswith("edge/_lean.py"))
+            # coroutine (cProfile counts each resumption of one as a call); with
+            # nothing traced (no-checks, no-trace), the heads the lean server parsed.
+            requests = (calls_of("_event", "dataplane/_trace.py")
+                        or calls_of("on_headers_complete", "edge/_lean.py"))
             if requests:
                 rows = sorted(((nc, tt, f"{name} ({file.rsplit('gateway/', 1)[-1]}:{line})")
                                for (file, line, name), (_cc, nc, tt, _ct, _callers)
