@@ -27,14 +27,12 @@ import json
 import re
 from typing import Any
 
-from aiohttp import web
-
 from gateway.core.occupancy import CUSTOMER_PORTAL_ROLE
 from gateway.core.paths import Target
 from gateway.core.routes import Route, RouteMatch
 from gateway.dataplane._exchange import Exchange, read_body
 from gateway.dataplane._trace import SERVER_HEADER
-from gateway.edge import HttpRequest
+from gateway.edge import Answer, HttpRequest
 from gateway.errors import RequestRefused
 from gateway.state import record_json
 from gateway.vault import Lockbox
@@ -58,7 +56,7 @@ class LockboxRoutes:
         self.lockbox = lockbox
 
     async def handle(self, request: HttpRequest, target: Target,
-                     ex: Exchange) -> web.Response:
+                     ex: Exchange) -> Answer:
         parts = target.path[len(PREFIX):].split("/")
         if parts == [""]:
             ex.match = RouteMatch(LOCKBOX_LIST, {})
@@ -81,7 +79,7 @@ class LockboxRoutes:
             raise RequestRefused(503, "lockbox-unavailable")
         return self.lockbox
 
-    async def _list(self, request: HttpRequest, target: Target, ex: Exchange) -> web.Response:
+    async def _list(self, request: HttpRequest, target: Target, ex: Exchange) -> Answer:
         if request.body_exists:
             raise RequestRefused(400, "body-not-allowed")
         if target.query_map:
@@ -94,7 +92,7 @@ class LockboxRoutes:
         return self._answer(ex, {"tenant": tenant, "cases": [record_json(e) for e in entries]})
 
     async def _step(self, request: HttpRequest, target: Target, ex: Exchange, case: str,
-                    step: str) -> web.Response:
+                    step: str) -> Answer:
         if target.query_map:
             raise RequestRefused(400, "query-parameter-unknown")
         lockbox = self._who(ex)
@@ -114,8 +112,8 @@ class LockboxRoutes:
         return self._answer(ex, record_json(entry))
 
     @staticmethod
-    def _answer(ex: Exchange, doc: Any) -> web.Response:
-        return web.Response(status=200, body=json.dumps(doc).encode(), content_type=JSON,
+    def _answer(ex: Exchange, doc: Any) -> Answer:
+        return Answer(status=200, body=json.dumps(doc).encode(), content_type=JSON,
                             headers={"Server": SERVER_HEADER, "X-Request-Id": ex.incident,
                                      "Cache-Control": "no-store"})
 

@@ -20,15 +20,13 @@ from __future__ import annotations
 import asyncio
 import json
 
-from aiohttp import web
-
 from gateway.core.canary import CANARY_ROLE
 from gateway.core.occupancy import CUSTOMER_PORTAL_ROLE
 from gateway.core.paths import Target
 from gateway.core.routes import Route, RouteMatch
 from gateway.dataplane._exchange import Exchange
 from gateway.dataplane._trace import SERVER_HEADER
-from gateway.edge import HttpRequest
+from gateway.edge import Answer, HttpRequest
 from gateway.errors import RequestRefused
 from gateway.push import NOTIFICATIONS_MAX, PushService
 
@@ -41,7 +39,7 @@ class NotificationsRead:
         self.push = push  # the outbox holds the notifications
 
     async def handle(self, request: HttpRequest, target: Target,
-                     ex: Exchange) -> web.Response:
+                     ex: Exchange) -> Answer:
         ex.match = RouteMatch(NOTIFICATIONS, {})
         if request.method != "GET":
             raise RequestRefused(405, "method-not-allowed", headers={"Allow": "GET"})
@@ -68,5 +66,5 @@ class NotificationsRead:
         found = await asyncio.to_thread(self.push.notifications, tenant, limit)
         ex.reason = "notifications-read"
         body = json.dumps({"tenant": tenant, "notifications": found}).encode()
-        return web.Response(status=200, body=body, content_type=JSON, headers={
+        return Answer(status=200, body=body, content_type=JSON, headers={
             "Server": SERVER_HEADER, "X-Request-Id": ex.incident, "Cache-Control": "no-store"})

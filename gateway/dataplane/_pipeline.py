@@ -30,8 +30,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aiohttp import web
-
 from gateway.audit import AuditSink, SecurityEvents, UsageLedger
 from gateway.config import EdgeLimits
 from gateway.core.canary import CANARY_ROLE, decide_canary
@@ -60,7 +58,7 @@ from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._pushintake import PushIntake
 from gateway.dataplane._responsecheck import ResponseCheck
 from gateway.dataplane._trace import RequestTrace
-from gateway.edge import CallerResolver, CredentialRefused, HttpRequest
+from gateway.edge import Answer, CallerResolver, CredentialRefused, HttpRequest
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.pki import ASSERTION_HEADER, AssertionSigner
@@ -134,7 +132,7 @@ class DataPlane:
                                   clock=clock, access=access_log)
 
     # -- the pipeline ----------------------------------------------------------
-    async def handle(self, request: HttpRequest) -> web.Response:
+    async def handle(self, request: HttpRequest) -> Answer:
         """One request, start to end (the edge's :class:`DataHandler`)."""
         ex = Exchange()
         if self.in_flight >= self.limits.max_in_flight or self.over_memory_budget:
@@ -395,7 +393,7 @@ class DataPlane:
         self.metrics.denied.labels("unknown", "none", "header-timeout").inc()
 
     def refuse_unparsed(self, request: HttpRequest, status: int,
-                        reason: str) -> web.Response:
+                        reason: str) -> Answer:
         """A problem for a request the HTTP layer could not parse or handle."""
         ex = Exchange()
         ex.reason = reason

@@ -27,14 +27,12 @@ import asyncio
 import json
 from collections.abc import Callable
 
-from aiohttp import web
-
 from gateway.config import EdgeLimits
 from gateway.core.routes import Route, RouteMatch
 from gateway.dataplane._exchange import PUSH_CMH, Exchange
 from gateway.dataplane._pushgate import PushGate
 from gateway.dataplane._trace import SERVER_HEADER
-from gateway.edge import HttpRequest
+from gateway.edge import Answer, HttpRequest
 from gateway.errors import RequestRefused
 from gateway.push import PushService
 from gateway.tenants import TenantRegistry
@@ -59,7 +57,7 @@ class PushIntake:
         self.max_body_bytes = max_body_bytes  # push.max_body_bytes
 
     async def handle(self, request: HttpRequest, ex: Exchange,
-                     route: Route) -> web.Response:
+                     route: Route) -> Answer:
         """Pushed data in: the HES's daily batch, portal bookings."""
         ex.match = RouteMatch(route, {})
         if request.method != "POST":
@@ -90,5 +88,5 @@ class PushIntake:
         headers = {"Server": SERVER_HEADER, "X-Request-Id": incident}
         if status == 429:
             headers["Retry-After"] = "30"
-        return web.Response(status=status, body=json.dumps(doc).encode(), content_type=JSON,
+        return Answer(status=status, body=json.dumps(doc).encode(), content_type=JSON,
                             headers=headers)

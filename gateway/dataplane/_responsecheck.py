@@ -32,8 +32,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from aiohttp import web
-
 from gateway.core.breach import breach_notices
 from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, ForeignRecord, check_response
 from gateway.core.classification import classify, may_receive
@@ -44,6 +42,7 @@ from gateway.core.pseudonym import Pseudonymiser, find_leaks
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane._exchange import Exchange
 from gateway.dataplane._trace import SERVER_HEADER
+from gateway.edge import Answer
 from gateway.errors import RequestRefused, UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.push import PushService
@@ -72,7 +71,7 @@ class ResponseCheck:
         self.security_contact = security_contact  # a tenant's, from its tenant file
 
     def check(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
-              upstream: Any, now: datetime) -> web.Response:
+              upstream: Any, now: datetime) -> Answer:
         """The caller's answer built from the upstream's, or a refusal raised."""
         assert ex.match is not None
         route = ex.match.route
@@ -120,7 +119,7 @@ class ResponseCheck:
         headers["Server"] = SERVER_HEADER
         headers["X-Request-Id"] = ex.incident
         headers[CLASSIFICATION_HEADER] = label
-        return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+        return Answer(status=status, body=body, content_type=JSON, headers=headers)
 
     def _isolation_violation(self, ex: Exchange, reason: str, relations: RelationIndex,
                              now: datetime, foreign: tuple[ForeignRecord, ...] = ()) -> None:

@@ -12,15 +12,13 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from aiohttp import web
-
 from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.canary import CANARY_ROLE
 from gateway.core.check import ISOLATION_REASONS
 from gateway.core.denials import DenialDetector
 from gateway.core.push.trust import PUSH_INTAKE_REFUSALS
 from gateway.dataplane._exchange import CERTIFICATE_REFUSALS, Exchange
-from gateway.edge import HttpRequest
+from gateway.edge import Answer, HttpRequest
 from gateway.metrics import NO_ROUTE, UNKNOWN, GatewayMetrics
 from gateway.problem import CONTENT_TYPE, own_slug_for, problem_body
 
@@ -48,7 +46,7 @@ class RequestTrace:
         self.clock = clock
 
     def problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
-                 detail: str | None = None) -> web.Response:
+                 detail: str | None = None) -> Answer:
         slug = "isolation-violation" if ex.reason in ISOLATION_REASONS else None
         if slug is None and status in _OWN_4XX and not ex.reason.startswith("upstream-"):
             # The gateway's own 409/422 (a meter in airplane mode, a reused
@@ -56,9 +54,8 @@ class RequestTrace:
             slug = own_slug_for(status)
         out = {"Server": SERVER_HEADER, "X-Request-Id": ex.incident, **(headers or {})}
         close = out.pop("Connection", None) == "close"
-        response = web.Response(status=status, body=problem_body(status, ex.incident, slug,
-                                                                 detail),
-                                content_type=CONTENT_TYPE, headers=out)
+        response = Answer(status, problem_body(status, ex.incident, slug, detail), out,
+                          content_type=CONTENT_TYPE)
         if close:
             response.force_close()  # framing we do not trust: no next request on it
         return response
@@ -88,7 +85,7 @@ class RequestTrace:
                 self.soc.emit("repeated-denials", "warning", ex.incident, **who)
 
     async def account(self, ex: Exchange, request: HttpRequest,
-                      response: web.Response) -> None:
+                      response: Answer) -> None:
         """Trace one answered request before it is sent: its audit event goes
         out with the others of this loop iteration (one write), and the
         answer waits for it (no trace, no answer)."""
@@ -100,7 +97,7 @@ class RequestTrace:
         self._after(ex, event, response)
 
     def account_now(self, ex: Exchange, request: HttpRequest,
-                    response: web.Response) -> None:
+                    response: Answer) -> None:
         """``account`` for the HTTP layer's own refusals, which are answered
         synchronously: the event is written at once."""
         event = self._event(ex, request, response)
@@ -111,7 +108,7 @@ class RequestTrace:
         self._after(ex, event, response)
 
     def _event(self, ex: Exchange, request: HttpRequest,
-               response: web.Response) -> RequestEvent:
+               response: Answer) -> RequestEvent:
         tenant = ex.caller.tenant_id if ex.caller is not None else UNKNOWN
         route = ex.match.route if ex.match is not None else None
         caller = ex.caller
@@ -130,13 +127,13 @@ class RequestTrace:
             status=status,
             resources=ex.resources,
             bytes_in=ex.bytes_in,
-            bytes_out=len(response.body) if isinstance(response.body, bytes) else 0,
+            bytes_out=len(response.body),
             classification=ex.label,
             # The gateway's own isolation prober (gateway.canary): marked, D10.
             canary=caller is not None and CANARY_ROLE in caller.principal.roles,
         )
 
-    def _no_trace(self, ex: Exchange, response: web.Response) -> None:
+    def _no_trace(self, ex: Exchange, response: Answer) -> None:
         # SECURITY: no trace, no answer (fail closed).
         log.error("audit write failed; refusing", extra={"incident": ex.incident})
         self.metrics.audit_write_failures.inc()
@@ -146,7 +143,7 @@ class RequestTrace:
         response.body = problem_body(503, ex.incident, "unavailable")
         response.content_type = CONTENT_TYPE
 
-    def _after(self, ex: Exchange, event: RequestEvent, response: web.Response) -> None:
+    def _after(self, ex: Exchange, event: RequestEvent, response: Answer) -> None:
         """Metrics, usage and SOC signals, for the status actually answered.
         The canary prober's requests (``event.canary``) have metrics of their
         own (gateway_canary_*): they stay out of the tenants' request, denial

@@ -5,7 +5,8 @@ Owns the TLS policy (one function per context, a reason per line), the
 reloadable server TLS material, the TLS read buffer size, the handshake
 accounting, the edge limits and the connection book, the listeners and the
 HTTP servers they run (the data plane's lean one, aiohttp's), what a
-request is past the edge (:class:`HttpRequest`), and the mapping from a
+request is past the edge (:class:`HttpRequest`) and what a data handler
+answers (:class:`Answer`), and the mapping from a
 verified certificate to a :class:`~gateway.core.model.Caller`.
 
 May import: :mod:`gateway.core`, :mod:`gateway.errors`, :mod:`gateway.problem`,
@@ -15,6 +16,7 @@ a listener serves any :class:`DataHandler`.
 
 from __future__ import annotations
 
+from gateway.edge._answer import Answer
 from gateway.edge._handshakes import forget as forget_handshakes
 from gateway.edge._handshakes import observe as observe_handshakes
 from gateway.edge._identity import CallerResolver, CredentialRefused
@@ -34,6 +36,7 @@ from gateway.edge._peer import Peer, Peers, PerConnection
 from gateway.edge._request import BodyReader, HttpRequest
 
 __all__ = [
+    "Answer",
     "BodyReader",
     "CallerResolver",
     "ConnectionBook",

@@ -1,6 +1,6 @@
 """The lean HTTP/1.1 server of the data listener: an ``asyncio.Protocol``
 over httptools (llhttp, the C parser uvicorn uses) that hands each request
-to the data plane and writes its ``web.Response`` itself. aiohttp's
+to the data plane and writes its :class:`~gateway.edge._answer.Answer` itself. aiohttp's
 ``web.Server``/``RequestHandler`` machinery stays for the admin and ops
 planes; ``[gateway] http_server = "aiohttp"`` puts the data plane back on it.
 
@@ -53,13 +53,15 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 import httptools
-from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from gateway.edge._answer import Answer
 from gateway.edge._lean_request import NO_BODY, Body, LeanRequest, Unparsed, _Refused
 from gateway.edge._lean_wire import serialize, target_form_ok
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from gateway.edge._listeners import DataServer
 
 log = logging.getLogger("gateway.edge")
@@ -72,7 +74,7 @@ BIG_BODY = 64 * 1024  # larger bodies are written apart from their head (no copy
 SLICE = 4096  # bytes parsed at a time (but for the rest of a body of known length)
 
 
-def incident_of(response: web.StreamResponse) -> dict[str, str]:
+def incident_of(response: Answer | web.StreamResponse) -> dict[str, str]:
     """The log fields of a request's refusal: its incident id, which the data
     plane's answers carry as ``X-Request-Id`` (gateway.logs)."""
     incident = response.headers.get("X-Request-Id")
@@ -510,13 +512,11 @@ class LeanConnection(asyncio.Protocol):
             elif again:
                 self._next_request()
 
-    async def _answer(self, request: LeanRequest) -> web.Response:
+    async def _answer(self, request: LeanRequest) -> Answer:
         """The data plane's answer, or the refusal of what failed under it
         (the same statuses and reasons as the aiohttp path's handle_error)."""
         try:
-            response: web.StreamResponse = await self.server.plane.handle(request)
-        except web.HTTPException as exc:
-            response = exc
+            response = await self.server.plane.handle(request)
         except _Refused as exc:  # the body's framing failed while it was read
             response = self._refuse_unparsed(request, exc.status, exc.reason)
         except TimeoutError as exc:
@@ -529,24 +529,22 @@ class LeanConnection(asyncio.Protocol):
         except Exception as exc:
             response = self._refuse_unparsed(request, 500, "internal-error")
             log.error("error handling request", exc_info=exc, extra=incident_of(response))
-        if not isinstance(response, web.Response) or not isinstance(
-                response.body, bytes | bytearray | None):
-            log.error("the data plane answered %r: not a web.Response with bytes", response)
+        if not isinstance(response, Answer) or not isinstance(response.body, bytes | bytearray):
+            log.error("the data plane answered %r: not an Answer with bytes", response)
             response = self._refuse_unparsed(request, 500, "internal-error")
         return response
 
-    def _refuse_unparsed(self, request: LeanRequest, status: int,
-                         reason: str) -> web.Response:
+    def _refuse_unparsed(self, request: LeanRequest, status: int, reason: str) -> Answer:
         response = self.server.refuse(request, status, reason)
+        assert isinstance(response, Answer)  # a DataHandler's refuse_unparsed
         response.force_close()
-        assert isinstance(response, web.Response)
         return response
 
     def _unparsed_request(self) -> LeanRequest:
         # What aiohttp hands its error handler: no method, target or headers known.
         return LeanRequest(self, "UNKNOWN", "/", (1, 0), _NO_HEADERS, (), NO_BODY, False)
 
-    async def _send(self, request: LeanRequest, response: web.Response) -> bool:
+    async def _send(self, request: LeanRequest, response: Answer) -> bool:
         """Write the answer; True when the connection takes a next request."""
         transport = self.transport
         if transport is None or transport.is_closing():

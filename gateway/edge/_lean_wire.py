@@ -1,6 +1,6 @@
 """The wire forms of the lean server (:mod:`gateway.edge._lean`): which
-request targets it takes, and a ``web.Response`` serialized as aiohttp
-would write it."""
+request targets it takes, and an :class:`~gateway.edge._answer.Answer`
+serialized as aiohttp would write it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ import time
 from email.utils import formatdate
 from typing import TYPE_CHECKING
 
-from aiohttp import web
 from yarl import URL
 
 from gateway.core.native import native as _native
 
 if TYPE_CHECKING:
+    from gateway.edge._answer import Answer
     from gateway.edge._lean_request import LeanRequest
 
 _EMPTY_BODY_STATUS = frozenset((204, 304, *range(100, 200)))
@@ -56,16 +56,16 @@ def _no_body(method: str, status: int) -> bool:
     return method == "HEAD" or status in _EMPTY_BODY_STATUS
 
 
-def _body_of(response: web.Response) -> bytes:
+def _body_of(response: Answer) -> bytes:
     raw = response.body
-    if raw is None:
-        return b""
-    if isinstance(raw, bytes | bytearray):
+    if isinstance(raw, bytes):
+        return raw
+    if isinstance(raw, bytearray):
         return bytes(raw)
-    raise ValueError("a streamed body (the data plane answers with bytes)")
+    raise ValueError("not a body of bytes")
 
 
-def serialize(request: LeanRequest, response: web.Response,
+def serialize(request: LeanRequest, response: Answer,
               keep_alive: bool) -> tuple[bytes, bytes]:
     """The status line and headers, and the body, of ``response`` as aiohttp
     would write them: Content-Length (none on 1xx/204/304, none for an empty
@@ -92,7 +92,7 @@ def serialize(request: LeanRequest, response: web.Response,
     return serialize_reference(request, response, keep_alive)
 
 
-def serialize_reference(request: LeanRequest, response: web.Response,
+def serialize_reference(request: LeanRequest, response: Answer,
                         keep_alive: bool) -> tuple[bytes, bytes]:
     """``serialize`` in Python: the specification of ``answer_head`` in
     gateway/core/_native_wire.c."""

@@ -17,6 +17,7 @@ from aiohttp.http_exceptions import BadHttpMessage, BadHttpMethod, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.config import DEFAULT_HTTP_SERVER, HTTP_SERVERS, EdgeLimits
+from gateway.edge._answer import Answer
 from gateway.edge._handshakes import report as report_handshake_failure
 from gateway.edge._lean import LeanConnection, incident_of
 from gateway.edge._limits import ConnectionBook
@@ -162,7 +163,8 @@ class _ProblemRequestHandler(RequestHandler):
             reason = "internal-error"
         else:
             reason = "http-parse-error"
-        resp = self._gw.refuse(request, status, reason)
+        refused = self._gw.refuse(request, status, reason)
+        resp = refused.to_web() if isinstance(refused, Answer) else refused
         resp.force_close()
         if reason == "internal-error":
             self.log_exception("error handling request", exc_info=exc, extra=incident_of(resp))
@@ -182,11 +184,11 @@ class GuardedServer(web.Server):
 
     edge: EdgeLimits
     book: ConnectionBook
-    refuse: Callable[[HttpRequest, int, str], web.StreamResponse]
+    refuse: Callable[[HttpRequest, int, str], web.StreamResponse | Answer]
     on_header_timeout: Callable[[], None]
 
     def guard(self, edge: EdgeLimits, book: ConnectionBook,
-              refuse: Callable[[HttpRequest, int, str], web.StreamResponse],
+              refuse: Callable[[HttpRequest, int, str], web.StreamResponse | Answer],
               on_header_timeout: Callable[[], None]) -> None:
         self.edge, self.book = edge, book
         self.refuse, self.on_header_timeout = refuse, on_header_timeout
@@ -241,11 +243,10 @@ async def headers_arrived(request: web.Request,
 class DataHandler(Protocol):
     """What a data listener serves: the data plane, as the edge sees it."""
 
-    async def handle(self, request: HttpRequest) -> web.Response:
+    async def handle(self, request: HttpRequest) -> Answer:
         """Answer one request that passed the edge limits."""
 
-    def refuse_unparsed(self, request: HttpRequest, status: int,
-                        reason: str) -> web.StreamResponse:
+    def refuse_unparsed(self, request: HttpRequest, status: int, reason: str) -> Answer:
         """A problem document for what the HTTP layer could not parse or handle."""
 
     def header_timed_out(self) -> None:
@@ -297,7 +298,7 @@ class DataServer(GuardedServer):
         assert isinstance(connection, _ProblemRequestHandler)
         connection.gw_request_started()  # the header deadline is met
         try:
-            return await self.plane.handle(request)
+            return (await self.plane.handle(request)).to_web()
         finally:
             connection.gw_request_done()
 

@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from gateway.canary import CanaryProber, Probe
 from gateway.core.breach import OWNER_RELATIONS
 from gateway.core.canary import PROBE_ROUTES, Canary
 from gateway.core.relations.index import RelationIndex
+from gateway.edge import Answer
 from gateway.pki._authority import spiffe_uri
 from gateway.pki._issuance import make_key_and_csr
 from gateway.tls import client_context, load_chain_from_pem
@@ -203,10 +203,9 @@ class _PassEverything:
     """A response check that checks nothing: the upstream's answer as it is."""
 
     def check(self, ex: Any, facts: Any, relations: Any, upstream: Any,
-              now: Any) -> web.Response:
-        return web.Response(status=upstream.status, body=upstream.body,
-                            content_type="application/json",
-                            headers={"X-Request-Id": ex.incident})
+              now: Any) -> Answer:
+        return Answer(upstream.status, upstream.body, {"X-Request-Id": ex.incident},
+                      content_type="application/json")
 
 
 def test_without_the_relation_check_the_routing_check_still_withholds(

@@ -27,7 +27,7 @@ import pytest
 from aiohttp import web
 
 from gateway.config import EdgeLimits
-from gateway.edge import ConnectionBook, DataServer, HttpRequest, TlsSite, bind
+from gateway.edge import Answer, ConnectionBook, DataServer, HttpRequest, TlsSite, bind
 from gateway.edge._lean import BODY_HIGH_WATER, MAX_PIPELINED, SLICE, LeanConnection
 from gateway.pki import CertificateAuthority, spiffe_uri
 from gateway.tls import client_context, server_context
@@ -48,7 +48,7 @@ class Echo:
         self.started = asyncio.Event()  # a request reached the handler
         self.failing: str | None = None  # set: handlers fail; refusals carry it as incident
 
-    async def handle(self, request: HttpRequest) -> web.Response:
+    async def handle(self, request: HttpRequest) -> Answer:
         self.started.set()
         if self.failing is not None:
             raise RuntimeError("a bug in the handler")
@@ -67,16 +67,16 @@ class Echo:
                "body": len(body), "sha": zlib.crc32(body), "exists": request.body_exists,
                "headers": list(request.headers.items())[:4],
                "tenant": self.book.tenant_of(transport) if transport is not None else None}
-        return web.Response(body=json.dumps(doc).encode(), content_type="application/json",
+        return Answer(body=json.dumps(doc).encode(), content_type="application/json",
                             headers={"Server": "gateway"})
 
     def refuse_unparsed(self, request: HttpRequest, status: int,
-                        reason: str) -> web.StreamResponse:
+                        reason: str) -> Answer:
         self.refused.append((status, reason, request.method))
         headers = {"Server": "gateway"}
         if self.failing is not None:
             headers["X-Request-Id"] = self.failing
-        return web.Response(status=status, body=reason.encode(), content_type="text/plain",
+        return Answer(status=status, body=reason.encode(), content_type="text/plain",
                             headers=headers)
 
     def header_timed_out(self) -> None:
@@ -539,7 +539,7 @@ async def test_many_pipelined_requests_are_answered_in_order(start: Start) -> No
     deepest = 0
     handle = listener.handler.handle
 
-    async def watched(request: HttpRequest) -> web.Response:
+    async def watched(request: HttpRequest) -> Answer:
         nonlocal deepest
         deepest = max([deepest, *(len(c._queue) for c in listener.connections())])
         await asyncio.sleep(0)
@@ -565,9 +565,9 @@ async def test_answers_wait_for_a_client_that_reads_late(start: Start) -> None:
     big = "y" * 3_000_000
     handled: list[str] = []
 
-    async def large(request: HttpRequest) -> web.Response:
+    async def large(request: HttpRequest) -> Answer:
         handled.append(request.raw_path)
-        return web.Response(body=json.dumps({"path": request.raw_path, "pad": big}).encode(),
+        return Answer(body=json.dumps({"path": request.raw_path, "pad": big}).encode(),
                             content_type="application/json")
 
     listener.server.plane.handle = large  # type: ignore[method-assign]
