@@ -21,6 +21,7 @@ Usage (the stack first, in another shell or in the background)::
     .venv/bin/python bench/instructions.py --tree /tmp/old      # another checkout
     .venv/bin/python bench/instructions.py --mode handshake --requests 300
     .venv/bin/python bench/instructions.py --target floor
+    .venv/bin/python bench/instructions.py --target naive     # the naive proxy
     .venv/bin/python bench/instructions.py --patches no-trace   # by difference
 
 It installs valgrind from Debian's packages when it is missing (as
@@ -122,8 +123,14 @@ async def _session(port: int, endpoints: dict[str, Any], args: argparse.Namespac
 def _server(args: argparse.Namespace, endpoints: dict[str, Any], work: Path,
             port: int) -> tuple[list[str], str | None]:
     """The server's command line and, for the gateway, its readiness URL."""
+    certs = REPO / "var" / "bench" / "certs"
+    if args.target == "naive":
+        return [PY, str(Path(args.tree) / "bench" / "naive_proxy.py"),
+                "--upstream", f"http://127.0.0.1:{endpoints['upstream']['port']}",
+                "--cert", str(certs / "server" / "gateway.pem"),
+                "--key", str(certs / "server" / "gateway.key"),
+                "--ca", str(certs / "ca.pem"), "--port", str(port), "--loop", "uvloop"], None
     if args.target == "floor":
-        certs = REPO / "var" / "bench" / "certs"
         return [PY, str(Path(args.tree) / "bench" / "floor.py"),
                 "--upstream-port", str(endpoints["upstream"]["port"]),
                 "--cert", str(certs / "server" / "gateway.pem"),
@@ -228,7 +235,7 @@ def _install_valgrind() -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tree", type=Path, default=REPO, help="the source tree to measure")
-    ap.add_argument("--target", choices=("gateway", "floor"), default="gateway")
+    ap.add_argument("--target", choices=("gateway", "floor", "naive"), default="gateway")
     ap.add_argument("--mode", choices=("keepalive", "handshake"), default="keepalive")
     ap.add_argument("--requests", type=int, default=2000, help="measured (at most 100,000)")
     ap.add_argument("--warmup", type=int, default=300, help="before counting (at most 10,000)")

@@ -58,6 +58,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import sys
 from pathlib import Path
 
@@ -195,7 +196,8 @@ def patch_loop_lag() -> None:
 def patch_calls() -> None:
     """Not a speed-up: Python function calls per data-plane request (cProfile
     over a window, deterministic where a sampler is not): every 10 s after
-    start-up, a 5 s window; printed per request, most called first."""
+    start-up, a 5 s window; printed per request, most called first
+    (``WHATIF_ROWS`` rows of each list, 40 unless set)."""
     import cProfile
     import pstats
     import time
@@ -203,6 +205,7 @@ def patch_calls() -> None:
     from gateway.server import Gateway
 
     original = Gateway.start
+    shown = int(os.environ.get("WHATIF_ROWS", "40"))  # rows of each list
 
     async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         result = await original(self, *args, **kwargs)
@@ -228,11 +231,11 @@ def patch_calls() -> None:
                 print(f"whatif calls: {requests} requests in {time.perf_counter() - began:.1f} s, "
                       f"{total / requests:.1f} Python-level calls per request; most called:",
                       flush=True)
-                for nc, _tt, where in rows[:40]:
+                for nc, _tt, where in rows[:shown]:
                     print(f"  {nc / requests:7.2f}  {where}", flush=True)
                 print("whatif calls: own time under the profiler, µs per request (the "
                       "profiler's overhead included: proportions only):", flush=True)
-                for nc, tt, where in sorted(rows, key=lambda r: -r[1])[:40]:
+                for nc, tt, where in sorted(rows, key=lambda r: -r[1])[:shown]:
                     print(f"  {tt * 1e6 / requests:7.2f}  {nc / requests:6.2f}  {where}",
                           flush=True)
                 files: dict[str, list[float]] = {}
@@ -262,17 +265,15 @@ def patch_calls() -> None:
 
 def patch_no_checks() -> None:
     """Not a gateway: forward and answer, nothing checked (see the docstring)."""
-    from aiohttp import web
-
     from gateway.dataplane import _pipeline
+    from gateway.edge import Answer
 
     async def bare(self, request):  # type: ignore[no-untyped-def]
         path = request.raw_path
         ex = _pipeline.Exchange()
         upstream = await self.upstreams.call("hes", request.method, path[len("/hes"):],
                                              {"X-Request-Id": ex.incident}, None)
-        return web.Response(status=upstream.status, body=upstream.body,
-                            content_type="application/json")
+        return Answer(upstream.status, upstream.body, content_type="application/json")
 
     _pipeline.DataPlane.handle = bare  # type: ignore[method-assign]
     print("whatif: no-checks applied", flush=True)
@@ -291,16 +292,30 @@ def patch_no_trace() -> None:
 
 def patch_no_response_check() -> None:
     """Not a gateway: the upstream's answer unchecked (see the docstring)."""
-    from aiohttp import web
-
     from gateway.dataplane import _responsecheck
+    from gateway.edge import Answer
 
     def check(self, ex, facts, relations, upstream, now):  # type: ignore[no-untyped-def]
-        return web.Response(status=upstream.status, body=upstream.body,
-                            content_type="application/json")
+        return Answer(upstream.status, upstream.body, content_type="application/json")
 
     _responsecheck.ResponseCheck.check = check  # type: ignore[method-assign]
     print("whatif: no-response-check applied", flush=True)
+
+
+def patch_no_audit_wait() -> None:
+    """Not a gateway: the audit line chained and written with its group,
+    but the answer sent without waiting for the write (no trace, no answer
+    broken): what the wait itself costs, the suspension and resumption of
+    the request's coroutines."""
+    from gateway.dataplane import _trace
+
+    async def account(self, ex, request, response):  # type: ignore[no-untyped-def]
+        event = self._event(ex, request, response)
+        self.audit.record_soon(event)
+        self._after(ex, event, response)
+
+    _trace.RequestTrace.account = account  # type: ignore[method-assign]
+    print("whatif: no-audit-wait applied", flush=True)
 
 
 def patch_switch() -> None:
@@ -322,7 +337,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "uvloop": patch_uvloop, "sync-audit": patch_sync_audit, "gc-log": patch_gc_log,
            "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
            "calls": patch_calls, "no-checks": patch_no_checks, "no-trace": patch_no_trace,
-           "no-response-check": patch_no_response_check, "switch": patch_switch}
+           "no-response-check": patch_no_response_check,
+           "no-audit-wait": patch_no_audit_wait, "switch": patch_switch}
 
 
 def main() -> int:
