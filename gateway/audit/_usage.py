@@ -44,6 +44,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 
+from gateway.clock import utc_now
+
 __all__ = ["RETENTION", "UsageLedger", "UsageRow", "bucket_start", "oldest_kept"]
 
 RETENTION: Mapping[str, int] = MappingProxyType({"day": 31, "week": 20, "month": 20})
@@ -123,7 +125,7 @@ class UsageLedger:
     """Usage counters: cheap in-memory ``record()``, periodic ``flush()`` to SQLite."""
 
     def __init__(self, path: Path, *,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             # SECURITY: who used which shared system is operator-internal; owner-only.

@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from gateway.audit import AuditSink, SecurityEvents, UsageLedger
+from gateway.clock import utc_now
 from gateway.config import EdgeLimits
 from gateway.core.canary import CANARY_ROLE, decide_canary
 from gateway.core.decide import RequestFacts, decide
@@ -92,7 +93,7 @@ class DataPlane:
         lockbox: Lockbox | None = None,
         limits: EdgeLimits = DEFAULT_LIMITS,
         push_max_body_bytes: int = 256 * 1024 * 1024,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], datetime] = utc_now,
         access_log: bool = False,
     ) -> None:
         self.resolver = resolver

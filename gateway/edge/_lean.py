@@ -499,7 +499,16 @@ class LeanConnection(asyncio.Protocol):
                 response = self._refuse_unparsed(request, item.status, item.reason)
             else:
                 request = item
-                response = await self._answer(request)
+                # The data plane's answer, in this coroutine (one of its own
+                # would be one more frame to make and to resume per request).
+                try:
+                    response = await self.server.plane.handle(request)
+                except Exception as exc:
+                    response = self._failed_answer(request, exc)
+                if not isinstance(response, Answer) or not isinstance(response.body,
+                                                                      bytes | bytearray):
+                    log.error("the data plane answered %r: not an Answer with bytes", response)
+                    response = self._refuse_unparsed(request, 500, "internal-error")
             again = await self._send(request, response)
         except Exception:
             log.exception("unhandled error serving a request")
@@ -512,26 +521,20 @@ class LeanConnection(asyncio.Protocol):
             elif again:
                 self._next_request()
 
-    async def _answer(self, request: LeanRequest) -> Answer:
-        """The data plane's answer, or the refusal of what failed under it
-        (the same statuses and reasons as the aiohttp path's handle_error)."""
-        try:
-            response = await self.server.plane.handle(request)
-        except _Refused as exc:  # the body's framing failed while it was read
-            response = self._refuse_unparsed(request, exc.status, exc.reason)
-        except TimeoutError as exc:
-            response = self._refuse_unparsed(request, 504, "internal-error")
-            log.error("error handling request", exc_info=exc, extra=incident_of(response))
-        except ConnectionError:
+    def _failed_answer(self, request: LeanRequest, exc: Exception) -> Answer:
+        """The refusal of what failed under the data plane (the same statuses
+        and reasons as the aiohttp path's handle_error)."""
+        if isinstance(exc, _Refused):  # the body's framing failed while it was read
+            return self._refuse_unparsed(request, exc.status, exc.reason)
+        if isinstance(exc, ConnectionError):
             # The caller hung up and the handler failed on it: accounted and
             # audited, not logged (nobody reads the answer).
-            response = self._refuse_unparsed(request, 400, "client-gone")
-        except Exception as exc:
+            return self._refuse_unparsed(request, 400, "client-gone")
+        if isinstance(exc, TimeoutError):
+            response = self._refuse_unparsed(request, 504, "internal-error")
+        else:
             response = self._refuse_unparsed(request, 500, "internal-error")
-            log.error("error handling request", exc_info=exc, extra=incident_of(response))
-        if not isinstance(response, Answer) or not isinstance(response.body, bytes | bytearray):
-            log.error("the data plane answered %r: not an Answer with bytes", response)
-            response = self._refuse_unparsed(request, 500, "internal-error")
+        log.error("error handling request", exc_info=exc, extra=incident_of(response))
         return response
 
     def _refuse_unparsed(self, request: LeanRequest, status: int, reason: str) -> Answer:

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from gateway.audit import AdminEvent, AuditSink, SecurityEvents
+from gateway.clock import utc_now
 from gateway.core.canary import CANARY_KIND, CANARY_NAME
 from gateway.files import write_atomically, write_private
 from gateway.metrics import GatewayMetrics
@@ -72,7 +73,7 @@ class Credentials:
                  crl_next_update: timedelta = timedelta(hours=24),
                  on_disable: Iterable[Callable[[PrincipalKey], Awaitable[Any]]] = (),
                  leads: Callable[[], bool] = lambda: True,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.trust_domain = trust_domain
         self.registry = registry

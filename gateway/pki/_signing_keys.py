@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from gateway.clock import utc_now
 from gateway.state import SigningKeyRecord, StateStore
 
 # Tokens are accepted with this much clock skew by verifiers.
@@ -56,7 +57,7 @@ def _new_record(now: datetime, activate_at: datetime) -> SigningKeyRecord:
 class KeyRing:
     def __init__(self, store: StateStore, *, token_lifetime: timedelta,
                  publish_ahead: timedelta = timedelta(seconds=60),
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.token_lifetime = token_lifetime
         self.publish_ahead = publish_ahead

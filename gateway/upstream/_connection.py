@@ -81,12 +81,15 @@ class Connection(asyncio.Protocol):
         self._settle(None)
 
     def _settle(self, exc: BaseException | None) -> None:
-        waiter = self.waiter
+        """The exchange in flight is over: its waiter gets the reader (or
+        the error), and the connection holds neither any more."""
+        waiter, reader = self.waiter, self.reader
+        self.waiter = self.reader = None
         if waiter is None or waiter.done():
             return
         if exc is None:
-            assert self.reader is not None
-            waiter.set_result(self.reader)
+            assert reader is not None
+            waiter.set_result(reader)
         else:
             waiter.set_exception(exc)
 
@@ -123,8 +126,12 @@ class Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
-    async def exchange(self, loop: asyncio.AbstractEventLoop, data: bytes, reader: ResponseReader,
-                       deadline: float) -> ResponseReader:
+    def send(self, loop: asyncio.AbstractEventLoop, data: bytes, reader: ResponseReader,
+             deadline: float) -> asyncio.Future[ResponseReader]:
+        """Write one request; the future is ``reader`` once it has read the
+        whole answer (or fails: the connection is then not to be reused).
+        Not a coroutine: the caller awaits the future itself, one frame
+        less to make and to resume per request."""
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             raise NoResponse("connection already closed")
@@ -138,8 +145,4 @@ class Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
             self._timer = loop.call_at(deadline, self._deadline_due)
-        try:
-            return await waiter
-        finally:
-            self.reader = None
-            self.waiter = None
+        return waiter

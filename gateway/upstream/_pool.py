@@ -187,7 +187,29 @@ class ConnectionPool:
             await self._wait_for_slot(loop, deadline)
         try:
             sent = loop.time()
-            reader, conn = await self._exchange(loop, method, data, max_body, deadline)
+            # The exchange, inline (a coroutine of its own would be one more
+            # frame to make and to resume per request).
+            fresh = False
+            while True:
+                conn = None if fresh else self._pop_idle()
+                if conn is None:
+                    fresh = True
+                    conn = await self._connect(loop, deadline)
+                reader = ResponseReader(head_request=method == "HEAD", max_body=max_body)
+                try:
+                    await conn.send(loop, data, reader, deadline)
+                except NoResponse:
+                    conn.abort()
+                    if fresh or method not in IDEMPOTENT:
+                        raise
+                    # The server closed this idle connection as the request went
+                    # out: the stale keep-alive race. Once more, on a new connection.
+                    fresh = True
+                    continue
+                except BaseException:
+                    conn.abort()  # SECURITY: an answer not read to its end is never reused
+                    raise
+                break
             if took is not None:
                 took(loop.time() - sent)
             if reader.keep_alive and not self._closed:
@@ -201,30 +223,6 @@ class ConnectionPool:
         finally:
             self._free_slot()
         return Response(reader.status, reader.content_type, reader.headers, reader.body)
-
-    async def _exchange(self, loop: asyncio.AbstractEventLoop, method: str, data: bytes,
-                        max_body: int, deadline: float) -> tuple[ResponseReader, Connection]:
-        fresh = False
-        while True:
-            conn = None if fresh else self._pop_idle()
-            if conn is None:
-                fresh = True
-                conn = await self._connect(loop, deadline)
-            reader = ResponseReader(head_request=method == "HEAD", max_body=max_body)
-            try:
-                await conn.exchange(loop, data, reader, deadline)
-            except NoResponse:
-                conn.abort()
-                if fresh or method not in IDEMPOTENT:
-                    raise
-                # The server closed this idle connection as the request went out:
-                # the stale keep-alive race. Once more, on a new connection.
-                fresh = True
-                continue
-            except BaseException:
-                conn.abort()  # SECURITY: an answer not read to its end is never reused
-                raise
-            return reader, conn
 
     def _pop_idle(self) -> Connection | None:
         idle = self._idle

@@ -47,11 +47,12 @@ class Echo:
         self.delay_s = 0.0
         self.started = asyncio.Event()  # a request reached the handler
         self.failing: str | None = None  # set: handlers fail; refusals carry it as incident
+        self.failure: type[Exception] = RuntimeError  # what they fail with
 
     async def handle(self, request: HttpRequest) -> Answer:
         self.started.set()
         if self.failing is not None:
-            raise RuntimeError("a bug in the handler")
+            raise self.failure("a bug in the handler")
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if self.gate is not None:
@@ -704,16 +705,22 @@ async def test_the_http_server_is_chosen_by_name(start: Start) -> None:
 
 
 @pytest.mark.parametrize("http_server", ["lean", "aiohttp"])
+@pytest.mark.parametrize("failure,status", [(RuntimeError, 500), (TimeoutError, 504)])
 async def test_a_failing_handler_is_logged_with_the_refusals_incident(
-        start: Start, http_server: str, caplog: pytest.LogCaptureFixture) -> None:
+        start: Start, http_server: str, failure: type[Exception], status: int,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The log record of an internal error names the incident id of the 500
-    the caller got (gateway.logs: records that concern a request)."""
+    the caller got (gateway.logs: records that concern a request); a handler
+    that timed out is a 504, as aiohttp answers it."""
     listener = await start(http_server)
     listener.handler.failing = "0123abcd-incident"
+    listener.handler.failure = failure
     raw, _ = await asyncio.to_thread(talk, listener.port, listener.client,
                                      b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert statuses(raw) == [500] and b"X-Request-Id: 0123abcd-incident" in raw
+    assert statuses(raw) == [status] and b"X-Request-Id: 0123abcd-incident" in raw
+    assert listener.handler.refused == [(status, "internal-error", "GET")]
     (record,) = [r for r in caplog.records if r.getMessage() == "error handling request"]
     assert record.incident == "0123abcd-incident"  # type: ignore[attr-defined]
-    assert record.exc_info is not None and "a bug in the handler" in str(record.exc_info[1])
+    if http_server == "lean" or failure is RuntimeError:  # aiohttp's 504 hands over no exception
+        assert record.exc_info is not None and "a bug in the handler" in str(record.exc_info[1])
 

@@ -290,6 +290,17 @@ async def test_failures_are_classified(script: tuple[Step, ...], error: type[Exc
         await pool.close()
 
 
+async def test_an_idle_connection_keeps_nothing_of_its_last_answer() -> None:
+    """Between requests a pooled connection holds no reader (with it the last
+    answer's body, up to the response cap) and no waiter."""
+    async with Scripted((ok(b"x" * 1000),)) as server:
+        pool = http_pool(server)
+        assert await get(pool) == (200, b"x" * 1000)
+        (idle,) = pool._idle
+        assert (idle.reader, idle.waiter) == (None, None)
+        await pool.close()
+
+
 async def test_bytes_on_an_idle_connection_close_it() -> None:
     # SECURITY: a forged answer sent ahead of time is never taken for the next one.
     async with Scripted((ok() + ok(b"forged"),), (ok(b"real"),)) as server:
