@@ -123,13 +123,15 @@ class Decision(NamedTuple):
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
 
+    # The factories build the tuple in C: a named tuple's own constructor is
+    # a Python function (one more frame, about 1,500 instructions a call).
     @classmethod
     def allow(cls, reason: str, resources: tuple[str, ...] = ()) -> Decision:
-        return cls(Verdict.ALLOW, reason, 200, resources)
+        return tuple.__new__(cls, (Verdict.ALLOW, reason, 200, resources))
 
     @classmethod
     def deny(cls, reason: str, status: int = 403, resources: tuple[str, ...] = ()) -> Decision:
-        return cls(Verdict.DENY, reason, status, resources)
+        return tuple.__new__(cls, (Verdict.DENY, reason, status, resources))
 
 
 @dataclass(frozen=True, slots=True)

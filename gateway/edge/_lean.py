@@ -481,12 +481,14 @@ class LeanConnection(asyncio.Protocol):
             return
         if self._queue and not self._closing:
             self._task = self.loop.create_task(self._serve(self._queue.pop(0)))
-            self._pump()
+            if self._tail:
+                self._pump()
             self.flow()
         elif self._closing:
             self.transport.close()
         else:
-            self._pump()
+            if self._tail:
+                self._pump()
             if self._task is None and not self._in_head and not self._deadline:
                 self._arm(_IDLE)
 

@@ -6,16 +6,9 @@ flight, never pipelined, and the answer's deadline."""
 from __future__ import annotations
 
 import asyncio
-from typing import NamedTuple, cast
+from typing import cast
 
 from gateway.upstream._http import ClientError, NoResponse, ResponseReader
-
-
-class Response(NamedTuple):  # built per request: a tuple is cheaper
-    status: int
-    content_type: str | None  # the Content-Type field as sent, None if absent
-    headers: list[tuple[str, str]]
-    body: bytes
 
 
 class Connection(asyncio.Protocol):

@@ -20,7 +20,7 @@ from gateway.config import Upstream
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.tls import upstream_context
-from gateway.upstream._connection import Connection, Response
+from gateway.upstream._connection import Connection
 from gateway.upstream._http import (
     IDEMPOTENT,
     ClientError,
@@ -171,10 +171,12 @@ class ConnectionPool:
 
     async def request(self, method: str, target: str, headers: Mapping[str, str],
                       body: bytes | None, *, timeout_s: float, max_body: int,
-                      took: Callable[[float], None] | None = None) -> Response:
+                      took: Callable[[float], None] | None = None) -> ResponseReader:
         """One request; ``timeout_s`` bounds all of it (queue, connect, answer).
         ``took`` gets the seconds from taking a pool slot (connecting, if it
-        must, and sending) to the answer read, for an answered request."""
+        must, and sending) to the answer read, for an answered request. The
+        answer is the reader that read it whole (its ``status``,
+        ``content_type`` as sent, ``headers``, ``body``): no copy of it made."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
@@ -222,7 +224,7 @@ class ConnectionPool:
                 conn.close()  # the server said close, or the framing needs it
         finally:
             self._free_slot()
-        return Response(reader.status, reader.content_type, reader.headers, reader.body)
+        return reader
 
     def _pop_idle(self) -> Connection | None:
         idle = self._idle
