@@ -318,6 +318,31 @@ def patch_no_audit_wait() -> None:
     print("whatif: no-audit-wait applied", flush=True)
 
 
+def patch_no_after() -> None:
+    """Not a gateway: the audit line written, but no metrics, usage or SOC
+    signal per request (RequestTrace._after): what those cost."""
+    from gateway.dataplane import _trace
+
+    def after(self, ex, event, response):  # type: ignore[no-untyped-def]
+        return None
+
+    _trace.RequestTrace._after = after  # type: ignore[method-assign]
+    print("whatif: no-after applied", flush=True)
+
+
+def patch_no_audit_line() -> None:
+    """Not a gateway: the request's event built and its metrics, usage and
+    SOC signal kept, but no audit line chained or written: what the line
+    costs (its record, canonical JSON, hash, group and wait)."""
+    from gateway.dataplane import _trace
+
+    async def account(self, ex, request, response):  # type: ignore[no-untyped-def]
+        self._after(ex, self._event(ex, request, response), response)
+
+    _trace.RequestTrace.account = account  # type: ignore[method-assign]
+    print("whatif: no-audit-line applied", flush=True)
+
+
 def patch_switch() -> None:
     """The interpreter's switch interval (how long a thread that wants the
     GIL waits before it asks the holder to drop it) at 0.5 ms instead of
@@ -338,7 +363,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "mem-log": patch_mem_log, "loop-lag": patch_loop_lag,
            "calls": patch_calls, "no-checks": patch_no_checks, "no-trace": patch_no_trace,
            "no-response-check": patch_no_response_check,
-           "no-audit-wait": patch_no_audit_wait, "switch": patch_switch}
+           "no-audit-wait": patch_no_audit_wait, "no-after": patch_no_after,
+           "no-audit-line": patch_no_audit_line, "switch": patch_switch}
 
 
 def main() -> int:

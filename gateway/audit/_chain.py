@@ -177,11 +177,10 @@ class ChainedAuditLog:
         if loop is None or not loop.is_running():
             # Kept: on Python 3.11 get_running_loop() costs a getpid() per call.
             loop = self._loop = asyncio.get_running_loop()
-        request = type(event) is RequestEvent
-        fields = event.as_record()  # a new dict, the log's to add to
-        # A request event's members are fixed (RequestEvent.as_record): none
+        # A request event's members are fixed (RequestEvent.chain_fields): none
         # is reserved. Any other kind is checked, as record() checks it.
-        if not request and (clash := RESERVED.intersection(fields)):
+        fields = None if type(event) is RequestEvent else event.as_record()  # the log's to add to
+        if fields is not None and (clash := RESERVED.intersection(fields)):
             with self._lock:
                 self._failures += 1
             raise AuditWriteFailed(f"audit event uses reserved keys {sorted(clash)}")
@@ -193,8 +192,15 @@ class ChainedAuditLog:
                 if group is None:
                     group = self._group = _Group((self._seq, self._head, self._uncovered))
                     loop.call_soon(self._group_due, group)
-                fields["ts"] = self._clock()
-                line, digest = self._seal(fields, canonical_request if request else canonical)
+                if fields is None:
+                    assert isinstance(event, RequestEvent)
+                    self._usable_fd()
+                    line, digest = self._sealed(
+                        event.chain_fields(self._clock(), self._seq + 1, self._head),
+                        canonical_request)
+                else:
+                    fields["ts"] = self._clock()
+                    line, digest = self._seal(fields)
             except AuditWriteFailed:
                 self._failures += 1  # SECURITY: the caller refuses the request
                 raise
@@ -365,6 +371,12 @@ class ChainedAuditLog:
         """The next line of the chain (not written) and its hash."""
         self._usable_fd()
         fields["seq"], fields["prev"] = self._seq + 1, self._head
+        return self._sealed(fields, encode)
+
+    def _sealed(self, fields: dict[str, Any],
+                encode: Callable[[dict[str, Any]], bytes]) -> tuple[bytes, str]:
+        """The line of ``fields`` (the next ``seq`` and ``prev`` in them)
+        and its hash."""
         try:
             body = encode(fields)
         # orjson's JSONEncodeError is a TypeError; no str(exc): it may quote content

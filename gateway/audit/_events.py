@@ -86,6 +86,26 @@ class RequestEvent(NamedTuple):
             record["canary"] = True
         return record
 
+    def chain_fields(self, ts: float, seq: int, prev: str) -> dict[str, Any]:
+        """The members of this event's chain line (``as_record()`` with the
+        log's ``ts``, ``seq`` and ``prev``), inserted in sorted key order, so
+        that ``canonical_request`` writes them as they come, with no sort
+        (tests/audit/test_canonical.py holds it to ``canonical``)."""
+        (incident, tenant, principal, cert_serial, cert_fingerprint, method, route, upstream,
+         decision, reason, status, resources, bytes_in, bytes_out, classification,
+         canary) = self
+        fields: dict[str, Any] = {
+            "bytes_in": bytes_in, "bytes_out": bytes_out, "cert_fingerprint": cert_fingerprint,
+            "cert_serial": cert_serial, "classification": classification,
+            "decision": decision, "event": "request", "incident": incident, "method": method,
+            "prev": prev, "principal": principal, "reason": reason,
+            "resources": list(resources[:MAX_RESOURCES]), "route": route, "seq": seq,
+            "status": status, "tenant": tenant, "ts": ts, "upstream": upstream}
+        if canary:  # "canary" sorts third: the prober's lines only, sorted here
+            fields["canary"] = True
+            fields = dict(sorted(fields.items()))
+        return fields
+
 
 # The named fields an admin event may add (D6: who asked, who approved or
 # denied, the pending item; the method of a request no admin route took).
