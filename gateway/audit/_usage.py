@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -124,14 +125,21 @@ def oldest_kept(period: str, now: datetime) -> date:
 class UsageLedger:
     """Usage counters: cheap in-memory ``record()``, periodic ``flush()`` to SQLite."""
 
-    def __init__(self, path: Path, *,
-                 clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], datetime] | None = None) -> None:
+        """``clock`` (tests): the instant of each record and flush; without
+        one, the wall clock, and a request's day is told from ``time.time()``
+        by the bounds of a day made once a day (``_today``: ``record`` runs
+        for every data-plane request, and an aware datetime and its date
+        made for each cost half of it)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.exists():
             # SECURITY: who used which shared system is operator-internal; owner-only.
             os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         self.path = path
-        self._clock = clock
+        self._clock = clock or utc_now
+        self._wall = clock is None
+        # The wall clock's current UTC day: [start, end) in POSIX seconds, and its date.
+        self._day: tuple[float, float, date] = (0.0, 0.0, date(1970, 1, 1))
         self._pending: dict[_DayKey, list[int]] = {}
         self._pending_lock = threading.Lock()  # held by record(): never across I/O
         self._db_lock = threading.Lock()
@@ -150,7 +158,8 @@ class UsageLedger:
     def record(self, tenant: str, upstream: str, route: str, status: int,
                bytes_in: int, bytes_out: int, at: datetime | None = None) -> None:
         """Count one request; ``route`` is the route template, never the concrete path."""
-        key = (_utc_day(at if at is not None else self._clock()), tenant, upstream, route)
+        day = _utc_day(at) if at is not None else self._today()
+        key = (day, tenant, upstream, route)
         with self._pending_lock:
             counts = self._pending.get(key)
             if counts is None:
@@ -159,6 +168,18 @@ class UsageLedger:
             counts[1] += status >= 400
             counts[2] += bytes_in
             counts[3] += bytes_out
+
+    def _today(self) -> date:
+        """The UTC day now (the clock's, when one was given)."""
+        if not self._wall:
+            return _utc_day(self._clock())
+        now = time.time()
+        start, end, day = self._day
+        if not start <= now < end:  # a new day (or the clock stepped back)
+            start = now // 86400 * 86400  # POSIX time: every UTC day is 86,400 s
+            day = datetime.fromtimestamp(start, UTC).date()
+            self._day = (start, start + 86400, day)
+        return day
 
     def flush(self) -> int:
         """Add the pending deltas to the day, week and month rows; return rows touched."""

@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.canary import CANARY_ROLE
@@ -44,6 +45,10 @@ class RequestTrace:
         self.usage = usage  # D10: aggregated usage, no payload
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.clock = clock
+        # (tenant, upstream, route, status) -> its request counter and latency
+        # histogram: one lookup per request instead of one per metric (as
+        # bounded as the metrics' own label sets).
+        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
                  detail: str | None = None) -> Answer:
@@ -161,12 +166,18 @@ class RequestTrace:
         if canary:
             return
         route_name = ex.match.route.name if ex.match is not None else NO_ROUTE
-        metrics = self.metrics
-        metrics.child(metrics.requests, tenant, upstream, route_name, str(status)).inc()
+        series = self._series.get((tenant, upstream, route_name, status))
+        if series is None:
+            metrics = self.metrics
+            series = self._series[(tenant, upstream, route_name, status)] = (
+                metrics.child(metrics.requests, tenant, upstream, route_name, str(status)),
+                metrics.child(metrics.duration, tenant, upstream))
+        requests, duration = series
+        requests.inc()
         if self.usage is not None:
             self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, event.bytes_out)
         took_s = time.perf_counter() - ex.started
-        metrics.child(metrics.duration, tenant, upstream).observe(took_s)
+        duration.observe(took_s)
         if self.access:
             self._access_line(ex, event, took_s)
 

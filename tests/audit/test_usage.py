@@ -217,3 +217,26 @@ def test_concurrent_records_are_all_counted(ledger: UsageLedger) -> None:
     for t in threads:
         t.join()
     assert [r.requests for r in ledger.query(period="month")] == [2000]
+
+
+def test_without_a_clock_a_request_counts_to_the_utc_day_of_the_wall_clock(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger of a running gateway (no clock given) tells a request's day
+    from time.time() and a day it made once: the same day as datetime.now's
+    up to the last instant before UTC midnight, the next from midnight on,
+    and the right one again when the clock steps back."""
+    import time
+
+    from gateway.audit import _usage
+
+    midnight = (time.time() // 86400 + 1) * 86400
+    now = [midnight - 0.5]
+    monkeypatch.setattr(_usage, "time", type("T", (), {"time": staticmethod(lambda: now[0])}))
+    ledger = UsageLedger(tmp_path / "usage.sqlite3")
+    today = datetime.fromtimestamp(midnight - 1, UTC).date()
+    for at in (midnight - 0.5, midnight - 1e-6, midnight, midnight + 86400 - 1, midnight - 3600):
+        now[0] = at
+        ledger.record("ores", "hes", "/meters/{id}", 200, 1, 1)
+    assert [(row.start, row.requests) for row in ledger.query(period="day")] == [
+        (today, 3), (today + timedelta(days=1), 2)]
+    ledger.close()

@@ -42,6 +42,7 @@ from tests.dataplane.harness import FEED, FLUVIUS_METER, ORES_METER, Start
 NOW = datetime(2026, 6, 15, 9, 0, tzinfo=UTC)
 METER_ROUTE = "/hes/meters/{serial}"
 OPERATION_ROUTE = "/hes/meters/{serial}/operations"
+READINGS_ROUTE = "/hes/meters/{serial}/readings"
 CANARY_METER = "1SAG0000000009"
 AIRPLANE_METER = "1SAG0000000003"
 # The fields of an audit record the chain adds (not the trace's).
@@ -182,6 +183,33 @@ async def test_a_request_refused_before_identity_is_traced_as_unknown(
 
 
 # -- metrics, usage, the access line -------------------------------------------------
+
+async def test_each_route_and_status_is_a_series_of_its_own(plane: Start) -> None:
+    """A tenant's requests to one upstream are counted by route template and
+    status apart (the series of one are never the other's), and timed
+    together by tenant and upstream."""
+    p = await plane(answer_meter(), clock=frozen)
+    answered = []
+    for url, route, body in ((f"/hes/meters/{ORES_METER}", METER_ROUTE, None),
+                             (f"/hes/meters/{ORES_METER}", METER_ROUTE, None),
+                             (f"/hes/meters/{FLUVIUS_METER}", METER_ROUTE, None),
+                             (f"/hes/meters/{ORES_METER}", METER_ROUTE, b"{}"),
+                             (f"/hes/meters/{ORES_METER}/readings", READINGS_ROUTE, None)):
+        async with p.session.get(f"{p.url}{url}", data=body) as resp:
+            await resp.read()
+            answered.append((route, str(resp.status)))
+    # A GET with a body, and the readings route without its window: 400s.
+    assert answered == [(METER_ROUTE, "200"), (METER_ROUTE, "200"), (METER_ROUTE, "403"),
+                        (METER_ROUTE, "400"), (READINGS_ROUTE, "400")]
+    counted = {(route, status): p.sample("gateway_requests_total", tenant="ores",
+                                         upstream="hes", route=route, status=status)
+               for route in (METER_ROUTE, READINGS_ROUTE) for status in ("200", "403", "400")}
+    assert counted == {(METER_ROUTE, "200"): 2, (METER_ROUTE, "403"): 1,
+                       (METER_ROUTE, "400"): 1, (READINGS_ROUTE, "200"): None,
+                       (READINGS_ROUTE, "403"): None, (READINGS_ROUTE, "400"): 1}
+    assert p.sample("gateway_request_duration_seconds_count", tenant="ores",
+                    upstream="hes") == 5
+
 
 async def test_a_served_request_is_counted_timed_and_logged_once(
         plane: Start, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
