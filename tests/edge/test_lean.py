@@ -724,3 +724,26 @@ async def test_a_failing_handler_is_logged_with_the_refusals_incident(
     if http_server == "lean" or failure is RuntimeError:  # aiohttp's 504 hands over no exception
         assert record.exc_info is not None and "a bug in the handler" in str(record.exc_info[1])
 
+
+
+@pytest.mark.parametrize("wrong", ["web-response", "text-body"])
+async def test_an_answer_the_lean_server_cannot_write_is_a_500(
+        start: Start, wrong: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler that answers with anything but an Answer of bytes (aiohttp's
+    own response, say, or a text body) gets a 500 written for it, logged,
+    and refused through refuse_unparsed; nothing of what it answered is sent."""
+    listener = await start()
+
+    async def handle(request: HttpRequest) -> Answer:
+        if wrong == "web-response":
+            return web.Response(body=b"secret")  # type: ignore[return-value]
+        answer = Answer(200)
+        answer.body = "secret"  # type: ignore[assignment]
+        return answer
+
+    listener.server.plane.handle = handle  # type: ignore[method-assign]
+    raw, _ = await asyncio.to_thread(talk, listener.port, listener.client,
+                                     b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert statuses(raw) == [500] and b"secret" not in raw
+    assert listener.handler.refused == [(500, "internal-error", "GET")]
+    assert any("not an Answer with bytes" in r.getMessage() for r in caplog.records)
