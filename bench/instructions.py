@@ -219,6 +219,16 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_under_valgrind": round(seconds, 1)}
 
 
+def _stack_up() -> bool:
+    """The stack's upstream still answers connections."""
+    port = json.loads((RUN / "endpoints.json").read_text())["upstream"]["port"]
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _install_valgrind() -> None:
     """Debian's valgrind package, as bench/run.sh installs nginx (with sudo
     when not root); a machine without apt-get is told what to install."""
@@ -255,7 +265,8 @@ def main() -> int:
         print("bench/instructions.py needs valgrind (Debian: apt-get install valgrind)",
               file=sys.stderr)
         return 2
-    if not (RUN / "endpoints.json").exists():
+    if not (RUN / "endpoints.json").exists() or not _stack_up():
+        # A --serve-for stack ends after at most 3,600 s (and leaves its endpoints).
         print("no stack: start it with bash bench/run.sh --only none --serve-for 1800",
               file=sys.stderr)
         return 2
