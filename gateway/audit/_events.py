@@ -64,32 +64,15 @@ class RequestEvent(NamedTuple):
     canary: bool = False
 
     def as_record(self) -> dict[str, Any]:
-        record: dict[str, Any] = {
-            "event": "request",
-            "incident": self.incident,
-            "tenant": self.tenant,
-            "principal": self.principal,
-            "cert_serial": self.cert_serial,
-            "cert_fingerprint": self.cert_fingerprint,
-            "method": self.method,
-            "route": self.route,
-            "upstream": self.upstream,
-            "decision": self.decision,
-            "reason": self.reason,
-            "status": self.status,
-            "resources": list(self.resources[:MAX_RESOURCES]),
-            "bytes_in": self.bytes_in,
-            "bytes_out": self.bytes_out,
-            "classification": self.classification,
-        }
-        if self.canary:
-            record["canary"] = True
+        """The event's members: those of its chain line but the log's own."""
+        record = self.chain_fields(0.0, 0, "")
+        del record["ts"], record["seq"], record["prev"]
         return record
 
     def chain_fields(self, ts: float, seq: int, prev: str) -> dict[str, Any]:
-        """The members of this event's chain line (``as_record()`` with the
-        log's ``ts``, ``seq`` and ``prev``), inserted in sorted key order, so
-        that ``canonical_request`` writes them as they come, with no sort
+        """The members of this event's chain line (its record with the log's
+        ``ts``, ``seq`` and ``prev``), inserted in sorted key order, so that
+        ``canonical_request`` writes them as they come, with no sort
         (tests/audit/test_canonical.py holds it to ``canonical``)."""
         (incident, tenant, principal, cert_serial, cert_fingerprint, method, route, upstream,
          decision, reason, status, resources, bytes_in, bytes_out, classification,

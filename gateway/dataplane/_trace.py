@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from gateway.audit import AuditSink, AuditWriteFailed, RequestEvent, SecurityEvents, UsageLedger
 from gateway.core.canary import CANARY_ROLE
@@ -45,10 +44,6 @@ class RequestTrace:
         self.usage = usage  # D10: aggregated usage, no payload
         self.denials = DenialDetector()  # D12: repeated denials from one principal
         self.clock = clock
-        # (tenant, upstream, route, status) -> its request counter and latency
-        # histogram: one lookup per request instead of one per metric (as
-        # bounded as the metrics' own label sets).
-        self._series: dict[tuple[str, str, str, int], tuple[Any, Any]] = {}
 
     def problem(self, status: int, ex: Exchange, headers: dict[str, str] | None = None,
                  detail: str | None = None) -> Answer:
@@ -166,13 +161,7 @@ class RequestTrace:
         if canary:
             return
         route_name = ex.match.route.name if ex.match is not None else NO_ROUTE
-        series = self._series.get((tenant, upstream, route_name, status))
-        if series is None:
-            metrics = self.metrics
-            series = self._series[(tenant, upstream, route_name, status)] = (
-                metrics.child(metrics.requests, tenant, upstream, route_name, str(status)),
-                metrics.child(metrics.duration, tenant, upstream))
-        requests, duration = series
+        requests, duration = self.metrics.request_series(tenant, upstream, route_name, status)
         requests.inc()
         if self.usage is not None:
             self.usage.record(tenant, upstream, route_name, status, ex.bytes_in, event.bytes_out)
