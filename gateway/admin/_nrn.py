@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
 from gateway.admin._request import CALLER, Body, Guard, RouteSet, _text
+from gateway.clock import utc_now
 from gateway.core.decide import check_purpose
 from gateway.core.identifiers import is_valid_nrn
 from gateway.core.nrn import (
@@ -29,7 +30,7 @@ READERS = frozenset({MANAGER_ROLE, "auditor", "reader"})
 
 
 def nrn_routes(store: StateStore,
-               clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> RouteSet:
+               clock: Callable[[], datetime] = utc_now) -> RouteSet:
     def register(r: web.UrlDispatcher, guarded: Guard) -> None:
         def target(request: web.Request) -> str:
             return request.match_info.get("id", request.path)

@@ -34,13 +34,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 from cryptography import x509
 
 from gateway.audit import SecurityEvents
+from gateway.clock import utc_now
 from gateway.core.breach import BreachNotice
 from gateway.core.canary import BREACH, OK, RESULTS, Canary, canaries, probe_result
 from gateway.core.relations.index import RelationIndex
@@ -76,7 +77,7 @@ class CanaryProber:
                  soc: SecurityEvents, push: PushService | None,
                  security_contact: Callable[[str], str | None],
                  interval_s: float, timeout_s: float,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.issue = issue
         self.relations = relations  # the live snapshot
         self.tenants = tenants  # the declared tenants, reloaded with their files

@@ -38,11 +38,12 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from gateway.clock import utc_now
 from gateway.push._parts import DeadLetter, EncodedPart, Part, RetryPolicy, part_key
 
 _PART_COLUMNS = ("id, batch_id, tenant, kind, records, created, status, attempts, "
@@ -73,7 +74,7 @@ class Outbox(ABC):
     PAYLOADS: str | None = None
 
     def __init__(self, data_key: bytes | None, *, owner: str = "",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         # None: a handle that neither stores nor reads a payload (retention
         # erases payloads and reports on counts and times; it needs no key).
         self._aead = None if data_key is None else AESGCM(data_key)

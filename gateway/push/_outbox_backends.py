@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from gateway.clock import utc_now
 from gateway.push._outbox import Outbox
 from gateway.state import ensure_schema
 
@@ -102,7 +103,7 @@ class SqliteOutbox(Outbox):
     PAYLOADS = "payloads"
 
     def __init__(self, path: Path, data_key: bytes | None, *, owner: str = "",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         path.parent.mkdir(parents=True, exist_ok=True)
         # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
@@ -188,7 +189,7 @@ class PostgresOutbox(Outbox):
     SKIP_LOCKED = " FOR UPDATE SKIP LOCKED"
 
     def __init__(self, dsn: str, data_key: bytes | None, *, owner: str = "",
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         self.dsn = dsn
         self._closing = False

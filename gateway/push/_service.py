@@ -17,7 +17,7 @@ import json
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from gateway.audit import (
@@ -27,6 +27,7 @@ from gateway.audit import (
     PushBatchEvent,
     PushPartOutcome,
 )
+from gateway.clock import utc_now
 from gateway.core.breach import KIND as BREACH_KIND
 from gateway.core.breach import BreachNotice
 from gateway.core.jsonlimits import (
@@ -92,7 +93,7 @@ class PushService:
                  metrics: GatewayMetrics, audit: AuditSink,
                  max_pending_records: int = 5_000_000, retry: RetryPolicy = DEFAULT_RETRY,
                  lease_s: float = 60.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.outbox = outbox
         self.relations = relations
         self.endpoints = dict(endpoints)

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from gateway.audit import AuditSink, RetentionEvent
+from gateway.clock import utc_now
 from gateway.config import RetentionConfig
 from gateway.metrics import GatewayMetrics
 from gateway.problem import new_incident_id
@@ -75,7 +76,7 @@ class Retention:
     def __init__(self, *, store: StateStore, outbox: Outbox | None,
                  declared: Callable[[PrincipalKey], bool], config: RetentionConfig,
                  audit: AuditSink | None = None, metrics: GatewayMetrics | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.outbox = outbox
         self.declared = declared

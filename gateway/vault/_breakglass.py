@@ -31,9 +31,10 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from gateway.audit import SecurityEvents
+from gateway.clock import utc_now
 from gateway.core.breakglass import (
     APPROVE,
     CHECK_IN,
@@ -106,7 +107,7 @@ class BreakGlass:
                  soc: SecurityEvents, metrics: GatewayMetrics,
                  audit: Callable[..., str], policy: BreakGlassPolicy = DEFAULT_POLICY,
                  lockbox: Lockbox | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.vault = vault
         self.pool = pool

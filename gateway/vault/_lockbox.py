@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from gateway.audit import AuditSink, LockboxEvent, SecurityEvents
+from gateway.clock import utc_now
 from gateway.core.breakglass import Refusal, who
 from gateway.core.lockbox import (
     APPROVE,
@@ -76,7 +77,7 @@ class Lockbox:
                  reach: Mapping[str, Sequence[str]], accounts: Mapping[str, str],
                  ttl: timedelta, audit: AuditSink, metrics: GatewayMetrics,
                  notify: Notify | None = None, soc: SecurityEvents | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.store = store
         self.tenants = tenants  # the live registry (tenant files are re-read on SIGHUP)
         self.reach = {a: tuple(e) for a, e in reach.items()}

@@ -17,8 +17,9 @@ import json
 import logging
 import secrets
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
+from gateway.clock import utc_now
 from gateway.errors import UpstreamFailed
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import UpstreamPool
@@ -63,7 +64,7 @@ class UpstreamCredentials:
     def __init__(self, vault: Vault, pool: UpstreamPool, metrics: GatewayMetrics, *,
                  max_age: timedelta = timedelta(days=90), grace_s: float = 10.0,
                  issue_identity: Callable[[str], tuple[bytes, bytes]] | None = None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+                 clock: Callable[[], datetime] = utc_now) -> None:
         self.vault = vault
         self.pool = pool
         self.metrics = metrics

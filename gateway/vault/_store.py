@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any, ClassVar
 
+from gateway.clock import utc_now
 from gateway.vault import _keys
 from gateway.vault._errors import SecretNotFound, VaultError, VaultLocked
 from gateway.vault._keys import Keyring, MasterKeys
@@ -100,7 +101,7 @@ class Vault(ABC):
     DUPLICATE: ClassVar[tuple[type[Exception], ...]]
 
     def __init__(self, master: MasterKeys, clock: Callable[[], datetime] | None) -> None:
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or utc_now
         self._master = master
         self._keyring = Keyring(master)
         self._lock = threading.Lock()

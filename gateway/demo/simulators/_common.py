@@ -21,11 +21,12 @@ import struct
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 from aiohttp import web
 
+from gateway.clock import utc_now
 from gateway.core.relations.index import parse_instant
 from gateway.demo.simulators._secrets import SECRETS
 from gateway.pki import ASSERTION_HEADER, InvalidAssertion, KeySource, verify_assertion
@@ -71,7 +72,7 @@ class SimState:
     fault: Fault = field(default_factory=Fault)
     log: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=LOG_LIMIT))
     # Injectable so a test can pin "now"; the simulators otherwise use the wall clock.
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    clock: Callable[[], datetime] = field(default=utc_now)
 
 
 STATE = web.AppKey("sim_state", SimState)
