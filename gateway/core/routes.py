@@ -19,7 +19,7 @@ from gateway.core.identifiers import id_syntax
 
 MiB = 1024 * 1024
 DEFAULT_LABELS = ClassificationPolicy()  # C2 unless the upstream says otherwise
-_PARAM_VALUE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PARAM_VALUE = "[A-Za-z0-9._-]{1,64}"  # a path parameter's value, whole
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,36 +115,39 @@ class PathMatch(NamedTuple):  # built per request: a tuple is cheaper
 
 
 class RouteTable:
-    """All routes, indexed by (first segment, number of segments)."""
+    """All routes, indexed by (first segment, number of segments); within a
+    bucket each route is tried with one pattern of its whole template."""
 
     def __init__(self, routes: Iterable[Route]) -> None:
         self.routes: tuple[Route, ...] = tuple(routes)
-        index: dict[tuple[str, int], list[Route]] = {}
+        index: dict[tuple[str, int], list[tuple[Route, re.Pattern[str]]]] = {}
         for route in self.routes:
-            index.setdefault((route.segments[0], len(route.segments)), []).append(route)
+            index.setdefault((route.segments[0], len(route.segments)), []).append(
+                (route, _template_pattern(route.segments)))
         self._index = {key: tuple(val) for key, val in index.items()}
 
     def lookup(self, method: str, path: str) -> PathMatch:
-        parts = path.strip("/").split("/")
-        candidates = self._index.get((parts[0], len(parts)), ())
+        path = path.strip("/")
+        candidates = self._index.get((path.partition("/")[0], path.count("/") + 1), ())
         methods: list[str] = []
-        for route in candidates:
-            params = _bind(route.segments, parts)
-            if params is None:
+        for route, pattern in candidates:
+            bound = pattern.fullmatch(path)
+            if bound is None:
                 continue
             if route.method == method:
-                return PathMatch(RouteMatch(route, params))
+                # Built in C: a named tuple's own constructor is a Python frame.
+                return _new(PathMatch, (_new(RouteMatch, (route, bound.groupdict())), ()))
             methods.append(route.method)
-        return PathMatch(None, tuple(sorted(set(methods))))
+        return _new(PathMatch, (None, tuple(sorted(set(methods)))))
 
 
-def _bind(template: tuple[str, ...], parts: list[str]) -> dict[str, str] | None:
-    params: dict[str, str] = {}
-    for seg, part in zip(template, parts, strict=True):
-        if seg.startswith("{"):
-            if not _PARAM_VALUE.fullmatch(part):
-                return None
-            params[seg[1:-1]] = part
-        elif seg != part:
-            return None
-    return params
+_new = tuple.__new__
+
+
+def _template_pattern(segments: tuple[str, ...]) -> re.Pattern[str]:
+    """The template's segments joined by ``/``: a literal segment matches
+    itself exactly, a ``{name}`` segment one parameter value (a group of that
+    name), so a parameter never takes a ``/`` or an empty segment."""
+    return re.compile("/".join(
+        f"(?P<{seg[1:-1]}>{_PARAM_VALUE})" if seg.startswith("{") else re.escape(seg)
+        for seg in segments))

@@ -54,3 +54,32 @@ def test_another_method_on_a_known_path_names_the_allowed_ones_once_sorted() -> 
     found = table.lookup("DELETE", f"/hes/meters/{METER}")
     assert (found.match, found.allowed_methods) == (None, ("GET", "POST"))
     assert table.lookup("GET", "/hes/other/x").allowed_methods == ()
+
+
+def test_a_parameter_takes_one_segment_of_1_to_64_allowed_characters() -> None:
+    table = RouteTable([meter_route(), meter_route(template="/hes/meters/{serial}/readings")])
+    for value in ("a", "A.z_0-9", "x" * 64):
+        found = table.lookup("GET", f"/hes/meters/{value}")
+        assert found.match is not None and found.match.params == {"serial": value}, value
+    for value in ("x" * 65, "a b", "a%2Fb", "a:b", "a+b", "ü", "a\n", "*", "a;b"):
+        found = table.lookup("GET", f"/hes/meters/{value}")
+        assert (found.match, found.allowed_methods) == (None, ()), value
+    # An empty segment is no value; a parameter never spans a "/".
+    assert table.lookup("GET", "/hes/meters//readings").match is None
+    assert table.lookup("GET", "/hes/meters/a/b").match is None
+    nested = table.lookup("GET", f"/hes/meters/{METER}/readings")
+    assert nested.match is not None and nested.match.route is table.routes[1]
+
+
+def test_literal_segments_match_exactly() -> None:
+    table = RouteTable([meter_route(), Route("itsm", "GET", "/X-ray/{id}", GRANTS),
+                        Route("itsm", "GET", "/itsm/v1.0/{id}", GRANTS)])
+    for path in ("/itsm/v1x0/7", "/itsm/v1.00/7", "/hes/Meters/1", "/HES/meters/1",
+                 "/hes/meter/1", "/hes/metersx/1", "/hes/meters.1", "/Xxray/7", "/X-rayy/7",
+                 "/x-ray/7"):
+        assert table.lookup("GET", path).match is None, path
+    # Slashes around the path are not segments.
+    assert table.lookup("GET", "/itsm/v1.0/7").match is not None
+    found = table.lookup("GET", f"hes/meters/{METER}/")
+    assert found.match is not None and found.match.params == {"serial": METER}
+
