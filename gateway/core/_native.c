@@ -967,6 +967,7 @@ PyInit__native(void)
         PyModule_AddObjectRef(m, "Holds", (PyObject *)&HoldsType) < 0 ||
         PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0 ||
         PyModule_AddFunctions(m, native_wire_methods) < 0 ||
+        PyModule_AddFunctions(m, native_record_methods) < 0 ||
         PyModule_AddFunctions(m, native_days_methods) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -39,6 +39,9 @@ int meter_serial_ok(PyObject *value);
 /* gateway/core/_native_wire.c: the data plane's wire forms. */
 extern PyMethodDef native_wire_methods[];
 
+/* gateway/core/_native_record.c: a one-record JSON answer proven in one pass. */
+extern PyMethodDef native_record_methods[];
+
 /* gateway/core/_native_days.c: the columnar push's common meter-days. */
 extern PyMethodDef native_days_methods[];
 int native_days_init(void);

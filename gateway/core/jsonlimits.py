@@ -34,6 +34,15 @@ integer the text says. A number starts the text or follows ``[``, ``:``,
 ``,``, ``-`` or white space, so any run of 19 digits after one of those
 (inside a string too: it only costs the exact path) is looked for.
 
+A one-record answer whose check reads only some of its top-level strings
+need not be made into objects at all: :func:`record_strings` (C,
+``gateway/core/_native_record.c``; its specification
+:func:`record_strings_reference`) proves in one pass that the text is JSON
+the standard library reads as an object with every key once, no deeper than
+the limit, and hands back just those strings; for anything outside a plain
+subset (an escape, a byte order mark, NaN, an object of more than 64
+members, ...) it answers None and the caller parses in full.
+
 Both errors are ``ValueError`` subclasses, like ``json.JSONDecodeError``, so a
 caller that maps ``ValueError`` to a 400 stays correct; a caller that wants a
 distinct reason catches them first. Pure: no I/O, no aiohttp.
@@ -213,6 +222,63 @@ def _loads_counted(raw: bytes | bytearray | str, members: int, suspect: bool) ->
         if not suspect and members == _json_members(parsed):
             return parsed
     return json.loads(raw, object_pairs_hook=unique_object)
+
+
+# Members of one object record_strings compares pairwise; more: not proven there.
+RECORD_MAX_KEYS = 64
+# Names record_strings reads at most (a route's record fields).
+RECORD_MAX_NAMES = 8
+
+
+class _Unproven(Exception):
+    """What record_strings_reference does not prove (it answers None)."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _Unproven(name)
+
+
+def _unique_small_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs) or len(pairs) > RECORD_MAX_KEYS:
+        raise _Unproven("a key twice, or too many to compare")
+    return out
+
+
+def record_strings_reference(data: bytes, names: tuple[str, ...],
+                             max_depth: int = MAX_DEPTH) -> dict[str, str] | None:
+    """The specification of ``record_strings`` in gateway/core/_native_record.c:
+    the members of ``data``'s top-level object named in ``names`` whose
+    values are strings, where ``data`` is strict UTF-8 without a byte order
+    mark or a backslash, and the standard library reads it as an object with
+    every key once per object (none of more than :data:`RECORD_MAX_KEYS`
+    members), no NaN or Infinity, nested no deeper than ``max_depth``, and
+    every member named in ``names`` a string; else None."""
+    if b"\\" in data or data.startswith(b"\xef\xbb\xbf"):
+        return None
+    try:
+        text = data.decode("utf-8")  # strict: no surrogate, no overlong form
+    except UnicodeDecodeError:
+        return None
+    if _deepest(data) > max_depth:
+        return None
+    try:
+        body = json.loads(text, object_pairs_hook=_unique_small_object,
+                          parse_constant=_refuse_constant)
+    except (ValueError, _Unproven, RecursionError):
+        return None
+    if type(body) is not dict:
+        return None
+    found: dict[str, str] = {}
+    for name in names:
+        if name in body:
+            if type(body[name]) is not str:
+                return None
+            found[name] = body[name]
+    return found
+
+
+record_strings = None if _native is None else _native.record_strings
 
 
 def has_long_number(data: bytes | bytearray) -> bool:

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 from gateway.core.classification import ClassificationPolicy
 from gateway.core.identifiers import id_syntax
+from gateway.core.jsonlimits import RECORD_MAX_NAMES
 
 MiB = 1024 * 1024
 DEFAULT_LABELS = ClassificationPolicy()  # C2 unless the upstream says otherwise
@@ -86,6 +87,11 @@ class Route:
     # name, the kind's id syntax check); None for any other route.
     path_resource: tuple[str, str, Callable[[str], object]] | None = field(
         init=False, repr=False, compare=False)
+    # The response check's fast path, worked out once: for a route whose
+    # answer is one record of which the check reads only top-level strings
+    # (every record check without ``items``, no field rule, nothing to
+    # notify), the names of those members; None for any other route.
+    record_fields: tuple[str, ...] | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
@@ -94,6 +100,14 @@ class Route:
         if ref is not None and ref.source == "path" and self.window is None:
             fast = (ref.kind, ref.name, id_syntax(ref.kind))
         object.__setattr__(self, "path_resource", fast)
+        fields = None
+        if not self.field_rules and self.notify is None and all(
+                rc.items is None for rc in self.records):
+            named = (n for rc in self.records for n in (rc.id_field, rc.at_field, rc.window_field))
+            fields = tuple(dict.fromkeys(n for n in named if n is not None))
+            if len(fields) > RECORD_MAX_NAMES:
+                fields = None  # more than record_strings reads: the full parse
+        object.__setattr__(self, "record_fields", fields)
 
     @property
     def name(self) -> str:

@@ -6,7 +6,11 @@ In order (the stage runs after *forward*, see :mod:`gateway.dataplane._pipeline`
 1. the upstream's status: a 5xx is 502, its own error body never passed on;
 2. the body parsed with the nesting limit and one value per key
    (:mod:`gateway.core.jsonlimits`): duplicate keys are withheld like a
-   misroute (``response-duplicate-key``);
+   misroute (``response-duplicate-key``). A one-record answer whose check
+   reads only top-level strings (``Route.record_fields``), for a caller
+   whose answer is not pseudonymised, is proven in one pass in C and only
+   those strings are made (``record_strings``); whatever that does not
+   prove is parsed in full;
 3. :func:`gateway.core.check.check_response`, record by record; a record
    that is not the caller's is withheld, and an isolation violation
    (``ISOLATION_REASONS``) is counted in
@@ -37,7 +41,13 @@ from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, ForeignRecord, 
 from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts
 from gateway.core.headers import clean_response_headers
-from gateway.core.jsonlimits import MAX_DEPTH, DuplicateKey, TooDeep, loads_limited
+from gateway.core.jsonlimits import (
+    MAX_DEPTH,
+    DuplicateKey,
+    TooDeep,
+    loads_limited,
+    record_strings,
+)
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane._exchange import Exchange
@@ -84,8 +94,20 @@ class ResponseCheck:
                                  f"upstream-{status}")
         if not 200 <= status < 300 or upstream.content_type != JSON:
             raise UpstreamFailed(502, "upstream-unexpected-answer")
+        caller = ex.resolved()
+        pseudonymise = caller.tenant.kind == "it-provider" and self.pseudonyms is not None
+        raw = upstream.body
+        parsed = None
+        fields = route.record_fields
+        if fields is not None and not pseudonymise and record_strings is not None \
+                and type(raw) is bytes:
+            # Only what the check reads (the route has no field rule and
+            # nothing to notify, so the body itself is never re-made): the
+            # answer goes out as the upstream's bytes, proven here.
+            parsed = record_strings(raw, fields, MAX_DEPTH)
         try:
-            parsed = loads_limited(upstream.body, max_depth=MAX_DEPTH)
+            if parsed is None:
+                parsed = loads_limited(raw, max_depth=MAX_DEPTH)
         except DuplicateKey as exc:
             # SECURITY: D1. The checked copy holds one value per key, the bytes
             # forwarded unchanged may hold two (a client keeping the first
@@ -96,7 +118,6 @@ class ResponseCheck:
             raise UpstreamFailed(502, "upstream-json-too-deep") from exc
         except (ValueError, UnicodeDecodeError) as exc:
             raise UpstreamFailed(502, "upstream-malformed-json") from exc
-        caller = ex.resolved()
         verdict = check_response(caller, route, facts, relations, parsed, now)
         if not verdict.decision.allowed:
             ex.resources = verdict.decision.resources
@@ -112,9 +133,9 @@ class ResponseCheck:
                                     caller.tenant_id)
         label = self._classification(ex, upstream)
         changed = verdict.changed
-        if caller.tenant.kind == "it-provider" and self.pseudonyms is not None:
+        if pseudonymise:
             changed = self._pseudonymise(ex, verdict.body) or changed
-        body = json.dumps(verdict.body).encode() if changed else upstream.body
+        body = json.dumps(verdict.body).encode() if changed else raw
         headers = clean_response_headers(upstream.headers)
         headers["Server"] = SERVER_HEADER
         headers["X-Request-Id"] = ex.incident

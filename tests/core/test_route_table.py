@@ -83,3 +83,42 @@ def test_literal_segments_match_exactly() -> None:
     found = table.lookup("GET", f"hes/meters/{METER}/")
     assert found.match is not None and found.match.params == {"serial": METER}
 
+
+def test_a_one_record_route_names_the_strings_its_response_check_reads() -> None:
+    """``record_fields``: the response check's fast path (a one-record answer
+    proven in C, only these members made) is for a route whose check reads
+    nothing else; any other route parses its answers in full."""
+    from gateway.core.catalog import ROUTES
+    from gateway.core.routes import RecordCheck
+
+    detail = RecordCheck("meter", "serial", same_as_request=True)
+    timed = RecordCheck("meter", "meter", at_field="timestamp", window_field="day")
+    assert Route("hes", "GET", "/hes/meters/{serial}", GRANTS,
+                 records=(detail,)).record_fields == ("serial",)
+    # Every field the checks read, each once, in order.
+    assert Route("hes", "GET", "/r/{serial}", GRANTS, records=(detail, timed, detail)
+                 ).record_fields == ("serial", "meter", "timestamp", "day")
+    assert Route("hes", "GET", "/r", GRANTS,
+                 records=(RecordCheck("meter", "m", at_field="m", window_field="m"),)
+                 ).record_fields == ("m",)
+    assert Route("hes", "GET", "/r", GRANTS).record_fields == ()  # nothing to read: proven only
+    # Records in a list, a field rule (it edits the body), a notification
+    # (it sends the body on): the full parse.
+    listed = RecordCheck("meter", "serial", items="meters")
+    assert Route("hes", "GET", "/r", GRANTS, records=(detail, listed)).record_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(detail,),
+                 field_rules=("clearing.restricted",)).record_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(detail,),
+                 notify="cmh-status").record_fields is None
+    # More names than the C reads: the full parse.
+    many = tuple(RecordCheck("meter", f"f{i}", at_field=f"a{i}") for i in range(4))
+    assert Route("hes", "GET", "/r", GRANTS, records=many[:4]).record_fields == (
+        "f0", "a0", "f1", "a1", "f2", "a2", "f3", "a3")
+    assert Route("hes", "GET", "/r", GRANTS,
+                 records=(*many, RecordCheck("meter", "f9"))).record_fields is None
+    # The catalog: the meter's and an ITSM record's detail take it; no route
+    # with a field rule or a notification does.
+    by_name = {(r.method, r.template): r for r in ROUTES}
+    assert by_name["GET", "/hes/meters/{serial}"].record_fields == ("serial",)
+    assert by_name["GET", "/hes/meters"].record_fields is None
+    assert all(r.record_fields is None for r in ROUTES if r.field_rules or r.notify)

@@ -551,3 +551,38 @@ async def test_an_answer_that_cannot_be_pseudonymised_is_withheld(
     problem = await refused(p, "/itsm/tickets/INC1", 502, session=engie)
     assert email not in json.dumps(problem)
     assert event_of(p, problem["incident"])["reason"] == reason
+
+
+# -- a one-record answer proven without being made (Route.record_fields) ----------------
+
+
+@pytest.mark.parametrize("raw", [
+    # Spaced oddly, a member named like the record's id inside a nested
+    # object (not the record's), non-ASCII text: relayed as they came.
+    f'{{ "serial" :"{ORES_METER}" ,\n"owner": {{"serial": "{FLUVIUS_METER}"}},'
+    f' "note": "caf\u00e9 \u20ac", "n": [1.5e3, -0, true, null]}}'.encode(),
+    # An escape: not proven in one pass; the full parse takes it.
+    f'{{"serial": "{ORES_METER}", "note": "a \\"quoted\\" \\u00e9"}}'.encode(),
+])
+async def test_a_one_record_answer_is_relayed_as_the_upstreams_bytes(
+        begin: Begin, raw: bytes) -> None:
+    p = await begin(answer(raw))
+    async with p.session.get(f"{p.url}/hes/meters/{ORES_METER}") as resp:
+        assert resp.status == 200
+        assert await resp.read() == raw
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (f'{{"serial": "{FLUVIUS_METER}", "owner": {{"serial": "{ORES_METER}"}}}}'.encode(),
+     "record-not-requested"),
+    (f'{{"owner": {{"serial": "{ORES_METER}"}}}}'.encode(), "response-malformed"),  # none
+    (f'{{"serial": ["{ORES_METER}"]}}'.encode(), "response-malformed"),
+])
+async def test_a_one_record_answer_is_checked_on_its_own_id(
+        begin: Begin, raw: bytes, reason: str) -> None:
+    """D1: the record's id is its top-level member, whatever a nested object
+    holds; one that is not the requested meter, or no string, is withheld."""
+    p = await begin(answer(raw))
+    problem = await refused(p, f"/hes/meters/{ORES_METER}", 502)
+    assert FLUVIUS_METER not in json.dumps(problem)
+    assert event_of(p, problem["incident"])["reason"] == reason

@@ -1,0 +1,427 @@
+/*
+ * record_strings: the response check's proof of a one-record answer without
+ * making it into Python objects, part of gateway.core._native
+ * (gateway/core/_native.c adds it to the module). Its specification is
+ * record_strings_reference of gateway/core/jsonlimits.py;
+ * tests/core/test_native_record.py holds the two to each other.
+ *
+ * record_strings(data, names, max_depth) -> None | {name: str}
+ *
+ * The top-level object's members named in ``names`` whose values are
+ * strings, decoded, where ``data`` is provably a JSON text the standard
+ * library reads as a dict with every key once per object, nested no deeper
+ * than ``max_depth``. None wherever that is not proven here, and so for
+ * every text outside a plain subset, which the caller then parses in full
+ * (loads_limited: its verdict and its errors):
+ *
+ * - bytes that are not strict UTF-8 (an overlong form, a surrogate, past
+ *   U+10FFFF), a byte order mark, a backslash anywhere (so no escape, and a
+ *   key is its bytes), a control character in a string;
+ * - anything outside RFC 8259's grammar, and NaN, Infinity, -Infinity
+ *   (which the standard library takes);
+ * - a top-level value that is not an object, a key twice in one object, an
+ *   object of more than MAX_KEYS members (their pairwise comparison stays
+ *   bounded), nesting deeper than ``max_depth``;
+ * - a member named in ``names`` whose value is not a string.
+ *
+ * The text is untrusted (an upstream's answer): every read is within the
+ * block, and the nesting is bounded by ``max_depth`` before any recursion.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "_native.h"
+
+#define MAX_KEYS 64  /* members of one object compared pairwise */
+#define MAX_NAMES 8  /* names asked for: a route's record fields */
+#define MAX_RECURSION 512 /* the deepest max_depth taken: one C frame a level */
+
+typedef struct {
+    const unsigned char *b;
+    Py_ssize_t n, i;
+    long max_depth;
+    /* The names asked for, in UTF-8, and where each was found at the top level. */
+    Py_ssize_t names;
+    const char *name[MAX_NAMES];
+    Py_ssize_t name_len[MAX_NAMES];
+    Py_ssize_t found_at[MAX_NAMES], found_len[MAX_NAMES];
+} Reader;
+
+/* 0: proven so far; -1: not proven (the caller answers None). */
+typedef int status;
+
+static inline void
+skip_space(Reader *r)
+{
+    if (r->i < r->n && r->b[r->i] > ' ') {
+        return; /* the common case: no white space here */
+    }
+    while (r->i < r->n) {
+        const unsigned char c = r->b[r->i];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+            return;
+        }
+        r->i++;
+    }
+}
+
+/* One UTF-8 character of 2 to 4 bytes at r->i (its lead byte >= 0x80) and
+ * before ``end``, strict
+ * as Python's "utf-8" codec is: no overlong form, no surrogate, nothing past
+ * U+10FFFF. */
+static status
+utf8_char(Reader *r, Py_ssize_t end)
+{
+    const unsigned char *b = r->b;
+    const Py_ssize_t i = r->i;
+    const unsigned char c = b[i];
+    Py_ssize_t len;
+    unsigned char lo = 0x80, hi = 0xBF; /* the second byte's range */
+    if (c >= 0xC2 && c <= 0xDF) {
+        len = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        len = 3;
+        if (c == 0xE0) {
+            lo = 0xA0; /* overlong below */
+        } else if (c == 0xED) {
+            hi = 0x9F; /* U+D800..U+DFFF, surrogates */
+        }
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        len = 4;
+        if (c == 0xF0) {
+            lo = 0x90;
+        } else if (c == 0xF4) {
+            hi = 0x8F; /* past U+10FFFF */
+        }
+    } else {
+        return -1;
+    }
+    if (end - i < len || b[i + 1] < lo || b[i + 1] > hi) {
+        return -1;
+    }
+    for (Py_ssize_t k = 2; k < len; k++) {
+        if (b[i + k] < 0x80 || b[i + k] > 0xBF) {
+            return -1;
+        }
+    }
+    r->i += len;
+    return 0;
+}
+
+/* Eight bytes of a string at once: whether any is a control character
+ * (below 0x20) or not ASCII (0x80 and up); the backslash is ruled out for the
+ * whole text before. */
+#define ONES 0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static inline int
+plain_word(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, sizeof w);
+    return ((w | ((w | HIGHS) - 0x20 * ONES)) & HIGHS) == HIGHS && !(w & HIGHS);
+}
+
+/* A string at r->i (its opening quote); its content's span out. It ends at
+ * the next quote (no backslash in the text: no escaped quote); in between,
+ * no control character, and strict UTF-8. */
+static status
+string(Reader *r, Py_ssize_t *at, Py_ssize_t *len)
+{
+    const unsigned char *b = r->b;
+    const Py_ssize_t start = r->i + 1;
+    const unsigned char *q = memchr(b + start, '"', (size_t)(r->n - start));
+    if (q == NULL) {
+        return -1; /* unterminated */
+    }
+    const Py_ssize_t end = q - b;
+    Py_ssize_t i = start;
+    while (i < end) {
+        if (end - i >= 8 && plain_word(b + i)) {
+            i += 8;
+            continue;
+        }
+        const unsigned char c = b[i];
+        if (c < 0x20) {
+            return -1; /* a control character: refused in a string */
+        }
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        r->i = i;
+        if (utf8_char(r, end) < 0) {
+            return -1;
+        }
+        i = r->i;
+    }
+    *at = start;
+    *len = end - start;
+    r->i = end + 1;
+    return 0;
+}
+
+static status
+digits(Reader *r)
+{
+    const unsigned char *b = r->b;
+    const Py_ssize_t n = r->n, start = r->i;
+    Py_ssize_t i = start;
+    while (i < n && b[i] >= '0' && b[i] <= '9') {
+        i++;
+    }
+    r->i = i;
+    return i > start ? 0 : -1;
+}
+
+/* RFC 8259 §6: -? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)? */
+static status
+number(Reader *r)
+{
+    if (r->b[r->i] == '-') {
+        r->i++;
+    }
+    if (r->i >= r->n) {
+        return -1;
+    }
+    if (r->b[r->i] == '0') {
+        r->i++;
+    } else if (digits(r) < 0) {
+        return -1; /* "-" alone, "-Infinity", anything but a digit */
+    }
+    if (r->i < r->n && r->b[r->i] == '.') {
+        r->i++;
+        if (digits(r) < 0) {
+            return -1;
+        }
+    }
+    if (r->i < r->n && (r->b[r->i] == 'e' || r->b[r->i] == 'E')) {
+        r->i++;
+        if (r->i < r->n && (r->b[r->i] == '+' || r->b[r->i] == '-')) {
+            r->i++;
+        }
+        if (digits(r) < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static status
+literal(Reader *r, const char *word, Py_ssize_t len)
+{
+    if (r->n - r->i < len || memcmp(r->b + r->i, word, (size_t)len) != 0) {
+        return -1;
+    }
+    r->i += len;
+    return 0;
+}
+
+static status value(Reader *r, long depth, int top);
+
+/* An object at r->i ('{'), ``depth`` its own nesting (the top level is 1). */
+static status
+object(Reader *r, long depth, int top)
+{
+    Py_ssize_t key_at[MAX_KEYS], key_len[MAX_KEYS];
+    Py_ssize_t keys = 0;
+    r->i++;
+    skip_space(r);
+    if (r->i < r->n && r->b[r->i] == '}') {
+        r->i++;
+        return 0;
+    }
+    for (;;) {
+        if (r->i >= r->n || r->b[r->i] != '"' || keys == MAX_KEYS) {
+            return -1;
+        }
+        Py_ssize_t at, len;
+        if (string(r, &at, &len) < 0) {
+            return -1;
+        }
+        /* SECURITY: D1. A key twice in one object is not proven here: the
+         * full parse refuses it (DuplicateKey). Without escapes, equal keys
+         * are equal bytes. */
+        for (Py_ssize_t k = 0; k < keys; k++) {
+            if (key_len[k] == len && memcmp(r->b + key_at[k], r->b + at, (size_t)len) == 0) {
+                return -1;
+            }
+        }
+        key_at[keys] = at;
+        key_len[keys] = len;
+        keys++;
+        skip_space(r);
+        if (r->i >= r->n || r->b[r->i] != ':') {
+            return -1;
+        }
+        r->i++;
+        skip_space(r);
+        if (r->i >= r->n) {
+            return -1;
+        }
+        const Py_ssize_t value_start = r->i;
+        if (value(r, depth, 0) < 0) {
+            return -1;
+        }
+        if (top) {
+            for (Py_ssize_t k = 0; k < r->names; k++) {
+                if (r->name_len[k] == len && memcmp(r->name[k], r->b + at, (size_t)len) == 0) {
+                    if (r->b[value_start] != '"') {
+                        return -1; /* a record field that is not a string */
+                    }
+                    /* Its content: past the opening quote, before the closing. */
+                    r->found_at[k] = value_start + 1;
+                    r->found_len[k] = r->i - value_start - 2;
+                }
+            }
+        }
+        skip_space(r);
+        if (r->i >= r->n) {
+            return -1;
+        }
+        if (r->b[r->i] == '}') {
+            r->i++;
+            return 0;
+        }
+        if (r->b[r->i] != ',') {
+            return -1;
+        }
+        r->i++;
+        skip_space(r);
+    }
+}
+
+static status
+array(Reader *r, long depth)
+{
+    r->i++;
+    skip_space(r);
+    if (r->i < r->n && r->b[r->i] == ']') {
+        r->i++;
+        return 0;
+    }
+    for (;;) {
+        if (r->i >= r->n || value(r, depth, 0) < 0) {
+            return -1;
+        }
+        skip_space(r);
+        if (r->i >= r->n) {
+            return -1;
+        }
+        if (r->b[r->i] == ']') {
+            r->i++;
+            return 0;
+        }
+        if (r->b[r->i] != ',') {
+            return -1;
+        }
+        r->i++;
+        skip_space(r);
+    }
+}
+
+/* A value at r->i (< r->n, not white space); ``depth`` the nesting around it. */
+static status
+value(Reader *r, long depth, int top)
+{
+    switch (r->b[r->i]) {
+    case '{':
+        if (depth + 1 > r->max_depth) {
+            return -1;
+        }
+        return object(r, depth + 1, top);
+    case '[':
+        if (depth + 1 > r->max_depth) {
+            return -1;
+        }
+        return array(r, depth + 1);
+    case '"': {
+        Py_ssize_t at, len;
+        return string(r, &at, &len);
+    }
+    case 't':
+        return literal(r, "true", 4);
+    case 'f':
+        return literal(r, "false", 5);
+    case 'n':
+        return literal(r, "null", 4);
+    default:
+        return number(r);
+    }
+}
+
+static PyObject *
+record_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) ||
+        !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "record_strings() takes (bytes, tuple of str, int)");
+        return NULL;
+    }
+    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                .n = PyBytes_GET_SIZE(args[0])};
+    r.max_depth = PyLong_AsLong(args[2]);
+    if (r.max_depth == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (r.max_depth < 0 || r.max_depth > MAX_RECURSION) {
+        PyErr_SetString(PyExc_ValueError, "record_strings() max_depth is 0 to 512");
+        return NULL;
+    }
+    r.names = PyTuple_GET_SIZE(args[1]);
+    if (r.names > MAX_NAMES) {
+        PyErr_SetString(PyExc_ValueError, "record_strings() reads at most 8 names");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < r.names; k++) {
+        PyObject *name = PyTuple_GET_ITEM(args[1], k);
+        if (!PyUnicode_Check(name)) {
+            PyErr_SetString(PyExc_TypeError, "record_strings() names are str");
+            return NULL;
+        }
+        r.name[k] = PyUnicode_AsUTF8AndSize(name, &r.name_len[k]);
+        if (r.name[k] == NULL) {
+            return NULL;
+        }
+        r.found_at[k] = -1;
+    }
+    /* A backslash anywhere: an escape somewhere, read by the full parse. */
+    if (memchr(r.b, '\\', (size_t)r.n) != NULL) {
+        Py_RETURN_NONE;
+    }
+    skip_space(&r);
+    if (r.i >= r.n || r.b[r.i] != '{' || value(&r, 0, 1) < 0) {
+        Py_RETURN_NONE;
+    }
+    skip_space(&r);
+    if (r.i != r.n) {
+        Py_RETURN_NONE; /* anything after the value */
+    }
+    PyObject *out = PyDict_New();
+    if (out == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < r.names; k++) {
+        if (r.found_at[k] < 0) {
+            continue;
+        }
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)r.b + r.found_at[k],
+                                              r.found_len[k], NULL);
+        if (text == NULL || PyDict_SetItem(out, PyTuple_GET_ITEM(args[1], k), text) < 0) {
+            Py_XDECREF(text);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(text);
+    }
+    return out;
+}
+
+/* Added to the module by PyInit__native (gateway/core/_native.c). */
+PyMethodDef native_record_methods[] = {
+    {"record_strings", (PyCFunction)(void (*)(void))record_strings, METH_FASTCALL,
+     "A one-record JSON answer's named string members, where its parse is proven; else None."},
+    {NULL, NULL, 0, NULL},
+};
