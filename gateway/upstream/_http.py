@@ -126,6 +126,15 @@ _read_head: Callable[[bytes], HeadRead | None] = (
     read_head_reference if _native is None else _native.response_head)
 
 
+def _says_close(connections: list[str]) -> bool:
+    """Whether a Connection field's options hold ``close`` (RFC 9112 §9.6),
+    in any case, among any others. Options without the letters of "close"
+    anywhere (most: none, or "keep-alive") need no split."""
+    if not connections or "close" not in ",".join(connections).lower():
+        return False
+    return any("close" in (t.strip().lower() for t in value.split(",")) for value in connections)
+
+
 class ResponseReader:
     """Parses exactly one response from bytes fed in any fragmentation."""
 
@@ -256,9 +265,8 @@ class ResponseReader:
         self.status = status
         self.headers = headers
         self.content_type = content_type
-        # HTTP/1.0: one answer per connection.
-        self.keep_alive = not http10 and not any(
-            "close" in (t.strip().lower() for t in value.split(",")) for value in connections)
+        # HTTP/1.0: one answer per connection; so is one that says "close".
+        self.keep_alive = not http10 and not _says_close(connections)
         self._frame(status, lengths, codings, http10)
         return True
 

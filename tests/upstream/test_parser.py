@@ -144,6 +144,22 @@ def test_connection_not_reused(raw: bytes) -> None:
     assert not parse(raw).keep_alive
 
 
+@pytest.mark.parametrize(("options", "reused"), [
+    ([], True), (["keep-alive"], True), (["Keep-Alive"], True),
+    (["close"], False), (["CLOSE"], False), ([" close "], False), (["upgrade,close"], False),
+    (["keep-alive", "close"], False), (["close", "keep-alive"], False), (["x,  Close"], False),
+    # "close" inside an option is no "close" option.
+    (["closed"], True), (["enclose"], True), (["x-close-y"], True),
+    (["keep-alive, closeout"], True),
+])
+def test_only_a_close_option_ends_the_connection(options: list[str], reused: bool) -> None:
+    """RFC 9112 §9.6: the connection closes after an answer whose Connection
+    field lists the ``close`` option, in any case, among any others."""
+    head = "".join(f"Connection: {o}\r\n" for o in options).encode()
+    r = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n" + head + b"\r\nx")
+    assert r.keep_alive is reused
+
+
 HEAD_OK = b"HTTP/1.1 200 OK\r\n"
 
 
