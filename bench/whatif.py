@@ -343,6 +343,55 @@ def patch_no_audit_line() -> None:
     print("whatif: no-audit-line applied", flush=True)
 
 
+def patch_stalls() -> None:
+    """Not a speed-up: what the loop was doing when it stalled. The loop
+    notes a heartbeat every millisecond; a watchdog thread looks every
+    millisecond and, when the beat is over 4 ms old, prints the main
+    thread's Python stack once per stall (the stack it holds when the
+    watchdog gets the GIL: at worst the interpreter's switch interval) and,
+    when the beat comes back, how long the stall was."""
+    import threading
+    import time
+    import traceback
+
+    from gateway.server import Gateway
+
+    original = Gateway.start
+
+    async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await original(self, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+        main = threading.get_ident()
+        beat = [time.perf_counter()]
+
+        def tick() -> None:
+            beat[0] = time.perf_counter()
+            loop.call_later(0.001, tick)
+
+        def watch() -> None:
+            seen = 0.0
+            stack = ""
+            for _ in range(10_000_000):  # bounded: about three hours of looks
+                time.sleep(0.001)
+                last = beat[0]
+                late = time.perf_counter() - last
+                if late > 0.004 and last != seen:
+                    seen = last
+                    frame = sys._current_frames().get(main)
+                    stack = "".join(traceback.format_stack(frame, limit=12)) if frame else "?"
+                elif last != seen and stack:
+                    print(f"whatif stall: {(last - seen) * 1e3:.1f} ms at "
+                          f"{time.strftime('%H:%M:%S')}\n{stack}", flush=True)
+                    stack = ""
+
+        threading.Thread(target=watch, daemon=True, name="whatif-stalls").start()
+        loop.call_later(0.001, tick)
+        return result
+
+    Gateway.start = start  # type: ignore[method-assign]
+    print("whatif: stalls applied", flush=True)
+
+
 def patch_switch() -> None:
     """The interpreter's switch interval (how long a thread that wants the
     GIL waits before it asks the holder to drop it) at 0.5 ms instead of
@@ -364,7 +413,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "calls": patch_calls, "no-checks": patch_no_checks, "no-trace": patch_no_trace,
            "no-response-check": patch_no_response_check,
            "no-audit-wait": patch_no_audit_wait, "no-after": patch_no_after,
-           "no-audit-line": patch_no_audit_line, "switch": patch_switch}
+           "no-audit-line": patch_no_audit_line, "switch": patch_switch,
+           "stalls": patch_stalls}
 
 
 def main() -> int:
