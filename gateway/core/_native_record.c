@@ -110,18 +110,21 @@ utf8_char(Reader *r, Py_ssize_t end)
     return 0;
 }
 
-/* Eight bytes of a string at once: whether any is a control character
- * (below 0x20) or not ASCII (0x80 and up); the backslash is ruled out for the
- * whole text before. */
+/* Eight bytes of a string at once, as one little-endian word: a flag (its
+ * high bit) in every byte that may end the plain run (a quote, a control
+ * character below 0x20, a byte of 0x80 and up). A flag above a flagged byte
+ * may be false (a borrow), the lowest one never is: the first flagged byte
+ * is looked at on its own. */
 #define ONES 0x0101010101010101ULL
 #define HIGHS 0x8080808080808080ULL
 
-static inline int
-plain_word(const unsigned char *p)
+static inline uint64_t
+special_bytes(const unsigned char *p)
 {
     uint64_t w;
     memcpy(&w, p, sizeof w);
-    return ((w | ((w | HIGHS) - 0x20 * ONES)) & HIGHS) == HIGHS && !(w & HIGHS);
+    const uint64_t q = w ^ (0x22 * ONES); /* a quote: a zero byte here */
+    return (((q - ONES) & ~q) | ((w - 0x20 * ONES) & ~w) | w) & HIGHS;
 }
 
 /* A string at r->i (its opening quote); its content's span out. It ends at
@@ -131,36 +134,42 @@ static status
 string(Reader *r, Py_ssize_t *at, Py_ssize_t *len)
 {
     const unsigned char *b = r->b;
-    const Py_ssize_t start = r->i + 1;
-    const unsigned char *q = memchr(b + start, '"', (size_t)(r->n - start));
-    if (q == NULL) {
-        return -1; /* unterminated */
-    }
-    const Py_ssize_t end = q - b;
+    const Py_ssize_t n = r->n, start = r->i + 1;
     Py_ssize_t i = start;
-    while (i < end) {
-        if (end - i >= 8 && plain_word(b + i)) {
+    for (;;) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+        while (n - i >= 8) {
+            const uint64_t found = special_bytes(b + i);
+            if (found) {
+                i += __builtin_ctzll(found) >> 3;
+                break;
+            }
             i += 8;
-            continue;
+        }
+#endif
+        if (i >= n) {
+            return -1; /* unterminated */
         }
         const unsigned char c = b[i];
+        if (c == '"') {
+            *at = start;
+            *len = i - start;
+            r->i = i + 1;
+            return 0;
+        }
         if (c < 0x20) {
             return -1; /* a control character: refused in a string */
         }
         if (c < 0x80) {
-            i++;
+            i++; /* a plain byte: the word loop's tail, or a false flag */
             continue;
         }
         r->i = i;
-        if (utf8_char(r, end) < 0) {
+        if (utf8_char(r, n) < 0) {
             return -1;
         }
         i = r->i;
     }
-    *at = start;
-    *len = end - start;
-    r->i = end + 1;
-    return 0;
 }
 
 static status
