@@ -92,9 +92,13 @@ class Route:
     # (every record check without ``items``, no field rule, nothing to
     # notify), the names of those members; None for any other route.
     record_fields: tuple[str, ...] | None = field(init=False, repr=False, compare=False)
+    # The route template: the only path-like metric label (bounded). A slot,
+    # not a property: it is read twice on every request.
+    name: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "segments", tuple(self.template.strip("/").split("/")))
+        object.__setattr__(self, "name", self.template)
         ref = self.resource
         fast = None
         if ref is not None and ref.source == "path" and self.window is None:
@@ -109,10 +113,6 @@ class Route:
                 fields = None  # more than record_strings reads: the full parse
         object.__setattr__(self, "record_fields", fields)
 
-    @property
-    def name(self) -> str:
-        """The route template: the only path-like metric label (bounded)."""
-        return self.template
 
 
 class RouteMatch(NamedTuple):  # built per request: a tuple is cheaper

@@ -157,9 +157,9 @@ class DataPlane:
                     # SECURITY (D8): a view of revocations older than the bound
                     # could let a revoked certificate through: fail closed.
                     raise RequestRefused(503, "state-stale", headers={"Retry-After": "1"})
-                ex.caller = self.resolver.resolve(request)
-                if ex.caller.tenant.contract_bounded:
-                    self._contract(ex.caller)
+                ex.caller = caller = self.resolver.resolve(request)
+                if caller.tenant.contract_bounded:
+                    self._contract(caller)
                 target = self._target(request)
                 forward_headers = self._hygiene(request, ex)
                 if target.path in PUSH_ROUTES and self.push_intake is not None:
@@ -181,7 +181,7 @@ class DataPlane:
                 facts = RequestFacts(ex.match.params, target.query_map, parsed)
                 now = self.clock()
                 relations = self.relations()
-                self._decide(ex, facts, relations, now, request)
+                self._decide(ex, caller, facts, relations, now, request)
                 # Decided before any body byte is parsed: a tenant that may not
                 # act here gets its 403 whatever it sent (D1, D6). The facts
                 # keep no body: only a route that names its resource in the
@@ -194,8 +194,8 @@ class DataPlane:
                     self._meter_operation(ex, parsed, relations, now)
                 if ex.match.route.sensitive:
                     self._register_consultation(request, ex, now)
-                upstream = await self._forward_within_quota(ex, target, forward_headers, body,
-                                                            request.method)
+                upstream = await self._forward_within_quota(ex, caller, target, forward_headers,
+                                                            body, request.method)
                 response = self.response_check.check(ex, facts, relations, upstream, now)
             except RequestRefused as exc:
                 ex.reason = exc.reason
@@ -320,10 +320,9 @@ class DataPlane:
         if refused is not None:
             raise RequestRefused(refused.status, refused.reason)
 
-    def _decide(self, ex: Exchange, facts: RequestFacts, relations: RelationIndex,
-                now: datetime, request: HttpRequest) -> None:
+    def _decide(self, ex: Exchange, caller: Caller, facts: RequestFacts,
+                relations: RelationIndex, now: datetime, request: HttpRequest) -> None:
         assert ex.match is not None
-        caller = ex.resolved()
         roles = caller.principal.roles
         if CUSTOMER_PORTAL_ROLE in roles:
             # D2, D4: the portal acts for one customer, proven by the meter number.
@@ -341,7 +340,7 @@ class DataPlane:
         if not decision.allowed:
             raise RequestRefused(decision.status, decision.reason)
 
-    async def _forward_within_quota(self, ex: Exchange, target: Target,
+    async def _forward_within_quota(self, ex: Exchange, caller: Caller, target: Target,
                                     headers: dict[str, str], body: bytes | None,
                                     method: str) -> Any:
         """D1 availability (noisy neighbours): a tenant's rate, concurrency and
@@ -349,7 +348,7 @@ class DataPlane:
         among tenants; one noisy tenant cannot starve the others."""
         assert ex.match is not None
         upstream = ex.match.route.upstream
-        tenant = ex.resolved().tenant_id
+        tenant = caller.tenant_id
         config = self.upstreams.upstreams[upstream]
         wait = self.quotas.admit(tenant, upstream, config.pool_size, time.monotonic())
         if wait is not None:
@@ -360,20 +359,20 @@ class DataPlane:
             if not slots.try_acquire(upstream, tenant):
                 await slots.acquire(upstream, tenant, config.queue_timeout_s)
             try:
-                upstream_target = self._upstream_request(ex, target, headers, body)
+                upstream_target = self._upstream_request(ex, caller, target, headers, body)
                 return await self.upstreams.call(upstream, method, upstream_target, headers, body)
             finally:
                 slots.release(upstream, tenant)
         finally:
             self.quotas.release(tenant, upstream)
 
-    def _upstream_request(self, ex: Exchange, target: Target, headers: dict[str, str],
-                          body: bytes | None) -> str:
+    def _upstream_request(self, ex: Exchange, caller: Caller, target: Target,
+                          headers: dict[str, str], body: bytes | None) -> str:
         """What goes upstream besides the caller's request: the gateway's
         headers set in ``headers``; the upstream's target returned."""
         assert ex.match is not None
         route = ex.match.route
-        headers[ASSERTION_HEADER] = self.signer.assertion(ex.resolved(), route.upstream)
+        headers[ASSERTION_HEADER] = self.signer.assertion(caller, route.upstream)
         credential = self.upstream_auth(route.upstream)
         if credential is not None:
             # SECURITY: injected here, never shown to a tenant, logged or audited.

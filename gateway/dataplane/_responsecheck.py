@@ -48,6 +48,7 @@ from gateway.core.jsonlimits import (
     loads_limited,
     record_strings,
 )
+from gateway.core.model import Caller
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
 from gateway.core.relations.index import RelationIndex
 from gateway.dataplane._exchange import Exchange
@@ -131,7 +132,7 @@ class ResponseCheck:
             self.push.notify_status(rid, verdict.body,
                                     relations.holders("cmh-request", rid, "coordinator", now),
                                     caller.tenant_id)
-        label = self._classification(ex, upstream)
+        label = self._classification(ex, caller, upstream)
         changed = verdict.changed
         if pseudonymise:
             changed = self._pseudonymise(ex, verdict.body) or changed
@@ -182,7 +183,7 @@ class ResponseCheck:
         except Exception:  # the outbox or the audit log away: the SOC has the incident
             log.exception("breach notifications not queued", extra={"incident": ex.incident})
 
-    def _classification(self, ex: Exchange, upstream: Any) -> str:
+    def _classification(self, ex: Exchange, caller: Caller, upstream: Any) -> str:
         """D11: the answer's label, and whether this caller may receive it."""
         assert ex.match is not None
         policy = ex.match.route.classification
@@ -202,7 +203,6 @@ class ResponseCheck:
         ex.label = label
         # The records passed the response check as the caller's own; an IT
         # provider is never their owner, only a contracted external (D9).
-        caller = ex.resolved()
         owners = frozenset() if caller.tenant.kind == "it-provider" \
             else frozenset({caller.tenant_id})
         decision = may_receive(label, caller, owners, policy)
