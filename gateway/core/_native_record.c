@@ -230,16 +230,47 @@ literal(Reader *r, const char *word, Py_ssize_t len)
 
 static status value(Reader *r, long depth, int top);
 
+/* Past the '{' or '[' at r->i: 1 when ``close`` ends the container at once
+ * (read), else 0 (a member or an element follows). */
+static int
+opened(Reader *r, unsigned char close)
+{
+    r->i++;
+    skip_space(r);
+    if (r->i < r->n && r->b[r->i] == close) {
+        r->i++;
+        return 1;
+    }
+    return 0;
+}
+
+/* After a member or an element: 1 when ``close`` ends the container, 0 when
+ * a comma says another follows (either read), -1 for anything else. */
+static int
+after_item(Reader *r, unsigned char close)
+{
+    skip_space(r);
+    if (r->i >= r->n) {
+        return -1;
+    }
+    const unsigned char c = r->b[r->i++];
+    if (c == close) {
+        return 1;
+    }
+    if (c != ',') {
+        return -1;
+    }
+    skip_space(r);
+    return 0;
+}
+
 /* An object at r->i ('{'), ``depth`` its own nesting (the top level is 1). */
 static status
 object(Reader *r, long depth, int top)
 {
     Py_ssize_t key_at[MAX_KEYS], key_len[MAX_KEYS];
     Py_ssize_t keys = 0;
-    r->i++;
-    skip_space(r);
-    if (r->i < r->n && r->b[r->i] == '}') {
-        r->i++;
+    if (opened(r, '}')) {
         return 0;
     }
     for (;;) {
@@ -286,48 +317,27 @@ object(Reader *r, long depth, int top)
                 }
             }
         }
-        skip_space(r);
-        if (r->i >= r->n) {
-            return -1;
+        const int next = after_item(r, '}');
+        if (next != 0) {
+            return next > 0 ? 0 : -1;
         }
-        if (r->b[r->i] == '}') {
-            r->i++;
-            return 0;
-        }
-        if (r->b[r->i] != ',') {
-            return -1;
-        }
-        r->i++;
-        skip_space(r);
     }
 }
 
 static status
 array(Reader *r, long depth)
 {
-    r->i++;
-    skip_space(r);
-    if (r->i < r->n && r->b[r->i] == ']') {
-        r->i++;
+    if (opened(r, ']')) {
         return 0;
     }
     for (;;) {
         if (r->i >= r->n || value(r, depth, 0) < 0) {
             return -1;
         }
-        skip_space(r);
-        if (r->i >= r->n) {
-            return -1;
+        const int next = after_item(r, ']');
+        if (next != 0) {
+            return next > 0 ? 0 : -1;
         }
-        if (r->b[r->i] == ']') {
-            r->i++;
-            return 0;
-        }
-        if (r->b[r->i] != ',') {
-            return -1;
-        }
-        r->i++;
-        skip_space(r);
     }
 }
 

@@ -98,6 +98,8 @@ def test_the_nesting_is_bounded_by_the_limit() -> None:
     b'["serial", "A"]', b'"serial"', b"1", b"null", b"",  # not an object at the top
     b'{"serial": "A"', b'{"serial": "A"}}', b'{"serial": "A"} x', b'{"serial" "A"}',
     b'{"serial": "A",}', b'{"a": [1,]}', b'{"a": [,1]}', b'{,}', b'{"a"}', b'{"a":}',
+    b'{"a": [1;2]}', b'{"a": [1x2]}', b'{"a": [1 2]}', b'{"a": 1;"b": 2}', b'{"a": 1 "b": 2}',
+    b'{"a": "x"."b": 2}', b'{"a": [[]][]}', b'{"a": {}{}}',  # no comma between two
     b"{'a': 1}", b'{a: 1}', b'{"a": tru}', b'{"a": True}', b'{"a": nul}', b'{"a": falsey}',
     b'{"a": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}',  # the standard library takes these
     b'{"a": 01}', b'{"a": 1.}', b'{"a": .5}', b'{"a": 1e}', b'{"a": 1e+}', b'{"a": -}',
