@@ -194,7 +194,8 @@ def test_the_misroute_fault_is_caught_and_the_owner_notified(cgw: RunningStack) 
             if e["incident"] == probe.incident] == ["critical"]
 
 
-def _no_relation_check(ex: Any, facts: Any, relations: Any, now: Any, request: Any) -> None:
+def _no_relation_check(ex: Any, caller: Any, facts: Any, relations: Any, now: Any,
+                       request: Any) -> None:
     """A decide stage with the relation check removed: everything is allowed."""
     ex.resources = tuple(ex.match.params.values())
 
