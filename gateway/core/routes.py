@@ -114,7 +114,6 @@ class Route:
         object.__setattr__(self, "record_fields", fields)
 
 
-
 class RouteMatch(NamedTuple):  # built per request: a tuple is cheaper
     route: Route
     params: Mapping[str, str]
