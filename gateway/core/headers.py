@@ -99,5 +99,18 @@ def clean_request_headers(headers: Iterable[tuple[str, str]]) -> CleanHeaders:
     return CleanHeaders(forward, tuple(dropped))
 
 
-def clean_response_headers(headers: Iterable[tuple[str, str]]) -> dict[str, str]:
-    return {name: value for name, value in headers if name.lower() in RESPONSE_FORWARDED}
+def response_headers(headers: Iterable[tuple[str, str]],
+                     label_name: str) -> tuple[dict[str, str], list[str]]:
+    """In one pass over an upstream's answer headers: those passed back to
+    the caller (``RESPONSE_FORWARDED``, as the upstream spelled them), and
+    every value of the field ``label_name`` (lower case), in order. A field
+    name in any case is the same field (RFC 9110 §5.1)."""
+    forward: dict[str, str] = {}
+    labels: list[str] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in RESPONSE_FORWARDED:
+            forward[name] = value
+        elif lname == label_name:
+            labels.append(value)
+    return forward, labels

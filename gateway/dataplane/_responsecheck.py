@@ -40,7 +40,7 @@ from gateway.core.breach import breach_notices
 from gateway.core.check import DUPLICATE_KEY, ISOLATION_REASONS, ForeignRecord, check_response
 from gateway.core.classification import classify, may_receive
 from gateway.core.decide import RequestFacts
-from gateway.core.headers import clean_response_headers
+from gateway.core.headers import response_headers
 from gateway.core.jsonlimits import (
     MAX_DEPTH,
     DuplicateKey,
@@ -132,12 +132,12 @@ class ResponseCheck:
             self.push.notify_status(rid, verdict.body,
                                     relations.holders("cmh-request", rid, "coordinator", now),
                                     caller.tenant_id)
-        label = self._classification(ex, caller, upstream)
+        headers, labels = response_headers(upstream.headers, _CLASSIFICATION_NAME)
+        label = self._classification(ex, caller, labels)
         changed = verdict.changed
         if pseudonymise:
             changed = self._pseudonymise(ex, verdict.body) or changed
         body = json.dumps(verdict.body).encode() if changed else raw
-        headers = clean_response_headers(upstream.headers)
         headers["Server"] = SERVER_HEADER
         headers["X-Request-Id"] = ex.incident
         headers[CLASSIFICATION_HEADER] = label
@@ -183,21 +183,17 @@ class ResponseCheck:
         except Exception:  # the outbox or the audit log away: the SOC has the incident
             log.exception("breach notifications not queued", extra={"incident": ex.incident})
 
-    def _classification(self, ex: Exchange, caller: Caller, upstream: Any) -> str:
-        """D11: the answer's label, and whether this caller may receive it."""
+    def _classification(self, ex: Exchange, caller: Caller, labels: list[str]) -> str:
+        """D11: the answer's label (``labels``: what the upstream sent, its
+        field's name in any case: "x-classification: C4" is a label, not an
+        absent one the route's default would replace), and whether this
+        caller may receive it."""
         assert ex.match is not None
         policy = ex.match.route.classification
-        sent = None
-        for name, value in upstream.headers:
-            # SECURITY: a field name in any case is the same field (RFC 9110
-            # §5.1): "x-classification: C4" is a label, not an absent one
-            # that the route's default would replace.
-            if name.lower() == _CLASSIFICATION_NAME:
-                if sent is not None:
-                    # Two labels: which one holds is not the gateway's guess.
-                    raise UpstreamFailed(502, "classification-invalid")
-                sent = value
-        label = classify(sent, policy)
+        if len(labels) > 1:
+            # SECURITY: two labels: which one holds is not the gateway's guess.
+            raise UpstreamFailed(502, "classification-invalid")
+        label = classify(labels[0] if labels else None, policy)
         if label is None:
             raise UpstreamFailed(502, "classification-invalid")  # fail closed, never guess
         ex.label = label

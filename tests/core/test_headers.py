@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.core.headers import HeaderRejected, clean_request_headers, clean_response_headers
+from gateway.core.headers import HeaderRejected, clean_request_headers, response_headers
 
 
 def test_identity_and_hop_by_hop_headers_never_forwarded() -> None:
@@ -36,6 +36,15 @@ def test_repeated_forwarded_header_is_refused() -> None:
 
 
 def test_response_headers_allow_list() -> None:
-    out = clean_response_headers([("ETag", '"1"'), ("Server", "sim/1.0"),
-                                  ("Set-Cookie", "x=1"), ("X-Powered-By", "aiohttp")])
-    assert out == {"ETag": '"1"'}
+    out, labels = response_headers([("ETag", '"1"'), ("Server", "sim/1.0"),
+                                    ("Set-Cookie", "x=1"), ("X-Powered-By", "aiohttp"),
+                                    ("cache-CONTROL", "no-store")], "x-label")
+    assert out == {"ETag": '"1"', "cache-CONTROL": "no-store"} and labels == []
+
+
+def test_response_headers_name_every_label_sent_in_any_case() -> None:
+    """D11: every value of the label field, its name in any case, in order;
+    a label is never passed back as a header of its own."""
+    out, labels = response_headers([("X-Label", "C2"), ("ETag", '"1"'), ("x-LABEL", "C4"),
+                                    ("X-Labels", "C1")], "x-label")
+    assert out == {"ETag": '"1"'} and labels == ["C2", "C4"]
