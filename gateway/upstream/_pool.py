@@ -188,7 +188,9 @@ class ConnectionPool:
         else:
             await self._wait_for_slot(loop, deadline)
         try:
-            sent = loop.time()
+            # The latency sample's clock: uvloop's loop.time() counts whole
+            # milliseconds (a sample could read 1 ms short); deadlines keep it.
+            sent = time.perf_counter()
             # The exchange, inline (a coroutine of its own would be one more
             # frame to make and to resume per request).
             fresh = False
@@ -213,7 +215,7 @@ class ConnectionPool:
                     raise
                 break
             if took is not None:
-                took(loop.time() - sent)
+                took(time.perf_counter() - sent)
             if reader.keep_alive and not self._closed:
                 conn.idle_since = loop.time()
                 self._idle.append(conn)
