@@ -239,10 +239,11 @@ def _refuse_constant(name: str) -> Any:
 
 
 def _unique_small_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)
-    if len(out) != len(pairs) or len(pairs) > RECORD_MAX_KEYS:
-        raise _Unproven("a key twice, or too many to compare")
-    return out
+    """:func:`unique_object` (a key twice: :class:`DuplicateKey`), and no more
+    members than record_strings compares."""
+    if len(pairs) > RECORD_MAX_KEYS:
+        raise _Unproven("too many members to compare")
+    return unique_object(pairs)
 
 
 def record_strings_reference(data: bytes, names: tuple[str, ...],
