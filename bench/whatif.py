@@ -46,6 +46,16 @@ Patches:
 * ``switch``        the interpreter's switch interval at 0.5 ms, not 5 ms:
                     a worker thread (SQLite, the audit's fsync, the
                     maintenance round) gives the GIL back to the loop sooner.
+* ``no-poll``       not a gateway: no push delivery loop (each tenant's
+                    once-a-second claim of the outbox, on a worker thread):
+                    what those hand-overs cost the half-load tail (before
+                    the one survey of the outbox for all tenants).
+* ``spin``          not a gateway to keep: the loop never sleeps (a callback
+                    that schedules itself again at once): whether the CPU's
+                    halt and wake-up between paced requests make their cost.
+* ``no-checkpoint-fsync`` not a gateway: the audit checkpoint signed and
+                    written, not fsynced: what that fsync on the loop costs
+                    the half-load tail.
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop; what the
@@ -349,7 +359,9 @@ def patch_stalls() -> None:
     millisecond and, when the beat is over 4 ms old, prints the main
     thread's Python stack once per stall (the stack it holds when the
     watchdog gets the GIL: at worst the interpreter's switch interval) and,
-    when the beat comes back, how long the stall was."""
+    when the beat comes back, how long the stall was. ``WHATIF_STALL_MS``
+    sets the threshold (default 4; under about 2 the loop's millisecond
+    timers report their own granularity)."""
     import threading
     import time
     import traceback
@@ -368,6 +380,8 @@ def patch_stalls() -> None:
             beat[0] = time.perf_counter()
             loop.call_later(0.001, tick)
 
+        limit = float(os.environ.get("WHATIF_STALL_MS", "4")) / 1e3
+
         def watch() -> None:
             seen = 0.0
             stack = ""
@@ -375,7 +389,7 @@ def patch_stalls() -> None:
                 time.sleep(0.001)
                 last = beat[0]
                 late = time.perf_counter() - last
-                if late > 0.004 and last != seen:
+                if late > limit and last != seen:
                     seen = last
                     frame = sys._current_frames().get(main)
                     stack = "".join(traceback.format_stack(frame, limit=12)) if frame else "?"
@@ -400,6 +414,60 @@ def patch_switch() -> None:
     print("whatif: switch applied (switch interval 0.5 ms)", flush=True)
 
 
+def patch_no_poll() -> None:
+    """Not a gateway: no push delivery loop at all (nothing to deliver in a
+    keep-alive run): what each tenant's once-a-second claim of the outbox,
+    a hand-over to a worker thread and back, costs the data plane's tail."""
+    from gateway.push import _delivery
+
+    async def start(self):  # type: ignore[no-untyped-def]
+        return None
+
+    _delivery.Delivery.start = start  # type: ignore[method-assign]
+    print("whatif: no-poll applied", flush=True)
+
+
+def patch_spin() -> None:
+    """Not a speed-up to keep: the loop never sleeps (a callback that
+    schedules itself again at once, so each iteration polls with no wait):
+    what a paced request pays for the CPU going idle and waking up between
+    requests (in a VM, a halt and an interrupt through the host)."""
+    from gateway.server import Gateway
+
+    original = Gateway.start
+
+    async def start(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await original(self, *args, **kwargs)
+        loop = asyncio.get_running_loop()
+
+        def spin() -> None:
+            loop.call_soon(spin)
+
+        loop.call_soon(spin)
+        return result
+
+    Gateway.start = start  # type: ignore[method-assign]
+    print("whatif: spin applied", flush=True)
+
+
+def patch_no_checkpoint_fsync() -> None:
+    """Not a gateway: the audit checkpoint's ``fsync`` skipped (the line
+    signed and written, not made durable): what the fsync on the loop costs
+    the half-load tail."""
+    from gateway.audit import _chain
+
+    class _Os:
+        def __getattr__(self, name):  # type: ignore[no-untyped-def]
+            return getattr(os, name)
+
+        @staticmethod
+        def fsync(fd: int) -> None:
+            return None
+
+    _chain.os = _Os()  # type: ignore[assignment]
+    print("whatif: no-checkpoint-fsync applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -414,7 +482,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "no-response-check": patch_no_response_check,
            "no-audit-wait": patch_no_audit_wait, "no-after": patch_no_after,
            "no-audit-line": patch_no_audit_line, "switch": patch_switch,
-           "stalls": patch_stalls}
+           "stalls": patch_stalls, "no-poll": patch_no_poll,
+           "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync}
 
 
 def main() -> int:

@@ -3,12 +3,19 @@ loop per tenant, so a receiver that is down or slow holds up only its own
 queue. A part is claimed under a lease (a fleet's replicas share the
 outbox), posted under its ``Idempotency-Key``, acknowledged fenced by that
 lease, retried with back-off, and a dead letter when the receiver refuses
-it for good (D5: a delivered part keeps no payload)."""
+it for good (D5: a delivered part keeps no payload).
+
+A tenant's loop with nothing to claim sleeps until it is woken: at once by
+the intake that stored its parts (``wake_up``), or by the one survey of the
+outbox for all tenants (every ``SURVEY_S``), which finds what no intake of
+this process announced: a retry fallen due, another replica's part, a lease
+run out. One query a second for the whole process, not a claim a second
+per tenant (each a hand-over to a worker thread and back: the GIL's
+hand-overs showed in the data plane's latency, bench/README.md)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import json
 import logging
@@ -35,6 +42,7 @@ NOTICE_KINDS = frozenset({BREACH_KIND, LOCKBOX_KIND})
 # Receiver answers that will not get better by retrying (a poison part).
 _PERMANENT = frozenset({400, 401, 403, 404, 409, 410, 413, 415, 422})
 _COMPACT = json.JSONEncoder(separators=(",", ":")).encode
+SURVEY_S = 1.0  # the outbox surveyed for due parts of every tenant, and the gauges
 
 
 def delivery_body(part: Part, records: bytes) -> bytes:
@@ -67,6 +75,7 @@ class Delivery:
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._session: aiohttp.ClientSession | None = None
+        self.surveys = 0  # surveys of the outbox read (tests)
 
     def wake_up(self, tenant: str) -> None:
         """New parts for ``tenant``: its loop claims them at once."""
@@ -84,7 +93,7 @@ class Delivery:
         for tenant in self.endpoints:
             self._wake[tenant] = asyncio.Event()
             self._tasks.append(asyncio.create_task(self._deliver_loop(tenant)))
-        self._tasks.append(asyncio.create_task(self._stats_loop()))
+        self._tasks.append(asyncio.create_task(self._survey_loop()))
 
     async def stop(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -102,6 +111,9 @@ class Delivery:
 
     async def _deliver_round(self, tenant: str, wake: asyncio.Event) -> None:
         """Claim what is due for ``tenant``, deliver it, or wait for news."""
+        # Cleared before the claim, not after: news that comes while the
+        # claim runs sets it again, and the next round claims at once.
+        wake.clear()
         claimed_at = self.clock()
         parts = await asyncio.to_thread(self.outbox.claim, tenant, 4, self.lease)
         for part in parts:
@@ -121,10 +133,8 @@ class Delivery:
                 continue
             await self._deliver(part)
         if not parts:
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                # New parts wake the loop at once; the poll only catches retries.
-                await asyncio.wait_for(wake.wait(), timeout=1.0)
+            # Woken by the intake (new parts) or the survey (due ones).
+            await wake.wait()
 
     async def _deliver(self, part: Part) -> None:
         assert self._session is not None
@@ -178,15 +188,22 @@ class Delivery:
     def _source(self, part: Part) -> str:
         return part.source or "unknown"
 
-    async def _stats_loop(self) -> None:
+    async def _survey_loop(self) -> None:
         while True:
             try:
-                stats = await asyncio.to_thread(self.outbox.stats)
+                due, stats = await asyncio.to_thread(self._survey)
             except Exception:  # the database away: the gauges keep their last values
-                log.warning("outbox statistics not readable", exc_info=True)
+                log.warning("outbox not readable for its survey", exc_info=True)
             else:
+                self.surveys += 1
+                for tenant in due:
+                    self.wake_up(tenant)
                 for tenant in self.endpoints:
                     pending, age, _dead = stats.get(tenant, (0, 0.0, 0))
                     self.metrics.outbox_pending.labels(tenant).set(pending)
                     self.metrics.outbox_oldest_age.labels(tenant).set(age)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(SURVEY_S)
+
+    def _survey(self) -> tuple[set[str], dict[str, tuple[int, float, int]]]:
+        """In a worker thread: the tenants with parts due, and the gauges' figures."""
+        return self.outbox.due_tenants(), self.outbox.stats()

@@ -272,6 +272,19 @@ class Outbox(ABC):
                 (tenant, self._t(self.clock()), limit)).fetchall()
         return [self._part(r) for r in rows]
 
+    def due_tenants(self) -> set[str]:
+        """The tenants with a part ``claim`` would take now: due (its next
+        attempt's time has come) and free (no live lease on it). The
+        delivery's one poll for all tenants (gateway.push._delivery): a
+        retry falling due, another replica's part, a lease run out."""
+        now = self._t(self.clock())
+        with self._lock:
+            rows = self._exec(
+                f"SELECT DISTINCT tenant FROM {self.PARTS} WHERE status = 'pending' AND "
+                "next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
+                (now, now)).fetchall()
+        return {r["tenant"] for r in rows}
+
     def claim(self, tenant: str, limit: int = 4,
               lease: timedelta = timedelta(seconds=60)) -> list[Part]:
         """Take up to ``limit`` due parts of ``tenant`` for this owner, under a

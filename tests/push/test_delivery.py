@@ -2,7 +2,9 @@
 with a receiver on loopback: a replica that stalls mid delivery past its
 lease loses the part to another replica, which delivers it again under the
 same Idempotency-Key; the stalled replica's late acknowledgement is refused
-(fencing) and counted, ``gateway_outbox_claims_total{result="lost"}``."""
+(fencing) and counted, ``gateway_outbox_claims_total{result="lost"}``.
+And the one survey of the outbox for all tenants: an idle tenant's loop
+claims nothing until a part of its own is due."""
 
 from __future__ import annotations
 
@@ -104,8 +106,10 @@ async def test_a_stalled_replica_loses_its_part_and_the_other_delivers_it_under_
         await a.start()
         await asyncio.wait_for(rx.arrived["/a"].wait(), 10)  # a delivers, and stalls
         await b.start()
-        await until(lambda: claims(b, "empty") >= 2)  # b polled twice: a's lease is live
-        assert not rx.arrived["/b"].is_set()
+        # b's first round found nothing free, and its surveys do not wake it
+        # for a part under a's live lease.
+        await until(lambda: b.delivery.surveys >= 2)
+        assert claims(b, "empty") == 1 and not rx.arrived["/b"].is_set()
         clock.advance(61)  # a's lease ran out: b takes the part over
         await asyncio.wait_for(rx.arrived["/b"].wait(), 10)
         assert claims(b, "reclaimed") == 1
@@ -193,3 +197,38 @@ async def test_a_part_waiting_past_a_quarter_of_its_lease_is_renewed_or_given_up
     assert [key for path, key, _ in rx.got if path == "/a"] == ["hes-operator/B1/ores"]
     assert sorted(key for path, key, _ in rx.got if path == "/b") == [
         "hes-operator/B1/ores", "hes-operator/B2/ores"]
+
+
+async def test_idle_tenants_claim_nothing_until_the_survey_finds_a_part_due(
+        receiver: tuple[Receiver, str], tmp_path: Path) -> None:
+    """Six tenants, nothing to deliver: each loop claims once at start, then
+    sleeps (one survey a second for all of them, not a claim a second each).
+    A part stored without the intake's wake-up (another replica's, a retry
+    fallen due) is found by the survey and delivered."""
+    from gateway.push import SqliteOutbox
+
+    rx, url = receiver
+    clock = Clock()
+    box = SqliteOutbox(tmp_path / "outbox.db", KEY, owner="replica-a", clock=clock)
+    tmp = tmp_path / "a"
+    tmp.mkdir()
+    key, kid = load_or_create_audit_key(tmp)
+    tenants = ("ores", "enexis-water", "stedin", "liander", "westland", "coteq")
+    svc = PushService(outbox=box, relations=lambda: RelationIndex([]),
+                      endpoints={t: f"{url}/a" for t in tenants},
+                      client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
+                      audit=ChainedAuditLog(tmp / "audit.log", key, kid), lease_s=60,
+                      clock=clock)
+    rx.release["/a"].set()
+    try:
+        await svc.start()
+        await until(lambda: svc.delivery.surveys >= 3)
+        assert claims(svc, "empty") == len(tenants)  # one round each, at start
+        enqueue(box, "B1")  # straight into the outbox: nobody calls wake_up
+        await until(lambda: [p.status for p in box.parts()] == ["delivered"])
+    finally:
+        await svc.stop()
+        box.close()
+    assert [key for _, key, _ in rx.got] == ["hes-operator/B1/ores"]
+    assert claims(svc, "claimed") == 1
+    assert claims(svc, "empty") <= len(tenants) + 2  # ores' rounds after its delivery
