@@ -191,7 +191,7 @@ class Delivery:
     async def _survey_loop(self) -> None:
         while True:
             try:
-                due, stats = await asyncio.to_thread(self._survey)
+                due, stats = await asyncio.to_thread(self.outbox.survey)
             except Exception:  # the database away: the gauges keep their last values
                 log.warning("outbox not readable for its survey", exc_info=True)
             else:
@@ -203,7 +203,3 @@ class Delivery:
                     self.metrics.outbox_pending.labels(tenant).set(pending)
                     self.metrics.outbox_oldest_age.labels(tenant).set(age)
             await asyncio.sleep(SURVEY_S)
-
-    def _survey(self) -> tuple[set[str], dict[str, tuple[int, float, int]]]:
-        """In a worker thread: the tenants with parts due, and the gauges' figures."""
-        return self.outbox.due_tenants(), self.outbox.stats()

@@ -274,16 +274,8 @@ class Outbox(ABC):
 
     def due_tenants(self) -> set[str]:
         """The tenants with a part ``claim`` would take now: due (its next
-        attempt's time has come) and free (no live lease on it). The
-        delivery's one poll for all tenants (gateway.push._delivery): a
-        retry falling due, another replica's part, a lease run out."""
-        now = self._t(self.clock())
-        with self._lock:
-            rows = self._exec(
-                f"SELECT DISTINCT tenant FROM {self.PARTS} WHERE status = 'pending' AND "
-                "next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)",
-                (now, now)).fetchall()
-        return {r["tenant"] for r in rows}
+        attempt's time has come) and free (no live lease on it)."""
+        return self.survey()[0]
 
     def claim(self, tenant: str, limit: int = 4,
               lease: timedelta = timedelta(seconds=60)) -> list[Part]:
@@ -445,21 +437,37 @@ class Outbox(ABC):
     # -- for ops ---------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, float, int]]:
         """tenant -> (pending parts, oldest pending age in s, dead letters)."""
+        return self.survey()[1]
+
+    def survey(self) -> tuple[set[str], dict[str, tuple[int, float, int]]]:
+        """:meth:`due_tenants` and :meth:`stats` in one read of the queue:
+        the delivery's one survey a second for all tenants
+        (gateway.push._delivery), which wakes the loops with parts due (a
+        retry fallen due, another replica's part, a lease run out) and sets
+        the gauges."""
         now = self.clock()
+        at = self._t(now)
         with self._lock:
             rows = self._exec(
-                f"SELECT tenant, status, count(*) AS n, min(created) AS oldest FROM {self.PARTS} "
-                "WHERE status IN ('pending', 'dead') GROUP BY tenant, status").fetchall()
+                "SELECT tenant, status, count(*) AS n, min(created) AS oldest, "
+                "sum(CASE WHEN next_attempt_at <= ? AND (lease_until IS NULL OR "
+                f"lease_until <= ?) THEN 1 ELSE 0 END) AS due FROM {self.PARTS} "
+                "WHERE status IN ('pending', 'dead') GROUP BY tenant, status",
+                (at, at)).fetchall()
+        due: set[str] = set()
         out: dict[str, tuple[int, float, int]] = {}
         for r in rows:
-            pending, age, dead = out.get(r["tenant"], (0, 0.0, 0))
+            tenant = r["tenant"]
+            pending, age, dead = out.get(tenant, (0, 0.0, 0))
             if r["status"] == "pending":
                 pending = int(r["n"])
                 age = (now - self._time(r["oldest"])).total_seconds()
+                if r["due"]:
+                    due.add(tenant)
             else:
                 dead = int(r["n"])
-            out[r["tenant"]] = (pending, age, dead)
-        return out
+            out[tenant] = (pending, age, dead)
+        return due, out
 
     def pending_records(self, tenant: str) -> int:
         with self._lock:
