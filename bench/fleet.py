@@ -45,7 +45,7 @@ BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 sys.path.insert(0, str(REPO))
 
-from run import (  # noqa: E402  (bench/run.py: the shared pieces of the benchmark)
+from run import (  # bench/run.py: the shared pieces of the benchmark
     PY,
     Server,
     StackThread,
@@ -60,12 +60,12 @@ from run import (  # noqa: E402  (bench/run.py: the shared pieces of the benchma
     wait_ready,
 )
 
-from gateway.demo import Fleet, Stack, StackPorts  # noqa: E402
-from gateway.demo._postgres import LocalCluster  # noqa: E402
-from gateway.demo.simulators.hes import meter_rec  # noqa: E402
-from gateway.pki import import_certificate  # noqa: E402
-from gateway.state import PostgresStore  # noqa: E402
-from gateway.tls import client_context  # noqa: E402
+from gateway.demo import Fleet, Stack, StackPorts
+from gateway.demo._postgres import LocalCluster
+from gateway.demo.simulators.hes import meter_rec
+from gateway.pki import import_certificate
+from gateway.state import PostgresStore
+from gateway.tls import client_context
 
 HOST = "127.0.0.1"
 
@@ -138,7 +138,7 @@ def loadgen(port: int, path: str, pki: Any, pids: list[int], duration: float,
             "--key", str(pki.client_key("ores", "api")), "--connections", str(connections),
             "--duration", str(duration), "--warmup", "1", "--cpu-pids",
             ",".join(map(str, pids))]
-    proc = subprocess.run(argv, capture_output=True, timeout=duration + 120,  # noqa: S603
+    proc = subprocess.run(argv, capture_output=True, timeout=duration + 120,
                           cwd=REPO, check=False)
     try:
         out: dict[str, Any] = json.loads(proc.stdout.decode().strip().splitlines()[-1])

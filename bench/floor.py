@@ -34,7 +34,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gateway.tls._policy import server_policy_context  # noqa: E402
+from gateway.tls._policy import server_policy_context
 
 _HEAD_END = b"\r\n\r\n"
 _MAX_HEAD = 16 * 1024

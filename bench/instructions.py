@@ -175,7 +175,7 @@ def _wait(proc: subprocess.Popen[bytes], port: int, ready: str | None, log: Path
 
 
 def _callgrind(pid: int, *command: str) -> None:
-    subprocess.run(["callgrind_control", *command, str(pid)],  # noqa: S603, S607
+    subprocess.run(["callgrind_control", *command, str(pid)],
                    check=True, capture_output=True, timeout=120)
 
 
@@ -188,8 +188,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         out = work / "callgrind.out"
         env = {**os.environ, "PYTHONPATH": str(args.tree)}
         log = (work / "server.log").open("wb")
-        proc = subprocess.Popen(  # noqa: S603
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no",  # noqa: S607
+        proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--instr-atstart=no",
              f"--callgrind-out-file={out}", *argv],
             cwd=args.tree, env=env, stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -237,8 +237,8 @@ def _install_valgrind() -> None:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     print("bench/instructions.py: installing valgrind (Debian package)", file=sys.stderr)
-    subprocess.run([*sudo, apt, "update", "-qq"], check=False, timeout=600)  # noqa: S603
-    subprocess.run([*sudo, apt, "install", "-y", "-qq", "valgrind"],  # noqa: S603
+    subprocess.run([*sudo, apt, "update", "-qq"], check=False, timeout=600)
+    subprocess.run([*sudo, apt, "install", "-y", "-qq", "valgrind"],
                    check=False, timeout=900, stdout=subprocess.DEVNULL)
 
 

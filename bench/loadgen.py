@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -335,7 +336,8 @@ class _Generator:
     async def _measure(self, w: _Window) -> WorkerResult:
         await asyncio.sleep(max(w.start - perf(), 0))
         w.cpu_start = proc_cpu_s()
-        while perf() < w.end and w.truncated_at is None:
+        # A window by the clock, or cut short by the request cap: polled (noqa).
+        while perf() < w.end and w.truncated_at is None:  # noqa: ASYNC110
             await asyncio.sleep(min(0.05, max(w.end - perf(), 0)))
         w.cpu_end = proc_cpu_s()
         end = w.truncated_at or w.end
@@ -401,21 +403,17 @@ class _Generator:
         self._hold_left = len(self.conns)
         for c in self.conns:
             c.send()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._hold_ready.wait(), 60)
-        except TimeoutError:
-            pass
         opened = len(self.conns)
         answered = opened - self._hold_left
         alive = sum(1 for c in self.conns if not c.closed)
         print(json.dumps({"event": "ready", "open": alive, "answered": answered,
                           "failed": self.window.errors, "open_s": round(perf() - t0, 3)}),
               flush=True)
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.loop.run_in_executor(None, sys.stdin.readline),
                                    self.cfg.hold_s)
-        except TimeoutError:
-            pass
         still = sum(1 for c in self.conns if not c.closed)
         for c in self.conns:
             if c.transport is not None:
@@ -474,10 +472,9 @@ def run(cfg: Config, cpu_pids: list[int] | None = None) -> dict[str, Any]:
                                                        queue), daemon=True))
     for proc in procs:
         proc.start()
-    try:
+    # A worker that died before the start (refused connections ...) breaks it.
+    with contextlib.suppress(Exception):
         barrier.wait(timeout=60)
-    except Exception:  # a worker died before the start (refused connections ...)
-        pass
     start = perf()
     time.sleep(max(0.0, start + cfg.warmup - perf()))
     s0 = cpu_of(cpu_pids)

@@ -36,8 +36,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.demo._stack import Stack
 from gateway.config import EdgeLimits
+from gateway.demo._stack import Stack
 from gateway.tls._policy import client_context
 
 HOST = "127.0.0.1"
@@ -186,7 +186,7 @@ def main() -> int:
         thread.start()
         asyncio.run_coroutine_threadsafe(stack.start(), loop).result(60)
         port, ops_port, _ = stack.gateway_ports
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",  # noqa: S603
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--config",
                                  str(stack.config_path)], cwd=work,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pki = stack.pki

@@ -4,9 +4,10 @@ Runs what ``PushService.intake`` runs for a batch, stage by stage, on synthetic
 batches of both formats (the same readings as ``bench/run.py``'s push phase):
 parse (``decode_readings``, the per-record fast path's typed parse, and
 where it does not take the batch ``scan_days``, with the nesting check
-within it, which takes the records format to ``scan_batch``), route (``route_readings`` / ``route_batch`` /
-``route_meter_days``), the fingerprint (canonical JSON for per-record
-batches, SHA-256 of the body for meter-days), encoding of
+within it, which takes the records format to ``scan_batch``), route
+(``route_readings`` / ``route_batch`` / ``route_meter_days``), the
+fingerprint (canonical JSON for per-record batches, SHA-256 of the body
+for meter-days), encoding of
 the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and one SQLite
 transaction, ``synchronous=FULL``) into a scratch outbox. Reports process CPU
 time per stage and meter-days per CPU-second. Bounded: ``--meters`` meter-days

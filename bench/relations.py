@@ -32,15 +32,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.core.catalog import default_route_table  # noqa: E402
-from gateway.core.decide import RequestFacts, decide  # noqa: E402
-from gateway.core.identifiers import with_check_digit  # noqa: E402
-from gateway.core.model import Caller  # noqa: E402
-from gateway.core.relations.index import RelationIndex, native_available  # noqa: E402
-from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros  # noqa: E402
-from gateway.core.routes import Route  # noqa: E402
-from gateway.files import load_relations, write_atomically  # noqa: E402
-from gateway.tenants import load_tenants  # noqa: E402
+from gateway.core.catalog import default_route_table
+from gateway.core.decide import RequestFacts, decide
+from gateway.core.identifiers import with_check_digit
+from gateway.core.model import Caller
+from gateway.core.relations.index import RelationIndex, native_available
+from gateway.core.relations.snapshot import OPEN_FROM, OPEN_TO, SnapshotBuilder, micros
+from gateway.core.routes import Route
+from gateway.files import load_relations, write_atomically
+from gateway.tenants import load_tenants
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 DAY_US = 86_400 * 1_000_000
@@ -313,7 +313,7 @@ def main() -> int:
     argv = [sys.executable, __file__, "--generate", "--relations", str(args.relations),
             "--queries", str(args.queries), "--seed", str(args.seed),
             "--tenants", str(args.tenants), "--out", str(args.out)]
-    child = subprocess.run(argv, check=True, capture_output=True, text=True,  # noqa: S603
+    child = subprocess.run(argv, check=True, capture_output=True, text=True,
                            timeout=3600)
     gen = json.loads(child.stdout.strip().splitlines()[-1])
     try:

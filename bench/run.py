@@ -843,8 +843,8 @@ def spying(spy: str, pid: int, raw: Path, b: Bench, rate: int = 100,
     Python-only recording does not (--nonblocking)."""
     prefix = ["taskset", "-c", b.client_cpus] if b.client_cpus else []
     mode = ["--native"] if native else ["--nonblocking"]
-    proc = subprocess.Popen(prefix + [spy, "record", "--pid", str(pid), "--rate", str(rate),
-                                      "--format", "raw", "--output", str(raw), *mode],
+    proc = subprocess.Popen([*prefix, spy, "record", "--pid", str(pid), "--rate", str(rate),
+                             "--format", "raw", "--output", str(raw), *mode],
                             stdout=subprocess.DEVNULL,
                             stderr=(b.work / "py-spy.log").open("ab"))
     time.sleep(0.5)
@@ -1193,8 +1193,8 @@ def main() -> int:
     ap.add_argument("--batch-meters", type=int, default=0,
                     help="meters per pushed batch (default 1,000; 10,000 with meter-days)")
     ap.add_argument("--push-format", choices=("records", "meter-days"), default="records",
-                    help="push one JSON object per reading (the per-record format) or per meter-day "
-                         "(meter-days/v1)")
+                    help="push one JSON object per reading (the per-record format) or per "
+                         "meter-day (meter-days/v1)")
     ap.add_argument("--memory-budget-mb", type=int, default=0,
                     help="gateway limits.memory_budget_mb (default: the gateway's own, raised "
                          "to 16384 with --full-day or more than 2,000 held connections)")

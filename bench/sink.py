@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import signal
@@ -40,10 +41,8 @@ async def receive(request: web.Request) -> web.Response:
     body = await request.read()
     release = request.app[RELEASE]
     if not release.is_set():
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(release.wait(), HOLD_MAX_S)
-        except TimeoutError:
-            pass
     counts = request.app[COUNTS]
     key = request.headers.get("Idempotency-Key", "")
     seen = request.app[SEEN]
