@@ -9,9 +9,10 @@ A tenant's loop with nothing to claim sleeps until it is woken: at once by
 the intake that stored its parts (``wake_up``), or by the one survey of the
 outbox for all tenants (every ``SURVEY_S``), which finds what no intake of
 this process announced: a retry fallen due, another replica's part, a lease
-run out. One query a second for the whole process, not a claim a second
-per tenant (each a hand-over to a worker thread and back: the GIL's
-hand-overs showed in the data plane's latency, bench/README.md)."""
+run out. One read of the queue a second for the whole process
+(``Outbox.survey``), not a claim a second per tenant, each a hand-over to a
+worker thread and back for nothing, and on PostgreSQL a query per tenant
+per replica."""
 
 from __future__ import annotations
 
