@@ -415,9 +415,11 @@ def patch_switch() -> None:
 
 
 def patch_no_poll() -> None:
-    """Not a gateway: no push delivery loop at all (nothing to deliver in a
-    keep-alive run): what each tenant's once-a-second claim of the outbox,
-    a hand-over to a worker thread and back, costs the data plane's tail."""
+    """Not a gateway: no push delivery loop and no survey of the outbox at
+    all (nothing to deliver in a keep-alive run): what they cost the data
+    plane's tail. Before the one survey for all tenants, each tenant's loop
+    claimed from the outbox once a second, a hand-over to a worker thread
+    and back each."""
     from gateway.push import _delivery
 
     async def start(self):  # type: ignore[no-untyped-def]

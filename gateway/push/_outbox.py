@@ -272,11 +272,6 @@ class Outbox(ABC):
                 (tenant, self._t(self.clock()), limit)).fetchall()
         return [self._part(r) for r in rows]
 
-    def due_tenants(self) -> set[str]:
-        """The tenants with a part ``claim`` would take now: due (its next
-        attempt's time has come) and free (no live lease on it)."""
-        return self.survey()[0]
-
     def claim(self, tenant: str, limit: int = 4,
               lease: timedelta = timedelta(seconds=60)) -> list[Part]:
         """Take up to ``limit`` due parts of ``tenant`` for this owner, under a
@@ -440,8 +435,10 @@ class Outbox(ABC):
         return self.survey()[1]
 
     def survey(self) -> tuple[set[str], dict[str, tuple[int, float, int]]]:
-        """:meth:`due_tenants` and :meth:`stats` in one read of the queue:
-        the delivery's one survey a second for all tenants
+        """The tenants with a part ``claim`` would take now (due: its next
+        attempt's time has come; free: no live lease on it), and
+        :meth:`stats`, in one read of the queue: the delivery's one survey a
+        second for all tenants
         (gateway.push._delivery), which wakes the loops with parts due (a
         retry fallen due, another replica's part, a lease run out) and sets
         the gauges."""

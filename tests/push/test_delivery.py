@@ -60,11 +60,13 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     await runner.cleanup()
 
 
-def replica(outbox: Outbox, endpoint: str, tmp: Path, clock: Clock) -> PushService:
+def replica(outbox: Outbox, endpoint: str, tmp: Path, clock: Clock,
+            tenants: tuple[str, ...] = ("ores",)) -> PushService:
     tmp.mkdir()
     key, kid = load_or_create_audit_key(tmp)
     return PushService(outbox=outbox, relations=lambda: RelationIndex([]),
-                       endpoints={"ores": endpoint}, client_tls=ssl.create_default_context(),
+                       endpoints=dict.fromkeys(tenants, endpoint),
+                       client_tls=ssl.create_default_context(),
                        metrics=GatewayMetrics(), audit=ChainedAuditLog(tmp / "audit.log", key, kid),
                        lease_s=60, clock=clock)
 
@@ -210,15 +212,8 @@ async def test_idle_tenants_claim_nothing_until_the_survey_finds_a_part_due(
     rx, url = receiver
     clock = Clock()
     box = SqliteOutbox(tmp_path / "outbox.db", KEY, owner="replica-a", clock=clock)
-    tmp = tmp_path / "a"
-    tmp.mkdir()
-    key, kid = load_or_create_audit_key(tmp)
     tenants = ("ores", "enexis-water", "stedin", "liander", "westland", "coteq")
-    svc = PushService(outbox=box, relations=lambda: RelationIndex([]),
-                      endpoints={t: f"{url}/a" for t in tenants},
-                      client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
-                      audit=ChainedAuditLog(tmp / "audit.log", key, kid), lease_s=60,
-                      clock=clock)
+    svc = replica(box, f"{url}/a", tmp_path / "a", clock, tenants)
     rx.release["/a"].set()
     try:
         await svc.start()
