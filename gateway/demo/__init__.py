@@ -12,6 +12,7 @@ from __future__ import annotations
 from gateway.demo._banner import demo_banner
 from gateway.demo._devpki import ensure_dev_pki
 from gateway.demo._fleet import Fleet, ReplicaProcess, fleet_banner
+from gateway.demo._ports import spare_port
 from gateway.demo._stack import TRUST_DOMAIN, Stack, StackPorts
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "demo_banner",
     "ensure_dev_pki",
     "fleet_banner",
+    "spare_port",
 ]

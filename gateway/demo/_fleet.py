@@ -15,7 +15,6 @@ import asyncio
 import json
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from cryptography import x509
 from gateway.demo._banner import admin_environment, curl_tls, partner_lines
 from gateway.demo._devpki import reissue
 from gateway.demo._partner_tls import client_tls
+from gateway.demo._ports import spare_port
 from gateway.demo._postgres import LocalCluster
 from gateway.demo._stack import LOOPBACK, Stack, StackPorts
 from gateway.demo.simulators.hes import configure_push
@@ -46,12 +46,6 @@ STOP_TIMEOUT_S = 20.0
 
 def _serial(cert: Path) -> str:
     return f"{x509.load_pem_x509_certificate(cert.read_bytes()).serial_number:X}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _set_port(config: str, listener: str, port: int) -> str:
@@ -194,12 +188,12 @@ class Fleet:
         data_port, ops_port, admin_port = stack.gateway_ports
         for i in range(self.control_planes):
             self.control.append(self._process(
-                base, f"control-{i}", "control", data=None, ops=free_port(),
-                admin=admin_port if i == 0 else free_port()))
+                base, f"control-{i}", "control", data=None, ops=spare_port(LOOPBACK),
+                admin=admin_port if i == 0 else spare_port(LOOPBACK)))
         for i in range(self.replicas):
             self.data.append(self._process(
-                base, f"data-{i}", "data", data=data_port if i == 0 else free_port(),
-                ops=ops_port if i == 0 else free_port(), admin=None))
+                base, f"data-{i}", "data", data=data_port if i == 0 else spare_port(LOOPBACK),
+                ops=ops_port if i == 0 else spare_port(LOOPBACK), admin=None))
         # The control plane first: it adopts the CA and publishes the CRLs
         # the data plane's handshakes check.
         # The first control plane alone, so it is the one that leads; then
@@ -338,4 +332,4 @@ Revoke ORES's API certificate on the control plane as the security admin alice
 """
 
 
-__all__ = ["Fleet", "ReplicaProcess", "fleet_banner", "free_port"]
+__all__ = ["Fleet", "ReplicaProcess", "fleet_banner"]

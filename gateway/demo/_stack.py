@@ -20,6 +20,7 @@ from gateway.config import GatewayConfig
 from gateway.demo._dataset import Dataset, generate
 from gateway.demo._devpki import DevPki, ensure_dev_pki, reissue
 from gateway.demo._partner_tls import client_tls, server_tls
+from gateway.demo._ports import spare_port
 from gateway.demo.simulators import ACCOUNTS, SIMULATOR_NAMES, SimSecrets, build_simulator
 from gateway.demo.simulators.hes import configure_push
 from gateway.demo.simulators.receivers import build_receivers
@@ -333,6 +334,11 @@ class Stack:
                   **{f"{name} simulator": self.ports.simulators.get(name, 0)
                      for name in SIMULATOR_NAMES},
                   "push receivers": self.ports.receivers}
+        if not self.run_gateway:
+            # Another process binds the gateway's ports after these close: not
+            # ports the kernel could hand a connection meanwhile.
+            for listener in ("data plane", "ops plane", "admin plane"):
+                wanted[listener] = wanted[listener] or spare_port(LOOPBACK)
         socks: dict[str, socket.socket] = {}
         try:
             for listener, port in wanted.items():

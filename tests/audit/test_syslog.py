@@ -17,6 +17,7 @@ import pytest
 
 from gateway.audit._soc import SEVERITIES
 from gateway.audit._syslog import SEVERITY_CODES, SyslogSink, format_rfc5424
+from gateway.demo import spare_port
 from gateway.errors import ConfigError
 
 HOST = "127.0.0.1"
@@ -182,10 +183,9 @@ def read_frames(conn: socket.socket, count: int) -> list[bytes]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
+    """A port nobody listens on, that no connection of the suite's takes
+    before the test binds its collector there."""
+    return spare_port(HOST)
 
 
 def test_udp_sink_sends_one_datagram_per_event(stack: ExitStack) -> None:

@@ -103,10 +103,8 @@ def test_serve_runs_from_the_written_config(tmp_path: Path) -> None:
     pki = ensure_dev_pki(tmp_path / "certs", reg, "shared-grid.test")
     relations = tmp_path / "relations.json"
     relations.write_text('{"relations": []}')
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        ops_port = s.getsockname()[1]
+    from gateway.demo import spare_port
+    ops_port = spare_port()
     from gateway.files import write_private
     from gateway.vault import MasterKeys
 

@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import Stack, StackPorts
+from gateway.demo import Stack, StackPorts, spare_port
 from gateway.tls import client_context
 from tests.postgres import Cluster
 
@@ -27,15 +27,13 @@ from .test_cli import GATEWAY, Running
 def _port_pair() -> int:
     """A free port whose successor is free too (the second worker's ops port)."""
     for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = int(a.getsockname()[1])
-            try:
-                with socket.socket() as b:
-                    b.bind(("127.0.0.1", port + 1))
-                    return port
-            except OSError:
-                continue
+        port = spare_port()
+        try:
+            with socket.socket() as b:
+                b.bind(("127.0.0.1", port + 1))
+                return port
+        except OSError:
+            continue
     raise AssertionError("no two adjacent free ports")
 
 
