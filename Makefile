@@ -35,8 +35,12 @@ postgres-server:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	  else echo "the tests need PostgreSQL's server: sudo apt-get install postgresql" >&2; exit 1; fi; }
 
+# The suite runs in one worker process per core (pytest-xdist), at most
+# four; PYTEST_WORKERS=0 runs it in this process, one test after another.
+PYTEST_WORKERS ?= auto --maxprocesses 4
+
 test: $(STAMP) postgres-server
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests (exit 5)"; fi; exit $$rc
 
 lint: $(STAMP)
