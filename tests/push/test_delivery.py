@@ -4,7 +4,8 @@ lease loses the part to another replica, which delivers it again under the
 same Idempotency-Key; the stalled replica's late acknowledgement is refused
 (fencing) and counted, ``gateway_outbox_claims_total{result="lost"}``.
 And the one survey of the outbox for all tenants: an idle tenant's loop
-claims nothing until a part of its own is due."""
+claims nothing until a part of its own is due; a part stored while a claim
+runs is claimed in the next round, not at the next survey."""
 
 from __future__ import annotations
 
@@ -227,3 +228,41 @@ async def test_idle_tenants_claim_nothing_until_the_survey_finds_a_part_due(
     assert [key for _, key, _ in rx.got] == ["hes-operator/B1/ores"]
     assert claims(svc, "claimed") == 1
     assert claims(svc, "empty") <= len(tenants) + 2  # ores' rounds after its delivery
+
+
+async def test_a_part_stored_while_the_claim_runs_is_claimed_next_without_a_survey(
+        receiver: tuple[Receiver, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop's wake-up is cleared before its claim, not after: an intake
+    that stores a part and wakes the loop while the claim's query runs (too
+    late for that query) gets it claimed in the next round at once, not at
+    the next survey (here: never, the survey sleeping for an hour)."""
+    from gateway.push import SqliteOutbox, _delivery
+
+    monkeypatch.setattr(_delivery, "SURVEY_S", 3600.0)
+    rx, url = receiver
+    clock = Clock()
+    box = SqliteOutbox(tmp_path / "outbox.db", KEY, owner="replica-a", clock=clock)
+    svc = replica(box, f"{url}/a", tmp_path / "a", clock)
+    loop = asyncio.get_running_loop()
+    claim, calls = box.claim, []
+
+    def claim_then_store(*args: Any) -> Any:
+        found = claim(*args)  # the query has run: what is stored now, it missed
+        calls.append(len(found))
+        if len(calls) == 2:  # the round after the nudge below: an intake's store
+            enqueue(box, "B1")
+            loop.call_soon_threadsafe(svc.delivery.wake_up, "ores")
+        return found
+
+    box.claim = claim_then_store  # type: ignore[method-assign]
+    rx.release["/a"].set()
+    try:
+        await svc.start()
+        await until(lambda: svc.delivery.surveys == 1 and calls == [0])  # both asleep
+        svc.delivery.wake_up("ores")  # news with nothing in it: round two claims nothing
+        await until(lambda: [p.status for p in box.parts()] == ["delivered"])
+    finally:
+        await svc.stop()
+        box.close()
+    assert calls[:3] == [0, 0, 1] and svc.delivery.surveys == 1
+    assert [key for _, key, _ in rx.got] == ["hes-operator/B1/ores"]
