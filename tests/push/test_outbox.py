@@ -425,3 +425,33 @@ def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
     assert again.notifications("ores", 5) == ['{"incident": "inc-1"}']
     assert [p.id for p in again.parts()] == ["hes-operator/B1/ores"]  # kept
     again.close()
+
+
+def test_a_new_outbox_file_has_64_kib_pages_and_an_old_one_keeps_its_own(
+        tmp_path: Path, clock: Clock) -> None:
+    """A part's payload is a chain of overflow pages, and SQLite's work is
+    mostly per page: a new file is made of 64 KiB pages, its WAL checkpointed
+    at 16 MiB. A file made before with 4 KiB pages opens, works and keeps
+    them (only a VACUUM outside WAL mode could change them)."""
+    from gateway.push import SqliteOutbox
+    from gateway.push._outbox_backends import PAGE_SIZE, WAL_AUTOCHECKPOINT_PAGES
+
+    new = SqliteOutbox(tmp_path / "new.db", KEY, clock=clock)
+    push(new, "B1", {"ores": 3})
+    assert new._db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 65536
+    assert new._db.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == \
+        WAL_AUTOCHECKPOINT_PAGES == 256
+    new.close()
+    assert (tmp_path / "new.db").stat().st_size % PAGE_SIZE == 0
+    old_path = tmp_path / "old.db"
+    db = sqlite3.connect(old_path)
+    db.execute("PRAGMA page_size = 4096")
+    db.execute("CREATE TABLE made_before (x)")  # the page size is fixed from here
+    db.commit()
+    db.close()
+    old = SqliteOutbox(old_path, KEY, clock=clock)
+    assert old._db.execute("PRAGMA page_size").fetchone()[0] == 4096
+    push(old, "B1", {"ores": 2})
+    (part,) = old.claim("ores")
+    assert old.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
+    old.close()
