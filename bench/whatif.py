@@ -470,6 +470,16 @@ def patch_no_checkpoint_fsync() -> None:
     print("whatif: no-checkpoint-fsync applied", flush=True)
 
 
+def patch_outbox_4k() -> None:
+    """The outbox file as before 64 KiB pages: SQLite's default 4 KiB pages
+    and its WAL checkpointed every 1,000 of them (to compare the push)."""
+    from gateway.push import _outbox_backends
+
+    _outbox_backends.PAGE_SIZE = 4096
+    _outbox_backends.WAL_AUTOCHECKPOINT_PAGES = 1000
+    print("whatif: outbox-4k applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -485,7 +495,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "no-audit-wait": patch_no_audit_wait, "no-after": patch_no_after,
            "no-audit-line": patch_no_audit_line, "switch": patch_switch,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
-           "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync}
+           "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
+           "outbox-4k": patch_outbox_4k}
 
 
 def main() -> int:

@@ -128,7 +128,8 @@ class SqliteOutbox(Outbox):
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         with self._lock:
-            self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")  # a new file's; an old keeps its own
+            # A new file's page size; an older file keeps its own.
+            self._db.execute(f"PRAGMA page_size = {PAGE_SIZE}")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             self._db.execute("PRAGMA synchronous=FULL")
