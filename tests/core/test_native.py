@@ -259,6 +259,19 @@ def test_cut_values_equals_the_regular_expression(text: str) -> None:
     assert native.cut_values(text) == scan._CUT.split(text)
 
 
+@needs_native
+def test_cut_values_takes_exactly_the_characters_of_the_pattern_s_class() -> None:
+    """Every one-byte character (the table of cut_values' one-byte path) and
+    a few wider ones, inside an array and after a number, and before an
+    array of numbers (a text of two or four bytes a character): cut where
+    the regular expression cuts, and nowhere else."""
+    for code in (*range(256), 0x100, 0x20AC, 0x1F600):
+        c = chr(code)
+        for text in (f'{{"values":[{c}]}}', f'{{"values":[1{c}2]}}', f'{{"values":[{c}',
+                     f'{c}{{"values":[1, 2.5e3]}}'):  # the text as wide as c
+            assert native.cut_values(text) == scan._CUT.split(text), (code, text)
+
+
 def test_cut_values_on_a_batch() -> None:
     text = ('{"meter_days":[{"values":[1,2.5]},{"values" :\n[ 3e2 ]},{"values":[1,"x"]},'
             '{"values":[]}],"values":[4]}')
