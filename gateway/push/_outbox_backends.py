@@ -24,9 +24,10 @@ SCHEMA_VERSION = 5  # PRAGMA user_version
 # batch, up to megabytes) is a chain of overflow pages, and SQLite's work per
 # stored byte is mostly per page (the pager, and a frame with its checksum
 # in the WAL): with 64 KiB pages instead of the default 4 KiB, an enqueue
-# costs about half the CPU (bench/README, "The outbox in 64 KiB pages"). A
-# file keeps the page size it was created with: SQLite changes it only by a
-# VACUUM outside WAL mode, which needs the file to itself (README: Push).
+# costs about half the CPU (bench/README, "The outbox in 64 KiB pages, the
+# cut by a table"). A file keeps the page size it was created with: SQLite
+# changes it only by a VACUUM outside WAL mode, which needs the file to
+# itself (README: Push).
 PAGE_SIZE = 65536
 # The WAL is checkpointed into the file once it holds this many pages: 16
 # MiB, four times the default's 1,000 pages of 4 KiB (so the WAL stays
