@@ -3,6 +3,7 @@ one throwaway PostgreSQL server per session (tests/postgres.py)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,13 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit import _chain as ac
+from gateway.demo._ports import SLICE_ENV
 from tests.postgres import Cluster
+
+# Under pytest-xdist each worker picks spare ports (gateway.demo.spare_port)
+# from a slice of its own: two workers never hand a replica the same port.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    os.environ[SLICE_ENV] = f"{_worker[2:]}/{os.environ['PYTEST_XDIST_WORKER_COUNT']}"
 
 # Stopped at the end of the session, outside any test: a session fixture's
 # teardown runs within the last test's timeout, and removing a cluster's

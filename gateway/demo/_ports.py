@@ -7,11 +7,15 @@ PostgreSQL or to a simulator can take the port, and the replica exits with
 "address in use" (seen once in CI on a fleet start). A port *below* the
 ephemeral range is never handed out by the kernel on its own, so only
 another program's explicit ``bind`` can take it in that window; and this
-process never hands out the same one twice.
+process never hands out the same one twice. Processes that pick ports side
+by side (the test suite's workers) each take a slice of their own
+(``GATEWAY_SPARE_PORT_SLICE``, "k/n": the k-th of n, from 0), so no two of
+them can pick the same port either.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 import threading
@@ -22,6 +26,7 @@ DEFAULT_EPHEMERAL = (32768, 60999)  # Linux's default, when the file cannot be r
 LOWEST = 1024  # never a privileged port
 SPAN = 16384  # how far below the ephemeral range to look
 MIN_ROOM = 64  # below this, not worth searching
+SLICE_ENV = "GATEWAY_SPARE_PORT_SLICE"
 
 _given: set[int] = set()
 _lock = threading.Lock()
@@ -37,13 +42,13 @@ def ephemeral_range(path: Path = EPHEMERAL_RANGE_FILE) -> tuple[int, int]:
 
 
 def spare_port(host: str = "127.0.0.1", *, path: Path = EPHEMERAL_RANGE_FILE) -> int:
-    """A port free on ``host`` now, outside the ephemeral range, and not
-    returned before by this process. Falls back to a kernel-chosen port only
-    when the ephemeral range leaves no room below it."""
+    """A port free on ``host`` now, outside the ephemeral range (in this
+    process's slice of the room below it), and not returned before by this
+    process. Falls back to a kernel-chosen port when that room is too small
+    or none of it is free."""
     low, _ = ephemeral_range(path)
-    first = max(LOWEST, low - SPAN)
+    first, room = _slice(max(LOWEST, low - SPAN), low)
     with _lock:
-        room = low - first
         if room >= MIN_ROOM:
             start = random.randrange(room)  # where to start; not a secret
             for step in range(room):  # every port of the room once, from a random one
@@ -58,6 +63,21 @@ def spare_port(host: str = "127.0.0.1", *, path: Path = EPHEMERAL_RANGE_FILE) ->
         return port
 
 
+def _slice(first: int, end: int) -> tuple[int, int]:
+    """(first port, ports) of ``first..end-1`` that is this process's."""
+    spec = os.environ.get(SLICE_ENV, "")
+    if not spec:
+        return first, max(end - first, 0)
+    try:
+        k, n = (int(part) for part in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"{SLICE_ENV}={spec!r}: expected k/n, e.g. 0/2") from None
+    if not 0 <= k < n:
+        raise ValueError(f"{SLICE_ENV}={spec!r}: k must be 0 to n-1")
+    size = max(end - first, 0) // n
+    return first + k * size, size
+
+
 def _bindable(host: str, port: int) -> bool:
     with socket.socket() as sock:
         try:
@@ -67,4 +87,4 @@ def _bindable(host: str, port: int) -> bool:
     return True
 
 
-__all__ = ["ephemeral_range", "spare_port"]
+__all__ = ["SLICE_ENV", "ephemeral_range", "spare_port"]

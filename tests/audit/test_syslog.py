@@ -182,12 +182,6 @@ def read_frames(conn: socket.socket, count: int) -> list[bytes]:
     return frames
 
 
-def free_port() -> int:
-    """A port nobody listens on, that no connection of the suite's takes
-    before the test binds its collector there."""
-    return spare_port(HOST)
-
-
 def test_udp_sink_sends_one_datagram_per_event(stack: ExitStack) -> None:
     collector = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     collector.bind((HOST, 0))
@@ -203,7 +197,7 @@ def test_udp_sink_sends_one_datagram_per_event(stack: ExitStack) -> None:
 
 
 def test_udp_sink_resends_once_after_a_port_unreachable(stack: ExitStack) -> None:
-    port = free_port()
+    port = spare_port(HOST)  # nobody listens there, and no connection takes it
     sink = stack.enter_context(SyslogSink(HOST, port))
     sink.send(event(incident="into-the-void"))  # the ICMP error surfaces on the next send
     collector = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -245,7 +239,7 @@ def test_tcp_sink_reconnects_after_the_collector_restarts(stack: ExitStack) -> N
 
 def test_tcp_sink_counts_failures_while_down_and_retries_after_the_interval(
         stack: ExitStack) -> None:
-    port = free_port()
+    port = spare_port(HOST)  # nobody listens there, and no connection takes it
     clock = [100.0]
     sink = stack.enter_context(SyslogSink(HOST, port, transport="tcp", retry_interval=5.0,
                                           clock=lambda: clock[0]))

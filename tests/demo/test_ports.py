@@ -4,13 +4,33 @@ the meantime, and never the same one twice."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
 import pytest
 
 from gateway.demo import _ports, spare_port
-from gateway.demo._ports import DEFAULT_EPHEMERAL, ephemeral_range
+from gateway.demo._ports import DEFAULT_EPHEMERAL, SLICE_ENV, ephemeral_range
+
+
+SLICE_AT_START = os.environ.get(SLICE_ENV)  # before the fixture below takes it away
+
+
+def test_each_worker_of_the_suite_has_a_slice_of_its_own() -> None:
+    """tests/conftest.py: under pytest-xdist, worker gwK of N picks from
+    slice K/N; a suite run in one process has the whole room."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    expected = (f"{worker[2:]}/{os.environ['PYTEST_XDIST_WORKER_COUNT']}"
+                if worker else None)
+    assert SLICE_AT_START == expected
+
+
+@pytest.fixture(autouse=True)
+def _whole_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The room below the range as a process alone has it (the suite's
+    workers each have a slice: tests/conftest.py)."""
+    monkeypatch.delenv(SLICE_ENV, raising=False)
 
 
 def test_the_ephemeral_range_is_read_from_the_kernel_and_defaults_when_unreadable(
@@ -70,3 +90,18 @@ def test_no_room_below_the_range_falls_back_to_a_port_the_kernel_chooses(
     assert port >= 1030
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", port))
+
+
+def test_side_by_side_processes_pick_from_slices_of_their_own(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "range"
+    path.write_text("40000 50000\n")  # the room: 23616..39999, 16384 ports
+    for k, (first, end) in enumerate(((23616, 27712), (27712, 31808), (31808, 35904),
+                                      (35904, 40000))):
+        monkeypatch.setenv(SLICE_ENV, f"{k}/4")
+        ports = [spare_port(path=path) for _ in range(20)]
+        assert all(first <= port < end for port in ports), (k, ports)
+    for bad in ("4/4", "-1/2", "1", "a/b"):
+        monkeypatch.setenv(SLICE_ENV, bad)
+        with pytest.raises(ValueError, match=SLICE_ENV):
+            spare_port(path=path)
