@@ -13,7 +13,6 @@ import pytest
 from gateway.demo import _ports, spare_port
 from gateway.demo._ports import DEFAULT_EPHEMERAL, SLICE_ENV, ephemeral_range
 
-
 SLICE_AT_START = os.environ.get(SLICE_ENV)  # before the fixture below takes it away
 
 
@@ -23,7 +22,7 @@ def test_each_worker_of_the_suite_has_a_slice_of_its_own() -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER")
     expected = (f"{worker[2:]}/{os.environ['PYTEST_XDIST_WORKER_COUNT']}"
                 if worker else None)
-    assert SLICE_AT_START == expected
+    assert expected == SLICE_AT_START
 
 
 @pytest.fixture(autouse=True)
