@@ -711,21 +711,20 @@ is_json_ws(Py_UCS4 c)
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
 
-/* In _CUT's class: what numbers, commas and JSON's white space are made of. */
-static inline int
-in_cut_class(Py_UCS4 c)
-{
-    return (c >= '0' && c <= '9') || c == '.' || c == ',' || c == 'e' || c == 'E' ||
-           c == '+' || c == '-' || is_json_ws(c);
-}
-
-/* in_cut_class for a one-byte character, by table: the scan of a values
-   array (hundreds of characters a meter-day) is cut_values' inner loop. */
+/* _CUT's class: what numbers, commas and JSON's white space are made of,
+   by a table (the scan of a values array, hundreds of characters a
+   meter-day, is cut_values' inner loop). */
 static const unsigned char cut_class_byte[256] = {
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
     ['7'] = 1, ['8'] = 1, ['9'] = 1, ['.'] = 1, [','] = 1, ['e'] = 1, ['E'] = 1,
     ['+'] = 1, ['-'] = 1, [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1,
 };
+
+static inline int
+in_cut_class(Py_UCS4 c)
+{
+    return c < 256 && cut_class_byte[c];
+}
 
 /* cut_values(text) -> list: _CUT.split(text) of scan.py, where _CUT is
    '"values"[ \t\n\r]*:[ \t\n\r]*(\[[0-9.,eE+\- \t\n\r]*\])': the text between

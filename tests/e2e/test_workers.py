@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway.demo import Stack, StackPorts, spare_port
+from gateway.demo import Stack, StackPorts, _ports, spare_port
 from gateway.tls import client_context
 from tests.postgres import Cluster
 
@@ -28,12 +28,8 @@ def _port_pair() -> int:
     """A free port whose successor is free too (the second worker's ops port)."""
     for _ in range(50):
         port = spare_port()
-        try:
-            with socket.socket() as b:
-                b.bind(("127.0.0.1", port + 1))
-                return port
-        except OSError:
-            continue
+        if _ports._bindable("127.0.0.1", port + 1):
+            return port
     raise AssertionError("no two adjacent free ports")
 
 
