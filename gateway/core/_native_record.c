@@ -6,6 +6,7 @@
  * tests/core/test_native_record.py holds the two to each other.
  *
  * record_strings(data, names, max_depth) -> None | {name: str}
+ * records_strings(data, items, names, max_depth) -> None | {} | {items: [{name: str}]}
  *
  * The top-level object's members named in ``names`` whose values are
  * strings, decoded, where ``data`` is provably a JSON text the standard
@@ -23,6 +24,13 @@
  *   object of more than MAX_KEYS members (their pairwise comparison stays
  *   bounded), nesting deeper than ``max_depth``;
  * - a member named in ``names`` whose value is not a string.
+ *
+ * records_strings is the same proof for a list answer: the top-level
+ * object's member ``items`` an array of objects, and of each of them the
+ * members named in ``names`` (strings, as above), in the array's order; {}
+ * when there is no such member. Not proven besides: ``items`` anything but
+ * an array, an element anything but an object. Its specification is
+ * records_strings_reference, beside the other.
  *
  * The text is untrusted (an upstream's answer): every read is within the
  * block, and the nesting is bounded by ``max_depth`` before any recursion.
@@ -47,7 +55,18 @@ typedef struct {
     const char *name[MAX_NAMES];
     Py_ssize_t name_len[MAX_NAMES];
     Py_ssize_t found_at[MAX_NAMES], found_len[MAX_NAMES];
+    PyObject *name_obj[MAX_NAMES]; /* the names as given: the dicts' keys */
+    /* records_strings: the list member's name, and its records as read. */
+    const char *items;
+    Py_ssize_t items_len;
+    PyObject *list;
+    int failed; /* a Python error is set (no memory): not "unproven" */
 } Reader;
+
+/* Where an object's named members are read: nowhere (a nested value), the
+ * top-level object (record_strings), the top-level object of a list answer
+ * (its ``items`` member read by records()), an element of that list. */
+enum level { PLAIN, TOP, LIST_TOP, ELEMENT };
 
 /* 0: proven so far; -1: not proven (the caller answers None). */
 typedef int status;
@@ -228,7 +247,8 @@ literal(Reader *r, const char *word, Py_ssize_t len)
     return 0;
 }
 
-static status value(Reader *r, long depth, int top);
+static status value(Reader *r, long depth, enum level level);
+static status records(Reader *r, long depth);
 
 /* Past the '{' or '[' at r->i: 1 when ``close`` ends the container at once
  * (read), else 0 (a member or an element follows). */
@@ -266,7 +286,7 @@ after_item(Reader *r, unsigned char close)
 
 /* An object at r->i ('{'), ``depth`` its own nesting (the top level is 1). */
 static status
-object(Reader *r, long depth, int top)
+object(Reader *r, long depth, enum level level)
 {
     Py_ssize_t key_at[MAX_KEYS], key_len[MAX_KEYS];
     Py_ssize_t keys = 0;
@@ -301,11 +321,23 @@ object(Reader *r, long depth, int top)
         if (r->i >= r->n) {
             return -1;
         }
+        if (level == LIST_TOP && len == r->items_len &&
+            memcmp(r->items, r->b + at, (size_t)len) == 0) {
+            /* The list's records (read once: a second such key is a key twice). */
+            if (r->b[r->i] != '[' || records(r, depth) < 0) {
+                return -1;
+            }
+            const int next = after_item(r, '}');
+            if (next != 0) {
+                return next > 0 ? 0 : -1;
+            }
+            continue;
+        }
         const Py_ssize_t value_start = r->i;
-        if (value(r, depth, 0) < 0) {
+        if (value(r, depth, PLAIN) < 0) {
             return -1;
         }
-        if (top) {
+        if (level == TOP || level == ELEMENT) {
             for (Py_ssize_t k = 0; k < r->names; k++) {
                 if (r->name_len[k] == len && memcmp(r->name[k], r->b + at, (size_t)len) == 0) {
                     if (r->b[value_start] != '"') {
@@ -331,7 +363,7 @@ array(Reader *r, long depth)
         return 0;
     }
     for (;;) {
-        if (r->i >= r->n || value(r, depth, 0) < 0) {
+        if (r->i >= r->n || value(r, depth, PLAIN) < 0) {
             return -1;
         }
         const int next = after_item(r, ']');
@@ -343,14 +375,14 @@ array(Reader *r, long depth)
 
 /* A value at r->i (< r->n, not white space); ``depth`` the nesting around it. */
 static status
-value(Reader *r, long depth, int top)
+value(Reader *r, long depth, enum level level)
 {
     switch (r->b[r->i]) {
     case '{':
         if (depth + 1 > r->max_depth) {
             return -1;
         }
-        return object(r, depth + 1, top);
+        return object(r, depth + 1, level);
     case '[':
         if (depth + 1 > r->max_depth) {
             return -1;
@@ -371,64 +403,21 @@ value(Reader *r, long depth, int top)
     }
 }
 
+/* The named members found, as a new dict of str; NULL with an error set. */
 static PyObject *
-record_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+found_dict(Reader *r)
 {
-    if (nargs != 3 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1]) ||
-        !PyLong_Check(args[2])) {
-        PyErr_SetString(PyExc_TypeError, "record_strings() takes (bytes, tuple of str, int)");
-        return NULL;
-    }
-    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
-                .n = PyBytes_GET_SIZE(args[0])};
-    r.max_depth = PyLong_AsLong(args[2]);
-    if (r.max_depth == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (r.max_depth < 0 || r.max_depth > MAX_RECURSION) {
-        PyErr_SetString(PyExc_ValueError, "record_strings() max_depth is 0 to 512");
-        return NULL;
-    }
-    r.names = PyTuple_GET_SIZE(args[1]);
-    if (r.names > MAX_NAMES) {
-        PyErr_SetString(PyExc_ValueError, "record_strings() reads at most 8 names");
-        return NULL;
-    }
-    for (Py_ssize_t k = 0; k < r.names; k++) {
-        PyObject *name = PyTuple_GET_ITEM(args[1], k);
-        if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "record_strings() names are str");
-            return NULL;
-        }
-        r.name[k] = PyUnicode_AsUTF8AndSize(name, &r.name_len[k]);
-        if (r.name[k] == NULL) {
-            return NULL;
-        }
-        r.found_at[k] = -1;
-    }
-    /* A backslash anywhere: an escape somewhere, read by the full parse. */
-    if (memchr(r.b, '\\', (size_t)r.n) != NULL) {
-        Py_RETURN_NONE;
-    }
-    skip_space(&r);
-    if (r.i >= r.n || r.b[r.i] != '{' || value(&r, 0, 1) < 0) {
-        Py_RETURN_NONE;
-    }
-    skip_space(&r);
-    if (r.i != r.n) {
-        Py_RETURN_NONE; /* anything after the value */
-    }
     PyObject *out = PyDict_New();
     if (out == NULL) {
         return NULL;
     }
-    for (Py_ssize_t k = 0; k < r.names; k++) {
-        if (r.found_at[k] < 0) {
+    for (Py_ssize_t k = 0; k < r->names; k++) {
+        if (r->found_at[k] < 0) {
             continue;
         }
-        PyObject *text = PyUnicode_DecodeUTF8((const char *)r.b + r.found_at[k],
-                                              r.found_len[k], NULL);
-        if (text == NULL || PyDict_SetItem(out, PyTuple_GET_ITEM(args[1], k), text) < 0) {
+        PyObject *text = PyUnicode_DecodeUTF8((const char *)r->b + r->found_at[k],
+                                              r->found_len[k], NULL);
+        if (text == NULL || PyDict_SetItem(out, r->name_obj[k], text) < 0) {
             Py_XDECREF(text);
             Py_DECREF(out);
             return NULL;
@@ -438,9 +427,171 @@ record_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
     return out;
 }
 
+/* The list answer's records: an array at r->i ('[') in the top-level object
+ * (``depth`` 1), each element an object whose named strings become a dict
+ * appended to r->list. */
+static status
+records(Reader *r, long depth)
+{
+    if (r->list != NULL || depth + 1 > r->max_depth) {
+        return -1; /* the array nests one deeper than the object around it */
+    }
+    r->list = PyList_New(0);
+    if (r->list == NULL) {
+        r->failed = 1;
+        return -1;
+    }
+    if (opened(r, ']')) {
+        return 0;
+    }
+    for (;;) {
+        if (r->i >= r->n || r->b[r->i] != '{' || depth + 2 > r->max_depth) {
+            return -1; /* a record that is no object: the full parse's verdict */
+        }
+        for (Py_ssize_t k = 0; k < r->names; k++) {
+            r->found_at[k] = -1;
+        }
+        if (object(r, depth + 2, ELEMENT) < 0) {
+            return -1;
+        }
+        PyObject *rec = found_dict(r);
+        if (rec == NULL || PyList_Append(r->list, rec) < 0) {
+            Py_XDECREF(rec);
+            r->failed = 1;
+            return -1;
+        }
+        Py_DECREF(rec);
+        const int next = after_item(r, ']');
+        if (next != 0) {
+            return next > 0 ? 0 : -1;
+        }
+    }
+}
+
+/* The names argument read into ``r``; -1 with an error set. */
+static int
+take_names(Reader *r, PyObject *names, const char *fn)
+{
+    if (!PyTuple_Check(names)) {
+        PyErr_Format(PyExc_TypeError, "%s() names are a tuple of str", fn);
+        return -1;
+    }
+    r->names = PyTuple_GET_SIZE(names);
+    if (r->names > MAX_NAMES) {
+        PyErr_Format(PyExc_ValueError, "%s() reads at most 8 names", fn);
+        return -1;
+    }
+    for (Py_ssize_t k = 0; k < r->names; k++) {
+        PyObject *name = PyTuple_GET_ITEM(names, k);
+        if (!PyUnicode_Check(name)) {
+            PyErr_Format(PyExc_TypeError, "%s() names are str", fn);
+            return -1;
+        }
+        r->name[k] = PyUnicode_AsUTF8AndSize(name, &r->name_len[k]);
+        if (r->name[k] == NULL) {
+            return -1;
+        }
+        r->name_obj[k] = name;
+        r->found_at[k] = -1;
+    }
+    return 0;
+}
+
+/* max_depth read into ``r``; -1 with an error set. */
+static int
+take_depth(Reader *r, PyObject *max_depth, const char *fn)
+{
+    if (!PyLong_Check(max_depth)) {
+        PyErr_Format(PyExc_TypeError, "%s() max_depth is an int", fn);
+        return -1;
+    }
+    r->max_depth = PyLong_AsLong(max_depth);
+    if (r->max_depth == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (r->max_depth < 0 || r->max_depth > MAX_RECURSION) {
+        PyErr_Format(PyExc_ValueError, "%s() max_depth is 0 to 512", fn);
+        return -1;
+    }
+    return 0;
+}
+
+/* The whole text proven as one object read at ``level``: 0, or -1 (not
+ * proven, or r->failed). */
+static status
+whole(Reader *r, enum level level)
+{
+    /* A backslash anywhere: an escape somewhere, read by the full parse. */
+    if (memchr(r->b, '\\', (size_t)r->n) != NULL) {
+        return -1;
+    }
+    skip_space(r);
+    if (r->i >= r->n || r->b[r->i] != '{' || value(r, 0, level) < 0) {
+        return -1;
+    }
+    skip_space(r);
+    return r->i == r->n ? 0 : -1; /* anything after the value: not proven */
+}
+
+static PyObject *
+records_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyBytes_Check(args[0]) || !PyUnicode_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "records_strings() takes (bytes, str, tuple of str, int)");
+        return NULL;
+    }
+    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                .n = PyBytes_GET_SIZE(args[0])};
+    if (take_names(&r, args[2], "records_strings") < 0 ||
+        take_depth(&r, args[3], "records_strings") < 0) {
+        return NULL;
+    }
+    r.items = PyUnicode_AsUTF8AndSize(args[1], &r.items_len);
+    if (r.items == NULL) {
+        return NULL;
+    }
+    const status proven = whole(&r, LIST_TOP);
+    if (r.failed) {
+        Py_XDECREF(r.list);
+        return NULL;
+    }
+    if (proven < 0) {
+        Py_XDECREF(r.list);
+        Py_RETURN_NONE;
+    }
+    PyObject *out = PyDict_New();
+    if (out != NULL && r.list != NULL && PyDict_SetItem(out, args[1], r.list) < 0) {
+        Py_CLEAR(out);
+    }
+    Py_XDECREF(r.list);
+    return out;
+}
+
+static PyObject *
+record_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_Check(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "record_strings() takes (bytes, tuple of str, int)");
+        return NULL;
+    }
+    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
+                .n = PyBytes_GET_SIZE(args[0])};
+    if (take_names(&r, args[1], "record_strings") < 0 ||
+        take_depth(&r, args[2], "record_strings") < 0) {
+        return NULL;
+    }
+    if (whole(&r, TOP) < 0) {
+        Py_RETURN_NONE;
+    }
+    return found_dict(&r);
+}
+
 /* Added to the module by PyInit__native (gateway/core/_native.c). */
 PyMethodDef native_record_methods[] = {
     {"record_strings", (PyCFunction)(void (*)(void))record_strings, METH_FASTCALL,
      "A one-record JSON answer's named string members, where its parse is proven; else None."},
+    {"records_strings", (PyCFunction)(void (*)(void))records_strings, METH_FASTCALL,
+     "A list answer's records' named string members, where its parse is proven; else None."},
     {NULL, NULL, 0, NULL},
 };

@@ -145,34 +145,41 @@ def _check(
         return _withhold("window-invalid")
     requested = resource_id(route, facts)
     tenant = caller.tenant.id
+    holds = relations.holds
     seen: list[str] = []
     for rc in route.records:
         records = _records_of(rc, body)
         if records is None:
             return _withhold("response-malformed")
+        kind, id_field, at_field = rc.kind, rc.id_field, rc.at_field
+        in_window = window.contains if isinstance(window, Window) \
+            and rc.window_field is not None else None
+        window_field = rc.window_field or ""  # read only where in_window is set
+        # A reading's own instant is often its window's stamp too: read once.
+        stamp_is_at = rc.window_field == at_field
         for rec in records:
             # A parsed answer's objects are dicts: the ABC's check only for others.
             if type(rec) is not dict and not isinstance(rec, Mapping):
                 return _withhold("response-malformed")
-            rid = rec.get(rc.id_field)
+            rid = rec.get(id_field)
             if not isinstance(rid, str):
                 return _withhold("response-malformed")
             if rc.same_as_request and rid != requested:
                 return _withhold("record-not-requested", rid)
             at = now
-            if rc.at_field is not None:
-                parsed = _instant(rec, rc.at_field)
+            if at_field is not None:
+                parsed = _instant(rec, at_field)
                 if parsed is None:
                     return _withhold("response-malformed", rid)
                 at = parsed
-            if rc.window_field is not None and isinstance(window, Window):
-                stamp = _instant(rec, rc.window_field)
+            if in_window is not None:
+                stamp = at if stamp_is_at else _instant(rec, window_field)
                 if stamp is None:
                     return _withhold("response-malformed", rid)
-                if not window.contains(stamp):
+                if not in_window(stamp):
                     # D2/D4: nothing outside the window that was decided on.
                     return _withhold("record-outside-window", rid)
-            if relations.holds(rc.kind, rid, tenant, names, at) is None:
+            if holds(kind, rid, tenant, names, at) is None:
                 # SECURITY: D1. One foreign record withholds the whole answer.
                 return _withhold("foreign-record", rid)
             seen.append(rid)

@@ -41,7 +41,10 @@ need not be made into objects at all: :func:`record_strings` (C,
 the standard library reads as an object with every key once, no deeper than
 the limit, and hands back just those strings; for anything outside a plain
 subset (an escape, a byte order mark, NaN, an object of more than 64
-members, ...) it answers None and the caller parses in full.
+members, ...) it answers None and the caller parses in full. A list answer
+is proven the same way by :func:`records_strings` (its specification
+:func:`records_strings_reference`): of each object in the top-level
+object's list member, the named strings.
 
 Both errors are ``ValueError`` subclasses, like ``json.JSONDecodeError``, so a
 caller that maps ``ValueError`` to a 400 stays correct; a caller that wants a
@@ -246,15 +249,11 @@ def _unique_small_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return unique_object(pairs)
 
 
-def record_strings_reference(data: bytes, names: tuple[str, ...],
-                             max_depth: int = MAX_DEPTH) -> dict[str, str] | None:
-    """The specification of ``record_strings`` in gateway/core/_native_record.c:
-    the members of ``data``'s top-level object named in ``names`` whose
-    values are strings, where ``data`` is strict UTF-8 without a byte order
-    mark or a backslash, and the standard library reads it as an object with
-    every key once per object (none of more than :data:`RECORD_MAX_KEYS`
-    members), no NaN or Infinity, nested no deeper than ``max_depth``, and
-    every member named in ``names`` a string; else None."""
+def _proven_object(data: bytes, max_depth: int) -> dict[str, Any] | None:
+    """``data`` read as the standard library reads it, where it is strict
+    UTF-8 without a byte order mark or a backslash, an object with every key
+    once per object (none of more than :data:`RECORD_MAX_KEYS` members), no
+    NaN or Infinity, nested no deeper than ``max_depth``; else None."""
     if b"\\" in data or data.startswith(b"\xef\xbb\xbf"):
         return None
     try:
@@ -268,18 +267,62 @@ def record_strings_reference(data: bytes, names: tuple[str, ...],
                           parse_constant=_refuse_constant)
     except (ValueError, _Unproven, RecursionError):
         return None
-    if type(body) is not dict:
-        return None
+    return body if type(body) is dict else None
+
+
+def _named_strings(record: dict[str, Any], names: tuple[str, ...]) -> dict[str, str] | None:
+    """The members of ``record`` named in ``names``; None if one is no string."""
     found: dict[str, str] = {}
     for name in names:
-        if name in body:
-            if type(body[name]) is not str:
+        if name in record:
+            if type(record[name]) is not str:
                 return None
-            found[name] = body[name]
+            found[name] = record[name]
     return found
 
 
+def record_strings_reference(data: bytes, names: tuple[str, ...],
+                             max_depth: int = MAX_DEPTH) -> dict[str, str] | None:
+    """The specification of ``record_strings`` in gateway/core/_native_record.c:
+    the members of ``data``'s top-level object named in ``names`` whose
+    values are strings, where ``data`` is strict UTF-8 without a byte order
+    mark or a backslash, and the standard library reads it as an object with
+    every key once per object (none of more than :data:`RECORD_MAX_KEYS`
+    members), no NaN or Infinity, nested no deeper than ``max_depth``, and
+    every member named in ``names`` a string; else None."""
+    body = _proven_object(data, max_depth)
+    return None if body is None else _named_strings(body, names)
+
+
+def records_strings_reference(data: bytes, items: str, names: tuple[str, ...],
+                              max_depth: int = MAX_DEPTH
+                              ) -> dict[str, list[dict[str, str]]] | None:
+    """The specification of ``records_strings`` in gateway/core/_native_record.c:
+    ``{items: [...]}``, of each object in the list that is the top-level
+    object's member ``items`` the members named in ``names`` (as
+    :func:`record_strings_reference` reads a record's), in the list's
+    order; ``{}`` when there is no member ``items``. None where the text is
+    not proven as for :func:`record_strings_reference`, ``items`` is no
+    list, one of its elements is no object or one of their named members is
+    no string."""
+    body = _proven_object(data, max_depth)
+    if body is None:
+        return None
+    if items not in body:
+        return {}
+    if type(body[items]) is not list:
+        return None
+    out: list[dict[str, str]] = []
+    for record in body[items]:
+        found = _named_strings(record, names) if type(record) is dict else None
+        if found is None:
+            return None
+        out.append(found)
+    return {items: out}
+
+
 record_strings = None if _native is None else _native.record_strings
+records_strings = None if _native is None else _native.records_strings
 
 
 def has_long_number(data: bytes | bytearray) -> bool:

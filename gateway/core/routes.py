@@ -92,6 +92,11 @@ class Route:
     # (every record check without ``items``, no field rule, nothing to
     # notify), the names of those members; None for any other route.
     record_fields: tuple[str, ...] | None = field(init=False, repr=False, compare=False)
+    # The same for a list answer: for a route of one record check with
+    # ``items`` (no field rule, nothing to notify), that member's name and
+    # the names read of each of its records; None for any other route.
+    listed_fields: tuple[str, tuple[str, ...]] | None = field(
+        init=False, repr=False, compare=False)
     # The route template: the only path-like metric label (bounded). A slot,
     # not a property: it is read twice on every request.
     name: str = field(init=False, repr=False, compare=False)
@@ -104,14 +109,22 @@ class Route:
         if ref is not None and ref.source == "path" and self.window is None:
             fast = (ref.kind, ref.name, id_syntax(ref.kind))
         object.__setattr__(self, "path_resource", fast)
-        fields = None
-        if not self.field_rules and self.notify is None and all(
-                rc.items is None for rc in self.records):
-            named = (n for rc in self.records for n in (rc.id_field, rc.at_field, rc.window_field))
-            fields = tuple(dict.fromkeys(n for n in named if n is not None))
-            if len(fields) > RECORD_MAX_NAMES:
-                fields = None  # more than record_strings reads: the full parse
+        fields = listed = None
+        if not self.field_rules and self.notify is None:
+            if all(rc.items is None for rc in self.records):
+                fields = _read_names(self.records)
+            elif len(self.records) == 1 and (names := _read_names(self.records)) is not None:
+                listed = (self.records[0].items, names)
         object.__setattr__(self, "record_fields", fields)
+        object.__setattr__(self, "listed_fields", listed)
+
+
+def _read_names(records: tuple[RecordCheck, ...]) -> tuple[str, ...] | None:
+    """The fields the response check reads of a record, each once; None
+    where they are more than record_strings reads (the full parse then)."""
+    named = (n for rc in records for n in (rc.id_field, rc.at_field, rc.window_field))
+    fields = tuple(dict.fromkeys(n for n in named if n is not None))
+    return fields if len(fields) <= RECORD_MAX_NAMES else None
 
 
 class RouteMatch(NamedTuple):  # built per request: a tuple is cheaper

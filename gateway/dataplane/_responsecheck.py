@@ -9,8 +9,9 @@ In order (the stage runs after *forward*, see :mod:`gateway.dataplane._pipeline`
    misroute (``response-duplicate-key``). A one-record answer whose check
    reads only top-level strings (``Route.record_fields``), for a caller
    whose answer is not pseudonymised, is proven in one pass in C and only
-   those strings are made (``record_strings``); whatever that does not
-   prove is parsed in full;
+   those strings are made (``record_strings``), and so is a list answer's
+   (``Route.listed_fields``, ``records_strings``: the named strings of
+   each record); whatever that does not prove is parsed in full;
 3. :func:`gateway.core.check.check_response`, record by record; a record
    that is not the caller's is withheld, and an isolation violation
    (``ISOLATION_REASONS``) is counted in
@@ -47,6 +48,7 @@ from gateway.core.jsonlimits import (
     TooDeep,
     loads_limited,
     record_strings,
+    records_strings,
 )
 from gateway.core.model import Caller
 from gateway.core.pseudonym import Pseudonymiser, find_leaks
@@ -99,13 +101,15 @@ class ResponseCheck:
         pseudonymise = caller.tenant.kind == "it-provider" and self.pseudonyms is not None
         raw = upstream.body
         parsed = None
-        fields = route.record_fields
-        if fields is not None and not pseudonymise and record_strings is not None \
-                and type(raw) is bytes:
+        if not pseudonymise and type(raw) is bytes:
             # Only what the check reads (the route has no field rule and
             # nothing to notify, so the body itself is never re-made): the
             # answer goes out as the upstream's bytes, proven here.
-            parsed = record_strings(raw, fields, MAX_DEPTH)
+            fields = route.record_fields
+            if fields is not None and record_strings is not None:
+                parsed = record_strings(raw, fields, MAX_DEPTH)
+            elif (listed := route.listed_fields) is not None and records_strings is not None:
+                parsed = records_strings(raw, listed[0], listed[1], MAX_DEPTH)
         try:
             if parsed is None:
                 parsed = loads_limited(raw, max_depth=MAX_DEPTH)

@@ -122,3 +122,39 @@ def test_a_one_record_route_names_the_strings_its_response_check_reads() -> None
     assert by_name["GET", "/hes/meters/{serial}"].record_fields == ("serial",)
     assert by_name["GET", "/hes/meters"].record_fields is None
     assert all(r.record_fields is None for r in ROUTES if r.field_rules or r.notify)
+
+
+def test_a_list_route_names_its_list_and_the_strings_its_response_check_reads() -> None:
+    """``listed_fields``: the same fast path for a list answer (each record's
+    named strings, proven in C) is for a route of one record check with
+    ``items`` that reads nothing else; any other route parses in full."""
+    from gateway.core.catalog import ROUTES
+    from gateway.core.routes import RecordCheck
+
+    readings = RecordCheck("meter", "meter", items="readings", at_field="timestamp",
+                           window_field="timestamp")
+    assert Route("hes", "GET", "/r", GRANTS, records=(readings,)).listed_fields == (
+        "readings", ("meter", "timestamp"))
+    windowed = RecordCheck("ean", "ean", items="readings", window_field="date")
+    assert Route("hes", "GET", "/r", GRANTS, records=(windowed,)).listed_fields == (
+        "readings", ("ean", "date"))
+    # A one-record route is record_fields', not this; two checks, a field
+    # rule (it edits the body), a notification (it sends the body on): the
+    # full parse.
+    detail = RecordCheck("meter", "serial", same_as_request=True)
+    assert Route("hes", "GET", "/r", GRANTS, records=(detail,)).listed_fields is None
+    assert Route("hes", "GET", "/r", GRANTS).listed_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(readings, windowed)).listed_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(detail, readings)).listed_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(readings,),
+                 field_rules=("clearing.restricted",)).listed_fields is None
+    assert Route("hes", "GET", "/r", GRANTS, records=(readings,),
+                 notify="cmh-status").listed_fields is None
+    by_name = {(r.method, r.template): r for r in ROUTES}
+    assert by_name["GET", "/hes/meters"].listed_fields == ("meters", ("serial",))
+    assert by_name["GET", "/hes/meters/{serial}/readings"].listed_fields == (
+        "readings", ("meter", "timestamp"))
+    assert by_name["GET", "/itsm/tickets"].listed_fields == ("tickets", ("id",))
+    assert by_name["GET", "/hes/meters/{serial}"].listed_fields is None
+    assert all(r.listed_fields is None for r in ROUTES if r.field_rules or r.notify)
+    assert all(r.record_fields is None or r.listed_fields is None for r in ROUTES)

@@ -586,3 +586,92 @@ async def test_a_one_record_answer_is_checked_on_its_own_id(
     problem = await refused(p, f"/hes/meters/{ORES_METER}", 502)
     assert FLUVIUS_METER not in json.dumps(problem)
     assert event_of(p, problem["incident"])["reason"] == reason
+
+
+# -- a list answer proven without being made (Route.listed_fields) ----------------------
+
+
+def meters(*records: str) -> bytes:
+    return ('{"meters": [' + ", ".join(records) + "]}").encode()
+
+
+@pytest.mark.parametrize("raw", [
+    # Spaced oddly, a record's id also inside a nested object (not the
+    # record's), non-ASCII text: relayed as they came.
+    f'{{ "meters" :[ {{"serial" :"{ORES_METER}", "paired": {{"serial": "{FLUVIUS_METER}"}},'
+    f' "note": "caf\u00e9"}} ,\n{{"utility": "gas", "serial": "{ORES_METER}"}} ] ,'
+    f' "serial": "{FLUVIUS_METER}", "n": [1.5e3, -0, true, null]}}'.encode(),
+    b'{"meters": []}',
+    # An escape: not proven in one pass; the full parse takes it.
+    meters(f'{{"serial": "{ORES_METER}", "note": "a \\"quoted\\" \\u00e9"}}'),
+])
+async def test_a_list_answer_is_relayed_as_the_upstreams_bytes(begin: Begin, raw: bytes) -> None:
+    p = await begin(answer(raw))
+    async with p.session.get(f"{p.url}/hes/meters") as resp:
+        assert resp.status == 200
+        assert await resp.read() == raw
+
+
+@pytest.mark.parametrize(("raw", "reason"), [
+    (meters(f'{{"serial": "{ORES_METER}"}}', f'{{"serial": "{FLUVIUS_METER}"}}'),
+     "foreign-record"),
+    (meters(f'{{"serial": "{FLUVIUS_METER}"}}', f'{{"serial": "{ORES_METER}"}}'),
+     "foreign-record"),
+    (meters(f'{{"serial": "{ORES_METER}"}}', f'{{"paired": {{"serial": "{ORES_METER}"}}}}'),
+     "response-malformed"),  # a record whose id is only in a nested object: none
+    (meters(f'{{"serial": ["{ORES_METER}"]}}'), "response-malformed"),
+    (meters(f'{{"serial": "{ORES_METER}"}}', f'"{ORES_METER}"'), "response-malformed"),
+    (meters(f'{{"serial": "{ORES_METER}"}}', "null"), "response-malformed"),
+    (f'{{"meters": {{"serial": "{ORES_METER}"}}}}'.encode(), "response-malformed"),
+    (f'{{"serial": "{ORES_METER}"}}'.encode(), "response-malformed"),  # no list at all
+    # A record nested one deeper than the limit (the list 2, a record 3).
+    (meters(f'{{"serial": "{ORES_METER}", "d": ' + "[" * (MAX_DEPTH - 2)
+            + "]" * (MAX_DEPTH - 2) + "}"), "upstream-json-too-deep"),
+    # SECURITY: D1. A key twice: in a record, or the list itself twice.
+    (meters(f'{{"serial": "{ORES_METER}", "serial": "{FLUVIUS_METER}"}}'),
+     "response-duplicate-key"),
+    (meters(f'{{"serial": "{ORES_METER}"}}')[:-1]
+     + f', "meters": [{{"serial": "{FLUVIUS_METER}"}}]}}'.encode(), "response-duplicate-key"),
+])
+async def test_a_list_answer_is_checked_record_by_record(
+        begin: Begin, raw: bytes, reason: str) -> None:
+    """D1: each record of the list is checked on its own id, whatever a
+    nested object or a top-level member holds; one that is not the
+    caller's, or not readable as a record, withholds the whole answer."""
+    p = await begin(answer(raw))
+    problem = await refused(p, "/hes/meters", 502)
+    assert FLUVIUS_METER not in json.dumps(problem)
+    assert event_of(p, problem["incident"])["reason"] == reason
+
+
+HANDOVER = NOW - timedelta(hours=2)  # the meter became ORES's at 07:00 on the day asked for
+MOVED_FEED = (Relation("meter", ORES_METER, "fluvius", "owner", SINCE, HANDOVER),
+              Relation("meter", ORES_METER, "ores", "owner", HANDOVER), *FEED[1:])
+
+
+def readings(*stamps: str) -> Callable[[Sent], UpstreamResponse]:
+    return answer(json.dumps({"meter": ORES_METER, "readings": [
+        {"meter": ORES_METER, "timestamp": stamp, "value": 1.5} for stamp in stamps]}).encode())
+
+
+@pytest.mark.parametrize(("stamps", "reason"), [
+    (("2026-06-15T07:00:00+00:00", "2026-06-15T23:45:00+00:00"), None),
+    # Within the day asked for, but before the meter was ORES's: Fluvius's
+    # reading (D1, the relation at the record's own instant).
+    (("2026-06-15T07:00:00+00:00", "2026-06-15T06:45:00+00:00"), "foreign-record"),
+    # Outside the day asked for (D2/D4), ORES's meter or not.
+    (("2026-06-15T08:00:00+00:00", "2026-06-16T00:00:00+00:00"), "record-outside-window"),
+    (("2026-06-14T23:45:00+00:00",), "record-outside-window"),
+    (("2026-06-15T08:00:00+00:00", "yesterday"), "response-malformed"),
+])
+async def test_a_readings_answer_is_checked_at_each_readings_own_instant(
+        begin: Begin, stamps: tuple[str, ...], reason: str | None) -> None:
+    p = await begin(readings(*stamps), relations=MOVED_FEED)
+    path = f"/hes/meters/{ORES_METER}/readings?date=2026-06-15"
+    if reason is None:
+        async with p.session.get(f"{p.url}{path}") as resp:
+            assert resp.status == 200
+            assert [r["timestamp"] for r in (await resp.json())["readings"]] == list(stamps)
+        return
+    problem = await refused(p, path, 502)
+    assert event_of(p, problem["incident"])["reason"] == reason
