@@ -19,6 +19,10 @@
  *   response_head, request_head, answer_head
  *                  the data plane's HTTP/1.1 wire forms, in
  *                  gateway/core/_native_wire.c (its header says whose);
+ *   record_strings, records_strings
+ *                  the response check's proof of an answer, in
+ *                  gateway/core/_native_record.c (record_strings_reference,
+ *                  records_strings_reference of gateway/core/jsonlimits.py);
  *   route_days     the columnar push's common meter-day, _route_day of
  *                  gateway/core/push/days.py, in gateway/core/_native_days.c.
  *
@@ -34,6 +38,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <datetime.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -392,7 +397,8 @@ PyTypeObject ProbeType = {
    gateway/core/relations/index.py in one C call. probes maps a resource kind
    to its Probe, tenant_of a tenant id to its index in the snapshot, names is
    the snapshot's relation names (at most 64), micros turns an instant into
-   microseconds since the epoch (snapshot.micros). */
+   microseconds since the epoch (snapshot.micros; a datetime in UTC, as
+   parse_instant and the clock give them, is counted here: utc_micros). */
 typedef struct {
     PyObject_HEAD
     PyObject *probes;
@@ -408,6 +414,39 @@ typedef struct {
 } HoldsObject;
 
 #define MAX_MASKS 1024
+
+/* Days from 1970-01-01 to the proleptic Gregorian date y-m-d (any year of a
+   datetime, 1 to 9999): H. Hinnant's days_from_civil, for years from 1 on
+   (a year counted from March is 0 or more, so its era is a plain quotient). */
+static int64_t
+days_from_civil(int64_t y, int m, int d)
+{
+    y -= m <= 2;
+    const int64_t era = y / 400;
+    const int64_t yoe = y - era * 400;                           /* [0, 399] */
+    const int64_t doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1; /* [0, 365] */
+    const int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;   /* [0, 146096] */
+    return era * 146097 + doe - 719468;
+}
+
+/* snapshot.micros(at) without a Python call where ``at`` is a datetime (not
+   a subclass) whose tzinfo is datetime.UTC: its fields are the instant.
+   0 with *us set; 1 where it is anything else (the caller asks micros). */
+static int
+utc_micros(PyObject *at, int64_t *us)
+{
+    if (!PyDateTime_CheckExact(at) || !((PyDateTime_DateTime *)at)->hastzinfo ||
+        PyDateTime_DATE_GET_TZINFO(at) != PyDateTime_TimeZone_UTC) {
+        return 1;
+    }
+    const int64_t days = days_from_civil(PyDateTime_GET_YEAR(at), PyDateTime_GET_MONTH(at),
+                                         PyDateTime_GET_DAY(at));
+    const int64_t seconds = days * 86400 + PyDateTime_DATE_GET_HOUR(at) * 3600 +
+                            PyDateTime_DATE_GET_MINUTE(at) * 60 +
+                            PyDateTime_DATE_GET_SECOND(at);
+    *us = seconds * 1000000 + PyDateTime_DATE_GET_MICROSECOND(at);
+    return 0;
+}
 
 static void
 Holds_dealloc(HoldsObject *self)
@@ -544,7 +583,10 @@ Holds_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
         Py_XDECREF(encoded);
         return NULL;
     }
-    if (at != self->last_at) { /* every check of one request asks with the same now */
+    if (at != self->last_at && utc_micros(at, &self->last_us) == 0) {
+        /* An instant in UTC: counted here (each record of a list its own). */
+        Py_XSETREF(self->last_at, Py_NewRef(at));
+    } else if (at != self->last_at) { /* every check of one request asks with the same now */
         PyObject *us = PyObject_CallOneArg(self->micros, at);
         if (us == NULL) {
             Py_XDECREF(encoded);
@@ -970,6 +1012,10 @@ PyMODINIT_FUNC
 PyInit__native(void)
 {
     crc_init();
+    PyDateTime_IMPORT;
+    if (PyDateTimeAPI == NULL) {
+        return NULL;
+    }
     if (native_days_init() < 0 || PyType_Ready(&ProbeType) < 0 ||
         PyType_Ready(&HoldsType) < 0) {
         return NULL;

@@ -4,7 +4,7 @@ replaced, and refuses a damaged file (fail closed)."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from zlib import crc32
 
@@ -121,6 +121,35 @@ def test_validity_window_edges() -> None:
     # Another time zone is the same instant.
     brussels = start.astimezone(__import__("zoneinfo").ZoneInfo("Europe/Brussels"))
     assert index.find("ean", "E1", "lumen", names, brussels) is not None
+
+
+_US = timedelta(microseconds=1)
+_FIRST = datetime(1, 1, 1, tzinfo=UTC)
+_LAST = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.sampled_from([_FIRST + _US, datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+                     datetime(1970, 1, 1, tzinfo=UTC), datetime(1600, 2, 29, 12, tzinfo=UTC),
+                     datetime(2000, 2, 29, tzinfo=UTC), datetime(2100, 3, 1, tzinfo=UTC),
+                     datetime(2024, 12, 31, 23, 59, 59, 999999, tzinfo=UTC), _LAST - _US]),
+    st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                 timezones=st.just(UTC))))
+def test_an_instant_is_read_to_the_microsecond_in_any_year(at: datetime) -> None:
+    """A relation of one microsecond holds at that instant and not one
+    microsecond either side, whichever year, and whether the instant is
+    given in UTC (which the C lookup counts itself) or in another zone."""
+    index = RelationIndex([Relation("meter", "M1", "ores", "owner", at, at + _US)])
+    owner = frozenset({"owner"})
+    assert index.holds("meter", "M1", "ores", owner, at - _US) is None
+    assert index.holds("meter", "M1", "ores", owner, at) == "owner"
+    assert index.holds("meter", "M1", "ores", owner, at + _US) is None
+    if datetime(2, 1, 1, tzinfo=UTC) < at < datetime(9999, 1, 1, tzinfo=UTC):
+        east = timezone(timedelta(hours=5, minutes=30))
+        assert index.holds("meter", "M1", "ores", owner, at.astimezone(east)) == "owner"
+        assert index.holds("meter", "M1", "ores", owner,
+                           (at + _US).astimezone(east)) is None
 
 
 def test_found_relation_is_a_plain_relation() -> None:
