@@ -859,33 +859,46 @@ cut_values(PyObject *module, PyObject *text)
     return out;
 }
 
+/* A digit, JSON's white space: the runs of a values array, by a table. */
+static const unsigned char digit_byte[256] = {
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
+    ['7'] = 1, ['8'] = 1, ['9'] = 1,
+};
+static const unsigned char json_ws_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
+
 /* The count of its numbers when ``s[0:n]`` is a non-empty JSON array (RFC
    8259) of numbers that are finite as floats, 0 when not, -1 on error. A number without an exponent
    and with at most 308 digits before its point is below 1e309 and finite as
    it stands; any other is read as Python reads a float (correctly rounded,
-   whatever the locale) and must not overflow. */
+   whatever the locale) and must not overflow.
+
+   The text ends with ']' (checked first), and every step below passes only
+   bytes that are not ']' (a digit, white space, '-', '.', 'e', '+', ','):
+   so no read reaches past s[n - 1], and no run needs a bound of its own. */
 static Py_ssize_t
 finite_number_array(const char *s, Py_ssize_t n)
 {
+    const unsigned char *b = (const unsigned char *)s;
     Py_ssize_t i = 0, count = 0;
-    if (n < 2 || s[0] != '[') {
+    if (n < 2 || b[0] != '[' || b[n - 1] != ']') {
         return 0;
     }
     i = 1;
     for (;; count++) {
-        while (i < n && is_json_ws((unsigned char)s[i])) {
+        while (json_ws_byte[b[i]]) {
             i++;
         }
         Py_ssize_t start = i;
-        if (i < n && s[i] == '-') {
+        if (b[i] == '-') {
             i++;
         }
         Py_ssize_t int_start = i;
-        if (i < n && s[i] == '0') {
+        if (b[i] == '0') {
             i++;
         }
-        else if (i < n && s[i] >= '1' && s[i] <= '9') {
-            while (i < n && s[i] >= '0' && s[i] <= '9') {
+        else if (b[i] >= '1' && b[i] <= '9') {
+            i++;
+            while (digit_byte[b[i]]) {
                 i++;
             }
         }
@@ -893,10 +906,10 @@ finite_number_array(const char *s, Py_ssize_t n)
             return 0; /* no number where one must be (an empty array too) */
         }
         Py_ssize_t int_digits = i - int_start;
-        if (i < n && s[i] == '.') {
+        if (b[i] == '.') {
             i++;
             Py_ssize_t frac = i;
-            while (i < n && s[i] >= '0' && s[i] <= '9') {
+            while (digit_byte[b[i]]) {
                 i++;
             }
             if (i == frac) {
@@ -904,14 +917,14 @@ finite_number_array(const char *s, Py_ssize_t n)
             }
         }
         int exponent = 0;
-        if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        if (b[i] == 'e' || b[i] == 'E') {
             exponent = 1;
             i++;
-            if (i < n && (s[i] == '+' || s[i] == '-')) {
+            if (b[i] == '+' || b[i] == '-') {
                 i++;
             }
             Py_ssize_t digits = i;
-            while (i < n && s[i] >= '0' && s[i] <= '9') {
+            while (digit_byte[b[i]]) {
                 i++;
             }
             if (i == digits) {
@@ -932,14 +945,15 @@ finite_number_array(const char *s, Py_ssize_t n)
                 return 0;
             }
         }
-        while (i < n && is_json_ws((unsigned char)s[i])) {
+        while (json_ws_byte[b[i]]) {
             i++;
         }
-        if (i < n && s[i] == ',') {
+        if (b[i] == ',') {
             i++;
             continue;
         }
-        return i == n - 1 && s[i] == ']' ? count + 1 : 0;
+        /* The closing bracket, and the text's last byte (s[n - 1] is one). */
+        return i == n - 1 ? count + 1 : 0;
     }
 }
 

@@ -315,7 +315,7 @@ def test_finite_number_counts_at_the_edges() -> None:
               "[123456789012345678901234567890]": 1}
     not_finite = ["[]", "[ ]", "[1,]", "[,1]", "[1 2]", "[01]", "[1.]", "[.5]", "[+1]",
                   "[1e999]", "[-1E400]", "[2" + "0" * 308 + "]", "[1.7976931348623159e308]",
-                  "[1", "1]", "[1]]", "[\u00b9]"]
+                  "[1", "1]", "[1]]", "[\u00b9]", "[1x", "[1, 2}", "[0 ", "[1]\n"]
     for text, count in finite.items():
         assert native.finite_number_counts([text]) == [count], text
         assert scan.finite_number_counts_reference([text]) == [count], text
