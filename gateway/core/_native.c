@@ -583,20 +583,22 @@ Holds_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObj
         Py_XDECREF(encoded);
         return NULL;
     }
-    if (at != self->last_at && utc_micros(at, &self->last_us) == 0) {
-        /* An instant in UTC: counted here (each record of a list its own). */
-        Py_XSETREF(self->last_at, Py_NewRef(at));
-    } else if (at != self->last_at) { /* every check of one request asks with the same now */
-        PyObject *us = PyObject_CallOneArg(self->micros, at);
-        if (us == NULL) {
-            Py_XDECREF(encoded);
-            return NULL;
-        }
-        long long value = PyLong_AsLongLong(us);
-        Py_DECREF(us);
-        if (value == -1 && PyErr_Occurred()) {
-            Py_XDECREF(encoded);
-            return NULL;
+    /* Every check of one request asks with the same now; each record of a
+       list at its own instant, in UTC (counted here, no call of micros). */
+    if (at != self->last_at) {
+        int64_t value;
+        if (utc_micros(at, &value) != 0) {
+            PyObject *us = PyObject_CallOneArg(self->micros, at);
+            if (us == NULL) {
+                Py_XDECREF(encoded);
+                return NULL;
+            }
+            value = PyLong_AsLongLong(us);
+            Py_DECREF(us);
+            if (value == -1 && PyErr_Occurred()) {
+                Py_XDECREF(encoded);
+                return NULL;
+            }
         }
         Py_XSETREF(self->last_at, Py_NewRef(at));
         self->last_us = value;

@@ -468,10 +468,13 @@ records(Reader *r, long depth)
     }
 }
 
-/* The names argument read into ``r``; -1 with an error set. */
+/* The arguments both functions share read into ``r``: the text (bytes,
+   checked by the caller), the names and max_depth; -1 with an error set. */
 static int
-take_names(Reader *r, PyObject *names, const char *fn)
+take_args(Reader *r, PyObject *data, PyObject *names, PyObject *max_depth, const char *fn)
 {
+    r->b = (const unsigned char *)PyBytes_AS_STRING(data);
+    r->n = PyBytes_GET_SIZE(data);
     if (!PyTuple_Check(names)) {
         PyErr_Format(PyExc_TypeError, "%s() names are a tuple of str", fn);
         return -1;
@@ -494,13 +497,6 @@ take_names(Reader *r, PyObject *names, const char *fn)
         r->name_obj[k] = name;
         r->found_at[k] = -1;
     }
-    return 0;
-}
-
-/* max_depth read into ``r``; -1 with an error set. */
-static int
-take_depth(Reader *r, PyObject *max_depth, const char *fn)
-{
     if (!PyLong_Check(max_depth)) {
         PyErr_Format(PyExc_TypeError, "%s() max_depth is an int", fn);
         return -1;
@@ -541,10 +537,8 @@ records_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t n
                         "records_strings() takes (bytes, str, tuple of str, int)");
         return NULL;
     }
-    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
-                .n = PyBytes_GET_SIZE(args[0])};
-    if (take_names(&r, args[2], "records_strings") < 0 ||
-        take_depth(&r, args[3], "records_strings") < 0) {
+    Reader r = {0};
+    if (take_args(&r, args[0], args[2], args[3], "records_strings") < 0) {
         return NULL;
     }
     r.items = PyUnicode_AsUTF8AndSize(args[1], &r.items_len);
@@ -575,10 +569,8 @@ record_strings(PyObject *Py_UNUSED(module), PyObject *const *args, Py_ssize_t na
         PyErr_SetString(PyExc_TypeError, "record_strings() takes (bytes, tuple of str, int)");
         return NULL;
     }
-    Reader r = {.b = (const unsigned char *)PyBytes_AS_STRING(args[0]),
-                .n = PyBytes_GET_SIZE(args[0])};
-    if (take_names(&r, args[1], "record_strings") < 0 ||
-        take_depth(&r, args[2], "record_strings") < 0) {
+    Reader r = {0};
+    if (take_args(&r, args[0], args[1], args[2], "record_strings") < 0) {
         return NULL;
     }
     if (whole(&r, TOP) < 0) {
