@@ -877,7 +877,7 @@ static const unsigned char json_ws_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 
    The text ends with ']' (checked first), and every step below passes only
    bytes that are not ']' (a digit, white space, '-', '.', 'e', '+', ','):
    so no read reaches past s[n - 1], and no run needs a bound of its own. */
-static Py_ssize_t
+Py_ssize_t
 finite_number_array(const char *s, Py_ssize_t n)
 {
     const unsigned char *b = (const unsigned char *)s;

@@ -36,6 +36,11 @@ int probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_
    A-Z) for a str: 1 or 0. */
 int meter_serial_ok(PyObject *value);
 
+/* The count of its numbers when ``s[0:n]`` is a non-empty JSON array of
+   numbers finite as floats (scan.py's finite_number_counts_reference for
+   one array), 0 when not, -1 on error. */
+Py_ssize_t finite_number_array(const char *s, Py_ssize_t n);
+
 /* gateway/core/_native_wire.c: the data plane's wire forms. */
 extern PyMethodDef native_wire_methods[];
 

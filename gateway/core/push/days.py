@@ -60,7 +60,14 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial, obis_key, obis_units
+from gateway.core.identifiers import (
+    is_plain_id,
+    is_valid_ean,
+    is_valid_meter_serial,
+    obis_key,
+    obis_units,
+)
+from gateway.core.jsonlimits import MAX_DEPTH, unique_object
 from gateway.core.meters import AIRPLANE_MODE
 from gateway.core.native import native as _native
 from gateway.core.push.records import (
@@ -242,13 +249,10 @@ class _Days:
         return text[open_at:close_at + 1]
 
 
-def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | None:
-    """``route_days`` of gateway/core/_native_days.c over ``st``: from a
-    meter-day index on, the meter-days :func:`_route_day` would send whole
-    to their owner, with the same effects on ``st``, up to the first it
-    leaves to it (which then fills the caches the C reads: a start, an OBIS
-    code, a quality string met for the first time). None where the C module
-    was not built or the owners are read in Python."""
+def _native_context(st: _Days) -> tuple[Any, ...] | None:
+    """What the C router reads and fills of ``st`` (gateway/core/_native_days.c:
+    its caches, its parts, the owner relation's probe of the snapshot). None
+    where the C module was not built or the owners are read in Python."""
     if _native is None or st.relations.native_span(
             "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
         return None
@@ -256,10 +260,70 @@ def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | Non
     if args is None:
         return None
     probe, o, f, wildcard, tenants = args
-    context = (_MEMBERS, st.starts, st.obis, st.qualities, st.seen, st.owners,
-               st.parts, st.readings, st.latest, MAX_VALUES, MAX_INTERVAL_S,
-               probe, o, f, wildcard, _MIN, _MAX, tenants)
+    return (_MEMBERS, st.starts, st.obis, st.qualities, st.seen, st.owners,
+            st.parts, st.readings, st.latest, MAX_VALUES, MAX_INTERVAL_S,
+            probe, o, f, wildcard, _MIN, _MAX, tenants)
+
+
+def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | None:
+    """``route_days`` of gateway/core/_native_days.c over ``st``: from a
+    meter-day index on, the meter-days :func:`_route_day` would send whole
+    to their owner, with the same effects on ``st``, up to the first it
+    leaves to it (which then fills the caches the C reads: a start, an OBIS
+    code, a quality string met for the first time). None where the C module
+    was not built or the owners are read in Python."""
+    context = _native_context(st)
+    if context is None or _native is None:
+        return None
     return partial(_native.route_days, context)
+
+
+def route_posted_days(raw: bytes, relations: RelationIndex, now: datetime, *,
+                      max_meter_days: int = 200_000,
+                      max_depth: int = MAX_DEPTH) -> RoutedDays | None:
+    """:func:`route_meter_days` of ``scan_days(raw.decode(), max_depth)``,
+    read and routed in one pass in C (``route_posted``,
+    gateway/core/_native_days.c): the batch's text is not decoded, cut or
+    parsed into objects; each meter-day in the common form goes whole to its
+    owner from the posted bytes, and every other one is parsed alone and
+    routed by :func:`_route_day`, in its turn, as the general path would.
+
+    None when the C does not take the body (it takes the common spelling
+    only: printable ASCII strings without escapes, flat meter-days, a
+    top level of string members and ``meter_days``; see the C) or the batch
+    would be refused (its id, its size): the caller parses and routes it as
+    before, so every error and every outcome is that path's.
+    tests/core/push/test_days_posted.py holds the two to each other."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if type(raw) is not bytes:
+        return None
+    st = _Days(relations, now, None, None)
+    context = _native_context(st)
+    if context is None or _native is None:
+        return None
+
+    def leave(index: int, start: int, end: int, values_start: int, values_end: int,
+              count: int) -> int | None:
+        try:
+            day = json.loads(raw[start:end], object_pairs_hook=unique_object)
+            if values_start >= 0:  # scan_days' pair: the values as posted, and checked
+                array = raw[values_start:values_end].decode("ascii")
+                day["values"] = (array, count if count > 0 else json.loads(array))
+        except ValueError:  # a repeated member, a values array that is no JSON
+            return None
+        return _route_day(st, index, day)
+
+    got = _native.route_posted(context, raw, max_depth, max_meter_days, leave)
+    if got is None:
+        return None
+    batch_id, days, received = got
+    if not is_plain_id(batch_id):
+        return None  # refused by the general path (bad-batch-id)
+    parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
+             for tenant, texts in st.parts.items()}
+    return RoutedDays(batch_id, MappingProxyType(parts), tuple(st.quarantined), received,
+                      days)
 
 
 def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,

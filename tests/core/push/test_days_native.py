@@ -166,6 +166,7 @@ def _both_ways(day: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Counter[
     """Route a primer (``day`` on a meter of its own, so the caches hold its
     start, code and quality and only the meter differs) and ``day``, with the
     C and without; the same result. Returns which meter-days Python routed."""
+    day = dict(day)  # the parameter lists are shared (test_days_posted.py)
     meter = day.pop("meter", METER_ORES)
     text = _batch([common(OWN[0], **day), common(meter, **day)])
     called = counting(monkeypatch, days_module, "_route_day", key=lambda args: args[1])
@@ -175,7 +176,8 @@ def _both_ways(day: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Counter[
     return taken
 
 
-@pytest.mark.parametrize("day", [
+# Meter-days that are not "the whole day to its owner" (or not the common form).
+LEFT_TO_PYTHON: list[dict[str, Any]] = [
     {"operator": "fluvius"},  # a label that names another (D1)
     {"operator": 5},
     {"meter": METER_AIRPLANE, "start": SWITCH.isoformat()},  # D5: silenced
@@ -198,15 +200,9 @@ def _both_ways(day: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Counter[
     {"start": _LAST_PAST_LATEST},  # the last reading a second in the future
     {"start": "2026-06-13T00:00:00"},  # no offset
     {"n": 1441, "interval": 60},
-])
-def test_what_the_c_leaves_to_python(day: dict[str, Any],
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each meter-day that is not "the whole day to its owner" goes to
-    _route_day, even with every cache holding what it reads."""
-    assert _both_ways(day, monkeypatch)[1] == 1, "the C took a meter-day it must leave"
-
-
-@pytest.mark.parametrize("day", [
+]
+# Meter-days in the common form that go whole to their owner.
+TAKEN_IN_C: list[dict[str, Any]] = [
     {},
     {"operator": "ores"},  # the label names the owner
     {"operator": None},
@@ -217,7 +213,18 @@ def test_what_the_c_leaves_to_python(day: dict[str, Any],
     {"quality": "01029901"},
     {"meter": METER_MOVED, "start": SWITCH.isoformat()},  # from the owner change on
     {"meter": METER_AIRPLANE, "start": (SWITCH + timedelta(hours=6)).isoformat()},
-])
+]
+
+
+@pytest.mark.parametrize("day", LEFT_TO_PYTHON)
+def test_what_the_c_leaves_to_python(day: dict[str, Any],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each meter-day that is not "the whole day to its owner" goes to
+    _route_day, even with every cache holding what it reads."""
+    assert _both_ways(day, monkeypatch)[1] == 1, "the C took a meter-day it must leave"
+
+
+@pytest.mark.parametrize("day", TAKEN_IN_C)
 def test_what_the_c_takes(day: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     assert _both_ways(day, monkeypatch)[1] == 0, "the C left a common meter-day to Python"
 
