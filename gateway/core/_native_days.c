@@ -530,8 +530,8 @@ route_days(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
    numbers only is "cut" as scan_days cuts it (its span is handed over) and
    counted by finite_number_array. */
 
-/* JSON's white space; a byte a string may hold as it stands (printable
-   ASCII but the quote and the backslash); a digit. Each is 0 at the body's
+/* JSON's white space; a byte a string may hold as it stands (ASCII from
+   the space on, but the quote and the backslash); a digit. Each is 0 at the body's
    terminating NUL (a bytes object has one), so no scan runs past the end. */
 static const unsigned char space_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 static unsigned char plain_byte[256];
@@ -549,7 +549,7 @@ static const unsigned char number_byte[256] = {
 static void
 plain_init(void)
 {
-    for (int b = 0x20; b < 0x7f; b++) {
+    for (int b = 0x20; b <= 0x7f; b++) {
         plain_byte[b] = b != '"' && b != '\\';
     }
 }

@@ -162,13 +162,21 @@ _LAST_AT_LATEST = (LATEST - timedelta(seconds=3 * 900)).isoformat()  # 4 reading
 _LAST_PAST_LATEST = (LATEST - timedelta(seconds=3 * 900 - 1)).isoformat()
 
 
+def primer(day: dict[str, Any]) -> str:
+    """A meter-day of its own meter with ``day``'s start, register, unit,
+    count and quality (which _route_day then caches, whatever it makes of
+    the day) and none of its other members (which may stop it before)."""
+    return common(OWN[0], **{k: v for k, v in day.items()
+                             if k in ("start", "obis", "unit", "n", "interval", "quality")})
+
+
 def _both_ways(day: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Counter[Any]:
-    """Route a primer (``day`` on a meter of its own, so the caches hold its
-    start, code and quality and only the meter differs) and ``day``, with the
+    """Route a primer (:func:`primer`, so the caches hold its start, code and
+    quality and only the meter and the odd members differ) and ``day``, with the
     C and without; the same result. Returns which meter-days Python routed."""
     day = dict(day)  # the parameter lists are shared (test_days_posted.py)
     meter = day.pop("meter", METER_ORES)
-    text = _batch([common(OWN[0], **day), common(meter, **day)])
+    text = _batch([primer(day), common(meter, **day)])
     called = counting(monkeypatch, days_module, "_route_day", key=lambda args: args[1])
     fast = _route(text, fast=True, monkeypatch=monkeypatch)
     taken = Counter(called)
@@ -195,6 +203,8 @@ LEFT_TO_PYTHON: list[dict[str, Any]] = [
     {"interval": 86_401, "n": 1},
     {"interval": "900"},
     {"interval": True},
+    {"interval": 900.0},  # a float, though a whole one
+    {"operator": False},
     {"quality": "01010177"},
     {"quality": ["01"] * 4},
     {"start": _LAST_PAST_LATEST},  # the last reading a second in the future

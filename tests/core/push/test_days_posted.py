@@ -37,6 +37,7 @@ from tests.core.push.test_days_native import (
     _same,
     batches,
     common,
+    primer,
 )
 
 pytestmark = pytest.mark.skipif(native is None, reason="gateway.core._native is not built")
@@ -119,32 +120,55 @@ _DAMAGE = ['"', "\\", "{", "}", "[", "]", ",", ":", "-", "0", "e", "\u00e9", "\x
 
 
 @_SETTINGS
-@given(text=batches(), at=st.floats(0, 1), cut=st.booleans(), damage=st.sampled_from(_DAMAGE))
+@given(text=batches(), at=st.floats(0, 1), how=st.sampled_from(["cut", "insert", "replace"]),
+       damage=st.sampled_from(_DAMAGE))
 def test_a_damaged_body_is_never_taken_where_the_general_path_refuses_it(
-        text: str, at: float, cut: bool, damage: str) -> None:
+        text: str, at: float, how: str, damage: str) -> None:
     i = int(at * len(text))
-    _agrees((text[:i] if cut else text[:i] + damage + text[i:]).encode("utf-8",
-                                                                       "surrogatepass"))
+    damaged = {"cut": text[:i], "insert": text[:i] + damage + text[i:],
+               "replace": text[:i] + damage + text[i + 1:]}[how]
+    _agrees(damaged.encode("utf-8", "surrogatepass"))
+
+
+def _second(day: str, old: str, new: str) -> bytes:
+    """A batch of a primer (so that the caches hold what the C reads) and
+    ``day`` with ``old`` replaced: the C reads the second meter-day itself."""
+    assert old in day
+    return _batch([common(OWN[1]), day.replace(old, new, 1)]).encode()
+
+
+_TOP = _batch([common(OWN[1]), common(OWN[0])])
 
 
 @pytest.mark.parametrize("body", [
     # the general path refuses each: a key twice, no meter_days, a bad id,
     # another format, an id that is no string, trailing data, no object
-    _batch([common(OWN[0])]).replace('"batch_id": "b-1"', '"batch_id": "b-1", "batch_id": "b-2"'),
-    _batch([common(OWN[0])]).replace('"meter_days"', '"meter_dayz"'),
-    _batch([common(OWN[0])]).replace('"b-1"', '"b 1"'),
-    _batch([common(OWN[0])]).replace(FORMAT, "meter-days/v2"),
-    _batch([common(OWN[0])]).replace('"b-1"', "1"),
-    _batch([common(OWN[0])]) + "x",
-    "[" + _batch([common(OWN[0])]) + "]",
-    _batch([common(OWN[0]).replace('"unit"', '"unit": "kWh", "unit"')]),
-    _batch([common(OWN[0]).replace('"values"', '"x": 1, "x": 2, "values"')]),
-    _batch([common(OWN[0]).replace('"values": [', '"values": [1,,')]),
-    _batch([common(OWN[0]).replace('"values": [', '"values": [01, ')]),
+    _TOP.replace('"batch_id": "b-1"', '"batch_id": "b-1", "batch_id": "b-2"').encode(),
+    _TOP.replace('"meter_days"', '"meter_dayz"').encode(),
+    _TOP.replace('"b-1"', '"b 1"').encode(),
+    _TOP.replace(FORMAT, "meter-days/v2").encode(),
+    _TOP.replace('"b-1"', "1").encode(),
+    (_TOP + "x").encode(),
+    (_TOP[:-2] + "}}").encode(),  # the list closed by the wrong bracket
+    ("[" + _TOP + "]").encode(),
+    # a string no JSON parser reads: a control character, a byte that is
+    # no UTF-8, an escape JSON does not have, a backslash before a comma
+    _TOP.replace('"batch_id"', '"source": "h\x01es", "batch_id"').encode(),
+    _TOP.replace('"batch_id"', '"source": "h\x80es", "batch_id"').encode("latin-1"),
+    _TOP.replace('"batch_id"', '"source": "\\x", "batch_id"').encode(),
+    _TOP.replace('"batch_id"', '"source": "a\\, "s": "b", "batch_id"').encode(),
+    # in a meter-day the C reads itself: a member twice, a values array
+    # that is no JSON, a meter-day closed by the wrong bracket
+    _second(common(OWN[0]), '"unit"', '"unit": "kWh", "unit"'),
+    _second(common(OWN[0]), '"values"', '"x": 1, "x": 2, "values"'),
+    _second(common(OWN[0]), '"values": [', '"values": [1,,'),
+    _second(common(OWN[0]), '"values": [', '"values": [01, '),
+    _second(common(OWN[0]), "]}", "]]"),
+    _second(common(OWN[0]), '"kWh"', '"kWh\x01"'),
 ])
-def test_a_body_the_general_path_refuses_is_not_taken(body: str) -> None:
-    assert not isinstance(_general(body.encode()), RoutedDays)
-    assert route_posted_days(body.encode(), WORLD, NOW) is None
+def test_a_body_the_general_path_refuses_is_not_taken(body: bytes) -> None:
+    assert not isinstance(_general(body), RoutedDays)
+    assert route_posted_days(body, WORLD, NOW) is None
 
 
 @pytest.mark.parametrize("body", [
@@ -217,7 +241,7 @@ def test_what_the_posted_reader_leaves_to_python(day: dict[str, Any],
     """The meter-days route_days leaves to _route_day, the reader leaves too."""
     day = dict(day)
     meter = day.pop("meter", OWN[1])
-    raw = _batch([common(OWN[0], **day), common(meter, **day)]).encode()
+    raw = _batch([primer(day), common(meter, **day)]).encode()
     if not raw.isascii():
         assert route_posted_days(raw, WORLD, NOW) is None
         return
@@ -229,7 +253,7 @@ def test_what_the_posted_reader_takes(day: dict[str, Any],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     day = dict(day)
     meter = day.pop("meter", OWN[1])
-    raw = _batch([common(OWN[0], **day), common(meter, **day)]).encode()
+    raw = _batch([primer(day), common(meter, **day)]).encode()
     assert _leave_count(raw, monkeypatch)[1] == 0, "the C left a common meter-day to Python"
 
 
