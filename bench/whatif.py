@@ -56,6 +56,12 @@ Patches:
 * ``no-checkpoint-fsync`` not a gateway: the audit checkpoint signed and
                     written, not fsynced: what that fsync on the loop costs
                     the half-load tail.
+* ``outbox-4k``     the outbox file in SQLite's default 4 KiB pages and its
+                    WAL checkpointed every 1,000 of them, as before 64 KiB
+                    pages (to compare the push).
+* ``general-days``  a columnar push batch parsed and routed by the general
+                    path (decode, ``scan_days``, ``route_meter_days``), not
+                    read from its bytes in one pass (``route_posted_days``).
 * ``uvloop``        run the event loop on uvloop. The gateway's failed-
                     handshake counter (gateway/edge/_handshakes.py) hooks asyncio's
                     own SSLProtocol and stays silent under uvloop; what the
@@ -480,6 +486,15 @@ def patch_outbox_4k() -> None:
     print("whatif: outbox-4k applied", flush=True)
 
 
+def patch_general_days() -> None:
+    """The columnar push by the general path (decode, scan_days,
+    route_meter_days), as before it was read from its bytes in one pass."""
+    from gateway.push import _service
+
+    _service.route_posted_days = lambda *args, **kwargs: None  # type: ignore[assignment]
+    print("whatif: general-days applied", flush=True)
+
+
 def patch_uvloop() -> None:
     import uvloop
 
@@ -496,7 +511,7 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "no-audit-line": patch_no_audit_line, "switch": patch_switch,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
            "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
-           "outbox-4k": patch_outbox_4k}
+           "outbox-4k": patch_outbox_4k, "general-days": patch_general_days}
 
 
 def main() -> int:

@@ -182,47 +182,31 @@ ints(int n, const long long *v)
     return t;
 }
 
-/* The owner's span of ``meter`` around ``first`` (borrowed from the owners
-   cache, which it fills as _route_day does), or NULL with an error set. */
-static PyObject *
-owner_span(Context *c, PyObject *meter, long long first)
+/* The owner of ``meter`` at ``first`` (``*owner``: borrowed, Py_None when
+   there is none), the end of its span (``*hi``) and whether airplane mode
+   holds (``*airplane``), read from the snapshot: what owner_span of
+   records.py answers. -1 with an error set, else 0. The router's owners
+   cache is neither read nor filled: the probe costs less than the cache's
+   tuple, and _route_day, which reads the cache, probes what it misses. */
+static int
+owner_at(Context *c, PyObject *meter, long long first, long long *hi, PyObject **owner,
+         int *airplane)
 {
-    PyObject *span = PyDict_GetItemWithError(c->owners, meter);
-    if (span == NULL && PyErr_Occurred()) {
-        return NULL;
-    }
-    long long lo, hi;
-    if (span != NULL && PyTuple_CheckExact(span) && PyTuple_GET_SIZE(span) == 4 &&
-        as_ll(PyTuple_GET_ITEM(span, 0), &lo) && as_ll(PyTuple_GET_ITEM(span, 1), &hi) &&
-        lo <= first && first < hi) {
-        return span;
-    }
     int64_t slo = c->lo, shi = c->hi;
     long long t;
-    int airplane;
     probe_span(c->probe, PyUnicode_1BYTE_DATA(meter), PyUnicode_GET_LENGTH(meter), first,
-               c->owner_rel, c->airplane_rel, c->wildcard, &slo, &shi, &t, &airplane);
-    PyObject *owner = Py_None;
+               c->owner_rel, c->airplane_rel, c->wildcard, &slo, &shi, &t, airplane);
+    *hi = shi;
+    *owner = Py_None;
     if (t >= 0) {
         if (t >= PyTuple_GET_SIZE(c->tenants)) {
             /* A tenant past the snapshot's list: the reference's IndexError. */
             PyErr_SetString(PyExc_IndexError, "route_days: tenant index out of range");
-            return NULL;
+            return -1;
         }
-        owner = PyTuple_GET_ITEM(c->tenants, t);
+        *owner = PyTuple_GET_ITEM(c->tenants, t);
     }
-    long long ends[2] = {slo, shi};
-    PyObject *lohi = ints(2, ends);
-    PyObject *made = lohi == NULL ? NULL : PyTuple_Pack(4, PyTuple_GET_ITEM(lohi, 0),
-                                                        PyTuple_GET_ITEM(lohi, 1), owner,
-                                                        airplane ? Py_True : Py_False);
-    Py_XDECREF(lohi);
-    if (made == NULL || PyDict_SetItem(c->owners, meter, made) < 0) {
-        Py_XDECREF(made);
-        return NULL;
-    }
-    Py_DECREF(made); /* the cache holds it */
-    return made;
+    return 0;
 }
 
 /* A meter-day's members as the router reads them: borrowed str (``label``
@@ -359,15 +343,14 @@ route_fields(Context *c, const Day *d, long long *taken)
         Py_DECREF(key);
         return seen < 0 ? -1 : 0;
     }
-    PyObject *span = owner_span(c, meter, first);
-    if (span == NULL) {
+    long long hi;
+    PyObject *owner;
+    int airplane;
+    if (owner_at(c, meter, first, &hi, &owner, &airplane) < 0) {
         Py_DECREF(key);
         return -1;
     }
-    long long hi;
-    PyObject *owner = PyTuple_GET_ITEM(span, 2);
-    if (!as_ll(PyTuple_GET_ITEM(span, 1), &hi) || hi <= last || owner == Py_None ||
-        !PyUnicode_CheckExact(owner) || PyTuple_GET_ITEM(span, 3) != Py_False) {
+    if (hi <= last || owner == Py_None || !PyUnicode_CheckExact(owner) || airplane) {
         Py_DECREF(key); /* cut within the day, no owner, airplane mode (D5) */
         return 0;
     }
@@ -546,18 +529,99 @@ static const unsigned char number_byte[256] = {
     ['+'] = 1, ['-'] = 1, [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1,
 };
 
+typedef struct {
+    const unsigned char *b;
+    Py_ssize_t n, i;
+} Text;
+
+/* A values array of plain numbers, read in one pass by an automaton (its
+   states below, its table built by plain_init): what finite_number_array
+   and the cut's class scan prove together, for numbers without an exponent
+   and with at most 16 integer digits (finite as they stand). Anything else
+   (an exponent, a longer integer part, a syntax error) stops it in SLOW or
+   FAIL, and the array is read the general way. */
+enum {
+    V_START,  /* after '[' or ',': white space or a number */
+    V_MINUS,
+    V_ZERO,   /* a leading 0 */
+    V_INT,    /* V_INT + k - 1: k integer digits, 1 <= k <= 16 */
+    V_DOT = V_INT + 16,
+    V_FRAC,
+    V_AFTER,  /* white space after a number */
+    V_END,    /* the closing bracket; every state from here on stops the scan */
+    V_FAIL,
+    V_SLOW,
+    V_STATES
+};
+static unsigned char values_next[V_STATES][256];
+
 static void
 plain_init(void)
 {
     for (int b = 0x20; b <= 0x7f; b++) {
         plain_byte[b] = b != '"' && b != '\\';
     }
+    for (int st = 0; st < V_STATES; st++) {
+        for (int b = 0; b < 256; b++) {
+            int digit = b >= '0' && b <= '9', ws = space_byte[b], next = V_FAIL;
+            int number_end = st == V_ZERO || (st >= V_INT && st < V_DOT) || st == V_FRAC;
+            if (st == V_SLOW || st == V_END) {
+                next = st == V_SLOW ? V_SLOW : V_FAIL;
+            }
+            else if (st == V_START && ws) {
+                next = V_START;
+            }
+            else if ((st == V_START && b == '-')) {
+                next = V_MINUS;
+            }
+            else if ((st == V_START || st == V_MINUS) && digit) {
+                next = b == '0' ? V_ZERO : V_INT;
+            }
+            else if (st >= V_INT && st < V_DOT && digit) {
+                next = st + 1 < V_DOT ? st + 1 : V_SLOW; /* a 17th digit */
+            }
+            else if ((st == V_DOT || st == V_FRAC) && digit) {
+                next = V_FRAC;
+            }
+            else if (number_end && b == '.' && st != V_FRAC) {
+                next = V_DOT;
+            }
+            else if (number_end && (b == 'e' || b == 'E')) {
+                next = V_SLOW; /* an exponent: read as Python reads a float */
+            }
+            else if ((number_end || st == V_AFTER) && ws) {
+                next = V_AFTER;
+            }
+            else if ((number_end || st == V_AFTER) && b == ',') {
+                next = V_START;
+            }
+            else if ((number_end || st == V_AFTER) && b == ']') {
+                next = V_END;
+            }
+            values_next[st][b] = (unsigned char)next;
+        }
+    }
 }
 
-typedef struct {
-    const unsigned char *b;
-    Py_ssize_t n, i;
-} Text;
+/* At '[' of a values array: its end (after ']') and its count of numbers
+   when the automaton reads it to V_END, else 0. */
+static inline Py_ssize_t
+plain_values(const Text *t, Py_ssize_t *end)
+{
+    const unsigned char *b = t->b;
+    Py_ssize_t j = t->i + 1, commas = 0;
+    unsigned int st = V_START;
+    while (st < V_END) {
+        unsigned char c = b[j++];
+        st = values_next[st][c];
+        commas += c == ',';
+    }
+    if (st != V_END) {
+        return 0;
+    }
+    *end = j;
+    return commas + 1;
+}
 
 static inline void
 skip(Text *t)
@@ -772,7 +836,15 @@ day_at(Text *t, Fields *f)
         long long value = 0;
         if (t->b[t->i] == '[') {
             kind = 'O';
-            if (k == K_VALUES) {
+            Py_ssize_t plain_end = 0, plain = k == K_VALUES ? plain_values(t, &plain_end) : 0;
+            if (plain > 0) { /* numbers only, each finite: cut and counted at once */
+                kind = 'A';
+                s = t->i;
+                e = plain_end;
+                f->count = plain;
+                t->i = e;
+            }
+            else if (k == K_VALUES) {
                 Py_ssize_t j = t->i + 1;
                 while (number_byte[t->b[j]]) {
                     j++;

@@ -192,6 +192,8 @@ LEFT_TO_PYTHON: list[dict[str, Any]] = [
     {"meter": METER_UNKNOWN},  # no owner
     {"meter": METER_TWO_OWNERS},  # several owners: none (fail closed, D1)
     {"meter": METER_MOVED, "start": (SWITCH - timedelta(minutes=30)).isoformat()},  # cut
+    # the owner's span ends at the day's last reading: cut before it
+    {"meter": METER_MOVED, "start": (SWITCH - timedelta(minutes=45)).isoformat()},
     {"meter": LOWER},  # malformed, though the feed names an owner
     {"meter": ACCENTED},
     {"via": METER_ORES},

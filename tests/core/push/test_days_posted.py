@@ -163,6 +163,16 @@ _TOP = _batch([common(OWN[1]), common(OWN[0])])
     _second(common(OWN[0]), '"values"', '"x": 1, "x": 2, "values"'),
     _second(common(OWN[0]), '"values": [', '"values": [1,,'),
     _second(common(OWN[0]), '"values": [', '"values": [01, '),
+    # four numbers (as many as the quality's codes), one of them no JSON
+    _second(common(OWN[0]), "[0.0,0.1,", "[01,0.1,"),
+    _second(common(OWN[0]), "[0.0,0.1,", "[-01,0.1,"),
+    _second(common(OWN[0]), "[0.0,0.1,", "[--1,0.1,"),
+    _second(common(OWN[0]), "[0.0,0.1,0.2,0.3]", "[0.0,,0.2,0.3]"),
+    _second(common(OWN[0]), "[0.0,0.1,0.2,0.3]", "[,0.1,0.2,0.3]"),
+    _second(common(OWN[0]), "[0.0,0.1,0.2,0.3]", "[0.0 0.5,0.1,0.2,0.3]"),
+    _second(common(OWN[0]), "[0.0,0.1,", "[1.2.3,0.1,"),
+    _second(common(OWN[0]), "[0.0,0.1,", "[-,0.1,"),
+    _second(common(OWN[0]), "[0.0,0.1,", "[1.,0.1,"),
     _second(common(OWN[0]), "]}", "]]"),
     _second(common(OWN[0]), '"kWh"', '"kWh\x01"'),
 ])
@@ -275,6 +285,21 @@ def test_a_values_array_the_c_cannot_vouch_for_is_parsed_as_posted(
     assert len(routed.parts["ores"].meter_days) == 2  # the rest of the day goes
 
 
+@pytest.mark.parametrize("first, valid", [
+    ("9" * 400 + ".5", False),  # no float: infinity
+    ("9" * 308, True),  # an int, any size
+    ("9" * 17 + ".5", True),
+    ("1" + "0" * 308 + "e-10", True),
+])
+def test_a_long_number_is_read_as_python_reads_it(first: str, valid: bool) -> None:
+    """Past 16 integer digits a number is read as json.loads reads it: a
+    float that overflows is an invalid reading (D5), an int is not."""
+    routed = _agrees(_second(common(OWN[0]), "[0.0,", f"[{first},"))
+    assert routed is not None
+    assert [(q.index, q.first, q.count) for q in routed.quarantined] == (
+        [] if valid else [(1, 0, 1)])
+
+
 def test_route_posted_refuses_arguments_of_the_wrong_shape() -> None:
     assert native is not None
     with pytest.raises(TypeError):
@@ -283,3 +308,25 @@ def test_route_posted_refuses_arguments_of_the_wrong_shape() -> None:
         native.route_posted(("x",) * 18, "{}", 64, 10, print)
     with pytest.raises(TypeError):
         native.route_posted(("x",) * 18, b"{}", 64, 10, None)
+
+
+_NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,18})(\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
+                        fullmatch=True)
+_SPACE = st.sampled_from(["", "", " ", "\n", "\t ", "\r\n"])
+
+
+@_SETTINGS
+@given(numbers=st.lists(st.tuples(_SPACE, _NUMBER, _SPACE), min_size=4, max_size=4))
+def test_any_spelling_of_four_numbers_is_read_as_the_general_path_reads_it(
+        numbers: list[tuple[str, str, str]]) -> None:
+    """Each number as JSON may spell it (a sign, a leading zero, up to 19
+    integer digits, a fraction, an exponent, white space around): the
+    meter-day is taken, and as the general path takes it."""
+    array = "[" + ",".join(a + n + b for a, n, b in numbers) + "]"
+    assert _agrees(_second(common(OWN[0]), "[0.0,0.1,0.2,0.3]", array)) is not None
+
+
+@_SETTINGS
+@given(inner=st.text(alphabet="0123456789.,-+eE \n]x", max_size=30))
+def test_any_text_in_a_values_array_is_read_as_the_general_path_reads_it(inner: str) -> None:
+    _agrees(_second(common(OWN[0]), "[0.0,0.1,0.2,0.3]", "[" + inner + "]"))
