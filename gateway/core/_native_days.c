@@ -2,6 +2,12 @@
  * The columnar push's common meter-day in C, part of gateway.core._native.
  *
  *   route_days(context, days, index) -> (index, readings)
+ *   route_posted(context, body, max_depth, max_days, leave) -> (batch_id, days, readings) | None
+ *
+ * route_posted reads the batch as posted (bytes) in one pass and routes each
+ * meter-day in its turn: what route_days takes, the same way (route_fields,
+ * shared), anything else handed to ``leave`` (days.py's route_posted_days:
+ * the meter-day parsed alone, then _route_day). See its comment below.
  *
  * From ``days[index]`` on, each meter-day that ``_route_day`` of
  * gateway/core/push/days.py (the specification) would send whole to its

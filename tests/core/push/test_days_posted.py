@@ -145,6 +145,7 @@ _TOP = _batch([common(OWN[1]), common(OWN[0])])
     # another format, an id that is no string, trailing data, no object
     _TOP.replace('"batch_id": "b-1"', '"batch_id": "b-1", "batch_id": "b-2"').encode(),
     _TOP.replace('"meter_days"', '"meter_dayz"').encode(),
+    f'{{"format": "{FORMAT}", "batch_id": "b-1"}}'.encode(),  # no meter_days at all
     _TOP.replace('"b-1"', '"b 1"').encode(),
     _TOP.replace(FORMAT, "meter-days/v2").encode(),
     _TOP.replace('"b-1"', "1").encode(),
