@@ -127,7 +127,10 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
                 text = raw.decode()
                 doc, spans = scan_days(text)
         parts: list[EncodedPart]
-        if posted is not None:  # the columnar batch read from its bytes
+        if typed is None and posted is None and fmt != "records":  # the general path
+            with st("route"):
+                posted = route_meter_days(doc, relations, NOW, text=text, spans=spans)
+        if posted is not None:  # meter-days, routed
             with st("fingerprint"):
                 fp = "sha256-body:" + hashlib.sha256(raw).hexdigest()
             with st("encode parts"):
@@ -145,7 +148,7 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
                                      encoders[t]())
                          for t, recs in routed.parts.items()]
             received, quarantined = routed.received, len(routed.quarantined)
-        elif fmt == "records":
+        else:
             with st("route"):
                 routed = route_batch(doc, relations, NOW)
             with st("fingerprint"):
@@ -155,16 +158,6 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
                                      encode_routed(recs))
                          for t, recs in routed.parts.items()]
             received, quarantined = routed.received, len(routed.quarantined)
-        else:
-            with st("route"):
-                days = route_meter_days(doc, relations, NOW, text=text, spans=spans)
-            with st("fingerprint"):
-                fp = "sha256-body:" + hashlib.sha256(raw).hexdigest()
-            with st("encode parts"):
-                parts = [EncodedPart(f"{tag}{n}/{t}", t, KIND, p.readings,
-                                     ("[" + ",".join(p.meter_days) + "]").encode())
-                         for t, p in days.parts.items()]
-            received, quarantined = days.received, len(days.quarantined)
         with st("enqueue (AES-GCM + SQLite)"):
             outbox.enqueue_encoded(batch_id=f"{tag}{n}", source="hes-operator", fingerprint=fp,
                                    received=received, quarantined=quarantined, parts=parts)

@@ -657,6 +657,25 @@ string_at(Text *t, Py_ssize_t *s, Py_ssize_t *e)
     return 1;
 }
 
+/* After a value: 1 at a comma (passed, and the white space after it: the
+   next member or element follows), 0 at ``close`` (passed), -1 at anything
+   else. */
+static inline int
+after_value(Text *t, unsigned char close)
+{
+    skip(t);
+    if (t->b[t->i] == ',') {
+        t->i++;
+        skip(t);
+        return 1;
+    }
+    if (t->b[t->i] != close) {
+        return -1;
+    }
+    t->i++;
+    return 0;
+}
+
 /* A JSON number (RFC 8259's grammar); ``*integer``: 1 with its value when
    it is an integer of at most 18 digits (Python reads an int). */
 static int
@@ -775,17 +794,10 @@ flat_array_at(Text *t)
         if (!scalar_at(t, &kind, &s, &e, &value)) {
             return 0;
         }
-        skip(t);
-        if (t->b[t->i] == ',') {
-            t->i++;
-            skip(t);
-            continue;
+        int more = after_value(t, ']');
+        if (more <= 0) {
+            return more + 1; /* closed: 1; anything else: 0 */
         }
-        if (t->b[t->i] != ']') {
-            return 0;
-        }
-        t->i++;
-        return 1;
     }
 }
 
@@ -881,17 +893,10 @@ day_at(Text *t, Fields *f)
                 f->interval = value;
             }
         }
-        skip(t);
-        if (t->b[t->i] == ',') {
-            t->i++;
-            skip(t);
-            continue;
+        int more = after_value(t, '}');
+        if (more <= 0) {
+            return more + 1;
         }
-        if (t->b[t->i] != '}') {
-            return 0;
-        }
-        t->i++;
-        return 1;
     }
 }
 
@@ -1019,18 +1024,11 @@ days_at(Context *c, Text *t, Memo *memo, PyObject *leave, Py_ssize_t max_days,
         if (routed <= 0) {
             return routed;
         }
-        skip(t);
-        if (t->b[t->i] == ',') {
-            t->i++;
-            skip(t);
-            continue;
+        int more = after_value(t, ']');
+        if (more <= 0) {
+            *days = index + 1;
+            return more + 1;
         }
-        if (t->b[t->i] != ']') {
-            return 0;
-        }
-        t->i++;
-        *days = index + 1;
-        return 1;
     }
 }
 
@@ -1094,18 +1092,14 @@ posted(Context *c, Text *t, Memo *memo, PyObject *leave, Py_ssize_t max_days,
                 Py_XSETREF(*batch_id, id);
             }
         }
-        skip(t);
-        if (t->b[t->i] == ',') {
-            t->i++;
-            skip(t);
-            continue;
-        }
-        if (t->b[t->i] != '}') {
+        int more = after_value(t, '}');
+        if (more < 0) {
             return 0;
         }
-        t->i++;
-        skip(t);
-        return t->i == t->n && format && listed && *batch_id != NULL;
+        if (more == 0) {
+            skip(t);
+            return t->i == t->n && format && listed && *batch_id != NULL;
+        }
     }
 }
 

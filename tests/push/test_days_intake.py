@@ -9,7 +9,6 @@ with its problem."""
 from __future__ import annotations
 
 import json
-import ssl
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,14 +16,10 @@ from typing import Any
 
 import pytest
 
-from gateway.audit import ChainedAuditLog
-from gateway.audit._format import load_or_create_audit_key
 from gateway.core.native import native
 from gateway.errors import RequestRefused
-from gateway.metrics import GatewayMetrics
-from gateway.push import PushService, SqliteOutbox, _service
-from tests.push.conftest import KEY
-from tests.push.test_readings_intake import FLUVIUS, HES, NOW, ORES, RELATIONS
+from gateway.push import PushService, _service
+from tests.push.test_readings_intake import FLUVIUS, HES, NOW, ORES, make_service
 
 pytestmark = pytest.mark.skipif(native is None, reason="gateway.core._native is not built")
 
@@ -44,13 +39,8 @@ BODY = json.dumps({"format": "meter-days/v1", "batch_id": "D1", "meter_days": [
 
 @pytest.fixture()
 def service(tmp_path: Path) -> Iterator[PushService]:
-    key, kid = load_or_create_audit_key(tmp_path)
-    outbox = SqliteOutbox(tmp_path / "outbox.db", KEY)
-    yield PushService(outbox=outbox, relations=lambda: RELATIONS,
-                      endpoints={"ores": "https://127.0.0.1:9/", "fluvius": "https://127.0.0.1:9/"},
-                      client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
-                      audit=ChainedAuditLog(tmp_path / "audit.log", key, kid),
-                      clock=lambda: NOW)
+    made, outbox = make_service(tmp_path)
+    yield made
     outbox.close()
 
 
@@ -76,12 +66,7 @@ def test_a_posted_batch_is_read_in_one_pass_as_the_general_path_reads_it(
         {"index": 1, "first": 0, "count": 4, "reason": "owner-mismatch", "meter": FLUVIUS},
         {"index": 3, "first": 0, "count": 4, "reason": "malformed-meter-id", "meter": None},
         {"index": 4, "first": 2, "count": 1, "reason": "invalid-record", "meter": ORES}]
-    key, kid = load_or_create_audit_key(tmp_path / "b")
-    outbox = SqliteOutbox(tmp_path / "general.db", KEY)
-    general_service = PushService(
-        outbox=outbox, relations=lambda: RELATIONS, endpoints=service.endpoints,
-        client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
-        audit=ChainedAuditLog(tmp_path / "b" / "audit.log", key, kid), clock=lambda: NOW)
+    general_service, outbox = make_service(tmp_path / "general")
     with monkeypatch.context() as m:
         m.setattr(_service, "route_posted_days", lambda *a, **k: None)
         status, general, _ = general_service.intake(HES, BODY)

@@ -43,15 +43,23 @@ RECORDS = [record(ORES, 1, 1.5, operator="ores"), record(FLUVIUS, 1, 2),
            record(FLUVIUS, 2, 3.0, operator="ores")]
 
 
+def make_service(root: Path) -> tuple[PushService, SqliteOutbox]:
+    """The HES's push service over an outbox and an audit log of its own in ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    key, kid = load_or_create_audit_key(root)
+    outbox = SqliteOutbox(root / "outbox.db", KEY)
+    return PushService(outbox=outbox, relations=lambda: RELATIONS,
+                       endpoints={"ores": "https://127.0.0.1:9/",
+                                  "fluvius": "https://127.0.0.1:9/"},
+                       client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
+                       audit=ChainedAuditLog(root / "audit.log", key, kid),
+                       clock=lambda: NOW), outbox
+
+
 @pytest.fixture()
 def service(tmp_path: Path) -> Iterator[PushService]:
-    key, kid = load_or_create_audit_key(tmp_path)
-    outbox = SqliteOutbox(tmp_path / "outbox.db", KEY)
-    yield PushService(outbox=outbox, relations=lambda: RELATIONS,
-                      endpoints={"ores": "https://127.0.0.1:9/", "fluvius": "https://127.0.0.1:9/"},
-                      client_tls=ssl.create_default_context(), metrics=GatewayMetrics(),
-                      audit=ChainedAuditLog(tmp_path / "audit.log", key, kid),
-                      clock=lambda: NOW)
+    made, outbox = make_service(tmp_path)
+    yield made
     outbox.close()
 
 
