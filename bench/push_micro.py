@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
 from gateway.core.push.canonical import batch_fingerprint, encode_routed
-from gateway.core.push.days import KIND, route_meter_days, route_posted_days
+from gateway.core.push.days import KIND, route_meter_days
+from gateway.core.push.posted import route_posted_days
 from gateway.core.push.readings import (
     batch_encoders,
     decode_readings,

@@ -6,7 +6,7 @@
  *
  * route_posted reads the batch as posted (bytes) in one pass and routes each
  * meter-day in its turn: what route_days takes, the same way (route_fields,
- * shared), anything else handed to ``leave`` (days.py's route_posted_days:
+ * shared), anything else handed to ``leave`` (posted.py's route_posted_days:
  * the meter-day parsed alone, then _route_day). See its comment below.
  *
  * From ``days[index]`` on, each meter-day that ``_route_day`` of

@@ -40,8 +40,9 @@ from gateway.core.model import Caller
 from gateway.core.push.canonical import batch_fingerprint, encode_routed
 from gateway.core.push.days import FORMAT as DAYS_FORMAT
 from gateway.core.push.days import KIND as DAYS_KIND
-from gateway.core.push.days import RoutedDays, route_meter_days, route_posted_days
+from gateway.core.push.days import RoutedDays, route_meter_days
 from gateway.core.push.fanout import FanoutRejected, booking_quarantine, split_request
+from gateway.core.push.posted import route_posted_days
 from gateway.core.push.readings import (
     ReadingsBatch,
     batch_encoders,

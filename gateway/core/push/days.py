@@ -45,7 +45,9 @@ numbers but not converted: only a day that is cut parses them. Where the C
 module was built, the common meter-day is routed by ``route_days``
 (gateway/core/_native_days.c), whose specification is :func:`_route_day`:
 everything else, and each start, OBIS code and quality string met for the
-first time, is left to it.
+first time, is left to it. The intake first offers the batch as posted to
+:mod:`gateway.core.push.posted`, which reads and routes it in one pass
+with this module's router state and ``_route_day``.
 """
 
 from __future__ import annotations
@@ -60,14 +62,7 @@ from functools import partial
 from types import MappingProxyType
 from typing import Any
 
-from gateway.core.identifiers import (
-    is_plain_id,
-    is_valid_ean,
-    is_valid_meter_serial,
-    obis_key,
-    obis_units,
-)
-from gateway.core.jsonlimits import MAX_DEPTH, unique_object
+from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial, obis_key, obis_units
 from gateway.core.meters import AIRPLANE_MODE
 from gateway.core.native import native as _native
 from gateway.core.push.records import (
@@ -185,6 +180,13 @@ class _Days:
         # or the set of instants seen once a second one overlaps the key.
         self.seen: dict[str, tuple[int, int, int] | set[int]] = {}
 
+    def routed(self, batch_id: str, received: int, meter_days: int) -> RoutedDays:
+        """What was routed: the parts, the quarantine, the accounting."""
+        parts = {tenant: DaysPart(tuple(texts), self.readings[tenant])
+                 for tenant, texts in self.parts.items()}
+        return RoutedDays(batch_id, MappingProxyType(parts), tuple(self.quarantined), received,
+                          meter_days)
+
     def serial(self, value: str) -> bool:
         ok = self.serials.get(value)
         if ok is None:
@@ -278,54 +280,6 @@ def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | Non
     return partial(_native.route_days, context)
 
 
-def route_posted_days(raw: bytes, relations: RelationIndex, now: datetime, *,
-                      max_meter_days: int = 200_000,
-                      max_depth: int = MAX_DEPTH) -> RoutedDays | None:
-    """:func:`route_meter_days` of ``scan_days(raw.decode(), max_depth)``,
-    read and routed in one pass in C (``route_posted``,
-    gateway/core/_native_days.c): the batch's text is not decoded, cut or
-    parsed into objects; each meter-day in the common form goes whole to its
-    owner from the posted bytes, and every other one is parsed alone and
-    routed by :func:`_route_day`, in its turn, as the general path would.
-
-    None when the C does not take the body (it takes the common spelling
-    only: printable ASCII strings without escapes, flat meter-days, a
-    top level of string members and ``meter_days``; see the C) or the batch
-    would be refused (its id, its size): the caller parses and routes it as
-    before, so every error and every outcome is that path's.
-    tests/core/push/test_days_posted.py holds the two to each other."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware")
-    if type(raw) is not bytes:
-        return None
-    st = _Days(relations, now, None, None)
-    context = _native_context(st)
-    if context is None or _native is None:
-        return None
-
-    def leave(index: int, start: int, end: int, values_start: int, values_end: int,
-              count: int) -> int | None:
-        try:
-            day = json.loads(raw[start:end], object_pairs_hook=unique_object)
-            if values_start >= 0:  # scan_days' pair: the values as posted, and checked
-                array = raw[values_start:values_end].decode("ascii")
-                day["values"] = (array, count if count > 0 else json.loads(array))
-        except ValueError:  # a repeated member, a values array that is no JSON
-            return None
-        return _route_day(st, index, day)
-
-    got = _native.route_posted(context, raw, max_depth, max_meter_days, leave)
-    if got is None:
-        return None
-    batch_id, days, received = got
-    if not is_plain_id(batch_id):
-        return None  # refused by the general path (bad-batch-id)
-    parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
-             for tenant, texts in st.parts.items()}
-    return RoutedDays(batch_id, MappingProxyType(parts), tuple(st.quarantined), received,
-                      days)
-
-
 def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                      text: str | None = None, spans: Sequence[tuple[int, int]] | None = None,
                      max_meter_days: int = 200_000) -> RoutedDays:
@@ -352,10 +306,7 @@ def route_meter_days(batch: Any, relations: RelationIndex, now: datetime, *,
                 break
         received += _route_day(st, index, days[index])
         index += 1
-    parts = {tenant: DaysPart(tuple(texts), st.readings[tenant])
-             for tenant, texts in st.parts.items()}
-    return RoutedDays(batch_id, MappingProxyType(parts), tuple(st.quarantined), received,
-                      len(days))
+    return st.routed(batch_id, received, len(days))
 
 
 def _route_day(st: _Days, index: int, day: Any) -> int:

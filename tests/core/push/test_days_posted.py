@@ -1,5 +1,5 @@
 """``route_posted`` (gateway/core/_native_days.c, through ``route_posted_days``
-of gateway/core/push/days.py): a columnar batch read and routed from its
+of gateway/core/push/posted.py): a columnar batch read and routed from its
 posted bytes in one pass. Its specification is the general path, the text
 decoded, parsed by ``scan_days`` and routed by ``route_meter_days`` in Python:
 whenever the C takes a body, the parts (the same texts, in the same order),
@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from gateway.core.native import native
 from gateway.core.push import days as days_module
-from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days, route_posted_days
+from gateway.core.push.days import FORMAT, RoutedDays, route_meter_days
+from gateway.core.push.posted import route_posted_days
 from gateway.core.push.records import BatchRejected
 from gateway.core.push.scan import scan_days
 from gateway.core.relations.index import RelationIndex
