@@ -29,10 +29,10 @@
  * that is not plain ASCII. So every outcome but "the whole day to its
  * owner" is reached in Python only; C never quarantines.
  *
- * context is the tuple built by ``_native_days`` in days.py: (members,
- * starts, obis, qualities, seen, owners, parts, readings, latest,
- * max_values, max_interval, probe, owner relation, airplane relation,
- * wildcard, lo, hi, tenants). tests/core/push/test_days_native.py routes
+ * context is the tuple built by ``_native_context`` in days.py: (members,
+ * starts, obis, qualities, seen, parts, readings, latest, max_values,
+ * max_interval, probe, owner relation, airplane relation, wildcard, lo, hi,
+ * tenants). tests/core/push/test_days_native.py routes
  * generated batches both ways and compares everything.
  */
 #define PY_SSIZE_T_CLEAN
@@ -65,7 +65,7 @@ native_days_init(void)
 }
 
 typedef struct {
-    PyObject *members, *starts, *obis, *qualities, *seen, *owners, *parts, *readings;
+    PyObject *members, *starts, *obis, *qualities, *seen, *parts, *readings;
     long long latest, max_values, max_interval;
     ProbeObject *probe;
     long long owner_rel, airplane_rel, wildcard, lo, hi;
@@ -420,8 +420,8 @@ route_fields(Context *c, const Day *d, long long *taken)
 static int
 context_of(PyObject *t, Context *c)
 {
-    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 18) {
-        PyErr_SetString(PyExc_TypeError, "route_days: context must be an 18-tuple");
+    if (!PyTuple_CheckExact(t) || PyTuple_GET_SIZE(t) != 17) {
+        PyErr_SetString(PyExc_TypeError, "route_days: context must be a 17-tuple");
         return -1;
     }
     PyObject **i = &PyTuple_GET_ITEM(t, 0);
@@ -430,22 +430,21 @@ context_of(PyObject *t, Context *c)
     c->obis = i[2];
     c->qualities = i[3];
     c->seen = i[4];
-    c->owners = i[5];
-    c->parts = i[6];
-    c->readings = i[7];
+    c->parts = i[5];
+    c->readings = i[6];
     if (!PyAnySet_Check(c->members) || !PyDict_CheckExact(c->starts) ||
         !PyDict_CheckExact(c->obis) || !PyDict_CheckExact(c->qualities) ||
-        !PyDict_CheckExact(c->seen) || !PyDict_CheckExact(c->owners) ||
-        !PyDict_CheckExact(c->parts) || !PyDict_CheckExact(c->readings) ||
-        !PyObject_TypeCheck(i[11], &ProbeType) || !PyTuple_CheckExact(i[17])) {
+        !PyDict_CheckExact(c->seen) || !PyDict_CheckExact(c->parts) ||
+        !PyDict_CheckExact(c->readings) || !PyObject_TypeCheck(i[10], &ProbeType) ||
+        !PyTuple_CheckExact(i[16])) {
         PyErr_SetString(PyExc_TypeError, "route_days: a context member of the wrong type");
         return -1;
     }
-    c->probe = (ProbeObject *)i[11];
-    c->tenants = i[17];
+    c->probe = (ProbeObject *)i[10];
+    c->tenants = i[16];
     long long *numbers[] = {&c->latest, &c->max_values, &c->max_interval, &c->owner_rel,
                             &c->airplane_rel, &c->wildcard, &c->lo, &c->hi};
-    const int at[] = {8, 9, 10, 12, 13, 14, 15, 16};
+    const int at[] = {7, 8, 9, 11, 12, 13, 14, 15};
     for (int j = 0; j < 8; j++) {
         *numbers[j] = PyLong_AsLongLong(i[at[j]]);
         if (*numbers[j] == -1 && PyErr_Occurred()) {

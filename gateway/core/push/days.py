@@ -253,7 +253,8 @@ class _Days:
 
 def _native_context(st: _Days) -> tuple[Any, ...] | None:
     """What the C router reads and fills of ``st`` (gateway/core/_native_days.c:
-    its caches, its parts, the owner relation's probe of the snapshot). None
+    its caches but the owners' spans, which the C reads from the probe
+    itself; its parts; the owner relation's probe of the snapshot). None
     where the C module was not built or the owners are read in Python."""
     if _native is None or st.relations.native_span(
             "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
@@ -262,9 +263,8 @@ def _native_context(st: _Days) -> tuple[Any, ...] | None:
     if args is None:
         return None
     probe, o, f, wildcard, tenants = args
-    return (_MEMBERS, st.starts, st.obis, st.qualities, st.seen, st.owners,
-            st.parts, st.readings, st.latest, MAX_VALUES, MAX_INTERVAL_S,
-            probe, o, f, wildcard, _MIN, _MAX, tenants)
+    return (_MEMBERS, st.starts, st.obis, st.qualities, st.seen, st.parts, st.readings,
+            st.latest, MAX_VALUES, MAX_INTERVAL_S, probe, o, f, wildcard, _MIN, _MAX, tenants)
 
 
 def _native_days(st: _Days) -> Callable[[list[Any], int], tuple[int, int]] | None:

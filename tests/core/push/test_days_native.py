@@ -298,4 +298,4 @@ def test_route_days_refuses_a_context_of_the_wrong_shape() -> None:
     with pytest.raises(TypeError):
         native.route_days((), [], 0)
     with pytest.raises(TypeError):
-        native.route_days(("x",) * 18, [], 0)
+        native.route_days(("x",) * 17, [], 0)

@@ -307,9 +307,9 @@ def test_route_posted_refuses_arguments_of_the_wrong_shape() -> None:
     with pytest.raises(TypeError):
         native.route_posted((), b"{}", 64, 10, print)
     with pytest.raises(TypeError):
-        native.route_posted(("x",) * 18, "{}", 64, 10, print)
+        native.route_posted(("x",) * 17, "{}", 64, 10, print)
     with pytest.raises(TypeError):
-        native.route_posted(("x",) * 18, b"{}", 64, 10, None)
+        native.route_posted(("x",) * 17, b"{}", 64, 10, None)
 
 
 _NUMBER = st.from_regex(r"-?(0|[1-9][0-9]{0,18})(\.[0-9]{1,3})?([eE][+-]?[0-9]{1,3})?",
