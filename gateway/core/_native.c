@@ -758,7 +758,7 @@ is_json_ws(Py_UCS4 c)
 /* _CUT's class: what numbers, commas and JSON's white space are made of,
    by a table (the scan of a values array, hundreds of characters a
    meter-day, is cut_values' inner loop). */
-static const unsigned char cut_class_byte[256] = {
+const unsigned char cut_class_byte[256] = {
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
     ['7'] = 1, ['8'] = 1, ['9'] = 1, ['.'] = 1, [','] = 1, ['e'] = 1, ['E'] = 1,
     ['+'] = 1, ['-'] = 1, [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1,
@@ -862,11 +862,11 @@ cut_values(PyObject *module, PyObject *text)
 }
 
 /* A digit, JSON's white space: the runs of a values array, by a table. */
-static const unsigned char digit_byte[256] = {
+const unsigned char digit_byte[256] = {
     ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
     ['7'] = 1, ['8'] = 1, ['9'] = 1,
 };
-static const unsigned char json_ws_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
+const unsigned char json_ws_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 
 /* The count of its numbers when ``s[0:n]`` is a non-empty JSON array (RFC
    8259) of numbers that are finite as floats, 0 when not, -1 on error. A number without an exponent

@@ -41,6 +41,13 @@ int meter_serial_ok(PyObject *value);
    one array), 0 when not, -1 on error. */
 Py_ssize_t finite_number_array(const char *s, Py_ssize_t n);
 
+/* Byte tables of gateway/core/_native.c, 1 for: a digit; JSON's white
+   space; _CUT's class of scan.py (what a values array of numbers is made
+   of: digits . , e E + - and white space). 0 at NUL. */
+extern const unsigned char digit_byte[256];
+extern const unsigned char json_ws_byte[256];
+extern const unsigned char cut_class_byte[256];
+
 /* gateway/core/_native_wire.c: the data plane's wire forms. */
 extern PyMethodDef native_wire_methods[];
 

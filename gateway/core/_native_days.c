@@ -518,21 +518,11 @@ route_days(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
    numbers only is "cut" as scan_days cuts it (its span is handed over) and
    counted by finite_number_array. */
 
-/* JSON's white space; a byte a string may hold as it stands (ASCII from
-   the space on, but the quote and the backslash); a digit. Each is 0 at the body's
+/* A byte a string may hold as it stands (ASCII from the space on, but the
+   quote and the backslash). It, and the tables of _native.c read here
+   (digit_byte, json_ws_byte, cut_class_byte), are 0 at the body's
    terminating NUL (a bytes object has one), so no scan runs past the end. */
-static const unsigned char space_byte[256] = {[' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1};
 static unsigned char plain_byte[256];
-static const unsigned char digit_b[256] = {
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
-    ['7'] = 1, ['8'] = 1, ['9'] = 1,
-};
-/* _CUT's class of scan.py: what a values array of numbers is made of. */
-static const unsigned char number_byte[256] = {
-    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1,
-    ['7'] = 1, ['8'] = 1, ['9'] = 1, ['.'] = 1, [','] = 1, ['e'] = 1, ['E'] = 1,
-    ['+'] = 1, ['-'] = 1, [' '] = 1, ['\t'] = 1, ['\n'] = 1, ['\r'] = 1,
-};
 
 typedef struct {
     const unsigned char *b;
@@ -568,7 +558,7 @@ plain_init(void)
     }
     for (int st = 0; st < V_STATES; st++) {
         for (int b = 0; b < 256; b++) {
-            int digit = b >= '0' && b <= '9', ws = space_byte[b], next = V_FAIL;
+            int digit = b >= '0' && b <= '9', ws = json_ws_byte[b], next = V_FAIL;
             int number_end = st == V_ZERO || (st >= V_INT && st < V_DOT) || st == V_FRAC;
             if (st == V_SLOW || st == V_END) {
                 next = st == V_SLOW ? V_SLOW : V_FAIL;
@@ -631,7 +621,7 @@ plain_values(const Text *t, Py_ssize_t *end)
 static inline void
 skip(Text *t)
 {
-    while (space_byte[t->b[t->i]]) {
+    while (json_ws_byte[t->b[t->i]]) {
         t->i++;
     }
 }
@@ -689,7 +679,7 @@ number_at(Text *t, int *integer, long long *value)
         j++;
     }
     else if (b[j] >= '1' && b[j] <= '9') {
-        while (digit_b[b[j]]) {
+        while (digit_byte[b[j]]) {
             j++;
         }
     }
@@ -700,10 +690,10 @@ number_at(Text *t, int *integer, long long *value)
     *integer = 1;
     if (b[j] == '.') {
         j++;
-        if (!digit_b[b[j]]) {
+        if (!digit_byte[b[j]]) {
             return 0;
         }
-        while (digit_b[b[j]]) {
+        while (digit_byte[b[j]]) {
             j++;
         }
         *integer = 0;
@@ -713,10 +703,10 @@ number_at(Text *t, int *integer, long long *value)
         if (b[j] == '+' || b[j] == '-') {
             j++;
         }
-        if (!digit_b[b[j]]) {
+        if (!digit_byte[b[j]]) {
             return 0;
         }
-        while (digit_b[b[j]]) {
+        while (digit_byte[b[j]]) {
             j++;
         }
         *integer = 0;
@@ -762,7 +752,7 @@ scalar_at(Text *t, unsigned char *kind, Py_ssize_t *s, Py_ssize_t *e, long long 
         *kind = 'S';
         return string_at(t, s, e);
     }
-    if (c == '-' || digit_b[c]) {
+    if (c == '-' || digit_byte[c]) {
         if (!number_at(t, &integer, value)) {
             return 0;
         }
@@ -863,7 +853,7 @@ day_at(Text *t, Fields *f)
             }
             else if (k == K_VALUES) {
                 Py_ssize_t j = t->i + 1;
-                while (number_byte[t->b[j]]) {
+                while (cut_class_byte[t->b[j]]) {
                     j++;
                 }
                 if (t->b[j] == ']') { /* as scan_days cuts it */
