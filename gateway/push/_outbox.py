@@ -3,8 +3,9 @@
 A *part* is one tenant's share of one batch. It waits here, encrypted with
 AES-256-GCM under the outbox data key (kept in the vault; the part id is the
 associated data, so a part cannot be swapped for another), until its
-receiver acknowledges it. Then the payload is deleted (``secure_delete``
-zeroes the freed pages): the gateway keeps no meter data, only counts.
+receiver acknowledges it. Then the payload is deleted (the SQLite
+backend's file overwritten with zeros, synced and unlinked; PostgreSQL's
+value set to NULL): the gateway keeps no meter data, only counts.
 Retries back off exponentially with jitter; a part the receiver refuses for
 good, or that keeps failing, becomes a dead letter, visible to ops, never
 silently dropped.
@@ -18,7 +19,8 @@ keep their ids.
 
 One set of queries (:class:`Outbox`), two backends (``_outbox_backends``):
 the SQLite file of one process, where the payloads have a table of their own
-(:attr:`Outbox.PAYLOADS`), and PostgreSQL for a fleet, where they stay in
+(:attr:`Outbox.PAYLOADS`) naming a file each (``_payload_files``), and
+PostgreSQL for a fleet, where they stay in
 the part's row and replicas compete for the parts. A replica
 **claims** due parts (``FOR UPDATE SKIP LOCKED``: two replicas never claim
 the same part) under a **lease** (an owner, a token and an expiry); it
@@ -329,14 +331,31 @@ class Outbox(ABC):
 
     def payload_bytes(self, part: Part) -> bytes:
         """The part's records as stored: one JSON array, decrypted, not parsed."""
-        with self._lock:
-            row = self._exec(f"SELECT nonce, payload FROM {self.PAYLOADS or self.PARTS} "
-                             "WHERE id = ?", (part.id,)).fetchone()
-        if row is None or row["payload"] is None:
+        sealed = self._sealed(part.id)
+        if sealed is None:
             raise KeyError(part.id)
         if self._aead is None:
             raise RuntimeError("this outbox handle has no data key: it reads no payload")
-        return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
+        return self._aead.decrypt(sealed[0], sealed[1], part.id.encode())
+
+    def _sealed(self, part_id: str) -> tuple[bytes, bytes] | None:
+        """The part's nonce and encrypted payload; None when it has none."""
+        with self._lock:
+            row = self._exec(f"SELECT nonce, payload FROM {self.PAYLOADS or self.PARTS} "
+                             "WHERE id = ?", (part_id,)).fetchone()
+        if row is None or row["payload"] is None:
+            return None
+        return bytes(row["nonce"]), bytes(row["payload"])
+
+    def _drop_payloads(self, where: str, args: Sequence[Any]) -> int:
+        """Delete the rows of :attr:`PAYLOADS` that match ``where`` (called
+        with ``_lock`` held, in a transaction); how many went."""
+        return int(self._exec(f"DELETE FROM {self.PAYLOADS} WHERE {where}", args).rowcount)
+
+    def _dropped(self) -> None:
+        """After the transaction of a ``_drop_payloads``: what else the
+        backend does once the rows are gone (here nothing)."""
+        return None
 
     def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:
         """The part is still this owner's, under this claim's token."""
@@ -356,7 +375,9 @@ class Outbox(ABC):
                 (self._t(self.clock()), part_id, *args))
             done = bool(cur.rowcount == 1)
             if done and self.PAYLOADS is not None:
-                self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id = ?", (part_id,))
+                self._drop_payloads("id = ?", (part_id,))
+        if done and self.PAYLOADS is not None:
+            self._dropped()
         return done
 
     @property
@@ -420,14 +441,16 @@ class Outbox(ABC):
         marks = ", ".join("?" for _ in part_ids)
         dead = (f"id IN ({marks}) AND status = 'dead' AND {self._kept} AND "
                 f"{self._DIED} <= ?")
-        with self._lock:
-            if self.PAYLOADS is None:
+        if self.PAYLOADS is None:
+            with self._lock:
                 cur = self._exec(f"UPDATE {self.PARTS} SET payload = NULL, nonce = NULL "
                                  f"WHERE {dead}", (*part_ids, self._t(died_by)))
-            else:
-                cur = self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id IN (SELECT id FROM "
-                                 f"{self.PARTS} WHERE {dead})", (*part_ids, self._t(died_by)))
-        return int(cur.rowcount)
+            return int(cur.rowcount)
+        with self._lock, self._transaction():
+            erased = self._drop_payloads(f"id IN (SELECT id FROM {self.PARTS} WHERE {dead})",
+                                         (*part_ids, self._t(died_by)))
+        self._dropped()
+        return erased
 
     # -- for ops ---------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, float, int]]:
