@@ -8,8 +8,10 @@ within it, which takes the records format to ``scan_batch``), route
 (``route_readings`` / ``route_batch`` / ``route_meter_days``), the
 fingerprint (canonical JSON for per-record batches, SHA-256 of the body
 for meter-days), encoding of
-the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and one SQLite
-transaction, ``synchronous=FULL``) into a scratch outbox. Reports process CPU
+the parts, and ``Outbox.enqueue_encoded`` (AES-GCM, a payload file per
+part and one SQLite transaction, ``synchronous=FULL``) into a scratch outbox
+(``--blob-payloads``: the payloads in the database, as before they were
+files). Reports process CPU
 time per stage and meter-days per CPU-second. Bounded: ``--meters`` meter-days
 per format (default 50,000), ``--repeat`` passes (default 3, the fastest
 counts).
@@ -20,11 +22,13 @@ the intake takes for a body that one pass leaves to it (decode,
 ``scan_days``, ``route_meter_days``).
 
 Usage: .venv/bin/python bench/push_micro.py [--meters N] [--feed N] [--repeat N] [--general]
+       [--blob-payloads]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -37,7 +41,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.core.model import Relation
-from gateway.core.push.canonical import batch_fingerprint, encode_routed
+from gateway.core.push.canonical import batch_fingerprint, encode_days, encode_routed
 from gateway.core.push.days import KIND, route_meter_days
 from gateway.core.push.posted import route_posted_days
 from gateway.core.push.readings import (
@@ -136,7 +140,7 @@ def one_pass(fmt: str, bodies: list[bytes], relations: RelationIndex, outbox: Ou
                 fp = "sha256-body:" + hashlib.sha256(raw).hexdigest()
             with st("encode parts"):
                 parts = [EncodedPart(f"{tag}{n}/{t}", t, KIND, p.readings,
-                                     ("[" + ",".join(p.meter_days) + "]").encode())
+                                     encode_days(p.meter_days))
                          for t, p in posted.parts.items()]
             received, quarantined = posted.received, len(posted.quarantined)
         elif typed is not None:  # the per-record fast path (gateway.core.push.readings)
@@ -172,6 +176,9 @@ def main() -> int:
     ap.add_argument("--feed", type=int, default=200_000, help="meters in the relation feed")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--formats", default="meter-days,records")
+    ap.add_argument("--blob-payloads", action="store_true",
+                    help="the outbox's payloads as blobs in its database, as before they were "
+                         "files of their own")
     ap.add_argument("--general", action="store_true",
                     help="meter-days by the general path (decode, scan_days, route_meter_days) "
                          "instead of route_posted_days")
@@ -182,6 +189,8 @@ def main() -> int:
     key = os.urandom(32)
     with tempfile.TemporaryDirectory() as tmp:
         outbox = SqliteOutbox(Path(tmp) / "outbox.db", key)
+        if args.blob_payloads:  # the base's: a blob in the payloads table
+            outbox._insert_parts = functools.partial(Outbox._insert_parts, outbox)  # type: ignore[method-assign]
         for fmt in args.formats.split(","):
             # Per-record batches are 96x more objects: keep them the size bench/run.py uses.
             per = args.batch if fmt == "meter-days" else min(args.batch, 1000)

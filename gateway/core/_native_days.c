@@ -3,6 +3,7 @@
  *
  *   route_days(context, days, index) -> (index, readings)
  *   route_posted(context, body, max_depth, max_days, leave) -> (batch_id, days, readings) | None
+ *   join_texts(texts) -> bytes | None
  *
  * route_posted reads the batch as posted (bytes) in one pass and routes each
  * meter-day in its turn: what route_days takes, the same way (route_fields,
@@ -1133,7 +1134,56 @@ route_posted(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return Py_BuildValue("(NnL)", batch_id, days, readings);
 }
 
+/* join_texts(texts) -> bytes | None: b"[" + b",".join(texts) + b"]" of a
+   list or tuple of ASCII strs (a part's meter-day texts, JSON already),
+   written once into the bytes it returns, where Python's join, the
+   brackets' concatenations and the encoding copied a part four times.
+   None when an item is not an exact ASCII str: the caller joins in Python. */
+static PyObject *
+join_texts(PyObject *module, PyObject *texts)
+{
+    (void)module;
+    if (!PyList_CheckExact(texts) && !PyTuple_CheckExact(texts)) {
+        PyErr_SetString(PyExc_TypeError, "join_texts: a list or a tuple of str");
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(texts);
+    PyObject **items = PySequence_Fast_ITEMS(texts);
+    Py_ssize_t total = n > 0 ? n + 1 : 2; /* the brackets and the commas */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = items[i];
+        if (!PyUnicode_CheckExact(item) || !PyUnicode_IS_ASCII(item)) {
+            Py_RETURN_NONE;
+        }
+        Py_ssize_t len = PyUnicode_GET_LENGTH(item);
+        if (len > PY_SSIZE_T_MAX - total) {
+            return PyErr_NoMemory();
+        }
+        total += len;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL) {
+        return NULL;
+    }
+    char *at = PyBytes_AS_STRING(out);
+    *at++ = '[';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (i > 0) {
+            *at++ = ',';
+        }
+        Py_ssize_t len = PyUnicode_GET_LENGTH(items[i]);
+        memcpy(at, PyUnicode_1BYTE_DATA(items[i]), (size_t)len);
+        at += len;
+    }
+    *at++ = ']';
+    assert(at == PyBytes_AS_STRING(out) + total);
+    return out;
+}
+
 PyMethodDef native_days_methods[] = {
+    {"join_texts", join_texts, METH_O,
+     "join_texts(texts) -> bytes | None: b'[' + b','.join(texts) + b']' of ASCII strs, "
+     "written once; None when one is not an ASCII str."},
     {"route_days", (PyCFunction)(void (*)(void))route_days, METH_FASTCALL,
      "route_days(context, days, index) -> (index, readings): the common meter-days of "
      "gateway/core/push/days.py's _route_day."},

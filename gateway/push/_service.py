@@ -37,7 +37,7 @@ from gateway.core.jsonlimits import (
     unique_object,
 )
 from gateway.core.model import Caller
-from gateway.core.push.canonical import batch_fingerprint, encode_routed
+from gateway.core.push.canonical import batch_fingerprint, encode_days, encode_routed
 from gateway.core.push.days import FORMAT as DAYS_FORMAT
 from gateway.core.push.days import KIND as DAYS_KIND
 from gateway.core.push.days import RoutedDays, route_meter_days
@@ -85,7 +85,7 @@ def _encoder(records: Sequence[Any]) -> Callable[[], bytes]:
 
 def _joiner(meter_days: Sequence[str]) -> Callable[[], bytes]:
     """A part of meter-days: their texts are JSON already (ASCII)."""
-    return lambda: ("[" + ",".join(meter_days) + "]").encode()
+    return lambda: encode_days(meter_days)
 
 
 class PushService:

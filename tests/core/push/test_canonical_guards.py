@@ -67,3 +67,48 @@ def test_a_part_orjson_cannot_write_is_the_standard_librarys(
     written = _written(monkeypatch)
     assert encode_routed(records) == json.dumps(records, separators=(",", ":")).encode()
     assert written == {}
+
+
+# -- a columnar part: its meter-days' texts as one array ------------------------------
+
+DAY_TEXTS = ['{"meter":"1SAG1100042062","values":[1,2.5]}', '{"meter":"1SAG1100042063"}',
+             "{}", '{"meter":"1SAG1100042064","values":[]}']
+
+
+@pytest.mark.parametrize("texts", [[], DAY_TEXTS[:1], DAY_TEXTS, tuple(DAY_TEXTS),
+                                   ["", "", ""], ["x" * 100_000, "y"]])
+def test_a_columnar_part_is_its_texts_as_one_array(texts: list[str] | tuple[str, ...]) -> None:
+    """D5: the part delivered is the meter-days as routed, in their order,
+    one JSON array; the C's join writes the bytes Python's would."""
+    from gateway.core.native import native
+
+    expected = ("[" + ",".join(texts) + "]").encode()
+    assert canonical.encode_days(texts) == expected
+    assert native is not None and native.join_texts(texts) == expected  # the C, not the fallback
+    if texts and texts[0].startswith("{"):
+        assert json.loads(canonical.encode_days(texts)) == [json.loads(t) for t in texts]
+
+
+@pytest.mark.parametrize("odd", ["caf\u00e9", "\u20ac", "\U0001f600", 7, b"{}", None])
+def test_a_part_with_a_text_the_c_does_not_take_is_joined_in_python(odd: Any) -> None:
+    """A text past ASCII (or not a str at all) is left to Python: the same
+    bytes (UTF-8) or the same error, never a text dropped or mangled."""
+    from gateway.core.native import native
+
+    texts = [DAY_TEXTS[0], odd, DAY_TEXTS[1]]
+    assert native is not None and native.join_texts(texts) is None
+    if isinstance(odd, str):
+        assert canonical.encode_days(texts) == ("[" + ",".join(texts) + "]").encode()
+    else:
+        with pytest.raises(TypeError):
+            canonical.encode_days(texts)
+
+
+def test_join_texts_takes_a_list_or_a_tuple_only() -> None:
+    from gateway.core.native import native
+
+    assert native is not None
+    with pytest.raises(TypeError):
+        native.join_texts(iter(DAY_TEXTS))  # type: ignore[arg-type]
+    assert canonical.encode_days(iter(DAY_TEXTS)) == (  # type: ignore[arg-type]
+        "[" + ",".join(DAY_TEXTS) + "]").encode()  # the fallback joins any iterable
