@@ -182,13 +182,11 @@ class Outbox(ABC):
         a re-post (the stored content decides: the same, or 409). With
         ``existing`` (a re-post storing parts refused before), the batch is
         kept as it is and the parts not stored yet are added."""
+        self._key()  # a handle without the data key stores nothing
         now = self._t(self.clock())
         rows = []
-        if self._aead is None:
-            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         for part in parts:
-            nonce = os.urandom(12)
-            payload = self._aead.encrypt(nonce, part.body, part.id.encode())
+            nonce, payload = self._seal(part.id, part.body)
             rows.append((part.id, batch_id, part.tenant, part.kind, part.records, now,
                          "pending", 0, now, None, nonce, payload, None, source))
         with self._lock, self._transaction():
@@ -211,10 +209,9 @@ class Outbox(ABC):
         by the first call only; a second one (the same incident processed
         again, on this replica or another) stores nothing and returns False.
         Each owner's row is unique too (``(incident, tenant)``)."""
+        self._key()  # a handle without the data key stores nothing
         now = self._t(self.clock())
-        aead = self._aead
-        if aead is None:
-            raise RuntimeError("this outbox handle has no data key: it stores nothing")
+        sealed = {part.id: self._seal(part.id, part.body) for _, _, part in notices if part}
         with self._lock, self._transaction():
             cur = self._exec(
                 f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
@@ -228,8 +225,7 @@ class Outbox(ABC):
                            (incident, tenant, now, document))
                 if part is None:
                     continue
-                nonce = os.urandom(12)
-                payload = aead.encrypt(nonce, part.body, part.id.encode())
+                nonce, payload = sealed[part.id]
                 self._insert_parts([(part.id, incident, part.tenant, part.kind, part.records,
                                      now, "pending", 0, now, None, nonce, payload, None,
                                      source)])
@@ -334,9 +330,22 @@ class Outbox(ABC):
         sealed = self._sealed(part.id)
         if sealed is None:
             raise KeyError(part.id)
+        return self._unseal(part.id, *sealed)
+
+    def _key(self) -> AESGCM:
         if self._aead is None:
-            raise RuntimeError("this outbox handle has no data key: it reads no payload")
-        return self._aead.decrypt(sealed[0], sealed[1], part.id.encode())
+            raise RuntimeError("this outbox handle has no data key: it neither stores "
+                               "nor reads a payload")
+        return self._aead
+
+    def _seal(self, part_id: str, body: bytes) -> tuple[bytes, bytes]:
+        """``(nonce, payload)`` as stored: ``body`` encrypted under the
+        outbox data key, the part id its associated data."""
+        nonce = os.urandom(12)
+        return nonce, self._key().encrypt(nonce, body, part_id.encode())
+
+    def _unseal(self, part_id: str, nonce: bytes, payload: bytes) -> bytes:
+        return self._key().decrypt(nonce, payload, part_id.encode())
 
     def _sealed(self, part_id: str) -> tuple[bytes, bytes] | None:
         """The part's nonce and encrypted payload; None when it has none."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import dict_row
 
 from gateway.clock import utc_now
@@ -51,7 +52,11 @@ _PARTS_COLUMNS = """(
     done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT, lease_until TEXT)"""
 # Version 6: a payload stored from then on is a file (gateway.push._payload_files,
 # written once, where SQLite wrote it into the WAL and again at the
-# checkpoint) and its row names it; one stored before keeps its blob.
+# checkpoint) and its row names it; one stored before keeps its blob. Such a
+# payload is encrypted under a key of its own, wrapped under the outbox data
+# key after its nonce in ``nonce`` (12 bytes, then the wrapping's nonce and
+# the wrapped key: 72 in all; a blob's ``nonce`` is 12): deleting the row
+# erases the payload whatever the file's blocks still hold.
 _PAYLOADS_COLUMNS = """(
     id TEXT PRIMARY KEY, nonce BLOB NOT NULL, payload BLOB, file TEXT,
     CHECK ((payload IS NULL) <> (file IS NULL)))"""
@@ -126,8 +131,8 @@ CREATE INDEX IF NOT EXISTS outbox_notifications_tenant ON outbox_notifications (
 
 class SqliteOutbox(Outbox):
     """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed;
-    the payloads in files beside it (``<file>.payloads/``), shredded when
-    they go."""
+    the payloads in files beside it (``<file>.payloads/``), each under a key
+    of its own that only its row holds."""
 
     PAYLOADS = "payloads"
 
@@ -139,7 +144,7 @@ class SqliteOutbox(Outbox):
         # Files written, and files whose rows were deleted, in the open transaction.
         self._staged: list[str] = []
         self._dropping: list[str] = []
-        self._doomed: list[str] = []  # those whose rows' deletion committed: to shred
+        self._doomed: list[str] = []  # those whose rows' deletion committed: to unlink
         # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
         # also for a file an older version left wider; SQLite gives its WAL and
         # shared-memory files the database file's mode.
@@ -212,7 +217,7 @@ class SqliteOutbox(Outbox):
                 self._db.execute("ROLLBACK")
             staged, self._staged, self._dropping = self._staged, [], []
             for name in staged:  # no row names them: they go now
-                self.files.shred(name)
+                self.files.remove(name)
             raise
         self._doomed.extend(self._dropping)
         self._staged, self._dropping = [], []
@@ -253,7 +258,28 @@ class SqliteOutbox(Outbox):
         with self._lock:
             doomed, self._doomed = self._doomed, []
         for name in doomed:
-            self.files.shred(name)
+            self.files.remove(name)
+
+    # A file's payload under a key of its own (see _PAYLOADS_COLUMNS).
+    _KEY_AAD = b"\0payload-key"  # the wrapped key's associated data: the part id, then this
+
+    def _seal(self, part_id: str, body: bytes) -> tuple[bytes, bytes]:
+        """``(nonce, payload)``: ``body`` under a new key, ``nonce`` followed
+        by that key wrapped under the outbox data key (the part id the
+        associated data of both)."""
+        outer = self._key()
+        key = AESGCM.generate_key(bit_length=256)
+        nonce, wrap_nonce = os.urandom(12), os.urandom(12)
+        aad = part_id.encode()
+        wrapped = outer.encrypt(wrap_nonce, key, aad + self._KEY_AAD)
+        return nonce + wrap_nonce + wrapped, AESGCM(key).encrypt(nonce, body, aad)
+
+    def _unseal(self, part_id: str, nonce: bytes, payload: bytes) -> bytes:
+        if len(nonce) == 12:  # under the outbox data key itself (before version 6)
+            return super()._unseal(part_id, nonce, payload)
+        aad = part_id.encode()
+        key = self._key().decrypt(nonce[12:24], nonce[24:], aad + self._KEY_AAD)
+        return AESGCM(key).decrypt(nonce[:12], payload, aad)
 
     def _t(self, at: datetime) -> str:
         return at.astimezone(UTC).isoformat(timespec="microseconds")

@@ -7,13 +7,17 @@ names it in the ``payloads`` table commits. Inside SQLite the same bytes
 were written twice, into the WAL and again by the checkpoint, and read back
 in between (bench/README, "The outbox's payloads in files of their own").
 
-A payload that goes (delivered, or a dead letter's erased) is *shredded*:
-overwritten with zeros, synced, then unlinked, as ``secure_delete`` zeroed
-its pages in the database file. Unlinking alone would leave the ciphertext
-in the freed blocks (the kernel drops an unlinked file's unwritten pages).
-A file no row names (the process stopped between writing it and the
-commit, or between the commit that dropped it and its shredding) is an
-orphan: :meth:`PayloadFiles.sweep` shreds it when the outbox is opened.
+Such a payload is encrypted under a key of its own, which only its row
+holds (wrapped under the outbox data key; gateway.push._outbox_backends):
+when the payload goes (delivered, or a dead letter's erased), the row goes
+(``secure_delete`` zeroes it in the database file) and the file is
+unlinked. What the file's blocks still hold is ciphertext whose key no
+longer exists anywhere (crypto-erasure): unlike overwriting the file with
+zeros, this holds on a copy-on-write filesystem or an SSD too, and costs no
+second write of the payload. A file no row names (the process stopped
+between writing it and the commit, or between the commit that dropped the
+row and the unlink) is an orphan whose key was never stored or is gone:
+:meth:`PayloadFiles.sweep` removes it when the outbox is opened.
 
 Only the SQLite backend uses this: PostgreSQL keeps a large value out of
 line by itself, and a fleet's replicas share no directory.
@@ -30,7 +34,6 @@ from pathlib import Path
 
 SUFFIX = ".part"
 _NAME = re.compile(r"[0-9a-f]{32}\.part\Z")  # what write() names; sweep() touches no other file
-ZEROS = bytes(1 << 20)  # shred() writes this many zeros at a time
 ORPHAN_AGE_S = 60.0  # sweep() leaves a younger file alone: it may be a write not committed yet
 
 
@@ -70,32 +73,20 @@ class PayloadFiles:
             os.close(fd)
 
     def read(self, name: str) -> bytes | None:
-        """The file's bytes; None when it is not there (shredded meanwhile)."""
+        """The file's bytes; None when it is not there (removed meanwhile)."""
         try:
             with open(self.dir / _checked(name), "rb") as f:
                 return f.read()
         except FileNotFoundError:
             return None
 
-    def shred(self, name: str) -> None:
-        """Overwrite the file with zeros, sync, unlink (nothing if it is gone)."""
-        path = self.dir / _checked(name)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            left = os.fstat(fd).st_size
-            while left > 0:
-                left -= os.write(fd, memoryview(ZEROS)[:min(left, len(ZEROS))])
-            os.fdatasync(fd)
-        finally:
-            os.close(fd)
-        path.unlink(missing_ok=True)
+    def remove(self, name: str) -> None:
+        """Unlink the file (nothing if it is gone already)."""
+        (self.dir / _checked(name)).unlink(missing_ok=True)
 
     def sweep(self, named: Callable[[], Collection[str]], *,
               min_age_s: float = ORPHAN_AGE_S) -> int:
-        """Shred every payload file older than ``min_age_s`` that ``named()``
+        """Remove every payload file older than ``min_age_s`` that ``named()``
         (the names the outbox's rows hold) does not list; how many."""
         cutoff = time.time() - min_age_s
         old = []
@@ -107,7 +98,7 @@ class PayloadFiles:
         keep = named()
         orphans = [name for name in old if name not in keep]
         for name in orphans:
-            self.shred(name)
+            self.remove(name)
         return len(orphans)
 
 

@@ -283,7 +283,11 @@ def test_payloads_at_rest_are_encrypted_in_postgresql(pg_url: str) -> None:
 
 def as_version_5(db: sqlite3.Connection) -> None:
     """A current outbox file taken back to version 5's layout: each payload
-    a blob in the payloads table, none in a file."""
+    a blob in the payloads table under the outbox data key, none in a file."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from gateway.push import SqliteOutbox
+
     (path,) = (Path(r[2]) for r in db.execute("PRAGMA database_list") if r[1] == "main")
     files = path.with_name(path.name + ".payloads")
     db.execute("CREATE TABLE payloads_v5 (id TEXT PRIMARY KEY, nonce BLOB NOT NULL, "
@@ -293,6 +297,12 @@ def as_version_5(db: sqlite3.Connection) -> None:
         if name is not None:
             payload = (files / name).read_bytes()
             (files / name).unlink()
+        # Sealed under the outbox data key itself, a 12-byte nonce, as version 5 did.
+        aad = part_id.encode()
+        key = AESGCM(KEY).decrypt(nonce[12:24], nonce[24:], aad + SqliteOutbox._KEY_AAD)
+        body = AESGCM(key).decrypt(nonce[:12], payload, aad)
+        nonce = os.urandom(12)
+        payload = AESGCM(KEY).encrypt(nonce, body, aad)
         db.execute("INSERT INTO payloads_v5 VALUES (?, ?, ?)", (part_id, nonce, payload))
     db.execute("DROP TABLE payloads")
     db.execute("ALTER TABLE payloads_v5 RENAME TO payloads")
@@ -514,42 +524,70 @@ def test_a_payload_is_a_file_of_its_own_encrypted_and_owner_only(
     box.close()
 
 
-def test_a_delivered_payload_file_is_zeroed_synced_and_unlinked(
-        tmp_path: Path, clock: Clock) -> None:
-    """D10: once delivered, the payload goes: its file is overwritten with
-    zeros before it is unlinked (as secure_delete zeroed a freed page), so
-    a second name of the file (a backup's hard link) sees zeros too."""
+def wrapped_key(box: Outbox, part_id: str) -> bytes:
+    """The part's own data key as its row holds it (wrapped), after the nonce."""
     from gateway.push import SqliteOutbox
 
-    box = SqliteOutbox(tmp_path / "outbox.db", KEY, clock=clock)
+    assert isinstance(box, SqliteOutbox)
+    (nonce,) = box._db.execute("SELECT nonce FROM payloads WHERE id = ?", (part_id,)).fetchone()
+    assert len(nonce) == 72
+    return bytes(nonce[12:])
+
+
+def stored_bytes(path: Path) -> bytes:
+    """The outbox file and its WAL, as on disk."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*"))
+                    if p.is_file())
+
+
+def test_a_delivered_payload_is_crypto_shredded(tmp_path: Path, clock: Clock) -> None:
+    """D10: once delivered, the payload goes. Its file is encrypted under a
+    key of its own that only its row holds; the row is deleted (its page
+    zeroed) and the file unlinked, so even a second name of the file (a
+    backup's hard link, the disk's freed blocks) holds ciphertext whose key
+    exists nowhere, not under the outbox data key either."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from gateway.push import SqliteOutbox
+
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY, clock=clock)
     push(box, "B1", {"ores": 2, "fluvius": 1})
     (part,) = box.claim("ores")
     (name,) = box._db.execute("SELECT file FROM payloads WHERE id = ?", (part.id,)).fetchone()
-    size = (box.files.dir / name).stat().st_size
+    wrapped = wrapped_key(box, part.id)
     os.link(box.files.dir / name, tmp_path / "second-name")
     assert box.acknowledged(part.id, part.lease)
     assert name not in files_of(box) and len(files_of(box)) == 1  # fluvius's stays
-    assert (tmp_path / "second-name").read_bytes() == bytes(size)
     with pytest.raises(KeyError):
         box.payload_bytes(part)
-    box.close()
+    box.close()  # the WAL checkpointed and truncated
+    assert wrapped not in stored_bytes(path)  # the key is gone from the disk
+    kept = (tmp_path / "second-name").read_bytes()
+    with pytest.raises(InvalidTag):  # and the outbox key alone opens nothing
+        AESGCM(KEY).decrypt(kept[:12], kept[12:], part.id.encode())
+    again = SqliteOutbox(path, KEY, clock=clock)
+    (other,) = again.claim("fluvius")
+    assert again.payload(other) == [{"meter": "M0", "value": 0}]  # the other part is intact
+    again.close()
 
 
-def test_an_erased_dead_letter_payload_file_is_shredded(tmp_path: Path, clock: Clock) -> None:
+def test_an_erased_dead_letter_payload_is_crypto_shredded(tmp_path: Path, clock: Clock) -> None:
     from gateway.push import SqliteOutbox
 
-    box = SqliteOutbox(tmp_path / "outbox.db", KEY, clock=clock)
+    path = tmp_path / "outbox.db"
+    box = SqliteOutbox(path, KEY, clock=clock)
     push(box, "B1", {"ores": 2})
     (part,) = box.claim("ores")
     assert box.failed(part, "410 gone", RETRY, permanent=True) == "dead"
-    (name,) = files_of(box)
-    os.link(box.files.dir / name, tmp_path / "second-name")
+    wrapped = wrapped_key(box, part.id)
     assert box.erase_dead_payloads([part.id], clock()) == 1
     assert files_of(box) == []
-    assert set((tmp_path / "second-name").read_bytes()) == {0}
     assert [d.payload_kept for d in box.dead_letters()] == [False]
     assert box.erase_dead_payloads([part.id], clock()) == 0  # again: nothing
     box.close()
+    assert wrapped not in stored_bytes(path)
 
 
 def test_a_transaction_that_fails_leaves_no_payload_file(tmp_path: Path, clock: Clock) -> None:
@@ -572,7 +610,7 @@ def test_a_transaction_that_fails_leaves_no_payload_file(tmp_path: Path, clock: 
     box.close()
 
 
-def test_a_failed_acknowledgement_shreds_nothing(tmp_path: Path, clock: Clock) -> None:
+def test_a_failed_acknowledgement_removes_nothing(tmp_path: Path, clock: Clock) -> None:
     """A payload row whose deletion rolled back keeps its file, also after
     a later acknowledgement of another part commits."""
     from gateway.push import SqliteOutbox
@@ -598,13 +636,13 @@ def test_a_failed_acknowledgement_shreds_nothing(tmp_path: Path, clock: Clock) -
     box.close()
 
 
-def test_orphan_payload_files_are_shredded_when_the_outbox_opens(
+def test_orphan_payload_files_are_removed_when_the_outbox_opens(
         tmp_path: Path, clock: Clock) -> None:
     """A file no row names (the process stopped between writing it and the
-    commit) is shredded when the outbox is opened again, once older than a
+    commit) is removed when the outbox is opened again, once older than a
     write in progress could be; a file a row names, and any file not made
     by the outbox, are left alone; a handle without the data key (the
-    retention report) shreds nothing."""
+    retention report) removes nothing."""
     from gateway.push import SqliteOutbox
     from gateway.push._payload_files import ORPHAN_AGE_S
 
