@@ -8,10 +8,8 @@ within it, which takes the records format to ``scan_batch``), route
 (``route_readings`` / ``route_batch`` / ``route_meter_days``), the
 fingerprint (canonical JSON for per-record batches, SHA-256 of the body
 for meter-days), encoding of
-the parts, and ``Outbox.enqueue_encoded`` (AES-GCM, a payload file per
-part and one SQLite transaction, ``synchronous=FULL``) into a scratch outbox
-(``--blob-payloads``: the payloads in the database, as before they were
-files). Reports process CPU
+the parts, and ``Outbox.enqueue_encoded`` (AES-GCM and one SQLite
+transaction, ``synchronous=FULL``) into a scratch outbox. Reports process CPU
 time per stage and meter-days per CPU-second. Bounded: ``--meters`` meter-days
 per format (default 50,000), ``--repeat`` passes (default 3, the fastest
 counts).
@@ -22,13 +20,11 @@ the intake takes for a body that one pass leaves to it (decode,
 ``scan_days``, ``route_meter_days``).
 
 Usage: .venv/bin/python bench/push_micro.py [--meters N] [--feed N] [--repeat N] [--general]
-       [--blob-payloads]
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import hashlib
 import json
 import os
@@ -176,9 +172,6 @@ def main() -> int:
     ap.add_argument("--feed", type=int, default=200_000, help="meters in the relation feed")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--formats", default="meter-days,records")
-    ap.add_argument("--blob-payloads", action="store_true",
-                    help="the outbox's payloads as blobs in its database, as before they were "
-                         "files of their own")
     ap.add_argument("--general", action="store_true",
                     help="meter-days by the general path (decode, scan_days, route_meter_days) "
                          "instead of route_posted_days")
@@ -189,8 +182,6 @@ def main() -> int:
     key = os.urandom(32)
     with tempfile.TemporaryDirectory() as tmp:
         outbox = SqliteOutbox(Path(tmp) / "outbox.db", key)
-        if args.blob_payloads:  # the base's: a blob in the payloads table
-            outbox._insert_parts = functools.partial(Outbox._insert_parts, outbox)  # type: ignore[method-assign]
         for fmt in args.formats.split(","):
             # Per-record batches are 96x more objects: keep them the size bench/run.py uses.
             per = args.batch if fmt == "meter-days" else min(args.batch, 1000)

@@ -59,9 +59,6 @@ Patches:
 * ``outbox-4k``     the outbox file in SQLite's default 4 KiB pages and its
                     WAL checkpointed every 1,000 of them, as before 64 KiB
                     pages (to compare the push).
-* ``blob-payloads`` the SQLite outbox's payloads as blobs in its database,
-                    as before they were files of their own (to compare
-                    the push).
 * ``general-days``  a columnar push batch parsed and routed by the general
                     path (decode, ``scan_days``, ``route_meter_days``), not
                     read from its bytes in one pass (``route_posted_days``).
@@ -489,16 +486,6 @@ def patch_outbox_4k() -> None:
     print("whatif: outbox-4k applied", flush=True)
 
 
-def patch_blob_payloads() -> None:
-    """The SQLite outbox's payloads as blobs in its payloads table, as before
-    they were files of their own (to compare the push: written into the WAL,
-    read back and written again by the checkpoint)."""
-    from gateway.push import _outbox, _outbox_backends
-
-    _outbox_backends.SqliteOutbox._insert_parts = _outbox.Outbox._insert_parts  # type: ignore[method-assign]
-    print("whatif: blob-payloads applied", flush=True)
-
-
 def patch_general_days() -> None:
     """The columnar push by the general path (decode, scan_days,
     route_meter_days), as before it was read from its bytes in one pass."""
@@ -524,8 +511,7 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "no-audit-line": patch_no_audit_line, "switch": patch_switch,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
            "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
-           "outbox-4k": patch_outbox_4k, "general-days": patch_general_days,
-           "blob-payloads": patch_blob_payloads}
+           "outbox-4k": patch_outbox_4k, "general-days": patch_general_days}
 
 
 def main() -> int:

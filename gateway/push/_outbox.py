@@ -3,9 +3,8 @@
 A *part* is one tenant's share of one batch. It waits here, encrypted with
 AES-256-GCM under the outbox data key (kept in the vault; the part id is the
 associated data, so a part cannot be swapped for another), until its
-receiver acknowledges it. Then the payload is deleted (the SQLite
-backend's file overwritten with zeros, synced and unlinked; PostgreSQL's
-value set to NULL): the gateway keeps no meter data, only counts.
+receiver acknowledges it. Then the payload is deleted (``secure_delete``
+zeroes the freed pages): the gateway keeps no meter data, only counts.
 Retries back off exponentially with jitter; a part the receiver refuses for
 good, or that keeps failing, becomes a dead letter, visible to ops, never
 silently dropped.
@@ -19,8 +18,7 @@ keep their ids.
 
 One set of queries (:class:`Outbox`), two backends (``_outbox_backends``):
 the SQLite file of one process, where the payloads have a table of their own
-(:attr:`Outbox.PAYLOADS`) naming a file each (``_payload_files``), and
-PostgreSQL for a fleet, where they stay in
+(:attr:`Outbox.PAYLOADS`), and PostgreSQL for a fleet, where they stay in
 the part's row and replicas compete for the parts. A replica
 **claims** due parts (``FOR UPDATE SKIP LOCKED``: two replicas never claim
 the same part) under a **lease** (an owner, a token and an expiry); it
@@ -182,11 +180,13 @@ class Outbox(ABC):
         a re-post (the stored content decides: the same, or 409). With
         ``existing`` (a re-post storing parts refused before), the batch is
         kept as it is and the parts not stored yet are added."""
-        self._key()  # a handle without the data key stores nothing
         now = self._t(self.clock())
         rows = []
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         for part in parts:
-            nonce, payload = self._seal(part.id, part.body)
+            nonce = os.urandom(12)
+            payload = self._aead.encrypt(nonce, part.body, part.id.encode())
             rows.append((part.id, batch_id, part.tenant, part.kind, part.records, now,
                          "pending", 0, now, None, nonce, payload, None, source))
         with self._lock, self._transaction():
@@ -209,9 +209,10 @@ class Outbox(ABC):
         by the first call only; a second one (the same incident processed
         again, on this replica or another) stores nothing and returns False.
         Each owner's row is unique too (``(incident, tenant)``)."""
-        self._key()  # a handle without the data key stores nothing
         now = self._t(self.clock())
-        sealed = {part.id: self._seal(part.id, part.body) for _, _, part in notices if part}
+        aead = self._aead
+        if aead is None:
+            raise RuntimeError("this outbox handle has no data key: it stores nothing")
         with self._lock, self._transaction():
             cur = self._exec(
                 f"INSERT INTO {self.BATCHES} (batch_id, source, fingerprint, received, "
@@ -225,7 +226,8 @@ class Outbox(ABC):
                            (incident, tenant, now, document))
                 if part is None:
                     continue
-                nonce, payload = sealed[part.id]
+                nonce = os.urandom(12)
+                payload = aead.encrypt(nonce, part.body, part.id.encode())
                 self._insert_parts([(part.id, incident, part.tenant, part.kind, part.records,
                                      now, "pending", 0, now, None, nonce, payload, None,
                                      source)])
@@ -327,44 +329,14 @@ class Outbox(ABC):
 
     def payload_bytes(self, part: Part) -> bytes:
         """The part's records as stored: one JSON array, decrypted, not parsed."""
-        sealed = self._sealed(part.id)
-        if sealed is None:
-            raise KeyError(part.id)
-        return self._unseal(part.id, *sealed)
-
-    def _key(self) -> AESGCM:
-        if self._aead is None:
-            raise RuntimeError("this outbox handle has no data key: it neither stores "
-                               "nor reads a payload")
-        return self._aead
-
-    def _seal(self, part_id: str, body: bytes) -> tuple[bytes, bytes]:
-        """``(nonce, payload)`` as stored: ``body`` encrypted under the
-        outbox data key, the part id its associated data."""
-        nonce = os.urandom(12)
-        return nonce, self._key().encrypt(nonce, body, part_id.encode())
-
-    def _unseal(self, part_id: str, nonce: bytes, payload: bytes) -> bytes:
-        return self._key().decrypt(nonce, payload, part_id.encode())
-
-    def _sealed(self, part_id: str) -> tuple[bytes, bytes] | None:
-        """The part's nonce and encrypted payload; None when it has none."""
         with self._lock:
             row = self._exec(f"SELECT nonce, payload FROM {self.PAYLOADS or self.PARTS} "
-                             "WHERE id = ?", (part_id,)).fetchone()
+                             "WHERE id = ?", (part.id,)).fetchone()
         if row is None or row["payload"] is None:
-            return None
-        return bytes(row["nonce"]), bytes(row["payload"])
-
-    def _drop_payloads(self, where: str, args: Sequence[Any]) -> int:
-        """Delete the rows of :attr:`PAYLOADS` that match ``where`` (called
-        with ``_lock`` held, in a transaction); how many went."""
-        return int(self._exec(f"DELETE FROM {self.PAYLOADS} WHERE {where}", args).rowcount)
-
-    def _dropped(self) -> None:
-        """After the transaction of a ``_drop_payloads``: what else the
-        backend does once the rows are gone (here nothing)."""
-        return None
+            raise KeyError(part.id)
+        if self._aead is None:
+            raise RuntimeError("this outbox handle has no data key: it reads no payload")
+        return self._aead.decrypt(bytes(row["nonce"]), bytes(row["payload"]), part.id.encode())
 
     def _fence(self, lease: str | None) -> tuple[str, tuple[Any, ...]]:
         """The part is still this owner's, under this claim's token."""
@@ -384,9 +356,7 @@ class Outbox(ABC):
                 (self._t(self.clock()), part_id, *args))
             done = bool(cur.rowcount == 1)
             if done and self.PAYLOADS is not None:
-                self._drop_payloads("id = ?", (part_id,))
-        if done and self.PAYLOADS is not None:
-            self._dropped()
+                self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id = ?", (part_id,))
         return done
 
     @property
@@ -450,16 +420,14 @@ class Outbox(ABC):
         marks = ", ".join("?" for _ in part_ids)
         dead = (f"id IN ({marks}) AND status = 'dead' AND {self._kept} AND "
                 f"{self._DIED} <= ?")
-        if self.PAYLOADS is None:
-            with self._lock:
+        with self._lock:
+            if self.PAYLOADS is None:
                 cur = self._exec(f"UPDATE {self.PARTS} SET payload = NULL, nonce = NULL "
                                  f"WHERE {dead}", (*part_ids, self._t(died_by)))
-            return int(cur.rowcount)
-        with self._lock, self._transaction():
-            erased = self._drop_payloads(f"id IN (SELECT id FROM {self.PARTS} WHERE {dead})",
-                                         (*part_ids, self._t(died_by)))
-        self._dropped()
-        return erased
+            else:
+                cur = self._exec(f"DELETE FROM {self.PAYLOADS} WHERE id IN (SELECT id FROM "
+                                 f"{self.PARTS} WHERE {dead})", (*part_ids, self._t(died_by)))
+        return int(cur.rowcount)
 
     # -- for ops ---------------------------------------------------------------
     def stats(self) -> dict[str, tuple[int, float, int]]:

