@@ -59,6 +59,9 @@ Patches:
 * ``outbox-4k``     the outbox file in SQLite's default 4 KiB pages and its
                     WAL checkpointed every 1,000 of them, as before 64 KiB
                     pages (to compare the push).
+* ``python-join``   a columnar part's meter-day texts joined and encoded
+                    in Python (four copies of each part), as before
+                    ``join_texts`` wrote them at once in C.
 * ``general-days``  a columnar push batch parsed and routed by the general
                     path (decode, ``scan_days``, ``route_meter_days``), not
                     read from its bytes in one pass (``route_posted_days``).
@@ -486,6 +489,15 @@ def patch_outbox_4k() -> None:
     print("whatif: outbox-4k applied", flush=True)
 
 
+def patch_python_join() -> None:
+    """A columnar part's meter-day texts joined and encoded in Python, as
+    before join_texts wrote them at once in C (to compare the push)."""
+    from gateway.push import _service
+
+    _service.encode_days = lambda texts: ("[" + ",".join(texts) + "]").encode()  # type: ignore[assignment]
+    print("whatif: python-join applied", flush=True)
+
+
 def patch_general_days() -> None:
     """The columnar push by the general path (decode, scan_days,
     route_meter_days), as before it was read from its bytes in one pass."""
@@ -511,7 +523,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "no-audit-line": patch_no_audit_line, "switch": patch_switch,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
            "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
-           "outbox-4k": patch_outbox_4k, "general-days": patch_general_days}
+           "outbox-4k": patch_outbox_4k, "general-days": patch_general_days,
+           "python-join": patch_python_join}
 
 
 def main() -> int:
