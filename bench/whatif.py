@@ -241,7 +241,7 @@ def patch_calls() -> None:
             # coroutine (cProfile counts each resumption of one as a call); with
             # nothing traced (no-checks, no-trace), the heads the lean server parsed.
             requests = (calls_of("_event", "dataplane/_trace.py")
-                        or calls_of("on_headers_complete", "edge/_lean.py"))
+                        or calls_of("on_headers_complete", "edge/_lean_head.py"))
             if requests:
                 rows = sorted(((nc, tt, f"{name} ({file.rsplit('gateway/', 1)[-1]}:{line})")
                                for (file, line, name), (_cc, nc, tt, _ct, _callers)

@@ -16,7 +16,7 @@ from aiohttp.helpers import parse_content_type
 from multidict import CIMultiDictProxy
 
 if TYPE_CHECKING:
-    from gateway.edge._lean import LeanConnection
+    from gateway.edge._lean_head import HeadReader
 
 DECODE_STEP = 64 * 1024  # decoded bytes per read of a gzip or deflate body
 
@@ -44,7 +44,7 @@ class Body:
     __slots__ = ("_chunks", "_conn", "_decoder", "_discard", "_encoding", "_eof", "_exc",
                  "_size", "_waiter")
 
-    def __init__(self, conn: LeanConnection | None, encoding: str | None = None) -> None:
+    def __init__(self, conn: HeadReader | None, encoding: str | None = None) -> None:
         self._conn = conn
         self._chunks: deque[bytes] = deque()
         self._size = 0
@@ -176,7 +176,7 @@ class LeanRequest:
     __slots__ = ("_conn", "_ctype", "content", "headers", "keep_alive", "method", "raw_headers",
                  "raw_path", "version")
 
-    def __init__(self, conn: LeanConnection, method: str, raw_path: str,
+    def __init__(self, conn: HeadReader, method: str, raw_path: str,
                  version: tuple[int, int], headers: CIMultiDictProxy[str],
                  raw_headers: tuple[tuple[bytes, bytes], ...], content: Body,
                  keep_alive: bool) -> None:

@@ -28,7 +28,8 @@ from aiohttp import web
 
 from gateway.config import EdgeLimits
 from gateway.edge import Answer, ConnectionBook, DataServer, HttpRequest, TlsSite, bind
-from gateway.edge._lean import BODY_HIGH_WATER, MAX_PIPELINED, SLICE, LeanConnection
+from gateway.edge._lean import SLICE, LeanConnection
+from gateway.edge._lean_head import BODY_HIGH_WATER, MAX_PIPELINED
 from gateway.pki import CertificateAuthority, spiffe_uri
 from gateway.tls import client_context, server_context
 
