@@ -492,9 +492,9 @@ def patch_outbox_4k() -> None:
 def patch_python_join() -> None:
     """A columnar part's meter-day texts joined and encoded in Python, as
     before join_texts wrote them at once in C (to compare the push)."""
-    from gateway.push import _service
+    from gateway.core.push import canonical
 
-    _service.encode_days = lambda texts: ("[" + ",".join(texts) + "]").encode()  # type: ignore[assignment]
+    canonical._native = None  # encode_days' fallback: the Python join
     print("whatif: python-join applied", flush=True)
 
 

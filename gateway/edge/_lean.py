@@ -90,8 +90,9 @@ def incident_of(response: Answer | web.StreamResponse) -> dict[str, str]:
 class LeanConnection(HeadReader, asyncio.Protocol):
     """One data-plane connection. Slotted: an idle connection's Python part
     is this object, its parser and its place in the deadline sweep (an
-    instance dict of these 35 attributes, past CPython's 30 shared keys,
-    was ≈ 1.5 KiB of each idle connection; bench/README). What the edge
+    instance dict of its 35 attributes, these slots and HeadReader's, past
+    CPython's 30 shared keys, was ≈ 1.5 KiB of each idle connection;
+    bench/README). What the edge
     keeps per connection (the certificate's reading, the resolved caller)
     lives in ``gw_kept`` (gateway.edge._peer.PerConnection)."""
 

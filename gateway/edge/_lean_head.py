@@ -5,10 +5,10 @@ llhttp's checks; :mod:`gateway.edge._lean` lists them) and hand its body to
 :class:`~gateway.edge._lean_request.Body`; flow control; and the deadlines
 of a head and of an idle connection.
 
-:class:`HeadReader` is a mixin without state of its own: the attributes it
-reads and sets are the connection's slots, declared here for the type
-checker only. A callback that refuses the request raises ``_Refused``
-(through httptools, which the connection's ``_feed`` catches).
+:class:`HeadReader` is a slotted base of the connection: it declares the
+slots it reads and sets (the connection's ``__init__`` fills them; the
+connection declares the rest). A callback that refuses the request raises
+``_Refused`` (through httptools, which the connection's ``_feed`` catches).
 """
 
 from __future__ import annotations
