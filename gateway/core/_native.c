@@ -1045,7 +1045,8 @@ PyInit__native(void)
         PyModule_AddIntConstant(m, "ID_MAX", ID_MAX) < 0 ||
         PyModule_AddFunctions(m, native_wire_methods) < 0 ||
         PyModule_AddFunctions(m, native_record_methods) < 0 ||
-        PyModule_AddFunctions(m, native_days_methods) < 0) {
+        PyModule_AddFunctions(m, native_days_methods) < 0 ||
+        PyModule_AddFunctions(m, native_runs_methods) < 0) {
         Py_DECREF(m);
         return NULL;
     }

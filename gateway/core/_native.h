@@ -58,4 +58,7 @@ extern PyMethodDef native_record_methods[];
 extern PyMethodDef native_days_methods[];
 int native_days_init(void);
 
+/* gateway/core/_native_runs.c: the per-record push's meter-by-meter routing. */
+extern PyMethodDef native_runs_methods[];
+
 #endif

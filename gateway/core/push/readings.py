@@ -43,14 +43,18 @@ from functools import partial
 from itertools import compress, islice, pairwise
 from operator import attrgetter, ne
 from types import MappingProxyType
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
+from gateway.core.meters import AIRPLANE_MODE
+from gateway.core.native import native as _native
 from gateway.core.push.canonical import fingerprint_digest
 from gateway.core.push.records import (
+    _MAX,
+    _MIN,
     MALFORMED,
     MAX_RECORDS,
     Quarantined,
@@ -148,8 +152,43 @@ def route_readings(batch: ReadingsBatch, relations: RelationIndex, now: datetime
     )
 
 
+# The members the C reads of a Reading, in _native_runs.c's order (its slots).
+_SLOTS = tuple(Reading.__dict__[name] for name in
+               ("ean", "meter", "obis", "operator", "timestamp", "unit", "via"))
+
+
+def _native_context(relations: RelationIndex, now: datetime) -> tuple[Any, ...] | None:
+    """What ``route_runs`` of gateway/core/_native_runs.c reads: the Reading
+    type and its slots, the router's instant and OBIS readers, the owner
+    relation's probe of the snapshot. None where the C module was not built
+    or the owners are read in Python."""
+    if _native is None or relations.native_span(
+            "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
+        return None
+    args = relations.native_span_args("meter", "owner", AIRPLANE_MODE)
+    if args is None:
+        return None
+    probe, o, f, wildcard, tenants = args
+    instant = _Resolver(relations, now, {}).instant
+    return (Reading, UNSET, _SLOTS, instant, _obis, MALFORMED, _STRIP_HINTS, probe, o, f,
+            wildcard, _MIN, _MAX, tenants)
+
+
 def route_runs(records: Sequence[Reading], relations: RelationIndex, now: datetime
                ) -> tuple[list[Run], dict[str, list[Reading]]] | None:
+    """:func:`route_runs_reference`'s answer, in C where it was built
+    (gateway/core/_native_runs.c) and the batch is a list."""
+    if type(records) is list:
+        context = _native_context(relations, now)
+        if context is not None and _native is not None:
+            routed: tuple[list[Run], dict[str, list[Reading]]] | None = \
+                _native.route_runs(context, records)
+            return routed
+    return route_runs_reference(records, relations, now)
+
+
+def route_runs_reference(records: Sequence[Reading], relations: RelationIndex, now: datetime
+                         ) -> tuple[list[Run], dict[str, list[Reading]]] | None:
     """A batch that is meter after meter and quarantines nothing, worked out
     column by column and meter by meter rather than reading by reading: each
     meter's run ``(owner, first, end, stripped)`` in batch order, and the

@@ -5,18 +5,23 @@ outcome the reading-by-reading loop (``route_each``) gives it, the same
 tenants in the same order with the same readings in batch order (D1); and
 every batch in which some reading would be quarantined, hinted or paired
 with an EAN is left to the loop, so no check of the loop is skipped (D1,
-D5)."""
+D5). Every case runs twice: on the C (gateway/core/_native_runs.c) and on
+its Python reference."""
 
 from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgspec import UNSET
 
+from gateway.core.native import native
+from gateway.core.push import readings as readings_module
 from gateway.core.push.readings import (
     Reading,
     ReadingsBatch,
@@ -51,6 +56,17 @@ _, OWNERS, CARRIERS = consortium()
 REGISTERS = {"1SAG": [("1-0:1.8.1", "kWh"), ("1-0:2.8.1", "kWh"), ("1-0:1.7.0", "kW")],
              "2GAS": [("7-0:3.0.0", "m3")], "3WTR": [("8-0:1.0.0", "m3")]}
 HOURS = [h / 4 for h in range(40)]  # quarter-hours of yesterday morning
+
+
+@pytest.fixture(scope="module", autouse=True, params=["native", "reference"])
+def runs_implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """route_runs in C where it was built, and its Python reference."""
+    if request.param == "native" and native is None:
+        pytest.skip("gateway.core._native was not built on this machine")
+    with pytest.MonkeyPatch.context() as mp:
+        if request.param == "reference":
+            mp.setattr(readings_module, "_native", None)
+        yield request.param
 
 
 def records_of(batch: list[dict[str, Any]]) -> list[Reading]:
