@@ -62,6 +62,8 @@ Patches:
 * ``python-join``   a columnar part's meter-day texts joined and encoded
                     in Python (four copies of each part), as before
                     ``join_texts`` wrote them at once in C.
+* ``python-runs``   a per-record push batch routed meter by meter in Python
+                    (``route_runs_reference``), as before ``route_runs`` in C.
 * ``general-days``  a columnar push batch parsed and routed by the general
                     path (decode, ``scan_days``, ``route_meter_days``), not
                     read from its bytes in one pass (``route_posted_days``).
@@ -498,6 +500,15 @@ def patch_python_join() -> None:
     print("whatif: python-join applied", flush=True)
 
 
+def patch_python_runs() -> None:
+    """The per-record batch's meter-by-meter routing in Python, as before
+    gateway/core/_native_runs.c."""
+    from gateway.core.push import readings
+
+    readings._native = None  # route_runs' reference: route_runs_reference
+    print("whatif: python-runs applied", flush=True)
+
+
 def patch_general_days() -> None:
     """The columnar push by the general path (decode, scan_days,
     route_meter_days), as before it was read from its bytes in one pass."""
@@ -524,7 +535,7 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
            "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
            "outbox-4k": patch_outbox_4k, "general-days": patch_general_days,
-           "python-join": patch_python_join}
+           "python-join": patch_python_join, "python-runs": patch_python_runs}
 
 
 def main() -> int:
