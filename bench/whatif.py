@@ -62,6 +62,9 @@ Patches:
 * ``python-join``   a columnar part's meter-day texts joined and encoded
                     in Python (four copies of each part), as before
                     ``join_texts`` wrote them at once in C.
+* ``switch-interval`` the interpreter's GIL switch interval at
+                    ``WHATIF_SWITCH_MS`` (default 0.5) instead of 5 ms: how long a
+                    worker thread holding the GIL can keep the loop waiting.
 * ``python-runs``   a per-record push batch routed meter by meter in Python
                     (``route_runs_reference``), as before ``route_runs`` in C.
 * ``general-days``  a columnar push batch parsed and routed by the general
@@ -500,6 +503,15 @@ def patch_python_join() -> None:
     print("whatif: python-join applied", flush=True)
 
 
+def patch_switch_interval() -> None:
+    """The GIL's switch interval shortened (``WHATIF_SWITCH_MS``, default
+    0.5 ms): a worker thread running Python (the outbox, the duties, a push
+    intake) holds the loop back at most that long instead of 5 ms."""
+    interval = float(os.environ.get("WHATIF_SWITCH_MS", "0.5")) / 1e3
+    sys.setswitchinterval(interval)
+    print(f"whatif: switch-interval applied ({interval * 1e3:g} ms)", flush=True)
+
+
 def patch_python_runs() -> None:
     """The per-record batch's meter-by-meter routing in Python, as before
     gateway/core/_native_runs.c."""
@@ -535,7 +547,8 @@ PATCHES = {"sslbuf": patch_sslbuf, "gc": patch_gc,
            "stalls": patch_stalls, "no-poll": patch_no_poll,
            "spin": patch_spin, "no-checkpoint-fsync": patch_no_checkpoint_fsync,
            "outbox-4k": patch_outbox_4k, "general-days": patch_general_days,
-           "python-join": patch_python_join, "python-runs": patch_python_runs}
+           "python-join": patch_python_join, "python-runs": patch_python_runs,
+           "switch-interval": patch_switch_interval}
 
 
 def main() -> int:
