@@ -92,6 +92,7 @@ class Config:
     processes: int = 1
     uvloop: bool = True
     verify_server: bool = True
+    timeline: str | None = None  # where to write each answer's send time and latency
 
     def request(self, close: bool = False) -> bytes:
         lines = [f"{self.method} {self.path} HTTP/1.1", f"Host: {self.server_hostname}",
@@ -125,6 +126,7 @@ class WorkerResult:
     skipped: int = 0  # paced sends skipped: the answer before came after their slot
     truncated: bool = False
     latencies: bytes = b""  # array('f') of milliseconds
+    sent: bytes = b""  # with --timeline: array('d') of send times (s into the window)
     note: str = ""
 
 
@@ -141,6 +143,7 @@ class _Window:
         self.skipped = 0
         self.statuses: Counter[int] = Counter()
         self.lat = array("f")
+        self.sent: array[float] | None = array("d") if cfg.timeline else None
         self.stopping = False
         self.truncated_at: float | None = None
         self.cpu_start: float | None = None
@@ -156,6 +159,8 @@ class _Window:
         self.count += 1
         if t0 >= self.start:
             self.lat.append((t1 - t0) * 1000.0)
+            if self.sent is not None:
+                self.sent.append(t0 - self.start)
         if self.count >= self.max:
             self.truncated_at = t1
 
@@ -351,7 +356,7 @@ class _Generator:
             statuses={str(k): v for k, v in w.statuses.items()},
             window_s=end - w.start, cpu_s=(w.cpu_end or 0) - (w.cpu_start or 0),
             reconnects=self.reconnects, skipped=w.skipped, truncated=w.truncated_at is not None,
-            latencies=w.lat.tobytes())
+            latencies=w.lat.tobytes(), sent=w.sent.tobytes() if w.sent is not None else b"")
 
     async def run_handshake(self, barrier: Any) -> WorkerResult:
         if barrier is not None:
@@ -524,11 +529,52 @@ def summarise(cfg: Config, results: list[WorkerResult], server_cpu: float,
         "notes": [r.note for r in results if r.note],
         "workers": len(results),
     }
+    if cfg.timeline:
+        out["timeline"] = write_timeline(cfg.timeline, results)
+        out["slow_episodes"] = slow_episodes(cfg.timeline, out["p99_ms"])
     if have_server:
         out["server_cpu_s"] = round(server_cpu, 3)
         out["server_cpu_us_per_req"] = round(server_cpu / served * 1e6, 1) if served else None
         out["server_cores"] = round(server_cpu / window, 3) if window else None
     return out
+
+
+def write_timeline(path: str, results: list[WorkerResult]) -> str:
+    """Every counted answer as ``[send time s into the window, latency ms]``,
+    in send order, one JSON array per line (``--timeline``): when the slow
+    ones were sent, to tell a stall (many at once) from a queue."""
+    rows: list[tuple[float, float]] = []
+    for r in results:
+        sent, lat = array("d"), array("f")
+        sent.frombytes(r.sent)
+        lat.frombytes(r.latencies)
+        rows.extend(zip(sent, lat, strict=True))
+    rows.sort()
+    with open(path, "w", encoding="ascii") as fh:
+        fh.writelines(f"[{t:.6f},{ms:.3f}]\n" for t, ms in rows)
+    return path
+
+
+def slow_episodes(path: str, threshold_ms: float, gap_s: float = 0.02) -> dict[str, Any]:
+    """The answers slower than ``threshold_ms`` in a timeline, grouped into
+    episodes (slow answers sent less than ``gap_s`` apart): how many, and
+    the largest. Many slow answers in few episodes is a stall, not a queue."""
+    episodes: list[list[float]] = []  # [first send, last send, count, worst ms]
+    with open(path, encoding="ascii") as fh:
+        for line in fh:
+            t, ms = json.loads(line)
+            if ms <= threshold_ms:
+                continue
+            if episodes and t - episodes[-1][1] < gap_s:
+                last = episodes[-1]
+                last[1], last[2], last[3] = t, last[2] + 1, max(last[3], ms)
+            else:
+                episodes.append([t, t, 1, ms])
+    biggest = sorted(episodes, key=lambda e: -e[2])[:5]
+    return {"threshold_ms": threshold_ms, "slow": int(sum(e[2] for e in episodes)),
+            "episodes": len(episodes),
+            "largest": [{"at_s": round(e[0], 3), "span_ms": round((e[1] - e[0]) * 1e3, 1),
+                         "slow": int(e[2]), "worst_ms": round(e[3], 1)} for e in biggest]}
 
 
 def hold(cfg: Config) -> dict[str, Any]:
@@ -570,6 +616,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[int]]:
                    help="do not verify the server certificate (saves load-generator CPU per "
                         "handshake; the server still verifies the client certificate)")
     p.add_argument("--cpu-pids", default="", help="comma-separated server pids to meter")
+    p.add_argument("--timeline", help="write each answer's send time and latency to this file "
+                                      "(JSON lines) and summarise the answers slower than p99 "
+                                      "into episodes (keepalive mode)")
     a = p.parse_args(argv)
     if a.duration <= 0 or a.duration > 600 or a.max_requests <= 0:
         p.error("--duration must be in (0, 600] and --max-requests positive")
@@ -578,7 +627,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, list[int]]:
                  headers=a.header, mode=a.mode, connections=a.connections, rate=a.rate,
                  warmup=a.warmup, duration=a.duration, max_requests=a.max_requests,
                  hold=a.hold, hold_s=a.hold_s, expect=a.expect, processes=a.processes,
-                 uvloop=not a.no_uvloop, verify_server=not a.no_verify_server)
+                 uvloop=not a.no_uvloop, verify_server=not a.no_verify_server,
+                 timeline=a.timeline)
     pids = [int(x) for x in a.cpu_pids.split(",") if x.strip()]
     return cfg, pids
 
