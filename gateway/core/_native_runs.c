@@ -243,6 +243,21 @@ distinct(const Key *keys, Py_ssize_t n, Key *scratch)
     return 1;
 }
 
+/* After a call into Python, which may have set a record's members: its
+   code and unit read again (``*code``, ``*unit``, borrowed), and whether
+   they, and the member ``f`` the call was given (``asked``), are still what
+   the parse gives: str, ``asked`` unchanged. 0 where not: the batch is
+   declined rather than routed on what the call saw. */
+static int
+read_again(const Runs *c, PyObject *r, int f, PyObject *asked, PyObject **code, PyObject **unit)
+{
+    PyObject *now = field(c, r, f);
+    *code = field(c, r, F_OBIS);
+    *unit = field(c, r, F_UNIT);
+    return now != NULL && *code != NULL && *unit != NULL && PyUnicode_CheckExact(now) &&
+           PyUnicode_CheckExact(*code) && PyUnicode_CheckExact(*unit) && same_text(now, asked);
+}
+
 /* Pass 1: each reading's key (its instant and its code's id), through the
    router's functions once per distinct spelling, and the unit checked against
    its code's (D5). 1: every reading passed, 0: one did not, -1: an error. */
@@ -285,19 +300,16 @@ read_keys(const Runs *c, PyObject *records, Key *keys)
             at = PyObject_CallOneArg(c->instant, stamp);
             int failed = at == NULL || PyDict_SetItem(instants, stamp, at) < 0 ||
                          PySet_Add(values, at) < 0;
-            Py_DECREF(stamp);
             Py_XDECREF(at); /* the dict holds it */
+            /* The call ran Python code: what was read of the records before
+               it is read again (the record itself is the tuple's). */
+            last_code = last_unit = NULL;
+            int same = !failed && read_again(c, r, F_STAMP, stamp, &code, &unit);
+            Py_DECREF(stamp);
             if (failed) {
                 goto done;
             }
-            /* The call ran Python code: what was read of the records before
-               it is read again. */
-            last_code = last_unit = NULL;
-            r = PyTuple_GET_ITEM(records, i);
-            code = field(c, r, F_OBIS);
-            unit = field(c, r, F_UNIT);
-            if (code == NULL || unit == NULL || !PyUnicode_CheckExact(code) ||
-                !PyUnicode_CheckExact(unit)) {
+            if (!same) {
                 result = 0;
                 goto done;
             }
@@ -315,21 +327,16 @@ read_keys(const Runs *c, PyObject *records, Key *keys)
             if (PyErr_Occurred()) {
                 goto done;
             }
-            Py_INCREF(code);
-            Py_INCREF(unit);
-            coded = PyObject_CallFunctionObjArgs(c->obis, code, ids, NULL);
-            int failed = coded == NULL || PyDict_SetItem(codes, code, coded) < 0;
-            Py_DECREF(code);
-            Py_DECREF(unit);
-            Py_XDECREF(coded);
+            PyObject *asked = Py_NewRef(code);
+            coded = PyObject_CallFunctionObjArgs(c->obis, asked, ids, NULL);
+            int failed = coded == NULL || PyDict_SetItem(codes, asked, coded) < 0;
+            Py_XDECREF(coded); /* the dict holds it */
+            int same = !failed && read_again(c, r, F_OBIS, asked, &code, &unit);
+            Py_DECREF(asked);
             if (failed) {
                 goto done;
             }
-            r = PyTuple_GET_ITEM(records, i); /* as above */
-            code = field(c, r, F_OBIS);
-            unit = field(c, r, F_UNIT);
-            if (code == NULL || unit == NULL || !PyUnicode_CheckExact(code) ||
-                !PyUnicode_CheckExact(unit)) {
+            if (!same) {
                 result = 0;
                 goto done;
             }

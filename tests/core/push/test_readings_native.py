@@ -207,8 +207,8 @@ def test_a_member_changed_after_the_parse_to_another_type_is_declined() -> None:
 
 def test_what_the_routers_functions_change_is_read_again() -> None:
     """The instant and OBIS readers are Python: a record they change is read
-    again after them, never through a stale pointer (and what it now holds
-    decides, as in the reference, which reads the codes after the instants)."""
+    again after them, never through a stale pointer, and declined where the
+    change touched what the C reads."""
     context = list(readings._native_context(RELATIONS, NOW) or ())
     assert native is not None and context
     instant, obis = context[3], context[4]
@@ -234,7 +234,11 @@ def test_what_the_routers_functions_change_is_read_again() -> None:
             (3, meddling(instant, 3, [2], obis="8-0:1.0.0")),  # an energy in m3 (D5)
             (3, meddling(instant, 1, [0], obis=None)),
             (4, meddling(obis, 1, [0], unit=None)),
-            (4, meddling(obis, 1, [0], unit="m3"))):
+            (4, meddling(obis, 1, [0], unit=["kWh"])),  # not even hashable
+            (4, meddling(obis, 1, [0], unit="m3")),
+            # The spelling the reader was given is no longer the record's.
+            (3, meddling(instant, 1, [0], timestamp=at(5))),
+            (4, meddling(obis, 1, [0], obis="1-0:2.8.1"))):
         records = parsed(day(METER_ORES, [1, 2, 3]))
         changed = list(context)
         changed[index] = meddler
