@@ -501,7 +501,8 @@ route_runs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t count = PyTuple_GET_SIZE(records);
     PyObject *result = NULL, *runs = NULL, *parts = NULL, *meters = NULL;
-    Key *keys = PyMem_Malloc((size_t)count * 2 * sizeof(Key));
+    Key *keys = (size_t)count > PY_SSIZE_T_MAX / (2 * sizeof(Key))
+                    ? NULL : PyMem_Malloc((size_t)count * 2 * sizeof(Key));
     if (keys == NULL) {
         PyErr_NoMemory();
         goto done;
