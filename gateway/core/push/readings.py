@@ -25,7 +25,11 @@ What takes this path, and what does not:
 - :func:`route_readings` gives every record the outcome ``route_batch``
   gives it, in the same order of checks; ``tests/core/push/test_readings.py``
   compares the two on generated batches. A delivered reading is the record
-  without ``operator`` and ``via``.
+  without ``operator`` and ``via``. A clean batch, meter after meter, is
+  routed a meter's run of readings at a time (:func:`route_runs`: in C where
+  it was built, gateway/core/_native_runs.c, else
+  :func:`route_runs_reference`); any other, reading by reading
+  (:func:`route_each`).
 - The fingerprint (:func:`readings_fingerprint`) is the general path's
   canonical JSON, keys sorted, and a tenant's part (:func:`encode_readings`)
   the standard library's compact JSON of its records, members in name order.
