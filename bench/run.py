@@ -602,6 +602,19 @@ def stage_of(frames: list[str]) -> str:
     joined = ";".join(frames)
     if "epoll_wait" in frames[-1] or "select (" in frames[-1]:
         return "idle (waiting in epoll)"
+    if "SSLObject.do_handshake" in joined:
+        return "TLS handshake outside the pipeline"
+    if "SSLObject." in joined:
+        return "TLS record layer outside the pipeline (ssl.SSLObject)"
+    if "gateway/audit/" in joined:
+        return "audit log outside the pipeline (the group's write, checkpoints)"
+    if "gateway/upstream/" in joined:
+        return "upstream client outside the pipeline (reading the answer, the pool)"
+    if "gateway/edge/" in joined:
+        return "lean server outside the pipeline (head parse, answer, keep-alive)"
+    py = [f for f in frames if _is_python(f)]
+    if py and py[-1].startswith("Runner.run ("):
+        return "the event loop's own C (uvloop: polling, sockets, callbacks)"
     if "sslproto.py" in joined:
         return "TLS record layer outside the pipeline (asyncio sslproto)"
     if "web_protocol.py" in joined or "http_parser" in joined or "_http_parser" in joined:
