@@ -47,7 +47,7 @@ import time
 from array import array
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 perf = time.perf_counter
@@ -182,7 +182,7 @@ class _KeepAlive(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream connection's
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -485,7 +485,7 @@ def run(cfg: Config, cpu_pids: list[int] | None = None) -> dict[str, Any]:
     s0 = cpu_of(cpu_pids)
     time.sleep(max(0.0, start + cfg.warmup + cfg.duration - perf()))
     s1 = cpu_of(cpu_pids)
-    results = []
+    results: list[dict[str, Any]] = []
     deadline = time.monotonic() + 60
     while len(results) < p and time.monotonic() < deadline:
         try:
