@@ -63,7 +63,6 @@ from types import MappingProxyType
 from typing import Any
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial, obis_key, obis_units
-from gateway.core.meters import AIRPLANE_MODE
 from gateway.core.native import native as _native
 from gateway.core.push.records import (
     _MAX,
@@ -77,6 +76,7 @@ from gateway.core.push.records import (
     batch_items,
     ean_span,
     meter_ean_id,
+    owner_probe,
     owner_span,
 )
 from gateway.core.relations.index import RelationIndex
@@ -256,10 +256,7 @@ def _native_context(st: _Days) -> tuple[Any, ...] | None:
     its caches but the owners' spans, which the C reads from the probe
     itself; its parts; the owner relation's probe of the snapshot). None
     where the C module was not built or the owners are read in Python."""
-    if _native is None or st.relations.native_span(
-            "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
-        return None
-    args = st.relations.native_span_args("meter", "owner", AIRPLANE_MODE)
+    args = None if _native is None else owner_probe(st.relations)
     if args is None:
         return None
     probe, o, f, wildcard, tenants = args

@@ -53,7 +53,6 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 from gateway.core.identifiers import is_valid_ean, is_valid_meter_serial
-from gateway.core.meters import AIRPLANE_MODE
 from gateway.core.native import native as _native
 from gateway.core.push.canonical import fingerprint_digest
 from gateway.core.push.records import (
@@ -68,6 +67,7 @@ from gateway.core.push.records import (
     _Span,
     check_batch_id,
     check_batch_size,
+    owner_probe,
     paired,
 )
 from gateway.core.relations.index import RelationIndex
@@ -166,10 +166,7 @@ def _native_context(relations: RelationIndex, now: datetime) -> tuple[Any, ...] 
     type and its slots, the router's instant and OBIS readers, the owner
     relation's probe of the snapshot. None where the C module was not built
     or the owners are read in Python."""
-    if _native is None or relations.native_span(
-            "meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
-        return None
-    args = relations.native_span_args("meter", "owner", AIRPLANE_MODE)
+    args = None if _native is None else owner_probe(relations)
     if args is None:
         return None
     probe, o, f, wildcard, tenants = args

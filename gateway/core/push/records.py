@@ -208,6 +208,16 @@ def owner_span(relations: RelationIndex, serial: str, at: int
     return read(key, at)
 
 
+def owner_probe(relations: RelationIndex) -> tuple[Any, int, int, int, tuple[str, ...]] | None:
+    """What the C routers (gateway/core/_native_days.c, _native_runs.c) read
+    the owners with: ``Probe.span``'s arguments for a meter's owner and
+    airplane mode (:meth:`RelationIndex.native_span_args`); None where
+    :func:`owner_span` reads them in Python, and so must they."""
+    if relations.native_span("meter", "owner", AIRPLANE_MODE, _MIN, _MAX) is None:
+        return None
+    return relations.native_span_args("meter", "owner", AIRPLANE_MODE)
+
+
 def owner_span_reference(relations: RelationIndex, serial: str, at: int
                          ) -> tuple[int, int, str | None, bool]:
     """:func:`owner_span` read in Python: the snapshot's records in place (no
