@@ -383,10 +383,16 @@ def phase_half_load(b: Bench) -> None:
     runs: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
     for r in range(b.args.half_rounds):
         for name in names:
-            res = b.loadgen(name, "--rate", f"{rate:.1f}", duration=b.args.duration)
+            # Each answer's send time and latency (bench/loadgen.py --timeline), kept in
+            # the run directory: a stall (many slow answers at once) tells from a queue.
+            timeline = b.work / f"timeline-half-{name}-{r + 1}.jsonl"
+            res = b.loadgen(name, "--rate", f"{rate:.1f}", "--timeline", str(timeline),
+                            duration=b.args.duration)
             runs[name].append(res)
+            slow = res.get("slow_episodes") or {}
             log(f"half load ({rate:.0f}/s) round {r + 1} {name:8s} achieved {res['rps']:.0f}/s "
-                f"p50 {res['p50_ms']:.2f} p99 {res['p99_ms']:.2f} ms")
+                f"p50 {res['p50_ms']:.2f} p99 {res['p99_ms']:.2f} ms; the answers over p99 in "
+                f"{slow.get('episodes')} episodes")
     out: dict[str, Any] = {"rate": rate, "runs": runs}
     for name in names:
         out[name] = {k: median_of(runs[name], k) for k in ("rps", "p50_ms", "p90_ms", "p99_ms",
@@ -1003,6 +1009,20 @@ def report(b: Bench) -> str:
                          f"{'' if name == 'direct' else fmt(added, '.2f')} | "
                          f"{fmt(s.get('server_cores'), '.2f')} | "
                          f"{fmt(s.get('server_cpu_us_per_req'), '.0f')} |")
+        lines += ["", "The answers slower than each run's p99, grouped into episodes (sent "
+                  "under 20 ms apart; `--timeline` of bench/loadgen.py, files "
+                  "`timeline-half-*.jsonl` in the run directory): many in few episodes is a "
+                  "stall and the queue behind it, not a slow request", ""]
+        for name in ("nginx", "floor", "gateway"):
+            for k, run in enumerate(hl.get("runs", {}).get(name, [])):
+                slow = run.get("slow_episodes")
+                if not slow:
+                    continue
+                big = slow["largest"][0] if slow["largest"] else None
+                lines.append(f"- {name}, round {k + 1}: {slow['slow']} answers over "
+                             f"{slow['threshold_ms']:.2f} ms in {slow['episodes']} episodes"
+                             + (f"; the largest {big['slow']} answers over {big['span_ms']} ms "
+                                f"(the worst {big['worst_ms']} ms)" if big else ""))
         lines.append("")
     mem = r.get("memory")
     if mem:
