@@ -346,6 +346,42 @@ probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_t at
     return 0;
 }
 
+int
+probe_owner(ProbeObject *probe, PyObject *tenants, PyObject *serial, int64_t at,
+            long long owner_rel, long long airplane_rel, long long wildcard,
+            int64_t *lo, int64_t *hi, PyObject **owner, int *airplane)
+{
+    long long t;
+    probe_span(probe, PyUnicode_1BYTE_DATA(serial), PyUnicode_GET_LENGTH(serial), at,
+               owner_rel, airplane_rel, wildcard, lo, hi, &t, airplane);
+    *owner = NULL;
+    if (t < 0) {
+        return 0;
+    }
+    if (t >= PyTuple_GET_SIZE(tenants)) {
+        /* A tenant past the snapshot's list: the reference's IndexError. */
+        PyErr_SetString(PyExc_IndexError, "push router: tenant index out of range");
+        return -1;
+    }
+    *owner = PyTuple_GET_ITEM(tenants, t);
+    return 0;
+}
+
+int
+int_value(PyObject *value, long long *out)
+{
+    if (!PyLong_CheckExact(value)) {
+        return 0;
+    }
+    int overflow = 0;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (overflow || (*out == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        return 0;
+    }
+    return 1;
+}
+
 /* span(key, at, owner, airplane, wildcard, lo, hi) -> (lo, hi, tenant, airplane):
    probe_span (see _native.h) for one meter, from Python. */
 static PyObject *

@@ -32,6 +32,18 @@ int probe_span(ProbeObject *self, const unsigned char *key, Py_ssize_t n, int64_
                long long owner_rel, long long airplane_rel, long long wildcard, int64_t *lo,
                int64_t *hi, long long *tenant, int *airplane);
 
+/* probe_span for ``serial`` (a str of ASCII: a well-formed serial), its
+   owner read from ``tenants`` (the snapshot's tenant names): ``*owner``
+   borrowed, NULL when there is none. -1 with IndexError set for a tenant
+   past the tuple's end, else 0. Both push routers' owner reading. */
+int probe_owner(ProbeObject *probe, PyObject *tenants, PyObject *serial, int64_t at,
+                long long owner_rel, long long airplane_rel, long long wildcard,
+                int64_t *lo, int64_t *hi, PyObject **owner, int *airplane);
+
+/* An exact Python int that fits a long long: 1 and ``*out``; 0 (and no
+   error) for anything else. */
+int int_value(PyObject *value, long long *out);
+
 /* is_valid_meter_serial of gateway/core/identifiers.py (6 to 20 of 0-9,
    A-Z) for a str: 1 or 0. */
 int meter_serial_ok(PyObject *value);

@@ -81,22 +81,6 @@ member(PyObject *day, int k)
     return PyDict_GetItemWithError(day, keys[k]);
 }
 
-/* A Python int that fits, or 0 (and no error) where it does not. */
-static int
-as_ll(PyObject *value, long long *out)
-{
-    if (!PyLong_CheckExact(value)) {
-        return 0;
-    }
-    int overflow = 0;
-    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow || (*out == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    return 1;
-}
-
 /* An empty tuple or frozenset: _quality's "no bad code". */
 static int
 empty(PyObject *value)
@@ -200,18 +184,13 @@ owner_at(Context *c, PyObject *meter, long long first, long long *hi, PyObject *
          int *airplane)
 {
     int64_t slo = c->lo, shi = c->hi;
-    long long t;
-    probe_span(c->probe, PyUnicode_1BYTE_DATA(meter), PyUnicode_GET_LENGTH(meter), first,
-               c->owner_rel, c->airplane_rel, c->wildcard, &slo, &shi, &t, airplane);
+    if (probe_owner(c->probe, c->tenants, meter, first, c->owner_rel, c->airplane_rel,
+                    c->wildcard, &slo, &shi, owner, airplane) < 0) {
+        return -1;
+    }
     *hi = shi;
-    *owner = Py_None;
-    if (t >= 0) {
-        if (t >= PyTuple_GET_SIZE(c->tenants)) {
-            /* A tenant past the snapshot's list: the reference's IndexError. */
-            PyErr_SetString(PyExc_IndexError, "route_days: tenant index out of range");
-            return -1;
-        }
-        *owner = PyTuple_GET_ITEM(c->tenants, t);
+    if (*owner == NULL) {
+        *owner = Py_None;
     }
     return 0;
 }
@@ -272,13 +251,13 @@ route_one(Context *c, PyObject *day, long long *taken)
     }
     PyObject *raw = PyTuple_GET_ITEM(values, 0);
     if (!PyUnicode_CheckExact(raw) || !PyUnicode_IS_ASCII(raw) ||
-        !as_ll(PyTuple_GET_ITEM(values, 1), &d.n)) {
+        !int_value(PyTuple_GET_ITEM(values, 1), &d.n)) {
         return 0;
     }
     d.raw = (const char *)PyUnicode_1BYTE_DATA(raw);
     d.raw_len = PyUnicode_GET_LENGTH(raw);
     if (d.meter == NULL || !PyUnicode_CheckExact(d.meter) || m[K_INTERVAL] == NULL ||
-        !as_ll(m[K_INTERVAL], &d.interval) || d.stamp == NULL ||
+        !int_value(m[K_INTERVAL], &d.interval) || d.stamp == NULL ||
         !PyUnicode_CheckExact(d.stamp) || d.obis == NULL || !PyUnicode_CheckExact(d.obis) ||
         d.quality == NULL || !PyUnicode_CheckExact(d.quality) || d.unit == NULL ||
         !PyUnicode_CheckExact(d.unit)) {
@@ -311,7 +290,7 @@ route_fields(Context *c, const Day *d, long long *taken)
     }
     long long first;
     if (!PyTuple_CheckExact(start) || PyTuple_GET_SIZE(start) != 3 ||
-        !as_ll(PyTuple_GET_ITEM(start, 0), &first) ||
+        !int_value(PyTuple_GET_ITEM(start, 0), &first) ||
         !PyUnicode_CheckExact(PyTuple_GET_ITEM(start, 2)) ||
         !PyUnicode_IS_ASCII(PyTuple_GET_ITEM(start, 2)) || !PyTuple_CheckExact(coded_obis) ||
         PyTuple_GET_SIZE(coded_obis) != 2 || !PyUnicode_CheckExact(PyTuple_GET_ITEM(coded_obis, 0)) ||

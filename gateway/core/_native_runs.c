@@ -148,23 +148,6 @@ same_hint(PyObject *a, PyObject *b)
                       PyUnicode_CheckExact(b) && same_text(a, b));
 }
 
-/* A Python int within 64 bits, or 0 (and no error) where it is not one. */
-static int
-as_int64(PyObject *value, int64_t *out)
-{
-    if (!PyLong_CheckExact(value)) {
-        return 0;
-    }
-    int overflow = 0;
-    long long v = PyLong_AsLongLongAndOverflow(value, &overflow);
-    if (overflow || (v == -1 && PyErr_Occurred())) {
-        PyErr_Clear();
-        return 0;
-    }
-    *out = v;
-    return 1;
-}
-
 /* owner_span of records.py for ``serial`` (ASCII: a well-formed serial) at
    ``at``: the span's ends, the owner (borrowed, NULL for none) and airplane
    mode. -1 with an error set, else 0. */
@@ -172,22 +155,15 @@ static int
 span_of(const Runs *c, PyObject *serial, int64_t at, int64_t *lo, int64_t *hi,
         PyObject **owner, int *airplane)
 {
-    long long t;
     *lo = c->lo;
     *hi = c->hi;
-    probe_span(c->probe, PyUnicode_1BYTE_DATA(serial), PyUnicode_GET_LENGTH(serial), at,
-               c->owner_rel, c->airplane_rel, c->wildcard, lo, hi, &t, airplane);
-    *owner = NULL;
-    if (t >= 0) {
-        if (t >= PyTuple_GET_SIZE(c->tenants)) {
-            PyErr_SetString(PyExc_IndexError, "route_runs: tenant index out of range");
-            return -1;
-        }
-        *owner = PyTuple_GET_ITEM(c->tenants, t);
-        if (!PyUnicode_CheckExact(*owner)) {
-            PyErr_SetString(PyExc_TypeError, "route_runs: a tenant that is not a str");
-            return -1;
-        }
+    if (probe_owner(c->probe, c->tenants, serial, at, c->owner_rel, c->airplane_rel,
+                    c->wildcard, lo, hi, owner, airplane) < 0) {
+        return -1;
+    }
+    if (*owner != NULL && !PyUnicode_CheckExact(*owner)) {
+        PyErr_SetString(PyExc_TypeError, "route_runs: a tenant that is not a str");
+        return -1;
     }
     return 0;
 }
@@ -314,10 +290,12 @@ read_keys(const Runs *c, PyObject *records, Key *keys)
                 goto done;
             }
         }
-        if (!as_int64(at, &keys[i].at)) {
+        long long micros;
+        if (!int_value(at, &micros)) {
             result = 0; /* unparsable, no offset, or in the future */
             goto done;
         }
+        keys[i].at = micros;
         if (last_code != NULL && same_text(code, last_code) && same_text(unit, last_unit)) {
             keys[i].code = last_id;
             continue;
@@ -341,9 +319,9 @@ read_keys(const Runs *c, PyObject *records, Key *keys)
                 goto done;
             }
         }
-        int64_t id;
+        long long id;
         if (!PyTuple_CheckExact(coded) || PyTuple_GET_SIZE(coded) != 2 ||
-            !as_int64(PyTuple_GET_ITEM(coded, 0), &id) || id == c->malformed ||
+            !int_value(PyTuple_GET_ITEM(coded, 0), &id) || id == c->malformed ||
             !PyAnySet_Check(PyTuple_GET_ITEM(coded, 1))) {
             result = 0;
             goto done;

@@ -309,6 +309,16 @@ def test_a_register_read_in_another_unit_by_the_next_reading_is_declined() -> No
     assert both(records_of(batch)) is None
 
 
+def test_an_instant_past_64_bits_is_declined() -> None:
+    """An instant is used only where it fits 64 bits (the router's never
+    does otherwise; a reader that did is not believed)."""
+    context = readings._native_context(RELATIONS, NOW)
+    assert native is not None and context is not None
+    for huge in (2**63, -(2**63) - 1, 2**70):
+        changed = (*context[:3], lambda _stamp, v=huge: v, *context[4:])
+        assert native.route_runs(changed, parsed(day(METER_ORES, [1]))) is None, huge
+
+
 def test_a_tenant_past_the_snapshots_list_is_an_error() -> None:
     context = readings._native_context(RELATIONS, NOW)
     assert native is not None and context is not None
