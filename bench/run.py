@@ -37,6 +37,7 @@ import shutil
 import signal
 import ssl
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -401,6 +402,51 @@ def phase_half_load(b: Bench) -> None:
     out["p99_added_ms"] = out["gateway"]["p99_ms"] - out["direct"]["p99_ms"]
     out["p50_added_ms"] = out["gateway"]["p50_ms"] - out["direct"]["p50_ms"]
     b.results["half_load"] = out
+
+
+OWN_HALF = ("nginx", "naive", "floor", "gateway")
+
+
+def own_half_rates(keepalive: dict[str, Any]) -> dict[str, float]:
+    """Half of each server's own maximum: the rate that keeps half a core busy
+    at its full-load CPU per request. Not half its full-load req/s: a server
+    cheaper than the load generator (nginx, the floor) is not saturated there."""
+    out = {}
+    for name in OWN_HALF:
+        us = (keepalive.get(name) or {}).get("server_cpu_us_per_req")
+        if us:
+            out[name] = 0.5e6 / us
+    return out
+
+
+def phase_own_half(b: Bench) -> None:
+    """Each server paced at half of its *own* maximum, and direct at the same
+    rate: whether a 2 ms p99 at half load is within reach on this machine for
+    a server without any of the gateway's code (the floor) or in C (nginx)."""
+    rates = own_half_rates(b.results["keepalive"]["summary"])
+    runs: dict[str, list[dict[str, Any]]] = {n: [] for n in rates}
+    direct: dict[str, list[dict[str, Any]]] = {n: [] for n in rates}
+    for r in range(b.args.half_rounds):
+        for name, rate in rates.items():
+            res = b.loadgen(name, "--rate", f"{rate:.1f}", duration=b.args.duration)
+            ref = b.loadgen("direct", "--rate", f"{rate:.1f}", duration=b.args.duration)
+            runs[name].append(res)
+            direct[name].append(ref)
+            log(f"own half load round {r + 1} {name:8s} asked {rate:.0f}/s achieved "
+                f"{res['rps']:.0f}/s p99 {res['p99_ms']:.2f} ms at {res.get('server_cores')} "
+                f"cores (direct at that rate: p99 {ref['p99_ms']:.2f} ms)")
+    out: dict[str, Any] = {}
+    for name, rate in rates.items():
+        row: dict[str, Any] = {k: median_of(runs[name], k)
+                               for k in ("rps", "p50_ms", "p99_ms", "server_cores",
+                                         "server_cpu_us_per_req")}
+        row["rate"] = rate
+        row["direct_p99_ms"] = median_of(direct[name], "p99_ms")
+        row["p99_added_ms"] = (row["p99_ms"] - row["direct_p99_ms"]
+                               if row["p99_ms"] is not None and row["direct_p99_ms"] is not None
+                               else None)
+        out[name] = row
+    b.results["own_half"] = {"servers": out, "runs": runs, "direct_runs": direct}
 
 
 def phase_handshake(b: Bench) -> None:
@@ -891,6 +937,23 @@ def sink_call(b: Bench, method: str, path: str, body: Any = None) -> dict[str, A
 
 
 # -- report --------------------------------------------------------------------
+def cpu_latency(us: int) -> Any:
+    """A PM QoS request for at most ``us`` µs of wake-up latency, held while the
+    returned file is open; None when not asked for or not permitted. In a VM an
+    idle CPU that halts exits to the host, and its next wake-up pays for it
+    (bench/README.md, "Half of each server's own maximum")."""
+    if us < 0:
+        return None
+    try:
+        f = open("/dev/cpu_dma_latency", "wb", buffering=0)  # noqa: SIM115 (held for the run)
+        f.write(struct.pack("i", us))
+    except OSError as e:
+        log(f"cannot set the CPU latency to {us} µs ({e}); the machine's own idle policy")
+        return None
+    log(f"CPU wake-up latency held at {us} µs for this run (/dev/cpu_dma_latency)")
+    return f
+
+
 def machine() -> dict[str, Any]:
     model = ""
     with contextlib.suppress(OSError):
@@ -935,7 +998,9 @@ def report(b: Bench) -> str:
              f"Gateway at commit {m.get('git', {}).get('commit', '?')} "
              f"({m.get('git', {}).get('gateway_files_changed', '?')} uncommitted files under "
              "gateway/). "
-             f"Pinning: {pinning}.",
+             f"Pinning: {pinning}. CPU wake-up latency: "
+             + ("the machine's own idle policy" if m.get("cpu_latency_us") is None
+                else f"held at {m['cpu_latency_us']} µs (--cpu-latency-us)") + ".",
              ""]
     ka = r.get("keepalive", {}).get("summary")
     hl = r.get("half_load")
@@ -1024,6 +1089,7 @@ def report(b: Bench) -> str:
                              + (f"; the largest {big['slow']} answers over {big['span_ms']} ms "
                                 f"(the worst {big['worst_ms']} ms)" if big else ""))
         lines.append("")
+    lines += own_half_lines(r, b.args)
     mem = r.get("memory")
     if mem:
         lines += [f"Idle mTLS keep-alive connections: {mem['connections']} opened (one request "
@@ -1068,6 +1134,35 @@ def report(b: Bench) -> str:
     return "\n".join(lines)
 
 
+def own_half_lines(r: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    """The table of phase own-half: each server at half of its own maximum."""
+    oh = (r.get("own_half") or {}).get("servers")
+    ka = r.get("keepalive", {}).get("summary") or {}
+    if not oh:
+        return []
+    lines = [f"Each server paced at half of its own maximum (the rate that keeps half a core "
+             f"busy at its full-load CPU per request), and direct at the same rate, "
+             f"{args.duration:.0f} s × {args.half_rounds} interleaved rounds, medians: the "
+             "half-load bar applied to servers without the gateway's code. A paced request "
+             "costs more than one at full load (paced ÷ full); a load generator that cannot "
+             "keep the pace shows as achieved < asked", "",
+             "| server | asked req/s | achieved req/s | server cores used | CPU µs/req paced "
+             "| paced ÷ full | p99 ms | direct p99 ms | p99 added ms |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name in OWN_HALF:
+        s = oh.get(name)
+        if not s:
+            continue
+        full = (ka.get(name) or {}).get("server_cpu_us_per_req")
+        paced = s.get("server_cpu_us_per_req")
+        lines.append(f"| {name} | {fmt(s['rate'])} | {fmt(s['rps'])} | "
+                     f"{fmt(s.get('server_cores'), '.2f')} | {fmt(paced, '.0f')} | "
+                     f"{fmt(paced / full if paced and full else None, '.2f')} | "
+                     f"{fmt(s['p99_ms'], '.2f')} | {fmt(s['direct_p99_ms'], '.2f')} | "
+                     f"{fmt(s['p99_added_ms'], '.2f')} |")
+    return [*lines, ""]
+
+
 def floor_lines(r: dict[str, Any]) -> list[str]:
     """What the floor says of the per-CPU bars: how near nginx a Python proxy
     on this event loop, TLS policy and upstream gets with no code of the
@@ -1092,6 +1187,15 @@ def floor_lines(r: dict[str, Any]) -> list[str]:
                    f"is {floor['p99_ms'] - hl['direct']['p99_ms']:.2f} ms over direct at "
                    f"{fmt(floor.get('server_cores'), '.2f')} cores, the gateway's "
                    f"{hl['p99_added_ms']:.2f} ms at {fmt(gw.get('server_cores'), '.2f')} cores.")
+    own = (r.get("own_half") or {}).get("servers") or {}
+    if own.get("floor", {}).get("p99_added_ms") is not None:
+        others = ", ".join(f"{n} {own[n]['p99_added_ms']:.2f} ms at "
+                           f"{fmt(own[n].get('server_cores'), '.2f')} cores"
+                           for n in ("nginx", "naive", "gateway")
+                           if own.get(n, {}).get("p99_added_ms") is not None)
+        out.append(f"- At half of its own maximum the floor's p99 is "
+                   f"{own['floor']['p99_added_ms']:.2f} ms over direct at "
+                   f"{fmt(own['floor'].get('server_cores'), '.2f')} cores ({others}).")
     if out:
         out = ["The floor (bench/floor.py: a Python proxy on the same event loop, TLS policy, "
                "certificate and CRL, that checks nothing): what CPython, the event loop and "
@@ -1213,7 +1317,8 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved keep-alive rounds")
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per keep-alive run")
     ap.add_argument("--half-rounds", type=int, default=2,
-                    help="interleaved rounds at half the gateway's throughput")
+                    help="interleaved rounds at half the gateway's throughput (and of each "
+                         "server's own, phase own-half)")
     ap.add_argument("--handshake-rounds", type=int, default=2)
     ap.add_argument("--handshake-duration", type=float, default=6.0)
     ap.add_argument("--handshake-connections", type=int, default=16,
@@ -1235,7 +1340,7 @@ def main() -> int:
                     help="bound on push intake and again on delivery, seconds (default 900; "
                          "3600 with --full-day)")
     ap.add_argument("--profile-duration", type=float, default=8.0)
-    ap.add_argument("--only", default="memory,keepalive,half,handshake,profile,push",
+    ap.add_argument("--only", default="memory,keepalive,half,own-half,handshake,profile,push",
                     help="comma-separated phases")
     ap.add_argument("--quick", action="store_true", help="1 round, 4 s runs, 2,000 meters")
     ap.add_argument("--no-uvloop", action="store_true", help="load generator on plain asyncio")
@@ -1243,6 +1348,11 @@ def main() -> int:
                     help="the event loop of the gateway and of the naive proxy alike "
                          "(default uvloop, the gateway's default)")
     ap.add_argument("--no-pin", action="store_true")
+    ap.add_argument("--cpu-latency-us", type=int, default=-1,
+                    help="hold a PM QoS request on /dev/cpu_dma_latency for the whole run "
+                         "(0: idle CPUs poll instead of halting, as tuned's latency "
+                         "profiles do; machine-wide, so every server alike; needs root). "
+                         "Default: the machine's own idle policy")
     ap.add_argument("--gateway-patches", default="",
                     help="run the gateway of every phase under bench/whatif.py with these "
                          "runtime patches (comma-separated; an experiment, not the baseline)")
@@ -1284,6 +1394,9 @@ def main() -> int:
         os.sched_setaffinity(0, {int(c) for c in pins[1].split(",")})
     b = Bench(args, run_dir, pins)
     b.results["machine"] = machine()
+    # Kept open to the end of the run: the kernel drops the request when it closes.
+    qos = cpu_latency(args.cpu_latency_us)
+    b.results["machine"]["cpu_latency_us"] = args.cpu_latency_us if qos is not None else None
     b.results["args"] = vars(args)
     started = time.monotonic()
 
@@ -1411,6 +1524,8 @@ def main() -> int:
             phase_keepalive(b)
         if "half" in phases and "keepalive" in b.results:
             phase_half_load(b)
+        if "own-half" in phases and "keepalive" in b.results:
+            phase_own_half(b)
         if "handshake" in phases:
             phase_handshake(b)
         if "profile" in phases:
