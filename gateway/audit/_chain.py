@@ -79,6 +79,88 @@ class _Group:
         self.error: AuditWriteFailed | None = None
 
 
+class _Syncer:
+    """The ``fsync`` of a checkpoint that the data path's writes fell due, in a
+    thread of the log's own that no answer waits for: the lines before the
+    checkpoint were written (``write(2)``) before their answers, as every
+    line is, and none of them is more durable for making the group that
+    crossed the checkpoint wait. On the event loop the ``fsync`` stopped every
+    connection for a millisecond or more once every ``checkpoint_every``
+    events (bench/README.md). Requests made while one runs are done by one
+    more ``fsync``. A failure is kept in ``error``: the log refuses every
+    write from then on, as after a failed ``fsync`` of its own."""
+
+    __slots__ = ("_cond", "_done", "_fd", "_seq", "_stopping", "_thread", "_wanted",
+                 "durable_seq", "error")
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._wanted = self._done = 0  # fsyncs asked for, and done (or failed)
+        self._fd, self._seq = -1, 0
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.error: OSError | None = None
+        self.durable_seq = 0  # the last checkpoint this thread saw on disk
+
+    def request(self, fd: int, seq: int) -> None:
+        """An ``fsync`` of ``fd``, which holds the checkpoint ``seq``."""
+        with self._cond:
+            self._wanted += 1
+            self._fd, self._seq = fd, seq
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-fsync",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def synced(self, seq: int) -> None:
+        """The log fsynced the checkpoint ``seq`` itself."""
+        with self._cond:
+            if seq > self.durable_seq:
+                self.durable_seq = seq
+
+    def drain(self) -> None:
+        """Return once every ``fsync`` asked for is done: before the file
+        descriptor is closed or its file renamed."""
+        with self._cond:
+            while self._done < self._wanted:
+                self._cond.wait()
+
+    def stop(self) -> None:
+        """Drain, then end the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            while self._done < self._wanted:
+                self._cond.wait()
+            thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        cond = self._cond
+        while True:
+            with cond:
+                while self._done >= self._wanted and not self._stopping:
+                    cond.wait()
+                if self._done >= self._wanted:
+                    return  # stopping, nothing left to do
+                target, fd, seq = self._wanted, self._fd, self._seq
+            error: OSError | None = None
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                error = exc
+            with cond:
+                if error is not None:
+                    if self.error is None:
+                        self.error = error
+                elif seq > self.durable_seq:
+                    self.durable_seq = seq
+                self._done = target
+                cond.notify_all()
+
+
 class ChainedAuditLog:
     """Append-only hash-chained JSON lines; an ``AuditSink``. Thread-safe.
 
@@ -109,6 +191,7 @@ class ChainedAuditLog:
         self._lock = threading.Lock()
         self._failures = self._since_checkpoint = 0
         self._broken = False  # a fragment could not be removed, or fsync failed
+        self._syncer = _Syncer()  # the data path's checkpoints' fsync
         self._group: _Group | None = None  # record_soon's lines not yet written
         self._loop: asyncio.AbstractEventLoop | None = None  # record_soon's
         self._last_checkpoint_at = clock()
@@ -148,7 +231,13 @@ class ChainedAuditLog:
     @property
     def writable(self) -> bool:
         """False once the log is closed or broken: callers refuse up front."""
-        return self._fd is not None and not self._broken
+        return self._fd is not None and not self._broken and self._syncer.error is None
+
+    @property
+    def durable_seq(self) -> int:
+        """The ``seq`` of the last checkpoint known to be on disk (``fsync``
+        returned); 0 before the first of this writer's."""
+        return self._syncer.durable_seq
 
     @property
     def failures(self) -> int:
@@ -264,6 +353,7 @@ class ChainedAuditLog:
                 if self._uncovered and not self._broken:
                     self._checkpoint()
             finally:
+                self._syncer.stop()  # its fsync of this descriptor first
                 os.close(self._fd)
                 self._fd = None
 
@@ -277,25 +367,33 @@ class ChainedAuditLog:
                 raise
 
     # -- internals (the caller holds the lock) ----------------------------------
-    def _checkpoint(self) -> None:
+    def _checkpoint(self, *, wait: bool = True) -> None:
+        """Sign and write a checkpoint, then ``fsync`` the file: here, or with
+        ``wait=False`` (the data path's, every ``checkpoint_every`` events) in
+        the syncer's thread, unless the file is sealed as a segment now (a
+        segment is sealed only once it is on disk)."""
         now = self._clock()
         sig = self._key.sign(checkpoint_message(self._seq + 1, self._head, self._kid))
         line = self._append({"type": CHECKPOINT, "ts": now, "kid": self._kid, "alg": ALG,
                              "sig": b64url(sig)})
-        assert self._fd is not None  # _append checked it
-        try:
-            # Here, on the event loop, on purpose: the group's answers wait for
-            # it either way, and handing it to a thread made the half-load tail
-            # worse, not better (the GIL's hand-overs; bench/README.md).
-            os.fsync(self._fd)
-        except OSError as exc:
-            self._broken = True  # after a failed fsync the page cache cannot be trusted
-            raise AuditWriteFailed(f"cannot fsync audit log {self.path}: {exc.strerror}") from exc
+        fd = self._fd
+        assert fd is not None  # _append checked it
+        rotate = self._rotates and (
+            (self._max_bytes is not None and self._size >= self._max_bytes)
+            or (self._max_age_s is not None and now - self._segment_started >= self._max_age_s))
+        if wait or rotate:
+            self._syncer.drain()  # one asked for before goes first
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._broken = True  # after a failed fsync the page cache cannot be trusted
+                raise AuditWriteFailed(
+                    f"cannot fsync audit log {self.path}: {exc.strerror}") from exc
+            self._syncer.synced(self._seq)
+        else:
+            self._syncer.request(fd, self._seq)
         self._since_checkpoint, self._last_checkpoint_at, self._uncovered = 0, now, False
-        if self._rotates and (
-                (self._max_bytes is not None and self._size >= self._max_bytes)
-                or (self._max_age_s is not None
-                    and now - self._segment_started >= self._max_age_s)):
+        if rotate:
             self._rotate(line, now)
 
     def _rotate(self, anchor: bytes, now: float) -> None:
@@ -338,7 +436,7 @@ class ChainedAuditLog:
         self._since_checkpoint += lines
         if (self._since_checkpoint >= self._every
                 or self._clock() - self._last_checkpoint_at >= self._interval_s):
-            self._checkpoint()
+            self._checkpoint(wait=False)
 
     def _write_group(self) -> None:
         """Write the pending group, if any, with one write; on failure roll
@@ -361,6 +459,12 @@ class ChainedAuditLog:
 
     def _usable_fd(self) -> int:
         """The file's descriptor, or AuditWriteFailed if closed or broken."""
+        if self._syncer.error is not None and not self._broken:
+            # SECURITY: a checkpoint's fsync failed in the syncer's thread: what
+            # the page cache holds cannot be trusted, as after our own.
+            self._broken = True
+            log.error("audit log %s: fsync failed (%s); refusing writes until it is reopened",
+                      self.path, self._syncer.error.strerror or self._syncer.error)
         if self._fd is None or self._broken:
             raise AuditWriteFailed(f"audit log {self.path} is "
                                    + ("closed" if self._fd is None else "unusable; reopen it"))

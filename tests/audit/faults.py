@@ -24,3 +24,20 @@ def writes_refused(log: ChainedAuditLog) -> Iterator[None]:
         os.dup2(saved, fd)
         os.close(saved)
         os.close(readonly)
+
+
+@contextmanager
+def fsync_fails(log: ChainedAuditLog) -> Iterator[None]:
+    """The log's descriptor is a pipe until the block ends: writes go through
+    (into the pipe, not the file), ``fsync`` fails (EINVAL), for real."""
+    fd = log._fd
+    assert fd is not None
+    saved = os.dup(fd)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, fd)
+    try:
+        yield
+    finally:
+        os.dup2(saved, fd)
+        for spare in (saved, read_end, write_end):
+            os.close(spare)

@@ -9,6 +9,7 @@ Write syscalls are counted from the kernel's own tally (/proc/self/io,
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from gateway.audit import RequestEvent
 from gateway.audit import _chain as ac
 from gateway.audit._sink import AuditWriteFailed
-from tests.audit.faults import writes_refused
+from tests.audit.faults import fsync_fails, writes_refused
 
 
 def event(i: int) -> RequestEvent:
@@ -120,3 +121,46 @@ async def test_a_checkpoint_falls_due_with_a_group(tmp_path: Path, key: Ed25519P
     log.close()
     result = ac.verify_log(log.path, {kid: key.public_key()})
     assert result.ok and result.events == 6, result
+
+
+def fsync_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "audit-fsync" and t.is_alive())
+
+
+async def test_the_data_path_s_checkpoint_is_fsynced_off_the_event_loop(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str) -> None:
+    # The fsync of a checkpoint the requests' events fall due is the log's
+    # thread's: the loop, and every connection on it, does not stop for it.
+    before = fsync_threads()
+    log = ac.ChainedAuditLog(tmp_path / "audit.jsonl", key, kid, checkpoint_every=4)
+    await asyncio.gather(*(log.record_soon(event(i)) for i in range(6)))
+    assert fsync_threads() == before + 1
+    log._syncer.drain()
+    assert log.durable_seq == 7  # six events, then the checkpoint that covers them
+    # An explicit checkpoint is fsynced before it returns, and counts as on disk.
+    log.record(event(6).as_record())
+    log.checkpoint()
+    assert log.durable_seq == 9
+    # Closing waits for the thread's fsync and ends the thread.
+    log.close()
+    assert fsync_threads() == before
+    result = ac.verify_log(log.path, {kid: key.public_key()})
+    assert result.ok and result.events == 7 and result.checkpoints == 2, result
+
+
+async def test_a_failed_fsync_in_the_log_s_thread_refuses_every_later_write(
+        tmp_path: Path, key: Ed25519PrivateKey, kid: str) -> None:
+    log = ac.ChainedAuditLog(tmp_path / "audit.jsonl", key, kid, checkpoint_every=4)
+    with fsync_fails(log):
+        # Written, so answered; the checkpoint's fsync fails after the answers.
+        await asyncio.gather(*(log.record_soon(event(i)) for i in range(4)))
+        log._syncer.drain()
+    assert not log.writable  # the data plane refuses up front (503)
+    assert log.durable_seq == 0
+    failures = log.failures
+    with pytest.raises(AuditWriteFailed, match="unusable"):
+        log.record_soon(event(9))
+    with pytest.raises(AuditWriteFailed, match="unusable"):
+        log.record(event(10).as_record())
+    assert log.failures == failures + 2
+    log.close()
