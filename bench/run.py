@@ -1319,7 +1319,8 @@ def main() -> int:
     ap.add_argument("--half-rounds", type=int, default=2,
                     help="interleaved rounds at half the gateway's throughput (and of each "
                          "server's own, phase own-half)")
-    ap.add_argument("--handshake-rounds", type=int, default=2)
+    ap.add_argument("--handshake-rounds", type=int, default=3,
+                    help="interleaved rounds of new connections (3: a median, not a mean)")
     ap.add_argument("--handshake-duration", type=float, default=6.0)
     ap.add_argument("--handshake-connections", type=int, default=16,
                     help="new connections in flight (over 2 load-generator processes)")

@@ -468,8 +468,9 @@ def patch_spin() -> None:
 
 def patch_no_checkpoint_fsync() -> None:
     """Not a gateway: the audit checkpoint's ``fsync`` skipped (the line
-    signed and written, not made durable): what the fsync on the loop costs
-    the half-load tail."""
+    signed and written, not made durable): what the fsync costs the
+    half-load tail (the data path's in the log's own thread since
+    2026-12-08; before, on the loop)."""
     from gateway.audit import _chain
 
     class _Os:

@@ -127,14 +127,13 @@ class _Syncer:
                 self._cond.wait()
 
     def stop(self) -> None:
-        """Drain, then end the thread."""
+        """End the thread once every ``fsync`` asked for is done (it returns
+        only then)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-            while self._done < self._wanted:
-                self._cond.wait()
             thread, self._thread = self._thread, None
-        if thread is not None and thread is not threading.current_thread():
+        if thread is not None:
             thread.join()
 
     def _run(self) -> None:
