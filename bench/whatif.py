@@ -471,7 +471,7 @@ def patch_no_checkpoint_fsync() -> None:
     signed and written, not made durable): what the fsync costs the
     half-load tail (the data path's in the log's own thread since
     2026-12-08; before, on the loop)."""
-    from gateway.audit import _chain
+    from gateway.audit import _chain, _sync
 
     class _Os:
         def __getattr__(self, name):  # type: ignore[no-untyped-def]
@@ -481,7 +481,7 @@ def patch_no_checkpoint_fsync() -> None:
         def fsync(fd: int) -> None:
             return None
 
-    _chain.os = _Os()  # type: ignore[assignment]
+    _chain.os = _sync.os = _Os()  # type: ignore[assignment]
     print("whatif: no-checkpoint-fsync applied", flush=True)
 
 

@@ -53,6 +53,7 @@ from gateway.audit._format import (
     segments_dir,
 )
 from gateway.audit._sink import AuditWriteFailed
+from gateway.audit._sync import Syncer
 from gateway.audit._verify import VerifyResult, verify, verify_log
 
 __all__ = ["GENESIS", "KEY_FILE", "AuditWriteFailed", "ChainedAuditLog", "VerifyResult",
@@ -77,87 +78,6 @@ class _Group:
         self.lines: list[bytes] = []
         self.waiters: list[asyncio.Future[None]] = []
         self.error: AuditWriteFailed | None = None
-
-
-class _Syncer:
-    """The ``fsync`` of a checkpoint that the data path's writes fell due, in a
-    thread of the log's own that no answer waits for: the lines before the
-    checkpoint were written (``write(2)``) before their answers, as every
-    line is, and none of them is more durable for making the group that
-    crossed the checkpoint wait. On the event loop the ``fsync`` stopped every
-    connection for a millisecond or more once every ``checkpoint_every``
-    events (bench/README.md). Requests made while one runs are done by one
-    more ``fsync``. A failure is kept in ``error``: the log refuses every
-    write from then on, as after a failed ``fsync`` of its own."""
-
-    __slots__ = ("_cond", "_done", "_fd", "_seq", "_stopping", "_thread", "_wanted",
-                 "durable_seq", "error")
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
-        self._wanted = self._done = 0  # fsyncs asked for, and done (or failed)
-        self._fd, self._seq = -1, 0
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.error: OSError | None = None
-        self.durable_seq = 0  # the last checkpoint this thread saw on disk
-
-    def request(self, fd: int, seq: int) -> None:
-        """An ``fsync`` of ``fd``, which holds the checkpoint ``seq``."""
-        with self._cond:
-            self._wanted += 1
-            self._fd, self._seq = fd, seq
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="audit-fsync",
-                                                daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
-
-    def synced(self, seq: int) -> None:
-        """The log fsynced the checkpoint ``seq`` itself."""
-        with self._cond:
-            if seq > self.durable_seq:
-                self.durable_seq = seq
-
-    def drain(self) -> None:
-        """Return once every ``fsync`` asked for is done: before the file
-        descriptor is closed or its file renamed."""
-        with self._cond:
-            while self._done < self._wanted:
-                self._cond.wait()
-
-    def stop(self) -> None:
-        """End the thread once every ``fsync`` asked for is done (it returns
-        only then)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-            thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-
-    def _run(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while self._done >= self._wanted and not self._stopping:
-                    cond.wait()
-                if self._done >= self._wanted:
-                    return  # stopping, nothing left to do
-                target, fd, seq = self._wanted, self._fd, self._seq
-            error: OSError | None = None
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                error = exc
-            with cond:
-                if error is not None:
-                    if self.error is None:
-                        self.error = error
-                elif seq > self.durable_seq:
-                    self.durable_seq = seq
-                self._done = target
-                cond.notify_all()
 
 
 class ChainedAuditLog:
@@ -190,7 +110,7 @@ class ChainedAuditLog:
         self._lock = threading.Lock()
         self._failures = self._since_checkpoint = 0
         self._broken = False  # a fragment could not be removed, or fsync failed
-        self._syncer = _Syncer()  # the data path's checkpoints' fsync
+        self._syncer = Syncer()  # the data path's checkpoints' fsync
         self._group: _Group | None = None  # record_soon's lines not yet written
         self._loop: asyncio.AbstractEventLoop | None = None  # record_soon's
         self._last_checkpoint_at = clock()
