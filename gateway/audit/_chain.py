@@ -110,7 +110,7 @@ class ChainedAuditLog:
         self._lock = threading.Lock()
         self._failures = self._since_checkpoint = 0
         self._broken = False  # a fragment could not be removed, or fsync failed
-        self._syncer = Syncer()  # the data path's checkpoints' fsync
+        self._syncer = Syncer()  # the fsync of the checkpoints due by count or age
         self._group: _Group | None = None  # record_soon's lines not yet written
         self._loop: asyncio.AbstractEventLoop | None = None  # record_soon's
         self._last_checkpoint_at = clock()
@@ -288,7 +288,7 @@ class ChainedAuditLog:
     # -- internals (the caller holds the lock) ----------------------------------
     def _checkpoint(self, *, wait: bool = True) -> None:
         """Sign and write a checkpoint, then ``fsync`` the file: here, or with
-        ``wait=False`` (the data path's, every ``checkpoint_every`` events) in
+        ``wait=False`` (one due by count or age: ``_written``) in
         the syncer's thread, unless the file is sealed as a segment now (a
         segment is sealed only once it is on disk)."""
         now = self._clock()

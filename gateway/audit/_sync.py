@@ -1,5 +1,5 @@
-"""The ``fsync`` of the audit log's checkpoints that the data path's writes
-fall due, in a thread of the log's own (:class:`ChainedAuditLog
+"""The ``fsync`` of the audit log's checkpoints that fall due by the events'
+count or age, in a thread of the log's own (:class:`ChainedAuditLog
 <gateway.audit._chain.ChainedAuditLog>`; docs/audit-format.md §7)."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import threading
 
 
 class Syncer:
-    """The ``fsync`` of a checkpoint that the data path's writes fell due, in a
-    thread of the log's own that no answer waits for: the lines before the
-    checkpoint were written (``write(2)``) before their answers, as every
-    line is, and none of them is more durable for making the group that
-    crossed the checkpoint wait. On the event loop the ``fsync`` stopped every
+    """The ``fsync`` of a checkpoint that fell due by the events' count or age
+    (whoever wrote them), in a thread of the log's own that no answer waits
+    for: the lines before the checkpoint were written (``write(2)``) before
+    their answers, as every line is, and none of them is more durable for
+    making the group that crossed the checkpoint wait. On the event loop the ``fsync`` stopped every
     connection for a millisecond or more once every ``checkpoint_every``
     events (bench/README.md). Requests made while one runs are done by one
     more ``fsync``. A failure is kept in ``error``: the log refuses every
