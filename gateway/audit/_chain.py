@@ -19,7 +19,6 @@ import asyncio
 import errno
 import logging
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,6 +29,14 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.audit._events import AuditEvent, RequestEvent
+from gateway.audit._file import (
+    continue_chain,
+    finish_rotation,
+    first_line,
+    fsync_dir,
+    next_path,
+    write_new,
+)
 from gateway.audit._format import (
     ALG,
     CHECKPOINT,
@@ -45,10 +52,8 @@ from gateway.audit._format import (
     checkpoint_message,
     line_hash,
     load_or_create_audit_key,
-    parse_line,
     public_key_document,
     seal,
-    segment_files,
     segment_name,
     segments_dir,
 )
@@ -116,15 +121,15 @@ class ChainedAuditLog:
         self._last_checkpoint_at = clock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            _finish_rotation(path, self.segments)
+            finish_rotation(path, self.segments)
             created = not path.exists()
             self._fd: int | None = os.open(
                 path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise AuditWriteFailed(f"cannot open audit log {path}: {exc.strerror}") from exc
         try:
-            self._size, self._seq, self._head, last_type = _continue_chain(self._fd, path)
-            self._first_seq, started = _first_line(self._fd, self._seq)
+            self._size, self._seq, self._head, last_type = continue_chain(self._fd, path)
+            self._first_seq, started = first_line(self._fd, self._seq)
             if created:  # make the new directory entry durable too
                 dfd = os.open(path.parent, os.O_RDONLY)
                 try:
@@ -319,13 +324,13 @@ class ChainedAuditLog:
         """Seal this file as a segment; go on in a new one that starts with a
         copy of the checkpoint just written. Crash-safe in this order: the new
         file is written aside first, then two renames; an open after a crash
-        in between finishes the job (``_finish_rotation``)."""
+        in between finishes the job (``finish_rotation``)."""
         assert self._fd is not None
         sealed = self.segments / segment_name(self._first_seq, self._seq)
-        nxt = _next_path(self.path)
+        nxt = next_path(self.path)
         try:
             self.segments.mkdir(mode=0o700, exist_ok=True)
-            _write_new(nxt, anchor)
+            write_new(nxt, anchor)
             if sealed.exists():
                 raise FileExistsError(errno.EEXIST, "segment exists", str(sealed))
             os.rename(self.path, sealed)
@@ -338,8 +343,8 @@ class ChainedAuditLog:
             return
         try:
             os.rename(nxt, self.path)
-            _fsync_dir(self.segments)
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.segments)
+            fsync_dir(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
         except OSError as exc:
             self._broken = True  # the fd is the sealed segment's now: never append to it
@@ -435,88 +440,3 @@ class ChainedAuditLog:
             raise AuditWriteFailed(f"cannot write audit log {self.path}: "
                                    f"{exc.strerror or exc}") from exc
         self._size += written
-
-
-def _next_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.next")
-
-
-def _fsync_dir(directory: Path) -> None:
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        if os.write(fd, data) != len(data):
-            raise OSError(errno.EIO, "short write")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _finish_rotation(path: Path, segments: Path) -> None:
-    """After a crash during ``_rotate``: if the active file is gone (or empty)
-    while sealed segments exist, start it again with the last segment's last
-    line, a checkpoint, as the anchor. A leftover ``.next`` file is dropped."""
-    with suppress(FileNotFoundError):
-        _next_path(path).unlink()
-    if path.exists() and path.stat().st_size > 0:
-        return
-    sealed = segment_files(segments)
-    if not sealed:
-        return
-    data = sealed[-1].read_bytes()
-    anchor = data[data.rfind(b"\n", 0, len(data) - 1) + 1:]
-    parsed = parse_line(anchor.rstrip(b"\n"))
-    if isinstance(parsed, str) or parsed.fields.get("type") != CHECKPOINT:
-        raise AuditWriteFailed(f"{sealed[-1]}: the last sealed segment does not end with a "
-                               "checkpoint; cannot continue the log from it")
-    _write_new(path, anchor)
-    _fsync_dir(path.parent)
-    log.warning("audit log %s: finished an interrupted rotation (anchor seq %d)",
-                path, parsed.seq)
-
-
-def _first_line(fd: int, last_seq: int) -> tuple[int, float | None]:
-    """(seq, ts) of the file's first line; (last_seq + 1, None) when empty."""
-    st = os.fstat(fd)
-    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # e.g. /dev/full
-    buf, pos = b"", 0
-    while b"\n" not in buf:
-        chunk = os.pread(fd, min(65536, size - pos), pos) if pos < size else b""
-        if not chunk:
-            return last_seq + 1, None
-        buf, pos = buf + chunk, pos + len(chunk)
-    first = parse_line(buf[:buf.index(b"\n")])
-    if isinstance(first, str):
-        return last_seq + 1, None
-    ts = first.fields.get("ts")
-    return first.seq, float(ts) if isinstance(ts, int | float) else None
-
-
-def _continue_chain(fd: int, path: Path) -> tuple[int, int, str, str | None]:
-    """(size, seq, hash, type) of the last complete line; cuts a partial tail."""
-    st = os.fstat(fd)
-    size = st.st_size if stat.S_ISREG(st.st_mode) else 0  # e.g. /dev/full
-    buf, pos = b"", size
-    while pos > 0 and buf.count(b"\n") < 2:
-        start = max(0, pos - 65536)
-        buf, pos = os.pread(fd, pos - start, start) + buf, start
-    end = buf.rfind(b"\n")
-    if (good := pos + end + 1) < size:
-        # A crash mid-write (or a cut file): the fragment would corrupt the next line.
-        os.ftruncate(fd, good)
-        log.warning("audit log %s: removed a partial last line (%d bytes) left by an "
-                    "interrupted write", path, size - good)
-    if end < 0:
-        return 0, 0, GENESIS, None
-    last = parse_line(buf[buf.rfind(b"\n", 0, end) + 1:end])
-    if isinstance(last, str):
-        raise AuditWriteFailed(f"{path}: last line is not an audit chain line ({last}); "
-                               "move the file aside to start a new chain")
-    return good, last.seq, last.hash, last.fields.get("type")
