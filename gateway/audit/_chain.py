@@ -131,11 +131,7 @@ class ChainedAuditLog:
             self._size, self._seq, self._head, last_type = continue_chain(self._fd, path)
             self._first_seq, started = first_line(self._fd, self._seq)
             if created:  # make the new directory entry durable too
-                dfd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
+                fsync_dir(path.parent)
         except OSError as exc:
             os.close(self._fd)
             raise AuditWriteFailed(f"cannot open audit log {path}: {exc.strerror}") from exc

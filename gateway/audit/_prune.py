@@ -33,6 +33,7 @@ from typing import Any
 
 from gateway.audit._chain import ChainedAuditLog
 from gateway.audit._events import PruneEvent
+from gateway.audit._file import fsync_dir
 from gateway.audit._format import CHECKPOINT, parse_line, segment_files
 from gateway.audit._verify import VerifyResult, verify
 
@@ -140,11 +141,7 @@ class AuditPruner:
         self.audit.checkpoint()
         for segment in chosen:
             segment.unlink()
-        dfd = os.open(self.audit.segments, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.audit.segments)
         log.info("audit: pruned %d segment(s), seq %d-%d (policy %g days)", len(chosen),
                  first_seq, anchor_seq - 1, self.retention_days)
         self._on_pruned(len(chosen))
