@@ -12,29 +12,34 @@ import textwrap
 
 import pytest
 
-from gateway.edge._limits import rss_bytes
-
 pytestmark = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux /proc")
 
 
-def _statm_rss() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def test_every_reading_is_the_current_rss() -> None:
-    first = rss_bytes()
-    assert first > 0
-    grown = b"x" * (64 * 1024 * 1024)  # written, so resident
-    try:
+    # In a fresh interpreter: in the test worker, threads left by earlier
+    # tests may free memory while this one grows it.
+    script = textwrap.dedent("""
+        import os, sys
+        from gateway.edge._limits import rss_bytes
+
+        def statm_rss():
+            with open("/proc/self/statm") as fh:
+                return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        first = rss_bytes()
+        assert first > 0, first
+        grown = b"x" * (64 * 1024 * 1024)  # written, so resident
         # The kept file is read from its start each time, not where the last
         # reading left it (that would read nothing: 0).
         again = rss_bytes()
-        assert again >= first + 60 * 1024 * 1024
-        assert abs(again - _statm_rss()) < 4 * 1024 * 1024
-    finally:
+        assert again >= first + 60 * 1024 * 1024, (first, again)
+        assert abs(again - statm_rss()) < 4 * 1024 * 1024, (again, statm_rss())
         del grown
-    assert abs(rss_bytes() - _statm_rss()) < 4 * 1024 * 1024
+        assert abs(rss_bytes() - statm_rss()) < 4 * 1024 * 1024
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
 
 
 def test_a_forked_child_reads_its_own_rss_not_its_parents() -> None:
