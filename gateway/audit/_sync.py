@@ -13,9 +13,9 @@ class Syncer:
     (whoever wrote them), in a thread of the log's own that no answer waits
     for: the lines before the checkpoint were written (``write(2)``) before
     their answers, as every line is, and none of them is more durable for
-    making the group that crossed the checkpoint wait. On the event loop the ``fsync`` stopped every
-    connection for a millisecond or more once every ``checkpoint_every``
-    events (bench/README.md). Requests made while one runs are done by one
+    making the group that crossed the checkpoint wait. On the event loop the
+    ``fsync`` stopped every connection for a millisecond or more once every
+    ``checkpoint_every`` events (bench/README.md). Requests made while one runs are done by one
     more ``fsync``. A failure is kept in ``error``: the log refuses every
     write from then on, as after a failed ``fsync`` of its own."""
 
@@ -45,8 +45,7 @@ class Syncer:
     def synced(self, seq: int) -> None:
         """The log fsynced the checkpoint ``seq`` itself."""
         with self._cond:
-            if seq > self.durable_seq:
-                self.durable_seq = seq
+            self.durable_seq = max(self.durable_seq, seq)
 
     def drain(self) -> None:
         """Return once every ``fsync`` asked for is done: before the file
@@ -80,10 +79,9 @@ class Syncer:
             except OSError as exc:
                 error = exc
             with cond:
-                if error is not None:
-                    if self.error is None:
-                        self.error = error
-                elif seq > self.durable_seq:
-                    self.durable_seq = seq
+                if error is None:
+                    self.durable_seq = max(self.durable_seq, seq)
+                elif self.error is None:
+                    self.error = error
                 self._done = target
                 cond.notify_all()
